@@ -1,0 +1,1 @@
+"""pinmatrix: the host side of the compatibility matrix (matrix, resolve, runners, results, report)."""

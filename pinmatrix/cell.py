@@ -1,0 +1,127 @@
+"""A cell: one combination of axis values plus the models and checks to run, and its identity."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+# Order of the readable id; axes not listed here follow alphabetically.
+ID_ORDER = ("python", "base_image", "torch", "transformers", "unsloth", "peft", "trl",
+            "xformers", "flash-attn", "bitsandbytes")
+ID_ABBREV = {"python": "py", "transformers": "tf", "flash-attn": "fa", "bitsandbytes": "bnb",
+             "xformers": "xf", "base_image": "base"}
+NONE = "none"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str            # "exaone3.5" | "exaone4"
+    repo: str            # hub repo id, used only where a hub cache exists
+    revision: str        # pinned revision
+    kind: str            # "remote-code" | "native"
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "repo": self.repo, "revision": self.revision, "kind": self.kind}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Axis values (`pins`, "none" = not installed), the models, the check groups and settings."""
+    pins: Mapping[str, str]
+    models: tuple[ModelSpec, ...] = ()
+    checks: tuple[str, ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        keys = [k for k in ID_ORDER if k in self.pins] + sorted(k for k in self.pins if k not in ID_ORDER)
+        parts = []
+        for key in keys:
+            if key == "base_image":
+                continue  # the base image is in the hash; ids stay short and readable
+            value = self.pins[key]
+            parts.append(f"{ID_ABBREV.get(key, key)}{'-' if value == NONE else ''}{_slug(value)}")
+        return "-".join(parts)
+
+    def requirements(self) -> list[str]:
+        """PEP 508 requirements for the resolver: every package axis that is not `none`."""
+        reqs = []
+        for key, value in sorted(self.pins.items()):
+            if key in ("python", "base_image") or value == NONE:
+                continue
+            reqs.append(_requirement(key, value))
+        return reqs
+
+    def none_packages(self) -> list[str]:
+        return sorted(k for k, v in self.pins.items() if v == NONE and k not in ("python", "base_image"))
+
+    def spec(self, content_hash: str, runner: str) -> dict[str, Any]:
+        """The cell spec handed to the probe (docs/CONTRACTS.md §1)."""
+        return {
+            "id": self.id,
+            "hash": content_hash,
+            "pins": dict(self.pins),
+            "runner": runner,
+            "models": [m.to_json() for m in self.models],
+            "checks": list(self.checks),
+            "settings": dict(self.settings),
+        }
+
+
+@dataclass(frozen=True)
+class Lock:
+    """The exact install set of a resolved cell (docs/CONTRACTS.md §7)."""
+    cell_id: str
+    python: str
+    torch_lock: str      # requirements text: torch alone, shared by every cell with the same torch line
+    full_lock: str       # requirements text: everything, resolved with -c torch_lock
+
+    def pinned(self) -> dict[str, str]:
+        """Normalised package name -> exact version, from the full lock."""
+        return parse_lock(self.full_lock)
+
+
+@dataclass(frozen=True)
+class Unresolvable:
+    cell_id: str
+    explanation: str     # the resolver's own words, verbatim
+
+
+_LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+
+
+def parse_lock(text: str) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _LOCK_LINE.match(line.strip())
+        if m:
+            pins[normalize_name(m.group(1))] = m.group(2)
+    return pins
+
+
+def normalize_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement(package: str, value: str) -> str:
+    # An axis value is an exact version ("5.17.0", "2.13.0+cpu") or a PEP 440 specifier (">=4.57,<5").
+    if value[:1] in "<>=!~":
+        return f"{package}{value}"
+    return f"{package}=={value}"
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+]+", "_", value).strip("_")
+
+
+def content_hash(*, lock_text: str, dockerfile: str, probes_digest: str, checks: tuple[str, ...],
+                 settings: Mapping[str, Any], gpu_model: str, base_image: str, models: tuple[ModelSpec, ...]) -> str:
+    """Everything that determines a cell's result. Names the image (with the lock) and keys the result cache."""
+    payload = json.dumps({
+        "lock": lock_text, "dockerfile": dockerfile, "probes": probes_digest, "checks": list(checks),
+        "settings": settings, "gpu": gpu_model, "base_image": base_image,
+        "models": [m.to_json() for m in models],
+    }, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
