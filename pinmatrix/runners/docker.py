@@ -1,0 +1,439 @@
+"""The docker runner: one image per cell (built or reused by content tag), the probe run in a locked-down container.
+
+prepare: assemble a small per-build context (locks, probes, hardlinks to the wheelhouse), derive the
+image tag from everything that goes in, and build with BuildKit only when that tag is missing.
+run: the probe runs as uid 1000 with no network, a read-only root, the spec mounted read-only and a
+results folder mounted read-write; exit codes and the engine's own state become classified outcomes.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+from pinmatrix.cell import Cell, Lock
+from pinmatrix.engine import Engine
+from pinmatrix.oci_container import Mount, gpu_args, security_args
+from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail
+
+if TYPE_CHECKING:  # pinmatrix.sources is written alongside; only its attributes are used here
+    from pinmatrix.sources import PackageSources
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
+PROBES_DIR = REPO_ROOT / "probes"
+DEFAULT_BASE_IMAGE = "pinmatrix/base:bookworm-py311"
+IMAGE_REPO = "pinmatrix/cell"
+CONTAINER_UID = "1000:1000"
+PYTHON_PIN = re.compile(r"^3\.\d{1,2}$")
+IMAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
+BUILD_TIMEOUT_S = 3600.0
+CONTROL_TIMEOUT_S = 120.0
+# Only these files of the find-links folder enter the build context (as hardlinks).
+WHEELHOUSE_SUFFIXES = (".whl", ".tar.gz", ".zip")
+SKIP_IN_PROBES = ("__pycache__", ".pytest_cache")
+
+
+# ---------------------------------------------------------------------------------------------
+# identity
+def probes_digest(root: Path = PROBES_DIR) -> str:
+    """sha256 over the probes' relative paths and bytes (caches and bytecode left out)."""
+    digest = hashlib.sha256()
+    for path in sorted(_probe_files(root)):
+        rel = path.relative_to(root).as_posix()
+        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _probe_files(root: Path) -> Iterable[Path]:
+    for path in root.rglob("*"):
+        if path.is_file() and not any(p in SKIP_IN_PROBES for p in path.parts) and path.suffix != ".pyc":
+            yield path
+
+
+def image_tag(*, torch_lock: str, full_lock: str, dockerfile: str, probes_digest: str,
+              base_image: str, python: str) -> str:
+    """`pinmatrix/cell:<16 hex>`: the same inputs give the same tag, so an unchanged cell is never rebuilt."""
+    payload = json.dumps({"torch_lock": torch_lock, "full_lock": full_lock, "dockerfile": dockerfile,
+                          "probes": probes_digest, "base_image": base_image, "python": python},
+                         sort_keys=True)
+    return f"{IMAGE_REPO}:{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# build inputs
+def find_links_dirs(sources: Any) -> list[Path]:
+    """Local folders among the sources' find-links (URLs cannot be bind-mounted and are left out)."""
+    raw = getattr(sources, "find_links", None) if sources is not None else None
+    if not raw:
+        return []
+    items = [raw] if isinstance(raw, (str, Path)) else list(raw)
+    return [Path(i) for i in items if "://" not in str(i) and Path(i).is_dir()]
+
+
+def assemble_context(dest: Path, *, torch_lock: str, full_lock: str, dockerfile: Path,
+                     probes_dir: Path, wheelhouses: Sequence[Path]) -> dict[str, int]:
+    """(Re)write the build context in `dest`. Wheels are hardlinked (a copy only across filesystems).
+
+    `dest` may hold an earlier build's context: the small files are rewritten, the wheelhouse is
+    synchronised (stale links removed, missing ones added). A stable `dest` lets BuildKit send only
+    what changed instead of the whole wheelhouse on every build.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(dockerfile, dest / "Dockerfile")
+    (dest / "torch.lock").write_text(torch_lock)
+    (dest / "requirements.lock").write_text(full_lock)
+    shutil.rmtree(dest / "probes", ignore_errors=True)
+    shutil.copytree(probes_dir, dest / "probes", ignore=shutil.ignore_patterns(*SKIP_IN_PROBES, "*.pyc"))
+    wheelhouse = dest / "wheelhouse"
+    wheelhouse.mkdir(exist_ok=True)
+    wanted: dict[str, Path] = {}
+    for folder in wheelhouses:
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.name.endswith(WHEELHOUSE_SUFFIXES):
+                wanted.setdefault(path.name, path)  # first folder wins, as with repeated --find-links
+    counts = {"linked": 0, "copied": 0, "kept": 0}
+    for existing in wheelhouse.iterdir():
+        source = wanted.get(existing.name)
+        if source is None or not _same_file(source, existing):
+            existing.unlink()
+    for name, source in wanted.items():
+        target = wheelhouse / name
+        if target.exists():
+            counts["kept"] += 1
+            continue
+        try:
+            os.link(source, target)
+            counts["linked"] += 1
+        except OSError:
+            shutil.copy2(source, target)
+            counts["copied"] += 1
+    return counts
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    sa, sb = a.stat(), b.stat()
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino) or (sa.st_size, sa.st_mtime_ns) == (sb.st_size, sb.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def context_slot(root: Path) -> Iterator[Path]:
+    """A build-context folder under `root` held under an exclusive lock; parallel builds take other slots."""
+    root.mkdir(parents=True, exist_ok=True)
+    for index in range(64):
+        lock_path = root / f"slot-{index}.lock"
+        fh = open(lock_path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        try:
+            yield root / f"slot-{index}"
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+        return
+    raise InfraError(f"no free build-context slot under {root}", signature="build-context-busy")
+
+
+def default_context_root() -> Path:
+    base = os.environ.get("PINMATRIX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pinmatrix")
+    return Path(base) / "build-context"
+
+
+def secret_args(sources: Any, secret_dir: Path) -> list[str]:
+    """`--secret` arguments. Values that are not files are written 0600 outside the build context."""
+    if sources is None:
+        return []
+    args: list[str] = []
+    ca = getattr(sources, "ca_bundle", None)
+    if ca:
+        if not Path(ca).is_file():
+            raise InfraError(f"CA bundle {ca} is not a file", signature="build-ca-bundle-missing")
+        args += ["--secret", f"id=ca_bundle,src={Path(ca).resolve()}"]
+    values = {
+        "index_url": getattr(sources, "index_url", None) or "",
+        "extra_index_urls": " ".join(getattr(sources, "extra_index_urls", None) or ()),
+        "torch_backend": getattr(sources, "torch_backend", None) or "",
+    }
+    for secret_id, value in values.items():
+        if not value:
+            continue
+        path = secret_dir / secret_id
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(value)
+        args += ["--secret", f"id={secret_id},src={path}"]
+    return args
+
+
+BUILD_SIGNATURES = (
+    (re.compile(r"No solution found|no matching distribution|not found in the package registry|"
+                r"Because .* we can conclude", re.I), "build-install-unsatisfiable"),
+    (re.compile(r"hash mismatch|Hash mismatch|doesn't match any of the", re.I), "build-hash-mismatch"),
+    (re.compile(r"Failed to fetch|Connection refused|Temporary failure in name resolution|"
+                r"timed out|Could not connect|certificate verify failed|invalid peer certificate", re.I),
+     "build-network"),
+    (re.compile(r"pull access denied|repository does not exist|failed to resolve source metadata", re.I),
+     "build-base-image-missing"),
+    (re.compile(r"no space left on device", re.I), "build-disk-full"),
+    (re.compile(r"Failed to build|error: subprocess-exited-with-error|Failed to prepare distributions", re.I),
+     "build-sdist-failed"),
+)
+
+
+def classify_build_log(log: str) -> str:
+    for pattern, signature in BUILD_SIGNATURES:
+        if pattern.search(log):
+            return signature
+    return "build-failed"
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Exit:
+    code: int
+    oom_killed: bool
+
+
+def classify_exit(exit: Exit, has_result: bool) -> tuple[str | None, str | None]:
+    """(infra_reason, signature) for a finished container; (None, None) when the result stands."""
+    if exit.code == 0 and has_result:
+        return None, None
+    if exit.oom_killed:
+        return "probe killed: out of memory (container memory limit)", "container-oom-killed"
+    if exit.code == 139:
+        return "probe crashed: segmentation fault (SIGSEGV)", "probe-segfault"
+    if exit.code == 137:
+        return "probe killed by SIGKILL", "probe-killed"
+    if exit.code == 134:
+        return "probe aborted (SIGABRT)", "probe-abort"
+    if exit.code in (125, 126, 127):
+        return f"container could not start the probe (exit {exit.code})", f"container-exit-{exit.code}"
+    if exit.code == 0:
+        return "probe exited 0 without writing a result", "probe-no-result"
+    return f"probe exited {exit.code} without a usable result", f"probe-exit-{exit.code}"
+
+
+class DockerRunner:
+    """Runner protocol (docs/CONTRACTS.md §6) on a Docker engine with BuildKit."""
+
+    name = "docker"
+
+    def __init__(self, engine: Engine, sources: "PackageSources | None", reports_dir: Path, *,
+                 cpu_only: bool = False, base_image: str = DEFAULT_BASE_IMAGE, memory: str | None = None,
+                 dockerfile: Path = DOCKERFILE, probes_dir: Path = PROBES_DIR, hf_home: Path | None = None,
+                 build_timeout_s: float = BUILD_TIMEOUT_S, pids_limit: int | None = 4096,
+                 context_root: Path | None = None) -> None:
+        if not IMAGE_NAME.fullmatch(base_image):
+            raise ValueError(f"base image name {base_image!r} is not a valid image reference")
+        self.engine = engine
+        self.sources = sources
+        self.reports_dir = Path(reports_dir)
+        self.cpu_only = cpu_only
+        self.base_image = base_image
+        self.memory = memory
+        self.dockerfile = Path(dockerfile)
+        self.probes_dir = Path(probes_dir)
+        self.hf_home = hf_home
+        self.build_timeout_s = build_timeout_s
+        self.pids_limit = pids_limit
+        self.context_root = Path(context_root) if context_root else default_context_root()
+
+    # -- prepare -------------------------------------------------------------------------------
+    def tag_for(self, lock: Lock) -> str:
+        python = _python_pin(lock.python)
+        return image_tag(torch_lock=lock.torch_lock, full_lock=lock.full_lock,
+                         dockerfile=self.dockerfile.read_text(), probes_digest=probes_digest(self.probes_dir),
+                         base_image=f"{self.base_image}@{self._base_image_id()}", python=python)
+
+    def image_exists(self, tag: str) -> bool:
+        return self._docker("image", "inspect", "--format", "{{.Id}}", tag).returncode == 0
+
+    def prepare(self, cell: Cell, lock: Lock) -> Prepared:
+        python = _python_pin(lock.python)
+        tag = self.tag_for(lock)
+        log_path = self.reports_dir / "logs" / f"{lock.cell_id}.build.log"
+        if self.image_exists(tag):
+            return Prepared(self.name, lock.cell_id, tag, reused=True,
+                            details={"build_log": None, "build_s": 0.0})
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="pinmatrix-secrets-") as tmp, \
+                context_slot(self.context_root) as context:
+            secrets = Path(tmp)
+            secrets.chmod(0o700)
+            counts = assemble_context(context, torch_lock=lock.torch_lock, full_lock=lock.full_lock,
+                                      dockerfile=self.dockerfile, probes_dir=self.probes_dir,
+                                      wheelhouses=find_links_dirs(self.sources))
+            cmd = [*self.engine.build_cmd(), "--progress=plain", "--tag", tag,
+                   "--build-arg", f"BASE_IMAGE={self.base_image}", "--build-arg", f"PYTHON={python}",
+                   "--label", f"org.pinmatrix.cell={lock.cell_id}",
+                   *secret_args(self.sources, secrets), str(context)]
+            with open(log_path, "w") as log:
+                log.write(f"# {lock.cell_id} -> {tag}; context {context}; wheelhouse files "
+                          f"{counts}\n# {_redacted(cmd)}\n")
+                log.flush()
+                try:
+                    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.engine.env(),
+                                          timeout=self.build_timeout_s, check=False)
+                    code = proc.returncode
+                except subprocess.TimeoutExpired:
+                    code = None
+        build_s = time.monotonic() - started
+        text = log_path.read_text(errors="replace")
+        if code is None:
+            raise InfraError(f"image build timed out after {self.build_timeout_s:.0f}s",
+                             signature="build-timeout", log_tail=text)
+        if code != 0:
+            raise InfraError(f"image build failed (exit {code}); log: {log_path}",
+                             signature=classify_build_log(text), log_tail=text)
+        return Prepared(self.name, lock.cell_id, tag, reused=False,
+                        details={"build_log": str(log_path), "build_s": round(build_s, 1)})
+
+    # -- run -----------------------------------------------------------------------------------
+    def gpus_for(self, gpu: str | None) -> str | None:
+        """None (CPU) unless an NVIDIA runtime was detected, the runner is not CPU-only and gpu != ""."""
+        if self.cpu_only or not self.engine.nvidia or gpu == "":
+            return None
+        return "all" if gpu is None else f"device={gpu}"
+
+    def run(self, prepared: Prepared, spec_path: Path, out_dir: Path,
+            gpu: str | None, timeout_s: float) -> RunOutcome:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = out_dir / f".probe-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        _give_to_container_user(staging)
+        log_path = out_dir / RUN_LOG_NAME
+        name = f"pinmatrix-{_slug(prepared.cell_id)[:40]}-{uuid.uuid4().hex[:8]}"
+        try:
+            create = self._create_args(prepared.ref, name, Path(spec_path).resolve(), staging, gpu)
+            made = self._docker(*create)
+            if made.returncode != 0:
+                return self._engine_failure("container could not be created", made.stderr, log_path)
+            timed_out = False
+            try:
+                started = subprocess.run(self.engine.cmd("start", "--attach", name), capture_output=True,
+                                         text=True, timeout=timeout_s, check=False)
+                output = started.stdout + started.stderr
+            except subprocess.TimeoutExpired as exc:
+                timed_out = True
+                self._docker("kill", name)
+                output = _text(exc.stdout) + _text(exc.stderr)
+            output += self._docker("logs", name).stdout if not output else ""
+            log_path.write_text(output)
+            if timed_out:
+                return RunOutcome(None, f"probe timed out after {timeout_s:g}s (container killed)",
+                                  "timeout", tail(output))
+            exit = self._exit_of(name)
+            if exit is None:
+                return self._engine_failure("container state unknown after run", output, log_path)
+            staged = staging / RESULT_NAME
+            has_result = staged.is_file()
+            reason, signature = classify_exit(exit, has_result)
+            if has_result and reason is None:
+                final = out_dir / RESULT_NAME
+                os.replace(staged, final)
+                return RunOutcome(final, None, None, tail(output))
+            return RunOutcome(None, reason, signature, tail(output))
+        finally:
+            self._docker("rm", "--force", name)
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _create_args(self, image: str, name: str, spec: Path, staging: Path, gpu: str | None) -> list[str]:
+        mounts = [Mount(spec, "/cell/cell.json", read_only=True), Mount(staging, "/results", read_only=False)]
+        env = {"HOME": "/tmp", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        if self.hf_home is not None:
+            mounts.append(Mount(Path(self.hf_home).resolve(), "/hf", read_only=True))
+            env["HF_HOME"] = "/hf"
+        else:
+            env["HF_HOME"] = "/tmp/hf"
+        # --shm-size: PyTorch shares tensors through /dev/shm; Docker's default 64 MiB is too small.
+        args = ["create", "--name", name, "--init", "--shm-size", "2g",
+                *security_args("none", CONTAINER_UID, True, self.memory, ("/tmp:rw,exec,mode=1777",),
+                               self.pids_limit),
+                *gpu_args(self.gpus_for(gpu))]
+        for mount in mounts:
+            args += ["--mount", mount.arg()]
+        for key, value in env.items():  # a fixed allowlist: nothing of the host environment (tokens) leaks in
+            args += ["--env", f"{key}={value}"]
+        return [*args, "--workdir", "/opt/pinmatrix", image,
+                "python", "-m", "probes", "--cell", "/cell/cell.json", "--out", f"/results/{RESULT_NAME}",
+                "--work", "/tmp/work"]
+
+    def _exit_of(self, name: str) -> Exit | None:
+        proc = self._docker("inspect", "--format", "{{json .State}}", name)
+        if proc.returncode != 0:
+            return None
+        state = json.loads(proc.stdout)
+        return Exit(int(state.get("ExitCode", -1)), bool(state.get("OOMKilled", False)))
+
+    def _engine_failure(self, what: str, detail: str, log_path: Path) -> RunOutcome:
+        log_path.write_text(detail)
+        alive = self._docker("version", "--format", "{{.Server.Version}}").returncode == 0
+        signature = "container-create-failed" if alive else "engine-unreachable"
+        reason = what if alive else f"{what}: the Docker daemon is unreachable"
+        return RunOutcome(None, reason, signature, tail(detail))
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _base_image_id(self) -> str:
+        proc = self._docker("image", "inspect", "--format", "{{.Id}}", self.base_image)
+        if proc.returncode != 0:
+            if self._docker("version", "--format", "{{.Server.Version}}").returncode != 0:
+                raise InfraError("the Docker daemon is unreachable", signature="engine-unreachable",
+                                 log_tail=proc.stderr)
+            raise InfraError(f"base image {self.base_image} not found; build it with docker/base/build-base.sh",
+                             signature="build-base-image-missing", log_tail=proc.stderr)
+        return proc.stdout.strip()
+
+    def _docker(self, *args: str) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(self.engine.cmd(*args), capture_output=True, text=True,
+                                  timeout=CONTROL_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired as exc:
+            return subprocess.CompletedProcess(list(args), 124, "", f"docker {args[0]} timed out: {exc}")
+
+
+def _python_pin(value: str) -> str:
+    # The Python pin reaches the build as a build argument; only "3.N" is accepted.
+    if not PYTHON_PIN.fullmatch(value or ""):
+        raise InfraError(f"python pin {value!r} is not of the form 3.N", signature="bad-python-pin")
+    return value
+
+
+def _give_to_container_user(path: Path) -> None:
+    """The probe runs as uid 1000; the results folder must be writable for it."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        os.chown(path, 1000, 1000)
+    else:
+        path.chmod(0o777)
+
+
+def _redacted(cmd: Sequence[str]) -> str:
+    # Secret *values* never enter cmd (only file paths do); printing the argument list is safe.
+    return " ".join(json.dumps(c) if " " in c else c for c in cmd)
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "_", value).strip("._-") or "cell"
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else data.decode(errors="replace")

@@ -1,0 +1,306 @@
+"""The venv runner: one virtual environment per cell on the host (HPC nodes, WSL, hosts without Docker).
+
+The venv is keyed by the lock (and the flags that change what is in it), so an unchanged cell is not
+reinstalled. Installs go through uv (`uv venv`, `uv pip install`); where uv is absent, the stdlib `venv`
+module and pip take over, and the runner says so once.
+
+Two install modes:
+- install (default): `torch.lock`, then `requirements.lock`, from the configured sources (an index,
+  a find-links wheelhouse, or only the wheelhouse when offline).
+- `no_install`: for a machine with no index at all. Nothing is installed; `extra_sites` folders are put
+  on the venv's path through a `.pth` file, and `system_site_packages` reuses the machine's torch.
+  The drift check then compares the lock with what is actually there.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from packaging.version import InvalidVersion, Version
+
+from pinmatrix.cell import Cell, Lock, normalize_name
+from pinmatrix.runners.base import (RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_MARKER = ".pinmatrix-ready.json"
+DEFAULT_VENV_ROOT = Path(os.environ.get("PINMATRIX_VENV_DIR", Path.home() / ".cache" / "pinmatrix" / "venvs"))
+INSTALL_TIMEOUT_S = 3600
+
+
+@dataclass
+class VenvRunner:
+    """Builds and runs cells in host virtual environments.
+
+    `sources` is a `pinmatrix.sources.PackageSources` (or None: the host's uv/pip settings apply).
+    `offline`: no index is contacted; only the find-links wheelhouse (`--offline --no-index`).
+    """
+    venv_root: Path = DEFAULT_VENV_ROOT
+    sources: Any = None
+    system_site_packages: bool = False
+    offline: bool = False
+    no_install: bool = False
+    extra_sites: Sequence[Path] = ()
+    base_python: str | None = None         # an interpreter path for every venv (e.g. the one holding a CUDA torch)
+    probes_root: Path = REPO_ROOT          # the folder that holds `probes/`, put on PYTHONPATH
+    uv: str | None = field(default_factory=lambda: shutil.which("uv"))
+    name: str = "venv"
+
+    def __post_init__(self) -> None:
+        self.venv_root = Path(self.venv_root)
+        self.extra_sites = tuple(Path(p).resolve() for p in self.extra_sites)
+        self.notes: list[str] = []
+        if self.uv is None:
+            self.notes.append("uv not found on PATH: falling back to the stdlib venv module and pip")
+
+    # --- prepare ---------------------------------------------------------------------------------
+
+    def venv_key(self, lock: Lock) -> str:
+        payload = json.dumps({
+            "python": lock.python, "torch": lock.torch_lock, "full": lock.full_lock,
+            "system_site_packages": self.system_site_packages, "no_install": self.no_install,
+            "extra_sites": [str(p) for p in self.extra_sites], "installer": "uv" if self.uv else "pip",
+            "base_python": self.base_python,
+        }, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def prepare(self, cell: Cell, lock: Lock) -> Prepared:
+        key = self.venv_key(lock)
+        venv = self.venv_root / f"{cell.id}-{key[:12]}"
+        python = venv / "bin" / "python"
+        marker = venv / READY_MARKER
+        if marker.is_file() and python.exists():
+            try:
+                if json.loads(marker.read_text()).get("key") == key:
+                    return self._prepared(cell, venv, python, reused=True, log=None)
+            except ValueError:
+                pass  # a damaged marker: rebuild
+        if venv.exists():
+            shutil.rmtree(venv)  # half-built or stale: never trust it
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        log_path = self.venv_root / f"{cell.id}-{key[:12]}.build.log"
+        log: list[str] = [f"# {note}" for note in self.notes]
+        self._create(venv, lock.python, log)
+        lock_dir = venv / "pinmatrix-lock"
+        lock_dir.mkdir()
+        (lock_dir / "torch.lock").write_text(lock.torch_lock)
+        (lock_dir / "requirements.lock").write_text(lock.full_lock)
+        if self.extra_sites:
+            site = self._site_packages(python, log)
+            (site / "pinmatrix-extra-site.pth").write_text("".join(f"{p}\n" for p in self.extra_sites))
+        if not self.no_install:
+            for name in ("torch.lock", "requirements.lock"):
+                if (lock_dir / name).read_text().strip():
+                    self._install(python, lock_dir / name, cell.pins.get("torch"), log)
+        marker.write_text(json.dumps({"key": key, "cell": cell.id, "created": time.time()}))
+        log_path.write_text("\n".join(log) + "\n")
+        return self._prepared(cell, venv, python, reused=False, log=log_path)
+
+    def _prepared(self, cell: Cell, venv: Path, python: Path, *, reused: bool, log: Path | None) -> Prepared:
+        return Prepared(runner=self.name, cell_id=cell.id, ref=str(venv), reused=reused,
+                        details={"python": str(python), "build_log": str(log) if log else None,
+                                 "notes": list(self.notes), "no_install": self.no_install,
+                                 "system_site_packages": self.system_site_packages})
+
+    def _create(self, venv: Path, python_version: str, log: list[str]) -> None:
+        if self.uv:
+            cmd = [self.uv, "venv", "--quiet", "--python", self.base_python or python_version]
+            if self.system_site_packages:
+                cmd.append("--system-site-packages")
+            cmd.append(str(venv))
+        else:
+            interpreter = self.base_python or shutil.which(f"python{python_version}") or (
+                sys.executable if sys.version.startswith(python_version) else None)
+            if interpreter is None:
+                raise InfraError(f"python {python_version} not found on this host (and uv, which could fetch it, is absent)",
+                                 "venv-python-missing")
+            cmd = [interpreter, "-m", "venv"]
+            if self.system_site_packages:
+                cmd.append("--system-site-packages")
+            cmd.append(str(venv))
+        # Without VIRTUAL_ENV: uv must not take the harness's own venv (nox's) as the cell's interpreter.
+        self._call(cmd, log, "venv-create-failed", timeout=600, env=self._source_env())
+
+    def _install(self, python: Path, requirements: Path, torch_pin: str | None, log: list[str]) -> None:
+        if self.uv:
+            cmd = [self.uv, "pip", "install", "--python", str(python), "-r", str(requirements)]
+        else:
+            cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(requirements)]
+        cmd += self._source_args(torch_pin)
+        self._call(cmd, log, "venv-install-failed", timeout=INSTALL_TIMEOUT_S, env=self._source_env())
+
+    def _source_args(self, torch_pin: str | None) -> list[str]:
+        """Index / wheelhouse arguments. Offline: the wheelhouse only, no index contacted."""
+        src = self.sources
+        find_links = [str(l) for l in _as_list(getattr(src, "find_links", None))]
+        if self.offline:
+            args = ["--no-index"] + (["--offline"] if self.uv else [])
+            for link in find_links:
+                args += ["--find-links", link]
+            return args
+        if self.uv and hasattr(src, "uv_args"):
+            return list(src.uv_args(torch_pin))  # credentialed URLs travel in uv_env(), never argv
+        args: list[str] = []  # pip: index URLs (which may hold tokens) go through _source_env, not argv
+        for link in find_links:
+            args += ["--find-links", link]
+        return args
+
+    def _source_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("VIRTUAL_ENV", None)
+        if self.uv and hasattr(self.sources, "uv_env"):
+            env.update(self.sources.uv_env())
+        elif not self.uv and not self.offline:
+            if getattr(self.sources, "index_url", None):
+                env["PIP_INDEX_URL"] = str(self.sources.index_url)
+            extras = [str(u) for u in _as_list(getattr(self.sources, "extra_index_urls", None))]
+            if extras:
+                env["PIP_EXTRA_INDEX_URL"] = " ".join(extras)
+        ca = getattr(self.sources, "ca_bundle", None)
+        if ca:
+            env["SSL_CERT_FILE"] = str(ca)
+            env["PIP_CERT"] = str(ca)
+        return env
+
+    def _site_packages(self, python: Path, log: list[str]) -> Path:
+        out = self._call([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                         log, "venv-create-failed", timeout=60)
+        return Path(out.strip().splitlines()[-1])
+
+    def _call(self, cmd: list[str], log: list[str], signature: str, *, timeout: float,
+              env: dict[str, str] | None = None) -> str:
+        log.append("$ " + " ".join(cmd))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired as exc:
+            raise InfraError(f"{cmd[0]} timed out after {timeout:.0f}s", "timeout", str(exc.stderr or ""))
+        except OSError as exc:
+            raise InfraError(f"could not start {cmd[0]}: {exc}", signature)
+        log.append(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise InfraError(f"{' '.join(cmd[:3])} failed (exit {proc.returncode}): {_last_line(proc.stderr)}",
+                             signature, "\n".join(log))
+        return proc.stdout
+
+    # --- run -------------------------------------------------------------------------------------
+
+    def run(self, prepared: Prepared, spec_path: Path, out_dir: Path,
+            gpu: str | None, timeout_s: float) -> RunOutcome:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result = out_dir / RESULT_NAME
+        result.unlink(missing_ok=True)
+        work = out_dir / "work"
+        work.mkdir(exist_ok=True)
+        env = dict(os.environ)
+        env.pop("VIRTUAL_ENV", None)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.probes_root)] + (
+            [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env["PYTHONNOUSERSITE"] = "1"  # the user's site must not leak into the cell
+        # As in the Docker runner: no hub traffic from a cell; a hub cache is used only if HF_HOME holds it.
+        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+            env.setdefault(key, "1")
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        cmd = [prepared.details["python"], "-m", "probes", "--cell", str(spec_path),
+               "--out", str(result), "--work", str(work)]
+        log_path = out_dir / RUN_LOG_NAME
+        with open(log_path, "w", encoding="utf-8") as log:
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    cwd=str(out_dir), start_new_session=True)
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                return RunOutcome(None, f"timeout: the probe ran past {timeout_s:.0f}s and was killed",
+                                  "timeout", _read_tail(log_path))
+        log_tail = _read_tail(log_path)
+        if not result.is_file():
+            return RunOutcome(None, f"the probe wrote no result (exit {code})", "probe-no-result", log_tail)
+        drift = self.drift(result, prepared)
+        if drift:
+            return RunOutcome(result, "installed packages differ from the lock: " + "; ".join(drift),
+                              "lock-drift", log_tail)
+        return RunOutcome(result, None, None, log_tail)
+
+    def drift(self, result_path: Path, prepared: Prepared) -> list[str]:
+        """Packages whose installed version (the probe's fingerprint) differs from the lock."""
+        lock_dir = Path(prepared.ref) / "pinmatrix-lock"
+        try:
+            data = json.loads(result_path.read_text())
+            packages = data["environment"]["packages"]
+            pins = data["cell"]["pins"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []  # a damaged result is judged by the results module, not here
+        from pinmatrix.cell import parse_lock
+        locked = parse_lock((lock_dir / "requirements.lock").read_text()) if lock_dir.is_dir() else {}
+        return lock_drift(locked, packages, pins)
+
+
+def lock_drift(locked: dict[str, str], packages: dict[str, Any], pins: dict[str, str]) -> list[str]:
+    problems = []
+    for raw_name, info in sorted(packages.items()):
+        name = normalize_name(raw_name)
+        installed = info.get("installed") if isinstance(info, dict) else None
+        if pins.get(raw_name) == "none" or pins.get(name) == "none":
+            if installed:
+                problems.append(f"{raw_name} {installed} is installed but the cell says none")
+            continue
+        want = locked.get(name)
+        if want is None:
+            continue
+        if installed is None:
+            problems.append(f"{raw_name} missing (lock: {want})")
+        elif not _same_version(installed, want):
+            problems.append(f"{raw_name} {installed} (lock: {want})")
+    return problems
+
+
+def _same_version(a: str, b: str) -> bool:
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    # The probe may have started workers (dataloaders, compilers): end the whole session it leads.
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _read_tail(path: Path) -> str:
+    try:
+        return tail(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return ""
+
+
+def _last_line(text: str) -> str:
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    return lines[-1] if lines else ""
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (str, Path)):
+        return [value]
+    return list(value)

@@ -1,0 +1,359 @@
+"""The docker runner on the real engine: two real cells sharing the torch layer, the probe run locked
+down, faults classified, planted secrets and hostile values kept where they belong.
+
+Skips (with the reason) only when no Docker client with BuildKit exists; with
+PINMATRIX_REQUIRE_DOCKER=1 (set by .ci/run) a missing engine or base image is a failure instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import pytest
+
+from pinmatrix.cell import Cell, Lock
+from pinmatrix.engine import Engine, engine_message, find_engine
+from pinmatrix.runners.base import InfraError, Prepared, RunOutcome
+from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE, PROBES_DIR, DockerRunner
+from probes import schema_check
+
+pytestmark = pytest.mark.integration
+
+TORCH = "2.13.0+cpu"
+TRANSFORMERS = ("4.57.6", "5.17.0")
+STACK = ("peft", "accelerate", "safetensors", "tokenizers")
+WHEELHOUSE = Path(os.environ.get("PIP_FIND_LINKS", "/opt/wheels").split()[0])
+CA_BUNDLE = Path(os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"))
+TIMINGS: dict[str, float] = {}
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("PINMATRIX_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"PINMATRIX_REQUIRE_DOCKER=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    found = find_engine()
+    if found is None:
+        _unavailable(engine_message())
+    assert found is not None
+    base = subprocess.run(found.cmd("image", "inspect", DEFAULT_BASE_IMAGE), capture_output=True)
+    if base.returncode != 0:
+        _unavailable(f"base image {DEFAULT_BASE_IMAGE} missing: run docker/base/build-base.sh")
+    return found
+
+
+@pytest.fixture(scope="module")
+def made_images(engine: Engine) -> Iterator[list[str]]:
+    """Tags this module built; removed afterwards so repeated runs do not fill the disk."""
+    tags: list[str] = []
+    yield tags
+    for tag in set(tags):
+        subprocess.run(engine.cmd("rmi", "--force", tag), capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("docker-runner")
+
+
+def _uv() -> list[str]:
+    found = shutil.which("uv")
+    return [found] if found else [sys.executable, "-m", "uv"]
+
+
+def _compile(requirements: str, out: Path, constraint: Path | None = None) -> str:
+    src = out.with_suffix(".in")
+    src.write_text(requirements)
+    cmd = [*_uv(), "pip", "compile", "--quiet", "--no-header", "--python-version", "3.11",
+           "--python-platform", "x86_64-manylinux_2_28", "--find-links", str(WHEELHOUSE), str(src), "-o", str(out)]
+    if constraint is not None:
+        cmd += ["-c", str(constraint)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"uv pip compile failed:\n{proc.stderr}"
+    return out.read_text()
+
+
+@pytest.fixture(scope="module")
+def locks(workdir: Path) -> dict[str, Lock]:
+    """Real locks for two cells that differ only in the transformers pin.
+
+    A nonce comment in torch.lock gives this test session its own torch layer, so the first build
+    really installs torch and the second build has to reuse it (rather than both hitting an old cache).
+    """
+    assert any(WHEELHOUSE.glob(f"torch-{TORCH}-*.whl")), f"no torch {TORCH} wheel in {WHEELHOUSE}"
+    torch_path = workdir / "torch.lock"
+    torch_lock = _compile(f"torch=={TORCH}\n", torch_path) + f"# test nonce {uuid.uuid4().hex}\n"
+    torch_path.write_text(torch_lock)
+    out: dict[str, Lock] = {}
+    for tf in TRANSFORMERS:
+        full = _compile("\n".join([f"torch=={TORCH}", f"transformers=={tf}", *STACK]) + "\n",
+                        workdir / f"tf{tf}.lock", constraint=torch_path)
+        cell = _cell(tf)
+        out[tf] = Lock(cell.id, "3.11", torch_lock, full)
+    return out
+
+
+def _cell(tf: str, **settings: Any) -> Cell:
+    return Cell({"python": "3.11", "torch": TORCH, "transformers": tf}, checks=("imports",),
+                settings={"device": "cpu", **settings})
+
+
+def _sources(**overrides: Any) -> SimpleNamespace:
+    base = dict(index_url=None, extra_index_urls=(), find_links=(str(WHEELHOUSE),), ca_bundle=str(CA_BUNDLE),
+                torch_backend=None)
+    base.update(overrides)
+    return SimpleNamespace(**base)
+
+
+def _layers(engine: Engine, tag: str) -> list[str]:
+    proc = subprocess.run(engine.cmd("image", "inspect", "--format", "{{json .RootFS.Layers}}", tag),
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def _write_spec(path: Path, cell: Cell) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cell.spec("0" * 64, "docker")))
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(engine: Engine, locks: dict[str, Lock], workdir: Path, made_images: list[str]) -> dict[str, Any]:
+    # A snapshot of probes/: the tag covers the probes' content, and edits made while the suite runs
+    # must not turn "the same cell" into a new one halfway through.
+    probes = workdir / "probes-snapshot" / "probes"
+    shutil.copytree(PROBES_DIR, probes, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    runner = DockerRunner(engine, _sources(), workdir / "reports", context_root=workdir / "ctx", probes_dir=probes)
+    prepared: dict[str, Prepared] = {}
+    for tf in TRANSFORMERS:
+        started = time.monotonic()
+        prepared[tf] = runner.prepare(_cell(tf), locks[tf])
+        TIMINGS[f"build tf{tf}"] = time.monotonic() - started
+        made_images.append(prepared[tf].ref)
+    return {"runner": runner, "prepared": prepared}
+
+
+def test_second_cell_reuses_the_torch_layer_and_builds_faster(engine: Engine, built: dict[str, Any],
+                                                              pytestconfig: pytest.Config) -> None:
+    first, second = (built["prepared"][tf] for tf in TRANSFORMERS)
+    assert not first.reused and not second.reused and first.ref != second.ref
+    a, b = _layers(engine, first.ref), _layers(engine, second.ref)
+    # base, uv, venv, COPY torch.lock, torch install: identical digests; the cell-specific rest differs.
+    torch_layer = 4
+    assert a[:torch_layer + 1] == b[:torch_layer + 1]
+    assert a[torch_layer + 2:-1] != b[torch_layer + 2:-1]
+    history = subprocess.run(engine.cmd("history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}",
+                                        second.ref), capture_output=True, text=True, check=True).stdout
+    assert any("locks/torch.lock" in line and "RUN" in line for line in history.splitlines())
+    log = Path(second.details["build_log"]).read_text()
+    torch_step = log.split("locks/torch.lock;", 1)[0].rsplit("#", 1)[-1]
+    assert f"#{torch_step.split()[0]} CACHED" in log, "the torch install step was not taken from the cache"
+    t1, t2 = TIMINGS[f"build tf{TRANSFORMERS[0]}"], TIMINGS[f"build tf{TRANSFORMERS[1]}"]
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # the CI log keeps these figures
+        print(f"\n[docker timings] first build {t1:.1f}s; rebuild differing only in transformers {t2:.1f}s")
+    assert t2 < 0.8 * t1, f"rebuild {t2:.1f}s not much faster than first build {t1:.1f}s"
+
+
+def test_unchanged_cell_is_not_rebuilt(built: dict[str, Any], locks: dict[str, Lock]) -> None:
+    started = time.monotonic()
+    again = built["runner"].prepare(_cell(TRANSFORMERS[0]), locks[TRANSFORMERS[0]])
+    assert again.reused and again.ref == built["prepared"][TRANSFORMERS[0]].ref
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("tf", TRANSFORMERS)
+def test_probe_runs_offline_as_non_root_and_returns_a_valid_result(
+        engine: Engine, built: dict[str, Any], workdir: Path, tf: str) -> None:
+    cell = _cell(tf)
+    spec = _write_spec(workdir / "specs" / f"{tf}.json", cell)
+    outcome: RunOutcome = built["runner"].run(built["prepared"][tf], spec, workdir / "out" / tf, None, 900)
+    assert outcome.ok, f"{outcome.infra_reason} {outcome.signature}\n{outcome.log_tail}"
+    assert outcome.result_path is not None
+    result = json.loads(outcome.result_path.read_text())
+    assert schema_check.validate(result, schema_check.load_schema()) == []
+    assert result["cell"]["id"] == cell.id
+    packages = result["environment"]["packages"]
+    assert packages["transformers"]["installed"] == tf and packages["transformers"]["imports"] is True
+    assert result["environment"]["torch"] == TORCH
+    imports = [c for c in result["checks"] if c["name"] == "imports"]
+    assert imports and imports[0]["status"] == "pass"
+    assert not any(p.name.startswith(".probe-") for p in outcome.result_path.parent.iterdir())
+    image_user = subprocess.run(engine.cmd("image", "inspect", "--format", "{{.Config.User}}",
+                                           built["prepared"][tf].ref), capture_output=True, text=True).stdout
+    assert image_user.strip() == "1000:1000"
+
+
+# -------------------------------------------------------------------------------------------------
+# A fake probe in a small image (no torch): tells what it sees, or injects a fault on request.
+FAKE_PROBE = r'''
+import argparse, ctypes, json, os, socket, sys, time
+p = argparse.ArgumentParser()
+p.add_argument("--cell"); p.add_argument("--out"); p.add_argument("--work")
+a = p.parse_args()
+spec = json.load(open(a.cell))
+fault = spec["settings"].get("fault", "none")
+if fault == "segfault":
+    ctypes.string_at(0)
+if fault == "oom":
+    hoard = []
+    while True:
+        hoard.append(bytearray(32 << 20))
+if fault == "hang":
+    time.sleep(3600)
+if fault == "exit3":
+    sys.exit(3)
+def attempt(fn):
+    try:
+        fn(); return "ok"
+    except Exception as exc:
+        return type(exc).__name__
+facts = {
+    "uid": os.getuid(), "gid": os.getgid(), "pins": spec["pins"], "id": spec["id"],
+    "dns": attempt(lambda: socket.getaddrinfo("pypi.org", 443)),
+    "connect": attempt(lambda: socket.create_connection(("1.1.1.1", 80), timeout=3).close()),
+    "root_write": attempt(lambda: open("/opt/pinmatrix/written", "w").close()),
+    "spec_write": attempt(lambda: open(a.cell, "a").close()),
+    "tmp_write": attempt(lambda: open("/tmp/written", "w").close()),
+    "run_secrets": os.listdir("/run/secrets") if os.path.isdir("/run/secrets") else [],
+    "sources_files": sorted(os.listdir("/opt/pinmatrix")),
+    "env": dict(os.environ),
+}
+tmp = a.out + ".tmp"
+json.dump(facts, open(tmp, "w"))
+os.replace(tmp, a.out)
+'''
+
+
+@pytest.fixture(scope="module")
+def planted() -> dict[str, str]:
+    marker = uuid.uuid4().hex
+    return {"token": f"hf_PLANTED{marker}", "ca": f"PLANTEDCA{marker}", "index": f"PLANTEDIDX{marker}"}
+
+
+@pytest.fixture(scope="module")
+def fake(engine: Engine, workdir: Path, made_images: list[str], planted: dict[str, str],
+         built: dict[str, Any]) -> dict[str, Any]:
+    # `built` first: the uv and venv layers then come from the cache, so the planted (unreachable)
+    # index is mounted into the steps that run here without being needed for a download.
+    probes = workdir / "fake-probes" / "probes"
+    probes.mkdir(parents=True)
+    (probes / "__init__.py").write_text("")
+    (probes / "__main__.py").write_text(FAKE_PROBE)
+    ca = workdir / "planted-ca.pem"
+    ca.write_text(f"# {planted['ca']}\n" + CA_BUNDLE.read_text())
+    sources = _sources(ca_bundle=str(ca), index_url=f"https://{planted['index']}@pypi.invalid/simple",
+                       extra_index_urls=(f"https://x:{planted['index']}@mirror.invalid/simple",))
+    runner = DockerRunner(engine, sources, workdir / "reports", probes_dir=probes.parent / "probes",
+                          memory="256m", context_root=workdir / "ctx")
+    nonce = f"# fake cell {uuid.uuid4().hex}\n"
+    old = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = planted["token"]
+    try:
+        prepared = runner.prepare(_cell("fake"), Lock("fake-cell", "3.11", nonce, nonce))
+    finally:
+        if old is None:
+            os.environ.pop("HF_TOKEN", None)
+        else:
+            os.environ["HF_TOKEN"] = old
+    made_images.append(prepared.ref)
+    return {"runner": runner, "prepared": prepared}
+
+
+def _run_fake(fake: dict[str, Any], workdir: Path, name: str, timeout_s: float = 120, **settings: Any) -> RunOutcome:
+    cell = _cell("fake", **settings)
+    spec = _write_spec(workdir / "specs" / f"fake-{name}.json", cell)
+    return fake["runner"].run(fake["prepared"], spec, workdir / "out" / f"fake-{name}", None, timeout_s)
+
+
+def test_container_is_offline_non_root_and_read_only(fake: dict[str, Any], workdir: Path) -> None:
+    outcome = _run_fake(fake, workdir, "facts")
+    assert outcome.ok, outcome
+    facts = json.loads(outcome.result_path.read_text())  # type: ignore[union-attr]
+    assert (facts["uid"], facts["gid"]) == (1000, 1000)
+    assert facts["dns"] != "ok" and facts["connect"] != "ok"
+    assert facts["root_write"] != "ok" and facts["spec_write"] != "ok"
+    assert facts["tmp_write"] == "ok"
+    assert facts["run_secrets"] == []  # BuildKit leaves the empty mount point, never a secret file
+
+
+def test_planted_secrets_appear_nowhere(engine: Engine, fake: dict[str, Any], workdir: Path,
+                                        planted: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", planted["token"])
+    outcome = _run_fake(fake, workdir, "secrets")
+    assert outcome.ok
+    ref = fake["prepared"].ref
+    history = subprocess.run(engine.cmd("history", "--no-trunc", ref), capture_output=True, text=True,
+                             check=True).stdout
+    inspect = subprocess.run(engine.cmd("image", "inspect", ref), capture_output=True, text=True,
+                             check=True).stdout
+    build_log = Path(fake["prepared"].details["build_log"]).read_text()
+    result = outcome.result_path.read_text()  # type: ignore[union-attr]
+    saved = subprocess.run(engine.cmd("save", ref), capture_output=True, check=True).stdout
+    assert len(saved) > 1_000_000  # the whole image, every layer
+    assert "/run/secrets/ca_bundle" in build_log or "secret" in history  # the secrets were in play
+    for value in planted.values():
+        for name, text in (("docker history", history), ("docker inspect", inspect),
+                           ("build log", build_log), ("result", result), ("run log", outcome.log_tail)):
+            assert value not in text, f"{value} leaked into {name}"
+        assert value.encode() not in saved, f"{value} baked into an image layer"
+
+
+def test_hostile_values_reach_docker_only_as_arguments(engine: Engine, fake: dict[str, Any], workdir: Path,
+                                                       made_images: list[str]) -> None:
+    canary = Path(f"/tmp/pinmatrix-pwned-{uuid.uuid4().hex}")
+    hostile = [f"5.17.0; touch {canary}", f"$(touch {canary})", f"`touch {canary}`", f"x' && touch {canary} #"]
+    cell = Cell({"python": "3.11", "transformers": hostile[0], "peft": hostile[1], "trl": hostile[2],
+                 "unsloth": hostile[3]}, checks=("imports",), settings={"device": "cpu"})
+    spec = _write_spec(workdir / "specs" / "hostile.json", cell)
+    runner: DockerRunner = fake["runner"]
+    outcome = runner.run(fake["prepared"], spec, workdir / "out" / "hostile", None, 120)
+    assert outcome.ok, outcome
+    facts = json.loads(outcome.result_path.read_text())  # type: ignore[union-attr]
+    assert facts["pins"] == dict(cell.pins) and facts["id"] == cell.id  # arrived verbatim, not interpreted
+
+    # A lock and a cell id carrying shell syntax: the label keeps the exact string; uv rejects the line.
+    nonce = f"# hostile {uuid.uuid4().hex}\n"
+    bad_lock = Lock(f"cell {hostile[1]} {hostile[0]}", "3.11", nonce, f"transformers==5.17.0; rm -rf {canary}\n")
+    with pytest.raises(InfraError) as err:
+        runner.prepare(cell, bad_lock)
+    assert err.value.signature and err.value.signature.startswith("build-")
+    with pytest.raises(InfraError):
+        runner.prepare(cell, Lock("c", f"3.11; touch {canary}", nonce, nonce))
+    assert not canary.exists(), "a hostile value was executed by a shell"
+
+
+def test_segfault_is_classified(fake: dict[str, Any], workdir: Path) -> None:
+    outcome = _run_fake(fake, workdir, "segv", fault="segfault")
+    assert outcome.result_path is None and outcome.signature == "probe-segfault"
+
+
+def test_oom_kill_is_classified(fake: dict[str, Any], workdir: Path) -> None:
+    outcome = _run_fake(fake, workdir, "oom", fault="oom")
+    assert outcome.result_path is None and outcome.signature == "container-oom-killed", outcome
+
+
+def test_hang_is_killed_at_the_cell_timeout(engine: Engine, fake: dict[str, Any], workdir: Path) -> None:
+    started = time.monotonic()
+    outcome = _run_fake(fake, workdir, "hang", timeout_s=5, fault="hang")
+    assert outcome.signature == "timeout" and outcome.result_path is None
+    assert time.monotonic() - started < 60
+    left = subprocess.run(engine.cmd("ps", "-a", "--filter", "name=pinmatrix-", "--format", "{{.Names}}"),
+                          capture_output=True, text=True).stdout
+    assert "fake" not in left, f"container left behind: {left}"
+
+
+def test_no_result_is_classified(fake: dict[str, Any], workdir: Path) -> None:
+    outcome = _run_fake(fake, workdir, "exit3", fault="exit3")
+    assert outcome.result_path is None and outcome.signature == "probe-exit-3"
