@@ -1,0 +1,126 @@
+#!/usr/bin/env -S uv run --script
+# /// script
+# dependencies = ["nox>=2024.3.2", "pyyaml>=6", "packaging>=23", "jsonschema>=4.18"]
+# ///
+"""Thin wiring around `python -m pinmatrix` (pinmatrix/cli.py holds the logic).
+
+    nox -l                          one session per cell of matrix.yaml, tagged `cell`
+    nox -s matrix -- [selectors] [--runner docker|venv|auto] [--cpu]
+    nox -s report                   merge reports/latest again
+    nox -s resolve -- [selectors]   locks only
+    nox -s tests -- [pytest args]
+    nox -t cell                     every cell, one session each (then `nox -s report`)
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+MATRIX = Path(os.environ.get("PINMATRIX_MATRIX", ROOT / "matrix.yaml"))  # the matrix the sessions use
+PYTHON = "3.11"  # the harness's own Python; each cell's Python comes from matrix.yaml
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["matrix"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _cell_ids() -> list[str]:
+    """The default matrix's cell ids. A bad matrix.yaml must not crash `nox -l`: say why, list no cells."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from pinmatrix.errors import MatrixError
+        from pinmatrix.matrix import load_matrix
+    except ImportError:  # nox runs without the harness's dependencies (pipx, uv tool): ask a throwaway env
+        return _cell_ids_via_uv()
+    finally:
+        sys.path.pop(0)
+    try:
+        return [cell.id for cell in load_matrix(MATRIX).expand()]
+    except MatrixError as exc:
+        print(f"noxfile: no cell sessions: {exc}", file=sys.stderr)
+        return []
+    except Exception as exc:  # e.g. a live axis with the index unreachable
+        print(f"noxfile: no cell sessions: {MATRIX}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return []
+
+
+def _cell_ids_via_uv() -> list[str]:
+    import shutil
+    import subprocess
+
+    uv = shutil.which("uv")
+    if uv is None:
+        print("noxfile: no cell sessions: this nox lacks pyyaml/packaging/jsonschema and uv is absent "
+              "(`nox -s matrix` still runs every cell)", file=sys.stderr)
+        return []
+    proc = subprocess.run([uv, "run", "--quiet", "--no-project", "--python", PYTHON, "--with", "pyyaml>=6",
+                           "--with", "packaging>=23", "--with", "jsonschema>=4.18",
+                           "python", "-m", "pinmatrix", "list", "--matrix", str(MATRIX)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        print(f"noxfile: no cell sessions: {proc.stderr.strip()}", file=sys.stderr)
+        return []
+    return proc.stdout.split()
+
+
+CELL_IDS = _cell_ids()
+
+
+def _install_harness(session: nox.Session) -> None:
+    session.install("-e", f"{ROOT}[test]" if session.name == "tests" else str(ROOT))
+
+
+def _find_links_args() -> list[str]:
+    """A wheelhouse for the CPU torch wheel (air-gapped hosts, this CI): PINMATRIX_FIND_LINKS, else pip's own."""
+    wheelhouse = os.environ.get("PINMATRIX_FIND_LINKS") or os.environ.get("PIP_FIND_LINKS")
+    return [arg for link in (wheelhouse or "").split() for arg in ("--find-links", link)]
+
+
+def _pinmatrix(session: nox.Session, command: str, *args: str) -> None:
+    session.run("python", "-m", "pinmatrix", command, "--matrix", str(MATRIX), *args, *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def matrix(session: nox.Session) -> None:
+    """Every selected cell (selectors, --runner, --cpu after --), then the merged report."""
+    _install_harness(session)
+    _pinmatrix(session, "matrix")
+
+
+@nox.session(python=PYTHON, tags=["cell"])
+@nox.parametrize("cell", CELL_IDS, ids=CELL_IDS)
+def cell(session: nox.Session, cell: str) -> None:
+    """One cell of matrix.yaml (its own run folder and report)."""
+    _install_harness(session)
+    _pinmatrix(session, "matrix", cell)
+
+
+@nox.session(python=PYTHON)
+def report(session: nox.Session) -> None:
+    """Merge the latest run folder again (`-- --run reports/<id>` for another)."""
+    _install_harness(session)
+    session.run("python", "-m", "pinmatrix", "report", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def resolve(session: nox.Session) -> None:
+    """Resolve the selected cells' locks, build and run nothing."""
+    _install_harness(session)
+    _pinmatrix(session, "resolve")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite: unit, then integration (real uv, real venvs, real Docker where an engine exists)."""
+    _install_harness(session)
+    # The probe unit tests run the real CPU stack (torch, transformers, peft) in this session's venv.
+    session.install(*_find_links_args(), "-r", str(ROOT / "tests" / "probe-stack.txt"))
+    session.run("pytest", "tests/unit", "tests/integration", "-ra", *session.posargs)
+
+
+if __name__ == "__main__":
+    nox.main()

@@ -1,0 +1,56 @@
+"""The host-side record of one cell (docs/CONTRACTS.md §8): always written, even with no probe result."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pinmatrix.results import write_json_atomic
+
+STAGES = ("resolve", "prepare", "run", "done")
+HOST_STATUSES = (None, "unresolvable", "infra")
+
+
+@dataclass
+class Outcome:
+    cell: str
+    hash: str | None
+    pins: Mapping[str, str]
+    runner: str
+    stage: str = "resolve"
+    status: str | None = None          # set only when the host already knows the verdict
+    reason: str | None = None
+    signature: str | None = None
+    result: str | None = None          # "cells/<id>.json", relative to the run folder
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"outcome stage {self.stage!r} not one of {STAGES}")
+        if self.status not in HOST_STATUSES:
+            raise ValueError(f"outcome status {self.status!r} not one of {HOST_STATUSES}")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["pins"] = dict(self.pins)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Outcome":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    def write(self, run_dir: Path) -> Path:
+        return write_json_atomic(Path(run_dir) / "outcomes" / f"{self.cell}.json", self.to_json())
+
+
+def load_outcome(path: Path) -> Outcome | str:
+    """The outcome, or a one-line reason why the file could not be read."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or "cell" not in data:
+            return f"{path}: not an outcome record"
+        return Outcome.from_json(data)
+    except (OSError, ValueError, TypeError) as exc:
+        return f"{path}: {exc}"

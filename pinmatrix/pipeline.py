@@ -1,0 +1,436 @@
+"""The run pipeline: matrix → cells → (resolve → prepare → run → result) per cell → report.
+
+One cell's failure never stops the others: every cell ends with an outcome record
+(docs/CONTRACTS.md §8), and the report is written even when the loop is interrupted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pinmatrix.cell import Cell, Lock, Unresolvable, content_hash
+from pinmatrix.outcome import Outcome
+from pinmatrix.report import write_report
+from pinmatrix.results import Damaged, load_result, write_json_atomic, write_text_atomic
+from pinmatrix.runners.base import RUN_LOG_NAME, InfraError, Runner
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
+PROBES_DIR = REPO_ROOT / "probes"
+DEFAULT_TIMEOUT_S = 3600.0
+RUNNERS = ("auto", "docker", "venv")
+
+Echo = Callable[[str], None]
+
+
+class HarnessError(Exception):
+    """The harness itself failed (exit 1), as opposed to bad input (exit 2) or a broken cell (data)."""
+
+
+@dataclass
+class RunOptions:
+    matrix_path: Path
+    selectors: Sequence[str] = ()
+    runner: str = "auto"
+    cpu: bool = False
+    reports_dir: Path = REPO_ROOT / "reports"
+    timeout_s: float | None = None        # None: the matrix's settings.cell_timeout_s, else DEFAULT_TIMEOUT_S
+    sources: Any = None                   # pinmatrix.sources.PackageSources
+    label: str | None = None
+    # venv runner
+    venv_dir: Path | None = None
+    system_site_packages: bool = False
+    no_install: bool = False
+    extra_sites: Sequence[Path] = ()
+    offline: bool = False
+    venv_python: str | None = None
+    keep_work: bool = False
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    outcomes: list[Outcome] = field(default_factory=list)
+    harness_errors: list[str] = field(default_factory=list)
+    verdict: str = ""
+
+
+# --- cells ---------------------------------------------------------------------------------------
+
+def load_cells(matrix_path: Path, selectors: Sequence[str] = (), *, cpu: bool = False) -> tuple[Any, list[Cell]]:
+    """The matrix and its selected cells. Raises pinmatrix.errors.MatrixError on bad input."""
+    from pinmatrix.matrix import load_matrix, select
+
+    matrix = load_matrix(Path(matrix_path))
+    cells = matrix.expand()
+    if selectors:
+        cells = select(cells, list(selectors))
+    if cpu:
+        cells = [force_cpu(c) for c in cells]
+    return matrix, cells
+
+
+def force_cpu(cell: Cell) -> Cell:
+    return dataclasses.replace(cell, settings={**dict(cell.settings), "device": "cpu"})
+
+
+def cell_timeout(cell: Cell, opts: RunOptions) -> float:
+    """--timeout, else the matrix's settings.cell_timeout_s, else the default."""
+    if opts.timeout_s:
+        return float(opts.timeout_s)
+    return float(cell.settings.get("cell_timeout_s") or DEFAULT_TIMEOUT_S)
+
+
+# --- identity ------------------------------------------------------------------------------------
+
+def probes_digest(root: Path = PROBES_DIR) -> str:
+    """sha256 over the probe's source files (path + bytes), so any probe change is a new cell hash."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        if "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
+            continue
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def gpu_model(cpu: bool) -> str:
+    """The GPU the cells run on (part of the content hash): `cpu` when forced or when none is visible."""
+    if cpu or not shutil.which("nvidia-smi"):
+        return "cpu"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "cpu"
+    names = sorted({l.strip() for l in out.stdout.splitlines() if l.strip()}) if out.returncode == 0 else []
+    return ",".join(names) or "cpu"
+
+
+def cell_hash(cell: Cell, lock: Lock, runner_name: str, gpu: str, digest: str) -> str:
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8") if runner_name == "docker" and DOCKERFILE.is_file() else runner_name
+    return content_hash(lock_text=lock.torch_lock + "\n---\n" + lock.full_lock, dockerfile=dockerfile,
+                        probes_digest=digest, checks=tuple(cell.checks), settings=dict(cell.settings),
+                        gpu_model=gpu, base_image=str(cell.pins.get("base_image", "")), models=tuple(cell.models))
+
+
+# --- runners -------------------------------------------------------------------------------------
+
+def pick_runner_kind(opts: RunOptions, echo: Echo) -> tuple[str, Any]:
+    """("docker", engine) or ("venv", None). `auto` is docker when an engine is found, else venv, said in ONE line."""
+    if opts.runner not in RUNNERS:
+        raise ValueError(f"unknown runner {opts.runner!r}: choose one of {', '.join(RUNNERS)}")
+    if opts.runner == "venv":
+        return "venv", None
+    from pinmatrix.engine import engine_message, find_engine
+
+    engine = find_engine()
+    if engine is not None:
+        if opts.runner == "auto":
+            echo(f"runner: docker ({engine.describe()})")
+        return "docker", engine
+    if opts.runner == "docker":
+        raise HarnessError(f"--runner docker, but no usable Docker engine: {engine_message()}")
+    echo(f"runner: venv (no usable Docker engine: {engine_message()})")
+    return "venv", None
+
+
+class Runners:
+    """The runner for each cell: one venv runner, or one Docker runner per base image."""
+
+    def __init__(self, kind: str, engine: Any, opts: RunOptions, run_dir: Path, echo: Echo) -> None:
+        self.kind, self.engine, self.opts, self.run_dir = kind, engine, opts, run_dir
+        self._docker: dict[str, Runner] = {}
+        self._venv: Runner | None = None
+        if kind == "venv":
+            self._venv = make_venv_runner(opts)
+            for note in self._venv.notes:
+                echo(f"venv runner: {note}")
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    def for_cell(self, cell: Cell) -> Runner:
+        if self._venv is not None:
+            return self._venv
+        base = str(cell.pins.get("base_image") or "")
+        if base not in self._docker:
+            self._docker[base] = make_docker_runner(self.engine, self.opts, self.run_dir, base or None)
+        return self._docker[base]
+
+
+def make_venv_runner(opts: RunOptions):
+    from pinmatrix.runners.venv import DEFAULT_VENV_ROOT, VenvRunner
+
+    return VenvRunner(venv_root=opts.venv_dir or DEFAULT_VENV_ROOT, sources=opts.sources,
+                      system_site_packages=opts.system_site_packages, offline=opts.offline,
+                      no_install=opts.no_install, extra_sites=tuple(opts.extra_sites),
+                      base_python=opts.venv_python)
+
+
+def make_docker_runner(engine: Any, opts: RunOptions, run_dir: Path, base_image: str | None):
+    from pinmatrix.runners.docker import DockerRunner
+
+    extra = {"base_image": base_image} if base_image else {}
+    return DockerRunner(engine, opts.sources, run_dir, cpu_only=opts.cpu, **extra)
+
+
+# --- the run folder ------------------------------------------------------------------------------
+
+def new_run_dir(reports_dir: Path, label: str | None = None) -> Path:
+    """reports/<UTC time id>[-label]; a suffix keeps two runs in the same second apart."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = stamp + (f"-{label}" if label else "")
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        candidate = reports_dir / (base if n == 0 else f"{base}.{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise HarnessError(f"could not create a run folder under {reports_dir}")
+
+
+def point_latest(reports_dir: Path, run_dir: Path) -> Path:
+    """Swap reports/latest to the run atomically: a new symlink, renamed over the old one."""
+    latest = Path(reports_dir) / "latest"
+    tmp = Path(reports_dir) / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(run_dir).name)
+    os.replace(tmp, latest)
+    return latest
+
+
+def _run_manifest(opts: RunOptions, run_dir: Path, matrix: Any, cells: list[Cell], runner: str) -> dict[str, Any]:
+    matrix_bytes = Path(opts.matrix_path).read_bytes()
+    axes = getattr(matrix, "axes", None)
+    return {
+        "run_id": run_dir.name,
+        "matrix": str(opts.matrix_path),
+        "matrix_sha256": hashlib.sha256(matrix_bytes).hexdigest(),
+        "axes": _jsonable(axes),
+        "selection": list(opts.selectors),
+        "cells": [c.id for c in cells],
+        "runner": runner,
+        "device": "cpu" if opts.cpu else "auto",
+        "timeout_s": opts.timeout_s,
+        "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
+                 "python": platform.python_version(), "argv": _redacted_argv(sys.argv)},
+        "started": _now(),
+    }
+
+
+# --- the pipeline --------------------------------------------------------------------------------
+
+def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
+    """Run every selected cell and write the report. MatrixError (bad input) propagates before
+    anything is written; a harness error in one cell is recorded and the others still run."""
+    from pinmatrix.resolve import resolve
+
+    matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu)
+    kind, engine = pick_runner_kind(opts, echo)
+    run_dir = new_run_dir(opts.reports_dir, opts.label)
+    runners = Runners(kind, engine, opts, run_dir, echo)
+    manifest = _run_manifest(opts, run_dir, matrix, cells, kind)
+    write_json_atomic(run_dir / "run.json", manifest)
+    summary = RunSummary(run_dir)
+    gpu = gpu_model(opts.cpu)
+    digest = probes_digest()
+    manifest["probes_digest"], manifest["gpu_model"] = digest, gpu
+    echo(f"run {run_dir.name}: {len(cells)} cell{'s' if len(cells) != 1 else ''}, runner {kind}, "
+         f"{'cpu (forced)' if opts.cpu else 'device ' + gpu}")
+    try:
+        for index, cell in enumerate(cells, 1):
+            echo(f"[{index}/{len(cells)}] {cell.id}")
+            try:
+                outcome = run_cell(cell, run_dir, runners.for_cell(cell), opts, gpu=gpu, digest=digest,
+                                   resolve_fn=resolve)
+            except Exception as exc:  # a harness bug: record it, keep going, exit 1 at the end
+                tb = traceback.format_exc()
+                summary.harness_errors.append(f"{cell.id}: {exc!r}")
+                outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=kind,
+                                  stage="run", status="infra", reason=f"harness error: {exc!r}",
+                                  signature="harness-error")
+                outcome.write(run_dir)
+                write_text_atomic(run_dir / "logs" / f"{cell.id}.harness.log", tb)
+            summary.outcomes.append(outcome)
+            echo(f"    {outcome.stage}: " + (f"{outcome.status} ({_short(outcome.reason)})" if outcome.status
+                                             else f"result {outcome.result}"))
+    finally:
+        manifest["finished"] = _now()
+        write_json_atomic(run_dir / "run.json", manifest)
+        write_report(run_dir)
+        point_latest(opts.reports_dir, run_dir)
+    summary.verdict = json.loads((run_dir / "summary.json").read_text())["verdict"]
+    return summary
+
+
+def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu: str, digest: str,
+             resolve_fn: Callable[..., Any]) -> Outcome:
+    from pinmatrix.resolve import ResolveInfraError
+
+    outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=runner.name, stage="resolve")
+    lock_dir = run_dir / "locks" / cell.id
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        resolved = resolve_fn(cell, opts.sources, lock_dir)
+    except ResolveInfraError as exc:
+        return _finish(outcome, run_dir, "infra", f"resolver: {exc}", "resolve-infra", "resolve_s", started)
+    outcome.timings["resolve_s"] = round(time.monotonic() - started, 2)
+    if isinstance(resolved, Unresolvable):
+        outcome.status, outcome.reason = "unresolvable", resolved.explanation
+        outcome.write(run_dir)
+        return outcome
+    lock: Lock = resolved
+    outcome.hash = cell_hash(cell, lock, runner.name, gpu, digest)
+
+    outcome.stage = "prepare"
+    started = time.monotonic()
+    try:
+        prepared = runner.prepare(cell, lock)
+    except InfraError as exc:
+        _write_log(run_dir, cell.id, "build", exc.log_tail)
+        return _finish(outcome, run_dir, "infra", exc.reason, exc.signature, "prepare_s", started)
+    outcome.timings["prepare_s"] = round(time.monotonic() - started, 2)
+    build_log = (prepared.details or {}).get("build_log")
+    kept_log = run_dir / "logs" / f"{cell.id}.build.log"
+    if build_log and Path(build_log).is_file() and Path(build_log).resolve() != kept_log.resolve():
+        _ensure_logs(run_dir)
+        shutil.copyfile(build_log, kept_log)
+
+    outcome.stage = "run"
+    work = run_dir / "work" / cell.id
+    work.mkdir(parents=True, exist_ok=True)
+    spec_path = work / "cell.json"
+    write_json_atomic(spec_path, cell.spec(outcome.hash, runner.name))
+    started = time.monotonic()
+    run = runner.run(prepared, spec_path, work, "" if opts.cpu else None, cell_timeout(cell, opts))
+    outcome.timings["run_s"] = round(time.monotonic() - started, 2)
+    if (work / RUN_LOG_NAME).is_file():
+        _ensure_logs(run_dir)
+        shutil.copyfile(work / RUN_LOG_NAME, run_dir / "logs" / f"{cell.id}.run.log")
+    elif run.log_tail:
+        _write_log(run_dir, cell.id, "run", run.log_tail)
+    if run.result_path is not None and Path(run.result_path).is_file():
+        target = run_dir / "cells" / f"{cell.id}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run.result_path, target.with_suffix(".json.tmp"))
+        os.replace(target.with_suffix(".json.tmp"), target)
+        loaded = load_result(target, reclassify=False)
+        if isinstance(loaded, Damaged):
+            outcome.status, outcome.reason, outcome.signature = "infra", f"damaged result: {loaded.why}", "damaged-result"
+        else:
+            outcome.result = f"cells/{cell.id}.json"
+    if run.infra_reason:
+        outcome.status, outcome.reason, outcome.signature = "infra", run.infra_reason, run.signature
+    elif outcome.result is None and outcome.status is None:
+        outcome.status, outcome.reason = "infra", "the runner returned no result"
+    if outcome.status is None:
+        outcome.stage = "done"
+    outcome.write(run_dir)
+    if not opts.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            work.parent.rmdir()  # the last cell leaves no empty work/ behind
+        except OSError:
+            pass
+    return outcome
+
+
+def resolve_only(opts: RunOptions, echo: Echo = print) -> Path:
+    """Resolve the selected cells into a run folder (locks + outcomes); nothing is built or run."""
+    from pinmatrix.resolve import ResolveInfraError, resolve
+
+    _, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu)
+    run_dir = new_run_dir(opts.reports_dir, opts.label or "resolve")
+    write_json_atomic(run_dir / "run.json", {"run_id": run_dir.name, "matrix": str(opts.matrix_path),
+                                             "selection": list(opts.selectors), "cells": [c.id for c in cells],
+                                             "runner": None, "started": _now()})
+    for cell in cells:
+        lock_dir = run_dir / "locks" / cell.id
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            resolved = resolve(cell, opts.sources, lock_dir)
+        except ResolveInfraError as exc:
+            echo(f"{cell.id}: infra: {exc}")
+            continue
+        if isinstance(resolved, Unresolvable):
+            echo(f"{cell.id}: unresolvable: {_short(resolved.explanation)}")
+            Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner="none", stage="resolve",
+                    status="unresolvable", reason=resolved.explanation).write(run_dir)
+        else:
+            pinned = resolved.pinned()
+            echo(f"{cell.id}: {len(pinned)} packages locked in {lock_dir.relative_to(run_dir.parent)}")
+    return run_dir
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _finish(outcome: Outcome, run_dir: Path, status: str, reason: str, signature: str | None,
+            timing: str, started: float) -> Outcome:
+    outcome.timings[timing] = round(time.monotonic() - started, 2)
+    outcome.status, outcome.reason, outcome.signature = status, reason, signature
+    outcome.write(run_dir)
+    return outcome
+
+
+def _ensure_logs(run_dir: Path) -> bool:
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    return True
+
+
+def _write_log(run_dir: Path, cell_id: str, kind: str, text: str) -> None:
+    if text:
+        write_text_atomic(run_dir / "logs" / f"{cell_id}.{kind}.log", text)
+
+
+def _short(text: str | None, limit: int = 160) -> str:
+    line = " ".join((text or "").split())
+    return line if len(line) <= limit else line[:limit] + "…"
+
+
+def _redacted_argv(argv: Sequence[str]) -> list[str]:
+    """The command line without credentials (an index URL may hold a token): run.json is shared."""
+    from pinmatrix.sources import redact
+
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and "=" in arg:
+            flag, value = arg.split("=", 1)
+            out.append(f"{flag}={redact(value)}")
+        else:
+            out.append(redact(arg) or arg)
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        if isinstance(value, dict):
+            return {str(k): _jsonable(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set)):
+            return [_jsonable(v) for v in value]
+        return str(value)

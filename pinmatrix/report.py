@@ -1,0 +1,367 @@
+"""Merge a run folder (docs/CONTRACTS.md §8) into `summary.json` and `summary.md`.
+
+A pure function of the files in the folder: outcomes/, cells/, run.json. Results are validated and
+their signatures re-classified with the current catalogue (pinmatrix.results); damaged files are
+listed apart and never counted as data.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from packaging.version import InvalidVersion, Version
+
+from pinmatrix.outcome import Outcome, load_outcome
+from pinmatrix.results import CellResult, Damaged, describe_signature, load_result, write_json_atomic, write_text_atomic
+from pinmatrix.status import CELL_STATUSES, cell_status
+
+# Column order of the table: the check names of docs/CONTRACTS.md §3; anything else follows, sorted.
+CHECK_ORDER = (
+    "imports", "kernel.xformers", "kernel.flash-attn", "kernel.bitsandbytes",
+    "exaone3.5.remote-code", "exaone4.native",
+    "unsloth.load.exaone3.5", "unsloth.load.exaone4", "unsloth.llamafied", "lora-train.unsloth",
+    "attention.eager", "attention.sdpa", "attention.flash_attention_2", "attention.xformers",
+    "attention.xformers-kernel", "lora-train.hf-peft", "generate",
+    "throughput.sdpa", "throughput.eager", "throughput.flash_attention_2", "throughput.unsloth",
+)
+CHECK_GLYPH = {"pass": "✅", "fail": "❌", "skip": "⏭", "infra": "⚠", "flaky": "〰", None: "·"}
+CELL_GLYPH = {"works": "✅", "partial": "🟡", "broken": "❌", "unresolvable": "⛔", "infra": "⚠"}
+VERDICT_WORDS = {"works": ("works", "work"), "partial": ("partial", "partial"), "broken": ("broken", "broken"),
+                 "unresolvable": ("unresolvable", "unresolvable"), "infra": ("infra", "infra")}
+TOKENS_KEYS = ("tokens_per_s", "tokens_per_sec", "tok_per_s", "tokens_s")
+PEAK_GIB_KEYS = ("peak_mem_gib", "peak_memory_gib", "peak_gib")
+PEAK_BYTES_KEYS = ("peak_mem_bytes", "peak_memory_bytes", "max_memory_allocated")
+
+
+@dataclass
+class CellRow:
+    cell_id: str
+    pins: dict[str, str]
+    status: str
+    outcome: Outcome | None = None
+    result: CellResult | None = None
+    reason: str | None = None
+    signature: str | None = None
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def merge(run_dir: Path) -> dict[str, Any]:
+    """The summary of one run folder, as the JSON-able dict written to summary.json."""
+    run_dir = Path(run_dir)
+    run_meta = _read_json(run_dir / "run.json") or {}
+    damaged: list[Damaged] = []
+    outcomes: dict[str, Outcome] = {}
+    for path in sorted((run_dir / "outcomes").glob("*.json")):
+        loaded = load_outcome(path)
+        if isinstance(loaded, str):
+            damaged.append(Damaged(path, loaded))
+        else:
+            outcomes[loaded.cell] = loaded
+    results: dict[str, CellResult] = {}
+    for path in sorted((run_dir / "cells").glob("*.json")):
+        loaded = load_result(path)
+        if isinstance(loaded, Damaged):
+            damaged.append(loaded)
+            continue
+        expected = outcomes.get(loaded.cell_id)
+        if expected is not None and expected.hash and loaded.data["cell"]["hash"] != expected.hash:
+            damaged.append(Damaged(path, f"result is for content hash {loaded.data['cell']['hash'][:12]}…, "
+                                         f"the run expected {expected.hash[:12]}…"))
+            continue
+        results[loaded.cell_id] = loaded
+
+    rows = [_row(cid, outcomes.get(cid), results.get(cid))
+            for cid in sorted(set(outcomes) | set(results))]
+    columns = _columns(rows)
+    failures = _failures(rows)
+    summary = {
+        "run": run_meta,
+        "run_dir": str(run_dir),
+        "verdict": verdict_line(rows),
+        "counts": dict(Counter(r.status for r in rows)),
+        "checks": columns,
+        "cells": [_row_json(r) for r in rows],
+        "pivot": _pivot(rows),
+        "failures": failures,
+        "unresolvable": [{"cell": r.cell_id, "explanation": r.reason} for r in rows if r.status == "unresolvable"],
+        "infra": _infra(rows),
+        "damaged": [{"path": _rel(d.path, run_dir), "why": d.why} for d in damaged],
+        "speed": _speed(rows),
+    }
+    return summary
+
+
+def write_report(run_dir: Path) -> tuple[Path, Path]:
+    run_dir = Path(run_dir)
+    summary = merge(run_dir)
+    json_path = write_json_atomic(run_dir / "summary.json", summary)
+    md_path = write_text_atomic(run_dir / "summary.md", render_markdown(summary))
+    return json_path, md_path
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+def _row(cell_id: str, outcome: Outcome | None, result: CellResult | None) -> CellRow:
+    pins = dict(outcome.pins) if outcome else dict(result.data["cell"]["pins"]) if result else {}
+    checks = {c["name"]: c for c in result.checks} if result else {}
+    if outcome is not None and outcome.status is not None:
+        status = outcome.status  # the host already knew: unresolvable, or infra (build, timeout, drift)
+    else:
+        status = cell_status(result.checks if result else None)
+    reason = outcome.reason if outcome else None
+    if status == "infra" and not reason:
+        if result is None:
+            reason = "no valid result"
+        else:
+            core_infra = [c for c in result.checks if c["status"] == "infra"]
+            reason = "; ".join(f"{c['name']}: {c.get('reason') or 'infra'}" for c in core_infra) or "no check ran"
+    return CellRow(cell_id, pins, status, outcome, result, reason,
+                   outcome.signature if outcome else None, checks)
+
+
+def _row_json(row: CellRow) -> dict[str, Any]:
+    env = row.result.data["environment"] if row.result else {}
+    return {
+        "id": row.cell_id,
+        "status": row.status,
+        "pins": row.pins,
+        "hash": (row.outcome.hash if row.outcome else None) or (row.result.data["cell"]["hash"] if row.result else None),
+        "runner": row.outcome.runner if row.outcome else (row.result.data["cell"].get("runner") if row.result else None),
+        "reason": row.reason,
+        "signature": row.signature,
+        "result": row.outcome.result if row.outcome and row.result else (
+            f"cells/{row.result.path.name}" if row.result else None),
+        "environment": {k: env.get(k) for k in ("python", "device", "torch", "cuda", "gpu", "driver")} if env else None,
+        "checks": {name: {"status": c["status"],
+                          "signature": (c.get("error") or {}).get("signature"),
+                          "reason": c.get("reason")}
+                   for name, c in row.checks.items()},
+    }
+
+
+def verdict_line(rows: list[CellRow]) -> str:
+    counts = Counter(r.status for r in rows)
+    n = len(rows)
+    parts = []
+    for status in ("works", "partial", "broken", "unresolvable", "infra"):
+        if counts[status]:
+            word = VERDICT_WORDS[status][0 if counts[status] == 1 else 1]
+            text = f"{counts[status]} {word}"
+            if status == "broken":
+                sigs = {(c.get("error") or {}).get("signature") for r in rows if r.status == "broken"
+                        for c in r.checks.values() if c["status"] == "fail"}
+                sigs.discard(None)
+                text += f" ({len(sigs)} signature{'s' if len(sigs) != 1 else ''})"
+            parts.append(text)
+    return f"{n} cell{'s' if n != 1 else ''}: " + (", ".join(parts) if parts else "nothing ran")
+
+
+def _columns(rows: Iterable[CellRow]) -> list[str]:
+    seen = {name for r in rows for name in r.checks}
+    return [c for c in CHECK_ORDER if c in seen] + sorted(seen - set(CHECK_ORDER))
+
+
+def _failures(rows: list[CellRow]) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    known: dict[str, bool] = {}
+    for row in rows:
+        for check in row.checks.values():
+            if check["status"] != "fail":
+                continue
+            error = check.get("error") or {}
+            sig = error.get("signature") or "unclassified"
+            known[sig] = known.get(sig, False) or bool(error.get("known"))
+            groups[sig].append({"cell": row.cell_id, "check": check["name"],
+                                "type": error.get("type"), "message": _first_line(error.get("message"))})
+    out = []
+    for sig, items in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        entry = describe_signature(sig) or {}
+        out.append({"signature": sig, "known": bool(entry) or known[sig], "count": len(items),
+                    "cause": entry.get("cause"), "affected": entry.get("affected"),
+                    "fix": entry.get("fix"), "link": entry.get("link"), "checks": items})
+    return out
+
+
+def _infra(rows: list[CellRow]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        if row.status == "infra":
+            out.append({"cell": row.cell_id, "check": None, "reason": row.reason, "signature": row.signature})
+        for check in row.checks.values():
+            if check["status"] == "infra":
+                out.append({"cell": row.cell_id, "check": check["name"], "reason": check.get("reason"),
+                            "signature": (check.get("error") or {}).get("signature")})
+    return out
+
+
+def _pivot(rows: list[CellRow]) -> list[dict[str, Any]]:
+    """transformers × unsloth, one table per torch line (python + torch)."""
+    lines: dict[tuple[str, str], list[CellRow]] = defaultdict(list)
+    for row in rows:
+        lines[(row.pins.get("python", "?"), row.pins.get("torch", "?"))].append(row)
+    tables = []
+    for (python, torch), members in sorted(lines.items(), key=lambda kv: (_vkey(kv[0][0]), _vkey(kv[0][1]))):
+        tfs = sorted({r.pins.get("transformers", "?") for r in members}, key=_vkey)
+        uns = sorted({r.pins.get("unsloth", "none") for r in members}, key=_vkey)
+        grid: dict[str, dict[str, dict[str, int]]] = {tf: {u: {} for u in uns} for tf in tfs}
+        for r in members:
+            slot = grid[r.pins.get("transformers", "?")][r.pins.get("unsloth", "none")]
+            slot[r.status] = slot.get(r.status, 0) + 1
+        tables.append({"python": python, "torch": torch, "transformers": tfs, "unsloth": uns, "grid": grid})
+    return tables
+
+
+def _speed(rows: list[CellRow]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        sdpa = _tokens(row.checks.get("throughput.sdpa"))
+        for name, check in row.checks.items():
+            if not name.startswith("throughput.") or check["status"] not in ("pass", "flaky"):
+                continue
+            tps = _tokens(check)
+            if tps is None:
+                continue
+            evidence = check.get("evidence") or {}
+            shape = (f"{evidence['batch']}×{evidence['seq']}"
+                     if isinstance(evidence.get("batch"), int) and isinstance(evidence.get("seq"), int) else None)
+            out.append({"cell": row.cell_id, "stack": name.split(".", 1)[1], "tokens_per_s": tps,
+                        "speedup_vs_sdpa": round(tps / sdpa, 3) if sdpa else None,
+                        "peak_mem_gib": _peak_gib(check), "batch_x_seq": shape,
+                        "mfu": evidence.get("mfu") if isinstance(evidence.get("mfu"), (int, float)) else None,
+                        "gpu": evidence.get("gpu") if isinstance(evidence.get("gpu"), str) else None})
+    return out
+
+
+def _tokens(check: dict[str, Any] | None) -> float | None:
+    if not check or check["status"] not in ("pass", "flaky"):
+        return None
+    evidence = check.get("evidence") or {}
+    for key in TOKENS_KEYS:
+        if isinstance(evidence.get(key), (int, float)):
+            return float(evidence[key])
+    return None
+
+
+def _peak_gib(check: dict[str, Any]) -> float | None:
+    evidence = check.get("evidence") or {}
+    for key in PEAK_GIB_KEYS:
+        if isinstance(evidence.get(key), (int, float)):
+            return round(float(evidence[key]), 2)
+    for key in PEAK_BYTES_KEYS:
+        if isinstance(evidence.get(key), (int, float)):
+            return round(float(evidence[key]) / 2**30, 2)
+    return None
+
+
+# --- markdown ------------------------------------------------------------------------------------
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    run = summary.get("run") or {}
+    out = [f"# pinmatrix run {run.get('run_id', Path(summary.get('run_dir', '.')).name)}", "",
+           f"**{summary['verdict']}**", ""]
+    if run:
+        facts = [f"matrix `{run.get('matrix')}`" if run.get("matrix") else None,
+                 f"runner `{run.get('runner')}`" if run.get("runner") else None,
+                 f"device `{run.get('device')}`" if run.get("device") else None,
+                 f"selection `{' '.join(run.get('selection') or []) or 'all'}`"]
+        out += [" · ".join(f for f in facts if f), ""]
+    columns = summary["checks"]
+    out += ["## Cells", "",
+            "Legend: ✅ pass · ❌ fail · ⏭ skip · ⚠ infra · 〰 flaky · `·` not run", ""]
+    out.append("| cell | status | " + " | ".join(f"`{c}`" for c in columns) + " |")
+    out.append("|---|---|" + "---|" * len(columns))
+    for cell in summary["cells"]:
+        glyphs = [CHECK_GLYPH.get((cell["checks"].get(c) or {}).get("status")) for c in columns]
+        out.append(f"| `{cell['id']}` | {CELL_GLYPH[cell['status']]} {cell['status']} | " + " | ".join(glyphs) + " |")
+    out.append("")
+    for table in summary["pivot"]:
+        out += [f"## transformers × unsloth (python {table['python']}, torch {table['torch']})", "",
+                "| transformers \\ unsloth | " + " | ".join(f"`{u}`" for u in table["unsloth"]) + " |",
+                "|---|" + "---|" * len(table["unsloth"])]
+        for tf in table["transformers"]:
+            cells = []
+            for u in table["unsloth"]:
+                slot = table["grid"][tf][u]
+                cells.append(" ".join(f"{CELL_GLYPH[s]} {s}" + (f" ×{n}" if n > 1 else "")
+                                      for s, n in sorted(slot.items(), key=lambda kv: CELL_STATUSES.index(kv[0])))
+                             or "—")
+            out.append(f"| `{tf}` | " + " | ".join(cells) + " |")
+        out.append("")
+    if summary["failures"]:
+        out += ["## Failures by signature", ""]
+        for group in summary["failures"]:
+            tag = "" if group["known"] else " (unknown: not in the catalogue yet)"
+            out.append(f"### `{group['signature']}`{tag} — {group['count']} check{'s' if group['count'] != 1 else ''}")
+            out.append("")
+            for label in ("cause", "affected", "fix", "link"):
+                if group.get(label):
+                    out.append(f"- **{label}**: {group[label]}")
+            for item in group["checks"]:
+                msg = f": {item['type']}: {item['message']}" if item.get("type") else ""
+                out.append(f"- `{item['cell']}` `{item['check']}`{_md_inline(msg)}")
+            out.append("")
+    if summary["unresolvable"]:
+        out += ["## Unresolvable", ""]
+        for item in summary["unresolvable"]:
+            out += [f"- `{item['cell']}`:", "", "  ```", *("  " + l for l in (item["explanation"] or "").splitlines()),
+                    "  ```", ""]
+    if summary["speed"]:  # only where throughput ran (GPU cells)
+        out += ["## Speed (LoRA training)", "",
+                "| cell | stack | tokens/s | vs sdpa | peak GiB | batch×seq | MFU | GPU |", "|---|---|---|---|---|---|---|---|"]
+        for s in summary["speed"]:
+            speedup = f"{s['speedup_vs_sdpa']:.2f}×" if s["speedup_vs_sdpa"] else "—"
+            peak = f"{s['peak_mem_gib']:.1f}" if s["peak_mem_gib"] is not None else "—"
+            mfu = f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "—"
+            out.append(f"| `{s['cell']}` | {s['stack']} | {s['tokens_per_s']:.0f} | {speedup} | {peak} | "
+                       f"{s.get('batch_x_seq') or '—'} | {mfu} | {s.get('gpu') or '—'} |")
+        out.append("")
+    if summary["infra"]:
+        out += ["## Infra (the machine failed, not the stack)", ""]
+        for item in summary["infra"]:
+            where = f"`{item['check']}`" if item["check"] else "cell"
+            sig = f" [`{item['signature']}`]" if item.get("signature") else ""
+            out.append(f"- `{item['cell']}` {where}: {_md_inline(item.get('reason') or 'infra')}{sig}")
+        out.append("")
+    if summary["damaged"]:
+        out += ["## Damaged files (not merged)", ""]
+        for item in summary["damaged"]:
+            out.append(f"- `{item['path']}`: {_md_inline(item['why'])}")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _vkey(value: str) -> tuple[int, Any]:
+    if value == "none":
+        return (0, ())
+    try:
+        return (1, Version(value))
+    except InvalidVersion:
+        return (2, value)
+
+
+def _first_line(text: str | None, limit: int = 200) -> str:
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line if len(line) <= limit else line[:limit] + "…"
+
+
+def _md_inline(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,120 @@
+"""End to end: `python -m pinmatrix matrix --matrix tests/data/matrices/ci.yaml --runner venv --cpu`.
+
+Real resolver (uv against PyPI + /opt/wheels), real venvs, the real probe, the real report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pinmatrix.results import CellResult, load_result
+from pinmatrix.status import cell_status
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
+WHEELS = Path(os.environ.get("PINMATRIX_TEST_WHEELS", "/opt/wheels"))
+GPU_ONLY_GROUPS = ("throughput.",)
+
+if shutil.which("uv") is None:
+    pytest.skip("uv is not installed on this host", allow_module_level=True)
+
+
+def pinmatrix(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pinmatrix", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PINMATRIX_FIND_LINKS": str(WHEELS), **(env or {})}, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    proc = pinmatrix("matrix", "--matrix", str(CI), "--runner", "venv", "--cpu",
+                     "--reports", str(root / "reports"), "--venv-dir", str(root / "venvs"))
+    return root, proc
+
+
+def test_exit_code_and_verdict(first_run):
+    root, proc = first_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    verdict = [l for l in proc.stdout.splitlines() if l.startswith("2 cells: ")]
+    assert verdict, proc.stdout
+    assert "runner: " not in proc.stdout  # --runner venv was asked for: nothing to announce
+
+
+def test_run_folder_layout(first_run):
+    root, _ = first_run
+    latest = root / "reports" / "latest"
+    assert latest.is_symlink() and latest.resolve().parent == (root / "reports").resolve()
+    run = latest.resolve()
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["runner"] == "venv" and manifest["device"] == "cpu" and len(manifest["cells"]) == 2
+    assert len(manifest["matrix_sha256"]) == 64 and manifest["finished"]
+    for cell in manifest["cells"]:
+        outcome = json.loads((run / "outcomes" / f"{cell}.json").read_text())
+        assert outcome["stage"] == "done" and outcome["status"] is None, outcome
+        assert outcome["result"] == f"cells/{cell}.json" and len(outcome["hash"]) == 64
+        assert set(outcome["timings"]) == {"resolve_s", "prepare_s", "run_s"}
+        assert (run / "locks" / cell / "torch.lock").is_file() and (run / "locks" / cell / "requirements.lock").is_file()
+        assert (run / "logs" / f"{cell}.run.log").is_file() and (run / "logs" / f"{cell}.build.log").is_file()
+        assert isinstance(load_result(run / "cells" / f"{cell}.json"), CellResult)
+    assert not (run / "work").exists()
+
+
+def test_merged_table_has_both_cells_on_cpu(first_run):
+    root, _ = first_run
+    run = (root / "reports" / "latest").resolve()
+    summary = json.loads((run / "summary.json").read_text())
+    rows = {c["pins"]["transformers"]: c for c in summary["cells"]}
+    assert set(rows) == {"4.57.6", "5.17.0"}
+    for version, row in rows.items():
+        result = load_result(run / row["result"])
+        assert row["status"] == cell_status(result.checks)  # derived, never typed in
+        assert row["environment"]["device"] == "cpu"
+        assert result.data["environment"]["packages"]["transformers"]["installed"] == version
+        assert row["checks"]["imports"]["status"] == "pass"
+        # On CPU, GPU-only checks are skipped with a reason, never failed.
+        for name, check in row["checks"].items():
+            if name.startswith(GPU_ONLY_GROUPS):
+                assert check["status"] == "skip" and check["reason"], (name, check)
+    md = (run / "summary.md").read_text()
+    assert summary["verdict"] in md
+    assert "## transformers × unsloth (python 3.11, torch 2.13.0+cpu)" in md
+    for version in rows:
+        assert f"| `{version}` |" in md
+
+
+def test_second_run_reuses_venvs_and_moves_latest(first_run):
+    """`--runner auto` on a host whose Docker engine is unreachable says so in one line and uses venvs."""
+    root, _ = first_run
+    before = (root / "reports" / "latest").resolve()
+    proc = pinmatrix("matrix", "--matrix", str(CI), "--runner", "auto", "--cpu", "transformers=5.17.0",
+                     "--reports", str(root / "reports"), "--venv-dir", str(root / "venvs"),
+                     env={"DOCKER_HOST": f"unix://{root}/no-such-docker.sock", "PINMATRIX_DOCKER": "/nonexistent/docker"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    notices = [l for l in proc.stdout.splitlines() if l.startswith("runner: ")]
+    assert len(notices) == 1 and notices[0].startswith("runner: venv (no usable Docker engine"), proc.stdout
+    after = (root / "reports" / "latest").resolve()
+    assert after != before and after.parent == before.parent
+    (outcome_path,) = (after / "outcomes").glob("*.json")
+    outcome = json.loads(outcome_path.read_text())
+    assert outcome["pins"]["transformers"] == "5.17.0"
+    assert not (after / "logs" / f"{outcome['cell']}.build.log").exists()  # venv reused: nothing built
+    first = json.loads((before / "outcomes" / outcome_path.name).read_text())
+    same_probes = (json.loads((before / "run.json").read_text())["probes_digest"]
+                   == json.loads((after / "run.json").read_text())["probes_digest"])
+    # The same inputs give the same content hash; an edit to probes/ between the runs gives another.
+    assert (outcome["hash"] == first["hash"]) == same_probes
+
+
+def test_bad_matrix_writes_nothing(tmp_path):
+    proc = pinmatrix("matrix", "--matrix", str(ROOT / "tests/data/matrices/bad/01-yaml-syntax.yaml"),
+                     "--runner", "venv", "--reports", str(tmp_path / "reports"))
+    assert proc.returncode == 2 and "01-yaml-syntax.yaml:" in proc.stderr
+    assert not (tmp_path / "reports").exists()

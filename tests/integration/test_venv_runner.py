@@ -1,0 +1,188 @@
+"""The venv runner with real uv, real virtual environments and the real probe.
+
+Two cells that differ only in the transformers pin (4.57.6 vs 5.17.0), torch 2.13.0+cpu from the
+/opt/wheels wheelhouse: each gets its own venv, the probe runs in it, and the merged table shows both.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pinmatrix.cell import Cell, Lock
+from pinmatrix.outcome import Outcome
+from pinmatrix.pipeline import force_cpu
+from pinmatrix.report import merge, render_markdown
+from pinmatrix.results import CellResult, load_result
+from pinmatrix.runners.base import InfraError, Runner
+from pinmatrix.runners.venv import READY_MARKER, VenvRunner
+
+pytestmark = pytest.mark.integration
+
+WHEELS = Path(os.environ.get("PINMATRIX_TEST_WHEELS", "/opt/wheels"))
+TF457_SITE = Path("/opt/venvs/tf457/lib/python3.11/site-packages")
+PINS = {"python": "3.11", "torch": "2.13.0+cpu", "peft": "0.21.2", "unsloth": "none"}
+
+if shutil.which("uv") is None:
+    pytest.skip("uv is not installed on this host", allow_module_level=True)
+if not any(WHEELS.glob("torch-2.13.0+cpu-*.whl")):
+    pytest.skip(f"no torch 2.13.0+cpu wheel in {WHEELS}", allow_module_level=True)
+
+
+def cell_for(transformers: str) -> Cell:
+    # Only the imports group: the point here is the runner; the pipeline test runs every group.
+    return force_cpu(Cell(pins={**PINS, "transformers": transformers}, checks=("imports",),
+                          settings={"check_timeout_s": 300}))
+
+
+@pytest.fixture(scope="module")
+def sources():
+    from pinmatrix.sources import PackageSources
+
+    return PackageSources.from_env(find_links=[str(WHEELS)])
+
+
+@pytest.fixture(scope="module")
+def locks(tmp_path_factory, sources) -> dict[str, tuple[Cell, Lock]]:
+    from pinmatrix.resolve import resolve
+
+    out = {}
+    for version in ("4.57.6", "5.17.0"):
+        cell = cell_for(version)
+        lock = resolve(cell, sources, tmp_path_factory.mktemp(f"lock-{version}"))
+        assert isinstance(lock, Lock), lock
+        assert lock.pinned()["transformers"] == version and lock.pinned()["torch"] == "2.13.0+cpu"
+        out[version] = (cell, lock)
+    return out
+
+
+@pytest.fixture(scope="module")
+def venv_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("venvs")
+
+
+def write_spec(cell: Cell, folder: Path, content_hash: str = "h") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "cell.json"
+    path.write_text(json.dumps(cell.spec(content_hash, "venv")))
+    return path
+
+
+def test_two_cells_differing_in_transformers(locks, sources, venv_root, tmp_path):
+    runner = VenvRunner(venv_root=venv_root, sources=sources)
+    assert isinstance(runner, Runner)
+    run_dir = tmp_path / "run"
+    for version, (cell, lock) in locks.items():
+        prepared = runner.prepare(cell, lock)
+        assert not prepared.reused
+        work = tmp_path / "work" / version
+        outcome = runner.run(prepared, write_spec(cell, work, f"hash-{version}"), work, "", 600)
+        assert outcome.ok, (outcome.infra_reason, outcome.log_tail)
+        result = load_result(outcome.result_path)
+        assert isinstance(result, CellResult), result
+        env = result.data["environment"]
+        assert env["packages"]["transformers"]["installed"] == version
+        assert env["packages"]["torch"]["installed"] == "2.13.0+cpu" and env["device"] == "cpu"
+        (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(outcome.result_path, run_dir / "cells" / f"{cell.id}.json")
+        Outcome(cell=cell.id, hash=f"hash-{version}", pins=dict(cell.pins), runner="venv", stage="done",
+                result=f"cells/{cell.id}.json").write(run_dir)
+    # Two venvs, one per lock.
+    assert len([p for p in venv_root.iterdir() if p.is_dir()]) == 2
+    summary = merge(run_dir)
+    assert summary["verdict"] == "2 cells: 2 work"
+    rows = {c["pins"]["transformers"]: c for c in summary["cells"]}
+    assert set(rows) == {"4.57.6", "5.17.0"}
+    assert all(r["checks"]["imports"]["status"] == "pass" for r in rows.values())
+    (table,) = summary["pivot"]
+    assert table["transformers"] == ["4.57.6", "5.17.0"]
+    md = render_markdown(summary)
+    assert "| `4.57.6` | ✅ works |" in md and "| `5.17.0` | ✅ works |" in md
+
+
+def test_unchanged_cell_reuses_its_venv(locks, sources, venv_root):
+    cell, lock = locks["5.17.0"]
+    runner = VenvRunner(venv_root=venv_root, sources=sources)
+    first = runner.prepare(cell, lock)
+    python = Path(first.details["python"])
+    stamp = python.stat().st_mtime_ns
+    again = runner.prepare(cell, lock)
+    assert again.reused and again.ref == first.ref and python.stat().st_mtime_ns == stamp
+    # A different flag is a different environment.
+    other = VenvRunner(venv_root=venv_root, sources=sources, system_site_packages=True)
+    assert other.venv_key(lock) != runner.venv_key(lock)
+
+
+def test_timeout_kills_the_probe_and_reports_infra(locks, sources, venv_root, tmp_path):
+    cell, lock = locks["5.17.0"]
+    runner = VenvRunner(venv_root=venv_root, sources=sources)
+    prepared = runner.prepare(cell, lock)
+    spec = write_spec(cell, tmp_path)
+    outcome = runner.run(prepared, spec, tmp_path, "", 1.0)  # importing torch alone takes longer
+    assert outcome.result_path is None
+    assert outcome.signature == "timeout" and outcome.infra_reason.startswith("timeout")
+    left = subprocess.run(["pgrep", "-f", str(spec)], capture_output=True, text=True)
+    assert left.stdout.strip() == "", f"probe processes survived the timeout: {left.stdout}"
+
+
+def test_offline_install_fails_as_infra_when_the_wheelhouse_lacks_a_package(locks, tmp_path):
+    from pinmatrix.sources import PackageSources
+
+    cell, lock = locks["5.17.0"]
+    runner = VenvRunner(venv_root=tmp_path / "venvs", sources=PackageSources(find_links=(str(WHEELS),)),
+                        offline=True)
+    with pytest.raises(InfraError) as caught:
+        runner.prepare(cell, lock)  # torch is in /opt/wheels, its dependencies are not
+    assert caught.value.signature == "venv-install-failed"
+    assert "--offline" in caught.value.log_tail and "--no-index" in caught.value.log_tail
+    assert "not found in the provided package locations" in caught.value.log_tail
+    assert not list((tmp_path / "venvs").glob(f"*/{READY_MARKER}"))  # a failed venv is never marked ready
+
+
+def test_no_install_extra_site_and_stdlib_venv_fallback_detect_drift(locks, tmp_path):
+    """A machine with no index: nothing is installed, a prepared site is put on the path (.pth), and
+    the drift check compares the lock with what is there. Without uv the stdlib venv module is used."""
+    if not TF457_SITE.is_dir():
+        pytest.skip(f"{TF457_SITE} is absent")
+    cell, lock = locks["5.17.0"]        # the lock wants transformers 5.17.0 ...
+    runner = VenvRunner(venv_root=tmp_path / "venvs", no_install=True, extra_sites=[TF457_SITE], uv=None)
+    assert any("falling back to the stdlib venv" in n for n in runner.notes)
+    prepared = runner.prepare(cell, lock)
+    pth = list(Path(prepared.ref).glob("lib/python*/site-packages/pinmatrix-extra-site.pth"))
+    assert pth and pth[0].read_text().strip() == str(TF457_SITE)
+    outcome = runner.run(prepared, write_spec(cell, tmp_path / "w"), tmp_path / "w", "", 600)
+    # ... the site holds 4.57.6: the result exists, but the cell is judged infra, naming the package.
+    assert outcome.result_path is not None and outcome.signature == "lock-drift"
+    assert "transformers 4.57.6 (lock: 5.17.0)" in outcome.infra_reason
+
+
+def test_no_install_matching_site_has_no_drift(locks, tmp_path):
+    cell, lock = locks["4.57.6"]
+    if not TF457_SITE.is_dir():
+        pytest.skip(f"{TF457_SITE} is absent")
+    runner = VenvRunner(venv_root=tmp_path / "venvs", no_install=True, extra_sites=[TF457_SITE])
+    prepared = runner.prepare(cell, lock)
+    outcome = runner.run(prepared, write_spec(cell, tmp_path / "w"), tmp_path / "w", "", 600)
+    installed = {k: v["installed"] for k, v in
+                 json.loads(outcome.result_path.read_text())["environment"]["packages"].items()}
+    locked = lock.pinned()
+    differs = {k for k, v in installed.items() if k in locked and v and v != locked[k]}
+    assert outcome.ok == (not differs), (outcome.infra_reason, differs)
+
+
+def test_without_uv_the_stdlib_venv_and_pip_install_the_lock(locks, sources, tmp_path):
+    """Hosts without uv: `python -m venv` + pip install the same lock (hash-checked), and say so."""
+    cell, lock = locks["4.57.6"]
+    runner = VenvRunner(venv_root=tmp_path / "venvs", sources=sources, uv=None)
+    prepared = runner.prepare(cell, lock)
+    assert prepared.details["notes"] == ["uv not found on PATH: falling back to the stdlib venv module and pip"]
+    build_log = Path(prepared.details["build_log"]).read_text()
+    assert " -m venv " in build_log and " -m pip install " in build_log and "uv pip" not in build_log
+    outcome = runner.run(prepared, write_spec(cell, tmp_path / "w"), tmp_path / "w", "", 600)
+    assert outcome.ok, (outcome.infra_reason, outcome.log_tail)
+    packages = json.loads(outcome.result_path.read_text())["environment"]["packages"]
+    assert packages["transformers"]["installed"] == "4.57.6" and packages["torch"]["installed"] == "2.13.0+cpu"

@@ -1,0 +1,89 @@
+"""Command-line errors: bad input exits 2 with one clear line, and nothing is written."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pinmatrix.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
+BAD = ROOT / "tests" / "data" / "matrices" / "bad" / "02-unknown-axis.yaml"
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_prints_the_selected_cells(capsys):
+    code, out, _ = run(capsys, "list", "--matrix", str(CI), "transformers=5.17.0")
+    assert code == 0
+    (cell,) = out.split()
+    assert "-tf5.17.0-" in cell
+
+
+def test_options_and_selectors_may_interleave(capsys):
+    code, out, _ = run(capsys, "list", "tf=4.57.6", "--matrix", str(CI), "--cpu")
+    assert code == 0 and "-tf4.57.6-" in out and len(out.split()) == 1
+
+
+@pytest.mark.parametrize("selector, words", [
+    ("transformers=9.9.9", "matches no cell"),
+    ("transformer=5.17.0", "unknown axis"),
+    ("nonsense", "expected AXIS=VALUE"),
+])
+def test_bad_selector_exits_2(capsys, tmp_path, selector, words):
+    reports = tmp_path / "reports"
+    code, out, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports), "--runner", "venv", selector)
+    assert code == 2
+    assert err.startswith("error: cell selector") and words in err and selector in err
+    assert not reports.exists()
+
+
+def test_bad_runner_exits_2(capsys, tmp_path):
+    reports = tmp_path / "reports"
+    code, _, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports), "--runner", "podman")
+    assert code == 2 and "--runner 'podman'" in err and "auto, docker, venv" in err
+    assert not reports.exists()
+
+
+def test_bad_matrix_exits_2_naming_file_and_line(capsys, tmp_path):
+    reports = tmp_path / "reports"
+    code, _, err = run(capsys, "matrix", "--matrix", str(BAD), "--reports", str(reports), "--runner", "venv")
+    assert code == 2
+    assert f"{BAD}:6:3:" in err and "unknown axis 'transformer'" in err
+    assert not reports.exists()
+
+
+def test_missing_matrix_file_exits_2(capsys, tmp_path):
+    code, _, err = run(capsys, "list", "--matrix", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "file not found" in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    ([], "a command is required"),
+    (["frob"], "unknown command 'frob'"),
+    (["list", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["list", "--timeout", "abc"], "invalid float value"),
+    (["matrix", "--timeout", "-5"], "must be positive"),
+])
+def test_usage_errors_exit_2(capsys, argv, words):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and words in err
+
+
+def test_report_without_a_run_exits_2(capsys, tmp_path):
+    code, _, err = run(capsys, "report", "--reports", str(tmp_path))
+    assert code == 2 and "no run folder" in err
+
+
+def test_module_entry_point_exit_code():
+    proc = subprocess.run([sys.executable, "-m", "pinmatrix", "list", "--matrix", str(BAD)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "unknown axis" in proc.stderr

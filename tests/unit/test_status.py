@@ -1,0 +1,74 @@
+"""Cell status derivation: every rule of docs/CONTRACTS.md §3, and its precedence."""
+from __future__ import annotations
+
+import pytest
+
+from pinmatrix.status import CORE_CHECKS, cell_status
+
+
+def core(status: str = "pass", **override: str) -> list[dict]:
+    values = {name: status for name in CORE_CHECKS}
+    values.update({k.replace("__", ".").replace("_", "-"): v for k, v in override.items()})
+    return [{"name": n, "status": s, "duration_s": 0.0} for n, s in values.items()]
+
+
+def test_core_names_are_the_contract():
+    assert CORE_CHECKS == ("imports", "exaone3.5.remote-code", "lora-train.hf-peft")
+
+
+def test_unresolvable_wins_over_everything():
+    assert cell_status(None, unresolvable=True) == "unresolvable"
+    assert cell_status(core("pass"), unresolvable=True) == "unresolvable"
+
+
+def test_no_valid_result_is_infra():
+    assert cell_status(None) == "infra"
+
+
+def test_a_result_without_checks_is_infra():
+    assert cell_status([]) == "infra"
+
+
+@pytest.mark.parametrize("name", CORE_CHECKS)
+def test_core_infra_is_infra(name):
+    result = core("pass") + [{"name": "generate", "status": "fail", "duration_s": 0.0}]
+    for check in result:
+        if check["name"] == name:
+            check["status"] = "infra"
+    assert cell_status(result) == "infra"
+
+
+def test_core_infra_beats_core_fail():
+    result = [{"name": "imports", "status": "fail", "duration_s": 0},
+              {"name": "lora-train.hf-peft", "status": "infra", "duration_s": 0}]
+    assert cell_status(result) == "infra"
+
+
+@pytest.mark.parametrize("name", CORE_CHECKS)
+def test_core_fail_is_broken(name):
+    result = core("pass")
+    for check in result:
+        if check["name"] == name:
+            check["status"] = "fail"
+    assert cell_status(result) == "broken"
+
+
+def test_all_pass_or_skip_works():
+    result = core("pass") + [{"name": "exaone4.native", "status": "skip", "duration_s": 0},
+                             {"name": "generate", "status": "pass", "duration_s": 0}]
+    assert cell_status(result) == "works"
+
+
+@pytest.mark.parametrize("status", ["fail", "flaky", "infra"])
+def test_non_core_trouble_is_partial(status):
+    result = core("pass") + [{"name": "unsloth.load.exaone3.5", "status": status, "duration_s": 0}]
+    assert cell_status(result) == "partial"
+
+
+def test_core_flaky_is_partial_not_broken():
+    assert cell_status(core("pass", imports="flaky")) == "partial"
+
+
+def test_missing_core_checks_do_not_break_a_cell():
+    # A matrix may run only some groups; absent core checks are not failures.
+    assert cell_status([{"name": "imports", "status": "pass", "duration_s": 0}]) == "works"
