@@ -1,0 +1,142 @@
+"""`python -m probes --cell CELL.json --out RESULT.json [--work DIR] [--only GROUP,...]` (docs/CONTRACTS.md §2).
+
+Exit 0 whenever a result was written (a failing check is data, not a crash); 3 when it could not be.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+EXIT_WRITTEN = 0
+EXIT_NOT_WRITTEN = 3
+DEFAULT_CHECK_TIMEOUT_S = 600.0
+
+
+class SpecError(ValueError):
+    """The cell spec is unreadable or malformed; the message names the file (and line)."""
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the cell spec: {exc.strerror}") from None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    if not isinstance(spec, dict):
+        raise SpecError(f"{path}: the cell spec must be a JSON object")
+    for key, kind in (("id", str), ("hash", str), ("pins", dict), ("checks", list)):
+        if not isinstance(spec.get(key), kind):
+            raise SpecError(f"{path}: '{key}' must be a {kind.__name__} (docs/CONTRACTS.md §1)")
+    if not isinstance(spec.get("settings", {}), dict):
+        raise SpecError(f"{path}: 'settings' must be an object")
+    device = spec.get("settings", {}).get("device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        raise SpecError(f"{path}: settings.device must be auto, cpu or cuda, not {device!r}")
+    return spec
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _say(line: str) -> None:
+    print(f"[probe] {line}", file=sys.stderr, flush=True)
+
+
+def run(spec: dict[str, Any], work_dir: Path, only: list[str] | None) -> dict[str, Any]:
+    """Run the cell's check groups and return the result document (not yet validated)."""
+    started = _now()
+    pins = spec.get("pins", {})
+    # unsloth patches transformers/peft/trl at import time, so it must be the very first import.
+    from probes import environment
+    first = ("unsloth",) if pins.get("unsloth", "none") != "none" else ()
+    records = environment.probe_imports(first=first, extra=[p for p in pins if p not in ("python", "base_image")
+                                                             and pins[p] != "none"])
+    from probes.checks import group_checks
+    from probes.context import Context
+    from probes.framework import run_check
+
+    settings = spec.get("settings", {})
+    requested = settings.get("device", "auto")
+    device = environment.decide_device(requested)
+    ctx = Context(spec=spec, device=device, work_dir=work_dir, requested_device=requested)
+    ctx.cache["imports"] = records
+    env = environment.fingerprint(device, records)
+    _say(f"cell {spec['id']} on {device} (torch {env['torch']}, gpu {env['gpu']})")
+
+    timeout_s = float(settings.get("check_timeout_s", DEFAULT_CHECK_TIMEOUT_S))
+    groups = [g for g in spec.get("checks", []) if only is None or g in only]
+    for group in sorted(set(only or ()) - set(spec.get("checks", []))):
+        _say(f"note: --only names {group!r}, which this cell's spec does not list; not run")
+    results = []
+    for group in groups:
+        for name, fn in group_checks(group, ctx):
+            result = run_check(name, fn, ctx, timeout_s)
+            results.append(result)
+            detail = result.get("reason") or (result.get("error") or {}).get("signature") or ""
+            _say(f"{result['name']}: {result['status']} ({result['duration_s']:.2f}s) {detail}")
+    cell = {"id": spec["id"], "hash": spec["hash"], "pins": {k: str(v) for k, v in pins.items()}}
+    if isinstance(spec.get("runner"), str):
+        cell["runner"] = spec["runner"]
+    return {"schema": 1, "cell": cell, "environment": env, "checks": results,
+            "started": started, "finished": _now()}
+
+
+def write_atomically(document: dict[str, Any], out: Path) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a result."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(document, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m probes", description=__doc__.splitlines()[0])
+    parser.add_argument("--cell", required=True, type=Path, help="the cell spec (cell.json)")
+    parser.add_argument("--out", required=True, type=Path, help="where to write the result JSON")
+    parser.add_argument("--work", type=Path, help="folder for generated fixtures (default: a temp dir)")
+    parser.add_argument("--only", help="comma-separated check groups to run (a subset of the spec's)")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.cell)
+    except SpecError as exc:
+        _say(f"error: {exc}")
+        return EXIT_NOT_WRITTEN
+    only = [g.strip() for g in args.only.split(",") if g.strip()] if args.only else None
+    work_dir = args.work or Path(tempfile.mkdtemp(prefix="pinmatrix-probe-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        document = run(spec, work_dir, only)
+        from probes.schema_check import load_schema, validate
+        errors = validate(document, load_schema())
+        if errors:
+            _say("error: the result does not match probes/result.schema.json:\n  " + "\n  ".join(errors[:20]))
+            return EXIT_NOT_WRITTEN
+        write_atomically(document, args.out)
+    except BaseException:   # noqa: BLE001 - whatever happened, say it and exit with the contract's code
+        _say("error: no result written:\n" + traceback.format_exc())
+        return EXIT_NOT_WRITTEN
+    _say(f"wrote {args.out}")
+    return EXIT_WRITTEN
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The environment fingerprint: interpreter, device, and for every stack package its version and import result."""
+from __future__ import annotations
+
+import importlib
+import platform
+import shutil
+import subprocess
+import sys
+import traceback as tb
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from probes.context import installed_version
+from probes.logcapture import WarningLog as _WarningLog, attach as _attach
+
+# Stack package (distribution / pin name) -> import name. Order is the import order after any "first" ones.
+STACK: dict[str, str] = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "peft": "peft",
+    "trl": "trl",
+    "accelerate": "accelerate",
+    "unsloth": "unsloth",
+    "unsloth_zoo": "unsloth_zoo",
+    "xformers": "xformers",
+    "flash-attn": "flash_attn",
+    "bitsandbytes": "bitsandbytes",
+    "triton": "triton",
+    "safetensors": "safetensors",
+    "tokenizers": "tokenizers",
+}
+
+
+def module_name(package: str) -> str:
+    return STACK.get(package, package.replace("-", "_"))
+
+
+@dataclass
+class ImportRecord:
+    package: str
+    installed: str | None
+    imports: bool | None                 # None: not installed, so not tried
+    error: str | None = None             # "Type: message" of the import failure
+    exc_type: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"installed": self.installed, "imports": self.imports, "error": self.error}
+
+
+def probe_import(package: str) -> ImportRecord:
+    """Import `package` once (if installed) and record the outcome; never raises."""
+    version = installed_version(package)
+    if version is None:
+        return ImportRecord(package, None, None)
+    log = _WarningLog()
+    loggers = _attach(log)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                importlib.import_module(module_name(package))
+                failure = None
+            except BaseException as exc:   # noqa: BLE001 - an import may raise anything, even SystemExit
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                failure = exc
+    finally:
+        for logger in loggers:
+            logger.removeHandler(log)
+    said = list(dict.fromkeys([f"{w.category.__name__}: {w.message}" for w in caught] + log.lines))[:50]
+    if failure is None:
+        return ImportRecord(package, version, True, warnings=said)
+    message = str(failure)
+    return ImportRecord(package, version, False, f"{type(failure).__name__}: {message}"[:4000],
+                        type(failure).__name__, message[:4000], "".join(tb.format_exception(failure))[-8000:], said)
+
+
+def probe_imports(first: Iterable[str] = (), extra: Iterable[str] = ()) -> dict[str, ImportRecord]:
+    """Import every stack package, `first` ones before anything else (unsloth must precede transformers)."""
+    order = list(dict.fromkeys([*first, *STACK, *extra]))
+    return {package: probe_import(package) for package in order}
+
+
+def decide_device(requested: str) -> str:
+    """settings.device → the device checks run on. "cuda" without a GPU stays "cpu"; require_gpu reports infra."""
+    if requested == "cpu":
+        return "cpu"
+    try:
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:   # noqa: BLE001 - no torch or a broken one: nothing can run on a GPU
+        return "cpu"
+
+
+def _nvidia_smi_driver() -> str | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    return lines[0] if lines else None
+
+
+def fingerprint(device: str, records: dict[str, ImportRecord]) -> dict[str, Any]:
+    """The schema `environment` object."""
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "torch": None, "cuda": None, "gpu": None, "gpu_count": 0, "driver": None,
+        "packages": {name: record.to_json() for name, record in records.items()},
+    }
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return env
+    env["torch"] = getattr(torch, "__version__", None)
+    env["cuda"] = getattr(getattr(torch, "version", None), "cuda", None)
+    try:
+        if torch.cuda.is_available():
+            env["gpu_count"] = int(torch.cuda.device_count())
+            env["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:   # noqa: BLE001 - a broken driver leaves the GPU fields empty
+        pass
+    env["driver"] = _nvidia_smi_driver()
+    if env["driver"] is None and env["gpu_count"]:
+        try:   # the CUDA driver API version (e.g. 12080), when nvidia-smi is missing in the container
+            version = int(torch._C._cuda_getDriverVersion())
+            env["driver"] = f"cuda-driver-api {version // 1000}.{version % 1000 // 10}"
+        except Exception:   # noqa: BLE001
+            pass
+    return env

@@ -1,0 +1,124 @@
+"""Classify a failure: a known signature from the catalogue, or a stable fingerprint of a new one.
+
+Stdlib only: the probe uses it inside the cell, and the host imports it to re-classify old results on
+merge (docs/CONTRACTS.md §4), so a catalogue update applies to results written before it.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CATALOGUE_PATH = Path(__file__).with_name("signatures.json")
+ENTRY_KEYS = ("id", "pattern", "cause", "affected", "fix", "link", "infra")
+FINGERPRINT_PREFIX = "fp-"
+
+
+@dataclass(frozen=True)
+class Classification:
+    id: str          # a catalogue id, or "fp-<12 hex>" for a failure the catalogue does not know
+    known: bool
+    infra: bool      # the machine failed (OOM, timeout, no GPU, network), not the stack
+
+    def __iter__(self):
+        """Unpacks as (id, known), the pair docs/CONTRACTS.md §4 names."""
+        return iter((self.id, self.known))
+
+
+class CatalogueError(ValueError):
+    """The catalogue file is malformed; the message names the file and the entry."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    data: dict[str, Any]
+    regex: re.Pattern[str]
+
+
+def load_catalogue(path: Path = CATALOGUE_PATH) -> list[dict[str, Any]]:
+    """The catalogue entries, checked: every key present, ids unique, patterns compile."""
+    return [entry.data for entry in _compiled(str(path))]
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(path: str) -> tuple[_Entry, ...]:
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CatalogueError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    if not isinstance(raw, list):
+        raise CatalogueError(f"{path}: the catalogue must be a JSON list of entries")
+    seen: set[str] = set()
+    entries = []
+    for index, item in enumerate(raw):
+        where = f"{path}: entry {index}" + (f" ({item.get('id')!r})" if isinstance(item, dict) else "")
+        if not isinstance(item, dict):
+            raise CatalogueError(f"{where}: must be an object")
+        missing = [key for key in ENTRY_KEYS if key not in item]
+        if missing:
+            raise CatalogueError(f"{where}: missing {', '.join(missing)}")
+        if not isinstance(item["infra"], bool):
+            raise CatalogueError(f"{where}: 'infra' must be true or false")
+        if item["id"] in seen or str(item["id"]).startswith(FINGERPRINT_PREFIX):
+            raise CatalogueError(f"{where}: id is duplicated or uses the reserved prefix {FINGERPRINT_PREFIX!r}")
+        seen.add(item["id"])
+        try:
+            regex = re.compile(item["pattern"], re.MULTILINE)
+        except re.error as exc:
+            raise CatalogueError(f"{where}: bad pattern: {exc}") from None
+        entries.append(_Entry(item, regex))
+    return tuple(entries)
+
+
+# Order matters: addresses before numbers, paths before quoted names (a quoted path is one path).
+_NORMALISERS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"0x[0-9a-fA-F]+"), "<addr>"),
+    (re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.@+~-]+){2,}[\\/]?"), "<path>"),
+    (re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|`[^`\n]*`"), "<q>"),
+    (re.compile(r"\b[0-9a-fA-F]{16,}\b"), "<hex>"),           # hashes, ids
+    (re.compile(r"\d+(?:\.\d+)*"), "<n>"),
+    (re.compile(r"\s+"), " "),
+)
+
+
+def normalise(message: str) -> str:
+    """The message with the parts that vary between runs and machines replaced by placeholders."""
+    text = message
+    for pattern, placeholder in _NORMALISERS:
+        text = pattern.sub(placeholder, text)
+    return text.strip()
+
+
+def fingerprint(exc_type: str, message: str) -> str:
+    digest = hashlib.sha256(f"{exc_type}\n{normalise(message)}".encode("utf-8")).hexdigest()
+    return FINGERPRINT_PREFIX + digest[:12]
+
+
+def classify(exc_type: str, message: str, traceback: str = "") -> Classification:
+    """Match the catalogue against "Type: message" first, then with the traceback added.
+
+    The head goes first so that an exception's own message wins over text further down the
+    traceback (a chained cause, or a warning printed earlier), which only decides if the head is unknown.
+    """
+    entries = _compiled(str(CATALOGUE_PATH))
+    head = f"{exc_type}: {message}"
+    for text in (head, f"{head}\n{traceback}" if traceback else None):
+        if text is None:
+            continue
+        for entry in entries:
+            if entry.regex.search(text):
+                return Classification(entry.data["id"], True, entry.data["infra"])
+    return Classification(fingerprint(exc_type, message), False, False)
+
+
+def describe(signature_id: str) -> dict[str, Any] | None:
+    """The catalogue entry for `signature_id`, or None (fingerprints and unknown ids)."""
+    for entry in _compiled(str(CATALOGUE_PATH)):
+        if entry.data["id"] == signature_id:
+            return dict(entry.data)
+    return None

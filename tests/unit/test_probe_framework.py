@@ -1,0 +1,170 @@
+"""run_check: statuses, errors with signatures, warnings, timeouts, JSON-safe evidence."""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from probes.context import Context
+from probes.framework import CheckTimeout, Failed, Infra, Skip, jsonable, run_check
+from probes.schema_check import load_schema, validate
+
+CHECK_SCHEMA = load_schema()["$defs"]["check"]
+SCHEMA = load_schema()
+
+
+def make_ctx(tmp_path: Path, device: str = "cpu", requested: str = "auto", **pins) -> Context:
+    spec = {"id": "t", "hash": "h", "pins": {"python": "3.11", **pins}, "checks": [], "settings": {}}
+    return Context(spec=spec, device=device, work_dir=tmp_path, requested_device=requested)
+
+
+def run(fn, tmp_path, timeout_s=30.0, name="demo.check"):
+    result = run_check(name, fn, make_ctx(tmp_path), timeout_s)
+    assert validate(result, {**CHECK_SCHEMA, "$defs": SCHEMA["$defs"]}) == [], result
+    return result
+
+
+def test_pass_keeps_evidence(tmp_path):
+    result = run(lambda ctx: {"loss": [2.0, 1.5], "ok": True}, tmp_path)
+    assert result["status"] == "pass"
+    assert result["evidence"] == {"loss": [2.0, 1.5], "ok": True}
+    assert result["duration_s"] >= 0 and "error" not in result
+
+
+def test_skip_has_reason(tmp_path):
+    def fn(ctx):
+        raise Skip("needs a GPU")
+    result = run(fn, tmp_path)
+    assert (result["status"], result["reason"]) == ("skip", "needs a GPU")
+
+
+def test_infra_has_reason_and_error(tmp_path):
+    def fn(ctx):
+        raise Infra("CUDA out of memory at 4x2048")
+    result = run(fn, tmp_path)
+    assert result["status"] == "infra" and result["reason"] == "CUDA out of memory at 4x2048"
+    assert result["error"]["signature"] == "cuda-out-of-memory"
+
+
+def test_failed_keeps_evidence_and_signature(tmp_path):
+    def fn(ctx):
+        raise Failed("loss did not fall", evidence={"losses": [1.0, float("nan")]})
+    result = run(fn, tmp_path)
+    assert result["status"] == "fail"
+    assert result["evidence"] == {"losses": [1.0, "nan"]}
+    assert result["error"]["type"] == "Failed" and result["error"]["message"] == "loss did not fall"
+    assert result["error"]["signature"].startswith("fp-") and result["error"]["known"] is False
+
+
+def test_failed_from_a_known_cause_takes_its_signature(tmp_path):
+    def fn(ctx):
+        try:
+            raise ImportError("/x/flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi")
+        except ImportError as exc:
+            raise Failed("flash-attn kernel unavailable") from exc
+    result = run(fn, tmp_path)
+    assert result["status"] == "fail"
+    assert (result["error"]["signature"], result["error"]["type"]) == ("flash-attn-abi-mismatch", "ImportError")
+
+
+def test_unexpected_exception_is_a_classified_fail(tmp_path):
+    def fn(ctx):
+        raise ValueError("'aimv2' is already used by a Transformers config, pick another name.")
+    result = run(fn, tmp_path)
+    assert result["status"] == "fail"
+    error = result["error"]
+    assert (error["type"], error["signature"], error["known"]) == ("ValueError", "unsloth-aimv2-config-clash", True)
+    assert "raise ValueError" in error["traceback_tail"]
+    assert len(error["traceback_tail"].splitlines()) <= 30
+
+
+def test_catalogue_infra_exception_becomes_infra(tmp_path):
+    def fn(ctx):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    result = run(fn, tmp_path)
+    assert result["status"] == "infra" and result["error"]["signature"] == "cuda-out-of-memory"
+    assert result["reason"]
+
+
+def test_system_exit_inside_a_check_is_a_fail(tmp_path):
+    def fn(ctx):
+        raise SystemExit(2)
+    assert run(fn, tmp_path)["status"] == "fail"
+
+
+def test_timeout_is_infra(tmp_path):
+    def fn(ctx):
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            pass
+        return {}
+    start = time.monotonic()
+    result = run(fn, tmp_path, timeout_s=0.3)
+    assert time.monotonic() - start < 5
+    assert result["status"] == "infra"
+    assert result["error"]["type"] == "CheckTimeout" and result["error"]["signature"] == "check-timeout"
+    # The alarm is disarmed afterwards: a later slow-ish check is not interrupted.
+    assert run(lambda ctx: (time.sleep(0.5), {})[1], tmp_path, timeout_s=30)["status"] == "pass"
+
+
+def test_warnings_and_log_records_are_captured(tmp_path):
+    quiet = logging.getLogger("demo.nopropagate")
+    quiet.propagate = False
+
+    def fn(ctx):
+        warnings.warn("Unsloth should be imported before transformers", UserWarning)
+        logging.getLogger("demo.lib").warning("attention fell back to eager")
+        logging.getLogger("demo.lib").info("not collected")
+        quiet.error("from a logger that does not propagate")
+        return {}
+    result = run(fn, tmp_path)
+    assert result["warnings"] == ["UserWarning: Unsloth should be imported before transformers",
+                                  "WARNING demo.lib: attention fell back to eager",
+                                  "ERROR demo.nopropagate: from a logger that does not propagate"]
+    # Handlers are removed afterwards.
+    assert not any(type(h).__name__ == "_WarningLog" for h in logging.getLogger().handlers + quiet.handlers)
+
+
+def test_one_crash_does_not_affect_the_next_check(tmp_path):
+    def boom(ctx):
+        raise RuntimeError("boom")
+    results = [run(boom, tmp_path), run(lambda ctx: {"x": 1}, tmp_path)]
+    assert [r["status"] for r in results] == ["fail", "pass"]
+
+
+def test_odd_names_are_made_schema_safe(tmp_path):
+    assert run(lambda ctx: {}, tmp_path, name="Attention.XFormers Kernel")["name"] == "attention.xformers-kernel"
+
+
+def test_jsonable():
+    assert jsonable({"a": (1, float("inf")), 2: {float("-inf")}, "o": object}) == \
+        {"a": [1, "inf"], "2": ["-inf"], "o": "<class 'object'>"}
+
+
+def test_jsonable_never_keeps_tensors():
+    torch = pytest.importorskip("torch")
+    out = jsonable({"scalar": torch.tensor(1.5), "t": torch.zeros(2, 3)})
+    assert out["scalar"] == 1.5
+    assert out["t"] == "<Tensor shape=[2, 3] dtype=torch.float32>"
+
+
+def test_context_require(tmp_path):
+    ctx = make_ctx(tmp_path, xformers="none", pytest="8")
+    with pytest.raises(Skip, match="xformers not in this cell"):
+        ctx.require("xformers")
+    with pytest.raises(Skip, match="not installed"):
+        ctx.require("surely-not-installed-pkg")
+    assert ctx.require("pytest")   # installed in the test interpreter
+    with pytest.raises(Skip, match="needs a GPU"):
+        ctx.require_gpu()
+    with pytest.raises(Infra, match="asked for cuda"):
+        make_ctx(tmp_path, requested="cuda").require_gpu()
+    make_ctx(tmp_path, device="cuda").require_gpu()
+
+
+def test_check_timeout_message_classifies():
+    from probes.signatures import classify
+    assert classify("CheckTimeout", str(CheckTimeout("check exceeded its timeout of 1 s"))).infra
