@@ -1,0 +1,408 @@
+"""Check group "throughput" (GPU only): LoRA training speed and peak memory of each stack.
+
+Model: EXAONE 3.5 at the 2.4B shape (30 layers, hidden 2560, 32 / 8 KV heads, FFN 7168, vocab 102400,
+tied embeddings) with random bf16 weights, built directly on the GPU. The HF stacks use our remote-code
+ExaoneForCausalLM (config.json + code files, no weights, through AutoConfig/AutoModelForCausalLM with
+trust_remote_code=True) with attn_implementation = sdpa / eager / flash_attention_2, LoRA r16 on all seven
+linear layers (peft defaults: adapters kept in fp32), AdamW. The unsloth stack loads the same shape in
+Llama layout through FastLanguageModel (its Llama fast path is the only fast route for EXAONE 3.5).
+
+Timing: `warmup` steps are run and discarded, then `steps` steps are each timed between two
+torch.cuda.synchronize() calls. One step = zero_grad + forward(labels) + backward + optimizer.step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from probes.checks.lora_train import (EXAONE35_LORA_TARGETS, LLAMA_LORA_TARGETS, LORA_ALPHA, LORA_RANK,
+                                      _free_memory, _is_oom, fixed_batch, lora_config, torch_dtype_kwargs)
+from probes.framework import Failed, Infra, Skip
+
+__all__ = ["checks", "ThroughputRun", "Measurement", "measure_training", "flops_per_token", "peak_flops",
+           "HF_STACKS", "STACKS", "GIB"]
+
+HF_STACKS = ("sdpa", "eager", "flash_attention_2")
+STACKS = (*HF_STACKS, "unsloth")
+GIB = 1024 ** 3
+SDPA_CACHE_KEY = "throughput.sdpa.tokens_per_s"
+
+# Dense bf16 tensor-core peak per GPU (vendor datasheets, no sparsity). Matched against
+# torch.cuda.get_device_name(); first match wins, so the more specific names come first.
+PEAK_BF16_FLOPS: tuple[tuple[tuple[str, ...], float, str], ...] = (
+    (("H100", "PCIE"), 756e12, "H100 PCIe"),
+    (("H100", "NVL"), 835e12, "H100 NVL"),
+    (("H100",), 989.4e12, "H100 SXM"),
+    (("H200",), 989.4e12, "H200"),
+    (("GH200",), 989.4e12, "GH200"),
+    (("B200",), 2250e12, "B200"),
+    (("A100",), 312e12, "A100"),
+    (("L40S",), 362e12, "L40S"),
+    (("A10G",), 70e12, "A10G"),
+    (("L4",), 121e12, "L4"),
+)
+
+MFU_CONVENTION = ("model FLOPs per token = 6*N + 12*L*d*S (PaLM appendix B convention: N = parameters of the "
+                  "model with the tied embedding counted once, as the LM-head matmul; L layers, d hidden size, "
+                  "S sequence length; attention not halved for causality). mfu = tokens/s * that / peak. "
+                  "lora_flops_utilization uses 4*N + 12*L*d*S instead: with a frozen base, backward computes "
+                  "input gradients only (2N) and no weight gradients, so this is closer to the work done.")
+
+
+@dataclass(frozen=True)
+class ThroughputRun:
+    batch: int = 4
+    seq: int = 2048
+    steps: int = 6
+    warmup: int = 2
+    gradient_checkpointing: bool = False
+    lr: float = 1e-4
+    lora_dropout: float = 0.0
+    peak_tflops: float | None = None          # override the table (per GPU, dense bf16)
+    stacks: tuple[str, ...] = STACKS
+    seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> "ThroughputRun":
+        raw = dict(settings.get("throughput") or {})
+        run = cls(
+            batch=int(raw.get("batch", cls.batch)),
+            seq=int(raw.get("seq", cls.seq)),
+            steps=int(raw.get("steps", cls.steps)),
+            warmup=int(raw.get("warmup", cls.warmup)),
+            gradient_checkpointing=bool(raw.get("gradient_checkpointing", cls.gradient_checkpointing)),
+            lr=float(raw.get("lr", cls.lr)),
+            lora_dropout=float(raw.get("lora_dropout", cls.lora_dropout)),
+            peak_tflops=float(raw["peak_tflops"]) if raw.get("peak_tflops") is not None else None,
+            stacks=tuple(raw.get("stacks", STACKS)),
+            seed=int(settings.get("seed", cls.seed)),
+        )
+        if run.steps < 1 or run.warmup < 0 or run.batch < 1 or run.seq < 2:
+            raise ValueError(f"settings.throughput out of range: {raw}")
+        return run
+
+    def describe(self) -> dict[str, Any]:
+        return {"batch": self.batch, "seq": self.seq, "tokens_per_step": self.batch * self.seq,
+                "steps_timed": self.steps, "warmup_steps": self.warmup,
+                "gradient_checkpointing": self.gradient_checkpointing, "optimizer": f"AdamW lr={self.lr}",
+                "lora": f"r={LORA_RANK} alpha={LORA_ALPHA} dropout={self.lora_dropout}, all 7 linear layers"}
+
+
+@dataclass
+class Measurement:
+    step_times: list[float]
+    losses: list[float]
+    tokens_per_step: int
+    peak_mem_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median_step(self) -> float:
+        return statistics.median(self.step_times)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step * len(self.step_times) / sum(self.step_times)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def measure_training(model: Any, *, batch: int, seq: int, steps: int, warmup: int, vocab_size: int,
+                     device: str, lr: float = 1e-4, seed: int = 0) -> Measurement:
+    """Time `steps` LoRA training steps after `warmup` untimed ones, on one fixed random batch."""
+    import torch
+
+    input_ids = fixed_batch(vocab_size, batch, seq, seed, device)
+    attention_mask = torch.ones_like(input_ids)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise Failed("no trainable parameters after attaching LoRA")
+    optimizer = torch.optim.AdamW(trainable, lr=lr)
+    model.train()
+    times: list[float] = []
+    losses: list[float] = []
+    for i in range(warmup + steps):
+        _sync(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids)
+        loss = out.loss if hasattr(out, "loss") else out[0]
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        losses.append(float(loss.detach().float().item()))   # after the timed region: .item() syncs
+        if i >= warmup:
+            times.append(elapsed)
+    return Measurement(step_times=times, losses=losses, tokens_per_step=batch * seq)
+
+
+def flops_per_token(n_params: int, n_layers: int, hidden: int, seq: int, weight_grad_factor: int = 6) -> float:
+    """6N + 12·L·d·S (or 4N + ... for LoRA's no-weight-gradient backward, weight_grad_factor=4)."""
+    return weight_grad_factor * n_params + 12 * n_layers * hidden * seq
+
+
+def peak_flops(gpu_name: str, override_tflops: float | None = None) -> tuple[float | None, str]:
+    if override_tflops:
+        return override_tflops * 1e12, f"settings.throughput.peak_tflops = {override_tflops}"
+    upper = gpu_name.upper()
+    for needles, flops, label in PEAK_BF16_FLOPS:
+        if all(n in upper for n in needles):
+            return flops, f"{label} dense bf16 {flops / 1e12:g} TFLOP/s"
+    return None, f"no peak FLOP/s known for {gpu_name!r}; set settings.throughput.peak_tflops"
+
+
+def _shape() -> dict[str, Any]:
+    from probes.fixtures.checkpoints import EXAONE35_2P4B_SHAPE
+
+    return dict(EXAONE35_2P4B_SHAPE)
+
+
+def _config_folder(ctx: Any) -> Path:
+    """A weightless EXAONE 3.5 checkpoint folder at the 2.4B shape: config.json (auto_map) + our remote code."""
+    from probes.fixtures import checkpoints
+
+    folder = Path(ctx.work_dir) / "throughput" / "exaone35-2.4b-config"
+    if not (folder / "config.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in checkpoints.REMOTE_CODE_FILES:
+            shutil.copyfile(checkpoints.FIXTURE_CODE_DIR / name, folder / name)
+        config = checkpoints.exaone35_config_dict("tiny")
+        config.update(_shape())
+        config["torch_dtype"] = "bfloat16"
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def _check_shape(model: Any, shape: dict[str, Any]) -> dict[str, Any]:
+    """Confirm the built model really has the 2.4B shape (a config field silently ignored would not)."""
+    n_params = sum(p.numel() for p in model.parameters())   # parameters() yields a tied tensor once
+    config = model.config
+    layers = getattr(config, "num_layers", None) or getattr(config, "num_hidden_layers", None)
+    got = {"layers": layers, "hidden": config.hidden_size, "heads": config.num_attention_heads,
+           "kv_heads": config.num_key_value_heads, "ffn": config.intermediate_size, "vocab": config.vocab_size,
+           "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False))}
+    want = {"layers": shape["num_layers"], "hidden": shape["hidden_size"], "heads": shape["num_attention_heads"],
+            "kv_heads": shape["num_key_value_heads"], "ffn": shape["intermediate_size"], "vocab": shape["vocab_size"],
+            "tied_embeddings": bool(shape["tie_word_embeddings"])}
+    if got != want:
+        raise Failed(f"the built model's shape {got} is not the 2.4B shape {want}")
+    return {"n_params": n_params, "shape": got}
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(torch.cuda.current_device())
+
+
+def _evidence(ctx: Any, run: ThroughputRun, stack: str, m: Measurement, n_params: int, shape: dict[str, Any],
+              extra: dict[str, Any]) -> dict[str, Any]:
+    gpu = _gpu_name()
+    peak, peak_source = peak_flops(gpu, run.peak_tflops)
+    model_flops = flops_per_token(n_params, shape["layers"], shape["hidden"], run.seq)
+    lora_flops = flops_per_token(n_params, shape["layers"], shape["hidden"], run.seq, weight_grad_factor=4)
+    tps = m.tokens_per_s
+    if stack == "sdpa":
+        ctx.cache[SDPA_CACHE_KEY] = tps
+    sdpa = ctx.cache.get(SDPA_CACHE_KEY)
+    evidence = {
+        "stack": stack,
+        **run.describe(),
+        **extra,
+        "gpu": gpu,
+        "tokens_per_s": round(tps, 1),
+        "step_time_s": round(m.median_step, 4),
+        "step_time_s_median": round(m.median_step, 4),
+        "step_times_s": [round(t, 4) for t in m.step_times],
+        "peak_mem_gib": round(m.peak_mem_bytes / GIB, 2) if m.peak_mem_bytes is not None else None,
+        "peak_mem_source": "torch.cuda.max_memory_allocated() (reset before building the model)",
+        "losses": [round(x, 4) for x in m.losses],
+        "n_params": n_params,
+        "model_flops_per_token": model_flops,
+        "mfu": round(tps * model_flops / peak, 4) if peak else None,
+        "lora_flops_utilization": round(tps * lora_flops / peak, 4) if peak else None,
+        "peak_flops_per_gpu": peak,
+        "peak_flops_source": peak_source,
+        "mfu_convention": MFU_CONVENTION,
+        "speedup_vs_sdpa": round(tps / sdpa, 3) if sdpa else None,
+        "speedup_basis": ("tokens/s divided by throughput.sdpa's tokens/s from this run" if sdpa
+                          else "throughput.sdpa did not pass earlier in this run"),
+        "reference": "DESIGN.md: HF+PEFT sdpa, H100, 4x2048, r16 all linear ~16-17k tokens/s, ~54 GiB peak",
+        # unsloth patches transformers/peft globally at import; HF numbers taken after it are marked.
+        "unsloth_imported_in_process": "unsloth" in sys.modules,
+    }
+    if not all(math.isfinite(x) for x in m.losses):
+        raise Failed(f"non-finite training loss on the {stack} stack: {m.losses}", evidence)
+    return evidence
+
+
+def _oom_infra(run: ThroughputRun, stack: str, exc: BaseException) -> Infra:
+    return Infra(f"CUDA out of memory at {run.batch}x{run.seq} ({stack}, gradient checkpointing "
+                 f"{'on' if run.gradient_checkpointing else 'off'}): {str(exc).splitlines()[0][:300]}")
+
+
+def _prepare(ctx: Any, stack: str) -> ThroughputRun:
+    ctx.require_gpu()
+    run = ThroughputRun.from_settings(ctx.settings)
+    if stack not in run.stacks:
+        raise Skip(f"{stack} not in settings.throughput.stacks")
+    return run
+
+
+def _reset_gpu() -> None:
+    import torch
+
+    _free_memory("cuda")
+    torch.cuda.reset_peak_memory_stats()
+
+
+def check_hf(ctx: Any, attn: str) -> dict[str, Any]:
+    """HF + PEFT on our remote-code EXAONE 3.5 at the 2.4B shape with one attention implementation."""
+    run = _prepare(ctx, attn)
+    if attn == "flash_attention_2":
+        ctx.require("flash-attn")
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shape = _shape()
+    config = AutoConfig.from_pretrained(str(_config_folder(ctx)), trust_remote_code=True)
+    model = None
+    _reset_gpu()
+    try:
+        build_start = time.monotonic()
+        with torch.device("cuda"):   # initialise straight on the GPU: a 2.4B CPU init takes minutes
+            base = AutoModelForCausalLM.from_config(config, trust_remote_code=True, attn_implementation=attn,
+                                                    **torch_dtype_kwargs(torch.bfloat16))
+        base.config.use_cache = False
+        effective = getattr(base.config, "_attn_implementation", None)
+        if effective != attn:
+            raise Failed(f"requested attn_implementation={attn!r} but the model runs {effective!r}")
+        checked = _check_shape(base, shape)
+        if run.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.enable_input_require_grads()
+        torch.manual_seed(run.seed)
+        model = get_peft_model(base, lora_config(EXAONE35_LORA_TARGETS, dropout=run.lora_dropout))
+        build_s = time.monotonic() - build_start
+        m = measure_training(model, batch=run.batch, seq=run.seq, steps=run.steps, warmup=run.warmup,
+                             vocab_size=shape["vocab_size"], device="cuda", lr=run.lr, seed=run.seed)
+        m.peak_mem_bytes = torch.cuda.max_memory_allocated()
+        adapter_dtypes = sorted({str(p.dtype).replace("torch.", "") for n, p in model.named_parameters()
+                                 if p.requires_grad})
+        extra = {"model_class": f"{type(base).__module__}.{type(base).__name__}", "attn_implementation": effective,
+                 "adapter_dtype": adapter_dtypes, "base_dtype": "bfloat16", "build_s": round(build_s, 2),
+                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        return _evidence(ctx, run, attn, m, checked["n_params"], checked["shape"], extra)
+    except Exception as exc:
+        if _is_oom(exc):
+            raise _oom_infra(run, attn, exc) from exc
+        raise
+    finally:
+        model = base = None
+        _free_memory("cuda")
+
+
+def _llama_folder(ctx: Any) -> Path:
+    """A random-weight Llama-layout checkpoint at the EXAONE 3.5 2.4B shape, for unsloth's Llama fast path.
+
+    The config is the llamafied tiny fixture's (so rope scaling, norms and tying follow llamafy_exaone35)
+    with the 2.4B dimensions; the tokenizer files come along. Written once per run (about 4.8 GB)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from probes.fixtures.checkpoints import llamafy_exaone35, write_exaone35
+
+    folder = Path(ctx.work_dir) / "throughput" / "llama-2.4b"
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        return folder
+    tiny = write_exaone35(Path(ctx.work_dir) / "throughput" / "exaone35-tiny")
+    tiny_llama = llamafy_exaone35(tiny, Path(ctx.work_dir) / "throughput" / "llama-tiny")
+    shape = _shape()
+    config_dict = json.loads((tiny_llama / "config.json").read_text())
+    head_dim = shape.get("head_dim") or shape["hidden_size"] // shape["num_attention_heads"]
+    config_dict.update({
+        "vocab_size": shape["vocab_size"], "hidden_size": shape["hidden_size"],
+        "intermediate_size": shape["intermediate_size"], "num_hidden_layers": shape["num_layers"],
+        "num_attention_heads": shape["num_attention_heads"], "num_key_value_heads": shape["num_key_value_heads"],
+        "head_dim": head_dim, "max_position_embeddings": shape["max_position_embeddings"],
+        "tie_word_embeddings": shape["tie_word_embeddings"],
+    })
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+    config = AutoConfig.from_pretrained(str(folder))
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, **torch_dtype_kwargs(torch.bfloat16))
+    model.save_pretrained(str(folder), safe_serialization=True)
+    del model
+    _free_memory("cuda")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (tiny_llama / name).exists():
+            shutil.copyfile(tiny_llama / name, folder / name)
+    return folder
+
+
+def check_unsloth(ctx: Any) -> dict[str, Any]:
+    """unsloth's FastLanguageModel on the 2.4B shape in Llama layout (its fast path), same loop and bar."""
+    run = _prepare(ctx, "unsloth")
+    from probes.checks.unsloth import load_with_unsloth, require_unsloth
+
+    require_unsloth(ctx)
+    import torch
+    from unsloth import FastLanguageModel
+
+    shape = _shape()
+    folder = _llama_folder(ctx)
+    model = loaded = None
+    _reset_gpu()
+    try:
+        build_start = time.monotonic()
+        loaded = load_with_unsloth(folder, max_seq_length=run.seq, trust_remote_code=False)
+        llama_shape = _check_shape(loaded.model, shape)
+        torch.manual_seed(run.seed)
+        model = FastLanguageModel.get_peft_model(
+            loaded.model, r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=run.lora_dropout, bias="none",
+            target_modules=list(LLAMA_LORA_TARGETS),
+            use_gradient_checkpointing="unsloth" if run.gradient_checkpointing else False,
+            random_state=run.seed)
+        build_s = time.monotonic() - build_start
+        m = measure_training(model, batch=run.batch, seq=run.seq, steps=run.steps, warmup=run.warmup,
+                             vocab_size=shape["vocab_size"], device="cuda", lr=run.lr, seed=run.seed)
+        m.peak_mem_bytes = torch.cuda.max_memory_allocated()
+        info = {k: v for k, v in loaded.info.items() if k != "output_tail"}
+        extra = {"route_taken": info.get("route"), "unsloth_load": info, "build_s": round(build_s, 2),
+                 "checkpoint": "random-weight Llama-layout 2.4B written by the probe (llamafied EXAONE 3.5 config)",
+                 "gradient_checkpointing_mode": "unsloth" if run.gradient_checkpointing else "off",
+                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        return _evidence(ctx, run, "unsloth", m, llama_shape["n_params"], llama_shape["shape"], extra)
+    except Exception as exc:
+        if _is_oom(exc):
+            raise _oom_infra(run, "unsloth", exc) from exc
+        raise
+    finally:
+        model = loaded = None
+        _free_memory("cuda")
+
+
+def _hf_check(attn: str) -> Callable[[Any], dict[str, Any]]:
+    def check(ctx: Any) -> dict[str, Any]:
+        return check_hf(ctx, attn)
+    check.__name__ = f"check_throughput_{attn}"
+    return check
+
+
+def checks(ctx: Any) -> list[tuple[str, Any]]:
+    return [*((f"throughput.{attn}", _hf_check(attn)) for attn in HF_STACKS), ("throughput.unsloth", check_unsloth)]
