@@ -5,6 +5,7 @@ One cell's failure never stops the others: every cell ends with an outcome recor
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -58,6 +60,17 @@ class RunOptions:
     offline: bool = False
     venv_python: str | None = None
     keep_work: bool = False
+    # scale (issue 6): the result cache, resume, the scheduler, shards
+    rerun: Sequence[str] | None = None    # None: reuse cached results; [] / [""]: rerun all; selectors: those
+    resume: str | None = None             # "": the latest unfinished run; else a run id or folder
+    run_dir: Path | None = None           # join (or create) this run folder: shards and Slurm tasks share one
+    gpus: Sequence[str] | None = None     # --gpus 0,1; None: every GPU nvidia-smi lists
+    build_jobs: int = 2
+    cpu_jobs: int = 1                     # cells at once when there is no GPU
+    shard: tuple[int, int] | None = None  # (i, n), 1-based
+    live_progress: bool | None = None     # None: a live line on a TTY, log lines elsewhere
+    finalize: bool = True                 # write the report and move reports/latest (off for one Slurm task)
+    snapshot: dict[str, Any] | None = None   # live-axis expansion to reuse (--snapshot), else ask the index
 
 
 @dataclass
@@ -70,11 +83,13 @@ class RunSummary:
 
 # --- cells ---------------------------------------------------------------------------------------
 
-def load_cells(matrix_path: Path, selectors: Sequence[str] = (), *, cpu: bool = False) -> tuple[Any, list[Cell]]:
+def load_cells(matrix_path: Path, selectors: Sequence[str] = (), *, cpu: bool = False,
+               snapshot: dict[str, Any] | None = None, sources: Any = None) -> tuple[Any, list[Cell]]:
     """The matrix and its selected cells. Raises pinmatrix.errors.MatrixError on bad input."""
     from pinmatrix.matrix import load_matrix, select
 
-    matrix = load_matrix(Path(matrix_path))
+    # snapshot: live axes expand from a recorded run (offline) instead of the index (pinmatrix.snapshot)
+    matrix = load_matrix(Path(matrix_path), snapshot=snapshot, sources=sources)
     cells = matrix.expand()
     if selectors:
         cells = select(cells, list(selectors))
@@ -168,9 +183,13 @@ class Runners:
         if self._venv is not None:
             return self._venv
         base = str(cell.pins.get("base_image") or "")
-        if base not in self._docker:
-            self._docker[base] = make_docker_runner(self.engine, self.opts, self.run_dir, base or None)
-        return self._docker[base]
+        with _RUNNERS_LOCK:  # cells start on several threads (pinmatrix/scheduler.py)
+            if base not in self._docker:
+                self._docker[base] = make_docker_runner(self.engine, self.opts, self.run_dir, base or None)
+            return self._docker[base]
+
+
+_RUNNERS_LOCK = threading.Lock()
 
 
 def make_venv_runner(opts: RunOptions):
@@ -187,6 +206,15 @@ def make_docker_runner(engine: Any, opts: RunOptions, run_dir: Path, base_image:
 
     extra = {"base_image": base_image} if base_image else {}
     return DockerRunner(engine, opts.sources, run_dir, cpu_only=opts.cpu, **extra)
+
+
+def choose_resolver(opts: RunOptions, resolve: Callable[..., Any]) -> Callable[..., Any]:
+    """uv's resolution, or with --no-install the lock read off the prepared interpreter (pinmatrix/installed.py)."""
+    if opts.no_install:
+        from pinmatrix.installed import environment_resolver
+
+        return environment_resolver(opts.venv_python, opts.extra_sites)
+    return resolve
 
 
 # --- the run folder ------------------------------------------------------------------------------
@@ -225,6 +253,7 @@ def _run_manifest(opts: RunOptions, run_dir: Path, matrix: Any, cells: list[Cell
         "matrix": str(opts.matrix_path),
         "matrix_sha256": hashlib.sha256(matrix_bytes).hexdigest(),
         "axes": _jsonable(axes),
+        "snapshot": _jsonable(getattr(matrix, "snapshot", None) or {}),  # --snapshot run.json reproduces the axes
         "selection": list(opts.selectors),
         "cells": [c.id for c in cells],
         "runner": runner,
@@ -240,51 +269,100 @@ def _run_manifest(opts: RunOptions, run_dir: Path, matrix: Any, cells: list[Cell
 
 def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     """Run every selected cell and write the report. MatrixError (bad input) propagates before
-    anything is written; a harness error in one cell is recorded and the others still run."""
+    anything is written; a harness error in one cell is recorded and the others still run.
+
+    Cells run through pinmatrix.scheduler (one per GPU, builds in parallel); a cell whose content hash
+    already has a judged result is reused (pinmatrix.cache) unless --rerun says otherwise; --resume
+    continues an interrupted run in its own folder, keeping the cells it finished."""
     from pinmatrix.resolve import resolve
+    from pinmatrix.run_state import finished_cells, open_run_dir
+    from pinmatrix.scheduler import Scheduler, detect_gpus, device_tokens
 
     matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu)
+    all_cells = cells
+    if opts.shard is not None:
+        from pinmatrix.shard import shard_of
+
+        cells = shard_of(cells, *opts.shard)
     kind, engine = pick_runner_kind(opts, echo)
-    run_dir = new_run_dir(opts.reports_dir, opts.label)
+    tokens = device_tokens(cpu=opts.cpu, requested=opts.gpus, detected=[] if opts.cpu else detect_gpus(),
+                           cpu_jobs=opts.cpu_jobs)
+    run_dir, manifest = open_run_dir(opts, lambda: _run_manifest(opts, new_run_dir(opts.reports_dir, opts.label),
+                                                                  matrix, all_cells, kind))
     runners = Runners(kind, engine, opts, run_dir, echo)
-    manifest = _run_manifest(opts, run_dir, matrix, cells, kind)
-    write_json_atomic(run_dir / "run.json", manifest)
     summary = RunSummary(run_dir)
     gpu = gpu_model(opts.cpu)
     digest = probes_digest()
     manifest["probes_digest"], manifest["gpu_model"] = digest, gpu
+    write_json_atomic(run_dir / "run.json", manifest)
+    kept = finished_cells(run_dir)
+    todo = [c for c in cells if c.id not in kept]
+    cache, forced = _cache_and_forced(opts, cells)
+    devices = ", ".join(t for t in tokens if t) or f"{len(tokens)} at once"
     echo(f"run {run_dir.name}: {len(cells)} cell{'s' if len(cells) != 1 else ''}, runner {kind}, "
-         f"{'cpu (forced)' if opts.cpu else 'device ' + gpu}")
+         f"{'cpu (forced)' if opts.cpu else 'device ' + gpu}" + (f", shard {opts.shard[0]}/{opts.shard[1]}" if opts.shard else "")
+         + (f", {len(cells) - len(todo)} kept from the interrupted run" if len(todo) != len(cells) else "")
+         + (f" (devices: {devices})" if len(tokens) > 1 else ""))
+    from pinmatrix.progress import Progress
+
+    progress = Progress(len(todo), live=opts.live_progress, echo=echo)
+    resolve_fn = choose_resolver(opts, resolve)
+
+    def task(cell: Cell, ctx: Any) -> Outcome:
+        outcome = run_cell(cell, run_dir, runners.for_cell(cell), opts, gpu=gpu, digest=digest,
+                           resolve_fn=resolve_fn, ctx=ctx, cache=cache,
+                           force=forced is None or cell.id in forced)
+        progress.log(f"{cell.id}: {outcome.stage}: " + (f"{outcome.status} ({_short(outcome.reason)})" if outcome.status
+                     else f"result {outcome.result}" + (f" (reused from {outcome.reused_from})"
+                                                         if getattr(outcome, "reused_from", None) else "")))
+        return outcome
+
+    def on_error(cell: Cell, exc: BaseException) -> Outcome:  # a harness bug: record it, keep going, exit 1
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        summary.harness_errors.append(f"{cell.id}: {exc!r}")
+        outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=kind,
+                          stage="run", status="infra", reason=f"harness error: {exc!r}",
+                          signature="harness-error")
+        outcome.write(run_dir)
+        write_text_atomic(run_dir / "logs" / f"{cell.id}.harness.log", tb)
+        progress.log(f"{cell.id}: run: infra (harness error: {_short(repr(exc))})")
+        return outcome
+
     try:
-        for index, cell in enumerate(cells, 1):
-            echo(f"[{index}/{len(cells)}] {cell.id}")
-            try:
-                outcome = run_cell(cell, run_dir, runners.for_cell(cell), opts, gpu=gpu, digest=digest,
-                                   resolve_fn=resolve)
-            except Exception as exc:  # a harness bug: record it, keep going, exit 1 at the end
-                tb = traceback.format_exc()
-                summary.harness_errors.append(f"{cell.id}: {exc!r}")
-                outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=kind,
-                                  stage="run", status="infra", reason=f"harness error: {exc!r}",
-                                  signature="harness-error")
-                outcome.write(run_dir)
-                write_text_atomic(run_dir / "logs" / f"{cell.id}.harness.log", tb)
-            summary.outcomes.append(outcome)
-            echo(f"    {outcome.stage}: " + (f"{outcome.status} ({_short(outcome.reason)})" if outcome.status
-                                             else f"result {outcome.result}"))
+        summary.outcomes = Scheduler(tokens, build_jobs=opts.build_jobs, progress=progress).run(
+            todo, lambda c: c.id, task, on_error)
+        if opts.shard is None:
+            manifest["complete"] = True  # read by --resume: a run without it was interrupted
     finally:
+        progress.close()
         manifest["finished"] = _now()
-        write_json_atomic(run_dir / "run.json", manifest)
-        write_report(run_dir)
-        point_latest(opts.reports_dir, run_dir)
-    summary.verdict = json.loads((run_dir / "summary.json").read_text())["verdict"]
+        if opts.shard is None or not (run_dir / "run.json").is_file():
+            write_json_atomic(run_dir / "run.json", manifest)
+        if opts.finalize:
+            write_report(run_dir)
+            point_latest(opts.reports_dir, run_dir)
+    if opts.finalize:
+        summary.verdict = json.loads((run_dir / "summary.json").read_text())["verdict"]
     return summary
 
 
+def _cache_and_forced(opts: RunOptions, cells: list[Cell]) -> tuple[Any, set[str] | None]:
+    """The result cache of the reports folder, and the ids --rerun forces (None: all)."""
+    from pinmatrix.cache import RerunPolicy, ResultCache
+
+    policy = RerunPolicy.from_args(opts.rerun)
+    return ResultCache(opts.reports_dir), policy.forced_ids(cells)
+
+
 def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu: str, digest: str,
-             resolve_fn: Callable[..., Any]) -> Outcome:
+             resolve_fn: Callable[..., Any], ctx: Any = None, cache: Any = None, force: bool = True) -> Outcome:
+    """One cell, start to end. `ctx` (pinmatrix.scheduler.CellContext) hands out the build slot and the
+    device; `cache` (pinmatrix.cache.ResultCache) short-cuts a cell whose content hash was judged before,
+    unless `force`."""
     from pinmatrix.resolve import ResolveInfraError
 
+    ctx = ctx if ctx is not None else _SoloContext()
+    ctx.stage("resolving")
     outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=runner.name, stage="resolve")
     lock_dir = run_dir / "locks" / cell.id
     lock_dir.mkdir(parents=True, exist_ok=True)
@@ -300,11 +378,20 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
         return outcome
     lock: Lock = resolved
     outcome.hash = cell_hash(cell, lock, runner.name, gpu, digest)
+    if cache is not None and not force:
+        entry = cache.lookup(outcome.hash)
+        if entry is not None:  # judged before with exactly these inputs: reuse, build and probe nothing
+            outcome.result = cache.reuse_into(entry, run_dir, cell.id)
+            outcome.reused_from = entry.run_id
+            outcome.stage = "done"
+            outcome.write(run_dir)
+            return outcome
 
     outcome.stage = "prepare"
     started = time.monotonic()
     try:
-        prepared = runner.prepare(cell, lock)
+        with ctx.build(_build_key(cell, lock, runner.name)):
+            prepared = runner.prepare(cell, lock)
     except InfraError as exc:
         _write_log(run_dir, cell.id, "build", exc.log_tail)
         return _finish(outcome, run_dir, "infra", exc.reason, exc.signature, "prepare_s", started)
@@ -320,8 +407,9 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     work.mkdir(parents=True, exist_ok=True)
     spec_path = work / "cell.json"
     write_json_atomic(spec_path, cell.spec(outcome.hash, runner.name))
-    started = time.monotonic()
-    run = runner.run(prepared, spec_path, work, "" if opts.cpu else None, cell_timeout(cell, opts))
+    with ctx.device() as device:
+        started = time.monotonic()
+        run = runner.run(prepared, spec_path, work, "" if opts.cpu else device, cell_timeout(cell, opts))
     outcome.timings["run_s"] = round(time.monotonic() - started, 2)
     if (work / RUN_LOG_NAME).is_file():
         _ensure_logs(run_dir)
@@ -345,6 +433,8 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     if outcome.status is None:
         outcome.stage = "done"
     outcome.write(run_dir)
+    if cache is not None and outcome.stage == "done" and outcome.result:
+        cache.record(outcome.hash, run_dir.name, cell.id, outcome.result)
     if not opts.keep_work:
         shutil.rmtree(work, ignore_errors=True)
         try:
@@ -355,33 +445,66 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
 
 
 def resolve_only(opts: RunOptions, echo: Echo = print) -> Path:
-    """Resolve the selected cells into a run folder (locks + outcomes); nothing is built or run."""
-    from pinmatrix.resolve import ResolveInfraError, resolve
+    """Resolve the selected cells in parallel into a run folder (locks + outcomes), print the table of
+    resolvable and unresolvable cells; nothing is built or run."""
+    from pinmatrix.resolve_stage import format_table, resolve_stage
 
-    _, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu)
+    matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu, snapshot=opts.snapshot,
+                               sources=opts.sources)
     run_dir = new_run_dir(opts.reports_dir, opts.label or "resolve")
-    write_json_atomic(run_dir / "run.json", {"run_id": run_dir.name, "matrix": str(opts.matrix_path),
-                                             "selection": list(opts.selectors), "cells": [c.id for c in cells],
-                                             "runner": None, "started": _now()})
+    manifest = {"run_id": run_dir.name, "matrix": str(opts.matrix_path), "selection": list(opts.selectors),
+                "cells": [c.id for c in cells], "runner": None, "started": _now(),
+                "axes": _jsonable(getattr(matrix, "axes", None)),
+                "snapshot": _jsonable(getattr(matrix, "snapshot", None) or {})}
+    write_json_atomic(run_dir / "run.json", manifest)
+    stage = resolve_stage(cells, opts.sources, run_dir / "locks")
     for cell in cells:
-        lock_dir = run_dir / "locks" / cell.id
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            resolved = resolve(cell, opts.sources, lock_dir)
-        except ResolveInfraError as exc:
-            echo(f"{cell.id}: infra: {exc}")
-            continue
+        resolved = stage.results[cell.id]
         if isinstance(resolved, Unresolvable):
-            echo(f"{cell.id}: unresolvable: {_short(resolved.explanation)}")
             Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner="none", stage="resolve",
                     status="unresolvable", reason=resolved.explanation).write(run_dir)
-        else:
-            pinned = resolved.pinned()
-            echo(f"{cell.id}: {len(pinned)} packages locked in {lock_dir.relative_to(run_dir.parent)}")
+        elif not isinstance(resolved, Lock):
+            Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner="none", stage="resolve",
+                    status="infra", reason=f"resolver: {resolved}", signature="resolve-infra").write(run_dir)
+    manifest["resolve_stage"], manifest["finished"] = stage.manifest(), _now()
+    write_json_atomic(run_dir / "run.json", manifest)
+    echo(format_table(cells, stage))
     return run_dir
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+class _SoloContext:
+    """run_cell's resources when no scheduler hands them out: no build limit, the runner's default device."""
+
+    def stage(self, state: str, note: str = "") -> None:
+        pass
+
+    @contextlib.contextmanager
+    def build(self, key: str):
+        yield
+
+    @contextlib.contextmanager
+    def device(self):
+        yield None
+
+
+def _build_key(cell: Cell, lock: Lock, runner_name: str) -> str:
+    """Cells with the same key build the same image/venv: the scheduler never builds one key twice at once."""
+    payload = json.dumps([runner_name, str(cell.pins.get("base_image", "")), lock.python,
+                          lock.torch_lock, lock.full_lock])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _write_pins(run_dir: Path, echo: Echo) -> None:
+    """reports/<run>/pins/ (pinmatrix.pins); a failure there must not cost the run its report."""
+    from pinmatrix.pins import write_pins
+
+    try:
+        echo(write_pins(run_dir).message)
+    except Exception as exc:  # a harness bug in pins: say so, keep the report
+        echo(f"pins: not written ({exc!r})")
+
 
 def _finish(outcome: Outcome, run_dir: Path, status: str, reason: str, signature: str | None,
             timing: str, started: float) -> Outcome:

@@ -1,0 +1,202 @@
+"""Check group "attention": which attention backends does this stack accept and run, and do they agree?
+
+For each backend the EXAONE 3.5 model is loaded as the team guide does
+(`AutoModelForCausalLM.from_pretrained(path, attn_implementation=X, trust_remote_code=True)`), and the
+evidence records whether transformers accepted the option, whether the forward pass ran, and the max
+|logits - eager logits| on the same ids, which must be within the dtype's tolerance:
+  - attention.eager / .sdpa: always; .flash_attention_2: needs flash-attn and CUDA;
+  - attention.xformers: the guide's `attn_implementation="xformers"` tried as written (needs xformers in the cell);
+  - attention.xformers-kernel: xformers.ops.memory_efficient_attention registered through transformers'
+    AttentionInterface and called inside the model's attention (needs xformers and CUDA).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from probes.checks.exaone35 import load_remote_code_model
+from probes.checks.model_load import fixed_input_ids, logits_evidence, run_dtype
+from probes.context import Skip
+from probes.framework import Failed
+from probes.models import ModelHandle, resolve_model
+
+__all__ = ["TOLERANCE", "checks", "compare_backend", "eager_reference", "register_kernel", "xformers_kernel_attention"]
+
+# (atol, rtol) on logits vs eager in the same dtype: |diff| <= atol + rtol * max|eager logits|.
+# fp32 backends differ only by summation order; bf16/fp16 round every matmul, so their bar is wider.
+TOLERANCE = {"float32": (1e-4, 1e-4), "bfloat16": (2e-2, 2e-2), "float16": (5e-3, 5e-3)}
+XFORMERS_KERNEL_NAME = "xformers_kernel"
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _forward(model: Any, ids: Any) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+
+
+def eager_reference(ctx: Any, handle: ModelHandle) -> Any:
+    """Eager logits on the fixed ids, computed once per run (the bar every backend is held to)."""
+    key = ("attention.eager-logits", str(handle.path), ctx.device)
+    if key not in ctx.cache:
+        model = load_remote_code_model(handle, ctx, attn_implementation="eager").model.to(ctx.device).eval()
+        ids = fixed_input_ids(model.config.vocab_size, ctx.device)
+        ctx.cache[key] = (ids, _forward(model, ids), model.config.vocab_size)
+        del model
+    return ctx.cache[key]
+
+
+def compare_backend(ctx: Any, implementation: str, handle: ModelHandle | None = None) -> dict[str, Any]:
+    """Load with `attn_implementation=implementation` as the guide writes it, run, compare with eager."""
+    import torch
+
+    handle = handle or resolve_model(ctx, "exaone3.5")
+    dtype = run_dtype(ctx)
+    evidence: dict[str, Any] = {**handle.evidence(), "requested": implementation, "dtype": _dtype_name(dtype),
+                                "device": ctx.device}
+    try:
+        model = load_remote_code_model(handle, ctx, attn_implementation=implementation).model
+    except Exception as exc:
+        evidence["accepted"] = False
+        raise Failed(f"transformers rejected attn_implementation={implementation!r}: "
+                     f"{type(exc).__name__}: {exc}", evidence) from exc
+    used = getattr(model.config, "_attn_implementation", None)
+    evidence.update(accepted=True, attn_implementation=used)
+    if used != implementation:
+        raise Failed(f"asked for attn_implementation={implementation!r} but the model runs {used!r}", evidence)
+    ids, reference, vocab = eager_reference(ctx, handle)
+    model.to(ctx.device).eval()
+    try:
+        logits = _forward(model, ids)
+    except Exception as exc:
+        evidence["ran"] = False
+        raise Failed(f"attn_implementation={implementation!r} was accepted but the forward pass raised "
+                     f"{type(exc).__name__}: {exc}", evidence) from exc
+    evidence["ran"] = True
+    try:
+        evidence.update(logits_evidence(logits, ids.shape[0], ids.shape[1], vocab))
+    except Failed as exc:
+        raise Failed(exc.message, {**evidence, **exc.evidence}) from None
+    atol, rtol = TOLERANCE[_dtype_name(dtype)]
+    scale = reference.abs().max().item()
+    diff = (logits - reference).abs()
+    evidence.update(
+        max_abs_diff_vs_eager=diff.max().item(),
+        mean_abs_diff_vs_eager=diff.mean().item(),
+        argmax_agreement=(logits.argmax(-1) == reference.argmax(-1)).float().mean().item(),
+        tolerance=atol + rtol * scale,
+        tolerance_rule=f"|diff| <= {atol:g} + {rtol:g} * max|eager logits| ({_dtype_name(dtype)})",
+    )
+    if not evidence["max_abs_diff_vs_eager"] <= evidence["tolerance"]:
+        raise Failed(f"{implementation} logits differ from eager by {evidence['max_abs_diff_vs_eager']:.3g} "
+                     f"> tolerance {evidence['tolerance']:.3g}", evidence)
+    del model
+    if ctx.device == "cuda":
+        torch.cuda.empty_cache()
+    return evidence
+
+
+def _causal_bias_for(q_len: int, k_len: int, mask: Any) -> Any:
+    """The xformers bias for causal attention with queries aligned to the end of the keys (KV cache).
+    Padding masks are refused rather than silently ignored."""
+    import torch
+    from xformers.ops import fmha
+
+    if mask is not None:
+        allowed = mask if mask.dtype == torch.bool else mask == 0
+        causal = torch.ones(q_len, k_len, dtype=torch.bool, device=allowed.device).tril(k_len - q_len)
+        if not bool((allowed[..., :q_len, :k_len] == causal).all()):
+            raise NotImplementedError("xformers kernel adapter: padding masks are not supported")
+    if q_len == k_len:
+        return fmha.attn_bias.LowerTriangularMask()
+    return fmha.attn_bias.LowerTriangularFromBottomRightMask()
+
+
+def xformers_kernel_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                              scaling: float | None = None, dropout: float = 0.0, **_: Any) -> tuple[Any, None]:
+    """transformers attention-function signature over xformers.ops.memory_efficient_attention.
+    q/k/v arrive as [B, heads, T, D]; xformers wants [B, T, heads, D]; KV heads are expanded for GQA."""
+    from xformers.ops import memory_efficient_attention
+
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    bias = _causal_bias_for(q.shape[1], k.shape[1], attention_mask)
+    out = memory_efficient_attention(q, k, v, attn_bias=bias, p=dropout, scale=scaling)
+    return out, None  # already [B, T, heads, D], as transformers' attention functions return
+
+
+def register_kernel(name: str, function: Callable[..., Any]) -> None:
+    """Register an attention function (and sdpa's mask builder for it) with transformers' registries."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+def _require_xformers(ctx: Any) -> str:
+    version = ctx.installed("xformers")
+    if ctx.pins.get("xformers") == "none" or version is None:
+        raise Skip("xformers not in this cell")
+    return version
+
+
+def _require_flash_attn(ctx: Any) -> str:
+    version = ctx.installed("flash-attn") or ctx.installed("flash_attn")
+    if "none" in (ctx.pins.get("flash-attn"), ctx.pins.get("flash_attn")) or version is None:
+        raise Skip("flash-attn not in this cell")
+    return version
+
+
+def check_eager(ctx: Any) -> dict[str, Any]:
+    return compare_backend(ctx, "eager")
+
+
+def check_sdpa(ctx: Any) -> dict[str, Any]:
+    return compare_backend(ctx, "sdpa")
+
+
+def check_flash_attention_2(ctx: Any) -> dict[str, Any]:
+    version = _require_flash_attn(ctx)
+    ctx.require_gpu()
+    return {"flash_attn": version, **compare_backend(ctx, "flash_attention_2")}
+
+
+def check_xformers_guide(ctx: Any) -> dict[str, Any]:
+    version = _require_xformers(ctx)
+    try:
+        return {"xformers": version, **compare_backend(ctx, "xformers")}
+    except Failed as exc:
+        exc.evidence["xformers"] = version
+        raise
+
+
+def check_xformers_kernel(ctx: Any) -> dict[str, Any]:
+    version = _require_xformers(ctx)
+    ctx.require_gpu()  # xformers' memory-efficient kernels are CUDA kernels
+    try:
+        register_kernel(XFORMERS_KERNEL_NAME, xformers_kernel_attention)
+    except ImportError as exc:
+        raise Skip(f"this transformers has no AttentionInterface to register a kernel with ({exc})") from exc
+    try:
+        return {"xformers": version, "registered_as": XFORMERS_KERNEL_NAME,
+                **compare_backend(ctx, XFORMERS_KERNEL_NAME)}
+    except Failed as exc:
+        exc.evidence.update(xformers=version, registered_as=XFORMERS_KERNEL_NAME)
+        raise
+
+
+def checks(ctx: Any) -> list[tuple[str, Callable[[Any], dict[str, Any]]]]:
+    return [
+        ("attention.eager", check_eager),
+        ("attention.sdpa", check_sdpa),
+        ("attention.flash_attention_2", check_flash_attention_2),
+        ("attention.xformers", check_xformers_guide),
+        ("attention.xformers-kernel", check_xformers_kernel),
+    ]
