@@ -46,7 +46,10 @@ OUTPUT_TAIL_CHARS = 4000
 
 
 def require_unsloth(ctx: Any) -> str:
-    """Skip reasons in order: no GPU first (unsloth cannot even import on CPU), then unsloth absent."""
+    """Skip reasons in order: a cell that leaves unsloth out says so (the most useful reason in the
+    table), then no GPU (unsloth cannot even import on CPU), then unsloth pinned but not installed."""
+    if ctx.pins.get("unsloth") == "none":
+        raise Skip("unsloth not in this cell")
     ctx.require_gpu()
     return ctx.require("unsloth")
 

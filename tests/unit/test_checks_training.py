@@ -276,3 +276,11 @@ def test_route_of_a_plain_transformers_model_is_generic(shared: dict[str, Any]) 
     assert route["route"] == "generic:unpatched"
     assert route["forward_modules"]["attention_forward"].endswith("modeling_exaone")
     assert unsloth.describe_route(base, dispatched=["FastLlamaModel"])["route"] == "fast:llama"
+
+
+def test_unsloth_group_says_the_cell_leaves_unsloth_out(shared: dict[str, Any]) -> None:
+    ctx = make_ctx(shared)
+    ctx.spec["pins"]["unsloth"] = "none"
+    results = [run_check(name, fn, ctx, timeout_s=60) for name, fn in unsloth.checks(ctx)]
+    assert {r["status"] for r in results} == {"skip"}
+    assert {r["reason"] for r in results} == {"unsloth not in this cell"}
