@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from packaging.version import InvalidVersion, Version
-
-from pinmatrix.cell import Cell, Lock, normalize_name
+from pinmatrix.cell import Cell, Lock
+from pinmatrix.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
 from pinmatrix.runners.base import (RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -202,8 +201,12 @@ class VenvRunner:
         work.mkdir(exist_ok=True)
         env = dict(os.environ)
         env.pop("VIRTUAL_ENV", None)
-        env["PYTHONPATH"] = os.pathsep.join([str(self.probes_root)] + (
-            [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        # Only the probes go on the path: the harness's own PYTHONPATH (its jsonschema, say) would
+        # otherwise leak into the cell and the table would report packages the cell does not hold.
+        # Extra sites reach the venv through its .pth file instead.
+        env["PYTHONPATH"] = str(self.probes_root)
+        for token in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN"):
+            env.pop(token, None)  # tokens are for model fetching, outside the cell
         env["PYTHONNOUSERSITE"] = "1"  # the user's site must not leak into the cell
         # As in the Docker runner: no hub traffic from a cell; a hub cache is used only if HF_HOME holds it.
         for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
@@ -229,8 +232,7 @@ class VenvRunner:
             return RunOutcome(None, f"the probe wrote no result (exit {code})", "probe-no-result", log_tail)
         drift = self.drift(result, prepared)
         if drift:
-            return RunOutcome(result, "installed packages differ from the lock: " + "; ".join(drift),
-                              "lock-drift", log_tail)
+            return RunOutcome(result, drift_reason(drift), DRIFT_SIGNATURE, log_tail)
         return RunOutcome(result, None, None, log_tail)
 
     def drift(self, result_path: Path, prepared: Prepared) -> list[str]:
@@ -244,33 +246,7 @@ class VenvRunner:
             return []  # a damaged result is judged by the results module, not here
         from pinmatrix.cell import parse_lock
         locked = parse_lock((lock_dir / "requirements.lock").read_text()) if lock_dir.is_dir() else {}
-        return lock_drift(locked, packages, pins)
-
-
-def lock_drift(locked: dict[str, str], packages: dict[str, Any], pins: dict[str, str]) -> list[str]:
-    problems = []
-    for raw_name, info in sorted(packages.items()):
-        name = normalize_name(raw_name)
-        installed = info.get("installed") if isinstance(info, dict) else None
-        if pins.get(raw_name) == "none" or pins.get(name) == "none":
-            if installed:
-                problems.append(f"{raw_name} {installed} is installed but the cell says none")
-            continue
-        want = locked.get(name)
-        if want is None:
-            continue
-        if installed is None:
-            problems.append(f"{raw_name} missing (lock: {want})")
-        elif not _same_version(installed, want):
-            problems.append(f"{raw_name} {installed} (lock: {want})")
-    return problems
-
-
-def _same_version(a: str, b: str) -> bool:
-    try:
-        return Version(a) == Version(b)
-    except InvalidVersion:
-        return a == b
+        return lock_drift(locked, packages, pins)  # pinmatrix.drift: the comparison both runners share
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
