@@ -75,7 +75,8 @@ def run(spec: dict[str, Any], work_dir: Path, only: list[str] | None) -> dict[st
     _say(f"cell {spec['id']} on {device} (torch {env['torch']}, gpu {env['gpu']})")
 
     timeout_s = float(settings.get("check_timeout_s", DEFAULT_CHECK_TIMEOUT_S))
-    groups = [g for g in spec.get("checks", []) if only is None or g in only]
+    from probes.checks import run_order
+    groups = run_order([g for g in spec.get("checks", []) if only is None or g in only])
     for group in sorted(set(only or ()) - set(spec.get("checks", []))):
         _say(f"note: --only names {group!r}, which this cell's spec does not list; not run")
     results = []

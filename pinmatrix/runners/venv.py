@@ -92,9 +92,10 @@ class VenvRunner:
         lock_dir.mkdir()
         (lock_dir / "torch.lock").write_text(lock.torch_lock)
         (lock_dir / "requirements.lock").write_text(lock.full_lock)
-        if self.extra_sites:
+        sites = list(self.extra_sites) + self._inherited_sites(log)
+        if sites:
             site = self._site_packages(python, log)
-            (site / "pinmatrix-extra-site.pth").write_text("".join(f"{p}\n" for p in self.extra_sites))
+            (site / "pinmatrix-extra-site.pth").write_text("".join(f"{p}\n" for p in sites))
         if not self.no_install:
             for name in ("torch.lock", "requirements.lock"):
                 if (lock_dir / name).read_text().strip():
@@ -102,6 +103,25 @@ class VenvRunner:
         marker.write_text(json.dumps({"key": key, "cell": cell.id, "created": time.time()}))
         log_path.write_text("\n".join(log) + "\n")
         return self._prepared(cell, venv, python, reused=False, log=log_path)
+
+    def _inherited_sites(self, log: list[str]) -> list[Path]:
+        """With --system-site-packages from an interpreter that is itself a venv (a GPU image's
+        /opt/torch/.venv, say), a new venv would inherit the *base* interpreter's site, not the one
+        holding torch: put that venv's site-packages on the path too, after the extra sites."""
+        if not (self.system_site_packages and self.base_python):
+            return []
+        probe = ("import json, site, sys; print(json.dumps({'venv': sys.prefix != sys.base_prefix, "
+                 "'sites': site.getsitepackages()}))")
+        try:
+            out = subprocess.run([self.base_python, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+            info = json.loads(out.stdout)
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            raise InfraError(f"cannot inspect {self.base_python}: {exc}", "venv-python-missing") from exc
+        if not info["venv"]:
+            return []
+        sites = [Path(p) for p in info["sites"] if Path(p).is_dir()]
+        log.append(f"# {self.base_python} is a venv: its site-packages join the cell's path: {sites}")
+        return sites
 
     def _prepared(self, cell: Cell, venv: Path, python: Path, *, reused: bool, log: Path | None) -> Prepared:
         return Prepared(runner=self.name, cell_id=cell.id, ref=str(venv), reused=reused,

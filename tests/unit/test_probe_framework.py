@@ -168,3 +168,12 @@ def test_context_require(tmp_path):
 def test_check_timeout_message_classifies():
     from probes.signatures import classify
     assert classify("CheckTimeout", str(CheckTimeout("check exceeded its timeout of 1 s"))).infra
+
+
+def test_plain_transformers_groups_run_before_unsloth_whatever_the_matrix_order():
+    from probes.checks import run_order
+
+    order = run_order(["throughput", "unsloth", "lora-train", "imports", "bogus", "generate", "attention"])
+    assert order.index("unsloth") > max(order.index(g) for g in ("lora-train", "generate", "attention"))
+    assert order.index("throughput") > order.index("unsloth")
+    assert order[0] == "imports" and order[-1] == "bogus"

@@ -16,6 +16,9 @@ KNOWN = [
      "with CUDA 1201 (you have 2.1.2+cpu)", "xformers-extensions-not-loaded"),
     ("NotImplementedError", "No operator found for `memory_efficient_attention_forward` with inputs:",
      "xformers-no-operator"),
+    ("NotImplementedError", "No operator found for `memory_efficient_attention_forward` with inputs:\n"
+     "`cutlassF-pt` is not supported because:\n    xFormers wasn't build with CUDA support",
+     "xformers-cuda-ops-not-built-for-this-torch"),
     ("ImportError", "/opt/lib/python3.12/site-packages/flash_attn_2_cuda.cpython-312-x86_64-linux-gnu.so: "
      "undefined symbol: _ZN3c105ErrorC2ENS_14SourceLocationENSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE",
      "flash-attn-abi-mismatch"),
@@ -118,3 +121,13 @@ def test_bad_catalogue_names_file_and_entry(tmp_path):
 def test_classification_unpacks_as_the_contract_pair():
     sig, known = classify("ValueError", "'aimv2' is already used by a Transformers config, pick another name.")
     assert (sig, known) == ("unsloth-aimv2-config-clash", True)
+
+
+def test_xformers_wheel_for_another_torch_is_named_not_lumped_with_no_operator():
+    # The message xformers 0.0.35 (built for torch 2.10.0+cu128) gave on the lent H100, torch 2.11.0+cu130.
+    message = ("No operator found for `memory_efficient_attention_forward` with inputs:\n"
+               "     query       : shape=(1, 128, 4, 64) (torch.bfloat16)\n"
+               "`fa2F@2.5.7-pt` is not supported because:\n    xFormers wasn't build with CUDA support\n")
+    assert signatures.classify("NotImplementedError", message).id == "xformers-cuda-ops-not-built-for-this-torch"
+    assert signatures.classify("NotImplementedError", "No operator found for `memory_efficient_attention_forward` "
+                    "with inputs: unsupported head dim 1024").id == "xformers-no-operator"
