@@ -1,0 +1,224 @@
+"""pins/: constraints files of the recommended stacks, from a run folder of real probe results and real locks.
+
+The results come from the real probe (tests/unit/real_results.py: a good stack on transformers 5.17.0, an
+xformers-broken and a trl-broken one) plus one more real run on the transformers 4.57.6 venv. Each cell's
+lock is `uv pip freeze` of the interpreter the probe ran in, i.e. exactly what was tested. The files are
+then read by the real uv and pip against a local find-links folder of small wheels built here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from real_results import PROBE_PYTHON, cache_root, real_results, spec_for
+
+from pinmatrix.outcome import Outcome
+from pinmatrix.pins import NEWEST_FILE, Candidate, choose, lock_entries, newest_key, write_pins
+from pinmatrix.pipeline import REPO_ROOT, probes_digest
+
+TF457_PYTHON = Path(os.environ.get("PINMATRIX_TEST_PYTHON_TF457", "/opt/venvs/tf457/bin/python"))
+UV = shutil.which("uv")
+NOW = datetime(2026, 11, 27, 18, 0, 0, tzinfo=timezone.utc)
+
+needs_uv = pytest.mark.skipif(UV is None, reason="uv is not installed")
+needs_tf457 = pytest.mark.skipif(not TF457_PYTHON.is_file(), reason=f"no {TF457_PYTHON}")
+
+
+def _tf457_result(folder: Path) -> Path:
+    """The real probe on the transformers 4.57.6 venv (cached per probes/ digest like real_results)."""
+    folder = folder / f"tf457-{probes_digest()[:16]}"
+    out = folder / "good-tf457.json"
+    if out.is_file():
+        return out
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    spec = spec_for("good")
+    spec["id"], spec["hash"] = "py3.11-torch2.13.0+cpu-tf4.57.6-good", "hash-good-tf457"
+    spec["pins"] = {**spec["pins"], "transformers": "4.57.6"}
+    (folder / "cell.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([str(TF457_PYTHON), "-m", "probes", "--cell", str(folder / "cell.json"), "--out", str(out),
+                           "--work", str(folder / "w")], env=env, capture_output=True, text=True, timeout=600)
+    assert out.is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    return out
+
+
+def _freeze(python: Path) -> str:
+    proc = subprocess.run([UV, "pip", "freeze", "--python", str(python)], capture_output=True, text=True, check=True)
+    return proc.stdout
+
+
+def _add_cell(run_dir: Path, result: Path, lock_text: str | None) -> str:
+    data = json.loads(result.read_text())
+    cell_id = data["cell"]["id"]
+    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result, run_dir / "cells" / f"{cell_id}.json")
+    Outcome(cell=cell_id, hash=data["cell"]["hash"], pins=data["cell"]["pins"], runner="venv", stage="done",
+            result=f"cells/{cell_id}.json").write(run_dir)
+    if lock_text is not None:
+        (run_dir / "locks" / cell_id).mkdir(parents=True, exist_ok=True)
+        (run_dir / "locks" / cell_id / "requirements.lock").write_text(lock_text)
+    return cell_id
+
+
+@pytest.fixture(scope="module")
+def results(request, tmp_path_factory):
+    root = cache_root(request, tmp_path_factory)
+    found = real_results(root)
+    if TF457_PYTHON.is_file():
+        found["good-tf457"] = _tf457_result(root)
+    return found
+
+
+@pytest.fixture
+def run_dir(tmp_path, results):
+    if UV is None:
+        pytest.skip("uv is not installed")
+    run = tmp_path / "20261127T170000Z"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"run_id": run.name, "cells": []}))
+    tf5_lock = _freeze(PROBE_PYTHON)
+    for stack in ("good", "xformers-broken", "trl-broken"):
+        _add_cell(run, results[stack], tf5_lock)
+    if "good-tf457" in results:
+        _add_cell(run, results["good-tf457"], _freeze(TF457_PYTHON))
+    return run
+
+
+def _header(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("#")]
+
+
+@needs_tf457
+def test_newest_and_per_line_picks_from_real_results(run_dir):
+    report = write_pins(run_dir, now=NOW)
+    assert report.pins_dir == run_dir / "pins"
+    by_file = {p.file_name: p for p in report.picks}
+    # only fully working cells: the broken-trl (core import fails) and broken-xformers (partial) cells never
+    assert {p.candidate.cell_id for p in report.picks} <= {"py3.11-torch2.13.0+cpu-tf5.17.0-good",
+                                                           "py3.11-torch2.13.0+cpu-tf4.57.6-good"}
+    assert by_file[NEWEST_FILE].candidate.cell_id == "py3.11-torch2.13.0+cpu-tf5.17.0-good"
+    # one torch line (2.13.0+cpu); no throughput ran on CPU, so it falls back to the newest and says so
+    line = by_file["fastest-torch2.13.0+cpu.constraints.txt"]
+    assert line.candidate.cell_id == "py3.11-torch2.13.0+cpu-tf5.17.0-good"
+    assert "no throughput check ran" in line.why
+    assert sorted(p.name for p in (run_dir / "pins").iterdir()) == sorted(
+        ["README.md", NEWEST_FILE, "fastest-torch2.13.0+cpu.constraints.txt"])
+
+
+def test_header_says_cell_run_time_gpu_and_throughput(run_dir, results):
+    write_pins(run_dir, now=NOW)
+    text = (run_dir / "pins" / NEWEST_FILE).read_text()
+    header = "\n".join(_header(text))
+    finished = json.loads(results["good"].read_text())["finished"]
+    assert "# cell: py3.11-torch2.13.0+cpu-tf5.17.0-good" in header
+    assert f"# run: 20261127T170000Z; cell finished: {finished}; written: 2026-11-27T18:00:00Z (UTC)" in header
+    assert "# GPU: none (device cpu)" in header
+    assert "# throughput: not measured (no throughput check ran for this cell)" in header
+    # the full lock: every package the probe's interpreter holds, each exactly once as name==version
+    body = [line for line in text.splitlines() if line and not line.startswith("#")]
+    frozen = [line for line in _freeze(PROBE_PYTHON).splitlines() if "==" in line]
+    assert body == frozen and all("==" in line for line in body)
+    assert "torch==2.13.0+cpu" in body and "transformers==5.17.0" in body
+    readme = (run_dir / "pins" / "README.md").read_text()
+    assert NEWEST_FILE in readme and "py3.11-torch2.13.0+cpu-tf5.17.0-good" in readme
+
+
+def _wheel(folder: Path, name: str, version: str) -> None:
+    """A small real wheel (metadata only) so pip and uv can resolve offline against find-links."""
+    dist = f"{name.replace('-', '_')}-{version}.dist-info"
+    with zipfile.ZipFile(folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl", "w") as whl:
+        whl.writestr(f"{name.replace('-', '_')}/__init__.py", "")
+        whl.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        whl.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: pinmatrix-test\nRoot-Is-Purelib: true\n"
+                                      "Tag: py3-none-any\n")
+        whl.writestr(f"{dist}/RECORD", "")
+
+
+@needs_uv
+def test_uv_and_pip_read_the_file_as_constraints(run_dir, tmp_path):
+    write_pins(run_dir, now=NOW)
+    constraints = run_dir / "pins" / NEWEST_FILE
+    links = tmp_path / "links"
+    links.mkdir()
+    for version in ("0.21.2", "99.0.0"):  # the newest is not the pinned one: only -c picks 0.21.2
+        _wheel(links, "peft", version)
+    req = tmp_path / "req.in"
+    req.write_text("peft\n")
+    base = [UV, "pip", "compile", str(req), "--no-index", "--find-links", str(links), "--no-deps", "--no-header",
+            "--python-version", "3.11", "--quiet"]
+    free = subprocess.run(base, capture_output=True, text=True)
+    assert free.returncode == 0 and "peft==99.0.0" in free.stdout, free.stderr
+    pinned = subprocess.run([*base, "-c", str(constraints)], capture_output=True, text=True)
+    assert pinned.returncode == 0, pinned.stderr
+    assert "peft==0.21.2" in pinned.stdout
+
+    pip = [sys.executable, "-m", "pip"]
+    if subprocess.run([*pip, "--version"], capture_output=True).returncode != 0:
+        pip = ["python3", "-m", "pip"]
+    dry = subprocess.run([*pip, "install", "--dry-run", "--ignore-installed", "--no-index", "--find-links",
+                          str(links), "--no-deps", "-c", str(constraints), "peft"], capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "Would install peft-0.21.2" in dry.stdout
+
+
+def test_no_fully_working_cell_writes_no_pins_and_says_why(tmp_path, results):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"run_id": "broken-run"}))
+    lock = "torch==2.13.0+cpu\n"
+    _add_cell(run, results["xformers-broken"], lock)
+    _add_cell(run, results["trl-broken"], lock)
+    (run / "pins").mkdir()  # a stale pins folder from an earlier report must not survive
+    report = write_pins(run, now=NOW)
+    assert report.pins_dir is None and report.picks == []
+    assert not (run / "pins").exists()
+    assert "no fully working cell in run broken-run" in report.message
+    assert "2 broken" in report.message  # both import checks fail (a core check)
+
+
+def test_working_cell_without_a_lock_is_left_out_with_a_note(tmp_path, results):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"run_id": "nolock"}))
+    _add_cell(run, results["good"], None)
+    report = write_pins(run, now=NOW)
+    assert report.pins_dir is None and "works but has no lock" in report.message
+
+
+def test_lock_entries_strip_hashes_and_keep_markers():
+    # uv's --generate-hashes layout: the pin, its hashes and `# via` notes on indented lines
+    lock = ("filelock==3.20.0 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n    # via torch\n"
+            "torch==2.13.0+cpu \\\n    --hash=sha256:cc\n    # via -r requirements.in\n"
+            "colorama==0.4.6 ; sys_platform == 'win32'\n--find-links /opt/wheels\n")
+    assert lock_entries(lock) == ["filelock==3.20.0", "torch==2.13.0+cpu",
+                                  "colorama==0.4.6 ; sys_platform == 'win32'"]
+
+
+def _candidate(cell_id: str, tf: str, torch: str, tps: float | None, unsloth: str | None = None) -> Candidate:
+    locked = {"transformers": tf, "torch": torch, **({"unsloth": unsloth} if unsloth else {})}
+    return Candidate(cell_id, {}, locked, [f"{k}=={v}" for k, v in locked.items()], {"device": "cuda", "gpu": "H100"},
+                     None, tps, "throughput.sdpa" if tps else None, 3, 0)
+
+
+def test_choice_orders_by_packaging_versions_and_speed_per_line():
+    cells = [
+        _candidate("a", "4.57.6", "2.8.0+cu128", 900.0),
+        _candidate("b", "4.9.0", "2.8.0+cu128", 1200.0),       # 4.9 < 4.57 by PEP 440, not by text
+        _candidate("c", "4.57.6", "2.8.0+cu128", 800.0, unsloth="2026.10.9"),
+        _candidate("d", "5.17.0", "2.11.0", None),
+        _candidate("e", "5.5.0", "2.11.0", None),
+    ]
+    picks = {p.file_name: p for p in choose(cells)}
+    assert picks[NEWEST_FILE].candidate.cell_id == "d"
+    assert picks["fastest-torch2.8.0+cu128.constraints.txt"].candidate.cell_id == "b"
+    assert "1200.0 tokens/s" in picks["fastest-torch2.8.0+cu128.constraints.txt"].why
+    assert picks["fastest-torch2.11.0.constraints.txt"].candidate.cell_id == "d"
+    assert max(cells[:3], key=newest_key).cell_id == "c"  # same transformers: unsloth breaks the tie
