@@ -117,9 +117,15 @@ def _slug(value: str) -> str:
 
 
 def content_hash(*, lock_text: str, dockerfile: str, probes_digest: str, checks: tuple[str, ...],
-                 settings: Mapping[str, Any], gpu_model: str, base_image: str, models: tuple[ModelSpec, ...]) -> str:
-    """Everything that determines a cell's result. Names the image (with the lock) and keys the result cache."""
+                 settings: Mapping[str, Any], gpu_model: str, base_image: str, models: tuple[ModelSpec, ...],
+                 pins: Mapping[str, str]) -> str:
+    """Everything that determines a cell's result. Names the image (with the lock) and keys the result cache.
+
+    The pins are in it too: the probe reads them (a `none` pin skips its checks), and two cells can
+    share a lock (--no-install reads the same interpreter for both), so a key without them would hand
+    one cell's result to another."""
     payload = json.dumps({
+        "pins": dict(pins),
         "lock": lock_text, "dockerfile": dockerfile, "probes": probes_digest, "checks": list(checks),
         "settings": settings, "gpu": gpu_model, "base_image": base_image,
         "models": [m.to_json() for m in models],

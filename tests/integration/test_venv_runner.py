@@ -24,7 +24,6 @@ from pinmatrix.runners.venv import READY_MARKER, VenvRunner
 pytestmark = pytest.mark.integration
 
 WHEELS = Path(os.environ.get("PINMATRIX_TEST_WHEELS", "/opt/wheels"))
-TF457_SITE = Path("/opt/venvs/tf457/lib/python3.11/site-packages")
 PINS = {"python": "3.11", "torch": "2.13.0+cpu", "peft": "0.21.2", "unsloth": "none"}
 
 if shutil.which("uv") is None:
@@ -63,6 +62,17 @@ def locks(tmp_path_factory, sources) -> dict[str, tuple[Cell, Lock]]:
 @pytest.fixture(scope="module")
 def venv_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("venvs")
+
+
+@pytest.fixture(scope="module")
+def tf457_site(locks, sources, venv_root) -> Path:
+    """A prepared site holding transformers 4.57.6 (and its stack): the 4.57.6 cell's own venv,
+    installed from its lock by the runner (reused when the first test already built it)."""
+    cell, lock = locks["4.57.6"]
+    prepared = VenvRunner(venv_root=venv_root, sources=sources).prepare(cell, lock)
+    sites = sorted(Path(prepared.ref).glob("lib/python3*/site-packages"))
+    assert sites, prepared.ref
+    return sites[0]
 
 
 def write_spec(cell: Cell, folder: Path, content_hash: str = "h") -> Path:
@@ -143,28 +153,24 @@ def test_offline_install_fails_as_infra_when_the_wheelhouse_lacks_a_package(lock
     assert not list((tmp_path / "venvs").glob(f"*/{READY_MARKER}"))  # a failed venv is never marked ready
 
 
-def test_no_install_extra_site_and_stdlib_venv_fallback_detect_drift(locks, tmp_path):
+def test_no_install_extra_site_and_stdlib_venv_fallback_detect_drift(locks, tf457_site, tmp_path):
     """A machine with no index: nothing is installed, a prepared site is put on the path (.pth), and
     the drift check compares the lock with what is there. Without uv the stdlib venv module is used."""
-    if not TF457_SITE.is_dir():
-        pytest.skip(f"{TF457_SITE} is absent")
     cell, lock = locks["5.17.0"]        # the lock wants transformers 5.17.0 ...
-    runner = VenvRunner(venv_root=tmp_path / "venvs", no_install=True, extra_sites=[TF457_SITE], uv=None)
+    runner = VenvRunner(venv_root=tmp_path / "venvs", no_install=True, extra_sites=[tf457_site], uv=None)
     assert any("falling back to the stdlib venv" in n for n in runner.notes)
     prepared = runner.prepare(cell, lock)
     pth = list(Path(prepared.ref).glob("lib/python*/site-packages/pinmatrix-extra-site.pth"))
-    assert pth and pth[0].read_text().strip() == str(TF457_SITE)
+    assert pth and pth[0].read_text().strip() == str(tf457_site)
     outcome = runner.run(prepared, write_spec(cell, tmp_path / "w"), tmp_path / "w", "", 600)
     # ... the site holds 4.57.6: the result exists, but the cell is judged infra, naming the package.
     assert outcome.result_path is not None and outcome.signature == "lock-drift"
     assert "transformers 4.57.6 (lock: 5.17.0)" in outcome.infra_reason
 
 
-def test_no_install_matching_site_has_no_drift(locks, tmp_path):
+def test_no_install_matching_site_has_no_drift(locks, tf457_site, tmp_path):
     cell, lock = locks["4.57.6"]
-    if not TF457_SITE.is_dir():
-        pytest.skip(f"{TF457_SITE} is absent")
-    runner = VenvRunner(venv_root=tmp_path / "venvs", no_install=True, extra_sites=[TF457_SITE])
+    runner = VenvRunner(venv_root=tmp_path / "venvs", no_install=True, extra_sites=[tf457_site])
     prepared = runner.prepare(cell, lock)
     outcome = runner.run(prepared, write_spec(cell, tmp_path / "w"), tmp_path / "w", "", 600)
     installed = {k: v["installed"] for k, v in

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from pinmatrix.pipeline import REPO_ROOT, probes_digest
 
-PROBE_PYTHON = Path(os.environ.get("PINMATRIX_TEST_PYTHON", "/opt/venvs/tf5/bin/python"))
+from cpu_stack import probe_python
+
+PROBE_PYTHON = probe_python()
 BASE_PINS = {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0", "peft": "0.21.2", "unsloth": "none"}
 
 BROKEN_PACKAGES = {

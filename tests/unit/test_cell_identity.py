@@ -14,7 +14,7 @@ EXAONE4 = ModelSpec("exaone4", "LGAI-EXAONE/EXAONE-4.0-1.2B", "b" * 40, "native"
 BASE = dict(lock_text="torch==2.13.0+cpu\ntransformers==5.17.0\n", dockerfile="FROM x\n", probes_digest="p" * 64,
             checks=("imports", "lora-train"), settings={"device": "cpu", "throughput": {"batch": 4, "seq": 2048}},
             gpu_model="NVIDIA H100 80GB HBM3", base_image="pinmatrix/base:bookworm-py311",
-            models=(EXAONE35, EXAONE4))
+            models=(EXAONE35, EXAONE4), pins={"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0", "unsloth": "none"})
 
 
 def test_ids_of_the_ci_matrix_are_exactly_these():
@@ -60,6 +60,7 @@ def test_content_hash_is_stable():
     ("gpu_model", "NVIDIA H200"),
     ("base_image", "nvidia/cuda:13.0.1-cudnn-devel-ubuntu24.04"),
     ("models", (EXAONE35, ModelSpec("exaone4", EXAONE4.repo, "c" * 40, "native"))),
+    ("pins", {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0", "unsloth": "2026.10.9"}),
 ])
 def test_content_hash_moves_with_each_input(field, changed):
     assert content_hash(**{**BASE, field: changed}) != content_hash(**BASE)

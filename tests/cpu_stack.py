@@ -1,0 +1,31 @@
+"""Where the tests find a real CPU stack (torch, transformers, peft) to run the probe with.
+
+`nox -s tests` installs tests/probe-stack.txt into its own venv, so on a fresh CI machine the running
+interpreter is the stack. PINMATRIX_TEST_PYTHON overrides it (e.g. a venv with another transformers).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+from functools import lru_cache
+from pathlib import Path
+
+
+@lru_cache(maxsize=None)
+def has_stack(python: str) -> bool:
+    probe = "import torch, transformers, peft"
+    return subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
+
+
+def probe_python() -> Path:
+    """An interpreter that holds the CPU stack: $PINMATRIX_TEST_PYTHON, else this one."""
+    return Path(os.environ.get("PINMATRIX_TEST_PYTHON") or sys.executable)
+
+
+def stack_site() -> Path | None:
+    """The site-packages folder holding this interpreter's stack (for --no-install --extra-site), or None."""
+    if not has_stack(sys.executable):
+        return None
+    return Path(sysconfig.get_paths()["purelib"])
