@@ -7,7 +7,11 @@
     nox -l                          one session per cell of matrix.yaml, tagged `cell`
     nox -s matrix -- [selectors] [--runner docker|venv|auto] [--cpu]
     nox -s report                   merge reports/latest again
-    nox -s resolve -- [selectors]   locks only
+    nox -s nightly -- [selectors]   run, diff with the previous run, history; red only on new breakages
+    nox -s resolve -- [selectors]   locks only; prints the resolvable/unresolvable table
+    nox -s bench -- [selectors]     resolve timings (cold, warm, whole stage), then the scale numbers
+                                    (cells/hour, unchanged rerun, rebuild, scheduler overhead) -> reports/bench/
+    nox -s matrix -- --on slurm     one Slurm job array, one cell per task (pinmatrix/slurm.py)
     nox -s tests -- [pytest args]
     nox -t cell                     every cell, one session each (then `nox -s report`)
 """
@@ -107,10 +111,29 @@ def report(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def nightly(session: nox.Session) -> None:
+    """The matrix with live axes expanded now, diffed with the previous run (`-- --previous DIR`, else the
+    newest earlier run in reports/), appended to reports/history.jsonl; fails only on new breakages."""
+    session.install(f"{ROOT}[report]")  # matplotlib for the throughput chart
+    _pinmatrix(session, "nightly")
+
+
+@nox.session(python=PYTHON)
 def resolve(session: nox.Session) -> None:
     """Resolve the selected cells' locks, build and run nothing."""
     _install_harness(session)
     _pinmatrix(session, "resolve")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Resolve time per cell (cold, warm) and of the whole stage -> reports/bench/resolve-<UTC>.json."""
+    _install_harness(session)
+    session.run("python", "-m", "pinmatrix.bench", "--matrix", str(MATRIX), *session.posargs)
+    # Scale numbers (issue 6): cells/hour, unchanged rerun, transformers-only rebuild, scheduler overhead.
+    # On the CI matrix (CPU): these are the numbers this host can produce without a GPU.
+    session.run("python", "-m", "pinmatrix.bench_scale", "--matrix", os.environ.get("PINMATRIX_BENCH_MATRIX",
+                str(ROOT / "tests" / "data" / "matrices" / "ci.yaml")))
 
 
 @nox.session(python=PYTHON)

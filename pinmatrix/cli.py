@@ -6,6 +6,8 @@ matrix file, selector, option), 1 a harness error.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,6 +17,9 @@ from pinmatrix.pipeline import DEFAULT_TIMEOUT_S, REPO_ROOT, RUNNERS, HarnessErr
 EXIT_OK, EXIT_HARNESS, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_MATRIX = REPO_ROOT / "matrix.yaml"
 DEFAULT_REPORTS = REPO_ROOT / "reports"
+
+
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class UsageError(Exception):
@@ -39,7 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--timeout", type=float, default=None, metavar="S",
                         help=f"per-cell probe timeout in seconds (default: the matrix's cell_timeout_s, else "
                              f"{DEFAULT_TIMEOUT_S:.0f})")
+    common.add_argument("--check-timeout", type=float, default=None, metavar="S",
+                        help="per-check timeout in seconds, enforced by the probe (default: the matrix's "
+                             "settings.check_timeout_s)")
+    common.add_argument("--no-flaky-rerun", action="store_true",
+                        help="do not rerun failed check groups once to tell flaky from failing (pinmatrix/flaky.py)")
+    common.add_argument("--model-cache", type=Path, metavar="DIR",
+                        help="prefetch the matrix's models into DIR (HF_HOME layout) before the run, with HF_TOKEN "
+                             "from the environment; cells get it read-only")
+    common.add_argument("--model-hub", type=Path, metavar="DIR",
+                        help="with --model-cache: a local folder of models (ORG/NAME/<commit>/) instead of the hub")
     common.add_argument("--label", help="suffix of the run id")
+    common.add_argument("--snapshot", type=Path, metavar="FILE",
+                        help="expand live axes from a run's run.json (or a snapshot file), offline, not the index")
     src = common.add_argument_group("package sources (else PINMATRIX_*, then the host's pip settings)")
     src.add_argument("--index-url", metavar="URL")
     src.add_argument("--extra-index-url", action="append", default=[], metavar="URL")
@@ -63,7 +80,10 @@ COMMANDS = {
     "matrix": "resolve, build and probe every selected cell, then report",
     "resolve": "resolve the selected cells' locks only",
     "report": "merge a run folder into summary.{md,json}",
-    "list": "list the selected cell ids",
+    "list": "list the selected cell ids (--json: {\"cells\": [...], \"snapshot\": {...}} for a CI job matrix)",
+    "nightly": "run the matrix, diff with the previous run, append reports/history.jsonl; exit 1 only on new breakages",
+    "merge": "build a run folder from per-cell artifact folders (ARTIFACT_DIR...), report, diff, history",
+    "run-cell": "run one cell of a prepared run folder (a Slurm array task; see pinmatrix/slurm.py)",
 }
 USAGE = "usage: python -m pinmatrix {" + "|".join(COMMANDS) + "} [options] [selectors...]"
 
@@ -74,6 +94,20 @@ def command_parser(command: str) -> argparse.ArgumentParser:
                      parents=[build_parser()])
     if command == "report":
         parser.add_argument("--run", type=Path, help="run folder (default: reports/latest)")
+    if command in ("report", "nightly", "merge"):  # pinmatrix/nightly.py, pinmatrix/diff.py
+        from pinmatrix.nightly import add_nightly_options
+
+        add_nightly_options(parser, command)
+    if command == "list":
+        parser.add_argument("--json", action="store_true", help="print JSON: the cell ids and the live-axis snapshot")
+    if command == "matrix":
+        from pinmatrix.scale_cli import add_scale_options
+
+        add_scale_options(parser)
+    if command == "run-cell":
+        from pinmatrix.scale_cli import add_run_cell_options
+
+        add_run_cell_options(parser)
     return parser
 
 
@@ -100,8 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse(list(sys.argv[1:] if argv is None else argv))
         if args.runner not in RUNNERS:
             raise UsageError(f"--runner {args.runner!r}: choose one of {', '.join(RUNNERS)}")
-        if args.timeout is not None and args.timeout <= 0:
-            raise UsageError(f"--timeout {args.timeout}: must be positive")
+        for flag, value in (("--timeout", args.timeout), ("--check-timeout", args.check_timeout)):
+            if value is not None and not (math.isfinite(value) and value > 0):  # nan, inf, 0, negatives
+                raise UsageError(f"{flag} {value}: must be positive (a finite number of seconds)")
+        if args.model_hub is not None and (args.model_cache is None or not args.model_hub.is_dir()):
+            raise UsageError(f"--model-hub {args.model_hub}: needs --model-cache, and must be a folder")
+        if args.label is not None and not _LABEL.fullmatch(args.label):
+            raise UsageError(f"--label {args.label!r}: use letters, digits, '.', '_' or '-' (it names a folder)")
         for site in args.extra_site:
             if not site.is_dir():
                 raise UsageError(f"--extra-site {site}: not a folder")
@@ -114,9 +153,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MatrixError, SelectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ValueError as exc:  # --shard/--gpus/--resume/--build-jobs: pinmatrix.scale_cli.BAD_INPUT
+        from pinmatrix.scale_cli import BAD_INPUT
+
+        if not isinstance(exc, BAD_INPUT):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except HarnessError as exc:
         print(f"harness error: {exc}", file=sys.stderr)
         return EXIT_HARNESS
+    except KeyboardInterrupt:  # Ctrl-C: no new cell starts; finished ones are kept (pinmatrix/run_state.py)
+        print("\ninterrupted: finished cells are kept; `python -m pinmatrix matrix --resume` runs the rest "
+              "(a cell already running finishes first)", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `python -m pinmatrix list | head`: the reader left; not an error
         import os
 
@@ -127,11 +177,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         return _report(args)
+    if args.command == "merge":
+        from pinmatrix.nightly import merge_command
+
+        return merge_command(args)
     opts = _options(args)
+    if args.command == "run-cell":
+        from pinmatrix.scale_cli import run_cell_command
+
+        return run_cell_command(args, opts)
+    if args.command == "nightly":
+        from pinmatrix.nightly import nightly_command
+
+        return nightly_command(args, opts)
+    if args.command == "matrix":
+        from pinmatrix.scale_cli import apply_scale_options
+
+        opts = apply_scale_options(args, opts)
+        if getattr(args, "on", "local") == "slurm":
+            from pinmatrix.slurm import run_on_slurm
+
+            return run_on_slurm(args, opts)
     if args.command == "list":
         from pinmatrix.pipeline import load_cells
 
-        _, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu)
+        matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu, snapshot=opts.snapshot,
+                              sources=opts.sources)
+        if getattr(args, "json", False):
+            import json
+
+            print(json.dumps({"cells": [cell.id for cell in cells], "snapshot": getattr(matrix, "snapshot", None) or {}}))
+            return EXIT_OK
         for cell in cells:
             print(cell.id)
         return EXIT_OK
@@ -146,6 +222,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     summary = run_matrix(opts)
     print(summary.verdict)
     print(f"report: {summary.run_dir / 'summary.md'}")
+    if summary.stopped:  # infra, not a bug: what finished is kept, the rest is retried by --resume
+        print(f"run stopped early: {summary.stopped}; finished cells are kept in {summary.run_dir}; "
+              f"resume with `python -m pinmatrix matrix --resume {summary.run_dir.name}`", file=sys.stderr)
+        return EXIT_HARNESS
     if summary.harness_errors:
         print("harness errors (a bug in pinmatrix, not in the cells):", file=sys.stderr)
         for line in summary.harness_errors:
@@ -160,11 +240,14 @@ def _report(args: argparse.Namespace) -> int:
     run_dir = args.run or (args.reports / "latest")
     if not run_dir.is_dir():
         raise UsageError(f"no run folder at {run_dir} (run `python -m pinmatrix matrix` first, or pass --run DIR)")
-    json_path, md_path = write_report(run_dir.resolve())
+    json_path, md_path = write_report(run_dir.resolve(), previous=getattr(args, "previous", None))
     import json
 
     print(json.loads(json_path.read_text())["verdict"])
     print(f"report: {md_path}")
+    from pinmatrix.pins import write_pins
+
+    print(write_pins(run_dir.resolve()).message)
     return EXIT_OK
 
 
@@ -174,7 +257,8 @@ def _options(args: argparse.Namespace) -> RunOptions:
                       venv_dir=args.venv_dir, system_site_packages=args.system_site_packages,
                       no_install=args.no_install, extra_sites=tuple(args.extra_site), offline=args.offline,
                       venv_python=args.venv_python,
-                      keep_work=args.keep_work)
+                      keep_work=args.keep_work, check_timeout_s=args.check_timeout,
+                      flaky_rerun=not args.no_flaky_rerun, model_cache=args.model_cache, model_hub=args.model_hub, snapshot=_snapshot(args.snapshot))
 
 
 def _sources(args: argparse.Namespace) -> Any:
@@ -184,3 +268,21 @@ def _sources(args: argparse.Namespace) -> Any:
     return PackageSources.from_env(index_url=args.index_url, extra_index_urls=args.extra_index_url or None,
                                    find_links=args.find_links or None,
                                    ca_bundle=str(args.ca_bundle) if args.ca_bundle else None)
+
+
+def _snapshot(path: Path | None) -> dict[str, Any] | None:
+    """--snapshot FILE: a run.json (its "snapshot") or a bare snapshot ({"live": ...})."""
+    if path is None:
+        return None
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--snapshot {path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--snapshot {path}: not readable JSON: {exc}") from None
+    snapshot = data.get("snapshot", data) if isinstance(data, dict) else None
+    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("live", {}), dict):
+        raise UsageError(f"--snapshot {path}: no snapshot in it (expected run.json or {{\"live\": ...}})")
+    return snapshot

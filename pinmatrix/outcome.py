@@ -24,6 +24,8 @@ class Outcome:
     signature: str | None = None
     result: str | None = None          # "cells/<id>.json", relative to the run folder
     timings: dict[str, float] = field(default_factory=dict)
+    reused_from: str | None = None     # the run whose result was reused (pinmatrix/cache.py); None: ran here
+    rerun: str | None = None           # what rerunning the failed check groups once found (pinmatrix/flaky.py)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -51,6 +53,26 @@ def load_outcome(path: Path) -> Outcome | str:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(data, dict) or "cell" not in data:
             return f"{path}: not an outcome record"
+        wrong = _wrong_types(data)
+        if wrong:  # a damaged record must be listed as damaged, never crash the merge
+            return f"{path}: not an outcome record: {wrong}"
         return Outcome.from_json(data)
     except (OSError, ValueError, TypeError) as exc:
         return f"{path}: {exc}"
+
+
+def _wrong_types(data: Mapping[str, Any]) -> str | None:
+    """Why a parsed outcome's fields have the wrong JSON types, or None."""
+    if not isinstance(data.get("cell"), str) or not data["cell"]:
+        return "'cell' is not a non-empty string"
+    if not isinstance(data.get("pins", {}), dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.get("pins", {}).items()):
+        return "'pins' is not an object of strings"
+    for key in ("hash", "reason", "signature", "result", "reused_from", "rerun"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            return f"{key!r} is not a string"
+    if not isinstance(data.get("runner", ""), str):
+        return "'runner' is not a string"
+    if not isinstance(data.get("timings", {}), dict):
+        return "'timings' is not an object"
+    return None

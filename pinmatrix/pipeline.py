@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -60,6 +61,10 @@ class RunOptions:
     offline: bool = False
     venv_python: str | None = None
     keep_work: bool = False
+    check_timeout_s: float | None = None  # --check-timeout: overrides the matrix's settings.check_timeout_s
+    flaky_rerun: bool = True              # rerun a cell's failed check groups once (pinmatrix/flaky.py)
+    model_cache: Path | None = None       # --model-cache: prefetch models here (pinmatrix/fetch.py), mount read-only
+    model_hub: Path | None = None         # --model-hub: a local folder standing in for the hub; None: huggingface_hub
     # scale (issue 6): the result cache, resume, the scheduler, shards
     rerun: Sequence[str] | None = None    # None: reuse cached results; [] / [""]: rerun all; selectors: those
     resume: str | None = None             # "": the latest unfinished run; else a run id or folder
@@ -70,6 +75,7 @@ class RunOptions:
     shard: tuple[int, int] | None = None  # (i, n), 1-based
     live_progress: bool | None = None     # None: a live line on a TTY, log lines elsewhere
     finalize: bool = True                 # write the report and move reports/latest (off for one Slurm task)
+    trust_gpus: bool = False              # `gpus` came from Slurm (host indices): do not check them against nvidia-smi
     snapshot: dict[str, Any] | None = None   # live-axis expansion to reuse (--snapshot), else ask the index
 
 
@@ -79,6 +85,7 @@ class RunSummary:
     outcomes: list[Outcome] = field(default_factory=list)
     harness_errors: list[str] = field(default_factory=list)
     verdict: str = ""
+    stopped: str | None = None            # why the run stopped early (engine gone, reports disk full): resumable
 
 
 # --- cells ---------------------------------------------------------------------------------------
@@ -139,7 +146,8 @@ def cell_hash(cell: Cell, lock: Lock, runner_name: str, gpu: str, digest: str) -
     dockerfile = DOCKERFILE.read_text(encoding="utf-8") if runner_name == "docker" and DOCKERFILE.is_file() else runner_name
     return content_hash(lock_text=lock.torch_lock + "\n---\n" + lock.full_lock, dockerfile=dockerfile,
                         probes_digest=digest, checks=tuple(cell.checks), settings=dict(cell.settings),
-                        gpu_model=gpu, base_image=str(cell.pins.get("base_image", "")), models=tuple(cell.models))
+                        gpu_model=gpu, base_image=str(cell.pins.get("base_image", "")), models=tuple(cell.models),
+                        pins=dict(cell.pins))
 
 
 # --- runners -------------------------------------------------------------------------------------
@@ -204,7 +212,9 @@ def make_venv_runner(opts: RunOptions):
 def make_docker_runner(engine: Any, opts: RunOptions, run_dir: Path, base_image: str | None):
     from pinmatrix.runners.docker import DockerRunner
 
-    extra = {"base_image": base_image} if base_image else {}
+    extra: dict[str, Any] = {"base_image": base_image} if base_image else {}
+    if opts.model_cache is not None:  # mounted read-only at /hf in every cell
+        extra["hf_home"] = Path(opts.model_cache)
     return DockerRunner(engine, opts.sources, run_dir, cpu_only=opts.cpu, **extra)
 
 
@@ -278,14 +288,17 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     from pinmatrix.run_state import finished_cells, open_run_dir
     from pinmatrix.scheduler import Scheduler, detect_gpus, device_tokens
 
-    matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu)
+    matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu, snapshot=opts.snapshot,
+                               sources=opts.sources)
     all_cells = cells
     if opts.shard is not None:
         from pinmatrix.shard import shard_of
 
         cells = shard_of(cells, *opts.shard)
     kind, engine = pick_runner_kind(opts, echo)
-    tokens = device_tokens(cpu=opts.cpu, requested=opts.gpus, detected=[] if opts.cpu else detect_gpus(),
+    if opts.model_cache is not None:  # before any cell: the only step that may use a hub token
+        _prefetch_models(matrix, opts, echo)
+    tokens = device_tokens(cpu=opts.cpu, requested=opts.gpus, detected=[] if opts.cpu or opts.trust_gpus else detect_gpus(),
                            cpu_jobs=opts.cpu_jobs)
     run_dir, manifest = open_run_dir(opts, lambda: _run_manifest(opts, new_run_dir(opts.reports_dir, opts.label),
                                                                   matrix, all_cells, kind))
@@ -295,6 +308,10 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     digest = probes_digest()
     manifest["probes_digest"], manifest["gpu_model"] = digest, gpu
     write_json_atomic(run_dir / "run.json", manifest)
+    from pinmatrix.remote_code import unpinned_warnings
+
+    for warning in unpinned_warnings(getattr(matrix, "models", ())):  # remote code under a moving ref
+        echo(f"warning: {warning}")
     kept = finished_cells(run_dir)
     todo = [c for c in cells if c.id not in kept]
     cache, forced = _cache_and_forced(opts, cells)
@@ -307,11 +324,30 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
 
     progress = Progress(len(todo), live=opts.live_progress, echo=echo)
     resolve_fn = choose_resolver(opts, resolve)
+    if resolve_fn is resolve and todo:  # every cell resolved up front, in parallel (pinmatrix.resolve_stage)
+        from pinmatrix.resolve_stage import resolve_stage
+
+        stage = resolve_stage(todo, opts.sources, run_dir / "locks")
+        manifest["resolve_stage"] = stage.manifest()
+        echo(f"resolve: {stage.manifest()}")
+        resolve_fn = stage.lookup
+
+    stop = _StopSignal()
 
     def task(cell: Cell, ctx: Any) -> Outcome:
-        outcome = run_cell(cell, run_dir, runners.for_cell(cell), opts, gpu=gpu, digest=digest,
-                           resolve_fn=resolve_fn, ctx=ctx, cache=cache,
-                           force=forced is None or cell.id in forced)
+        if stop.reason:  # the engine is gone or the reports disk is full: start nothing more
+            return stop.skipped(cell, kind, run_dir)
+        try:
+            outcome = run_cell(cell, run_dir, runners.for_cell(cell), opts, gpu=gpu, digest=digest,
+                               resolve_fn=resolve_fn, ctx=ctx, cache=cache,
+                               force=forced is None or cell.id in forced)
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+            stop.set(_disk_full_reason(exc))
+            return stop.skipped(cell, kind, run_dir)
+        if outcome.signature == "engine-unreachable":
+            stop.set(f"the Docker engine became unreachable ({_short(outcome.reason)})")
         progress.log(f"{cell.id}: {outcome.stage}: " + (f"{outcome.status} ({_short(outcome.reason)})" if outcome.status
                      else f"result {outcome.result}" + (f" (reused from {outcome.reused_from})"
                                                          if getattr(outcome, "reused_from", None) else "")))
@@ -331,17 +367,28 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     try:
         summary.outcomes = Scheduler(tokens, build_jobs=opts.build_jobs, progress=progress).run(
             todo, lambda c: c.id, task, on_error)
-        if opts.shard is None:
+        if opts.shard is None and opts.finalize:  # one shard or one Slurm task is not the whole run
             manifest["complete"] = True  # read by --resume: a run without it was interrupted
     finally:
         progress.close()
         manifest["finished"] = _now()
-        if opts.shard is None or not (run_dir / "run.json").is_file():
-            write_json_atomic(run_dir / "run.json", manifest)
-        if opts.finalize:
-            write_report(run_dir)
-            point_latest(opts.reports_dir, run_dir)
-    if opts.finalize:
+        if stop.reason:  # no "complete": --resume picks this run up and retries what did not finish
+            manifest.pop("complete", None)
+            manifest["stopped"] = stop.reason
+        try:
+            if (opts.shard is None and opts.finalize) or not (run_dir / "run.json").is_file():
+                write_json_atomic(run_dir / "run.json", manifest)
+            if opts.finalize:
+                write_report(run_dir)
+                _write_pins(run_dir, echo)
+                if run_dir.resolve().parent == Path(opts.reports_dir).resolve():  # not a shared --run-dir elsewhere
+                    point_latest(opts.reports_dir, run_dir)
+        except OSError as exc:  # a full disk must not turn into a traceback: the finished files stand
+            if not _disk_full(exc):
+                raise
+            stop.set(_disk_full_reason(exc))
+    summary.stopped = stop.reason
+    if opts.finalize and (run_dir / "summary.json").is_file():
         summary.verdict = json.loads((run_dir / "summary.json").read_text())["verdict"]
     return summary
 
@@ -362,6 +409,8 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     from pinmatrix.resolve import ResolveInfraError
 
     ctx = ctx if ctx is not None else _SoloContext()
+    if opts.check_timeout_s:  # --check-timeout overrides the matrix; part of the settings, so of the hash
+        cell = dataclasses.replace(cell, settings={**dict(cell.settings), "check_timeout_s": opts.check_timeout_s})
     ctx.stage("resolving")
     outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=runner.name, stage="resolve")
     lock_dir = run_dir / "locks" / cell.id
@@ -407,9 +456,11 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     work.mkdir(parents=True, exist_ok=True)
     spec_path = work / "cell.json"
     write_json_atomic(spec_path, cell.spec(outcome.hash, runner.name))
-    with ctx.device() as device:
-        started = time.monotonic()
-        run = runner.run(prepared, spec_path, work, "" if opts.cpu else device, cell_timeout(cell, opts))
+    # Held through the run and a flaky recheck, so one cell's two probe runs are not split by another
+    # cell's; released after them, or by the scheduler when the task ends.
+    device = ctx.hold_device()
+    started = time.monotonic()
+    run = runner.run(prepared, spec_path, work, "" if opts.cpu else device, cell_timeout(cell, opts))
     outcome.timings["run_s"] = round(time.monotonic() - started, 2)
     if (work / RUN_LOG_NAME).is_file():
         _ensure_logs(run_dir)
@@ -426,6 +477,14 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
             outcome.status, outcome.reason, outcome.signature = "infra", f"damaged result: {loaded.why}", "damaged-result"
         else:
             outcome.result = f"cells/{cell.id}.json"
+            if opts.flaky_rerun and not run.infra_reason:
+                from pinmatrix.flaky import recheck_failures
+
+                with ctx.device() as device:  # once, in a fresh container/process, only the failed groups
+                    recheck = recheck_failures(runner, prepared, spec_path, work, target, cell_timeout(cell, opts),
+                                               "" if opts.cpu else device, run_dir / "logs" / f"{cell.id}.rerun.log")
+                outcome.rerun = recheck.describe() or None
+    ctx.release_device()
     if run.infra_reason:
         outcome.status, outcome.reason, outcome.signature = "infra", run.infra_reason, run.signature
     elif outcome.result is None and outcome.status is None:
@@ -474,6 +533,51 @@ def resolve_only(opts: RunOptions, echo: Echo = print) -> Path:
 
 # --- helpers -------------------------------------------------------------------------------------
 
+class _StopSignal:
+    """Set once when going on is pointless (the engine is gone, the reports disk is full): cells not yet
+    started are recorded as infra, never judged, so a resume (pinmatrix/run_state.py) retries them."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+
+    def set(self, reason: str) -> None:
+        with self._lock:
+            self.reason = self.reason or reason
+
+    def skipped(self, cell: Cell, runner: str, run_dir: Path) -> Outcome:
+        outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=runner, stage="resolve",
+                          status="infra", reason=f"not run: {self.reason}", signature="run-stopped")
+        try:
+            outcome.write(run_dir)
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+        return outcome
+
+
+def _prefetch_models(matrix: Any, opts: RunOptions, echo: Echo) -> None:
+    from pinmatrix.fetch import FetchError, fetch_models
+
+    try:
+        fetched = fetch_models(getattr(matrix, "models", ()), Path(opts.model_cache),
+                               hub=Path(opts.model_hub) if opts.model_hub else None)
+    except FetchError as exc:
+        raise HarnessError(f"model prefetch failed: {exc}") from None
+    for f in fetched:
+        echo(f"model {f.name}: {f.repo}@{f.revision} -> {f.commit[:12]} "
+             f"({'cached' if f.reused else 'fetched from ' + f.hub})")
+
+
+def _disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full_reason(exc: OSError) -> str:
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return f"the reports folder is full ({exc.strerror}{where})"
+
+
 class _SoloContext:
     """run_cell's resources when no scheduler hands them out: no build limit, the runner's default device."""
 
@@ -487,6 +591,12 @@ class _SoloContext:
     @contextlib.contextmanager
     def device(self):
         yield None
+
+    def hold_device(self) -> None:
+        return None
+
+    def release_device(self) -> None:
+        pass
 
 
 def _build_key(cell: Cell, lock: Lock, runner_name: str) -> str:

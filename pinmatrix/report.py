@@ -90,15 +90,27 @@ def merge(run_dir: Path) -> dict[str, Any]:
         "infra": _infra(rows),
         "damaged": [{"path": _rel(d.path, run_dir), "why": d.why} for d in damaged],
         "speed": _speed(rows),
+        "remote_code": _remote_code(run_dir),
     }
     return summary
 
 
-def write_report(run_dir: Path) -> tuple[Path, Path]:
+def write_report(run_dir: Path, previous: Path | None = None,
+                 history: Iterable[dict[str, Any]] = ()) -> tuple[Path, Path]:
+    """summary.{json,md}, then summary.html and junit.xml; with `previous`, also diff.{md,json}."""
     run_dir = Path(run_dir)
     summary = merge(run_dir)
+    if previous is not None:
+        from pinmatrix.diff import attach_diff
+
+        attach_diff(summary, run_dir, Path(previous), history)
     json_path = write_json_atomic(run_dir / "summary.json", summary)
     md_path = write_text_atomic(run_dir / "summary.md", render_markdown(summary))
+    from pinmatrix.report_html import write_html
+    from pinmatrix.report_junit import write_junit
+
+    write_html(summary, run_dir)
+    write_junit(summary, run_dir)
     return json_path, md_path
 
 
@@ -132,6 +144,7 @@ def _row_json(row: CellRow) -> dict[str, Any]:
         "runner": row.outcome.runner if row.outcome else (row.result.data["cell"].get("runner") if row.result else None),
         "reason": row.reason,
         "signature": row.signature,
+        "reused_from": row.result.data["cell"].get("reused_from") if row.result else None,
         "result": row.outcome.result if row.outcome and row.result else (
             f"cells/{row.result.path.name}" if row.result else None),
         "environment": {k: env.get(k) for k in ("python", "device", "torch", "cuda", "gpu", "driver")} if env else None,
@@ -268,6 +281,12 @@ def render_markdown(summary: dict[str, Any]) -> str:
                  f"device `{run.get('device')}`" if run.get("device") else None,
                  f"selection `{' '.join(run.get('selection') or []) or 'all'}`"]
         out += [" · ".join(f for f in facts if f), ""]
+    if summary.get("diff"):  # the nightly's comparison with the previous run (pinmatrix/diff.py)
+        from pinmatrix.diff import render_markdown as render_diff
+
+        out += [render_diff(summary["diff"], level=2), "(full diff: `diff.md`)", ""]
+    elif summary.get("diff_error"):
+        out += [f"Previous run not compared: {_md_inline(summary['diff_error'])}", ""]
     columns = summary["checks"]
     out += ["## Cells", "",
             "Legend: ✅ pass · ❌ fail · ⏭ skip · ⚠ infra · 〰 flaky · `·` not run", ""]
@@ -325,6 +344,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
             sig = f" [`{item['signature']}`]" if item.get("signature") else ""
             out.append(f"- `{item['cell']}` {where}: {_md_inline(item.get('reason') or 'infra')}{sig}")
         out.append("")
+    from pinmatrix.remote_code import render_markdown as render_remote_code
+
+    out += render_remote_code(summary.get("remote_code") or {})
     if summary["damaged"]:
         out += ["## Damaged files (not merged)", ""]
         for item in summary["damaged"]:
@@ -334,6 +356,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+def _remote_code(run_dir: Path) -> dict[str, Any]:
+    """Loaded remote-code files, unpinned revisions and changed hashes (pinmatrix/remote_code.py)."""
+    from pinmatrix.remote_code import report_section
+
+    return report_section(run_dir)
+
 
 def _vkey(value: str) -> tuple[int, Any]:
     if value == "none":

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.engine import Engine
 from pinmatrix.oci_container import Mount, gpu_args, security_args
+from pinmatrix.drift import DRIFT_SIGNATURE, drift_reason, result_drift
 from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail
 
 if TYPE_CHECKING:  # pinmatrix.sources is written alongside; only its attributes are used here
@@ -269,7 +270,7 @@ class DockerRunner:
         log_path = self.reports_dir / "logs" / f"{lock.cell_id}.build.log"
         if self.image_exists(tag):
             return Prepared(self.name, lock.cell_id, tag, reused=True,
-                            details={"build_log": None, "build_s": 0.0})
+                            details={"build_log": None, "build_s": 0.0, "locked": lock.pinned()})
         log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="pinmatrix-secrets-") as tmp, \
@@ -302,7 +303,7 @@ class DockerRunner:
             raise InfraError(f"image build failed (exit {code}); log: {log_path}",
                              signature=classify_build_log(text), log_tail=text)
         return Prepared(self.name, lock.cell_id, tag, reused=False,
-                        details={"build_log": str(log_path), "build_s": round(build_s, 1)})
+                        details={"build_log": str(log_path), "build_s": round(build_s, 1), "locked": lock.pinned()})
 
     # -- run -----------------------------------------------------------------------------------
     def gpus_for(self, gpu: str | None) -> str | None:
@@ -348,6 +349,10 @@ class DockerRunner:
             if has_result and reason is None:
                 final = out_dir / RESULT_NAME
                 os.replace(staged, final)
+                # The image must hold exactly the lock (pinmatrix.drift, shared with the venv runner).
+                drift = result_drift(final, (prepared.details or {}).get("locked") or {})
+                if drift:
+                    return RunOutcome(final, drift_reason(drift), DRIFT_SIGNATURE, tail(output))
                 return RunOutcome(final, None, None, tail(output))
             return RunOutcome(None, reason, signature, tail(output))
         finally:
