@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--extra-index-url", action="append", default=[], metavar="URL")
     src.add_argument("--find-links", action="append", default=[], metavar="DIR")
     src.add_argument("--ca-bundle", type=Path, metavar="FILE")
+    src.add_argument("--torch-backend", metavar="NAME",
+                     help="uv's torch backend: auto (the pin's +cuXXX/+cpu variant), cpu, cu130, ...; "
+                          "for hosts that reach the PyTorch index (else use --find-links)")
     venv = common.add_argument_group("venv runner")
     venv.add_argument("--venv-dir", type=Path, help="where cell venvs live (default ~/.cache/pinmatrix/venvs)")
     venv.add_argument("--system-site-packages", action="store_true", help="reuse the host's packages (a CUDA torch)")
@@ -267,7 +270,8 @@ def _sources(args: argparse.Namespace) -> Any:
 
     return PackageSources.from_env(index_url=args.index_url, extra_index_urls=args.extra_index_url or None,
                                    find_links=args.find_links or None,
-                                   ca_bundle=str(args.ca_bundle) if args.ca_bundle else None)
+                                   ca_bundle=str(args.ca_bundle) if args.ca_bundle else None,
+                                   torch_backend=args.torch_backend)
 
 
 def _snapshot(path: Path | None) -> dict[str, Any] | None:

@@ -6,6 +6,11 @@ from typing import Iterable, Mapping
 CORE_CHECKS = ("imports", "exaone3.5.remote-code", "lora-train.hf-peft")
 CELL_STATUSES = ("works", "partial", "broken", "unresolvable", "infra")
 CHECK_STATUSES = ("pass", "fail", "skip", "infra", "flaky")
+MEASUREMENT_PREFIX = "throughput."
+
+
+def is_measurement(check_name: str) -> bool:
+    return check_name.startswith(MEASUREMENT_PREFIX)
 
 
 def cell_status(checks: Iterable[Mapping[str, object]] | None, *, unresolvable: bool = False) -> str:
@@ -14,6 +19,10 @@ def cell_status(checks: Iterable[Mapping[str, object]] | None, *, unresolvable: 
     Rules, in order: unresolvable (the resolver found no install) → infra (no valid result, no check
     at all, or a core check hit infra) → broken (a core check failed) → works (every check passed or
     was skipped) → partial (anything else: a non-core failure, a flaky check, non-core infra).
+
+    A speed measurement that hit infra (`throughput.*`: typically CUDA OOM because the configured
+    batch × sequence does not fit this card, as eager attention at 4 × 2048 on an 80 GB H100) does not
+    demote a cell: it says nothing about whether the stack works, and is listed apart as infra.
     """
     if unresolvable:
         return "unresolvable"
@@ -27,6 +36,7 @@ def cell_status(checks: Iterable[Mapping[str, object]] | None, *, unresolvable: 
         return "infra"
     if "fail" in core:
         return "broken"
-    if all(s in ("pass", "skip") for s in statuses.values()):
+    judged = {name: s for name, s in statuses.items() if not (is_measurement(name) and s == "infra")}
+    if all(s in ("pass", "skip") for s in judged.values()):
         return "works"
     return "partial"

@@ -87,3 +87,14 @@ def test_module_entry_point_exit_code():
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "unknown axis" in proc.stderr
+
+
+def test_torch_backend_reaches_uv(monkeypatch):
+    """--torch-backend auto follows the torch pin's variant; without it uv is told nothing."""
+    from pinmatrix.cli import _sources, build_parser
+
+    monkeypatch.delenv("PINMATRIX_TORCH_BACKEND", raising=False)
+    args = build_parser().parse_args(["resolve", "--torch-backend", "auto"])
+    assert _sources(args).uv_args("2.11.0+cu130")[-2:] == ["--torch-backend", "cu130"]
+    plain = build_parser().parse_args(["resolve"])
+    assert "--torch-backend" not in _sources(plain).uv_args("2.11.0+cu130")

