@@ -345,6 +345,7 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
             if not _disk_full(exc):
                 raise
             stop.set(_disk_full_reason(exc))
+            _drop_orphan_result(run_dir, cell.id)
             return stop.skipped(cell, kind, run_dir)
         if outcome.signature == "engine-unreachable":
             stop.set(f"the Docker engine became unreachable ({_short(outcome.reason)})")
@@ -567,6 +568,18 @@ def _prefetch_models(matrix: Any, opts: RunOptions, echo: Echo) -> None:
     for f in fetched:
         echo(f"model {f.name}: {f.repo}@{f.revision} -> {f.commit[:12]} "
              f"({'cached' if f.reused else 'fetched from ' + f.hub})")
+
+
+def _drop_orphan_result(run_dir: Path, cell_id: str) -> None:
+    """The disk filled between copying a cell's result and writing its outcome: a result that no `done`
+    outcome vouches for is not trusted (resume reruns the cell), so it goes, and frees its space."""
+    outcome = run_dir / "outcomes" / f"{cell_id}.json"
+    try:
+        vouched = json.loads(outcome.read_text(encoding="utf-8")).get("stage") == "done"
+    except (OSError, ValueError):
+        vouched = False
+    if not vouched:
+        (run_dir / "cells" / f"{cell_id}.json").unlink(missing_ok=True)
 
 
 def _disk_full(exc: OSError) -> bool:

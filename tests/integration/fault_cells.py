@@ -103,7 +103,7 @@ def write_stand_in_probes(root: Path) -> Path:
 
 
 def write_matrix(path: Path, transformers: list[str], *, checks: tuple[str, ...] = ("imports", "generate"),
-                 cell_timeout_s: float = 600, check_timeout_s: float = 600) -> Path:
+                 cell_timeout_s: float = 600, check_timeout_s: float = 600, lora_steps: int = 12) -> Path:
     axes = ", ".join(f'"{v}"' for v in transformers)
     path.write_text(textwrap.dedent(f"""\
         axes:
@@ -123,6 +123,7 @@ def write_matrix(path: Path, transformers: list[str], *, checks: tuple[str, ...]
           device: cpu
           check_timeout_s: {check_timeout_s}
           cell_timeout_s: {cell_timeout_s}
+          lora_steps: {lora_steps}
         """))
     return path
 

@@ -248,7 +248,10 @@ def test_per_check_timeout_from_the_cli_stops_a_real_check(tmp_path: Path, monke
     monkeypatch.setattr(pipeline, "make_venv_runner", lambda opts: VenvRunner(
         venv_root=tmp_path / "venvs", no_install=True, extra_sites=(sites[0],), probes_root=ROOT,
         base_python=sys.executable))
-    matrix = fc.write_matrix(tmp_path / "matrix.yaml", ["5.17.0"], checks=("lora-train",), check_timeout_s=600)
+    # 5000 steps take minutes on any CPU: only the 0.5 s per-check timeout can end the check in time
+    # (12 steps once finished in 0.38 s on a fast CI machine, before the timeout could fire).
+    matrix = fc.write_matrix(tmp_path / "matrix.yaml", ["5.17.0"], checks=("lora-train",), check_timeout_s=600,
+                             lora_steps=5000)
     summary = run_matrix(_opts(matrix, tmp_path / "reports", "venv", check_timeout_s=0.5, flaky_rerun=False),
                          echo=lambda _: None)
     (path,) = (summary.run_dir / "cells").glob("*.json")
@@ -307,6 +310,13 @@ def test_full_reports_disk_stops_cleanly_and_keeps_what_finished(probes_root: Pa
         def run(self, *args: Any, **kw: Any) -> Any:
             self.calls += 1
             if self.calls == 2 and not fills:  # once: the resume below runs with room
+                # The scheduler hands the device on before the first cell has written its outcome;
+                # fill only once that cell is done, so "the first cell finished" is what is tested.
+                run_dir = Path(args[2]).parent.parent
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and not any(
+                        json.loads(p.read_text()).get("stage") == "done" for p in (run_dir / "outcomes").glob("*.json")):
+                    time.sleep(0.1)
                 fills.append(_fill(tiny_disk))
             return self.inner.run(*args, **kw)
 
