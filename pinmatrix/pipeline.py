@@ -26,13 +26,13 @@ from typing import Any, Callable, Sequence
 
 from pinmatrix.cell import Cell, Lock, Unresolvable, content_hash
 from pinmatrix.outcome import Outcome
+from pinmatrix.probes_source import probes_digest
 from pinmatrix.report import write_report
 from pinmatrix.results import Damaged, load_result, write_json_atomic, write_text_atomic
 from pinmatrix.runners.base import RUN_LOG_NAME, InfraError, Runner
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
-PROBES_DIR = REPO_ROOT / "probes"
 DEFAULT_TIMEOUT_S = 3600.0
 RUNNERS = ("auto", "docker", "venv")
 
@@ -117,17 +117,6 @@ def cell_timeout(cell: Cell, opts: RunOptions) -> float:
 
 
 # --- identity ------------------------------------------------------------------------------------
-
-def probes_digest(root: Path = PROBES_DIR) -> str:
-    """sha256 over the probe's source files (path + bytes), so any probe change is a new cell hash."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-        if "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
-            continue
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
 
 def gpu_model(cpu: bool) -> str:
     """The GPU the cells run on (part of the content hash): `cpu` when forced or when none is visible."""

@@ -20,11 +20,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.engine import Engine
 from pinmatrix.oci_container import Mount, gpu_args, security_args
+from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
 from pinmatrix.drift import DRIFT_SIGNATURE, drift_reason, result_drift
 from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:  # pinmatrix.sources is written alongside; only its attributes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
-PROBES_DIR = REPO_ROOT / "probes"
 DEFAULT_BASE_IMAGE = "pinmatrix/base:bookworm-py311"
 IMAGE_REPO = "pinmatrix/cell"
 CONTAINER_UID = "1000:1000"
@@ -43,24 +43,10 @@ BUILD_TIMEOUT_S = 3600.0
 CONTROL_TIMEOUT_S = 120.0
 # Only these files of the find-links folder enter the build context (as hardlinks).
 WHEELHOUSE_SUFFIXES = (".whl", ".tar.gz", ".zip")
-SKIP_IN_PROBES = ("__pycache__", ".pytest_cache")
 
 
 # ---------------------------------------------------------------------------------------------
 # identity
-def probes_digest(root: Path = PROBES_DIR) -> str:
-    """sha256 over the probes' relative paths and bytes (caches and bytecode left out)."""
-    digest = hashlib.sha256()
-    for path in sorted(_probe_files(root)):
-        rel = path.relative_to(root).as_posix()
-        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def _probe_files(root: Path) -> Iterable[Path]:
-    for path in root.rglob("*"):
-        if path.is_file() and not any(p in SKIP_IN_PROBES for p in path.parts) and path.suffix != ".pyc":
-            yield path
 
 
 def image_tag(*, torch_lock: str, full_lock: str, dockerfile: str, probes_digest: str,
@@ -96,7 +82,7 @@ def assemble_context(dest: Path, *, torch_lock: str, full_lock: str, dockerfile:
     (dest / "torch.lock").write_text(torch_lock)
     (dest / "requirements.lock").write_text(full_lock)
     shutil.rmtree(dest / "probes", ignore_errors=True)
-    shutil.copytree(probes_dir, dest / "probes", ignore=shutil.ignore_patterns(*SKIP_IN_PROBES, "*.pyc"))
+    shutil.copytree(probes_dir, dest / "probes", ignore=shutil.ignore_patterns(*SKIPPED_DIRS, *(f"*{x}" for x in SKIPPED_SUFFIXES)))
     wheelhouse = dest / "wheelhouse"
     wheelhouse.mkdir(exist_ok=True)
     wanted: dict[str, Path] = {}
