@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "from the environment; cells get it read-only")
     common.add_argument("--model-hub", type=Path, metavar="DIR",
                         help="with --model-cache: a local folder of models (ORG/NAME/<commit>/) instead of the hub")
+    common.add_argument("--no-compile-cache", action="store_true",
+                        help="give every probe run an empty compile cache (a cold run: what a user's first run "
+                             "costs) instead of its stack's cache from earlier runs (pinmatrix/compile_cache.py)")
     common.add_argument("--label", help="suffix of the run id")
     common.add_argument("--snapshot", type=Path, metavar="FILE",
                         help="expand live axes from a run's run.json (or a snapshot file), offline, not the index")
@@ -261,7 +264,8 @@ def _options(args: argparse.Namespace) -> RunOptions:
                       no_install=args.no_install, extra_sites=tuple(args.extra_site), offline=args.offline,
                       venv_python=args.venv_python,
                       keep_work=args.keep_work, check_timeout_s=args.check_timeout,
-                      flaky_rerun=not args.no_flaky_rerun, model_cache=args.model_cache, model_hub=args.model_hub, snapshot=_snapshot(args.snapshot))
+                      flaky_rerun=not args.no_flaky_rerun, model_cache=args.model_cache, model_hub=args.model_hub,
+                      snapshot=_snapshot(args.snapshot), compile_cache=not args.no_compile_cache)
 
 
 def _sources(args: argparse.Namespace) -> Any:

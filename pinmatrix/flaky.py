@@ -1,6 +1,8 @@
 """Flaky verdicts: a failing check is rerun once in a fresh container (or process), and a disagreement is
 reported as `flaky` with both outcomes kept (docs/CONTRACTS.md §3, DESIGN.md statuses).
 
+A failure whose catalogue signature is marked deterministic (an ABI built for another torch, an option
+the installed version rejects) is not rerun: the same stack fails it the same way every time.
 Only the check groups that failed are rerun: the rerun spec is the cell's spec with `checks` cut down to
 those groups, so the probe runs nothing else (the same effect as its `--only`, but through the runner
 protocol, which every runner already honours). Rules per check of a rerun group:
@@ -48,12 +50,25 @@ def group_of(check_name: str, groups: Iterable[str] = ()) -> str | None:
     return None
 
 
+def deterministic_failures(result: Mapping[str, Any]) -> list[str]:
+    """Failing checks whose signature the catalogue marks deterministic (probes/signatures.json): the
+    cause is in what is installed, so a rerun would fail the same way. An unsloth cell's rerun costs a
+    fresh process and `import unsloth` again, about 40 s on the H100, for nothing."""
+    from probes import signatures  # the probe's own catalogue module; stdlib only
+
+    return [str(c.get("name")) for c in result.get("checks") or []
+            if c.get("status") == "fail"
+            and signatures.is_deterministic(str((c.get("error") or {}).get("signature") or ""))]
+
+
 def failed_groups(result: Mapping[str, Any], spec_groups: Sequence[str]) -> list[str]:
-    """The spec's groups that hold a failing check, in spec order. A failing check of no known group
-    makes every group of the spec rerun: better one rerun too many than a flaky verdict missed."""
+    """The spec's groups that hold a failing check worth a rerun, in spec order: deterministic
+    failures are left out. A failing check of no known group makes every group of the spec rerun:
+    better one rerun too many than a flaky verdict missed."""
     wanted: set[str] = set()
+    settled = set(deterministic_failures(result))
     for check in result.get("checks") or []:
-        if check.get("status") != "fail":
+        if check.get("status") != "fail" or check.get("name") in settled:
             continue
         group = group_of(str(check.get("name")), spec_groups)
         if group is None or group not in spec_groups:
@@ -111,11 +126,13 @@ class Recheck:
     groups: list[str] = field(default_factory=list)
     flaky: list[str] = field(default_factory=list)
     problem: str | None = None      # the rerun gave no usable result (the first result stands)
+    not_rerun: list[str] = field(default_factory=list)   # failures with a deterministic signature
 
     def describe(self) -> str:
+        kept = f"not rerun (deterministic signature): {', '.join(self.not_rerun)}" if self.not_rerun else ""
         if not self.groups:
-            return ""
-        head = f"reran {', '.join(self.groups)}"
+            return kept
+        head = (f"{kept}; " if kept else "") + f"reran {', '.join(self.groups)}"
         if self.problem:
             return f"{head}: {self.problem}; the first result stands"
         return f"{head}: " + (f"flaky: {', '.join(self.flaky)}" if self.flaky else "same outcome")
@@ -134,9 +151,10 @@ def recheck_failures(runner: Any, prepared: Any, spec_path: Path, work: Path, re
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     spec_groups = [str(g) for g in spec.get("checks") or []]
     groups = failed_groups(first.data, spec_groups)
+    not_rerun = deterministic_failures(first.data)
     if not groups:
-        return Recheck()
-    outcome = Recheck(groups=groups)
+        return Recheck(not_rerun=not_rerun)
+    outcome = Recheck(groups=groups, not_rerun=not_rerun)
     rerun_path = Path(work) / RERUN_SPEC_NAME
     write_json_atomic(rerun_path, rerun_spec(spec, groups))
     run = runner.run(prepared, rerun_path, Path(work), gpu, timeout_s)

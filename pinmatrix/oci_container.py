@@ -24,16 +24,20 @@ CONTROL_TIMEOUT_S = 60.0
 
 @dataclass(frozen=True)
 class Mount:
-    source: Path
+    """A bind mount of a host path, or (kind="volume") a named volume, which the engine creates on first use."""
+    source: Path | str
     target: str
     read_only: bool = True
+    kind: str = "bind"
 
     def arg(self) -> str:
-        # --mount (not -v): a missing source is an error instead of a silently created folder.
+        # --mount (not -v): a missing bind source is an error instead of a silently created folder.
+        if self.kind not in ("bind", "volume"):
+            raise ValueError(f"mount kind must be bind or volume, not {self.kind!r}")
         for part in (str(self.source), self.target):
             if "," in part or "=" in part:
                 raise ValueError(f"mount path may not contain ',' or '=': {part!r}")
-        spec = f"type=bind,source={self.source},target={self.target}"
+        spec = f"type={self.kind},source={self.source},target={self.target}"
         return spec + (",readonly" if self.read_only else "")
 
 

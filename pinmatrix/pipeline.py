@@ -77,6 +77,7 @@ class RunOptions:
     finalize: bool = True                 # write the report and move reports/latest (off for one Slurm task)
     trust_gpus: bool = False              # `gpus` came from Slurm (host indices): do not check them against nvidia-smi
     snapshot: dict[str, Any] | None = None   # live-axis expansion to reuse (--snapshot), else ask the index
+    compile_cache: bool = True            # False (--no-compile-cache): every probe run starts with empty compile caches
 
 
 @dataclass
@@ -190,18 +191,21 @@ _RUNNERS_LOCK = threading.Lock()
 
 
 def make_venv_runner(opts: RunOptions):
+    from pinmatrix import compile_cache
     from pinmatrix.runners.venv import DEFAULT_VENV_ROOT, VenvRunner
 
     return VenvRunner(venv_root=opts.venv_dir or DEFAULT_VENV_ROOT, sources=opts.sources,
                       system_site_packages=opts.system_site_packages, offline=opts.offline,
                       no_install=opts.no_install, extra_sites=tuple(opts.extra_sites),
-                      base_python=opts.venv_python)
+                      base_python=opts.venv_python,
+                      compile_cache_root=compile_cache.DEFAULT_ROOT if opts.compile_cache else None)
 
 
 def make_docker_runner(engine: Any, opts: RunOptions, run_dir: Path, base_image: str | None):
     from pinmatrix.runners.docker import DockerRunner
 
     extra: dict[str, Any] = {"base_image": base_image} if base_image else {}
+    extra["compile_cache"] = opts.compile_cache
     if opts.model_cache is not None:  # mounted read-only at /hf in every cell
         extra["hf_home"] = Path(opts.model_cache)
     return DockerRunner(engine, opts.sources, run_dir, cpu_only=opts.cpu, **extra)

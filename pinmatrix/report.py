@@ -90,6 +90,7 @@ def merge(run_dir: Path) -> dict[str, Any]:
         "infra": _infra(rows),
         "damaged": [{"path": _rel(d.path, run_dir), "why": d.why} for d in damaged],
         "speed": _speed(rows),
+        "timing": _timing(rows),
         "remote_code": _remote_code(run_dir),
     }
     return summary
@@ -248,6 +249,28 @@ def _speed(rows: list[CellRow]) -> list[dict[str, Any]]:
     return out
 
 
+def _timing(rows: list[CellRow]) -> list[dict[str, Any]]:
+    """Where each probe's time went: the compat stage (every check but throughput, with the probe's
+    start and imports) against the throughput measurements, read with the compile cache it ran with.
+    Only cells whose probe ran in this run (a result reused from the cache took no time here)."""
+    out = []
+    for row in rows:
+        run_s = ((row.outcome.timings if row.outcome else None) or {}).get("run_s")
+        if row.result is None or not isinstance(run_s, (int, float)) or run_s <= 0 \
+                or row.result.data["cell"].get("reused_from"):
+            continue
+        durations = {name: float(c.get("duration_s") or 0.0) for name, c in row.checks.items()}
+        throughput_s = sum(d for name, d in durations.items() if name.startswith("throughput."))
+        compat = {name: d for name, d in durations.items() if not name.startswith("throughput.")}
+        slowest = sorted(compat.items(), key=lambda kv: -kv[1])[:3]
+        out.append({"cell": row.cell_id, "probe_s": round(float(run_s), 1),
+                    "compat_s": round(max(float(run_s) - throughput_s, 0.0), 1),
+                    "throughput_s": round(throughput_s, 1),
+                    "compile_cache": row.result.data["environment"].get("compile_cache"),
+                    "slowest_compat_checks": [{"check": n, "s": round(d, 1)} for n, d in slowest]})
+    return out
+
+
 def _tokens(check: dict[str, Any] | None) -> float | None:
     if not check or check["status"] not in ("pass", "flaky"):
         return None
@@ -336,6 +359,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
             mfu = f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "—"
             out.append(f"| `{s['cell']}` | {s['stack']} | {s['tokens_per_s']:.0f} | {speedup} | {peak} | "
                        f"{s.get('batch_x_seq') or '—'} | {mfu} | {s.get('gpu') or '—'} |")
+        out.append("")
+    if summary.get("timing"):
+        out += ["## Probe time", "",
+                "compat = the probe's wall time less the throughput checks (start, imports and every other check).", "",
+                "| cell | compile cache | probe s | compat s | throughput s | slowest compat checks |",
+                "|---|---|---|---|---|---|"]
+        for t in summary["timing"]:
+            slow = ", ".join(f"`{c['check']}` {c['s']:.1f}" for c in t["slowest_compat_checks"])
+            out.append(f"| `{t['cell']}` | {t.get('compile_cache') or '—'} | {t['probe_s']:.1f} | {t['compat_s']:.1f} | "
+                       f"{t['throughput_s']:.1f} | {slow} |")
         out.append("")
     if summary["infra"]:
         out += ["## Infra (the machine failed, not the stack)", ""]

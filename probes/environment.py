@@ -6,6 +6,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 import traceback as tb
 import warnings
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class ImportRecord:
     message: str | None = None
     traceback: str | None = None
     warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0                 # wall time of the import (unsloth's alone is ~40 s on an H100 host)
 
     def to_json(self) -> dict[str, Any]:
         return {"installed": self.installed, "imports": self.imports, "error": self.error}
@@ -58,6 +60,7 @@ def probe_import(package: str) -> ImportRecord:
         return ImportRecord(package, None, None)
     log = _WarningLog()
     loggers = _attach(log)
+    start = time.monotonic()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -71,12 +74,14 @@ def probe_import(package: str) -> ImportRecord:
     finally:
         for logger in loggers:
             logger.removeHandler(log)
+    seconds = round(time.monotonic() - start, 3)
     said = list(dict.fromkeys([f"{w.category.__name__}: {w.message}" for w in caught] + log.lines))[:50]
     if failure is None:
-        return ImportRecord(package, version, True, warnings=said)
+        return ImportRecord(package, version, True, warnings=said, seconds=seconds)
     message = str(failure)
     return ImportRecord(package, version, False, f"{type(failure).__name__}: {message}"[:4000],
-                        type(failure).__name__, message[:4000], "".join(tb.format_exception(failure))[-8000:], said)
+                        type(failure).__name__, message[:4000], "".join(tb.format_exception(failure))[-8000:], said,
+                        seconds)
 
 
 def probe_imports(first: Iterable[str] = (), extra: Iterable[str] = ()) -> dict[str, ImportRecord]:
@@ -109,7 +114,33 @@ def _nvidia_smi_driver() -> str | None:
     return lines[0] if lines else None
 
 
-def fingerprint(device: str, records: dict[str, ImportRecord]) -> dict[str, Any]:
+# Set by the runner (pinmatrix/compile_cache.py): the folder where Triton, TorchInductor and unsloth
+# keep compiled kernels between runs of this cell. Its state decides how a duration may be read.
+COMPILE_CACHE_ENV = "PINMATRIX_COMPILE_CACHE"
+
+
+def compile_cache_state(environ: dict[str, str] | None = None) -> str:
+    """"warm" when the runner's compile-cache folder already held compiled kernels or modules at probe
+    start, "cold" when it held none, "none" when the runner gave no folder. Python bytecode (pycache/,
+    which the venv runner compiles when it prepares the venv) does not count: it is not a compile the
+    checks would otherwise do."""
+    import os
+
+    folder = (environ if environ is not None else os.environ).get(COMPILE_CACHE_ENV, "")
+    if not folder:
+        return "none"
+    try:
+        for _root, dirs, files in os.walk(folder):
+            if "pycache" in dirs and _root == folder:
+                dirs.remove("pycache")
+            if files:
+                return "warm"
+    except OSError:
+        pass
+    return "cold"
+
+
+def fingerprint(device: str, records: dict[str, ImportRecord], compile_cache: str = "none") -> dict[str, Any]:
     """The schema `environment` object."""
     env: dict[str, Any] = {
         "python": platform.python_version(),
@@ -117,6 +148,7 @@ def fingerprint(device: str, records: dict[str, ImportRecord]) -> dict[str, Any]
         "device": device,
         "torch": None, "cuda": None, "gpu": None, "gpu_count": 0, "driver": None,
         "packages": {name: record.to_json() for name, record in records.items()},
+        "compile_cache": compile_cache,
     }
     torch = sys.modules.get("torch")
     if torch is None:

@@ -15,6 +15,9 @@ from typing import Any
 
 CATALOGUE_PATH = Path(__file__).with_name("signatures.json")
 ENTRY_KEYS = ("id", "pattern", "cause", "affected", "fix", "link", "infra")
+# Optional: "deterministic": true when the cause lies in what is installed (an ABI built for another
+# torch, an option a version rejects), so the same stack fails the same way on every run. The host
+# does not rerun such a failure to look for flakiness (pinmatrix/flaky.py).
 FINGERPRINT_PREFIX = "fp-"
 
 
@@ -64,6 +67,8 @@ def _compiled(path: str) -> tuple[_Entry, ...]:
             raise CatalogueError(f"{where}: missing {', '.join(missing)}")
         if not isinstance(item["infra"], bool):
             raise CatalogueError(f"{where}: 'infra' must be true or false")
+        if not isinstance(item.get("deterministic", False), bool):
+            raise CatalogueError(f"{where}: 'deterministic' must be true or false")
         if item["id"] in seen or str(item["id"]).startswith(FINGERPRINT_PREFIX):
             raise CatalogueError(f"{where}: id is duplicated or uses the reserved prefix {FINGERPRINT_PREFIX!r}")
         seen.add(item["id"])
@@ -122,3 +127,9 @@ def describe(signature_id: str) -> dict[str, Any] | None:
         if entry.data["id"] == signature_id:
             return dict(entry.data)
     return None
+
+
+def is_deterministic(signature_id: str) -> bool:
+    """True for a catalogue entry marked deterministic; False for fingerprints and everything else."""
+    entry = describe(signature_id)
+    return bool(entry and entry.get("deterministic"))

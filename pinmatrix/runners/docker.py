@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from pinmatrix import compile_cache
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.engine import Engine
 from pinmatrix.oci_container import Mount, gpu_args, security_args
@@ -224,7 +225,7 @@ class DockerRunner:
                  cpu_only: bool = False, base_image: str = DEFAULT_BASE_IMAGE, memory: str | None = None,
                  dockerfile: Path = DOCKERFILE, probes_dir: Path = PROBES_DIR, hf_home: Path | None = None,
                  build_timeout_s: float = BUILD_TIMEOUT_S, pids_limit: int | None = 4096,
-                 context_root: Path | None = None) -> None:
+                 context_root: Path | None = None, compile_cache: bool = True) -> None:
         if not IMAGE_NAME.fullmatch(base_image):
             raise ValueError(f"base image name {base_image!r} is not a valid image reference")
         self.engine = engine
@@ -238,6 +239,7 @@ class DockerRunner:
         self.hf_home = hf_home
         self.build_timeout_s = build_timeout_s
         self.pids_limit = pids_limit
+        self.compile_cache = compile_cache   # pinmatrix/compile_cache.py: a named volume per stack
         self.context_root = Path(context_root) if context_root else default_context_root()
 
     # -- prepare -------------------------------------------------------------------------------
@@ -254,9 +256,11 @@ class DockerRunner:
         python = _python_pin(lock.python)
         tag = self.tag_for(lock)
         log_path = self.reports_dir / "logs" / f"{lock.cell_id}.build.log"
+        stack = compile_cache.stack_key(lock, f"{self.base_image}@{self._base_image_id()}")
         if self.image_exists(tag):
             return Prepared(self.name, lock.cell_id, tag, reused=True,
-                            details={"build_log": None, "build_s": 0.0, "locked": lock.pinned()})
+                            details={"build_log": None, "build_s": 0.0, "locked": lock.pinned(),
+                                     "compile_key": stack})
         log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="pinmatrix-secrets-") as tmp, \
@@ -289,7 +293,8 @@ class DockerRunner:
             raise InfraError(f"image build failed (exit {code}); log: {log_path}",
                              signature=classify_build_log(text), log_tail=text)
         return Prepared(self.name, lock.cell_id, tag, reused=False,
-                        details={"build_log": str(log_path), "build_s": round(build_s, 1), "locked": lock.pinned()})
+                        details={"build_log": str(log_path), "build_s": round(build_s, 1), "locked": lock.pinned(),
+                                 "compile_key": stack})
 
     # -- run -----------------------------------------------------------------------------------
     def gpus_for(self, gpu: str | None) -> str | None:
@@ -308,7 +313,8 @@ class DockerRunner:
         log_path = out_dir / RUN_LOG_NAME
         name = f"pinmatrix-{_slug(prepared.cell_id)[:40]}-{uuid.uuid4().hex[:8]}"
         try:
-            create = self._create_args(prepared.ref, name, Path(spec_path).resolve(), staging, gpu)
+            volume = self._compile_volume(prepared)
+            create = self._create_args(prepared.ref, name, Path(spec_path).resolve(), staging, gpu, volume)
             made = self._docker(*create)
             if made.returncode != 0:
                 return self._engine_failure("container could not be created", made.stderr, log_path)
@@ -345,10 +351,27 @@ class DockerRunner:
             self._docker("rm", "--force", name)
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _create_args(self, image: str, name: str, spec: Path, staging: Path, gpu: str | None) -> list[str]:
+    def _compile_volume(self, prepared: Prepared) -> str | None:
+        """The stack's compile-cache volume, created with its label (so `docker volume ls --filter
+        label=org.pinmatrix.compile-cache` finds them all); None with --no-compile-cache."""
+        key = (prepared.details or {}).get("compile_key")
+        if not self.compile_cache or not key:
+            return None
+        volume = compile_cache.volume_name(key)
+        made = self._docker("volume", "create", "--label", f"{compile_cache.VOLUME_LABEL}={key}", volume)
+        return volume if made.returncode == 0 else None   # no volume: the run is cold, never refused
+
+    def _create_args(self, image: str, name: str, spec: Path, staging: Path, gpu: str | None,
+                     compile_volume: str | None = None) -> list[str]:
         mounts = [Mount(spec, "/cell/cell.json", read_only=True), Mount(staging, "/results", read_only=False)]
+        # Bytecode is compiled into the image at build time (docker/Dockerfile), so nothing is written beside it.
         env = {"HOME": "/tmp", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        if compile_volume is not None:
+            mounts.append(Mount(compile_volume, compile_cache.CONTAINER_PATH, read_only=False, kind="volume"))
+            env.update(compile_cache.probe_env(compile_cache.CONTAINER_PATH))
+        else:
+            env.update(compile_cache.probe_env(compile_cache.COLD_CONTAINER_PATH))
         if self.hf_home is not None:
             mounts.append(Mount(Path(self.hf_home).resolve(), "/hf", read_only=True))
             env["HF_HOME"] = "/hf"

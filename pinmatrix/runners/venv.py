@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from pinmatrix import compile_cache
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
 from pinmatrix.runners.base import (RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail)
@@ -50,6 +51,9 @@ class VenvRunner:
     extra_sites: Sequence[Path] = ()
     base_python: str | None = None         # an interpreter path for every venv (e.g. the one holding a CUDA torch)
     probes_root: Path = REPO_ROOT          # the folder that holds `probes/`, put on PYTHONPATH
+    # pinmatrix/compile_cache.py: one folder per venv key under this root; None (--no-compile-cache):
+    # a fresh empty folder in each run's work folder
+    compile_cache_root: Path | None = compile_cache.DEFAULT_ROOT
     uv: str | None = field(default_factory=lambda: shutil.which("uv"))
     name: str = "venv"
 
@@ -124,8 +128,11 @@ class VenvRunner:
         return sites
 
     def _prepared(self, cell: Cell, venv: Path, python: Path, *, reused: bool, log: Path | None) -> Prepared:
+        key = venv.name.rsplit("-", 1)[-1]
+        bytecode = self._compile_bytecode(cell, python, key)
         return Prepared(runner=self.name, cell_id=cell.id, ref=str(venv), reused=reused,
                         details={"python": str(python), "build_log": str(log) if log else None,
+                                 "compile_key": key, "bytecode": bytecode,
                                  "notes": list(self.notes), "no_install": self.no_install,
                                  "system_site_packages": self.system_site_packages})
 
@@ -231,6 +238,11 @@ class VenvRunner:
         # As in the Docker runner: no hub traffic from a cell; a hub cache is used only if HF_HOME holds it.
         for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
             env.setdefault(key, "1")
+        env.update(self.compile_env(prepared, work))
+        if self.compile_cache_root is not None:
+            # Bytecode goes to the stack's own folder, never beside the sources, so a host-wide
+            # PYTHONDONTWRITEBYTECODE (set for read-only images) has no reason to apply to it.
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         cmd = [prepared.details["python"], "-m", "probes", "--cell", str(spec_path),
@@ -255,6 +267,48 @@ class VenvRunner:
             return RunOutcome(result, drift_reason(drift), DRIFT_SIGNATURE, log_tail)
         return RunOutcome(result, None, None, log_tail)
 
+    def _compile_bytecode(self, cell: Cell, python: Path, key: str) -> dict[str, Any] | None:
+        """Compile the stack's bytecode into the stack's pycache folder once, at prepare time, as the
+        Docker image does at build time: the cell's packages and everything they require.
+
+        A probe otherwise compiles every module it imports from source at each start wherever the
+        site is read-only or PYTHONDONTWRITEBYTECODE is set, as on the lent H100 (28 s of imports for
+        the device stack). A failure here only costs that time, so it is noted, never raised."""
+        if self.compile_cache_root is None:
+            return None
+        pycache = compile_cache.host_folder(Path(self.compile_cache_root), key) / "pycache"
+        marker = pycache / ".pinmatrix-bytecode.json"
+        if marker.is_file():
+            return {"compiled": "earlier", "marker": str(marker)}
+        roots = [name for name, pin in cell.pins.items() if name not in ("python", "base_image") and pin != "none"]
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
+        env.update(PYTHONPYCACHEPREFIX=str(pycache), PYTHONNOUSERSITE="1")
+        started = time.monotonic()
+        try:
+            proc = subprocess.run([str(python), "-c", BYTECODE_SCRIPT, json.dumps(roots)], capture_output=True,
+                                  text=True, timeout=INSTALL_TIMEOUT_S, env=env)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return {"compiled": False, "error": str(exc)[-500:]}
+        seconds = round(time.monotonic() - started, 1)
+        if proc.returncode != 0:
+            return {"compiled": False, "error": (proc.stderr or proc.stdout)[-500:], "seconds": seconds}
+        summary = {"compiled": True, "seconds": seconds, **json.loads(proc.stdout.strip().splitlines()[-1])}
+        marker.write_text(json.dumps(summary))
+        return summary
+
+    def compile_env(self, prepared: Prepared, work: Path) -> dict[str, str]:
+        """Where the probe's compilers keep their work: the stack's folder (it outlives the run), or
+        with --no-compile-cache an empty one inside this run's work folder.
+
+        Bytecode goes there too (PYTHONPYCACHEPREFIX): a site the cell only reads, such as a GPU
+        image's read-only venv, would otherwise be compiled from source at every probe start."""
+        key = str((prepared.details or {}).get("compile_key") or "")
+        if self.compile_cache_root is None or not key:
+            folder = compile_cache.host_folder(work, "compile-cache")
+        else:
+            folder = compile_cache.host_folder(Path(self.compile_cache_root), key)
+        return {**compile_cache.probe_env(str(folder)), "PYTHONPYCACHEPREFIX": str(folder / "pycache")}
+
     def drift(self, result_path: Path, prepared: Prepared) -> list[str]:
         """Packages whose installed version (the probe's fingerprint) differs from the lock."""
         lock_dir = Path(prepared.ref) / "pinmatrix-lock"
@@ -267,6 +321,40 @@ class VenvRunner:
         from pinmatrix.cell import parse_lock
         locked = parse_lock((lock_dir / "requirements.lock").read_text()) if lock_dir.is_dir() else {}
         return lock_drift(locked, packages, pins)  # pinmatrix.drift: the comparison both runners share
+
+
+# Run by the cell's interpreter: compile the distributions named on the command line (JSON list) and
+# everything they require, transitively, into sys.pycache_prefix. Prints one JSON line of counts.
+BYTECODE_SCRIPT = r"""
+import compileall, importlib.metadata as md, json, os, re, sys
+todo, seen, tops = list(json.loads(sys.argv[1])), set(), set()
+while todo:
+    name = todo.pop()
+    key = re.sub(r"[-_.]+", "-", name).lower()
+    if key in seen:
+        continue
+    seen.add(key)
+    try:
+        dist = md.distribution(name)
+    except md.PackageNotFoundError:
+        continue
+    for req in dist.requires or []:
+        if re.search(r"extra\s*==", req):
+            continue
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
+        if m:
+            todo.append(m.group(1))
+    for f in dist.files or []:
+        if f.suffix == ".py" and ".." not in f.parts:
+            tops.add(str(dist.locate_file(f.parts[0])))
+ok = True
+for top in sorted(tops):
+    if os.path.isdir(top):
+        ok = compileall.compile_dir(top, quiet=2, workers=0) and ok
+    elif os.path.isfile(top):
+        ok = compileall.compile_file(top, quiet=2) and ok
+print(json.dumps({"distributions": len(seen), "top_level": len(tops), "all_compiled": bool(ok)}))
+"""
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -40,6 +40,7 @@ def check_imports(ctx: Context) -> dict:
         "packages": {name: record.to_json() for name, record in records.items()},
         "pinned": {name: ctx.pins[name] for name in pinned},
         "import_warnings": {name: r.warnings for name, r in records.items() if r.warnings},
+        "import_s": {name: r.seconds for name, r in records.items() if r.installed is not None},
     }
     missing = [name for name in pinned if records[name].installed is None]
     broken = [name for name in pinned if records[name].imports is False]

@@ -240,7 +240,17 @@ def _vocab(model: Any) -> int:
     return int(model.get_input_embeddings().weight.shape[0])
 
 
-def _load_check(ctx: Any, name: str, trust_remote_code: bool) -> dict[str, Any]:
+# ctx.cache key of the remote-code EXAONE 3.5 that unsloth.load.exaone3.5 loaded and checked, handed to
+# lora-train.unsloth (the next check) so that one process loads it through unsloth once, not twice
+# (a load is 6-18 s on the H100, most of it unsloth patching and compiling).
+SHARED_EXAONE35 = "unsloth.exaone3.5.loaded"
+
+
+def _train_seq_length(ctx: Any) -> int:
+    return max(LoraRun.from_settings(ctx.settings).seq, 64)
+
+
+def _load_check(ctx: Any, name: str, trust_remote_code: bool, keep_as: str | None = None) -> dict[str, Any]:
     require_unsloth(ctx)
     from probes.models import resolve_model
 
@@ -250,10 +260,12 @@ def _load_check(ctx: Any, name: str, trust_remote_code: bool) -> dict[str, Any]:
         raise Skip(str(exc)) from exc
     seq = 16
     try:
-        loaded = load_with_unsloth(handle.path, max_seq_length=max(seq, 64), trust_remote_code=trust_remote_code)
+        loaded = load_with_unsloth(handle.path, max_seq_length=_train_seq_length(ctx),
+                                   trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise Failed(f"FastLanguageModel.from_pretrained failed on {name}: {type(exc).__name__}: {exc}",
                      {"model": model_summary(handle)}) from exc
+    kept = False
     try:
         vocab = _vocab(loaded.model)
         ids = fixed_batch(vocab, 1, seq, int(ctx.settings.get("seed", 0)), "cuda")
@@ -263,14 +275,18 @@ def _load_check(ctx: Any, name: str, trust_remote_code: bool) -> dict[str, Any]:
         except Failed as exc:
             exc.evidence = {**evidence, **exc.evidence}
             raise
+        if keep_as is not None:   # only a load that passed is handed on
+            ctx.cache[keep_as] = loaded
+            kept = True
         return evidence
     finally:
-        loaded = None
-        _free_memory("cuda")
+        if not kept:
+            loaded = None
+            _free_memory("cuda")
 
 
 def check_load_exaone35(ctx: Any) -> dict[str, Any]:
-    return _load_check(ctx, "exaone3.5", trust_remote_code=True)
+    return _load_check(ctx, "exaone3.5", trust_remote_code=True, keep_as=SHARED_EXAONE35)
 
 
 def check_load_exaone4(ctx: Any) -> dict[str, Any]:
@@ -346,6 +362,7 @@ def check_lora_train_unsloth(ctx: Any) -> dict[str, Any]:
     import torch
     from probes.models import resolve_model
 
+    shared = ctx.cache.pop(SHARED_EXAONE35, None)   # first, so no path below leaves it holding GPU memory
     require_unsloth(ctx)
     from unsloth import FastLanguageModel
 
@@ -353,14 +370,19 @@ def check_lora_train_unsloth(ctx: Any) -> dict[str, Any]:
     handle = resolve_model(ctx, "exaone3.5")
     attempts: list[dict[str, Any]] = []
     loaded, targets = None, EXAONE35_LORA_TARGETS
+    if shared is not None:
+        loaded = shared
+        attempts.append({"route": "exaone3.5-remote-code", "loaded": True,
+                         "loaded_by": "unsloth.load.exaone3.5 (the same model object, passed on)"})
     for label, path, remote, tgt in (("exaone3.5-remote-code", Path(handle.path), True, EXAONE35_LORA_TARGETS),
                                      ("llamafied", None, False, LLAMA_LORA_TARGETS)):
+        if loaded is not None:
+            break
         try:
             path = path or _llamafied_folder(ctx, Path(handle.path))
-            loaded = load_with_unsloth(path, max_seq_length=max(run.seq, 64), trust_remote_code=remote)
+            loaded = load_with_unsloth(path, max_seq_length=_train_seq_length(ctx), trust_remote_code=remote)
             targets = tgt
             attempts.append({"route": label, "loaded": True})
-            break
         except Exception as exc:   # noqa: BLE001 - try the next route, keep the reason
             attempts.append({"route": label, "loaded": False, "error": f"{type(exc).__name__}: {exc}"[:1000]})
     if loaded is None:
@@ -391,10 +413,11 @@ def check_lora_train_unsloth(ctx: Any) -> dict[str, Any]:
 
 
 def checks(ctx: Any) -> list[tuple[str, Any]]:
+    # lora-train.unsloth directly after unsloth.load.exaone3.5: it trains the model that check loaded.
     return [
         ("unsloth.load.exaone3.5", check_load_exaone35),
+        ("lora-train.unsloth", check_lora_train_unsloth),
         ("unsloth.load.exaone4", check_load_exaone4),
         ("unsloth.llamafied", check_llamafied),
-        ("lora-train.unsloth", check_lora_train_unsloth),
     ]
 

@@ -6,6 +6,7 @@ PINMATRIX_REQUIRE_DOCKER=1 (set by .ci/run) a missing engine or base image is a 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from pinmatrix import compile_cache
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.engine import Engine, engine_message, find_engine
 from pinmatrix.runners.base import InfraError, Prepared, RunOutcome
@@ -187,6 +189,7 @@ def test_probe_runs_offline_as_non_root_and_returns_a_valid_result(
     packages = result["environment"]["packages"]
     assert packages["transformers"]["installed"] == tf and packages["transformers"]["imports"] is True
     assert result["environment"]["torch"] == TORCH
+    assert result["environment"]["compile_cache"] in ("cold", "warm")   # the stack's volume was given
     imports = [c for c in result["checks"] if c["name"] == "imports"]
     assert imports and imports[0]["status"] == "pass"
     assert not any(p.name.startswith(".probe-") for p in outcome.result_path.parent.iterdir())
@@ -230,6 +233,17 @@ facts = {
     "sources_files": sorted(os.listdir("/opt/pinmatrix")),
     "env": dict(os.environ),
 }
+cc = os.environ.get("PINMATRIX_COMPILE_CACHE", "")
+def cc_write():
+    with open(os.path.join(cc, "written-by-probe"), "a") as handle:
+        handle.write(a.out + "\n")
+facts["compile_cache"] = {
+    "dir": cc,
+    "held_at_start": sorted(os.listdir(cc)) if cc and os.path.isdir(cc) else None,
+    "owner": os.stat(cc).st_uid if cc and os.path.isdir(cc) else None,
+    "mode": oct(os.stat(cc).st_mode & 0o777) if cc and os.path.isdir(cc) else None,
+    "write": attempt(lambda: (os.makedirs(cc, exist_ok=True), cc_write())),
+}
 tmp = a.out + ".tmp"
 json.dump(facts, open(tmp, "w"))
 os.replace(tmp, a.out)
@@ -244,7 +258,7 @@ def planted() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def fake(engine: Engine, workdir: Path, made_images: list[str], planted: dict[str, str],
-         built: dict[str, Any]) -> dict[str, Any]:
+         built: dict[str, Any]) -> Iterator[dict[str, Any]]:
     # `built` first: the uv and venv layers then come from the cache, so the planted (unreachable)
     # index is mounted into the steps that run here without being needed for a download.
     probes = workdir / "fake-probes" / "probes"
@@ -268,7 +282,9 @@ def fake(engine: Engine, workdir: Path, made_images: list[str], planted: dict[st
         else:
             os.environ["HF_TOKEN"] = old
     made_images.append(prepared.ref)
-    return {"runner": runner, "prepared": prepared}
+    yield {"runner": runner, "prepared": prepared}
+    volume = compile_cache.volume_name(prepared.details["compile_key"])
+    subprocess.run(engine.cmd("volume", "rm", "--force", volume), capture_output=True)
 
 
 def _run_fake(fake: dict[str, Any], workdir: Path, name: str, timeout_s: float = 120, **settings: Any) -> RunOutcome:
@@ -286,6 +302,38 @@ def test_container_is_offline_non_root_and_read_only(fake: dict[str, Any], workd
     assert facts["root_write"] != "ok" and facts["spec_write"] != "ok"
     assert facts["tmp_write"] == "ok"
     assert facts["run_secrets"] == []  # BuildKit leaves the empty mount point, never a secret file
+
+
+def test_compile_cache_volume_outlives_the_container_and_only_the_probe_user_can_write_it(
+        engine: Engine, fake: dict[str, Any], workdir: Path) -> None:
+    """The stack's named volume: empty and owner-only (uid 1000, 0700, as unsloth demands) on first
+    use, holding what the first run wrote on the second; --no-compile-cache gives an empty folder."""
+    key = f"test{uuid.uuid4().hex[:12]}"   # a stack of its own: the other fake runs share the fake's volume
+    prepared = dataclasses.replace(fake["prepared"], details={**fake["prepared"].details, "compile_key": key})
+    spec = _write_spec(workdir / "specs" / "fake-cc.json", _cell("fake"))
+    try:
+        first, second = (json.loads(fake["runner"].run(prepared, spec, workdir / "out" / f"fake-cc-{n}", None, 120)
+                                    .result_path.read_text()) for n in (1, 2))  # type: ignore[union-attr]
+        volumes = subprocess.run(engine.cmd("volume", "ls", "--quiet", "--filter",
+                                            f"label={compile_cache.VOLUME_LABEL}={key}"),
+                                 capture_output=True, text=True, check=True).stdout.split()
+    finally:
+        subprocess.run(engine.cmd("volume", "rm", "--force", compile_cache.volume_name(key)), capture_output=True)
+    assert volumes == [compile_cache.volume_name(key)]
+    cc1, cc2 = first["compile_cache"], second["compile_cache"]
+    assert cc1["dir"] == compile_cache.CONTAINER_PATH
+    assert (cc1["held_at_start"], cc1["owner"], cc1["mode"], cc1["write"]) == ([], 1000, "0o700", "ok")
+    assert cc2["held_at_start"] == ["written-by-probe"] and cc2["write"] == "ok"
+    for name, sub in compile_cache.TOOL_SUBFOLDERS.items():
+        assert first["env"][name] == f"{compile_cache.CONTAINER_PATH}/{sub}"
+
+    cold_runner = DockerRunner(engine, fake["runner"].sources, workdir / "reports", probes_dir=fake["runner"].probes_dir,
+                               memory="256m", context_root=workdir / "ctx", compile_cache=False)
+    spec = _write_spec(workdir / "specs" / "fake-cc-cold.json", _cell("fake"))
+    cold = json.loads(cold_runner.run(fake["prepared"], spec, workdir / "out" / "fake-cc-cold", None, 120)
+                      .result_path.read_text())["compile_cache"]  # type: ignore[union-attr]
+    assert cold["dir"] == compile_cache.COLD_CONTAINER_PATH and cold["held_at_start"] is None
+    assert cold["write"] == "ok"   # the container's own /tmp: gone with the container
 
 
 def test_planted_secrets_appear_nowhere(engine: Engine, fake: dict[str, Any], workdir: Path,

@@ -192,3 +192,46 @@ def test_without_uv_the_stdlib_venv_and_pip_install_the_lock(locks, sources, tmp
     assert outcome.ok, (outcome.infra_reason, outcome.log_tail)
     packages = json.loads(outcome.result_path.read_text())["environment"]["packages"]
     assert packages["transformers"]["installed"] == "4.57.6" and packages["torch"]["installed"] == "2.13.0+cpu"
+
+
+def test_compile_cache_outlives_the_run_per_stack_and_can_be_turned_off(locks, sources, venv_root, tmp_path,
+                                                                           monkeypatch):
+    """The stack's compile-cache folder: bytecode compiled once at prepare (even where the host says
+    PYTHONDONTWRITEBYTECODE), kernels a run leaves there seen as warm by the next run; a different
+    stack gets its own folder; without the cache every run is cold and nothing is precompiled."""
+    from pinmatrix import compile_cache
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")   # as on the lent H100's image
+    root = tmp_path / "compile"
+    runner = VenvRunner(venv_root=venv_root, sources=sources, compile_cache_root=root)
+    cell, lock = locks["5.17.0"]
+    prepared = runner.prepare(cell, lock)
+    bytecode = prepared.details["bytecode"]
+    assert bytecode["compiled"] is True and bytecode["distributions"] > 10, bytecode   # torch, transformers, peft and their needs
+    (folder,) = [p for p in root.iterdir() if p.is_dir()]
+    assert (folder.stat().st_mode & 0o777) == 0o700   # unsloth loads compiled artifacts only from such a folder
+    assert any((folder / "pycache").rglob("transformers/__init__*.pyc"))
+    assert any((folder / "pycache").rglob("peft/__init__*.pyc"))
+    assert runner.prepare(cell, lock).details["bytecode"]["compiled"] == "earlier"   # once per stack
+
+    states = []
+    for attempt in range(2):
+        work = tmp_path / f"run{attempt}"
+        outcome = runner.run(prepared, write_spec(cell, work), work, "", 600)
+        assert outcome.ok, (outcome.infra_reason, outcome.log_tail)
+        states.append(json.loads(outcome.result_path.read_text())["environment"]["compile_cache"])
+        # a CPU probe compiles no kernels; stand in for Triton leaving one behind
+        (folder / "triton" / "kernel.cubin").write_bytes(b"\0")
+    assert states == ["cold", "warm"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*compile_cache.TOOL_SUBFOLDERS.values(), "pycache"])
+
+    other_cell, other_lock = locks["4.57.6"]
+    other = runner.prepare(other_cell, other_lock)
+    assert runner.compile_env(other, tmp_path)["PINMATRIX_COMPILE_CACHE"] != str(folder)
+
+    cold = VenvRunner(venv_root=venv_root, sources=sources, compile_cache_root=None)
+    prepared = cold.prepare(cell, lock)
+    assert prepared.details["bytecode"] is None
+    work = tmp_path / "cold"
+    outcome = cold.run(prepared, write_spec(cell, work), work, "", 600)
+    assert json.loads(outcome.result_path.read_text())["environment"]["compile_cache"] == "cold"

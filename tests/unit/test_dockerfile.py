@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from pinmatrix import compile_cache
 from pinmatrix.engine import Engine
 from pinmatrix.oci_container import Mount, OCIContainer, gpu_args
 from pinmatrix.runners import docker as dr
@@ -123,6 +124,17 @@ def test_probes_run_as_non_root(instructions: list[Instruction]) -> None:
     users = [i.args for i in instructions if i.keyword == "USER"]
     assert users and users[-1] == "1000:1000"
     assert "useradd --uid 1000" in DOCKERFILE.read_text()
+
+
+def test_bytecode_is_built_into_the_image_and_the_compile_cache_folder_belongs_to_the_probe_user(
+        instructions: list[Instruction]) -> None:
+    # The probe runs with PYTHONDONTWRITEBYTECODE on a read-only root: bytecode must come with the image.
+    env = " ".join(i.args for i in instructions if i.keyword == "ENV")
+    assert "UV_COMPILE_BYTECODE=1" in env and "PYTHONDONTWRITEBYTECODE=1" in env
+    probes = _index(instructions, "COPY", "probes")
+    after = " ".join(i.args for i in instructions[probes:] if i.keyword == "RUN")
+    assert "compileall" in after
+    assert f"install -d -o 1000 -g 1000 -m 0700 {compile_cache.CONTAINER_PATH}" in after
 
 
 BASE = dict(torch_lock="torch==2.13.0+cpu\n", full_lock="torch==2.13.0+cpu\ntransformers==5.17.0\n",
@@ -255,6 +267,11 @@ def test_run_arguments_lock_the_container_down(tmp_path: Path) -> None:
     assert f"type=bind,source={tmp_path / 'res'},target=/results" in args
     assert args[-9:] == ["python", "-m", "probes", "--cell", "/cell/cell.json", "--out",
                          "/results/result.json", "--work", "/tmp/work"]
+    # no volume given: the compilers still get a writable folder, the container's own /tmp (a cold run)
+    assert f"PINMATRIX_COMPILE_CACHE={compile_cache.COLD_CONTAINER_PATH}" in args
+    with_volume = runner._create_args("img", "n", tmp_path / "cell.json", tmp_path / "res", None, "pinmatrix-compile-k")
+    assert f"type=volume,source=pinmatrix-compile-k,target={compile_cache.CONTAINER_PATH}" in with_volume
+    assert f"UNSLOTH_COMPILE_LOCATION={compile_cache.CONTAINER_PATH}/unsloth-compiled" in with_volume
 
 
 def test_host_environment_never_reaches_the_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,6 +39,26 @@ def test_only_failed_groups_are_rerun() -> None:
     assert failed_groups(_doc(_check("mystery.check", "fail")), GROUPS) == GROUPS  # unknown: rerun all
 
 
+def test_a_failure_with_a_deterministic_signature_is_not_rerun() -> None:
+    from pinmatrix.flaky import Recheck, deterministic_failures
+    from probes import signatures
+
+    abi = _check("attention.xformers-kernel", "fail")
+    abi["error"]["signature"] = "xformers-cuda-ops-not-built-for-this-torch"
+    assert signatures.is_deterministic("xformers-cuda-ops-not-built-for-this-torch")
+    assert not signatures.is_deterministic("fp-000000000000") and not signatures.is_deterministic("cuda-out-of-memory")
+    # the only failure is deterministic: nothing to rerun
+    assert failed_groups(_doc(_check("imports", "pass"), abi), GROUPS) == []
+    assert deterministic_failures(_doc(abi)) == ["attention.xformers-kernel"]
+    # an unknown failure beside it still sends its own group (and only it) to the rerun
+    doc = _doc(abi, _check("lora-train.hf-peft", "fail"))
+    assert failed_groups(doc, GROUPS) == ["lora-train"]
+    assert Recheck(not_rerun=["attention.xformers-kernel"]).describe() == \
+        "not rerun (deterministic signature): attention.xformers-kernel"
+    # every non-infra catalogue entry says which it is: none is left to the default by accident
+    assert all("deterministic" in e for e in signatures.load_catalogue() if not e["infra"])
+
+
 def test_fail_then_pass_and_pass_then_fail_are_flaky_with_both_attempts() -> None:
     first = _doc(_check("imports", "pass"), _check("attention.sdpa", "fail"), _check("attention.eager", "pass"))
     second = _doc(_check("attention.sdpa", "pass"), _check("attention.eager", "fail"))

@@ -166,3 +166,26 @@ def test_empty_run_folder(tmp_path):
     summary = merge(tmp_path)
     assert summary["verdict"] == "0 cells: nothing ran"
     assert render_markdown(summary)
+
+
+def test_probe_time_splits_the_compat_stage_from_throughput(tmp_path, results):
+    run = tmp_path / "timed"
+    (run / "cells").mkdir(parents=True)
+    spec = spec_for("good")
+    shutil.copyfile(results["good"], run / "cells" / f"{spec['id']}.json")
+    Outcome(cell=spec["id"], hash=spec["hash"], pins=spec["pins"], runner="venv", stage="done",
+            result=f"cells/{spec['id']}.json", timings={"run_s": 61.25}).write(run)
+    untimed = _with_result(run, "xformers-broken", results["xformers-broken"])   # no run_s: not listed
+    checks = json.loads(results["good"].read_text())["checks"]
+    throughput = sum(c["duration_s"] for c in checks if c["name"].startswith("throughput."))
+    slowest = max((c for c in checks if not c["name"].startswith("throughput.")), key=lambda c: c["duration_s"])
+
+    summary = merge(run)
+    (timing,) = summary["timing"]
+    assert timing["cell"] == spec["id"] and timing["cell"] != untimed
+    assert timing["probe_s"] == 61.2 or timing["probe_s"] == 61.3
+    assert timing["compat_s"] == round(61.25 - throughput, 1)
+    assert timing["slowest_compat_checks"][0]["check"] == slowest["name"]
+    assert timing["compile_cache"] == json.loads(results["good"].read_text())["environment"].get("compile_cache")
+    md = render_markdown(summary)
+    assert "## Probe time" in md and f"| `{spec['id']}` |" in md.split("## Probe time")[1]
