@@ -362,7 +362,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         out.append("")
     if summary.get("timing"):
         out += ["## Probe time", "",
-                "compat = the probe's wall time less the throughput checks (start, imports and every other check).", "",
+                "compat = the probe's wall time less the throughput checks: its start, its imports, every other "
+                "check and, in a cell with unsloth, the start of the interpreter that measures the plain stacks.", "",
                 "| cell | compile cache | probe s | compat s | throughput s | slowest compat checks |",
                 "|---|---|---|---|---|---|"]
         for t in summary["timing"]:

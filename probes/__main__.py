@@ -51,21 +51,53 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+ROLE = "main"
+
+
 def _say(line: str) -> None:
-    print(f"[probe] {line}", file=sys.stderr, flush=True)
+    tag = "probe" if ROLE == "main" else f"probe:{ROLE}"
+    print(f"[{tag}] {line}", file=sys.stderr, flush=True)
 
 
-def run(spec: dict[str, Any], work_dir: Path, only: list[str] | None) -> dict[str, Any]:
-    """Run the cell's check groups and return the result document (not yet validated)."""
+def run(spec: dict[str, Any], work_dir: Path, only: list[str] | None, role: str = "main",
+        check_names: list[str] | None = None) -> dict[str, Any]:
+    """Run the cell's check groups and return the result document (not yet validated).
+
+    `role` "plain" is the child interpreter of probes/processes.py: it never imports unsloth.
+    `check_names`, when given, limits the selected groups to those checks."""
+    from probes import processes
+    from probes.checks import run_order
+
     started = _now()
     pins = spec.get("pins", {})
-    # unsloth patches transformers/peft/trl at import time, so it must be the very first import.
-    from probes import environment
+    groups = run_order([g for g in spec.get("checks", []) if only is None or g in only])
+    for group in sorted(set(only or ()) - set(spec.get("checks", []))):
+        _say(f"note: --only names {group!r}, which this cell's spec does not list; not run")
+    split = processes.splits(pins, role)
+    plain_compat = [g for g in groups if g in processes.PLAIN_GROUPS] if split else []
+    # Started before anything is imported here, so it works while unsloth imports (probes/processes.py).
+    child = processes.start_plain(spec, work_dir, plain_compat) if plain_compat else None
+    try:
+        return _run_groups(spec, work_dir, groups, role, check_names, split, child, started)
+    finally:
+        if child is not None:
+            child.stop()
+
+
+def _run_groups(spec: dict[str, Any], work_dir: Path, groups: list[str], role: str, check_names: list[str] | None,
+                split: bool, child: Any, started: str) -> dict[str, Any]:
+    from probes import environment, processes
+
+    pins = spec.get("pins", {})
     compile_cache = environment.compile_cache_state()   # before anything compiles into it
-    first = ("unsloth",) if pins.get("unsloth", "none") != "none" else ()
+    # unsloth patches transformers/peft/trl at import time, so it must be the very first import; the
+    # plain interpreter never imports it at all.
+    unsloth = pins.get("unsloth", "none") != "none"
+    first = ("unsloth",) if unsloth and role != processes.ROLE_PLAIN else ()
+    skip = processes.UNSLOTH_PACKAGES if role == processes.ROLE_PLAIN else ()
     import_start = time.monotonic()
     records = environment.probe_imports(first=first, extra=[p for p in pins if p not in ("python", "base_image")
-                                                             and pins[p] != "none"])
+                                                             and pins[p] != "none"], skip=skip)
     import_s = time.monotonic() - import_start
     # Everything imported so far lives until the probe exits. Moving it into the collector's permanent
     # generation keeps each later full collection to what the checks create: unsloth calls gc.collect()
@@ -76,7 +108,7 @@ def run(spec: dict[str, Any], work_dir: Path, only: list[str] | None) -> dict[st
     gc.freeze()
     from probes.checks import group_checks
     from probes.context import Context
-    from probes.framework import run_check
+    from probes.framework import check_name, run_check
 
     settings = spec.get("settings", {})
     requested = settings.get("device", "auto")
@@ -85,21 +117,44 @@ def run(spec: dict[str, Any], work_dir: Path, only: list[str] | None) -> dict[st
     ctx.cache["imports"] = records
     env = environment.fingerprint(device, records, compile_cache)
     _say(f"cell {spec['id']} on {device} (torch {env['torch']}, gpu {env['gpu']})")
-
     timeout_s = float(settings.get("check_timeout_s", DEFAULT_CHECK_TIMEOUT_S))
-    from probes.checks import run_order
-    groups = run_order([g for g in spec.get("checks", []) if only is None or g in only])
-    for group in sorted(set(only or ()) - set(spec.get("checks", []))):
-        _say(f"note: --only names {group!r}, which this cell's spec does not list; not run")
-    results = []
-    for group in groups:
+
+    def names_of(group: str) -> list[str]:
+        return [check_name(name) for name, _ in group_checks(group, ctx)]
+
+    def run_group(group: str, allowed: list[str] | None = None) -> list[dict[str, Any]]:
+        out = []
         for name, fn in group_checks(group, ctx):
+            if allowed is not None and check_name(name) not in allowed:
+                continue
             result = run_check(name, fn, ctx, timeout_s)
             if result["name"] == "imports":   # the imports it judges ran at probe start; their time is its time
                 result["duration_s"] = round(result["duration_s"] + import_s, 4)
-            results.append(result)
+            out.append(result)
             detail = result.get("reason") or (result.get("error") or {}).get("signature") or ""
             _say(f"{result['name']}: {result['status']} ({result['duration_s']:.2f}s) {detail}")
+        return out
+
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for group in groups:
+        if (child is not None and group in child.groups) or (split and group == "throughput"):
+            continue
+        by_group[group] = run_group(group, check_names)
+    if child is not None:
+        by_group.update(child.collect({g: names_of(g) for g in child.groups}))
+    if split and "throughput" in groups:
+        # One measurement at a time: the plain stacks in a fresh plain interpreter, then unsloth's here.
+        plain = [n for n in names_of("throughput") if n != processes.UNSLOTH_THROUGHPUT]
+        if device == "cuda" and plain:
+            speed = processes.start_plain(spec, work_dir, ["throughput"], plain)
+            try:
+                measured = speed.collect({"throughput": plain})["throughput"]
+            finally:
+                speed.stop()
+        else:   # no GPU: every speed check only skips, no second interpreter needed for that
+            measured = run_group("throughput", plain)
+        by_group["throughput"] = measured + run_group("throughput", [processes.UNSLOTH_THROUGHPUT])
+    results = [record for group in groups for record in by_group.get(group, [])]
     cell = {"id": spec["id"], "hash": spec["hash"], "pins": {k: str(v) for k, v in pins.items()}}
     if isinstance(spec.get("runner"), str):
         cell["runner"] = spec["runner"]
@@ -129,7 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="where to write the result JSON")
     parser.add_argument("--work", type=Path, help="folder for generated fixtures (default: a temp dir)")
     parser.add_argument("--only", help="comma-separated check groups to run (a subset of the spec's)")
+    # Internal, for probes/processes.py: the plain interpreter of an unsloth cell, and a check subset.
+    parser.add_argument("--role", choices=("main", "plain"), default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--checks", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global ROLE
+    ROLE = args.role
     try:
         spec = load_spec(args.cell)
     except SpecError as exc:
@@ -139,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = args.work or Path(tempfile.mkdtemp(prefix="pinmatrix-probe-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        document = run(spec, work_dir, only)
+        check_names = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
+        document = run(spec, work_dir, only, args.role, check_names)
         from probes.schema_check import load_schema, validate
         errors = validate(document, load_schema())
         if errors:

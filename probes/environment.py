@@ -84,9 +84,12 @@ def probe_import(package: str) -> ImportRecord:
                         seconds)
 
 
-def probe_imports(first: Iterable[str] = (), extra: Iterable[str] = ()) -> dict[str, ImportRecord]:
-    """Import every stack package, `first` ones before anything else (unsloth must precede transformers)."""
-    order = list(dict.fromkeys([*first, *STACK, *extra]))
+def probe_imports(first: Iterable[str] = (), extra: Iterable[str] = (),
+                  skip: Iterable[str] = ()) -> dict[str, ImportRecord]:
+    """Import every stack package, `first` ones before anything else (unsloth must precede transformers);
+    `skip` ones are neither imported nor recorded (the plain interpreter of probes/processes.py)."""
+    skipped = set(skip)
+    order = [p for p in dict.fromkeys([*first, *STACK, *extra]) if p not in skipped]
     return {package: probe_import(package) for package in order}
 
 

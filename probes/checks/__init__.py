@@ -14,7 +14,9 @@ from probes.context import Context
 # The order is the run order, whatever order a matrix lists them in: loading a model through unsloth
 # patches the model's classes for the rest of the process (on the H100 it compiled the remote-code
 # ExaoneBlock, and a later HF+PEFT run took 33 s instead of 2.5 s), so every plain-transformers group
-# runs before the unsloth group, and throughput (whose unsloth stack comes last) after it.
+# comes before the unsloth group, and throughput (whose unsloth stack comes last) after it. In a cell
+# that pins unsloth the plain groups run in their own interpreter anyway (probes/processes.py); the
+# order is then the order of the result.
 GROUPS: dict[str, str] = {
     "imports": "imports",
     "kernels": "kernels",

@@ -394,3 +394,66 @@ def test_op_failure_is_blamed_on_the_import_warning_that_explains_it(tmp_path):
     error, found = error_record(failed)
     assert (error["type"], error["signature"]) == ("NotImplementedError", "xformers-extensions-not-loaded")
     assert error["message"].startswith("NotImplementedError: No operator found")
+
+
+# ---------------------------------------------------------------- the plain interpreter of an unsloth cell
+
+def _split_spec(tmp_path: Path, pins: dict, checks: list[str]) -> Path:
+    spec = {"id": "split", "hash": "0" * 64, "pins": {"python": "3.11", **pins}, "runner": "venv", "models": [],
+            "checks": checks, "settings": {"device": "cpu", "check_timeout_s": 300}}
+    path = tmp_path / "cell.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def _probe(tmp_path: Path, spec: Path, site: Path, **env_extra: str) -> tuple[int, dict, str]:
+    out = tmp_path / "out" / "result.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(site), str(REPO))), **env_extra}
+    proc = subprocess.run([sys.executable, "-m", "probes", "--cell", str(spec), "--out", str(out), "--work",
+                           str(tmp_path / "work")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    return proc.returncode, (json.loads(out.read_text()) if out.exists() else {}), proc.stderr
+
+
+@torch_required
+def test_unsloth_cell_runs_plain_transformers_checks_in_an_interpreter_that_never_imports_unsloth(tmp_path):
+    torch_version = __import__("importlib.metadata").metadata.version("torch")
+    site, marker = tmp_path / "site", tmp_path / "unsloth-imported-by"
+    fake_unsloth(site, extra="import os\nopen(os.environ['FAKE_UNSLOTH_MARKER'], 'a').write(f'{os.getpid()}\\n')")
+    spec = _split_spec(tmp_path, {"torch": torch_version, "unsloth": "2026.10.9", "xformers": "none",
+                                  "flash-attn": "none", "bitsandbytes": "none"},
+                       ["throughput", "unsloth", "lora-train", "exaone3.5", "kernels", "imports"])
+    rc, document, stderr = _probe(tmp_path, spec, site, FAKE_UNSLOTH_MARKER=str(marker))
+    assert rc == 0, stderr
+    assert_schema_valid(document)
+    statuses = {c["name"]: c["status"] for c in document["checks"]}
+    # the plain checks really ran (in the child, whose lines are tagged) and passed
+    assert statuses["exaone3.5.remote-code"] == "pass" and statuses["lora-train.hf-peft"] == "pass", stderr
+    assert "[probe:plain] exaone3.5.remote-code: pass" in stderr and "[probe:plain] lora-train.hf-peft: pass" in stderr
+    assert "[probe] imports: pass" in stderr   # imports stays with the process that imported unsloth first
+    # exactly one interpreter imported unsloth: the main one (the child ran, and did not)
+    assert len(marker.read_text().split()) == 1
+    assert list(document["environment"]["packages"])[0] == "unsloth"
+    # results in run order, whichever process produced them
+    names = [c["name"] for c in document["checks"]]
+    assert names[:5] == ["imports", "kernel.xformers", "kernel.flash-attn", "kernel.bitsandbytes",
+                         "exaone3.5.remote-code"]
+    assert names.index("lora-train.hf-peft") < names.index("unsloth.load.exaone3.5") < names.index("throughput.sdpa")
+    assert names[-1] == "throughput.unsloth" and statuses["throughput.unsloth"] == "skip"
+
+
+@torch_required
+def test_a_crash_in_the_plain_interpreter_is_infra_for_its_checks_and_the_rest_stands(tmp_path):
+    torch_version = __import__("importlib.metadata").metadata.version("torch")
+    site = tmp_path / "site"
+    fake_unsloth(site)
+    fake_xformers(site, raise_line="import ctypes; ctypes.string_at(0)")   # a kernel that segfaults
+    spec = _split_spec(tmp_path, {"torch": torch_version, "unsloth": "2026.10.9", "xformers": "0.0.35",
+                                  "flash-attn": "none", "bitsandbytes": "none"}, ["imports", "kernels", "exaone3.5"])
+    rc, document, stderr = _probe(tmp_path, spec, site)
+    assert rc == 0, stderr
+    assert_schema_valid(document)
+    checks = {c["name"]: c for c in document["checks"]}
+    assert checks["imports"]["status"] == "pass"
+    for name in ("kernel.xformers", "kernel.flash-attn", "kernel.bitsandbytes", "exaone3.5.remote-code"):
+        assert checks[name]["status"] == "infra", checks[name]
+        assert "killed by signal 11" in checks[name]["reason"]
