@@ -45,14 +45,13 @@ class Cell:
             parts.append(f"{ID_ABBREV.get(key, key)}{'-' if value == NONE else ''}{_slug(value)}")
         return "-".join(parts)
 
+    def packages(self) -> list[str]:
+        """The package axes that are not `none`, sorted: what the cell installs by name."""
+        return sorted(k for k, v in self.pins.items() if k not in ("python", "base_image") and v != NONE)
+
     def requirements(self) -> list[str]:
         """PEP 508 requirements for the resolver: every package axis that is not `none`."""
-        reqs = []
-        for key, value in sorted(self.pins.items()):
-            if key in ("python", "base_image") or value == NONE:
-                continue
-            reqs.append(_requirement(key, value))
-        return reqs
+        return [_requirement(key, self.pins[key]) for key in self.packages()]
 
     def none_packages(self) -> list[str]:
         return sorted(k for k, v in self.pins.items() if v == NONE and k not in ("python", "base_image"))

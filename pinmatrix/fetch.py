@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from pinmatrix.results import write_text_atomic
+
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
@@ -117,11 +119,7 @@ def _from_huggingface(name: str, repo: str, revision: str, hf_home: Path, token:
 
 
 def _write_ref(target_repo: Path, ref: str, commit: str) -> None:
-    path = target_repo / "refs" / ref
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(commit)
-    os.replace(tmp, path)
+    write_text_atomic(target_repo / "refs" / ref, commit)
 
 
 def _same_tree(a: Path, b: Path) -> bool:

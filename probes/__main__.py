@@ -14,7 +14,10 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from probes.processes import PlainChild
 
 EXIT_WRITTEN = 0
 EXIT_NOT_WRITTEN = 3
@@ -85,15 +88,14 @@ def run(spec: dict[str, Any], work_dir: Path, only: list[str] | None, role: str 
 
 
 def _run_groups(spec: dict[str, Any], work_dir: Path, groups: list[str], role: str, check_names: list[str] | None,
-                split: bool, child: Any, started: str) -> dict[str, Any]:
+                split: bool, child: PlainChild | None, started: str) -> dict[str, Any]:
     from probes import environment, processes
 
     pins = spec.get("pins", {})
     compile_cache = environment.compile_cache_state()   # before anything compiles into it
-    # unsloth patches transformers/peft/trl at import time, so it must be the very first import; the
-    # plain interpreter never imports it at all.
-    unsloth = pins.get("unsloth", "none") != "none"
-    first = ("unsloth",) if unsloth and role != processes.ROLE_PLAIN else ()
+    # unsloth patches transformers/peft/trl at import time, so it must be the very first import of the
+    # process that uses it (the main one of a cell that pins it); the plain interpreter never imports it.
+    first = ("unsloth",) if split else ()
     skip = processes.UNSLOTH_PACKAGES if role == processes.ROLE_PLAIN else ()
     import_start = time.monotonic()
     records = environment.probe_imports(first=first, extra=[p for p in pins if p not in ("python", "base_image")

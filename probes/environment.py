@@ -133,8 +133,8 @@ def compile_cache_state(environ: dict[str, str] | None = None) -> str:
     if not folder:
         return "none"
     try:
-        for _root, dirs, files in os.walk(folder):
-            if "pycache" in dirs and _root == folder:
+        for root, dirs, files in os.walk(folder):
+            if "pycache" in dirs and root == folder:
                 dirs.remove("pycache")
             if files:
                 return "warm"

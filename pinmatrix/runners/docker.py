@@ -256,11 +256,12 @@ class DockerRunner:
         python = _python_pin(lock.python)
         tag = self.tag_for(lock)
         log_path = self.reports_dir / "logs" / f"{lock.cell_id}.build.log"
-        stack = compile_cache.stack_key(lock, f"{self.base_image}@{self._base_image_id()}")
+        # what `run` needs whether the image is built now or reused: the lock (drift) and the stack's cache
+        needed = {"locked": lock.pinned(),
+                  "compile_key": compile_cache.stack_key(lock, f"{self.base_image}@{self._base_image_id()}")}
         if self.image_exists(tag):
             return Prepared(self.name, lock.cell_id, tag, reused=True,
-                            details={"build_log": None, "build_s": 0.0, "locked": lock.pinned(),
-                                     "compile_key": stack})
+                            details={"build_log": None, "build_s": 0.0, **needed})
         log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="pinmatrix-secrets-") as tmp, \
@@ -293,8 +294,7 @@ class DockerRunner:
             raise InfraError(f"image build failed (exit {code}); log: {log_path}",
                              signature=classify_build_log(text), log_tail=text)
         return Prepared(self.name, lock.cell_id, tag, reused=False,
-                        details={"build_log": str(log_path), "build_s": round(build_s, 1), "locked": lock.pinned(),
-                                 "compile_key": stack})
+                        details={"build_log": str(log_path), "build_s": round(build_s, 1), **needed})
 
     # -- run -----------------------------------------------------------------------------------
     def gpus_for(self, gpu: str | None) -> str | None:

@@ -83,7 +83,7 @@ class VenvRunner:
         if marker.is_file() and python.exists():
             try:
                 if json.loads(marker.read_text()).get("key") == key:
-                    return self._prepared(cell, venv, python, reused=True, log=None)
+                    return self._prepared(cell, venv, python, key, reused=True, log=None)
             except ValueError:
                 pass  # a damaged marker: rebuild
         if venv.exists():
@@ -106,7 +106,7 @@ class VenvRunner:
                     self._install(python, lock_dir / name, cell.pins.get("torch"), log)
         marker.write_text(json.dumps({"key": key, "cell": cell.id, "created": time.time()}))
         log_path.write_text("\n".join(log) + "\n")
-        return self._prepared(cell, venv, python, reused=False, log=log_path)
+        return self._prepared(cell, venv, python, key, reused=False, log=log_path)
 
     def _inherited_sites(self, log: list[str]) -> list[Path]:
         """With --system-site-packages from an interpreter that is itself a venv (a GPU image's
@@ -127,8 +127,9 @@ class VenvRunner:
         log.append(f"# {self.base_python} is a venv: its site-packages join the cell's path: {sites}")
         return sites
 
-    def _prepared(self, cell: Cell, venv: Path, python: Path, *, reused: bool, log: Path | None) -> Prepared:
-        key = venv.name.rsplit("-", 1)[-1]
+    def _prepared(self, cell: Cell, venv: Path, python: Path, venv_key: str, *, reused: bool,
+                  log: Path | None) -> Prepared:
+        key = venv_key[:12]   # the venv folder's suffix: the stack's compile-cache folder has the same name
         bytecode = self._compile_bytecode(cell, python, key)
         return Prepared(runner=self.name, cell_id=cell.id, ref=str(venv), reused=reused,
                         details={"python": str(python), "build_log": str(log) if log else None,
@@ -280,7 +281,7 @@ class VenvRunner:
         marker = pycache / ".pinmatrix-bytecode.json"
         if marker.is_file():
             return {"compiled": "earlier", "marker": str(marker)}
-        roots = [name for name, pin in cell.pins.items() if name not in ("python", "base_image") and pin != "none"]
+        roots = cell.packages()
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
         env.update(PYTHONPYCACHEPREFIX=str(pycache), PYTHONNOUSERSITE="1")
         started = time.monotonic()

@@ -22,9 +22,9 @@ import pytest
 
 from pinmatrix import compile_cache
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.engine import Engine, engine_message, find_engine
+from pinmatrix.engine import Engine
 from pinmatrix.runners.base import InfraError, Prepared, RunOutcome
-from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE, PROBES_DIR, DockerRunner
+from pinmatrix.runners.docker import PROBES_DIR, DockerRunner
 from probes import schema_check
 
 pytestmark = pytest.mark.integration
@@ -35,24 +35,6 @@ STACK = ("peft", "accelerate", "safetensors", "tokenizers")
 WHEELHOUSE = Path(os.environ.get("PIP_FIND_LINKS", "/opt/wheels").split()[0])
 CA_BUNDLE = Path(os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"))
 TIMINGS: dict[str, float] = {}
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("PINMATRIX_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"PINMATRIX_REQUIRE_DOCKER=1 but {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    found = find_engine()
-    if found is None:
-        _unavailable(engine_message())
-    assert found is not None
-    base = subprocess.run(found.cmd("image", "inspect", DEFAULT_BASE_IMAGE), capture_output=True)
-    if base.returncode != 0:
-        _unavailable(f"base image {DEFAULT_BASE_IMAGE} missing: run docker/base/build-base.sh")
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from pinmatrix.engine import Engine, engine_message, find_engine
+from pinmatrix.engine import Engine
 from pinmatrix.pipeline import RunOptions, run_matrix
 from pinmatrix.results import CellResult, Damaged, load_result
-from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fault_cells as fc  # noqa: E402
@@ -50,22 +49,6 @@ def _count(name: str) -> None:
 
 
 # --- shared helpers ------------------------------------------------------------------------------
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("PINMATRIX_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"PINMATRIX_REQUIRE_DOCKER=1 but {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    found = find_engine()
-    if found is None:
-        _unavailable(engine_message())
-    assert found is not None
-    if subprocess.run(found.cmd("image", "inspect", DEFAULT_BASE_IMAGE), capture_output=True).returncode != 0:
-        _unavailable(f"base image {DEFAULT_BASE_IMAGE} missing: run docker/base/build-base.sh")
-    return found
 
 
 @pytest.fixture(scope="module")

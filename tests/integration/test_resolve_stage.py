@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.cell import Lock
-from pinmatrix.engine import engine_message, find_engine
 from pinmatrix.runners.base import Prepared
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE, DockerRunner
 
@@ -49,17 +48,10 @@ def _pinmatrix(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def engine():
-    found = find_engine()
-    if found is None:
-        if os.environ.get("PINMATRIX_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"PINMATRIX_REQUIRE_DOCKER=1 but {engine_message()}")
-        pytest.skip(engine_message())
-    if subprocess.run(found.cmd("image", "inspect", DEFAULT_BASE_IMAGE), capture_output=True).returncode != 0:
-        pytest.skip(f"base image {DEFAULT_BASE_IMAGE} missing: run docker/base/build-base.sh")
+def engine(engine):   # tests/integration/conftest.py's engine, and this module's own needs
     if shutil.which("uv") is None or not any(WHEELHOUSE.glob("torch-2.13.0+cpu-*.whl")):
         pytest.skip(f"needs uv and torch 2.13.0+cpu in {WHEELHOUSE}")
-    return found
+    return engine
 
 
 @pytest.fixture(scope="module")
