@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from pinmatrix.site_rules import parse_extra_site
 from pinmatrix.pipeline import DEFAULT_TIMEOUT_S, REPO_ROOT, RUNNERS, HarnessError, RunOptions
 
 EXIT_OK, EXIT_HARNESS, EXIT_BAD_INPUT = 0, 1, 2
@@ -73,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     venv.add_argument("--system-site-packages", action="store_true", help="reuse the host's packages (a CUDA torch)")
     venv.add_argument("--offline", action="store_true", help="install only from --find-links, no index")
     venv.add_argument("--no-install", action="store_true", help="install nothing; test what is there (with --extra-site)")
-    venv.add_argument("--extra-site", action="append", type=Path, default=[], metavar="DIR",
-                      help="an unpacked site folder put on the venv's path")
+    venv.add_argument("--extra-site", action="append", type=parse_extra_site, default=[], metavar="[AXIS=VALUE,...:]DIR",
+                      help="an unpacked site folder put on the venv's path; with conditions, only for the cells "
+                           "whose pins match them (pinmatrix/site_rules.py)")
     venv.add_argument("--venv-python", metavar="PATH",
                       help="the interpreter every cell venv is made from (with --system-site-packages: the one holding torch)")
     venv.add_argument("--keep-work", action="store_true", help="keep each cell's work folder")

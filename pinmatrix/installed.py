@@ -93,7 +93,9 @@ def lock_from_environment(cell: Cell, python: str | None = None, extra_sites: Se
 def environment_resolver(python: str | None, extra_sites: Sequence[Path]):
     """A resolve_fn for the pipeline: same signature as pinmatrix.resolve.resolve."""
     def resolve_installed(cell: Cell, sources: object, out_dir: Path) -> Lock:
-        lock = lock_from_environment(cell, python, extra_sites)
+        from pinmatrix.site_rules import sites_for
+
+        lock = lock_from_environment(cell, python, sites_for(cell, extra_sites))
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "torch.lock").write_text(lock.torch_lock, encoding="utf-8")
         (out_dir / "requirements.lock").write_text(lock.full_lock, encoding="utf-8")

@@ -301,7 +301,9 @@ def forwarded_options(args: argparse.Namespace, opts, run_dir: Path) -> list[str
         if getattr(args, flag, False):
             out.append("--" + flag.replace("_", "-"))
     for site in args.extra_site:
-        out += ["--extra-site", str(Path(site).resolve())]
+        from pinmatrix.site_rules import as_site
+
+        out += ["--extra-site", str(as_site(site).resolved())]
     if opts.rerun is not None:
         selectors = [v for v in opts.rerun if v]
         out += [f"--rerun={v}" for v in selectors] if selectors else ["--rerun"]

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 from pinmatrix import compile_cache
 from pinmatrix.cell import Cell, Lock
+from pinmatrix.site_rules import normalise, sites_for
 from pinmatrix.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
 from pinmatrix.runners.base import (RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail)
 
@@ -59,24 +60,25 @@ class VenvRunner:
 
     def __post_init__(self) -> None:
         self.venv_root = Path(self.venv_root)
-        self.extra_sites = tuple(Path(p).resolve() for p in self.extra_sites)
+        self.extra_sites = normalise(self.extra_sites)   # pinmatrix/site_rules.py: some only for some cells
         self.notes: list[str] = []
         if self.uv is None:
             self.notes.append("uv not found on PATH: falling back to the stdlib venv module and pip")
 
     # --- prepare ---------------------------------------------------------------------------------
 
-    def venv_key(self, lock: Lock) -> str:
+    def venv_key(self, lock: Lock, cell: Cell | None = None) -> str:
+        sites = sites_for(cell, self.extra_sites) if cell is not None else [s.path for s in self.extra_sites]
         payload = json.dumps({
             "python": lock.python, "torch": lock.torch_lock, "full": lock.full_lock,
             "system_site_packages": self.system_site_packages, "no_install": self.no_install,
-            "extra_sites": [str(p) for p in self.extra_sites], "installer": "uv" if self.uv else "pip",
+            "extra_sites": [str(p) for p in sites], "installer": "uv" if self.uv else "pip",
             "base_python": self.base_python,
         }, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def prepare(self, cell: Cell, lock: Lock) -> Prepared:
-        key = self.venv_key(lock)
+        key = self.venv_key(lock, cell)
         venv = self.venv_root / f"{cell.id}-{key[:12]}"
         python = venv / "bin" / "python"
         marker = venv / READY_MARKER
@@ -96,7 +98,7 @@ class VenvRunner:
         lock_dir.mkdir()
         (lock_dir / "torch.lock").write_text(lock.torch_lock)
         (lock_dir / "requirements.lock").write_text(lock.full_lock)
-        sites = list(self.extra_sites) + self._inherited_sites(log)
+        sites = list(sites_for(cell, self.extra_sites)) + self._inherited_sites(log)
         if sites:
             site = self._site_packages(python, log)
             (site / "pinmatrix-extra-site.pth").write_text("".join(f"{p}\n" for p in sites))
