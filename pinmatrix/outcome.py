@@ -26,6 +26,13 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
     reused_from: str | None = None     # the run whose result was reused (pinmatrix/cache.py); None: ran here
     rerun: str | None = None           # what rerunning the failed check groups once found (pinmatrix/flaky.py)
+    # issue 15: where and when the probe ran (the GPU the scheduler gave it, UTC ISO times from taking the
+    # device to giving it back), and what pinmatrix/gpu_watch.py saw it use: {gpu index: peak MiB}
+    gpu: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    gpus_seen: dict[str, float] | None = None
+    trespass: str | None = None        # set when the cell was seen on a GPU it was not given
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -68,11 +75,14 @@ def _wrong_types(data: Mapping[str, Any]) -> str | None:
     if not isinstance(data.get("pins", {}), dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.get("pins", {}).items()):
         return "'pins' is not an object of strings"
-    for key in ("hash", "reason", "signature", "result", "reused_from", "rerun"):
+    for key in ("hash", "reason", "signature", "result", "reused_from", "rerun", "gpu", "started", "finished",
+                "trespass"):
         if data.get(key) is not None and not isinstance(data[key], str):
             return f"{key!r} is not a string"
     if not isinstance(data.get("runner", ""), str):
         return "'runner' is not a string"
+    if data.get("gpus_seen") is not None and not isinstance(data["gpus_seen"], dict):
+        return "'gpus_seen' is not an object"
     if not isinstance(data.get("timings", {}), dict):
         return "'timings' is not an object"
     return None

@@ -358,9 +358,12 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
         progress.log(f"{cell.id}: run: infra (harness error: {_short(repr(exc))})")
         return outcome
 
+    from pinmatrix.gpu_watch import watch_run
+
     try:
-        summary.outcomes = Scheduler(tokens, build_jobs=opts.build_jobs, progress=progress).run(
-            todo, lambda c: c.id, task, on_error)
+        with watch_run(run_dir, [] if opts.cpu else tokens):  # who really used which GPU (issue 15)
+            summary.outcomes = Scheduler(tokens, build_jobs=opts.build_jobs, progress=progress).run(
+                todo, lambda c: c.id, task, on_error)
         if opts.shard is None and opts.finalize:  # one shard or one Slurm task is not the whole run
             manifest["complete"] = True  # read by --resume: a run without it was interrupted
     finally:
@@ -453,6 +456,7 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     # Held through the run and a flaky recheck, so one cell's two probe runs are not split by another
     # cell's; released after them, or by the scheduler when the task ends.
     device = ctx.hold_device()
+    outcome.gpu, outcome.started = (device or None) if not opts.cpu else None, _now_ms()  # the GPU timeline
     started = time.monotonic()
     run = runner.run(prepared, spec_path, work, "" if opts.cpu else device, cell_timeout(cell, opts))
     outcome.timings["run_s"] = round(time.monotonic() - started, 2)
@@ -479,6 +483,7 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
                                                "" if opts.cpu else device, run_dir / "logs" / f"{cell.id}.rerun.log")
                 outcome.rerun = recheck.describe() or None
     ctx.release_device()
+    outcome.finished = _now_ms()
     if run.infra_reason:
         outcome.status, outcome.reason, outcome.signature = "infra", run.infra_reason, run.signature
     elif outcome.result is None and outcome.status is None:
@@ -657,6 +662,10 @@ def _redacted_argv(argv: Sequence[str]) -> list[str]:
         else:
             out.append(redact(arg) or arg)
     return out
+
+
+def _now_ms() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _now() -> str:

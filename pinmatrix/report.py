@@ -93,6 +93,9 @@ def merge(run_dir: Path) -> dict[str, Any]:
         "timing": _timing(rows),
         "remote_code": _remote_code(run_dir),
     }
+    from pinmatrix.report_gpus import timeline  # issue 15: which cell held which GPU, when
+
+    summary["gpu_timeline"] = timeline(outcomes.values())
     return summary
 
 
@@ -371,6 +374,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
             out.append(f"| `{t['cell']}` | {t.get('compile_cache') or '—'} | {t['probe_s']:.1f} | {t['compat_s']:.1f} | "
                        f"{t['throughput_s']:.1f} | {slow} |")
         out.append("")
+    from pinmatrix.report_gpus import render_timeline
+
+    out += render_timeline(summary.get("gpu_timeline"))
     if summary["infra"]:
         out += ["## Infra (the machine failed, not the stack)", ""]
         for item in summary["infra"]:

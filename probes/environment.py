@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import shutil
 import subprocess
@@ -152,6 +153,8 @@ def fingerprint(device: str, records: dict[str, ImportRecord], compile_cache: st
         "torch": None, "cuda": None, "gpu": None, "gpu_count": 0, "driver": None,
         "packages": {name: record.to_json() for name, record in records.items()},
         "compile_cache": compile_cache,
+        # the GPU the runner gave this cell (CUDA_VISIBLE_DEVICES), and the one torch's device 0 really is
+        "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu_uuid": None,
     }
     torch = sys.modules.get("torch")
     if torch is None:
@@ -162,6 +165,8 @@ def fingerprint(device: str, records: dict[str, ImportRecord], compile_cache: st
         if torch.cuda.is_available():
             env["gpu_count"] = int(torch.cuda.device_count())
             env["gpu"] = torch.cuda.get_device_name(0)
+            uuid = getattr(torch.cuda.get_device_properties(0), "uuid", None)
+            env["gpu_uuid"] = f"GPU-{uuid}" if uuid is not None and not str(uuid).startswith("GPU-") else uuid
     except Exception:   # noqa: BLE001 - a broken driver leaves the GPU fields empty
         pass
     env["driver"] = _nvidia_smi_driver()

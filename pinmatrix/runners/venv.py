@@ -248,6 +248,7 @@ class VenvRunner:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
+        env["PINMATRIX_CELL_ID"] = prepared.cell_id  # pinmatrix/gpu_watch.py ties GPU processes to cells
         cmd = [prepared.details["python"], "-m", "probes", "--cell", str(spec_path),
                "--out", str(result), "--work", str(work)]
         log_path = out_dir / RUN_LOG_NAME
