@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The lent H200s: unpack the site layers (.gpu/sites/*.txz, made by matrices/h200-sites.sh), check that
+# each cell's environment is consistent, and run the selected cells of matrices/h200-prepared.yaml with
+# the venv runner on the device's own torch. Everything comes back as $OUT/<label>.tgz plus logs.
+#
+#   matrices/h200-device.sh LABEL GPUS [--rogue] [SELECTOR...]
+#     GPUS: 0 (the single-GPU table) or 0,1 (two cells at once, issue 15)
+#     --rogue: while the cells run, start one process that carries a cell's PINMATRIX_CELL_ID (as any
+#              child of that cell would) but ignores CUDA_VISIBLE_DEVICES and takes memory on every GPU,
+#              so pinmatrix/gpu_watch.py has a trespass to find
+set -uo pipefail
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+label=$1; gpus=$2; shift 2
+rogue=0; if [ "${1:-}" = "--rogue" ]; then rogue=1; shift; fi
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+S=/tmp/sites; mkdir -p $S
+PY=$(command -v python3)
+t0=$(date +%s)
+for n in common tf4576 tf550 uns u1010 u914 diff039 diff042; do
+  [ -d $S/$n ] || ( rm -rf $S/$n.tmp && mkdir -p $S/$n.tmp && \
+    $PY -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" .gpu/sites/$n.txz $S/$n.tmp && \
+    mv $S/$n.tmp $S/$n ) &
+done
+wait
+echo "sites unpacked in $(( $(date +%s) - t0 )) s"
+# the layers, in path order, with the cells they serve (pinmatrix/site_rules.py)
+SITES=(--extra-site $S/common
+       --extra-site transformers=4.57.6:$S/tf4576 --extra-site transformers=5.5.0:$S/tf550
+       --extra-site unsloth=2026.10.9:$S/u1010 --extra-site unsloth=2026.9.14:$S/u914
+       --extra-site unsloth!=none:$S/uns
+       --extra-site unsloth!=none,transformers=4.57.6:$S/diff039
+       --extra-site unsloth!=none,transformers!=4.57.6:$S/diff042)
+{
+  nvidia-smi -L; nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv
+  nvidia-smi topo -m 2>&1 | head -8
+  $PY -c 'import torch,sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.cuda.device_count())'
+  nproc; free -g | head -2
+} > "$OUT/$label.machine.txt" 2>&1
+# every cell's path, consistency-checked (the same layers the venv's .pth gets, then the device's site)
+for tf in 4.57.6 5.5.0 5.17.0; do for us in 2026.10.9 2026.9.14 none; do
+  [ "$tf/$us" = "5.17.0/2026.9.14" ] && continue
+  p=$S/common
+  case $tf in 4.57.6) p=$p:$S/tf4576;; 5.5.0) p=$p:$S/tf550;; esac
+  case $us in 2026.10.9) p=$p:$S/u1010:$S/uns;; 2026.9.14) p=$p:$S/u914:$S/uns;; esac
+  if [ $us != none ]; then [ $tf = 4.57.6 ] && p=$p:$S/diff039 || p=$p:$S/diff042; fi
+  PYTHONPATH=$p $PY matrices/h200_env_check.py "tf$tf-unsloth-$us"
+done; done > "$OUT/$label.env-check.jsonl" 2>&1
+$PY - "$OUT/$label.env-check.jsonl" <<'PYEOF'
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        d = json.loads(line)
+    except ValueError:
+        print("env-check:", line.strip()[:300]); continue
+    print(f"env-check {d['label']}: consistent={d['consistent']} unmet(sites)={d['unmet_involving_sites'][:4]} "
+          f"unmet(device)={len(d['unmet_among_device_packages'])}")
+PYEOF
+if [ $rogue = 1 ]; then
+  ( sleep 25
+    cell=$($PY -m pinmatrix list --matrix matrices/h200-prepared.yaml "$@" | head -1)
+    echo "rogue: as $cell, on every GPU, CUDA_VISIBLE_DEVICES ignored" >&2
+    env -u CUDA_VISIBLE_DEVICES PINMATRIX_CELL_ID="$cell" $PY -c '
+import time, torch
+xs = [torch.empty(2 * 2**30, dtype=torch.uint8, device=f"cuda:{i}") for i in range(torch.cuda.device_count())]
+torch.cuda.synchronize(); time.sleep(12)' ) > "$OUT/$label.rogue.log" 2>&1 &
+fi
+export PINMATRIX_COMPILE_CACHE_DIR=/tmp/compile-$label PINMATRIX_VENV_DIR=/tmp/venvs-$label   # cold, like a fresh machine
+t1=$(date +%s)
+$PY -m pinmatrix matrix --matrix matrices/h200-prepared.yaml --runner venv --no-install --system-site-packages \
+  --venv-python "$PY" --gpus "$gpus" --label "$label" --reports /tmp/pm-reports "${SITES[@]}" "$@" \
+  > "$OUT/$label.log" 2>&1
+rc=$?
+echo "pinmatrix matrix: exit $rc in $(( $(date +%s) - t1 )) s"
+wait
+run=$(ls -d /tmp/pm-reports/*-"$label" | tail -1)
+tar -C /tmp/pm-reports -czf "$OUT/$label.tgz" "$(basename "$run")"
+grep -v '^\s*$' "$OUT/$label.log" | tail -25
+[ -f "$run/summary.md" ] && sed -n '/^## transformers/,/^## Failures/p;/^## Speed/,/^## Probe time/p;/^## GPU timeline/,$p' "$run/summary.md" | head -80
+exit $rc

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Pack what the lent H200 lacks for the default matrix's cells as site layers in .gpu/sites/*.txz
+# (then: matrices/h200-device.sh). Each layer is one package set that a group of cells shares; the
+# versions are uv's locks of the default matrix re-resolved with the device's installed versions as
+# preferences (`uv pip compile -o` with the device's list as the existing output), keeping only what
+# differs from the device. xz, not gzip: transformers packs to 5.8 MB instead of 13.6, and all eight
+# layers (38 MB) travel in one device call.
+set -euo pipefail
+B=${DEVICE_BUNDLE:-../shared/tools/device-bundle}
+cd "$(dirname "$0")/.."
+mkdir -p .gpu/sites
+layer() {  # NAME SPEC...
+  local name=$1; shift
+  local tmp; tmp=$(mktemp -d)
+  "$B" "$tmp/$name.tgz" "$@"
+  local d; d=$(mktemp -d); tar -C "$d" -xzf "$tmp/$name.tgz"
+  tar -C "$d" -cf - . | xz -9 -T2 > ".gpu/sites/$name.txz"
+  rm -rf "$tmp" "$d"
+}
+layer common  bitsandbytes==0.50.2 peft==0.21.2 xformers==0.0.35                     # every cell
+layer tf4576  transformers==4.57.6 tokenizers==0.22.2 huggingface-hub==0.36.2         # transformers 4.57.6
+layer tf550   transformers==5.5.0 tokenizers==0.22.2                                  # transformers 5.5.0
+layer uns     annotated-types==0.8.0 certifi==2026.10.19.post1 cut-cross-entropy==25.1.1 docstring-parser==0.18.0 \
+              hf-transfer==0.1.9 importlib-metadata==10.2.0 lazy-importer==0.1.0 msgspec==0.23.0 nest-asyncio==1.6.0 \
+              pydantic==2.14.4 pydantic-core==2.50.5 structlog==26.1.0 torchao==0.18.0 typeguard==4.6.1 \
+              typing-inspection==0.4.5 tyro==1.0.17 unsloth-zoo==2026.10.9                 # any unsloth
+layer u1010   unsloth==2026.10.9 trl==1.15.0 datasets==4.8.5 dill==0.4.1 fsspec==2026.2.0 json5==0.17.3 multiprocess==0.70.19
+layer u914    unsloth==2026.9.14 trl==0.24.0 datasets==4.3.0 dill==0.4.0 fsspec==2025.9.0 multiprocess==0.70.16
+layer diff039 diffusers==0.39.0                                                       # unsloth with transformers 4.57.6
+layer diff042 diffusers==0.42.1                                                       # unsloth with transformers 5.x
+ls -la .gpu/sites
