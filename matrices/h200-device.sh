@@ -13,6 +13,7 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 
 label=$1; gpus=$2; shift 2
 rogue=0; if [ "${1:-}" = "--rogue" ]; then rogue=1; shift; fi
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+W=/tmp/dev-$label; rm -rf "$W"; mkdir -p "$W"   # machine.txt, env-check.jsonl, device.log, rogue.log: into the run folder
 S=/tmp/sites; mkdir -p $S
 PY=$(command -v python3)
 t0=$(date +%s)
@@ -35,7 +36,7 @@ SITES=(--extra-site $S/common
   nvidia-smi topo -m 2>&1 | head -8
   $PY -c 'import torch,sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.cuda.device_count())'
   nproc; free -g | head -2
-} > "$OUT/$label.machine.txt" 2>&1
+} > "$W/machine.txt" 2>&1
 # every cell's path, consistency-checked (the same layers the venv's .pth gets, then the device's site)
 for tf in 4.57.6 5.5.0 5.17.0; do for us in 2026.10.9 2026.9.14 none; do
   [ "$tf/$us" = "5.17.0/2026.9.14" ] && continue
@@ -44,8 +45,8 @@ for tf in 4.57.6 5.5.0 5.17.0; do for us in 2026.10.9 2026.9.14 none; do
   case $us in 2026.10.9) p=$p:$S/u1010:$S/uns;; 2026.9.14) p=$p:$S/u914:$S/uns;; esac
   if [ $us != none ]; then [ $tf = 4.57.6 ] && p=$p:$S/diff039 || p=$p:$S/diff042; fi
   PYTHONPATH=$p $PY matrices/h200_env_check.py "tf$tf-unsloth-$us"
-done; done > "$OUT/$label.env-check.jsonl" 2>&1
-$PY - "$OUT/$label.env-check.jsonl" <<'PYEOF'
+done; done > "$W/env-check.jsonl" 2>&1
+$PY - "$W/env-check.jsonl" <<'PYEOF'
 import json, sys
 for line in open(sys.argv[1]):
     try:
@@ -62,18 +63,20 @@ if [ $rogue = 1 ]; then
     env -u CUDA_VISIBLE_DEVICES PINMATRIX_CELL_ID="$cell" $PY -c '
 import time, torch
 xs = [torch.empty(2 * 2**30, dtype=torch.uint8, device=f"cuda:{i}") for i in range(torch.cuda.device_count())]
-torch.cuda.synchronize(); time.sleep(12)' ) > "$OUT/$label.rogue.log" 2>&1 &
+torch.cuda.synchronize(); time.sleep(12)' ) > "$W/rogue.log" 2>&1 &
 fi
 export PINMATRIX_COMPILE_CACHE_DIR=/tmp/compile-$label PINMATRIX_VENV_DIR=/tmp/venvs-$label   # cold, like a fresh machine
 t1=$(date +%s)
-$PY -m pinmatrix matrix --matrix matrices/h200-prepared.yaml --runner venv --no-install --system-site-packages \
-  --venv-python "$PY" --gpus "$gpus" --label "$label" --reports /tmp/pm-reports "${SITES[@]}" "$@" \
-  > "$OUT/$label.log" 2>&1
+# SIGINT at the limit: the run still writes its report, and what finished comes back
+timeout -s INT -k 20 "${PM_TIMEOUT:-540}" $PY -m pinmatrix matrix --matrix matrices/h200-prepared.yaml --runner venv --no-install --system-site-packages \
+  --venv-python "$PY" --gpus "$gpus" --label "$label" --reports /tmp/pm-reports --rerun=all "${SITES[@]}" "$@" \
+  > "$W/device.log" 2>&1
 rc=$?
 echo "pinmatrix matrix: exit $rc in $(( $(date +%s) - t1 )) s"
 wait
 run=$(ls -d /tmp/pm-reports/*-"$label" | tail -1)
+cp "$W"/* "$run"/
 tar -C /tmp/pm-reports -czf "$OUT/$label.tgz" "$(basename "$run")"
-grep -v '^\s*$' "$OUT/$label.log" | tail -25
+grep -v '^\s*$' "$W/device.log" | grep -v '^\[' | tail -25
 [ -f "$run/summary.md" ] && sed -n '/^## transformers/,/^## Failures/p;/^## Speed/,/^## Probe time/p;/^## GPU timeline/,$p' "$run/summary.md" | head -80
 exit $rc
