@@ -92,6 +92,8 @@ COMMANDS = {
     "nightly": "run the matrix, diff with the previous run, append reports/history.jsonl; exit 1 only on new breakages",
     "merge": "build a run folder from per-cell artifact folders (ARTIFACT_DIR...), report, diff, history",
     "run-cell": "run one cell of a prepared run folder (a Slurm array task; see pinmatrix/slurm.py)",
+    "remote-code-surface": "the transformers surface of remote-code files, read with ast (PATH|REPO@REV; "
+                           "pinmatrix/surface_cli.py)",
 }
 USAGE = "usage: python -m pinmatrix {" + "|".join(COMMANDS) + "} [options] [selectors...]"
 
@@ -128,6 +130,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         print("\n".join(lines))
         raise SystemExit(0)
     command, rest = argv[0], list(argv[1:])
+    if command == "remote-code-surface":  # no matrix, no selectors: its own small parser
+        from pinmatrix.surface_cli import main as surface_main
+
+        raise SystemExit(surface_main(rest))
     if command not in COMMANDS:
         raise UsageError(f"unknown command {command!r}: choose one of {', '.join(COMMANDS)}")
     args = command_parser(command).parse_intermixed_args(rest)

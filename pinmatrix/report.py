@@ -15,17 +15,20 @@ from typing import Any, Iterable
 from packaging.version import InvalidVersion, Version
 
 from pinmatrix.outcome import Outcome, load_outcome
+from pinmatrix.report_exaone import exaone35_section
+from pinmatrix.report_exaone import render_markdown as render_exaone35
 from pinmatrix.results import CellResult, Damaged, describe_signature, load_result, write_json_atomic, write_text_atomic
 from pinmatrix.status import CELL_STATUSES, cell_status
 
 # Column order of the table: the check names of docs/CONTRACTS.md §3; anything else follows, sorted.
 CHECK_ORDER = (
     "imports", "kernel.xformers", "kernel.flash-attn", "kernel.bitsandbytes",
-    "exaone3.5.remote-code", "exaone4.native",
+    "exaone3.5.surface", "exaone3.5.remote-code", "exaone3.5.surface.original", "exaone3.5.remote-code.original",
+    "exaone3.5.llamafied", "exaone4.native",
     "unsloth.load.exaone3.5", "unsloth.load.exaone4", "unsloth.llamafied", "lora-train.unsloth",
     "attention.eager", "attention.sdpa", "attention.flash_attention_2", "attention.xformers",
-    "attention.xformers-kernel", "lora-train.hf-peft", "generate",
-    "throughput.sdpa", "throughput.eager", "throughput.flash_attention_2", "throughput.unsloth",
+    "attention.xformers-kernel", "lora-train.hf-peft", "lora-train.hf-peft-llamafied", "generate",
+    "throughput.sdpa", "throughput.sdpa-llamafied", "throughput.eager", "throughput.flash_attention_2", "throughput.unsloth",
 )
 CHECK_GLYPH = {"pass": "✅", "fail": "❌", "skip": "⏭", "infra": "⚠", "flaky": "〰", None: "·"}
 CELL_GLYPH = {"works": "✅", "partial": "🟡", "broken": "❌", "unresolvable": "⛔", "infra": "⚠"}
@@ -92,6 +95,7 @@ def merge(run_dir: Path) -> dict[str, Any]:
         "speed": _speed(rows),
         "timing": _timing(rows),
         "remote_code": _remote_code(run_dir),
+        "exaone35": exaone35_section(rows),
     }
     from pinmatrix.report_gpus import timeline  # issue 15: which cell held which GPU, when
 
@@ -234,7 +238,10 @@ def _pivot(rows: list[CellRow]) -> list[dict[str, Any]]:
 def _speed(rows: list[CellRow]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
-        sdpa = _tokens(row.checks.get("throughput.sdpa"))
+        # HF+PEFT sdpa on the remote code is the baseline; where it did not run (the pinned revision's
+        # remote code fails on this transformers) the llamafied model's sdpa run is, and the row says so.
+        baseline = "throughput.sdpa" if _tokens(row.checks.get("throughput.sdpa")) else "throughput.sdpa-llamafied"
+        sdpa = _tokens(row.checks.get(baseline))
         for name, check in row.checks.items():
             if not name.startswith("throughput.") or check["status"] not in ("pass", "flaky"):
                 continue
@@ -246,6 +253,7 @@ def _speed(rows: list[CellRow]) -> list[dict[str, Any]]:
                      if isinstance(evidence.get("batch"), int) and isinstance(evidence.get("seq"), int) else None)
             out.append({"cell": row.cell_id, "stack": name.split(".", 1)[1], "tokens_per_s": tps,
                         "speedup_vs_sdpa": round(tps / sdpa, 3) if sdpa else None,
+                        "baseline": baseline.split(".", 1)[1] if sdpa else None,
                         "peak_mem_gib": _peak_gib(check), "batch_x_seq": shape,
                         "mfu": evidence.get("mfu") if isinstance(evidence.get("mfu"), (int, float)) else None,
                         "gpu": evidence.get("gpu") if isinstance(evidence.get("gpu"), str) else None})
@@ -313,6 +321,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         out += [render_diff(summary["diff"], level=2), "(full diff: `diff.md`)", ""]
     elif summary.get("diff_error"):
         out += [f"Previous run not compared: {_md_inline(summary['diff_error'])}", ""]
+    # The answer users came for first: which versions train EXAONE 3.5, by route.
+    out += render_exaone35(summary.get("exaone35") or {})
     columns = summary["checks"]
     out += ["## Cells", "",
             "Legend: ✅ pass · ❌ fail · ⏭ skip · ⚠ infra · 〰 flaky · `·` not run", ""]
@@ -358,6 +368,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 "| cell | stack | tokens/s | vs sdpa | peak GiB | batch×seq | MFU | GPU |", "|---|---|---|---|---|---|---|---|"]
         for s in summary["speed"]:
             speedup = f"{s['speedup_vs_sdpa']:.2f}×" if s["speedup_vs_sdpa"] else "—"
+            if s["speedup_vs_sdpa"] and s.get("baseline") not in (None, "sdpa"):
+                speedup += f" (vs {s['baseline']})"
             peak = f"{s['peak_mem_gib']:.1f}" if s["peak_mem_gib"] is not None else "—"
             mfu = f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "—"
             out.append(f"| `{s['cell']}` | {s['stack']} | {s['tokens_per_s']:.0f} | {speedup} | {peak} | "

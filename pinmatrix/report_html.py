@@ -142,6 +142,8 @@ def _detail_html(cell: Mapping[str, Any], data: Mapping[str, Any] | None) -> str
 # --- the page ------------------------------------------------------------------------------------
 
 def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
+    from pinmatrix.report_exaone import render_html as render_exaone35_html
+
     run = summary.get("run") or {}
     run_id = run.get("run_id") or Path(str(run_dir)).name
     columns = list(summary.get("checks") or [])
@@ -205,6 +207,7 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
         title=e(f"pinmatrix run {run_id}"), verdict=e(summary.get("verdict", "")), head=head, body="".join(body),
         status_options=status_options, chart=chart, speed_rows=speed_rows or "<tr><td colspan=6>none</td></tr>",
         extras="".join(extras), total=len(cells), style=STYLE, script=SCRIPT,
+        exaone35=render_exaone35_html(summary.get("exaone35") or {}),
         facts=e(" · ".join(f for f in (f"runner {run.get('runner')}" if run.get("runner") else "",
                                         f"matrix {run.get('matrix')}" if run.get("matrix") else "",
                                         f"started {run.get('started')}" if run.get("started") else "") if f)))
@@ -212,6 +215,8 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
 
 def _speed_row(s: Mapping[str, Any]) -> str:
     speedup = f"{s['speedup_vs_sdpa']:.2f}×" if s.get("speedup_vs_sdpa") else ""
+    if speedup and s.get("baseline") not in (None, "sdpa"):
+        speedup += f" (vs {s['baseline']})"
     peak = "" if s.get("peak_mem_gib") is None else f"{s['peak_mem_gib']}"
     return (f"<tr><td>{e(s['cell'])}</td><td>{e(s['stack'])}</td><td>{float(s['tokens_per_s']):.0f}</td>"
             f"<td>{e(speedup)}</td><td>{e(peak)}</td><td>{e(s.get('gpu') or '')}</td></tr>")
@@ -311,6 +316,7 @@ PAGE = """<!DOCTYPE html>
 <h1>{title}</h1>
 <p id=verdict><b>{verdict}</b></p>
 <p class=muted>{facts}</p>
+{exaone35}
 {extras}
 <h2>Cells</h2>
 <div id=controls><label>filter <input id=q type=search placeholder="cell id, pin (transformers=5.17.0), signature"></label>

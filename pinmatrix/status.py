@@ -3,7 +3,17 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-CORE_CHECKS = ("imports", "exaone3.5.remote-code", "lora-train.hf-peft")
+# Without these the stack cannot be used at all.
+CORE_CHECKS = ("imports",)
+# The ways to LoRA-train EXAONE 3.5: through its remote code (the matrix's pinned revision), or
+# llamafied (the same weights as LlamaForCausalLM). A route is judged by its checks present in the result.
+# The stack is broken for the job only when every route it offers fails: on transformers 5.x the remote
+# code of every known hub revision fails while the llamafied route trains, and that cell is `partial`,
+# with both answers in the report (pinmatrix/report_exaone.py).
+EXAONE35_ROUTES: dict[str, tuple[str, ...]] = {
+    "remote-code": ("exaone3.5.remote-code", "lora-train.hf-peft"),
+    "llamafied": ("exaone3.5.llamafied", "lora-train.hf-peft-llamafied"),
+}
 CELL_STATUSES = ("works", "partial", "broken", "unresolvable", "infra")
 CHECK_STATUSES = ("pass", "fail", "skip", "infra", "flaky")
 MEASUREMENT_PREFIX = "throughput."
@@ -13,12 +23,26 @@ def is_measurement(check_name: str) -> bool:
     return check_name.startswith(MEASUREMENT_PREFIX)
 
 
+def route_status(statuses: Mapping[str, str], route: str) -> str | None:
+    """fail / infra / pass for one EXAONE 3.5 route from its checks, None when none of them ran."""
+    present = [statuses[name] for name in EXAONE35_ROUTES[route] if name in statuses]
+    if not present:
+        return None
+    if "fail" in present:
+        return "fail"
+    if "infra" in present:
+        return "infra"
+    return "pass"
+
+
 def cell_status(checks: Iterable[Mapping[str, object]] | None, *, unresolvable: bool = False) -> str:
     """The cell verdict from its check results; `checks` is None when there is no valid result.
 
     Rules, in order: unresolvable (the resolver found no install) → infra (no valid result, no check
-    at all, or a core check hit infra) → broken (a core check failed) → works (every check passed or
-    was skipped) → partial (anything else: a non-core failure, a flaky check, non-core infra).
+    at all, a core check hit infra, or no EXAONE 3.5 route passed and one hit infra: what could not be
+    judged is not called broken) → broken (a core check failed, or every EXAONE 3.5 route that ran
+    failed) → works (every check passed or was skipped) → partial (anything else: a non-core failure,
+    one route failing, a flaky check, non-core infra).
 
     A speed measurement that hit infra (`throughput.*`: typically CUDA OOM because the configured
     batch × sequence does not fit this card, as eager attention at 4 × 2048 on an 80 GB H100) does not
@@ -32,9 +56,10 @@ def cell_status(checks: Iterable[Mapping[str, object]] | None, *, unresolvable: 
     if not statuses:
         return "infra"  # a result that ran nothing cannot say the cell works
     core = [statuses[name] for name in CORE_CHECKS if name in statuses]
-    if "infra" in core:
+    routes = [s for s in (route_status(statuses, r) for r in EXAONE35_ROUTES) if s is not None]
+    if "infra" in core or (routes and "pass" not in routes and "infra" in routes):
         return "infra"
-    if "fail" in core:
+    if "fail" in core or (routes and all(s == "fail" for s in routes)):
         return "broken"
     judged = {name: s for name, s in statuses.items() if not (is_measurement(name) and s == "infra")}
     if all(s in ("pass", "skip") for s in judged.values()):

@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from probes.checks.exaone35 import load_remote_code_model
-from probes.checks.model_load import fixed_input_ids, logits_evidence, run_dtype
+from probes.checks.model_load import dtype_kwargs, fixed_input_ids, logits_evidence, run_dtype
 from probes.context import Skip
 from probes.framework import Failed
-from probes.models import ModelHandle, resolve_model
+from probes.models import ModelHandle, llamafied_folder, resolve_model
 
 __all__ = ["TOLERANCE", "checks", "compare_backend", "eager_reference", "register_kernel", "xformers_kernel_attention"]
 
@@ -38,27 +38,54 @@ def _forward(model: Any, ids: Any) -> Any:
         return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
 
 
-def eager_reference(ctx: Any, handle: ModelHandle) -> Any:
-    """Eager logits on the fixed ids, computed once per run (the bar every backend is held to)."""
-    key = ("attention.eager-logits", str(handle.path), ctx.device)
+def _load(ctx: Any, handle: ModelHandle, route: str, implementation: str) -> Any:
+    if route == "remote-code":
+        return load_remote_code_model(handle, ctx, attn_implementation=implementation).model
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(llamafied_folder(ctx, handle)), attn_implementation=implementation,
+                                                **dtype_kwargs(run_dtype(ctx)))
+
+
+def eager_reference(ctx: Any, handle: ModelHandle, *, route: str | None = None) -> Any:
+    """(ids, eager logits, vocab, route) on the fixed ids, computed once per run (the bar every backend is
+    held to). The route is the remote code; where the remote code of this revision does not load on this
+    transformers (exaone3.5.remote-code says why), the llamafied model, so that the question these checks
+    answer, which attention backends this stack runs, still gets an answer."""
+    key = ("attention.eager-logits", str(handle.path), ctx.device, route)
     if key not in ctx.cache:
-        model = load_remote_code_model(handle, ctx, attn_implementation="eager").model.to(ctx.device).eval()
+        reason = "asked for by the check" if route else None
+        if route is None:
+            route = "remote-code"
+            try:
+                model = _load(ctx, handle, route, "eager")
+            except Exception as exc:  # noqa: BLE001 - recorded as the reason for the other route
+                route, reason = "llamafied", f"remote code does not load: {type(exc).__name__}: {str(exc)[:300]}"
+                model = _load(ctx, handle, route, "eager")
+        else:
+            model = _load(ctx, handle, route, "eager")
+        model = model.to(ctx.device).eval()
         ids = fixed_input_ids(model.config.vocab_size, ctx.device)
-        ctx.cache[key] = (ids, _forward(model, ids), model.config.vocab_size)
+        ctx.cache[key] = (ids, _forward(model, ids), model.config.vocab_size, {"route": route, "route_reason": reason})
         del model
     return ctx.cache[key]
 
 
-def compare_backend(ctx: Any, implementation: str, handle: ModelHandle | None = None) -> dict[str, Any]:
-    """Load with `attn_implementation=implementation` as the guide writes it, run, compare with eager."""
+def compare_backend(ctx: Any, implementation: str, handle: ModelHandle | None = None, *,
+                    route: str | None = None) -> dict[str, Any]:
+    """Load with `attn_implementation=implementation` as the guide writes it, run, compare with eager.
+    `route` forces the model: "llamafied" for a kernel registered through transformers' AttentionInterface,
+    which only models that dispatch through that registry call (EXAONE 3.5's remote code picks among its
+    own eager / sdpa / flash classes)."""
     import torch
 
     handle = handle or resolve_model(ctx, "exaone3.5")
     dtype = run_dtype(ctx)
-    evidence: dict[str, Any] = {**handle.evidence(), "requested": implementation, "dtype": _dtype_name(dtype),
-                                "device": ctx.device}
+    ids, reference, vocab, route_info = eager_reference(ctx, handle, route=route)
+    evidence: dict[str, Any] = {**handle.evidence(), **route_info, "requested": implementation,
+                                "dtype": _dtype_name(dtype), "device": ctx.device}
     try:
-        model = load_remote_code_model(handle, ctx, attn_implementation=implementation).model
+        model = _load(ctx, handle, route_info["route"], implementation)
     except Exception as exc:
         evidence["accepted"] = False
         raise Failed(f"transformers rejected attn_implementation={implementation!r}: "
@@ -67,7 +94,6 @@ def compare_backend(ctx: Any, implementation: str, handle: ModelHandle | None = 
     evidence.update(accepted=True, attn_implementation=used)
     if used != implementation:
         raise Failed(f"asked for attn_implementation={implementation!r} but the model runs {used!r}", evidence)
-    ids, reference, vocab = eager_reference(ctx, handle)
     model.to(ctx.device).eval()
     try:
         logits = _forward(model, ids)
@@ -185,8 +211,11 @@ def check_xformers_kernel(ctx: Any) -> dict[str, Any]:
     except ImportError as exc:
         raise Skip(f"this transformers has no AttentionInterface to register a kernel with ({exc})") from exc
     try:
+        # On the llamafied model: EXAONE 3.5's remote code never calls a kernel registered with
+        # AttentionInterface (it picks among its own classes by name, and an unknown name means eager with
+        # the mask transformers builds for the registered name), so only LlamaForCausalLM can host it.
         return {"xformers": version, "registered_as": XFORMERS_KERNEL_NAME,
-                **compare_backend(ctx, XFORMERS_KERNEL_NAME)}
+                **compare_backend(ctx, XFORMERS_KERNEL_NAME, route="llamafied")}
     except Failed as exc:
         exc.evidence.update(xformers=version, registered_as=XFORMERS_KERNEL_NAME)
         raise

@@ -343,29 +343,37 @@ def train_and_judge(model: Any, run: LoraRun, *, vocab_size: int, device: str,
 # The check
 
 
-def build_hf_peft_model(ctx: Any, *, init_lora_weights: Any = True) -> tuple[Any, dict[str, Any]]:
-    """EXAONE 3.5 via remote code on ctx.device, with LoRA r16 on all seven linear layers (peft)."""
+def build_hf_peft_model(ctx: Any, *, init_lora_weights: Any = True, llamafied: bool = False) -> tuple[Any, dict[str, Any]]:
+    """EXAONE 3.5 on ctx.device with LoRA r16 on all seven linear layers (peft): through its remote code
+    (the pinned revision, or its stand-in), or `llamafied` (LlamaForCausalLM, the same weights)."""
     import torch
     from peft import get_peft_model
 
+    from probes.models import llamafied_folder
+
     handle = resolve_exaone35(ctx)
     dtype = device_dtype(ctx.device)
-    base = load_causal_lm(str(handle.path), device=ctx.device, dtype=dtype, revision=_handle_revision(handle))
+    if llamafied:
+        path, revision, remote, targets = str(llamafied_folder(ctx, handle)), None, False, LLAMA_LORA_TARGETS
+    else:
+        path, revision, remote, targets = str(handle.path), _handle_revision(handle), True, EXAONE35_LORA_TARGETS
+    base = load_causal_lm(path, device=ctx.device, dtype=dtype, revision=revision, trust_remote_code=remote)
     base.config.use_cache = False  # training: no KV cache to build
     torch.manual_seed(int(ctx.settings.get("seed", 0)))  # LoRA A (and B when random) init is reproducible
-    model = get_peft_model(base, lora_config(EXAONE35_LORA_TARGETS, init_lora_weights=init_lora_weights))
+    model = get_peft_model(base, lora_config(targets, init_lora_weights=init_lora_weights))
     info = {"model": model_summary(handle), "device": ctx.device, "dtype": str(dtype).replace("torch.", ""),
-            "model_class": type(base).__name__, "lora_rank": LORA_RANK, "lora_alpha": LORA_ALPHA,
-            "lora_dropout": 0.0}
+            "model_class": type(base).__name__, "route": "llamafied" if llamafied else "remote-code",
+            "lora_rank": LORA_RANK, "lora_alpha": LORA_ALPHA, "lora_dropout": 0.0}
     return model, info
 
 
-def check_hf_peft(ctx: Any) -> dict[str, Any]:
+def check_hf_peft(ctx: Any, *, llamafied: bool = False) -> dict[str, Any]:
     run = LoraRun.from_settings(ctx.settings)
-    model, info = build_hf_peft_model(ctx)
+    model, info = build_hf_peft_model(ctx, llamafied=llamafied)
+    targets = LLAMA_LORA_TARGETS if llamafied else EXAONE35_LORA_TARGETS
     try:
         vocab = int(model.get_input_embeddings().weight.shape[0])
-        evidence = train_and_judge(model, run, vocab_size=vocab, device=ctx.device, targets=EXAONE35_LORA_TARGETS)
+        evidence = train_and_judge(model, run, vocab_size=vocab, device=ctx.device, targets=targets)
     except Failed as exc:
         exc.evidence = {**info, **exc.evidence}
         raise
@@ -373,6 +381,10 @@ def check_hf_peft(ctx: Any) -> dict[str, Any]:
         del model
         _free_memory(ctx.device)
     return {**info, **evidence}
+
+
+def check_hf_peft_llamafied(ctx: Any) -> dict[str, Any]:
+    return check_hf_peft(ctx, llamafied=True)
 
 
 def _free_memory(device: str) -> None:
@@ -386,6 +398,8 @@ def _free_memory(device: str) -> None:
 
 
 def checks(ctx: Any) -> list[tuple[str, Any]]:
-    return [("lora-train.hf-peft", check_hf_peft)]
+    # The llamafied route trains too, so a cell whose remote code breaks still answers "can I LoRA-train
+    # EXAONE 3.5 with this stack?" for the route that remains.
+    return [("lora-train.hf-peft", check_hf_peft), ("lora-train.hf-peft-llamafied", check_hf_peft_llamafied)]
 
 

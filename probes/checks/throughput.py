@@ -33,6 +33,7 @@ HF_STACKS = ("sdpa", "eager", "flash_attention_2")
 STACKS = (*HF_STACKS, "unsloth")
 GIB = 1024 ** 3
 SDPA_CACHE_KEY = "throughput.sdpa.tokens_per_s"
+LLAMAFIED_SDPA_CACHE_KEY = "throughput.sdpa-llamafied.tokens_per_s"
 
 # Dense bf16 tensor-core peak per GPU (vendor datasheets, no sparsity). Matched against
 # torch.cuda.get_device_name(); first match wins, so the more specific names come first.
@@ -171,14 +172,18 @@ def _shape() -> dict[str, Any]:
 
 
 def _config_folder(ctx: Any) -> Path:
-    """A weightless EXAONE 3.5 checkpoint folder at the 2.4B shape: config.json (auto_map) + our remote code."""
+    """A weightless EXAONE 3.5 checkpoint folder at the 2.4B shape: config.json (auto_map) + the remote code
+    of the fixture standing in for the matrix's pinned hub revision."""
     from probes.fixtures import checkpoints
 
     folder = Path(ctx.work_dir) / "throughput" / "exaone35-2.4b-config"
     if not (folder / "config.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
+        from probes.models import pinned_fixture_revision
+
+        revision = pinned_fixture_revision(ctx, "exaone3.5")
         for name in checkpoints.REMOTE_CODE_FILES:
-            shutil.copyfile(checkpoints.FIXTURE_CODE_DIR / name, folder / name)
+            shutil.copyfile(checkpoints.FIXTURE_ROOT / revision / name, folder / name)
         config = checkpoints.exaone35_config_dict("tiny")
         config.update(_shape())
         config["torch_dtype"] = "bfloat16"
@@ -217,7 +222,13 @@ def _evidence(ctx: Any, run: ThroughputRun, stack: str, m: Measurement, n_params
     tps = m.tokens_per_s
     if stack == "sdpa":
         ctx.cache[SDPA_CACHE_KEY] = tps
-    sdpa = ctx.cache.get(SDPA_CACHE_KEY)
+    if stack == "sdpa-llamafied":
+        ctx.cache[LLAMAFIED_SDPA_CACHE_KEY] = tps
+    # The baseline is HF+PEFT sdpa on the remote code; where that did not run (the remote code of this
+    # revision fails on this transformers), the llamafied model's sdpa run (same weights, same math).
+    sdpa, basis = ctx.cache.get(SDPA_CACHE_KEY), "throughput.sdpa (remote code)"
+    if sdpa is None:
+        sdpa, basis = ctx.cache.get(LLAMAFIED_SDPA_CACHE_KEY), "throughput.sdpa-llamafied (LlamaForCausalLM)"
     evidence = {
         "stack": stack,
         **run.describe(),
@@ -238,8 +249,9 @@ def _evidence(ctx: Any, run: ThroughputRun, stack: str, m: Measurement, n_params
         "peak_flops_source": peak_source,
         "mfu_convention": MFU_CONVENTION,
         "speedup_vs_sdpa": round(tps / sdpa, 3) if sdpa else None,
-        "speedup_basis": ("tokens/s divided by throughput.sdpa's tokens/s from this run" if sdpa
-                          else "throughput.sdpa did not pass earlier in this run"),
+        "speedup_basis": (f"tokens/s divided by {basis}'s tokens/s from this run" if sdpa
+                          else "neither throughput.sdpa nor throughput.sdpa-llamafied passed earlier in this run"),
+        "baseline": basis if sdpa else None,
         "reference": "DESIGN.md: HF+PEFT sdpa, H100, 4x2048, r16 all linear ~16-17k tokens/s, ~54 GiB peak",
         # unsloth patches transformers/peft globally at import; HF numbers taken after it are marked.
         "unsloth_imported_in_process": "unsloth" in sys.modules,
@@ -269,23 +281,56 @@ def _reset_gpu() -> None:
     torch.cuda.reset_peak_memory_stats()
 
 
-def check_hf(ctx: Any, attn: str) -> dict[str, Any]:
-    """HF + PEFT on our remote-code EXAONE 3.5 at the 2.4B shape with one attention implementation."""
+def _llama_config_dict(ctx: Any) -> dict[str, Any]:
+    """The llamafied tiny fixture's config.json with the 2.4B dimensions (rope scaling, norms and tying
+    follow llamafy_exaone35)."""
+    from probes.fixtures.checkpoints import llamafy_exaone35, write_exaone35
+
+    key = ("throughput.llama-config",)
+    if key not in ctx.cache:
+        tiny = write_exaone35(Path(ctx.work_dir) / "throughput" / "exaone35-tiny")
+        tiny_llama = llamafy_exaone35(tiny, Path(ctx.work_dir) / "throughput" / "llama-tiny")
+        shape = _shape()
+        config_dict = json.loads((tiny_llama / "config.json").read_text())
+        config_dict.update({
+            "vocab_size": shape["vocab_size"], "hidden_size": shape["hidden_size"],
+            "intermediate_size": shape["intermediate_size"], "num_hidden_layers": shape["num_layers"],
+            "num_attention_heads": shape["num_attention_heads"], "num_key_value_heads": shape["num_key_value_heads"],
+            "head_dim": shape["hidden_size"] // shape["num_attention_heads"],
+            "max_position_embeddings": shape["max_position_embeddings"],
+            "tie_word_embeddings": shape["tie_word_embeddings"],
+        })
+        ctx.cache[key] = config_dict
+    return dict(ctx.cache[key])
+
+
+def check_hf(ctx: Any, attn: str, *, llamafied: bool = False) -> dict[str, Any]:
+    """HF + PEFT at the 2.4B shape with one attention implementation: on our remote-code EXAONE 3.5, or
+    (`llamafied`) on LlamaForCausalLM with the same dimensions, the baseline where the remote code fails."""
+    stack = f"{attn}-llamafied" if llamafied else attn
     run = _prepare(ctx, attn)
     if attn == "flash_attention_2":
         ctx.require("flash-attn")
     import torch
     from peft import get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
     shape = _shape()
-    config = AutoConfig.from_pretrained(str(_config_folder(ctx)), trust_remote_code=True)
+    if llamafied:
+        config_dict = _llama_config_dict(ctx)
+        config_dict.pop("model_type", None)
+        config = LlamaConfig(**config_dict)
+        targets = LLAMA_LORA_TARGETS
+    else:
+        config = AutoConfig.from_pretrained(str(_config_folder(ctx)), trust_remote_code=True)
+        targets = EXAONE35_LORA_TARGETS
     model = None
     _reset_gpu()
     try:
         build_start = time.monotonic()
         with torch.device("cuda"):   # initialise straight on the GPU: a 2.4B CPU init takes minutes
-            base = AutoModelForCausalLM.from_config(config, trust_remote_code=True, attn_implementation=attn,
+            base = AutoModelForCausalLM.from_config(config, trust_remote_code=not llamafied,
+                                                    attn_implementation=attn,
                                                     **torch_dtype_kwargs(torch.bfloat16))
         base.config.use_cache = False
         effective = getattr(base.config, "_attn_implementation", None)
@@ -296,7 +341,7 @@ def check_hf(ctx: Any, attn: str) -> dict[str, Any]:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.enable_input_require_grads()
         torch.manual_seed(run.seed)
-        model = get_peft_model(base, lora_config(EXAONE35_LORA_TARGETS, dropout=run.lora_dropout))
+        model = get_peft_model(base, lora_config(targets, dropout=run.lora_dropout))
         build_s = time.monotonic() - build_start
         m = measure_training(model, batch=run.batch, seq=run.seq, steps=run.steps, warmup=run.warmup,
                              vocab_size=shape["vocab_size"], device="cuda", lr=run.lr, seed=run.seed)
@@ -306,10 +351,10 @@ def check_hf(ctx: Any, attn: str) -> dict[str, Any]:
         extra = {"model_class": f"{type(base).__module__}.{type(base).__name__}", "attn_implementation": effective,
                  "adapter_dtype": adapter_dtypes, "base_dtype": "bfloat16", "build_s": round(build_s, 2),
                  "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-        return _evidence(ctx, run, attn, m, checked["n_params"], checked["shape"], extra)
+        return _evidence(ctx, run, stack, m, checked["n_params"], checked["shape"], extra)
     except Exception as exc:
         if _is_oom(exc):
-            raise _oom_infra(run, attn, exc) from exc
+            raise _oom_infra(run, stack, exc) from exc
         raise
     finally:
         model = base = None
@@ -324,23 +369,10 @@ def _llama_folder(ctx: Any) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from probes.fixtures.checkpoints import llamafy_exaone35, write_exaone35
-
     folder = Path(ctx.work_dir) / "throughput" / "llama-2.4b"
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
         return folder
-    tiny = write_exaone35(Path(ctx.work_dir) / "throughput" / "exaone35-tiny")
-    tiny_llama = llamafy_exaone35(tiny, Path(ctx.work_dir) / "throughput" / "llama-tiny")
-    shape = _shape()
-    config_dict = json.loads((tiny_llama / "config.json").read_text())
-    head_dim = shape.get("head_dim") or shape["hidden_size"] // shape["num_attention_heads"]
-    config_dict.update({
-        "vocab_size": shape["vocab_size"], "hidden_size": shape["hidden_size"],
-        "intermediate_size": shape["intermediate_size"], "num_hidden_layers": shape["num_layers"],
-        "num_attention_heads": shape["num_attention_heads"], "num_key_value_heads": shape["num_key_value_heads"],
-        "head_dim": head_dim, "max_position_embeddings": shape["max_position_embeddings"],
-        "tie_word_embeddings": shape["tie_word_embeddings"],
-    })
+    config_dict = _llama_config_dict(ctx)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
     config = AutoConfig.from_pretrained(str(folder))
@@ -349,6 +381,7 @@ def _llama_folder(ctx: Any) -> Path:
     model.save_pretrained(str(folder), safe_serialization=True)
     del model
     _free_memory("cuda")
+    tiny_llama = Path(ctx.work_dir) / "throughput" / "llama-tiny"  # written by _llama_config_dict
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
         if (tiny_llama / name).exists():
             shutil.copyfile(tiny_llama / name, folder / name)
@@ -397,12 +430,16 @@ def check_unsloth(ctx: Any) -> dict[str, Any]:
         _free_memory("cuda")
 
 
-def _hf_check(attn: str) -> Callable[[Any], dict[str, Any]]:
+def _hf_check(attn: str, *, llamafied: bool = False) -> Callable[[Any], dict[str, Any]]:
     def check(ctx: Any) -> dict[str, Any]:
-        return check_hf(ctx, attn)
-    check.__name__ = f"check_throughput_{attn}"
+        return check_hf(ctx, attn, llamafied=llamafied)
+    check.__name__ = f"check_throughput_{attn}{'_llamafied' if llamafied else ''}"
     return check
 
 
 def checks(ctx: Any) -> list[tuple[str, Any]]:
-    return [*((f"throughput.{attn}", _hf_check(attn)) for attn in HF_STACKS), ("throughput.unsloth", check_unsloth)]
+    # sdpa on the llamafied model right after the remote-code runs: the speed baseline wherever the
+    # remote code of the pinned revision does not load on this transformers.
+    return [*((f"throughput.{attn}", _hf_check(attn)) for attn in HF_STACKS),
+            ("throughput.sdpa-llamafied", _hf_check("sdpa", llamafied=True)),
+            ("throughput.unsloth", check_unsloth)]

@@ -294,13 +294,9 @@ def check_load_exaone4(ctx: Any) -> dict[str, Any]:
 
 
 def _llamafied_folder(ctx: Any, source: Path) -> Path:
-    """The llamafied copy of `source`, written once per run under work_dir."""
-    from probes.fixtures.checkpoints import llamafy_exaone35
+    from probes.models import llamafied_folder
 
-    key = ("llamafied", str(source))
-    if key not in ctx.cache:
-        ctx.cache[key] = llamafy_exaone35(source, Path(ctx.work_dir) / "llamafied" / source.name)
-    return ctx.cache[key]
+    return llamafied_folder(ctx, source)
 
 
 def logits_parity(candidate: Any, reference: Any, rel_tol: float = PARITY_REL_TOL) -> dict[str, Any]:

@@ -51,10 +51,10 @@ def run_bar(model: Any) -> dict[str, Any]:
 
 def test_lora_train_passes_on_the_fixture(shared: dict[str, Any]) -> None:
     ctx = make_ctx(shared)
-    (name, fn), = lora_train.checks(ctx)
-    result = run_check(name, fn, ctx, timeout_s=300)
-    assert name == "lora-train.hf-peft"
+    name = "lora-train.hf-peft"
+    result = run_check(name, dict(lora_train.checks(ctx))[name], ctx, timeout_s=300)
     assert result["status"] == "pass", result.get("error")
+    assert result["evidence"]["route"] == "remote-code"
     ev = result["evidence"]
     assert ev["zero_grad_lora_tensors"] == 0
     assert ev["base_changed_tensors"] == 0 and ev["base_max_abs_diff"] == 0.0
@@ -66,14 +66,26 @@ def test_lora_train_passes_on_the_fixture(shared: dict[str, Any]) -> None:
     assert 0 < ev["trainable_fraction"] < 1
 
 
-def test_lora_train_fails_when_the_loss_cannot_fall(shared: dict[str, Any]) -> None:
+@pytest.mark.parametrize("name", ["lora-train.hf-peft", "lora-train.hf-peft-llamafied"])
+def test_lora_train_fails_when_the_loss_cannot_fall(shared: dict[str, Any], name: str) -> None:
     ctx = make_ctx(shared, lora_lr=0.0)
-    (name, fn), = lora_train.checks(ctx)
-    result = run_check(name, fn, ctx, timeout_s=300)
+    result = run_check(name, dict(lora_train.checks(ctx))[name], ctx, timeout_s=300)
     assert result["status"] == "fail"
     assert "loss did not fall" in result["error"]["message"]
     assert result["error"]["signature"]
     assert result["evidence"]["drop_ratio"] == pytest.approx(1.0)
+
+
+def test_lora_train_llamafied_route_trains_the_same_weights(shared: dict[str, Any]) -> None:
+    """The route that remains where the remote code breaks: LlamaForCausalLM, all seven layers adapted."""
+    ctx = make_ctx(shared)
+    name = "lora-train.hf-peft-llamafied"
+    result = run_check(name, dict(lora_train.checks(ctx))[name], ctx, timeout_s=300)
+    assert result["status"] == "pass", result.get("error")
+    ev = result["evidence"]
+    assert ev["route"] == "llamafied" and ev["model_class"] == "LlamaForCausalLM"
+    assert ev["adapters_per_target"] == {t: 2 for t in lora_train.LLAMA_LORA_TARGETS}
+    assert ev["zero_grad_lora_tensors"] == 0 and ev["base_changed_tensors"] == 0
 
 
 def test_lora_train_fails_when_the_output_ignores_the_lora_path(shared: dict[str, Any]) -> None:
@@ -200,7 +212,8 @@ def test_gpu_checks_skip_on_cpu(shared: dict[str, Any], module: Any) -> None:
         assert result["reason"] == "needs a GPU"
     names = {r["name"] for r in results}
     if module is throughput:
-        assert names == {"throughput.sdpa", "throughput.eager", "throughput.flash_attention_2", "throughput.unsloth"}
+        assert names == {"throughput.sdpa", "throughput.eager", "throughput.flash_attention_2",
+                         "throughput.sdpa-llamafied", "throughput.unsloth"}
     else:
         assert names == {"unsloth.load.exaone3.5", "unsloth.load.exaone4", "unsloth.llamafied", "lora-train.unsloth"}
 

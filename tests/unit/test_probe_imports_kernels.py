@@ -435,8 +435,8 @@ def test_unsloth_cell_runs_plain_transformers_checks_in_an_interpreter_that_neve
     assert list(document["environment"]["packages"])[0] == "unsloth"
     # results in run order, whichever process produced them
     names = [c["name"] for c in document["checks"]]
-    assert names[:5] == ["imports", "kernel.xformers", "kernel.flash-attn", "kernel.bitsandbytes",
-                         "exaone3.5.remote-code"]
+    assert names[:6] == ["imports", "kernel.xformers", "kernel.flash-attn", "kernel.bitsandbytes",
+                         "exaone3.5.surface", "exaone3.5.remote-code"]
     assert names.index("lora-train.hf-peft") < names.index("unsloth.load.exaone3.5") < names.index("throughput.sdpa")
     assert names[-1] == "throughput.unsloth" and statuses["throughput.unsloth"] == "skip"
 

@@ -11,6 +11,19 @@ from probes.signatures import CatalogueError, classify, describe, fingerprint, l
 
 # Real-world messages (as reported in the linked issues / transformers source) -> expected id.
 KNOWN = [
+    # EXAONE 3.5 remote code on transformers 5.x: the messages seen when loading the revision-faithful
+    # fixtures, and the surface check's own words for the same facts (probes/checks/surface.py).
+    ("AttributeError", "'list' object has no attribute 'keys'", "transformers-tied-weights-keys-list"),
+    ("AttributeError", "type object 'DynamicCache' has no attribute 'from_legacy_cache'",
+     "transformers-dynamiccache-from-legacy-cache-removed"),
+    ("TypeError", "create_causal_mask() got an unexpected keyword argument 'input_embeds'",
+     "transformers-create-causal-mask-input-embeds-renamed"),
+    ("TypeError", "create_causal_mask() got an unexpected keyword argument 'cache_position' (surface: "
+     "transformers.masking_utils.create_causal_mask(config, inputs_embeds, attention_mask, *, past_key_values))",
+     "transformers-create-causal-mask-cache-position-removed"),
+    ("BufferNotInitialised", "non-persistent buffer 'inv_freq' built in __init__ holds [0.0, 0.0, 0.0, 0.0] after "
+     "from_pretrained, not the value __init__ gave it [8.0, 7.1, 7.01, 7.001]: _init_weights does not restore it",
+     "transformers-non-persistent-buffer-not-initialised"),
     ("ValueError", "'aimv2' is already used by a Transformers config, pick another name.", "unsloth-aimv2-config-clash"),
     ("RuntimeError", "xFormers can't load C++/CUDA extensions. xFormers was built for:\n    PyTorch 2.1.2+cu121 "
      "with CUDA 1201 (you have 2.1.2+cpu)", "xformers-extensions-not-loaded"),

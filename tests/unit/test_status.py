@@ -3,17 +3,51 @@ from __future__ import annotations
 
 import pytest
 
-from pinmatrix.status import CORE_CHECKS, cell_status
+from pinmatrix.status import CORE_CHECKS, EXAONE35_ROUTES, cell_status
+
+REMOTE, LLAMAFIED = EXAONE35_ROUTES["remote-code"], EXAONE35_ROUTES["llamafied"]
+# Every check that decides broken / infra: the core, and both EXAONE 3.5 routes.
+DECIDING = CORE_CHECKS + REMOTE
 
 
 def core(status: str = "pass", **override: str) -> list[dict]:
-    values = {name: status for name in CORE_CHECKS}
+    values = {name: status for name in CORE_CHECKS + REMOTE}
     values.update({k.replace("__", ".").replace("_", "-"): v for k, v in override.items()})
     return [{"name": n, "status": s, "duration_s": 0.0} for n, s in values.items()]
 
 
+def checks(**statuses: str) -> list[dict]:
+    return [{"name": n, "status": s, "duration_s": 0.0} for n, s in statuses.items()]
+
+
 def test_core_names_are_the_contract():
-    assert CORE_CHECKS == ("imports", "exaone3.5.remote-code", "lora-train.hf-peft")
+    assert CORE_CHECKS == ("imports",)
+    assert REMOTE == ("exaone3.5.remote-code", "lora-train.hf-peft")
+    assert LLAMAFIED == ("exaone3.5.llamafied", "lora-train.hf-peft-llamafied")
+
+
+@pytest.mark.parametrize("failing", REMOTE)
+def test_remote_code_failing_with_llamafied_training_is_partial(failing):
+    """transformers 5.x: the hub's remote code fails, the llamafied route trains; the stack can still
+    be used for the job, so the cell is partial, never broken and never works."""
+    result = checks(**{"imports": "pass", **{n: "pass" for n in REMOTE + LLAMAFIED}, failing: "fail"})
+    assert cell_status(result) == "partial"
+
+
+def test_every_route_failing_is_broken():
+    result = checks(**{"imports": "pass", "exaone3.5.remote-code": "fail", "lora-train.hf-peft": "fail",
+                       "exaone3.5.llamafied": "pass", "lora-train.hf-peft-llamafied": "fail"})
+    assert cell_status(result) == "broken"
+
+
+def test_a_route_that_could_not_be_judged_is_not_called_broken():
+    result = checks(**{"imports": "pass", "exaone3.5.remote-code": "fail", "lora-train.hf-peft": "fail",
+                       "exaone3.5.llamafied": "pass", "lora-train.hf-peft-llamafied": "infra"})
+    assert cell_status(result) == "infra"
+
+
+def test_both_routes_passing_with_nothing_else_failing_works():
+    assert cell_status(checks(**{"imports": "pass", **{n: "pass" for n in REMOTE + LLAMAFIED}})) == "works"
 
 
 def test_unresolvable_wins_over_everything():
@@ -29,7 +63,7 @@ def test_a_result_without_checks_is_infra():
     assert cell_status([]) == "infra"
 
 
-@pytest.mark.parametrize("name", CORE_CHECKS)
+@pytest.mark.parametrize("name", DECIDING)
 def test_core_infra_is_infra(name):
     result = core("pass") + [{"name": "generate", "status": "fail", "duration_s": 0.0}]
     for check in result:
@@ -44,7 +78,7 @@ def test_core_infra_beats_core_fail():
     assert cell_status(result) == "infra"
 
 
-@pytest.mark.parametrize("name", CORE_CHECKS)
+@pytest.mark.parametrize("name", DECIDING)
 def test_core_fail_is_broken(name):
     result = core("pass")
     for check in result:
