@@ -166,3 +166,31 @@ def test_parity_with_the_llamafied_model_catches_a_buffer_left_wrong(tmp_path):
     assert ev["nonfinite_logits"] == 0 and ev["max_weight_diff"] == 0.0
     assert ev["max_abs_diff_vs_llamafied"] > ev["parity_tolerance"]
     assert "differ from the llamafied model" in result["error"]["message"]
+
+
+def test_a_real_hub_file_is_extracted_hashed_and_compared_with_its_revisions_facts(tmp_path):
+    """Where the hub cache holds the real remote code, its own surface is checked, its sha256 recorded,
+    and every difference from the facts file of the revision it should be is listed as a finding. The
+    snapshot here holds our current fixture with LG-AI-EXAONE/EXAONE-3.5 PR #7 applied (a dict
+    _tied_weights_keys): the very change the facts file does not have."""
+    import hashlib
+
+    snapshot = write_exaone35(tmp_path / "snapshots" / ("e" * 40), revision="current")
+    code = (snapshot / "modeling_exaone.py").read_text()
+    old = '_tied_weights_keys = ["lm_head.weight"]'
+    assert code.count(old) == 1
+    (snapshot / "modeling_exaone.py").write_text(
+        code.replace(old, '_tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}'))
+    handle = ModelHandle("exaone3.5", snapshot, "hub-cache", "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct", "main",
+                         "remote-code")
+    ctx = Context(spec={"models": [], "pins": {}}, device="cpu", work_dir=tmp_path)
+    result = run_check("exaone3.5.surface", lambda c: exaone35.check_surface_facts(c, handle), ctx, timeout_s=60)
+    ev = result["evidence"]
+    assert ev["facts"] == "extracted from the hub snapshot" and ev["facts_revision"] == "current"
+    assert ev["sha256"]["modeling_exaone.py"] == hashlib.sha256((snapshot / "modeling_exaone.py").read_bytes()).hexdigest()
+    assert ev["differences_from_facts_file"] == {"modeling_exaone.py": [
+        '~ class ExaoneForCausalLM._tied_weights_keys: {"form": "list", "value": ["lm_head.weight"]} -> '
+        '{"form": "dict", "value": {"lm_head.weight": "transformer.wte.weight"}}']}
+    # the dict form passes the class-forms fact on every release; the rest follows the installed one
+    assert "transformers-tied-weights-keys-list" not in ev["signatures"]
+    assert (result["status"] == "fail") == TF5
