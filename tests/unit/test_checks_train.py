@@ -1,0 +1,188 @@
+"""The "train" group (Trainer, SFTTrainer, QLoRA) on the tiny fixtures, on CPU.
+
+Each check passes on the unit-test stack and fails on a stack broken on purpose: a learning rate of 0
+(the loss cannot fall), an adapter that gets no gradient, a collator that ignores completion-only loss.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from probes.checks import lora_train, train  # noqa: E402
+from probes.context import Context  # noqa: E402
+from probes.framework import Failed, run_check  # noqa: E402
+
+PINS = {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "x", "peft": "x", "trl": "x", "unsloth": "none"}
+
+
+def _has_trl() -> bool:
+    try:
+        import trl  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+needs_trl = pytest.mark.skipif(not _has_trl(), reason="trl is not installed in this test stack")
+
+
+def _remote_code_loads() -> bool:
+    import transformers
+
+    return lora_train._version_tuple(transformers.__version__) < (5,)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return {"work": tmp_path_factory.mktemp("work"), "cache": {}}
+
+
+def make_ctx(shared: dict[str, Any], pins: dict[str, str] | None = None, **settings: Any) -> Context:
+    spec = {"id": "test-cell", "hash": "0" * 64, "pins": {**PINS, **(pins or {})}, "checks": ["train"],
+            "settings": {"lora_steps": 12, **settings}}
+    return Context(spec=spec, device="cpu", work_dir=Path(shared["work"]), cache=shared["cache"])
+
+
+def run_named(ctx: Context, name: str) -> dict[str, Any]:
+    return run_check(name, dict(train.checks(ctx))[name], ctx, timeout_s=300)
+
+
+def test_the_group_lists_both_routes_of_every_trainer(shared: dict[str, Any]) -> None:
+    names = [name for name, _ in train.checks(make_ctx(shared))]
+    assert names == ["train.hf-trainer", "train.hf-trainer-llamafied", "train.trl-sft", "train.trl-sft-llamafied",
+                     "train.trl-sft.exaone4", "train.qlora", "train.qlora-llamafied"]
+
+
+def test_the_chat_dataset_uses_exaone_role_markers(shared: dict[str, Any]) -> None:
+    ctx = make_ctx(shared)
+    _, tokenizer, _, _ = train.load_route(ctx, "llamafied")
+    rows, info = train.chat_dataset(tokenizer, 2)
+    assert info["chat_template_markers"] == {"system": True, "user": True, "assistant": True, "end_of_turn": True}
+    assert info["rendered_example"].startswith("[|system|]You are a helpful assistant.[|endofturn|]\n[|user|]")
+    # the role markers are single special tokens of the fixture tokenizer
+    for marker in ("[|system|]", "[|user|]", "[|assistant|]", "[|endofturn|]"):
+        assert marker in tokenizer.get_vocab()
+        assert tokenizer.convert_tokens_to_ids(marker) in rows[0]["input_ids"]
+
+
+@pytest.mark.parametrize("name", ["train.hf-trainer", "train.hf-trainer-llamafied"])
+def test_hf_trainer_passes_on_the_cpu_stack(shared: dict[str, Any], name: str) -> None:
+    if name == "train.hf-trainer" and not _remote_code_loads():
+        pytest.skip("the revision-faithful remote code does not load on transformers 5")
+    result = run_named(make_ctx(shared), name)
+    assert result["status"] == "pass", result.get("error")
+    ev = result["evidence"]
+    assert ev["route"] == ("llamafied" if name.endswith("llamafied") else "remote-code")
+    assert len(ev["losses"]) == 12 and ev["drop_ratio"] <= lora_train.MAX_LOSS_RATIO
+    assert ev["zero_grad_lora_tensors"] == 0 and ev["base_changed_tensors"] == 0
+    assert ev["lora_tensors"] == 2 * 7 * 2
+    assert ev["tokenizer_keyword"] == "processing_class"
+    assert ev["api_forms"]["Trainer(processing_class=)"] == "accepted"
+
+
+def test_hf_trainer_fails_when_the_loss_cannot_fall(shared: dict[str, Any]) -> None:
+    result = run_named(make_ctx(shared, lora_lr=0.0), "train.hf-trainer-llamafied")
+    assert result["status"] == "fail"
+    assert "loss did not fall" in result["error"]["message"]
+    assert result["evidence"]["drop_ratio"] == pytest.approx(1.0)
+
+
+def test_hf_trainer_fails_when_an_adapter_gets_no_gradient(shared: dict[str, Any], tmp_path: Path) -> None:
+    ctx = make_ctx(shared)
+    model, tokenizer, targets, _ = train.load_route(ctx, "llamafied")
+    # a stack whose LoRA path is cut off after one layer's MLP: those adapters never get a gradient
+    model.base_model.model.model.layers[1].mlp.down_proj.register_forward_hook(lambda m, i, out: out.detach())
+    run = lora_train.LoraRun()
+    recorder, _ = train.run_hf_trainer(ctx, model, tokenizer, run, tmp_path)
+    with pytest.raises(Failed) as info:
+        train.judge_trainer_run(model, recorder, run, targets)
+    assert info.value.evidence["zero_grad_lora_tensors"] == 6
+    assert "never got a non-zero gradient" in info.value.message
+
+
+def test_hf_trainer_fails_when_the_base_is_unfrozen(shared: dict[str, Any], tmp_path: Path) -> None:
+    ctx = make_ctx(shared)
+    model, tokenizer, targets, _ = train.load_route(ctx, "llamafied")
+    model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.requires_grad_(True)
+    run = lora_train.LoraRun()
+    recorder, _ = train.run_hf_trainer(ctx, model, tokenizer, run, tmp_path)
+    with pytest.raises(Failed) as info:
+        train.judge_trainer_run(model, recorder, run, targets)
+    assert info.value.evidence["base_changed_tensors"] == 1
+
+
+def test_trl_checks_skip_where_the_cell_leaves_trl_out(shared: dict[str, Any]) -> None:
+    ctx = make_ctx(shared, pins={"trl": "none"})
+    for name in ("train.trl-sft", "train.trl-sft-llamafied", "train.trl-sft.exaone4"):
+        result = run_named(ctx, name)
+        assert result["status"] == "skip" and result["reason"] == "trl not in this cell", result
+
+
+@needs_trl
+@pytest.mark.parametrize("name", ["train.trl-sft", "train.trl-sft-llamafied", "train.trl-sft.exaone4"])
+def test_trl_sft_passes_on_the_cpu_stack(shared: dict[str, Any], name: str) -> None:
+    if name == "train.trl-sft" and not _remote_code_loads():
+        pytest.skip("the revision-faithful remote code does not load on transformers 5")
+    import transformers
+
+    result = run_named(make_ctx(shared), name)
+    if name.endswith("exaone4") and not hasattr(transformers, "Exaone4ForCausalLM"):
+        assert result["status"] == "skip"
+        return
+    assert result["status"] == "pass", result.get("error")
+    ev = result["evidence"]
+    assert ev["drop_ratio"] <= lora_train.MAX_LOSS_RATIO and ev["zero_grad_lora_tensors"] == 0
+    assert ev["base_changed_tensors"] == 0
+    assert ev["completion_only"] in ("completion_only_loss", "DataCollatorForCompletionOnlyLM")
+    # completion-only: the system and user turns carry no label
+    assert ev["prompt_tokens_masked"] > 0 and 0 < ev["supervised_fraction"] < 1
+    assert ev["api_forms"]["trl"]
+
+
+@needs_trl
+def test_trl_sft_fails_when_the_loss_cannot_fall(shared: dict[str, Any]) -> None:
+    result = run_named(make_ctx(shared, lora_lr=0.0), "train.trl-sft-llamafied")
+    assert result["status"] == "fail"
+    assert "loss did not fall" in result["error"]["message"]
+
+
+@needs_trl
+def test_trl_sft_fails_when_completion_only_loss_is_not_applied(shared: dict[str, Any], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trl whose collator ignores the completion mask: every token is trained on, and the check says so."""
+    import trl.trainer.sft_trainer as sft
+
+    collator = getattr(sft, "DataCollatorForLanguageModeling", None)
+    if collator is None or "completion_only_loss" not in getattr(collator, "__dataclass_fields__", {}):
+        pytest.skip("this trl has no completion_only_loss collator")
+    original = collator.__call__
+
+    def ignore_mask(self: Any, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        self.completion_only_loss = False
+        return original(self, examples)
+
+    monkeypatch.setattr(collator, "__call__", ignore_mask)
+    ctx = make_ctx(shared)
+    model, tokenizer, _, _ = train.load_route(ctx, "llamafied")
+    with pytest.raises(Failed, match="no prompt token was masked"):
+        train.run_sft_trainer(ctx, model, tokenizer, lora_train.LoraRun(), tmp_path)
+
+
+def test_qlora_skips_without_a_gpu(shared: dict[str, Any]) -> None:
+    ctx = make_ctx(shared)
+    for name in ("train.qlora", "train.qlora-llamafied"):
+        result = run_named(ctx, name)
+        assert result["status"] == "skip" and result["reason"] == "needs a GPU"
+
+
+def test_qlora_inventory_counts_no_4bit_layer_in_an_unquantized_model(shared: dict[str, Any]) -> None:
+    """train.qlora fails when its inventory finds no Linear4bit layer; a plain model has none."""
+    ctx = make_ctx(shared)
+    model, _, _, _ = train.load_route(ctx, "llamafied")
+    assert train.quantized_inventory(model) == {"quantized_modules": {}, "quant_types": []}
