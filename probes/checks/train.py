@@ -325,7 +325,7 @@ def completion_only_spelling(sft_config_cls: Any) -> str:
         return "none"
 
 
-def api_forms_trl(model: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
+def api_forms_trl(model: Any, tokenizer: Any, out: Path, args: Any = None, dataset: Any = None) -> dict[str, Any]:
     import trl
     from trl import SFTConfig, SFTTrainer
 
@@ -337,8 +337,9 @@ def api_forms_trl(model: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
     return {
         "SFTTrainer(processing_class=)": "accepted" if _accepts(SFTTrainer.__init__, "processing_class")
         else "rejected: not a parameter of SFTTrainer.__init__",
-        "SFTTrainer(tokenizer=)": "accepted" if _accepts(SFTTrainer.__init__, "tokenizer")
-        else "rejected: not a parameter of SFTTrainer.__init__",
+        # tried for real (a trl that still takes it builds a trainer, a newer one raises the TypeError users see)
+        "SFTTrainer(tokenizer=)": _outcome(lambda: SFTTrainer(model=model, args=args, train_dataset=dataset,
+                                                              tokenizer=tokenizer)),
         "SFTConfig(max_seq_length=)": _outcome(lambda: SFTConfig(output_dir=str(out), max_seq_length=128,
                                                                   report_to=[])),
         "SFTConfig(max_length=)": "accepted" if "max_length" in fields else "rejected: not a field of SFTConfig",
@@ -383,7 +384,7 @@ def run_sft_trainer(ctx: Any, model: Any, tokenizer: Any, run: LoraRun, out: Pat
 
     dataset = Dataset.from_list(dataset_rows)
     args = training_arguments(SFTConfig, out, run, ctx.device, **extra)
-    forms = api_forms_trl(model, tokenizer, out)
+    forms = api_forms_trl(model, tokenizer, out, args, dataset)
     keyword = "processing_class" if _accepts(SFTTrainer.__init__, "processing_class") else "tokenizer"
     recorder = TrainerRecorder(model)
     kwargs: dict[str, Any] = {keyword: tokenizer}

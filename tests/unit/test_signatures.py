@@ -59,6 +59,19 @@ KNOWN = [
     ("CheckTimeout", "check exceeded its timeout of 600 s", "check-timeout"),
     ("ConnectionError", "HTTPSConnectionPool(host='huggingface.co', port=443): Max retries exceeded with url: /api",
      "network-unreachable"),
+    # Trainer-level breaks (issue 19): the messages transformers 5.0.0 and trl 0.24.0 raise here, and unsloth's.
+    ("TypeError", "Trainer.__init__() got an unexpected keyword argument 'tokenizer'",
+     "transformers-trainer-tokenizer-removed"),
+    ("TypeError", "SFTTrainer.__init__() got an unexpected keyword argument 'tokenizer'",
+     "trl-sfttrainer-tokenizer-removed"),
+    ("TypeError", "SFTTrainer.__init__() got an unexpected keyword argument 'dataset_text_field'",
+     "trl-sfttrainer-args-moved-to-sftconfig"),
+    ("TypeError", "SFTConfig.__init__() got an unexpected keyword argument 'max_seq_length'",
+     "trl-sftconfig-max-seq-length-removed"),
+    ("ImportError", "cannot import name 'DataCollatorForCompletionOnlyLM' from 'trl' "
+     "(/venv/lib/python3.12/site-packages/trl/__init__.py)", "trl-completion-only-collator-removed"),
+    ("RuntimeError", "Unsloth: Please file a bug report! Error patching SFTTrainer", "unsloth-trl-outside-cap"),
+    ("RuntimeError", "Unsloth: Please file a bug report - `formatting_func` does not exist!", "unsloth-trl-outside-cap"),
 ]
 INFRA = {"unsloth-no-accelerator", "cuda-out-of-memory", "no-gpu-driver", "check-timeout", "network-unreachable"}
 
