@@ -146,7 +146,7 @@ def _run_groups(spec: dict[str, Any], work_dir: Path, groups: list[str], role: s
         by_group.update(child.collect({g: names_of(g) for g in child.groups}))
     if split and "throughput" in groups:
         # One measurement at a time: the plain stacks in a fresh plain interpreter, then unsloth's here.
-        plain = [n for n in names_of("throughput") if n != processes.UNSLOTH_THROUGHPUT]
+        plain = [n for n in names_of("throughput") if n not in processes.UNSLOTH_THROUGHPUT]
         if device == "cuda" and plain:
             speed = processes.start_plain(spec, work_dir, ["throughput"], plain)
             try:
@@ -155,7 +155,7 @@ def _run_groups(spec: dict[str, Any], work_dir: Path, groups: list[str], role: s
                 speed.stop()
         else:   # no GPU: every speed check only skips, no second interpreter needed for that
             measured = run_group("throughput", plain)
-        by_group["throughput"] = measured + run_group("throughput", [processes.UNSLOTH_THROUGHPUT])
+        by_group["throughput"] = measured + run_group("throughput", list(processes.UNSLOTH_THROUGHPUT))
     results = [record for group in groups for record in by_group.get(group, [])]
     cell = {"id": spec["id"], "hash": spec["hash"], "pins": {k: str(v) for k, v in pins.items()}}
     if isinstance(spec.get("runner"), str):

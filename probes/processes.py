@@ -26,9 +26,11 @@ from typing import Any, Iterable, Mapping
 
 ROLE_MAIN = "main"
 ROLE_PLAIN = "plain"
-# Groups that never touch unsloth; "imports" and "unsloth" stay with the process that imported it.
-PLAIN_GROUPS = ("kernels", "exaone3.5", "exaone4", "attention", "lora-train", "generate")
-UNSLOTH_THROUGHPUT = "throughput.unsloth"
+# Groups that never touch unsloth; "imports" and "unsloth" stay with the process that imported it (the
+# unsloth routes of train and adapter are listed by the unsloth group: probes/checks/unsloth_train.py).
+PLAIN_GROUPS = ("kernels", "exaone3.5", "exaone4", "attention", "lora-train", "generate", "train", "adapter")
+# The speed checks that load through unsloth, run in the main interpreter after the plain ones.
+UNSLOTH_THROUGHPUT = ("throughput.unsloth", "throughput.unsloth-qlora")
 # Never imported by the plain interpreter (unsloth_zoo patches on import too).
 UNSLOTH_PACKAGES = ("unsloth", "unsloth_zoo")
 

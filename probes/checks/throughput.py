@@ -430,6 +430,261 @@ def check_unsloth(ctx: Any) -> dict[str, Any]:
         _free_memory("cuda")
 
 
+def _meta_param_count(config: Any) -> int:
+    """Parameters of the bf16 model for `config`, counted on the meta device (a 4-bit model's packed
+    tensors would undercount them, and MFU is defined on the model's parameters)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_qlora(ctx: Any) -> dict[str, Any]:
+    """HF + PEFT QLoRA at the throughput shape: the llamafied 2.4B checkpoint loaded in 4-bit NF4 through
+    BitsAndBytesConfig, prepare_model_for_kbit_training, LoRA r16 on the seven linear layers; tokens/s and
+    peak memory beside the bf16 LoRA figure of this run (speedup_vs_sdpa: below 1 means slower)."""
+    if ctx.pins.get("bitsandbytes") == "none":
+        raise Skip("bitsandbytes not in this cell")
+    ctx.require_gpu()
+    run = ThroughputRun.from_settings(ctx.settings)
+    ctx.require("bitsandbytes")
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from probes.checks.train import nf4_config, quantized_inventory
+
+    shape = _shape()
+    folder = _llama_folder(ctx)
+    model = base = None
+    _reset_gpu()
+    try:
+        build_start = time.monotonic()
+        base = AutoModelForCausalLM.from_pretrained(str(folder), quantization_config=nf4_config(),
+                                                    device_map={"": 0}, attn_implementation="sdpa",
+                                                    **torch_dtype_kwargs(torch.bfloat16))
+        base.config.use_cache = False
+        quant = quantized_inventory(base)
+        if not quant["quantized_modules"].get("Linear4bit"):
+            raise Failed("BitsAndBytesConfig(load_in_4bit=True) loaded no Linear4bit layer", quant)
+        checked = _check_shape(base, shape)
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=run.gradient_checkpointing)
+        torch.manual_seed(run.seed)
+        model = get_peft_model(base, lora_config(LLAMA_LORA_TARGETS, dropout=run.lora_dropout))
+        build_s = time.monotonic() - build_start
+        m = measure_training(model, batch=run.batch, seq=run.seq, steps=run.steps, warmup=run.warmup,
+                             vocab_size=shape["vocab_size"], device="cuda", lr=run.lr, seed=run.seed)
+        m.peak_mem_bytes = torch.cuda.max_memory_allocated()
+        n_params = _meta_param_count(AutoConfig.from_pretrained(str(folder)))
+        extra = {"model_class": f"{type(base).__module__}.{type(base).__name__}", "attn_implementation": "sdpa",
+                 "quantization": "BitsAndBytesConfig(load_in_4bit, nf4, double quant, compute bf16)", **quant,
+                 "checkpoint": "random-weight Llama-layout 2.4B written by the probe (llamafied EXAONE 3.5 config)",
+                 "build_s": round(build_s, 2), "n_params_source": "bf16 model of the same config on the meta device",
+                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        return _evidence(ctx, run, "qlora", m, n_params, checked["shape"], extra)
+    except Exception as exc:
+        if _is_oom(exc):
+            raise _oom_infra(run, "qlora", exc) from exc
+        raise
+    finally:
+        model = base = None
+        _free_memory("cuda")
+
+
+def check_unsloth_qlora(ctx: Any) -> dict[str, Any]:
+    """unsloth's own 4-bit loading (FastLanguageModel.from_pretrained(load_in_4bit=True)) of the same
+    checkpoint, its Llama fast path, LoRA r16; same loop, same shape."""
+    run = _prepare(ctx, "unsloth")
+    from probes.checks.unsloth import load_with_unsloth, require_unsloth
+
+    require_unsloth(ctx)
+    ctx.require("bitsandbytes")
+    import torch
+    from transformers import AutoConfig
+    from unsloth import FastLanguageModel
+
+    from probes.checks.train import quantized_inventory
+
+    shape = _shape()
+    folder = _llama_folder(ctx)
+    model = loaded = None
+    _reset_gpu()
+    try:
+        build_start = time.monotonic()
+        loaded = load_with_unsloth(folder, max_seq_length=run.seq, trust_remote_code=False, load_in_4bit=True)
+        quant = quantized_inventory(loaded.model)
+        if not quant["quantized_modules"].get("Linear4bit"):
+            raise Failed("FastLanguageModel.from_pretrained(load_in_4bit=True) loaded no Linear4bit layer", quant)
+        checked = _check_shape(loaded.model, shape)
+        torch.manual_seed(run.seed)
+        model = FastLanguageModel.get_peft_model(
+            loaded.model, r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=run.lora_dropout, bias="none",
+            target_modules=list(LLAMA_LORA_TARGETS),
+            use_gradient_checkpointing="unsloth" if run.gradient_checkpointing else False, random_state=run.seed)
+        build_s = time.monotonic() - build_start
+        m = measure_training(model, batch=run.batch, seq=run.seq, steps=run.steps, warmup=run.warmup,
+                             vocab_size=shape["vocab_size"], device="cuda", lr=run.lr, seed=run.seed)
+        m.peak_mem_bytes = torch.cuda.max_memory_allocated()
+        info = {k: v for k, v in loaded.info.items() if k != "output_tail"}
+        n_params = _meta_param_count(AutoConfig.from_pretrained(str(folder)))
+        extra = {"route_taken": info.get("route"), "unsloth_load": info, "build_s": round(build_s, 2), **quant,
+                 "quantization": "unsloth load_in_4bit=True", "n_params_source": "bf16 model of the same config on the meta device",
+                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        return _evidence(ctx, run, "unsloth-qlora", m, n_params, checked["shape"], extra)
+    except Exception as exc:
+        if _is_oom(exc):
+            raise _oom_infra(run, "unsloth-qlora", exc) from exc
+        raise
+    finally:
+        model = loaded = None
+        _free_memory("cuda")
+
+
+class _StepTimer:
+    """Times each optimizer step of a (SFT)Trainer between two torch.cuda.synchronize() calls."""
+
+    def __init__(self, device: str = "cuda") -> None:
+        self.device = device
+        self.times: list[float] = []
+        self.losses: list[float] = []
+        self._start = 0.0
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class _Timer(TrainerCallback):
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                _sync(timer.device)
+                timer._start = time.perf_counter()
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                _sync(timer.device)
+                timer.times.append(time.perf_counter() - timer._start)
+
+            def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+                if logs and "loss" in logs:
+                    timer.losses.append(float(logs["loss"]))
+
+        return _Timer()
+
+
+def trainer_measurement(ctx: Any, kind: str, model: Any, tokenizer: Any, run: ThroughputRun,
+                        vocab: int, device: str = "cuda") -> tuple[Measurement, dict[str, Any]]:
+    """warmup + steps optimizer steps through transformers.Trainer or trl.SFTTrainer on one fixed batch of
+    pre-tokenized rows (batch size = rows, so every step is one batch x seq); only the last `steps` count."""
+    import tempfile
+
+    import torch
+
+    from probes.checks.lora_train import LoraRun
+    from probes.checks.train import training_arguments
+
+    ids = fixed_batch(vocab, run.batch, run.seq, run.seed, "cpu").tolist()
+    rows = [{"input_ids": row, "attention_mask": [1] * len(row)} for row in ids]
+    lora_run = LoraRun(steps=run.warmup + run.steps, lr=run.lr, batch=run.batch, seq=run.seq, seed=run.seed)
+    out = Path(tempfile.mkdtemp(prefix=f"throughput-{kind}-", dir=str(ctx.work_dir)))
+    timer = _StepTimer(device)
+    if kind == "trainer":
+        from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+        args = training_arguments(TrainingArguments, out, lora_run, device)
+        trainer = Trainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
+                          data_collator=DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False),
+                          callbacks=[timer.callback()])
+        used = {"trainer": "transformers.Trainer", "collator": "DataCollatorForLanguageModeling(mlm=False)"}
+    else:
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        fields = getattr(SFTConfig, "__dataclass_fields__", {})
+        extra = {("max_length" if "max_length" in fields else "max_seq_length"): run.seq}
+        if "packing" in fields:
+            extra["packing"] = False
+        args = training_arguments(SFTConfig, out, lora_run, device, **extra)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer, callbacks=[timer.callback()])
+        used = {"trainer": "trl.SFTTrainer", "dataset": "pre-tokenized input_ids (no chat template at this shape)"}
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    times = timer.times[run.warmup:]
+    if len(times) != run.steps:
+        raise Failed(f"{used['trainer']} ran {len(timer.times)} steps, expected {run.warmup + run.steps}")
+    m = Measurement(step_times=times, losses=timer.losses, tokens_per_step=run.batch * run.seq,
+                    peak_mem_bytes=torch.cuda.max_memory_allocated() if device == "cuda" else None)
+    used["bf16_autocast"] = bool(getattr(args, "bf16", False))
+    return m, used
+
+
+def check_trainer(ctx: Any) -> dict[str, Any]:
+    """tokens/s through transformers.Trainer and trl.SFTTrainer beside the raw loop, on the llamafied 2.4B
+    shape with sdpa (the baseline every cell has): what a user of the trainers actually gets."""
+    run = _prepare(ctx, "sdpa")
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from probes.checks.train import load_tokenizer
+
+    shape = _shape()
+    config_dict = _llama_config_dict(ctx)
+    config_dict.pop("model_type", None)
+    tokenizer = load_tokenizer(str(Path(ctx.work_dir) / "throughput" / "llama-tiny"), trust_remote_code=False)
+    model = base = None
+    _reset_gpu()
+    results: dict[str, Any] = {}
+    try:
+        with torch.device("cuda"):
+            base = AutoModelForCausalLM.from_config(LlamaConfig(**config_dict), attn_implementation="sdpa",
+                                                    **torch_dtype_kwargs(torch.bfloat16))
+        base.config.use_cache = False
+        checked = _check_shape(base, shape)
+        torch.manual_seed(run.seed)
+        model = get_peft_model(base, lora_config(LLAMA_LORA_TARGETS, dropout=run.lora_dropout))
+        torch.cuda.reset_peak_memory_stats()
+        raw = measure_training(model, batch=run.batch, seq=run.seq, steps=run.steps, warmup=run.warmup,
+                               vocab_size=shape["vocab_size"], device="cuda", lr=run.lr, seed=run.seed)
+        raw.peak_mem_bytes = torch.cuda.max_memory_allocated()
+        results["raw_loop"] = raw
+        kinds = ["trainer"]
+        trl_note = None
+        if ctx.pins.get("trl") == "none" or ctx.installed("trl") is None:
+            trl_note = "trl not in this cell"
+        else:
+            kinds.append("sft_trainer")
+        used: dict[str, Any] = {}
+        for kind in kinds:
+            _free_memory("cuda")
+            m, info = trainer_measurement(ctx, "trainer" if kind == "trainer" else "sft", model, tokenizer, run,
+                                           shape["vocab_size"])
+            results[kind] = m
+            used[kind] = info
+        raw_tps = raw.tokens_per_s
+        figures = {kind: {"tokens_per_s": round(m.tokens_per_s, 1), "step_time_s_median": round(m.median_step, 4),
+                          "peak_mem_gib": round(m.peak_mem_bytes / GIB, 2) if m.peak_mem_bytes else None,
+                          "vs_raw_loop": round(m.tokens_per_s / raw_tps, 3),
+                          "losses": [round(x, 4) for x in m.losses]}
+                   for kind, m in results.items()}
+        extra = {"model_class": f"{type(base).__module__}.{type(base).__name__}", "attn_implementation": "sdpa",
+                 "stacks_measured": figures, "trainers": used, "sft_trainer_skipped": trl_note,
+                 "note": "tokens/s of each stack on the same model object, one after another; the raw loop "
+                         "is lora-train's loop (no autocast, no clipping); the trainers use the probe's "
+                         "TrainingArguments (bf16 autocast, constant lr, no clipping, no checkpoints)"}
+        headline = results.get("sft_trainer") or results["trainer"]
+        return _evidence(ctx, run, "trainer", headline, checked["n_params"], checked["shape"], extra)
+    except Exception as exc:
+        if _is_oom(exc):
+            raise _oom_infra(run, "trainer", exc) from exc
+        raise
+    finally:
+        model = base = None
+        _free_memory("cuda")
+
+
 def _hf_check(attn: str, *, llamafied: bool = False) -> Callable[[Any], dict[str, Any]]:
     def check(ctx: Any) -> dict[str, Any]:
         return check_hf(ctx, attn, llamafied=llamafied)
@@ -442,4 +697,8 @@ def checks(ctx: Any) -> list[tuple[str, Any]]:
     # remote code of the pinned revision does not load on this transformers.
     return [*((f"throughput.{attn}", _hf_check(attn)) for attn in HF_STACKS),
             ("throughput.sdpa-llamafied", _hf_check("sdpa", llamafied=True)),
-            ("throughput.unsloth", check_unsloth)]
+            # through the trainers, and QLoRA, beside the figures above (issue 19)
+            ("throughput.trainer", check_trainer),
+            ("throughput.qlora", check_qlora),
+            ("throughput.unsloth", check_unsloth),
+            ("throughput.unsloth-qlora", check_unsloth_qlora)]

@@ -288,8 +288,11 @@ def api_forms_trainer(model: Any, args: Any, tokenizer: Any) -> dict[str, Any]:
     }
 
 
-def run_hf_trainer(ctx: Any, model: Any, tokenizer: Any, run: LoraRun, out: Path) -> tuple[TrainerRecorder, dict[str, Any]]:
-    """Train `model` with transformers.Trainer on the chat dataset; the recorder and what was used."""
+def run_hf_trainer(ctx: Any, model: Any, tokenizer: Any, run: LoraRun, out: Path,
+                   used: dict[str, Any] | None = None) -> tuple[TrainerRecorder, dict[str, Any]]:
+    """Train `model` with transformers.Trainer on the chat dataset; the recorder and what was used
+    (also written into `used` as it is learnt, so a failure in train() keeps it as evidence)."""
+    info = used if used is not None else {}
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     rows, data_info = chat_dataset(tokenizer, run.batch)
@@ -299,13 +302,13 @@ def run_hf_trainer(ctx: Any, model: Any, tokenizer: Any, run: LoraRun, out: Path
     collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
     batch = collator(rows)
     supervised = int((batch["labels"] != -100).sum().item())
+    info.update({"trainer": "transformers.Trainer", "tokenizer_keyword": keyword, "api_forms": forms,
+                 "collator": "DataCollatorForLanguageModeling(mlm=False)", "supervised_tokens": supervised,
+                 "lr_scheduler": "constant", "max_grad_norm": args.max_grad_norm, **data_info})
     recorder = TrainerRecorder(model)
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator,
                       callbacks=[recorder.callback()], **{keyword: tokenizer})
     trainer.train()
-    info = {"trainer": "transformers.Trainer", "tokenizer_keyword": keyword, "api_forms": forms,
-            "collator": "DataCollatorForLanguageModeling(mlm=False)", "supervised_tokens": supervised,
-            "lr_scheduler": "constant", "max_grad_norm": args.max_grad_norm, **data_info}
     return recorder, info
 
 
@@ -353,8 +356,10 @@ def api_forms_trl(model: Any, tokenizer: Any, out: Path, args: Any = None, datas
 
 
 def run_sft_trainer(ctx: Any, model: Any, tokenizer: Any, run: LoraRun, out: Path,
-                    trainer_cls: Any = None) -> tuple[TrainerRecorder, dict[str, Any]]:
-    """Train `model` with trl.SFTTrainer + SFTConfig on the conversations, completion-only where offered."""
+                    trainer_cls: Any = None, used: dict[str, Any] | None = None) -> tuple[TrainerRecorder, dict[str, Any]]:
+    """Train `model` with trl.SFTTrainer + SFTConfig on the conversations, completion-only where offered
+    (what was used is also written into `used` before train(), as in run_hf_trainer)."""
+    info = used if used is not None else {}
     from trl import SFTConfig, SFTTrainer
 
     trainer_cls = trainer_cls or SFTTrainer
@@ -390,15 +395,15 @@ def run_sft_trainer(ctx: Any, model: Any, tokenizer: Any, run: LoraRun, out: Pat
     kwargs: dict[str, Any] = {keyword: tokenizer}
     if collator is not None:
         kwargs["data_collator"] = collator
+    info.update({"tokenizer_keyword": keyword, "completion_only": spelling, "length_field": length_field,
+                 "dataset_form": data_form, "examples": run.batch, "api_forms": forms})
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, callbacks=[recorder.callback()], **kwargs)
     masking = _label_masking(trainer)
-    trainer.train()
-    info = {"trainer": f"{type(trainer).__module__}.{type(trainer).__name__}", "tokenizer_keyword": keyword,
-            "completion_only": spelling, "length_field": length_field, "dataset_form": data_form,
-            "examples": run.batch, "api_forms": forms, **masking}
+    info.update({"trainer": f"{type(trainer).__module__}.{type(trainer).__name__}", **masking})
     if spelling != "none" and not masking.get("prompt_tokens_masked"):
         raise Failed(f"completion-only loss was asked for ({spelling}) but no prompt token was masked out of "
                      f"the labels", info)
+    trainer.train()
     return recorder, info
 
 
@@ -422,6 +427,17 @@ def _label_masking(trainer: Any) -> dict[str, Any]:
 # The checks
 
 
+def failed_with_evidence(exc: BaseException, evidence: dict[str, Any]) -> Failed:
+    """A Failed carrying what was learnt before `exc` (API forms, dataset, route) and classified by `exc`
+    itself: its type, message and full traceback are the `source` the framework classifies first."""
+    import traceback
+
+    failed = Failed(f"{type(exc).__name__}: {exc}", dict(evidence))
+    failed.source = (type(exc).__name__, str(exc),   # type: ignore[attr-defined]
+                     "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return failed
+
+
 def _train_check(ctx: Any, route: str, trainer: str, *, quantization: Any = None) -> dict[str, Any]:
     import tempfile
 
@@ -434,11 +450,8 @@ def _train_check(ctx: Any, route: str, trainer: str, *, quantization: Any = None
     out = Path(tempfile.mkdtemp(prefix=f"{trainer}-{route}-", dir=str(ctx.work_dir)))
     try:
         try:
-            if trainer == "hf-trainer":
-                recorder, used = run_hf_trainer(ctx, model, tokenizer, run, out)
-            else:
-                recorder, used = run_sft_trainer(ctx, model, tokenizer, run, out)
-            info.update(used)
+            runner = run_hf_trainer if trainer == "hf-trainer" else run_sft_trainer
+            recorder, _ = runner(ctx, model, tokenizer, run, out, used=info)
             evidence = judge_trainer_run(model, recorder, run, targets)
         except Failed as exc:
             exc.evidence = {**info, **exc.evidence}
@@ -446,7 +459,7 @@ def _train_check(ctx: Any, route: str, trainer: str, *, quantization: Any = None
         except Exception as exc:
             if ctx.device == "cuda" and _is_oom(exc):
                 raise Infra(f"CUDA out of memory in {trainer} training") from exc
-            raise
+            raise failed_with_evidence(exc, info) from exc
         return {**info, **evidence}
     finally:
         model = None
@@ -502,6 +515,8 @@ def quantized_inventory(model: Any) -> dict[str, Any]:
 
 def _qlora_check(ctx: Any, route: str) -> dict[str, Any]:
     """NF4 base + LoRA through the raw lora-train loop (train_and_judge), on the GPU."""
+    if ctx.pins.get("bitsandbytes") == "none":
+        raise Skip("bitsandbytes not in this cell")
     ctx.require_gpu()
     ctx.require("bitsandbytes")
     from probes.checks.lora_train import train_and_judge

@@ -180,8 +180,9 @@ class UnslothLoad:
 
 
 def load_with_unsloth(path: str | Path, *, max_seq_length: int, trust_remote_code: bool,
-                      dtype: Any = None) -> UnslothLoad:
-    """FastLanguageModel.from_pretrained in 16 bit on the GPU, offline, with the route recorded."""
+                      dtype: Any = None, load_in_4bit: bool = False) -> UnslothLoad:
+    """FastLanguageModel.from_pretrained on the GPU, offline, with the route recorded: in 16 bit, or
+    (`load_in_4bit`, the QLoRA checks) with unsloth's own 4-bit loading."""
     import torch
     import unsloth  # noqa: F401 - must be imported (it patches transformers) before FastLanguageModel is used
     from unsloth import FastLanguageModel
@@ -191,7 +192,7 @@ def load_with_unsloth(path: str | Path, *, max_seq_length: int, trust_remote_cod
         model_name=str(path),
         max_seq_length=max_seq_length,
         dtype=dtype or torch.bfloat16,
-        load_in_4bit=False,
+        load_in_4bit=load_in_4bit,
         trust_remote_code=trust_remote_code,
         use_gradient_checkpointing=False,
         use_exact_model_name=True,   # a local folder: no mapping to unsloth's hub mirrors
@@ -410,10 +411,15 @@ def check_lora_train_unsloth(ctx: Any) -> dict[str, Any]:
 
 def checks(ctx: Any) -> list[tuple[str, Any]]:
     # lora-train.unsloth directly after unsloth.load.exaone3.5: it trains the model that check loaded.
-    return [
+    listed = [
         ("unsloth.load.exaone3.5", check_load_exaone35),
         ("lora-train.unsloth", check_lora_train_unsloth),
         ("unsloth.load.exaone4", check_load_exaone4),
         ("unsloth.llamafied", check_llamafied),
     ]
+    # The unsloth routes of the train and adapter groups run here, in the interpreter that imported unsloth
+    # (probes/processes.py), and only where the cell asks for those groups.
+    from probes.checks import unsloth_train
+
+    return listed + unsloth_train.checks_for(ctx)
 

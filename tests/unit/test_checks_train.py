@@ -186,3 +186,62 @@ def test_qlora_inventory_counts_no_4bit_layer_in_an_unquantized_model(shared: di
     ctx = make_ctx(shared)
     model, _, _, _ = train.load_route(ctx, "llamafied")
     assert train.quantized_inventory(model) == {"quantized_modules": {}, "quant_types": []}
+
+
+# --------------------------------------------------------------------------------------------- unsloth routes
+
+
+def test_unsloth_group_lists_the_train_and_adapter_routes_only_where_the_cell_asks(shared: dict[str, Any]) -> None:
+    from probes.checks import unsloth
+
+    ctx = make_ctx(shared, pins={"unsloth": "2026.10.9", "trl": "1.15.0"})
+    ctx.spec["checks"] = ["unsloth"]
+    assert not [n for n, _ in unsloth.checks(ctx) if n.startswith(("train.", "adapter."))]
+    ctx.spec["checks"] = ["unsloth", "train", "adapter"]
+    extra = [n for n, _ in unsloth.checks(ctx) if n.startswith(("train.", "adapter."))]
+    assert extra == ["train.trl-sft.unsloth", "train.trl-sft.unsloth-llamafied", "train.qlora.unsloth",
+                     "adapter.unsloth-merged"]
+    for name, fn in unsloth.checks(ctx):
+        if name in extra:
+            result = run_check(name, fn, ctx, timeout_s=60)
+            assert result["status"] == "skip" and result["reason"] == "needs a GPU", result
+    ctx.spec["pins"]["unsloth"] = "none"
+    for name, fn in unsloth.checks(ctx):
+        if name in extra:
+            assert run_check(name, fn, ctx, timeout_s=60)["reason"] == "unsloth not in this cell"
+
+
+# --------------------------------------------------------------------------------------------- throughput.trainer parts
+
+
+@pytest.mark.parametrize("kind", ["trainer", pytest.param("sft", marks=needs_trl)])
+def test_trainer_measurement_times_only_the_steps_after_warmup(shared: dict[str, Any], kind: str) -> None:
+    """throughput.trainer's timing through Trainer / SFTTrainer, run on CPU at a tiny shape."""
+    from probes.checks import throughput
+
+    ctx = make_ctx(shared)
+    model, tokenizer, _, _ = train.load_route(ctx, "llamafied")
+    run = throughput.ThroughputRun(batch=2, seq=32, steps=3, warmup=2)
+    m, used = throughput.trainer_measurement(ctx, kind, model, tokenizer, run, 512, device="cpu")
+    assert len(m.step_times) == 3 and all(t > 0 for t in m.step_times)
+    assert len(m.losses) == 5 and m.tokens_per_step == 64 and m.tokens_per_s > 0
+    assert used["trainer"] == ("transformers.Trainer" if kind == "trainer" else "trl.SFTTrainer")
+
+
+def test_trainer_measurement_fails_when_the_trainer_runs_fewer_steps(shared: dict[str, Any],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from probes.checks import throughput
+
+    original = train.training_arguments
+
+    def stops_early(cls: Any, out: Path, run: lora_train.LoraRun, device: str, **extra: Any) -> Any:
+        args = original(cls, out, run, device, **extra)
+        args.max_steps = run.steps - 1
+        return args
+
+    monkeypatch.setattr(train, "training_arguments", stops_early)
+    ctx = make_ctx(shared)
+    model, tokenizer, _, _ = train.load_route(ctx, "llamafied")
+    with pytest.raises(Failed, match="ran 4 steps, expected 5"):
+        throughput.trainer_measurement(ctx, "trainer", model, tokenizer,
+                                       throughput.ThroughputRun(batch=2, seq=32, steps=3, warmup=2), 512, device="cpu")

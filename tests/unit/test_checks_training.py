@@ -213,7 +213,8 @@ def test_gpu_checks_skip_on_cpu(shared: dict[str, Any], module: Any) -> None:
     names = {r["name"] for r in results}
     if module is throughput:
         assert names == {"throughput.sdpa", "throughput.eager", "throughput.flash_attention_2",
-                         "throughput.sdpa-llamafied", "throughput.unsloth"}
+                         "throughput.sdpa-llamafied", "throughput.trainer", "throughput.qlora",
+                         "throughput.unsloth", "throughput.unsloth-qlora"}
     else:
         assert names == {"unsloth.load.exaone3.5", "unsloth.load.exaone4", "unsloth.llamafied", "lora-train.unsloth"}
 
