@@ -32,7 +32,7 @@ REQUIRED_AXES = (PYTHON, BASE_IMAGE, "torch")
 TOP_KEYS = ("axes", "include", "exclude", "models", "checks", "settings")
 # Check groups of docs/CONTRACTS.md §3.
 CHECK_GROUPS = ("imports", "kernels", "exaone3.5", "exaone4", "unsloth", "attention", "lora-train", "generate",
-                "throughput")
+                "train", "adapter", "throughput")
 MODEL_KINDS = ("remote-code", "native")
 THROUGHPUT_STACKS = ("sdpa", "eager", "flash_attention_2", "unsloth")
 DEFAULT_SETTINGS: dict[str, Any] = {

@@ -25,6 +25,8 @@ GROUPS: dict[str, str] = {
     "attention": "attention",
     "lora-train": "lora_train",
     "generate": "generate",
+    "train": "train",
+    "adapter": "adapter",
     "unsloth": "unsloth",
     "throughput": "throughput",
 }
