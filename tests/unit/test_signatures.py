@@ -72,6 +72,11 @@ KNOWN = [
      "(/venv/lib/python3.12/site-packages/trl/__init__.py)", "trl-completion-only-collator-removed"),
     ("RuntimeError", "Unsloth: Please file a bug report! Error patching SFTTrainer", "unsloth-trl-outside-cap"),
     ("RuntimeError", "Unsloth: Please file a bug report - `formatting_func` does not exist!", "unsloth-trl-outside-cap"),
+    # the head alone is too generic; the line of the traceback that raised it names trl's fused LM head
+    ("AttributeError", "'NoneType' object has no attribute 'apply'\n  File \"/venv/site-packages/trl/trainer/utils.py\", "
+     "line 1638, in _fused_forward\n    per_token = _ChunkedLogProbFunction.apply(", "trl-sft-fused-lm-head-needs-triton"),
+    ("RuntimeError", "0 active drivers ([]). There should only be one.\n  File \"/venv/site-packages/trl/trainer/utils.py\", "
+     "line 1638, in _fused_forward\n    per_token = _ChunkedLogProbFunction.apply(", "trl-sft-fused-lm-head-needs-triton"),
 ]
 INFRA = {"unsloth-no-accelerator", "cuda-out-of-memory", "no-gpu-driver", "check-timeout", "network-unreachable"}
 
