@@ -443,6 +443,32 @@ def test_unsloth_cell_runs_plain_transformers_checks_in_an_interpreter_that_neve
 
 
 @torch_required
+def test_unsloth_cell_runs_train_and_adapter_plain_and_their_unsloth_routes_in_the_main_interpreter(tmp_path):
+    """Issue 19's groups in a cell that pins unsloth: Trainer / SFTTrainer / adapter checks run in the plain
+    interpreter; train.trl-sft.unsloth & co. are the unsloth group's, in the main one (skip on CPU)."""
+    pytest.importorskip("peft")
+    torch_version = __import__("importlib.metadata").metadata.version("torch")
+    site = tmp_path / "site"
+    fake_unsloth(site)
+    spec = _split_spec(tmp_path, {"torch": torch_version, "unsloth": "2026.10.9", "trl": "none",
+                                  "bitsandbytes": "none"}, ["adapter", "unsloth", "train", "imports"])
+    rc, document, stderr = _probe(tmp_path, spec, site)
+    assert rc == 0, stderr
+    assert_schema_valid(document)
+    checks = {c["name"]: c for c in document["checks"]}
+    assert checks["train.hf-trainer-llamafied"]["status"] == "pass", checks["train.hf-trainer-llamafied"]
+    assert "[probe:plain] train.hf-trainer-llamafied: pass" in stderr
+    assert "[probe:plain] adapter.roundtrip-llamafied: pass" in stderr
+    assert checks["train.trl-sft"]["reason"] == "trl not in this cell"
+    for name in ("train.trl-sft.unsloth", "train.trl-sft.unsloth-llamafied", "train.qlora.unsloth",
+                 "adapter.unsloth-merged"):
+        assert checks[name]["status"] == "skip" and checks[name]["reason"] == "needs a GPU", checks[name]
+        assert f"[probe] {name}: skip" in stderr            # the main interpreter's
+    names = [c["name"] for c in document["checks"]]
+    assert names.index("train.hf-trainer") < names.index("adapter.roundtrip") < names.index("unsloth.load.exaone3.5")
+
+
+@torch_required
 def test_a_crash_in_the_plain_interpreter_is_infra_for_its_checks_and_the_rest_stands(tmp_path):
     torch_version = __import__("importlib.metadata").metadata.version("torch")
     site = tmp_path / "site"
