@@ -2,7 +2,7 @@
 # /// script
 # dependencies = ["nox>=2024.3.2", "pyyaml>=6", "packaging>=23", "jsonschema>=4.18"]
 # ///
-"""Thin wiring around `python -m pinmatrix` (pinmatrix/cli.py holds the logic).
+"""Thin wiring around `python -m pinmatrix` (pinmatrix/cli/main.py holds the logic).
 
     nox -l                          one session per cell of matrix.yaml, tagged `cell`
     nox -s matrix -- [selectors] [--runner docker|venv|auto] [--cpu]
@@ -11,7 +11,7 @@
     nox -s resolve -- [selectors]   locks only; prints the resolvable/unresolvable table
     nox -s bench -- [selectors]     resolve timings (cold, warm, whole stage), then the scale numbers
                                     (cells/hour, unchanged rerun, rebuild, scheduler overhead) -> reports/bench/
-    nox -s matrix -- --on slurm     one Slurm job array, one cell per task (pinmatrix/slurm.py)
+    nox -s matrix -- --on slurm     one Slurm job array, one cell per task (pinmatrix/run/slurm.py)
     nox -s tests -- [pytest args]
     nox -t cell                     every cell, one session each (then `nox -s report`)
 """
@@ -37,7 +37,7 @@ def _cell_ids() -> list[str]:
     sys.path.insert(0, str(ROOT))
     try:
         from pinmatrix.errors import MatrixError
-        from pinmatrix.matrix import load_matrix
+        from pinmatrix.matrix.load import load_matrix
     except ImportError:  # nox runs without the harness's dependencies (pipx, uv tool): ask a throwaway env
         return _cell_ids_via_uv()
     finally:
@@ -129,10 +129,10 @@ def resolve(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Resolve time per cell (cold, warm) and of the whole stage -> reports/bench/resolve-<UTC>.json."""
     _install_harness(session)
-    session.run("python", "-m", "pinmatrix.bench", "--matrix", str(MATRIX), *session.posargs)
+    session.run("python", str(ROOT / "tools" / "bench.py"), "--matrix", str(MATRIX), *session.posargs)
     # Scale numbers (issue 6): cells/hour, unchanged rerun, transformers-only rebuild, scheduler overhead.
     # On the CI matrix (CPU): these are the numbers this host can produce without a GPU.
-    session.run("python", "-m", "pinmatrix.bench_scale", "--matrix", os.environ.get("PINMATRIX_BENCH_MATRIX",
+    session.run("python", str(ROOT / "tools" / "bench_scale.py"), "--matrix", os.environ.get("PINMATRIX_BENCH_MATRIX",
                 str(ROOT / "tests" / "data" / "matrices" / "ci.yaml")))
 
 

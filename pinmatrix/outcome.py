@@ -24,8 +24,8 @@ class Outcome:
     signature: str | None = None
     result: str | None = None          # "cells/<id>.json", relative to the run folder
     timings: dict[str, float] = field(default_factory=dict)
-    reused_from: str | None = None     # the run whose result was reused (pinmatrix/cache.py); None: ran here
-    rerun: str | None = None           # what rerunning the failed check groups once found (pinmatrix/flaky.py)
+    reused_from: str | None = None     # the run whose result was reused (pinmatrix/run/cache.py); None: ran here
+    rerun: str | None = None           # what rerunning the failed check groups once found (pinmatrix/run/flaky.py)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

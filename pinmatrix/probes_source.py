@@ -1,6 +1,6 @@
 """The probe sources a cell runs: which files they are, and the digest that puts them in a cell's identity.
 
-One definition serves the content hash (pinmatrix/pipeline.py), the image tag and the copy of probes/
+One definition serves the content hash (pinmatrix/run/pipeline.py), the image tag and the copy of probes/
 into the build context (pinmatrix/runners/docker.py), so what is hashed is exactly what is shipped.
 """
 from __future__ import annotations

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from pinmatrix import compile_cache
+from pinmatrix.runners import compile_cache
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.engine import Engine
-from pinmatrix.oci_container import Mount, gpu_args, security_args
+from pinmatrix.runners.engine import Engine
+from pinmatrix.runners.oci_container import Mount, gpu_args, security_args
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
-from pinmatrix.drift import DRIFT_SIGNATURE, drift_reason, result_drift
+from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, result_drift
 from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail
 
 if TYPE_CHECKING:  # pinmatrix.sources is written alongside; only its attributes are used here
@@ -239,7 +239,7 @@ class DockerRunner:
         self.hf_home = hf_home
         self.build_timeout_s = build_timeout_s
         self.pids_limit = pids_limit
-        self.compile_cache = compile_cache   # pinmatrix/compile_cache.py: a named volume per stack
+        self.compile_cache = compile_cache   # pinmatrix/runners/compile_cache.py: a named volume per stack
         self.context_root = Path(context_root) if context_root else default_context_root()
 
     # -- prepare -------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ class DockerRunner:
             if has_result and reason is None:
                 final = out_dir / RESULT_NAME
                 os.replace(staged, final)
-                # The image must hold exactly the lock (pinmatrix.drift, shared with the venv runner).
+                # The image must hold exactly the lock (pinmatrix.runners.drift, shared with the venv runner).
                 drift = result_drift(final, (prepared.details or {}).get("locked") or {})
                 if drift:
                     return RunOutcome(final, drift_reason(drift), DRIFT_SIGNATURE, tail(output))

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pinmatrix import compile_cache
+from pinmatrix.runners import compile_cache
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
+from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
 from pinmatrix.runners.base import (RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ class VenvRunner:
     extra_sites: Sequence[Path] = ()
     base_python: str | None = None         # an interpreter path for every venv (e.g. the one holding a CUDA torch)
     probes_root: Path = REPO_ROOT          # the folder that holds `probes/`, put on PYTHONPATH
-    # pinmatrix/compile_cache.py: one folder per venv key under this root; None (--no-compile-cache):
+    # pinmatrix/runners/compile_cache.py: one folder per venv key under this root; None (--no-compile-cache):
     # a fresh empty folder in each run's work folder
     compile_cache_root: Path | None = compile_cache.DEFAULT_ROOT
     uv: str | None = field(default_factory=lambda: shutil.which("uv"))
@@ -321,7 +321,7 @@ class VenvRunner:
             return []  # a damaged result is judged by the results module, not here
         from pinmatrix.cell import parse_lock
         locked = parse_lock((lock_dir / "requirements.lock").read_text()) if lock_dir.is_dir() else {}
-        return lock_drift(locked, packages, pins)  # pinmatrix.drift: the comparison both runners share
+        return lock_drift(locked, packages, pins)  # pinmatrix.runners.drift: the comparison both runners share
 
 
 # Run by the cell's interpreter: compile the distributions named on the command line (JSON list) and

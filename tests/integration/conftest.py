@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from pinmatrix.engine import Engine, engine_message, find_engine
+from pinmatrix.runners.engine import Engine, engine_message, find_engine
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE
 
 

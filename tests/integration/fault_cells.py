@@ -130,7 +130,7 @@ def write_matrix(path: Path, transformers: list[str], *, checks: tuple[str, ...]
 
 def write_model_hub(hub: Path, repo: str = "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct",
                     commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
-    """A local folder standing in for a hub (pinmatrix/fetch.py layout) with one tiny model at `commit`."""
+    """A local folder standing in for a hub (pinmatrix/run/fetch.py layout) with one tiny model at `commit`."""
     snap = Path(hub) / repo / commit
     snap.mkdir(parents=True, exist_ok=True)
     (snap / "config.json").write_text(json.dumps({"model_type": "exaone", "auto_map": {}}))
@@ -156,7 +156,7 @@ def stand_in_resolve(cell: Any, sources: Any, lock_dir: Path) -> Any:
 
 def install(probes_root: Path, settings: dict[str, Any], patch: Any = None) -> None:
     """Point the pipeline at the stand-ins. `patch(obj, name, value)`: pytest's monkeypatch.setattr, or setattr."""
-    import pinmatrix.pipeline as pipeline
+    import pinmatrix.run.pipeline as pipeline
 
     setter = patch or setattr
     # The pipeline asks choose_resolver for the per-cell resolver (uv's, resolved up front in parallel, or
@@ -191,7 +191,7 @@ def child_main(argv: list[str]) -> int:
     probes_root, settings_json, sep, *cli = argv
     assert sep == "--", argv
     install(Path(probes_root), json.loads(settings_json))
-    from pinmatrix.cli import main
+    from pinmatrix.cli.main import main
 
     return main(cli)
 

@@ -20,9 +20,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from pinmatrix import compile_cache
+from pinmatrix.runners import compile_cache
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.engine import Engine
+from pinmatrix.runners.engine import Engine
 from pinmatrix.runners.base import InfraError, Prepared, RunOutcome
 from pinmatrix.runners.docker import PROBES_DIR, DockerRunner
 from probes import schema_check

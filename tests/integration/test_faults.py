@@ -32,8 +32,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from pinmatrix.engine import Engine
-from pinmatrix.pipeline import RunOptions, run_matrix
+from pinmatrix.runners.engine import Engine
+from pinmatrix.run.pipeline import RunOptions, run_matrix
 from pinmatrix.results import CellResult, Damaged, load_result
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -224,7 +224,7 @@ def test_per_check_timeout_from_the_cli_stops_a_real_check(tmp_path: Path, monke
     if site is None:
         pytest.skip("this interpreter holds no CPU stack (torch, transformers, peft): run through `nox -s tests`")
     sites = [site]
-    import pinmatrix.pipeline as pipeline
+    import pinmatrix.run.pipeline as pipeline
     from pinmatrix.runners.venv import VenvRunner
 
     monkeypatch.setattr(pipeline, "choose_resolver", lambda opts, resolve: fc.stand_in_resolve)
@@ -277,7 +277,7 @@ def test_full_reports_disk_stops_cleanly_and_keeps_what_finished(probes_root: Pa
                                                                  tiny_disk: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     fc.install(probes_root, venv_settings, monkeypatch.setattr)
-    import pinmatrix.pipeline as pipeline
+    import pinmatrix.run.pipeline as pipeline
 
     made = pipeline.make_venv_runner
     fills: list[Path] = []

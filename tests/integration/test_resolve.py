@@ -14,8 +14,8 @@ import pytest
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import MatrixError
-from pinmatrix.matrix import load_matrix
-from pinmatrix.resolve import ResolveInfraError, resolve, resolve_many
+from pinmatrix.matrix.load import load_matrix
+from pinmatrix.resolve.uv import ResolveInfraError, resolve, resolve_many
 from pinmatrix.sources import PackageSources
 
 pytestmark = pytest.mark.integration

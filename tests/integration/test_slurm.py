@@ -3,7 +3,7 @@
 The fixture starts munged, slurmctld and slurmd from a private config (its own ports and spool under
 /tmp/pinmatrix-slurm), idempotently: a cluster already answering is reused. Where the Slurm binaries are
 absent it installs them on CI (root, CI=true), else skips. Accounting is off on this cluster, so the
-session's poller reads task states from `scontrol` (pinmatrix/slurm.py explains the fallback).
+session's poller reads task states from `scontrol` (pinmatrix/run/slurm.py explains the fallback).
 """
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ import pytest
 
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.outcome import Outcome
-from pinmatrix.pipeline import force_cpu
-from pinmatrix.report import merge, render_markdown
+from pinmatrix.run.pipeline import force_cpu
+from pinmatrix.report.summary import merge, render_markdown
 from pinmatrix.results import CellResult, load_result
 from pinmatrix.runners.base import InfraError, Runner
 from pinmatrix.runners.venv import READY_MARKER, VenvRunner
@@ -47,7 +47,7 @@ def sources():
 
 @pytest.fixture(scope="module")
 def locks(tmp_path_factory, sources) -> dict[str, tuple[Cell, Lock]]:
-    from pinmatrix.resolve import resolve
+    from pinmatrix.resolve.uv import resolve
 
     out = {}
     for version in ("4.57.6", "5.17.0"):
@@ -199,7 +199,7 @@ def test_compile_cache_outlives_the_run_per_stack_and_can_be_turned_off(locks, s
     """The stack's compile-cache folder: bytecode compiled once at prepare (even where the host says
     PYTHONDONTWRITEBYTECODE), kernels a run leaves there seen as warm by the next run; a different
     stack gets its own folder; without the cache every run is cold and nothing is precompiled."""
-    from pinmatrix import compile_cache
+    from pinmatrix.runners import compile_cache
 
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")   # as on the lent H100's image
     root = tmp_path / "compile"

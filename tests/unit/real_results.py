@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pinmatrix.pipeline import REPO_ROOT, probes_digest
+from pinmatrix.run.pipeline import REPO_ROOT, probes_digest
 
 from cpu_stack import probe_python
 

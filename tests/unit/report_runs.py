@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pinmatrix.outcome import Outcome
-from pinmatrix.pipeline import REPO_ROOT, probes_digest
+from pinmatrix.run.pipeline import REPO_ROOT, probes_digest
 from pinmatrix.results import write_json_atomic
 from real_results import BASE_PINS, PROBE_PYTHON, STACKS, _site_with
 

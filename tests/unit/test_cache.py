@@ -1,4 +1,4 @@
-"""The result cache (pinmatrix/cache.py) through pinmatrix.pipeline.run_cell: a hit reuses, and every input
+"""The result cache (pinmatrix/run/cache.py) through pinmatrix.run.pipeline.run_cell: a hit reuses, and every input
 that can change a result (lock text, Dockerfile, probes digest, checks, settings, GPU model) misses.
 
 The runner is a counting stand-in that writes a schema-valid result: the point here is which cells run;
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix import pipeline
-from pinmatrix.cache import RerunPolicy, ResultCache
+from pinmatrix.run import pipeline
+from pinmatrix.run.cache import RerunPolicy, ResultCache
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.pipeline import RunOptions, run_cell
+from pinmatrix.run.pipeline import RunOptions, run_cell
 from pinmatrix.results import load_result
 from pinmatrix.runners.base import Prepared, RunOutcome
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.cell import Cell, ModelSpec, content_hash
-from pinmatrix.matrix import load_matrix
+from pinmatrix.matrix.load import load_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAONE35 = ModelSpec("exaone3.5", "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct", "a" * 40, "remote-code")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.cli import main
+from pinmatrix.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
@@ -91,7 +91,7 @@ def test_module_entry_point_exit_code():
 
 def test_torch_backend_reaches_uv(monkeypatch):
     """--torch-backend auto follows the torch pin's variant; without it uv is told nothing."""
-    from pinmatrix.cli import _sources, build_parser
+    from pinmatrix.cli.main import _sources, build_parser
 
     monkeypatch.delenv("PINMATRIX_TORCH_BACKEND", raising=False)
     args = build_parser().parse_args(["resolve", "--torch-backend", "auto"])

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pinmatrix import compile_cache
-from pinmatrix.engine import Engine
-from pinmatrix.oci_container import Mount, OCIContainer, gpu_args
+from pinmatrix.runners import compile_cache
+from pinmatrix.runners.engine import Engine
+from pinmatrix.runners.oci_container import Mount, OCIContainer, gpu_args
 from pinmatrix.runners import docker as dr
 from pinmatrix.runners.base import Prepared
 

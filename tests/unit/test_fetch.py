@@ -1,4 +1,4 @@
-"""Model prefetch (pinmatrix/fetch.py) from a local folder standing in for a hub: the cache it writes is the
+"""Model prefetch (pinmatrix/run/fetch.py) from a local folder standing in for a hub: the cache it writes is the
 one the probe reads (probes.models.find_snapshot), refs resolve to commits, a missing revision is an error
 naming it, and a token in the environment ends up nowhere on disk."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.cell import ModelSpec
-from pinmatrix.fetch import FetchError, fetch_models, repo_folder
+from pinmatrix.run.fetch import FetchError, fetch_models, repo_folder
 from probes.models import find_snapshot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))

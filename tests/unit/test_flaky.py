@@ -1,10 +1,10 @@
-"""The flaky-verdict rules of pinmatrix/flaky.py on result documents (the pipeline-level rerun, with a
+"""The flaky-verdict rules of pinmatrix/run/flaky.py on result documents (the pipeline-level rerun, with a
 genuinely stateful check, is in tests/integration/test_faults.py)."""
 from __future__ import annotations
 
 from typing import Any
 
-from pinmatrix.flaky import failed_groups, group_of, merge_attempts
+from pinmatrix.run.flaky import failed_groups, group_of, merge_attempts
 from pinmatrix.results import validate
 from pinmatrix.status import cell_status
 
@@ -40,7 +40,7 @@ def test_only_failed_groups_are_rerun() -> None:
 
 
 def test_a_failure_with_a_deterministic_signature_is_not_rerun() -> None:
-    from pinmatrix.flaky import Recheck, deterministic_failures
+    from pinmatrix.run.flaky import Recheck, deterministic_failures
     from probes import signatures
 
     abi = _check("attention.xformers-kernel", "fail")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.errors import MatrixError, SelectionError
-from pinmatrix.matrix import expand_live, load_matrix, select
+from pinmatrix.matrix.load import expand_live, load_matrix, select
 from pinmatrix.sources import PackageSources, Release, redact
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pinmatrix.errors import MatrixError
-from pinmatrix.matrix import load_matrix
+from pinmatrix.matrix.load import load_matrix
 
 BAD = Path(__file__).resolve().parents[1] / "data" / "matrices" / "bad"
 BAD_FILES = sorted(BAD.glob("*.yaml"))

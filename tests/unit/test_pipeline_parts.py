@@ -10,7 +10,7 @@ import pytest
 
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.pipeline import RunOptions, cell_timeout, force_cpu, new_run_dir, point_latest, probes_digest
+from pinmatrix.run.pipeline import RunOptions, cell_timeout, force_cpu, new_run_dir, point_latest, probes_digest
 from pinmatrix.runners.venv import lock_drift
 
 
@@ -97,7 +97,7 @@ def test_lock_drift_names_the_packages():
 
 
 def test_run_manifest_argv_holds_no_credentials():
-    from pinmatrix.pipeline import _redacted_argv
+    from pinmatrix.run.pipeline import _redacted_argv
 
     argv = ["pinmatrix", "matrix", "--index-url", "https://bob:s3cret@pypi.corp/simple",
             "--extra-index-url=https://tok:abc@x.corp/simple", "--cpu"]

@@ -1,4 +1,4 @@
-"""A changed remote-code hash on the same repo+revision is flagged (pinmatrix/remote_code.py), in summary.json
+"""A changed remote-code hash on the same repo+revision is flagged (pinmatrix/report/remote_code.py), in summary.json
 and summary.md; unpinned revisions are warned about; damaged files are never taken as evidence."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pinmatrix.cell import ModelSpec
-from pinmatrix.remote_code import hash_changes, is_pinned, loaded_files, unpinned_warnings
-from pinmatrix.report import write_report
+from pinmatrix.report.remote_code import hash_changes, is_pinned, loaded_files, unpinned_warnings
+from pinmatrix.report.summary import write_report
 from pinmatrix.results import validate
 
 REPO = "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.outcome import Outcome
-from pinmatrix.report import merge, write_report
-from pinmatrix.report_html import render_html, throughput_chart
+from pinmatrix.report.summary import merge, write_report
+from pinmatrix.report.html import render_html, throughput_chart
 from real_results import BASE_PINS, cache_root
 from report_runs import CELL_ID, add_cell, probe_result, standard_run
 

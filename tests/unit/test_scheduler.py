@@ -1,4 +1,4 @@
-"""pinmatrix/scheduler.py: a device is never held by two cells, builds of one key never overlap, the
+"""pinmatrix/run/scheduler.py: a device is never held by two cells, builds of one key never overlap, the
 build limit holds, and every cell finishes when some fail or raise. Property-based (hypothesis)."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pinmatrix.progress import Progress
-from pinmatrix.scheduler import (Scheduler, SchedulerError, detect_gpus, device_tokens, parse_gpu_list,
+from pinmatrix.run.progress import Progress
+from pinmatrix.run.scheduler import (Scheduler, SchedulerError, detect_gpus, device_tokens, parse_gpu_list,
                                  parse_nvidia_smi_list)
 
 cell_plans = st.lists(

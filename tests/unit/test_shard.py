@@ -1,4 +1,4 @@
-"""pinmatrix/shard.py: `--shard i/n` is a partition, deterministic, balanced within the stated bound, and
+"""pinmatrix/run/shard.py: `--shard i/n` is a partition, deterministic, balanced within the stated bound, and
 keeps cells that share an image base together where balance allows (hypothesis)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from pinmatrix.cell import Cell
-from pinmatrix.shard import ShardError, balance_bound, image_key, parse_shard, partition, shard_of
+from pinmatrix.run.shard import ShardError, balance_bound, image_key, parse_shard, partition, shard_of
 
 cells_st = st.lists(
     st.tuples(st.sampled_from(["3.11", "3.12"]), st.sampled_from(["2.9.1", "2.10.0", "2.11.0"]),

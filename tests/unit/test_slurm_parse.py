@@ -1,11 +1,11 @@
-"""pinmatrix/slurm.py without a cluster: parsing sacct/scontrol, and the waiter's end states (the real
+"""pinmatrix/run/slurm.py without a cluster: parsing sacct/scontrol, and the waiter's end states (the real
 cluster is exercised by tests/integration/test_slurm.py)."""
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-from pinmatrix.slurm import SlurmClient, expand_task_ids, parse_sacct, parse_scontrol, wait_for_tasks
+from pinmatrix.run.slurm import SlurmClient, expand_task_ids, parse_sacct, parse_scontrol, wait_for_tasks
 
 
 def test_expand_task_ids():

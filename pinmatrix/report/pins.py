@@ -25,7 +25,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from pinmatrix.cell import normalize_name
-from pinmatrix.report import merge
+from pinmatrix.report.summary import merge
 from pinmatrix.results import write_text_atomic
 
 PINS_DIR = "pins"

@@ -18,9 +18,9 @@ import yaml
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from .cell import ID_ABBREV, NONE, Cell, ModelSpec
-from .errors import MatrixError, SelectionError
-from .sources import IndexUnreachable, PackageSources, Release, list_releases, redact
+from pinmatrix.cell import ID_ABBREV, NONE, Cell, ModelSpec
+from pinmatrix.errors import MatrixError, SelectionError
+from pinmatrix.sources import IndexUnreachable, PackageSources, Release, list_releases, redact
 
 # Axes that are not pip packages.
 PYTHON, BASE_IMAGE = "python", "base_image"

@@ -1,6 +1,6 @@
 """The resolve stage: every selected cell resolved in parallel before anything is built, and its table.
 
-`run_matrix` and `resolve_only` (pinmatrix.pipeline) both go through `resolve_stage`, so an unresolvable
+`run_matrix` and `resolve_only` (pinmatrix.run.pipeline) both go through `resolve_stage`, so an unresolvable
 cell is known, with uv's words, before the first image build; `nox -s resolve` prints `format_table`.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
-from pinmatrix.resolve import ResolveInfraError, resolve_many
+from pinmatrix.resolve.uv import ResolveInfraError, resolve_many
 
 Resolved = Lock | Unresolvable | ResolveInfraError
 

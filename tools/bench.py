@@ -1,4 +1,4 @@
-"""`nox -s bench` / `python -m pinmatrix.bench`: how long the resolve stage takes, written down.
+"""`nox -s bench` / `python tools/bench.py`: how long the resolve stage takes, written down.
 
 What the words mean here:
 - cold (all): pinmatrix's resolution cache is empty AND uv's cache (HTTP responses, wheel metadata) is a
@@ -7,7 +7,7 @@ What the words mean here:
   for both steps (torch, then everything) but reuses the metadata it already downloaded.
 - warm: pinmatrix's resolution cache holds the cell: no uv solve (the goal: at most 2 s per cell).
 Per-cell numbers are measured one cell at a time; the stage numbers resolve every cell in parallel
-(pinmatrix.resolve_stage), as `python -m pinmatrix matrix|resolve` do.
+(pinmatrix.resolve.stage), as `python -m pinmatrix matrix|resolve` do.
 
 Writes reports/bench/resolve-<UTC>.json and prints a table.
 """
@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from pinmatrix.cell import Cell
-from pinmatrix.pipeline import REPO_ROOT, load_cells
-from pinmatrix.resolve import resolve, uv_version
-from pinmatrix.resolve_stage import resolve_stage, status_of
+from pinmatrix.run.pipeline import REPO_ROOT, load_cells
+from pinmatrix.resolve.uv import resolve, uv_version
+from pinmatrix.resolve.stage import resolve_stage, status_of
 from pinmatrix.results import write_json_atomic
 
 GOAL_WARM_S = 2.0
@@ -103,7 +103,7 @@ def run_bench(matrix_path: Path, selectors: Sequence[str], out_dir: Path, *, col
             "cold_all_s": "pinmatrix resolution cache empty and a fresh empty UV_CACHE_DIR (new machine)",
             "cold_pinmatrix_s": "pinmatrix resolution cache empty; uv's cache kept (uv solves again from cached metadata)",
             "warm_s": "pinmatrix resolution cache holds the cell (no uv solve)",
-            "stage": "every cell at once through pinmatrix.resolve_stage (threads), as the pipeline runs it",
+            "stage": "every cell at once through pinmatrix.resolve.stage (threads), as the pipeline runs it",
         },
         "host": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                  "uv": uv_version()},
@@ -143,7 +143,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pinmatrix.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/bench.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("selectors", nargs="*", help="AXIS=VALUE or cell id (default: every cell)")
     parser.add_argument("--matrix", type=Path, default=REPO_ROOT / "matrix.yaml")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "bench")

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Mapping, Sequence
 
-from pinmatrix.engine import Engine
+from pinmatrix.runners.engine import Engine
 
 CONTROL_TIMEOUT_S = 60.0
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.pipeline import HarnessError
+from pinmatrix.run.pipeline import HarnessError
 from pinmatrix.results import write_json_atomic, write_text_atomic
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -145,9 +145,9 @@ class SlurmClient:
 # --- the session side ----------------------------------------------------------------------------
 
 def run_on_slurm(args: argparse.Namespace, opts, echo=print, client: SlurmClient | None = None) -> int:
-    from pinmatrix.pipeline import _run_manifest, load_cells, new_run_dir, point_latest
-    from pinmatrix.report import write_report
-    from pinmatrix.run_state import finished_cells
+    from pinmatrix.run.pipeline import _run_manifest, load_cells, new_run_dir, point_latest
+    from pinmatrix.report.summary import write_report
+    from pinmatrix.run.state import finished_cells
 
     if opts.resume is not None:
         # A resubmission is the resume: every cell judged before is reused from the result cache.
@@ -158,7 +158,7 @@ def run_on_slurm(args: argparse.Namespace, opts, echo=print, client: SlurmClient
     matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu, snapshot=opts.snapshot,
                                sources=opts.sources)
     if opts.shard is not None:
-        from pinmatrix.shard import shard_of
+        from pinmatrix.run.shard import shard_of
 
         cells = shard_of(cells, *opts.shard)
     if not cells:
@@ -253,7 +253,7 @@ def _progress_line(states: dict[int, str], n: int, source: str) -> str:
 
 
 def _default_deadline(cells, opts) -> float:
-    from pinmatrix.pipeline import cell_timeout
+    from pinmatrix.run.pipeline import cell_timeout
 
     longest = max(cell_timeout(c, opts) for c in cells)
     return 2 * longest + 3600  # one build plus the cell, twice over, plus queueing
@@ -261,13 +261,13 @@ def _default_deadline(cells, opts) -> float:
 
 def job_script(args: argparse.Namespace, opts, run_dir: Path) -> str:
     """The array task's script: cd into this checkout and run one cell of the run folder."""
-    from pinmatrix.pipeline import REPO_ROOT
+    from pinmatrix.run.pipeline import REPO_ROOT
 
     argv = [sys.executable, "-m", "pinmatrix", "run-cell", "--run-dir", str(run_dir),
             "--index", "${SLURM_ARRAY_TASK_ID}", *forwarded_options(args, opts, run_dir)]
     quoted = " ".join(a if a.startswith("${") else shlex.quote(a) for a in argv)
     return ("#!/bin/bash\n"
-            "# One pinmatrix cell per array task (written by pinmatrix/slurm.py; safe to rerun by hand with\n"
+            "# One pinmatrix cell per array task (written by pinmatrix/run/slurm.py; safe to rerun by hand with\n"
             "# SLURM_ARRAY_TASK_ID=N).\n"
             "set -euo pipefail\n"
             f"cd {shlex.quote(str(REPO_ROOT))}\n"
@@ -314,7 +314,7 @@ def run_cell_task(args: argparse.Namespace, opts, echo=print) -> int:
     """`python -m pinmatrix run-cell --run-dir RUN --index N`: cell N of RUN/slurm/cells.txt, only its files."""
     import dataclasses
 
-    from pinmatrix.pipeline import run_matrix
+    from pinmatrix.run.pipeline import run_matrix
 
     run_dir = Path(args.run_dir)
     index = args.index if args.index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -342,7 +342,7 @@ def _uses_docker(opts) -> bool:
         return True
     if opts.runner == "venv":
         return False
-    from pinmatrix.engine import find_engine
+    from pinmatrix.runners.engine import find_engine
 
     return find_engine() is not None
 

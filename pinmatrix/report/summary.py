@@ -102,13 +102,13 @@ def write_report(run_dir: Path, previous: Path | None = None,
     run_dir = Path(run_dir)
     summary = merge(run_dir)
     if previous is not None:
-        from pinmatrix.diff import attach_diff
+        from pinmatrix.report.diff import attach_diff
 
         attach_diff(summary, run_dir, Path(previous), history)
     json_path = write_json_atomic(run_dir / "summary.json", summary)
     md_path = write_text_atomic(run_dir / "summary.md", render_markdown(summary))
-    from pinmatrix.report_html import write_html
-    from pinmatrix.report_junit import write_junit
+    from pinmatrix.report.html import write_html
+    from pinmatrix.report.junit import write_junit
 
     write_html(summary, run_dir)
     write_junit(summary, run_dir)
@@ -304,8 +304,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
                  f"device `{run.get('device')}`" if run.get("device") else None,
                  f"selection `{' '.join(run.get('selection') or []) or 'all'}`"]
         out += [" · ".join(f for f in facts if f), ""]
-    if summary.get("diff"):  # the nightly's comparison with the previous run (pinmatrix/diff.py)
-        from pinmatrix.diff import render_markdown as render_diff
+    if summary.get("diff"):  # the nightly's comparison with the previous run (pinmatrix/report/diff.py)
+        from pinmatrix.report.diff import render_markdown as render_diff
 
         out += [render_diff(summary["diff"], level=2), "(full diff: `diff.md`)", ""]
     elif summary.get("diff_error"):
@@ -378,7 +378,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
             sig = f" [`{item['signature']}`]" if item.get("signature") else ""
             out.append(f"- `{item['cell']}` {where}: {_md_inline(item.get('reason') or 'infra')}{sig}")
         out.append("")
-    from pinmatrix.remote_code import render_markdown as render_remote_code
+    from pinmatrix.report.remote_code import render_markdown as render_remote_code
 
     out += render_remote_code(summary.get("remote_code") or {})
     if summary["damaged"]:
@@ -392,8 +392,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
 # --- helpers -------------------------------------------------------------------------------------
 
 def _remote_code(run_dir: Path) -> dict[str, Any]:
-    """Loaded remote-code files, unpinned revisions and changed hashes (pinmatrix/remote_code.py)."""
-    from pinmatrix.remote_code import report_section
+    """Loaded remote-code files, unpinned revisions and changed hashes (pinmatrix/report/remote_code.py)."""
+    from pinmatrix.report.remote_code import report_section
 
     return report_section(run_dir)
 

@@ -27,11 +27,11 @@ from typing import Any, Callable, Sequence
 from pinmatrix.cell import Cell, Lock, Unresolvable, content_hash
 from pinmatrix.outcome import Outcome
 from pinmatrix.probes_source import probes_digest
-from pinmatrix.report import write_report
+from pinmatrix.report.summary import write_report
 from pinmatrix.results import Damaged, load_result, write_json_atomic, write_text_atomic
 from pinmatrix.runners.base import RUN_LOG_NAME, InfraError, Runner
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 DEFAULT_TIMEOUT_S = 3600.0
 RUNNERS = ("auto", "docker", "venv")
@@ -62,8 +62,8 @@ class RunOptions:
     venv_python: str | None = None
     keep_work: bool = False
     check_timeout_s: float | None = None  # --check-timeout: overrides the matrix's settings.check_timeout_s
-    flaky_rerun: bool = True              # rerun a cell's failed check groups once (pinmatrix/flaky.py)
-    model_cache: Path | None = None       # --model-cache: prefetch models here (pinmatrix/fetch.py), mount read-only
+    flaky_rerun: bool = True              # rerun a cell's failed check groups once (pinmatrix/run/flaky.py)
+    model_cache: Path | None = None       # --model-cache: prefetch models here (pinmatrix/run/fetch.py), mount read-only
     model_hub: Path | None = None         # --model-hub: a local folder standing in for the hub; None: huggingface_hub
     # scale (issue 6): the result cache, resume, the scheduler, shards
     rerun: Sequence[str] | None = None    # None: reuse cached results; [] / [""]: rerun all; selectors: those
@@ -94,7 +94,7 @@ class RunSummary:
 def load_cells(matrix_path: Path, selectors: Sequence[str] = (), *, cpu: bool = False,
                snapshot: dict[str, Any] | None = None, sources: Any = None) -> tuple[Any, list[Cell]]:
     """The matrix and its selected cells. Raises pinmatrix.errors.MatrixError on bad input."""
-    from pinmatrix.matrix import load_matrix, select
+    from pinmatrix.matrix.load import load_matrix, select
 
     # snapshot: live axes expand from a recorded run (offline) instead of the index (pinmatrix.snapshot)
     matrix = load_matrix(Path(matrix_path), snapshot=snapshot, sources=sources)
@@ -148,7 +148,7 @@ def pick_runner_kind(opts: RunOptions, echo: Echo) -> tuple[str, Any]:
         raise ValueError(f"unknown runner {opts.runner!r}: choose one of {', '.join(RUNNERS)}")
     if opts.runner == "venv":
         return "venv", None
-    from pinmatrix.engine import engine_message, find_engine
+    from pinmatrix.runners.engine import engine_message, find_engine
 
     engine = find_engine()
     if engine is not None:
@@ -181,7 +181,7 @@ class Runners:
         if self._venv is not None:
             return self._venv
         base = str(cell.pins.get("base_image") or "")
-        with _RUNNERS_LOCK:  # cells start on several threads (pinmatrix/scheduler.py)
+        with _RUNNERS_LOCK:  # cells start on several threads (pinmatrix/run/scheduler.py)
             if base not in self._docker:
                 self._docker[base] = make_docker_runner(self.engine, self.opts, self.run_dir, base or None)
             return self._docker[base]
@@ -191,7 +191,7 @@ _RUNNERS_LOCK = threading.Lock()
 
 
 def make_venv_runner(opts: RunOptions):
-    from pinmatrix import compile_cache
+    from pinmatrix.runners import compile_cache
     from pinmatrix.runners.venv import DEFAULT_VENV_ROOT, VenvRunner
 
     return VenvRunner(venv_root=opts.venv_dir or DEFAULT_VENV_ROOT, sources=opts.sources,
@@ -212,9 +212,9 @@ def make_docker_runner(engine: Any, opts: RunOptions, run_dir: Path, base_image:
 
 
 def choose_resolver(opts: RunOptions, resolve: Callable[..., Any]) -> Callable[..., Any]:
-    """uv's resolution, or with --no-install the lock read off the prepared interpreter (pinmatrix/installed.py)."""
+    """uv's resolution, or with --no-install the lock read off the prepared interpreter (pinmatrix/runners/installed.py)."""
     if opts.no_install:
-        from pinmatrix.installed import environment_resolver
+        from pinmatrix.runners.installed import environment_resolver
 
         return environment_resolver(opts.venv_python, opts.extra_sites)
     return resolve
@@ -274,18 +274,18 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     """Run every selected cell and write the report. MatrixError (bad input) propagates before
     anything is written; a harness error in one cell is recorded and the others still run.
 
-    Cells run through pinmatrix.scheduler (one per GPU, builds in parallel); a cell whose content hash
-    already has a judged result is reused (pinmatrix.cache) unless --rerun says otherwise; --resume
+    Cells run through pinmatrix.run.scheduler (one per GPU, builds in parallel); a cell whose content hash
+    already has a judged result is reused (pinmatrix.run.cache) unless --rerun says otherwise; --resume
     continues an interrupted run in its own folder, keeping the cells it finished."""
-    from pinmatrix.resolve import resolve
-    from pinmatrix.run_state import finished_cells, open_run_dir
-    from pinmatrix.scheduler import Scheduler, detect_gpus, device_tokens
+    from pinmatrix.resolve.uv import resolve
+    from pinmatrix.run.state import finished_cells, open_run_dir
+    from pinmatrix.run.scheduler import Scheduler, detect_gpus, device_tokens
 
     matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu, snapshot=opts.snapshot,
                                sources=opts.sources)
     all_cells = cells
     if opts.shard is not None:
-        from pinmatrix.shard import shard_of
+        from pinmatrix.run.shard import shard_of
 
         cells = shard_of(cells, *opts.shard)
     kind, engine = pick_runner_kind(opts, echo)
@@ -301,7 +301,7 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     digest = probes_digest()
     manifest["probes_digest"], manifest["gpu_model"] = digest, gpu
     write_json_atomic(run_dir / "run.json", manifest)
-    from pinmatrix.remote_code import unpinned_warnings
+    from pinmatrix.report.remote_code import unpinned_warnings
 
     for warning in unpinned_warnings(getattr(matrix, "models", ())):  # remote code under a moving ref
         echo(f"warning: {warning}")
@@ -313,12 +313,12 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
          f"{'cpu (forced)' if opts.cpu else 'device ' + gpu}" + (f", shard {opts.shard[0]}/{opts.shard[1]}" if opts.shard else "")
          + (f", {len(cells) - len(todo)} kept from the interrupted run" if len(todo) != len(cells) else "")
          + (f" (devices: {devices})" if len(tokens) > 1 else ""))
-    from pinmatrix.progress import Progress
+    from pinmatrix.run.progress import Progress
 
     progress = Progress(len(todo), live=opts.live_progress, echo=echo)
     resolve_fn = choose_resolver(opts, resolve)
-    if resolve_fn is resolve and todo:  # every cell resolved up front, in parallel (pinmatrix.resolve_stage)
-        from pinmatrix.resolve_stage import resolve_stage
+    if resolve_fn is resolve and todo:  # every cell resolved up front, in parallel (pinmatrix.resolve.stage)
+        from pinmatrix.resolve.stage import resolve_stage
 
         stage = resolve_stage(todo, opts.sources, run_dir / "locks")
         manifest["resolve_stage"] = stage.manifest()
@@ -389,7 +389,7 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
 
 def _cache_and_forced(opts: RunOptions, cells: list[Cell]) -> tuple[Any, set[str] | None]:
     """The result cache of the reports folder, and the ids --rerun forces (None: all)."""
-    from pinmatrix.cache import RerunPolicy, ResultCache
+    from pinmatrix.run.cache import RerunPolicy, ResultCache
 
     policy = RerunPolicy.from_args(opts.rerun)
     return ResultCache(opts.reports_dir), policy.forced_ids(cells)
@@ -397,10 +397,10 @@ def _cache_and_forced(opts: RunOptions, cells: list[Cell]) -> tuple[Any, set[str
 
 def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu: str, digest: str,
              resolve_fn: Callable[..., Any], ctx: Any = None, cache: Any = None, force: bool = True) -> Outcome:
-    """One cell, start to end. `ctx` (pinmatrix.scheduler.CellContext) hands out the build slot and the
-    device; `cache` (pinmatrix.cache.ResultCache) short-cuts a cell whose content hash was judged before,
+    """One cell, start to end. `ctx` (pinmatrix.run.scheduler.CellContext) hands out the build slot and the
+    device; `cache` (pinmatrix.run.cache.ResultCache) short-cuts a cell whose content hash was judged before,
     unless `force`."""
-    from pinmatrix.resolve import ResolveInfraError
+    from pinmatrix.resolve.uv import ResolveInfraError
 
     ctx = ctx if ctx is not None else _SoloContext()
     if opts.check_timeout_s:  # --check-timeout overrides the matrix; part of the settings, so of the hash
@@ -472,7 +472,7 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
         else:
             outcome.result = f"cells/{cell.id}.json"
             if opts.flaky_rerun and not run.infra_reason:
-                from pinmatrix.flaky import recheck_failures
+                from pinmatrix.run.flaky import recheck_failures
 
                 with ctx.device() as device:  # once, in a fresh container/process, only the failed groups
                     recheck = recheck_failures(runner, prepared, spec_path, work, target, cell_timeout(cell, opts),
@@ -500,7 +500,7 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
 def resolve_only(opts: RunOptions, echo: Echo = print) -> Path:
     """Resolve the selected cells in parallel into a run folder (locks + outcomes), print the table of
     resolvable and unresolvable cells; nothing is built or run."""
-    from pinmatrix.resolve_stage import format_table, resolve_stage
+    from pinmatrix.resolve.stage import format_table, resolve_stage
 
     matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu, snapshot=opts.snapshot,
                                sources=opts.sources)
@@ -529,7 +529,7 @@ def resolve_only(opts: RunOptions, echo: Echo = print) -> Path:
 
 class _StopSignal:
     """Set once when going on is pointless (the engine is gone, the reports disk is full): cells not yet
-    started are recorded as infra, never judged, so a resume (pinmatrix/run_state.py) retries them."""
+    started are recorded as infra, never judged, so a resume (pinmatrix/run/state.py) retries them."""
 
     def __init__(self) -> None:
         self.reason: str | None = None
@@ -551,7 +551,7 @@ class _StopSignal:
 
 
 def _prefetch_models(matrix: Any, opts: RunOptions, echo: Echo) -> None:
-    from pinmatrix.fetch import FetchError, fetch_models
+    from pinmatrix.run.fetch import FetchError, fetch_models
 
     try:
         fetched = fetch_models(getattr(matrix, "models", ()), Path(opts.model_cache),
@@ -613,8 +613,8 @@ def _build_key(cell: Cell, lock: Lock, runner_name: str) -> str:
 
 
 def _write_pins(run_dir: Path, echo: Echo) -> None:
-    """reports/<run>/pins/ (pinmatrix.pins); a failure there must not cost the run its report."""
-    from pinmatrix.pins import write_pins
+    """reports/<run>/pins/ (pinmatrix.report.pins); a failure there must not cost the run its report."""
+    from pinmatrix.report.pins import write_pins
 
     try:
         echo(write_pins(run_dir).message)

@@ -18,7 +18,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from pinmatrix.cell import NONE, Cell, Lock, normalize_name
-from pinmatrix.resolve import ResolveInfraError
+from pinmatrix.resolve.uv import ResolveInfraError
 
 # Run inside the target interpreter: every distribution it sees, as {name: version}.
 _LIST_DISTRIBUTIONS = (
@@ -91,7 +91,7 @@ def lock_from_environment(cell: Cell, python: str | None = None, extra_sites: Se
 
 
 def environment_resolver(python: str | None, extra_sites: Sequence[Path]):
-    """A resolve_fn for the pipeline: same signature as pinmatrix.resolve.resolve."""
+    """A resolve_fn for the pipeline: same signature as pinmatrix.resolve.uv.resolve."""
     def resolve_installed(cell: Cell, sources: object, out_dir: Path) -> Lock:
         lock = lock_from_environment(cell, python, extra_sites)
         out_dir.mkdir(parents=True, exist_ok=True)

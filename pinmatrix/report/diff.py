@@ -1,6 +1,6 @@
 """What changed between two runs: new breakages, fixes, new and vanished cells, throughput moves.
 
-Both sides are summaries as `pinmatrix.report.merge` builds them (the previous one re-merged from its
+Both sides are summaries as `pinmatrix.report.summary.merge` builds them (the previous one re-merged from its
 folder when the folder still holds cells/ and outcomes/, so a catalogue update reaches it too).
 
 A *breakage* is a check that passed before and fails now, or a cell that worked (fully or partly)
@@ -67,7 +67,7 @@ def previous_run_in(reports_dir: Path, current: Path) -> Path | None:
 
 def load_summary(run_dir: Path) -> dict[str, Any]:
     """A run's summary: re-merged from its files where they exist, else its summary.json."""
-    from pinmatrix.report import merge
+    from pinmatrix.report.summary import merge
 
     run_dir = find_run_dir(run_dir)
     if (run_dir / "outcomes").is_dir() or (run_dir / "cells").is_dir():

@@ -30,7 +30,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
-from pinmatrix.progress import Progress
+from pinmatrix.run.progress import Progress
 
 T = TypeVar("T")
 C = TypeVar("C")

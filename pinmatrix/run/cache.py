@@ -54,7 +54,7 @@ class RerunPolicy:
             return None
         if not self.selectors:
             return set()
-        from pinmatrix.matrix import select
+        from pinmatrix.matrix.load import select
 
         return {c.id for c in select(list(cells), list(self.selectors))}
 

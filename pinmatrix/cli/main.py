@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pinmatrix.pipeline import DEFAULT_TIMEOUT_S, REPO_ROOT, RUNNERS, HarnessError, RunOptions
+from pinmatrix.run.pipeline import DEFAULT_TIMEOUT_S, REPO_ROOT, RUNNERS, HarnessError, RunOptions
 
 EXIT_OK, EXIT_HARNESS, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_MATRIX = REPO_ROOT / "matrix.yaml"
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="per-check timeout in seconds, enforced by the probe (default: the matrix's "
                              "settings.check_timeout_s)")
     common.add_argument("--no-flaky-rerun", action="store_true",
-                        help="do not rerun failed check groups once to tell flaky from failing (pinmatrix/flaky.py)")
+                        help="do not rerun failed check groups once to tell flaky from failing (pinmatrix/run/flaky.py)")
     common.add_argument("--model-cache", type=Path, metavar="DIR",
                         help="prefetch the matrix's models into DIR (HF_HOME layout) before the run, with HF_TOKEN "
                              "from the environment; cells get it read-only")
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --model-cache: a local folder of models (ORG/NAME/<commit>/) instead of the hub")
     common.add_argument("--no-compile-cache", action="store_true",
                         help="give every probe run an empty compile cache (a cold run: what a user's first run "
-                             "costs) instead of its stack's cache from earlier runs (pinmatrix/compile_cache.py)")
+                             "costs) instead of its stack's cache from earlier runs (pinmatrix/runners/compile_cache.py)")
     common.add_argument("--label", help="suffix of the run id")
     common.add_argument("--snapshot", type=Path, metavar="FILE",
                         help="expand live axes from a run's run.json (or a snapshot file), offline, not the index")
@@ -89,7 +89,7 @@ COMMANDS = {
     "list": "list the selected cell ids (--json: {\"cells\": [...], \"snapshot\": {...}} for a CI job matrix)",
     "nightly": "run the matrix, diff with the previous run, append reports/history.jsonl; exit 1 only on new breakages",
     "merge": "build a run folder from per-cell artifact folders (ARTIFACT_DIR...), report, diff, history",
-    "run-cell": "run one cell of a prepared run folder (a Slurm array task; see pinmatrix/slurm.py)",
+    "run-cell": "run one cell of a prepared run folder (a Slurm array task; see pinmatrix/run/slurm.py)",
 }
 USAGE = "usage: python -m pinmatrix {" + "|".join(COMMANDS) + "} [options] [selectors...]"
 
@@ -100,18 +100,18 @@ def command_parser(command: str) -> argparse.ArgumentParser:
                      parents=[build_parser()])
     if command == "report":
         parser.add_argument("--run", type=Path, help="run folder (default: reports/latest)")
-    if command in ("report", "nightly", "merge"):  # pinmatrix/nightly.py, pinmatrix/diff.py
-        from pinmatrix.nightly import add_nightly_options
+    if command in ("report", "nightly", "merge"):  # pinmatrix/report/nightly.py, pinmatrix/report/diff.py
+        from pinmatrix.report.nightly import add_nightly_options
 
         add_nightly_options(parser, command)
     if command == "list":
         parser.add_argument("--json", action="store_true", help="print JSON: the cell ids and the live-axis snapshot")
     if command == "matrix":
-        from pinmatrix.scale_cli import add_scale_options
+        from pinmatrix.cli.scale import add_scale_options
 
         add_scale_options(parser)
     if command == "run-cell":
-        from pinmatrix.scale_cli import add_run_cell_options
+        from pinmatrix.cli.scale import add_run_cell_options
 
         add_run_cell_options(parser)
     return parser
@@ -159,8 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MatrixError, SelectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except ValueError as exc:  # --shard/--gpus/--resume/--build-jobs: pinmatrix.scale_cli.BAD_INPUT
-        from pinmatrix.scale_cli import BAD_INPUT
+    except ValueError as exc:  # --shard/--gpus/--resume/--build-jobs: pinmatrix.cli.scale.BAD_INPUT
+        from pinmatrix.cli.scale import BAD_INPUT
 
         if not isinstance(exc, BAD_INPUT):
             raise
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"harness error: {exc}", file=sys.stderr)
         return EXIT_HARNESS
-    except KeyboardInterrupt:  # Ctrl-C: no new cell starts; finished ones are kept (pinmatrix/run_state.py)
+    except KeyboardInterrupt:  # Ctrl-C: no new cell starts; finished ones are kept (pinmatrix/run/state.py)
         print("\ninterrupted: finished cells are kept; `python -m pinmatrix matrix --resume` runs the rest "
               "(a cell already running finishes first)", file=sys.stderr)
         return 130
@@ -184,28 +184,28 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         return _report(args)
     if args.command == "merge":
-        from pinmatrix.nightly import merge_command
+        from pinmatrix.report.nightly import merge_command
 
         return merge_command(args)
     opts = _options(args)
     if args.command == "run-cell":
-        from pinmatrix.scale_cli import run_cell_command
+        from pinmatrix.cli.scale import run_cell_command
 
         return run_cell_command(args, opts)
     if args.command == "nightly":
-        from pinmatrix.nightly import nightly_command
+        from pinmatrix.report.nightly import nightly_command
 
         return nightly_command(args, opts)
     if args.command == "matrix":
-        from pinmatrix.scale_cli import apply_scale_options
+        from pinmatrix.cli.scale import apply_scale_options
 
         opts = apply_scale_options(args, opts)
         if getattr(args, "on", "local") == "slurm":
-            from pinmatrix.slurm import run_on_slurm
+            from pinmatrix.run.slurm import run_on_slurm
 
             return run_on_slurm(args, opts)
     if args.command == "list":
-        from pinmatrix.pipeline import load_cells
+        from pinmatrix.run.pipeline import load_cells
 
         matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu, snapshot=opts.snapshot,
                               sources=opts.sources)
@@ -218,12 +218,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(cell.id)
         return EXIT_OK
     if args.command == "resolve":
-        from pinmatrix.pipeline import resolve_only
+        from pinmatrix.run.pipeline import resolve_only
 
         run_dir = resolve_only(opts)
         print(f"locks: {run_dir / 'locks'}")
         return EXIT_OK
-    from pinmatrix.pipeline import run_matrix
+    from pinmatrix.run.pipeline import run_matrix
 
     summary = run_matrix(opts)
     print(summary.verdict)
@@ -241,7 +241,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pinmatrix.report import write_report
+    from pinmatrix.report.summary import write_report
 
     run_dir = args.run or (args.reports / "latest")
     if not run_dir.is_dir():
@@ -251,7 +251,7 @@ def _report(args: argparse.Namespace) -> int:
 
     print(json.loads(json_path.read_text())["verdict"])
     print(f"report: {md_path}")
-    from pinmatrix.pins import write_pins
+    from pinmatrix.report.pins import write_pins
 
     print(write_pins(run_dir.resolve()).message)
     return EXIT_OK

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .cell import NONE, Cell, Lock, Unresolvable, normalize_name, parse_lock
-from .sources import PackageSources
+from pinmatrix.cell import NONE, Cell, Lock, Unresolvable, normalize_name, parse_lock
+from pinmatrix.sources import PackageSources
 
 TARGET_PLATFORM = "x86_64-manylinux_2_28"
 CACHE_FORMAT = 1

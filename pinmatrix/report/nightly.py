@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pinmatrix.diff import PreviousRunError, append_history, find_run_dir, history_record, previous_run_in, read_history
+from pinmatrix.report.diff import PreviousRunError, append_history, find_run_dir, history_record, previous_run_in, read_history
 
 EXIT_GREEN, EXIT_NEW_BREAKAGES = 0, 1
 HISTORY_NAME = "history.jsonl"
@@ -32,7 +32,7 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None, hi
            echo: Echo = print) -> NightlyResult:
     """Write the report (with the diff against `previous`, else the newest earlier run in reports_dir),
     append this run to the history, and decide the exit code."""
-    from pinmatrix.report import write_report
+    from pinmatrix.report.summary import write_report
 
     run_dir = Path(run_dir)
     history_path = Path(history_path) if history_path else Path(reports_dir) / HISTORY_NAME
@@ -78,7 +78,7 @@ def run_nightly(opts: Any, *, previous: Path | None = None, history_path: Path |
                 echo: Echo = print) -> NightlyResult:
     """Run the matrix (live axes expand now), then `finish`. A harness error in one cell is an infra
     outcome in the run, listed apart: it never turns the nightly red by itself."""
-    from pinmatrix.pipeline import run_matrix
+    from pinmatrix.run.pipeline import run_matrix
 
     summary = run_matrix(opts, echo=echo)
     for line in summary.harness_errors:
@@ -91,8 +91,8 @@ def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previ
                      history_path: Path | None, expected_cells: Sequence[str] = (), label: str | None = None,
                      echo: Echo = print) -> NightlyResult:
     """The GitHub merge job: a run folder from the per-cell artifacts, then `finish`."""
-    from pinmatrix.merge import merge_artifacts
-    from pinmatrix.pipeline import new_run_dir, point_latest
+    from pinmatrix.report.merge import merge_artifacts
+    from pinmatrix.run.pipeline import new_run_dir, point_latest
 
     run_dir = new_run_dir(reports_dir, label)
     merged = merge_artifacts(artifact_roots, run_dir, expected_cells=expected_cells)
@@ -105,7 +105,7 @@ def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previ
     return result
 
 
-# --- command line (hooked into pinmatrix/cli.py) -------------------------------------------------
+# --- command line (hooked into pinmatrix/cli/main.py) -------------------------------------------------
 
 def add_nightly_options(parser: Any, command: str) -> None:
     parser.add_argument("--previous", type=Path, metavar="DIR",
@@ -123,7 +123,7 @@ def add_nightly_options(parser: Any, command: str) -> None:
 
 
 def _expected_cells(path: Path | None) -> list[str]:
-    from pinmatrix.cli import UsageError
+    from pinmatrix.cli.main import UsageError
 
     if path is None:
         return []
@@ -143,7 +143,7 @@ def nightly_command(args: Any, opts: Any) -> int:
 
 def merge_command(args: Any) -> int:
     """`merge ARTIFACT_DIR...`: the positional arguments are artifact folders, not selectors."""
-    from pinmatrix.cli import UsageError
+    from pinmatrix.cli.main import UsageError
 
     roots = [Path(p) for p in args.selectors]
     if not roots:

@@ -1,4 +1,4 @@
-"""The `matrix` command's scale options (issue 6), kept apart from pinmatrix/cli.py.
+"""The `matrix` command's scale options (issue 6), kept apart from pinmatrix/cli/main.py.
 
     --rerun [SELECTOR]   run again even where a cached result exists (bare: every cell; repeatable)
     --resume [RUN]       continue an interrupted run (default: the latest unfinished one)
@@ -7,7 +7,7 @@
     --cpu-jobs N         cells at once where no GPU is used (default 1)
     --shard i/n          run shard i of n (1-based); combine with --run-dir to share one run folder
     --run-dir DIR        write into this run folder (created when absent), e.g. a shared filesystem
-    --on local|slurm     where the cells run (slurm: pinmatrix/slurm.py)
+    --on local|slurm     where the cells run (slurm: pinmatrix/run/slurm.py)
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pinmatrix.run_state import ResumeError
-from pinmatrix.scheduler import SchedulerError, parse_gpu_list
-from pinmatrix.shard import ShardError, parse_shard
+from pinmatrix.run.state import ResumeError
+from pinmatrix.run.scheduler import SchedulerError, parse_gpu_list
+from pinmatrix.run.shard import ShardError, parse_shard
 
 BAD_INPUT = (ResumeError, SchedulerError, ShardError)
 
@@ -73,7 +73,7 @@ def add_run_cell_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cell_command(args: argparse.Namespace, opts) -> int:
-    from pinmatrix.slurm import run_cell_task
+    from pinmatrix.run.slurm import run_cell_task
 
     opts = dataclasses.replace(opts, rerun=None if args.rerun is None else
                                [("" if v in ("all", None) else v) for v in args.rerun])

@@ -1,4 +1,4 @@
-"""`nox -s bench` (scale part) / `python -m pinmatrix.bench_scale`: throughput numbers of issue 6.
+"""`nox -s bench` (scale part) / `python tools/bench_scale.py`: throughput numbers of issue 6.
 
 - cells per hour on this host: the matrix run with every cell forced (`--rerun`), warm venvs/images;
 - the time to rerun the unchanged matrix: every cell reused from the result cache (goal: about 0 s of
@@ -9,7 +9,7 @@
 - scheduler overhead per cell: the scheduler with tasks that do nothing.
 
 Writes reports/bench/scale-<UTC>.json and prints the numbers with the machine they were taken on.
-(pinmatrix/bench.py, the resolve timings, is a separate module by design: one concern each.)
+(tools/bench.py, the resolve timings, is a separate module by design: one concern each.)
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from pinmatrix.pipeline import REPO_ROOT, RunOptions, run_matrix
+from pinmatrix.run.pipeline import REPO_ROOT, RunOptions, run_matrix
 from pinmatrix.results import write_json_atomic
 
 CI_MATRIX = REPO_ROOT / "tests" / "data" / "matrices" / "ci.yaml"
@@ -68,9 +68,9 @@ def bench_matrix(matrix: Path, runner: str, scratch: Path, venv_dir: Path, cpu_j
 def bench_rebuild(matrix: Path, scratch: Path, transformers: str) -> dict[str, Any]:
     """Build the matrix's first cell's image (or find it built), then time the build of the same cell with
     only the transformers pin changed."""
-    from pinmatrix.engine import find_engine
-    from pinmatrix.pipeline import load_cells
-    from pinmatrix.resolve import resolve
+    from pinmatrix.runners.engine import find_engine
+    from pinmatrix.run.pipeline import load_cells
+    from pinmatrix.resolve.uv import resolve
     from pinmatrix.runners.docker import DockerRunner
     from pinmatrix.sources import PackageSources
 
@@ -108,9 +108,9 @@ def bench_rebuild(matrix: Path, scratch: Path, transformers: str) -> dict[str, A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pinmatrix.scheduler import measure_overhead
+    from pinmatrix.run.scheduler import measure_overhead
 
-    parser = argparse.ArgumentParser(prog="python -m pinmatrix.bench_scale", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/bench_scale.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--matrix", type=Path, default=CI_MATRIX, help="default: the CI matrix (CPU)")
     parser.add_argument("--runner", default="venv", choices=("venv", "docker"))
     parser.add_argument("--cpu-jobs", type=int, default=1)
