@@ -17,6 +17,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Mapping
 
+from pinmatrix.errors import IndexUnreachable
+
 PYPI_SIMPLE = "https://pypi.org/simple"
 
 
@@ -151,9 +153,6 @@ def open_url(url: str, sources: PackageSources, accept: str, timeout_s: float = 
 
 
 # --- releases on the index (for live axes) ---------------------------------------------------------------------
-class IndexUnreachable(Exception):
-    """The index could not be asked (network, TLS, HTTP error): the machine's problem, not the matrix's."""
-
 
 @dataclass(frozen=True)
 class Release:

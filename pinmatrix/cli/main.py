@@ -12,18 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pinmatrix.run.pipeline import DEFAULT_TIMEOUT_S, REPO_ROOT, RUNNERS, HarnessError, RunOptions
-
-EXIT_OK, EXIT_HARNESS, EXIT_BAD_INPUT = 0, 1, 2
+from pinmatrix.errors import EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
+from pinmatrix.run.pipeline import DEFAULT_TIMEOUT_S, REPO_ROOT, RUNNERS, RunOptions
 DEFAULT_MATRIX = REPO_ROOT / "matrix.yaml"
 DEFAULT_REPORTS = REPO_ROOT / "reports"
 
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-class UsageError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,8 +129,6 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pinmatrix.errors import MatrixError, SelectionError
-
     try:
         args = parse(list(sys.argv[1:] if argv is None else argv))
         if args.runner not in RUNNERS:
@@ -153,22 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.ca_bundle is not None and not args.ca_bundle.is_file():
             raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
         return _dispatch(args)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (MatrixError, SelectionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ValueError as exc:  # --shard/--gpus/--resume/--build-jobs: pinmatrix.cli.scale.BAD_INPUT
-        from pinmatrix.cli.scale import BAD_INPUT
-
-        if not isinstance(exc, BAD_INPUT):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except HarnessError as exc:
-        print(f"harness error: {exc}", file=sys.stderr)
-        return EXIT_HARNESS
+    except PinmatrixError as exc:  # bad input exits 2, a harness failure 1 (pinmatrix/errors.py)
+        print(f"{exc.prefix}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:  # Ctrl-C: no new cell starts; finished ones are kept (pinmatrix/run/state.py)
         print("\ninterrupted: finished cells are kept; `python -m pinmatrix matrix --resume` runs the rest "
               "(a cell already running finishes first)", file=sys.stderr)
@@ -241,7 +221,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pinmatrix.report.summary import write_report
+    from pinmatrix.report.write import write_report
 
     run_dir = args.run or (args.reports / "latest")
     if not run_dir.is_dir():

@@ -15,11 +15,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pinmatrix.run.state import ResumeError
-from pinmatrix.run.scheduler import SchedulerError, parse_gpu_list
-from pinmatrix.run.shard import ShardError, parse_shard
-
-BAD_INPUT = (ResumeError, SchedulerError, ShardError)
+from pinmatrix.errors import ResumeError, SchedulerError
+from pinmatrix.run.scheduler import parse_gpu_list
+from pinmatrix.run.shard import parse_shard
 
 
 def add_scale_options(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,8 @@ from packaging.version import InvalidVersion, Version
 
 from pinmatrix.cell import ID_ABBREV, NONE, Cell, ModelSpec
 from pinmatrix.errors import MatrixError, SelectionError
-from pinmatrix.sources import IndexUnreachable, PackageSources, Release, list_releases, redact
+from pinmatrix.errors import IndexUnreachable
+from pinmatrix.sources import PackageSources, Release, list_releases, redact
 
 # Axes that are not pip packages.
 PYTHON, BASE_IMAGE = "python", "base_image"

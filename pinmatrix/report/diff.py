@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from pinmatrix.errors import PreviousRunError
 from pinmatrix.results import write_json_atomic, write_text_atomic
 
 NOISE_K = 3.0                  # k in k·stdev: ~99.7% of run-to-run noise stays inside if it is normal
@@ -27,9 +28,6 @@ DEFAULT_REL_THRESHOLD = 0.10   # used when no repeated measurement exists: assum
 WORKING = ("works", "partial")
 BROKEN = ("broken", "unresolvable")
 
-
-class PreviousRunError(Exception):
-    """The folder given as the previous run holds no run we can read."""
 
 
 # --- finding and loading the previous run --------------------------------------------------------

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pinmatrix.errors import UsageError
 from pinmatrix.report.diff import PreviousRunError, append_history, find_run_dir, history_record, previous_run_in, read_history
 
 EXIT_GREEN, EXIT_NEW_BREAKAGES = 0, 1
@@ -32,7 +33,7 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None, hi
            echo: Echo = print) -> NightlyResult:
     """Write the report (with the diff against `previous`, else the newest earlier run in reports_dir),
     append this run to the history, and decide the exit code."""
-    from pinmatrix.report.summary import write_report
+    from pinmatrix.report.write import write_report
 
     run_dir = Path(run_dir)
     history_path = Path(history_path) if history_path else Path(reports_dir) / HISTORY_NAME
@@ -123,8 +124,6 @@ def add_nightly_options(parser: Any, command: str) -> None:
 
 
 def _expected_cells(path: Path | None) -> list[str]:
-    from pinmatrix.cli.main import UsageError
-
     if path is None:
         return []
     try:
@@ -143,8 +142,6 @@ def nightly_command(args: Any, opts: Any) -> int:
 
 def merge_command(args: Any) -> int:
     """`merge ARTIFACT_DIR...`: the positional arguments are artifact folders, not selectors."""
-    from pinmatrix.cli.main import UsageError
-
     roots = [Path(p) for p in args.selectors]
     if not roots:
         raise UsageError("merge: give at least one ARTIFACT_DIR (a folder of downloaded artifacts)")

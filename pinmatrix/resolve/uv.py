@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pinmatrix.cell import NONE, Cell, Lock, Unresolvable, normalize_name, parse_lock
+from pinmatrix.errors import PinmatrixError, ResolveInfraError
 from pinmatrix.sources import PackageSources
 
 TARGET_PLATFORM = "x86_64-manylinux_2_28"
@@ -37,9 +38,6 @@ _INFRA = ("Failed to fetch", "error sending request", "dns error", "Connection r
           "certificate", "tls", "Network is unreachable", "Could not connect", "os error", "Temporary failure",
           "Failed to download", "Failed to read")
 
-
-class ResolveInfraError(Exception):
-    """The machine failed the resolve (uv missing, index unreachable): retry later, the cell is not at fault."""
 
 
 @dataclass(frozen=True)
@@ -216,8 +214,8 @@ class _Resolver:
             raise ResolveInfraError(f"uv pip compile failed (exit {proc.returncode}): {stderr[-2000:]}")
 
 
-class _HashesUnavailable(Exception):
-    pass
+class _HashesUnavailable(PinmatrixError):
+    """The index gave no hashes: resolve again without --generate-hashes (caught in this module)."""
 
 
 def _is_unsolvable(stderr: str) -> bool:

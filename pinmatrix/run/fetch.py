@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from pinmatrix.errors import FetchError
 from pinmatrix.results import write_text_atomic
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -32,9 +33,6 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 TOKEN_ENV = "HF_TOKEN"
 
-
-class FetchError(Exception):
-    """A model could not be prefetched (names the repo and revision; never carries a token)."""
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pinmatrix.cell import Cell, Lock, Unresolvable, content_hash
+from pinmatrix.errors import HarnessError
 from pinmatrix.outcome import Outcome
 from pinmatrix.probes_source import probes_digest
-from pinmatrix.report.summary import write_report
+from pinmatrix.report.write import write_report
 from pinmatrix.results import Damaged, load_result, write_json_atomic, write_text_atomic
-from pinmatrix.runners.base import RUN_LOG_NAME, InfraError, Runner
+from pinmatrix.errors import InfraError
+from pinmatrix.runners.base import RUN_LOG_NAME, Runner
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
@@ -38,9 +40,6 @@ RUNNERS = ("auto", "docker", "venv")
 
 Echo = Callable[[str], None]
 
-
-class HarnessError(Exception):
-    """The harness itself failed (exit 1), as opposed to bad input (exit 2) or a broken cell (data)."""
 
 
 @dataclass

@@ -30,14 +30,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
+from pinmatrix.errors import SchedulerError
 from pinmatrix.run.progress import Progress
 
 T = TypeVar("T")
 C = TypeVar("C")
 
-
-class SchedulerError(ValueError):
-    pass
 
 
 # --- devices -------------------------------------------------------------------------------------

@@ -23,11 +23,9 @@ import math
 import re
 from typing import Any, Sequence
 
+from pinmatrix.errors import ShardError
+
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
-
-
-class ShardError(ValueError):
-    pass
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.run.pipeline import HarnessError
+from pinmatrix.errors import SlurmError
 from pinmatrix.results import write_json_atomic, write_text_atomic
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -46,9 +46,6 @@ ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZI
           "SIGNALING", "STAGE_OUT", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
 Run = Callable[..., subprocess.CompletedProcess]
 
-
-class SlurmError(HarnessError):
-    """sbatch missing or refusing, a bad run-cell call: exit 1 with the command's own words."""
 
 
 # --- parsing (unit-tested) -----------------------------------------------------------------------
@@ -146,7 +143,7 @@ class SlurmClient:
 
 def run_on_slurm(args: argparse.Namespace, opts, echo=print, client: SlurmClient | None = None) -> int:
     from pinmatrix.run.pipeline import _run_manifest, load_cells, new_run_dir, point_latest
-    from pinmatrix.report.summary import write_report
+    from pinmatrix.report.write import write_report
     from pinmatrix.run.state import finished_cells
 
     if opts.resume is not None:

@@ -16,14 +16,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from pinmatrix.errors import ResumeError
 from pinmatrix.results import write_json_atomic
 
 FINISHED_STAGES = ("done",)
 FINISHED_STATUSES = ("unresolvable",)
 
-
-class ResumeError(ValueError):
-    """Nothing to resume (exit 2: bad input)."""
 
 
 def finished_cells(run_dir: Path) -> set[str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 from pinmatrix.cell import Cell, Lock
+from pinmatrix.errors import LOG_TAIL_CHARS
 
-LOG_TAIL_CHARS = 4000
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,6 @@ class RunOutcome:
     def ok(self) -> bool:
         return self.result_path is not None and self.infra_reason is None
 
-
-class InfraError(Exception):
-    """The machine failed (build, install, timeout, engine) — not the stack under test."""
-
-    def __init__(self, reason: str, signature: str | None = None, log_tail: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.signature = signature
-        self.log_tail = log_tail[-LOG_TAIL_CHARS:]
 
 
 @runtime_checkable

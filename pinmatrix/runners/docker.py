@@ -28,7 +28,8 @@ from pinmatrix.runners.engine import Engine
 from pinmatrix.runners.oci_container import Mount, gpu_args, security_args
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
 from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, result_drift
-from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail
+from pinmatrix.errors import InfraError
+from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
 
 if TYPE_CHECKING:  # pinmatrix.sources is written alongside; only its attributes are used here
     from pinmatrix.sources import PackageSources

@@ -28,7 +28,8 @@ from typing import Any, Sequence
 from pinmatrix.runners import compile_cache
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
-from pinmatrix.runners.base import (RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail)
+from pinmatrix.errors import InfraError
+from pinmatrix.runners.base import (RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_MARKER = ".pinmatrix-ready.json"

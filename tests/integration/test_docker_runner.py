@@ -23,7 +23,8 @@ import pytest
 from pinmatrix.runners import compile_cache
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.runners.engine import Engine
-from pinmatrix.runners.base import InfraError, Prepared, RunOutcome
+from pinmatrix.errors import InfraError
+from pinmatrix.runners.base import Prepared, RunOutcome
 from pinmatrix.runners.docker import PROBES_DIR, DockerRunner
 from probes import schema_check
 

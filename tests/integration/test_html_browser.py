@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the real-result helpers
 
-from pinmatrix.report.summary import write_report  # noqa: E402
+from pinmatrix.report.write import write_report  # noqa: E402
 from real_results import cache_root  # noqa: E402
 from report_runs import CELL_ID, standard_run  # noqa: E402
 

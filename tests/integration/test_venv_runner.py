@@ -16,9 +16,11 @@ import pytest
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.outcome import Outcome
 from pinmatrix.run.pipeline import force_cpu
-from pinmatrix.report.summary import merge, render_markdown
+from pinmatrix.report.markdown import render_markdown
+from pinmatrix.report.summary import merge
 from pinmatrix.results import CellResult, load_result
-from pinmatrix.runners.base import InfraError, Runner
+from pinmatrix.errors import InfraError
+from pinmatrix.runners.base import Runner
 from pinmatrix.runners.venv import READY_MARKER, VenvRunner
 
 pytestmark = pytest.mark.integration

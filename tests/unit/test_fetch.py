@@ -3,7 +3,6 @@ one the probe reads (probes.models.find_snapshot), refs resolve to commits, a mi
 naming it, and a token in the environment ends up nowhere on disk."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

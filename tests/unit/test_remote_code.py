@@ -9,7 +9,7 @@ from typing import Any
 
 from pinmatrix.cell import ModelSpec
 from pinmatrix.report.remote_code import hash_changes, is_pinned, loaded_files, unpinned_warnings
-from pinmatrix.report.summary import write_report
+from pinmatrix.report.write import write_report
 from pinmatrix.results import validate
 
 REPO = "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.outcome import Outcome
-from pinmatrix.report.summary import merge, write_report
+from pinmatrix.report.summary import merge
+from pinmatrix.report.write import write_report
 from pinmatrix.report.html import render_html, throughput_chart
 from real_results import BASE_PINS, cache_root
 from report_runs import CELL_ID, add_cell, probe_result, standard_run
