@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from pinmatrix.runners import compile_cache
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.runners.engine import Engine
-from pinmatrix.runners.oci_container import Mount, gpu_args, security_args
+from pinmatrix.runners.container_args import Mount, gpu_args, security_args
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
 from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, result_drift
 from pinmatrix.errors import InfraError

@@ -7,7 +7,7 @@ import pytest
 
 from pinmatrix.runners import compile_cache
 from pinmatrix.cell import Lock
-from pinmatrix.runners.oci_container import Mount
+from pinmatrix.runners.container_args import Mount
 from probes.environment import COMPILE_CACHE_ENV, compile_cache_state
 
 LOCK = Lock("c", "3.12", "torch==2.11.0\n", "torch==2.11.0\ntransformers==5.17.0\n")

@@ -16,7 +16,7 @@ import pytest
 
 from pinmatrix.runners import compile_cache
 from pinmatrix.runners.engine import Engine
-from pinmatrix.runners.oci_container import Mount, OCIContainer, gpu_args
+from pinmatrix.runners.container_args import Mount, gpu_args
 from pinmatrix.runners import docker as dr
 from pinmatrix.runners.base import Prepared
 
@@ -307,12 +307,6 @@ def test_hostile_python_pin_is_refused_before_any_build(pin: str) -> None:
 def test_mount_refuses_paths_that_would_split_the_mount_spec(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Mount(tmp_path / "a,readonly=false", "/x").arg()
-
-
-def test_call_refuses_a_shell_string() -> None:
-    container = OCIContainer(FAKE_ENGINE, "img")
-    with pytest.raises(TypeError):
-        container.call("echo hi; id")  # type: ignore[arg-type]
 
 
 def test_prepared_reuse_flag_is_part_of_protocol() -> None:
