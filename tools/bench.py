@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from pinmatrix.cell import Cell
-from pinmatrix.run.pipeline import REPO_ROOT, load_cells
+from pinmatrix.run.options import REPO_ROOT
+from pinmatrix.run.pipeline import load_cells
 from pinmatrix.resolve.uv import resolve, uv_version
 from pinmatrix.resolve.stage import resolve_stage, status_of
 from pinmatrix.results import write_json_atomic

@@ -26,7 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from pinmatrix.run.pipeline import REPO_ROOT, RunOptions, run_matrix
+from pinmatrix.run.options import REPO_ROOT, RunOptions
+from pinmatrix.run.pipeline import run_matrix
 from pinmatrix.results import write_json_atomic
 
 CI_MATRIX = REPO_ROOT / "tests" / "data" / "matrices" / "ci.yaml"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pinmatrix.errors import EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
-from pinmatrix.run.pipeline import DEFAULT_TIMEOUT_S, REPO_ROOT, RUNNERS, RunOptions
+from pinmatrix.run.options import DEFAULT_TIMEOUT_S, REPO_ROOT, RUNNERS, RunOptions
 DEFAULT_MATRIX = REPO_ROOT / "matrix.yaml"
 DEFAULT_REPORTS = REPO_ROOT / "reports"
 

@@ -93,7 +93,7 @@ def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previ
                      echo: Echo = print) -> NightlyResult:
     """The GitHub merge job: a run folder from the per-cell artifacts, then `finish`."""
     from pinmatrix.report.merge import merge_artifacts
-    from pinmatrix.run.pipeline import new_run_dir, point_latest
+    from pinmatrix.run.folder import new_run_dir, point_latest
 
     run_dir = new_run_dir(reports_dir, label)
     merged = merge_artifacts(artifact_roots, run_dir, expected_cells=expected_cells)

@@ -25,7 +25,7 @@ class StageResult:
     workers: int
 
     def lookup(self, cell: Cell, sources: Any, lock_dir: Path) -> Lock | Unresolvable:
-        """A `resolve_fn` for pipeline.run_cell: the stage's answer for the cell (raises its infra error)."""
+        """A `resolve_fn` for run.one_cell.run_cell: the stage's answer for the cell (raises its infra error)."""
         outcome = self.results[cell.id]
         if isinstance(outcome, ResolveInfraError):
             raise outcome

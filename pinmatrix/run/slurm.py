@@ -142,7 +142,8 @@ class SlurmClient:
 # --- the session side ----------------------------------------------------------------------------
 
 def run_on_slurm(args: argparse.Namespace, opts, echo=print, client: SlurmClient | None = None) -> int:
-    from pinmatrix.run.pipeline import _run_manifest, load_cells, new_run_dir, point_latest
+    from pinmatrix.run.folder import new_run_dir, point_latest, run_manifest
+    from pinmatrix.run.pipeline import load_cells
     from pinmatrix.report.write import write_report
     from pinmatrix.run.state import finished_cells
 
@@ -166,7 +167,7 @@ def run_on_slurm(args: argparse.Namespace, opts, echo=print, client: SlurmClient
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = new_run_dir(opts.reports_dir, opts.label).resolve()
-    manifest = _run_manifest(opts, run_dir, matrix, cells, f"slurm:{opts.runner}")
+    manifest = run_manifest(opts, run_dir, matrix, cells, f"slurm:{opts.runner}")
     slurm_dir = run_dir / "slurm"
     slurm_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(slurm_dir / "cells.txt", "".join(c.id + "\n" for c in cells))
@@ -250,7 +251,7 @@ def _progress_line(states: dict[int, str], n: int, source: str) -> str:
 
 
 def _default_deadline(cells, opts) -> float:
-    from pinmatrix.run.pipeline import cell_timeout
+    from pinmatrix.run.options import cell_timeout
 
     longest = max(cell_timeout(c, opts) for c in cells)
     return 2 * longest + 3600  # one build plus the cell, twice over, plus queueing
@@ -258,7 +259,7 @@ def _default_deadline(cells, opts) -> float:
 
 def job_script(args: argparse.Namespace, opts, run_dir: Path) -> str:
     """The array task's script: cd into this checkout and run one cell of the run folder."""
-    from pinmatrix.run.pipeline import REPO_ROOT
+    from pinmatrix.run.options import REPO_ROOT
 
     argv = [sys.executable, "-m", "pinmatrix", "run-cell", "--run-dir", str(run_dir),
             "--index", "${SLURM_ARRAY_TASK_ID}", *forwarded_options(args, opts, run_dir)]

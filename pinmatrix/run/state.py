@@ -1,6 +1,6 @@
 """Which run folder a matrix writes into, and which of its cells are already finished (resume, shards).
 
-- a fresh run: a new `reports/<UTC id>` folder (pinmatrix.run.pipeline.new_run_dir);
+- a fresh run: a new `reports/<UTC id>` folder (pinmatrix.run.folder.new_run_dir);
 - `--resume [RUN]`: the named run (an id under the reports folder, or a path), else the newest run whose
   `run.json` lacks `"complete": true` — the loop writes that flag only when it ends normally, so a
   Ctrl-C, a SIGKILL or a lost node leaves the run resumable;

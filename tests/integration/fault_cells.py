@@ -157,6 +157,7 @@ def stand_in_resolve(cell: Any, sources: Any, lock_dir: Path) -> Any:
 def install(probes_root: Path, settings: dict[str, Any], patch: Any = None) -> None:
     """Point the pipeline at the stand-ins. `patch(obj, name, value)`: pytest's monkeypatch.setattr, or setattr."""
     import pinmatrix.run.pipeline as pipeline
+    import pinmatrix.run.runner_choice as runner_choice
 
     setter = patch or setattr
     # The pipeline asks choose_resolver for the per-cell resolver (uv's, resolved up front in parallel, or
@@ -183,8 +184,8 @@ def install(probes_root: Path, settings: dict[str, Any], patch: Any = None) -> N
         return VenvRunner(venv_root=Path(settings["venv_root"]), no_install=True, probes_root=Path(probes_root),
                           base_python=settings.get("base_python") or sys.executable)
 
-    setter(pipeline, "make_docker_runner", docker_runner)
-    setter(pipeline, "make_venv_runner", venv_runner)
+    setter(runner_choice, "make_docker_runner", docker_runner)
+    setter(runner_choice, "make_venv_runner", venv_runner)
 
 
 def child_main(argv: list[str]) -> int:

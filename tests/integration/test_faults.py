@@ -33,7 +33,8 @@ from typing import Any, Iterator
 import pytest
 
 from pinmatrix.runners.engine import Engine
-from pinmatrix.run.pipeline import RunOptions, run_matrix
+from pinmatrix.run.options import RunOptions
+from pinmatrix.run.pipeline import run_matrix
 from pinmatrix.results import CellResult, Damaged, load_result
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -225,10 +226,11 @@ def test_per_check_timeout_from_the_cli_stops_a_real_check(tmp_path: Path, monke
         pytest.skip("this interpreter holds no CPU stack (torch, transformers, peft): run through `nox -s tests`")
     sites = [site]
     import pinmatrix.run.pipeline as pipeline
+    import pinmatrix.run.runner_choice as runner_choice
     from pinmatrix.runners.venv import VenvRunner
 
     monkeypatch.setattr(pipeline, "choose_resolver", lambda opts, resolve: fc.stand_in_resolve)
-    monkeypatch.setattr(pipeline, "make_venv_runner", lambda opts: VenvRunner(
+    monkeypatch.setattr(runner_choice, "make_venv_runner", lambda opts: VenvRunner(
         venv_root=tmp_path / "venvs", no_install=True, extra_sites=(sites[0],), probes_root=ROOT,
         base_python=sys.executable))
     # 5000 steps take minutes on any CPU: only the 0.5 s per-check timeout can end the check in time
@@ -277,9 +279,9 @@ def test_full_reports_disk_stops_cleanly_and_keeps_what_finished(probes_root: Pa
                                                                  tiny_disk: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     fc.install(probes_root, venv_settings, monkeypatch.setattr)
-    import pinmatrix.run.pipeline as pipeline
+    import pinmatrix.run.runner_choice as runner_choice
 
-    made = pipeline.make_venv_runner
+    made = runner_choice.make_venv_runner
     fills: list[Path] = []
 
     class FillsTheDiskOnTheSecondCell:
@@ -303,7 +305,7 @@ def test_full_reports_disk_stops_cleanly_and_keeps_what_finished(probes_root: Pa
                 fills.append(_fill(tiny_disk))
             return self.inner.run(*args, **kw)
 
-    monkeypatch.setattr(pipeline, "make_venv_runner", lambda opts: FillsTheDiskOnTheSecondCell())
+    monkeypatch.setattr(runner_choice, "make_venv_runner", lambda opts: FillsTheDiskOnTheSecondCell())
     matrix = fc.write_matrix(tmp_path / "matrix.yaml", [fc.OK, fc.OK2, fc.OK3])
     summary = run_matrix(_opts(matrix, tiny_disk / "reports", "venv"), echo=lambda _: None)
     assert fills and summary.stopped and "full" in summary.stopped, summary

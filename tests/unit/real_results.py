@@ -13,7 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pinmatrix.run.pipeline import REPO_ROOT, probes_digest
+from pinmatrix.probes_source import probes_digest
+from pinmatrix.run.options import REPO_ROOT
 
 from cpu_stack import probe_python
 

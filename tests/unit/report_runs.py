@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pinmatrix.outcome import Outcome
-from pinmatrix.run.pipeline import REPO_ROOT, probes_digest
+from pinmatrix.probes_source import probes_digest
+from pinmatrix.run.options import REPO_ROOT
 from pinmatrix.results import write_json_atomic
 from real_results import BASE_PINS, PROBE_PYTHON, STACKS, _site_with
 

@@ -1,4 +1,4 @@
-"""The result cache (pinmatrix/run/cache.py) through pinmatrix.run.pipeline.run_cell: a hit reuses, and every input
+"""The result cache (pinmatrix/run/cache.py) through pinmatrix.run.one_cell.run_cell: a hit reuses, and every input
 that can change a result (lock text, Dockerfile, probes digest, checks, settings, GPU model) misses.
 
 The runner is a counting stand-in that writes a schema-valid result: the point here is which cells run;
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.run import pipeline
+from pinmatrix.run import identity
 from pinmatrix.run.cache import RerunPolicy, ResultCache
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.run.pipeline import RunOptions, run_cell
+from pinmatrix.run.one_cell import run_cell
+from pinmatrix.run.options import RunOptions
 from pinmatrix.results import load_result
 from pinmatrix.runners.base import Prepared, RunOutcome
 
@@ -49,7 +50,7 @@ class CountingRunner:
 def env(tmp_path, monkeypatch):
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("FROM base\n")
-    monkeypatch.setattr(pipeline, "DOCKERFILE", dockerfile)
+    monkeypatch.setattr(identity, "DOCKERFILE", dockerfile)
     reports = tmp_path / "reports"
     runner = CountingRunner()
     opts = RunOptions(matrix_path=tmp_path / "m.yaml", reports_dir=reports, flaky_rerun=False)

@@ -20,7 +20,7 @@ from pinmatrix.report.diff import (DEFAULT_REL_THRESHOLD, NOISE_K, diff, find_ru
                             read_history)
 from pinmatrix.report.nightly import EXIT_GREEN, EXIT_NEW_BREAKAGES, finish
 from pinmatrix.outcome import Outcome
-from pinmatrix.run.pipeline import REPO_ROOT
+from pinmatrix.run.options import REPO_ROOT
 from real_results import BASE_PINS, cache_root
 from report_runs import CELL_ID, add_cell, cpu_throughput_checks, new_run, probe_result
 

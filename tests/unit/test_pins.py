@@ -21,7 +21,8 @@ from real_results import PROBE_PYTHON, cache_root, real_results, spec_for
 
 from pinmatrix.outcome import Outcome
 from pinmatrix.report.pins import NEWEST_FILE, Candidate, choose, lock_entries, newest_key, write_pins
-from pinmatrix.run.pipeline import REPO_ROOT, probes_digest
+from pinmatrix.probes_source import probes_digest
+from pinmatrix.run.options import REPO_ROOT
 
 TF457_PYTHON = Path(os.environ.get("PINMATRIX_TEST_PYTHON_TF457", "/opt/venvs/tf457/bin/python"))
 UV = shutil.which("uv")

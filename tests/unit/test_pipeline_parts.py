@@ -10,7 +10,10 @@ import pytest
 
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.run.pipeline import RunOptions, cell_timeout, force_cpu, new_run_dir, point_latest, probes_digest
+from pinmatrix.probes_source import probes_digest
+from pinmatrix.run.folder import new_run_dir, point_latest
+from pinmatrix.run.options import RunOptions, cell_timeout
+from pinmatrix.run.pipeline import force_cpu
 from pinmatrix.runners.venv import lock_drift
 
 
@@ -97,10 +100,10 @@ def test_lock_drift_names_the_packages():
 
 
 def test_run_manifest_argv_holds_no_credentials():
-    from pinmatrix.run.pipeline import _redacted_argv
+    from pinmatrix.run.folder import redacted_argv
 
     argv = ["pinmatrix", "matrix", "--index-url", "https://bob:s3cret@pypi.corp/simple",
             "--extra-index-url=https://tok:abc@x.corp/simple", "--cpu"]
-    redacted = _redacted_argv(argv)
+    redacted = redacted_argv(argv)
     assert "s3cret" not in " ".join(redacted) and "abc@" not in " ".join(redacted)
     assert redacted[3] == "https://***@pypi.corp/simple" and redacted[-1] == "--cpu"
