@@ -20,6 +20,15 @@ from typing import Mapping
 from pinmatrix.errors import IndexUnreachable
 
 PYPI_SIMPLE = "https://pypi.org/simple"
+# Where each source comes from when its command-line option is absent, in order: pinmatrix's own
+# variable, then the host's pip settings. The option table (pinmatrix/run/options.py) shows these in --help.
+SOURCE_ENV = {
+    "index_url": ("PINMATRIX_INDEX_URL", "PIP_INDEX_URL"),
+    "extra_index_urls": ("PINMATRIX_EXTRA_INDEX_URLS", "PIP_EXTRA_INDEX_URL"),
+    "find_links": ("PINMATRIX_FIND_LINKS", "PIP_FIND_LINKS"),
+    "ca_bundle": ("PINMATRIX_CA_BUNDLE", "PIP_CERT", "SSL_CERT_FILE"),
+    "torch_backend": ("PINMATRIX_TORCH_BACKEND",),
+}
 
 
 @dataclass(frozen=True)
@@ -51,12 +60,12 @@ class PackageSources:
             raw = pick(None, *names)
             return tuple(raw.split()) if raw else ()
 
-        backend = pick(torch_backend, "PINMATRIX_TORCH_BACKEND")
+        backend = pick(torch_backend, *SOURCE_ENV["torch_backend"])
         return cls(
-            index_url=pick(index_url, "PINMATRIX_INDEX_URL", "PIP_INDEX_URL"),
-            extra_index_urls=many(extra_index_urls, "PINMATRIX_EXTRA_INDEX_URLS", "PIP_EXTRA_INDEX_URL"),
-            find_links=many(find_links, "PINMATRIX_FIND_LINKS", "PIP_FIND_LINKS"),
-            ca_bundle=pick(ca_bundle, "PINMATRIX_CA_BUNDLE", "PIP_CERT", "SSL_CERT_FILE"),
+            index_url=pick(index_url, *SOURCE_ENV["index_url"]),
+            extra_index_urls=many(extra_index_urls, *SOURCE_ENV["extra_index_urls"]),
+            find_links=many(find_links, *SOURCE_ENV["find_links"]),
+            ca_bundle=pick(ca_bundle, *SOURCE_ENV["ca_bundle"]),
             torch_backend=None if backend in (None, "", "none", "off") else backend,
         )
 

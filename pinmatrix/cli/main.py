@@ -9,13 +9,11 @@ import argparse
 import math
 import re
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from pinmatrix.errors import EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
-from pinmatrix.run.options import DEFAULT_TIMEOUT_S, REPO_ROOT, RUNNERS, RunOptions
-DEFAULT_MATRIX = REPO_ROOT / "matrix.yaml"
-DEFAULT_REPORTS = REPO_ROOT / "reports"
+from pinmatrix.run.options import ALL_COMMANDS, OPTIONS, RUNNERS, options_for, run_options
+
 
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -27,54 +25,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The options every command shares."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("selectors", nargs="*", metavar="SELECTOR",
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of one command, from the option table (pinmatrix/run/options.py); without a command,
+    only the options every command shares."""
+    parser = argparse.ArgumentParser(add_help=False) if command is None else _Parser(
+        prog=f"python -m pinmatrix {command}", description=COMMANDS[command])
+    parser.add_argument("selectors", nargs="*", metavar="SELECTOR",
                         help="AXIS=VALUE (e.g. transformers=5.17.0; same axis: any, different axes: all) or a cell id")
-    common.add_argument("--matrix", type=Path, default=DEFAULT_MATRIX, help="matrix file (default: matrix.yaml)")
-    common.add_argument("--reports", type=Path, default=DEFAULT_REPORTS, help="reports folder (default: reports/)")
-    common.add_argument("--runner", default="auto", help="docker | venv | auto (docker when an engine is found)")
-    common.add_argument("--cpu", action="store_true", help="run on CPU even where GPUs exist")
-    common.add_argument("--timeout", type=float, default=None, metavar="S",
-                        help=f"per-cell probe timeout in seconds (default: the matrix's cell_timeout_s, else "
-                             f"{DEFAULT_TIMEOUT_S:.0f})")
-    common.add_argument("--check-timeout", type=float, default=None, metavar="S",
-                        help="per-check timeout in seconds, enforced by the probe (default: the matrix's "
-                             "settings.check_timeout_s)")
-    common.add_argument("--no-flaky-rerun", action="store_true",
-                        help="do not rerun failed check groups once to tell flaky from failing (pinmatrix/run/flaky.py)")
-    common.add_argument("--model-cache", type=Path, metavar="DIR",
-                        help="prefetch the matrix's models into DIR (HF_HOME layout) before the run, with HF_TOKEN "
-                             "from the environment; cells get it read-only")
-    common.add_argument("--model-hub", type=Path, metavar="DIR",
-                        help="with --model-cache: a local folder of models (ORG/NAME/<commit>/) instead of the hub")
-    common.add_argument("--no-compile-cache", action="store_true",
-                        help="give every probe run an empty compile cache (a cold run: what a user's first run "
-                             "costs) instead of its stack's cache from earlier runs (pinmatrix/runners/compile_cache.py)")
-    common.add_argument("--label", help="suffix of the run id")
-    common.add_argument("--snapshot", type=Path, metavar="FILE",
-                        help="expand live axes from a run's run.json (or a snapshot file), offline, not the index")
-    src = common.add_argument_group("package sources (else PINMATRIX_*, then the host's pip settings)")
-    src.add_argument("--index-url", metavar="URL")
-    src.add_argument("--extra-index-url", action="append", default=[], metavar="URL")
-    src.add_argument("--find-links", action="append", default=[], metavar="DIR")
-    src.add_argument("--ca-bundle", type=Path, metavar="FILE")
-    src.add_argument("--torch-backend", metavar="NAME",
-                     help="uv's torch backend: auto (the pin's +cuXXX/+cpu variant), cpu, cu130, ...; "
-                          "for hosts that reach the PyTorch index (else use --find-links)")
-    venv = common.add_argument_group("venv runner")
-    venv.add_argument("--venv-dir", type=Path, help="where cell venvs live (default ~/.cache/pinmatrix/venvs)")
-    venv.add_argument("--system-site-packages", action="store_true", help="reuse the host's packages (a CUDA torch)")
-    venv.add_argument("--offline", action="store_true", help="install only from --find-links, no index")
-    venv.add_argument("--no-install", action="store_true", help="install nothing; test what is there (with --extra-site)")
-    venv.add_argument("--extra-site", action="append", type=Path, default=[], metavar="DIR",
-                      help="an unpacked site folder put on the venv's path")
-    venv.add_argument("--venv-python", metavar="PATH",
-                      help="the interpreter every cell venv is made from (with --system-site-packages: the one holding torch)")
-    venv.add_argument("--keep-work", action="store_true", help="keep each cell's work folder")
-
-    return common
+    groups: dict[str | None, Any] = {None: parser}
+    for option in OPTIONS if command is None else options_for(command):
+        if command is None and option.commands != ALL_COMMANDS:
+            continue
+        if option.group not in groups:
+            groups[option.group] = parser.add_argument_group(option.group)
+        groups[option.group].add_argument(option.flag, **option.argparse_kwargs())
+    return parser
 
 
 COMMANDS = {
@@ -91,24 +56,10 @@ USAGE = "usage: python -m pinmatrix {" + "|".join(COMMANDS) + "} [options] [sele
 
 def command_parser(command: str) -> argparse.ArgumentParser:
     """One parser per command (no subparsers: argparse cannot mix those with interleaved positionals)."""
-    parser = _Parser(prog=f"python -m pinmatrix {command}", description=COMMANDS[command],
-                     parents=[build_parser()])
-    if command == "report":
-        parser.add_argument("--run", type=Path, help="run folder (default: reports/latest)")
-    if command in ("report", "nightly", "merge"):  # pinmatrix/report/nightly.py, pinmatrix/report/diff.py
-        from pinmatrix.report.nightly import add_nightly_options
-
-        add_nightly_options(parser, command)
-    if command == "list":
-        parser.add_argument("--json", action="store_true", help="print JSON: the cell ids and the live-axis snapshot")
-    if command == "matrix":
-        from pinmatrix.cli.scale import add_scale_options
-
-        add_scale_options(parser)
-    if command == "run-cell":
-        from pinmatrix.cli.scale import add_run_cell_options
-
-        add_run_cell_options(parser)
+    parser = build_parser(command)
+    if command == "merge":
+        parser.usage = ("python -m pinmatrix merge ARTIFACT_DIR... [--previous DIR] [--history FILE] "
+                        "[--expected-cells FILE] [--reports DIR] [--label LABEL]")
     return parser
 
 
@@ -167,20 +118,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pinmatrix.report.nightly import merge_command
 
         return merge_command(args)
-    opts = _options(args)
+    opts = run_options(args)
     if args.command == "run-cell":
-        from pinmatrix.cli.scale import run_cell_command
+        from pinmatrix.run.slurm import run_cell_task
 
-        return run_cell_command(args, opts)
+        return run_cell_task(args, opts)
     if args.command == "nightly":
         from pinmatrix.report.nightly import nightly_command
 
         return nightly_command(args, opts)
     if args.command == "matrix":
-        from pinmatrix.cli.scale import apply_scale_options
-
-        opts = apply_scale_options(args, opts)
-        if getattr(args, "on", "local") == "slurm":
+        if args.on == "slurm":
             from pinmatrix.run.slurm import run_on_slurm
 
             return run_on_slurm(args, opts)
@@ -235,42 +183,3 @@ def _report(args: argparse.Namespace) -> int:
 
     print(write_pins(run_dir.resolve()).message)
     return EXIT_OK
-
-
-def _options(args: argparse.Namespace) -> RunOptions:
-    return RunOptions(matrix_path=args.matrix, selectors=tuple(args.selectors), runner=args.runner, cpu=args.cpu,
-                      reports_dir=args.reports, timeout_s=args.timeout, sources=_sources(args), label=args.label,
-                      venv_dir=args.venv_dir, system_site_packages=args.system_site_packages,
-                      no_install=args.no_install, extra_sites=tuple(args.extra_site), offline=args.offline,
-                      venv_python=args.venv_python,
-                      keep_work=args.keep_work, check_timeout_s=args.check_timeout,
-                      flaky_rerun=not args.no_flaky_rerun, model_cache=args.model_cache, model_hub=args.model_hub,
-                      snapshot=_snapshot(args.snapshot), compile_cache=not args.no_compile_cache)
-
-
-def _sources(args: argparse.Namespace) -> Any:
-    """PackageSources: the command line first, then PINMATRIX_*, then the host's pip settings (§9)."""
-    from pinmatrix.sources import PackageSources
-
-    return PackageSources.from_env(index_url=args.index_url, extra_index_urls=args.extra_index_url or None,
-                                   find_links=args.find_links or None,
-                                   ca_bundle=str(args.ca_bundle) if args.ca_bundle else None,
-                                   torch_backend=args.torch_backend)
-
-
-def _snapshot(path: Path | None) -> dict[str, Any] | None:
-    """--snapshot FILE: a run.json (its "snapshot") or a bare snapshot ({"live": ...})."""
-    if path is None:
-        return None
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"--snapshot {path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--snapshot {path}: not readable JSON: {exc}") from None
-    snapshot = data.get("snapshot", data) if isinstance(data, dict) else None
-    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("live", {}), dict):
-        raise UsageError(f"--snapshot {path}: no snapshot in it (expected run.json or {{\"live\": ...}})")
-    return snapshot

@@ -106,22 +106,7 @@ def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previ
     return result
 
 
-# --- command line (hooked into pinmatrix/cli/main.py) -------------------------------------------------
-
-def add_nightly_options(parser: Any, command: str) -> None:
-    parser.add_argument("--previous", type=Path, metavar="DIR",
-                        help="the previous run: a run folder, a reports/ folder or an unpacked report artifact"
-                             + ("" if command == "report" else " (default: the newest earlier run in --reports)"))
-    if command == "report":
-        return
-    parser.add_argument("--history", type=Path, metavar="FILE",
-                        help=f"the history file to read and append to (default: REPORTS/{HISTORY_NAME})")
-    if command == "merge":
-        parser.usage = ("python -m pinmatrix merge ARTIFACT_DIR... [--previous DIR] [--history FILE] "
-                        "[--expected-cells FILE] [--reports DIR] [--label LABEL]")
-        parser.add_argument("--expected-cells", type=Path, metavar="FILE",
-                            help="`list --json` output: a cell missing from every artifact is recorded as infra")
-
+# --- command line (its options: pinmatrix/run/options.py) ---------------------------------------
 
 def _expected_cells(path: Path | None) -> list[str]:
     if path is None:

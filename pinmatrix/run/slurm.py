@@ -262,7 +262,7 @@ def job_script(args: argparse.Namespace, opts, run_dir: Path) -> str:
     from pinmatrix.run.options import REPO_ROOT
 
     argv = [sys.executable, "-m", "pinmatrix", "run-cell", "--run-dir", str(run_dir),
-            "--index", "${SLURM_ARRAY_TASK_ID}", *forwarded_options(args, opts, run_dir)]
+            "--index", "${SLURM_ARRAY_TASK_ID}", *forwarded_options(args, run_dir)]
     quoted = " ".join(a if a.startswith("${") else shlex.quote(a) for a in argv)
     return ("#!/bin/bash\n"
             "# One pinmatrix cell per array task (written by pinmatrix/run/slurm.py; safe to rerun by hand with\n"
@@ -273,37 +273,13 @@ def job_script(args: argparse.Namespace, opts, run_dir: Path) -> str:
             f"exec {quoted}\n")
 
 
-def forwarded_options(args: argparse.Namespace, opts, run_dir: Path) -> list[str]:
-    """The options a task needs to run its cell as this session would have."""
-    out = ["--matrix", str(Path(opts.matrix_path).resolve()), "--reports", str(Path(opts.reports_dir).resolve()),
-           "--runner", opts.runner]
-    if opts.cpu:
-        out.append("--cpu")
-    if opts.timeout_s:
-        out += ["--timeout", str(opts.timeout_s)]
-    if getattr(opts, "check_timeout_s", None):
-        out += ["--check-timeout", str(opts.check_timeout_s)]
-    if not getattr(opts, "flaky_rerun", True):
-        out.append("--no-flaky-rerun")
-    # live axes expand as the session expanded them (run.json holds the snapshot), never re-asked per task
-    out += ["--snapshot", str(run_dir / "run.json")]
-    for flag, value in (("--index-url", args.index_url), ("--ca-bundle", args.ca_bundle),
-                        ("--venv-dir", args.venv_dir), ("--venv-python", args.venv_python)):
-        if value:
-            out += [flag, str(Path(value).resolve()) if flag in ("--ca-bundle", "--venv-dir") else str(value)]
-    for url in args.extra_index_url:
-        out += ["--extra-index-url", url]
-    for link in args.find_links:
-        out += ["--find-links", link]
-    for flag in ("system_site_packages", "offline", "no_install", "keep_work"):
-        if getattr(args, flag, False):
-            out.append("--" + flag.replace("_", "-"))
-    for site in args.extra_site:
-        out += ["--extra-site", str(Path(site).resolve())]
-    if opts.rerun is not None:
-        selectors = [v for v in opts.rerun if v]
-        out += [f"--rerun={v}" for v in selectors] if selectors else ["--rerun"]
-    return out
+def forwarded_options(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The options a task needs to run its cell as this session would have (every option the table in
+    pinmatrix/run/options.py marks forwarded), with the live axes the session expanded: run.json holds
+    that snapshot, so a task never asks the index again."""
+    from pinmatrix.run.options import forwarded_argv
+
+    return [*forwarded_argv(args), "--snapshot", str(run_dir / "run.json")]
 
 
 # --- the task side -------------------------------------------------------------------------------

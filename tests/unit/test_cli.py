@@ -91,7 +91,8 @@ def test_module_entry_point_exit_code():
 
 def test_torch_backend_reaches_uv(monkeypatch):
     """--torch-backend auto follows the torch pin's variant; without it uv is told nothing."""
-    from pinmatrix.cli.main import _sources, build_parser
+    from pinmatrix.cli.main import build_parser
+    from pinmatrix.run.options import package_sources as _sources
 
     monkeypatch.delenv("PINMATRIX_TORCH_BACKEND", raising=False)
     args = build_parser().parse_args(["resolve", "--torch-backend", "auto"])
