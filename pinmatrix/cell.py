@@ -7,6 +7,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from packaging.version import InvalidVersion, Version
+
+from pinmatrix.fsio import slug
+
 # Order of the readable id; axes not listed here follow alphabetically.
 ID_ORDER = ("python", "base_image", "torch", "transformers", "unsloth", "peft", "trl",
             "xformers", "flash-attn", "bitsandbytes")
@@ -42,7 +46,7 @@ class Cell:
             if key == "base_image":
                 continue  # the base image is in the hash; ids stay short and readable
             value = self.pins[key]
-            parts.append(f"{ID_ABBREV.get(key, key)}{'-' if value == NONE else ''}{_slug(value)}")
+            parts.append(f"{ID_ABBREV.get(key, key)}{'-' if value == NONE else ''}{slug(value)}")
         return "-".join(parts)
 
     def packages(self) -> list[str]:
@@ -88,16 +92,28 @@ class Unresolvable:
     explanation: str     # the resolver's own words, verbatim
 
 
-_LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+# A lock line: name[extras]==version [; marker] [\]  (uv's --generate-hashes puts hashes on the next lines)
+LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)\s*(;[^\\#]*)?")
 
 
 def parse_lock(text: str) -> dict[str, str]:
     pins: dict[str, str] = {}
     for line in text.splitlines():
-        m = _LOCK_LINE.match(line.strip())
+        m = LOCK_LINE.match(line.strip())
         if m:
             pins[normalize_name(m.group(1))] = m.group(2)
     return pins
+
+
+def version_key(value: str | None) -> tuple[int, Any]:
+    """Sort key for pin values: `none` (and nothing) first, then releases in version order, then
+    anything that is not a version, by its text."""
+    if not value or value == NONE:
+        return (0, ())
+    try:
+        return (1, Version(value))
+    except InvalidVersion:
+        return (2, value)
 
 
 def normalize_name(name: str) -> str:
@@ -109,10 +125,6 @@ def _requirement(package: str, value: str) -> str:
     if value[:1] in "<>=!~":
         return f"{package}{value}"
     return f"{package}=={value}"
-
-
-def _slug(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+]+", "_", value).strip("_")
 
 
 def content_hash(*, lock_text: str, dockerfile: str, probes_digest: str, checks: tuple[str, ...],

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from pinmatrix.results import write_json_atomic
+from pinmatrix.fsio import write_json_atomic
 
 STAGES = ("resolve", "prepare", "run", "done")
 HOST_STATUSES = (None, "unresolvable", "infra")

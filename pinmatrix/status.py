@@ -7,6 +7,9 @@ CORE_CHECKS = ("imports", "exaone3.5.remote-code", "lora-train.hf-peft")
 CELL_STATUSES = ("works", "partial", "broken", "unresolvable", "infra")
 CHECK_STATUSES = ("pass", "fail", "skip", "infra", "flaky")
 MEASUREMENT_PREFIX = "throughput."
+# How reports draw a status (summary.md, summary.html); None: the check did not run in that cell.
+CHECK_GLYPH = {"pass": "✅", "fail": "❌", "skip": "⏭", "infra": "⚠", "flaky": "〰", None: "·"}
+CELL_GLYPH = {"works": "✅", "partial": "🟡", "broken": "❌", "unresolvable": "⛔", "infra": "⚠"}
 
 
 def is_measurement(check_name: str) -> bool:

@@ -31,7 +31,7 @@ from pinmatrix.run.options import REPO_ROOT
 from pinmatrix.run.pipeline import load_cells
 from pinmatrix.resolve.uv import resolve, uv_version
 from pinmatrix.resolve.stage import resolve_stage, status_of
-from pinmatrix.results import write_json_atomic
+from pinmatrix.fsio import write_json_atomic
 
 GOAL_WARM_S = 2.0
 MODES = ("cold_all", "cold_pinmatrix", "warm")

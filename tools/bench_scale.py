@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from pinmatrix.run.options import REPO_ROOT, RunOptions
 from pinmatrix.run.pipeline import run_matrix
-from pinmatrix.results import write_json_atomic
+from pinmatrix.fsio import write_json_atomic
 
 CI_MATRIX = REPO_ROOT / "tests" / "data" / "matrices" / "ci.yaml"
 

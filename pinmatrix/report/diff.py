@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pinmatrix.errors import PreviousRunError
-from pinmatrix.results import write_json_atomic, write_text_atomic
+from pinmatrix.fsio import write_json_atomic, write_text_atomic
 
 NOISE_K = 3.0                  # k in k·stdev: ~99.7% of run-to-run noise stays inside if it is normal
 MIN_SAMPLES = 3                # fewer repeats give no usable stdev

@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from pinmatrix.results import describe_signature, load_result, write_text_atomic
+from pinmatrix.results import describe_signature, load_result
+from pinmatrix.fsio import write_text_atomic
+from pinmatrix.status import CELL_GLYPH, CHECK_GLYPH
 
-CHECK_GLYPH = {"pass": "✅", "fail": "❌", "skip": "⏭", "infra": "⚠", "flaky": "〰"}
-CELL_GLYPH = {"works": "✅", "partial": "🟡", "broken": "❌", "unresolvable": "⛔", "infra": "⚠"}
 STATUS_ORDER = ("works", "partial", "broken", "unresolvable", "infra")
 PIN_COLUMNS = ("python", "torch", "transformers", "unsloth", "peft", "trl", "xformers", "flash-attn", "bitsandbytes")
 

@@ -12,7 +12,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Mapping
 
-from pinmatrix.results import load_result, write_text_atomic
+from pinmatrix.results import load_result
+from pinmatrix.fsio import write_text_atomic
+from pinmatrix.fsio import first_line
 
 # XML 1.0 forbids most control characters; a traceback can carry them (ANSI colours, NULs).
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -97,7 +99,5 @@ def write_junit(summary: Mapping[str, Any], run_dir: Path) -> Path:
     return write_text_atomic(Path(run_dir) / "junit.xml", '<?xml version="1.0" encoding="UTF-8"?>\n' + text + "\n")
 
 
-def _first_line(text: Any, limit: int = 300) -> str:
-    lines = str(text or "").strip().splitlines()
-    line = lines[0] if lines else ""
-    return _clean(line if len(line) <= limit else line[:limit] + "…")
+def _first_line(text: Any) -> str:
+    return _clean(first_line(text, limit=300))

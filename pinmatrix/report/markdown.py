@@ -4,8 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pinmatrix.report.summary import CELL_GLYPH, CHECK_GLYPH
-from pinmatrix.status import CELL_STATUSES
+from pinmatrix.status import CELL_GLYPH, CELL_STATUSES, CHECK_GLYPH
 
 
 def render_markdown(summary: dict[str, Any]) -> str:

@@ -12,7 +12,6 @@ the first wins and the conflict is recorded in run.json.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.results import write_json_atomic
+from pinmatrix.fsio import write_json_atomic
+from pinmatrix.fsio import read_json
 
 PER_CELL_DIRS = ("outcomes", "cells", "logs", "locks")
 
@@ -64,7 +64,7 @@ def merge_artifacts(roots: Sequence[Path], run_dir: Path, *, expected_cells: Seq
     owner: dict[str, Path] = {}
     for part in runs:
         report.parts.append(str(part))
-        manifest = _read_json(part / "run.json")
+        manifest = read_json(part / "run.json")
         if isinstance(manifest, dict):
             manifests.append(manifest)
         for outcome_path in sorted((part / "outcomes").glob("*.json")):
@@ -125,13 +125,6 @@ def _manifest(run_dir: Path, manifests: list[dict[str, Any]], report: MergeRepor
         "parts": [{"run_id": m.get("run_id"), "cells": m.get("cells"), "host": m.get("host"),
                    "probes_digest": m.get("probes_digest"), "gpu_model": m.get("gpu_model")} for m in manifests],
     }
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def outcome_ids(run_dir: Path) -> list[str]:

@@ -14,7 +14,6 @@ everything installed with it), so `pip install -c FILE pkg` and `uv pip install 
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -22,17 +21,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from packaging.version import InvalidVersion, Version
 
-from pinmatrix.cell import normalize_name
+from pinmatrix.cell import LOCK_LINE, normalize_name, version_key
 from pinmatrix.report.summary import merge
-from pinmatrix.results import write_text_atomic
+from pinmatrix.fsio import write_text_atomic
+from pinmatrix.fsio import read_json, slug
 
 PINS_DIR = "pins"
 LOCK_NAME = "requirements.lock"
 NEWEST_FILE = "newest.constraints.txt"
-# A lock line: name[extras]==version [; marker] [\]  (uv's --generate-hashes puts hashes on the next lines)
-_LOCK_ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)\s*(;[^\\#]*)?")
 _TORCH_LOCAL = re.compile(r"^(cu\d+|rocm[\d.]+|cpu|xpu)$")
 
 
@@ -121,7 +118,7 @@ def collect_candidates(run_dir: Path, summary: dict[str, Any]) -> tuple[list[Can
         if not lines:
             skipped.append(f"{row['id']} works but its lock pins nothing")
             continue
-        result = _read_json(run_dir / row["result"]) if row.get("result") else None
+        result = read_json(run_dir / row["result"]) if row.get("result") else None
         environment = (result or {}).get("environment") or row.get("environment") or {}
         stack_speeds = speeds.get(row["id"], {})
         if "sdpa" in stack_speeds:
@@ -144,7 +141,7 @@ def lock_entries(lock_text: str) -> list[str]:
     """`name==version[; marker]` for every pinned package of a uv lock (hashes, comments, options dropped)."""
     entries = []
     for raw in lock_text.splitlines():
-        match = _LOCK_ENTRY.match(raw.strip())
+        match = LOCK_LINE.match(raw.strip())
         if not match or raw[:1].isspace():
             continue  # continuation lines (--hash=...) and `# via` notes are indented
         name, version, marker = match.group(1), match.group(2), (match.group(3) or "").strip()
@@ -156,7 +153,7 @@ def lock_entries(lock_text: str) -> list[str]:
 
 def newest_key(candidate: Candidate) -> tuple[Any, ...]:
     """Newest transformers, then unsloth, then torch; an absent package sorts below any version."""
-    return tuple(_version_key(candidate.locked.get(name)) for name in ("transformers", "unsloth", "torch")) \
+    return tuple(version_key(candidate.locked.get(name)) for name in ("transformers", "unsloth", "torch")) \
         + (candidate.cell_id,)
 
 
@@ -169,7 +166,7 @@ def choose(candidates: list[Candidate]) -> list[Pick]:
     lines: dict[str, list[Candidate]] = {}
     for candidate in candidates:
         lines.setdefault(candidate.torch_line, []).append(candidate)
-    for torch_line in sorted(lines, key=_version_key):
+    for torch_line in sorted(lines, key=version_key):
         members = lines[torch_line]
         timed = [c for c in members if c.tokens_per_s is not None]
         if timed:
@@ -180,7 +177,7 @@ def choose(candidates: list[Candidate]) -> list[Pick]:
             best = max(members, key=newest_key)
             why = (f"torch {torch_line}: no throughput check ran in this line's {len(members)} working "
                    f"cell{'s' if len(members) != 1 else ''}, so this is the newest one, not a measured fastest")
-        picks.append(Pick("fastest", f"fastest-torch{_slug(torch_line)}.constraints.txt", best, why))
+        picks.append(Pick("fastest", f"fastest-torch{slug(torch_line)}.constraints.txt", best, why))
     return picks
 
 
@@ -239,29 +236,9 @@ def torch_index_hint(torch_version: str | None) -> str | None:
 
 # --- helpers ---------------------------------------------------------------------------------------
 
-def _version_key(text: str | None) -> tuple[int, Any]:
-    if not text or text == "none":
-        return (0, Version("0"))
-    try:
-        return (1, Version(text))
-    except InvalidVersion:
-        return (0, Version("0"))
-
-
 def _name_of(line: str) -> str:
     return line.split("==", 1)[0]
 
 
 def _version_of(line: str) -> str:
     return line.split("==", 1)[1].split(";", 1)[0].strip()
-
-
-def _slug(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+]+", "_", value).strip("_")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None

@@ -6,17 +6,17 @@ listed apart and never counted as data.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from packaging.version import InvalidVersion, Version
 
 from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.results import CellResult, Damaged, describe_signature, load_result
 from pinmatrix.status import cell_status
+from pinmatrix.fsio import first_line, read_json
+from pinmatrix.cell import version_key
 
 # Column order of the table: the check names of docs/CONTRACTS.md §3; anything else follows, sorted.
 CHECK_ORDER = (
@@ -27,8 +27,6 @@ CHECK_ORDER = (
     "attention.xformers-kernel", "lora-train.hf-peft", "generate",
     "throughput.sdpa", "throughput.eager", "throughput.flash_attention_2", "throughput.unsloth",
 )
-CHECK_GLYPH = {"pass": "✅", "fail": "❌", "skip": "⏭", "infra": "⚠", "flaky": "〰", None: "·"}
-CELL_GLYPH = {"works": "✅", "partial": "🟡", "broken": "❌", "unresolvable": "⛔", "infra": "⚠"}
 VERDICT_WORDS = {"works": ("works", "work"), "partial": ("partial", "partial"), "broken": ("broken", "broken"),
                  "unresolvable": ("unresolvable", "unresolvable"), "infra": ("infra", "infra")}
 TOKENS_KEYS = ("tokens_per_s", "tokens_per_sec", "tok_per_s", "tokens_s")
@@ -51,7 +49,7 @@ class CellRow:
 def merge(run_dir: Path) -> dict[str, Any]:
     """The summary of one run folder, as the JSON-able dict written to summary.json."""
     run_dir = Path(run_dir)
-    run_meta = _read_json(run_dir / "run.json") or {}
+    run_meta = read_json(run_dir / "run.json") or {}
     damaged: list[Damaged] = []
     outcomes: dict[str, Outcome] = {}
     for path in sorted((run_dir / "outcomes").glob("*.json")):
@@ -170,7 +168,7 @@ def _failures(rows: list[CellRow]) -> list[dict[str, Any]]:
             sig = error.get("signature") or "unclassified"
             known[sig] = known.get(sig, False) or bool(error.get("known"))
             groups[sig].append({"cell": row.cell_id, "check": check["name"],
-                                "type": error.get("type"), "message": _first_line(error.get("message"))})
+                                "type": error.get("type"), "message": first_line(error.get("message"))})
     out = []
     for sig, items in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         entry = describe_signature(sig) or {}
@@ -198,9 +196,9 @@ def _pivot(rows: list[CellRow]) -> list[dict[str, Any]]:
     for row in rows:
         lines[(row.pins.get("python", "?"), row.pins.get("torch", "?"))].append(row)
     tables = []
-    for (python, torch), members in sorted(lines.items(), key=lambda kv: (_vkey(kv[0][0]), _vkey(kv[0][1]))):
-        tfs = sorted({r.pins.get("transformers", "?") for r in members}, key=_vkey)
-        uns = sorted({r.pins.get("unsloth", "none") for r in members}, key=_vkey)
+    for (python, torch), members in sorted(lines.items(), key=lambda kv: (version_key(kv[0][0]), version_key(kv[0][1]))):
+        tfs = sorted({r.pins.get("transformers", "?") for r in members}, key=version_key)
+        uns = sorted({r.pins.get("unsloth", "none") for r in members}, key=version_key)
         grid: dict[str, dict[str, dict[str, int]]] = {tf: {u: {} for u in uns} for tf in tfs}
         for r in members:
             slot = grid[r.pins.get("transformers", "?")][r.pins.get("unsloth", "none")]
@@ -282,29 +280,8 @@ def _remote_code(run_dir: Path) -> dict[str, Any]:
     return report_section(run_dir)
 
 
-def _vkey(value: str) -> tuple[int, Any]:
-    if value == "none":
-        return (0, ())
-    try:
-        return (1, Version(value))
-    except InvalidVersion:
-        return (2, value)
-
-
-def _first_line(text: str | None, limit: int = 200) -> str:
-    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
-    return line if len(line) <= limit else line[:limit] + "…"
-
-
 def _rel(path: Path, root: Path) -> str:
     try:
         return str(Path(path).relative_to(root))
     except ValueError:
         return str(path)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 from pinmatrix.report.markdown import render_markdown
 from pinmatrix.report.summary import merge
-from pinmatrix.results import write_json_atomic, write_text_atomic
+from pinmatrix.fsio import write_json_atomic, write_text_atomic
 
 
 def write_report(run_dir: Path, previous: Path | None = None,

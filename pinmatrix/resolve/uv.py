@@ -24,6 +24,7 @@ from typing import Sequence
 from pinmatrix.cell import NONE, Cell, Lock, Unresolvable, normalize_name, parse_lock
 from pinmatrix.errors import PinmatrixError, ResolveInfraError
 from pinmatrix.sources import PackageSources
+from pinmatrix.fsio import PRIVATE_MODE, write_text_atomic
 
 TARGET_PLATFORM = "x86_64-manylinux_2_28"
 CACHE_FORMAT = 1
@@ -131,8 +132,8 @@ class _Resolver:
             return Unresolvable(cell.id, unwanted)
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out_dir / "torch.lock", torch_lock)
-        _write_atomic(out_dir / "requirements.lock", full_lock)
+        write_text_atomic(out_dir / "torch.lock", torch_lock, mode=PRIVATE_MODE)
+        write_text_atomic(out_dir / "requirements.lock", full_lock, mode=PRIVATE_MODE)
         return Lock(cell_id=cell.id, python=python, torch_lock=torch_lock, full_lock=full_lock)
 
     # -- one uv pip compile, cached --
@@ -168,8 +169,9 @@ class _Resolver:
     def cache_put(self, key: str, compiled: _Compiled) -> None:
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.cache_dir / f"{key}.json",
-                          json.dumps({"ok": compiled.ok, "text": compiled.text, "created": time.time()}))
+            write_text_atomic(self.cache_dir / f"{key}.json",
+                              json.dumps({"ok": compiled.ok, "text": compiled.text, "created": time.time()}),
+                              mode=PRIVATE_MODE)
         except OSError:
             pass  # a cache that cannot be written only costs time
 
@@ -266,18 +268,3 @@ def _via_annotations(lock_text: str) -> dict[str, list[str]]:
         elif in_block and body:
             via[current].append(body)
     return via
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

@@ -16,13 +16,14 @@ machine failed, so the next run must try again. A reused result is copied into t
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pinmatrix.results import Damaged, load_result, write_json_atomic
+from pinmatrix.results import Damaged, load_result
+from pinmatrix.fsio import copy_atomic, write_json_atomic
+from pinmatrix.fsio import read_json
 
 INDEX_RELPATH = Path(".cache") / "index.json"
 
@@ -85,7 +86,7 @@ class ResultCache:
         return None
 
     def _from_index(self, content_hash: str) -> CacheEntry | None:
-        raw = _read_json(self.index_path)
+        raw = read_json(self.index_path)
         item = raw.get(content_hash) if isinstance(raw, dict) else None
         if not isinstance(item, dict) or not {"run", "cell", "result"} <= set(item):
             return None
@@ -100,7 +101,7 @@ class ResultCache:
             if run.is_symlink():
                 continue  # `latest`
             for path in sorted((run / "outcomes").glob("*.json")):
-                data = _read_json(path)
+                data = read_json(path)
                 if not isinstance(data, dict) or not _judged(data):
                     continue
                 found[data["hash"]] = CacheEntry(run.name, data["cell"], run / data["result"])
@@ -117,7 +118,7 @@ class ResultCache:
         """Remember a judged result. The read-modify-write is atomic per process; a lost update between
         two processes costs one rerun, never a wrong result (lookups re-validate the file)."""
         with self._lock:
-            raw = _read_json(self.index_path)
+            raw = read_json(self.index_path)
             index = raw if isinstance(raw, dict) else {}
             index[content_hash] = {"run": run_id, "cell": cell_id, "result": result_rel}
             write_json_atomic(self.index_path, index)
@@ -139,21 +140,10 @@ class ResultCache:
         for kind in ("run",):
             src = entry.result_path.parent.parent / "logs" / f"{entry.cell_id}.{kind}.log"
             if src.is_file():
-                dst = Path(run_dir) / "logs" / f"{cell_id}.{kind}.log"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
-                tmp.write_bytes(src.read_bytes())
-                os.replace(tmp, dst)
+                copy_atomic(src, Path(run_dir) / "logs" / f"{cell_id}.{kind}.log")
         return rel
 
 
 def _judged(outcome: dict[str, Any]) -> bool:
     return (outcome.get("stage") == "done" and outcome.get("status") is None and bool(outcome.get("hash"))
             and bool(outcome.get("result")) and bool(outcome.get("cell")))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from pinmatrix.results import CellResult, load_result, validate, write_json_atomic, write_text_atomic
+from pinmatrix.results import CellResult, load_result, validate
+from pinmatrix.fsio import write_json_atomic, write_text_atomic
 
 # Check name → the group that emits it (docs/CONTRACTS.md §3). First match wins, so the more specific
 # `lora-train.unsloth` (emitted by the unsloth group) comes before `lora-train.`.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shutil
 import time
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any, Callable
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import InfraError
 from pinmatrix.outcome import Outcome
-from pinmatrix.results import Damaged, load_result, write_json_atomic, write_text_atomic
+from pinmatrix.results import Damaged, load_result
+from pinmatrix.fsio import copy_atomic, write_json_atomic, write_text_atomic
 from pinmatrix.runners.base import RUN_LOG_NAME, Runner
 from pinmatrix.run.identity import build_key, cell_hash
 from pinmatrix.run.options import RunOptions, cell_timeout
@@ -89,9 +89,7 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
         _write_log(run_dir, cell.id, "run", run.log_tail)
     if run.result_path is not None and Path(run.result_path).is_file():
         target = run_dir / "cells" / f"{cell.id}.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run.result_path, target.with_suffix(".json.tmp"))
-        os.replace(target.with_suffix(".json.tmp"), target)
+        copy_atomic(Path(run.result_path), target)
         loaded = load_result(target, reclassify=False)
         if isinstance(loaded, Damaged):
             outcome.status, outcome.reason, outcome.signature = "infra", f"damaged result: {loaded.why}", "damaged-result"

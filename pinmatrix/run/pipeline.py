@@ -17,7 +17,7 @@ from pinmatrix.errors import HarnessError
 from pinmatrix.outcome import Outcome
 from pinmatrix.probes_source import probes_digest
 from pinmatrix.report.write import write_report
-from pinmatrix.results import write_json_atomic, write_text_atomic
+from pinmatrix.fsio import write_json_atomic, write_text_atomic
 from pinmatrix.fsio import utc_now
 from pinmatrix.run.folder import (disk_full, disk_full_reason, drop_orphan_result, jsonable, new_run_dir,
                                   point_latest, run_manifest)

@@ -38,7 +38,8 @@ from typing import Callable, Sequence
 
 from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.errors import SlurmError
-from pinmatrix.results import write_json_atomic, write_text_atomic
+from pinmatrix.fsio import write_json_atomic, write_text_atomic
+from pinmatrix.fsio import utc_now
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
             "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
@@ -197,7 +198,7 @@ def run_on_slurm(args: argparse.Namespace, opts, echo=print, client: SlurmClient
                 stage=getattr(existing, "stage", "resolve") if isinstance(existing, Outcome) else "resolve",
                 status="infra", signature=f"slurm-{state.lower().replace('_', '-')}",
                 reason=f"Slurm task {job}_{index} ended {state} without a result (log: {log})").write(run_dir)
-    manifest["finished"] = _now()
+    manifest["finished"] = utc_now()
     manifest["complete"] = True
     manifest["slurm"]["states"] = {str(k): v for k, v in sorted(final.items())}
     write_json_atomic(run_dir / "run.json", manifest)
@@ -319,9 +320,3 @@ def _uses_docker(opts) -> bool:
     from pinmatrix.runners.engine import find_engine
 
     return find_engine() is not None
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -11,13 +11,13 @@ outcome is not kept: the machine failed, so a resume tries the cell again.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from pinmatrix.errors import ResumeError
-from pinmatrix.results import write_json_atomic
+from pinmatrix.fsio import write_json_atomic
+from pinmatrix.fsio import read_json, utc_now
 
 FINISHED_STAGES = ("done",)
 FINISHED_STATUSES = ("unresolvable",)
@@ -27,7 +27,7 @@ FINISHED_STATUSES = ("unresolvable",)
 def finished_cells(run_dir: Path) -> set[str]:
     done: set[str] = set()
     for path in sorted((Path(run_dir) / "outcomes").glob("*.json")):
-        data = _read_json(path)
+        data = read_json(path)
         if not isinstance(data, dict) or "cell" not in data:
             continue
         if data.get("status") in FINISHED_STATUSES or (data.get("stage") in FINISHED_STAGES and data.get("status") is None
@@ -45,7 +45,7 @@ def latest_unfinished(reports_dir: Path) -> Path | None:
                    if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and (p / "run.json").is_file()),
                   key=lambda p: p.name, reverse=True)
     for run in runs:
-        manifest = _read_json(run / "run.json")
+        manifest = read_json(run / "run.json")
         if isinstance(manifest, dict) and manifest.get("runner") and not manifest.get("complete"):
             return run
     return None
@@ -55,17 +55,17 @@ def open_run_dir(opts: Any, make_new: Callable[[], dict[str, Any]]) -> tuple[Pat
     """(run folder, its manifest). `make_new()` creates a fresh folder and returns its manifest."""
     if opts.resume is not None:
         run_dir = _resume_target(Path(opts.reports_dir), opts.resume)
-        manifest = _read_json(run_dir / "run.json")
+        manifest = read_json(run_dir / "run.json")
         if not isinstance(manifest, dict):
             raise ResumeError(f"--resume: {run_dir / 'run.json'} is missing or unreadable")
         _same_request(opts, manifest, run_dir)
-        manifest.setdefault("resumed", []).append(_now())
+        manifest.setdefault("resumed", []).append(utc_now())
         manifest.pop("complete", None)
         return run_dir, manifest
     if opts.run_dir is not None:
         run_dir = Path(opts.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        existing = _read_json(run_dir / "run.json")
+        existing = read_json(run_dir / "run.json")
         if isinstance(existing, dict):
             return run_dir, existing
         manifest = make_new()
@@ -77,7 +77,7 @@ def open_run_dir(opts: Any, make_new: Callable[[], dict[str, Any]]) -> tuple[Pat
             pass
         manifest["run_id"] = run_dir.name
         _create_once(run_dir / "run.json", manifest)
-        return run_dir, _read_json(run_dir / "run.json") or manifest
+        return run_dir, read_json(run_dir / "run.json") or manifest
     manifest = make_new()
     return Path(opts.reports_dir) / manifest["run_id"], manifest
 
@@ -120,16 +120,3 @@ def _create_once(path: Path, data: dict[str, Any]) -> None:
         pass
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

@@ -312,7 +312,7 @@ class DockerRunner:
         staging.mkdir()
         _give_to_container_user(staging)
         log_path = out_dir / RUN_LOG_NAME
-        name = f"pinmatrix-{_slug(prepared.cell_id)[:40]}-{uuid.uuid4().hex[:8]}"
+        name = f"pinmatrix-{_container_name_part(prepared.cell_id)[:40]}-{uuid.uuid4().hex[:8]}"
         try:
             volume = self._compile_volume(prepared)
             create = self._create_args(prepared.ref, name, Path(spec_path).resolve(), staging, gpu, volume)
@@ -444,7 +444,7 @@ def _redacted(cmd: Sequence[str]) -> str:
     return " ".join(json.dumps(c) if " " in c else c for c in cmd)
 
 
-def _slug(value: str) -> str:
+def _container_name_part(value: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]+", "_", value).strip("._-") or "cell"
 
 

@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from pinmatrix.fsio import first_line
+
 ENV_CLIENT = "PINMATRIX_DOCKER"
 WELL_KNOWN_CLIENTS = ("/usr/bin/docker", "/usr/local/bin/docker")
 PROBE_TIMEOUT_S = 30.0
@@ -124,8 +126,7 @@ def _run(args: Sequence[str], env: dict[str, str] | None = None,
 
 
 def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[0][:160] if lines else "no output"
+    return first_line(text, limit=160, ellipsis="").strip() or "no output"
 
 
 def probe_client(client: str, run: CommandRunner = _run) -> Attempt:

@@ -15,7 +15,7 @@ from pinmatrix.outcome import Outcome
 from pinmatrix.report.markdown import render_markdown
 from pinmatrix.report.summary import merge
 from pinmatrix.report.write import write_report
-from pinmatrix.results import write_json_atomic
+from pinmatrix.fsio import write_json_atomic
 from real_results import BASE_PINS, cache_root, real_results, spec_for
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.results import CellResult, Damaged, load_result, write_json_atomic, write_text_atomic
+from pinmatrix.results import CellResult, Damaged, load_result
+from pinmatrix.fsio import write_json_atomic, write_text_atomic
 from real_results import cache_root, real_results
 
 
