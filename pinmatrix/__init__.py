@@ -1,1 +1,2 @@
-"""pinmatrix: the host side of the compatibility matrix (matrix, resolve, runners, results, report)."""
+"""pinmatrix: the host side of the compatibility matrix (matrix, resolve, runners, results,
+report)."""

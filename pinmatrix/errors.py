@@ -1,14 +1,15 @@
 """Every exception the harness raises on purpose, in one hierarchy whose base carries the exit code.
 
     PinmatrixError                  exit 1 unless a subclass says otherwise
-    ├── BadInput                    exit 2: the user can fix it (a matrix file, a selector, an option)
-    │   ├── MatrixError             file:line:column: message
+    ├── BadInput                    exit 2: the user can fix it (a matrix file, a selector, an
+    option) │   ├── MatrixError             file:line:column: message
     │   ├── SelectionError          a cell selector
     │   ├── UsageError              the command line
-    │   ├── ShardError, ResumeError, SchedulerError   --shard, --resume, --gpus/--build-jobs/--cpu-jobs
-    ├── HarnessError                exit 1: the harness could not do its job
-    │   ├── SlurmError, FetchError, PreviousRunError
-    └── InfraSignal                 the machine failed one cell's stage: caught inside the pipeline and
+    │   ├── ShardError, ResumeError, SchedulerError   --shard, --resume,
+    --gpus/--build-jobs/--cpu-jobs ├── HarnessError                exit 1: the harness could not do
+    its job │   ├── SlurmError, FetchError, PreviousRunError
+    └── InfraSignal                 the machine failed one cell's stage: caught inside the pipeline
+    and
         ├── InfraError              written as an `infra` outcome (data), never raised to the CLI
         ├── ResolveInfraError
         └── IndexUnreachable
@@ -25,7 +26,8 @@ LOG_TAIL_CHARS = 4000   # how much of a build/run log an infra record keeps
 
 
 class PinmatrixError(Exception):
-    """Base of every deliberate harness exception. `exit_code` is what `python -m pinmatrix` exits with."""
+    """Base of every deliberate harness exception. `exit_code` is what `python -m pinmatrix` exits
+    with."""
 
     exit_code = EXIT_HARNESS
     prefix = "harness error"
@@ -88,7 +90,8 @@ class SchedulerError(BadInput, ValueError):
 # --- harness failures: exit 1 --------------------------------------------------------------------
 
 class HarnessError(PinmatrixError):
-    """The harness itself failed (exit 1), as opposed to bad input (exit 2) or a broken cell (data)."""
+    """The harness itself failed (exit 1), as opposed to bad input (exit 2) or a broken cell
+    (data)."""
 
 
 class SlurmError(HarnessError):
@@ -121,8 +124,10 @@ class InfraError(InfraSignal):
 
 
 class ResolveInfraError(InfraSignal):
-    """The machine failed the resolve (uv missing, index unreachable): retry later, the cell is not at fault."""
+    """The machine failed the resolve (uv missing, index unreachable): retry later, the cell is not
+    at fault."""
 
 
 class IndexUnreachable(InfraSignal):
-    """The index could not be asked (network, TLS, HTTP error): the machine's problem, not the matrix's."""
+    """The index could not be asked (network, TLS, HTTP error): the machine's problem, not the
+    matrix's."""

@@ -1,6 +1,6 @@
-"""Small helpers every stage shares: atomic writes with explicit modes, tolerant JSON reads, the time
-stamp written into run files, and the text helpers reports use. One copy each, so a fix reaches every
-writer (issue 16 found five copies of the JSON read and four of the first-line helper)."""
+"""Small helpers every stage shares: atomic writes with explicit modes, tolerant JSON reads, the
+time stamp written into run files, and the text helpers reports use. One copy each, so a fix reaches
+every writer (issue 16 found five copies of the JSON read and four of the first-line helper)."""
 from __future__ import annotations
 
 import json
@@ -41,7 +41,8 @@ def write_text_atomic(path: Path, text: str, mode: int = PUBLIC_MODE) -> Path:
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = PUBLIC_MODE) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n", mode)
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False,
+                                              ensure_ascii=False) + "\n", mode)
 
 
 def copy_atomic(src: Path, dst: Path, mode: int = PUBLIC_MODE) -> Path:
@@ -50,7 +51,8 @@ def copy_atomic(src: Path, dst: Path, mode: int = PUBLIC_MODE) -> Path:
 
 
 def read_json(path: Path) -> Any:
-    """The parsed file, or None when it is missing, unreadable or not JSON (the caller decides what that means)."""
+    """The parsed file, or None when it is missing, unreadable or not JSON (the caller decides what
+    that means)."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -70,5 +72,6 @@ def first_line(text: Any, limit: int = 200, ellipsis: str = "…") -> str:
 
 
 def slug(value: str) -> str:
-    """A file-name part for a cell id or a version: anything but letters, digits, '.' and '+' becomes '_'."""
+    """A file-name part for a cell id or a version: anything but letters, digits, '.' and '+'
+    becomes '_'."""
     return re.sub(r"[^A-Za-z0-9.+]+", "_", value).strip("_")

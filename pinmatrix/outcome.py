@@ -1,4 +1,5 @@
-"""The host-side record of one cell (docs/CONTRACTS.md §8): always written, even with no probe result."""
+"""The host-side record of one cell (docs/CONTRACTS.md §8): always written, even with no probe
+result."""
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ class Outcome:
     signature: str | None = None
     result: str | None = None          # "cells/<id>.json", relative to the run folder
     timings: dict[str, float] = field(default_factory=dict)
-    reused_from: str | None = None     # the run whose result was reused (pinmatrix/run/cache.py); None: ran here
-    rerun: str | None = None           # what rerunning the failed check groups once found (pinmatrix/run/flaky.py)
+    # the run whose result was reused (pinmatrix/run/cache.py); None: ran here
+    reused_from: str | None = None
+    # what rerunning the failed check groups once found (pinmatrix/run/flaky.py)
+    rerun: str | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

@@ -85,10 +85,12 @@ def load_result(path: Path, *, reclassify: bool = True) -> CellResult | Damaged:
 # --- signatures ----------------------------------------------------------------------------------
 
 def reclassify_signatures(data: dict[str, Any]) -> dict[str, Any]:
-    """Re-run the current catalogue over every check error, so a catalogue update reaches old results.
+    """Re-run the current catalogue over every check error, so a catalogue update reaches old
+    results.
 
-    A known match replaces the stored signature. An unknown one keeps what the probe stored: the probe
-    may have named a signature from context (a check that failed its bar without an exception).
+    A known match replaces the stored signature. An unknown one keeps what the probe stored: the
+    probe may have named a signature from context (a check that failed its bar without an
+    exception).
     """
     from probes import signatures  # the same module the probe used; stdlib only
 

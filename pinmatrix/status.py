@@ -16,7 +16,8 @@ def is_measurement(check_name: str) -> bool:
     return check_name.startswith(MEASUREMENT_PREFIX)
 
 
-def cell_status(checks: Iterable[Mapping[str, object]] | None, *, unresolvable: bool = False) -> str:
+def cell_status(checks: Iterable[Mapping[str, object]] | None, *,
+                unresolvable: bool = False) -> str:
     """The cell verdict from its check results; `checks` is None when there is no valid result.
 
     Rules, in order: unresolvable (the resolver found no install) → infra (no valid result, no check
@@ -24,8 +25,8 @@ def cell_status(checks: Iterable[Mapping[str, object]] | None, *, unresolvable: 
     was skipped) → partial (anything else: a non-core failure, a flaky check, non-core infra).
 
     A speed measurement that hit infra (`throughput.*`: typically CUDA OOM because the configured
-    batch × sequence does not fit this card, as eager attention at 4 × 2048 on an 80 GB H100) does not
-    demote a cell: it says nothing about whether the stack works, and is listed apart as infra.
+    batch × sequence does not fit this card, as eager attention at 4 × 2048 on an 80 GB H100) does
+    not demote a cell: it says nothing about whether the stack works, and is listed apart as infra.
     """
     if unresolvable:
         return "unresolvable"
@@ -39,7 +40,8 @@ def cell_status(checks: Iterable[Mapping[str, object]] | None, *, unresolvable: 
         return "infra"
     if "fail" in core:
         return "broken"
-    judged = {name: s for name, s in statuses.items() if not (is_measurement(name) and s == "infra")}
+    judged = {name: s for name,
+              s in statuses.items() if not (is_measurement(name) and s == "infra")}
     if all(s in ("pass", "skip") for s in judged.values()):
         return "works"
     return "partial"

@@ -1,10 +1,10 @@
 """`nox -s bench` / `python tools/bench.py`: how long the resolve stage takes, written down.
 
 What the words mean here:
-- cold (all): pinmatrix's resolution cache is empty AND uv's cache (HTTP responses, wheel metadata) is a
-  fresh empty folder: a new machine; every byte of metadata comes from the index.
-- cold (pinmatrix): pinmatrix's resolution cache is empty, uv's own cache is kept: uv still runs its solver
-  for both steps (torch, then everything) but reuses the metadata it already downloaded.
+- cold (all): pinmatrix's resolution cache is empty AND uv's cache (HTTP responses, wheel metadata)
+  is a fresh empty folder: a new machine; every byte of metadata comes from the index.
+- cold (pinmatrix): pinmatrix's resolution cache is empty, uv's own cache is kept: uv still runs its
+  solver for both steps (torch, then everything) but reuses the metadata it already downloaded.
 - warm: pinmatrix's resolution cache holds the cell: no uv solve (the goal: at most 2 s per cell).
 Per-cell numbers are measured one cell at a time; the stage numbers resolve every cell in parallel
 (pinmatrix.resolve.stage), as `python -m pinmatrix matrix|resolve` do.
@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from pinmatrix.cell import Cell
+from pinmatrix.fsio import write_json_atomic
+from pinmatrix.resolve.stage import resolve_stage, status_of
+from pinmatrix.resolve.uv import resolve, uv_version
 from pinmatrix.run.options import REPO_ROOT
 from pinmatrix.run.pipeline import load_cells
-from pinmatrix.resolve.uv import resolve, uv_version
-from pinmatrix.resolve.stage import resolve_stage, status_of
-from pinmatrix.fsio import write_json_atomic
 
 GOAL_WARM_S = 2.0
 MODES = ("cold_all", "cold_pinmatrix", "warm")
@@ -39,7 +39,8 @@ MODES = ("cold_all", "cold_pinmatrix", "warm")
 
 @contextmanager
 def _uv_cache(folder: Path | None) -> Iterator[None]:
-    """UV_CACHE_DIR set to `folder` for the uv processes started inside (None: leave uv's cache as it is)."""
+    """UV_CACHE_DIR set to `folder` for the uv processes started inside (None: leave uv's cache as
+    it is)."""
     old = os.environ.get("UV_CACHE_DIR")
     if folder is not None:
         os.environ["UV_CACHE_DIR"] = str(folder)
@@ -65,11 +66,14 @@ def bench_cell(cell: Cell, sources: Any, scratch: Path, *, cold_all: bool = True
     if cold_all:
         with _uv_cache(Path(tempfile.mkdtemp(prefix="uv-", dir=scratch))):
             row["cold_all_s"], outcome = _timed(lambda: resolve(
-                cell, sources, scratch / "locks-a" / cell.id, cache_dir=scratch / f"pm-a-{cell.id}"))
+                cell, sources, scratch / "locks-a" / cell.id,
+                cache_dir=scratch / f"pm-a-{cell.id}"))
     cache = scratch / f"pm-b-{cell.id}"
-    row["cold_pinmatrix_s"], outcome = _timed(lambda: resolve(cell, sources, scratch / "locks-b" / cell.id,
+    row["cold_pinmatrix_s"], outcome = _timed(lambda: resolve(cell, sources,
+                                                              scratch / "locks-b" / cell.id,
                                                               cache_dir=cache))
-    row["warm_s"], _ = _timed(lambda: resolve(cell, sources, scratch / "locks-c" / cell.id, cache_dir=cache))
+    row["warm_s"], _ = _timed(lambda: resolve(cell, sources, scratch / "locks-c" / cell.id,
+                                              cache_dir=cache))
     row["status"] = status_of(outcome)
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
 
@@ -101,12 +105,16 @@ def run_bench(matrix_path: Path, selectors: Sequence[str], out_dir: Path, *, col
     report = {
         "taken": stamp, "matrix": str(matrix_path), "selection": list(selectors),
         "definitions": {
-            "cold_all_s": "pinmatrix resolution cache empty and a fresh empty UV_CACHE_DIR (new machine)",
-            "cold_pinmatrix_s": "pinmatrix resolution cache empty; uv's cache kept (uv solves again from cached metadata)",
+            "cold_all_s": "pinmatrix resolution cache empty and a fresh empty UV_CACHE_DIR (new "
+                          "machine)",
+            "cold_pinmatrix_s": "pinmatrix resolution cache empty; uv's cache kept (uv solves "
+                                "again from cached metadata)",
             "warm_s": "pinmatrix resolution cache holds the cell (no uv solve)",
-            "stage": "every cell at once through pinmatrix.resolve.stage (threads), as the pipeline runs it",
+            "stage": "every cell at once through pinmatrix.resolve.stage (threads), as the "
+                     "pipeline runs it",
         },
-        "host": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+        "host": {"platform": platform.platform(), "python": platform.python_version(),
+                 "cpus": os.cpu_count(),
                  "uv": uv_version()},
         "sources": sources.identity() if hasattr(sources, "identity") else None,
         "cells": rows,
@@ -128,7 +136,8 @@ def format_table(report: dict[str, Any]) -> str:
              f"{'-' * width}  {'-' * 12}  {'-' * 9}  {'-' * 9}  {'-' * 7}"]
     for r in rows:
         cold_all = f"{r['cold_all_s']:.2f}s" if "cold_all_s" in r else "-"
-        lines.append(f"{r['cell']:<{width}}  {r['status']:<12}  {cold_all:>9}  {r['cold_pinmatrix_s']:>8.2f}s  "
+        lines.append(f"{r['cell']:<{width}}  {r['status']:<12}  {cold_all:>9}  "
+                     f"{r['cold_pinmatrix_s']:>8.2f}s  "
                      f"{r['warm_s']:>6.3f}s")
     for key in ("cold_all_s", "cold_pinmatrix_s", "warm_s"):
         values = [r[key] for r in rows if key in r]
@@ -138,17 +147,20 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(f"whole stage ({s['cells']} cells, {s['workers']} in parallel): cold (pinmatrix) "
                  f"{s['cold_pinmatrix_s']:.2f}s, warm {s['warm_s']:.3f}s")
     g = report["goal"]
-    lines.append(f"goal warm <= {g['warm_s_per_cell_max']:.0f}s per cell: {'met' if g['met'] else 'NOT met'} "
+    lines.append(f"goal warm <= {g['warm_s_per_cell_max']:.0f}s per cell: "
+                 f"{'met' if g['met'] else 'NOT met'} "
                  f"(worst {g['worst_warm_s']}s)")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python tools/bench.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/bench.py",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("selectors", nargs="*", help="AXIS=VALUE or cell id (default: every cell)")
     parser.add_argument("--matrix", type=Path, default=REPO_ROOT / "matrix.yaml")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "bench")
-    parser.add_argument("--no-cold-all", action="store_true", help="skip the fresh-uv-cache measurement (slowest)")
+    parser.add_argument("--no-cold-all", action="store_true",
+                        help="skip the fresh-uv-cache measurement (slowest)")
     args = parser.parse_args(argv)
     run_bench(args.matrix, args.selectors, args.out, cold_all=not args.no_cold_all)
     return 0

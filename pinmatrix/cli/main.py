@@ -14,24 +14,24 @@ from typing import Any, Sequence
 from pinmatrix.errors import EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
 from pinmatrix.run.options import ALL_COMMANDS, OPTIONS, RUNNERS, options_for, run_options
 
-
-
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own exit code is 2 too; keep the message one line
+    # argparse's own exit code is 2 too; keep the message one line
+    def error(self, message: str) -> None:
         self.print_usage(sys.stderr)
         raise UsageError(f"{self.prog}: {message}")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser of one command, from the option table (pinmatrix/run/options.py); without a command,
-    only the options every command shares."""
+    """The parser of one command, from the option table (pinmatrix/run/options.py); without a
+    command, only the options every command shares."""
     parser = argparse.ArgumentParser(add_help=False) if command is None else _Parser(
         prog=f"python -m pinmatrix {command}", description=COMMANDS[command])
     parser.add_argument("selectors", nargs="*", metavar="SELECTOR",
-                        help="AXIS=VALUE (e.g. transformers=5.17.0; same axis: any, different axes: all) or a cell id")
+                        help="AXIS=VALUE (e.g. transformers=5.17.0; same axis: any, different "
+                             "axes: all) or a cell id")
     groups: dict[str | None, Any] = {None: parser}
     for option in OPTIONS if command is None else options_for(command):
         if command is None and option.commands != ALL_COMMANDS:
@@ -46,19 +46,25 @@ COMMANDS = {
     "matrix": "resolve, build and probe every selected cell, then report",
     "resolve": "resolve the selected cells' locks only",
     "report": "merge a run folder into summary.{md,json}",
-    "list": "list the selected cell ids (--json: {\"cells\": [...], \"snapshot\": {...}} for a CI job matrix)",
-    "nightly": "run the matrix, diff with the previous run, append reports/history.jsonl; exit 1 only on new breakages",
-    "merge": "build a run folder from per-cell artifact folders (ARTIFACT_DIR...), report, diff, history",
-    "run-cell": "run one cell of a prepared run folder (a Slurm array task; see pinmatrix/run/slurm.py)",
+    "list": "list the selected cell ids (--json: {\"cells\": [...], \"snapshot\": {...}} for a CI "
+            "job matrix)",
+    "nightly": "run the matrix, diff with the previous run, append reports/history.jsonl; exit 1 "
+               "only on new breakages",
+    "merge": "build a run folder from per-cell artifact folders (ARTIFACT_DIR...), report, diff, "
+             "history",
+    "run-cell": "run one cell of a prepared run folder (a Slurm array task; see "
+                "pinmatrix/run/slurm.py)",
 }
 USAGE = "usage: python -m pinmatrix {" + "|".join(COMMANDS) + "} [options] [selectors...]"
 
 
 def command_parser(command: str) -> argparse.ArgumentParser:
-    """One parser per command (no subparsers: argparse cannot mix those with interleaved positionals)."""
+    """One parser per command (no subparsers: argparse cannot mix those with interleaved
+    positionals)."""
     parser = build_parser(command)
     if command == "merge":
-        parser.usage = ("python -m pinmatrix merge ARTIFACT_DIR... [--previous DIR] [--history FILE] "
+        parser.usage = ("python -m pinmatrix merge ARTIFACT_DIR... [--previous DIR] [--history "
+                        "FILE] "
                         "[--expected-cells FILE] [--reports DIR] [--label LABEL]")
     return parser
 
@@ -85,12 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.runner not in RUNNERS:
             raise UsageError(f"--runner {args.runner!r}: choose one of {', '.join(RUNNERS)}")
         for flag, value in (("--timeout", args.timeout), ("--check-timeout", args.check_timeout)):
-            if value is not None and not (math.isfinite(value) and value > 0):  # nan, inf, 0, negatives
+            # nan, inf, 0, negatives
+            if value is not None and not (math.isfinite(value) and value > 0):
                 raise UsageError(f"{flag} {value}: must be positive (a finite number of seconds)")
         if args.model_hub is not None and (args.model_cache is None or not args.model_hub.is_dir()):
-            raise UsageError(f"--model-hub {args.model_hub}: needs --model-cache, and must be a folder")
+            raise UsageError(f"--model-hub {args.model_hub}: needs --model-cache, and must be a "
+                             "folder")
         if args.label is not None and not _LABEL.fullmatch(args.label):
-            raise UsageError(f"--label {args.label!r}: use letters, digits, '.', '_' or '-' (it names a folder)")
+            raise UsageError(f"--label {args.label!r}: use letters, digits, '.', '_' or '-' (it "
+                             "names a folder)")
         for site in args.extra_site:
             if not site.is_dir():
                 raise UsageError(f"--extra-site {site}: not a folder")
@@ -100,8 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PinmatrixError as exc:  # bad input exits 2, a harness failure 1 (pinmatrix/errors.py)
         print(f"{exc.prefix}: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:  # Ctrl-C: no new cell starts; finished ones are kept (pinmatrix/run/state.py)
-        print("\ninterrupted: finished cells are kept; `python -m pinmatrix matrix --resume` runs the rest "
+    # Ctrl-C: no new cell starts; finished ones are kept (pinmatrix/run/state.py)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished cells are kept; `python -m pinmatrix matrix --resume` runs "
+              "the rest "
               "(a cell already running finishes first)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `python -m pinmatrix list | head`: the reader left; not an error
@@ -135,12 +146,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "list":
         from pinmatrix.run.pipeline import load_cells
 
-        matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu, snapshot=opts.snapshot,
+        matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
+                                   snapshot=opts.snapshot,
                               sources=opts.sources)
         if getattr(args, "json", False):
             import json
 
-            print(json.dumps({"cells": [cell.id for cell in cells], "snapshot": getattr(matrix, "snapshot", None) or {}}))
+            print(json.dumps({"cells": [cell.id for cell in cells],
+                              "snapshot": getattr(matrix, "snapshot", None) or {}}))
             return EXIT_OK
         for cell in cells:
             print(cell.id)
@@ -157,8 +170,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     print(summary.verdict)
     print(f"report: {summary.run_dir / 'summary.md'}")
     if summary.stopped:  # infra, not a bug: what finished is kept, the rest is retried by --resume
-        print(f"run stopped early: {summary.stopped}; finished cells are kept in {summary.run_dir}; "
-              f"resume with `python -m pinmatrix matrix --resume {summary.run_dir.name}`", file=sys.stderr)
+        print(f"run stopped early: {summary.stopped}; finished cells are kept in "
+              f"{summary.run_dir}; "
+              f"resume with `python -m pinmatrix matrix --resume {summary.run_dir.name}`",
+              file=sys.stderr)
         return EXIT_HARNESS
     if summary.harness_errors:
         print("harness errors (a bug in pinmatrix, not in the cells):", file=sys.stderr)
@@ -173,7 +188,8 @@ def _report(args: argparse.Namespace) -> int:
 
     run_dir = args.run or (args.reports / "latest")
     if not run_dir.is_dir():
-        raise UsageError(f"no run folder at {run_dir} (run `python -m pinmatrix matrix` first, or pass --run DIR)")
+        raise UsageError(f"no run folder at {run_dir} (run `python -m pinmatrix matrix` first, or "
+                         "pass --run DIR)")
     json_path, md_path = write_report(run_dir.resolve(), previous=getattr(args, "previous", None))
     import json
 

@@ -1,9 +1,11 @@
-"""matrix.yaml: load, validate (every error names file:line:column), expand into cells, select from the CLI.
+"""matrix.yaml: load, validate (every error names file:line:column), expand into cells, select from
+the CLI.
 
-Expansion follows GitHub Actions: the product of the axes, minus `exclude` rules, then `include` rules that
-add keys to matching combinations (never overwriting an axis value) or, matching none, add a new combination.
-Live axes (a specifier, `latest: N`) expand against the package index; the expansion is kept as a snapshot
-so that `load_matrix(path, snapshot=...)` gives the same cells later, offline.
+Expansion follows GitHub Actions: the product of the axes, minus `exclude` rules, then `include`
+rules that add keys to matching combinations (never overwriting an axis value) or, matching none,
+add a new combination. Live axes (a specifier, `latest: N`) expand against the package index; the
+expansion is kept as a snapshot so that `load_matrix(path, snapshot=...)` gives the same cells
+later, offline.
 """
 from __future__ import annotations
 
@@ -19,20 +21,21 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from pinmatrix.cell import ID_ABBREV, NONE, Cell, ModelSpec
-from pinmatrix.errors import MatrixError, SelectionError
-from pinmatrix.errors import IndexUnreachable
+from pinmatrix.errors import IndexUnreachable, MatrixError, SelectionError
 from pinmatrix.sources import PackageSources, Release, list_releases, redact
 
 # Axes that are not pip packages.
 PYTHON, BASE_IMAGE = "python", "base_image"
 # Every key an axis (or an include rule) may name. A typo is an error, not a silent new axis.
-PACKAGE_AXES = ("torch", "transformers", "unsloth", "peft", "trl", "xformers", "flash-attn", "bitsandbytes",
+PACKAGE_AXES = ("torch", "transformers", "unsloth", "peft", "trl", "xformers", "flash-attn",
+                "bitsandbytes",
                 "accelerate", "unsloth-zoo", "torchvision", "triton", "datasets")
 KNOWN_AXES = (PYTHON, BASE_IMAGE, *PACKAGE_AXES)
 REQUIRED_AXES = (PYTHON, BASE_IMAGE, "torch")
 TOP_KEYS = ("axes", "include", "exclude", "models", "checks", "settings")
 # Check groups of docs/CONTRACTS.md §3.
-CHECK_GROUPS = ("imports", "kernels", "exaone3.5", "exaone4", "unsloth", "attention", "lora-train", "generate",
+CHECK_GROUPS = ("imports", "kernels", "exaone3.5", "exaone4", "unsloth", "attention", "lora-train",
+                "generate",
                 "throughput")
 MODEL_KINDS = ("remote-code", "native")
 THROUGHPUT_STACKS = ("sdpa", "eager", "flash_attention_2", "unsloth")
@@ -41,18 +44,23 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "check_timeout_s": 600,
     "cell_timeout_s": 3600,
     "lora_steps": 12,
-    "throughput": {"batch": 4, "seq": 2048, "steps": 6, "warmup": 2, "stacks": list(THROUGHPUT_STACKS)},
+    "throughput": {"batch": 4, "seq": 2048, "steps": 6, "warmup": 2,
+                   "stacks": list(THROUGHPUT_STACKS)},
 }
 LIVE_KEYS = ("spec", "latest", "pre", "yanked")
 MAX_COMBINATIONS = 5000   # a typo'd live axis (`latest: 500`) should fail fast, not fill the memory
 
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
-# A Docker image reference: [registry[:port]/]name[:tag][@sha256:...]; nothing a shell could misread.
-_IMAGE_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
-                       r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
+# A Docker image reference: [registry[:port]/]name[:tag][@sha256:...]; nothing a shell could
+# misread.
+_IMAGE_RE = re.compile(
+    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")   # a git ref; pinned = 40-hex commit
+# a git ref; pinned = 40-hex commit
+_REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 Fetcher = Callable[[str], list[Release]]
@@ -71,18 +79,21 @@ class Matrix:
 
     @property
     def unpinned_models(self) -> list[str]:
-        """Models whose revision is a branch or tag, not a commit: remote code could change under them."""
+        """Models whose revision is a branch or tag, not a commit: remote code could change under
+        them."""
         return [m.name for m in self.models if not _COMMIT_RE.match(m.revision)]
 
     def expand(self) -> list[Cell]:
-        """The cells, in a deterministic order: the product in axis order, then included new cells."""
+        """The cells, in a deterministic order: the product in axis order, then included new
+        cells."""
         return list(self.cells)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def load_matrix(path: str | Path, *, snapshot: dict[str, Any] | None = None,
                 sources: PackageSources | None = None, fetch: Fetcher | None = None) -> Matrix:
-    """Read and validate a matrix file; raise MatrixError naming file:line:column on the first problem.
+    """Read and validate a matrix file; raise MatrixError naming file:line:column on the first
+    problem.
 
     Live axes are expanded from `snapshot` when given (offline), else against the index of `sources`
     (default: `PackageSources.from_env()`), or with `fetch(package) -> [Release]` (tests).
@@ -100,8 +111,9 @@ def load_matrix(path: str | Path, *, snapshot: dict[str, Any] | None = None,
 def select(cells: Sequence[Cell], selectors: Sequence[str]) -> list[Cell]:
     """Keep the cells that match the command-line selectors.
 
-    A selector is `axis=value` (also `axis==value`, or a specifier `axis>=5`), or a full cell id. Selectors on
-    the same axis are alternatives (OR); different axes must all match (AND); ids add their cells.
+    A selector is `axis=value` (also `axis==value`, or a specifier `axis>=5`), or a full cell id.
+    Selectors on the same axis are alternatives (OR); different axes must all match (AND); ids add
+    their cells.
     """
     if not selectors:
         return list(cells)
@@ -110,14 +122,19 @@ def select(cells: Sequence[Cell], selectors: Sequence[str]) -> list[Cell]:
     by_axis: dict[str, list[tuple[str, Callable[[str], bool]]]] = {}
     ids: list[str] = []
     for argument in selectors:
-        match = re.match(r"^\s*([A-Za-z][A-Za-z0-9_.-]*)\s*(==|=|>=|<=|!=|~=|>|<)\s*(\S.*?)\s*$", argument)
+        match = re.match(r"^\s*([A-Za-z][A-Za-z0-9_.-]*)\s*(==|=|>=|<=|!=|~=|>|<)\s*(\S.*?)\s*$",
+                         argument)
         if not match:
             if any(c.id == argument for c in cells):
                 ids.append(argument)
                 continue
-            raise SelectionError(argument, "expected AXIS=VALUE (for example transformers=5.17.0) or a cell id")
+            raise SelectionError(argument,
+                                 "expected AXIS=VALUE (for example transformers=5.17.0) or a cell "
+                                 "id")
         key, op, value = match.groups()
-        axis = key if key in axes else aliases.get(key, key.replace("_", "-") if key != BASE_IMAGE else key)
+        axis = key if key in axes else aliases.get(key,
+                                                   key.replace("_",
+                                                               "-") if key != BASE_IMAGE else key)
         if axis not in axes:
             raise SelectionError(argument, f"unknown axis {key!r}; the axes are {', '.join(axes)}")
         by_axis.setdefault(axis, []).append((argument, _value_test(argument, axis, op, value)))
@@ -126,7 +143,8 @@ def select(cells: Sequence[Cell], selectors: Sequence[str]) -> list[Cell]:
         for argument, test in tests:
             if not any(axis in c.pins and test(c.pins[axis]) for c in cells):
                 values = sorted({c.pins[axis] for c in cells if axis in c.pins})
-                raise SelectionError(argument, f"matches no cell; {axis} values are {', '.join(values)}")
+                raise SelectionError(argument,
+                                     f"matches no cell; {axis} values are {', '.join(values)}")
     chosen = []
     for cell in cells:
         if cell.id in ids or (by_axis and all(
@@ -147,7 +165,9 @@ def _value_test(argument: str, axis: str, op: str, value: str) -> Callable[[str]
         spec = SpecifierSet(op + value)
     except InvalidSpecifier:
         raise SelectionError(argument, f"{op + value!r} is not a version specifier") from None
-    return lambda pin: pin != NONE and _version_or_none(pin) is not None and spec.contains(pin, prereleases=True)
+    return lambda pin: (
+        pin != NONE and _version_or_none(pin) is not None and spec.contains(pin, prereleases=True)
+    )
 
 
 def same_value(axis: str, a: str, b: str) -> bool:
@@ -167,11 +187,12 @@ def _version_or_none(text: str) -> Version | None:
         return None
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 class _Loader:
     """One pass over the YAML node tree; every check raises MatrixError at the node it is about."""
 
-    def __init__(self, path: Path, text: str, snapshot: dict[str, Any] | None, sources: PackageSources | None,
+    def __init__(self, path: Path, text: str, snapshot: dict[str, Any] | None,
+                 sources: PackageSources | None,
                  fetch: Fetcher | None) -> None:
         self.path, self.text = path, text
         self.snapshot_in = snapshot
@@ -182,7 +203,8 @@ class _Loader:
     # -- errors and node helpers --
     def error(self, node: yaml.Node | None, message: str) -> MatrixError:
         mark = node.start_mark if node is not None else None
-        return MatrixError(self.path, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, message)
+        return MatrixError(self.path, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1,
+                           message)
 
     def mapping(self, node: yaml.Node, what: str) -> list[tuple[yaml.ScalarNode, yaml.Node]]:
         if not isinstance(node, yaml.MappingNode):
@@ -193,10 +215,12 @@ class _Loader:
             if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:null":
                 raise self.error(key, f"{what}: expected a plain key, got {_kind(key)}")
             if key.tag == "tag:yaml.org,2002:merge":
-                raise self.error(key, f"{what}: merge keys (<<) are not supported; write the keys out")
+                raise self.error(key,
+                                 f"{what}: merge keys (<<) are not supported; write the keys out")
             if key.value in seen:
                 first = seen[key.value].start_mark.line + 1
-                raise self.error(key, f"{what}: duplicate key {key.value!r} (first at line {first})")
+                raise self.error(key,
+                                 f"{what}: duplicate key {key.value!r} (first at line {first})")
             seen[key.value] = key
             pairs.append((key, value))
         return pairs
@@ -220,7 +244,9 @@ class _Loader:
 
     def integer(self, node: yaml.Node, what: str, minimum: int = 0) -> int:
         if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
-            raise self.error(node, f"{what}: expected an integer, got {_kind(node)} {getattr(node, 'value', '')!r}")
+            raise self.error(node,
+                             f"{what}: expected an integer, got {_kind(node)} "
+                             f"{getattr(node, 'value', '')!r}")
         value = int(yaml.safe_load(node.value))
         if value < minimum:
             raise self.error(node, f"{what}: expected an integer >= {minimum}, got {value}")
@@ -229,7 +255,9 @@ class _Loader:
     def number(self, node: yaml.Node, what: str) -> float:
         if not isinstance(node, yaml.ScalarNode) or node.tag not in ("tag:yaml.org,2002:int",
                                                                        "tag:yaml.org,2002:float"):
-            raise self.error(node, f"{what}: expected a number, got {_kind(node)} {getattr(node, 'value', '')!r}")
+            raise self.error(node,
+                             f"{what}: expected a number, got {_kind(node)} "
+                             f"{getattr(node, 'value', '')!r}")
         value = float(yaml.safe_load(node.value))
         if not value > 0:
             raise self.error(node, f"{what}: expected a number > 0, got {node.value}")
@@ -249,7 +277,8 @@ class _Loader:
             problem = " ".join(str(exc.problem or "").split())
             context = " ".join(str(exc.context or "").split())
             message = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
-            raise MatrixError(self.path, (mark.line + 1) if mark else 1, (mark.column + 1) if mark else 1,
+            raise MatrixError(self.path, (mark.line + 1) if mark else 1,
+                              (mark.column + 1) if mark else 1,
                               message) from None
         except yaml.YAMLError as exc:
             raise MatrixError(self.path, 1, 1, f"YAML error: {exc}") from None
@@ -262,7 +291,9 @@ class _Loader:
         sections: dict[str, tuple[yaml.ScalarNode, yaml.Node]] = {}
         for key, value in self.mapping(root, "matrix"):
             if key.value not in TOP_KEYS:
-                raise self.error(key, f"unknown key {key.value!r}; expected one of {', '.join(TOP_KEYS)}")
+                raise self.error(key,
+                                 f"unknown key {key.value!r}; expected one of "
+                                 f"{', '.join(TOP_KEYS)}")
             sections[key.value] = (key, value)
         if "axes" not in sections:
             raise self.error(root, "missing 'axes:' (python, base_image, torch, transformers, ...)")
@@ -274,12 +305,14 @@ class _Loader:
         checks = self.checks(sections.get("checks"))
         settings = self.settings(sections.get("settings"))
         combos = self.combine(axes, exclude, include)
-        cells = [Cell(pins=pins, models=models, checks=checks, settings=settings) for pins, _ in combos]
+        cells = [Cell(pins=pins, models=models, checks=checks, settings=settings) for pins,
+                 _ in combos]
         self.check_unique(cells, [node for _, node in combos])
         return Matrix(self.path, axes, models, checks, settings, self.snapshot_out, tuple(cells))
 
     # -- axes --
-    def axes(self, key: yaml.ScalarNode, node: yaml.Node) -> tuple[dict[str, tuple[str, ...]], dict[str, Any]]:
+    def axes(self, key: yaml.ScalarNode,
+             node: yaml.Node) -> tuple[dict[str, tuple[str, ...]], dict[str, Any]]:
         axes: dict[str, tuple[str, ...]] = {}
         nodes: dict[str, Any] = {}
         self.axes_node = node
@@ -290,18 +323,23 @@ class _Loader:
             name = name_node.value
             if name not in KNOWN_AXES:
                 hint = _near(name, KNOWN_AXES)
-                raise self.error(name_node, f"unknown axis {name!r}{hint}; expected one of {', '.join(KNOWN_AXES)}")
+                raise self.error(name_node,
+                                 f"unknown axis {name!r}{hint}; expected one of "
+                                 f"{', '.join(KNOWN_AXES)}")
             values: list[str] = []
             value_nodes: list[yaml.Node] = []
             items = value.value if isinstance(value, yaml.SequenceNode) else [value]
             if isinstance(value, yaml.SequenceNode) and not items:
-                raise self.error(value, f"axis {name!r} is empty; list at least one version, or none")
+                raise self.error(value,
+                                 f"axis {name!r} is empty; list at least one version, or none")
             if isinstance(value, yaml.ScalarNode) and value.tag == "tag:yaml.org,2002:null":
-                raise self.error(value, f"axis {name!r} is empty; list at least one version, or none")
+                raise self.error(value,
+                                 f"axis {name!r} is empty; list at least one version, or none")
             for index, item in enumerate(items):
                 for v in self.axis_item(name, item, index):
                     if any(same_value(name, v, seen) for seen in values):
-                        raise self.error(item, f"axis {name!r}: {v!r} is listed twice (duplicate cells)")
+                        raise self.error(item,
+                                         f"axis {name!r}: {v!r} is listed twice (duplicate cells)")
                     values.append(v)
                     value_nodes.append(item)
             axes[name] = tuple(values)
@@ -317,15 +355,18 @@ class _Loader:
             return self.live(axis, node, index, self.live_query(axis, node))
         text = self.value(axis, node, what, allow_specifier=True)
         if _is_specifier(text):
-            return self.live(axis, node, index, {"spec": text, "latest": None, "pre": False, "yanked": False})
+            return self.live(axis, node, index, {"spec": text, "latest": None, "pre": False,
+                                                 "yanked": False})
         return [text]
 
     def value(self, axis: str, node: yaml.Node, what: str, *, allow_specifier: bool = False) -> str:
         """One concrete axis value (a version, an image, or none), validated for its axis."""
         if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
-            raise self.error(node, f"{what}: empty value; write a version, or none for not installed")
+            raise self.error(node,
+                             f"{what}: empty value; write a version, or none for not installed")
         if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
-            raise self.error(node, f"{what}: expected a version or none, got the boolean {node.value!r}")
+            raise self.error(node,
+                             f"{what}: expected a version or none, got the boolean {node.value!r}")
         text = self.string(node, what, allow_numbers=True)
         if text == NONE:
             if axis in (PYTHON, BASE_IMAGE):
@@ -333,23 +374,31 @@ class _Loader:
             return NONE
         if axis == PYTHON:
             if not _PYTHON_RE.match(text):
-                raise self.error(node, f"{what}: expected a Python version like \"3.12\" (quote it), got {text!r}")
+                raise self.error(node,
+                                 f"{what}: expected a Python version like \"3.12\" (quote it), got "
+                                 f"{text!r}")
             return text
         if axis == BASE_IMAGE:
             if not _IMAGE_RE.match(text):
-                raise self.error(node, f"{what}: {text!r} is not a Docker image reference (name[:tag][@sha256:...])")
+                raise self.error(node,
+                                 f"{what}: {text!r} is not a Docker image reference "
+                                 "(name[:tag][@sha256:...])")
             return text
         if _is_specifier(text):
             if not allow_specifier:
-                raise self.error(node, f"{what}: expected an exact version here, got the specifier {text!r}")
+                raise self.error(node,
+                                 f"{what}: expected an exact version here, got the specifier "
+                                 f"{text!r}")
             if not _valid_specifier(text):
-                raise self.error(node, f"{what}: {text!r} is not a valid version specifier (PEP 440), "
+                raise self.error(node,
+                                 f"{what}: {text!r} is not a valid version specifier (PEP 440), "
                                        "e.g. \">=4.57,<5.18\"")
             return text
         try:
             Version(text)
         except InvalidVersion:
-            raise self.error(node, f"{what}: {text!r} is not a valid version (PEP 440), e.g. 5.17.0, "
+            raise self.error(node,
+                             f"{what}: {text!r} is not a valid version (PEP 440), e.g. 5.17.0, "
                                    "2.13.0+cpu, or none") from None
         return text
 
@@ -359,11 +408,15 @@ class _Loader:
         query: dict[str, Any] = {"spec": None, "latest": None, "pre": False, "yanked": False}
         for key, value in self.mapping(node, what):
             if key.value not in LIVE_KEYS:
-                raise self.error(key, f"{what}: unknown key {key.value!r}; a live axis takes {', '.join(LIVE_KEYS)}")
+                raise self.error(key,
+                                 f"{what}: unknown key {key.value!r}; a live axis takes "
+                                 f"{', '.join(LIVE_KEYS)}")
             if key.value == "spec":
                 text = self.string(value, f"{what}: spec", allow_numbers=True)
                 if not _valid_specifier(text):
-                    raise self.error(value, f"{what}: {text!r} is not a valid version specifier (PEP 440), "
+                    raise self.error(value,
+                                     f"{what}: {text!r} is not a valid version specifier (PEP "
+                                     "440), "
                                             "e.g. \">=4.57,<5.18\"")
                 query["spec"] = text
             elif key.value == "latest":
@@ -381,17 +434,21 @@ class _Loader:
         if self.snapshot_in is not None:
             recorded = (self.snapshot_in.get("live") or {}).get(key)
             if recorded is None or recorded.get("query") != query:
-                raise self.error(node, f"axis {axis!r}: the snapshot has no expansion of this query "
+                raise self.error(node,
+                                 f"axis {axis!r}: the snapshot has no expansion of this query "
                                        f"({_show_query(query)}); it was taken from another matrix")
             versions = list(recorded["versions"])
         else:
             try:
                 releases = self.releases(axis)
             except IndexUnreachable as exc:
-                raise self.error(node, f"axis {axis!r}: cannot expand against the index: {exc}") from None
+                raise self.error(node,
+                                 f"axis {axis!r}: cannot expand against the index: {exc}") from None
             versions = expand_live(releases, query)
-            self.snapshot_out.setdefault("taken", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-            self.snapshot_out.setdefault("indexes", [redact(u) for u in self._sources().index_urls()]
+            self.snapshot_out.setdefault("taken",
+                                         _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            self.snapshot_out.setdefault("indexes",
+                                         [redact(u) for u in self._sources().index_urls()]
                                          if self.fetch is None else ["<fetch>"])
         if not versions:
             raise self.error(node, f"axis {axis!r}: {_show_query(query)} matches no release")
@@ -409,7 +466,8 @@ class _Loader:
         return list_releases(axis, self._sources())
 
     # -- include / exclude --
-    def rules(self, section, name: str, axes: dict[str, tuple[str, ...]], axis_nodes) -> list[tuple[yaml.Node, dict]]:
+    def rules(self, section, name: str, axes: dict[str, tuple[str, ...]],
+              axis_nodes) -> list[tuple[yaml.Node, dict]]:
         if section is None:
             return []
         key, node = section
@@ -428,10 +486,13 @@ class _Loader:
                 if axis not in KNOWN_AXES:
                     raise self.error(k, f"{what}: unknown axis {axis!r}{_near(axis, KNOWN_AXES)}")
                 if name == "exclude" and axis not in axes:
-                    raise self.error(k, f"{what}: {axis!r} is not an axis of this matrix; exclude can only "
+                    raise self.error(k,
+                                     f"{what}: {axis!r} is not an axis of this matrix; exclude can "
+                                     "only "
                                         f"name axes ({', '.join(axes)})")
                 rule[axis] = self.value(axis, v, f"{what}: {axis}")
-                if name == "exclude" and not any(same_value(axis, rule[axis], x) for x in axes[axis]):
+                if name == "exclude" and not any(same_value(axis, rule[axis],
+                                                            x) for x in axes[axis]):
                     raise self.error(v, f"{what}: {axis}={rule[axis]!r} is not a value of the axis "
                                         f"({', '.join(axes[axis])}); the rule matches nothing")
             rules.append((item, rule))
@@ -443,9 +504,12 @@ class _Loader:
         for name in names:
             size *= len(axes[name])
         if size > MAX_COMBINATIONS:
-            raise self.error(self.axes_node, f"the axes multiply to {size} combinations, more than {MAX_COMBINATIONS}; "
+            raise self.error(self.axes_node,
+                             f"the axes multiply to {size} combinations, more than "
+                             f"{MAX_COMBINATIONS}; "
                                    "narrow the axes or split the matrix")
-        product = [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+        product = [dict(zip(names,
+                            values)) for values in itertools.product(*(axes[n] for n in names))]
         for node, rule in exclude:
             kept = [c for c in product if not _matches(c, rule)]
             if len(kept) == len(product):
@@ -456,7 +520,8 @@ class _Loader:
         originals = len(combos)
         for node, rule in include:
             matched = False
-            # GitHub Actions: added to every original combination whose original axis values it does not
+            # GitHub Actions: added to every original combination whose original axis values it does
+            # not
             # overwrite; keys added by an earlier include may be overwritten.
             for combo, _ in combos[:originals]:
                 if all(same_value(k, combo[k], v) for k, v in rule.items() if k in axes):
@@ -465,11 +530,14 @@ class _Loader:
             if not matched:
                 missing = [a for a in axes if a not in rule]
                 if missing:
-                    raise self.error(node, f"include rule {_show(rule)} matches no combination, and as a new cell "
+                    raise self.error(node,
+                                     f"include rule {_show(rule)} matches no combination, and as a "
+                                     "new cell "
                                            f"it lacks the axes {', '.join(missing)}")
                 combos.append((dict(rule), node))
         if not combos:
-            raise self.error(self.axes_node, "the matrix expands to no cell (every combination was excluded)")
+            raise self.error(self.axes_node,
+                             "the matrix expands to no cell (every combination was excluded)")
         return combos
 
     def check_unique(self, cells: list[Cell], nodes: list[yaml.Node | None]) -> None:
@@ -480,9 +548,12 @@ class _Loader:
                 other = cells[seen[ident]]
                 where = nodes[i] or nodes[seen[ident]]
                 if cell.pins.get(BASE_IMAGE) != other.pins.get(BASE_IMAGE):
-                    raise self.error(where, f"cells differ only in base_image, which the readable id leaves out: "
+                    raise self.error(where,
+                                     "cells differ only in base_image, which the readable id "
+                                     "leaves out: "
                                             f"{cell.id}; give each base image its own matrix file")
-                raise self.error(where, f"duplicate cell {cell.id} (the same combination appears twice)")
+                raise self.error(where,
+                                 f"duplicate cell {cell.id} (the same combination appears twice)")
             seen[ident] = i
 
     # -- models, checks, settings --
@@ -502,12 +573,18 @@ class _Loader:
             fields: dict[str, str] = {}
             for k, v in self.mapping(spec, what):
                 if k.value not in ("repo", "revision", "kind"):
-                    raise self.error(k, f"{what}: unknown key {k.value!r}; expected repo, revision, kind")
+                    raise self.error(k,
+                                     f"{what}: unknown key {k.value!r}; expected repo, revision, "
+                                     "kind")
                 fields[k.value] = self.string(v, f"{what}: {k.value}")
                 if k.value == "repo" and not _REPO_RE.match(fields["repo"]):
-                    raise self.error(v, f"{what}: repo {fields['repo']!r} is not a hub id like org/name")
+                    raise self.error(v,
+                                     f"{what}: repo {fields['repo']!r} is not a hub id like "
+                                     "org/name")
                 if k.value == "revision" and not _REVISION_RE.match(fields["revision"]):
-                    raise self.error(v, f"{what}: revision {fields['revision']!r} is not a git ref; pin a 40-hex commit")
+                    raise self.error(v,
+                                     f"{what}: revision {fields['revision']!r} is not a git ref; "
+                                     "pin a 40-hex commit")
                 if k.value == "kind" and fields["kind"] not in MODEL_KINDS:
                     raise self.error(v, f"{what}: kind must be one of {', '.join(MODEL_KINDS)}, "
                                         f"got {fields['kind']!r}")
@@ -528,7 +605,9 @@ class _Loader:
         for item in items:
             name = self.string(item, "checks", allow_numbers=True)
             if name not in CHECK_GROUPS:
-                raise self.error(item, f"checks: unknown check group {name!r}{_near(name, CHECK_GROUPS)}; "
+                raise self.error(item,
+                                 "checks: unknown check group "
+                                 f"{name!r}{_near(name, CHECK_GROUPS)}; "
                                        f"expected one of {', '.join(CHECK_GROUPS)}")
             if name in checks:
                 raise self.error(item, f"checks: {name!r} is listed twice")
@@ -563,13 +642,16 @@ class _Loader:
                         stacks = [self.string(s, twhat) for s in self.sequence(tv, twhat)]
                         for s, snode in zip(stacks, tv.value):
                             if s not in THROUGHPUT_STACKS:
-                                raise self.error(snode, f"{twhat}: unknown stack {s!r}; expected one of "
+                                raise self.error(snode,
+                                                 f"{twhat}: unknown stack {s!r}; expected one of "
                                                         f"{', '.join(THROUGHPUT_STACKS)}")
                         if not stacks:
                             raise self.error(tv, f"{twhat}: empty list")
                         settings["throughput"]["stacks"] = stacks
                     else:
-                        raise self.error(tk, f"{what}: unknown key {tk.value!r}; expected batch, seq, steps, "
+                        raise self.error(tk,
+                                         f"{what}: unknown key {tk.value!r}; expected batch, seq, "
+                                         "steps, "
                                              "warmup, stacks")
             else:
                 raise self.error(k, f"settings: unknown key {k.value!r}; expected one of "
@@ -577,9 +659,10 @@ class _Loader:
         return settings
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def expand_live(releases: Iterable[Release], query: dict[str, Any]) -> list[str]:
-    """Versions matching a live query, oldest first. Pre-releases and yanked ones only when asked."""
+    """Versions matching a live query, oldest first. Pre-releases and yanked ones only when
+    asked."""
     spec = SpecifierSet(query.get("spec") or "")
     chosen: list[Version] = []
     for release in releases:

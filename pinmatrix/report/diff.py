@@ -1,7 +1,8 @@
 """What changed between two runs: new breakages, fixes, new and vanished cells, throughput moves.
 
-Both sides are summaries as `pinmatrix.report.summary.merge` builds them (the previous one re-merged from its
-folder when the folder still holds cells/ and outcomes/, so a catalogue update reaches it too).
+Both sides are summaries as `pinmatrix.report.summary.merge` builds them (the previous one re-merged
+from its folder when the folder still holds cells/ and outcomes/, so a catalogue update reaches it
+too).
 
 A *breakage* is a check that passed before and fails now, or a cell that worked (fully or partly)
 before and is broken or unresolvable now. Infra is never a breakage: the machine failed, not the
@@ -22,7 +23,8 @@ from typing import Any, Iterable, Mapping
 from pinmatrix.errors import PreviousRunError
 from pinmatrix.fsio import write_json_atomic, write_text_atomic
 
-NOISE_K = 3.0                  # k in k·stdev: ~99.7% of run-to-run noise stays inside if it is normal
+# k in k·stdev: ~99.7% of run-to-run noise stays inside if it is normal
+NOISE_K = 3.0
 MIN_SAMPLES = 3                # fewer repeats give no usable stdev
 DEFAULT_REL_THRESHOLD = 0.10   # used when no repeated measurement exists: assumed, not measured
 WORKING = ("works", "partial")
@@ -34,7 +36,9 @@ BROKEN = ("broken", "unresolvable")
 
 def is_run_dir(path: Path) -> bool:
     path = Path(path)
-    return path.is_dir() and any((path / name).exists() for name in ("summary.json", "outcomes", "cells"))
+    return path.is_dir() and any(
+        (path / name).exists() for name in ("summary.json", "outcomes", "cells")
+    )
 
 
 def find_run_dir(path: Path) -> Path:
@@ -45,11 +49,20 @@ def find_run_dir(path: Path) -> Path:
         return path
     if not path.is_dir():
         raise PreviousRunError(f"{path}: no such folder")
-    candidates = sorted((p for p in path.rglob("*") if p.is_dir() and not p.is_symlink() and is_run_dir(p)
-                         and p.name not in ("cells", "outcomes")),
-                        key=lambda p: (p.name, str(p)))
+    candidates = sorted(
+        (
+            p
+            for p in path.rglob("*")
+            if p.is_dir()
+            and not p.is_symlink()
+            and is_run_dir(p)
+            and p.name not in ("cells", "outcomes")
+        ),
+        key=lambda p: (p.name, str(p)),
+    )
     if not candidates:
-        raise PreviousRunError(f"{path}: holds no run folder (no summary.json, outcomes/ or cells/)")
+        raise PreviousRunError(f"{path}: holds no run folder (no summary.json, outcomes/ or "
+                               "cells/)")
     return candidates[-1]
 
 
@@ -57,9 +70,19 @@ def previous_run_in(reports_dir: Path, current: Path) -> Path | None:
     """The newest run folder in reports/ that is older than `current` (run ids sort by UTC time).
     Only folders with a summary.json count: a resolve-only run (`pinmatrix resolve`) has none."""
     reports_dir, current = Path(reports_dir), Path(current).resolve()
-    earlier = [p for p in Path(reports_dir).iterdir()
-               if p.is_dir() and not p.is_symlink() and p.resolve() != current and (p / "summary.json").is_file()
-               and p.name < current.name] if Path(reports_dir).is_dir() else []
+    earlier = (
+        [
+            p
+            for p in Path(reports_dir).iterdir()
+            if p.is_dir()
+            and not p.is_symlink()
+            and p.resolve() != current
+            and (p / "summary.json").is_file()
+            and p.name < current.name
+        ]
+        if Path(reports_dir).is_dir()
+        else []
+    )
     return max(earlier, key=lambda p: p.name) if earlier else None
 
 
@@ -75,7 +98,8 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise PreviousRunError(f"{run_dir / 'summary.json'}: unreadable: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
-        raise PreviousRunError(f"{run_dir / 'summary.json'}: not a pinmatrix summary (no cells list)")
+        raise PreviousRunError(f"{run_dir / 'summary.json'}: not a pinmatrix summary (no cells "
+                               "list)")
     return data
 
 
@@ -102,7 +126,8 @@ def read_history(path: Path | None) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def history_record(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """One line of history.jsonl: the run, its counts, and per cell its status, hash and throughput."""
+    """One line of history.jsonl: the run, its counts, and per cell its status, hash and
+    throughput."""
     run = summary.get("run") or {}
     speed: dict[str, dict[str, float]] = {}
     for s in summary.get("speed") or []:
@@ -112,7 +137,8 @@ def history_record(summary: Mapping[str, Any]) -> dict[str, Any]:
         "started": run.get("started"),
         "verdict": summary.get("verdict"),
         "counts": dict(summary.get("counts") or {}),
-        "cells": {c["id"]: {"status": c["status"], "hash": c.get("hash"), "pins": c.get("pins") or {},
+        "cells": {c["id"]: {"status": c["status"], "hash": c.get("hash"),
+                            "pins": c.get("pins") or {},
                             "throughput": speed.get(c["id"], {})}
                   for c in summary.get("cells") or []},
     }
@@ -143,7 +169,8 @@ def noise_threshold(history: Iterable[Mapping[str, Any]], cell_hash: str | None,
         return rel, (f"measured: {NOISE_K:g}·stdev of {len(samples)} runs of the same cell hash "
                      f"= {100 * rel:.1f}%")
     return DEFAULT_REL_THRESHOLD, (f"assumed, not measured: {100 * DEFAULT_REL_THRESHOLD:.0f}% "
-                                   f"(fewer than {MIN_SAMPLES} runs of the same cell hash in the history)")
+                                   f"(fewer than {MIN_SAMPLES} runs of the same cell hash in the "
+                                   "history)")
 
 
 # --- the diff ------------------------------------------------------------------------------------
@@ -177,31 +204,42 @@ def diff(previous: Mapping[str, Any], current: Mapping[str, Any],
         breakages += check_breaks
         fixes += check_fixes
         if old["status"] in WORKING and new["status"] in BROKEN and not check_breaks:
-            breakages.append({"cell": cid, "check": None, "before": old["status"], "now": new["status"],
+            breakages.append({"cell": cid, "check": None, "before": old["status"],
+                              "now": new["status"],
                               "signature": _cell_signature(new)})
         elif old["status"] in BROKEN and new["status"] in WORKING and not check_fixes:
             fixes.append({"cell": cid, "check": None, "before": old["status"], "now": new["status"],
                           "signature_before": _cell_signature(old)})
         if new["status"] == "infra" and old["status"] != "infra":
-            infra.append({"cell": cid, "check": None, "before": old["status"], "reason": new.get("reason")})
+            infra.append({"cell": cid, "check": None, "before": old["status"],
+                          "reason": new.get("reason")})
     throughput, thresholds = _throughput(previous, current, now, history)
     return {
         "previous_run": _run_id(previous),
         "current_run": _run_id(current),
         "new_breakages": breakages,
         "fixes": fixes,
-        "new_cells": [{"cell": cid, "status": now[cid]["status"]} for cid in sorted(set(now) - set(before))],
-        "vanished_cells": [{"cell": cid, "status": before[cid]["status"]} for cid in sorted(set(before) - set(now))],
+        "new_cells": [
+            {"cell": cid, "status": now[cid]["status"]} for cid in sorted(set(now) - set(before))
+        ],
+        "vanished_cells": [
+            {"cell": cid, "status": before[cid]["status"]} for cid in sorted(set(before) - set(now))
+        ],
         "status_changes": status_changes,
         "infra": infra,
         "throughput": throughput,
         "throughput_thresholds": thresholds,
-        "noise": {"k": NOISE_K, "min_samples": MIN_SAMPLES, "default_relative": DEFAULT_REL_THRESHOLD},
+        "noise": {
+            "k": NOISE_K,
+            "min_samples": MIN_SAMPLES,
+            "default_relative": DEFAULT_REL_THRESHOLD,
+        },
     }
 
 
 def _throughput(previous: Mapping[str, Any], current: Mapping[str, Any], now: Mapping[str, Any],
-                history: list[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                history: list[Mapping[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                           list[dict[str, Any]]]:
     old = {(s["cell"], s["stack"]): s["tokens_per_s"] for s in previous.get("speed") or []}
     changes, thresholds = [], []
     for s in current.get("speed") or []:
@@ -209,8 +247,10 @@ def _throughput(previous: Mapping[str, Any], current: Mapping[str, Any], now: Ma
         if key not in old or not old[key]:
             continue
         rel = (s["tokens_per_s"] - old[key]) / old[key]
-        threshold, basis = noise_threshold(history, (now.get(s["cell"]) or {}).get("hash"), s["stack"])
-        entry = {"cell": s["cell"], "stack": s["stack"], "before": old[key], "now": s["tokens_per_s"],
+        threshold, basis = noise_threshold(history, (now.get(s["cell"]) or {}).get("hash"),
+                                           s["stack"])
+        entry = {"cell": s["cell"], "stack": s["stack"], "before": old[key],
+                 "now": s["tokens_per_s"],
                  "change": round(rel, 4), "threshold": round(threshold, 4), "basis": basis}
         thresholds.append(entry)
         if abs(rel) > threshold:
@@ -254,21 +294,26 @@ def render_markdown(d: Mapping[str, Any], *, level: int = 1) -> str:
             out.extend([f"{h}# {title}", ""] + [line(i) for i in items] + [""])
 
     section("New breakages", d["new_breakages"], lambda i: (
-        f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: {i['before']} → {i['now']}"
+        f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: {i['before']} → "
+        f"{i['now']}"
         + (f" [`{i['signature']}`]" if i.get("signature") else "")))
     section("Fixes", d["fixes"], lambda i: (
-        f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: {i['before']} → {i['now']}"
+        f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: {i['before']} → "
+        f"{i['now']}"
         + (f" (was `{i['signature_before']}`)" if i.get("signature_before") else "")))
     section("New cells", d["new_cells"], lambda i: f"- `{i['cell']}`: {i['status']}")
     section("Vanished cells", d["vanished_cells"], lambda i: f"- `{i['cell']}` (was {i['status']})")
     section("Throughput changes beyond noise", d["throughput"], lambda i: (
         f"- `{i['cell']}` {i['stack']}: {i['before']:.0f} → {i['now']:.0f} tokens/s "
         f"({100 * i['change']:+.1f}%, threshold {100 * i['threshold']:.1f}%: {i['basis']})"))
-    section("Infra now (the machine failed, not the stack; never a breakage)", d["infra"], lambda i: (
-        f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: was {i['before']}; "
+    section("Infra now (the machine failed, not the stack; never a breakage)", d["infra"],
+            lambda i: (
+        f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: was "
+        f"{i['before']}; "
         f"{(i.get('reason') or 'infra').replace(chr(10), ' ')}"))
     if d["throughput_thresholds"] and not d["throughput"]:
-        out += [f"Throughput compared for {len(d['throughput_thresholds'])} cell×stack pairs; none moved beyond "
+        out += [f"Throughput compared for {len(d['throughput_thresholds'])} cell×stack pairs; none "
+                "moved beyond "
                 f"its noise threshold.", ""]
     elif not d["throughput_thresholds"]:
         out += ["No throughput measured in both runs (throughput runs on GPU cells).", ""]

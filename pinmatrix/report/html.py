@@ -6,7 +6,8 @@
   the URL (`?q=tf5.17&status=broken&sort=status&dir=desc&open=CELL`), so a link can share a view and
   a headless browser can drive it.
 - The throughput chart is drawn with matplotlib and embedded as a base64 PNG. matplotlib is imported
-  only here, lazily: without it the page says the chart is unavailable and md/json/junit still merge.
+  only here, lazily: without it the page says the chart is unavailable and md/json/junit still
+  merge.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from pinmatrix.results import describe_signature, load_result
 from pinmatrix.fsio import write_text_atomic
+from pinmatrix.results import describe_signature, load_result
 from pinmatrix.status import CELL_GLYPH, CHECK_GLYPH
 
 STATUS_ORDER = ("works", "partial", "broken", "unresolvable", "infra")
-PIN_COLUMNS = ("python", "torch", "transformers", "unsloth", "peft", "trl", "xformers", "flash-attn", "bitsandbytes")
+PIN_COLUMNS = ("python", "torch", "transformers", "unsloth", "peft", "trl", "xformers",
+               "flash-attn", "bitsandbytes")
 
 
 def e(value: Any) -> str:
@@ -41,7 +43,10 @@ def throughput_chart(speed: list[Mapping[str, Any]]) -> tuple[str | None, str]:
         matplotlib.use("Agg")  # no display; must precede pyplot
         import matplotlib.pyplot as plt
     except ImportError:
-        return None, "Throughput chart unavailable: matplotlib is not installed (pip install matplotlib)."
+        return (
+            None,
+            "Throughput chart unavailable: matplotlib is not installed (pip install matplotlib).",
+        )
     labels = [f"{s['cell']}\n{s['stack']}" for s in speed]
     values = [float(s["tokens_per_s"]) for s in speed]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(speed) + 1.4), dpi=96)
@@ -58,7 +63,8 @@ def throughput_chart(speed: list[Mapping[str, Any]]) -> tuple[str | None, str]:
         fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
-    alt = "; ".join(f"{s['cell']} {s['stack']}: {float(s['tokens_per_s']):.0f} tokens/s" for s in speed)
+    alt = "; ".join(f"{s['cell']} {s['stack']}: {float(s['tokens_per_s']):.0f} "
+                    "tokens/s" for s in speed)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), alt
 
 
@@ -86,8 +92,11 @@ def _environment_html(env: Mapping[str, Any] | None) -> str:
             pkg_rows.append(f"<tr><td>{e(name)}</td><td>{e(info)}</td><td></td></tr>")
     out = f"<table class=kv>{''.join(rows)}</table>"
     if pkg_rows:
-        out += ("<table class=pkgs><thead><tr><th>package</th><th>installed</th><th>details</th></tr></thead>"
-                f"<tbody>{''.join(pkg_rows)}</tbody></table>")
+        out += (
+            "<table class=pkgs><thead><tr><th>package</th><th>installed</th>"
+            "<th>details</th></tr></thead>"
+            f"<tbody>{''.join(pkg_rows)}</tbody></table>"
+        )
     return out
 
 
@@ -95,14 +104,16 @@ def _check_html(check: Mapping[str, Any]) -> str:
     status = check.get("status")
     error = check.get("error") or {}
     parts = [f"<li class='check st-{e(status)}' data-check='{e(check.get('name'))}'>"
-             f"<b>{CHECK_GLYPH.get(status, '·')} {e(check.get('name'))}</b> <span class=tag>{e(status)}</span>"]
+             f"<b>{CHECK_GLYPH.get(status, '·')} {e(check.get('name'))}</b> <span "
+             f"class=tag>{e(status)}</span>"]
     if check.get("duration_s") is not None:
         parts.append(f" <span class=muted>{float(check['duration_s']):.2f}s</span>")
     if check.get("reason"):
         parts.append(f"<div class=reason>{e(check['reason'])}</div>")
     if error:
         sig = error.get("signature")
-        parts.append(f"<div class=error><code>{e(error.get('type'))}: {e(error.get('message'))}</code>")
+        parts.append(f"<div class=error><code>{e(error.get('type'))}: "
+                     f"{e(error.get('message'))}</code>")
         if sig:
             parts.append(f"<div class=sig>signature <code>{e(sig)}</code>"
                          f"{'' if error.get('known') else ' (not in the catalogue yet)'}</div>")
@@ -111,30 +122,39 @@ def _check_html(check: Mapping[str, Any]) -> str:
                 if entry.get(label):
                     parts.append(f"<div class={label}><b>{label}</b>: {e(entry[label])}</div>")
             if entry.get("link"):
-                parts.append(f"<div class=link><b>link</b>: <a href='{e(entry['link'])}' rel=noreferrer>"
+                parts.append(f"<div class=link><b>link</b>: <a href='{e(entry['link'])}' "
+                             "rel=noreferrer>"
                              f"{e(entry['link'])}</a></div>")
         if error.get("traceback_tail"):
             parts.append(f"<details><summary>traceback</summary><pre>{e(error['traceback_tail'])}</pre></details>")
         parts.append("</div>")
     evidence = check.get("evidence")
     if evidence:
-        parts.append(f"<details><summary>evidence</summary><pre>{e(json.dumps(evidence, indent=1))}</pre></details>")
+        parts.append(
+            "<details><summary>evidence</summary>"
+            f"<pre>{e(json.dumps(evidence, indent=1))}</pre></details>"
+        )
     parts.append("</li>")
     return "".join(parts)
 
 
 def _detail_html(cell: Mapping[str, Any], data: Mapping[str, Any] | None) -> str:
-    parts = [f"<h3>{e(cell['id'])}</h3><p>status <b>{e(cell['status'])}</b>"
-             f"{' · hash <code>' + e((cell.get('hash') or '')[:16]) + '</code>' if cell.get('hash') else ''}"
-             f"{' · runner ' + e(cell.get('runner')) if cell.get('runner') else ''}</p>"]
+    short_hash = e((cell.get("hash") or "")[:16])
+    parts = [
+        f"<h3>{e(cell['id'])}</h3><p>status <b>{e(cell['status'])}</b>"
+        f"{' · hash <code>' + short_hash + '</code>' if cell.get('hash') else ''}"
+        f"{' · runner ' + e(cell.get('runner')) if cell.get('runner') else ''}</p>"
+    ]
     if cell.get("reason"):
         parts.append(f"<pre class=reason>{e(cell['reason'])}</pre>")
     if cell.get("signature"):
         parts.append(f"<p>signature <code>{e(cell['signature'])}</code></p>")
     pins = cell.get("pins") or {}
-    parts.append("<h4>Pins</h4><p>" + " ".join(f"<code>{e(k)}=={e(v)}</code>" for k, v in pins.items()) + "</p>")
+    parts.append("<h4>Pins</h4><p>" + " ".join(f"<code>{e(k)}=={e(v)}</code>" for k,
+                                               v in pins.items()) + "</p>")
     if data:
-        parts.append("<h4>Checks</h4><ul class=checks>" + "".join(_check_html(c) for c in data["checks"]) + "</ul>")
+        parts.append("<h4>Checks</h4><ul "
+                     "class=checks>" + "".join(_check_html(c) for c in data["checks"]) + "</ul>")
     parts.append("<h4>Environment</h4>" + _environment_html((data or {}).get("environment")))
     return "".join(parts)
 
@@ -149,17 +169,21 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
     pin_cols = [p for p in PIN_COLUMNS if any(p in (c.get("pins") or {}) for c in cells)]
     head = ("<tr><th data-key=id>cell</th><th data-key=status>status</th>"
             + "".join(f"<th data-key='pin:{e(p)}'>{e(p)}</th>" for p in pin_cols)
-            + "".join(f"<th data-key='check:{e(c)}' class=chk title='{e(c)}'>{e(c)}</th>" for c in columns) + "</tr>")
+            + "".join(f"<th data-key='check:{e(c)}' class=chk "
+                      f"title='{e(c)}'>{e(c)}</th>" for c in columns) + "</tr>")
     body = []
     for cell in cells:
         data = _result_data(run_dir, cell)
         checks = cell.get("checks") or {}
         sigs = sorted({c.get("signature") for c in checks.values() if c.get("signature")}
                       | ({cell["signature"]} if cell.get("signature") else set()))
-        search = " ".join([cell["id"], cell["status"], *(f"{k}={v}" for k, v in (cell.get("pins") or {}).items()),
+        search = " ".join([cell["id"], cell["status"], *(f"{k}={v}" for k,
+                                                         v in (cell.get("pins") or {}).items()),
                            *sigs]).lower()
-        tds = [f"<td class=id><button type=button class=toggle aria-expanded=false>{e(cell['id'])}</button></td>",
-               f"<td class='status st-{e(cell['status'])}' data-sort='{STATUS_ORDER.index(cell['status'])}'>"
+        tds = ["<td class=id><button type=button class=toggle "
+               f"aria-expanded=false>{e(cell['id'])}</button></td>",
+               f"<td class='status st-{e(cell['status'])}' "
+               f"data-sort='{STATUS_ORDER.index(cell['status'])}'>"
                f"{CELL_GLYPH.get(cell['status'], '')} {e(cell['status'])}</td>"]
         tds += [f"<td>{e((cell.get('pins') or {}).get(p, ''))}</td>" for p in pin_cols]
         for name in columns:
@@ -167,13 +191,18 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
             if check is None:
                 tds.append("<td class=chk data-sort=''>·</td>")
             else:
-                title = check["status"] + (f": {check['signature']}" if check.get("signature") else "") + (
-                    f": {check['reason']}" if check.get("reason") else "")
-                tds.append(f"<td class='chk st-{e(check['status'])}' data-sort='{e(check['status'])}' "
+                title = (
+                    check["status"]
+                    + (f": {check['signature']}" if check.get("signature") else "")
+                    + (f": {check['reason']}" if check.get("reason") else "")
+                )
+                tds.append(f"<td class='chk st-{e(check['status'])}' "
+                           f"data-sort='{e(check['status'])}' "
                            f"title='{e(title)}'>{CHECK_GLYPH.get(check['status'], '·')}</td>")
         body.append(f"<tr class=cell data-id='{e(cell['id'])}' data-status='{e(cell['status'])}' "
                     f"data-search='{e(search)}'>{''.join(tds)}</tr>")
-        body.append(f"<tr class=detail data-for='{e(cell['id'])}' hidden><td colspan={2 + len(pin_cols) + len(columns)}>"
+        body.append(f"<tr class=detail data-for='{e(cell['id'])}' hidden><td "
+                    f"colspan={2 + len(pin_cols) + len(columns)}>"
                     f"{_detail_html(cell, data)}</td></tr>")
     chart_uri, chart_alt = throughput_chart(list(summary.get("speed") or []))
     chart = (f"<img id=chart src='{chart_uri}' alt='{e(chart_alt)}'>" if chart_uri
@@ -187,34 +216,58 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
                       + "".join(f"<li class=breakage>new breakage: <code>{e(b['cell'])}</code> "
                                 f"{e(b.get('check') or '(cell)')} [{e(b.get('signature'))}]</li>"
                                 for b in diff.get("new_breakages") or [])
-                      + "".join(f"<li class=fix>fixed: <code>{e(f['cell'])}</code> {e(f.get('check') or '(cell)')}</li>"
+                      + "".join(f"<li class=fix>fixed: <code>{e(f['cell'])}</code> "
+                                f"{e(f.get('check') or '(cell)')}</li>"
                                 for f in diff.get("fixes") or [])
                       + "</ul></section>")
-    for key, title in (("unresolvable", "Unresolvable"), ("infra", "Infra (the machine failed, not the stack)"),
+    for key, title in (("unresolvable", "Unresolvable"), ("infra",
+                                                          "Infra (the machine failed, not the "
+                                                          "stack)"),
                        ("damaged", "Damaged files (not merged)")):
         items = summary.get(key) or []
         if not items:
             continue
-        lis = "".join(f"<li><code>{e(i.get('cell') or i.get('path'))}</code>"
-                      f"{(' ' + e(i['check'])) if i.get('check') else ''}: "
-                      f"<span>{e(i.get('explanation') or i.get('reason') or i.get('why') or '')}</span></li>"
-                      for i in items)
+        lis = "".join(
+            f"<li><code>{e(i.get('cell') or i.get('path'))}</code>"
+            f"{(' ' + e(i['check'])) if i.get('check') else ''}: "
+            f"<span>{e(i.get('explanation') or i.get('reason') or i.get('why') or '')}</span></li>"
+            for i in items
+        )
         extras.append(f"<section id={key}><h2>{e(title)}</h2><ul>{lis}</ul></section>")
     status_options = "".join(f"<option value={s}>{s}</option>" for s in STATUS_ORDER)
     return PAGE.format(
-        title=e(f"pinmatrix run {run_id}"), verdict=e(summary.get("verdict", "")), head=head, body="".join(body),
-        status_options=status_options, chart=chart, speed_rows=speed_rows or "<tr><td colspan=6>none</td></tr>",
-        extras="".join(extras), total=len(cells), style=STYLE, script=SCRIPT,
-        facts=e(" · ".join(f for f in (f"runner {run.get('runner')}" if run.get("runner") else "",
-                                        f"matrix {run.get('matrix')}" if run.get("matrix") else "",
-                                        f"started {run.get('started')}" if run.get("started") else "") if f)))
+        title=e(f"pinmatrix run {run_id}"),
+        verdict=e(summary.get("verdict", "")),
+        head=head,
+        body="".join(body),
+        status_options=status_options,
+        chart=chart,
+        speed_rows=speed_rows or "<tr><td colspan=6>none</td></tr>",
+        extras="".join(extras),
+        total=len(cells),
+        style=STYLE,
+        script=SCRIPT,
+        facts=e(
+            " · ".join(
+                f
+                for f in (
+                    f"runner {run.get('runner')}" if run.get("runner") else "",
+                    f"matrix {run.get('matrix')}" if run.get("matrix") else "",
+                    f"started {run.get('started')}" if run.get("started") else "",
+                )
+                if f
+            )
+        ),
+    )
 
 
 def _speed_row(s: Mapping[str, Any]) -> str:
     speedup = f"{s['speedup_vs_sdpa']:.2f}×" if s.get("speedup_vs_sdpa") else ""
     peak = "" if s.get("peak_mem_gib") is None else f"{s['peak_mem_gib']}"
-    return (f"<tr><td>{e(s['cell'])}</td><td>{e(s['stack'])}</td><td>{float(s['tokens_per_s']):.0f}</td>"
-            f"<td>{e(speedup)}</td><td>{e(peak)}</td><td>{e(s.get('gpu') or '')}</td></tr>")
+    return (
+        f"<tr><td>{e(s['cell'])}</td><td>{e(s['stack'])}</td><td>{float(s['tokens_per_s']):.0f}</td>"
+        f"<td>{e(speedup)}</td><td>{e(peak)}</td><td>{e(s.get('gpu') or '')}</td></tr>"
+    )
 
 
 def write_html(summary: Mapping[str, Any], run_dir: Path) -> Path:
@@ -233,7 +286,7 @@ tr.detail>td{background:#fafafa}.muted{color:#777}.tag{font-size:11px;border:1px
 td.st-pass,td.st-works{background:#e5f4e5}td.st-fail,td.st-broken{background:#fbe1e1}td.st-infra{background:#fff2c8}
 td.st-partial{background:#fff8dc}td.st-unresolvable{background:#eee}td.st-skip{color:#999}
 #controls{margin:8px 0}#controls input{width:24em}ul.checks{list-style:none;padding-left:0}
-"""
+"""  # noqa: E501 (page/script/data text, kept byte for byte)
 
 SCRIPT = r"""
 (function () {
@@ -302,7 +355,7 @@ SCRIPT = r"""
   applyFilter();
   document.body.dataset.js = "ready";
 })();
-"""
+"""  # noqa: E501 (page/script/data text, kept byte for byte)
 
 PAGE = """<!DOCTYPE html>
 <html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width,initial-scale=1">
@@ -323,4 +376,4 @@ PAGE = """<!DOCTYPE html>
 <tbody>{speed_rows}</tbody></table>
 <script>{script}</script>
 </body></html>
-"""
+"""  # noqa: E501 (page/script/data text, kept byte for byte)

@@ -1,8 +1,8 @@
 """`junit.xml`: one test case per cell × check, so any CI's test view shows the matrix.
 
 classname = cell id, name = check name. fail → <failure> (signature + message, traceback as text);
-skip → <skipped> with its reason; infra → <error> (the machine failed, not the stack); flaky → a pass
-with the attempts in <system-out>. A cell with no checks gets one case named after its stage:
+skip → <skipped> with its reason; infra → <error> (the machine failed, not the stack); flaky → a
+pass with the attempts in <system-out>. A cell with no checks gets one case named after its stage:
 `resolve` (unresolvable: a failure with the resolver's explanation) or `run` (infra: an error).
 """
 from __future__ import annotations
@@ -12,9 +12,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Mapping
 
+from pinmatrix.fsio import first_line, write_text_atomic
 from pinmatrix.results import load_result
-from pinmatrix.fsio import write_text_atomic
-from pinmatrix.fsio import first_line
 
 # XML 1.0 forbids most control characters; a traceback can carry them (ANSI colours, NULs).
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -51,7 +50,8 @@ def build_junit(summary: Mapping[str, Any], run_dir: Path) -> ET.Element:
             counts["tests"] += 1
             reason = _clean(cell.get("reason") or cell["status"])
             if cell["status"] == "unresolvable":
-                node = ET.SubElement(case, "failure", message=_first_line(reason), type="unresolvable")
+                node = ET.SubElement(case, "failure", message=_first_line(reason),
+                                     type="unresolvable")
                 counts["failures"] += 1
             else:
                 node = ET.SubElement(case, "error", message=_first_line(reason),
@@ -69,9 +69,12 @@ def build_junit(summary: Mapping[str, Any], run_dir: Path) -> ET.Element:
             status = check["status"]
             if status == "fail":
                 sig = check.get("signature") or error.get("signature") or "unclassified"
-                message = f"{sig}: {error.get('type') or 'failure'}: {_first_line(error.get('message'))}"
+                message = (
+                    f"{sig}: {error.get('type') or 'failure'}: {_first_line(error.get('message'))}"
+                )
                 node = ET.SubElement(case, "failure", message=_clean(message), type=_clean(sig))
-                node.text = _clean("\n".join(filter(None, [error.get("message"), error.get("traceback_tail")])))
+                node.text = _clean("\n".join(filter(None, [error.get("message"),
+                                                           error.get("traceback_tail")])))
                 counts["failures"] += 1
             elif status == "skip":
                 ET.SubElement(case, "skipped", message=_clean(check.get("reason") or "skipped"))
@@ -83,7 +86,10 @@ def build_junit(summary: Mapping[str, Any], run_dir: Path) -> ET.Element:
                 counts["errors"] += 1
             elif status == "flaky":
                 out = ET.SubElement(case, "system-out")
-                out.text = _clean("flaky: " + "; ".join(str(a.get("status")) for a in detail.get("attempts") or []))
+                out.text = _clean(
+                    "flaky: "
+                    + "; ".join(str(a.get("status")) for a in detail.get("attempts") or [])
+                )
         for key, value in counts.items():
             suite.set(key, str(value))
             totals[key] += value
@@ -96,7 +102,8 @@ def write_junit(summary: Mapping[str, Any], run_dir: Path) -> Path:
     root = build_junit(summary, run_dir)
     ET.indent(root)
     text = ET.tostring(root, encoding="unicode", xml_declaration=False)
-    return write_text_atomic(Path(run_dir) / "junit.xml", '<?xml version="1.0" encoding="UTF-8"?>\n' + text + "\n")
+    return write_text_atomic(Path(run_dir) / "junit.xml",
+                             '<?xml version="1.0" encoding="UTF-8"?>\n' + text + "\n")
 
 
 def _first_line(text: Any) -> str:

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pinmatrix.errors import UsageError
-from pinmatrix.report.diff import PreviousRunError, append_history, find_run_dir, history_record, previous_run_in, read_history
+from pinmatrix.report.diff import (
+    PreviousRunError,
+    append_history,
+    find_run_dir,
+    history_record,
+    previous_run_in,
+    read_history,
+)
 
 EXIT_GREEN, EXIT_NEW_BREAKAGES = 0, 1
 HISTORY_NAME = "history.jsonl"
@@ -29,10 +36,11 @@ class NightlyResult:
     exit_code: int
 
 
-def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None, history_path: Path | None = None,
+def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
+           history_path: Path | None = None,
            echo: Echo = print) -> NightlyResult:
-    """Write the report (with the diff against `previous`, else the newest earlier run in reports_dir),
-    append this run to the history, and decide the exit code."""
+    """Write the report (with the diff against `previous`, else the newest earlier run in
+    reports_dir), append this run to the history, and decide the exit code."""
     from pinmatrix.report.write import write_report
 
     run_dir = Path(run_dir)
@@ -68,7 +76,8 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None, hi
     if infra:
         echo(f"infra (listed apart, never red): {len(infra)}")
         for item in infra:
-            echo(f"  {item['cell']} {item.get('check') or '(cell)'}: {' '.join(str(item.get('reason') or 'infra').split())[:200]}")
+            echo(f"  {item['cell']} {item.get('check') or '(cell)'}: "
+                 f"{' '.join(str(item.get('reason') or 'infra').split())[:200]}")
     echo(f"report: {run_dir / 'summary.md'}")
     echo(f"history: {history_path}")
     code = EXIT_NEW_BREAKAGES if diff and diff["new_breakages"] else EXIT_GREEN
@@ -84,12 +93,14 @@ def run_nightly(opts: Any, *, previous: Path | None = None, history_path: Path |
     summary = run_matrix(opts, echo=echo)
     for line in summary.harness_errors:
         echo(f"harness error (recorded as infra): {line}")
-    return finish(summary.run_dir, reports_dir=opts.reports_dir, previous=previous, history_path=history_path,
+    return finish(summary.run_dir, reports_dir=opts.reports_dir, previous=previous,
+                  history_path=history_path,
                   echo=echo)
 
 
 def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previous: Path | None,
-                     history_path: Path | None, expected_cells: Sequence[str] = (), label: str | None = None,
+                     history_path: Path | None, expected_cells: Sequence[str] = (),
+                     label: str | None = None,
                      echo: Echo = print) -> NightlyResult:
     """The GitHub merge job: a run folder from the per-cell artifacts, then `finish`."""
     from pinmatrix.report.merge import merge_artifacts
@@ -97,11 +108,13 @@ def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previ
 
     run_dir = new_run_dir(reports_dir, label)
     merged = merge_artifacts(artifact_roots, run_dir, expected_cells=expected_cells)
-    echo(f"merged {len(merged.cells)} cell{'s' if len(merged.cells) != 1 else ''} from {len(merged.parts)} "
+    echo(f"merged {len(merged.cells)} cell{'s' if len(merged.cells) != 1 else ''} from "
+         f"{len(merged.parts)} "
          f"run folder{'s' if len(merged.parts) != 1 else ''} into {run_dir}")
     for note in merged.notes:
         echo(f"  note: {note}")
-    result = finish(run_dir, reports_dir=reports_dir, previous=previous, history_path=history_path, echo=echo)
+    result = finish(run_dir, reports_dir=reports_dir, previous=previous, history_path=history_path,
+                    echo=echo)
     point_latest(reports_dir, run_dir)
     return result
 
@@ -117,7 +130,8 @@ def _expected_cells(path: Path | None) -> list[str]:
         raise UsageError(f"--expected-cells {path}: not readable JSON: {exc}") from None
     cells = data.get("cells") if isinstance(data, dict) else data
     if not isinstance(cells, list) or not all(isinstance(c, str) for c in cells):
-        raise UsageError(f"--expected-cells {path}: expected `list --json` output ({{\"cells\": [ids]}}) or a list of ids")
+        raise UsageError(f"--expected-cells {path}: expected `list --json` output ({{\"cells\": "
+                         f"[ids]}}) or a list of ids")
     return cells
 
 
@@ -133,5 +147,7 @@ def merge_command(args: Any) -> int:
     missing = [str(p) for p in roots if not p.is_dir()]
     if missing:
         raise UsageError(f"merge: no such folder: {', '.join(missing)}")
-    return merge_and_finish(roots, reports_dir=args.reports, previous=args.previous, history_path=args.history,
-                            expected_cells=_expected_cells(args.expected_cells), label=args.label).exit_code
+    return merge_and_finish(roots, reports_dir=args.reports, previous=args.previous,
+                            history_path=args.history,
+                            expected_cells=_expected_cells(args.expected_cells),
+                            label=args.label).exit_code

@@ -1,16 +1,17 @@
 """Recommended stacks of a run as constraints files: `reports/<run>/pins/`.
 
 Recommended means (issue 4):
-- per torch/CUDA line, the fastest fully working cell. Speed is `throughput.sdpa`'s tokens/s, else the
-  best tokens/s of any throughput check in the result. A line where no throughput ran falls back to the
-  newest fully working cell of that line, and its header says so;
+- per torch/CUDA line, the fastest fully working cell. Speed is `throughput.sdpa`'s tokens/s, else
+  the best tokens/s of any throughput check in the result. A line where no throughput ran falls back
+  to the newest fully working cell of that line, and its header says so;
 - the newest fully working cell: newest transformers, then unsloth, then torch (`packaging` versions
   of the locked, i.e. installed, versions).
 
-Fully working = the cell's status is `works` (every check passed, or skipped because the cell opted out,
-e.g. `flash-attn: none`) with at least one pass. Each file is the cell's full lock reduced to
-`name==version` lines (no hashes: a constraints file with hashes switches pip to hash-checking mode for
-everything installed with it), so `pip install -c FILE pkg` and `uv pip install -c FILE pkg` both read it.
+Fully working = the cell's status is `works` (every check passed, or skipped because the cell opted
+out, e.g. `flash-attn: none`) with at least one pass. Each file is the cell's full lock reduced to
+`name==version` lines (no hashes: a constraints file with hashes switches pip to hash-checking mode
+for everything installed with it), so `pip install -c FILE pkg` and `uv pip install -c FILE pkg`
+both read it.
 """
 from __future__ import annotations
 
@@ -21,11 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-
 from pinmatrix.cell import LOCK_LINE, normalize_name, version_key
+from pinmatrix.fsio import read_json, slug, write_text_atomic
 from pinmatrix.report.summary import merge
-from pinmatrix.fsio import write_text_atomic
-from pinmatrix.fsio import read_json, slug
 
 PINS_DIR = "pins"
 LOCK_NAME = "requirements.lock"
@@ -80,7 +79,8 @@ def write_pins(run_dir: Path, *, now: datetime | None = None) -> PinsReport:
     if pins_dir.is_dir():
         shutil.rmtree(pins_dir)  # pins describe this report only; stale files would mislead
     if not candidates:
-        counts = ", ".join(f"{n} {status}" for status, n in sorted((summary.get("counts") or {}).items())) or "no cells"
+        counts = ", ".join(f"{n} {status}" for status,
+                           n in sorted((summary.get("counts") or {}).items())) or "no cells"
         why = f"pins: none written: no fully working cell in run {run_id} ({counts})"
         if skipped:
             why += "; " + "; ".join(skipped)
@@ -93,11 +93,13 @@ def write_pins(run_dir: Path, *, now: datetime | None = None) -> PinsReport:
         write_text_atomic(pins_dir / pick.file_name, constraints_text(pick, run_id, written_at))
     write_text_atomic(pins_dir / "README.md", readme_text(picks, run_id, written_at, skipped))
     names = ", ".join(p.file_name for p in picks)
-    return PinsReport(pins_dir, picks, f"pins: {len(picks)} constraints file{'s' if len(picks) != 1 else ''} "
+    return PinsReport(pins_dir, picks,
+                      f"pins: {len(picks)} constraints file{'s' if len(picks) != 1 else ''} "
                                        f"in {pins_dir}: {names}")
 
 
-# --- candidates ------------------------------------------------------------------------------------
+# --- candidates
+# ------------------------------------------------------------------------------------
 
 def collect_candidates(run_dir: Path, summary: dict[str, Any]) -> tuple[list[Candidate], list[str]]:
     """Fully working cells that have a lock; and a note for each working cell left out (no lock)."""
@@ -131,14 +133,16 @@ def collect_candidates(run_dir: Path, summary: dict[str, Any]) -> tuple[list[Can
         out.append(Candidate(
             cell_id=row["id"], pins=dict(row.get("pins") or {}),
             locked={normalize_name(_name_of(line)): _version_of(line) for line in lines},
-            lock_lines=lines, environment=dict(environment), finished=(result or {}).get("finished"),
+            lock_lines=lines, environment=dict(environment),
+            finished=(result or {}).get("finished"),
             tokens_per_s=tps, speed_check=speed_check, checks_passed=passed,
             checks_skipped=sum(1 for c in checks.values() if c.get("status") == "skip")))
     return out, skipped
 
 
 def lock_entries(lock_text: str) -> list[str]:
-    """`name==version[; marker]` for every pinned package of a uv lock (hashes, comments, options dropped)."""
+    """`name==version[; marker]` for every pinned package of a uv lock (hashes, comments, options
+    dropped)."""
     entries = []
     for raw in lock_text.splitlines():
         match = LOCK_LINE.match(raw.strip())
@@ -149,19 +153,23 @@ def lock_entries(lock_text: str) -> list[str]:
     return entries
 
 
-# --- the choice ------------------------------------------------------------------------------------
+# --- the choice
+# ------------------------------------------------------------------------------------
 
 def newest_key(candidate: Candidate) -> tuple[Any, ...]:
     """Newest transformers, then unsloth, then torch; an absent package sorts below any version."""
-    return tuple(version_key(candidate.locked.get(name)) for name in ("transformers", "unsloth", "torch")) \
-        + (candidate.cell_id,)
+    return tuple(
+        version_key(candidate.locked.get(name)) for name in ("transformers", "unsloth", "torch")
+    ) + (candidate.cell_id,)
 
 
 def choose(candidates: list[Candidate]) -> list[Pick]:
-    """The newest cell overall, then the fastest of each torch/CUDA line (newest where none has a speed)."""
+    """The newest cell overall, then the fastest of each torch/CUDA line (newest where none has a
+    speed)."""
     newest = max(candidates, key=newest_key)
     picks = [Pick("newest", NEWEST_FILE, newest,
-                  f"newest fully working cell (transformers {newest.locked.get('transformers', 'none')}, "
+                  "newest fully working cell (transformers "
+                  f"{newest.locked.get('transformers', 'none')}, "
                   f"unsloth {newest.locked.get('unsloth', 'none')}, torch {newest.torch_line})")]
     lines: dict[str, list[Candidate]] = {}
     for candidate in candidates:
@@ -172,21 +180,26 @@ def choose(candidates: list[Candidate]) -> list[Pick]:
         if timed:
             best = max(timed, key=lambda c: (c.tokens_per_s, newest_key(c)))
             why = (f"fastest fully working cell of torch {torch_line}: {best.speed_check} "
-                   f"{best.tokens_per_s:.1f} tokens/s ({len(timed)} of {len(members)} working cells timed)")
+                   f"{best.tokens_per_s:.1f} tokens/s ({len(timed)} of {len(members)} working "
+                   "cells timed)")
         else:
             best = max(members, key=newest_key)
-            why = (f"torch {torch_line}: no throughput check ran in this line's {len(members)} working "
-                   f"cell{'s' if len(members) != 1 else ''}, so this is the newest one, not a measured fastest")
+            why = (f"torch {torch_line}: no throughput check ran in this line's {len(members)} "
+                   "working "
+                   f"cell{'s' if len(members) != 1 else ''}, so this is the newest one, not a "
+                   "measured fastest")
         picks.append(Pick("fastest", f"fastest-torch{slug(torch_line)}.constraints.txt", best, why))
     return picks
 
 
-# --- the files -------------------------------------------------------------------------------------
+# --- the files
+# -------------------------------------------------------------------------------------
 
 def constraints_text(pick: Pick, run_id: str, written_at: str) -> str:
     c = pick.candidate
     env = c.environment
-    gpu = env.get("gpu") or (f"none (device {env.get('device')})" if env.get("device") else "unknown")
+    gpu = env.get("gpu") or ("none (device "
+                             f"{env.get('device')})" if env.get("device") else "unknown")
     gpu_bits = [gpu]
     if env.get("cuda"):
         gpu_bits.append(f"CUDA {env['cuda']}")
@@ -205,7 +218,8 @@ def constraints_text(pick: Pick, run_id: str, written_at: str) -> str:
     ]
     index = torch_index_hint(c.locked.get("torch"))
     if index:
-        header.append(f"# torch {c.locked['torch']} is a PyTorch-index build: add --extra-index-url {index} "
+        header.append(f"# torch {c.locked['torch']} is a PyTorch-index build: add "
+                      f"--extra-index-url {index} "
                       f"(pip) or --index {index} (uv), or a wheelhouse with --find-links")
     return "\n".join(header + c.lock_lines) + "\n"
 
@@ -214,27 +228,35 @@ def readme_text(picks: list[Pick], run_id: str, written_at: str, skipped: list[s
     lines = [f"# Recommended stacks of run {run_id}", "",
              f"Written {written_at} (UTC) by pinmatrix from this run's results and locks.",
              "Each file is a cell's full lock as a constraints file:", "",
-             "    pip install -c FILE transformers peft ...", "    uv pip install -c FILE transformers peft ...", "",
+             "    pip install -c FILE transformers peft ...",
+             "    uv pip install -c FILE transformers peft ...", "",
              "| file | why | cell | GPU | throughput |", "|---|---|---|---|---|"]
     for pick in picks:
         c = pick.candidate
-        tps = f"{c.tokens_per_s:.1f} tok/s ({c.speed_check})" if c.tokens_per_s is not None else "not measured"
+        tps = (
+            f"{c.tokens_per_s:.1f} tok/s ({c.speed_check})"
+            if c.tokens_per_s is not None
+            else "not measured"
+        )
         gpu = c.environment.get("gpu") or f"none ({c.environment.get('device', '?')})"
-        lines.append(f"| [{pick.file_name}]({pick.file_name}) | {pick.why} | `{c.cell_id}` | {gpu} | {tps} |")
+        lines.append(f"| [{pick.file_name}]({pick.file_name}) | {pick.why} | `{c.cell_id}` | {gpu} "
+                     f"| {tps} |")
     if skipped:
         lines += ["", "Left out:", *(f"- {note}" for note in skipped)]
     return "\n".join(lines) + "\n"
 
 
 def torch_index_hint(torch_version: str | None) -> str | None:
-    """The PyTorch index of a local-variant torch (2.8.0+cu128 -> .../whl/cu128); None for a PyPI build."""
+    """The PyTorch index of a local-variant torch (2.8.0+cu128 -> .../whl/cu128); None for a PyPI
+    build."""
     if not torch_version or "+" not in torch_version:
         return None
     local = torch_version.split("+", 1)[1]
     return f"https://download.pytorch.org/whl/{local}" if _TORCH_LOCAL.match(local) else None
 
 
-# --- helpers ---------------------------------------------------------------------------------------
+# --- helpers
+# ---------------------------------------------------------------------------------------
 
 def _name_of(line: str) -> str:
     return line.split("==", 1)[0]

@@ -1,12 +1,13 @@
-"""Remote code we execute (`trust_remote_code=True`): pinned revisions, and a flag when the code changes
-under a revision that should have fixed it.
+"""Remote code we execute (`trust_remote_code=True`): pinned revisions, and a flag when the code
+changes under a revision that should have fixed it.
 
-The probe records, for each check that loaded remote code, the repo, the revision and the sha256 of every
-remote-code file transformers actually imported (`evidence.remote_code`, probes/checks/model_load.py).
-The same repo at the same revision must always give the same bytes. This module compares one run's hashes
-with every other valid result in the reports folder (earlier runs, and the other cells of this run): a
-difference means the revision was a moving ref (`main`), the hub rewrote history, or the cache was tampered
-with. The report lists each such change in summary.json/md; it never trusts a damaged file for this.
+The probe records, for each check that loaded remote code, the repo, the revision and the sha256 of
+every remote-code file transformers actually imported (`evidence.remote_code`,
+probes/checks/model_load.py). The same repo at the same revision must always give the same bytes.
+This module compares one run's hashes with every other valid result in the reports folder (earlier
+runs, and the other cells of this run): a difference means the revision was a moving ref (`main`),
+the hub rewrote history, or the cache was tampered with. The report lists each such change in
+summary.json/md; it never trusts a damaged file for this.
 """
 from __future__ import annotations
 
@@ -43,13 +44,16 @@ def is_pinned(revision: str | None) -> bool:
 
 
 def unpinned_warnings(models: Iterable[Any]) -> list[str]:
-    """One line per matrix model whose revision is not a commit (ModelSpec or {"name","repo","revision"})."""
+    """One line per matrix model whose revision is not a commit (ModelSpec or
+    {"name","repo","revision"})."""
     out = []
     for model in models:
         get = model.get if isinstance(model, Mapping) else lambda k, m=model: getattr(m, k, None)
         if not is_pinned(get("revision")):
-            out.append(f"model {get('name')} ({get('repo')}) is at revision {get('revision')!r}, a moving ref: "
-                       f"pin a 40-hex commit in matrix.yaml so the remote code it runs cannot change unseen")
+            out.append(f"model {get('name')} ({get('repo')}) is at revision {get('revision')!r}, a "
+                       "moving ref: "
+                       "pin a 40-hex commit in matrix.yaml so the remote code it runs cannot "
+                       "change unseen")
     return out
 
 
@@ -58,7 +62,8 @@ def loaded_files(result: Mapping[str, Any], run: str) -> Iterator[LoadedFile]:
     cell = str(result.get("cell", {}).get("id", ""))
     for check in result.get("checks") or []:
         evidence = check.get("evidence")
-        if not isinstance(evidence, Mapping) or not isinstance(evidence.get("remote_code"), Mapping):
+        if not isinstance(evidence, Mapping) or not isinstance(evidence.get("remote_code"),
+                                                               Mapping):
             continue
         repo, revision = evidence.get("repo"), evidence.get("revision")
         if not repo or not revision:
@@ -66,7 +71,8 @@ def loaded_files(result: Mapping[str, Any], run: str) -> Iterator[LoadedFile]:
         for name, entry in evidence["remote_code"].items():
             sha = entry.get("sha256") if isinstance(entry, Mapping) else None
             if isinstance(sha, str) and sha:
-                yield LoadedFile(str(repo), str(revision), str(evidence.get("source") or "unknown"), str(name),
+                yield LoadedFile(str(repo), str(revision), str(evidence.get("source") or "unknown"),
+                                 str(name),
                                  sha, run, cell, str(check.get("name")))
 
 
@@ -90,7 +96,12 @@ def hash_changes(run_dir: Path, reports_dir: Path | None = None) -> list[dict[st
     others: list[LoadedFile] = list(current)
     if reports_dir.is_dir():
         for other in sorted(reports_dir.iterdir()):
-            if other.is_dir() and not other.is_symlink() and other.resolve() != run_dir and (other / "cells").is_dir():
+            if (
+                other.is_dir()
+                and not other.is_symlink()
+                and other.resolve() != run_dir
+                and (other / "cells").is_dir()
+            ):
                 others.extend(_run_files(other))
     by_key: dict[tuple[str, str, str, str], list[LoadedFile]] = {}
     for record in others:
@@ -109,17 +120,20 @@ def hash_changes(run_dir: Path, reports_dir: Path | None = None) -> list[dict[st
             "elsewhere": sorted({(o.sha256, o.run, o.cell) for o in differing}),
         })
     for change in changes:
-        change["elsewhere"] = [{"sha256": s, "run": r, "cell": c} for s, r, c in change["elsewhere"]]
+        change["elsewhere"] = [{"sha256": s, "run": r, "cell": c} for s, r,
+                               c in change["elsewhere"]]
     return changes
 
 
 def report_section(run_dir: Path) -> dict[str, Any]:
-    """summary.json's `remote_code`: the files loaded in this run, unpinned revisions, changed hashes."""
+    """summary.json's `remote_code`: the files loaded in this run, unpinned revisions, changed
+    hashes."""
     files = _run_files(Path(run_dir))
     revisions = sorted({(f.repo, f.revision) for f in files})
     return {
         "files": [asdict(f) for f in files],
-        "unpinned": [{"repo": repo, "revision": rev} for repo, rev in revisions if not is_pinned(rev)],
+        "unpinned": [{"repo": repo, "revision": rev} for repo,
+                     rev in revisions if not is_pinned(rev)],
         "changed": hash_changes(Path(run_dir)),
     }
 
@@ -131,12 +145,16 @@ def render_markdown(section: Mapping[str, Any]) -> list[str]:
         return []
     out = ["## Remote code", ""]
     for c in changed:
-        where = "; ".join(f"`{e['sha256'][:12]}` in run {e['run']} cell `{e['cell']}`" for e in c["elsewhere"])
+        where = "; ".join(f"`{e['sha256'][:12]}` in run {e['run']} cell "
+                          f"`{e['cell']}`" for e in c["elsewhere"])
         moving = "" if c["pinned"] else " (a moving ref: pin a commit)"
-        out.append(f"- ⚠ **changed hash on the same revision**: `{c['repo']}@{c['revision']}`{moving} "
-                   f"`{c['file']}` ({c['source']}) is `{c['sha256'][:12]}` in `{c['cell']}`, but {where}")
+        out.append("- ⚠ **changed hash on the same revision**: "
+                   f"`{c['repo']}@{c['revision']}`{moving} "
+                   f"`{c['file']}` ({c['source']}) is `{c['sha256'][:12]}` in `{c['cell']}`, but "
+                   f"{where}")
     for u in unpinned:
-        out.append(f"- revision `{u['revision']}` of `{u['repo']}` is not a commit: its remote code can change "
+        out.append(f"- revision `{u['revision']}` of `{u['repo']}` is not a commit: its remote "
+                   "code can change "
                    f"unseen; pin a 40-hex commit in matrix.yaml")
     out.append("")
     return out

@@ -11,12 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-
+from pinmatrix.cell import version_key
+from pinmatrix.fsio import first_line, read_json
 from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.results import CellResult, Damaged, describe_signature, load_result
 from pinmatrix.status import cell_status
-from pinmatrix.fsio import first_line, read_json
-from pinmatrix.cell import version_key
 
 # Column order of the table: the check names of docs/CONTRACTS.md §3; anything else follows, sorted.
 CHECK_ORDER = (
@@ -27,7 +26,8 @@ CHECK_ORDER = (
     "attention.xformers-kernel", "lora-train.hf-peft", "generate",
     "throughput.sdpa", "throughput.eager", "throughput.flash_attention_2", "throughput.unsloth",
 )
-VERDICT_WORDS = {"works": ("works", "work"), "partial": ("partial", "partial"), "broken": ("broken", "broken"),
+VERDICT_WORDS = {"works": ("works", "work"), "partial": ("partial", "partial"),
+                 "broken": ("broken", "broken"),
                  "unresolvable": ("unresolvable", "unresolvable"), "infra": ("infra", "infra")}
 TOKENS_KEYS = ("tokens_per_s", "tokens_per_sec", "tok_per_s", "tokens_s")
 PEAK_GIB_KEYS = ("peak_mem_gib", "peak_memory_gib", "peak_gib")
@@ -66,7 +66,9 @@ def merge(run_dir: Path) -> dict[str, Any]:
             continue
         expected = outcomes.get(loaded.cell_id)
         if expected is not None and expected.hash and loaded.data["cell"]["hash"] != expected.hash:
-            damaged.append(Damaged(path, f"result is for content hash {loaded.data['cell']['hash'][:12]}…, "
+            damaged.append(Damaged(path,
+                                   "result is for content hash "
+                                   f"{loaded.data['cell']['hash'][:12]}…, "
                                          f"the run expected {expected.hash[:12]}…"))
             continue
         results[loaded.cell_id] = loaded
@@ -84,7 +86,8 @@ def merge(run_dir: Path) -> dict[str, Any]:
         "cells": [_row_json(r) for r in rows],
         "pivot": _pivot(rows),
         "failures": failures,
-        "unresolvable": [{"cell": r.cell_id, "explanation": r.reason} for r in rows if r.status == "unresolvable"],
+        "unresolvable": [{"cell": r.cell_id,
+                          "explanation": r.reason} for r in rows if r.status == "unresolvable"],
         "infra": _infra(rows),
         "damaged": [{"path": _rel(d.path, run_dir), "why": d.why} for d in damaged],
         "speed": _speed(rows),
@@ -100,7 +103,8 @@ def _row(cell_id: str, outcome: Outcome | None, result: CellResult | None) -> Ce
     pins = dict(outcome.pins) if outcome else dict(result.data["cell"]["pins"]) if result else {}
     checks = {c["name"]: c for c in result.checks} if result else {}
     if outcome is not None and outcome.status is not None:
-        status = outcome.status  # the host already knew: unresolvable, or infra (build, timeout, drift)
+        # the host already knew: unresolvable, or infra (build, timeout, drift)
+        status = outcome.status
     else:
         status = cell_status(result.checks if result else None)
     reason = outcome.reason if outcome else None
@@ -109,7 +113,10 @@ def _row(cell_id: str, outcome: Outcome | None, result: CellResult | None) -> Ce
             reason = "no valid result"
         else:
             core_infra = [c for c in result.checks if c["status"] == "infra"]
-            reason = "; ".join(f"{c['name']}: {c.get('reason') or 'infra'}" for c in core_infra) or "no check ran"
+            reason = (
+                "; ".join(f"{c['name']}: {c.get('reason') or 'infra'}" for c in core_infra)
+                or "no check ran"
+            )
     return CellRow(cell_id, pins, status, outcome, result, reason,
                    outcome.signature if outcome else None, checks)
 
@@ -120,18 +127,30 @@ def _row_json(row: CellRow) -> dict[str, Any]:
         "id": row.cell_id,
         "status": row.status,
         "pins": row.pins,
-        "hash": (row.outcome.hash if row.outcome else None) or (row.result.data["cell"]["hash"] if row.result else None),
-        "runner": row.outcome.runner if row.outcome else (row.result.data["cell"].get("runner") if row.result else None),
+        "hash": (row.outcome.hash if row.outcome else None)
+        or (row.result.data["cell"]["hash"] if row.result else None),
+        "runner": row.outcome.runner
+        if row.outcome
+        else (row.result.data["cell"].get("runner") if row.result else None),
         "reason": row.reason,
         "signature": row.signature,
         "reused_from": row.result.data["cell"].get("reused_from") if row.result else None,
-        "result": row.outcome.result if row.outcome and row.result else (
-            f"cells/{row.result.path.name}" if row.result else None),
-        "environment": {k: env.get(k) for k in ("python", "device", "torch", "cuda", "gpu", "driver")} if env else None,
-        "checks": {name: {"status": c["status"],
-                          "signature": (c.get("error") or {}).get("signature"),
-                          "reason": c.get("reason")}
-                   for name, c in row.checks.items()},
+        "result": row.outcome.result
+        if row.outcome and row.result
+        else (f"cells/{row.result.path.name}" if row.result else None),
+        "environment": {
+            k: env.get(k) for k in ("python", "device", "torch", "cuda", "gpu", "driver")
+        }
+        if env
+        else None,
+        "checks": {
+            name: {
+                "status": c["status"],
+                "signature": (c.get("error") or {}).get("signature"),
+                "reason": c.get("reason"),
+            }
+            for name, c in row.checks.items()
+        },
     }
 
 
@@ -144,8 +163,13 @@ def verdict_line(rows: list[CellRow]) -> str:
             word = VERDICT_WORDS[status][0 if counts[status] == 1 else 1]
             text = f"{counts[status]} {word}"
             if status == "broken":
-                sigs = {(c.get("error") or {}).get("signature") for r in rows if r.status == "broken"
-                        for c in r.checks.values() if c["status"] == "fail"}
+                sigs = {
+                    (c.get("error") or {}).get("signature")
+                    for r in rows
+                    if r.status == "broken"
+                    for c in r.checks.values()
+                    if c["status"] == "fail"
+                }
                 sigs.discard(None)
                 text += f" ({len(sigs)} signature{'s' if len(sigs) != 1 else ''})"
             parts.append(text)
@@ -168,7 +192,8 @@ def _failures(rows: list[CellRow]) -> list[dict[str, Any]]:
             sig = error.get("signature") or "unclassified"
             known[sig] = known.get(sig, False) or bool(error.get("known"))
             groups[sig].append({"cell": row.cell_id, "check": check["name"],
-                                "type": error.get("type"), "message": first_line(error.get("message"))})
+                                "type": error.get("type"),
+                                "message": first_line(error.get("message"))})
     out = []
     for sig, items in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         entry = describe_signature(sig) or {}
@@ -182,10 +207,12 @@ def _infra(rows: list[CellRow]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         if row.status == "infra":
-            out.append({"cell": row.cell_id, "check": None, "reason": row.reason, "signature": row.signature})
+            out.append({"cell": row.cell_id, "check": None, "reason": row.reason,
+                        "signature": row.signature})
         for check in row.checks.values():
             if check["status"] == "infra":
-                out.append({"cell": row.cell_id, "check": check["name"], "reason": check.get("reason"),
+                out.append({"cell": row.cell_id, "check": check["name"],
+                            "reason": check.get("reason"),
                             "signature": (check.get("error") or {}).get("signature")})
     return out
 
@@ -196,14 +223,17 @@ def _pivot(rows: list[CellRow]) -> list[dict[str, Any]]:
     for row in rows:
         lines[(row.pins.get("python", "?"), row.pins.get("torch", "?"))].append(row)
     tables = []
-    for (python, torch), members in sorted(lines.items(), key=lambda kv: (version_key(kv[0][0]), version_key(kv[0][1]))):
+    for (python, torch), members in sorted(lines.items(),
+                                           key=lambda kv: (version_key(kv[0][0]),
+                                                           version_key(kv[0][1]))):
         tfs = sorted({r.pins.get("transformers", "?") for r in members}, key=version_key)
         uns = sorted({r.pins.get("unsloth", "none") for r in members}, key=version_key)
         grid: dict[str, dict[str, dict[str, int]]] = {tf: {u: {} for u in uns} for tf in tfs}
         for r in members:
             slot = grid[r.pins.get("transformers", "?")][r.pins.get("unsloth", "none")]
             slot[r.status] = slot.get(r.status, 0) + 1
-        tables.append({"python": python, "torch": torch, "transformers": tfs, "unsloth": uns, "grid": grid})
+        tables.append({"python": python, "torch": torch, "transformers": tfs, "unsloth": uns,
+                       "grid": grid})
     return tables
 
 
@@ -219,12 +249,22 @@ def _speed(rows: list[CellRow]) -> list[dict[str, Any]]:
                 continue
             evidence = check.get("evidence") or {}
             shape = (f"{evidence['batch']}×{evidence['seq']}"
-                     if isinstance(evidence.get("batch"), int) and isinstance(evidence.get("seq"), int) else None)
-            out.append({"cell": row.cell_id, "stack": name.split(".", 1)[1], "tokens_per_s": tps,
-                        "speedup_vs_sdpa": round(tps / sdpa, 3) if sdpa else None,
-                        "peak_mem_gib": _peak_gib(check), "batch_x_seq": shape,
-                        "mfu": evidence.get("mfu") if isinstance(evidence.get("mfu"), (int, float)) else None,
-                        "gpu": evidence.get("gpu") if isinstance(evidence.get("gpu"), str) else None})
+                     if isinstance(evidence.get("batch"),
+                                   int) and isinstance(evidence.get("seq"), int) else None)
+            out.append(
+                {
+                    "cell": row.cell_id,
+                    "stack": name.split(".", 1)[1],
+                    "tokens_per_s": tps,
+                    "speedup_vs_sdpa": round(tps / sdpa, 3) if sdpa else None,
+                    "peak_mem_gib": _peak_gib(check),
+                    "batch_x_seq": shape,
+                    "mfu": evidence.get("mfu")
+                    if isinstance(evidence.get("mfu"), (int, float))
+                    else None,
+                    "gpu": evidence.get("gpu") if isinstance(evidence.get("gpu"), str) else None,
+                }
+            )
     return out
 
 
@@ -274,7 +314,8 @@ def _peak_gib(check: dict[str, Any]) -> float | None:
 # --- helpers -------------------------------------------------------------------------------------
 
 def _remote_code(run_dir: Path) -> dict[str, Any]:
-    """Loaded remote-code files, unpinned revisions and changed hashes (pinmatrix/report/remote_code.py)."""
+    """Loaded remote-code files, unpinned revisions and changed hashes
+    (pinmatrix/report/remote_code.py)."""
     from pinmatrix.report.remote_code import report_section
 
     return report_section(run_dir)

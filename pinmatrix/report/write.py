@@ -1,12 +1,13 @@
-"""Write a run folder's report: summary.{json,md}, summary.html, junit.xml, and the diff when asked."""
+"""Write a run folder's report: summary.{json,md}, summary.html, junit.xml, and the diff when
+asked."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Iterable
 
+from pinmatrix.fsio import write_json_atomic, write_text_atomic
 from pinmatrix.report.markdown import render_markdown
 from pinmatrix.report.summary import merge
-from pinmatrix.fsio import write_json_atomic, write_text_atomic
 
 
 def write_report(run_dir: Path, previous: Path | None = None,

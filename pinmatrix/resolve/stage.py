@@ -1,7 +1,9 @@
-"""The resolve stage: every selected cell resolved in parallel before anything is built, and its table.
+"""The resolve stage: every selected cell resolved in parallel before anything is built, and its
+table.
 
-`run_matrix` and `resolve_only` (pinmatrix.run.pipeline) both go through `resolve_stage`, so an unresolvable
-cell is known, with uv's words, before the first image build; `nox -s resolve` prints `format_table`.
+`run_matrix` and `resolve_only` (pinmatrix.run.pipeline) both go through `resolve_stage`, so an
+unresolvable cell is known, with uv's words, before the first image build; `nox -s resolve` prints
+`format_table`.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ class StageResult:
     workers: int
 
     def lookup(self, cell: Cell, sources: Any, lock_dir: Path) -> Lock | Unresolvable:
-        """A `resolve_fn` for run.one_cell.run_cell: the stage's answer for the cell (raises its infra error)."""
+        """A `resolve_fn` for run.one_cell.run_cell: the stage's answer for the cell (raises its
+        infra error)."""
         outcome = self.results[cell.id]
         if isinstance(outcome, ResolveInfraError):
             raise outcome
@@ -38,12 +41,15 @@ class StageResult:
         return {"wall_s": round(self.wall_s, 2), "workers": self.workers, **counts}
 
 
-def resolve_stage(cells: Sequence[Cell], sources: Any, locks_root: Path, *, workers: int | None = None,
+def resolve_stage(cells: Sequence[Cell], sources: Any, locks_root: Path, *,
+                  workers: int | None = None,
                   **options: Any) -> StageResult:
-    """Resolve `cells` in parallel; locks go to locks_root/<cell id>/. One cell's infra error never stops the rest."""
+    """Resolve `cells` in parallel; locks go to locks_root/<cell id>/. One cell's infra error never
+    stops the rest."""
     workers = workers or min(8, max(1, len(cells)))
     started = time.monotonic()
-    results = resolve_many(list(cells), sources, locks_root, workers=workers, **options) if cells else {}
+    results = resolve_many(list(cells), sources, locks_root, workers=workers,
+                           **options) if cells else {}
     return StageResult(results, time.monotonic() - started, workers)
 
 
@@ -64,26 +70,31 @@ def detail_of(outcome: Resolved) -> str:
 
 
 def first_line(text: str, limit: int = 200) -> str:
-    # uv opens with "error: No solution found when resolving dependencies" (or "× No solution ..."); the
+    # uv opens with "error: No solution found when resolving dependencies" (or "× No solution ...");
+    # the
     # reason follows ("cause: Because unsloth==... depends on ...").
     for raw in text.splitlines():
         line = re.sub(r"^(error|cause|hint):\s*", "", raw.strip().lstrip("×╰─▶│ ").strip())
         if line and not line.startswith("No solution found"):
-            if line.endswith(":"):  # "depends on one of:" + a list: name the requirement it clashes with
-                clash = next((l.strip() for l in text.splitlines() if "you require" in l), "")
+            # "depends on one of:" + a list: name the requirement it clashes with
+            if line.endswith(":"):
+                clash = next((ln.strip() for ln in text.splitlines() if "you require" in ln), "")
                 line = f"{line} … {clash}" if clash else line
             return line if len(line) <= limit else line[:limit] + "…"
     return " ".join(text.split())[:limit]
 
 
 def format_table(cells: Sequence[Cell], stage: StageResult) -> str:
-    rows = [(cell.id, status_of(stage.results[cell.id]), detail_of(stage.results[cell.id])) for cell in cells]
+    rows = [(cell.id, status_of(stage.results[cell.id]),
+             detail_of(stage.results[cell.id])) for cell in cells]
     width_id = max([len("cell")] + [len(r[0]) for r in rows])
     width_status = max([len("status")] + [len(r[1]) for r in rows])
     lines = [f"{'cell':<{width_id}}  {'status':<{width_status}}  packages / explanation",
              f"{'-' * width_id}  {'-' * width_status}  {'-' * 24}"]
-    lines += [f"{cid:<{width_id}}  {status:<{width_status}}  {detail}" for cid, status, detail in rows]
+    lines += [f"{cid:<{width_id}}  {status:<{width_status}}  {detail}" for cid, status,
+              detail in rows]
     counts = stage.manifest()
-    lines.append(f"{len(rows)} cells: {counts['resolved']} resolved, {counts['unresolvable']} unresolvable, "
+    lines.append(f"{len(rows)} cells: {counts['resolved']} resolved, {counts['unresolvable']} "
+                 "unresolvable, "
                  f"{counts['infra']} infra; {stage.wall_s:.1f} s wall, {stage.workers} in parallel")
     return "\n".join(lines)

@@ -1,18 +1,19 @@
 """Model prefetch: the one place a hub token is used, on the host, before any cell runs.
 
-Probe containers have no network (`--network none`) and see no host environment, so a model must be in a
-cache before the run: this step downloads each matrix model at its pinned revision into a hub cache
-(huggingface_hub's layout: `hub/models--ORG--NAME/{snapshots/<commit>/, refs/<ref>}`), and the runners
-mount that cache read-only into every cell (the Docker runner at /hf, `HF_HOME=/hf`), where the probe's
-`find_snapshot` picks the exact revision (probes/models.py).
+Probe containers have no network (`--network none`) and see no host environment, so a model must be
+in a cache before the run: this step downloads each matrix model at its pinned revision into a hub
+cache (huggingface_hub's layout: `hub/models--ORG--NAME/{snapshots/<commit>/, refs/<ref>}`), and the
+runners mount that cache read-only into every cell (the Docker runner at /hf, `HF_HOME=/hf`), where
+the probe's `find_snapshot` picks the exact revision (probes/models.py).
 
 Two hubs:
-- a local folder standing in for a hub (`--model-hub DIR`): `DIR/ORG/NAME/<commit>/...` holds the files of
-  a commit, and `DIR/ORG/NAME/refs/<ref>` the commit a branch or tag points at. Offline, testable, and
-  what a site with a mirrored model store uses;
-- the Hugging Face hub through `huggingface_hub.snapshot_download`, where that package is installed and a
-  hub is reachable. The token comes from `HF_TOKEN` in the environment and is handed to the download call
-  only: it is never written to the cache, a log, a result, a build argument or a container's environment.
+- a local folder standing in for a hub (`--model-hub DIR`): `DIR/ORG/NAME/<commit>/...` holds the
+  files of a commit, and `DIR/ORG/NAME/refs/<ref>` the commit a branch or tag points at. Offline,
+  testable, and what a site with a mirrored model store uses;
+- the Hugging Face hub through `huggingface_hub.snapshot_download`, where that package is installed
+  and a hub is reachable. The token comes from `HF_TOKEN` in the environment and is handed to the
+  download call only: it is never written to the cache, a log, a result, a build argument or a
+  container's environment.
 
 Files already present at the same commit are not fetched again. Nothing here runs remote code.
 """
@@ -39,7 +40,8 @@ TOKEN_ENV = "HF_TOKEN"
 class Fetched:
     name: str
     repo: str
-    revision: str        # as pinned in matrix.yaml (a commit, or a ref: see remote_code.unpinned_warnings)
+    # as pinned in matrix.yaml (a commit, or a ref: see remote_code.unpinned_warnings)
+    revision: str
     commit: str          # the commit the revision resolved to
     snapshot: Path       # HF_HOME/hub/models--ORG--NAME/snapshots/<commit>
     hub: str             # "folder:<path>" or "huggingface"
@@ -54,7 +56,8 @@ def fetch_models(models: Iterable[Any], hf_home: Path, *, hub: str | Path | None
                  env: Mapping[str, str] | None = None) -> list[Fetched]:
     """Prefetch every model (ModelSpec, or a mapping with name/repo/revision) into `hf_home`.
 
-    `hub`: a local folder standing in for a hub, or None for the Hugging Face hub (needs huggingface_hub).
+    `hub`: a local folder standing in for a hub, or None for the Hugging Face hub (needs
+    huggingface_hub).
     """
     env = os.environ if env is None else env
     out = []
@@ -68,7 +71,8 @@ def fetch_models(models: Iterable[Any], hf_home: Path, *, hub: str | Path | None
         if hub is not None:
             out.append(_from_folder(name, repo, revision, Path(hub), Path(hf_home)))
         else:
-            out.append(_from_huggingface(name, repo, revision, Path(hf_home), env.get(TOKEN_ENV) or None))
+            out.append(_from_huggingface(name, repo, revision, Path(hf_home),
+                                         env.get(TOKEN_ENV) or None))
     return out
 
 
@@ -78,7 +82,8 @@ def _from_folder(name: str, repo: str, revision: str, hub: Path, hf_home: Path) 
     if not COMMIT.fullmatch(revision):
         ref = source_repo / "refs" / revision
         if not ref.is_file():
-            raise FetchError(f"model {name}: {repo}@{revision} not found in the hub folder {hub} (no refs/{revision})")
+            raise FetchError(f"model {name}: {repo}@{revision} not found in the hub folder {hub} "
+                             f"(no refs/{revision})")
         commit = ref.read_text().strip()
         if not COMMIT.fullmatch(commit):
             raise FetchError(f"model {name}: {ref} does not hold a 40-hex commit")
@@ -100,18 +105,22 @@ def _from_folder(name: str, repo: str, revision: str, hub: Path, hf_home: Path) 
     return Fetched(name, repo, revision, commit, snapshot, f"folder:{hub}", reused)
 
 
-def _from_huggingface(name: str, repo: str, revision: str, hf_home: Path, token: str | None) -> Fetched:
+def _from_huggingface(name: str, repo: str, revision: str, hf_home: Path,
+                      token: str | None) -> Fetched:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise FetchError(f"model {name}: huggingface_hub is not installed on this host; install it, or pass "
+        raise FetchError(f"model {name}: huggingface_hub is not installed on this host; install "
+                         "it, or pass "
                          f"--model-hub DIR (a local folder of models)") from None
     try:
         # The token goes to this call and nowhere else; huggingface_hub sends it as an HTTP header.
-        path = snapshot_download(repo, revision=revision, cache_dir=str(hf_home / "hub"), token=token or False)
+        path = snapshot_download(repo, revision=revision, cache_dir=str(hf_home / "hub"),
+                                 token=token or False)
     except Exception as exc:  # network, auth, missing revision: one line, with the token scrubbed
         message = str(exc).replace(token, "***") if token else str(exc)
-        raise FetchError(f"model {name}: {repo}@{revision}: {type(exc).__name__}: {message.splitlines()[0][:300]}") from None
+        raise FetchError(f"model {name}: {repo}@{revision}: {type(exc).__name__}: "
+                         f"{message.splitlines()[0][:300]}") from None
     snapshot = Path(path)
     return Fetched(name, repo, revision, snapshot.name, snapshot, "huggingface", False)
 

@@ -1,14 +1,15 @@
-"""Flaky verdicts: a failing check is rerun once in a fresh container (or process), and a disagreement is
-reported as `flaky` with both outcomes kept (docs/CONTRACTS.md §3, DESIGN.md statuses).
+"""Flaky verdicts: a failing check is rerun once in a fresh container (or process), and a
+disagreement is reported as `flaky` with both outcomes kept (docs/CONTRACTS.md §3, DESIGN.md
+statuses).
 
-A failure whose catalogue signature is marked deterministic (an ABI built for another torch, an option
-the installed version rejects) is not rerun: the same stack fails it the same way every time.
-Only the check groups that failed are rerun: the rerun spec is the cell's spec with `checks` cut down to
-those groups, so the probe runs nothing else (the same effect as its `--only`, but through the runner
-protocol, which every runner already honours). Rules per check of a rerun group:
+A failure whose catalogue signature is marked deterministic (an ABI built for another torch, an
+option the installed version rejects) is not rerun: the same stack fails it the same way every time.
+Only the check groups that failed are rerun: the rerun spec is the cell's spec with `checks` cut
+down to those groups, so the probe runs nothing else (the same effect as its `--only`, but through
+the runner protocol, which every runner already honours). Rules per check of a rerun group:
   - pass then fail, or fail then pass → `flaky`; `attempts` holds both check records, first first;
-  - the same outcome twice → the first record stands; a failing one keeps both in `attempts`, as proof
-    that it was rerun;
+  - the same outcome twice → the first record stands; a failing one keeps both in `attempts`, as
+    proof that it was rerun;
   - anything else (skip, infra, missing on the rerun) → the first record stands untouched.
 """
 from __future__ import annotations
@@ -19,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from pinmatrix.results import CellResult, load_result, validate
 from pinmatrix.fsio import write_json_atomic, write_text_atomic
+from pinmatrix.results import CellResult, load_result, validate
 
-# Check name → the group that emits it (docs/CONTRACTS.md §3). First match wins, so the more specific
+# Check name → the group that emits it (docs/CONTRACTS.md §3). First match wins, so the more
+# specific
 # `lora-train.unsloth` (emitted by the unsloth group) comes before `lora-train.`.
 GROUP_OF_PREFIX: tuple[tuple[str, str], ...] = (
     ("lora-train.unsloth", "unsloth"),
@@ -41,7 +43,8 @@ RERUN_SPEC_NAME = "rerun.cell.json"
 
 
 def group_of(check_name: str, groups: Iterable[str] = ()) -> str | None:
-    """The group that emits `check_name`: a group named exactly like the check, else the prefix table."""
+    """The group that emits `check_name`: a group named exactly like the check, else the prefix
+    table."""
     groups = tuple(groups)
     if check_name in groups:
         return check_name
@@ -52,9 +55,9 @@ def group_of(check_name: str, groups: Iterable[str] = ()) -> str | None:
 
 
 def deterministic_failures(result: Mapping[str, Any]) -> list[str]:
-    """Failing checks whose signature the catalogue marks deterministic (probes/signatures.json): the
-    cause is in what is installed, so a rerun would fail the same way. An unsloth cell's rerun costs a
-    fresh process and `import unsloth` again, about 40 s on the H100, for nothing."""
+    """Failing checks whose signature the catalogue marks deterministic (probes/signatures.json):
+    the cause is in what is installed, so a rerun would fail the same way. An unsloth cell's rerun
+    costs a fresh process and `import unsloth` again, about 40 s on the H100, for nothing."""
     from probes import signatures  # the probe's own catalogue module; stdlib only
 
     return [str(c.get("name")) for c in result.get("checks") or []
@@ -130,7 +133,11 @@ class Recheck:
     not_rerun: list[str] = field(default_factory=list)   # failures with a deterministic signature
 
     def describe(self) -> str:
-        kept = f"not rerun (deterministic signature): {', '.join(self.not_rerun)}" if self.not_rerun else ""
+        kept = (
+            f"not rerun (deterministic signature): {', '.join(self.not_rerun)}"
+            if self.not_rerun
+            else ""
+        )
         if not self.groups:
             return kept
         head = (f"{kept}; " if kept else "") + f"reran {', '.join(self.groups)}"

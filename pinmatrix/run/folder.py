@@ -45,7 +45,8 @@ def point_latest(reports_dir: Path, run_dir: Path) -> Path:
     return latest
 
 
-def run_manifest(opts: RunOptions, run_dir: Path, matrix: Any, cells: list[Cell], runner: str) -> dict[str, Any]:
+def run_manifest(opts: RunOptions, run_dir: Path, matrix: Any, cells: list[Cell],
+                 runner: str) -> dict[str, Any]:
     matrix_bytes = Path(opts.matrix_path).read_bytes()
     axes = getattr(matrix, "axes", None)
     return {
@@ -53,7 +54,8 @@ def run_manifest(opts: RunOptions, run_dir: Path, matrix: Any, cells: list[Cell]
         "matrix": str(opts.matrix_path),
         "matrix_sha256": hashlib.sha256(matrix_bytes).hexdigest(),
         "axes": jsonable(axes),
-        "snapshot": jsonable(getattr(matrix, "snapshot", None) or {}),  # --snapshot run.json reproduces the axes
+        # --snapshot run.json reproduces the axes
+        "snapshot": jsonable(getattr(matrix, "snapshot", None) or {}),
         "selection": list(opts.selectors),
         "cells": [c.id for c in cells],
         "runner": runner,
@@ -92,8 +94,9 @@ def jsonable(value: Any) -> Any:
 
 
 def drop_orphan_result(run_dir: Path, cell_id: str) -> None:
-    """The disk filled between copying a cell's result and writing its outcome: a result that no `done`
-    outcome vouches for is not trusted (resume reruns the cell), so it goes, and frees its space."""
+    """The disk filled between copying a cell's result and writing its outcome: a result that no
+    `done` outcome vouches for is not trusted (resume reruns the cell), so it goes, and frees its
+    space."""
     outcome = run_dir / "outcomes" / f"{cell_id}.json"
     try:
         vouched = json.loads(outcome.read_text(encoding="utf-8")).get("stage") == "done"

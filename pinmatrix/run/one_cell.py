@@ -1,7 +1,7 @@
 """One cell, start to end: resolve → (cached result | prepare → run → flaky recheck) → outcome.
 
-Every path ends with an outcome record (docs/CONTRACTS.md §8); a machine failure is an `infra` outcome,
-never an exception out of here."""
+Every path ends with an outcome record (docs/CONTRACTS.md §8); a machine failure is an `infra`
+outcome, never an exception out of here."""
 from __future__ import annotations
 
 import contextlib
@@ -13,33 +13,38 @@ from typing import Any, Callable
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import InfraError
+from pinmatrix.fsio import copy_atomic, write_json_atomic, write_text_atomic
 from pinmatrix.outcome import Outcome
 from pinmatrix.results import Damaged, load_result
-from pinmatrix.fsio import copy_atomic, write_json_atomic, write_text_atomic
-from pinmatrix.runners.base import RUN_LOG_NAME, Runner
 from pinmatrix.run.identity import build_key, cell_hash
 from pinmatrix.run.options import RunOptions, cell_timeout
+from pinmatrix.runners.base import RUN_LOG_NAME, Runner
 
 
 def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu: str, digest: str,
-             resolve_fn: Callable[..., Any], ctx: Any = None, cache: Any = None, force: bool = True) -> Outcome:
-    """One cell, start to end. `ctx` (pinmatrix.run.scheduler.CellContext) hands out the build slot and the
-    device; `cache` (pinmatrix.run.cache.ResultCache) short-cuts a cell whose content hash was judged before,
-    unless `force`."""
+             resolve_fn: Callable[..., Any], ctx: Any = None, cache: Any = None,
+             force: bool = True) -> Outcome:
+    """One cell, start to end. `ctx` (pinmatrix.run.scheduler.CellContext) hands out the build slot
+    and the device; `cache` (pinmatrix.run.cache.ResultCache) short-cuts a cell whose content hash
+    was judged before, unless `force`."""
     from pinmatrix.resolve.uv import ResolveInfraError
 
     ctx = ctx if ctx is not None else _SoloContext()
-    if opts.check_timeout_s:  # --check-timeout overrides the matrix; part of the settings, so of the hash
-        cell = dataclasses.replace(cell, settings={**dict(cell.settings), "check_timeout_s": opts.check_timeout_s})
+    # --check-timeout overrides the matrix; part of the settings, so of the hash
+    if opts.check_timeout_s:
+        cell = dataclasses.replace(cell, settings={**dict(cell.settings),
+                                                   "check_timeout_s": opts.check_timeout_s})
     ctx.stage("resolving")
-    outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=runner.name, stage="resolve")
+    outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=runner.name,
+                      stage="resolve")
     lock_dir = run_dir / "locks" / cell.id
     lock_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
         resolved = resolve_fn(cell, opts.sources, lock_dir)
     except ResolveInfraError as exc:
-        return _finish(outcome, run_dir, "infra", f"resolver: {exc}", "resolve-infra", "resolve_s", started)
+        return _finish(outcome, run_dir, "infra", f"resolver: {exc}", "resolve-infra", "resolve_s",
+                       started)
     outcome.timings["resolve_s"] = round(time.monotonic() - started, 2)
     if isinstance(resolved, Unresolvable):
         outcome.status, outcome.reason = "unresolvable", resolved.explanation
@@ -49,7 +54,8 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     outcome.hash = cell_hash(cell, lock, runner.name, gpu, digest)
     if cache is not None and not force:
         entry = cache.lookup(outcome.hash)
-        if entry is not None:  # judged before with exactly these inputs: reuse, build and probe nothing
+        # judged before with exactly these inputs: reuse, build and probe nothing
+        if entry is not None:
             outcome.result = cache.reuse_into(entry, run_dir, cell.id)
             outcome.reused_from = entry.run_id
             outcome.stage = "done"
@@ -76,11 +82,13 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     work.mkdir(parents=True, exist_ok=True)
     spec_path = work / "cell.json"
     write_json_atomic(spec_path, cell.spec(outcome.hash, runner.name))
-    # Held through the run and a flaky recheck, so one cell's two probe runs are not split by another
+    # Held through the run and a flaky recheck, so one cell's two probe runs are not split by
+    # another
     # cell's; released after them, or by the scheduler when the task ends.
     device = ctx.hold_device()
     started = time.monotonic()
-    run = runner.run(prepared, spec_path, work, "" if opts.cpu else device, cell_timeout(cell, opts))
+    run = runner.run(prepared, spec_path, work, "" if opts.cpu else device,
+                     cell_timeout(cell, opts))
     outcome.timings["run_s"] = round(time.monotonic() - started, 2)
     if (work / RUN_LOG_NAME).is_file():
         _ensure_logs(run_dir)
@@ -92,15 +100,22 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
         copy_atomic(Path(run.result_path), target)
         loaded = load_result(target, reclassify=False)
         if isinstance(loaded, Damaged):
-            outcome.status, outcome.reason, outcome.signature = "infra", f"damaged result: {loaded.why}", "damaged-result"
+            outcome.status, outcome.reason, outcome.signature = (
+                "infra",
+                f"damaged result: {loaded.why}",
+                "damaged-result",
+            )
         else:
             outcome.result = f"cells/{cell.id}.json"
             if opts.flaky_rerun and not run.infra_reason:
                 from pinmatrix.run.flaky import recheck_failures
 
-                with ctx.device() as device:  # once, in a fresh container/process, only the failed groups
-                    recheck = recheck_failures(runner, prepared, spec_path, work, target, cell_timeout(cell, opts),
-                                               "" if opts.cpu else device, run_dir / "logs" / f"{cell.id}.rerun.log")
+                # once, in a fresh container/process, only the failed groups
+                with ctx.device() as device:
+                    recheck = recheck_failures(runner, prepared, spec_path, work, target,
+                                               cell_timeout(cell, opts),
+                                               "" if opts.cpu else device,
+                                               run_dir / "logs" / f"{cell.id}.rerun.log")
                 outcome.rerun = recheck.describe() or None
     ctx.release_device()
     if run.infra_reason:
@@ -122,7 +137,8 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
 
 
 class _SoloContext:
-    """run_cell's resources when no scheduler hands them out: no build limit, the runner's default device."""
+    """run_cell's resources when no scheduler hands them out: no build limit, the runner's default
+    device."""
 
     def stage(self, state: str, note: str = "") -> None:
         pass

@@ -14,27 +14,34 @@ from typing import Any, Callable, Sequence
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import HarnessError
+from pinmatrix.fsio import utc_now, write_json_atomic, write_text_atomic
 from pinmatrix.outcome import Outcome
 from pinmatrix.probes_source import probes_digest
 from pinmatrix.report.write import write_report
-from pinmatrix.fsio import write_json_atomic, write_text_atomic
-from pinmatrix.fsio import utc_now
-from pinmatrix.run.folder import (disk_full, disk_full_reason, drop_orphan_result, jsonable, new_run_dir,
-                                  point_latest, run_manifest)
+from pinmatrix.run.folder import (
+    disk_full,
+    disk_full_reason,
+    drop_orphan_result,
+    jsonable,
+    new_run_dir,
+    point_latest,
+    run_manifest,
+)
 from pinmatrix.run.identity import gpu_model
 from pinmatrix.run.one_cell import run_cell
 from pinmatrix.run.options import Echo, RunOptions, RunSummary
 from pinmatrix.run.runner_choice import Runners, pick_runner_kind
 
-
 # --- cells ---------------------------------------------------------------------------------------
 
 def load_cells(matrix_path: Path, selectors: Sequence[str] = (), *, cpu: bool = False,
-               snapshot: dict[str, Any] | None = None, sources: Any = None) -> tuple[Any, list[Cell]]:
+               snapshot: dict[str, Any] | None = None,
+               sources: Any = None) -> tuple[Any, list[Cell]]:
     """The matrix and its selected cells. Raises pinmatrix.errors.MatrixError on bad input."""
     from pinmatrix.matrix.load import load_matrix, select
 
-    # snapshot: live axes expand from a recorded run (offline) instead of the index (pinmatrix.snapshot)
+    # snapshot: live axes expand from a recorded run (offline) instead of the index
+    # (pinmatrix.snapshot)
     matrix = load_matrix(Path(matrix_path), snapshot=snapshot, sources=sources)
     cells = matrix.expand()
     if selectors:
@@ -49,7 +56,8 @@ def force_cpu(cell: Cell) -> Cell:
 
 
 def choose_resolver(opts: RunOptions, resolve: Callable[..., Any]) -> Callable[..., Any]:
-    """uv's resolution, or with --no-install the lock read off the prepared interpreter (pinmatrix/runners/installed.py)."""
+    """uv's resolution, or with --no-install the lock read off the prepared interpreter
+    (pinmatrix/runners/installed.py)."""
     if opts.no_install:
         from pinmatrix.runners.installed import environment_resolver
 
@@ -63,14 +71,16 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     """Run every selected cell and write the report. MatrixError (bad input) propagates before
     anything is written; a harness error in one cell is recorded and the others still run.
 
-    Cells run through pinmatrix.run.scheduler (one per GPU, builds in parallel); a cell whose content hash
-    already has a judged result is reused (pinmatrix.run.cache) unless --rerun says otherwise; --resume
-    continues an interrupted run in its own folder, keeping the cells it finished."""
+    Cells run through pinmatrix.run.scheduler (one per GPU, builds in parallel); a cell whose
+    content hash already has a judged result is reused (pinmatrix.run.cache) unless --rerun says
+    otherwise; --resume continues an interrupted run in its own folder, keeping the cells it
+    finished."""
     from pinmatrix.resolve.uv import resolve
-    from pinmatrix.run.state import finished_cells, open_run_dir
     from pinmatrix.run.scheduler import Scheduler, detect_gpus, device_tokens
+    from pinmatrix.run.state import finished_cells, open_run_dir
 
-    matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu, snapshot=opts.snapshot,
+    matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
+                               snapshot=opts.snapshot,
                                sources=opts.sources)
     all_cells = cells
     if opts.shard is not None:
@@ -80,10 +90,15 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     kind, engine = pick_runner_kind(opts, echo)
     if opts.model_cache is not None:  # before any cell: the only step that may use a hub token
         _prefetch_models(matrix, opts, echo)
-    tokens = device_tokens(cpu=opts.cpu, requested=opts.gpus, detected=[] if opts.cpu or opts.trust_gpus else detect_gpus(),
+    tokens = device_tokens(cpu=opts.cpu, requested=opts.gpus,
+                           detected=[] if opts.cpu or opts.trust_gpus else detect_gpus(),
                            cpu_jobs=opts.cpu_jobs)
-    run_dir, manifest = open_run_dir(opts, lambda: run_manifest(opts, new_run_dir(opts.reports_dir, opts.label),
-                                                                  matrix, all_cells, kind))
+    run_dir, manifest = open_run_dir(
+        opts,
+        lambda: run_manifest(
+            opts, new_run_dir(opts.reports_dir, opts.label), matrix, all_cells, kind
+        ),
+    )
     runners = Runners(kind, engine, opts, run_dir, echo)
     summary = RunSummary(run_dir)
     gpu = gpu_model(opts.cpu)
@@ -92,21 +107,30 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     write_json_atomic(run_dir / "run.json", manifest)
     from pinmatrix.report.remote_code import unpinned_warnings
 
-    for warning in unpinned_warnings(getattr(matrix, "models", ())):  # remote code under a moving ref
+    # remote code under a moving ref
+    for warning in unpinned_warnings(getattr(matrix, "models", ())):
         echo(f"warning: {warning}")
     kept = finished_cells(run_dir)
     todo = [c for c in cells if c.id not in kept]
     cache, forced = _cache_and_forced(opts, cells)
     devices = ", ".join(t for t in tokens if t) or f"{len(tokens)} at once"
-    echo(f"run {run_dir.name}: {len(cells)} cell{'s' if len(cells) != 1 else ''}, runner {kind}, "
-         f"{'cpu (forced)' if opts.cpu else 'device ' + gpu}" + (f", shard {opts.shard[0]}/{opts.shard[1]}" if opts.shard else "")
-         + (f", {len(cells) - len(todo)} kept from the interrupted run" if len(todo) != len(cells) else "")
-         + (f" (devices: {devices})" if len(tokens) > 1 else ""))
+    echo(
+        f"run {run_dir.name}: {len(cells)} cell{'s' if len(cells) != 1 else ''}, runner {kind}, "
+        f"{'cpu (forced)' if opts.cpu else 'device ' + gpu}"
+        + (f", shard {opts.shard[0]}/{opts.shard[1]}" if opts.shard else "")
+        + (
+            f", {len(cells) - len(todo)} kept from the interrupted run"
+            if len(todo) != len(cells)
+            else ""
+        )
+        + (f" (devices: {devices})" if len(tokens) > 1 else "")
+    )
     from pinmatrix.run.progress import Progress
 
     progress = Progress(len(todo), live=opts.live_progress, echo=echo)
     resolve_fn = choose_resolver(opts, resolve)
-    if resolve_fn is resolve and todo:  # every cell resolved up front, in parallel (pinmatrix.resolve.stage)
+    # every cell resolved up front, in parallel (pinmatrix.resolve.stage)
+    if resolve_fn is resolve and todo:
         from pinmatrix.resolve.stage import resolve_stage
 
         stage = resolve_stage(todo, opts.sources, run_dir / "locks")
@@ -131,12 +155,24 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
             return stop.skipped(cell, kind, run_dir)
         if outcome.signature == "engine-unreachable":
             stop.set(f"the Docker engine became unreachable ({_short(outcome.reason)})")
-        progress.log(f"{cell.id}: {outcome.stage}: " + (f"{outcome.status} ({_short(outcome.reason)})" if outcome.status
-                     else f"result {outcome.result}" + (f" (reused from {outcome.reused_from})"
-                                                         if getattr(outcome, "reused_from", None) else "")))
+        progress.log(
+            f"{cell.id}: {outcome.stage}: "
+            ""
+            + (
+                f"{outcome.status} ({_short(outcome.reason)})"
+                if outcome.status
+                else f"result {outcome.result}"
+                + (
+                    f" (reused from {outcome.reused_from})"
+                    if getattr(outcome, "reused_from", None)
+                    else ""
+                )
+            )
+        )
         return outcome
 
-    def on_error(cell: Cell, exc: BaseException) -> Outcome:  # a harness bug: record it, keep going, exit 1
+    # a harness bug: record it, keep going, exit 1
+    def on_error(cell: Cell, exc: BaseException) -> Outcome:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         summary.harness_errors.append(f"{cell.id}: {exc!r}")
         outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=kind,
@@ -164,9 +200,11 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
             if opts.finalize:
                 write_report(run_dir)
                 _write_pins(run_dir, echo)
-                if run_dir.resolve().parent == Path(opts.reports_dir).resolve():  # not a shared --run-dir elsewhere
+                # not a shared --run-dir elsewhere
+                if run_dir.resolve().parent == Path(opts.reports_dir).resolve():
                     point_latest(opts.reports_dir, run_dir)
-        except OSError as exc:  # a full disk must not turn into a traceback: the finished files stand
+        # a full disk must not turn into a traceback: the finished files stand
+        except OSError as exc:
             if not disk_full(exc):
                 raise
             stop.set(disk_full_reason(exc))
@@ -185,14 +223,16 @@ def _cache_and_forced(opts: RunOptions, cells: list[Cell]) -> tuple[Any, set[str
 
 
 def resolve_only(opts: RunOptions, echo: Echo = print) -> Path:
-    """Resolve the selected cells in parallel into a run folder (locks + outcomes), print the table of
-    resolvable and unresolvable cells; nothing is built or run."""
+    """Resolve the selected cells in parallel into a run folder (locks + outcomes), print the table
+    of resolvable and unresolvable cells; nothing is built or run."""
     from pinmatrix.resolve.stage import format_table, resolve_stage
 
-    matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu, snapshot=opts.snapshot,
+    matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
+                               snapshot=opts.snapshot,
                                sources=opts.sources)
     run_dir = new_run_dir(opts.reports_dir, opts.label or "resolve")
-    manifest = {"run_id": run_dir.name, "matrix": str(opts.matrix_path), "selection": list(opts.selectors),
+    manifest = {"run_id": run_dir.name, "matrix": str(opts.matrix_path),
+                "selection": list(opts.selectors),
                 "cells": [c.id for c in cells], "runner": None, "started": utc_now(),
                 "axes": jsonable(getattr(matrix, "axes", None)),
                 "snapshot": jsonable(getattr(matrix, "snapshot", None) or {})}
@@ -205,7 +245,8 @@ def resolve_only(opts: RunOptions, echo: Echo = print) -> Path:
                     status="unresolvable", reason=resolved.explanation).write(run_dir)
         elif not isinstance(resolved, Lock):
             Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner="none", stage="resolve",
-                    status="infra", reason=f"resolver: {resolved}", signature="resolve-infra").write(run_dir)
+                    status="infra", reason=f"resolver: {resolved}",
+                    signature="resolve-infra").write(run_dir)
     manifest["resolve_stage"], manifest["finished"] = stage.manifest(), utc_now()
     write_json_atomic(run_dir / "run.json", manifest)
     echo(format_table(cells, stage))
@@ -215,8 +256,9 @@ def resolve_only(opts: RunOptions, echo: Echo = print) -> Path:
 # --- helpers -------------------------------------------------------------------------------------
 
 class _StopSignal:
-    """Set once when going on is pointless (the engine is gone, the reports disk is full): cells not yet
-    started are recorded as infra, never judged, so a resume (pinmatrix/run/state.py) retries them."""
+    """Set once when going on is pointless (the engine is gone, the reports disk is full): cells not
+    yet started are recorded as infra, never judged, so a resume (pinmatrix/run/state.py) retries
+    them."""
 
     def __init__(self) -> None:
         self.reason: str | None = None
@@ -227,7 +269,8 @@ class _StopSignal:
             self.reason = self.reason or reason
 
     def skipped(self, cell: Cell, runner: str, run_dir: Path) -> Outcome:
-        outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=runner, stage="resolve",
+        outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=runner,
+                          stage="resolve",
                           status="infra", reason=f"not run: {self.reason}", signature="run-stopped")
         try:
             outcome.write(run_dir)
@@ -251,7 +294,8 @@ def _prefetch_models(matrix: Any, opts: RunOptions, echo: Echo) -> None:
 
 
 def _write_pins(run_dir: Path, echo: Echo) -> None:
-    """reports/<run>/pins/ (pinmatrix.report.pins); a failure there must not cost the run its report."""
+    """reports/<run>/pins/ (pinmatrix.report.pins); a failure there must not cost the run its
+    report."""
     from pinmatrix.report.pins import write_pins
 
     try:

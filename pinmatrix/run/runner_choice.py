@@ -8,12 +8,13 @@ from typing import Any
 
 from pinmatrix.cell import Cell
 from pinmatrix.errors import HarnessError
-from pinmatrix.runners.base import Runner
 from pinmatrix.run.options import RUNNERS, Echo, RunOptions
+from pinmatrix.runners.base import Runner
 
 
 def pick_runner_kind(opts: RunOptions, echo: Echo) -> tuple[str, Any]:
-    """("docker", engine) or ("venv", None). `auto` is docker when an engine is found, else venv, said in ONE line."""
+    """("docker", engine) or ("venv", None). `auto` is docker when an engine is found, else venv,
+    said in ONE line."""
     if opts.runner not in RUNNERS:
         raise ValueError(f"unknown runner {opts.runner!r}: choose one of {', '.join(RUNNERS)}")
     if opts.runner == "venv":
@@ -53,7 +54,8 @@ class Runners:
         base = str(cell.pins.get("base_image") or "")
         with _RUNNERS_LOCK:  # cells start on several threads (pinmatrix/run/scheduler.py)
             if base not in self._docker:
-                self._docker[base] = make_docker_runner(self.engine, self.opts, self.run_dir, base or None)
+                self._docker[base] = make_docker_runner(self.engine, self.opts, self.run_dir,
+                                                        base or None)
             return self._docker[base]
 
 

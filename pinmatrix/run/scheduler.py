@@ -2,8 +2,8 @@
 
 Why the harness's own scheduler and not nox's: nox runs its sessions one after another (it has no
 `-j`), and a session per cell would also repeat nox's own venv setup per cell and lose the shared
-state this needs (which GPU is free, which image is being built). `nox -s matrix` therefore stays one
-session that calls `python -m pinmatrix matrix`, and this module fans the cells out inside it.
+state this needs (which GPU is free, which image is being built). `nox -s matrix` therefore stays
+one session that calls `python -m pinmatrix matrix`, and this module fans the cells out inside it.
 
 The model: every cell is one task on a thread (the work is subprocesses: uv, docker, the probe;
 threads only wait). A task takes two kinds of resource, each through a context manager:
@@ -11,8 +11,9 @@ threads only wait). A task takes two kinds of resource, each through a context m
 - a **build slot** (`CellContext.build(key)`): at most `build_jobs` builds at once, and one lock per
   image key, so two cells that need the same image never build it twice (the second waits and then
   finds it built, reused);
-- a **device** (`CellContext.device()`): one token from a pool, a GPU index ("0", "1", ...) or, with no
-  GPUs, one of `cpu_jobs` CPU tokens. A token is held by one cell at a time, so a GPU is never shared.
+- a **device** (`CellContext.device()`): one token from a pool, a GPU index ("0", "1", ...) or, with
+  no GPUs, one of `cpu_jobs` CPU tokens. A token is held by one cell at a time, so a GPU is never
+  shared.
 
 The pool has `len(devices) + build_jobs` workers: while every device is running a cell, up to
 `build_jobs` more cells can resolve and build, so the next cell is ready when a device frees up.
@@ -41,7 +42,8 @@ C = TypeVar("C")
 # --- devices -------------------------------------------------------------------------------------
 
 def detect_gpus(run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> list[str]:
-    """GPU indices from `nvidia-smi -L` ("GPU 0: NVIDIA H100 ..."); none when the tool is absent or fails."""
+    """GPU indices from `nvidia-smi -L` ("GPU 0: NVIDIA H100 ..."); none when the tool is absent or
+    fails."""
     if run is subprocess.run and shutil.which("nvidia-smi") is None:
         return []
     try:
@@ -76,8 +78,8 @@ def parse_gpu_list(text: str) -> list[str]:
 
 def device_tokens(*, cpu: bool, requested: Sequence[str] | None, detected: Sequence[str],
                   cpu_jobs: int = 1) -> list[str | None]:
-    """The device pool. GPU indices where GPUs are used; else `cpu_jobs` tokens: "" (CPU forced) or None
-    (the runner's default: no GPU was found, let the runner decide)."""
+    """The device pool. GPU indices where GPUs are used; else `cpu_jobs` tokens: "" (CPU forced) or
+    None (the runner's default: no GPU was found, let the runner decide)."""
     if cpu_jobs < 1:
         raise SchedulerError(f"--cpu-jobs {cpu_jobs}: must be at least 1")
     if not cpu:
@@ -108,7 +110,8 @@ class BuildGate:
     def build(self, key: str) -> Iterator[None]:
         with self._keys_lock:
             key_lock = self._keys.setdefault(key, threading.Lock())
-        with key_lock, self._slots:  # the key first: a waiter for the same image holds no build slot
+        # the key first: a waiter for the same image holds no build slot
+        with key_lock, self._slots:
             yield
 
 
@@ -149,11 +152,13 @@ class CellContext:
             self.stage("building")
             yield
 
-    _held: list[object] = field(default_factory=list)   # [(exit stack, token)] while hold_device() holds one
+    # [(exit stack, token)] while hold_device() holds one
+    _held: list[object] = field(default_factory=list)
 
     @contextmanager
     def device(self) -> Iterator[str | None]:
-        """A device for the block; the one already held (hold_device) if any, so a recheck stays on it."""
+        """A device for the block; the one already held (hold_device) if any, so a recheck stays on
+        it."""
         if self._held:
             yield self._held[0][1]  # type: ignore[index]
             return
@@ -163,7 +168,8 @@ class CellContext:
             yield token
 
     def hold_device(self) -> str | None:
-        """Take a device until release_device() (the scheduler releases it at the latest when the task ends)."""
+        """Take a device until release_device() (the scheduler releases it at the latest when the
+        task ends)."""
         if not self._held:
             stack = ExitStack()
             token = stack.enter_context(self.device())
@@ -186,7 +192,8 @@ class Scheduler(Generic[C, T]):
 
     def run(self, items: Sequence[C], key: Callable[[C], str], task: Callable[[C, CellContext], T],
             on_error: Callable[[C, BaseException], T]) -> list[T]:
-        """Every item's result, in the items' order. A task that raises yields on_error's value instead."""
+        """Every item's result, in the items' order. A task that raises yields on_error's value
+        instead."""
         results: list[T | None] = [None] * len(items)
 
         def one(index: int) -> None:
@@ -207,7 +214,8 @@ class Scheduler(Generic[C, T]):
             for future in futures:
                 future.result()  # re-raises only what on_error itself raised
         except BaseException:
-            # Ctrl-C: start no queued cell; the running ones end with their subprocesses (same signal).
+            # Ctrl-C: start no queued cell; the running ones end with their subprocesses (same
+            # signal).
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         executor.shutdown(wait=True)
@@ -215,7 +223,8 @@ class Scheduler(Generic[C, T]):
 
 
 def measure_overhead(n_cells: int = 200, devices: int = 4) -> float:
-    """Seconds of scheduler bookkeeping per cell, with tasks that do nothing (for `nox -s bench`)."""
+    """Seconds of scheduler bookkeeping per cell, with tasks that do nothing (for `nox -s
+    bench`)."""
     sched: Scheduler[int, int] = Scheduler([str(i) for i in range(devices)], build_jobs=2)
 
     def task(item: int, ctx: CellContext) -> int:

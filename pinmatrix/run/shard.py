@@ -1,21 +1,22 @@
 """`--shard i/n`: split the selected cells into n deterministic, balanced parts (1 ≤ i ≤ n).
 
 Any engine can fan out with it (n CI jobs, n hosts, n Slurm tasks): each runs
-`python -m pinmatrix matrix --shard i/n --run-dir SHARED` and `python -m pinmatrix report --run SHARED`
-merges the per-cell files every shard wrote.
+`python -m pinmatrix matrix --shard i/n --run-dir SHARED` and `python -m pinmatrix report --run
+SHARED` merges the per-cell files every shard wrote.
 
 Cost-aware: cells that share an image base (python, base image, torch: the expensive torch layer)
 stay together where balance allows, so each shard builds the torch layer once. The algorithm:
 
-1. group the cells by image key; a group larger than the fair share ceil(N/n) is cut into chunks of at
-   most that size (balance wins over locality past that point);
-2. place chunks largest first (ties: by key, then cell ids) on the shard with the fewest cells (ties:
-   the lowest index) — greedy longest-processing-time.
+1. group the cells by image key; a group larger than the fair share ceil(N/n) is cut into chunks of
+   at most that size (balance wins over locality past that point);
+2. place chunks largest first (ties: by key, then cell ids) on the shard with the fewest cells
+   (ties: the lowest index) — greedy longest-processing-time.
 
-Guarantees (tested with hypothesis): every cell is in exactly one shard; the split depends only on the
-cell ids and pins (not on input order or the machine); and max(shard) − min(shard) ≤ the largest
-chunk, i.e. ≤ min(largest image group, ceil(N/n)). Proof of the bound: the fullest shard got its last
-chunk c while it was the emptiest, and shards only grow, so max ≤ (min at that time) + |c| ≤ min + |c|.
+Guarantees (tested with hypothesis): every cell is in exactly one shard; the split depends only on
+the cell ids and pins (not on input order or the machine); and max(shard) − min(shard) ≤ the largest
+chunk, i.e. ≤ min(largest image group, ceil(N/n)). Proof of the bound: the fullest shard got its
+last chunk c while it was the emptiest, and shards only grow, so max ≤ (min at that time) + |c| ≤
+min + |c|.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def image_key(cell: Any) -> str:
-    """What cells with one shared image base have in common (the torch layer: python, base, torch)."""
+    """What cells with one shared image base have in common (the torch layer: python, base,
+    torch)."""
     pins = cell.pins
     return "|".join(str(pins.get(k, "")) for k in ("python", "base_image", "torch"))
 

@@ -15,7 +15,6 @@ from pinmatrix.cell import Cell, Lock
 from pinmatrix.errors import LOG_TAIL_CHARS
 
 
-
 @dataclass(frozen=True)
 class Prepared:
     """What `prepare` built: enough for `run` to start the probe there.
@@ -54,7 +53,8 @@ class Runner(Protocol):
 
     def run(self, prepared: Prepared, spec_path: Path, out_dir: Path,
             gpu: str | None, timeout_s: float) -> RunOutcome:
-        """Run `python -m probes` for the spec; writes the result under out_dir. Never raises for a cell failure.
+        """Run `python -m probes` for the spec; writes the result under out_dir. Never raises for a
+        cell failure.
 
         `gpu`: the device assignment (CUDA_VISIBLE_DEVICES value / docker --gpus device list);
         "" means CPU only (the --cpu flag); None means whatever the runner's default is (all).

@@ -1,13 +1,13 @@
 """Compile caches that outlive one probe run: one folder per stack, so a cell's second run does not
 recompile what its first run compiled.
 
-unsloth (its generated modules and its "Mega-cache" bundle of torch.compile artifacts), TorchInductor
-and Triton compile on the first model load or training step of a process and keep the result on disk.
-The docker runner starts every probe in a fresh container (HOME=/tmp, read-only root) and the venv
-runner in a fresh work folder, so without a folder that outlives the run every run would pay the whole
-compile again. The venv runner also keeps the stack's Python bytecode there (pycache/), compiled once
-when it prepares the venv: on the lent H100, whose image sets PYTHONDONTWRITEBYTECODE, `import unsloth`
-took 59.7 s without it and 29.3 s with it.
+unsloth (its generated modules and its "Mega-cache" bundle of torch.compile artifacts),
+TorchInductor and Triton compile on the first model load or training step of a process and keep the
+result on disk. The docker runner starts every probe in a fresh container (HOME=/tmp, read-only
+root) and the venv runner in a fresh work folder, so without a folder that outlives the run every
+run would pay the whole compile again. The venv runner also keeps the stack's Python bytecode there
+(pycache/), compiled once when it prepares the venv: on the lent H100, whose image sets
+PYTHONDONTWRITEBYTECODE, `import unsloth` took 59.7 s without it and 29.3 s with it.
 
 The folder is keyed by the stack (both locks, the base image, the Python), never shared between
 stacks: an artifact compiled by one stack cannot stand in for another stack's compile, so a compile
@@ -24,7 +24,8 @@ from pathlib import Path
 
 from pinmatrix.cell import Lock
 
-# The variable the probe reads (probes/environment.py) and the tools' own variables, each pointed at a
+# The variable the probe reads (probes/environment.py) and the tools' own variables, each pointed at
+# a
 # subfolder. UNSLOTH_COMPILE_LOCATION otherwise defaults to ./unsloth_compiled_cache, which is the
 # read-only image in a docker cell.
 STATE_ENV = "PINMATRIX_COMPILE_CACHE"
@@ -36,10 +37,12 @@ TOOL_SUBFOLDERS = {
 }
 DEFAULT_ROOT = Path(os.environ.get("PINMATRIX_COMPILE_CACHE_DIR",
                                    Path.home() / ".cache" / "pinmatrix" / "compile"))
-# Inside a docker cell: a named volume per stack, mounted where the image has an empty folder owned by
+# Inside a docker cell: a named volume per stack, mounted where the image has an empty folder owned
+# by
 # the probe's user (docker/Dockerfile), whose owner and mode a new volume takes over.
 CONTAINER_PATH = "/opt/pinmatrix/compile-cache"
-COLD_CONTAINER_PATH = "/tmp/pinmatrix-compile-cache"   # --no-compile-cache: the container's own tmpfs
+# --no-compile-cache: the container's own tmpfs
+COLD_CONTAINER_PATH = "/tmp/pinmatrix-compile-cache"
 VOLUME_PREFIX = "pinmatrix-compile-"
 VOLUME_LABEL = "org.pinmatrix.compile-cache"
 
@@ -52,14 +55,16 @@ def stack_key(lock: Lock, base: str = "") -> str:
 
 
 def probe_env(folder: str) -> dict[str, str]:
-    """The environment that points the probe and every compiler at `folder` (as the probe sees it)."""
+    """The environment that points the probe and every compiler at `folder` (as the probe sees
+    it)."""
     folder = folder.rstrip("/")
     return {STATE_ENV: folder, **{name: f"{folder}/{sub}" for name, sub in TOOL_SUBFOLDERS.items()}}
 
 
 def host_folder(root: Path, key: str) -> Path:
     """`root/key`, created owner-only: unsloth loads a Mega-cache bundle only from a folder that its
-    user owns and nobody else can write (compiled artifacts are executable), and refuses it otherwise."""
+    user owns and nobody else can write (compiled artifacts are executable), and refuses it
+    otherwise."""
     folder = Path(root) / key
     for path in (Path(root), folder, *(folder / sub for sub in TOOL_SUBFOLDERS.values())):
         path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ from typing import Sequence
 
 @dataclass(frozen=True)
 class Mount:
-    """A bind mount of a host path, or (kind="volume") a named volume, which the engine creates on first use."""
+    """A bind mount of a host path, or (kind="volume") a named volume, which the engine creates on
+    first use."""
     source: Path | str
     target: str
     read_only: bool = True

@@ -1,7 +1,8 @@
 """Lock drift: the probe's installed-versions fingerprint compared with the cell's lock.
 
 Both runners call this after the probe ran: a mismatch means the environment is not what the table
-claims was tested, so the cell is an infra outcome naming the packages, never a verdict on the stack.
+claims was tested, so the cell is an infra outcome naming the packages, never a verdict on the
+stack.
 """
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ from pinmatrix.cell import NONE, normalize_name
 DRIFT_SIGNATURE = "lock-drift"
 
 
-def lock_drift(locked: Mapping[str, str], packages: Mapping[str, Any], pins: Mapping[str, str]) -> list[str]:
-    """One line per package whose installed version differs from the lock (or that the cell says is `none`).
+def lock_drift(locked: Mapping[str, str], packages: Mapping[str, Any],
+               pins: Mapping[str, str]) -> list[str]:
+    """One line per package whose installed version differs from the lock (or that the cell says is
+    `none`).
 
-    `locked`: normalised name -> version (Lock.pinned()); `packages`: the result's environment.packages
-    ({name: {"installed": version or None, ...}}); `pins`: the cell's axis values.
+    `locked`: normalised name -> version (Lock.pinned()); `packages`: the result's
+    environment.packages ({name: {"installed": version or None, ...}}); `pins`: the cell's axis
+    values.
     """
     problems = []
     for raw_name, info in sorted(packages.items()):
@@ -42,7 +46,8 @@ def lock_drift(locked: Mapping[str, str], packages: Mapping[str, Any], pins: Map
 
 
 def result_drift(result_path: Path, locked: Mapping[str, str]) -> list[str]:
-    """lock_drift for a probe result file; [] when the file is damaged (the results module judges that)."""
+    """lock_drift for a probe result file; [] when the file is damaged (the results module judges
+    that)."""
     try:
         data = json.loads(Path(result_path).read_text())
         packages = data["environment"]["packages"]
@@ -59,7 +64,8 @@ def drift_reason(problems: list[str]) -> str:
 
 
 def same_version(a: str, b: str) -> bool:
-    """PEP 440 equality (2.13.0+cpu == 2.13.0+cpu, 1.0 == 1.0.0); plain text where either is not a version."""
+    """PEP 440 equality (2.13.0+cpu == 2.13.0+cpu, 1.0 == 1.0.0); plain text where either is not a
+    version."""
     try:
         return Version(a) == Version(b)
     except InvalidVersion:

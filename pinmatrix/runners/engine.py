@@ -41,7 +41,8 @@ class Engine:
     """A usable client: its path, how it does BuildKit builds, and whether GPUs can be passed."""
     client: str                       # absolute path of the docker binary
     server_version: str
-    buildkit: str                     # "buildx" (docker buildx build --load) | "env" (DOCKER_BUILDKIT=1)
+    # "buildx" (docker buildx build --load) | "env" (DOCKER_BUILDKIT=1)
+    buildkit: str
     nvidia: bool                      # an NVIDIA runtime or CDI spec was detected
     nvidia_how: str = ""              # "runtime" | "cdi" | "" — what the detection saw
 
@@ -113,7 +114,8 @@ def candidate_clients(env: dict[str, str] | None = None,
     return result
 
 
-CommandRunner = Callable[[Sequence[str], dict[str, str] | None, str | None], "subprocess.CompletedProcess[str]"]
+CommandRunner = Callable[[Sequence[str], dict[str, str] | None, str | None],
+                         "subprocess.CompletedProcess[str]"]
 
 
 def _run(args: Sequence[str], env: dict[str, str] | None = None,
@@ -135,13 +137,16 @@ def probe_client(client: str, run: CommandRunner = _run) -> Attempt:
         return Attempt(client, problem="not an executable file")
     version = run([client, "version", "--format", "{{.Server.Version}}"], None, None)
     if version.returncode != 0 or not version.stdout.strip():
-        return Attempt(client, problem=f"daemon unreachable: {_first_line(version.stderr or version.stdout)}")
+        return Attempt(client,
+                       problem="daemon unreachable: "
+                               f"{_first_line(version.stderr or version.stdout)}")
     buildkit = _buildkit_mode(client, run)
     if buildkit is None:
         return Attempt(client, problem="no buildx, and DOCKER_BUILDKIT=1 builds fail")
     nvidia_how = _nvidia(client, run)
     return Attempt(client, engine=Engine(client=client, server_version=version.stdout.strip(),
-                                         buildkit=buildkit, nvidia=bool(nvidia_how), nvidia_how=nvidia_how))
+                                         buildkit=buildkit, nvidia=bool(nvidia_how),
+                                         nvidia_how=nvidia_how))
 
 
 def _buildkit_mode(client: str, run: CommandRunner) -> str | None:
@@ -194,12 +199,14 @@ def _cached_search() -> Search:
 
 
 def find_engine() -> Engine | None:
-    """The first usable engine, probed once per process; None when there is none (see engine_message)."""
+    """The first usable engine, probed once per process; None when there is none (see
+    engine_message)."""
     return _cached_search().engine
 
 
 def engine_message() -> str:
-    """One line: which engine is used, or why none was found (for --runner auto's fallback notice)."""
+    """One line: which engine is used, or why none was found (for --runner auto's fallback
+    notice)."""
     return _cached_search().message()
 
 

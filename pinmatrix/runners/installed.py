@@ -1,9 +1,11 @@
-"""The lock of a prepared host: for machines with no index at all (a lent GPU node, an air-gapped box).
+"""The lock of a prepared host: for machines with no index at all (a lent GPU node, an air-gapped
+box).
 
-With `--no-install` nothing is resolved or installed: the cell runs on what the interpreter (plus any
-`--extra-site` folders) already holds. The "lock" is then read off that environment, and every axis
-pin of the cell is checked against it first, so a table row never claims a version that did not run.
-A mismatch is the machine's fault (it was prepared for another cell), so it is infra, not unresolvable.
+With `--no-install` nothing is resolved or installed: the cell runs on what the interpreter (plus
+any `--extra-site` folders) already holds. The "lock" is then read off that environment, and every
+axis pin of the cell is checked against it first, so a table row never claims a version that did not
+run. A mismatch is the machine's fault (it was prepared for another cell), so it is infra, not
+unresolvable.
 """
 from __future__ import annotations
 
@@ -32,13 +34,18 @@ _LIST_DISTRIBUTIONS = (
 NOT_PACKAGES = ("python", "base_image")
 
 
-def installed_distributions(python: str, extra_sites: Sequence[Path] = ()) -> tuple[str, dict[str, str]]:
-    """(python "X.Y", {normalised name: version}) as `python` sees them with `extra_sites` first on its path."""
+def installed_distributions(python: str,
+                            extra_sites: Sequence[Path] = ()) -> tuple[str, dict[str, str]]:
+    """(python "X.Y", {normalised name: version}) as `python` sees them with `extra_sites` first on
+    its path."""
     env = dict(os.environ)
     if extra_sites:
-        env["PYTHONPATH"] = os.pathsep.join([str(p) for p in extra_sites] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(p) for p in extra_sites] + [env.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep)
     try:
-        out = subprocess.run([python, "-c", _LIST_DISTRIBUTIONS], capture_output=True, text=True, env=env,
+        out = subprocess.run([python, "-c", _LIST_DISTRIBUTIONS], capture_output=True, text=True,
+                             env=env,
                              timeout=120, check=True)
     except (OSError, subprocess.SubprocessError) as exc:
         raise ResolveInfraError(f"cannot list the packages of {python}: {exc}") from exc
@@ -70,19 +77,23 @@ def pin_mismatches(cell: Cell, python_version: str, dists: dict[str, str]) -> li
 def _satisfies(installed: str, pin: str) -> bool:
     spec = pin if pin[:1] in "<>=!~" else f"=={pin}"
     try:
-        # "==2.11.0" admits "2.11.0+cu130" (PEP 440 local labels), which is how CUDA builds report themselves.
+        # "==2.11.0" admits "2.11.0+cu130" (PEP 440 local labels), which is how CUDA builds report
+        # themselves.
         return Version(installed) in SpecifierSet(spec)
     except (InvalidVersion, InvalidSpecifier):
         return installed == pin
 
 
-def lock_from_environment(cell: Cell, python: str | None = None, extra_sites: Sequence[Path] = ()) -> Lock:
-    """The cell's Lock read off the prepared interpreter, or ResolveInfraError naming every pin it misses."""
+def lock_from_environment(cell: Cell, python: str | None = None,
+                          extra_sites: Sequence[Path] = ()) -> Lock:
+    """The cell's Lock read off the prepared interpreter, or ResolveInfraError naming every pin it
+    misses."""
     python = python or sys.executable
     version, dists = installed_distributions(python, extra_sites)
     problems = pin_mismatches(cell, version, dists)
     if problems:
-        raise ResolveInfraError("the prepared environment is not this cell (--no-install): " + "; ".join(problems))
+        raise ResolveInfraError("the prepared environment is not this cell (--no-install): "
+                                + "; ".join(problems))
     lines = [f"# read off {python} (--no-install): nothing was resolved or installed"]
     lines += [f"{name}=={dists[name]}" for name in sorted(dists)]
     text = "\n".join(lines) + "\n"

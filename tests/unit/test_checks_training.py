@@ -1,8 +1,9 @@
-"""The training checks (lora-train, generate, throughput, unsloth) on the tiny EXAONE 3.5 fixture, on CPU.
+"""The training checks (lora-train, generate, throughput, unsloth) on the tiny EXAONE 3.5 fixture,
+on CPU.
 
-Every bar is shown failing on a stack the test breaks on purpose: a learning rate of 0, an adapter whose
-output is multiplied away, a detached adapter, an unfrozen base weight, NaN weights, a generate() that
-drops tokens, a non-deterministic head, an adapter that is a no-op.
+Every bar is shown failing on a stack the test breaks on purpose: a learning rate of 0, an adapter
+whose output is multiplied away, a detached adapter, an unfrozen base weight, NaN weights, a
+generate() that drops tokens, a non-deterministic head, an adapter that is a no-op.
 """
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"work": tmp_path_factory.mktemp("work"), "cache": {}}
 
 
-def make_ctx(shared: dict[str, Any], device: str = "cpu", requested: str = "auto", **settings: Any) -> Context:
+def make_ctx(shared: dict[str, Any], device: str = "cpu", requested: str = "auto",
+             **settings: Any) -> Context:
     spec = {"id": "test-cell", "hash": "0" * 64, "pins": dict(PINS), "checks": [],
             "settings": {"lora_steps": 12, "generate_tokens": 8, **settings}}
-    return Context(spec=spec, device=device, work_dir=Path(shared["work"]), requested_device=requested,
+    return Context(spec=spec, device=device, work_dir=Path(shared["work"]),
+                   requested_device=requested,
                    cache=shared["cache"])
 
 
@@ -46,7 +49,8 @@ def run_bar(model: Any) -> dict[str, Any]:
                                       targets=lora_train.EXAONE35_LORA_TARGETS)
 
 
-# --------------------------------------------------------------------------------------------- lora-train
+# ---------------------------------------------------------------------------------------------
+# lora-train
 
 
 def test_lora_train_passes_on_the_fixture(shared: dict[str, Any]) -> None:
@@ -79,7 +83,8 @@ def test_lora_train_fails_when_the_loss_cannot_fall(shared: dict[str, Any]) -> N
 def test_lora_train_fails_when_the_output_ignores_the_lora_path(shared: dict[str, Any]) -> None:
     ctx = make_ctx(shared)
     model = peft_model(ctx)
-    # Every lora_B output is multiplied by 0: the adapters contribute nothing and receive zero gradients.
+    # Every lora_B output is multiplied by 0: the adapters contribute nothing and receive zero
+    # gradients.
     for name, module in model.named_modules():
         if name.endswith("lora_B.default"):
             module.register_forward_hook(lambda mod, inp, out: out * 0.0)
@@ -102,7 +107,8 @@ def test_lora_train_counts_a_single_detached_adapter(shared: dict[str, Any]) -> 
     ev = info.value.evidence
     assert ev["zero_grad_lora_tensors"] == 6
     assert all(".h.1.mlp." in n for n in ev["zero_grad_examples"])
-    assert "loss did not fall" not in info.value.message              # the other adapters still learn
+    # the other adapters still learn
+    assert "loss did not fall" not in info.value.message
 
 
 def test_lora_train_fails_when_the_base_changes(shared: dict[str, Any]) -> None:
@@ -133,7 +139,8 @@ def test_lora_settings_are_validated() -> None:
     assert lora_train.LoraRun.from_settings({}).steps == 12
 
 
-# --------------------------------------------------------------------------------------------- generate
+# ---------------------------------------------------------------------------------------------
+# generate
 
 
 def test_generate_passes_on_the_fixture(shared: dict[str, Any]) -> None:
@@ -176,7 +183,8 @@ def test_generate_fails_when_max_new_tokens_is_not_honoured(shared: dict[str, An
 
 def test_generate_fails_when_greedy_is_not_deterministic(shared: dict[str, Any]) -> None:
     model = peft_model(make_ctx(shared), init_lora_weights=False)
-    model.base_model.model.lm_head.register_forward_hook(lambda mod, inp, out: out + 50 * torch.randn_like(out))
+    model.base_model.model.lm_head.register_forward_hook(lambda mod, inp,
+                                                         out: out + 50 * torch.randn_like(out))
     with pytest.raises(Failed, match="differed between two identical calls"):
         generate.generate_and_judge(model, _prompt(), 8)
 
@@ -187,7 +195,8 @@ def test_generate_fails_when_the_adapter_is_a_no_op(shared: dict[str, Any]) -> N
         generate.generate_and_judge(model, _prompt(), 8)
 
 
-# --------------------------------------------------------------------------------------------- GPU-only groups
+# ---------------------------------------------------------------------------------------------
+# GPU-only groups
 
 
 @pytest.mark.parametrize("module", [throughput, unsloth], ids=["throughput", "unsloth"])
@@ -200,9 +209,11 @@ def test_gpu_checks_skip_on_cpu(shared: dict[str, Any], module: Any) -> None:
         assert result["reason"] == "needs a GPU"
     names = {r["name"] for r in results}
     if module is throughput:
-        assert names == {"throughput.sdpa", "throughput.eager", "throughput.flash_attention_2", "throughput.unsloth"}
+        assert names == {"throughput.sdpa", "throughput.eager", "throughput.flash_attention_2",
+                         "throughput.unsloth"}
     else:
-        assert names == {"unsloth.load.exaone3.5", "unsloth.load.exaone4", "unsloth.llamafied", "lora-train.unsloth"}
+        assert names == {"unsloth.load.exaone3.5", "unsloth.load.exaone4", "unsloth.llamafied",
+                         "lora-train.unsloth"}
 
 
 def test_gpu_checks_are_infra_when_a_gpu_was_asked_for_but_missing(shared: dict[str, Any]) -> None:
@@ -211,7 +222,8 @@ def test_gpu_checks_are_infra_when_a_gpu_was_asked_for_but_missing(shared: dict[
     assert run_check(name, fn, ctx, timeout_s=60)["status"] == "infra"
 
 
-# --------------------------------------------------------------------------------------------- throughput parts
+# ---------------------------------------------------------------------------------------------
+# throughput parts
 
 
 def test_throughput_model_has_the_2p4b_shape(shared: dict[str, Any]) -> None:
@@ -220,9 +232,11 @@ def test_throughput_model_has_the_2p4b_shape(shared: dict[str, Any]) -> None:
     folder = throughput._config_folder(make_ctx(shared))
     config = AutoConfig.from_pretrained(str(folder), trust_remote_code=True)
     with torch.device("meta"):   # shape only: no 2.4B allocation in CI
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True,
+                                                 attn_implementation="sdpa")
     checked = throughput._check_shape(model, throughput._shape())
-    assert checked["shape"] == {"layers": 30, "hidden": 2560, "heads": 32, "kv_heads": 8, "ffn": 7168,
+    assert checked["shape"] == {"layers": 30, "hidden": 2560, "heads": 32, "kv_heads": 8,
+                                "ffn": 7168,
                                 "vocab": 102400, "tied_embeddings": True}
     assert 2.40e9 < checked["n_params"] < 2.41e9
     # 6N + 12·L·d·S at S = 2048: the convention the evidence states
@@ -239,7 +253,8 @@ def test_throughput_shape_check_rejects_a_wrong_model(shared: dict[str, Any]) ->
 
 def test_measure_training_times_only_the_steps_after_warmup(shared: dict[str, Any]) -> None:
     model = peft_model(make_ctx(shared))
-    m = throughput.measure_training(model, batch=2, seq=16, steps=3, warmup=2, vocab_size=512, device="cpu")
+    m = throughput.measure_training(model, batch=2, seq=16, steps=3, warmup=2, vocab_size=512,
+                                    device="cpu")
     assert len(m.step_times) == 3 and len(m.losses) == 5
     assert m.tokens_per_s == pytest.approx(2 * 16 * 3 / sum(m.step_times))
 
@@ -252,13 +267,17 @@ def test_peak_flops_table_and_override() -> None:
 
 
 def test_throughput_settings() -> None:
-    run = throughput.ThroughputRun.from_settings({"throughput": {"batch": 2, "seq": 512, "stacks": ["sdpa"]}})
-    assert (run.batch, run.seq, run.steps, run.warmup, run.gradient_checkpointing) == (2, 512, 6, 2, False)
+    run = throughput.ThroughputRun.from_settings(
+        {"throughput": {"batch": 2, "seq": 512, "stacks": ["sdpa"]}}
+    )
+    assert (run.batch, run.seq, run.steps, run.warmup,
+            run.gradient_checkpointing) == (2, 512, 6, 2, False)
     with pytest.raises(ValueError):
         throughput.ThroughputRun.from_settings({"throughput": {"steps": 0}})
 
 
-# --------------------------------------------------------------------------------------------- unsloth parts
+# ---------------------------------------------------------------------------------------------
+# unsloth parts
 
 
 def test_logits_parity_bar() -> None:

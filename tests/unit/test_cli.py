@@ -39,7 +39,8 @@ def test_options_and_selectors_may_interleave(capsys):
 ])
 def test_bad_selector_exits_2(capsys, tmp_path, selector, words):
     reports = tmp_path / "reports"
-    code, out, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports), "--runner", "venv", selector)
+    code, out, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports),
+                         "--runner", "venv", selector)
     assert code == 2
     assert err.startswith("error: cell selector") and words in err and selector in err
     assert not reports.exists()
@@ -47,14 +48,16 @@ def test_bad_selector_exits_2(capsys, tmp_path, selector, words):
 
 def test_bad_runner_exits_2(capsys, tmp_path):
     reports = tmp_path / "reports"
-    code, _, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports), "--runner", "podman")
+    code, _, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports), "--runner",
+                       "podman")
     assert code == 2 and "--runner 'podman'" in err and "auto, docker, venv" in err
     assert not reports.exists()
 
 
 def test_bad_matrix_exits_2_naming_file_and_line(capsys, tmp_path):
     reports = tmp_path / "reports"
-    code, _, err = run(capsys, "matrix", "--matrix", str(BAD), "--reports", str(reports), "--runner", "venv")
+    code, _, err = run(capsys, "matrix", "--matrix", str(BAD), "--reports", str(reports),
+                       "--runner", "venv")
     assert code == 2
     assert f"{BAD}:6:3:" in err and "unknown axis 'transformer'" in err
     assert not reports.exists()

@@ -1,4 +1,5 @@
-"""The shared file helpers: atomic writes with explicit modes (never the process umask), tolerant reads."""
+"""The shared file helpers: atomic writes with explicit modes (never the process umask), tolerant
+reads."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,8 @@ import stat
 import threading
 from pathlib import Path
 
-from pinmatrix.fsio import (PRIVATE_MODE, PUBLIC_MODE, copy_atomic, first_line, read_json, write_json_atomic,
+from pinmatrix.fsio import (PRIVATE_MODE, PUBLIC_MODE, copy_atomic, first_line, read_json,
+                            write_json_atomic,
                             write_text_atomic)
 
 
@@ -27,7 +29,8 @@ def test_modes_are_explicit_whatever_the_umask(tmp_path):
 
 def test_concurrent_writers_never_leave_a_half_file_or_a_temp_file(tmp_path):
     target = tmp_path / "run.json"
-    threads = [threading.Thread(target=write_json_atomic, args=(target, {"n": n, "pad": "x" * 10000}))
+    threads = [threading.Thread(target=write_json_atomic, args=(target,
+                                                                {"n": n, "pad": "x" * 10000}))
                for n in range(16)]
     for t in threads:
         t.start()

@@ -1,6 +1,6 @@
 """No import cycles among pinmatrix's modules: the package layout follows the flow, so imports point
-one way (cli → run → runners/resolve/matrix → the shared records). An import inside a function counts
-too: it hides a cycle from Python's import machinery, not from a reader.
+one way (cli → run → runners/resolve/matrix → the shared records). An import inside a function
+counts too: it hides a cycle from Python's import machinery, not from a reader.
 """
 from __future__ import annotations
 
@@ -35,7 +35,10 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
                 anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
                 base = ".".join(anchor + ([base] if base else []))
             # `from pinmatrix.run import pipeline` imports the submodule pinmatrix.run.pipeline
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                for alias in node.names
+            ]
         for target in targets:
             while target and target not in known:  # pinmatrix.x.attr → pinmatrix.x
                 target = target.rpartition(".")[0]
@@ -100,4 +103,6 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles():
     found = cycles(import_graph())
-    assert not found, "import cycles among pinmatrix modules:\n" + "\n".join(" ↔ ".join(c) for c in found)
+    assert not found, "import cycles among pinmatrix modules:\n" + "\n".join(
+        " ↔ ".join(c) for c in found
+    )

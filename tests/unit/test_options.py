@@ -1,5 +1,6 @@
-"""Each option is declared once (pinmatrix/run/options.py): the parser, RunOptions and the argv a Slurm
-task gets all come from that table. A Slurm task must run its cell as the session would have."""
+"""Each option is declared once (pinmatrix/run/options.py): the parser, RunOptions and the argv a
+Slurm task gets all come from that table. A Slurm task must run its cell as the session would
+have."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,14 @@ from typing import Any
 import pytest
 
 from pinmatrix.cli.main import COMMANDS, command_parser, parse
-from pinmatrix.run.options import ALL_COMMANDS, OPTIONS, TASK_OWN_FIELDS, RunOptions, options_for, run_options
+from pinmatrix.run.options import (
+    ALL_COMMANDS,
+    OPTIONS,
+    TASK_OWN_FIELDS,
+    RunOptions,
+    options_for,
+    run_options,
+)
 from pinmatrix.run.slurm import forwarded_options
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,9 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def no_source_env(monkeypatch):
-    """Package sources fall back to PINMATRIX_* and PIP_* variables: keep the host's out of the comparison."""
-    for name in ("PINMATRIX_INDEX_URL", "PIP_INDEX_URL", "PINMATRIX_EXTRA_INDEX_URLS", "PIP_EXTRA_INDEX_URL",
-                 "PINMATRIX_FIND_LINKS", "PIP_FIND_LINKS", "PINMATRIX_CA_BUNDLE", "PIP_CERT", "SSL_CERT_FILE",
+    """Package sources fall back to PINMATRIX_* and PIP_* variables: keep the host's out of the
+    comparison."""
+    for name in ("PINMATRIX_INDEX_URL", "PIP_INDEX_URL", "PINMATRIX_EXTRA_INDEX_URLS",
+                 "PIP_EXTRA_INDEX_URL",
+                 "PINMATRIX_FIND_LINKS", "PIP_FIND_LINKS", "PINMATRIX_CA_BUNDLE", "PIP_CERT",
+                 "SSL_CERT_FILE",
                  "PINMATRIX_TORCH_BACKEND"):
         monkeypatch.delenv(name, raising=False)
 
@@ -53,7 +64,9 @@ def test_every_run_option_field_is_declared_or_the_tasks_own():
     declared = {o.field for o in OPTIONS if o.field}
     fields = {f.name for f in dataclasses.fields(RunOptions)}
     assert fields - declared - TASK_OWN_FIELDS == set(), "RunOptions fields no option sets"
-    not_forwarded = {o.flag for o in OPTIONS if o.field and o.field not in TASK_OWN_FIELDS and not o.forward}
+    not_forwarded = {
+        o.flag for o in OPTIONS if o.field and o.field not in TASK_OWN_FIELDS and not o.forward
+    }
     assert not_forwarded == set(), "run options a Slurm task would not get"
 
 
@@ -67,7 +80,8 @@ def test_every_run_option_survives_slurm_forwarding(tmp_path):
     run_dir.mkdir()
     (run_dir / "run.json").write_text(json.dumps({"snapshot": {"live": {}}}))
     session = parse(["matrix", "--on", "slurm", *non_default_argv(tmp_path)])
-    task = parse(["run-cell", "--run-dir", str(run_dir), "--index", "0", *forwarded_options(session, run_dir)])
+    task = parse(["run-cell", "--run-dir", str(run_dir), "--index", "0",
+                  *forwarded_options(session, run_dir)])
     before, after = run_options(session), run_options(task)
     defaults = RunOptions(matrix_path=Path("x"))
     for field in dataclasses.fields(RunOptions):
@@ -77,7 +91,11 @@ def test_every_run_option_survives_slurm_forwarding(tmp_path):
         if field.name != "matrix_path":  # the test set every forwarded option away from its default
             assert getattr(before, field.name) != getattr(defaults, field.name), field.name
     assert after.sources == before.sources
-    assert before.sources.torch_backend and before.sources.ca_bundle and len(before.sources.find_links) == 2
+    assert (
+        before.sources.torch_backend
+        and before.sources.ca_bundle
+        and len(before.sources.find_links) == 2
+    )
     assert after.snapshot == {"live": {}}  # the session's live axes, from run.json
 
 
@@ -97,7 +115,8 @@ def test_each_command_parser_builds_and_shares_the_common_options():
 
 
 def test_ci_workflow_uses_only_declared_options():
-    """The nightly workflow calls `python -m pinmatrix COMMAND --flag ...`: each flag must exist there."""
+    """The nightly workflow calls `python -m pinmatrix COMMAND --flag ...`: each flag must exist
+    there."""
     workflow = (ROOT / ".github" / "workflows" / "nightly.yml").read_text(encoding="utf-8")
     text = workflow.replace("\\\n", " ")
     calls = re.findall(r"python -m pinmatrix (\w[\w-]*)([^\n]*)", text)

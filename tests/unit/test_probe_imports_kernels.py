@@ -2,7 +2,8 @@
 
 The broken stacks are real importable packages (with dist-info, so importlib.metadata sees them)
 written into tmp_path: a kernel package whose op raises the real error text, one that returns wrong
-numbers, one whose import fails. The end-to-end tests run `python -m probes` on them in a subprocess.
+numbers, one whose import fails. The end-to-end tests run `python -m probes` on them in a
+subprocess.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ FAKE_MODULES = ("xformers", "flash_attn", "bitsandbytes", "brokenpkg", "unsloth"
 XFORMERS_CANT_LOAD = ("xFormers can't load C++/CUDA extensions. xFormers was built for:\n"
                       "    PyTorch 2.5.1+cu124 with CUDA 1204 (you have 2.13.0+cpu)\n"
                       "    Python  3.11.9 (you have 3.11.7)\n"
-                      "  Please reinstall xformers (see https://github.com/facebookresearch/xformers#installing-xformers)")
+                      "  Please reinstall xformers (see "
+                      "https://github.com/facebookresearch/xformers#installing-xformers)")
 FLASH_ABI = ("{root}/flash_attn_2_cuda.cpython-311-x86_64-linux-gnu.so: undefined symbol: "
              "_ZN3c105ErrorC2ENS_14SourceLocationENSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE")
 
@@ -73,7 +75,8 @@ def fake_xformers(root: Path, factor: float = 1.0, raise_line: str = "pass") -> 
 
 def fake_flash_attn(root: Path, broken: bool) -> None:
     body = (f"raise ImportError({FLASH_ABI.format(root=root)!r})" if broken
-            else "def flash_attn_func(q, k, v, dropout_p=0.0, causal=False):\n    raise AssertionError('not on cpu')\n")
+            else "def flash_attn_func(q, k, v, dropout_p=0.0, causal=False):\n    raise "
+                 "AssertionError('not on cpu')\n")
     write_package(root, "flash-attn", "2.8.3", {"flash_attn/__init__.py": body})
 
 
@@ -84,7 +87,8 @@ def fake_bitsandbytes(root: Path, raise_line: str = "pass", skew: str = "") -> N
 
 
 def fake_broken_import(root: Path) -> None:
-    write_package(root, "brokenpkg", "1.0", {"brokenpkg/__init__.py": "import _brokenpkg_native  # not there\n"})
+    write_package(root, "brokenpkg", "1.0",
+                  {"brokenpkg/__init__.py": "import _brokenpkg_native  # not there\n"})
 
 
 @pytest.fixture
@@ -142,7 +146,10 @@ def test_imports_fail_with_the_import_errors_signature(tmp_path, site):
     fake_flash_attn(site, broken=True)
     result = run_group("imports", ctx_for(tmp_path, **{"flash-attn": "2.8.3"}))["imports"]
     assert result["status"] == "fail"
-    assert result["error"]["signature"] == "flash-attn-abi-mismatch" and result["error"]["known"] is True
+    assert (
+        result["error"]["signature"] == "flash-attn-abi-mismatch"
+        and result["error"]["known"] is True
+    )
 
 
 def test_imports_fail_on_a_pinned_package_that_is_missing(tmp_path):
@@ -153,12 +160,14 @@ def test_imports_fail_on_a_pinned_package_that_is_missing(tmp_path):
 
 # ---------------------------------------------------------------- kernels (need torch)
 
-torch_required = pytest.mark.skipif(not __import__("importlib").util.find_spec("torch"), reason="needs torch")
+torch_required = pytest.mark.skipif(not __import__("importlib").util.find_spec("torch"),
+                                    reason="needs torch")
 
 
 @torch_required
 def test_kernels_skip_when_not_in_the_cell(tmp_path):
-    results = run_group("kernels", ctx_for(tmp_path, xformers="none", **{"flash-attn": "none"}, bitsandbytes="none"))
+    results = run_group("kernels", ctx_for(tmp_path, xformers="none", **{"flash-attn": "none"},
+                                           bitsandbytes="none"))
     assert {n: (r["status"], r["reason"]) for n, r in results.items()} == {
         "kernel.xformers": ("skip", "xformers not in this cell"),
         "kernel.flash-attn": ("skip", "flash-attn not in this cell"),
@@ -171,7 +180,11 @@ def test_xformers_correct_kernel_passes(tmp_path, site):
     result = run_group("kernels", ctx_for(tmp_path, xformers="0.0.35"))["kernel.xformers"]
     assert result["status"] == "pass", result
     ev = result["evidence"]
-    assert ev["device"] == "cpu" and ev["dtype"] == "float32" and ev["max_abs_err"] <= ev["tolerance"] == 1e-4
+    assert (
+        ev["device"] == "cpu"
+        and ev["dtype"] == "float32"
+        and ev["max_abs_err"] <= ev["tolerance"] == 1e-4
+    )
 
 
 @torch_required
@@ -220,7 +233,10 @@ def test_bitsandbytes_round_trip_passes(tmp_path, site):
     fake_bitsandbytes(site)
     result = run_group("kernels", ctx_for(tmp_path, bitsandbytes="0.50.2"))["kernel.bitsandbytes"]
     assert result["status"] == "pass", result
-    assert result["evidence"]["blockwise8"]["max_abs_err"] <= result["evidence"]["blockwise8"]["tolerance"]
+    assert (
+        result["evidence"]["blockwise8"]["max_abs_err"]
+        <= result["evidence"]["blockwise8"]["tolerance"]
+    )
 
 
 @torch_required
@@ -232,7 +248,9 @@ def test_bitsandbytes_wrong_numbers_fail(tmp_path, site):
 
 @torch_required
 def test_bitsandbytes_setup_failure_fails_with_signature(tmp_path, site):
-    fake_bitsandbytes(site, raise_line="raise RuntimeError('\\n  CUDA Setup failed despite GPU being available. "
+    fake_bitsandbytes(site,
+                      raise_line="raise RuntimeError('\\n  CUDA Setup failed despite GPU being "
+                                 "available. "
                                        "Please run the following command to get more information')")
     result = run_group("kernels", ctx_for(tmp_path, bitsandbytes="0.50.2"))["kernel.bitsandbytes"]
     assert result["status"] == "fail" and result["error"]["signature"] == "bitsandbytes-cuda-setup"
@@ -248,7 +266,8 @@ def test_missing_group_module_is_a_fail_named_after_the_group(tmp_path):
 
 # ---------------------------------------------------------------- end to end: python -m probes
 
-def run_probe(tmp_path: Path, pins: dict, site: Path | None, only: str | None = None) -> tuple[int, dict, str]:
+def run_probe(tmp_path: Path, pins: dict, site: Path | None,
+              only: str | None = None) -> tuple[int, dict, str]:
     spec = {"id": "e2e", "hash": "0" * 64, "pins": {"python": "3.11", "unsloth": "none", **pins},
             "runner": "venv", "models": [], "checks": ["imports", "kernels", "exaone3.5"],
             "settings": {"device": "cpu", "check_timeout_s": 120}}
@@ -275,18 +294,21 @@ def assert_schema_valid(document: dict) -> None:
 
 @torch_required
 def test_probe_end_to_end_on_this_stack_with_unsloth_first(tmp_path):
-    """The real CPU stack plus a (fake, working) unsloth: schema-valid, skips, and unsloth imported first."""
+    """The real CPU stack plus a (fake, working) unsloth: schema-valid, skips, and unsloth imported
+    first."""
     torch_version = __import__("importlib.metadata").metadata.version("torch")
     site = tmp_path / "site"
     fake_unsloth(site)
-    rc, document, stderr = run_probe(tmp_path, {"torch": torch_version, "unsloth": "2026.10.9", "xformers": "none",
+    rc, document, stderr = run_probe(tmp_path, {"torch": torch_version, "unsloth": "2026.10.9",
+                                                "xformers": "none",
                                                 "flash-attn": "none", "bitsandbytes": "none"}, site,
                                        only="imports,kernels")
     assert rc == 0, stderr
     assert_schema_valid(document)
     checks = {c["name"]: c for c in document["checks"]}
     assert {n: c["status"] for n, c in checks.items()} == {
-        "imports": "pass", "kernel.xformers": "skip", "kernel.flash-attn": "skip", "kernel.bitsandbytes": "skip"}
+        "imports": "pass", "kernel.xformers": "skip", "kernel.flash-attn": "skip",
+        "kernel.bitsandbytes": "skip"}
     env = document["environment"]
     # The spec forces cpu; gpu fields still describe the machine (a GPU host has them).
     assert env["device"] == "cpu" and env["torch"].split("+")[0] == torch_version.split("+")[0]
@@ -312,29 +334,37 @@ def test_probe_end_to_end_on_a_broken_stack(tmp_path):
     assert_schema_valid(document)
     checks = {c["name"]: c for c in document["checks"]}
     assert {n: c["status"] for n, c in checks.items()} == {
-        "imports": "fail", "kernel.xformers": "fail", "kernel.flash-attn": "fail", "kernel.bitsandbytes": "fail"}
+        "imports": "fail", "kernel.xformers": "fail", "kernel.flash-attn": "fail",
+        "kernel.bitsandbytes": "fail"}
     assert checks["kernel.xformers"]["error"]["signature"] == "xformers-extensions-not-loaded"
     assert checks["kernel.flash-attn"]["error"]["signature"] == "flash-attn-abi-mismatch"
     assert "round trip is off" in checks["kernel.bitsandbytes"]["error"]["message"]
-    # imports names both failures; its signature is the first failing package's (flash-attn before brokenpkg).
+    # imports names both failures; its signature is the first failing package's (flash-attn before
+    # brokenpkg).
     assert set(checks["imports"]["evidence"]["failed"]) == {"flash-attn", "brokenpkg"}
     assert checks["imports"]["error"]["signature"] == "flash-attn-abi-mismatch"
     packages = document["environment"]["packages"]
-    assert packages["flash-attn"]["imports"] is False and "undefined symbol" in packages["flash-attn"]["error"]
+    assert (
+        packages["flash-attn"]["imports"] is False
+        and "undefined symbol" in packages["flash-attn"]["error"]
+    )
     assert packages["brokenpkg"] == {"installed": "1.0", "imports": False,
-                                     "error": "ModuleNotFoundError: No module named '_brokenpkg_native'"}
+                                     "error": "ModuleNotFoundError: No module named "
+                                              "'_brokenpkg_native'"}
 
 
 def test_probe_bad_spec_exits_3_and_names_the_file(tmp_path):
     (tmp_path / "cell.json").write_text('{\n  "id": "x",\n  oops\n}')
     proc = subprocess.run([sys.executable, "-m", "probes", "--cell", str(tmp_path / "cell.json"),
-                           "--out", str(tmp_path / "r.json")], cwd=REPO, capture_output=True, text=True)
+                           "--out", str(tmp_path / "r.json")], cwd=REPO, capture_output=True,
+                          text=True)
     assert proc.returncode == 3
     assert f"{tmp_path / 'cell.json'}:3:" in proc.stderr
     assert not (tmp_path / "r.json").exists()
 
 
-# ---------------------------------------------------------------- unsloth import order and GPU-only imports
+# ---------------------------------------------------------------- unsloth import order and GPU-only
+# imports
 
 FAKE_UNSLOTH = """
 import sys, warnings
@@ -347,11 +377,14 @@ if BEFORE:
 
 
 def fake_unsloth(root: Path, extra: str = "") -> None:
-    write_package(root, "unsloth", "2026.10.9", {"unsloth/__init__.py": FAKE_UNSLOTH.format(extra=extra)})
+    write_package(root, "unsloth", "2026.10.9",
+                  {"unsloth/__init__.py": FAKE_UNSLOTH.format(extra=extra)})
 
 
 def test_unsloth_without_accelerator_is_gpu_only_on_cpu_and_infra_on_cuda(tmp_path, site):
-    fake_unsloth(site, extra="raise NotImplementedError('Unsloth cannot find any torch accelerator? You need a GPU.')")
+    fake_unsloth(site,
+                 extra="raise NotImplementedError('Unsloth cannot find any torch accelerator? You "
+                       "need a GPU.')")
     on_cpu = run_group("imports", ctx_for(tmp_path, unsloth="2026.10.9"))["imports"]
     assert on_cpu["status"] == "pass" and on_cpu["evidence"]["needs_gpu"] == ["unsloth"]
     on_gpu = run_group("imports", ctx_for(tmp_path, device="cuda", unsloth="2026.10.9"))["imports"]
@@ -362,16 +395,19 @@ def test_late_unsloth_import_warning_is_recorded(tmp_path, site):
     pytest.importorskip("transformers")   # the point: transformers imported before unsloth
     fake_unsloth(site)
     result = run_group("imports", ctx_for(tmp_path, unsloth="2026.10.9"))["imports"]
-    assert any("Unsloth should be imported before" in w for w in result["evidence"]["import_warnings"]["unsloth"])
+    assert any("Unsloth should be imported "
+               "before" in w for w in result["evidence"]["import_warnings"]["unsloth"])
 
 
 @torch_required
-@pytest.mark.skipif(not __import__("importlib").util.find_spec("bitsandbytes"), reason="bitsandbytes not installed")
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("bitsandbytes"),
+                    reason="bitsandbytes not installed")
 def test_real_bitsandbytes_kernel(tmp_path):
     import torch
     device = "cuda" if torch.cuda.is_available() else "cpu"
     version = __import__("importlib.metadata").metadata.version("bitsandbytes")
-    result = run_group("kernels", ctx_for(tmp_path, device=device, bitsandbytes=version))["kernel.bitsandbytes"]
+    result = run_group("kernels", ctx_for(tmp_path, device=device,
+                                          bitsandbytes=version))["kernel.bitsandbytes"]
     assert result["status"] == "pass", result
     assert result["evidence"]["blockwise8"]["max_abs_err"] > 0   # a real 8-bit round trip is lossy
 
@@ -384,22 +420,29 @@ def test_op_failure_is_blamed_on_the_import_warning_that_explains_it(tmp_path):
     from probes.framework import Failed, error_record
 
     ctx = ctx_for(tmp_path, device="cuda", xformers="0.0.35")
-    op_error = NotImplementedError("No operator found for `memory_efficient_attention_forward` with inputs:")
-    assert _with_import_cause(ctx, "xformers", op_error, {}) is op_error      # no records: unchanged
+    op_error = NotImplementedError("No operator found for `memory_efficient_attention_forward` "
+                                   "with inputs:")
+    # no records: unchanged
+    assert _with_import_cause(ctx, "xformers", op_error, {}) is op_error
     ctx.cache["imports"] = {"xformers": ImportRecord("xformers", "0.0.35", True,
-                                                     warnings=[f"WARNING xformers: WARNING[XFORMERS]: {XFORMERS_CANT_LOAD}"])}
+                                                     warnings=["WARNING xformers: "
+                                                               "WARNING[XFORMERS]: "
+                                                               f"{XFORMERS_CANT_LOAD}"])}
     evidence: dict = {}
     failed = _with_import_cause(ctx, "xformers", op_error, evidence)
     assert isinstance(failed, Failed) and "xFormers can't load" in evidence["import_warning"]
     error, found = error_record(failed)
-    assert (error["type"], error["signature"]) == ("NotImplementedError", "xformers-extensions-not-loaded")
+    assert (error["type"], error["signature"]) == ("NotImplementedError",
+                                                   "xformers-extensions-not-loaded")
     assert error["message"].startswith("NotImplementedError: No operator found")
 
 
-# ---------------------------------------------------------------- the plain interpreter of an unsloth cell
+# ---------------------------------------------------------------- the plain interpreter of an
+# unsloth cell
 
 def _split_spec(tmp_path: Path, pins: dict, checks: list[str]) -> Path:
-    spec = {"id": "split", "hash": "0" * 64, "pins": {"python": "3.11", **pins}, "runner": "venv", "models": [],
+    spec = {"id": "split", "hash": "0" * 64, "pins": {"python": "3.11", **pins}, "runner": "venv",
+            "models": [],
             "checks": checks, "settings": {"device": "cpu", "check_timeout_s": 300}}
     path = tmp_path / "cell.json"
     path.write_text(json.dumps(spec))
@@ -409,17 +452,24 @@ def _split_spec(tmp_path: Path, pins: dict, checks: list[str]) -> Path:
 def _probe(tmp_path: Path, spec: Path, site: Path, **env_extra: str) -> tuple[int, dict, str]:
     out = tmp_path / "out" / "result.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(site), str(REPO))), **env_extra}
-    proc = subprocess.run([sys.executable, "-m", "probes", "--cell", str(spec), "--out", str(out), "--work",
-                           str(tmp_path / "work")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "probes", "--cell", str(spec), "--out", str(out),
+                           "--work",
+                           str(tmp_path / "work")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
     return proc.returncode, (json.loads(out.read_text()) if out.exists() else {}), proc.stderr
 
 
 @torch_required
-def test_unsloth_cell_runs_plain_transformers_checks_in_an_interpreter_that_never_imports_unsloth(tmp_path):
+def test_unsloth_cell_runs_plain_transformers_checks_in_an_interpreter_that_never_imports_unsloth(
+    tmp_path,
+):
     torch_version = __import__("importlib.metadata").metadata.version("torch")
     site, marker = tmp_path / "site", tmp_path / "unsloth-imported-by"
-    fake_unsloth(site, extra="import os\nopen(os.environ['FAKE_UNSLOTH_MARKER'], 'a').write(f'{os.getpid()}\\n')")
-    spec = _split_spec(tmp_path, {"torch": torch_version, "unsloth": "2026.10.9", "xformers": "none",
+    fake_unsloth(site,
+                 extra="import os\nopen(os.environ['FAKE_UNSLOTH_MARKER'], "
+                       "'a').write(f'{os.getpid()}\\n')")
+    spec = _split_spec(tmp_path, {"torch": torch_version, "unsloth": "2026.10.9",
+                                  "xformers": "none",
                                   "flash-attn": "none", "bitsandbytes": "none"},
                        ["throughput", "unsloth", "lora-train", "exaone3.5", "kernels", "imports"])
     rc, document, stderr = _probe(tmp_path, spec, site, FAKE_UNSLOTH_MARKER=str(marker))
@@ -427,9 +477,15 @@ def test_unsloth_cell_runs_plain_transformers_checks_in_an_interpreter_that_neve
     assert_schema_valid(document)
     statuses = {c["name"]: c["status"] for c in document["checks"]}
     # the plain checks really ran (in the child, whose lines are tagged) and passed
-    assert statuses["exaone3.5.remote-code"] == "pass" and statuses["lora-train.hf-peft"] == "pass", stderr
-    assert "[probe:plain] exaone3.5.remote-code: pass" in stderr and "[probe:plain] lora-train.hf-peft: pass" in stderr
-    assert "[probe] imports: pass" in stderr   # imports stays with the process that imported unsloth first
+    assert (
+        statuses["exaone3.5.remote-code"] == "pass" and statuses["lora-train.hf-peft"] == "pass"
+    ), stderr
+    assert (
+        "[probe:plain] exaone3.5.remote-code: pass" in stderr
+        and "[probe:plain] lora-train.hf-peft: pass" in stderr
+    )
+    # imports stays with the process that imported unsloth first
+    assert "[probe] imports: pass" in stderr
     # exactly one interpreter imported unsloth: the main one (the child ran, and did not)
     assert len(marker.read_text().split()) == 1
     assert list(document["environment"]["packages"])[0] == "unsloth"
@@ -437,7 +493,11 @@ def test_unsloth_cell_runs_plain_transformers_checks_in_an_interpreter_that_neve
     names = [c["name"] for c in document["checks"]]
     assert names[:5] == ["imports", "kernel.xformers", "kernel.flash-attn", "kernel.bitsandbytes",
                          "exaone3.5.remote-code"]
-    assert names.index("lora-train.hf-peft") < names.index("unsloth.load.exaone3.5") < names.index("throughput.sdpa")
+    assert (
+        names.index("lora-train.hf-peft")
+        < names.index("unsloth.load.exaone3.5")
+        < names.index("throughput.sdpa")
+    )
     assert names[-1] == "throughput.unsloth" and statuses["throughput.unsloth"] == "skip"
 
 
@@ -447,13 +507,16 @@ def test_a_crash_in_the_plain_interpreter_is_infra_for_its_checks_and_the_rest_s
     site = tmp_path / "site"
     fake_unsloth(site)
     fake_xformers(site, raise_line="import ctypes; ctypes.string_at(0)")   # a kernel that segfaults
-    spec = _split_spec(tmp_path, {"torch": torch_version, "unsloth": "2026.10.9", "xformers": "0.0.35",
-                                  "flash-attn": "none", "bitsandbytes": "none"}, ["imports", "kernels", "exaone3.5"])
+    spec = _split_spec(tmp_path, {"torch": torch_version, "unsloth": "2026.10.9",
+                                  "xformers": "0.0.35",
+                                  "flash-attn": "none", "bitsandbytes": "none"},
+                       ["imports", "kernels", "exaone3.5"])
     rc, document, stderr = _probe(tmp_path, spec, site)
     assert rc == 0, stderr
     assert_schema_valid(document)
     checks = {c["name"]: c for c in document["checks"]}
     assert checks["imports"]["status"] == "pass"
-    for name in ("kernel.xformers", "kernel.flash-attn", "kernel.bitsandbytes", "exaone3.5.remote-code"):
+    for name in ("kernel.xformers", "kernel.flash-attn", "kernel.bitsandbytes",
+                 "exaone3.5.remote-code"):
         assert checks[name]["status"] == "infra", checks[name]
         assert "killed by signal 11" in checks[name]["reason"]

@@ -76,8 +76,10 @@ def test_missing_core_checks_do_not_break_a_cell():
 
 def test_a_measurement_that_does_not_fit_the_card_does_not_demote_the_cell():
     # eager attention at 4 x 2048 OOMs on an 80 GB H100 (reports/h100): the stack still works.
-    oom = {"name": "throughput.eager", "status": "infra", "duration_s": 1.3, "reason": "CUDA out of memory at 4x2048"}
+    oom = {"name": "throughput.eager", "status": "infra", "duration_s": 1.3,
+           "reason": "CUDA out of memory at 4x2048"}
     assert cell_status(core("pass") + [oom]) == "works"
     # ... but a measurement that failed is the stack's failure, and infra elsewhere still counts.
     assert cell_status(core("pass") + [{**oom, "status": "fail"}]) == "partial"
-    assert cell_status(core("pass") + [oom, {"name": "generate", "status": "infra", "duration_s": 0}]) == "partial"
+    assert cell_status(core("pass") + [oom, {"name": "generate", "status": "infra",
+                                             "duration_s": 0}]) == "partial"
