@@ -14,6 +14,7 @@
                                     (cells/hour, unchanged rerun, rebuild, scheduler overhead) ->
                                     reports/bench/
     nox -s matrix -- --on slurm     one Slurm job array, one cell per task (pinmatrix/run/slurm.py)
+    nox -s lint                     ruff and mypy (CI runs it before the tests)
     nox -s tests -- [pytest args]
     nox -t cell                     every cell, one session each (then `nox -s report`)
 """
@@ -148,6 +149,14 @@ def bench(session: nox.Session) -> None:
     session.run("python", str(ROOT / "tools" / "bench_scale.py"), "--matrix",
                 os.environ.get("PINMATRIX_BENCH_MATRIX",
                 str(ROOT / "tests" / "data" / "matrices" / "ci.yaml")))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff on the repository and mypy on pinmatrix/ (both configured in pyproject.toml)."""
+    session.install("-e", str(ROOT), "ruff>=0.6", "mypy>=1.10", "types-PyYAML", "types-jsonschema")
+    session.run("ruff", "check", str(ROOT))
+    session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"))
 
 
 @nox.session(python=PYTHON)

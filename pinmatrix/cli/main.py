@@ -9,7 +9,7 @@ import argparse
 import math
 import re
 import sys
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from pinmatrix.errors import EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
 from pinmatrix.run.options import ALL_COMMANDS, OPTIONS, RUNNERS, options_for, run_options
@@ -19,7 +19,7 @@ _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 class _Parser(argparse.ArgumentParser):
     # argparse's own exit code is 2 too; keep the message one line
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         raise UsageError(f"{self.prog}: {message}")
 

@@ -31,7 +31,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
     out.append("| cell | status | " + " | ".join(f"`{c}`" for c in columns) + " |")
     out.append("|---|---|" + "---|" * len(columns))
     for cell in summary["cells"]:
-        glyphs = [CHECK_GLYPH.get((cell["checks"].get(c) or {}).get("status")) for c in columns]
+        statuses = [(cell["checks"].get(c) or {}).get("status") for c in columns]
+        glyphs = [CHECK_GLYPH.get(status, "·") for status in statuses]
         out.append(f"| `{cell['id']}` | {CELL_GLYPH[cell['status']]} {cell['status']} | "
                    + " | ".join(glyphs) + " |")
     out.append("")

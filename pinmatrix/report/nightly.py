@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+import argparse
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pinmatrix.errors import UsageError
 from pinmatrix.report.diff import (
@@ -21,6 +22,9 @@ from pinmatrix.report.diff import (
     previous_run_in,
     read_history,
 )
+
+if TYPE_CHECKING:
+    from pinmatrix.run.options import RunOptions
 
 EXIT_GREEN, EXIT_NEW_BREAKAGES = 0, 1
 HISTORY_NAME = "history.jsonl"
@@ -84,7 +88,7 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
     return NightlyResult(run_dir, previous, summary, code)
 
 
-def run_nightly(opts: Any, *, previous: Path | None = None, history_path: Path | None = None,
+def run_nightly(opts: RunOptions, *, previous: Path | None = None, history_path: Path | None = None,
                 echo: Echo = print) -> NightlyResult:
     """Run the matrix (live axes expand now), then `finish`. A harness error in one cell is an infra
     outcome in the run, listed apart: it never turns the nightly red by itself."""
@@ -135,11 +139,11 @@ def _expected_cells(path: Path | None) -> list[str]:
     return cells
 
 
-def nightly_command(args: Any, opts: Any) -> int:
+def nightly_command(args: argparse.Namespace, opts: RunOptions) -> int:
     return run_nightly(opts, previous=args.previous, history_path=args.history).exit_code
 
 
-def merge_command(args: Any) -> int:
+def merge_command(args: argparse.Namespace) -> int:
     """`merge ARTIFACT_DIR...`: the positional arguments are artifact folders, not selectors."""
     roots = [Path(p) for p in args.selectors]
     if not roots:

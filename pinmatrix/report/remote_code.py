@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from pinmatrix.cell import ModelSpec
 from pinmatrix.results import CellResult, load_result
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -43,7 +44,7 @@ def is_pinned(revision: str | None) -> bool:
     return bool(revision) and bool(COMMIT.match(str(revision)))
 
 
-def unpinned_warnings(models: Iterable[Any]) -> list[str]:
+def unpinned_warnings(models: Iterable[ModelSpec]) -> list[str]:
     """One line per matrix model whose revision is not a commit (ModelSpec or
     {"name","repo","revision"})."""
     out = []

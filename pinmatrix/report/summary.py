@@ -60,18 +60,17 @@ def merge(run_dir: Path) -> dict[str, Any]:
             outcomes[loaded.cell] = loaded
     results: dict[str, CellResult] = {}
     for path in sorted((run_dir / "cells").glob("*.json")):
-        loaded = load_result(path)
-        if isinstance(loaded, Damaged):
-            damaged.append(loaded)
+        result = load_result(path)
+        if isinstance(result, Damaged):
+            damaged.append(result)
             continue
-        expected = outcomes.get(loaded.cell_id)
-        if expected is not None and expected.hash and loaded.data["cell"]["hash"] != expected.hash:
-            damaged.append(Damaged(path,
-                                   "result is for content hash "
-                                   f"{loaded.data['cell']['hash'][:12]}…, "
+        expected = outcomes.get(result.cell_id)
+        if expected is not None and expected.hash and result.data["cell"]["hash"] != expected.hash:
+            found = result.data["cell"]["hash"][:12]
+            damaged.append(Damaged(path, f"result is for content hash {found}…, "
                                          f"the run expected {expected.hash[:12]}…"))
             continue
-        results[loaded.cell_id] = loaded
+        results[result.cell_id] = result
 
     rows = [_row(cid, outcomes.get(cid), results.get(cid))
             for cid in sorted(set(outcomes) | set(results))]

@@ -16,6 +16,7 @@ from typing import Any
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.resolve.uv import ResolveInfraError, resolve_many
+from pinmatrix.sources import PackageSources
 
 Resolved = Lock | Unresolvable | ResolveInfraError
 
@@ -26,7 +27,8 @@ class StageResult:
     wall_s: float
     workers: int
 
-    def lookup(self, cell: Cell, sources: Any, lock_dir: Path) -> Lock | Unresolvable:
+    def lookup(self, cell: Cell, sources: PackageSources | None,
+               lock_dir: Path) -> Lock | Unresolvable:
         """A `resolve_fn` for run.one_cell.run_cell: the stage's answer for the cell (raises its
         infra error)."""
         outcome = self.results[cell.id]
@@ -41,7 +43,7 @@ class StageResult:
         return {"wall_s": round(self.wall_s, 2), "workers": self.workers, **counts}
 
 
-def resolve_stage(cells: Sequence[Cell], sources: Any, locks_root: Path, *,
+def resolve_stage(cells: Sequence[Cell], sources: PackageSources | None, locks_root: Path, *,
                   workers: int | None = None,
                   **options: Any) -> StageResult:
     """Resolve `cells` in parallel; locks go to locks_root/<cell id>/. One cell's infra error never

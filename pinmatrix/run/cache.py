@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from pinmatrix.cell import Cell
 from pinmatrix.fsio import copy_atomic, read_json, write_json_atomic
 from pinmatrix.results import Damaged, load_result
 
@@ -49,7 +50,7 @@ class RerunPolicy:
         selectors = tuple(v for v in values if v)
         return cls(all_cells=not selectors, selectors=selectors)
 
-    def forced_ids(self, cells: Iterable[Any]) -> set[str] | None:
+    def forced_ids(self, cells: Iterable[Cell]) -> set[str] | None:
         """The ids forced to run; None means all of them."""
         if self.all_cells:
             return None

@@ -24,8 +24,9 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
+from pinmatrix.cell import ModelSpec
 from pinmatrix.errors import FetchError
 from pinmatrix.fsio import write_text_atomic
 
@@ -52,7 +53,7 @@ def repo_folder(hf_home: Path, repo: str) -> Path:
     return Path(hf_home) / "hub" / ("models--" + repo.replace("/", "--"))
 
 
-def fetch_models(models: Iterable[Any], hf_home: Path, *, hub: str | Path | None = None,
+def fetch_models(models: Iterable[ModelSpec], hf_home: Path, *, hub: str | Path | None = None,
                  env: Mapping[str, str] | None = None) -> list[Fetched]:
     """Prefetch every model (ModelSpec, or a mapping with name/repo/revision) into `hf_home`.
 

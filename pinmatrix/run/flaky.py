@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from pinmatrix.fsio import write_json_atomic, write_text_atomic
 from pinmatrix.results import CellResult, load_result, validate
+from pinmatrix.runners.base import Prepared, Runner
 
 # Check name → the group that emits it (docs/CONTRACTS.md §3). First match wins, so the more
 # specific
@@ -146,8 +147,9 @@ class Recheck:
         return f"{head}: " + (f"flaky: {', '.join(self.flaky)}" if self.flaky else "same outcome")
 
 
-def recheck_failures(runner: Any, prepared: Any, spec_path: Path, work: Path, result_file: Path,
-                     timeout_s: float, gpu: str | None, log_path: Path) -> Recheck:
+def recheck_failures(runner: Runner, prepared: Prepared, spec_path: Path, work: Path,
+                     result_file: Path, timeout_s: float, gpu: str | None,
+                     log_path: Path) -> Recheck:
     """Rerun the failed groups of the result at `result_file` once and rewrite it with the verdicts.
 
     `result_file` is replaced atomically, and only by a merged document that validates; whatever the

@@ -9,7 +9,7 @@ import dataclasses
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable, Iterator, Union
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import InfraError
@@ -19,17 +19,26 @@ from pinmatrix.results import Damaged, load_result
 from pinmatrix.run.identity import build_key, cell_hash
 from pinmatrix.run.options import RunOptions, cell_timeout
 from pinmatrix.runners.base import RUN_LOG_NAME, Runner
+from pinmatrix.sources import PackageSources
+
+if TYPE_CHECKING:
+    from pinmatrix.run.cache import ResultCache
+    from pinmatrix.run.scheduler import CellContext
+
+# (cell, sources, lock folder) -> its lock, or why none exists; raises ResolveInfraError
+Resolver = Callable[[Cell, Union[PackageSources, None], Path], Union[Lock, Unresolvable]]
 
 
 def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu: str, digest: str,
-             resolve_fn: Callable[..., Any], ctx: Any = None, cache: Any = None,
+             resolve_fn: Resolver, ctx: CellContext | SoloContext | None = None,
+             cache: ResultCache | None = None,
              force: bool = True) -> Outcome:
     """One cell, start to end. `ctx` (pinmatrix.run.scheduler.CellContext) hands out the build slot
     and the device; `cache` (pinmatrix.run.cache.ResultCache) short-cuts a cell whose content hash
     was judged before, unless `force`."""
     from pinmatrix.resolve.uv import ResolveInfraError
 
-    ctx = ctx if ctx is not None else _SoloContext()
+    ctx = ctx if ctx is not None else SoloContext()
     # --check-timeout overrides the matrix; part of the settings, so of the hash
     if opts.check_timeout_s:
         cell = dataclasses.replace(cell, settings={**dict(cell.settings),
@@ -136,7 +145,7 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     return outcome
 
 
-class _SoloContext:
+class SoloContext:
     """run_cell's resources when no scheduler hands them out: no build limit, the runner's default
     device."""
 
@@ -144,14 +153,14 @@ class _SoloContext:
         pass
 
     @contextlib.contextmanager
-    def build(self, key: str):
+    def build(self, key: str) -> Iterator[None]:
         yield
 
     @contextlib.contextmanager
-    def device(self):
+    def device(self) -> Iterator[str | None]:
         yield None
 
-    def hold_device(self) -> None:
+    def hold_device(self) -> str | None:
         return None
 
     def release_device(self) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+import argparse
 from typing import Any, Callable, Sequence
 
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome
+from pinmatrix.sources import PackageSources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT_S = 3600.0
@@ -25,7 +27,7 @@ class RunOptions:
     reports_dir: Path = REPO_ROOT / "reports"
     # None: the matrix's settings.cell_timeout_s, else DEFAULT_TIMEOUT_S
     timeout_s: float | None = None
-    sources: Any = None                   # pinmatrix.sources.PackageSources
+    sources: PackageSources | None = None  # None: PackageSources.from_env() where needed
     label: str | None = None
     # venv runner
     venv_dir: Path | None = None
@@ -351,11 +353,9 @@ def read_snapshot(path: Path | None) -> dict[str, Any] | None:
     return snapshot
 
 
-def package_sources(args: Any) -> Any:
+def package_sources(args: argparse.Namespace) -> PackageSources:
     """PackageSources: the command line first, then PINMATRIX_*, then the host's pip settings
     (§9)."""
-    from pinmatrix.sources import PackageSources
-
     return PackageSources.from_env(index_url=args.index_url,
                                    extra_index_urls=args.extra_index_url or None,
                                    find_links=args.find_links or None,
@@ -363,7 +363,7 @@ def package_sources(args: Any) -> Any:
                                    torch_backend=args.torch_backend)
 
 
-def run_options(args: Any) -> RunOptions:
+def run_options(args: argparse.Namespace) -> RunOptions:
     """RunOptions from parsed arguments: each declared option with a field, plus the package
     sources."""
     from pinmatrix.errors import ResumeError, SchedulerError
@@ -385,7 +385,7 @@ def run_options(args: Any) -> RunOptions:
     return RunOptions(**values)
 
 
-def forwarded_argv(args: Any) -> list[str]:
+def forwarded_argv(args: argparse.Namespace) -> list[str]:
     """The options a Slurm task needs to run its cell as the session would have, from the session's
     parsed arguments; `--snapshot` and the cell are the task script's (pinmatrix/run/slurm.py)."""
     out: list[str] = []

@@ -10,7 +10,7 @@ import json
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import HarnessError
@@ -31,12 +31,19 @@ from pinmatrix.run.identity import gpu_model
 from pinmatrix.run.one_cell import run_cell
 from pinmatrix.run.options import Echo, RunOptions, RunSummary
 from pinmatrix.run.runner_choice import Runners, pick_runner_kind
+from pinmatrix.sources import PackageSources
+
+if TYPE_CHECKING:
+    from pinmatrix.matrix.load import Matrix
+    from pinmatrix.run.cache import ResultCache
+    from pinmatrix.run.one_cell import Resolver
+    from pinmatrix.run.scheduler import CellContext
 
 # --- cells ---------------------------------------------------------------------------------------
 
 def load_cells(matrix_path: Path, selectors: Sequence[str] = (), *, cpu: bool = False,
                snapshot: dict[str, Any] | None = None,
-               sources: Any = None) -> tuple[Any, list[Cell]]:
+               sources: PackageSources | None = None) -> tuple[Matrix, list[Cell]]:
     """The matrix and its selected cells. Raises pinmatrix.errors.MatrixError on bad input."""
     from pinmatrix.matrix.load import load_matrix, select
 
@@ -55,7 +62,7 @@ def force_cpu(cell: Cell) -> Cell:
     return dataclasses.replace(cell, settings={**dict(cell.settings), "device": "cpu"})
 
 
-def choose_resolver(opts: RunOptions, resolve: Callable[..., Any]) -> Callable[..., Any]:
+def choose_resolver(opts: RunOptions, resolve: Resolver) -> Resolver:
     """uv's resolution, or with --no-install the lock read off the prepared interpreter
     (pinmatrix/runners/installed.py)."""
     if opts.no_install:
@@ -89,7 +96,7 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
         cells = shard_of(cells, *opts.shard)
     kind, engine = pick_runner_kind(opts, echo)
     if opts.model_cache is not None:  # before any cell: the only step that may use a hub token
-        _prefetch_models(matrix, opts, echo)
+        _prefetch_models(matrix, opts.model_cache, opts, echo)
     tokens = device_tokens(cpu=opts.cpu, requested=opts.gpus,
                            detected=[] if opts.cpu or opts.trust_gpus else detect_gpus(),
                            cpu_jobs=opts.cpu_jobs)
@@ -140,7 +147,7 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
 
     stop = _StopSignal()
 
-    def task(cell: Cell, ctx: Any) -> Outcome:
+    def task(cell: Cell, ctx: CellContext) -> Outcome:
         if stop.reason:  # the engine is gone or the reports disk is full: start nothing more
             return stop.skipped(cell, kind, run_dir)
         try:
@@ -184,8 +191,8 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
         return outcome
 
     try:
-        summary.outcomes = Scheduler(tokens, build_jobs=opts.build_jobs, progress=progress).run(
-            todo, lambda c: c.id, task, on_error)
+        scheduler = Scheduler[Cell, Outcome](tokens, build_jobs=opts.build_jobs, progress=progress)
+        summary.outcomes = scheduler.run(todo, lambda c: c.id, task, on_error)
         if opts.shard is None and opts.finalize:  # one shard or one Slurm task is not the whole run
             manifest["complete"] = True  # read by --resume: a run without it was interrupted
     finally:
@@ -214,7 +221,7 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     return summary
 
 
-def _cache_and_forced(opts: RunOptions, cells: list[Cell]) -> tuple[Any, set[str] | None]:
+def _cache_and_forced(opts: RunOptions, cells: list[Cell]) -> tuple[ResultCache, set[str] | None]:
     """The result cache of the reports folder, and the ids --rerun forces (None: all)."""
     from pinmatrix.run.cache import RerunPolicy, ResultCache
 
@@ -280,11 +287,11 @@ class _StopSignal:
         return outcome
 
 
-def _prefetch_models(matrix: Any, opts: RunOptions, echo: Echo) -> None:
+def _prefetch_models(matrix: Matrix, model_cache: Path, opts: RunOptions, echo: Echo) -> None:
     from pinmatrix.run.fetch import FetchError, fetch_models
 
     try:
-        fetched = fetch_models(getattr(matrix, "models", ()), Path(opts.model_cache),
+        fetched = fetch_models(getattr(matrix, "models", ()), Path(model_cache),
                                hub=Path(opts.model_hub) if opts.model_hub else None)
     except FetchError as exc:
         raise HarnessError(f"model prefetch failed: {exc}") from None

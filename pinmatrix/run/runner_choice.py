@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pinmatrix.cell import Cell
 from pinmatrix.errors import HarnessError
 from pinmatrix.run.options import RUNNERS, Echo, RunOptions
 from pinmatrix.runners.base import Runner
+from pinmatrix.runners.engine import Engine
+
+if TYPE_CHECKING:
+    from pinmatrix.runners.docker import DockerRunner
+    from pinmatrix.runners.venv import VenvRunner
 
 
-def pick_runner_kind(opts: RunOptions, echo: Echo) -> tuple[str, Any]:
+def pick_runner_kind(opts: RunOptions, echo: Echo) -> tuple[str, Engine | None]:
     """("docker", engine) or ("venv", None). `auto` is docker when an engine is found, else venv,
     said in ONE line."""
     if opts.runner not in RUNNERS:
@@ -35,14 +40,16 @@ def pick_runner_kind(opts: RunOptions, echo: Echo) -> tuple[str, Any]:
 class Runners:
     """The runner for each cell: one venv runner, or one Docker runner per base image."""
 
-    def __init__(self, kind: str, engine: Any, opts: RunOptions, run_dir: Path, echo: Echo) -> None:
+    def __init__(self, kind: str, engine: Engine | None, opts: RunOptions, run_dir: Path,
+                 echo: Echo) -> None:
         self.kind, self.engine, self.opts, self.run_dir = kind, engine, opts, run_dir
         self._docker: dict[str, Runner] = {}
         self._venv: Runner | None = None
         if kind == "venv":
-            self._venv = make_venv_runner(opts)
-            for note in self._venv.notes:
+            venv = make_venv_runner(opts)
+            for note in venv.notes:
                 echo(f"venv runner: {note}")
+            self._venv = venv
 
     @property
     def name(self) -> str:
@@ -54,6 +61,7 @@ class Runners:
         base = str(cell.pins.get("base_image") or "")
         with _RUNNERS_LOCK:  # cells start on several threads (pinmatrix/run/scheduler.py)
             if base not in self._docker:
+                assert self.engine is not None  # kind "docker" is picked only with an engine
                 self._docker[base] = make_docker_runner(self.engine, self.opts, self.run_dir,
                                                         base or None)
             return self._docker[base]
@@ -62,7 +70,7 @@ class Runners:
 _RUNNERS_LOCK = threading.Lock()
 
 
-def make_venv_runner(opts: RunOptions):
+def make_venv_runner(opts: RunOptions) -> VenvRunner:
     from pinmatrix.runners import compile_cache
     from pinmatrix.runners.venv import DEFAULT_VENV_ROOT, VenvRunner
 
@@ -73,7 +81,8 @@ def make_venv_runner(opts: RunOptions):
                       compile_cache_root=compile_cache.DEFAULT_ROOT if opts.compile_cache else None)
 
 
-def make_docker_runner(engine: Any, opts: RunOptions, run_dir: Path, base_image: str | None):
+def make_docker_runner(engine: Engine, opts: RunOptions, run_dir: Path,
+                       base_image: str | None) -> DockerRunner:
     from pinmatrix.runners.docker import DockerRunner
 
     extra: dict[str, Any] = {"base_image": base_image} if base_image else {}

@@ -153,14 +153,14 @@ class CellContext:
             yield
 
     # [(exit stack, token)] while hold_device() holds one
-    _held: list[object] = field(default_factory=list)
+    _held: list[tuple[ExitStack, str | None]] = field(default_factory=list)
 
     @contextmanager
     def device(self) -> Iterator[str | None]:
         """A device for the block; the one already held (hold_device) if any, so a recheck stays on
         it."""
         if self._held:
-            yield self._held[0][1]  # type: ignore[index]
+            yield self._held[0][1]
             return
         with self.pool.take() as token:
             self.device_used.append(token)
@@ -174,11 +174,11 @@ class CellContext:
             stack = ExitStack()
             token = stack.enter_context(self.device())
             self._held.append((stack, token))
-        return self._held[0][1]  # type: ignore[index]
+        return self._held[0][1]
 
     def release_device(self) -> None:
         while self._held:
-            stack, _ = self._held.pop()  # type: ignore[misc]
+            stack, _ = self._held.pop()
             stack.close()
 
 

@@ -24,6 +24,7 @@ import math
 import re
 from typing import Any, Sequence
 
+from pinmatrix.cell import Cell
 from pinmatrix.errors import ShardError
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -40,14 +41,14 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def image_key(cell: Any) -> str:
+def image_key(cell: Cell) -> str:
     """What cells with one shared image base have in common (the torch layer: python, base,
     torch)."""
     pins = cell.pins
     return "|".join(str(pins.get(k, "")) for k in ("python", "base_image", "torch"))
 
 
-def partition(cells: Sequence[Any], n: int) -> list[list[Any]]:
+def partition(cells: Sequence[Cell], n: int) -> list[list[Cell]]:
     """The n shards, each sorted by cell id."""
     if n < 1:
         raise ShardError("the number of shards must be at least 1")
@@ -71,14 +72,14 @@ def partition(cells: Sequence[Any], n: int) -> list[list[Any]]:
     return [sorted(s, key=lambda c: c.id) for s in shards]
 
 
-def shard_of(cells: Sequence[Any], i: int, n: int) -> list[Any]:
+def shard_of(cells: Sequence[Cell], i: int, n: int) -> list[Cell]:
     """Shard i of n (1-based)."""
     if not 1 <= i <= n:
         raise ShardError(f"shard {i}/{n}: need 1 ≤ i ≤ n")
     return partition(cells, n)[i - 1]
 
 
-def balance_bound(cells: Sequence[Any], n: int) -> int:
+def balance_bound(cells: Sequence[Cell], n: int) -> int:
     """The promised bound on max − min shard size for these cells."""
     if not cells:
         return 0

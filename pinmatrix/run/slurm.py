@@ -41,7 +41,9 @@ from typing import Callable, Sequence
 
 from pinmatrix.errors import SlurmError
 from pinmatrix.fsio import utc_now, write_json_atomic, write_text_atomic
+from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome, load_outcome
+from pinmatrix.run.options import Echo, RunOptions
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL",
             "OUT_OF_MEMORY",
@@ -88,7 +90,7 @@ def parse_scontrol(text: str, job_id: str) -> dict[int, str]:
     JobState=."""
     states: dict[int, str] = {}
     for line in text.splitlines():
-        fields = dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", line))
+        fields = {m.group(1): m.group(2) for m in re.finditer(r"(\w+)=(\S*)", line)}
         if fields.get("ArrayJobId") != job_id or "ArrayTaskId" not in fields:
             continue
         for task in expand_task_ids(fields["ArrayTaskId"]):
@@ -150,7 +152,7 @@ class SlurmClient:
 
 # --- the session side ----------------------------------------------------------------------------
 
-def run_on_slurm(args: argparse.Namespace, opts, echo=print,
+def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
                  client: SlurmClient | None = None) -> int:
     from pinmatrix.report.write import write_report
     from pinmatrix.run.folder import new_run_dir, point_latest, run_manifest
@@ -256,13 +258,13 @@ def wait_for_tasks(client: SlurmClient, job: str, n_tasks: int, *, poll_s: float
             return dict(seen)
         if misses >= 3 and seen:  # Slurm forgot the job: whatever did not end is gone
             return {
-                t: (seen.get(t) if seen.get(t) in TERMINAL else "VANISHED") for t in range(n_tasks)
+                t: (seen[t] if seen.get(t) in TERMINAL else "VANISHED") for t in range(n_tasks)
             }
         if clock() - started > deadline_s:
             client.cancel(job)
             echo(f"deadline of {deadline_s:.0f}s passed: cancelled job {job}")
             return {
-                t: (seen.get(t) if seen.get(t) in TERMINAL else "DEADLINE") for t in range(n_tasks)
+                t: (seen[t] if seen.get(t) in TERMINAL else "DEADLINE") for t in range(n_tasks)
             }
         sleep(poll_s)
 
@@ -277,14 +279,14 @@ def _progress_line(states: dict[int, str], n: int, source: str) -> str:
             f"(of {n}, via {source})")
 
 
-def _default_deadline(cells, opts) -> float:
+def _default_deadline(cells: Sequence[Cell], opts: RunOptions) -> float:
     from pinmatrix.run.options import cell_timeout
 
     longest = max(cell_timeout(c, opts) for c in cells)
     return 2 * longest + 3600  # one build plus the cell, twice over, plus queueing
 
 
-def job_script(args: argparse.Namespace, opts, run_dir: Path) -> str:
+def job_script(args: argparse.Namespace, opts: RunOptions, run_dir: Path) -> str:
     """The array task's script: cd into this checkout and run one cell of the run folder."""
     from pinmatrix.run.options import REPO_ROOT
 
@@ -313,7 +315,7 @@ def forwarded_options(args: argparse.Namespace, run_dir: Path) -> list[str]:
 
 # --- the task side -------------------------------------------------------------------------------
 
-def run_cell_task(args: argparse.Namespace, opts, echo=print) -> int:
+def run_cell_task(args: argparse.Namespace, opts: RunOptions, echo: Echo = print) -> int:
     """`python -m pinmatrix run-cell --run-dir RUN --index N`: cell N of RUN/slurm/cells.txt, only
     its files."""
     import dataclasses
@@ -346,7 +348,7 @@ def run_cell_task(args: argparse.Namespace, opts, echo=print) -> int:
     return 1 if summary.harness_errors else 0
 
 
-def _uses_docker(opts) -> bool:
+def _uses_docker(opts: RunOptions) -> bool:
     if opts.runner == "docker":
         return True
     if opts.runner == "venv":

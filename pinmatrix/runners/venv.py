@@ -184,6 +184,7 @@ class VenvRunner:
         """Index / wheelhouse arguments. Offline: the wheelhouse only, no index contacted."""
         src = self.sources
         find_links = [str(ln) for ln in _as_list(getattr(src, "find_links", None))]
+        args: list[str]
         if self.offline:
             args = ["--no-index"] + (["--offline"] if self.uv else [])
             for link in find_links:
@@ -192,7 +193,7 @@ class VenvRunner:
         if self.uv and hasattr(src, "uv_args"):
             return list(src.uv_args(torch_pin))  # credentialed URLs travel in uv_env(), never argv
         # pip: index URLs (which may hold tokens) go through _source_env, not argv
-        args: list[str] = []
+        args = []
         for link in find_links:
             args += ["--find-links", link]
         return args
