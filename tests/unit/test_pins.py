@@ -2,10 +2,11 @@
 real locks.
 
 The results come from the real probe (tests/unit/real_results.py: a good stack on transformers
-5.17.0, an xformers-broken and a trl-broken one) plus one more real run on the transformers 4.57.6
-venv. Each cell's lock is `uv pip freeze` of the interpreter the probe ran in, i.e. exactly what was
-tested. The files are then read by the real uv and pip against a local find-links folder of small
-wheels built here.
+5.17.0, an xformers-broken and a trl-broken one) plus one more real run with transformers 4.57.6:
+uv installs it (and what it needs) into a folder that shadows the stack's 5.17.0 on the probe's
+path, once per pytest cache. Each cell's lock is `uv pip freeze` of what the probe ran on, i.e.
+exactly what was tested. The files are then read by the real uv and pip against a local find-links
+folder of small wheels built here.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 from real_results import PROBE_PYTHON, cache_root, real_results, spec_for
 
+from pinmatrix.cell import normalize_name
 from pinmatrix.outcome import Outcome
 from pinmatrix.report.pins import (
     NEWEST_FILE,
@@ -33,17 +35,45 @@ from pinmatrix.report.pins import (
 from pinmatrix.probes_source import probes_digest
 from pinmatrix.run.options import REPO_ROOT
 
-TF457_PYTHON = Path(os.environ.get("PINMATRIX_TEST_PYTHON_TF457", "/opt/venvs/tf457/bin/python"))
+TF457 = "4.57.6"
 UV = shutil.which("uv")
 NOW = datetime(2026, 11, 27, 18, 0, 0, tzinfo=timezone.utc)
 
 needs_uv = pytest.mark.skipif(UV is None, reason="uv is not installed")
-needs_tf457 = pytest.mark.skipif(not TF457_PYTHON.is_file(), reason=f"no {TF457_PYTHON}")
 
 
-def _tf457_result(folder: Path) -> Path:
-    """The real probe on the transformers 4.57.6 venv (cached per probes/ digest like
-    real_results)."""
+def _tf457_site(cache: Path) -> Path:
+    """transformers 4.57.6 and its dependencies in a folder put first on the probe stack's path.
+    Built by uv from the package index once per pytest cache; CI fails when it cannot be built."""
+    site = cache / f"site-tf{TF457}"
+    if (site / ".complete").is_file():
+        return site
+    shutil.rmtree(site, ignore_errors=True)
+    proc = subprocess.run([UV, "pip", "install", "--quiet", "--python", str(PROBE_PYTHON),
+                           "--target", str(site), f"transformers=={TF457}"],
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        message = f"uv could not install transformers {TF457}: {proc.stderr.strip()[-1500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    (site / ".complete").write_text("")
+    return site
+
+
+def _tf457_lock(site: Path) -> str:
+    """What the tf457 probe ran on: the stack's packages, the shadowing folder's in their place."""
+    shadowing = {}
+    for dist in site.glob("*.dist-info"):
+        name, version = dist.name[: -len(".dist-info")].rsplit("-", 1)
+        shadowing[normalize_name(name)] = f"{name}=={version}"
+    stack = [line for line in _freeze(PROBE_PYTHON).splitlines()
+             if line and normalize_name(line.split("==")[0]) not in shadowing]
+    return "".join(f"{line}\n" for line in sorted([*stack, *shadowing.values()], key=str.lower))
+
+
+def _tf457_result(folder: Path, site: Path) -> Path:
+    """The real probe with transformers 4.57.6 (cached per probes/ digest like real_results)."""
     folder = folder / f"tf457-{probes_digest()[:16]}"
     out = folder / "good-tf457.json"
     if out.is_file():
@@ -54,8 +84,8 @@ def _tf457_result(folder: Path) -> Path:
     spec["id"], spec["hash"] = "py3.11-torch2.13.0+cpu-tf4.57.6-good", "hash-good-tf457"
     spec["pins"] = {**spec["pins"], "transformers": "4.57.6"}
     (folder / "cell.json").write_text(json.dumps(spec))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run([str(TF457_PYTHON), "-m", "probes", "--cell", str(folder / "cell.json"),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(site)])}
+    proc = subprocess.run([str(PROBE_PYTHON), "-m", "probes", "--cell", str(folder / "cell.json"),
                            "--out", str(out),
                            "--work", str(folder / "w")], env=env, capture_output=True, text=True,
                           timeout=600)
@@ -87,13 +117,13 @@ def _add_cell(run_dir: Path, result: Path, lock_text: str | None) -> str:
 def results(request, tmp_path_factory):
     root = cache_root(request, tmp_path_factory)
     found = real_results(root)
-    if TF457_PYTHON.is_file():
-        found["good-tf457"] = _tf457_result(root)
+    if UV is not None:
+        found["good-tf457"] = _tf457_result(root, _tf457_site(root))
     return found
 
 
 @pytest.fixture
-def run_dir(tmp_path, results):
+def run_dir(request, tmp_path_factory, tmp_path, results):
     if UV is None:
         pytest.skip("uv is not installed")
     run = tmp_path / "20261127T170000Z"
@@ -102,8 +132,8 @@ def run_dir(tmp_path, results):
     tf5_lock = _freeze(PROBE_PYTHON)
     for stack in ("good", "xformers-broken", "trl-broken"):
         _add_cell(run, results[stack], tf5_lock)
-    if "good-tf457" in results:
-        _add_cell(run, results["good-tf457"], _freeze(TF457_PYTHON))
+    site = _tf457_site(cache_root(request, tmp_path_factory))  # built by `results`: found at once
+    _add_cell(run, results["good-tf457"], _tf457_lock(site))
     return run
 
 
@@ -111,8 +141,9 @@ def _header(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("#")]
 
 
-@needs_tf457
-def test_newest_and_per_line_picks_from_real_results(run_dir):
+def test_newest_and_per_line_picks_from_real_results(run_dir, results):
+    tf457 = json.loads(results["good-tf457"].read_text())
+    assert tf457["environment"]["packages"]["transformers"]["installed"] == TF457  # really 4.57.6
     report = write_pins(run_dir, now=NOW)
     assert report.pins_dir == run_dir / "pins"
     by_file = {p.file_name: p for p in report.picks}
