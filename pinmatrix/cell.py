@@ -111,6 +111,13 @@ def parse_lock(text: str) -> dict[str, str]:
     return pins
 
 
+def version_or_none(text: str) -> Version | None:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
 def version_key(value: str | None) -> tuple[int, Any]:
     """Sort key for pin values: `none` (and nothing) first, then releases in version order, then
     anything that is not a version, by its text."""

@@ -1,5 +1,5 @@
-"""matrix.yaml: load, validate (every error names file:line:column), expand into cells, select from
-the CLI.
+"""matrix.yaml: load, validate (every error names file:line:column), expand into cells. Selecting
+cells from the command line is pinmatrix/matrix/select.py; live axes are pinmatrix/matrix/live.py.
 
 Expansion follows GitHub Actions: the product of the axes, minus `exclude` rules, then `include`
 rules that add keys to matching combinations (never overwriting an axis value) or, matching none,
@@ -14,18 +14,17 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from pinmatrix.cell import ID_ABBREV, NONE, Cell, ModelSpec
-from pinmatrix.errors import IndexUnreachable, MatrixError, SelectionError
+from pinmatrix.cell import NONE, Cell, ModelSpec
+from pinmatrix.errors import IndexUnreachable, MatrixError
+from pinmatrix.matrix.live import expand_live, is_specifier, valid_specifier
+from pinmatrix.matrix.select import BASE_IMAGE, PYTHON, same_value
 from pinmatrix.sources import PackageSources, Release, list_releases, redact
 
-# Axes that are not pip packages.
-PYTHON, BASE_IMAGE = "python", "base_image"
 # Every key an axis (or an include rule) may name. A typo is an error, not a silent new axis.
 PACKAGE_AXES = ("torch", "transformers", "unsloth", "peft", "trl", "xformers", "flash-attn",
                 "bitsandbytes",
@@ -106,85 +105,6 @@ def load_matrix(path: str | Path, *, snapshot: dict[str, Any] | None = None,
     except (OSError, UnicodeDecodeError) as exc:
         raise MatrixError(path, 1, 1, f"cannot read the file: {exc}") from None
     return _Loader(path, text, snapshot, sources, fetch).load()
-
-
-def select(cells: Sequence[Cell], selectors: Sequence[str]) -> list[Cell]:
-    """Keep the cells that match the command-line selectors.
-
-    A selector is `axis=value` (also `axis==value`, or a specifier `axis>=5`), or a full cell id.
-    Selectors on the same axis are alternatives (OR); different axes must all match (AND); ids add
-    their cells.
-    """
-    if not selectors:
-        return list(cells)
-    axes = sorted({k for c in cells for k in c.pins})
-    aliases = {abbrev: axis for axis, abbrev in ID_ABBREV.items()}
-    by_axis: dict[str, list[tuple[str, Callable[[str], bool]]]] = {}
-    ids: list[str] = []
-    for argument in selectors:
-        match = re.match(r"^\s*([A-Za-z][A-Za-z0-9_.-]*)\s*(==|=|>=|<=|!=|~=|>|<)\s*(\S.*?)\s*$",
-                         argument)
-        if not match:
-            if any(c.id == argument for c in cells):
-                ids.append(argument)
-                continue
-            raise SelectionError(argument,
-                                 "expected AXIS=VALUE (for example transformers=5.17.0) or a cell "
-                                 "id")
-        key, op, value = match.groups()
-        axis = key if key in axes else aliases.get(key,
-                                                   key.replace("_",
-                                                               "-") if key != BASE_IMAGE else key)
-        if axis not in axes:
-            raise SelectionError(argument, f"unknown axis {key!r}; the axes are {', '.join(axes)}")
-        by_axis.setdefault(axis, []).append((argument, _value_test(argument, axis, op, value)))
-    # Every selector must be able to match something, else it is almost surely a typo.
-    for axis, tests in by_axis.items():
-        for argument, test in tests:
-            if not any(axis in c.pins and test(c.pins[axis]) for c in cells):
-                values = sorted({c.pins[axis] for c in cells if axis in c.pins})
-                raise SelectionError(argument,
-                                     f"matches no cell; {axis} values are {', '.join(values)}")
-    chosen = []
-    for cell in cells:
-        if cell.id in ids or (by_axis and all(
-                axis in cell.pins and any(test(cell.pins[axis]) for _, test in tests)
-                for axis, tests in by_axis.items())):
-            chosen.append(cell)
-    if not chosen:
-        raise SelectionError(" ".join(selectors), "the selectors together match no cell")
-    return chosen
-
-
-def _value_test(argument: str, axis: str, op: str, value: str) -> Callable[[str], bool]:
-    if op in ("=", "=="):
-        return lambda pin: same_value(axis, pin, value)
-    if axis in (PYTHON, BASE_IMAGE) or value == NONE:
-        raise SelectionError(argument, f"{axis} can only be selected with '=', not {op!r}")
-    try:
-        spec = SpecifierSet(op + value)
-    except InvalidSpecifier:
-        raise SelectionError(argument, f"{op + value!r} is not a version specifier") from None
-    return lambda pin: (
-        pin != NONE and _version_or_none(pin) is not None and spec.contains(pin, prereleases=True)
-    )
-
-
-def same_value(axis: str, a: str, b: str) -> bool:
-    """Axis values are equal as versions for packages (5.17 == 5.17.0), as text otherwise."""
-    if a == b:
-        return True
-    if axis in (PYTHON, BASE_IMAGE) or NONE in (a, b):
-        return False
-    va, vb = _version_or_none(a), _version_or_none(b)
-    return va is not None and va == vb
-
-
-def _version_or_none(text: str) -> Version | None:
-    try:
-        return Version(text)
-    except InvalidVersion:
-        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,7 +274,7 @@ class _Loader:
         if isinstance(node, yaml.MappingNode):
             return self.live(axis, node, index, self.live_query(axis, node))
         text = self.value(axis, node, what, allow_specifier=True)
-        if _is_specifier(text):
+        if is_specifier(text):
             return self.live(axis, node, index, {"spec": text, "latest": None, "pre": False,
                                                  "yanked": False})
         return [text]
@@ -384,12 +304,12 @@ class _Loader:
                                  f"{what}: {text!r} is not a Docker image reference "
                                  "(name[:tag][@sha256:...])")
             return text
-        if _is_specifier(text):
+        if is_specifier(text):
             if not allow_specifier:
                 raise self.error(node,
                                  f"{what}: expected an exact version here, got the specifier "
                                  f"{text!r}")
-            if not _valid_specifier(text):
+            if not valid_specifier(text):
                 raise self.error(node,
                                  f"{what}: {text!r} is not a valid version specifier (PEP 440), "
                                        "e.g. \">=4.57,<5.18\"")
@@ -413,7 +333,7 @@ class _Loader:
                                  f"{', '.join(LIVE_KEYS)}")
             if key.value == "spec":
                 text = self.string(value, f"{what}: spec", allow_numbers=True)
-                if not _valid_specifier(text):
+                if not valid_specifier(text):
                     raise self.error(value,
                                      f"{what}: {text!r} is not a valid version specifier (PEP "
                                      "440), "
@@ -660,41 +580,6 @@ class _Loader:
 
 
 # --------------------------------------------------------------------------------------------------
-def expand_live(releases: Iterable[Release], query: dict[str, Any]) -> list[str]:
-    """Versions matching a live query, oldest first. Pre-releases and yanked ones only when
-    asked."""
-    spec = SpecifierSet(query.get("spec") or "")
-    chosen: list[Version] = []
-    for release in releases:
-        version = _version_or_none(release.version)
-        if version is None:
-            continue
-        if release.yanked and not query.get("yanked"):
-            continue
-        if version.is_prerelease and not query.get("pre"):
-            continue
-        if not spec.contains(version, prereleases=True):
-            continue
-        chosen.append(version)
-    chosen = sorted(set(chosen))
-    if query.get("latest"):
-        chosen = chosen[-int(query["latest"]):]
-    return [str(v) for v in chosen]
-
-
-def _valid_specifier(text: str) -> bool:
-    # packaging skips empty clauses (">=4,,<5"); a typo like that should not pass silently.
-    if any(not part.strip() for part in text.split(",")):
-        return False
-    try:
-        SpecifierSet(text)
-    except InvalidSpecifier:
-        return False
-    return True
-
-
-def _is_specifier(text: str) -> bool:
-    return text[:1] in "<>=!~" or "," in text
 
 
 def _matches(combo: dict[str, str], rule: dict[str, str]) -> bool:

@@ -56,7 +56,7 @@ class RerunPolicy:
             return None
         if not self.selectors:
             return set()
-        from pinmatrix.matrix.load import select
+        from pinmatrix.matrix.select import select
 
         return {c.id for c in select(list(cells), list(self.selectors))}
 

@@ -45,7 +45,8 @@ def load_cells(matrix_path: Path, selectors: Sequence[str] = (), *, cpu: bool = 
                snapshot: dict[str, Any] | None = None,
                sources: PackageSources | None = None) -> tuple[Matrix, list[Cell]]:
     """The matrix and its selected cells. Raises pinmatrix.errors.MatrixError on bad input."""
-    from pinmatrix.matrix.load import load_matrix, select
+    from pinmatrix.matrix.load import load_matrix
+    from pinmatrix.matrix.select import select
 
     # snapshot: live axes expand from a recorded run (offline) instead of the index
     # (pinmatrix.snapshot)

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.errors import MatrixError, SelectionError
-from pinmatrix.matrix.load import expand_live, load_matrix, select
+from pinmatrix.matrix.live import expand_live
+from pinmatrix.matrix.load import load_matrix
+from pinmatrix.matrix.select import select
 from pinmatrix.sources import PackageSources, Release, redact
 
 ROOT = Path(__file__).resolve().parents[2]
