@@ -14,14 +14,8 @@ import argparse
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pinmatrix.errors import UsageError
-from pinmatrix.report.diff import (
-    PreviousRunError,
-    append_history,
-    find_run_dir,
-    history_record,
-    previous_run_in,
-    read_history,
-)
+from pinmatrix.report.diff import PreviousRunError, find_run_dir, previous_run_in
+from pinmatrix.report.history import append_history, history_record, read_history
 
 if TYPE_CHECKING:
     from pinmatrix.run.options import RunOptions

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.report.diff import (DEFAULT_REL_THRESHOLD, NOISE_K, diff, find_run_dir, load_summary,
-                                   noise_threshold,
-                            read_history)
+from pinmatrix.report.diff import diff, find_run_dir, load_summary
+from pinmatrix.report.history import DEFAULT_REL_THRESHOLD, NOISE_K, noise_threshold, read_history
 from pinmatrix.report.nightly import EXIT_GREEN, EXIT_NEW_BREAKAGES, finish
 from pinmatrix.outcome import Outcome
 from pinmatrix.run.options import REPO_ROOT
