@@ -49,7 +49,7 @@ def load_cells(matrix_path: Path, selectors: Sequence[str] = (), *, cpu: bool = 
     from pinmatrix.matrix.select import select
 
     # snapshot: live axes expand from a recorded run (offline) instead of the index
-    # (pinmatrix.snapshot)
+    # (Matrix.snapshot, pinmatrix/matrix/live.py)
     matrix = load_matrix(Path(matrix_path), snapshot=snapshot, sources=sources)
     cells = matrix.expand()
     if selectors:
