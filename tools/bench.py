@@ -30,8 +30,10 @@ from pinmatrix.cell import Cell
 from pinmatrix.fsio import write_json_atomic
 from pinmatrix.resolve.stage import resolve_stage, status_of
 from pinmatrix.resolve.uv import resolve, uv_version
-from pinmatrix.run.options import REPO_ROOT
 from pinmatrix.run.pipeline import load_cells
+
+# This checkout (tools/ is in its root), wherever nox installed the harness.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 GOAL_WARM_S = 2.0
 MODES = ("cold_all", "cold_pinmatrix", "warm")

@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pinmatrix.fsio import write_json_atomic
-from pinmatrix.run.options import REPO_ROOT, RunOptions
+from pinmatrix.run.options import RunOptions
 from pinmatrix.run.pipeline import run_matrix
+
+# This checkout (tools/ is in its root), wherever nox installed the harness.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 CI_MATRIX = REPO_ROOT / "tests" / "data" / "matrices" / "ci.yaml"
 

@@ -26,8 +26,7 @@ BROKEN_PACKAGES = {
     # name: (version, module source)
     "xformers": ("0.0.35",
                  "raise ImportError(\"xFormers can't load C++/CUDA extensions. xFormers was built "
-                 "for: "
-                           "PyTorch 2.8.0+cu128 with CUDA 1208 (you have 2.13.0+cpu)\")\n"),
+                 "for: PyTorch 2.8.0+cu128 with CUDA 1208 (you have 2.13.0+cpu)\")\n"),
     "trl": ("0.99.0",
             "raise RuntimeError('trl self-test 42 went sideways in a way nobody has "
             "catalogued')\n"),
