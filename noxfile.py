@@ -2,16 +2,19 @@
 # /// script
 # dependencies = ["nox>=2024.3.2", "pyyaml>=6", "packaging>=23", "jsonschema>=4.18"]
 # ///
-"""Thin wiring around `python -m pinmatrix` (pinmatrix/cli.py holds the logic).
+"""Thin wiring around `python -m pinmatrix` (pinmatrix/cli/main.py holds the logic).
 
     nox -l                          one session per cell of matrix.yaml, tagged `cell`
     nox -s matrix -- [selectors] [--runner docker|venv|auto] [--cpu]
     nox -s report                   merge reports/latest again
-    nox -s nightly -- [selectors]   run, diff with the previous run, history; red only on new breakages
-    nox -s resolve -- [selectors]   locks only; prints the resolvable/unresolvable table
-    nox -s bench -- [selectors]     resolve timings (cold, warm, whole stage), then the scale numbers
-                                    (cells/hour, unchanged rerun, rebuild, scheduler overhead) -> reports/bench/
-    nox -s matrix -- --on slurm     one Slurm job array, one cell per task (pinmatrix/slurm.py)
+    nox -s nightly -- [selectors]   run, diff with the previous run, history; red only on new
+    breakages nox -s resolve -- [selectors]   locks only; prints the resolvable/unresolvable table
+    nox -s bench -- [selectors]     resolve timings (cold, warm, whole stage), then the scale
+    numbers
+                                    (cells/hour, unchanged rerun, rebuild, scheduler overhead) ->
+                                    reports/bench/
+    nox -s matrix -- --on slurm     one Slurm job array, one cell per task (pinmatrix/run/slurm.py)
+    nox -s lint                     ruff and mypy (CI runs it before the tests)
     nox -s tests -- [pytest args]
     nox -t cell                     every cell, one session each (then `nox -s report`)
 """
@@ -24,7 +27,8 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
-MATRIX = Path(os.environ.get("PINMATRIX_MATRIX", ROOT / "matrix.yaml"))  # the matrix the sessions use
+# the matrix the sessions use
+MATRIX = Path(os.environ.get("PINMATRIX_MATRIX", ROOT / "matrix.yaml"))
 PYTHON = "3.11"  # the harness's own Python; each cell's Python comes from matrix.yaml
 
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -33,12 +37,14 @@ nox.options.reuse_existing_virtualenvs = True
 
 
 def _cell_ids() -> list[str]:
-    """The default matrix's cell ids. A bad matrix.yaml must not crash `nox -l`: say why, list no cells."""
+    """The default matrix's cell ids. A bad matrix.yaml must not crash `nox -l`: say why, list no
+    cells."""
     sys.path.insert(0, str(ROOT))
     try:
         from pinmatrix.errors import MatrixError
-        from pinmatrix.matrix import load_matrix
-    except ImportError:  # nox runs without the harness's dependencies (pipx, uv tool): ask a throwaway env
+        from pinmatrix.matrix.load import load_matrix
+    # nox runs without the harness's dependencies (pipx, uv tool): ask a throwaway env
+    except ImportError:
         return _cell_ids_via_uv()
     finally:
         sys.path.pop(0)
@@ -58,10 +64,12 @@ def _cell_ids_via_uv() -> list[str]:
 
     uv = shutil.which("uv")
     if uv is None:
-        print("noxfile: no cell sessions: this nox lacks pyyaml/packaging/jsonschema and uv is absent "
+        print("noxfile: no cell sessions: this nox lacks pyyaml/packaging/jsonschema and uv is "
+              "absent "
               "(`nox -s matrix` still runs every cell)", file=sys.stderr)
         return []
-    proc = subprocess.run([uv, "run", "--quiet", "--no-project", "--python", PYTHON, "--with", "pyyaml>=6",
+    proc = subprocess.run([uv, "run", "--quiet", "--no-project", "--python", PYTHON, "--with",
+                           "pyyaml>=6",
                            "--with", "packaging>=23", "--with", "jsonschema>=4.18",
                            "python", "-m", "pinmatrix", "list", "--matrix", str(MATRIX)],
                           capture_output=True, text=True, cwd=ROOT)
@@ -79,13 +87,15 @@ def _install_harness(session: nox.Session) -> None:
 
 
 def _find_links_args() -> list[str]:
-    """A wheelhouse for the CPU torch wheel (air-gapped hosts, this CI): PINMATRIX_FIND_LINKS, else pip's own."""
+    """A wheelhouse for the CPU torch wheel (air-gapped hosts, this CI): PINMATRIX_FIND_LINKS, else
+    pip's own."""
     wheelhouse = os.environ.get("PINMATRIX_FIND_LINKS") or os.environ.get("PIP_FIND_LINKS")
     return [arg for link in (wheelhouse or "").split() for arg in ("--find-links", link)]
 
 
 def _pinmatrix(session: nox.Session, command: str, *args: str) -> None:
-    session.run("python", "-m", "pinmatrix", command, "--matrix", str(MATRIX), *args, *session.posargs)
+    session.run("python", "-m", "pinmatrix", command, "--matrix", str(MATRIX), *args,
+                *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -112,8 +122,9 @@ def report(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def nightly(session: nox.Session) -> None:
-    """The matrix with live axes expanded now, diffed with the previous run (`-- --previous DIR`, else the
-    newest earlier run in reports/), appended to reports/history.jsonl; fails only on new breakages."""
+    """The matrix with live axes expanded now, diffed with the previous run (`-- --previous DIR`,
+    else the newest earlier run in reports/), appended to reports/history.jsonl; fails only on new
+    breakages."""
     session.install(f"{ROOT}[report]")  # matplotlib for the throughput chart
     _pinmatrix(session, "nightly")
 
@@ -127,20 +138,34 @@ def resolve(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Resolve time per cell (cold, warm) and of the whole stage -> reports/bench/resolve-<UTC>.json."""
+    """Resolve time per cell (cold, warm) and of the whole stage ->
+    reports/bench/resolve-<UTC>.json."""
     _install_harness(session)
-    session.run("python", "-m", "pinmatrix.bench", "--matrix", str(MATRIX), *session.posargs)
-    # Scale numbers (issue 6): cells/hour, unchanged rerun, transformers-only rebuild, scheduler overhead.
+    session.run("python", str(ROOT / "tools" / "bench.py"), "--matrix", str(MATRIX),
+                *session.posargs)
+    # Scale numbers (issue 6): cells/hour, unchanged rerun, transformers-only rebuild, scheduler
+    # overhead.
     # On the CI matrix (CPU): these are the numbers this host can produce without a GPU.
-    session.run("python", "-m", "pinmatrix.bench_scale", "--matrix", os.environ.get("PINMATRIX_BENCH_MATRIX",
+    session.run("python", str(ROOT / "tools" / "bench_scale.py"), "--matrix",
+                os.environ.get("PINMATRIX_BENCH_MATRIX",
                 str(ROOT / "tests" / "data" / "matrices" / "ci.yaml")))
 
 
 @nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff on the repository and mypy on pinmatrix/ (both configured in pyproject.toml)."""
+    session.install("-e", str(ROOT), "ruff>=0.6", "mypy>=1.10", "types-PyYAML", "types-jsonschema")
+    session.run("ruff", "check", str(ROOT))
+    session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"))
+
+
+@nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The test suite: unit, then integration (real uv, real venvs, real Docker where an engine exists)."""
+    """The test suite: unit, then integration (real uv, real venvs, real Docker where an engine
+    exists)."""
     _install_harness(session)
-    # The probe unit tests run the real CPU stack (torch, transformers, peft) in this session's venv.
+    # The probe unit tests run the real CPU stack (torch, transformers, peft) in this session's
+    # venv.
     session.install(*_find_links_args(), "-r", str(ROOT / "tests" / "probe-stack.txt"))
     session.run("pytest", "tests/unit", "tests/integration", "-ra", *session.posargs)
 

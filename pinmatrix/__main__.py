@@ -1,9 +1,9 @@
-"""`python -m pinmatrix`: see pinmatrix/cli.py."""
+"""`python -m pinmatrix`: see pinmatrix/cli/main.py."""
 from __future__ import annotations
 
 import sys
 
-from pinmatrix.cli import main
+from pinmatrix.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from packaging.version import InvalidVersion, Version
+
+from pinmatrix.fsio import slug
+
 # Order of the readable id; axes not listed here follow alphabetically.
 ID_ORDER = ("python", "base_image", "torch", "transformers", "unsloth", "peft", "trl",
             "xformers", "flash-attn", "bitsandbytes")
@@ -36,25 +40,29 @@ class Cell:
 
     @property
     def id(self) -> str:
-        keys = [k for k in ID_ORDER if k in self.pins] + sorted(k for k in self.pins if k not in ID_ORDER)
+        keys = [k for k in ID_ORDER if k in self.pins] + sorted(
+            k for k in self.pins if k not in ID_ORDER
+        )
         parts = []
         for key in keys:
             if key == "base_image":
                 continue  # the base image is in the hash; ids stay short and readable
             value = self.pins[key]
-            parts.append(f"{ID_ABBREV.get(key, key)}{'-' if value == NONE else ''}{_slug(value)}")
+            parts.append(f"{ID_ABBREV.get(key, key)}{'-' if value == NONE else ''}{slug(value)}")
         return "-".join(parts)
 
     def packages(self) -> list[str]:
         """The package axes that are not `none`, sorted: what the cell installs by name."""
-        return sorted(k for k, v in self.pins.items() if k not in ("python", "base_image") and v != NONE)
+        return sorted(k for k,
+                      v in self.pins.items() if k not in ("python", "base_image") and v != NONE)
 
     def requirements(self) -> list[str]:
         """PEP 508 requirements for the resolver: every package axis that is not `none`."""
         return [_requirement(key, self.pins[key]) for key in self.packages()]
 
     def none_packages(self) -> list[str]:
-        return sorted(k for k, v in self.pins.items() if v == NONE and k not in ("python", "base_image"))
+        return sorted(k for k,
+                      v in self.pins.items() if v == NONE and k not in ("python", "base_image"))
 
     def spec(self, content_hash: str, runner: str) -> dict[str, Any]:
         """The cell spec handed to the probe (docs/CONTRACTS.md §1)."""
@@ -74,7 +82,8 @@ class Lock:
     """The exact install set of a resolved cell (docs/CONTRACTS.md §7)."""
     cell_id: str
     python: str
-    torch_lock: str      # requirements text: torch alone, shared by every cell with the same torch line
+    # requirements text: torch alone, shared by every cell with the same torch line
+    torch_lock: str
     full_lock: str       # requirements text: everything, resolved with -c torch_lock
 
     def pinned(self) -> dict[str, str]:
@@ -88,16 +97,36 @@ class Unresolvable:
     explanation: str     # the resolver's own words, verbatim
 
 
-_LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+# A lock line: name[extras]==version [; marker] [\]  (uv's --generate-hashes puts hashes on the next
+# lines)
+LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)\s*(;[^\\#]*)?")
 
 
 def parse_lock(text: str) -> dict[str, str]:
     pins: dict[str, str] = {}
     for line in text.splitlines():
-        m = _LOCK_LINE.match(line.strip())
+        m = LOCK_LINE.match(line.strip())
         if m:
             pins[normalize_name(m.group(1))] = m.group(2)
     return pins
+
+
+def version_or_none(text: str) -> Version | None:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+def version_key(value: str | None) -> tuple[int, Any]:
+    """Sort key for pin values: `none` (and nothing) first, then releases in version order, then
+    anything that is not a version, by its text."""
+    if not value or value == NONE:
+        return (0, ())
+    try:
+        return (1, Version(value))
+    except InvalidVersion:
+        return (2, value)
 
 
 def normalize_name(name: str) -> str:
@@ -105,27 +134,27 @@ def normalize_name(name: str) -> str:
 
 
 def _requirement(package: str, value: str) -> str:
-    # An axis value is an exact version ("5.17.0", "2.13.0+cpu") or a PEP 440 specifier (">=4.57,<5").
+    # An axis value is an exact version ("5.17.0", "2.13.0+cpu") or a PEP 440 specifier
+    # (">=4.57,<5").
     if value[:1] in "<>=!~":
         return f"{package}{value}"
     return f"{package}=={value}"
 
 
-def _slug(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+]+", "_", value).strip("_")
-
-
 def content_hash(*, lock_text: str, dockerfile: str, probes_digest: str, checks: tuple[str, ...],
-                 settings: Mapping[str, Any], gpu_model: str, base_image: str, models: tuple[ModelSpec, ...],
+                 settings: Mapping[str, Any], gpu_model: str, base_image: str,
+                 models: tuple[ModelSpec, ...],
                  pins: Mapping[str, str]) -> str:
-    """Everything that determines a cell's result. Names the image (with the lock) and keys the result cache.
+    """Everything that determines a cell's result. Names the image (with the lock) and keys the
+    result cache.
 
     The pins are in it too: the probe reads them (a `none` pin skips its checks), and two cells can
-    share a lock (--no-install reads the same interpreter for both), so a key without them would hand
-    one cell's result to another."""
+    share a lock (--no-install reads the same interpreter for both), so a key without them would
+    hand one cell's result to another."""
     payload = json.dumps({
         "pins": dict(pins),
-        "lock": lock_text, "dockerfile": dockerfile, "probes": probes_digest, "checks": list(checks),
+        "lock": lock_text, "dockerfile": dockerfile, "probes": probes_digest,
+        "checks": list(checks),
         "settings": settings, "gpu": gpu_model, "base_image": base_image,
         "models": [m.to_json() for m in models],
     }, sort_keys=True)

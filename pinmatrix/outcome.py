@@ -1,4 +1,6 @@
-"""The host-side record of one cell (docs/CONTRACTS.md §8): always written, even with no probe result."""
+"""The host-side record of one cell (docs/CONTRACTS.md §8): always written, even with no probe
+result."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from pinmatrix.results import write_json_atomic
+from pinmatrix.fsio import write_json_atomic
 
 STAGES = ("resolve", "prepare", "run", "done")
 HOST_STATUSES = (None, "unresolvable", "infra")
@@ -19,20 +21,24 @@ class Outcome:
     pins: Mapping[str, str]
     runner: str
     stage: str = "resolve"
-    status: str | None = None          # set only when the host already knows the verdict
+    status: str | None = None  # set only when the host already knows the verdict
     reason: str | None = None
     signature: str | None = None
-    result: str | None = None          # "cells/<id>.json", relative to the run folder
+    result: str | None = None  # "cells/<id>.json", relative to the run folder
     timings: dict[str, float] = field(default_factory=dict)
-    reused_from: str | None = None     # the run whose result was reused (pinmatrix/cache.py); None: ran here
-    rerun: str | None = None           # what rerunning the failed check groups once found (pinmatrix/flaky.py)
-    # issue 15: where and when the probe ran (the GPU the scheduler gave it, UTC ISO times from taking the
-    # device to giving it back), and what pinmatrix/gpu_watch.py saw it use: {gpu index: peak MiB}
+    # the run whose result was reused (pinmatrix/run/cache.py); None: ran here
+    reused_from: str | None = None
+    # what rerunning the failed check groups once found (pinmatrix/run/flaky.py)
+    rerun: str | None = None
+    # issue 15: where and when the probe ran (the GPU the scheduler gave it, UTC ISO times from
+    # taking the
+    # device to giving it back), and what pinmatrix/run/gpu_watch.py saw it use: {gpu index: peak
+    # MiB}
     gpu: str | None = None
     started: str | None = None
     finished: str | None = None
     gpus_seen: dict[str, float] | None = None
-    trespass: str | None = None        # set when the cell was seen on a GPU it was not given
+    trespass: str | None = None  # set when the cell was seen on a GPU it was not given
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -73,10 +79,21 @@ def _wrong_types(data: Mapping[str, Any]) -> str | None:
     if not isinstance(data.get("cell"), str) or not data["cell"]:
         return "'cell' is not a non-empty string"
     if not isinstance(data.get("pins", {}), dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in data.get("pins", {}).items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in data.get("pins", {}).items()
+    ):
         return "'pins' is not an object of strings"
-    for key in ("hash", "reason", "signature", "result", "reused_from", "rerun", "gpu", "started", "finished",
-                "trespass"):
+    for key in (
+        "hash",
+        "reason",
+        "signature",
+        "result",
+        "reused_from",
+        "rerun",
+        "gpu",
+        "started",
+        "finished",
+        "trespass",
+    ):
         if data.get(key) is not None and not isinstance(data[key], str):
             return f"{key!r} is not a string"
     if not isinstance(data.get("runner", ""), str):

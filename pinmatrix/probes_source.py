@@ -1,7 +1,9 @@
-"""The probe sources a cell runs: which files they are, and the digest that puts them in a cell's identity.
+"""The probe sources a cell runs: which files they are, and the digest that puts them in a cell's
+identity.
 
-One definition serves the content hash (pinmatrix/pipeline.py), the image tag and the copy of probes/
-into the build context (pinmatrix/runners/docker.py), so what is hashed is exactly what is shipped.
+One definition serves the content hash (pinmatrix/run/pipeline.py), the image tag and the copy of
+probes/ into the build context (pinmatrix/runners/docker.py), so what is hashed is exactly what is
+shipped.
 """
 from __future__ import annotations
 
@@ -16,7 +18,11 @@ SKIPPED_SUFFIXES = (".pyc", ".pyo")                # bytecode
 
 def probe_files(root: Path = PROBES_DIR) -> Iterator[Path]:
     for path in Path(root).rglob("*"):
-        if path.is_file() and not any(p in SKIPPED_DIRS for p in path.parts) and path.suffix not in SKIPPED_SUFFIXES:
+        if (
+            path.is_file()
+            and not any(p in SKIPPED_DIRS for p in path.parts)
+            and path.suffix not in SKIPPED_SUFFIXES
+        ):
             yield path
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -39,36 +37,6 @@ class CellResult:
 class Damaged:
     path: Path
     why: str
-
-
-# --- atomic writes -------------------------------------------------------------------------------
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write via a temp file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a report is as readable as any file
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -117,10 +85,12 @@ def load_result(path: Path, *, reclassify: bool = True) -> CellResult | Damaged:
 # --- signatures ----------------------------------------------------------------------------------
 
 def reclassify_signatures(data: dict[str, Any]) -> dict[str, Any]:
-    """Re-run the current catalogue over every check error, so a catalogue update reaches old results.
+    """Re-run the current catalogue over every check error, so a catalogue update reaches old
+    results.
 
-    A known match replaces the stored signature. An unknown one keeps what the probe stored: the probe
-    may have named a signature from context (a check that failed its bar without an exception).
+    A known match replaces the stored signature. An unknown one keeps what the probe stored: the
+    probe may have named a signature from context (a check that failed its bar without an
+    exception).
     """
     from probes import signatures  # the same module the probe used; stdlib only
 

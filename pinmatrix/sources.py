@@ -1,8 +1,10 @@
-"""Where packages come from: index, extra indexes, a find-links wheelhouse, a CA bundle, torch's backend.
+"""Where packages come from: index, extra indexes, a find-links wheelhouse, a CA bundle, torch's
+backend.
 
-Built from the command line, then `PINMATRIX_*` variables, then the host's pip settings (docs/CONTRACTS.md §9).
-An index URL may hold credentials (`https://user:token@host/simple`): such a URL never goes on a command line
-(which gets logged), only into the child's environment, and `repr()` redacts it.
+Built from the command line, then `PINMATRIX_*` variables, then the host's pip settings
+(docs/CONTRACTS.md §9). An index URL may hold credentials (`https://user:token@host/simple`): such a
+URL never goes on a command line (which gets logged), only into the child's environment, and
+`repr()` redacts it.
 """
 from __future__ import annotations
 
@@ -17,7 +19,19 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Mapping
 
+from pinmatrix.errors import IndexUnreachable
+
 PYPI_SIMPLE = "https://pypi.org/simple"
+# Where each source comes from when its command-line option is absent, in order: pinmatrix's own
+# variable, then the host's pip settings. The option table (pinmatrix/run/options.py) shows these in
+# --help.
+SOURCE_ENV = {
+    "index_url": ("PINMATRIX_INDEX_URL", "PIP_INDEX_URL"),
+    "extra_index_urls": ("PINMATRIX_EXTRA_INDEX_URLS", "PIP_EXTRA_INDEX_URL"),
+    "find_links": ("PINMATRIX_FIND_LINKS", "PIP_FIND_LINKS"),
+    "ca_bundle": ("PINMATRIX_CA_BUNDLE", "PIP_CERT", "SSL_CERT_FILE"),
+    "torch_backend": ("PINMATRIX_TORCH_BACKEND",),
+}
 
 
 @dataclass(frozen=True)
@@ -26,13 +40,18 @@ class PackageSources:
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()             # wheelhouse folders or URLs
     ca_bundle: str | None = None                 # PEM file for TLS to the indexes
-    torch_backend: str | None = None             # uv --torch-backend: "auto", "cpu", "cu130", ...; None: off
+    # uv --torch-backend: "auto", "cpu", "cu130", ...; None: off
+    torch_backend: str | None = None
 
     @classmethod
-    def from_env(cls, *, index_url: str | None = None, extra_index_urls: tuple[str, ...] | list[str] | None = None,
-                 find_links: tuple[str, ...] | list[str] | None = None, ca_bundle: str | None = None,
-                 torch_backend: str | None = None, environ: Mapping[str, str] | None = None) -> "PackageSources":
-        """Command-line values (the arguments) win over PINMATRIX_* variables, which win over pip's."""
+    def from_env(cls, *, index_url: str | None = None,
+                 extra_index_urls: tuple[str, ...] | list[str] | None = None,
+                 find_links: tuple[str, ...] | list[str] | None = None,
+                 ca_bundle: str | None = None,
+                 torch_backend: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> "PackageSources":
+        """Command-line values (the arguments) win over PINMATRIX_* variables, which win over
+        pip's."""
         env = os.environ if environ is None else environ
 
         def pick(cli, *names):
@@ -49,16 +68,17 @@ class PackageSources:
             raw = pick(None, *names)
             return tuple(raw.split()) if raw else ()
 
-        backend = pick(torch_backend, "PINMATRIX_TORCH_BACKEND")
+        backend = pick(torch_backend, *SOURCE_ENV["torch_backend"])
         return cls(
-            index_url=pick(index_url, "PINMATRIX_INDEX_URL", "PIP_INDEX_URL"),
-            extra_index_urls=many(extra_index_urls, "PINMATRIX_EXTRA_INDEX_URLS", "PIP_EXTRA_INDEX_URL"),
-            find_links=many(find_links, "PINMATRIX_FIND_LINKS", "PIP_FIND_LINKS"),
-            ca_bundle=pick(ca_bundle, "PINMATRIX_CA_BUNDLE", "PIP_CERT", "SSL_CERT_FILE"),
+            index_url=pick(index_url, *SOURCE_ENV["index_url"]),
+            extra_index_urls=many(extra_index_urls, *SOURCE_ENV["extra_index_urls"]),
+            find_links=many(find_links, *SOURCE_ENV["find_links"]),
+            ca_bundle=pick(ca_bundle, *SOURCE_ENV["ca_bundle"]),
             torch_backend=None if backend in (None, "", "none", "off") else backend,
         )
 
-    # --- for uv ---------------------------------------------------------------------------------------------
+    # --- for uv
+    # ---------------------------------------------------------------------------------------------
     def uv_args(self, torch_pin: str | None = None) -> list[str]:
         """Arguments safe to log. URLs with credentials travel in `uv_env()` instead."""
         args: list[str] = []
@@ -88,7 +108,8 @@ class PackageSources:
         return env
 
     def backend_for(self, torch_pin: str | None) -> str | None:
-        """uv's torch backend for a cell: 'auto' follows the pin's variant (2.11.0+cu130 -> cu130)."""
+        """uv's torch backend for a cell: 'auto' follows the pin's variant (2.11.0+cu130 ->
+        cu130)."""
         if not self.torch_backend:
             return None
         if self.torch_backend == "auto" and torch_pin and "+" in torch_pin:
@@ -100,18 +121,24 @@ class PackageSources:
         return [self.index_url or PYPI_SIMPLE, *self.extra_index_urls]
 
     def identity(self) -> str:
-        """A digest of everything that changes what resolves; keys caches without holding secrets."""
+        """A digest of everything that changes what resolves; keys caches without holding
+        secrets."""
         payload = json.dumps([self.index_url, list(self.extra_index_urls), list(self.find_links),
                               self.torch_backend], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else ssl.create_default_context()
+        return (
+            ssl.create_default_context(cafile=self.ca_bundle)
+            if self.ca_bundle
+            else ssl.create_default_context()
+        )
 
     def __repr__(self) -> str:
         return (f"PackageSources(index_url={redact(self.index_url)!r}, "
                 f"extra_index_urls={tuple(redact(u) for u in self.extra_index_urls)!r}, "
-                f"find_links={tuple(redact(u) for u in self.find_links)!r}, ca_bundle={self.ca_bundle!r}, "
+                f"find_links={tuple(redact(u) for u in self.find_links)!r}, "
+                f"ca_bundle={self.ca_bundle!r}, "
                 f"torch_backend={self.torch_backend!r})")
 
     __str__ = __repr__
@@ -130,15 +157,18 @@ def redact(url: str | None) -> str | None:
     host = parts.hostname or ""
     if parts.port:
         host += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    return urllib.parse.urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query,
+                                    parts.fragment))
 
 
 def open_url(url: str, sources: PackageSources, accept: str, timeout_s: float = 30.0):
-    """GET a URL with the sources' CA bundle; credentials in the URL become a Basic header, not a log line."""
+    """GET a URL with the sources' CA bundle; credentials in the URL become a Basic header, not a
+    log line."""
     parts = urllib.parse.urlsplit(url)
     headers = {"Accept": accept, "User-Agent": "pinmatrix"}
     if parts.username or parts.password:
-        token = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
+        user = urllib.parse.unquote(parts.username or "")
+        token = f"{user}:{urllib.parse.unquote(parts.password or '')}"
         headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
         host = parts.hostname or ""
         if parts.port:
@@ -150,10 +180,8 @@ def open_url(url: str, sources: PackageSources, accept: str, timeout_s: float = 
     return urllib.request.urlopen(request, timeout=timeout_s)
 
 
-# --- releases on the index (for live axes) ---------------------------------------------------------------------
-class IndexUnreachable(Exception):
-    """The index could not be asked (network, TLS, HTTP error): the machine's problem, not the matrix's."""
-
+# --- releases on the index (for live axes)
+# ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Release:
@@ -162,7 +190,8 @@ class Release:
 
 
 def list_releases(package: str, sources: PackageSources, timeout_s: float = 30.0) -> list[Release]:
-    """Every release of `package` on the sources' indexes (simple API, PEP 691 JSON or PEP 503 HTML).
+    """Every release of `package` on the sources' indexes (simple API, PEP 691 JSON or PEP 503
+    HTML).
 
     A release is yanked only when all its files are. Unparseable file names are skipped.
     """
@@ -173,7 +202,8 @@ def list_releases(package: str, sources: PackageSources, timeout_s: float = 30.0
     for index in sources.index_urls():
         url = index.rstrip("/") + f"/{name}/"
         try:
-            with open_url(url, sources, "application/vnd.pypi.simple.v1+json, text/html;q=0.1", timeout_s) as resp:
+            with open_url(url, sources, "application/vnd.pypi.simple.v1+json, text/html;q=0.1",
+                          timeout_s) as resp:
                 body = resp.read()
                 ctype = resp.headers.get("Content-Type", "") if hasattr(resp, "headers") else ""
         except urllib.error.HTTPError as exc:
@@ -203,7 +233,8 @@ def _simple_files(body: bytes, content_type: str) -> list[tuple[str, bool]]:
             if tag == "a":
                 attributes = dict(attrs)
                 href = attributes.get("href") or ""
-                filename = urllib.parse.unquote(href.split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1])
+                filename = urllib.parse.unquote(href.split("#",
+                                                           1)[0].rstrip("/").rsplit("/", 1)[-1])
                 found.append((filename, "data-yanked" in attributes))
 
     Anchors().feed(text)
@@ -211,8 +242,12 @@ def _simple_files(body: bytes, content_type: str) -> list[tuple[str, bool]]:
 
 
 def _version_of(filename: str, name: str) -> str | None:
-    from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, \
-        parse_wheel_filename
+    from packaging.utils import (
+        InvalidSdistFilename,
+        InvalidWheelFilename,
+        parse_sdist_filename,
+        parse_wheel_filename,
+    )
 
     try:
         if filename.endswith(".whl"):

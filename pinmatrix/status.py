@@ -1,4 +1,5 @@
 """Cell status, derived from check statuses (docs/CONTRACTS.md §3). Never typed in by hand."""
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping
@@ -6,10 +7,13 @@ from typing import Iterable, Mapping
 # Without these the stack cannot be used at all.
 CORE_CHECKS = ("imports",)
 # The ways to LoRA-train EXAONE 3.5: through its remote code (the matrix's pinned revision), or
-# llamafied (the same weights as LlamaForCausalLM). A route is judged by its checks present in the result.
-# The stack is broken for the job only when every route it offers fails: on transformers 5.x the remote
-# code of every known hub revision fails while the llamafied route trains, and that cell is `partial`,
-# with both answers in the report (pinmatrix/report_exaone.py).
+# llamafied (the same weights as LlamaForCausalLM). A route is judged by its checks present in the
+# result.
+# The stack is broken for the job only when every route it offers fails: on transformers 5.x the
+# remote
+# code of every known hub revision fails while the llamafied route trains, and that cell is
+# `partial`,
+# with both answers in the report (pinmatrix/report/exaone.py).
 EXAONE35_ROUTES: dict[str, tuple[str, ...]] = {
     "remote-code": ("exaone3.5.remote-code", "lora-train.hf-peft"),
     "llamafied": ("exaone3.5.llamafied", "lora-train.hf-peft-llamafied"),
@@ -17,6 +21,9 @@ EXAONE35_ROUTES: dict[str, tuple[str, ...]] = {
 CELL_STATUSES = ("works", "partial", "broken", "unresolvable", "infra")
 CHECK_STATUSES = ("pass", "fail", "skip", "infra", "flaky")
 MEASUREMENT_PREFIX = "throughput."
+# How reports draw a status (summary.md, summary.html); None: the check did not run in that cell.
+CHECK_GLYPH = {"pass": "✅", "fail": "❌", "skip": "⏭", "infra": "⚠", "flaky": "〰", None: "·"}
+CELL_GLYPH = {"works": "✅", "partial": "🟡", "broken": "❌", "unresolvable": "⛔", "infra": "⚠"}
 
 
 def is_measurement(check_name: str) -> bool:
@@ -35,18 +42,22 @@ def route_status(statuses: Mapping[str, str], route: str) -> str | None:
     return "pass"
 
 
-def cell_status(checks: Iterable[Mapping[str, object]] | None, *, unresolvable: bool = False) -> str:
+def cell_status(
+    checks: Iterable[Mapping[str, object]] | None, *, unresolvable: bool = False
+) -> str:
     """The cell verdict from its check results; `checks` is None when there is no valid result.
 
     Rules, in order: unresolvable (the resolver found no install) → infra (no valid result, no check
-    at all, a core check hit infra, or no EXAONE 3.5 route passed and one hit infra: what could not be
+    at all, a core check hit infra, or no EXAONE 3.5 route passed and one hit infra: what could not
+    be
     judged is not called broken) → broken (a core check failed, or every EXAONE 3.5 route that ran
-    failed) → works (every check passed or was skipped) → partial (anything else: a non-core failure,
+    failed) → works (every check passed or was skipped) → partial (anything else: a non-core
+    failure,
     one route failing, a flaky check, non-core infra).
 
     A speed measurement that hit infra (`throughput.*`: typically CUDA OOM because the configured
-    batch × sequence does not fit this card, as eager attention at 4 × 2048 on an 80 GB H100) does not
-    demote a cell: it says nothing about whether the stack works, and is listed apart as infra.
+    batch × sequence does not fit this card, as eager attention at 4 × 2048 on an 80 GB H100) does
+    not demote a cell: it says nothing about whether the stack works, and is listed apart as infra.
     """
     if unresolvable:
         return "unresolvable"
@@ -61,7 +72,9 @@ def cell_status(checks: Iterable[Mapping[str, object]] | None, *, unresolvable: 
         return "infra"
     if "fail" in core or (routes and all(s == "fail" for s in routes)):
         return "broken"
-    judged = {name: s for name, s in statuses.items() if not (is_measurement(name) and s == "infra")}
+    judged = {
+        name: s for name, s in statuses.items() if not (is_measurement(name) and s == "infra")
+    }
     if all(s in ("pass", "skip") for s in judged.values()):
         return "works"
     return "partial"

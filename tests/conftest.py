@@ -1,4 +1,5 @@
-"""Shared test set-up: `tests/` on sys.path for the helpers that unit and integration tests share."""
+"""Shared test set-up: `tests/` on sys.path for the helpers that unit and integration tests
+share."""
 from __future__ import annotations
 
 import sys

@@ -1,7 +1,8 @@
 """Where the tests find a real CPU stack (torch, transformers, peft) to run the probe with.
 
-`nox -s tests` installs tests/probe-stack.txt into its own venv, so on a fresh CI machine the running
-interpreter is the stack. PINMATRIX_TEST_PYTHON overrides it (e.g. a venv with another transformers).
+`nox -s tests` installs tests/probe-stack.txt into its own venv, so on a fresh CI machine the
+running interpreter is the stack. PINMATRIX_TEST_PYTHON overrides it (e.g. a venv with another
+transformers).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def probe_python() -> Path:
 
 
 def stack_site() -> Path | None:
-    """The site-packages folder holding this interpreter's stack (for --no-install --extra-site), or None."""
+    """The site-packages folder holding this interpreter's stack (for --no-install --extra-site), or
+    None."""
     if not has_stack(sys.executable):
         return None
     return Path(sysconfig.get_paths()["purelib"])

@@ -1,9 +1,12 @@
 """The releases of a package between two versions, from the package index (PEP 691 JSON simple API).
 
-Final releases only unless `pre`; yanked releases (every file yanked, PEP 592) are left out with a note;
+Final releases only unless `pre`; yanked releases (every file yanked, PEP 592) are left out with a
+note;
 ordering and parsing are `packaging`'s, never by hand. The index is the one the run uses
-(`--index-url`, else PyPI); an unreachable index is an infra failure (`IndexUnreachable`), not bad input.
+(`--index-url`, else PyPI); an unreachable index is an infra failure (`IndexUnreachable`), not bad
+input.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,14 +20,21 @@ from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, canonica
 from packaging.utils import parse_sdist_filename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-__all__ = ["ReleaseRange", "IndexUnreachable", "fetch_index_files", "releases_between", "DEFAULT_INDEX"]
+__all__ = [
+    "ReleaseRange",
+    "IndexUnreachable",
+    "fetch_index_files",
+    "releases_between",
+    "DEFAULT_INDEX",
+]
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 ACCEPT = "application/vnd.pypi.simple.v1+json"
 
 
 class IndexUnreachable(RuntimeError):
-    """The index could not be asked (network, TLS, HTTP error): the machine failed, not the input."""
+    """The index could not be asked (network, TLS, HTTP error): the machine failed, not the
+    input."""
 
 
 @dataclass
@@ -32,13 +42,18 @@ class ReleaseRange:
     package: str
     good: str
     bad: str
-    releases: list[str]                                  # good .. bad inclusive, oldest first
-    yanked: list[str] = field(default_factory=list)      # in range, left out
+    releases: list[str]  # good .. bad inclusive, oldest first
+    yanked: list[str] = field(default_factory=list)  # in range, left out
     prereleases_left_out: list[str] = field(default_factory=list)
 
 
-def fetch_index_files(package: str, index_url: str = DEFAULT_INDEX, *, timeout: float = 30.0,
-                      ca_file: str | None = None) -> list[dict[str, Any]]:
+def fetch_index_files(
+    package: str,
+    index_url: str = DEFAULT_INDEX,
+    *,
+    timeout: float = 30.0,
+    ca_file: str | None = None,
+) -> list[dict[str, Any]]:
     """The `files` of the package's project page on a PEP 691 index."""
     url = f"{index_url.rstrip('/')}/{canonicalize_name(package)}/"
     request = urllib.request.Request(url, headers={"Accept": ACCEPT})
@@ -67,9 +82,16 @@ def _file_version(filename: str) -> Version | None:
         return None
 
 
-def releases_between(package: str, good: str, bad: str, *, pre: bool = False,
-                     files: Callable[[str], list[dict[str, Any]]] | None = None) -> ReleaseRange:
-    """Every release of `package` from `good` to `bad` (inclusive), oldest first. ValueError (bad input)
+def releases_between(
+    package: str,
+    good: str,
+    bad: str,
+    *,
+    pre: bool = False,
+    files: Callable[[str], list[dict[str, Any]]] | None = None,
+) -> ReleaseRange:
+    """Every release of `package` from `good` to `bad` (inclusive), oldest first. ValueError (bad
+    input)
     for versions that do not parse, GOOD not older than BAD, or an end the index does not have."""
     try:
         lo, hi = Version(good), Version(bad)

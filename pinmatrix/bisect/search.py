@@ -4,15 +4,20 @@ The judge runs a real cell (pinmatrix/bisect/run.py); here is only the search, s
 its sharp edges are tested on their own:
 
 - the two ends are judged first: GOOD must be good and BAD bad, else it is bad input (`RangeError`);
-- a release that cannot be installed with the rest of the cell is `unresolvable`: it is left out of the
+- a release that cannot be installed with the rest of the cell is `unresolvable`: it is left out of
+the
   search (never counted as bad) and reported with the resolver's words;
-- a release the machine could not judge (`infra`) stops the search: guessing past it would be a wrong
+- a release the machine could not judge (`infra`) stops the search: guessing past it would be a
+wrong
   answer;
 - n judged releases cost about ⌈log2 n⌉ + 1 judgements (at most ⌈log2(n-1)⌉ + 2: both ends, then a
   binary search of the n-1 places the first bad release can be);
-- `exhaustive` judges every release, for a full table; the answer is then checked for monotonicity, and a
-  history such as good, bad, good is reported as "not monotonic" with the evidence instead of an answer.
+- `exhaustive` judges every release, for a full table; the answer is then checked for monotonicity,
+and a
+  history such as good, bad, good is reported as "not monotonic" with the evidence instead of an
+  answer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,18 +35,18 @@ class RangeError(ValueError):
 class Judgement:
     version: str
     verdict: Verdict
-    detail: str = ""      # the signature and message behind a bad verdict, uv's words for unresolvable
+    detail: str = ""  # the signature and message behind a bad verdict, uv's words for unresolvable
 
 
 @dataclass
 class BisectResult:
-    releases: list[str]                         # every release in range, in order, ends included
+    releases: list[str]  # every release in range, in order, ends included
     judgements: dict[str, Judgement] = field(default_factory=dict)
-    order: list[str] = field(default_factory=list)   # the order releases were judged in
+    order: list[str] = field(default_factory=list)  # the order releases were judged in
     first_bad: str | None = None
     last_good: str | None = None
-    monotonic: bool | None = None               # None: not established (binary search assumes it)
-    stopped: str | None = None                  # why the search stopped without an answer
+    monotonic: bool | None = None  # None: not established (binary search assumes it)
+    stopped: str | None = None  # why the search stopped without an answer
 
     @property
     def probes(self) -> int:
@@ -50,12 +55,16 @@ class BisectResult:
 
     @property
     def unresolvable(self) -> list[Judgement]:
-        return [self.judgements[v] for v in self.releases
-                if v in self.judgements and self.judgements[v].verdict == "unresolvable"]
+        return [
+            self.judgements[v]
+            for v in self.releases
+            if v in self.judgements and self.judgements[v].verdict == "unresolvable"
+        ]
 
 
-def bisect_releases(releases: Sequence[str], judge: Callable[[str], Judgement], *,
-                    exhaustive: bool = False) -> BisectResult:
+def bisect_releases(
+    releases: Sequence[str], judge: Callable[[str], Judgement], *, exhaustive: bool = False
+) -> BisectResult:
     """Search `releases` (oldest first: releases[0] is GOOD, releases[-1] is BAD)."""
     if len(releases) < 2:
         raise RangeError(f"a range needs two releases, got {list(releases)}")
@@ -71,17 +80,22 @@ def bisect_releases(releases: Sequence[str], judge: Callable[[str], Judgement], 
     good, bad = run(releases[0]), run(releases[-1])
     for end, want in ((good, "good"), (bad, "bad")):
         if end.verdict != want:
-            raise RangeError(f"{end.version} is {end.verdict}, not {want}: "
-                             + (end.detail or "pick a range whose ends are judged as claimed"))
+            raise RangeError(
+                f"{end.version} is {end.verdict}, not {want}: "
+                + (end.detail or "pick a range whose ends are judged as claimed")
+            )
     if exhaustive:
         for version in releases[1:-1]:
             if run(version).verdict == "infra":
-                result.stopped = f"{version} could not be judged (infra): {result.judgements[version].detail}"
+                result.stopped = (
+                    f"{version} could not be judged (infra): {result.judgements[version].detail}"
+                )
                 return result
         _conclude_from_table(result)
         return result
 
-    # Binary search over the resolvable releases strictly between the last known good and first known bad.
+    # Binary search over the resolvable releases strictly between the last known good and first
+    # known bad.
     lo, hi = 0, len(releases) - 1
     candidates = list(range(1, len(releases) - 1))
     while True:
@@ -105,13 +119,17 @@ def bisect_releases(releases: Sequence[str], judge: Callable[[str], Judgement], 
 
 
 def _conclude_from_table(result: BisectResult) -> None:
-    """With every release judged: one switch from good to bad is an answer; more is not monotonic."""
-    judged = [(v, result.judgements[v].verdict) for v in result.releases
-              if result.judgements[v].verdict in ("good", "bad")]
+    """With every release judged: one switch from good to bad is an answer; more is not
+    monotonic."""
+    judged = [
+        (v, result.judgements[v].verdict)
+        for v in result.releases
+        if result.judgements[v].verdict in ("good", "bad")
+    ]
     switches = [i for i in range(1, len(judged)) if judged[i][1] != judged[i - 1][1]]
     if len(switches) == 1:
         result.monotonic = True
         result.last_good, result.first_bad = judged[switches[0] - 1][0], judged[switches[0]][0]
     else:
         result.monotonic = False
-        result.stopped = ("not monotonic: " + ", ".join(f"{v} {verdict}" for v, verdict in judged))
+        result.stopped = "not monotonic: " + ", ".join(f"{v} {verdict}" for v, verdict in judged)

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 from pinmatrix.cell import Cell, Lock
-
-LOG_TAIL_CHARS = 4000
+from pinmatrix.errors import LOG_TAIL_CHARS
 
 
 @dataclass(frozen=True)
@@ -43,15 +42,6 @@ class RunOutcome:
         return self.result_path is not None and self.infra_reason is None
 
 
-class InfraError(Exception):
-    """The machine failed (build, install, timeout, engine) — not the stack under test."""
-
-    def __init__(self, reason: str, signature: str | None = None, log_tail: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.signature = signature
-        self.log_tail = log_tail[-LOG_TAIL_CHARS:]
-
 
 @runtime_checkable
 class Runner(Protocol):
@@ -63,7 +53,8 @@ class Runner(Protocol):
 
     def run(self, prepared: Prepared, spec_path: Path, out_dir: Path,
             gpu: str | None, timeout_s: float) -> RunOutcome:
-        """Run `python -m probes` for the spec; writes the result under out_dir. Never raises for a cell failure.
+        """Run `python -m probes` for the spec; writes the result under out_dir. Never raises for a
+        cell failure.
 
         `gpu`: the device assignment (CUDA_VISIBLE_DEVICES value / docker --gpus device list);
         "" means CPU only (the --cpu flag); None means whatever the runner's default is (all).

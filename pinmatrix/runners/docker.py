@@ -1,4 +1,5 @@
-"""The docker runner: one image per cell (built or reused by content tag), the probe run in a locked-down container.
+"""The docker runner: one image per cell (built or reused by content tag), the probe run in a
+locked-down container.
 
 prepare: assemble a small per-build context (locks, probes, hardlinks to the wheelhouse), derive the
 image tag from everything that goes in, and build with BuildKit only when that tag is missing.
@@ -22,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from pinmatrix import compile_cache
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.engine import Engine
-from pinmatrix.oci_container import Mount, gpu_args, security_args
+from pinmatrix.errors import InfraError
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
-from pinmatrix.drift import DRIFT_SIGNATURE, drift_reason, result_drift
-from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail
+from pinmatrix.runners import compile_cache
+from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
+from pinmatrix.runners.container_args import Mount, gpu_args, security_args
+from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, result_drift
+from pinmatrix.runners.engine import Engine
 
 if TYPE_CHECKING:  # pinmatrix.sources is written alongside; only its attributes are used here
     from pinmatrix.sources import PackageSources
@@ -52,8 +54,10 @@ WHEELHOUSE_SUFFIXES = (".whl", ".tar.gz", ".zip")
 
 def image_tag(*, torch_lock: str, full_lock: str, dockerfile: str, probes_digest: str,
               base_image: str, python: str) -> str:
-    """`pinmatrix/cell:<16 hex>`: the same inputs give the same tag, so an unchanged cell is never rebuilt."""
-    payload = json.dumps({"torch_lock": torch_lock, "full_lock": full_lock, "dockerfile": dockerfile,
+    """`pinmatrix/cell:<16 hex>`: the same inputs give the same tag, so an unchanged cell is never
+    rebuilt."""
+    payload = json.dumps({"torch_lock": torch_lock, "full_lock": full_lock,
+                          "dockerfile": dockerfile,
                           "probes": probes_digest, "base_image": base_image, "python": python},
                          sort_keys=True)
     return f"{IMAGE_REPO}:{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
@@ -62,7 +66,8 @@ def image_tag(*, torch_lock: str, full_lock: str, dockerfile: str, probes_digest
 # ---------------------------------------------------------------------------------------------
 # build inputs
 def find_links_dirs(sources: Any) -> list[Path]:
-    """Local folders among the sources' find-links (URLs cannot be bind-mounted and are left out)."""
+    """Local folders among the sources' find-links (URLs cannot be bind-mounted and are left
+    out)."""
     raw = getattr(sources, "find_links", None) if sources is not None else None
     if not raw:
         return []
@@ -72,7 +77,8 @@ def find_links_dirs(sources: Any) -> list[Path]:
 
 def assemble_context(dest: Path, *, torch_lock: str, full_lock: str, dockerfile: Path,
                      probes_dir: Path, wheelhouses: Sequence[Path]) -> dict[str, int]:
-    """(Re)write the build context in `dest`. Wheels are hardlinked (a copy only across filesystems).
+    """(Re)write the build context in `dest`. Wheels are hardlinked (a copy only across
+    filesystems).
 
     `dest` may hold an earlier build's context: the small files are rewritten, the wheelhouse is
     synchronised (stale links removed, missing ones added). A stable `dest` lets BuildKit send only
@@ -83,14 +89,17 @@ def assemble_context(dest: Path, *, torch_lock: str, full_lock: str, dockerfile:
     (dest / "torch.lock").write_text(torch_lock)
     (dest / "requirements.lock").write_text(full_lock)
     shutil.rmtree(dest / "probes", ignore_errors=True)
-    shutil.copytree(probes_dir, dest / "probes", ignore=shutil.ignore_patterns(*SKIPPED_DIRS, *(f"*{x}" for x in SKIPPED_SUFFIXES)))
+    shutil.copytree(probes_dir, dest / "probes",
+                    ignore=shutil.ignore_patterns(*SKIPPED_DIRS,
+                                                  *(f"*{x}" for x in SKIPPED_SUFFIXES)))
     wheelhouse = dest / "wheelhouse"
     wheelhouse.mkdir(exist_ok=True)
     wanted: dict[str, Path] = {}
     for folder in wheelhouses:
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.name.endswith(WHEELHOUSE_SUFFIXES):
-                wanted.setdefault(path.name, path)  # first folder wins, as with repeated --find-links
+                # first folder wins, as with repeated --find-links
+                wanted.setdefault(path.name, path)
     counts = {"linked": 0, "copied": 0, "kept": 0}
     for existing in wheelhouse.iterdir():
         source = wanted.get(existing.name)
@@ -112,12 +121,16 @@ def assemble_context(dest: Path, *, torch_lock: str, full_lock: str, dockerfile:
 
 def _same_file(a: Path, b: Path) -> bool:
     sa, sb = a.stat(), b.stat()
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino) or (sa.st_size, sa.st_mtime_ns) == (sb.st_size, sb.st_mtime_ns)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino) or (sa.st_size, sa.st_mtime_ns) == (
+        sb.st_size,
+        sb.st_mtime_ns,
+    )
 
 
 @contextlib.contextmanager
 def context_slot(root: Path) -> Iterator[Path]:
-    """A build-context folder under `root` held under an exclusive lock; parallel builds take other slots."""
+    """A build-context folder under `root` held under an exclusive lock; parallel builds take other
+    slots."""
     root.mkdir(parents=True, exist_ok=True)
     for index in range(64):
         lock_path = root / f"slot-{index}.lock"
@@ -143,7 +156,8 @@ def default_context_root() -> Path:
 
 
 def secret_args(sources: Any, secret_dir: Path) -> list[str]:
-    """`--secret` arguments. Values that are not files are written 0600 outside the build context."""
+    """`--secret` arguments. Values that are not files are written 0600 outside the build
+    context."""
     if sources is None:
         return []
     args: list[str] = []
@@ -171,14 +185,18 @@ def secret_args(sources: Any, secret_dir: Path) -> list[str]:
 BUILD_SIGNATURES = (
     (re.compile(r"No solution found|no matching distribution|not found in the package registry|"
                 r"Because .* we can conclude", re.I), "build-install-unsatisfiable"),
-    (re.compile(r"hash mismatch|Hash mismatch|doesn't match any of the", re.I), "build-hash-mismatch"),
+    (re.compile(r"hash mismatch|Hash mismatch|doesn't match any of the", re.I),
+     "build-hash-mismatch"),
     (re.compile(r"Failed to fetch|Connection refused|Temporary failure in name resolution|"
-                r"timed out|Could not connect|certificate verify failed|invalid peer certificate", re.I),
+                r"timed out|Could not connect|certificate verify failed|invalid peer certificate",
+                re.I),
      "build-network"),
-    (re.compile(r"pull access denied|repository does not exist|failed to resolve source metadata", re.I),
+    (re.compile(r"pull access denied|repository does not exist|failed to resolve source metadata",
+                re.I),
      "build-base-image-missing"),
     (re.compile(r"no space left on device", re.I), "build-disk-full"),
-    (re.compile(r"Failed to build|error: subprocess-exited-with-error|Failed to prepare distributions", re.I),
+    (re.compile(r"Failed to build|error: subprocess-exited-with-error|Failed to prepare "
+                r"distributions", re.I),
      "build-sdist-failed"),
 )
 
@@ -210,7 +228,10 @@ def classify_exit(exit: Exit, has_result: bool) -> tuple[str | None, str | None]
     if exit.code == 134:
         return "probe aborted (SIGABRT)", "probe-abort"
     if exit.code in (125, 126, 127):
-        return f"container could not start the probe (exit {exit.code})", f"container-exit-{exit.code}"
+        return (
+            f"container could not start the probe (exit {exit.code})",
+            f"container-exit-{exit.code}",
+        )
     if exit.code == 0:
         return "probe exited 0 without writing a result", "probe-no-result"
     return f"probe exited {exit.code} without a usable result", f"probe-exit-{exit.code}"
@@ -222,8 +243,10 @@ class DockerRunner:
     name = "docker"
 
     def __init__(self, engine: Engine, sources: "PackageSources | None", reports_dir: Path, *,
-                 cpu_only: bool = False, base_image: str = DEFAULT_BASE_IMAGE, memory: str | None = None,
-                 dockerfile: Path = DOCKERFILE, probes_dir: Path = PROBES_DIR, hf_home: Path | None = None,
+                 cpu_only: bool = False, base_image: str = DEFAULT_BASE_IMAGE,
+                 memory: str | None = None,
+                 dockerfile: Path = DOCKERFILE, probes_dir: Path = PROBES_DIR,
+                 hf_home: Path | None = None,
                  build_timeout_s: float = BUILD_TIMEOUT_S, pids_limit: int | None = 4096,
                  context_root: Path | None = None, compile_cache: bool = True) -> None:
         if not IMAGE_NAME.fullmatch(base_image):
@@ -239,14 +262,16 @@ class DockerRunner:
         self.hf_home = hf_home
         self.build_timeout_s = build_timeout_s
         self.pids_limit = pids_limit
-        self.compile_cache = compile_cache   # pinmatrix/compile_cache.py: a named volume per stack
+        # pinmatrix/runners/compile_cache.py: a named volume per stack
+        self.compile_cache = compile_cache
         self.context_root = Path(context_root) if context_root else default_context_root()
 
     # -- prepare -------------------------------------------------------------------------------
     def tag_for(self, lock: Lock) -> str:
         python = _python_pin(lock.python)
         return image_tag(torch_lock=lock.torch_lock, full_lock=lock.full_lock,
-                         dockerfile=self.dockerfile.read_text(), probes_digest=probes_digest(self.probes_dir),
+                         dockerfile=self.dockerfile.read_text(),
+                         probes_digest=probes_digest(self.probes_dir),
                          base_image=f"{self.base_image}@{self._base_image_id()}", python=python)
 
     def image_exists(self, tag: str) -> bool:
@@ -256,9 +281,11 @@ class DockerRunner:
         python = _python_pin(lock.python)
         tag = self.tag_for(lock)
         log_path = self.reports_dir / "logs" / f"{lock.cell_id}.build.log"
-        # what `run` needs whether the image is built now or reused: the lock (drift) and the stack's cache
+        # what `run` needs whether the image is built now or reused: the lock (drift) and the
+        # stack's cache
         needed = {"locked": lock.pinned(),
-                  "compile_key": compile_cache.stack_key(lock, f"{self.base_image}@{self._base_image_id()}")}
+                  "compile_key": compile_cache.stack_key(lock,
+                                                         f"{self.base_image}@{self._base_image_id()}")}
         if self.image_exists(tag):
             return Prepared(self.name, lock.cell_id, tag, reused=True,
                             details={"build_log": None, "build_s": 0.0, **needed})
@@ -272,7 +299,8 @@ class DockerRunner:
                                       dockerfile=self.dockerfile, probes_dir=self.probes_dir,
                                       wheelhouses=find_links_dirs(self.sources))
             cmd = [*self.engine.build_cmd(), "--progress=plain", "--tag", tag,
-                   "--build-arg", f"BASE_IMAGE={self.base_image}", "--build-arg", f"PYTHON={python}",
+                   "--build-arg", f"BASE_IMAGE={self.base_image}", "--build-arg",
+                   f"PYTHON={python}",
                    "--label", f"org.pinmatrix.cell={lock.cell_id}",
                    *secret_args(self.sources, secrets), str(context)]
             with open(log_path, "w") as log:
@@ -280,7 +308,8 @@ class DockerRunner:
                           f"{counts}\n# {_redacted(cmd)}\n")
                 log.flush()
                 try:
-                    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.engine.env(),
+                    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                          env=self.engine.env(),
                                           timeout=self.build_timeout_s, check=False)
                     code = proc.returncode
                 except subprocess.TimeoutExpired:
@@ -294,11 +323,13 @@ class DockerRunner:
             raise InfraError(f"image build failed (exit {code}); log: {log_path}",
                              signature=classify_build_log(text), log_tail=text)
         return Prepared(self.name, lock.cell_id, tag, reused=False,
-                        details={"build_log": str(log_path), "build_s": round(build_s, 1), **needed})
+                        details={"build_log": str(log_path), "build_s": round(build_s, 1),
+                                 **needed})
 
     # -- run -----------------------------------------------------------------------------------
     def gpus_for(self, gpu: str | None) -> str | None:
-        """None (CPU) unless an NVIDIA runtime was detected, the runner is not CPU-only and gpu != ""."""
+        """None (CPU) unless an NVIDIA runtime was detected, the runner is not CPU-only and gpu !=
+        ""."""
         if self.cpu_only or not self.engine.nvidia or gpu == "":
             return None
         return "all" if gpu is None else f"device={gpu}"
@@ -311,16 +342,18 @@ class DockerRunner:
         staging.mkdir()
         _give_to_container_user(staging)
         log_path = out_dir / RUN_LOG_NAME
-        name = f"pinmatrix-{_slug(prepared.cell_id)[:40]}-{uuid.uuid4().hex[:8]}"
+        name = f"pinmatrix-{_container_name_part(prepared.cell_id)[:40]}-{uuid.uuid4().hex[:8]}"
         try:
             volume = self._compile_volume(prepared)
-            create = self._create_args(prepared.ref, name, Path(spec_path).resolve(), staging, gpu, volume)
+            create = self._create_args(prepared.ref, name, Path(spec_path).resolve(), staging, gpu,
+                                       volume)
             made = self._docker(*create)
             if made.returncode != 0:
                 return self._engine_failure("container could not be created", made.stderr, log_path)
             timed_out = False
             try:
-                started = subprocess.run(self.engine.cmd("start", "--attach", name), capture_output=True,
+                started = subprocess.run(self.engine.cmd("start", "--attach", name),
+                                         capture_output=True,
                                          text=True, timeout=timeout_s, check=False)
                 output = started.stdout + started.stderr
             except subprocess.TimeoutExpired as exc:
@@ -341,7 +374,8 @@ class DockerRunner:
             if has_result and reason is None:
                 final = out_dir / RESULT_NAME
                 os.replace(staged, final)
-                # The image must hold exactly the lock (pinmatrix.drift, shared with the venv runner).
+                # The image must hold exactly the lock (pinmatrix.runners.drift, shared with the
+                # venv runner).
                 drift = result_drift(final, (prepared.details or {}).get("locked") or {})
                 if drift:
                     return RunOutcome(final, drift_reason(drift), DRIFT_SIGNATURE, tail(output))
@@ -358,17 +392,22 @@ class DockerRunner:
         if not self.compile_cache or not key:
             return None
         volume = compile_cache.volume_name(key)
-        made = self._docker("volume", "create", "--label", f"{compile_cache.VOLUME_LABEL}={key}", volume)
-        return volume if made.returncode == 0 else None   # no volume: the run is cold, never refused
+        made = self._docker("volume", "create", "--label", f"{compile_cache.VOLUME_LABEL}={key}",
+                            volume)
+        # no volume: the run is cold, never refused
+        return volume if made.returncode == 0 else None
 
     def _create_args(self, image: str, name: str, spec: Path, staging: Path, gpu: str | None,
                      compile_volume: str | None = None) -> list[str]:
-        mounts = [Mount(spec, "/cell/cell.json", read_only=True), Mount(staging, "/results", read_only=False)]
-        # Bytecode is compiled into the image at build time (docker/Dockerfile), so nothing is written beside it.
+        mounts = [Mount(spec, "/cell/cell.json", read_only=True),
+                  Mount(staging, "/results", read_only=False)]
+        # Bytecode is compiled into the image at build time (docker/Dockerfile), so nothing is
+        # written beside it.
         env = {"HOME": "/tmp", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         if compile_volume is not None:
-            mounts.append(Mount(compile_volume, compile_cache.CONTAINER_PATH, read_only=False, kind="volume"))
+            mounts.append(Mount(compile_volume, compile_cache.CONTAINER_PATH, read_only=False,
+                                kind="volume"))
             env.update(compile_cache.probe_env(compile_cache.CONTAINER_PATH))
         else:
             env.update(compile_cache.probe_env(compile_cache.COLD_CONTAINER_PATH))
@@ -379,15 +418,18 @@ class DockerRunner:
             env["HF_HOME"] = "/tmp/hf"
         # --shm-size: PyTorch shares tensors through /dev/shm; Docker's default 64 MiB is too small.
         args = ["create", "--name", name, "--init", "--shm-size", "2g",
-                *security_args("none", CONTAINER_UID, True, self.memory, ("/tmp:rw,exec,mode=1777",),
+                *security_args("none", CONTAINER_UID, True, self.memory,
+                               ("/tmp:rw,exec,mode=1777",),
                                self.pids_limit),
                 *gpu_args(self.gpus_for(gpu))]
         for mount in mounts:
             args += ["--mount", mount.arg()]
-        for key, value in env.items():  # a fixed allowlist: nothing of the host environment (tokens) leaks in
+        # a fixed allowlist: nothing of the host environment (tokens) leaks in
+        for key, value in env.items():
             args += ["--env", f"{key}={value}"]
         return [*args, "--workdir", "/opt/pinmatrix", image,
-                "python", "-m", "probes", "--cell", "/cell/cell.json", "--out", f"/results/{RESULT_NAME}",
+                "python", "-m", "probes", "--cell", "/cell/cell.json", "--out",
+                f"/results/{RESULT_NAME}",
                 "--work", "/tmp/work"]
 
     def _exit_of(self, name: str) -> Exit | None:
@@ -411,7 +453,8 @@ class DockerRunner:
             if self._docker("version", "--format", "{{.Server.Version}}").returncode != 0:
                 raise InfraError("the Docker daemon is unreachable", signature="engine-unreachable",
                                  log_tail=proc.stderr)
-            raise InfraError(f"base image {self.base_image} not found; build it with docker/base/build-base.sh",
+            raise InfraError(f"base image {self.base_image} not found; build it with "
+                             "docker/base/build-base.sh",
                              signature="build-base-image-missing", log_tail=proc.stderr)
         return proc.stdout.strip()
 
@@ -420,7 +463,8 @@ class DockerRunner:
             return subprocess.run(self.engine.cmd(*args), capture_output=True, text=True,
                                   timeout=CONTROL_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired as exc:
-            return subprocess.CompletedProcess(list(args), 124, "", f"docker {args[0]} timed out: {exc}")
+            return subprocess.CompletedProcess(list(args), 124, "",
+                                               f"docker {args[0]} timed out: {exc}")
 
 
 def _python_pin(value: str) -> str:
@@ -443,7 +487,7 @@ def _redacted(cmd: Sequence[str]) -> str:
     return " ".join(json.dumps(c) if " " in c else c for c in cmd)
 
 
-def _slug(value: str) -> str:
+def _container_name_part(value: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]+", "_", value).strip("._-") or "cell"
 
 

@@ -1,16 +1,18 @@
-"""The venv runner: one virtual environment per cell on the host (HPC nodes, WSL, hosts without Docker).
+"""The venv runner: one virtual environment per cell on the host (HPC nodes, WSL, hosts without
+Docker).
 
 The venv is keyed by the lock (and the flags that change what is in it), so an unchanged cell is not
-reinstalled. Installs go through uv (`uv venv`, `uv pip install`); where uv is absent, the stdlib `venv`
-module and pip take over, and the runner says so once.
+reinstalled. Installs go through uv (`uv venv`, `uv pip install`); where uv is absent, the stdlib
+`venv` module and pip take over, and the runner says so once.
 
 Two install modes:
 - install (default): `torch.lock`, then `requirements.lock`, from the configured sources (an index,
   a find-links wheelhouse, or only the wheelhouse when offline).
-- `no_install`: for a machine with no index at all. Nothing is installed; `extra_sites` folders are put
-  on the venv's path through a `.pth` file, and `system_site_packages` reuses the machine's torch.
-  The drift check then compares the lock with what is actually there.
+- `no_install`: for a machine with no index at all. Nothing is installed; `extra_sites` folders are
+  put on the venv's path through a `.pth` file, and `system_site_packages` reuses the machine's
+  torch. The drift check then compares the lock with what is actually there.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,15 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pinmatrix import compile_cache
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.site_rules import normalise, sites_for
-from pinmatrix.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
-from pinmatrix.runners.base import (RESULT_NAME, RUN_LOG_NAME, InfraError, Prepared, RunOutcome, tail)
+from pinmatrix.errors import InfraError
+from pinmatrix.runners import compile_cache
+from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
+from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
+from pinmatrix.runners.site_rules import normalise, sites_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_MARKER = ".pinmatrix-ready.json"
-DEFAULT_VENV_ROOT = Path(os.environ.get("PINMATRIX_VENV_DIR", Path.home() / ".cache" / "pinmatrix" / "venvs"))
+DEFAULT_VENV_ROOT = Path(
+    os.environ.get("PINMATRIX_VENV_DIR", Path.home() / ".cache" / "pinmatrix" / "venvs")
+)
 INSTALL_TIMEOUT_S = 3600
 
 
@@ -44,15 +49,19 @@ class VenvRunner:
     `sources` is a `pinmatrix.sources.PackageSources` (or None: the host's uv/pip settings apply).
     `offline`: no index is contacted; only the find-links wheelhouse (`--offline --no-index`).
     """
+
     venv_root: Path = DEFAULT_VENV_ROOT
     sources: Any = None
     system_site_packages: bool = False
     offline: bool = False
     no_install: bool = False
-    extra_sites: Sequence[Path] = ()
-    base_python: str | None = None         # an interpreter path for every venv (e.g. the one holding a CUDA torch)
-    probes_root: Path = REPO_ROOT          # the folder that holds `probes/`, put on PYTHONPATH
-    # pinmatrix/compile_cache.py: one folder per venv key under this root; None (--no-compile-cache):
+    # folders, or ExtraSite rules (pinmatrix/runners/site_rules.py); normalised to rules after init
+    extra_sites: Sequence[Any] = ()
+    # an interpreter path for every venv (e.g. the one holding a CUDA torch)
+    base_python: str | None = None
+    probes_root: Path = REPO_ROOT  # the folder that holds `probes/`, put on PYTHONPATH
+    # pinmatrix/runners/compile_cache.py: one folder per venv key under this root; None
+    # (--no-compile-cache):
     # a fresh empty folder in each run's work folder
     compile_cache_root: Path | None = compile_cache.DEFAULT_ROOT
     uv: str | None = field(default_factory=lambda: shutil.which("uv"))
@@ -60,21 +69,36 @@ class VenvRunner:
 
     def __post_init__(self) -> None:
         self.venv_root = Path(self.venv_root)
-        self.extra_sites = normalise(self.extra_sites)   # pinmatrix/site_rules.py: some only for some cells
+        self.extra_sites = normalise(
+            self.extra_sites
+        )  # pinmatrix/runners/site_rules.py: some only for some cells
         self.notes: list[str] = []
         if self.uv is None:
-            self.notes.append("uv not found on PATH: falling back to the stdlib venv module and pip")
+            self.notes.append(
+                "uv not found on PATH: falling back to the stdlib venv module and pip"
+            )
 
     # --- prepare ---------------------------------------------------------------------------------
 
     def venv_key(self, lock: Lock, cell: Cell | None = None) -> str:
-        sites = sites_for(cell, self.extra_sites) if cell is not None else [s.path for s in self.extra_sites]
-        payload = json.dumps({
-            "python": lock.python, "torch": lock.torch_lock, "full": lock.full_lock,
-            "system_site_packages": self.system_site_packages, "no_install": self.no_install,
-            "extra_sites": [str(p) for p in sites], "installer": "uv" if self.uv else "pip",
-            "base_python": self.base_python,
-        }, sort_keys=True)
+        sites = (
+            sites_for(cell, self.extra_sites)
+            if cell is not None
+            else [s.path for s in self.extra_sites]
+        )
+        payload = json.dumps(
+            {
+                "python": lock.python,
+                "torch": lock.torch_lock,
+                "full": lock.full_lock,
+                "system_site_packages": self.system_site_packages,
+                "no_install": self.no_install,
+                "extra_sites": [str(p) for p in sites],
+                "installer": "uv" if self.uv else "pip",
+                "base_python": self.base_python,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def prepare(self, cell: Cell, lock: Lock) -> Prepared:
@@ -116,28 +140,52 @@ class VenvRunner:
         holding torch: put that venv's site-packages on the path too, after the extra sites."""
         if not (self.system_site_packages and self.base_python):
             return []
-        probe = ("import json, site, sys; print(json.dumps({'venv': sys.prefix != sys.base_prefix, "
-                 "'sites': site.getsitepackages()}))")
+        probe = (
+            "import json, site, sys; print(json.dumps({'venv': sys.prefix != sys.base_prefix, "
+            "'sites': site.getsitepackages()}))"
+        )
         try:
-            out = subprocess.run([self.base_python, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+            out = subprocess.run(
+                [self.base_python, "-c", probe],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
             info = json.loads(out.stdout)
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
-            raise InfraError(f"cannot inspect {self.base_python}: {exc}", "venv-python-missing") from exc
+            raise InfraError(
+                f"cannot inspect {self.base_python}: {exc}", "venv-python-missing"
+            ) from exc
         if not info["venv"]:
             return []
         sites = [Path(p) for p in info["sites"] if Path(p).is_dir()]
-        log.append(f"# {self.base_python} is a venv: its site-packages join the cell's path: {sites}")
+        log.append(
+            f"# {self.base_python} is a venv: its site-packages join the cell's path: {sites}"
+        )
         return sites
 
-    def _prepared(self, cell: Cell, venv: Path, python: Path, venv_key: str, *, reused: bool,
-                  log: Path | None) -> Prepared:
-        key = venv_key[:12]   # the venv folder's suffix: the stack's compile-cache folder has the same name
+    def _prepared(
+        self, cell: Cell, venv: Path, python: Path, venv_key: str, *, reused: bool, log: Path | None
+    ) -> Prepared:
+        # the venv folder's suffix: the stack's compile-cache folder has the same name
+        key = venv_key[:12]
         bytecode = self._compile_bytecode(cell, python, key)
-        return Prepared(runner=self.name, cell_id=cell.id, ref=str(venv), reused=reused,
-                        details={"python": str(python), "build_log": str(log) if log else None,
-                                 "compile_key": key, "bytecode": bytecode,
-                                 "notes": list(self.notes), "no_install": self.no_install,
-                                 "system_site_packages": self.system_site_packages})
+        return Prepared(
+            runner=self.name,
+            cell_id=cell.id,
+            ref=str(venv),
+            reused=reused,
+            details={
+                "python": str(python),
+                "build_log": str(log) if log else None,
+                "compile_key": key,
+                "bytecode": bytecode,
+                "notes": list(self.notes),
+                "no_install": self.no_install,
+                "system_site_packages": self.system_site_packages,
+            },
+        )
 
     def _create(self, venv: Path, python_version: str, log: list[str]) -> None:
         if self.uv:
@@ -146,30 +194,50 @@ class VenvRunner:
                 cmd.append("--system-site-packages")
             cmd.append(str(venv))
         else:
-            interpreter = self.base_python or shutil.which(f"python{python_version}") or (
-                sys.executable if sys.version.startswith(python_version) else None)
+            interpreter = (
+                self.base_python
+                or shutil.which(f"python{python_version}")
+                or (sys.executable if sys.version.startswith(python_version) else None)
+            )
             if interpreter is None:
-                raise InfraError(f"python {python_version} not found on this host (and uv, which could fetch it, is absent)",
-                                 "venv-python-missing")
+                raise InfraError(
+                    f"python {python_version} not found on this host (and uv, which "
+                    "could fetch it, is absent)",
+                    "venv-python-missing",
+                )
             cmd = [interpreter, "-m", "venv"]
             if self.system_site_packages:
                 cmd.append("--system-site-packages")
             cmd.append(str(venv))
-        # Without VIRTUAL_ENV: uv must not take the harness's own venv (nox's) as the cell's interpreter.
+        # Without VIRTUAL_ENV: uv must not take the harness's own venv (nox's) as the cell's
+        # interpreter.
         self._call(cmd, log, "venv-create-failed", timeout=600, env=self._source_env())
 
-    def _install(self, python: Path, requirements: Path, torch_pin: str | None, log: list[str]) -> None:
+    def _install(
+        self, python: Path, requirements: Path, torch_pin: str | None, log: list[str]
+    ) -> None:
         if self.uv:
             cmd = [self.uv, "pip", "install", "--python", str(python), "-r", str(requirements)]
         else:
-            cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(requirements)]
+            cmd = [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "-r",
+                str(requirements),
+            ]
         cmd += self._source_args(torch_pin)
-        self._call(cmd, log, "venv-install-failed", timeout=INSTALL_TIMEOUT_S, env=self._source_env())
+        self._call(
+            cmd, log, "venv-install-failed", timeout=INSTALL_TIMEOUT_S, env=self._source_env()
+        )
 
     def _source_args(self, torch_pin: str | None) -> list[str]:
         """Index / wheelhouse arguments. Offline: the wheelhouse only, no index contacted."""
         src = self.sources
-        find_links = [str(l) for l in _as_list(getattr(src, "find_links", None))]
+        find_links = [str(ln) for ln in _as_list(getattr(src, "find_links", None))]
+        args: list[str]
         if self.offline:
             args = ["--no-index"] + (["--offline"] if self.uv else [])
             for link in find_links:
@@ -177,7 +245,8 @@ class VenvRunner:
             return args
         if self.uv and hasattr(src, "uv_args"):
             return list(src.uv_args(torch_pin))  # credentialed URLs travel in uv_env(), never argv
-        args: list[str] = []  # pip: index URLs (which may hold tokens) go through _source_env, not argv
+        # pip: index URLs (which may hold tokens) go through _source_env, not argv
+        args = []
         for link in find_links:
             args += ["--find-links", link]
         return args
@@ -200,29 +269,46 @@ class VenvRunner:
         return env
 
     def _site_packages(self, python: Path, log: list[str]) -> Path:
-        out = self._call([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                         log, "venv-create-failed", timeout=60)
+        out = self._call(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            log,
+            "venv-create-failed",
+            timeout=60,
+        )
         return Path(out.strip().splitlines()[-1])
 
-    def _call(self, cmd: list[str], log: list[str], signature: str, *, timeout: float,
-              env: dict[str, str] | None = None) -> str:
+    def _call(
+        self,
+        cmd: list[str],
+        log: list[str],
+        signature: str,
+        *,
+        timeout: float,
+        env: dict[str, str] | None = None,
+    ) -> str:
         log.append("$ " + " ".join(cmd))
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         except subprocess.TimeoutExpired as exc:
-            raise InfraError(f"{cmd[0]} timed out after {timeout:.0f}s", "timeout", str(exc.stderr or ""))
+            raise InfraError(
+                f"{cmd[0]} timed out after {timeout:.0f}s", "timeout", str(exc.stderr or "")
+            )
         except OSError as exc:
             raise InfraError(f"could not start {cmd[0]}: {exc}", signature)
         log.append(proc.stdout + proc.stderr)
         if proc.returncode != 0:
-            raise InfraError(f"{' '.join(cmd[:3])} failed (exit {proc.returncode}): {_last_line(proc.stderr)}",
-                             signature, "\n".join(log))
+            raise InfraError(
+                f"{' '.join(cmd[:3])} failed (exit {proc.returncode}): {_last_line(proc.stderr)}",
+                signature,
+                "\n".join(log),
+            )
         return proc.stdout
 
     # --- run -------------------------------------------------------------------------------------
 
-    def run(self, prepared: Prepared, spec_path: Path, out_dir: Path,
-            gpu: str | None, timeout_s: float) -> RunOutcome:
+    def run(
+        self, prepared: Prepared, spec_path: Path, out_dir: Path, gpu: str | None, timeout_s: float
+    ) -> RunOutcome:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         result = out_dir / RESULT_NAME
@@ -238,7 +324,8 @@ class VenvRunner:
         for token in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN"):
             env.pop(token, None)  # tokens are for model fetching, outside the cell
         env["PYTHONNOUSERSITE"] = "1"  # the user's site must not leak into the cell
-        # As in the Docker runner: no hub traffic from a cell; a hub cache is used only if HF_HOME holds it.
+        # As in the Docker runner: no hub traffic from a cell; a hub cache is used only if HF_HOME
+        # holds it.
         for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
             env.setdefault(key, "1")
         env.update(self.compile_env(prepared, work))
@@ -248,36 +335,59 @@ class VenvRunner:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        env["PINMATRIX_CELL_ID"] = prepared.cell_id  # pinmatrix/gpu_watch.py ties GPU processes to cells
-        cmd = [prepared.details["python"], "-m", "probes", "--cell", str(spec_path),
-               "--out", str(result), "--work", str(work)]
+        env["PINMATRIX_CELL_ID"] = (
+            prepared.cell_id
+        )  # pinmatrix/run/gpu_watch.py ties GPU processes to cells
+        cmd = [
+            prepared.details["python"],
+            "-m",
+            "probes",
+            "--cell",
+            str(spec_path),
+            "--out",
+            str(result),
+            "--work",
+            str(work),
+        ]
         log_path = out_dir / RUN_LOG_NAME
         with open(log_path, "w", encoding="utf-8") as log:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    cwd=str(out_dir), start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(out_dir),
+                start_new_session=True,
+            )
             try:
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
-                return RunOutcome(None, f"timeout: the probe ran past {timeout_s:.0f}s and was killed",
-                                  "timeout", _read_tail(log_path))
+                return RunOutcome(
+                    None,
+                    f"timeout: the probe ran past {timeout_s:.0f}s and was killed",
+                    "timeout",
+                    _read_tail(log_path),
+                )
         log_tail = _read_tail(log_path)
         if not result.is_file():
-            return RunOutcome(None, f"the probe wrote no result (exit {code})", "probe-no-result", log_tail)
+            return RunOutcome(
+                None, f"the probe wrote no result (exit {code})", "probe-no-result", log_tail
+            )
         drift = self.drift(result, prepared)
         if drift:
             return RunOutcome(result, drift_reason(drift), DRIFT_SIGNATURE, log_tail)
         return RunOutcome(result, None, None, log_tail)
 
     def _compile_bytecode(self, cell: Cell, python: Path, key: str) -> dict[str, Any] | None:
-        """Compile the stack's bytecode into the stack's pycache folder once, at prepare time, as the
-        Docker image does at build time: the cell's packages and everything they require.
+        """Compile the stack's bytecode into the stack's pycache folder once, at prepare time, as
+        the Docker image does at build time: the cell's packages and everything they require.
 
         A probe otherwise compiles every module it imports from source at each start wherever the
-        site is read-only or PYTHONDONTWRITEBYTECODE is set, as on the lent H100 (28 s of imports for
-        the device stack). A failure here only costs that time, so it is noted, never raised."""
+        site is read-only or PYTHONDONTWRITEBYTECODE is set, as on the lent H100 (28 s of imports
+        for the device stack). A failure here only costs that time, so it is noted, never raised."""
         if self.compile_cache_root is None:
             return None
         pycache = compile_cache.host_folder(Path(self.compile_cache_root), key) / "pycache"
@@ -285,18 +395,35 @@ class VenvRunner:
         if marker.is_file():
             return {"compiled": "earlier", "marker": str(marker)}
         roots = cell.packages()
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")
+        }
         env.update(PYTHONPYCACHEPREFIX=str(pycache), PYTHONNOUSERSITE="1")
         started = time.monotonic()
         try:
-            proc = subprocess.run([str(python), "-c", BYTECODE_SCRIPT, json.dumps(roots)], capture_output=True,
-                                  text=True, timeout=INSTALL_TIMEOUT_S, env=env)
+            proc = subprocess.run(
+                [str(python), "-c", BYTECODE_SCRIPT, json.dumps(roots)],
+                capture_output=True,
+                text=True,
+                timeout=INSTALL_TIMEOUT_S,
+                env=env,
+            )
         except (OSError, subprocess.SubprocessError) as exc:
             return {"compiled": False, "error": str(exc)[-500:]}
         seconds = round(time.monotonic() - started, 1)
         if proc.returncode != 0:
-            return {"compiled": False, "error": (proc.stderr or proc.stdout)[-500:], "seconds": seconds}
-        summary = {"compiled": True, "seconds": seconds, **json.loads(proc.stdout.strip().splitlines()[-1])}
+            return {
+                "compiled": False,
+                "error": (proc.stderr or proc.stdout)[-500:],
+                "seconds": seconds,
+            }
+        summary = {
+            "compiled": True,
+            "seconds": seconds,
+            **json.loads(proc.stdout.strip().splitlines()[-1]),
+        }
         marker.write_text(json.dumps(summary))
         return summary
 
@@ -311,7 +438,10 @@ class VenvRunner:
             folder = compile_cache.host_folder(work, "compile-cache")
         else:
             folder = compile_cache.host_folder(Path(self.compile_cache_root), key)
-        return {**compile_cache.probe_env(str(folder)), "PYTHONPYCACHEPREFIX": str(folder / "pycache")}
+        return {
+            **compile_cache.probe_env(str(folder)),
+            "PYTHONPYCACHEPREFIX": str(folder / "pycache"),
+        }
 
     def drift(self, result_path: Path, prepared: Prepared) -> list[str]:
         """Packages whose installed version (the probe's fingerprint) differs from the lock."""
@@ -323,8 +453,12 @@ class VenvRunner:
         except (OSError, ValueError, KeyError, TypeError):
             return []  # a damaged result is judged by the results module, not here
         from pinmatrix.cell import parse_lock
-        locked = parse_lock((lock_dir / "requirements.lock").read_text()) if lock_dir.is_dir() else {}
-        return lock_drift(locked, packages, pins)  # pinmatrix.drift: the comparison both runners share
+
+        locked = (
+            parse_lock((lock_dir / "requirements.lock").read_text()) if lock_dir.is_dir() else {}
+        )
+        # pinmatrix.runners.drift: the comparison both runners share
+        return lock_drift(locked, packages, pins)
 
 
 # Run by the cell's interpreter: compile the distributions named on the command line (JSON list) and
@@ -382,7 +516,7 @@ def _read_tail(path: Path) -> str:
 
 
 def _last_line(text: str) -> str:
-    lines = [l for l in text.strip().splitlines() if l.strip()]
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else ""
 
 

@@ -1,7 +1,8 @@
 """The Docker engine the integration tests run on, found once per module the same way everywhere.
 
 A missing engine or base image skips the tests that need them, with the reason; with
-PINMATRIX_REQUIRE_DOCKER=1 (set by .ci/run) it fails them instead, so CI cannot go green by skipping.
+PINMATRIX_REQUIRE_DOCKER=1 (set by .ci/run) it fails them instead, so CI cannot go green by
+skipping.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import subprocess
 
 import pytest
 
-from pinmatrix.engine import Engine, engine_message, find_engine
+from pinmatrix.runners.engine import Engine, engine_message, find_engine
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE
 
 
@@ -26,6 +27,7 @@ def engine() -> Engine:
     if found is None:
         unavailable(engine_message())
     assert found is not None
-    if subprocess.run(found.cmd("image", "inspect", DEFAULT_BASE_IMAGE), capture_output=True).returncode != 0:
+    if subprocess.run(found.cmd("image", "inspect", DEFAULT_BASE_IMAGE),
+                      capture_output=True).returncode != 0:
         unavailable(f"base image {DEFAULT_BASE_IMAGE} missing: run docker/base/build-base.sh")
     return found

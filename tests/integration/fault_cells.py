@@ -1,16 +1,18 @@
-"""Cells that misbehave on purpose, for the pipeline-level fault tests (test_faults.py, test_shards_concurrent.py).
+"""Cells that misbehave on purpose, for the pipeline-level fault tests (test_faults.py,
+test_shards_concurrent.py).
 
-A stand-in probe (`probes/__main__.py` of a small folder this module writes) replaces the real one: it needs
-no torch, so a cell builds in seconds, and it injects a fault chosen by the cell's transformers pin. Every
-other part is the real thing: the matrix loader, the pipeline and its scheduler, the Docker runner on the
-real engine (or the venv runner), result validation, outcome records and the report.
+A stand-in probe (`probes/__main__.py` of a small folder this module writes) replaces the real one:
+it needs no torch, so a cell builds in seconds, and it injects a fault chosen by the cell's
+transformers pin. Every other part is the real thing: the matrix loader, the pipeline and its
+scheduler, the Docker runner on the real engine (or the venv runner), result validation, outcome
+records and the report.
 
-The one other stand-in is the resolver: the stand-in probe needs no package, so every cell gets an empty
-lock (only a comment) instead of asking uv for torch; the build-failure cell gets a lock naming a package
-that exists nowhere, so its image build fails for real inside BuildKit.
+The one other stand-in is the resolver: the stand-in probe needs no package, so every cell gets an
+empty lock (only a comment) instead of asking uv for torch; the build-failure cell gets a lock
+naming a package that exists nowhere, so its image build fails for real inside BuildKit.
 
-`child_main()` applies the same stand-ins in a fresh process (for the SIGKILL, daemon and shard tests):
-`python fault_cells.py PROBES_ROOT RUNNER_SETTINGS_JSON -- <pinmatrix CLI arguments>`.
+`child_main()` applies the same stand-ins in a fresh process (for the SIGKILL, daemon and shard
+tests): `python fault_cells.py PROBES_ROOT RUNNER_SETTINGS_JSON -- <pinmatrix CLI arguments>`.
 """
 from __future__ import annotations
 
@@ -27,7 +29,14 @@ if str(ROOT) not in sys.path:
 
 # transformers pin → what the stand-in probe does
 OK, OK2, OK3, OK4 = "4.0.0", "4.0.6", "4.0.7", "4.0.8"
-SEGFAULT, OOM, HANG, BUILD_FAILS, FLAKY, HANG2 = "4.0.1", "4.0.2", "4.0.3", "4.0.4", "4.0.5", "4.0.9"
+SEGFAULT, OOM, HANG, BUILD_FAILS, FLAKY, HANG2 = (
+    "4.0.1",
+    "4.0.2",
+    "4.0.3",
+    "4.0.4",
+    "4.0.5",
+    "4.0.9",
+)
 FAULTS = {SEGFAULT: "segfault", OOM: "oom", HANG: "hang", HANG2: "hang", FLAKY: "flaky"}
 MISSING_PACKAGE = "pinmatrix-no-such-package-anywhere==0.0.0"
 
@@ -90,7 +99,7 @@ tmp = a.out + ".tmp"
 with open(tmp, "w") as fh:
     json.dump(doc, fh)
 os.replace(tmp, a.out)
-'''
+'''  # noqa: E501 (page/script/data text, kept byte for byte)
 
 
 def write_stand_in_probes(root: Path) -> Path:
@@ -102,10 +111,13 @@ def write_stand_in_probes(root: Path) -> Path:
     return Path(root)
 
 
-def write_matrix(path: Path, transformers: list[str], *, checks: tuple[str, ...] = ("imports", "generate"),
-                 cell_timeout_s: float = 600, check_timeout_s: float = 600, lora_steps: int = 12) -> Path:
+def write_matrix(path: Path, transformers: list[str], *,
+                 checks: tuple[str, ...] = ("imports", "generate"),
+                 cell_timeout_s: float = 600, check_timeout_s: float = 600,
+                 lora_steps: int = 12) -> Path:
     axes = ", ".join(f'"{v}"' for v in transformers)
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         axes:
           python: ["3.11"]
           base_image: ["pinmatrix/base:bookworm-py311"]
@@ -124,13 +136,15 @@ def write_matrix(path: Path, transformers: list[str], *, checks: tuple[str, ...]
           check_timeout_s: {check_timeout_s}
           cell_timeout_s: {cell_timeout_s}
           lora_steps: {lora_steps}
-        """))
+        """)  # noqa: E501 (page/script/data text, kept byte for byte)
+    )
     return path
 
 
 def write_model_hub(hub: Path, repo: str = "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct",
                     commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
-    """A local folder standing in for a hub (pinmatrix/fetch.py layout) with one tiny model at `commit`."""
+    """A local folder standing in for a hub (pinmatrix/run/fetch.py layout) with one tiny model at
+    `commit`."""
     snap = Path(hub) / repo / commit
     snap.mkdir(parents=True, exist_ok=True)
     (snap / "config.json").write_text(json.dumps({"model_type": "exaone", "auto_map": {}}))
@@ -146,8 +160,13 @@ def stand_in_resolve(cell: Any, sources: Any, lock_dir: Path) -> Any:
     from pinmatrix.cell import Lock
 
     stamp = "# pinmatrix fault tests: the stand-in probe needs no package\n"
-    # Real locks of different cells differ; so do these (the result cache keys on the lock's content).
-    full = stamp + f"# cell {cell.id}\n" + (MISSING_PACKAGE + "\n" if cell.pins.get("transformers") == BUILD_FAILS else "")
+    # Real locks of different cells differ; so do these (the result cache keys on the lock's
+    # content).
+    full = (
+        stamp
+        + f"# cell {cell.id}\n"
+        + (MISSING_PACKAGE + "\n" if cell.pins.get("transformers") == BUILD_FAILS else "")
+    )
     lock_dir = Path(lock_dir)
     (lock_dir / "torch.lock").write_text(stamp)
     (lock_dir / "requirements.lock").write_text(full)
@@ -155,11 +174,14 @@ def stand_in_resolve(cell: Any, sources: Any, lock_dir: Path) -> Any:
 
 
 def install(probes_root: Path, settings: dict[str, Any], patch: Any = None) -> None:
-    """Point the pipeline at the stand-ins. `patch(obj, name, value)`: pytest's monkeypatch.setattr, or setattr."""
-    import pinmatrix.pipeline as pipeline
+    """Point the pipeline at the stand-ins. `patch(obj, name, value)`: pytest's monkeypatch.setattr,
+    or setattr."""
+    import pinmatrix.run.pipeline as pipeline
+    import pinmatrix.run.runner_choice as runner_choice
 
     setter = patch or setattr
-    # The pipeline asks choose_resolver for the per-cell resolver (uv's, resolved up front in parallel, or
+    # The pipeline asks choose_resolver for the per-cell resolver (uv's, resolved up front in
+    # parallel, or
     # the --no-install one); the stand-in replaces that choice.
     setter(pipeline, "choose_resolver", lambda opts, resolve: stand_in_resolve)
 
@@ -170,28 +192,36 @@ def install(probes_root: Path, settings: dict[str, Any], patch: Any = None) -> N
 
         wheels = os.environ.get("PIP_FIND_LINKS", "/opt/wheels").split()[0]
         ca = os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
-        sources = SimpleNamespace(index_url=None, extra_index_urls=(), find_links=(wheels,), ca_bundle=ca,
+        sources = SimpleNamespace(index_url=None, extra_index_urls=(), find_links=(wheels,),
+                                  ca_bundle=ca,
                                   torch_backend=None)
-        return DockerRunner(engine, sources, run_dir, cpu_only=True, probes_dir=Path(probes_root) / "probes",
-                            memory=settings.get("memory", "256m"),
-                            hf_home=Path(opts.model_cache) if getattr(opts, "model_cache", None) else None,
-                            context_root=Path(settings["context_root"]))
+        return DockerRunner(
+            engine,
+            sources,
+            run_dir,
+            cpu_only=True,
+            probes_dir=Path(probes_root) / "probes",
+            memory=settings.get("memory", "256m"),
+            hf_home=Path(opts.model_cache) if getattr(opts, "model_cache", None) else None,
+            context_root=Path(settings["context_root"]),
+        )
 
     def venv_runner(opts: Any) -> Any:
         from pinmatrix.runners.venv import VenvRunner
 
-        return VenvRunner(venv_root=Path(settings["venv_root"]), no_install=True, probes_root=Path(probes_root),
+        return VenvRunner(venv_root=Path(settings["venv_root"]), no_install=True,
+                          probes_root=Path(probes_root),
                           base_python=settings.get("base_python") or sys.executable)
 
-    setter(pipeline, "make_docker_runner", docker_runner)
-    setter(pipeline, "make_venv_runner", venv_runner)
+    setter(runner_choice, "make_docker_runner", docker_runner)
+    setter(runner_choice, "make_venv_runner", venv_runner)
 
 
 def child_main(argv: list[str]) -> int:
     probes_root, settings_json, sep, *cli = argv
     assert sep == "--", argv
     install(Path(probes_root), json.loads(settings_json))
-    from pinmatrix.cli import main
+    from pinmatrix.cli.main import main
 
     return main(cli)
 

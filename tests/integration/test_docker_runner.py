@@ -1,5 +1,5 @@
-"""The docker runner on the real engine: two real cells sharing the torch layer, the probe run locked
-down, faults classified, planted secrets and hostile values kept where they belong.
+"""The docker runner on the real engine: two real cells sharing the torch layer, the probe run
+locked down, faults classified, planted secrets and hostile values kept where they belong.
 
 Skips (with the reason) only when no Docker client with BuildKit exists; with
 PINMATRIX_REQUIRE_DOCKER=1 (set by .ci/run) a missing engine or base image is a failure instead.
@@ -20,10 +20,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from pinmatrix import compile_cache
+from pinmatrix.runners import compile_cache
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.engine import Engine
-from pinmatrix.runners.base import InfraError, Prepared, RunOutcome
+from pinmatrix.runners.engine import Engine
+from pinmatrix.errors import InfraError
+from pinmatrix.runners.base import Prepared, RunOutcome
 from pinmatrix.runners.docker import PROBES_DIR, DockerRunner
 from probes import schema_check
 
@@ -60,7 +61,8 @@ def _compile(requirements: str, out: Path, constraint: Path | None = None) -> st
     src = out.with_suffix(".in")
     src.write_text(requirements)
     cmd = [*_uv(), "pip", "compile", "--quiet", "--no-header", "--python-version", "3.11",
-           "--python-platform", "x86_64-manylinux_2_28", "--find-links", str(WHEELHOUSE), str(src), "-o", str(out)]
+           "--python-platform", "x86_64-manylinux_2_28", "--find-links", str(WHEELHOUSE), str(src),
+           "-o", str(out)]
     if constraint is not None:
         cmd += ["-c", str(constraint)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -73,7 +75,8 @@ def locks(workdir: Path) -> dict[str, Lock]:
     """Real locks for two cells that differ only in the transformers pin.
 
     A nonce comment in torch.lock gives this test session its own torch layer, so the first build
-    really installs torch and the second build has to reuse it (rather than both hitting an old cache).
+    really installs torch and the second build has to reuse it (rather than both hitting an old
+    cache).
     """
     assert any(WHEELHOUSE.glob(f"torch-{TORCH}-*.whl")), f"no torch {TORCH} wheel in {WHEELHOUSE}"
     torch_path = workdir / "torch.lock"
@@ -94,14 +97,16 @@ def _cell(tf: str, **settings: Any) -> Cell:
 
 
 def _sources(**overrides: Any) -> SimpleNamespace:
-    base = dict(index_url=None, extra_index_urls=(), find_links=(str(WHEELHOUSE),), ca_bundle=str(CA_BUNDLE),
+    base = dict(index_url=None, extra_index_urls=(), find_links=(str(WHEELHOUSE),),
+                ca_bundle=str(CA_BUNDLE),
                 torch_backend=None)
     base.update(overrides)
     return SimpleNamespace(**base)
 
 
 def _layers(engine: Engine, tag: str) -> list[str]:
-    proc = subprocess.run(engine.cmd("image", "inspect", "--format", "{{json .RootFS.Layers}}", tag),
+    proc = subprocess.run(engine.cmd("image", "inspect", "--format", "{{json .RootFS.Layers}}",
+                                     tag),
                           capture_output=True, text=True, check=True)
     return json.loads(proc.stdout)
 
@@ -113,12 +118,14 @@ def _write_spec(path: Path, cell: Cell) -> Path:
 
 
 @pytest.fixture(scope="module")
-def built(engine: Engine, locks: dict[str, Lock], workdir: Path, made_images: list[str]) -> dict[str, Any]:
+def built(engine: Engine, locks: dict[str, Lock], workdir: Path,
+          made_images: list[str]) -> dict[str, Any]:
     # A snapshot of probes/: the tag covers the probes' content, and edits made while the suite runs
     # must not turn "the same cell" into a new one halfway through.
     probes = workdir / "probes-snapshot" / "probes"
     shutil.copytree(PROBES_DIR, probes, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    runner = DockerRunner(engine, _sources(), workdir / "reports", context_root=workdir / "ctx", probes_dir=probes)
+    runner = DockerRunner(engine, _sources(), workdir / "reports", context_root=workdir / "ctx",
+                          probes_dir=probes)
     prepared: dict[str, Prepared] = {}
     for tf in TRANSFORMERS:
         started = time.monotonic()
@@ -133,20 +140,26 @@ def test_second_cell_reuses_the_torch_layer_and_builds_faster(engine: Engine, bu
     first, second = (built["prepared"][tf] for tf in TRANSFORMERS)
     assert not first.reused and not second.reused and first.ref != second.ref
     a, b = _layers(engine, first.ref), _layers(engine, second.ref)
-    # base, uv, venv, COPY torch.lock, torch install: identical digests; the cell-specific rest differs.
+    # base, uv, venv, COPY torch.lock, torch install: identical digests; the cell-specific rest
+    # differs.
     torch_layer = 4
     assert a[:torch_layer + 1] == b[:torch_layer + 1]
     assert a[torch_layer + 2:-1] != b[torch_layer + 2:-1]
-    history = subprocess.run(engine.cmd("history", "--no-trunc", "--format", "{{.Size}}\t{{.CreatedBy}}",
-                                        second.ref), capture_output=True, text=True, check=True).stdout
+    history = subprocess.run(engine.cmd("history", "--no-trunc", "--format",
+                                        "{{.Size}}\t{{.CreatedBy}}",
+                                        second.ref), capture_output=True, text=True,
+                             check=True).stdout
     assert any("locks/torch.lock" in line and "RUN" in line for line in history.splitlines())
     log = Path(second.details["build_log"]).read_text()
     torch_step = log.split("locks/torch.lock;", 1)[0].rsplit("#", 1)[-1]
-    assert f"#{torch_step.split()[0]} CACHED" in log, "the torch install step was not taken from the cache"
+    assert f"#{torch_step.split()[0]} CACHED" in log, (
+        "the torch install step was not taken from the cache"
+    )
     t1, t2 = TIMINGS[f"build tf{TRANSFORMERS[0]}"], TIMINGS[f"build tf{TRANSFORMERS[1]}"]
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():  # the CI log keeps these figures
-        print(f"\n[docker timings] first build {t1:.1f}s; rebuild differing only in transformers {t2:.1f}s")
+        print(f"\n[docker timings] first build {t1:.1f}s; rebuild differing only in transformers "
+              f"{t2:.1f}s")
     assert t2 < 0.8 * t1, f"rebuild {t2:.1f}s not much faster than first build {t1:.1f}s"
 
 
@@ -162,21 +175,26 @@ def test_probe_runs_offline_as_non_root_and_returns_a_valid_result(
         engine: Engine, built: dict[str, Any], workdir: Path, tf: str) -> None:
     cell = _cell(tf)
     spec = _write_spec(workdir / "specs" / f"{tf}.json", cell)
-    outcome: RunOutcome = built["runner"].run(built["prepared"][tf], spec, workdir / "out" / tf, None, 900)
+    outcome: RunOutcome = built["runner"].run(built["prepared"][tf], spec, workdir / "out" / tf,
+                                              None, 900)
     assert outcome.ok, f"{outcome.infra_reason} {outcome.signature}\n{outcome.log_tail}"
     assert outcome.result_path is not None
     result = json.loads(outcome.result_path.read_text())
     assert schema_check.validate(result, schema_check.load_schema()) == []
     assert result["cell"]["id"] == cell.id
     packages = result["environment"]["packages"]
-    assert packages["transformers"]["installed"] == tf and packages["transformers"]["imports"] is True
+    assert (
+        packages["transformers"]["installed"] == tf and packages["transformers"]["imports"] is True
+    )
     assert result["environment"]["torch"] == TORCH
-    assert result["environment"]["compile_cache"] in ("cold", "warm")   # the stack's volume was given
+    # the stack's volume was given
+    assert result["environment"]["compile_cache"] in ("cold", "warm")
     imports = [c for c in result["checks"] if c["name"] == "imports"]
     assert imports and imports[0]["status"] == "pass"
     assert not any(p.name.startswith(".probe-") for p in outcome.result_path.parent.iterdir())
     image_user = subprocess.run(engine.cmd("image", "inspect", "--format", "{{.Config.User}}",
-                                           built["prepared"][tf].ref), capture_output=True, text=True).stdout
+                                           built["prepared"][tf].ref), capture_output=True,
+                                text=True).stdout
     assert image_user.strip() == "1000:1000"
 
 
@@ -235,7 +253,8 @@ os.replace(tmp, a.out)
 @pytest.fixture(scope="module")
 def planted() -> dict[str, str]:
     marker = uuid.uuid4().hex
-    return {"token": f"hf_PLANTED{marker}", "ca": f"PLANTEDCA{marker}", "index": f"PLANTEDIDX{marker}"}
+    return {"token": f"hf_PLANTED{marker}", "ca": f"PLANTEDCA{marker}",
+            "index": f"PLANTEDIDX{marker}"}
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +268,8 @@ def fake(engine: Engine, workdir: Path, made_images: list[str], planted: dict[st
     (probes / "__main__.py").write_text(FAKE_PROBE)
     ca = workdir / "planted-ca.pem"
     ca.write_text(f"# {planted['ca']}\n" + CA_BUNDLE.read_text())
-    sources = _sources(ca_bundle=str(ca), index_url=f"https://{planted['index']}@pypi.invalid/simple",
+    sources = _sources(ca_bundle=str(ca),
+                       index_url=f"https://{planted['index']}@pypi.invalid/simple",
                        extra_index_urls=(f"https://x:{planted['index']}@mirror.invalid/simple",))
     runner = DockerRunner(engine, sources, workdir / "reports", probes_dir=probes.parent / "probes",
                           memory="256m", context_root=workdir / "ctx")
@@ -269,10 +289,12 @@ def fake(engine: Engine, workdir: Path, made_images: list[str], planted: dict[st
     subprocess.run(engine.cmd("volume", "rm", "--force", volume), capture_output=True)
 
 
-def _run_fake(fake: dict[str, Any], workdir: Path, name: str, timeout_s: float = 120, **settings: Any) -> RunOutcome:
+def _run_fake(fake: dict[str, Any], workdir: Path, name: str, timeout_s: float = 120,
+              **settings: Any) -> RunOutcome:
     cell = _cell("fake", **settings)
     spec = _write_spec(workdir / "specs" / f"fake-{name}.json", cell)
-    return fake["runner"].run(fake["prepared"], spec, workdir / "out" / f"fake-{name}", None, timeout_s)
+    return fake["runner"].run(fake["prepared"], spec, workdir / "out" / f"fake-{name}", None,
+                              timeout_s)
 
 
 def test_container_is_offline_non_root_and_read_only(fake: dict[str, Any], workdir: Path) -> None:
@@ -289,42 +311,53 @@ def test_container_is_offline_non_root_and_read_only(fake: dict[str, Any], workd
 def test_compile_cache_volume_outlives_the_container_and_only_the_probe_user_can_write_it(
         engine: Engine, fake: dict[str, Any], workdir: Path) -> None:
     """The stack's named volume: empty and owner-only (uid 1000, 0700, as unsloth demands) on first
-    use, holding what the first run wrote on the second; --no-compile-cache gives an empty folder."""
-    key = f"test{uuid.uuid4().hex[:12]}"   # a stack of its own: the other fake runs share the fake's volume
-    prepared = dataclasses.replace(fake["prepared"], details={**fake["prepared"].details, "compile_key": key})
+    use, holding what the first run wrote on the second; --no-compile-cache gives an empty
+    folder."""
+    # a stack of its own: the other fake runs share the fake's volume
+    key = f"test{uuid.uuid4().hex[:12]}"
+    prepared = dataclasses.replace(fake["prepared"], details={**fake["prepared"].details,
+                                                              "compile_key": key})
     spec = _write_spec(workdir / "specs" / "fake-cc.json", _cell("fake"))
     try:
-        first, second = (json.loads(fake["runner"].run(prepared, spec, workdir / "out" / f"fake-cc-{n}", None, 120)
-                                    .result_path.read_text()) for n in (1, 2))  # type: ignore[union-attr]
+        first, second = (json.loads(fake["runner"].run(prepared, spec,
+                                                       workdir / "out" / f"fake-cc-{n}", None, 120)
+                                    # type: ignore[union-attr]
+                                    .result_path.read_text()) for n in (1, 2))
         volumes = subprocess.run(engine.cmd("volume", "ls", "--quiet", "--filter",
                                             f"label={compile_cache.VOLUME_LABEL}={key}"),
                                  capture_output=True, text=True, check=True).stdout.split()
     finally:
-        subprocess.run(engine.cmd("volume", "rm", "--force", compile_cache.volume_name(key)), capture_output=True)
+        subprocess.run(engine.cmd("volume", "rm", "--force", compile_cache.volume_name(key)),
+                       capture_output=True)
     assert volumes == [compile_cache.volume_name(key)]
     cc1, cc2 = first["compile_cache"], second["compile_cache"]
     assert cc1["dir"] == compile_cache.CONTAINER_PATH
-    assert (cc1["held_at_start"], cc1["owner"], cc1["mode"], cc1["write"]) == ([], 1000, "0o700", "ok")
+    assert (cc1["held_at_start"], cc1["owner"], cc1["mode"],
+            cc1["write"]) == ([], 1000, "0o700", "ok")
     assert cc2["held_at_start"] == ["written-by-probe"] and cc2["write"] == "ok"
     for name, sub in compile_cache.TOOL_SUBFOLDERS.items():
         assert first["env"][name] == f"{compile_cache.CONTAINER_PATH}/{sub}"
 
-    cold_runner = DockerRunner(engine, fake["runner"].sources, workdir / "reports", probes_dir=fake["runner"].probes_dir,
+    cold_runner = DockerRunner(engine, fake["runner"].sources, workdir / "reports",
+                               probes_dir=fake["runner"].probes_dir,
                                memory="256m", context_root=workdir / "ctx", compile_cache=False)
     spec = _write_spec(workdir / "specs" / "fake-cc-cold.json", _cell("fake"))
-    cold = json.loads(cold_runner.run(fake["prepared"], spec, workdir / "out" / "fake-cc-cold", None, 120)
+    cold = json.loads(cold_runner.run(fake["prepared"], spec, workdir / "out" / "fake-cc-cold",
+                                      None, 120)
                       .result_path.read_text())["compile_cache"]  # type: ignore[union-attr]
     assert cold["dir"] == compile_cache.COLD_CONTAINER_PATH and cold["held_at_start"] is None
     assert cold["write"] == "ok"   # the container's own /tmp: gone with the container
 
 
 def test_planted_secrets_appear_nowhere(engine: Engine, fake: dict[str, Any], workdir: Path,
-                                        planted: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+                                        planted: dict[str, str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", planted["token"])
     outcome = _run_fake(fake, workdir, "secrets")
     assert outcome.ok
     ref = fake["prepared"].ref
-    history = subprocess.run(engine.cmd("history", "--no-trunc", ref), capture_output=True, text=True,
+    history = subprocess.run(engine.cmd("history", "--no-trunc", ref), capture_output=True,
+                             text=True,
                              check=True).stdout
     inspect = subprocess.run(engine.cmd("image", "inspect", ref), capture_output=True, text=True,
                              check=True).stdout
@@ -335,27 +368,34 @@ def test_planted_secrets_appear_nowhere(engine: Engine, fake: dict[str, Any], wo
     assert "/run/secrets/ca_bundle" in build_log or "secret" in history  # the secrets were in play
     for value in planted.values():
         for name, text in (("docker history", history), ("docker inspect", inspect),
-                           ("build log", build_log), ("result", result), ("run log", outcome.log_tail)):
+                           ("build log", build_log), ("result", result),
+                           ("run log", outcome.log_tail)):
             assert value not in text, f"{value} leaked into {name}"
         assert value.encode() not in saved, f"{value} baked into an image layer"
 
 
-def test_hostile_values_reach_docker_only_as_arguments(engine: Engine, fake: dict[str, Any], workdir: Path,
+def test_hostile_values_reach_docker_only_as_arguments(engine: Engine, fake: dict[str, Any],
+                                                       workdir: Path,
                                                        made_images: list[str]) -> None:
     canary = Path(f"/tmp/pinmatrix-pwned-{uuid.uuid4().hex}")
-    hostile = [f"5.17.0; touch {canary}", f"$(touch {canary})", f"`touch {canary}`", f"x' && touch {canary} #"]
-    cell = Cell({"python": "3.11", "transformers": hostile[0], "peft": hostile[1], "trl": hostile[2],
+    hostile = [f"5.17.0; touch {canary}", f"$(touch {canary})", f"`touch {canary}`",
+               f"x' && touch {canary} #"]
+    cell = Cell({"python": "3.11", "transformers": hostile[0], "peft": hostile[1],
+                 "trl": hostile[2],
                  "unsloth": hostile[3]}, checks=("imports",), settings={"device": "cpu"})
     spec = _write_spec(workdir / "specs" / "hostile.json", cell)
     runner: DockerRunner = fake["runner"]
     outcome = runner.run(fake["prepared"], spec, workdir / "out" / "hostile", None, 120)
     assert outcome.ok, outcome
     facts = json.loads(outcome.result_path.read_text())  # type: ignore[union-attr]
-    assert facts["pins"] == dict(cell.pins) and facts["id"] == cell.id  # arrived verbatim, not interpreted
+    # arrived verbatim, not interpreted
+    assert facts["pins"] == dict(cell.pins) and facts["id"] == cell.id
 
-    # A lock and a cell id carrying shell syntax: the label keeps the exact string; uv rejects the line.
+    # A lock and a cell id carrying shell syntax: the label keeps the exact string; uv rejects the
+    # line.
     nonce = f"# hostile {uuid.uuid4().hex}\n"
-    bad_lock = Lock(f"cell {hostile[1]} {hostile[0]}", "3.11", nonce, f"transformers==5.17.0; rm -rf {canary}\n")
+    bad_lock = Lock(f"cell {hostile[1]} {hostile[0]}", "3.11", nonce,
+                    f"transformers==5.17.0; rm -rf {canary}\n")
     with pytest.raises(InfraError) as err:
         runner.prepare(cell, bad_lock)
     assert err.value.signature and err.value.signature.startswith("build-")
@@ -374,12 +414,14 @@ def test_oom_kill_is_classified(fake: dict[str, Any], workdir: Path) -> None:
     assert outcome.result_path is None and outcome.signature == "container-oom-killed", outcome
 
 
-def test_hang_is_killed_at_the_cell_timeout(engine: Engine, fake: dict[str, Any], workdir: Path) -> None:
+def test_hang_is_killed_at_the_cell_timeout(engine: Engine, fake: dict[str, Any],
+                                            workdir: Path) -> None:
     started = time.monotonic()
     outcome = _run_fake(fake, workdir, "hang", timeout_s=5, fault="hang")
     assert outcome.signature == "timeout" and outcome.result_path is None
     assert time.monotonic() - started < 60
-    left = subprocess.run(engine.cmd("ps", "-a", "--filter", "name=pinmatrix-", "--format", "{{.Names}}"),
+    left = subprocess.run(engine.cmd("ps", "-a", "--filter", "name=pinmatrix-", "--format",
+                                     "{{.Names}}"),
                           capture_output=True, text=True).stdout
     assert "fake" not in left, f"container left behind: {left}"
 

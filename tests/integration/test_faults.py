@@ -1,18 +1,19 @@
-"""Faults at the pipeline level (issue 7): each one injected for real, and each test asserts that the other
-cells ran to completion, every finished result is intact (schema-valid, unchanged) and the faulty cell got
-a classified outcome.
+"""Faults at the pipeline level (issue 7): each one injected for real, and each test asserts that
+the other cells ran to completion, every finished result is intact (schema-valid, unchanged) and the
+faulty cell got a classified outcome.
 
   fault                         where                        injected by
   probe segfault                Docker (real engine)         ctypes.string_at(0) in the probe
   probe OOM-killed              Docker, --memory 256m        the probe allocates without end
   probe hang / cell timeout     Docker, matrix cell_timeout_s  the probe sleeps
-  per-check timeout             venv, the REAL probe         --check-timeout 0.5 (CLI) over the matrix's 600
-  build fails                   Docker BuildKit              a lock naming a package that exists nowhere
-  flaky check                   venv and Docker              an op failing on its first call per work folder
-  Docker daemon gone mid-run    Docker via a socket we kill  the harness's DOCKER_HOST proxy is closed
-  harness SIGKILLed mid-run     venv, CLI in a subprocess    os.kill(pid, SIGKILL), then --resume
-  reports disk full             venv, tmpfs of 1 MiB         the disk is filled between two cells
-  corrupted/foreign JSON        `python -m pinmatrix report`  files dropped into a finished run folder
+  per-check timeout             venv, the REAL probe         --check-timeout 0.5 (CLI) over the
+  matrix's 600 build fails                   Docker BuildKit              a lock naming a package
+  that exists nowhere flaky check                   venv and Docker              an op failing on
+  its first call per work folder Docker daemon gone mid-run    Docker via a socket we kill  the
+  harness's DOCKER_HOST proxy is closed harness SIGKILLed mid-run     venv, CLI in a subprocess
+  os.kill(pid, SIGKILL), then --resume reports disk full             venv, tmpfs of 1 MiB
+  the disk is filled between two cells corrupted/foreign JSON        `python -m pinmatrix report`
+  files dropped into a finished run folder
 
 The stand-ins (a small probe without torch, an empty lock) live in fault_cells.py; the rest is real.
 """
@@ -32,8 +33,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from pinmatrix.engine import Engine
-from pinmatrix.pipeline import RunOptions, run_matrix
+from pinmatrix.runners.engine import Engine
+from pinmatrix.run.options import RunOptions
+from pinmatrix.run.pipeline import run_matrix
 from pinmatrix.results import CellResult, Damaged, load_result
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -82,15 +84,18 @@ def _assert_intact(run_dir: Path) -> int:
 
 
 def _opts(matrix: Path, reports: Path, runner: str, **kw: Any) -> RunOptions:
-    return RunOptions(matrix_path=matrix, runner=runner, cpu=True, reports_dir=reports, live_progress=False, **kw)
+    return RunOptions(matrix_path=matrix, runner=runner, cpu=True, reports_dir=reports,
+                      live_progress=False, **kw)
 
 
 # --- Docker: segfault, OOM, hang, build failure, a check that fails twice -------------------------
 
 @pytest.fixture(scope="module")
-def docker_run(engine: Engine, probes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def docker_run(engine: Engine, probes_root: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("docker-faults")
-    matrix = fc.write_matrix(tmp / "matrix.yaml", [fc.OK, fc.SEGFAULT, fc.OOM, fc.HANG, fc.BUILD_FAILS, fc.FLAKY, fc.OK2],
+    matrix = fc.write_matrix(tmp / "matrix.yaml", [fc.OK, fc.SEGFAULT, fc.OOM, fc.HANG,
+                                                   fc.BUILD_FAILS, fc.FLAKY, fc.OK2],
                              cell_timeout_s=15)
     token = f"hf_PLANTED{uuid.uuid4().hex}"
     hub = fc.write_model_hub(tmp / "hub")
@@ -99,17 +104,23 @@ def docker_run(engine: Engine, probes_root: Path, tmp_path_factory: pytest.TempP
         mp.setenv("HF_TOKEN", token)  # present in the harness's environment the whole run
         lines: list[str] = []
         started = time.monotonic()
-        summary = run_matrix(_opts(matrix, tmp / "reports", "docker", model_cache=tmp / "hf", model_hub=hub),
+        summary = run_matrix(_opts(matrix, tmp / "reports", "docker", model_cache=tmp / "hf",
+                                   model_hub=hub),
                              echo=lines.append)
         elapsed = time.monotonic() - started
-    yield {"summary": summary, "run": summary.run_dir, "ids": _cell_ids(summary.run_dir), "lines": lines,
+    yield {"summary": summary, "run": summary.run_dir, "ids": _cell_ids(summary.run_dir),
+           "lines": lines,
            "elapsed": elapsed, "token": token, "model_cache": tmp / "hf"}
-    images = subprocess.run(engine.cmd("images", "-q", "--filter", "label=org.pinmatrix.cell"), capture_output=True,
+    images = subprocess.run(engine.cmd("images", "-q", "--filter", "label=org.pinmatrix.cell"),
+                            capture_output=True,
                             text=True).stdout.split()
-    for cid in {json.loads(p.read_text()).get("cell") for p in (summary.run_dir / "outcomes").glob("*.json")}:
+    for cid in {
+        json.loads(p.read_text()).get("cell") for p in (summary.run_dir / "outcomes").glob("*.json")
+    }:
         for image in images:  # only the images this run built (their label names one of its cells)
             label = subprocess.run(engine.cmd("image", "inspect", "--format",
-                                              '{{index .Config.Labels "org.pinmatrix.cell"}}', image),
+                                              '{{index .Config.Labels "org.pinmatrix.cell"}}',
+                                              image),
                                    capture_output=True, text=True).stdout.strip()
             if label == cid:
                 subprocess.run(engine.cmd("rmi", "--force", image), capture_output=True)
@@ -126,16 +137,24 @@ def test_docker_faults_leave_the_other_cells_whole(docker_run: dict, engine: Eng
                 fc.HANG: ("run", "timeout")}
     for pin, (stage, signature) in expected.items():
         outcome = _outcome(run, ids[pin])
-        assert (outcome["stage"], outcome["status"], outcome["signature"]) == (stage, "infra", signature), outcome
+        assert (outcome["stage"], outcome["status"],
+                outcome["signature"]) == (stage, "infra", signature), outcome
         assert not (run / "cells" / f"{ids[pin]}.json").exists()
         _count(signature)
     hang = _outcome(run, ids[fc.HANG])
-    assert 15 <= hang["timings"]["run_s"] < 60, hang  # the matrix's cell_timeout_s, not the 3600 s default
+    # the matrix's cell_timeout_s, not the 3600 s default
+    assert 15 <= hang["timings"]["run_s"] < 60, hang
     built = _outcome(run, ids[fc.BUILD_FAILS])
-    assert (built["stage"], built["status"]) == ("prepare", "infra") and built["signature"].startswith("build-"), built
-    assert fc.MISSING_PACKAGE.split("==")[0] in (run / "logs" / f"{ids[fc.BUILD_FAILS]}.build.log").read_text()
+    assert (built["stage"], built["status"]) == ("prepare", "infra") and built[
+        "signature"
+    ].startswith("build-"), built
+    assert (
+        fc.MISSING_PACKAGE.split("==")[0]
+        in (run / "logs" / f"{ids[fc.BUILD_FAILS]}.build.log").read_text()
+    )
     _count("build-failed")
-    left = subprocess.run(engine.cmd("ps", "-a", "--format", "{{.Names}}"), capture_output=True, text=True).stdout
+    left = subprocess.run(engine.cmd("ps", "-a", "--format", "{{.Names}}"), capture_output=True,
+                          text=True).stdout
     assert not [n for n in left.split() if "tf4.0." in n], f"containers left behind: {left}"
     summary = json.loads((run / "summary.json").read_text())
     rows = {c["id"]: c for c in summary["cells"]}
@@ -144,22 +163,29 @@ def test_docker_faults_leave_the_other_cells_whole(docker_run: dict, engine: Eng
 
 
 def test_docker_check_failing_twice_stays_fail_with_both_attempts(docker_run: dict) -> None:
-    """In Docker the op's work folder is a fresh tmpfs per container, so it fails on the rerun too."""
+    """In Docker the op's work folder is a fresh tmpfs per container, so it fails on the rerun
+    too."""
     run, ids = docker_run["run"], docker_run["ids"]
     result = load_result(run / "cells" / f"{ids[fc.FLAKY]}.json")
     assert isinstance(result, CellResult)
     generate = next(c for c in result.checks if c["name"] == "generate")
-    assert generate["status"] == "fail" and [a["status"] for a in generate["attempts"]] == ["fail", "fail"]
+    assert generate["status"] == "fail" and [a["status"] for a in generate["attempts"]] == [
+        "fail",
+        "fail",
+    ]
     imports = next(c for c in result.checks if c["name"] == "imports")
     assert "attempts" not in imports  # only the failed group was rerun
     assert "same outcome" in (_outcome(run, ids[fc.FLAKY])["rerun"] or "")
-    assert (run / "logs" / f"{ids[fc.FLAKY]}.rerun.log").read_text().count("checks ['generate']") == 1
+    assert (run / "logs" / f"{ids[fc.FLAKY]}.rerun.log").read_text().count(
+        "checks ['generate']"
+    ) == 1
 
 
 def test_planted_token_reaches_no_file_image_or_cell(docker_run: dict, engine: Engine) -> None:
-    """HF_TOKEN was in the harness's environment through prefetch, builds and runs: it must be in no file of
-    the run folder (run.json, logs, outcomes, results, summary), not in the model cache, not in any image's
-    history or config, and not in a cell's environment. The cell did get the model cache, read-only."""
+    """HF_TOKEN was in the harness's environment through prefetch, builds and runs: it must be in no
+    file of the run folder (run.json, logs, outcomes, results, summary), not in the model cache, not
+    in any image's history or config, and not in a cell's environment. The cell did get the model
+    cache, read-only."""
     run, token = docker_run["run"], docker_run["token"]
     files = [p for p in run.rglob("*") if p.is_file()]
     assert {"run.json", "summary.md", "summary.json"} <= {p.name for p in files}
@@ -167,19 +193,22 @@ def test_planted_token_reaches_no_file_image_or_cell(docker_run: dict, engine: E
     for path in files + [p for p in docker_run["model_cache"].rglob("*") if p.is_file()]:
         assert token.encode() not in path.read_bytes(), f"token leaked into {path}"
     images = {image for cid in docker_run["ids"].values()
-              for image in subprocess.run(engine.cmd("images", "-q", "--filter", f"label=org.pinmatrix.cell={cid}"),
+              for image in subprocess.run(engine.cmd("images", "-q", "--filter",
+                                                     f"label=org.pinmatrix.cell={cid}"),
                                           capture_output=True, text=True).stdout.split()}
     assert images
     for image in images:
         for what in (("history", "--no-trunc", image), ("image", "inspect", image)):
-            out = subprocess.run(engine.cmd(*what), capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(engine.cmd(*what), capture_output=True, text=True,
+                                 check=True).stdout
             assert token not in out, f"token in docker {what[0]} of {image}"
     result = load_result(run / "cells" / f"{docker_run['ids'][fc.OK]}.json")
     assert isinstance(result, CellResult)
     seen = next(c for c in result.checks if c["name"] == "imports")["evidence"]
     assert "HF_TOKEN" not in seen["env_keys"]
-    assert seen["hf_writable"] is False and any(s.endswith("0123456789abcdef0123456789abcdef01234567")
-                                                 for s in seen["hf_snapshots"]), seen
+    assert seen["hf_writable"] is False and any(
+        s.endswith("0123456789abcdef0123456789abcdef01234567") for s in seen["hf_snapshots"]
+    ), seen
     assert any("model exaone3.5" in line and "fetched" in line for line in docker_run["lines"])
 
 
@@ -190,7 +219,8 @@ def venv_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"venv_root": str(tmp_path_factory.mktemp("venvs"))}
 
 
-def test_fail_then_pass_is_flaky_with_both_outcomes(probes_root: Path, venv_settings: dict, tmp_path: Path,
+def test_fail_then_pass_is_flaky_with_both_outcomes(probes_root: Path, venv_settings: dict,
+                                                    tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     fc.install(probes_root, venv_settings, monkeypatch.setattr)
     matrix = fc.write_matrix(tmp_path / "matrix.yaml", [fc.OK, fc.FLAKY])
@@ -208,34 +238,42 @@ def test_fail_then_pass_is_flaky_with_both_outcomes(probes_root: Path, venv_sett
     assert rows[ids[fc.FLAKY]]["checks"]["generate"]["status"] == "flaky"
     _count("flaky")
 
-    # Without the rerun the same cell is judged on its first attempt: the hook is what made it flaky.
-    plain = run_matrix(_opts(matrix, tmp_path / "plain", "venv", flaky_rerun=False), echo=lambda _: None)
+    # Without the rerun the same cell is judged on its first attempt: the hook is what made it
+    # flaky.
+    plain = run_matrix(_opts(matrix, tmp_path / "plain", "venv", flaky_rerun=False),
+                       echo=lambda _: None)
     again = load_result(plain.run_dir / "cells" / f"{ids[fc.FLAKY]}.json")
     assert isinstance(again, CellResult)
     generate = next(c for c in again.checks if c["name"] == "generate")
     assert generate["status"] == "fail" and "attempts" not in generate
 
 
-def test_per_check_timeout_from_the_cli_stops_a_real_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The REAL probe (the CPU stack of the test interpreter): lora-train needs seconds; --check-timeout 0.5 stops it."""
+def test_per_check_timeout_from_the_cli_stops_a_real_check(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The REAL probe (the CPU stack of the test interpreter): lora-train needs seconds;
+    --check-timeout 0.5 stops it."""
     from cpu_stack import stack_site
 
     site = stack_site()
     if site is None:
-        pytest.skip("this interpreter holds no CPU stack (torch, transformers, peft): run through `nox -s tests`")
+        pytest.skip("this interpreter holds no CPU stack (torch, transformers, peft): run through "
+                    "`nox -s tests`")
     sites = [site]
-    import pinmatrix.pipeline as pipeline
+    import pinmatrix.run.pipeline as pipeline
+    import pinmatrix.run.runner_choice as runner_choice
     from pinmatrix.runners.venv import VenvRunner
 
     monkeypatch.setattr(pipeline, "choose_resolver", lambda opts, resolve: fc.stand_in_resolve)
-    monkeypatch.setattr(pipeline, "make_venv_runner", lambda opts: VenvRunner(
+    monkeypatch.setattr(runner_choice, "make_venv_runner", lambda opts: VenvRunner(
         venv_root=tmp_path / "venvs", no_install=True, extra_sites=(sites[0],), probes_root=ROOT,
         base_python=sys.executable))
     # 5000 steps take minutes on any CPU: only the 0.5 s per-check timeout can end the check in time
     # (12 steps once finished in 0.38 s on a fast CI machine, before the timeout could fire).
-    matrix = fc.write_matrix(tmp_path / "matrix.yaml", ["5.17.0"], checks=("lora-train",), check_timeout_s=600,
+    matrix = fc.write_matrix(tmp_path / "matrix.yaml", ["5.17.0"], checks=("lora-train",),
+                             check_timeout_s=600,
                              lora_steps=5000)
-    summary = run_matrix(_opts(matrix, tmp_path / "reports", "venv", check_timeout_s=0.5, flaky_rerun=False),
+    summary = run_matrix(_opts(matrix, tmp_path / "reports", "venv", check_timeout_s=0.5,
+                               flaky_rerun=False),
                          echo=lambda _: None)
     (path,) = (summary.run_dir / "cells").glob("*.json")
     result = load_result(path)
@@ -252,7 +290,8 @@ def test_per_check_timeout_from_the_cli_stops_a_real_check(tmp_path: Path, monke
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "tiny"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
     try:
@@ -273,13 +312,17 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
-def test_full_reports_disk_stops_cleanly_and_keeps_what_finished(probes_root: Path, venv_settings: dict,
-                                                                 tiny_disk: Path, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_reports_disk_stops_cleanly_and_keeps_what_finished(
+    probes_root: Path,
+    venv_settings: dict,
+    tiny_disk: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     fc.install(probes_root, venv_settings, monkeypatch.setattr)
-    import pinmatrix.pipeline as pipeline
+    import pinmatrix.run.runner_choice as runner_choice
 
-    made = pipeline.make_venv_runner
+    made = runner_choice.make_venv_runner
     fills: list[Path] = []
 
     class FillsTheDiskOnTheSecondCell:
@@ -298,12 +341,15 @@ def test_full_reports_disk_stops_cleanly_and_keeps_what_finished(probes_root: Pa
                 run_dir = Path(args[2]).parent.parent
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline and not any(
-                        json.loads(p.read_text()).get("stage") == "done" for p in (run_dir / "outcomes").glob("*.json")):
+                    json.loads(p.read_text()).get("stage") == "done"
+                    for p in (run_dir / "outcomes").glob("*.json")
+                ):
                     time.sleep(0.1)
                 fills.append(_fill(tiny_disk))
             return self.inner.run(*args, **kw)
 
-    monkeypatch.setattr(pipeline, "make_venv_runner", lambda opts: FillsTheDiskOnTheSecondCell())
+    monkeypatch.setattr(runner_choice, "make_venv_runner",
+                        lambda opts: FillsTheDiskOnTheSecondCell())
     matrix = fc.write_matrix(tmp_path / "matrix.yaml", [fc.OK, fc.OK2, fc.OK3])
     summary = run_matrix(_opts(matrix, tiny_disk / "reports", "venv"), echo=lambda _: None)
     assert fills and summary.stopped and "full" in summary.stopped, summary
@@ -317,16 +363,20 @@ def test_full_reports_disk_stops_cleanly_and_keeps_what_finished(probes_root: Pa
     fills[0].unlink()  # room again: the resume finishes the rest and keeps the first cell as it was
     first = next((run / "cells").glob("*.json"))
     before = first.read_bytes()
-    resumed = run_matrix(_opts(matrix, tiny_disk / "reports", "venv", resume=run.name), echo=lambda _: None)
+    resumed = run_matrix(_opts(matrix, tiny_disk / "reports", "venv", resume=run.name),
+                         echo=lambda _: None)
     assert resumed.run_dir == run and resumed.stopped is None
     assert _assert_intact(run) == 3 and first.read_bytes() == before
 
 
 # --- the harness SIGKILLed mid-run (CLI, subprocess) ---------------------------------------------
 
-def _child(probes_root: Path, settings: dict, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(Path(fc.__file__)), str(probes_root), json.dumps(settings), "--",
-                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def _child(probes_root: Path, settings: dict, args: list[str],
+           env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(Path(fc.__file__)), str(probes_root),
+                             json.dumps(settings), "--",
+                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True,
                             env={**os.environ, **(env or {})})
 
 
@@ -341,15 +391,21 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> Any:
 
 
 def _only_run(reports: Path) -> Path:
-    runs = [p for p in reports.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
+    runs = [
+        p
+        for p in reports.iterdir()
+        if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+    ]
     assert len(runs) == 1, runs
     return runs[0]
 
 
-def test_harness_sigkilled_mid_run_resumes(probes_root: Path, venv_settings: dict, tmp_path: Path) -> None:
+def test_harness_sigkilled_mid_run_resumes(probes_root: Path, venv_settings: dict,
+                                           tmp_path: Path) -> None:
     matrix = fc.write_matrix(tmp_path / "matrix.yaml", [fc.OK, fc.HANG, fc.OK2])
     reports = tmp_path / "reports"
-    args = ["matrix", "--matrix", str(matrix), "--runner", "venv", "--cpu", "--reports", str(reports),
+    args = ["matrix", "--matrix", str(matrix), "--runner", "venv", "--cpu", "--reports",
+            str(reports),
             "--timeout", "300"]
     child = _child(probes_root, venv_settings, args)
     pid_file: list[Path] = []
@@ -357,8 +413,13 @@ def test_harness_sigkilled_mid_run_resumes(probes_root: Path, venv_settings: dic
         run = _wait_for(lambda: reports.is_dir() and _only_run(reports), 120, "the run folder")
 
         def hanging() -> bool:
-            pid_file[:] = list((run / "work").glob("*/work/probe.pid")) if (run / "work").is_dir() else []
-            return bool(pid_file) and bool(list((run / "cells").glob("*.json")) if (run / "cells").is_dir() else [])
+            pid_file[:] = (
+                list((run / "work").glob("*/work/probe.pid")) if (run / "work").is_dir() else []
+            )
+            return bool(pid_file) and bool(
+                list((run / "cells").glob("*.json")) if (run / "cells").is_dir() else []
+            )
+
         _wait_for(hanging, 120, "the first result and the hanging probe")
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
@@ -372,17 +433,20 @@ def test_harness_sigkilled_mid_run_resumes(probes_root: Path, venv_settings: dic
                 pass
     _count("harness-sigkill")
     assert child.returncode == -signal.SIGKILL
-    finished = _assert_intact(run)  # whatever had finished (1 or 2 cells, in scheduler order) is whole
+    # whatever had finished (1 or 2 cells, in scheduler order) is whole
+    finished = _assert_intact(run)
     assert finished >= 1 and not (run / "cells" / f"{pid_file[0].parent.parent.name}.json").exists()
     assert not json.loads((run / "run.json").read_text()).get("complete")
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (run / "cells").glob("*.json")}
 
-    resumed = _child(probes_root, venv_settings, [*args, "--resume", run.name], env={"PINMATRIX_FAKE_NO_HANG": "1"})
+    resumed = _child(probes_root, venv_settings, [*args, "--resume", run.name],
+                     env={"PINMATRIX_FAKE_NO_HANG": "1"})
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out + err
     assert "kept from the interrupted run" in out + err
     assert _only_run(reports) == run and _assert_intact(run) == 3
-    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before} == before  # finished cells not redone
+    # finished cells not redone
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before} == before
     assert json.loads((run / "run.json").read_text()).get("complete") is True
 
 
@@ -390,12 +454,15 @@ def test_harness_sigkilled_mid_run_resumes(probes_root: Path, venv_settings: dic
 
 class SocketProxy:
     """A unix socket that relays to the real daemon's. Closing it is, for the harness behind it, the
-    daemon going away (connections drop, new ones are refused), without touching the shared daemon."""
+    daemon going away (connections drop, new ones are refused), without touching the shared
+    daemon."""
 
     def __init__(self, path: Path, target: str | None = None) -> None:
         host = os.environ.get("DOCKER_HOST", "")
         self.path = path
-        self.target = target or (host[len("unix://"):] if host.startswith("unix://") else "/var/run/docker.sock")
+        self.target = target or (
+            host[len("unix://") :] if host.startswith("unix://") else "/var/run/docker.sock"
+        )
         self.conns: list[socket.socket] = []
         self.server: socket.socket | None = None
 
@@ -430,7 +497,8 @@ class SocketProxy:
 
     def kill(self) -> None:
         if self.server is not None:
-            # shutdown() first: close() alone does not wake a thread blocked in accept(), which would
+            # shutdown() first: close() alone does not wake a thread blocked in accept(), which
+            # would
             # go on accepting; then no socket file at all, as when a daemon's socket is gone.
             try:
                 self.server.shutdown(socket.SHUT_RDWR)
@@ -448,11 +516,12 @@ class SocketProxy:
         self.conns.clear()
 
 
-def test_docker_daemon_gone_mid_run_reports_infra_and_resumes(engine: Engine, probes_root: Path,
-                                                              tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Three cells at once: one finishes, two hang; then the daemon goes. The finished one stays, the two
-    running ones become infra `engine-unreachable`, the harness exits 1 with a resume hint, and the resume
-    (daemon back) finishes the two without redoing the first."""
+def test_docker_daemon_gone_mid_run_reports_infra_and_resumes(
+    engine: Engine, probes_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Three cells at once: one finishes, two hang; then the daemon goes. The finished one stays,
+    the two running ones become infra `engine-unreachable`, the harness exits 1 with a resume hint,
+    and the resume (daemon back) finishes the two without redoing the first."""
     tmp = tmp_path_factory.mktemp("daemon-gone")
     sock = Path(f"/tmp/pm-proxy-{os.getpid()}.sock")
     proxy = SocketProxy(sock).start()
@@ -509,14 +578,16 @@ def test_docker_daemon_gone_mid_run_reports_infra_and_resumes(engine: Engine, pr
     assert resumed.returncode == 0, out + err
     assert _assert_intact(run) == 1 and (kept.read_bytes(), kept.stat().st_mtime_ns) == before
     for pin in (fc.HANG, fc.HANG2):
-        assert _outcome(run, ids[pin])["signature"] == "timeout"  # judged this time: the cell timeout
+        # judged this time: the cell timeout
+        assert _outcome(run, ids[pin])["signature"] == "timeout"
     assert json.loads((run / "run.json").read_text()).get("complete") is True
 
 
 # --- corrupted and foreign JSON in a reports folder ----------------------------------------------
 
-def test_corrupted_and_foreign_json_are_reported_and_skipped(probes_root: Path, venv_settings: dict,
-                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_corrupted_and_foreign_json_are_reported_and_skipped(
+    probes_root: Path, venv_settings: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fc.install(probes_root, venv_settings, monkeypatch.setattr)
     matrix = fc.write_matrix(tmp_path / "matrix.yaml", [fc.OK, fc.OK2])
     run = run_matrix(_opts(matrix, tmp_path / "reports", "venv"), echo=lambda _: None).run_dir
@@ -526,19 +597,22 @@ def test_corrupted_and_foreign_json_are_reported_and_skipped(probes_root: Path, 
         "cells/truncated.json": text[: len(text) // 2],
         "cells/foreign.json": json.dumps({"name": "left-pad", "version": "1.3.0"}),
         "cells/future.json": json.dumps({**json.loads(text), "schema": 2}),
-        "cells/lying.json": json.dumps({**json.loads(text), "checks": [{"name": "imports", "status": "great"}]}),
+        "cells/lying.json": json.dumps({**json.loads(text),
+                                        "checks": [{"name": "imports", "status": "great"}]}),
         "cells/binary.json": "\udcff",
         "outcomes/garbage.json": "{not json",
     }
     for rel, content in planted.items():
         (run / rel).write_bytes(content.encode("utf-8", "surrogateescape"))
-    proc = subprocess.run([sys.executable, "-m", "pinmatrix", "report", "--run", str(run)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "pinmatrix", "report", "--run", str(run)],
+                          capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
     summary = json.loads((run / "summary.json").read_text())
     damaged = {d["path"] for d in summary["damaged"]}
     assert damaged >= set(planted), damaged
-    assert {c["id"] for c in summary["cells"]} == {load_result(p).cell_id for p in good}  # type: ignore[union-attr]
+    # type: ignore[union-attr]
+    assert {c["id"] for c in summary["cells"]} == {load_result(p).cell_id for p in good}
     assert all(c["status"] == "works" for c in summary["cells"])
     md = (run / "summary.md").read_text()
     assert "## Damaged files (not merged)" in md and all(Path(rel).name in md for rel in planted)
@@ -551,4 +625,5 @@ def test_zz_print_figures(pytestconfig: pytest.Config) -> None:
     """Closing figures for the CI log (runs last in this module)."""
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
-        print(f"\n[fault figures] injected: {sum(FAULT_COUNT.values())} {dict(sorted(FAULT_COUNT.items()))}")
+        print(f"\n[fault figures] injected: {sum(FAULT_COUNT.values())} "
+              f"{dict(sorted(FAULT_COUNT.items()))}")

@@ -1,7 +1,9 @@
 """summary.html in a real browser: Debian's headless Chromium runs the page's script, and the DOM it
-leaves behind (`--dump-dom`) is checked: rows present, the URL's filter/sort/open applied, the chart shown.
+leaves behind (`--dump-dom`) is checked: rows present, the URL's filter/sort/open applied, the chart
+shown.
 
-The page reads its view from the URL (?q=&status=&sort=&dir=&open=), which is how this test drives it.
+The page reads its view from the URL (?q=&status=&sort=&dir=&open=), which is how this test drives
+it.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the real-result helpers
 
-from pinmatrix.report import write_report  # noqa: E402
+from pinmatrix.report.write import write_report  # noqa: E402
 from real_results import cache_root  # noqa: E402
 from report_runs import CELL_ID, standard_run  # noqa: E402
 
@@ -41,12 +43,15 @@ def page(request, tmp_path_factory) -> Path:
 
 def dom(page: Path, query: str = "") -> str:
     """The DOM after the page's script ran (virtual time lets it finish before the dump)."""
-    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--disable-background-networking",
                            "--disable-extensions", "--no-first-run", "--virtual-time-budget=3000",
                            "--dump-dom", page.as_uri() + query],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert 'data-js="ready"' in proc.stdout, "the page's script did not finish:\n" + proc.stderr[-2000:]
+    assert 'data-js="ready"' in proc.stdout, (
+        "the page's script did not finish:\n" + proc.stderr[-2000:]
+    )
     return proc.stdout
 
 
@@ -87,7 +92,8 @@ def test_text_filter_matches_pins_and_signatures(page):
 def test_sort_by_status_descending(page):
     html = dom(page, "?sort=status&dir=desc")
     order = [cid for cid, _ in rows(html)]
-    assert order[0] == "py3.11-torch2.13.0+cpu-tf5.17.0-unsloth2026.1.1"  # infra sorts last ascending
+    # infra sorts last ascending
+    assert order[0] == "py3.11-torch2.13.0+cpu-tf5.17.0-unsloth2026.1.1"
     assert order[-1] == CELL_ID                                             # works first ascending
     assert 'aria-sort="descending"' in html
 
@@ -96,7 +102,11 @@ def test_open_expands_a_cell_with_its_checks_and_fix(page):
     html = dom(page, "?open=" + quote(XF_ID))
     assert detail_open(html, XF_ID) and not detail_open(html, CELL_ID)
     detail = html.split(f'data-for="{XF_ID}"', 1)[1].split('<tr class="cell"', 1)[0]
-    assert "xformers-extensions-not-loaded" in detail and "<b>fix</b>" in detail and "Environment" in detail
+    assert (
+        "xformers-extensions-not-loaded" in detail
+        and "<b>fix</b>" in detail
+        and "Environment" in detail
+    )
 
 
 def test_chart_is_an_embedded_image_or_says_why_not(page):

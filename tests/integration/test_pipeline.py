@@ -1,4 +1,5 @@
-"""End to end: `python -m pinmatrix matrix --matrix tests/data/matrices/ci.yaml --runner venv --cpu`.
+"""End to end: `python -m pinmatrix matrix --matrix tests/data/matrices/ci.yaml --runner venv
+--cpu`.
 
 Real resolver (uv against PyPI + /opt/wheels), real venvs, the real probe, the real report.
 """
@@ -28,8 +29,10 @@ if shutil.which("uv") is None:
 
 
 def pinmatrix(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pinmatrix", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PINMATRIX_FIND_LINKS": str(WHEELS), **(env or {})}, timeout=1800)
+    return subprocess.run([sys.executable, "-m", "pinmatrix", *args], capture_output=True,
+                          text=True, cwd=ROOT,
+                          env={**os.environ, "PINMATRIX_FIND_LINKS": str(WHEELS), **(env or {})},
+                          timeout=1800)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def first_run(tmp_path_factory):
 def test_exit_code_and_verdict(first_run):
     root, proc = first_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    verdict = [l for l in proc.stdout.splitlines() if l.startswith("2 cells: ")]
+    verdict = [ln for ln in proc.stdout.splitlines() if ln.startswith("2 cells: ")]
     assert verdict, proc.stdout
     assert "runner: " not in proc.stdout  # --runner venv was asked for: nothing to announce
 
@@ -54,15 +57,21 @@ def test_run_folder_layout(first_run):
     assert latest.is_symlink() and latest.resolve().parent == (root / "reports").resolve()
     run = latest.resolve()
     manifest = json.loads((run / "run.json").read_text())
-    assert manifest["runner"] == "venv" and manifest["device"] == "cpu" and len(manifest["cells"]) == 2
+    assert (
+        manifest["runner"] == "venv" and manifest["device"] == "cpu" and len(manifest["cells"]) == 2
+    )
     assert len(manifest["matrix_sha256"]) == 64 and manifest["finished"]
     for cell in manifest["cells"]:
         outcome = json.loads((run / "outcomes" / f"{cell}.json").read_text())
         assert outcome["stage"] == "done" and outcome["status"] is None, outcome
         assert outcome["result"] == f"cells/{cell}.json" and len(outcome["hash"]) == 64
         assert set(outcome["timings"]) == {"resolve_s", "prepare_s", "run_s"}
-        assert (run / "locks" / cell / "torch.lock").is_file() and (run / "locks" / cell / "requirements.lock").is_file()
-        assert (run / "logs" / f"{cell}.run.log").is_file() and (run / "logs" / f"{cell}.build.log").is_file()
+        assert (run / "locks" / cell / "torch.lock").is_file() and (
+            run / "locks" / cell / "requirements.lock"
+        ).is_file()
+        assert (run / "logs" / f"{cell}.run.log").is_file() and (
+            run / "logs" / f"{cell}.build.log"
+        ).is_file()
         assert isinstance(load_result(run / "cells" / f"{cell}.json"), CellResult)
     assert not (run / "work").exists()
 
@@ -91,21 +100,26 @@ def test_merged_table_has_both_cells_on_cpu(first_run):
 
 
 def test_second_run_reuses_venvs_and_moves_latest(first_run):
-    """`--runner auto` on a host whose Docker engine is unreachable says so in one line and uses venvs."""
+    """`--runner auto` on a host whose Docker engine is unreachable says so in one line and uses
+    venvs."""
     root, _ = first_run
     before = (root / "reports" / "latest").resolve()
-    proc = pinmatrix("matrix", "--matrix", str(CI), "--runner", "auto", "--cpu", "transformers=5.17.0",
+    proc = pinmatrix("matrix", "--matrix", str(CI), "--runner", "auto", "--cpu",
+                     "transformers=5.17.0",
                      "--reports", str(root / "reports"), "--venv-dir", str(root / "venvs"),
-                     env={"DOCKER_HOST": f"unix://{root}/no-such-docker.sock", "PINMATRIX_DOCKER": "/nonexistent/docker"})
+                     env={"DOCKER_HOST": f"unix://{root}/no-such-docker.sock",
+                          "PINMATRIX_DOCKER": "/nonexistent/docker"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    notices = [l for l in proc.stdout.splitlines() if l.startswith("runner: ")]
-    assert len(notices) == 1 and notices[0].startswith("runner: venv (no usable Docker engine"), proc.stdout
+    notices = [ln for ln in proc.stdout.splitlines() if ln.startswith("runner: ")]
+    assert len(notices) == 1 and notices[0].startswith("runner: venv (no usable Docker "
+                                                       "engine"), proc.stdout
     after = (root / "reports" / "latest").resolve()
     assert after != before and after.parent == before.parent
     (outcome_path,) = (after / "outcomes").glob("*.json")
     outcome = json.loads(outcome_path.read_text())
     assert outcome["pins"]["transformers"] == "5.17.0"
-    assert not (after / "logs" / f"{outcome['cell']}.build.log").exists()  # venv reused: nothing built
+    # venv reused: nothing built
+    assert not (after / "logs" / f"{outcome['cell']}.build.log").exists()
     first = json.loads((before / "outcomes" / outcome_path.name).read_text())
     same_probes = (json.loads((before / "run.json").read_text())["probes_digest"]
                    == json.loads((after / "run.json").read_text())["probes_digest"])
@@ -114,7 +128,8 @@ def test_second_run_reuses_venvs_and_moves_latest(first_run):
 
 
 def test_bad_matrix_writes_nothing(tmp_path):
-    proc = pinmatrix("matrix", "--matrix", str(ROOT / "tests/data/matrices/bad/01-yaml-syntax.yaml"),
+    proc = pinmatrix("matrix", "--matrix",
+                     str(ROOT / "tests/data/matrices/bad/01-yaml-syntax.yaml"),
                      "--runner", "venv", "--reports", str(tmp_path / "reports"))
     assert proc.returncode == 2 and "01-yaml-syntax.yaml:" in proc.stderr
     assert not (tmp_path / "reports").exists()

@@ -14,8 +14,8 @@ import pytest
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import MatrixError
-from pinmatrix.matrix import load_matrix
-from pinmatrix.resolve import ResolveInfraError, resolve, resolve_many
+from pinmatrix.matrix.load import load_matrix
+from pinmatrix.resolve.uv import ResolveInfraError, resolve, resolve_many
 from pinmatrix.sources import PackageSources
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,8 @@ def cache(tmp_path):
 
 @needs_uv
 def test_unsloth_outside_its_transformers_range_is_unresolvable(tmp_path, cache):
-    cell = Cell(pins={"python": "3.12", "torch": "2.11.0", "transformers": "5.24.0", "unsloth": "2026.10.9"})
+    cell = Cell(pins={"python": "3.12", "torch": "2.11.0", "transformers": "5.24.0",
+                      "unsloth": "2026.10.9"})
     outcome = resolve(cell, PYPI, tmp_path / "locks", cache_dir=cache)
     assert isinstance(outcome, Unresolvable), outcome
     text = outcome.explanation
@@ -48,7 +49,8 @@ def test_unsloth_outside_its_transformers_range_is_unresolvable(tmp_path, cache)
 
 @needs_uv
 def test_a_none_package_pulled_in_anyway_is_unresolvable(tmp_path, cache):
-    cell = Cell(pins={"python": "3.12", "torch": "2.11.0", "transformers": "5.17.0", "unsloth": "2026.10.9",
+    cell = Cell(pins={"python": "3.12", "torch": "2.11.0", "transformers": "5.17.0",
+                      "unsloth": "2026.10.9",
                       "xformers": "none"})
     outcome = resolve(cell, PYPI, tmp_path / "locks", cache_dir=cache)
     assert isinstance(outcome, Unresolvable), outcome
@@ -75,7 +77,9 @@ def test_ci_cells_resolve_to_locks_with_the_wheelhouse_torch(tmp_path, cache):
         assert "torch==2.13.0+cpu" in torch_lock and "transformers" not in torch_lock
         # hashes for every package, the find-links wheel included (uv hashes the local file)
         entries = [line for line in full.splitlines() if "==" in line and not line.startswith(" ")]
-        assert entries and all(line.rstrip().endswith("\\") for line in entries), "a pin without --hash"
+        assert entries and all(line.rstrip().endswith("\\") for line in entries), (
+            "a pin without --hash"
+        )
         assert "/tmp/" not in full  # no temp paths leak into the lock
     # warm: the cache answers, well under the 2 s per cell goal
     started = time.monotonic()
@@ -96,7 +100,8 @@ def test_without_the_wheelhouse_the_cpu_torch_is_unresolvable(tmp_path, cache):
 def test_unreachable_index_is_infra_not_unresolvable(tmp_path, cache):
     cell = Cell(pins={"python": "3.11", "torch": "none", "peft": "0.21.2"})
     with pytest.raises(ResolveInfraError):
-        resolve(cell, PackageSources(index_url="http://127.0.0.1:9/simple"), tmp_path / "locks", cache_dir=cache)
+        resolve(cell, PackageSources(index_url="http://127.0.0.1:9/simple"), tmp_path / "locks",
+                cache_dir=cache)
 
 
 def test_missing_uv_is_infra(tmp_path, cache):
@@ -105,7 +110,8 @@ def test_missing_uv_is_infra(tmp_path, cache):
         resolve(cell, PYPI, tmp_path / "locks", cache_dir=cache, uv=str(tmp_path / "no-such-uv"))
 
 
-# --- live axes against the real index -----------------------------------------------------------------------------
+# --- live axes against the real index
+# -----------------------------------------------------------------------------
 LIVE = """\
 axes:
   python: ["3.12"]
@@ -123,7 +129,9 @@ def test_live_axes_expand_against_the_real_index_skipping_yanked_and_prereleases
     # transformers 5.10.0 is yanked on PyPI; peft 0.18.0rc0 is a pre-release
     assert matrix.axes["transformers"] == ("5.9.0", "5.10.1", "5.10.2", "5.10.4")
     assert matrix.axes["peft"] == ("0.18.0", "0.18.1")
-    assert matrix.snapshot["live"]["transformers#0"]["versions"] == list(matrix.axes["transformers"])
+    assert matrix.snapshot["live"]["transformers#0"]["versions"] == list(
+        matrix.axes["transformers"]
+    )
     assert len(matrix.expand()) == 8
 
     path.write_text(LIVE % (", yanked: true", ", pre: true"))

@@ -1,7 +1,7 @@
-"""The resolve stage end to end (issue 4): a live axis expanded against the real index and recorded in
-run.json, every cell resolved before any build, the lock installed by the docker runner on the real
-engine (no drift), the drift check failing on a lock that differs, pins written from the run, and the
-snapshot reproducing the cells with the index unreachable.
+"""The resolve stage end to end (issue 4): a live axis expanded against the real index and recorded
+in run.json, every cell resolved before any build, the lock installed by the docker runner on the
+real engine (no drift), the drift check failing on a lock that differs, pins written from the run,
+and the snapshot reproducing the cells with the index unreachable.
 """
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ CELL_ID = "py3.11-torch2.13.0+cpu-tf5.17.0-unsloth-none-peft0.21.2-xf-none-fa-no
 
 
 def _pinmatrix(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pinmatrix", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "pinmatrix", *args], capture_output=True,
+                          text=True, cwd=ROOT,
                           timeout=timeout)
 
 
@@ -56,17 +57,20 @@ def engine(engine):   # tests/integration/conftest.py's engine, and this module'
 
 @pytest.fixture(scope="module")
 def docker_run(engine, tmp_path_factory):
-    """`python -m pinmatrix matrix --runner docker --cpu` on the live-axis matrix, once for the module."""
+    """`python -m pinmatrix matrix --runner docker --cpu` on the live-axis matrix, once for the
+    module."""
     folder = tmp_path_factory.mktemp("resolve-stage")
     matrix = folder / "live.yaml"
     matrix.write_text(MATRIX)
     reports = folder / "reports"
-    proc = _pinmatrix("matrix", "--matrix", str(matrix), "--runner", "docker", "--cpu", "--reports", str(reports),
+    proc = _pinmatrix("matrix", "--matrix", str(matrix), "--runner", "docker", "--cpu", "--reports",
+                      str(reports),
                       "--find-links", str(WHEELHOUSE), "--label", "stage", "--keep-work")
     run_dir = (reports / "latest").resolve()
     yield {"proc": proc, "run_dir": run_dir, "matrix": matrix, "folder": folder}
     lock_dir = run_dir / "locks" / CELL_ID
-    if (lock_dir / "requirements.lock").is_file():  # the image this module built: do not fill the disk
+    # the image this module built: do not fill the disk
+    if (lock_dir / "requirements.lock").is_file():
         runner = DockerRunner(engine, None, folder, cpu_only=True)
         tag = runner.tag_for(_lock(lock_dir))
         subprocess.run(engine.cmd("rmi", "--force", tag), capture_output=True)
@@ -82,15 +86,20 @@ def test_the_docker_runner_installs_the_resolved_lock(docker_run):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = json.loads((run_dir / "run.json").read_text())
     # resolved up front, in parallel, before the build; the live axis recorded as it expanded
-    assert manifest["resolve_stage"]["resolved"] == 1 and manifest["resolve_stage"]["unresolvable"] == 0
+    assert (
+        manifest["resolve_stage"]["resolved"] == 1
+        and manifest["resolve_stage"]["unresolvable"] == 0
+    )
     assert manifest["snapshot"]["live"]["transformers#0"]["versions"] == ["5.17.0"]
     outcome = json.loads((run_dir / "outcomes" / f"{CELL_ID}.json").read_text())
     assert outcome["stage"] == "done" and outcome["status"] is None, outcome
     assert outcome["runner"] == "docker"
     locked = _lock(run_dir / "locks" / CELL_ID).pinned()
     result = json.loads((run_dir / "cells" / f"{CELL_ID}.json").read_text())
-    installed = {name: info["installed"] for name, info in result["environment"]["packages"].items()}
-    # the image holds exactly the lock: every fingerprinted package the lock pins, at the locked version
+    installed = {name: info["installed"] for name,
+                 info in result["environment"]["packages"].items()}
+    # the image holds exactly the lock: every fingerprinted package the lock pins, at the locked
+    # version
     for name in ("torch", "transformers", "peft"):
         assert installed[name] == locked[name], (name, installed[name], locked[name])
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -103,24 +112,31 @@ def test_pins_come_from_the_run(docker_run):
     assert f"# cell: {CELL_ID}" in text and f"# run: {run_dir.name};" in text
     body = [line for line in text.splitlines() if line and not line.startswith("#")]
     locked = _lock(run_dir / "locks" / CELL_ID).pinned()
-    assert len(body) == len(locked) and "transformers==5.17.0" in body and "torch==2.13.0+cpu" in body
+    assert (
+        len(body) == len(locked) and "transformers==5.17.0" in body and "torch==2.13.0+cpu" in body
+    )
     # `python -m pinmatrix report` writes them again
     shutil.rmtree(run_dir / "pins")
     again = _pinmatrix("report", "--run", str(run_dir), timeout=300)
-    assert again.returncode == 0 and "pins: 2 constraints files" in again.stdout, again.stdout + again.stderr
+    assert again.returncode == 0 and "pins: 2 constraints files" in again.stdout, (
+        again.stdout + again.stderr
+    )
     rewritten = (run_dir / "pins" / "newest.constraints.txt").read_text()
-    assert [l for l in rewritten.splitlines() if not l.startswith("#")] == [l for l in text.splitlines()
-                                                                            if not l.startswith("#")]
+    assert [ln for ln in rewritten.splitlines() if not ln.startswith("#")] == [
+        ln for ln in text.splitlines() if not ln.startswith("#")
+    ]
 
 
 def test_docker_runner_reports_drift_from_the_lock(docker_run, engine, tmp_path):
-    """The same image, run against a lock that pins another transformers: infra, naming the package."""
+    """The same image, run against a lock that pins another transformers: infra, naming the
+    package."""
     run_dir = docker_run["run_dir"]
     lock = _lock(run_dir / "locks" / CELL_ID)
     runner = DockerRunner(engine, None, tmp_path, cpu_only=True)
     tag = runner.tag_for(lock)
     assert runner.image_exists(tag), "the pipeline's image is gone"
-    spec = run_dir / "work" / CELL_ID / "cell.json"   # the spec the pipeline handed the probe (--keep-work)
+    # the spec the pipeline handed the probe (--keep-work)
+    spec = run_dir / "work" / CELL_ID / "cell.json"
     honest = Prepared("docker", CELL_ID, tag, reused=True, details={"locked": lock.pinned()})
     ok = runner.run(honest, spec, tmp_path / "ok", "", 600)
     assert ok.infra_reason is None and ok.result_path is not None, ok
@@ -136,15 +152,19 @@ def test_snapshot_reproduces_the_run_offline(docker_run):
     run_json = docker_run["run_dir"] / "run.json"
     matrix = str(docker_run["matrix"])
     offline = _pinmatrix("list", "--matrix", matrix, "--index-url", BOGUS_INDEX, timeout=120)
-    assert offline.returncode == 2 and "cannot expand against the index" in offline.stderr, offline.stderr
-    again = _pinmatrix("list", "--matrix", matrix, "--index-url", BOGUS_INDEX, "--snapshot", str(run_json),
+    assert offline.returncode == 2 and "cannot expand against the index" in offline.stderr, (
+        offline.stderr
+    )
+    again = _pinmatrix("list", "--matrix", matrix, "--index-url", BOGUS_INDEX, "--snapshot",
+                       str(run_json),
                        timeout=120)
     assert again.returncode == 0, again.stderr
     assert again.stdout.split() == json.loads(run_json.read_text())["cells"] == [CELL_ID]
     # a bare snapshot file works too; a file without one is bad input (exit 2), named
     bare = docker_run["folder"] / "snapshot.json"
     bare.write_text(json.dumps(json.loads(run_json.read_text())["snapshot"]))
-    assert _pinmatrix("list", "--matrix", matrix, "--index-url", BOGUS_INDEX, "--snapshot", str(bare),
+    assert _pinmatrix("list", "--matrix", matrix, "--index-url", BOGUS_INDEX, "--snapshot",
+                      str(bare),
                       timeout=120).stdout.split() == [CELL_ID]
     junk = docker_run["folder"] / "junk.json"
     junk.write_text("[1, 2]")
@@ -153,7 +173,8 @@ def test_snapshot_reproduces_the_run_offline(docker_run):
 
 
 def test_resolve_command_prints_the_table(tmp_path):
-    """`python -m pinmatrix resolve` (nox -s resolve): one resolvable and one unresolvable cell, uv's words."""
+    """`python -m pinmatrix resolve` (nox -s resolve): one resolvable and one unresolvable cell,
+    uv's words."""
     if shutil.which("uv") is None:
         pytest.skip("uv is not installed")
     matrix = tmp_path / "m.yaml"
@@ -165,7 +186,8 @@ def test_resolve_command_prints_the_table(tmp_path):
           transformers: ["5.5.0", "5.17.0"]
           unsloth: ["2026.9.14"]
     """))
-    proc = _pinmatrix("resolve", "--matrix", str(matrix), "--reports", str(tmp_path / "r"), timeout=900)
+    proc = _pinmatrix("resolve", "--matrix", str(matrix), "--reports", str(tmp_path / "r"),
+                      timeout=900)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("py3.12")}
     assert "resolved" in rows["py3.12-torch2.11.0-tf5.5.0-unsloth2026.9.14"]
@@ -174,5 +196,7 @@ def test_resolve_command_prints_the_table(tmp_path):
     assert "unresolvable" in bad and "transformers==5.17.0" in bad
     assert "2 cells: 1 resolved, 1 unresolvable, 0 infra" in proc.stdout
     run_dir = next((tmp_path / "r").glob("*-resolve"))
-    outcome = json.loads((run_dir / "outcomes" / "py3.12-torch2.11.0-tf5.17.0-unsloth2026.9.14.json").read_text())
+    outcome = json.loads(
+        (run_dir / "outcomes" / "py3.12-torch2.11.0-tf5.17.0-unsloth2026.9.14.json").read_text()
+    )
     assert outcome["status"] == "unresolvable" and "No solution found" in outcome["reason"]

@@ -1,9 +1,11 @@
-"""`matrix --on slurm` through a real single-node Slurm (Debian's slurm-wlm + munge), cells on CPU, no GRES.
+"""`matrix --on slurm` through a real single-node Slurm (Debian's slurm-wlm + munge), cells on CPU,
+no GRES.
 
 The fixture starts munged, slurmctld and slurmd from a private config (its own ports and spool under
-/tmp/pinmatrix-slurm), idempotently: a cluster already answering is reused. Where the Slurm binaries are
-absent it installs them on CI (root, CI=true), else skips. Accounting is off on this cluster, so the
-session's poller reads task states from `scontrol` (pinmatrix/slurm.py explains the fallback).
+/tmp/pinmatrix-slurm), idempotently: a cluster already answering is reused. Where the Slurm binaries
+are absent it installs them on CI (root, CI=true), else skips. Accounting is off on this cluster, so
+the session's poller reads task states from `scontrol` (pinmatrix/run/slurm.py explains the
+fallback).
 """
 from __future__ import annotations
 
@@ -35,10 +37,12 @@ def _install_on_ci() -> None:
     if _have_binaries():
         return
     if os.environ.get("CI") != "true" or os.geteuid() != 0:
-        pytest.skip("Slurm (slurm-wlm, munge) is not installed; CI installs it, elsewhere: apt-get install slurm-wlm munge")
+        pytest.skip("Slurm (slurm-wlm, munge) is not installed; CI installs it, elsewhere: apt-get "
+                    "install slurm-wlm munge")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "slurm-wlm", "munge"],
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "slurm-wlm",
+                    "munge"],
                    check=True, env=env, capture_output=True)
 
 
@@ -76,8 +80,11 @@ def _sbin(name: str) -> str:
 
 
 def _node_ready(env: dict[str, str]) -> bool:
-    proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env, timeout=30)
-    return proc.returncode == 0 and any(s.strip().rstrip("*") in ("idle", "mix", "alloc") for s in proc.stdout.split())
+    proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env,
+                          timeout=30)
+    return proc.returncode == 0 and any(
+        s.strip().rstrip("*") in ("idle", "mix", "alloc") for s in proc.stdout.split()
+    )
 
 
 @pytest.fixture(scope="session")
@@ -96,20 +103,28 @@ def slurm_env() -> dict[str, str]:
     if subprocess.run(["munge", "-n"], capture_output=True).returncode != 0:
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
         if not Path("/etc/munge/munge.key").is_file():
-            subprocess.run([_sbin("mungekey") if shutil.which("mungekey") else "/usr/sbin/create-munge-key"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [_sbin("mungekey") if shutil.which("mungekey") else "/usr/sbin/create-munge-key"],
+                check=True,
+                capture_output=True,
+            )
         subprocess.run([_sbin("munged"), "--force"], check=True, capture_output=True)
-    if subprocess.run(["scontrol", "ping"], capture_output=True, text=True, env=env).stdout.count("UP") == 0:
-        subprocess.run([_sbin("slurmctld"), "-f", str(conf)], check=True, env=env, capture_output=True)
+    if subprocess.run(["scontrol", "ping"], capture_output=True, text=True,
+                      env=env).stdout.count("UP") == 0:
+        subprocess.run([_sbin("slurmctld"), "-f", str(conf)], check=True, env=env,
+                       capture_output=True)
     deadline = time.monotonic() + 60
     started_slurmd = False
     while time.monotonic() < deadline:
         if _node_ready(env):
             return env
-        if not started_slurmd and not subprocess.run(["pgrep", "-f", f"slurmd -f {conf}"], capture_output=True).stdout:
-            subprocess.run([_sbin("slurmd"), "-f", str(conf)], check=True, env=env, capture_output=True)
+        if not started_slurmd and not subprocess.run(["pgrep", "-f", f"slurmd -f {conf}"],
+                                                     capture_output=True).stdout:
+            subprocess.run([_sbin("slurmd"), "-f", str(conf)], check=True, env=env,
+                           capture_output=True)
             started_slurmd = True
-        subprocess.run(["scontrol", "update", f"nodename={host}", "state=resume"], capture_output=True, env=env)
+        subprocess.run(["scontrol", "update", f"nodename={host}", "state=resume"],
+                       capture_output=True, env=env)
         time.sleep(1)
     logs = "\n".join(p.read_text()[-2000:] for p in (CLUSTER / "log").glob("*.log"))
     pytest.fail(f"the test Slurm cluster did not come up in 60s:\n{logs}")
@@ -118,18 +133,24 @@ def slurm_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cheap_matrix(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("slurm-matrix") / "matrix.yaml"
-    lines = [("checks: [imports]" if l.startswith("checks:") else l) for l in CI_MATRIX.read_text().splitlines()]
+    lines = [
+        ("checks: [imports]" if ln.startswith("checks:") else ln)
+        for ln in CI_MATRIX.read_text().splitlines()
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def _matrix(env, matrix: Path, root: Path, *more: str, background: bool = False):
-    argv = [sys.executable, "-m", "pinmatrix", "matrix", "--on", "slurm", "--cpu", "--runner", "venv",
-            "--matrix", str(matrix), "--reports", str(root / "reports"), "--venv-dir", str(root / "venvs"),
+    argv = [sys.executable, "-m", "pinmatrix", "matrix", "--on", "slurm", "--cpu", "--runner",
+            "venv",
+            "--matrix", str(matrix), "--reports", str(root / "reports"), "--venv-dir",
+            str(root / "venvs"),
             "--slurm-poll", "1", *more]
     env = {**env, "PINMATRIX_FIND_LINKS": str(WHEELS)}
     if background:
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -146,9 +167,12 @@ def test_cells_run_as_array_tasks_and_merge(slurm_env, cheap_matrix, tmp_path_fa
     run = (root / "reports" / "latest").resolve()
     manifest = json.loads((run / "run.json").read_text())
     job = manifest["slurm"]["job_id"]
-    assert manifest["slurm"]["states"] == {"0": "COMPLETED", "1": "COMPLETED"} and manifest["complete"]
+    assert manifest["slurm"]["states"] == {"0": "COMPLETED",
+                                           "1": "COMPLETED"} and manifest["complete"]
     outcomes = _outcomes(run)
-    assert len(outcomes) == 2 and all(o["stage"] == "done" and o["runner"] == "venv" for o in outcomes.values())
+    assert len(outcomes) == 2 and all(
+        o["stage"] == "done" and o["runner"] == "venv" for o in outcomes.values()
+    )
     for i in (0, 1):  # each cell ran in its own array task, which logged where it ran
         log = (run / "slurm" / f"{job}_{i}.log").read_text()
         assert f"pinmatrix task {job}_{i} on" in log
@@ -166,7 +190,10 @@ def test_deadline_and_cancel_become_infra_never_a_hang(slurm_env, cheap_matrix, 
     outcomes = _outcomes(run)
     assert len(outcomes) == 2
     for outcome in outcomes.values():
-        assert outcome["status"] == "infra" and outcome["signature"] in ("slurm-deadline", "slurm-cancelled"), outcome
+        assert outcome["status"] == "infra" and outcome["signature"] in (
+            "slurm-deadline",
+            "slurm-cancelled",
+        ), outcome
         assert "Slurm task" in outcome["reason"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["verdict"].startswith("2 cells: 2 infra"), summary["verdict"]

@@ -1,7 +1,8 @@
 """The venv runner with real uv, real virtual environments and the real probe.
 
 Two cells that differ only in the transformers pin (4.57.6 vs 5.17.0), torch 2.13.0+cpu from the
-/opt/wheels wheelhouse: each gets its own venv, the probe runs in it, and the merged table shows both.
+/opt/wheels wheelhouse: each gets its own venv, the probe runs in it, and the merged table shows
+both.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import pytest
 
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.outcome import Outcome
-from pinmatrix.pipeline import force_cpu
-from pinmatrix.report import merge, render_markdown
+from pinmatrix.run.pipeline import force_cpu
+from pinmatrix.report.markdown import render_markdown
+from pinmatrix.report.summary import merge
 from pinmatrix.results import CellResult, load_result
-from pinmatrix.runners.base import InfraError, Runner
+from pinmatrix.errors import InfraError
+from pinmatrix.runners.base import Runner
 from pinmatrix.runners.venv import READY_MARKER, VenvRunner
 
 pytestmark = pytest.mark.integration
@@ -47,7 +50,7 @@ def sources():
 
 @pytest.fixture(scope="module")
 def locks(tmp_path_factory, sources) -> dict[str, tuple[Cell, Lock]]:
-    from pinmatrix.resolve import resolve
+    from pinmatrix.resolve.uv import resolve
 
     out = {}
     for version in ("4.57.6", "5.17.0"):
@@ -99,7 +102,8 @@ def test_two_cells_differing_in_transformers(locks, sources, venv_root, tmp_path
         assert env["packages"]["torch"]["installed"] == "2.13.0+cpu" and env["device"] == "cpu"
         (run_dir / "cells").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(outcome.result_path, run_dir / "cells" / f"{cell.id}.json")
-        Outcome(cell=cell.id, hash=f"hash-{version}", pins=dict(cell.pins), runner="venv", stage="done",
+        Outcome(cell=cell.id, hash=f"hash-{version}", pins=dict(cell.pins), runner="venv",
+                stage="done",
                 result=f"cells/{cell.id}.json").write(run_dir)
     # Two venvs, one per lock.
     assert len([p for p in venv_root.iterdir() if p.is_dir()]) == 2
@@ -143,27 +147,32 @@ def test_offline_install_fails_as_infra_when_the_wheelhouse_lacks_a_package(lock
     from pinmatrix.sources import PackageSources
 
     cell, lock = locks["5.17.0"]
-    runner = VenvRunner(venv_root=tmp_path / "venvs", sources=PackageSources(find_links=(str(WHEELS),)),
+    runner = VenvRunner(venv_root=tmp_path / "venvs",
+                        sources=PackageSources(find_links=(str(WHEELS),)),
                         offline=True)
     with pytest.raises(InfraError) as caught:
         runner.prepare(cell, lock)  # torch is in /opt/wheels, its dependencies are not
     assert caught.value.signature == "venv-install-failed"
     assert "--offline" in caught.value.log_tail and "--no-index" in caught.value.log_tail
     assert "not found in the provided package locations" in caught.value.log_tail
-    assert not list((tmp_path / "venvs").glob(f"*/{READY_MARKER}"))  # a failed venv is never marked ready
+    # a failed venv is never marked ready
+    assert not list((tmp_path / "venvs").glob(f"*/{READY_MARKER}"))
 
 
 def test_no_install_extra_site_and_stdlib_venv_fallback_detect_drift(locks, tf457_site, tmp_path):
     """A machine with no index: nothing is installed, a prepared site is put on the path (.pth), and
-    the drift check compares the lock with what is there. Without uv the stdlib venv module is used."""
+    the drift check compares the lock with what is there. Without uv the stdlib venv module is
+    used."""
     cell, lock = locks["5.17.0"]        # the lock wants transformers 5.17.0 ...
-    runner = VenvRunner(venv_root=tmp_path / "venvs", no_install=True, extra_sites=[tf457_site], uv=None)
+    runner = VenvRunner(venv_root=tmp_path / "venvs", no_install=True, extra_sites=[tf457_site],
+                        uv=None)
     assert any("falling back to the stdlib venv" in n for n in runner.notes)
     prepared = runner.prepare(cell, lock)
     pth = list(Path(prepared.ref).glob("lib/python*/site-packages/pinmatrix-extra-site.pth"))
     assert pth and pth[0].read_text().strip() == str(tf457_site)
     outcome = runner.run(prepared, write_spec(cell, tmp_path / "w"), tmp_path / "w", "", 600)
-    # ... the site holds 4.57.6: the result exists, but the cell is judged infra, naming the package.
+    # ... the site holds 4.57.6: the result exists, but the cell is judged infra, naming the
+    # package.
     assert outcome.result_path is not None and outcome.signature == "lock-drift"
     assert "transformers 4.57.6 (lock: 5.17.0)" in outcome.infra_reason
 
@@ -185,21 +194,28 @@ def test_without_uv_the_stdlib_venv_and_pip_install_the_lock(locks, sources, tmp
     cell, lock = locks["4.57.6"]
     runner = VenvRunner(venv_root=tmp_path / "venvs", sources=sources, uv=None)
     prepared = runner.prepare(cell, lock)
-    assert prepared.details["notes"] == ["uv not found on PATH: falling back to the stdlib venv module and pip"]
+    assert prepared.details["notes"] == ["uv not found on PATH: falling back to the stdlib venv "
+                                         "module and pip"]
     build_log = Path(prepared.details["build_log"]).read_text()
-    assert " -m venv " in build_log and " -m pip install " in build_log and "uv pip" not in build_log
+    assert (
+        " -m venv " in build_log and " -m pip install " in build_log and "uv pip" not in build_log
+    )
     outcome = runner.run(prepared, write_spec(cell, tmp_path / "w"), tmp_path / "w", "", 600)
     assert outcome.ok, (outcome.infra_reason, outcome.log_tail)
     packages = json.loads(outcome.result_path.read_text())["environment"]["packages"]
-    assert packages["transformers"]["installed"] == "4.57.6" and packages["torch"]["installed"] == "2.13.0+cpu"
+    assert (
+        packages["transformers"]["installed"] == "4.57.6"
+        and packages["torch"]["installed"] == "2.13.0+cpu"
+    )
 
 
-def test_compile_cache_outlives_the_run_per_stack_and_can_be_turned_off(locks, sources, venv_root, tmp_path,
-                                                                           monkeypatch):
+def test_compile_cache_outlives_the_run_per_stack_and_can_be_turned_off(
+    locks, sources, venv_root, tmp_path, monkeypatch
+):
     """The stack's compile-cache folder: bytecode compiled once at prepare (even where the host says
     PYTHONDONTWRITEBYTECODE), kernels a run leaves there seen as warm by the next run; a different
     stack gets its own folder; without the cache every run is cold and nothing is precompiled."""
-    from pinmatrix import compile_cache
+    from pinmatrix.runners import compile_cache
 
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")   # as on the lent H100's image
     root = tmp_path / "compile"
@@ -207,12 +223,15 @@ def test_compile_cache_outlives_the_run_per_stack_and_can_be_turned_off(locks, s
     cell, lock = locks["5.17.0"]
     prepared = runner.prepare(cell, lock)
     bytecode = prepared.details["bytecode"]
-    assert bytecode["compiled"] is True and bytecode["distributions"] > 10, bytecode   # torch, transformers, peft and their needs
+    # torch, transformers, peft and their needs
+    assert bytecode["compiled"] is True and bytecode["distributions"] > 10, bytecode
     (folder,) = [p for p in root.iterdir() if p.is_dir()]
-    assert (folder.stat().st_mode & 0o777) == 0o700   # unsloth loads compiled artifacts only from such a folder
+    # unsloth loads compiled artifacts only from such a folder
+    assert (folder.stat().st_mode & 0o777) == 0o700
     assert any((folder / "pycache").rglob("transformers/__init__*.pyc"))
     assert any((folder / "pycache").rglob("peft/__init__*.pyc"))
-    assert runner.prepare(cell, lock).details["bytecode"]["compiled"] == "earlier"   # once per stack
+    # once per stack
+    assert runner.prepare(cell, lock).details["bytecode"]["compiled"] == "earlier"
 
     states = []
     for attempt in range(2):
@@ -223,7 +242,9 @@ def test_compile_cache_outlives_the_run_per_stack_and_can_be_turned_off(locks, s
         # a CPU probe compiles no kernels; stand in for Triton leaving one behind
         (folder / "triton" / "kernel.cubin").write_bytes(b"\0")
     assert states == ["cold", "warm"]
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*compile_cache.TOOL_SUBFOLDERS.values(), "pycache"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [*compile_cache.TOOL_SUBFOLDERS.values(), "pycache"]
+    )
 
     other_cell, other_lock = locks["4.57.6"]
     other = runner.prepare(other_cell, other_lock)

@@ -13,18 +13,23 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pinmatrix.pipeline import REPO_ROOT, probes_digest
+from pinmatrix.probes_source import probes_digest
+from pinmatrix.run.options import REPO_ROOT
 
 from cpu_stack import probe_python
 
 PROBE_PYTHON = probe_python()
-BASE_PINS = {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0", "peft": "0.21.2", "unsloth": "none"}
+BASE_PINS = {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0", "peft": "0.21.2",
+             "unsloth": "none"}
 
 BROKEN_PACKAGES = {
     # name: (version, module source)
-    "xformers": ("0.0.35", "raise ImportError(\"xFormers can't load C++/CUDA extensions. xFormers was built for: "
-                           "PyTorch 2.8.0+cu128 with CUDA 1208 (you have 2.13.0+cpu)\")\n"),
-    "trl": ("0.99.0", "raise RuntimeError('trl self-test 42 went sideways in a way nobody has catalogued')\n"),
+    "xformers": ("0.0.35",
+                 "raise ImportError(\"xFormers can't load C++/CUDA extensions. xFormers was built "
+                 "for: PyTorch 2.8.0+cu128 with CUDA 1208 (you have 2.13.0+cpu)\")\n"),
+    "trl": ("0.99.0",
+            "raise RuntimeError('trl self-test 42 went sideways in a way nobody has "
+            "catalogued')\n"),
 }
 
 STACKS = {
@@ -71,16 +76,22 @@ def real_results(cache_root: Path) -> dict[str, Path]:
         spec.write_text(json.dumps(spec_for(stack)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(site)])}
         procs.append((stack, subprocess.Popen(
-            [str(PROBE_PYTHON), "-m", "probes", "--cell", str(spec), "--out", str(out), "--work", str(work / "w")],
+            [str(PROBE_PYTHON), "-m", "probes", "--cell", str(spec), "--out", str(out), "--work",
+             str(work / "w")],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     for stack, proc in procs:
         output, _ = proc.communicate(timeout=600)
         if proc.returncode != 0 or not wanted[stack].is_file():
-            raise RuntimeError(f"the probe failed for stack {stack} (exit {proc.returncode}):\n{output[-3000:]}")
+            raise RuntimeError(f"the probe failed for stack {stack} (exit "
+                               f"{proc.returncode}):\n{output[-3000:]}")
     return wanted
 
 
 def cache_root(request, tmp_path_factory) -> Path:
     """pytest's cache folder (kept between runs), or a temp folder where the cache plugin is off."""
     cache = getattr(request.config, "cache", None)
-    return cache.mkdir("pinmatrix-real-results") if cache is not None else tmp_path_factory.mktemp("real-results")
+    return (
+        cache.mkdir("pinmatrix-real-results")
+        if cache is not None
+        else tmp_path_factory.mktemp("real-results")
+    )

@@ -1,5 +1,6 @@
 """Release bisect, the search and the release list, on fake release histories (the judge is a table;
 the real judge runs cells: tests/integration/test_bisect.py)."""
+
 from __future__ import annotations
 
 import math
@@ -16,6 +17,7 @@ def table(verdicts: dict[str, str]):
     def judge(version: str) -> Judgement:
         calls.append(version)
         return Judgement(version, verdicts[version], f"detail of {version}")
+
     return judge, calls
 
 
@@ -30,7 +32,7 @@ def test_every_first_bad_is_found_within_log2_probes(n):
         judge, calls = table(verdicts)
         result = bisect_releases(list(verdicts), judge)
         assert (result.last_good, result.first_bad) == (f"1.{first_bad - 1}", f"1.{first_bad}")
-        assert len(calls) == result.probes == len(set(calls))   # nothing judged twice
+        assert len(calls) == result.probes == len(set(calls))  # nothing judged twice
         # both ends, then a binary search of the n-1 places the first bad release can be
         assert result.probes <= math.ceil(math.log2(n - 1)) + 2
         assert result.probes <= math.ceil(math.log2(n)) + 2
@@ -43,19 +45,32 @@ def test_a_single_release_in_range_is_the_answer_after_two_probes():
 
 
 def test_unresolvable_releases_are_left_out_never_counted_as_bad():
-    verdicts = {"1.0": "good", "1.1": "good", "1.2": "unresolvable", "1.3": "unresolvable", "1.4": "bad",
-                "1.5": "bad"}
+    verdicts = {
+        "1.0": "good",
+        "1.1": "good",
+        "1.2": "unresolvable",
+        "1.3": "unresolvable",
+        "1.4": "bad",
+        "1.5": "bad",
+    }
     judge, calls = table(verdicts)
     result = bisect_releases(list(verdicts), judge)
     assert (result.last_good, result.first_bad) == ("1.1", "1.4")
     assert {j.version for j in result.unresolvable} <= {"1.2", "1.3"}
-    assert all(result.judgements[v].verdict != "bad" for v in ("1.2", "1.3") if v in result.judgements)
+    assert all(
+        result.judgements[v].verdict != "bad" for v in ("1.2", "1.3") if v in result.judgements
+    )
     assert result.probes == len([v for v in calls if verdicts[v] != "unresolvable"])
 
 
-@pytest.mark.parametrize("ends,message", [(("bad", "bad"), "1.0 is bad, not good"),
-                                          (("good", "good"), "1.3 is good, not bad"),
-                                          (("unresolvable", "bad"), "1.0 is unresolvable, not good")])
+@pytest.mark.parametrize(
+    "ends,message",
+    [
+        (("bad", "bad"), "1.0 is bad, not good"),
+        (("good", "good"), "1.3 is good, not bad"),
+        (("unresolvable", "bad"), "1.0 is unresolvable, not good"),
+    ],
+)
 def test_ends_that_are_not_as_claimed_are_bad_input(ends, message):
     verdicts = {"1.0": ends[0], "1.1": "good", "1.2": "bad", "1.3": ends[1]}
     judge, _ = table(verdicts)
@@ -76,7 +91,12 @@ def test_all_probes_every_release_and_gives_the_switch():
     verdicts = history(6, 4)
     judge, calls = table(verdicts)
     result = bisect_releases(list(verdicts), judge, exhaustive=True)
-    assert (result.monotonic, result.last_good, result.first_bad, result.probes) == (True, "1.3", "1.4", 6)
+    assert (result.monotonic, result.last_good, result.first_bad, result.probes) == (
+        True,
+        "1.3",
+        "1.4",
+        6,
+    )
 
 
 def test_binary_search_does_not_claim_monotonicity_it_did_not_see():
@@ -90,30 +110,47 @@ def test_an_infra_verdict_stops_the_search_rather_than_guess():
     assert result.first_bad is None and "1.4 could not be judged (infra)" in result.stopped
 
 
-# --- the release list ------------------------------------------------------------------------------
+# --- the release list
+# ------------------------------------------------------------------------------
+
 
 def files_of(*entries):
     return lambda package: [{"filename": f, "yanked": y} for f, y in entries]
 
 
-LISTING = files_of(("pkg-1.0.0-py3-none-any.whl", False), ("pkg-1.0.0.tar.gz", False),
-                   ("pkg-1.1.0rc1-py3-none-any.whl", False), ("pkg-1.1.0-py3-none-any.whl", False),
-                   ("pkg-1.2.0-py3-none-any.whl", "broken metadata"), ("pkg-1.2.0.tar.gz", True),
-                   ("pkg-1.10.0-py3-none-any.whl", False), ("pkg-1.3.0-py3-none-any.whl", False),
-                   ("pkg-2.0.0-py3-none-any.whl", False), ("not-a-dist.zip", False))
+LISTING = files_of(
+    ("pkg-1.0.0-py3-none-any.whl", False),
+    ("pkg-1.0.0.tar.gz", False),
+    ("pkg-1.1.0rc1-py3-none-any.whl", False),
+    ("pkg-1.1.0-py3-none-any.whl", False),
+    ("pkg-1.2.0-py3-none-any.whl", "broken metadata"),
+    ("pkg-1.2.0.tar.gz", True),
+    ("pkg-1.10.0-py3-none-any.whl", False),
+    ("pkg-1.3.0-py3-none-any.whl", False),
+    ("pkg-2.0.0-py3-none-any.whl", False),
+    ("not-a-dist.zip", False),
+)
 
 
 def test_releases_in_order_without_prereleases_or_yanked_ones():
     r = releases_between("pkg", "1.0.0", "1.10.0", files=LISTING)
-    assert r.releases == ["1.0.0", "1.1.0", "1.3.0", "1.10.0"]   # packaging's order, not text order
+    assert r.releases == ["1.0.0", "1.1.0", "1.3.0", "1.10.0"]  # packaging's order, not text order
     assert r.yanked == ["1.2.0"] and r.prereleases_left_out == ["1.1.0rc1"]
-    assert releases_between("pkg", "1.0.0", "1.1.0", pre=True, files=LISTING).releases == ["1.0.0", "1.1.0rc1",
-                                                                                          "1.1.0"]
+    assert releases_between("pkg", "1.0.0", "1.1.0", pre=True, files=LISTING).releases == [
+        "1.0.0",
+        "1.1.0rc1",
+        "1.1.0",
+    ]
 
 
-@pytest.mark.parametrize("good,bad,message", [("1.3.0", "1.0.0", "GOOD must be older than BAD"),
-                                              ("1.0.0", "9.9.9", "has no release 9.9.9"),
-                                              ("one", "1.0.0", "Invalid version")])
+@pytest.mark.parametrize(
+    "good,bad,message",
+    [
+        ("1.3.0", "1.0.0", "GOOD must be older than BAD"),
+        ("1.0.0", "9.9.9", "has no release 9.9.9"),
+        ("one", "1.0.0", "Invalid version"),
+    ],
+)
 def test_bad_ranges_are_bad_input(good, bad, message):
     with pytest.raises(ValueError, match=message):
         releases_between("pkg", good, bad, files=LISTING)

@@ -1,8 +1,10 @@
-"""The result cache (pinmatrix/cache.py) through pinmatrix.pipeline.run_cell: a hit reuses, and every input
-that can change a result (lock text, Dockerfile, probes digest, checks, settings, GPU model) misses.
+"""The result cache (pinmatrix/run/cache.py) through pinmatrix.run.one_cell.run_cell: a hit reuses,
+and every input that can change a result (lock text, Dockerfile, probes digest, checks, settings,
+GPU model) misses.
 
-The runner is a counting stand-in that writes a schema-valid result: the point here is which cells run;
-the real venv runner is exercised by tests/integration/test_resume.py, which reuses through the cache too.
+The runner is a counting stand-in that writes a schema-valid result: the point here is which cells
+run; the real venv runner is exercised by tests/integration/test_resume.py, which reuses through the
+cache too.
 """
 from __future__ import annotations
 
@@ -12,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix import pipeline
-from pinmatrix.cache import RerunPolicy, ResultCache
+from pinmatrix.run import identity
+from pinmatrix.run.cache import RerunPolicy, ResultCache
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.pipeline import RunOptions, run_cell
+from pinmatrix.run.one_cell import run_cell
+from pinmatrix.run.options import RunOptions
 from pinmatrix.results import load_result
 from pinmatrix.runners.base import Prepared, RunOutcome
 
-CELL = Cell(pins={"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0"}, checks=("imports",),
+CELL = Cell(pins={"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0"},
+            checks=("imports",),
             settings={"device": "cpu", "lora_steps": 12})
 LOCK = Lock(CELL.id, "3.11", "torch==2.13.0+cpu\n", "torch==2.13.0+cpu\ntransformers==5.17.0\n")
 
@@ -36,9 +40,11 @@ class CountingRunner:
     def run(self, prepared, spec_path: Path, out_dir: Path, gpu, timeout_s) -> RunOutcome:
         self.runs += 1
         spec = json.loads(Path(spec_path).read_text())
-        result = {"schema": 1, "cell": {"id": spec["id"], "hash": spec["hash"], "pins": spec["pins"]},
+        result = {"schema": 1, "cell": {"id": spec["id"], "hash": spec["hash"],
+                                        "pins": spec["pins"]},
                   "environment": {"python": "3.11", "device": "cpu", "packages": {}},
-                  "checks": [{"name": "imports", "status": "pass", "duration_s": 0.1, "evidence": {"run": self.runs}}],
+                  "checks": [{"name": "imports", "status": "pass", "duration_s": 0.1,
+                              "evidence": {"run": self.runs}}],
                   "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:00:01Z"}
         path = Path(out_dir) / "result.json"
         path.write_text(json.dumps(result))
@@ -49,7 +55,7 @@ class CountingRunner:
 def env(tmp_path, monkeypatch):
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("FROM base\n")
-    monkeypatch.setattr(pipeline, "DOCKERFILE", dockerfile)
+    monkeypatch.setattr(identity, "DOCKERFILE", dockerfile)
     reports = tmp_path / "reports"
     runner = CountingRunner()
     opts = RunOptions(matrix_path=tmp_path / "m.yaml", reports_dir=reports, flaky_rerun=False)
@@ -80,12 +86,14 @@ def test_reused_file_is_valid_and_says_where_from(env, tmp_path):
     runner, once, _ = env
     once()
     once()
-    result = load_result(tmp_path / "reports" / "run02" / "cells" / f"{CELL.id}.json", reclassify=False)
+    result = load_result(tmp_path / "reports" / "run02" / "cells" / f"{CELL.id}.json",
+                         reclassify=False)
     assert result.data["cell"]["reused_from"] == "run01"
     assert result.checks[0]["evidence"] == {"run": 1}  # the first run's evidence, not a new run's
     # a reuse of a reuse still names the run that did the work
     once()
-    again = load_result(tmp_path / "reports" / "run03" / "cells" / f"{CELL.id}.json", reclassify=False)
+    again = load_result(tmp_path / "reports" / "run03" / "cells" / f"{CELL.id}.json",
+                        reclassify=False)
     assert again.data["cell"]["reused_from"] == "run01" and runner.runs == 1
 
 
@@ -116,7 +124,8 @@ def test_each_input_invalidates(env, change):
     assert runner.runs == 1
     kwargs: dict = {}
     if change == "lock":
-        kwargs["lock"] = dataclasses.replace(LOCK, full_lock=LOCK.full_lock + "tokenizers==0.22.1\n")
+        kwargs["lock"] = dataclasses.replace(LOCK,
+                                             full_lock=LOCK.full_lock + "tokenizers==0.22.1\n")
     elif change == "dockerfile":
         dockerfile.write_text("FROM base\nRUN true\n")
     elif change == "probes":
@@ -147,7 +156,8 @@ def test_infra_outcomes_are_never_cached(env, tmp_path):
 
 
 def test_rerun_policy():
-    cells = [dataclasses.replace(CELL, pins={**CELL.pins, "transformers": v}) for v in ("4.57.6", "5.17.0")]
+    cells = [dataclasses.replace(CELL, pins={**CELL.pins,
+                                             "transformers": v}) for v in ("4.57.6", "5.17.0")]
     assert RerunPolicy.from_args(None).forced_ids(cells) == set()
     assert RerunPolicy.from_args([""]).forced_ids(cells) is None
     assert RerunPolicy.from_args(["transformers=4.57.6"]).forced_ids(cells) == {cells[0].id}

@@ -1,8 +1,11 @@
 """The "train" group (Trainer, SFTTrainer, QLoRA) on the tiny fixtures, on CPU.
 
-Each check passes on the unit-test stack and fails on a stack broken on purpose: a learning rate of 0
-(the loss cannot fall), an adapter that gets no gradient, a collator that ignores completion-only loss.
+Each check passes on the unit-test stack and fails on a stack broken on purpose: a learning rate of
+0
+(the loss cannot fall), an adapter that gets no gradient, a collator that ignores completion-only
+loss.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,12 +21,20 @@ from probes.checks import lora_train, train  # noqa: E402
 from probes.context import Context  # noqa: E402
 from probes.framework import Failed, run_check  # noqa: E402
 
-PINS = {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "x", "peft": "x", "trl": "x", "unsloth": "none"}
+PINS = {
+    "python": "3.11",
+    "torch": "2.13.0+cpu",
+    "transformers": "x",
+    "peft": "x",
+    "trl": "x",
+    "unsloth": "none",
+}
 
 
 def _has_trl() -> bool:
     try:
         import trl  # noqa: F401
+
         return True
     except ImportError:
         return False
@@ -43,9 +54,16 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"work": tmp_path_factory.mktemp("work"), "cache": {}}
 
 
-def make_ctx(shared: dict[str, Any], pins: dict[str, str] | None = None, **settings: Any) -> Context:
-    spec = {"id": "test-cell", "hash": "0" * 64, "pins": {**PINS, **(pins or {})}, "checks": ["train"],
-            "settings": {"lora_steps": 12, **settings}}
+def make_ctx(
+    shared: dict[str, Any], pins: dict[str, str] | None = None, **settings: Any
+) -> Context:
+    spec = {
+        "id": "test-cell",
+        "hash": "0" * 64,
+        "pins": {**PINS, **(pins or {})},
+        "checks": ["train"],
+        "settings": {"lora_steps": 12, **settings},
+    }
     return Context(spec=spec, device="cpu", work_dir=Path(shared["work"]), cache=shared["cache"])
 
 
@@ -55,16 +73,30 @@ def run_named(ctx: Context, name: str) -> dict[str, Any]:
 
 def test_the_group_lists_both_routes_of_every_trainer(shared: dict[str, Any]) -> None:
     names = [name for name, _ in train.checks(make_ctx(shared))]
-    assert names == ["train.hf-trainer", "train.hf-trainer-llamafied", "train.trl-sft", "train.trl-sft-llamafied",
-                     "train.trl-sft.exaone4", "train.qlora", "train.qlora-llamafied"]
+    assert names == [
+        "train.hf-trainer",
+        "train.hf-trainer-llamafied",
+        "train.trl-sft",
+        "train.trl-sft-llamafied",
+        "train.trl-sft.exaone4",
+        "train.qlora",
+        "train.qlora-llamafied",
+    ]
 
 
 def test_the_chat_dataset_uses_exaone_role_markers(shared: dict[str, Any]) -> None:
     ctx = make_ctx(shared)
     _, tokenizer, _, _ = train.load_route(ctx, "llamafied")
     rows, info = train.chat_dataset(tokenizer, 2)
-    assert info["chat_template_markers"] == {"system": True, "user": True, "assistant": True, "end_of_turn": True}
-    assert info["rendered_example"].startswith("[|system|]You are a helpful assistant.[|endofturn|]\n[|user|]")
+    assert info["chat_template_markers"] == {
+        "system": True,
+        "user": True,
+        "assistant": True,
+        "end_of_turn": True,
+    }
+    assert info["rendered_example"].startswith(
+        "[|system|]You are a helpful assistant.[|endofturn|]\n[|user|]"
+    )
     # the role markers are single special tokens of the fixture tokenizer
     for marker in ("[|system|]", "[|user|]", "[|assistant|]", "[|endofturn|]"):
         assert marker in tokenizer.get_vocab()
@@ -93,11 +125,15 @@ def test_hf_trainer_fails_when_the_loss_cannot_fall(shared: dict[str, Any]) -> N
     assert result["evidence"]["drop_ratio"] == pytest.approx(1.0)
 
 
-def test_hf_trainer_fails_when_an_adapter_gets_no_gradient(shared: dict[str, Any], tmp_path: Path) -> None:
+def test_hf_trainer_fails_when_an_adapter_gets_no_gradient(
+    shared: dict[str, Any], tmp_path: Path
+) -> None:
     ctx = make_ctx(shared)
     model, tokenizer, targets, _ = train.load_route(ctx, "llamafied")
     # a stack whose LoRA path is cut off after one layer's MLP: those adapters never get a gradient
-    model.base_model.model.model.layers[1].mlp.down_proj.register_forward_hook(lambda m, i, out: out.detach())
+    model.base_model.model.model.layers[1].mlp.down_proj.register_forward_hook(
+        lambda m, i, out: out.detach()
+    )
     run = lora_train.LoraRun()
     recorder, _ = train.run_hf_trainer(ctx, model, tokenizer, run, tmp_path)
     with pytest.raises(Failed) as info:
@@ -125,7 +161,9 @@ def test_trl_checks_skip_where_the_cell_leaves_trl_out(shared: dict[str, Any]) -
 
 
 @needs_trl
-@pytest.mark.parametrize("name", ["train.trl-sft", "train.trl-sft-llamafied", "train.trl-sft.exaone4"])
+@pytest.mark.parametrize(
+    "name", ["train.trl-sft", "train.trl-sft-llamafied", "train.trl-sft.exaone4"]
+)
 def test_trl_sft_passes_on_the_cpu_stack(shared: dict[str, Any], name: str) -> None:
     if name == "train.trl-sft" and not _remote_code_loads():
         pytest.skip("the revision-faithful remote code does not load on transformers 5")
@@ -153,13 +191,17 @@ def test_trl_sft_fails_when_the_loss_cannot_fall(shared: dict[str, Any]) -> None
 
 
 @needs_trl
-def test_trl_sft_fails_when_completion_only_loss_is_not_applied(shared: dict[str, Any], tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """A trl whose collator ignores the completion mask: every token is trained on, and the check says so."""
+def test_trl_sft_fails_when_completion_only_loss_is_not_applied(
+    shared: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trl whose collator ignores the completion mask: every token is trained on, and the check
+    says so."""
     import trl.trainer.sft_trainer as sft
 
     collator = getattr(sft, "DataCollatorForLanguageModeling", None)
-    if collator is None or "completion_only_loss" not in getattr(collator, "__dataclass_fields__", {}):
+    if collator is None or "completion_only_loss" not in getattr(
+        collator, "__dataclass_fields__", {}
+    ):
         pytest.skip("this trl has no completion_only_loss collator")
     original = collator.__call__
 
@@ -181,17 +223,22 @@ def test_qlora_skips_without_a_gpu(shared: dict[str, Any]) -> None:
         assert result["status"] == "skip" and result["reason"] == "needs a GPU"
 
 
-def test_qlora_inventory_counts_no_4bit_layer_in_an_unquantized_model(shared: dict[str, Any]) -> None:
+def test_qlora_inventory_counts_no_4bit_layer_in_an_unquantized_model(
+    shared: dict[str, Any],
+) -> None:
     """train.qlora fails when its inventory finds no Linear4bit layer; a plain model has none."""
     ctx = make_ctx(shared)
     model, _, _, _ = train.load_route(ctx, "llamafied")
     assert train.quantized_inventory(model) == {"quantized_modules": {}, "quant_types": []}
 
 
-# --------------------------------------------------------------------------------------------- unsloth routes
+# ---------------------------------------------------------------------------------------------
+# unsloth routes
 
 
-def test_unsloth_group_lists_the_train_and_adapter_routes_only_where_the_cell_asks(shared: dict[str, Any]) -> None:
+def test_unsloth_group_lists_the_train_and_adapter_routes_only_where_the_cell_asks(
+    shared: dict[str, Any],
+) -> None:
     from probes.checks import unsloth
 
     ctx = make_ctx(shared, pins={"unsloth": "2026.10.9", "trl": "1.15.0"})
@@ -199,8 +246,12 @@ def test_unsloth_group_lists_the_train_and_adapter_routes_only_where_the_cell_as
     assert not [n for n, _ in unsloth.checks(ctx) if n.startswith(("train.", "adapter."))]
     ctx.spec["checks"] = ["unsloth", "train", "adapter"]
     extra = [n for n, _ in unsloth.checks(ctx) if n.startswith(("train.", "adapter."))]
-    assert extra == ["train.trl-sft.unsloth", "train.trl-sft.unsloth-llamafied", "train.qlora.unsloth",
-                     "adapter.unsloth-merged"]
+    assert extra == [
+        "train.trl-sft.unsloth",
+        "train.trl-sft.unsloth-llamafied",
+        "train.qlora.unsloth",
+        "adapter.unsloth-merged",
+    ]
     for name, fn in unsloth.checks(ctx):
         if name in extra:
             result = run_check(name, fn, ctx, timeout_s=60)
@@ -211,11 +262,14 @@ def test_unsloth_group_lists_the_train_and_adapter_routes_only_where_the_cell_as
             assert run_check(name, fn, ctx, timeout_s=60)["reason"] == "unsloth not in this cell"
 
 
-# --------------------------------------------------------------------------------------------- throughput.trainer parts
+# ---------------------------------------------------------------------------------------------
+# throughput.trainer parts
 
 
 @pytest.mark.parametrize("kind", ["trainer", pytest.param("sft", marks=needs_trl)])
-def test_trainer_measurement_times_only_the_steps_after_warmup(shared: dict[str, Any], kind: str) -> None:
+def test_trainer_measurement_times_only_the_steps_after_warmup(
+    shared: dict[str, Any], kind: str
+) -> None:
     """throughput.trainer's timing through Trainer / SFTTrainer, run on CPU at a tiny shape."""
     from probes.checks import throughput
 
@@ -228,8 +282,9 @@ def test_trainer_measurement_times_only_the_steps_after_warmup(shared: dict[str,
     assert used["trainer"] == ("transformers.Trainer" if kind == "trainer" else "trl.SFTTrainer")
 
 
-def test_trainer_measurement_fails_when_the_trainer_runs_fewer_steps(shared: dict[str, Any],
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trainer_measurement_fails_when_the_trainer_runs_fewer_steps(
+    shared: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from probes.checks import throughput
 
     original = train.training_arguments
@@ -243,5 +298,12 @@ def test_trainer_measurement_fails_when_the_trainer_runs_fewer_steps(shared: dic
     ctx = make_ctx(shared)
     model, tokenizer, _, _ = train.load_route(ctx, "llamafied")
     with pytest.raises(Failed, match="ran 4 steps, expected 5"):
-        throughput.trainer_measurement(ctx, "trainer", model, tokenizer,
-                                       throughput.ThroughputRun(batch=2, seq=32, steps=3, warmup=2), 512, device="cpu")
+        throughput.trainer_measurement(
+            ctx,
+            "trainer",
+            model,
+            tokenizer,
+            throughput.ThroughputRun(batch=2, seq=32, steps=3, warmup=2),
+            512,
+            device="cpu",
+        )

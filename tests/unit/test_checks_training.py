@@ -1,9 +1,13 @@
-"""The training checks (lora-train, generate, throughput, unsloth) on the tiny EXAONE 3.5 fixture, on CPU.
+"""The training checks (lora-train, generate, throughput, unsloth) on the tiny EXAONE 3.5 fixture,
+on CPU.
 
-Every bar is shown failing on a stack the test breaks on purpose: a learning rate of 0, an adapter whose
-output is multiplied away, a detached adapter, an unfrozen base weight, NaN weights, a generate() that
+Every bar is shown failing on a stack the test breaks on purpose: a learning rate of 0, an adapter
+whose
+output is multiplied away, a detached adapter, an unfrozen base weight, NaN weights, a generate()
+that
 drops tokens, a non-deterministic head, an adapter that is a no-op.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +23,14 @@ from probes.checks import generate, lora_train, throughput, unsloth  # noqa: E40
 from probes.context import Context  # noqa: E402
 from probes.framework import Failed, run_check  # noqa: E402
 
-PINS = {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "x", "peft": "x",
-        "unsloth": "2026.10.9", "flash-attn": "2.8.3"}
+PINS = {
+    "python": "3.11",
+    "torch": "2.13.0+cpu",
+    "transformers": "x",
+    "peft": "x",
+    "unsloth": "2026.10.9",
+    "flash-attn": "2.8.3",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +39,23 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"work": tmp_path_factory.mktemp("work"), "cache": {}}
 
 
-def make_ctx(shared: dict[str, Any], device: str = "cpu", requested: str = "auto", **settings: Any) -> Context:
-    spec = {"id": "test-cell", "hash": "0" * 64, "pins": dict(PINS), "checks": [],
-            "settings": {"lora_steps": 12, "generate_tokens": 8, **settings}}
-    return Context(spec=spec, device=device, work_dir=Path(shared["work"]), requested_device=requested,
-                   cache=shared["cache"])
+def make_ctx(
+    shared: dict[str, Any], device: str = "cpu", requested: str = "auto", **settings: Any
+) -> Context:
+    spec = {
+        "id": "test-cell",
+        "hash": "0" * 64,
+        "pins": dict(PINS),
+        "checks": [],
+        "settings": {"lora_steps": 12, "generate_tokens": 8, **settings},
+    }
+    return Context(
+        spec=spec,
+        device=device,
+        work_dir=Path(shared["work"]),
+        requested_device=requested,
+        cache=shared["cache"],
+    )
 
 
 def peft_model(ctx: Context, init_lora_weights: Any = True) -> Any:
@@ -42,11 +64,17 @@ def peft_model(ctx: Context, init_lora_weights: Any = True) -> Any:
 
 
 def run_bar(model: Any) -> dict[str, Any]:
-    return lora_train.train_and_judge(model, lora_train.LoraRun(), vocab_size=512, device="cpu",
-                                      targets=lora_train.EXAONE35_LORA_TARGETS)
+    return lora_train.train_and_judge(
+        model,
+        lora_train.LoraRun(),
+        vocab_size=512,
+        device="cpu",
+        targets=lora_train.EXAONE35_LORA_TARGETS,
+    )
 
 
-# --------------------------------------------------------------------------------------------- lora-train
+# ---------------------------------------------------------------------------------------------
+# lora-train
 
 
 def test_lora_train_passes_on_the_fixture(shared: dict[str, Any]) -> None:
@@ -62,7 +90,7 @@ def test_lora_train_passes_on_the_fixture(shared: dict[str, Any]) -> None:
     assert len(ev["losses"]) == 12
     # every one of the seven targets got an adapter in each of the fixture's 2 layers
     assert ev["adapters_per_target"] == {t: 2 for t in lora_train.EXAONE35_LORA_TARGETS}
-    assert ev["lora_tensors"] == 2 * 7 * 2            # A and B, 7 targets, 2 layers
+    assert ev["lora_tensors"] == 2 * 7 * 2  # A and B, 7 targets, 2 layers
     assert 0 < ev["trainable_fraction"] < 1
 
 
@@ -77,7 +105,8 @@ def test_lora_train_fails_when_the_loss_cannot_fall(shared: dict[str, Any], name
 
 
 def test_lora_train_llamafied_route_trains_the_same_weights(shared: dict[str, Any]) -> None:
-    """The route that remains where the remote code breaks: LlamaForCausalLM, all seven layers adapted."""
+    """The route that remains where the remote code breaks: LlamaForCausalLM, all seven layers
+    adapted."""
     ctx = make_ctx(shared)
     name = "lora-train.hf-peft-llamafied"
     result = run_check(name, dict(lora_train.checks(ctx))[name], ctx, timeout_s=300)
@@ -91,7 +120,8 @@ def test_lora_train_llamafied_route_trains_the_same_weights(shared: dict[str, An
 def test_lora_train_fails_when_the_output_ignores_the_lora_path(shared: dict[str, Any]) -> None:
     ctx = make_ctx(shared)
     model = peft_model(ctx)
-    # Every lora_B output is multiplied by 0: the adapters contribute nothing and receive zero gradients.
+    # Every lora_B output is multiplied by 0: the adapters contribute nothing and receive zero
+    # gradients.
     for name, module in model.named_modules():
         if name.endswith("lora_B.default"):
             module.register_forward_hook(lambda mod, inp, out: out * 0.0)
@@ -107,21 +137,23 @@ def test_lora_train_counts_a_single_detached_adapter(shared: dict[str, Any]) -> 
     model = peft_model(ctx)
     # Detach the last layer's MLP output: c_proj's adapter and the c_fc_0 / c_fc_1 adapters feeding
     # only into it get no gradient (3 modules x A, B); the attention adapters still do.
-    target = model.base_model.model.transformer.h[1].mlp.c_proj     # a peft LoRA Linear
+    target = model.base_model.model.transformer.h[1].mlp.c_proj  # a peft LoRA Linear
     target.register_forward_hook(lambda mod, inp, out: out.detach())
     with pytest.raises(Failed) as info:
         run_bar(model)
     ev = info.value.evidence
     assert ev["zero_grad_lora_tensors"] == 6
     assert all(".h.1.mlp." in n for n in ev["zero_grad_examples"])
-    assert "loss did not fall" not in info.value.message              # the other adapters still learn
+    assert "loss did not fall" not in info.value.message  # the other adapters still learn
 
 
 def test_lora_train_fails_when_the_base_changes(shared: dict[str, Any]) -> None:
     ctx = make_ctx(shared)
     model = peft_model(ctx)
     # A training setup that unfreezes a base weight: the optimizer now updates it.
-    model.base_model.model.transformer.h[0].attn.attention.q_proj.base_layer.weight.requires_grad_(True)
+    model.base_model.model.transformer.h[0].attn.attention.q_proj.base_layer.weight.requires_grad_(
+        True
+    )
     with pytest.raises(Failed) as info:
         run_bar(model)
     ev = info.value.evidence
@@ -145,12 +177,13 @@ def test_lora_settings_are_validated() -> None:
     assert lora_train.LoraRun.from_settings({}).steps == 12
 
 
-# --------------------------------------------------------------------------------------------- generate
+# ---------------------------------------------------------------------------------------------
+# generate
 
 
 def test_generate_passes_on_the_fixture(shared: dict[str, Any]) -> None:
     ctx = make_ctx(shared)
-    (name, fn), = generate.checks(ctx)
+    ((name, fn),) = generate.checks(ctx)
     result = run_check(name, fn, ctx, timeout_s=300)
     assert name == "generate"
     assert result["status"] == "pass", result.get("error")
@@ -188,18 +221,21 @@ def test_generate_fails_when_max_new_tokens_is_not_honoured(shared: dict[str, An
 
 def test_generate_fails_when_greedy_is_not_deterministic(shared: dict[str, Any]) -> None:
     model = peft_model(make_ctx(shared), init_lora_weights=False)
-    model.base_model.model.lm_head.register_forward_hook(lambda mod, inp, out: out + 50 * torch.randn_like(out))
+    model.base_model.model.lm_head.register_forward_hook(
+        lambda mod, inp, out: out + 50 * torch.randn_like(out)
+    )
     with pytest.raises(Failed, match="differed between two identical calls"):
         generate.generate_and_judge(model, _prompt(), 8)
 
 
 def test_generate_fails_when_the_adapter_is_a_no_op(shared: dict[str, Any]) -> None:
-    model = peft_model(make_ctx(shared), init_lora_weights=True)   # B = 0: attached in name only
+    model = peft_model(make_ctx(shared), init_lora_weights=True)  # B = 0: attached in name only
     with pytest.raises(Failed, match="does not change the logits"):
         generate.generate_and_judge(model, _prompt(), 8)
 
 
-# --------------------------------------------------------------------------------------------- GPU-only groups
+# ---------------------------------------------------------------------------------------------
+# GPU-only groups
 
 
 @pytest.mark.parametrize("module", [throughput, unsloth], ids=["throughput", "unsloth"])
@@ -212,11 +248,23 @@ def test_gpu_checks_skip_on_cpu(shared: dict[str, Any], module: Any) -> None:
         assert result["reason"] == "needs a GPU"
     names = {r["name"] for r in results}
     if module is throughput:
-        assert names == {"throughput.sdpa", "throughput.eager", "throughput.flash_attention_2",
-                         "throughput.sdpa-llamafied", "throughput.trainer", "throughput.qlora",
-                         "throughput.unsloth", "throughput.unsloth-qlora"}
+        assert names == {
+            "throughput.sdpa",
+            "throughput.eager",
+            "throughput.flash_attention_2",
+            "throughput.sdpa-llamafied",
+            "throughput.trainer",
+            "throughput.qlora",
+            "throughput.unsloth",
+            "throughput.unsloth-qlora",
+        }
     else:
-        assert names == {"unsloth.load.exaone3.5", "unsloth.load.exaone4", "unsloth.llamafied", "lora-train.unsloth"}
+        assert names == {
+            "unsloth.load.exaone3.5",
+            "unsloth.load.exaone4",
+            "unsloth.llamafied",
+            "lora-train.unsloth",
+        }
 
 
 def test_gpu_checks_are_infra_when_a_gpu_was_asked_for_but_missing(shared: dict[str, Any]) -> None:
@@ -225,7 +273,8 @@ def test_gpu_checks_are_infra_when_a_gpu_was_asked_for_but_missing(shared: dict[
     assert run_check(name, fn, ctx, timeout_s=60)["status"] == "infra"
 
 
-# --------------------------------------------------------------------------------------------- throughput parts
+# ---------------------------------------------------------------------------------------------
+# throughput parts
 
 
 def test_throughput_model_has_the_2p4b_shape(shared: dict[str, Any]) -> None:
@@ -233,11 +282,20 @@ def test_throughput_model_has_the_2p4b_shape(shared: dict[str, Any]) -> None:
 
     folder = throughput._config_folder(make_ctx(shared))
     config = AutoConfig.from_pretrained(str(folder), trust_remote_code=True)
-    with torch.device("meta"):   # shape only: no 2.4B allocation in CI
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True, attn_implementation="sdpa")
+    with torch.device("meta"):  # shape only: no 2.4B allocation in CI
+        model = AutoModelForCausalLM.from_config(
+            config, trust_remote_code=True, attn_implementation="sdpa"
+        )
     checked = throughput._check_shape(model, throughput._shape())
-    assert checked["shape"] == {"layers": 30, "hidden": 2560, "heads": 32, "kv_heads": 8, "ffn": 7168,
-                                "vocab": 102400, "tied_embeddings": True}
+    assert checked["shape"] == {
+        "layers": 30,
+        "hidden": 2560,
+        "heads": 32,
+        "kv_heads": 8,
+        "ffn": 7168,
+        "vocab": 102400,
+        "tied_embeddings": True,
+    }
     assert 2.40e9 < checked["n_params"] < 2.41e9
     # 6N + 12·L·d·S at S = 2048: the convention the evidence states
     per_token = throughput.flops_per_token(checked["n_params"], 30, 2560, 2048)
@@ -253,7 +311,9 @@ def test_throughput_shape_check_rejects_a_wrong_model(shared: dict[str, Any]) ->
 
 def test_measure_training_times_only_the_steps_after_warmup(shared: dict[str, Any]) -> None:
     model = peft_model(make_ctx(shared))
-    m = throughput.measure_training(model, batch=2, seq=16, steps=3, warmup=2, vocab_size=512, device="cpu")
+    m = throughput.measure_training(
+        model, batch=2, seq=16, steps=3, warmup=2, vocab_size=512, device="cpu"
+    )
     assert len(m.step_times) == 3 and len(m.losses) == 5
     assert m.tokens_per_s == pytest.approx(2 * 16 * 3 / sum(m.step_times))
 
@@ -266,13 +326,22 @@ def test_peak_flops_table_and_override() -> None:
 
 
 def test_throughput_settings() -> None:
-    run = throughput.ThroughputRun.from_settings({"throughput": {"batch": 2, "seq": 512, "stacks": ["sdpa"]}})
-    assert (run.batch, run.seq, run.steps, run.warmup, run.gradient_checkpointing) == (2, 512, 6, 2, False)
+    run = throughput.ThroughputRun.from_settings(
+        {"throughput": {"batch": 2, "seq": 512, "stacks": ["sdpa"]}}
+    )
+    assert (run.batch, run.seq, run.steps, run.warmup, run.gradient_checkpointing) == (
+        2,
+        512,
+        6,
+        2,
+        False,
+    )
     with pytest.raises(ValueError):
         throughput.ThroughputRun.from_settings({"throughput": {"steps": 0}})
 
 
-# --------------------------------------------------------------------------------------------- unsloth parts
+# ---------------------------------------------------------------------------------------------
+# unsloth parts
 
 
 def test_logits_parity_bar() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.cli import main
+from pinmatrix.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
@@ -39,7 +39,8 @@ def test_options_and_selectors_may_interleave(capsys):
 ])
 def test_bad_selector_exits_2(capsys, tmp_path, selector, words):
     reports = tmp_path / "reports"
-    code, out, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports), "--runner", "venv", selector)
+    code, out, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports),
+                         "--runner", "venv", selector)
     assert code == 2
     assert err.startswith("error: cell selector") and words in err and selector in err
     assert not reports.exists()
@@ -47,14 +48,16 @@ def test_bad_selector_exits_2(capsys, tmp_path, selector, words):
 
 def test_bad_runner_exits_2(capsys, tmp_path):
     reports = tmp_path / "reports"
-    code, _, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports), "--runner", "podman")
+    code, _, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports), "--runner",
+                       "podman")
     assert code == 2 and "--runner 'podman'" in err and "auto, docker, venv" in err
     assert not reports.exists()
 
 
 def test_bad_matrix_exits_2_naming_file_and_line(capsys, tmp_path):
     reports = tmp_path / "reports"
-    code, _, err = run(capsys, "matrix", "--matrix", str(BAD), "--reports", str(reports), "--runner", "venv")
+    code, _, err = run(capsys, "matrix", "--matrix", str(BAD), "--reports", str(reports),
+                       "--runner", "venv")
     assert code == 2
     assert f"{BAD}:6:3:" in err and "unknown axis 'transformer'" in err
     assert not reports.exists()
@@ -91,7 +94,8 @@ def test_module_entry_point_exit_code():
 
 def test_torch_backend_reaches_uv(monkeypatch):
     """--torch-backend auto follows the torch pin's variant; without it uv is told nothing."""
-    from pinmatrix.cli import _sources, build_parser
+    from pinmatrix.cli.main import build_parser
+    from pinmatrix.run.options import package_sources as _sources
 
     monkeypatch.delenv("PINMATRIX_TORCH_BACKEND", raising=False)
     args = build_parser().parse_args(["resolve", "--torch-backend", "auto"])

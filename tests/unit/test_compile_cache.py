@@ -1,13 +1,13 @@
-"""pinmatrix/compile_cache.py and the probe's reading of it (probes/environment.py)."""
+"""pinmatrix/runners/compile_cache.py and the probe's reading of it (probes/environment.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from pinmatrix import compile_cache
+from pinmatrix.runners import compile_cache
 from pinmatrix.cell import Lock
-from pinmatrix.oci_container import Mount
+from pinmatrix.runners.container_args import Mount
 from probes.environment import COMPILE_CACHE_ENV, compile_cache_state
 
 LOCK = Lock("c", "3.12", "torch==2.11.0\n", "torch==2.11.0\ntransformers==5.17.0\n")
@@ -17,15 +17,20 @@ def test_stack_key_names_the_stack_not_the_cell() -> None:
     assert compile_cache.stack_key(LOCK, "base@sha256:1") == compile_cache.stack_key(
         Lock("another-id", LOCK.python, LOCK.torch_lock, LOCK.full_lock), "base@sha256:1")
     others = {compile_cache.stack_key(LOCK, "base@sha256:2"),
-              compile_cache.stack_key(Lock("c", "3.11", LOCK.torch_lock, LOCK.full_lock), "base@sha256:1"),
-              compile_cache.stack_key(Lock("c", "3.12", LOCK.torch_lock, "transformers==5.16.0\n"), "base@sha256:1")}
+              compile_cache.stack_key(Lock("c", "3.11", LOCK.torch_lock, LOCK.full_lock),
+                                      "base@sha256:1"),
+              compile_cache.stack_key(Lock("c", "3.12", LOCK.torch_lock, "transformers==5.16.0\n"),
+                                      "base@sha256:1")}
     assert compile_cache.stack_key(LOCK, "base@sha256:1") not in others and len(others) == 3
 
 
 def test_probe_env_points_every_compiler_into_the_folder() -> None:
     env = compile_cache.probe_env("/cache/")
     assert env[COMPILE_CACHE_ENV] == env[compile_cache.STATE_ENV] == "/cache"
-    assert env["TRITON_CACHE_DIR"] == "/cache/triton" and env["UNSLOTH_COMPILE_LOCATION"] == "/cache/unsloth-compiled"
+    assert (
+        env["TRITON_CACHE_DIR"] == "/cache/triton"
+        and env["UNSLOTH_COMPILE_LOCATION"] == "/cache/unsloth-compiled"
+    )
     assert set(env) == {compile_cache.STATE_ENV, *compile_cache.TOOL_SUBFOLDERS}
 
 
@@ -42,7 +47,8 @@ def test_probe_reads_none_cold_and_warm(tmp_path: Path) -> None:
     assert compile_cache_state({COMPILE_CACHE_ENV: str(tmp_path / "missing")}) == "cold"
     folder = compile_cache.host_folder(tmp_path, "k")   # empty subfolders are still cold
     assert compile_cache_state({COMPILE_CACHE_ENV: str(folder)}) == "cold"
-    (folder / "pycache" / "torch").mkdir(parents=True)   # bytecode from prepare is not a kernel compile
+    # bytecode from prepare is not a kernel compile
+    (folder / "pycache" / "torch").mkdir(parents=True)
     (folder / "pycache" / "torch" / "__init__.cpython-312.pyc").write_bytes(b"x")
     assert compile_cache_state({COMPILE_CACHE_ENV: str(folder)}) == "cold"
     (folder / "triton" / "kernel.cubin").write_bytes(b"x")
@@ -50,7 +56,11 @@ def test_probe_reads_none_cold_and_warm(tmp_path: Path) -> None:
 
 
 def test_volume_mount_argument() -> None:
-    mount = Mount(compile_cache.volume_name("abc"), compile_cache.CONTAINER_PATH, read_only=False, kind="volume")
-    assert mount.arg() == f"type=volume,source=pinmatrix-compile-abc,target={compile_cache.CONTAINER_PATH}"
+    mount = Mount(compile_cache.volume_name("abc"), compile_cache.CONTAINER_PATH, read_only=False,
+                  kind="volume")
+    assert (
+        mount.arg()
+        == f"type=volume,source=pinmatrix-compile-abc,target={compile_cache.CONTAINER_PATH}"
+    )
     with pytest.raises(ValueError):
         Mount("x", "/y", kind="tmpfs").arg()

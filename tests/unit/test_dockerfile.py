@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pinmatrix import compile_cache
-from pinmatrix.engine import Engine
-from pinmatrix.oci_container import Mount, OCIContainer, gpu_args
+from pinmatrix.runners import compile_cache
+from pinmatrix.runners.engine import Engine
+from pinmatrix.runners.container_args import Mount, gpu_args
 from pinmatrix.runners import docker as dr
 from pinmatrix.runners.base import Prepared
 
@@ -31,7 +31,8 @@ class Instruction:
 
 
 def parse_dockerfile(text: str) -> list[Instruction]:
-    """Instructions with continuation lines joined; comments dropped (also inside a continuation, as Docker does)."""
+    """Instructions with continuation lines joined; comments dropped (also inside a continuation, as
+    Docker does)."""
     out: list[Instruction] = []
     pending, start = "", 0
     for number, raw in enumerate(text.splitlines(), 1):
@@ -96,7 +97,8 @@ def test_installs_use_cache_mounts_and_the_wheelhouse_bind(instructions: list[In
         assert "--find-links /wheelhouse" in run
 
 
-SECRETISH = re.compile(r"token|secret|password|passwd|cert|ca_bundle|index|credential|auth|key", re.I)
+SECRETISH = re.compile(r"token|secret|password|passwd|cert|ca_bundle|index|credential|auth|key",
+                       re.I)
 
 
 def test_no_secret_in_arg_env_or_label(instructions: list[Instruction]) -> None:
@@ -104,7 +106,9 @@ def test_no_secret_in_arg_env_or_label(instructions: list[Instruction]) -> None:
         if ins.keyword in ("ARG", "ENV", "LABEL"):
             names = re.findall(r"([A-Za-z_][A-Za-z0-9_.-]*)=", ins.args) or [ins.args.split("=")[0]]
             for name in names:
-                assert not SECRETISH.search(name), f"line {ins.line}: {ins.keyword} {name} looks secret"
+                assert not SECRETISH.search(name), (
+                    f"line {ins.line}: {ins.keyword} {name} looks secret"
+                )
     args = [i.args.split("=")[0] for i in instructions if i.keyword == "ARG"]
     assert sorted(args) == ["BASE_IMAGE", "PYTHON", "UV_VERSION"]
 
@@ -128,7 +132,8 @@ def test_probes_run_as_non_root(instructions: list[Instruction]) -> None:
 
 def test_bytecode_is_built_into_the_image_and_the_compile_cache_folder_belongs_to_the_probe_user(
         instructions: list[Instruction]) -> None:
-    # The probe runs with PYTHONDONTWRITEBYTECODE on a read-only root: bytecode must come with the image.
+    # The probe runs with PYTHONDONTWRITEBYTECODE on a read-only root: bytecode must come with the
+    # image.
     env = " ".join(i.args for i in instructions if i.keyword == "ENV")
     assert "UV_COMPILE_BYTECODE=1" in env and "PYTHONDONTWRITEBYTECODE=1" in env
     probes = _index(instructions, "COPY", "probes")
@@ -138,7 +143,8 @@ def test_bytecode_is_built_into_the_image_and_the_compile_cache_folder_belongs_t
 
 
 BASE = dict(torch_lock="torch==2.13.0+cpu\n", full_lock="torch==2.13.0+cpu\ntransformers==5.17.0\n",
-            dockerfile="FROM x\n", probes_digest="a" * 64, base_image="pinmatrix/base@sha256:1", python="3.11")
+            dockerfile="FROM x\n", probes_digest="a" * 64, base_image="pinmatrix/base@sha256:1",
+            python="3.11")
 
 
 def test_image_tag_is_stable_and_shaped() -> None:
@@ -176,14 +182,17 @@ def test_context_hardlinks_wheelhouse_and_resyncs(tmp_path: Path) -> None:
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("FROM scratch\n")
     ctx = tmp_path / "ctx"
-    kw = dict(torch_lock="t\n", full_lock="f\n", dockerfile=dockerfile, probes_dir=probes, wheelhouses=[wheels])
+    kw = dict(torch_lock="t\n", full_lock="f\n", dockerfile=dockerfile, probes_dir=probes,
+              wheelhouses=[wheels])
     counts = dr.assemble_context(ctx, **kw)
     linked = ctx / "wheelhouse" / "a-1-py3-none-any.whl"
     assert counts["linked"] == 1 and counts["copied"] == 0
-    assert os.stat(linked).st_ino == os.stat(wheels / "a-1-py3-none-any.whl").st_ino  # a link, not a copy
+    # a link, not a copy
+    assert os.stat(linked).st_ino == os.stat(wheels / "a-1-py3-none-any.whl").st_ino
     assert not (ctx / "wheelhouse" / "notes.txt").exists()
     assert (ctx / "torch.lock").read_text() == "t\n" and (ctx / "probes" / "__main__.py").exists()
-    # Second build in the same slot: the link is kept; a wheel gone from the wheelhouse goes from the context.
+    # Second build in the same slot: the link is kept; a wheel gone from the wheelhouse goes from
+    # the context.
     (wheels / "b-1-py3-none-any.whl").write_bytes(b"B")
     assert dr.assemble_context(ctx, **kw) == {"linked": 1, "copied": 0, "kept": 1}
     (wheels / "a-1-py3-none-any.whl").unlink()
@@ -242,7 +251,8 @@ def test_build_failures_get_a_signature(log: str, signature: str) -> None:
     (0, False, False, "probe-no-result"),
     (125, False, False, "container-exit-125"),
 ])
-def test_exit_codes_are_classified(code: int, oom: bool, result: bool, signature: str | None) -> None:
+def test_exit_codes_are_classified(code: int, oom: bool, result: bool,
+                                   signature: str | None) -> None:
     reason, sig = dr.classify_exit(dr.Exit(code, oom), has_result=result)
     assert sig == signature
     assert (reason is None) == (signature is None)
@@ -253,12 +263,14 @@ FAKE_ENGINE = Engine(client="/usr/bin/docker", server_version="20.10", buildkit=
 
 
 def _runner(tmp_path: Path, **kw: object) -> dr.DockerRunner:
-    return dr.DockerRunner(FAKE_ENGINE, None, tmp_path, context_root=tmp_path / "ctx", **kw)  # type: ignore[arg-type]
+    # type: ignore[arg-type]
+    return dr.DockerRunner(FAKE_ENGINE, None, tmp_path, context_root=tmp_path / "ctx", **kw)
 
 
 def test_run_arguments_lock_the_container_down(tmp_path: Path) -> None:
     runner = _runner(tmp_path, memory="8g")
-    args = runner._create_args("pinmatrix/cell:abc", "n", tmp_path / "cell.json", tmp_path / "res", None)
+    args = runner._create_args("pinmatrix/cell:abc", "n", tmp_path / "cell.json", tmp_path / "res",
+                               None)
     joined = " ".join(args)
     for expected in ("--network none", "--user 1000:1000", "--read-only", "--cap-drop ALL",
                      "--memory 8g", "--memory-swap 8g", "--gpus all"):
@@ -267,14 +279,22 @@ def test_run_arguments_lock_the_container_down(tmp_path: Path) -> None:
     assert f"type=bind,source={tmp_path / 'res'},target=/results" in args
     assert args[-9:] == ["python", "-m", "probes", "--cell", "/cell/cell.json", "--out",
                          "/results/result.json", "--work", "/tmp/work"]
-    # no volume given: the compilers still get a writable folder, the container's own /tmp (a cold run)
+    # no volume given: the compilers still get a writable folder, the container's own /tmp (a cold
+    # run)
     assert f"PINMATRIX_COMPILE_CACHE={compile_cache.COLD_CONTAINER_PATH}" in args
-    with_volume = runner._create_args("img", "n", tmp_path / "cell.json", tmp_path / "res", None, "pinmatrix-compile-k")
-    assert f"type=volume,source=pinmatrix-compile-k,target={compile_cache.CONTAINER_PATH}" in with_volume
-    assert f"UNSLOTH_COMPILE_LOCATION={compile_cache.CONTAINER_PATH}/unsloth-compiled" in with_volume
+    with_volume = runner._create_args("img", "n", tmp_path / "cell.json", tmp_path / "res", None,
+                                      "pinmatrix-compile-k")
+    assert (
+        f"type=volume,source=pinmatrix-compile-k,target={compile_cache.CONTAINER_PATH}"
+        in with_volume
+    )
+    assert (
+        f"UNSLOTH_COMPILE_LOCATION={compile_cache.CONTAINER_PATH}/unsloth-compiled" in with_volume
+    )
 
 
-def test_host_environment_never_reaches_the_container(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_host_environment_never_reaches_the_container(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_planted_token_123")
     args = _runner(tmp_path)._create_args("img", "n", tmp_path / "c.json", tmp_path / "r", None)
     assert not any("hf_planted_token_123" in a or a.startswith("HF_TOKEN") for a in args)
@@ -307,12 +327,6 @@ def test_hostile_python_pin_is_refused_before_any_build(pin: str) -> None:
 def test_mount_refuses_paths_that_would_split_the_mount_spec(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Mount(tmp_path / "a,readonly=false", "/x").arg()
-
-
-def test_call_refuses_a_shell_string() -> None:
-    container = OCIContainer(FAKE_ENGINE, "img")
-    with pytest.raises(TypeError):
-        container.call("echo hi; id")  # type: ignore[arg-type]
 
 
 def test_prepared_reuse_flag_is_part_of_protocol() -> None:

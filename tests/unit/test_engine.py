@@ -8,13 +8,14 @@ from typing import Sequence
 
 import pytest
 
-from pinmatrix import engine as eng
+from pinmatrix.runners import engine as eng
 
 
 def test_candidates_prefer_env_then_well_known_then_path_each_once() -> None:
     present = {"/usr/bin/docker", "/usr/local/bin/docker", "/opt/custom/docker"}
     got = eng.candidate_clients(env={"PINMATRIX_DOCKER": "/opt/custom/docker"},
-                                which=lambda _: "/usr/local/bin/docker", exists=present.__contains__)
+                                which=lambda _: "/usr/local/bin/docker",
+                                exists=present.__contains__)
     assert got == ["/opt/custom/docker", "/usr/bin/docker", "/usr/local/bin/docker"]
 
 
@@ -55,7 +56,9 @@ def client(tmp_path: Path) -> str:
 
 
 def test_unreachable_daemon_is_reported(client: str) -> None:
-    run = Script({("version",): (1, "", "Cannot connect to the Docker daemon at unix:///var/run/docker.sock")})
+    run = Script({("version",): (1, "",
+                                 "Cannot connect to the Docker daemon at "
+                                 "unix:///var/run/docker.sock")})
     attempt = eng.probe_client(client, run)
     assert attempt.engine is None
     assert attempt.problem.startswith("daemon unreachable: Cannot connect")
@@ -71,8 +74,10 @@ def test_buildx_client_builds_with_buildx_load(client: str) -> None:
 
 
 def test_client_without_buildx_whose_buildkit_build_fails_is_refused(client: str) -> None:
-    run = Script({("version",): (0, "28.1.1", ""), ("buildx", "version"): (1, "", "unknown command"),
-                  ("build",): (1, "", "ERROR: BuildKit is enabled but the buildx component is missing")})
+    run = Script({("version",): (0, "28.1.1", ""), ("buildx",
+                                                    "version"): (1, "", "unknown command"),
+                  ("build",): (1, "",
+                               "ERROR: BuildKit is enabled but the buildx component is missing")})
     attempt = eng.probe_client(client, run)
     assert attempt.engine is None
     assert "no buildx" in attempt.problem
@@ -81,8 +86,14 @@ def test_client_without_buildx_whose_buildkit_build_fails_is_refused(client: str
 
 
 def test_classic_client_with_native_buildkit_uses_env(client: str) -> None:
-    run = Script({("version",): (0, "20.10.24", ""), ("buildx", "version"): (1, "", "not a docker command"),
-                  ("build",): (0, "", ""), ("info",): (0, '{"nvidia":{"path":"nvidia-container-runtime"}}', "")})
+    run = Script(
+        {
+            ("version",): (0, "20.10.24", ""),
+            ("buildx", "version"): (1, "", "not a docker command"),
+            ("build",): (0, "", ""),
+            ("info",): (0, '{"nvidia":{"path":"nvidia-container-runtime"}}', ""),
+        }
+    )
     engine = eng.probe_client(client, run).engine
     assert engine is not None and engine.buildkit == "env"
     assert engine.build_cmd() == [client, "build"]
@@ -100,7 +111,9 @@ def test_nvidia_from_cdi_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, c
     assert engine is not None and engine.nvidia and engine.nvidia_how == "cdi"
 
 
-def test_search_stops_at_first_usable_and_message_lists_every_failure(tmp_path: Path, client: str) -> None:
+def test_search_stops_at_first_usable_and_message_lists_every_failure(
+    tmp_path: Path, client: str
+) -> None:
     broken = tmp_path / "old-docker"
     broken.write_text("#!/bin/sh\n")
     broken.chmod(0o755)
@@ -110,15 +123,18 @@ def test_search_stops_at_first_usable_and_message_lists_every_failure(tmp_path: 
             if args[1] == "version":
                 return subprocess.CompletedProcess(list(args), 0, "28.1", "")
             return subprocess.CompletedProcess(list(args), 1, "", "missing buildx")
-        return Script({("version",): (0, "20.10", ""), ("buildx",): (1, "", ""), ("build",): (0, "", ""),
+        return Script({("version",): (0, "20.10", ""), ("buildx",): (1, "", ""),
+                       ("build",): (0, "", ""),
                        ("info",): (0, "{}", "")})(args, env, stdin)
 
     search = eng.search_engines([str(broken), "/does/not/exist", client], run)
     assert search.engine is not None and search.engine.client == client
     none = eng.search_engines([str(broken), "/does/not/exist"], run)
     assert none.engine is None
-    assert none.message() == (f"no Docker client with BuildKit found: tried {broken} (no buildx, and "
-                              "DOCKER_BUILDKIT=1 builds fail), /does/not/exist (not an executable file)")
+    assert none.message() == (f"no Docker client with BuildKit found: tried {broken} (no buildx, "
+                              "and "
+                              "DOCKER_BUILDKIT=1 builds fail), /does/not/exist (not an executable "
+                              "file)")
 
 
 def test_probe_timeout_becomes_a_problem_not_an_exception(tmp_path: Path) -> None:

@@ -1,6 +1,8 @@
-"""Issue 15: where each cell ran and what it really used (pinmatrix/gpu_watch.py), the per-GPU timeline
-and the concurrent-vs-alone comparison (pinmatrix/report_gpus.py), per-cell extra sites
-(pinmatrix/site_rules.py). No GPU: nvidia-smi is faked."""
+"""Issue 15: where each cell ran and what it really used (pinmatrix/run/gpu_watch.py), the per-GPU
+timeline
+and the concurrent-vs-alone comparison (pinmatrix/report/gpus.py), per-cell extra sites
+(pinmatrix/runners/site_rules.py). No GPU: nvidia-smi is faked."""
+
 from __future__ import annotations
 
 import json
@@ -8,40 +10,68 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
-from pinmatrix.gpu_watch import (Assignment, GpuWatch, attribute, cell_of_pid, describe_trespass, parse_apps,
-                                 parse_gpus, watch_run)
+from pinmatrix.run.gpu_watch import (
+    Assignment,
+    GpuWatch,
+    attribute,
+    cell_of_pid,
+    describe_trespass,
+    parse_apps,
+    parse_gpus,
+    watch_run,
+)
 from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.report import merge, render_markdown
-from pinmatrix.report_gpus import compare, render_compare, render_timeline, timeline
-from pinmatrix.site_rules import ExtraSite, parse_extra_site, sites_for
+from pinmatrix.report.markdown import render_markdown
+from pinmatrix.report.summary import merge
+from pinmatrix.report.gpus import compare, render_compare, render_timeline, timeline
+from pinmatrix.runners.site_rules import ExtraSite, parse_extra_site, sites_for
 
-GPUS = ("0, GPU-aaa, 97, 60000, 1980, 650.1, 5, 16\n"
-        "1, GPU-bbb, 0, 600, 345, 70.0, 5, 16\n")
+GPUS = "0, GPU-aaa, 97, 60000, 1980, 650.1, 5, 16\n1, GPU-bbb, 0, 600, 345, 70.0, 5, 16\n"
 
 
 def _smi(gpus: str, apps: str):
     def run(cmd, **kw):
         out = gpus if cmd[1].startswith("--query-gpu") else apps
         return subprocess.CompletedProcess(cmd, 0, out, "")
+
     return run
 
 
 def test_parse_nvidia_smi():
     gpus = parse_gpus(GPUS + "garbage\n")
-    assert [g["index"] for g in gpus] == ["0", "1"] and gpus[0]["sm_mhz"] == 1980.0 and gpus[1]["util"] == 0.0
-    assert parse_apps("123, GPU-aaa, 5000\nno\n") == [{"pid": 123, "uuid": "GPU-aaa", "mem_mib": 5000.0}]
+    assert (
+        [g["index"] for g in gpus] == ["0", "1"]
+        and gpus[0]["sm_mhz"] == 1980.0
+        and gpus[1]["util"] == 0.0
+    )
+    assert parse_apps("123, GPU-aaa, 5000\nno\n") == [
+        {"pid": 123, "uuid": "GPU-aaa", "mem_mib": 5000.0}
+    ]
     assert parse_gpus("0, GPU-a, [N/A], 1, 2, [N/A], 5, 16")[0]["util"] is None
 
 
 def test_a_cell_seen_on_a_gpu_it_was_not_given_is_a_trespass():
     cells = {11: "cell-a", 12: "cell-a", 21: "cell-b"}
-    watch = GpuWatch(run=_smi(GPUS, "11, GPU-aaa, 50000\n12, GPU-bbb, 2048\n21, GPU-bbb, 40000\n99, GPU-bbb, 10\n"),
-                     cell_of=cells.get, cmdline_of=lambda pid: f"python {pid}")
+    watch = GpuWatch(
+        run=_smi(
+            GPUS, "11, GPU-aaa, 50000\n12, GPU-bbb, 2048\n21, GPU-bbb, 40000\n99, GPU-bbb, 10\n"
+        ),
+        cell_of=cells.get,
+        cmdline_of=lambda pid: f"python {pid}",
+    )
     watch.sample()
-    assert watch.samples[0]["procs"][1] == {"pid": 12, "gpu": "1", "mem_mib": 2048.0, "cell": "cell-a"}
+    assert watch.samples[0]["procs"][1] == {
+        "pid": 12,
+        "gpu": "1",
+        "mem_mib": 2048.0,
+        "cell": "cell-a",
+    }
     t = watch.samples[0]["t"]
-    found = attribute(watch.samples, [Assignment("cell-a", "0", None, None), Assignment("cell-b", "1", None, None)],
-                      watch.commands())
+    found = attribute(
+        watch.samples,
+        [Assignment("cell-a", "0", None, None), Assignment("cell-b", "1", None, None)],
+        watch.commands(),
+    )
     assert found["cells"]["cell-a"]["trespass"] == ["1"]
     assert found["cells"]["cell-b"]["trespass"] == []
     assert found["foreign"] == [{"pid": 99, "gpu": "1", "peak_mib": 10.0, "cmd": "python 99"}]
@@ -53,14 +83,26 @@ def test_a_cell_seen_on_a_gpu_it_was_not_given_is_a_trespass():
 
 def test_memory_on_a_gpu_no_cell_holds_is_flagged_with_the_running_cells_as_suspects():
     # processes invisible (a container's pid namespace): only memory tells
-    samples = [{"t": f"2026-11-29T10:00:0{i}+00:00", "gpus": [{"index": "0", "mem_mib": 40000.0},
-                                                           {"index": "1", "mem_mib": m}], "procs": []}
-               for i, m in enumerate([500.0, 500.0, 9000.0, 9500.0])]
+    samples = [
+        {
+            "t": f"2026-11-29T10:00:0{i}+00:00",
+            "gpus": [{"index": "0", "mem_mib": 40000.0}, {"index": "1", "mem_mib": m}],
+            "procs": [],
+        }
+        for i, m in enumerate([500.0, 500.0, 9000.0, 9500.0])
+    ]
     t0 = datetime.fromisoformat("2026-11-29T10:00:00+00:00").timestamp()
-    a = Assignment("cell-a", "0", t0, t0 + 10)   # 10:00:00 .. 10:00:10 on GPU 0 only
+    a = Assignment("cell-a", "0", t0, t0 + 10)  # 10:00:00 .. 10:00:10 on GPU 0 only
     found = attribute(samples, [a])
-    assert found["unheld_use"] == [{"gpu": "1", "first": samples[2]["t"], "last": samples[3]["t"],
-                                    "peak_mib": 9500.0, "suspects": ["cell-a"]}]
+    assert found["unheld_use"] == [
+        {
+            "gpu": "1",
+            "first": samples[2]["t"],
+            "last": samples[3]["t"],
+            "peak_mib": 9500.0,
+            "suspects": ["cell-a"],
+        }
+    ]
     assert not any(u["gpu"] == "0" for u in found["unheld_use"])
 
 
@@ -72,12 +114,23 @@ def test_cell_of_pid_reads_the_environment(tmp_path):
 
 
 def _outcome(run, cell, gpu, start, end, run_s=10.0):
-    Outcome(cell=cell, hash=None, pins={}, runner="venv", stage="done", gpu=gpu, started=start, finished=end,
-            timings={"run_s": run_s}).write(run)
+    Outcome(
+        cell=cell,
+        hash=None,
+        pins={},
+        runner="venv",
+        stage="done",
+        gpu=gpu,
+        started=start,
+        finished=end,
+        timings={"run_s": run_s},
+    ).write(run)
 
 
 def test_watch_run_writes_what_it_saw_into_the_outcomes(tmp_path, monkeypatch):
-    _outcome(tmp_path, "cell-a", "0", "2026-11-29T10:00:00.000+00:00", "2099-01-01T00:00:00.000+00:00")
+    _outcome(
+        tmp_path, "cell-a", "0", "2026-11-29T10:00:00.000+00:00", "2099-01-01T00:00:00.000+00:00"
+    )
     w = watch_run(tmp_path, ["0", "1"])
     w.enabled = True
     w.watch = GpuWatch(run=_smi(GPUS, "11, GPU-bbb, 3000\n"), cell_of=lambda pid: "cell-a")
@@ -86,7 +139,9 @@ def test_watch_run_writes_what_it_saw_into_the_outcomes(tmp_path, monkeypatch):
     o = load_outcome(tmp_path / "outcomes" / "cell-a.json")
     assert o.gpus_seen == {"1": 3000} and "also seen on GPU 1" in o.trespass
     saved = json.loads((tmp_path / "gpu_watch.json").read_text())
-    assert saved["attribution"]["cells"]["cell-a"]["trespass"] == ["1"] and len(saved["samples"]) == 1
+    assert (
+        saved["attribution"]["cells"]["cell-a"]["trespass"] == ["1"] and len(saved["samples"]) == 1
+    )
     assert report["gpus"] == ["0", "1"]
 
 
@@ -102,11 +157,15 @@ def test_timeline_lanes_and_summary_section(tmp_path):
     _outcome(tmp_path, "a", "0", "2026-11-29T10:00:00.000+00:00", "2026-11-29T10:01:40.000+00:00")
     _outcome(tmp_path, "b", "1", "2026-11-29T10:00:01.000+00:00", "2026-11-29T10:00:51.000+00:00")
     _outcome(tmp_path, "c", "1", "2026-11-29T10:00:52.000+00:00", "2026-11-29T10:01:30.000+00:00")
-    Outcome(cell="d", hash=None, pins={}, runner="venv", status="unresolvable", reason="no").write(tmp_path)
+    Outcome(cell="d", hash=None, pins={}, runner="venv", status="unresolvable", reason="no").write(
+        tmp_path
+    )
     outcomes = [load_outcome(p) for p in sorted((tmp_path / "outcomes").glob("*.json"))]
     line = timeline(outcomes)
     assert line["wall_s"] == 100.0 and line["busy_s"] == 188.0
-    assert [e["cell"] for e in line["gpus"]["1"]] == ["b", "c"] and line["gpus"]["1"][1]["start_s"] == 52.0
+    assert [e["cell"] for e in line["gpus"]["1"]] == ["b", "c"] and line["gpus"]["1"][1][
+        "start_s"
+    ] == 52.0
     text = "\n".join(render_timeline(line))
     assert "## GPU timeline" in text and "GPU 0 |A" in text and "GPU 1 |" in text
     summary = merge(tmp_path)
@@ -119,21 +178,52 @@ def _speed_run(root, name, cells):
     run = root / name
     for cell, gpu, start, end, tps, run_s in cells:
         _outcome(run, cell, gpu, start, end, run_s)
-    (run / "summary.json").write_text(json.dumps({"speed": [
-        {"cell": c[0], "stack": "sdpa", "tokens_per_s": c[4]} for c in cells]}))
+    (run / "summary.json").write_text(
+        json.dumps(
+            {"speed": [{"cell": c[0], "stack": "sdpa", "tokens_per_s": c[4]} for c in cells]}
+        )
+    )
     return run
 
 
 def test_compare_concurrent_with_alone(tmp_path):
-    alone = _speed_run(tmp_path, "alone", [
-        ("a", "0", "2026-11-29T09:00:00+00:00", "2026-11-29T09:01:00+00:00", 20000.0, 60.0),
-        ("b", "0", "2026-11-29T09:01:00+00:00", "2026-11-29T09:02:00+00:00", 10000.0, 60.0)])
-    both = _speed_run(tmp_path, "both", [
-        ("a", "0", "2026-11-29T10:00:00+00:00", "2026-11-29T10:01:00+00:00", 19800.0, 60.0),
-        ("b", "1", "2026-11-29T10:00:00+00:00", "2026-11-29T10:01:05+00:00", 9000.0, 65.0)])
-    (both / "gpu_watch.json").write_text(json.dumps({"samples": [
-        {"t": "2026-11-29T10:00:30+00:00", "load1": 12.0,
-         "gpus": [{"index": "1", "sm_mhz": 1500.0, "power_w": 500.0, "util": 99.0, "mem_mib": 1.0}]}]}))
+    alone = _speed_run(
+        tmp_path,
+        "alone",
+        [
+            ("a", "0", "2026-11-29T09:00:00+00:00", "2026-11-29T09:01:00+00:00", 20000.0, 60.0),
+            ("b", "0", "2026-11-29T09:01:00+00:00", "2026-11-29T09:02:00+00:00", 10000.0, 60.0),
+        ],
+    )
+    both = _speed_run(
+        tmp_path,
+        "both",
+        [
+            ("a", "0", "2026-11-29T10:00:00+00:00", "2026-11-29T10:01:00+00:00", 19800.0, 60.0),
+            ("b", "1", "2026-11-29T10:00:00+00:00", "2026-11-29T10:01:05+00:00", 9000.0, 65.0),
+        ],
+    )
+    (both / "gpu_watch.json").write_text(
+        json.dumps(
+            {
+                "samples": [
+                    {
+                        "t": "2026-11-29T10:00:30+00:00",
+                        "load1": 12.0,
+                        "gpus": [
+                            {
+                                "index": "1",
+                                "sm_mhz": 1500.0,
+                                "power_w": 500.0,
+                                "util": 99.0,
+                                "mem_mib": 1.0,
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+    )
     data = compare(both, [alone])
     rows = {r["cell"]: r for r in data["rows"]}
     assert rows["a"]["within_5pct"] is True and rows["a"]["delta"] == -0.01
@@ -146,14 +236,25 @@ def test_compare_concurrent_with_alone(tmp_path):
 def test_extra_site_rules(tmp_path):
     assert parse_extra_site("/s/common") == ExtraSite(Path("/s/common"))
     rule = parse_extra_site("unsloth!=none,transformers=4.57.6:/s/d")
-    assert rule.when == (("unsloth", "!=", "none"), ("transformers", "=", "4.57.6")) and rule.path == Path("/s/d")
+    assert rule.when == (
+        ("unsloth", "!=", "none"),
+        ("transformers", "=", "4.57.6"),
+    ) and rule.path == Path("/s/d")
     assert str(rule) == "unsloth!=none,transformers=4.57.6:/s/d"
     sites = [Path("/s/all"), parse_extra_site("transformers=4.57.6:/s/tf"), rule]
-    assert sites_for({"transformers": "4.57.6", "unsloth": "none"}, sites) == (Path("/s/all"), Path("/s/tf"))
+    assert sites_for({"transformers": "4.57.6", "unsloth": "none"}, sites) == (
+        Path("/s/all"),
+        Path("/s/tf"),
+    )
     assert sites_for({"transformers": "4.57.6", "unsloth": "2026.10.9"}, sites) == (
-        Path("/s/all"), Path("/s/tf"), Path("/s/d"))
+        Path("/s/all"),
+        Path("/s/tf"),
+        Path("/s/d"),
+    )
     assert sites_for({"transformers": "5.5.0", "unsloth": "2026.10.9"}, sites) == (Path("/s/all"),)
-    assert parse_extra_site("C:/odd") == ExtraSite(Path("C:/odd"))  # no AXIS=VALUE before ':': a plain folder
+    assert parse_extra_site("C:/odd") == ExtraSite(
+        Path("C:/odd")
+    )  # no AXIS=VALUE before ':': a plain folder
 
 
 def test_venv_runner_gives_each_cell_only_its_sites(tmp_path):
@@ -163,8 +264,12 @@ def test_venv_runner_gives_each_cell_only_its_sites(tmp_path):
     class C:
         def __init__(self, tf):
             self.pins = {"transformers": tf}
-    runner = VenvRunner(venv_root=tmp_path, no_install=True,
-                        extra_sites=[tmp_path / "all", parse_extra_site(f"transformers=4.57.6:{tmp_path}/tf")])
+
+    runner = VenvRunner(
+        venv_root=tmp_path,
+        no_install=True,
+        extra_sites=[tmp_path / "all", parse_extra_site(f"transformers=4.57.6:{tmp_path}/tf")],
+    )
     lock = Lock(cell_id="x", python="3.12", torch_lock="", full_lock="")
     assert runner.venv_key(lock, C("4.57.6")) != runner.venv_key(lock, C("5.17.0"))
     assert sites_for(C("5.17.0"), runner.extra_sites) == ((tmp_path / "all").resolve(),)

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from pinmatrix.cell import Cell
-from pinmatrix.installed import lock_from_environment, pin_mismatches
-from pinmatrix.resolve import ResolveInfraError
+from pinmatrix.runners.installed import lock_from_environment, pin_mismatches
+from pinmatrix.resolve.uv import ResolveInfraError
 
 PY = "%d.%d" % sys.version_info[:2]
 PACKAGING = md.version("packaging")

@@ -1,4 +1,5 @@
-"""matrix.yaml loading, GitHub-Actions-style expansion, live axes from a recorded index, selection, sources."""
+"""matrix.yaml loading, GitHub-Actions-style expansion, live axes from a recorded index, selection,
+sources."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.errors import MatrixError, SelectionError
-from pinmatrix.matrix import expand_live, load_matrix, select
+from pinmatrix.matrix.live import expand_live
+from pinmatrix.matrix.load import load_matrix
+from pinmatrix.matrix.select import select
 from pinmatrix.sources import PackageSources, Release, redact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +33,8 @@ def combos(cells, *keys):
     return [tuple(c.pins.get(k) for k in keys) for c in cells]
 
 
-# --- the shipped matrices -----------------------------------------------------------------------------------------
+# --- the shipped matrices
+# -----------------------------------------------------------------------------------------
 def test_default_matrix_covers_the_issue_floor():
     matrix = load_matrix(ROOT / "matrix.yaml")
     cells = matrix.expand()
@@ -55,7 +59,8 @@ def test_ci_matrix_is_two_cells_differing_in_one_pin():
     assert [c.pins["transformers"] for c in cells] == ["4.57.6", "5.17.0"]
 
 
-# --- GitHub Actions semantics -------------------------------------------------------------------------------------
+# --- GitHub Actions semantics
+# -------------------------------------------------------------------------------------
 def test_product_order_is_axis_order(tmp_path):
     cells = load_matrix(write(tmp_path, HEAD)).expand()
     assert combos(cells, "python", "torch") == [("3.11", "2.13.0"), ("3.11", "2.14.0"),
@@ -81,14 +86,20 @@ exclude:
 
 def test_include_follows_the_github_actions_example(tmp_path):
     # The GitHub docs example (fruit x animal + color/shape) mapped onto python x torch + trl/peft.
-    cells = load_matrix(write(tmp_path, HEAD + """\
+    cells = load_matrix(
+        write(
+            tmp_path,
+            HEAD
+            + """\
 include:
   - {trl: "1.15.0"}                              # color: green -> every combination
   - {trl: "1.14.0", torch: "2.13.0"}             # color: pink, animal: cat -> overwrites an added key
   - {python: "3.11", peft: "0.21.2"}             # fruit: apple, shape: circle
   - {python: "3.13", base_image: "pinmatrix/base:bookworm-py311", torch: "2.14.0"}   # banana: a new cell
   - {python: "3.13", base_image: "pinmatrix/base:bookworm-py311", torch: "2.13.0"}   # never merged into banana
-""")).expand()
+""",  # noqa: E501 (page/script/data text, kept byte for byte)
+        )
+    ).expand()
     got = [dict(c.pins) for c in cells]
     base = {"base_image": "pinmatrix/base:bookworm-py311"}
     assert got == [
@@ -102,7 +113,8 @@ include:
 
 
 def test_include_never_overwrites_an_axis_value(tmp_path):
-    # {python 3.11, torch 2.15.0}: torch is an axis and 2.15.0 is none of its values -> a new cell, not an edit
+    # {python 3.11, torch 2.15.0}: torch is an axis and 2.15.0 is none of its values -> a new cell,
+    # not an edit
     path = write(tmp_path, HEAD + """\
 include:
   - {python: "3.11", base_image: "pinmatrix/base:bookworm-py311", torch: "2.15.0"}
@@ -119,7 +131,8 @@ exclude:
 include:
   - {python: "3.12", base_image: "pinmatrix/base:bookworm-py311", torch: "2.14.0", trl: none}
 """)).expand()
-    assert combos(cells, "python", "torch", "trl") == [("3.11", "2.13.0", None), ("3.11", "2.14.0", None),
+    assert combos(cells, "python", "torch", "trl") == [("3.11", "2.13.0", None),
+                                                       ("3.11", "2.14.0", None),
                                                        ("3.12", "2.14.0", "none")]
 
 
@@ -156,9 +169,12 @@ def test_excluding_everything_is_an_error(tmp_path):
         load_matrix(path)
 
 
-# --- live axes ----------------------------------------------------------------------------------------------------
-RELEASES = [Release(v, y) for v, y in [("4.56.2", False), ("4.57.0", True), ("4.57.6", False), ("5.0.0rc1", False),
-                                        ("5.0.0", False), ("5.10.0", True), ("5.9.0", False), ("5.17.0", False),
+# --- live axes
+# --------------------------------------------------------------------------------------------------
+RELEASES = [Release(v, y) for v, y in [("4.56.2", False), ("4.57.0", True), ("4.57.6", False),
+                                       ("5.0.0rc1", False),
+                                        ("5.0.0", False), ("5.10.0", True), ("5.9.0", False),
+                                       ("5.17.0", False),
                                         ("5.18.0", False)]]
 
 
@@ -168,7 +184,8 @@ def test_expand_live_excludes_prereleases_and_yanked_by_default():
         "4.57.6", "5.0.0rc1", "5.0.0", "5.9.0", "5.17.0"]
     assert expand_live(RELEASES, {"spec": ">=4.57,<5.18", "yanked": True}) == [
         "4.57.0", "4.57.6", "5.0.0", "5.9.0", "5.10.0", "5.17.0"]
-    assert expand_live(RELEASES, {"latest": 2}) == ["5.17.0", "5.18.0"]      # 5.9 < 5.10 < 5.17 as versions
+    # 5.9 < 5.10 < 5.17 as versions
+    assert expand_live(RELEASES, {"latest": 2}) == ["5.17.0", "5.18.0"]
     assert expand_live(RELEASES, {"spec": "<5.18", "latest": 2}) == ["5.9.0", "5.17.0"]
 
 
@@ -182,7 +199,8 @@ def test_live_axis_forms_and_snapshot_reproduce_offline(tmp_path):
 
     def fetch(package):
         asked.append(package)
-        return {"transformers": RELEASES, "peft": [Release("0.21.2", False), Release("0.21.1", False)],
+        return {"transformers": RELEASES, "peft": [Release("0.21.2", False),
+                                                   Release("0.21.1", False)],
                 "trl": [Release("1.15.0", False), Release("2.0.0", False)]}[package]
 
     live = load_matrix(path, fetch=fetch)
@@ -201,7 +219,8 @@ def test_live_axis_forms_and_snapshot_reproduce_offline(tmp_path):
 
 def test_snapshot_from_another_query_is_refused(tmp_path):
     path = write(tmp_path, HEAD + '  peft: {latest: 2}\n')
-    snapshot = {"live": {"peft#0": {"query": {"spec": None, "latest": 1, "pre": False, "yanked": False},
+    snapshot = {"live": {"peft#0": {"query": {"spec": None, "latest": 1, "pre": False,
+                                              "yanked": False},
                                      "versions": ["0.21.2"]}}}
     with pytest.raises(MatrixError) as err:
         load_matrix(path, snapshot=snapshot)
@@ -223,10 +242,13 @@ def test_unreachable_index_is_a_located_error(tmp_path):
     assert err.value.line == 5 and "cannot expand against the index" in err.value.message
 
 
-# --- selection ----------------------------------------------------------------------------------------------------
+# --- selection
+# --------------------------------------------------------------------------------------------------
 @pytest.fixture
 def cells(tmp_path):
-    return load_matrix(write(tmp_path, HEAD + '  transformers: ["4.57.6", "5.17.0"]\n  unsloth: [none]\n')).expand()
+    return load_matrix(write(tmp_path,
+                             HEAD + '  transformers: ["4.57.6", "5.17.0"]\n  unsloth: '
+                                    '[none]\n')).expand()
 
 
 def test_select_by_axis_value_and_abbreviation(cells):
@@ -253,26 +275,34 @@ def test_bad_selectors_name_the_argument(cells, argument, fragment):
 
 
 def test_selectors_that_exclude_each_other_are_an_error(tmp_path):
-    cells = load_matrix(write(tmp_path, HEAD + 'exclude:\n  - {python: "3.11", torch: "2.14.0"}\n')).expand()
+    cells = load_matrix(write(tmp_path,
+                              HEAD + 'exclude:\n  - {python: "3.11", torch: "2.14.0"}\n')).expand()
     with pytest.raises(SelectionError, match="together match no cell"):
         select(cells, ["python=3.11", "torch=2.14.0"])
 
 
-# --- package sources ----------------------------------------------------------------------------------------------
+# --- package sources
+# ----------------------------------------------------------------------------------------------
 def test_sources_precedence_cli_then_pinmatrix_then_pip():
-    env = {"PIP_INDEX_URL": "https://pip.example/simple", "PIP_FIND_LINKS": "/a /b", "PIP_CERT": "/pip.pem",
+    env = {"PIP_INDEX_URL": "https://pip.example/simple", "PIP_FIND_LINKS": "/a /b",
+           "PIP_CERT": "/pip.pem",
            "PINMATRIX_CA_BUNDLE": "/pm.pem", "SSL_CERT_FILE": "/ssl.pem"}
     s = PackageSources.from_env(environ=env)
-    assert (s.index_url, s.find_links, s.ca_bundle) == ("https://pip.example/simple", ("/a", "/b"), "/pm.pem")
-    s = PackageSources.from_env(index_url="https://cli.example/simple", find_links=["/w"], environ=env)
+    assert (s.index_url, s.find_links, s.ca_bundle) == ("https://pip.example/simple", ("/a", "/b"),
+                                                        "/pm.pem")
+    s = PackageSources.from_env(index_url="https://cli.example/simple", find_links=["/w"],
+                                environ=env)
     assert (s.index_url, s.find_links) == ("https://cli.example/simple", ("/w",))
     assert PackageSources.from_env(environ={"SSL_CERT_FILE": "/ssl.pem"}).ca_bundle == "/ssl.pem"
-    assert PackageSources.from_env(environ={"PINMATRIX_TORCH_BACKEND": "none"}).torch_backend is None
+    assert (
+        PackageSources.from_env(environ={"PINMATRIX_TORCH_BACKEND": "none"}).torch_backend is None
+    )
 
 
 def test_credentials_never_reach_arguments_or_repr():
     secret = "https://alice:s3cr3t@pkgs.example/simple"
-    s = PackageSources(index_url=secret, extra_index_urls=("https://pypi.org/simple",), find_links=("/opt/wheels",),
+    s = PackageSources(index_url=secret, extra_index_urls=("https://pypi.org/simple",),
+                       find_links=("/opt/wheels",),
                        ca_bundle="/ca.pem", torch_backend="auto")
     args = s.uv_args("2.11.0+cu130")
     assert "s3cr3t" not in " ".join(args) and "s3cr3t" not in repr(s) and "s3cr3t" not in str(s)
@@ -282,4 +312,5 @@ def test_credentials_never_reach_arguments_or_repr():
     assert redact(secret) == "https://***@pkgs.example/simple"
     assert s.identity() != PackageSources(index_url="https://bob:other@pkgs.example/simple").identity()
     plain = PackageSources(index_url="https://mirror.example/simple")
-    assert plain.uv_args() == ["--index-url", "https://mirror.example/simple"] and plain.uv_env() == {}
+    assert plain.uv_args() == ["--index-url",
+                               "https://mirror.example/simple"] and plain.uv_env() == {}

@@ -1,4 +1,5 @@
-"""Bad matrix files: each error names file:line:column and what was expected; plus generated matrices."""
+"""Bad matrix files: each error names file:line:column and what was expected; plus generated
+matrices."""
 from __future__ import annotations
 
 import itertools
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pinmatrix.errors import MatrixError
-from pinmatrix.matrix import load_matrix
+from pinmatrix.matrix.load import load_matrix
 
 BAD = Path(__file__).resolve().parents[1] / "data" / "matrices" / "bad"
 BAD_FILES = sorted(BAD.glob("*.yaml"))
@@ -52,7 +53,8 @@ def test_not_utf8(tmp_path):
         load_matrix(path)
 
 
-# --- property: generated matrices ---------------------------------------------------------------------------------
+# --- property: generated matrices
+# ---------------------------------------------------------------------------------
 AXIS_VALUES = {
     "python": ["3.10", "3.11", "3.12"],
     "torch": ["2.12.0", "2.13.0+cpu", "2.14.1"],
@@ -64,8 +66,10 @@ IMAGE = "pinmatrix/base:bookworm-py311"
 
 @st.composite
 def matrices(draw):
-    names = ["python", "torch"] + draw(st.lists(st.sampled_from(["transformers", "unsloth"]), unique=True))
-    axes = {n: draw(st.lists(st.sampled_from(AXIS_VALUES[n]), min_size=1, max_size=3, unique=True)) for n in names}
+    names = ["python", "torch"] + draw(st.lists(st.sampled_from(["transformers", "unsloth"]),
+                                                unique=True))
+    axes = {n: draw(st.lists(st.sampled_from(AXIS_VALUES[n]), min_size=1, max_size=3,
+                             unique=True)) for n in names}
     axes["base_image"] = [IMAGE]
     excludes = []
     for _ in range(draw(st.integers(0, 3))):
@@ -87,7 +91,8 @@ def matrices(draw):
 
 
 def reference(axes, excludes, includes):
-    """GitHub Actions semantics written out plainly; None where the loader must refuse the matrix."""
+    """GitHub Actions semantics written out plainly; None where the loader must refuse the
+    matrix."""
     names = list(axes)
     combos = [dict(zip(names, values)) for values in itertools.product(*axes.values())]
     for rule in excludes:
@@ -97,7 +102,8 @@ def reference(axes, excludes, includes):
         combos = kept
     originals = len(combos)
     for rule in includes:
-        hits = [c for c in combos[:originals] if all(c[k] == v for k, v in rule.items() if k in axes)]
+        hits = [c for c in combos[:originals] if all(c[k] == v for k,
+                                                     v in rule.items() if k in axes)]
         if not hits:
             if any(k not in rule for k in axes):
                 return None                   # would be a new cell lacking axes
@@ -110,7 +116,8 @@ def reference(axes, excludes, includes):
     return combos or None
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(matrices())
 def test_generated_matrices_expand_like_github_actions(tmp_path_factory, generated):
     axes, excludes, includes = generated

@@ -1,9 +1,12 @@
-"""pins/: constraints files of the recommended stacks, from a run folder of real probe results and real locks.
+"""pins/: constraints files of the recommended stacks, from a run folder of real probe results and
+real locks.
 
-The results come from the real probe (tests/unit/real_results.py: a good stack on transformers 5.17.0, an
-xformers-broken and a trl-broken one) plus one more real run on the transformers 4.57.6 venv. Each cell's
-lock is `uv pip freeze` of the interpreter the probe ran in, i.e. exactly what was tested. The files are
-then read by the real uv and pip against a local find-links folder of small wheels built here.
+The results come from the real probe (tests/unit/real_results.py: a good stack on transformers
+5.17.0, an xformers-broken and a trl-broken one) plus one more real run with transformers 4.57.6:
+uv installs it (and what it needs) into a folder that shadows the stack's 5.17.0 on the probe's
+path, once per pytest cache. Each cell's lock is `uv pip freeze` of what the probe ran on, i.e.
+exactly what was tested. The files are then read by the real uv and pip against a local find-links
+folder of small wheels built here.
 """
 from __future__ import annotations
 
@@ -19,20 +22,58 @@ from pathlib import Path
 import pytest
 from real_results import PROBE_PYTHON, cache_root, real_results, spec_for
 
+from pinmatrix.cell import normalize_name
 from pinmatrix.outcome import Outcome
-from pinmatrix.pins import NEWEST_FILE, Candidate, choose, lock_entries, newest_key, write_pins
-from pinmatrix.pipeline import REPO_ROOT, probes_digest
+from pinmatrix.report.pins import (
+    NEWEST_FILE,
+    Candidate,
+    choose,
+    lock_entries,
+    newest_key,
+    write_pins,
+)
+from pinmatrix.probes_source import probes_digest
+from pinmatrix.run.options import REPO_ROOT
 
-TF457_PYTHON = Path(os.environ.get("PINMATRIX_TEST_PYTHON_TF457", "/opt/venvs/tf457/bin/python"))
+TF457 = "4.57.6"
 UV = shutil.which("uv")
 NOW = datetime(2026, 11, 27, 18, 0, 0, tzinfo=timezone.utc)
 
 needs_uv = pytest.mark.skipif(UV is None, reason="uv is not installed")
-needs_tf457 = pytest.mark.skipif(not TF457_PYTHON.is_file(), reason=f"no {TF457_PYTHON}")
 
 
-def _tf457_result(folder: Path) -> Path:
-    """The real probe on the transformers 4.57.6 venv (cached per probes/ digest like real_results)."""
+def _tf457_site(cache: Path) -> Path:
+    """transformers 4.57.6 and its dependencies in a folder put first on the probe stack's path.
+    Built by uv from the package index once per pytest cache; CI fails when it cannot be built."""
+    site = cache / f"site-tf{TF457}"
+    if (site / ".complete").is_file():
+        return site
+    shutil.rmtree(site, ignore_errors=True)
+    proc = subprocess.run([UV, "pip", "install", "--quiet", "--python", str(PROBE_PYTHON),
+                           "--target", str(site), f"transformers=={TF457}"],
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        message = f"uv could not install transformers {TF457}: {proc.stderr.strip()[-1500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    (site / ".complete").write_text("")
+    return site
+
+
+def _tf457_lock(site: Path) -> str:
+    """What the tf457 probe ran on: the stack's packages, the shadowing folder's in their place."""
+    shadowing = {}
+    for dist in site.glob("*.dist-info"):
+        name, version = dist.name[: -len(".dist-info")].rsplit("-", 1)
+        shadowing[normalize_name(name)] = f"{name}=={version}"
+    stack = [line for line in _freeze(PROBE_PYTHON).splitlines()
+             if line and normalize_name(line.split("==")[0]) not in shadowing]
+    return "".join(f"{line}\n" for line in sorted([*stack, *shadowing.values()], key=str.lower))
+
+
+def _tf457_result(folder: Path, site: Path) -> Path:
+    """The real probe with transformers 4.57.6 (cached per probes/ digest like real_results)."""
     folder = folder / f"tf457-{probes_digest()[:16]}"
     out = folder / "good-tf457.json"
     if out.is_file():
@@ -43,15 +84,18 @@ def _tf457_result(folder: Path) -> Path:
     spec["id"], spec["hash"] = "py3.11-torch2.13.0+cpu-tf4.57.6-good", "hash-good-tf457"
     spec["pins"] = {**spec["pins"], "transformers": "4.57.6"}
     (folder / "cell.json").write_text(json.dumps(spec))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run([str(TF457_PYTHON), "-m", "probes", "--cell", str(folder / "cell.json"), "--out", str(out),
-                           "--work", str(folder / "w")], env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(site)])}
+    proc = subprocess.run([str(PROBE_PYTHON), "-m", "probes", "--cell", str(folder / "cell.json"),
+                           "--out", str(out),
+                           "--work", str(folder / "w")], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert out.is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
     return out
 
 
 def _freeze(python: Path) -> str:
-    proc = subprocess.run([UV, "pip", "freeze", "--python", str(python)], capture_output=True, text=True, check=True)
+    proc = subprocess.run([UV, "pip", "freeze", "--python", str(python)], capture_output=True,
+                          text=True, check=True)
     return proc.stdout
 
 
@@ -60,7 +104,8 @@ def _add_cell(run_dir: Path, result: Path, lock_text: str | None) -> str:
     cell_id = data["cell"]["id"]
     (run_dir / "cells").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result, run_dir / "cells" / f"{cell_id}.json")
-    Outcome(cell=cell_id, hash=data["cell"]["hash"], pins=data["cell"]["pins"], runner="venv", stage="done",
+    Outcome(cell=cell_id, hash=data["cell"]["hash"], pins=data["cell"]["pins"], runner="venv",
+            stage="done",
             result=f"cells/{cell_id}.json").write(run_dir)
     if lock_text is not None:
         (run_dir / "locks" / cell_id).mkdir(parents=True, exist_ok=True)
@@ -72,13 +117,13 @@ def _add_cell(run_dir: Path, result: Path, lock_text: str | None) -> str:
 def results(request, tmp_path_factory):
     root = cache_root(request, tmp_path_factory)
     found = real_results(root)
-    if TF457_PYTHON.is_file():
-        found["good-tf457"] = _tf457_result(root)
+    if UV is not None:
+        found["good-tf457"] = _tf457_result(root, _tf457_site(root))
     return found
 
 
 @pytest.fixture
-def run_dir(tmp_path, results):
+def run_dir(request, tmp_path_factory, tmp_path, results):
     if UV is None:
         pytest.skip("uv is not installed")
     run = tmp_path / "20261127T170000Z"
@@ -87,8 +132,8 @@ def run_dir(tmp_path, results):
     tf5_lock = _freeze(PROBE_PYTHON)
     for stack in ("good", "xformers-broken", "trl-broken"):
         _add_cell(run, results[stack], tf5_lock)
-    if "good-tf457" in results:
-        _add_cell(run, results["good-tf457"], _freeze(TF457_PYTHON))
+    site = _tf457_site(cache_root(request, tmp_path_factory))  # built by `results`: found at once
+    _add_cell(run, results["good-tf457"], _tf457_lock(site))
     return run
 
 
@@ -96,16 +141,19 @@ def _header(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("#")]
 
 
-@needs_tf457
-def test_newest_and_per_line_picks_from_real_results(run_dir):
+def test_newest_and_per_line_picks_from_real_results(run_dir, results):
+    tf457 = json.loads(results["good-tf457"].read_text())
+    assert tf457["environment"]["packages"]["transformers"]["installed"] == TF457  # really 4.57.6
     report = write_pins(run_dir, now=NOW)
     assert report.pins_dir == run_dir / "pins"
     by_file = {p.file_name: p for p in report.picks}
-    # only fully working cells: the broken-trl (core import fails) and broken-xformers (partial) cells never
+    # only fully working cells: the broken-trl (core import fails) and broken-xformers (partial)
+    # cells never
     assert {p.candidate.cell_id for p in report.picks} <= {"py3.11-torch2.13.0+cpu-tf5.17.0-good",
                                                            "py3.11-torch2.13.0+cpu-tf4.57.6-good"}
     assert by_file[NEWEST_FILE].candidate.cell_id == "py3.11-torch2.13.0+cpu-tf5.17.0-good"
-    # one torch line (2.13.0+cpu); no throughput ran on CPU, so it falls back to the newest and says so
+    # one torch line (2.13.0+cpu); no throughput ran on CPU, so it falls back to the newest and says
+    # so
     line = by_file["fastest-torch2.13.0+cpu.constraints.txt"]
     assert line.candidate.cell_id == "py3.11-torch2.13.0+cpu-tf5.17.0-good"
     assert "no throughput check ran" in line.why
@@ -119,7 +167,10 @@ def test_header_says_cell_run_time_gpu_and_throughput(run_dir, results):
     header = "\n".join(_header(text))
     finished = json.loads(results["good"].read_text())["finished"]
     assert "# cell: py3.11-torch2.13.0+cpu-tf5.17.0-good" in header
-    assert f"# run: 20261127T170000Z; cell finished: {finished}; written: 2026-11-27T18:00:00Z (UTC)" in header
+    assert (
+        f"# run: 20261127T170000Z; cell finished: {finished}; written: 2026-11-27T18:00:00Z (UTC)"
+        in header
+    )
     assert "# GPU: none (device cpu)" in header
     assert "# throughput: not measured (no throughput check ran for this cell)" in header
     # the full lock: every package the probe's interpreter holds, each exactly once as name==version
@@ -137,10 +188,13 @@ def test_header_says_cell_run_time_gpu_and_throughput(run_dir, results):
 def _wheel(folder: Path, name: str, version: str) -> None:
     """A small real wheel (metadata only) so pip and uv can resolve offline against find-links."""
     dist = f"{name.replace('-', '_')}-{version}.dist-info"
-    with zipfile.ZipFile(folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl", "w") as whl:
+    with zipfile.ZipFile(folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl",
+                         "w") as whl:
         whl.writestr(f"{name.replace('-', '_')}/__init__.py", "")
-        whl.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        whl.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: pinmatrix-test\nRoot-Is-Purelib: true\n"
+        whl.writestr(f"{dist}/METADATA",
+                     f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        whl.writestr(f"{dist}/WHEEL",
+                     "Wheel-Version: 1.0\nGenerator: pinmatrix-test\nRoot-Is-Purelib: true\n"
                                       "Tag: py3-none-any\n")
         whl.writestr(f"{dist}/RECORD", "")
 
@@ -155,7 +209,8 @@ def test_uv_and_pip_read_the_file_as_constraints(run_dir, tmp_path):
         _wheel(links, "peft", version)
     req = tmp_path / "req.in"
     req.write_text("peft\n")
-    base = [UV, "pip", "compile", str(req), "--no-index", "--find-links", str(links), "--no-deps", "--no-header",
+    base = [UV, "pip", "compile", str(req), "--no-index", "--find-links", str(links), "--no-deps",
+            "--no-header",
             "--python-version", "3.11", "--quiet"]
     free = subprocess.run(base, capture_output=True, text=True)
     assert free.returncode == 0 and "peft==99.0.0" in free.stdout, free.stderr
@@ -166,8 +221,10 @@ def test_uv_and_pip_read_the_file_as_constraints(run_dir, tmp_path):
     pip = [sys.executable, "-m", "pip"]
     if subprocess.run([*pip, "--version"], capture_output=True).returncode != 0:
         pip = ["python3", "-m", "pip"]
-    dry = subprocess.run([*pip, "install", "--dry-run", "--ignore-installed", "--no-index", "--find-links",
-                          str(links), "--no-deps", "-c", str(constraints), "peft"], capture_output=True, text=True)
+    dry = subprocess.run([*pip, "install", "--dry-run", "--ignore-installed", "--no-index",
+                          "--find-links",
+                          str(links), "--no-deps", "-c", str(constraints), "peft"],
+                         capture_output=True, text=True)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "Would install peft-0.21.2" in dry.stdout
 
@@ -205,9 +262,11 @@ def test_lock_entries_strip_hashes_and_keep_markers():
                                   "colorama==0.4.6 ; sys_platform == 'win32'"]
 
 
-def _candidate(cell_id: str, tf: str, torch: str, tps: float | None, unsloth: str | None = None) -> Candidate:
+def _candidate(cell_id: str, tf: str, torch: str, tps: float | None,
+               unsloth: str | None = None) -> Candidate:
     locked = {"transformers": tf, "torch": torch, **({"unsloth": unsloth} if unsloth else {})}
-    return Candidate(cell_id, {}, locked, [f"{k}=={v}" for k, v in locked.items()], {"device": "cuda", "gpu": "H100"},
+    return Candidate(cell_id, {}, locked, [f"{k}=={v}" for k, v in locked.items()],
+                     {"device": "cuda", "gpu": "H100"},
                      None, tps, "throughput.sdpa" if tps else None, 3, 0)
 
 
@@ -224,4 +283,5 @@ def test_choice_orders_by_packaging_versions_and_speed_per_line():
     assert picks["fastest-torch2.8.0+cu128.constraints.txt"].candidate.cell_id == "b"
     assert "1200.0 tokens/s" in picks["fastest-torch2.8.0+cu128.constraints.txt"].why
     assert picks["fastest-torch2.11.0.constraints.txt"].candidate.cell_id == "d"
-    assert max(cells[:3], key=newest_key).cell_id == "c"  # same transformers: unsloth breaks the tie
+    # same transformers: unsloth breaks the tie
+    assert max(cells[:3], key=newest_key).cell_id == "c"

@@ -10,7 +10,10 @@ import pytest
 
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.pipeline import RunOptions, cell_timeout, force_cpu, new_run_dir, point_latest, probes_digest
+from pinmatrix.probes_source import probes_digest
+from pinmatrix.run.folder import new_run_dir, point_latest
+from pinmatrix.run.options import RunOptions, cell_timeout
+from pinmatrix.run.pipeline import force_cpu
 from pinmatrix.runners.venv import lock_drift
 
 
@@ -69,8 +72,10 @@ def test_force_cpu_and_timeouts():
 
 
 def test_outcome_round_trip_and_validation(tmp_path):
-    outcome = Outcome(cell="c1", hash="h", pins={"torch": "2.13.0+cpu"}, runner="venv", stage="prepare",
-                      status="infra", reason="uv failed", signature="venv-install-failed", timings={"resolve_s": 1.0})
+    outcome = Outcome(cell="c1", hash="h", pins={"torch": "2.13.0+cpu"}, runner="venv",
+                      stage="prepare",
+                      status="infra", reason="uv failed", signature="venv-install-failed",
+                      timings={"resolve_s": 1.0})
     path = outcome.write(tmp_path)
     assert path == tmp_path / "outcomes" / "c1.json"
     assert load_outcome(path) == outcome
@@ -78,7 +83,8 @@ def test_outcome_round_trip_and_validation(tmp_path):
     with pytest.raises(ValueError):
         Outcome(cell="c", hash=None, pins={}, runner="venv", stage="bake")
     with pytest.raises(ValueError):
-        Outcome(cell="c", hash=None, pins={}, runner="venv", status="works")  # the host never types that in
+        # the host never types that in
+        Outcome(cell="c", hash=None, pins={}, runner="venv", status="works")
     (tmp_path / "junk.json").write_text("[]")
     assert isinstance(load_outcome(tmp_path / "junk.json"), str)
 
@@ -89,18 +95,20 @@ def test_lock_drift_names_the_packages():
                 "peft": {"installed": None, "imports": None},
                 "unsloth": {"installed": "2026.1.1", "imports": True},
                 "safetensors": {"installed": "0.8.0", "imports": True}}
-    locked = {"torch": "2.13.0+cpu", "transformers": "5.17.0", "peft": "0.21.2", "safetensors": "0.8.0"}
+    locked = {"torch": "2.13.0+cpu", "transformers": "5.17.0", "peft": "0.21.2",
+              "safetensors": "0.8.0"}
     problems = lock_drift(locked, packages, {"unsloth": "none"})
     assert problems == ["peft missing (lock: 0.21.2)", "transformers 4.57.6 (lock: 5.17.0)",
                         "unsloth 2026.1.1 is installed but the cell says none"]
-    assert lock_drift({"torch": "2.13.0+cpu"}, {"torch": {"installed": "2.13.0+cpu", "imports": True}}, {}) == []
+    assert lock_drift({"torch": "2.13.0+cpu"}, {"torch": {"installed": "2.13.0+cpu",
+                                                          "imports": True}}, {}) == []
 
 
 def test_run_manifest_argv_holds_no_credentials():
-    from pinmatrix.pipeline import _redacted_argv
+    from pinmatrix.run.folder import redacted_argv
 
     argv = ["pinmatrix", "matrix", "--index-url", "https://bob:s3cret@pypi.corp/simple",
             "--extra-index-url=https://tok:abc@x.corp/simple", "--cpu"]
-    redacted = _redacted_argv(argv)
+    redacted = redacted_argv(argv)
     assert "s3cret" not in " ".join(redacted) and "abc@" not in " ".join(redacted)
     assert redacted[3] == "https://***@pypi.corp/simple" and redacted[-1] == "--cpu"

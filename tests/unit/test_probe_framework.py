@@ -17,7 +17,8 @@ SCHEMA = load_schema()
 
 
 def make_ctx(tmp_path: Path, device: str = "cpu", requested: str = "auto", **pins) -> Context:
-    spec = {"id": "t", "hash": "h", "pins": {"python": "3.11", **pins}, "checks": [], "settings": {}}
+    spec = {"id": "t", "hash": "h", "pins": {"python": "3.11", **pins}, "checks": [],
+            "settings": {}}
     return Context(spec=spec, device=device, work_dir=tmp_path, requested_device=requested)
 
 
@@ -67,7 +68,8 @@ def test_failed_from_a_known_cause_takes_its_signature(tmp_path):
             raise Failed("flash-attn kernel unavailable") from exc
     result = run(fn, tmp_path)
     assert result["status"] == "fail"
-    assert (result["error"]["signature"], result["error"]["type"]) == ("flash-attn-abi-mismatch", "ImportError")
+    assert (result["error"]["signature"],
+            result["error"]["type"]) == ("flash-attn-abi-mismatch", "ImportError")
 
 
 def test_unexpected_exception_is_a_classified_fail(tmp_path):
@@ -76,7 +78,8 @@ def test_unexpected_exception_is_a_classified_fail(tmp_path):
     result = run(fn, tmp_path)
     assert result["status"] == "fail"
     error = result["error"]
-    assert (error["type"], error["signature"], error["known"]) == ("ValueError", "unsloth-aimv2-config-clash", True)
+    assert (error["type"], error["signature"],
+            error["known"]) == ("ValueError", "unsloth-aimv2-config-clash", True)
     assert "raise ValueError" in error["traceback_tail"]
     assert len(error["traceback_tail"].splitlines()) <= 30
 
@@ -105,7 +108,10 @@ def test_timeout_is_infra(tmp_path):
     result = run(fn, tmp_path, timeout_s=0.3)
     assert time.monotonic() - start < 5
     assert result["status"] == "infra"
-    assert result["error"]["type"] == "CheckTimeout" and result["error"]["signature"] == "check-timeout"
+    assert (
+        result["error"]["type"] == "CheckTimeout"
+        and result["error"]["signature"] == "check-timeout"
+    )
     # The alarm is disarmed afterwards: a later slow-ish check is not interrupted.
     assert run(lambda ctx: (time.sleep(0.5), {})[1], tmp_path, timeout_s=30)["status"] == "pass"
 
@@ -125,7 +131,9 @@ def test_warnings_and_log_records_are_captured(tmp_path):
                                   "WARNING demo.lib: attention fell back to eager",
                                   "ERROR demo.nopropagate: from a logger that does not propagate"]
     # Handlers are removed afterwards.
-    assert not any(type(h).__name__ == "_WarningLog" for h in logging.getLogger().handlers + quiet.handlers)
+    assert not any(
+        type(h).__name__ == "_WarningLog" for h in logging.getLogger().handlers + quiet.handlers
+    )
 
 
 def test_one_crash_does_not_affect_the_next_check(tmp_path):
@@ -136,7 +144,8 @@ def test_one_crash_does_not_affect_the_next_check(tmp_path):
 
 
 def test_odd_names_are_made_schema_safe(tmp_path):
-    assert run(lambda ctx: {}, tmp_path, name="Attention.XFormers Kernel")["name"] == "attention.xformers-kernel"
+    assert run(lambda ctx: {}, tmp_path,
+               name="Attention.XFormers Kernel")["name"] == "attention.xformers-kernel"
 
 
 def test_jsonable():
@@ -173,7 +182,10 @@ def test_check_timeout_message_classifies():
 def test_plain_transformers_groups_run_before_unsloth_whatever_the_matrix_order():
     from probes.checks import run_order
 
-    order = run_order(["throughput", "unsloth", "lora-train", "imports", "bogus", "generate", "attention"])
-    assert order.index("unsloth") > max(order.index(g) for g in ("lora-train", "generate", "attention"))
+    order = run_order(["throughput", "unsloth", "lora-train", "imports", "bogus", "generate",
+                       "attention"])
+    assert order.index("unsloth") > max(
+        order.index(g) for g in ("lora-train", "generate", "attention")
+    )
     assert order.index("throughput") > order.index("unsloth")
     assert order[0] == "imports" and order[-1] == "bogus"

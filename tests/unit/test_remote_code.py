@@ -1,5 +1,6 @@
-"""A changed remote-code hash on the same repo+revision is flagged (pinmatrix/remote_code.py), in summary.json
-and summary.md; unpinned revisions are warned about; damaged files are never taken as evidence."""
+"""A changed remote-code hash on the same repo+revision is flagged
+(pinmatrix/report/remote_code.py), in summary.json and summary.md; unpinned revisions are warned
+about; damaged files are never taken as evidence."""
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pinmatrix.cell import ModelSpec
-from pinmatrix.remote_code import hash_changes, is_pinned, loaded_files, unpinned_warnings
-from pinmatrix.report import write_report
+from pinmatrix.report.remote_code import hash_changes, is_pinned, loaded_files, unpinned_warnings
+from pinmatrix.report.write import write_report
 from pinmatrix.results import validate
 
 REPO = "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct"
@@ -21,17 +22,31 @@ def _sha(text: str) -> str:
 
 
 def _result(cell: str, revision: str, modeling: str, source: str = "hub-cache") -> dict[str, Any]:
-    """A schema-valid result whose exaone3.5 check recorded remote code as the probe does (handle.evidence()
-    plus `remote_code`: file name → sha256/path/module)."""
-    evidence = {"model": "exaone3.5", "source": source, "repo": REPO, "revision": revision, "path": "/hf/x",
-                "remote_code": {
-                    "modeling_exaone.py": {"sha256": _sha(modeling), "path": "/tmp/m/modeling_exaone.py",
-                                           "module": "transformers_modules.x.modeling_exaone"},
-                    "configuration_exaone.py": {"sha256": _sha("config v1"), "path": "/tmp/m/configuration_exaone.py",
-                                                "module": "transformers_modules.x.configuration_exaone"}}}
+    """A schema-valid result whose exaone3.5 check recorded remote code as the probe does
+    (handle.evidence() plus `remote_code`: file name → sha256/path/module)."""
+    evidence = {
+        "model": "exaone3.5",
+        "source": source,
+        "repo": REPO,
+        "revision": revision,
+        "path": "/hf/x",
+        "remote_code": {
+            "modeling_exaone.py": {
+                "sha256": _sha(modeling),
+                "path": "/tmp/m/modeling_exaone.py",
+                "module": "transformers_modules.x.modeling_exaone",
+            },
+            "configuration_exaone.py": {
+                "sha256": _sha("config v1"),
+                "path": "/tmp/m/configuration_exaone.py",
+                "module": "transformers_modules.x.configuration_exaone",
+            },
+        },
+    }
     doc = {"schema": 1, "cell": {"id": cell, "hash": "h" * 64, "pins": {"transformers": "4.57.6"}},
            "environment": {"python": "3.11.7", "device": "cpu", "packages": {}},
-           "checks": [{"name": "exaone3.5.remote-code", "status": "pass", "duration_s": 1.0, "evidence": evidence}],
+           "checks": [{"name": "exaone3.5.remote-code", "status": "pass", "duration_s": 1.0,
+                       "evidence": evidence}],
            "started": "2026-11-27T00:00:00+00:00", "finished": "2026-11-27T00:01:00+00:00"}
     assert validate(doc) is None
     return doc
@@ -42,7 +57,9 @@ def _run(reports: Path, run_id: str, docs: dict[str, Any]) -> Path:
     (run / "cells").mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"run_id": run_id}))
     for cell, doc in docs.items():
-        (run / "cells" / f"{cell}.json").write_text(doc if isinstance(doc, str) else json.dumps(doc))
+        (run / "cells" / f"{cell}.json").write_text(
+            doc if isinstance(doc, str) else json.dumps(doc)
+        )
     return run
 
 
@@ -56,7 +73,9 @@ def test_changed_hash_on_the_same_revision_is_flagged_in_the_report(tmp_path: Pa
     _run(tmp_path, "20261101T000000Z", {"a": _result("a", COMMIT, "v1")})
     now = _run(tmp_path, "20261102T000000Z", {"a": _result("a", COMMIT, "v1 + a backdoor")})
     (change,) = hash_changes(now)
-    assert change["file"] == "modeling_exaone.py" and change["revision"] == COMMIT and change["pinned"]
+    assert (
+        change["file"] == "modeling_exaone.py" and change["revision"] == COMMIT and change["pinned"]
+    )
     assert change["sha256"] == _sha("v1 + a backdoor")
     assert change["elsewhere"] == [{"sha256": _sha("v1"), "run": "20261101T000000Z", "cell": "a"}]
     write_report(now)
@@ -67,12 +86,14 @@ def test_changed_hash_on_the_same_revision_is_flagged_in_the_report(tmp_path: Pa
 
 
 def test_two_cells_of_one_run_disagreeing_are_flagged(tmp_path: Path) -> None:
-    now = _run(tmp_path, "20261102T000000Z", {"a": _result("a", COMMIT, "v1"), "b": _result("b", COMMIT, "v2")})
+    now = _run(tmp_path, "20261102T000000Z", {"a": _result("a", COMMIT, "v1"),
+                                              "b": _result("b", COMMIT, "v2")})
     assert {c["cell"] for c in hash_changes(now)} == {"a", "b"}
 
 
 def test_other_revision_or_source_is_not_a_change(tmp_path: Path) -> None:
-    _run(tmp_path, "20261101T000000Z", {"a": _result("a", "1" * 40, "v0"), "f": _result("f", COMMIT, "ours", "fixture")})
+    _run(tmp_path, "20261101T000000Z", {"a": _result("a", "1" * 40, "v0"),
+                                        "f": _result("f", COMMIT, "ours", "fixture")})
     now = _run(tmp_path, "20261102T000000Z", {"a": _result("a", COMMIT, "v1")})
     assert hash_changes(now) == []
 
@@ -86,9 +107,15 @@ def test_a_damaged_file_is_never_evidence(tmp_path: Path) -> None:
 
 
 def test_unpinned_revisions_are_warned_about(tmp_path: Path) -> None:
-    assert is_pinned(COMMIT) and not is_pinned("main") and not is_pinned("v1.0") and not is_pinned(None)
+    assert (
+        is_pinned(COMMIT)
+        and not is_pinned("main")
+        and not is_pinned("v1.0")
+        and not is_pinned(None)
+    )
     warnings = unpinned_warnings([ModelSpec("exaone3.5", REPO, "main", "remote-code"),
-                                  ModelSpec("exaone4", "LGAI-EXAONE/EXAONE-4.0-1.2B", COMMIT, "native")])
+                                  ModelSpec("exaone4", "LGAI-EXAONE/EXAONE-4.0-1.2B", COMMIT,
+                                            "native")])
     assert len(warnings) == 1 and "exaone3.5" in warnings[0] and "'main'" in warnings[0]
     now = _run(tmp_path, "20261102T000000Z", {"a": _result("a", "main", "v1")})
     write_report(now)

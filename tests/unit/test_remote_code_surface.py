@@ -1,16 +1,17 @@
 """The ast-only extractor of a remote-code file's transformers surface, and its CLI.
 
-Stdlib only: no transformers needed, the files are never run (a test below proves it with a file that
+Stdlib only: no transformers needed, the files are never run (a test below proves it with a file
+that
 would raise on import)."""
+
 from __future__ import annotations
 
 import json
 import textwrap
 from pathlib import Path
 
-import pytest
 
-from pinmatrix.surface_cli import main as surface_main
+from pinmatrix.cli.surface import main as surface_main
 from probes.remote_code_surface import compare, extract, extract_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,48 +89,78 @@ def test_extract_reads_every_fact_kind_without_running_the_file():
     imports = {(i["module"], i["name"]): i["scope"] for i in s["imports"]}
     assert imports[("transformers.cache_utils", "DynamicCache")] == "module"
     assert imports[("transformers.utils", "is_flash_attn_2_available")] == "conditional"
-    assert not any("configuration_toy" in m for m, _ in imports)  # a sibling file is not transformers
+    assert not any(
+        "configuration_toy" in m for m, _ in imports
+    )  # a sibling file is not transformers
     # keywords merged over call sites; positional counts kept
     assert s["calls"]["transformers.masking_utils.create_causal_mask"]["keywords"] == [
-        "attention_mask", "cache_position", "config", "input_embeds"]
+        "attention_mask",
+        "cache_position",
+        "config",
+        "input_embeds",
+    ]
     assert s["calls"]["transformers.cache_utils.DynamicCache.from_legacy_cache"]["positional"] == 1
     assert "transformers.pytorch_utils.ALL_LAYERNORM_LAYERS.append" in s["calls"]
     # super().__init__ in a class whose first base is transformers' is that base's __init__
     assert s["calls"]["transformers.configuration_utils.PretrainedConfig.__init__"] == {
-        "keywords": ["bos_token_id"], "positional": 0, "star_args": False, "star_kwargs": True}
+        "keywords": ["bos_token_id"],
+        "positional": 0,
+        "star_args": False,
+        "star_kwargs": True,
+    }
     assert s["classes"]["ToyForCausalLM"]["attributes"]["_tied_weights_keys"] == {
-        "form": "list", "value": ["lm_head.weight"]}
+        "form": "list",
+        "value": ["lm_head.weight"],
+    }
     assert s["classes"]["ToyPreTrained"]["attributes"]["config_class"]["form"] == "expr"
-    assert s["buffers"] == [{"class": "Rotary", "method": "__init__", "name": "inv_freq", "persistent": False}]
-    assert s["init_weights"] == {"ToyPreTrained": {"isinstance": ["torch.nn.Embedding", "torch.nn.Linear"],
-                                                   "buffers": []}}
+    assert s["buffers"] == [
+        {"class": "Rotary", "method": "__init__", "name": "inv_freq", "persistent": False}
+    ]
+    assert s["init_weights"] == {
+        "ToyPreTrained": {"isinstance": ["torch.nn.Embedding", "torch.nn.Linear"], "buffers": []}
+    }
     assert s["config"]["ToyConfig2"]["fields"] == ["head_dim", "hidden_size", "num_layers"]
     assert s["config"]["ToyConfig2"]["attribute_map"] == {"num_hidden_layers": "num_layers"}
-    assert s["modules"]["ToyModel"] == {"norm": "Norm", "rotary": "Rotary", "wte": "torch.nn.Embedding"}
+    assert s["modules"]["ToyModel"] == {
+        "norm": "Norm",
+        "rotary": "Rotary",
+        "wte": "torch.nn.Embedding",
+    }
 
 
 def test_init_weights_that_restores_a_buffer_says_so():
-    restoring = SOURCE.replace("module.weight.data.normal_()",
-                               "module.weight.data.normal_()\n            if hasattr(module, 'inv_freq'): pass")
+    restoring = SOURCE.replace(
+        "module.weight.data.normal_()",
+        "module.weight.data.normal_()\n            if hasattr(module, 'inv_freq'): pass",
+    )
     assert extract(restoring)["init_weights"]["ToyPreTrained"]["buffers"] == ["inv_freq"]
 
 
 def test_relative_imports_resolve_inside_a_named_package():
     src = "from ...cache_utils import DynamicCache\nfrom .configuration_x import XConfig\n"
     s = extract(src, package="transformers.models.x")
-    assert s["imports"] == [{"module": "transformers.cache_utils", "name": "DynamicCache", "scope": "module"}]
-    assert extract(src)["imports"] == []  # unresolvable without the package: not claimed as transformers
+    assert s["imports"] == [
+        {"module": "transformers.cache_utils", "name": "DynamicCache", "scope": "module"}
+    ]
+    assert (
+        extract(src)["imports"] == []
+    )  # unresolvable without the package: not claimed as transformers
 
 
 def test_compare_names_each_differing_fact():
     a = extract(SOURCE)
     assert compare(a, a) == []
-    b = extract(SOURCE.replace('_tied_weights_keys = ["lm_head.weight"]',
-                               '_tied_weights_keys = {"lm_head.weight": "model.wte.weight"}')
-                .replace("input_embeds=x", "inputs_embeds=x"))
+    b = extract(
+        SOURCE.replace(
+            '_tied_weights_keys = ["lm_head.weight"]',
+            '_tied_weights_keys = {"lm_head.weight": "model.wte.weight"}',
+        ).replace("input_embeds=x", "inputs_embeds=x")
+    )
     diff = compare(a, b)
     assert any(line.startswith("~ class ToyForCausalLM._tied_weights_keys") for line in diff)
-    assert any(line.startswith("~ call transformers.masking_utils.create_causal_mask") for line in diff)
+    assert any(
+        line.startswith("~ call transformers.masking_utils.create_causal_mask") for line in diff
+    )
     assert len(diff) == 2
 
 
@@ -163,9 +194,20 @@ def test_cli_writes_json_and_rejects_bad_input_with_file_line_col(tmp_path, caps
 
 def test_cli_compares_with_a_facts_file(tmp_path, capsys):
     fixture = ROOT / "probes" / "fixtures" / "exaone35" / "current"
-    assert surface_main([str(fixture), "--facts", str(REVISIONS / "original.json"),
-                         "-o", str(tmp_path / "s.json")]) == 0
+    assert (
+        surface_main(
+            [
+                str(fixture),
+                "--facts",
+                str(REVISIONS / "original.json"),
+                "-o",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
     doc = json.loads((tmp_path / "s.json").read_text())
-    # current differs from original in the mask: create_causal_mask instead of AttentionMaskConverter
+    # current differs from original in the mask: create_causal_mask instead of
+    # AttentionMaskConverter
     diff = "\n".join(doc["differences_from_facts"]["modeling_exaone.py"])
     assert "create_causal_mask" in diff and "AttentionMaskConverter" in diff

@@ -1,4 +1,5 @@
-"""summary.html, junit.xml and damaged inputs, built from real probe results (tests/unit/report_runs.py)."""
+"""summary.html, junit.xml and damaged inputs, built from real probe results
+(tests/unit/report_runs.py)."""
 from __future__ import annotations
 
 import base64
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.outcome import Outcome
-from pinmatrix.report import merge, write_report
-from pinmatrix.report_html import render_html, throughput_chart
+from pinmatrix.report.summary import merge
+from pinmatrix.report.write import write_report
+from pinmatrix.report.html import render_html, throughput_chart
 from real_results import BASE_PINS, cache_root
 from report_runs import CELL_ID, add_cell, probe_result, standard_run
 
@@ -40,7 +42,8 @@ def test_every_format_is_written(run):
 
 def test_html_is_self_contained(run):
     page = (run / "summary.html").read_text()
-    assert not re.search(r"<(script|img|link|iframe)[^>]+(src|href)=['\"]?(https?:)?//", page), "loads from the network"
+    assert not re.search(r"<(script|img|link|iframe)[^>]+(src|href)=['\"]?(https?:)?//",
+                         page), "loads from the network"
     assert "<link" not in page and "@import" not in page
     assert page.count("<script>") == 1  # inline only
 
@@ -55,7 +58,8 @@ def test_html_has_one_row_and_one_detail_per_cell(run):
 
 
 def _detail(page: str, cell_id: str) -> str:
-    """The detail row of one cell: up to the next cell row (detail rows hold tables of their own)."""
+    """The detail row of one cell: up to the next cell row (detail rows hold tables of their
+    own)."""
     after = page.split(f"<tr class=detail data-for='{cell_id}' hidden>", 1)[1]
     return re.split(r"<tr class=cell |</tbody></table>\n<h2>Throughput", after, maxsplit=1)[0]
 
@@ -72,7 +76,8 @@ def test_html_detail_has_checks_error_signature_fix_and_environment(run):
     env = result["environment"]
     assert f"<td>{env['torch']}</td>" in detail and f"<td>{env['python']}</td>" in detail
     assert "<td>xformers</td><td>0.0.35</td>" in detail  # the package table of the full environment
-    assert "requirements are unsatisfiable" in _detail(page, "py3.11-torch2.13.0+cpu-tf4.57.6-unsloth2026.1.1")
+    assert "requirements are unsatisfiable" in _detail(page,
+                                                       "py3.11-torch2.13.0+cpu-tf4.57.6-unsloth2026.1.1")
 
 
 def test_chart_embeds_a_png_of_the_measured_throughput(run):
@@ -102,7 +107,9 @@ def test_html_escapes_hostile_text(run):
     summary = merge(run)
     summary["cells"][0]["reason"] = "<script>alert(1)</script>"
     page = render_html(summary, run)
-    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert (
+        "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    )
 
 
 # --- junit ---------------------------------------------------------------------------------------
@@ -117,7 +124,8 @@ def test_junit_one_case_per_cell_and_check(run):
     cases = _cases(run)
     expected = {(c["id"], name) for c in summary["cells"] for name in c["checks"]}
     assert expected <= set(cases)
-    assert len(cases) == len(expected) + 2  # + `resolve` of the unresolvable cell, `run` of the infra one
+    # + `resolve` of the unresolvable cell, `run` of the infra one
+    assert len(cases) == len(expected) + 2
     root = ET.parse(run / "junit.xml").getroot()
     assert int(root.get("tests")) == len(cases)
 
@@ -153,7 +161,10 @@ def test_junit_check_infra_is_an_error_not_a_failure(tmp_path, cache):
     add_cell(run, CELL_ID, pins, path)
     write_report(run)
     case = _cases(run)[(CELL_ID, "kernel.flash-attn")]
-    assert case.find("failure") is None and case.find("error").get("message") == "CUDA out of memory at batch 4 × 2048"
+    assert (
+        case.find("failure") is None
+        and case.find("error").get("message") == "CUDA out of memory at batch 4 × 2048"
+    )
 
 
 # --- damaged input never crashes any format ------------------------------------------------------
@@ -168,21 +179,29 @@ def test_damaged_and_wrong_schema_files_are_listed_in_every_format(run, cache):
     }
     for name, data in variants.items():
         cid = f"py3.11-torch2.13.0+cpu-tf5.17.0-{name}"
-        text = json.dumps(good)[:200] if data is None else json.dumps({**data, "cell": {**good["cell"], "id": cid}}
-                                                                      if isinstance(data, dict) else data)
+        text = (
+            json.dumps(good)[:200]
+            if data is None
+            else json.dumps(
+                {**data, "cell": {**good["cell"], "id": cid}} if isinstance(data, dict) else data
+            )
+        )
         (run / "cells" / f"{cid}.json").write_text(text)
         Outcome(cell=cid, hash=good["cell"]["hash"], pins=BASE_PINS, runner="venv", stage="done",
                 result=f"cells/{cid}.json").write(run)
     (run / "outcomes" / "garbage.json").write_text("{not json")
-    (run / "outcomes" / "listcell.json").write_text(json.dumps({"cell": ["x"], "pins": {}, "runner": "venv"}))
-    (run / "outcomes" / "nullpins.json").write_text(json.dumps({"cell": "y", "pins": None, "runner": "venv"}))
+    (run / "outcomes" / "listcell.json").write_text(json.dumps({"cell": ["x"], "pins": {},
+                                                                "runner": "venv"}))
+    (run / "outcomes" / "nullpins.json").write_text(json.dumps({"cell": "y", "pins": None,
+                                                                "runner": "venv"}))
     (run / "cells" / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
     write_report(run)
     summary = json.loads((run / "summary.json").read_text())
     why = {d["path"]: d["why"] for d in summary["damaged"]}
     assert why["cells/py3.11-torch2.13.0+cpu-tf5.17.0-schema2.json"].startswith("schema version 2")
     assert why["cells/py3.11-torch2.13.0+cpu-tf5.17.0-truncated.json"].startswith("not JSON")
-    assert why["cells/py3.11-torch2.13.0+cpu-tf5.17.0-notobject.json"].startswith("not a pinmatrix result")
+    assert why["cells/py3.11-torch2.13.0+cpu-tf5.17.0-notobject.json"].startswith("not a pinmatrix "
+                                                                                  "result")
     assert why["cells/py3.11-torch2.13.0+cpu-tf5.17.0-badcheck.json"].startswith("schema violation")
     assert "outcomes/garbage.json" in why and "cells/binary.json" in why
     assert "'cell' is not a non-empty string" in why["outcomes/listcell.json"]

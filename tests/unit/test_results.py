@@ -1,4 +1,5 @@
-"""Loading cell results: real probe output validates; damaged, foreign and other-version files do not."""
+"""Loading cell results: real probe output validates; damaged, foreign and other-version files do
+not."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.results import CellResult, Damaged, load_result, write_json_atomic, write_text_atomic
+from pinmatrix.results import CellResult, Damaged, load_result
+from pinmatrix.fsio import write_json_atomic, write_text_atomic
 from real_results import cache_root, real_results
 
 
@@ -64,17 +66,22 @@ def test_unreadable_bytes_are_damaged(tmp_path):
 
 
 def test_merge_reclassifies_with_the_current_catalogue(results, tmp_path):
-    """An old result holding a fingerprint gets the catalogue id once the catalogue knows the error."""
+    """An old result holding a fingerprint gets the catalogue id once the catalogue knows the
+    error."""
     data = json.loads(results["xformers-broken"].read_text())
     check = next(c for c in data["checks"] if c["name"] == "imports")
     assert check["error"]["signature"] == "xformers-extensions-not-loaded"  # the probe knew it
-    check["error"]["signature"], check["error"]["known"] = "fp-000000000000", False  # as an older catalogue would
+    # as an older catalogue would
+    check["error"]["signature"], check["error"]["known"] = "fp-000000000000", False
     path = write_json_atomic(tmp_path / "old.json", data)
     loaded = load_result(path)
     error = next(c for c in loaded.checks if c["name"] == "imports")["error"]
     assert error["signature"] == "xformers-extensions-not-loaded" and error["known"] is True
     raw = load_result(path, reclassify=False)
-    assert next(c for c in raw.checks if c["name"] == "imports")["error"]["signature"] == "fp-000000000000"
+    assert (
+        next(c for c in raw.checks if c["name"] == "imports")["error"]["signature"]
+        == "fp-000000000000"
+    )
 
 
 def test_unknown_errors_keep_the_probes_signature(results):

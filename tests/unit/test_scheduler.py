@@ -1,5 +1,6 @@
-"""pinmatrix/scheduler.py: a device is never held by two cells, builds of one key never overlap, the
-build limit holds, and every cell finishes when some fail or raise. Property-based (hypothesis)."""
+"""pinmatrix/run/scheduler.py: a device is never held by two cells, builds of one key never overlap,
+the build limit holds, and every cell finishes when some fail or raise. Property-based
+(hypothesis)."""
 from __future__ import annotations
 
 import io
@@ -9,8 +10,9 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pinmatrix.progress import Progress
-from pinmatrix.scheduler import (Scheduler, SchedulerError, detect_gpus, device_tokens, parse_gpu_list,
+from pinmatrix.run.progress import Progress
+from pinmatrix.run.scheduler import (Scheduler, SchedulerError, detect_gpus, device_tokens,
+                                     parse_gpu_list,
                                  parse_nvidia_smi_list)
 
 cell_plans = st.lists(
@@ -81,7 +83,8 @@ def test_gpu_never_shared_and_all_cells_finish(plans, n_gpus, build_jobs):
 
 
 def test_devices_really_run_in_parallel():
-    """Two GPUs, two 0.3 s cells: about 0.3 s, not 0.6 s (the scheduler is not serial in disguise)."""
+    """Two GPUs, two 0.3 s cells: about 0.3 s, not 0.6 s (the scheduler is not serial in
+    disguise)."""
     plans = [(0, "ok", 300), (1, "ok", 300)]
     t0 = time.perf_counter()
     _run(plans, ["0", "1"], 2)
@@ -104,7 +107,9 @@ def test_gpu_lists():
     for bad in ("", "a", "0,0", "1;2"):
         with pytest.raises(SchedulerError):
             parse_gpu_list(bad)
-    text = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aa)\nGPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-bb)\n"
+    text = (
+        "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aa)\nGPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-bb)\n"
+    )
     assert parse_nvidia_smi_list(text) == ["0", "1"]
 
     class Proc:

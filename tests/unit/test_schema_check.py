@@ -13,14 +13,17 @@ SCHEMA = load_schema()
 
 VALID = {
     "schema": 1,
-    "cell": {"id": "py3.11-torch2.13.0", "hash": "a" * 64, "pins": {"torch": "2.13.0+cpu", "unsloth": "none"},
+    "cell": {"id": "py3.11-torch2.13.0", "hash": "a" * 64,
+             "pins": {"torch": "2.13.0+cpu", "unsloth": "none"},
              "runner": "docker", "reused_from": None},
     "environment": {"python": "3.11.7", "platform": "Linux", "device": "cpu", "torch": "2.13.0+cpu",
                     "cuda": None, "gpu": None, "gpu_count": 0, "driver": None,
-                    "packages": {"xformers": {"installed": "0.0.35", "imports": False, "error": "ImportError: x"},
+                    "packages": {"xformers": {"installed": "0.0.35", "imports": False,
+                                              "error": "ImportError: x"},
                                  "unsloth": {"installed": None, "imports": None}}},
     "checks": [
-        {"name": "imports", "status": "pass", "duration_s": 0.5, "evidence": {"n": 1}, "warnings": ["w"]},
+        {"name": "imports", "status": "pass", "duration_s": 0.5, "evidence": {"n": 1},
+         "warnings": ["w"]},
         {"name": "kernel.flash-attn", "status": "skip", "duration_s": 0, "reason": "needs a GPU"},
         {"name": "kernel.xformers", "status": "fail", "duration_s": 1.25, "evidence": {},
          "error": {"type": "RuntimeError", "message": "m", "traceback_tail": "t",
@@ -54,7 +57,8 @@ INVALID = {
     "gpu-count-float": _mutate(["environment", "gpu_count"], 1.5),
     "package-extra-key": _mutate(["environment", "packages", "xformers", "why"], "x"),
     "package-imports-string": _mutate(["environment", "packages", "xformers", "imports"], "yes"),
-    "package-missing-installed": _mutate(["environment", "packages", "unsloth", "installed"], delete=True),
+    "package-missing-installed": _mutate(["environment", "packages", "unsloth", "installed"],
+                                         delete=True),
     "check-name-pattern": _mutate(["checks", 0, "name"], "Imports!"),
     "check-status-enum": _mutate(["checks", 0, "status"], "ok"),
     "check-duration-negative": _mutate(["checks", 0, "duration_s"], -0.1),
@@ -92,7 +96,8 @@ def test_invalid_documents_agree(name):
 
 def test_error_paths_name_the_place():
     errors = validate(INVALID["check-status-enum"], SCHEMA)
-    assert errors == ['$.checks[0].status: "ok" is not one of ["pass", "fail", "skip", "infra", "flaky"]']
+    assert errors == ['$.checks[0].status: "ok" is not one of ["pass", "fail", "skip", "infra", '
+                      '"flaky"]']
     errors = validate(INVALID["package-extra-key"], SCHEMA)
     assert errors == ["$.environment.packages.xformers: unexpected property 'why'"]
 

@@ -1,5 +1,5 @@
-"""pinmatrix/shard.py: `--shard i/n` is a partition, deterministic, balanced within the stated bound, and
-keeps cells that share an image base together where balance allows (hypothesis)."""
+"""pinmatrix/run/shard.py: `--shard i/n` is a partition, deterministic, balanced within the stated
+bound, and keeps cells that share an image base together where balance allows (hypothesis)."""
 from __future__ import annotations
 
 import random
@@ -8,13 +8,21 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from pinmatrix.cell import Cell
-from pinmatrix.shard import ShardError, balance_bound, image_key, parse_shard, partition, shard_of
+from pinmatrix.run.shard import (
+    ShardError,
+    balance_bound,
+    image_key,
+    parse_shard,
+    partition,
+    shard_of,
+)
 
 cells_st = st.lists(
     st.tuples(st.sampled_from(["3.11", "3.12"]), st.sampled_from(["2.9.1", "2.10.0", "2.11.0"]),
               st.integers(0, 40)),
     max_size=60, unique=True,
-).map(lambda rows: [Cell(pins={"python": py, "torch": t, "transformers": f"4.{tf}.0"}) for py, t, tf in rows])
+).map(lambda rows: [Cell(pins={"python": py, "torch": t, "transformers": f"4.{tf}.0"}) for py, t,
+                    tf in rows])
 
 
 @settings(max_examples=150, deadline=None)
@@ -26,7 +34,9 @@ def test_partition_deterministic_balanced(cells, n, seed):
     assert sorted(ids) == sorted(c.id for c in cells) and len(ids) == len(set(ids))   # a partition
     shuffled = list(cells)
     random.Random(seed).shuffle(shuffled)
-    assert [[c.id for c in s] for s in partition(shuffled, n)] == [[c.id for c in s] for s in shards]  # deterministic
+    assert [[c.id for c in s] for s in partition(shuffled,
+                                                 # deterministic
+                                                 n)] == [[c.id for c in s] for s in shards]
     sizes = [len(s) for s in shards]
     bound = balance_bound(cells, n)
     assert max(sizes) - min(sizes) <= bound                                               # balanced
@@ -49,9 +59,11 @@ def test_image_groups_stay_together_when_they_fit(cells, n):
 
 
 def test_group_larger_than_fair_share_is_cut():
-    # three cells of one image and one of another into 2 shards: keeping the group whole gives 3 + 1;
+    # three cells of one image and one of another into 2 shards: keeping the group whole gives 3 +
+    # 1;
     # the group exceeds the fair share ceil(4/2) = 2, so it is cut and the shards come out 2 + 2
-    cells = [Cell(pins={"python": "3.11", "torch": "2.9.1", "transformers": f"4.{i}.0"}) for i in range(3)]
+    cells = [Cell(pins={"python": "3.11", "torch": "2.9.1",
+                        "transformers": f"4.{i}.0"}) for i in range(3)]
     cells.append(Cell(pins={"python": "3.12", "torch": "2.9.1", "transformers": "4.0.0"}))
     sizes = sorted(len(s) for s in partition(cells, 2))
     assert sizes == [2, 2]

@@ -1,4 +1,5 @@
 """The signature catalogue and classifier (docs/CONTRACTS.md §4)."""
+
 from __future__ import annotations
 
 import json
@@ -7,78 +8,210 @@ import re
 import pytest
 
 from probes import signatures
-from probes.signatures import CatalogueError, classify, describe, fingerprint, load_catalogue, normalise
+from probes.signatures import (
+    CatalogueError,
+    classify,
+    describe,
+    fingerprint,
+    load_catalogue,
+    normalise,
+)
 
 # Real-world messages (as reported in the linked issues / transformers source) -> expected id.
 KNOWN = [
-    # EXAONE 3.5 remote code on transformers 5.x: the messages seen when loading the revision-faithful
+    # EXAONE 3.5 remote code on transformers 5.x: the messages seen when loading the
+    # revision-faithful
     # fixtures, and the surface check's own words for the same facts (probes/checks/surface.py).
-    ("AttributeError", "'list' object has no attribute 'keys'", "transformers-tied-weights-keys-list"),
-    ("AttributeError", "type object 'DynamicCache' has no attribute 'from_legacy_cache'",
-     "transformers-dynamiccache-from-legacy-cache-removed"),
-    ("TypeError", "create_causal_mask() got an unexpected keyword argument 'input_embeds'",
-     "transformers-create-causal-mask-input-embeds-renamed"),
-    ("TypeError", "create_causal_mask() got an unexpected keyword argument 'cache_position' (surface: "
-     "transformers.masking_utils.create_causal_mask(config, inputs_embeds, attention_mask, *, past_key_values))",
-     "transformers-create-causal-mask-cache-position-removed"),
-    ("BufferNotInitialised", "non-persistent buffer 'inv_freq' built in __init__ holds [0.0, 0.0, 0.0, 0.0] after "
-     "from_pretrained, not the value __init__ gave it [8.0, 7.1, 7.01, 7.001]: _init_weights does not restore it",
-     "transformers-non-persistent-buffer-not-initialised"),
-    ("ValueError", "'aimv2' is already used by a Transformers config, pick another name.", "unsloth-aimv2-config-clash"),
-    ("RuntimeError", "xFormers can't load C++/CUDA extensions. xFormers was built for:\n    PyTorch 2.1.2+cu121 "
-     "with CUDA 1201 (you have 2.1.2+cpu)", "xformers-extensions-not-loaded"),
-    ("NotImplementedError", "No operator found for `memory_efficient_attention_forward` with inputs:",
-     "xformers-no-operator"),
-    ("NotImplementedError", "No operator found for `memory_efficient_attention_forward` with inputs:\n"
-     "`cutlassF-pt` is not supported because:\n    xFormers wasn't build with CUDA support",
-     "xformers-cuda-ops-not-built-for-this-torch"),
-    ("ImportError", "/opt/lib/python3.12/site-packages/flash_attn_2_cuda.cpython-312-x86_64-linux-gnu.so: "
-     "undefined symbol: _ZN3c105ErrorC2ENS_14SourceLocationENSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE",
-     "flash-attn-abi-mismatch"),
-    ("UserWarning", "WARNING: Unsloth should be imported before transformers, peft to ensure all optimizations "
-     "are applied.", "unsloth-import-order"),
-    ("ValueError", 'Specified `attn_implementation="xformers"` is not supported. The only possible arguments are '
-     '`attn_implementation="eager"`', "transformers-attn-implementation-unsupported"),
-    ("ValueError", "ExaoneForCausalLM does not support an attention implementation through "
-     "torch.nn.functional.scaled_dot_product_attention yet.", "transformers-attn-implementation-unsupported"),
-    ("ImportError", "FlashAttention2 has been toggled on, but it cannot be used due to the following error: "
-     "the package flash_attn seems to be not installed.", "transformers-flash-attn-unavailable"),
-    ("ValueError", "The checkpoint you are trying to load has model type `exaone4` but Transformers does not "
-     "recognize this architecture.", "transformers-unknown-architecture"),
-    ("ValueError", "The repository /tmp/exaone contains custom code which must be executed to correctly load the "
-     "model. You can inspect the repository content at /tmp/exaone .", "transformers-trust-remote-code-required"),
-    ("RuntimeError", "\n        CUDA Setup failed despite GPU being available. Please run the following command",
-     "bitsandbytes-cuda-setup"),
-    ("ImportError", "cannot import name 'triton_key' from 'triton.compiler.compiler' "
-     "(/usr/lib/python3/site-packages/triton/compiler/compiler.py)", "triton-compiler-api-mismatch"),
-    ("NotImplementedError", "Unsloth cannot find any torch accelerator? You need a GPU.", "unsloth-no-accelerator"),
-    ("OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB",
-     "cuda-out-of-memory"),
-    ("RuntimeError", "Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU",
-     "no-gpu-driver"),
+    (
+        "AttributeError",
+        "'list' object has no attribute 'keys'",
+        "transformers-tied-weights-keys-list",
+    ),
+    (
+        "AttributeError",
+        "type object 'DynamicCache' has no attribute 'from_legacy_cache'",
+        "transformers-dynamiccache-from-legacy-cache-removed",
+    ),
+    (
+        "TypeError",
+        "create_causal_mask() got an unexpected keyword argument 'input_embeds'",
+        "transformers-create-causal-mask-input-embeds-renamed",
+    ),
+    (
+        "TypeError",
+        "create_causal_mask() got an unexpected keyword argument 'cache_position' (surface: "
+        "transformers.masking_utils.create_causal_mask(config, inputs_embeds, attention_mask, *, "
+        "past_key_values))",
+        "transformers-create-causal-mask-cache-position-removed",
+    ),
+    (
+        "BufferNotInitialised",
+        "non-persistent buffer 'inv_freq' built in __init__ holds [0.0, 0.0, 0.0, 0.0] after "
+        "from_pretrained, not the value __init__ gave it [8.0, 7.1, 7.01, 7.001]: _init_weights "
+        "does not restore it",
+        "transformers-non-persistent-buffer-not-initialised",
+    ),
+    (
+        "ValueError",
+        "'aimv2' is already used by a Transformers config, pick another name.",
+        "unsloth-aimv2-config-clash",
+    ),
+    (
+        "RuntimeError",
+        "xFormers can't load C++/CUDA extensions. xFormers was built for:\n    PyTorch 2.1.2+cu121 "
+        "with CUDA 1201 (you have 2.1.2+cpu)",
+        "xformers-extensions-not-loaded",
+    ),
+    (
+        "NotImplementedError",
+        "No operator found for `memory_efficient_attention_forward` with inputs:",
+        "xformers-no-operator",
+    ),
+    (
+        "NotImplementedError",
+        "No operator found for `memory_efficient_attention_forward` with inputs:\n"
+        "`cutlassF-pt` is not supported because:\n    xFormers wasn't build with CUDA support",
+        "xformers-cuda-ops-not-built-for-this-torch",
+    ),
+    (
+        "ImportError",
+        "/opt/lib/python3.12/site-packages/flash_attn_2_cuda.cpython-312-x86_64-linux-gnu.so: "
+        "undefined symbol: "
+        "_ZN3c105ErrorC2ENS_14SourceLocationENSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE",
+        "flash-attn-abi-mismatch",
+    ),
+    (
+        "UserWarning",
+        "WARNING: Unsloth should be imported before transformers, peft to ensure all optimizations "
+        "are applied.",
+        "unsloth-import-order",
+    ),
+    (
+        "ValueError",
+        'Specified `attn_implementation="xformers"` is not supported. The only possible arguments '
+        'are '
+        '`attn_implementation="eager"`',
+        "transformers-attn-implementation-unsupported",
+    ),
+    (
+        "ValueError",
+        "ExaoneForCausalLM does not support an attention implementation through "
+        "torch.nn.functional.scaled_dot_product_attention yet.",
+        "transformers-attn-implementation-unsupported",
+    ),
+    (
+        "ImportError",
+        "FlashAttention2 has been toggled on, but it cannot be used due to the following error: "
+        "the package flash_attn seems to be not installed.",
+        "transformers-flash-attn-unavailable",
+    ),
+    (
+        "ValueError",
+        "The checkpoint you are trying to load has model type `exaone4` but Transformers does not "
+        "recognize this architecture.",
+        "transformers-unknown-architecture",
+    ),
+    (
+        "ValueError",
+        "The repository /tmp/exaone contains custom code which must be executed to correctly load "
+        "the "
+        "model. You can inspect the repository content at /tmp/exaone .",
+        "transformers-trust-remote-code-required",
+    ),
+    (
+        "RuntimeError",
+        "\n        CUDA Setup failed despite GPU being available. Please run the following command",
+        "bitsandbytes-cuda-setup",
+    ),
+    (
+        "ImportError",
+        "cannot import name 'triton_key' from 'triton.compiler.compiler' "
+        "(/usr/lib/python3/site-packages/triton/compiler/compiler.py)",
+        "triton-compiler-api-mismatch",
+    ),
+    (
+        "NotImplementedError",
+        "Unsloth cannot find any torch accelerator? You need a GPU.",
+        "unsloth-no-accelerator",
+    ),
+    (
+        "OutOfMemoryError",
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB",
+        "cuda-out-of-memory",
+    ),
+    (
+        "RuntimeError",
+        "Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU",
+        "no-gpu-driver",
+    ),
     ("CheckTimeout", "check exceeded its timeout of 600 s", "check-timeout"),
-    ("ConnectionError", "HTTPSConnectionPool(host='huggingface.co', port=443): Max retries exceeded with url: /api",
-     "network-unreachable"),
-    # Trainer-level breaks (issue 19): the messages transformers 5.0.0 and trl 0.24.0 raise here, and unsloth's.
-    ("TypeError", "Trainer.__init__() got an unexpected keyword argument 'tokenizer'",
-     "transformers-trainer-tokenizer-removed"),
-    ("TypeError", "SFTTrainer.__init__() got an unexpected keyword argument 'tokenizer'",
-     "trl-sfttrainer-tokenizer-removed"),
-    ("TypeError", "SFTTrainer.__init__() got an unexpected keyword argument 'dataset_text_field'",
-     "trl-sfttrainer-args-moved-to-sftconfig"),
-    ("TypeError", "SFTConfig.__init__() got an unexpected keyword argument 'max_seq_length'",
-     "trl-sftconfig-max-seq-length-removed"),
-    ("ImportError", "cannot import name 'DataCollatorForCompletionOnlyLM' from 'trl' "
-     "(/venv/lib/python3.12/site-packages/trl/__init__.py)", "trl-completion-only-collator-removed"),
-    ("RuntimeError", "Unsloth: Please file a bug report! Error patching SFTTrainer", "unsloth-trl-outside-cap"),
-    ("RuntimeError", "Unsloth: Please file a bug report - `formatting_func` does not exist!", "unsloth-trl-outside-cap"),
-    # the head alone is too generic; the line of the traceback that raised it names trl's fused LM head
-    ("AttributeError", "'NoneType' object has no attribute 'apply'\n  File \"/venv/site-packages/trl/trainer/utils.py\", "
-     "line 1638, in _fused_forward\n    per_token = _ChunkedLogProbFunction.apply(", "trl-sft-fused-lm-head-needs-triton"),
-    ("RuntimeError", "0 active drivers ([]). There should only be one.\n  File \"/venv/site-packages/trl/trainer/utils.py\", "
-     "line 1638, in _fused_forward\n    per_token = _ChunkedLogProbFunction.apply(", "trl-sft-fused-lm-head-needs-triton"),
+    (
+        "ConnectionError",
+        "HTTPSConnectionPool(host='huggingface.co', port=443): Max retries exceeded with url: /api",
+        "network-unreachable",
+    ),
+    # Trainer-level breaks (issue 19): the messages transformers 5.0.0 and trl 0.24.0 raise here,
+    # and unsloth's.
+    (
+        "TypeError",
+        "Trainer.__init__() got an unexpected keyword argument 'tokenizer'",
+        "transformers-trainer-tokenizer-removed",
+    ),
+    (
+        "TypeError",
+        "SFTTrainer.__init__() got an unexpected keyword argument 'tokenizer'",
+        "trl-sfttrainer-tokenizer-removed",
+    ),
+    (
+        "TypeError",
+        "SFTTrainer.__init__() got an unexpected keyword argument 'dataset_text_field'",
+        "trl-sfttrainer-args-moved-to-sftconfig",
+    ),
+    (
+        "TypeError",
+        "SFTConfig.__init__() got an unexpected keyword argument 'max_seq_length'",
+        "trl-sftconfig-max-seq-length-removed",
+    ),
+    (
+        "ImportError",
+        "cannot import name 'DataCollatorForCompletionOnlyLM' from 'trl' "
+        "(/venv/lib/python3.12/site-packages/trl/__init__.py)",
+        "trl-completion-only-collator-removed",
+    ),
+    (
+        "RuntimeError",
+        "Unsloth: Please file a bug report! Error patching SFTTrainer",
+        "unsloth-trl-outside-cap",
+    ),
+    (
+        "RuntimeError",
+        "Unsloth: Please file a bug report - `formatting_func` does not exist!",
+        "unsloth-trl-outside-cap",
+    ),
+    # the head alone is too generic; the line of the traceback that raised it names trl's fused LM
+    # head
+    (
+        "AttributeError",
+        "'NoneType' object has no attribute 'apply'\n  File "
+        "\"/venv/site-packages/trl/trainer/utils.py\", "
+        "line 1638, in _fused_forward\n    per_token = _ChunkedLogProbFunction.apply(",
+        "trl-sft-fused-lm-head-needs-triton",
+    ),
+    (
+        "RuntimeError",
+        "0 active drivers ([]). There should only be one.\n  File "
+        "\"/venv/site-packages/trl/trainer/utils.py\", "
+        "line 1638, in _fused_forward\n    per_token = _ChunkedLogProbFunction.apply(",
+        "trl-sft-fused-lm-head-needs-triton",
+    ),
 ]
-INFRA = {"unsloth-no-accelerator", "cuda-out-of-memory", "no-gpu-driver", "check-timeout", "network-unreachable"}
+INFRA = {
+    "unsloth-no-accelerator",
+    "cuda-out-of-memory",
+    "no-gpu-driver",
+    "check-timeout",
+    "network-unreachable",
+}
 
 
 def test_catalogue_entries_are_complete():
@@ -104,24 +237,37 @@ def test_every_seed_entry_is_exercised():
 
 def test_head_wins_over_traceback():
     # The traceback mentions an xformers warning printed earlier; the exception itself is an OOM.
-    found = classify("OutOfMemoryError", "CUDA out of memory.", "WARNING xFormers can't load C++/CUDA extensions")
+    found = classify(
+        "OutOfMemoryError", "CUDA out of memory.", "WARNING xFormers can't load C++/CUDA extensions"
+    )
     assert found.id == "cuda-out-of-memory"
     # With an unknown head, the traceback decides (a chained cause).
-    found = classify("RuntimeError", "Failed to import transformers.models.bloom",
-                     "ImportError: /x/flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi")
+    found = classify(
+        "RuntimeError",
+        "Failed to import transformers.models.bloom",
+        "ImportError: /x/flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi",
+    )
     assert found.id == "flash-attn-abi-mismatch"
 
 
 def test_fingerprint_groups_the_same_failure_across_cells():
-    a = classify("KeyError", "'model.layers.3.q' missing at 0x7f3a9c in /venvs/a/lib/x.py line 12 after 4 steps")
-    b = classify("KeyError", "'model.layers.17.k' missing at 0x55aa01 in /opt/b/site/y.py line 990 after 16 steps")
+    a = classify(
+        "KeyError",
+        "'model.layers.3.q' missing at 0x7f3a9c in /venvs/a/lib/x.py line 12 after 4 steps",
+    )
+    b = classify(
+        "KeyError",
+        "'model.layers.17.k' missing at 0x55aa01 in /opt/b/site/y.py line 990 after 16 steps",
+    )
     assert a == b and not a.known and not a.infra
     assert re.fullmatch(r"fp-[0-9a-f]{12}", a.id)
 
 
 def test_fingerprint_separates_different_failures():
     assert fingerprint("KeyError", "missing weight") != fingerprint("ValueError", "missing weight")
-    assert fingerprint("KeyError", "missing weight") != fingerprint("KeyError", "weight has wrong shape")
+    assert fingerprint("KeyError", "missing weight") != fingerprint(
+        "KeyError", "weight has wrong shape"
+    )
 
 
 def test_normalise_replaces_variable_parts():
@@ -137,8 +283,21 @@ def test_describe():
 
 def test_bad_catalogue_names_file_and_entry(tmp_path):
     bad = tmp_path / "signatures.json"
-    bad.write_text(json.dumps([{"id": "x", "pattern": "(", "cause": "", "affected": "", "fix": "",
-                                "link": "", "infra": False}]))
+    bad.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "x",
+                    "pattern": "(",
+                    "cause": "",
+                    "affected": "",
+                    "fix": "",
+                    "link": "",
+                    "infra": False,
+                }
+            ]
+        )
+    )
     with pytest.raises(CatalogueError, match=r"signatures\.json: entry 0 \('x'\): bad pattern"):
         load_catalogue(bad)
     bad.write_text('[\n{"id": 1,,}\n]')
@@ -150,15 +309,29 @@ def test_bad_catalogue_names_file_and_entry(tmp_path):
 
 
 def test_classification_unpacks_as_the_contract_pair():
-    sig, known = classify("ValueError", "'aimv2' is already used by a Transformers config, pick another name.")
+    sig, known = classify(
+        "ValueError", "'aimv2' is already used by a Transformers config, pick another name."
+    )
     assert (sig, known) == ("unsloth-aimv2-config-clash", True)
 
 
 def test_xformers_wheel_for_another_torch_is_named_not_lumped_with_no_operator():
-    # The message xformers 0.0.35 (built for torch 2.10.0+cu128) gave on the lent H100, torch 2.11.0+cu130.
-    message = ("No operator found for `memory_efficient_attention_forward` with inputs:\n"
-               "     query       : shape=(1, 128, 4, 64) (torch.bfloat16)\n"
-               "`fa2F@2.5.7-pt` is not supported because:\n    xFormers wasn't build with CUDA support\n")
-    assert signatures.classify("NotImplementedError", message).id == "xformers-cuda-ops-not-built-for-this-torch"
-    assert signatures.classify("NotImplementedError", "No operator found for `memory_efficient_attention_forward` "
-                    "with inputs: unsupported head dim 1024").id == "xformers-no-operator"
+    # The message xformers 0.0.35 (built for torch 2.10.0+cu128) gave on the lent H100, torch
+    # 2.11.0+cu130.
+    message = (
+        "No operator found for `memory_efficient_attention_forward` with inputs:\n"
+        "     query       : shape=(1, 128, 4, 64) (torch.bfloat16)\n"
+        "`fa2F@2.5.7-pt` is not supported because:\n    xFormers wasn't build with CUDA support\n"
+    )
+    assert (
+        signatures.classify("NotImplementedError", message).id
+        == "xformers-cuda-ops-not-built-for-this-torch"
+    )
+    assert (
+        signatures.classify(
+            "NotImplementedError",
+            "No operator found for `memory_efficient_attention_forward` "
+            "with inputs: unsupported head dim 1024",
+        ).id
+        == "xformers-no-operator"
+    )

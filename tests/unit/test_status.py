@@ -1,4 +1,5 @@
 """Cell status derivation: every rule of docs/CONTRACTS.md §3, and its precedence."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,26 +29,46 @@ def test_core_names_are_the_contract():
 
 @pytest.mark.parametrize("failing", REMOTE)
 def test_remote_code_failing_with_llamafied_training_is_partial(failing):
-    """transformers 5.x: the hub's remote code fails, the llamafied route trains; the stack can still
+    """transformers 5.x: the hub's remote code fails, the llamafied route trains; the stack can
+    still
     be used for the job, so the cell is partial, never broken and never works."""
-    result = checks(**{"imports": "pass", **{n: "pass" for n in REMOTE + LLAMAFIED}, failing: "fail"})
+    result = checks(
+        **{"imports": "pass", **{n: "pass" for n in REMOTE + LLAMAFIED}, failing: "fail"}
+    )
     assert cell_status(result) == "partial"
 
 
 def test_every_route_failing_is_broken():
-    result = checks(**{"imports": "pass", "exaone3.5.remote-code": "fail", "lora-train.hf-peft": "fail",
-                       "exaone3.5.llamafied": "pass", "lora-train.hf-peft-llamafied": "fail"})
+    result = checks(
+        **{
+            "imports": "pass",
+            "exaone3.5.remote-code": "fail",
+            "lora-train.hf-peft": "fail",
+            "exaone3.5.llamafied": "pass",
+            "lora-train.hf-peft-llamafied": "fail",
+        }
+    )
     assert cell_status(result) == "broken"
 
 
 def test_a_route_that_could_not_be_judged_is_not_called_broken():
-    result = checks(**{"imports": "pass", "exaone3.5.remote-code": "fail", "lora-train.hf-peft": "fail",
-                       "exaone3.5.llamafied": "pass", "lora-train.hf-peft-llamafied": "infra"})
+    result = checks(
+        **{
+            "imports": "pass",
+            "exaone3.5.remote-code": "fail",
+            "lora-train.hf-peft": "fail",
+            "exaone3.5.llamafied": "pass",
+            "lora-train.hf-peft-llamafied": "infra",
+        }
+    )
     assert cell_status(result) == "infra"
 
 
 def test_both_routes_passing_with_nothing_else_failing_works():
-    assert cell_status(checks(**{"imports": "pass", **{n: "pass" for n in REMOTE + LLAMAFIED}})) == "works"
+    assert (
+        cell_status(checks(**{"imports": "pass", **{n: "pass" for n in REMOTE + LLAMAFIED}}))
+        == "works"
+    )
 
 
 def test_unresolvable_wins_over_everything():
@@ -73,8 +94,10 @@ def test_core_infra_is_infra(name):
 
 
 def test_core_infra_beats_core_fail():
-    result = [{"name": "imports", "status": "fail", "duration_s": 0},
-              {"name": "lora-train.hf-peft", "status": "infra", "duration_s": 0}]
+    result = [
+        {"name": "imports", "status": "fail", "duration_s": 0},
+        {"name": "lora-train.hf-peft", "status": "infra", "duration_s": 0},
+    ]
     assert cell_status(result) == "infra"
 
 
@@ -88,8 +111,10 @@ def test_core_fail_is_broken(name):
 
 
 def test_all_pass_or_skip_works():
-    result = core("pass") + [{"name": "exaone4.native", "status": "skip", "duration_s": 0},
-                             {"name": "generate", "status": "pass", "duration_s": 0}]
+    result = core("pass") + [
+        {"name": "exaone4.native", "status": "skip", "duration_s": 0},
+        {"name": "generate", "status": "pass", "duration_s": 0},
+    ]
     assert cell_status(result) == "works"
 
 
@@ -110,8 +135,16 @@ def test_missing_core_checks_do_not_break_a_cell():
 
 def test_a_measurement_that_does_not_fit_the_card_does_not_demote_the_cell():
     # eager attention at 4 x 2048 OOMs on an 80 GB H100 (reports/h100): the stack still works.
-    oom = {"name": "throughput.eager", "status": "infra", "duration_s": 1.3, "reason": "CUDA out of memory at 4x2048"}
+    oom = {
+        "name": "throughput.eager",
+        "status": "infra",
+        "duration_s": 1.3,
+        "reason": "CUDA out of memory at 4x2048",
+    }
     assert cell_status(core("pass") + [oom]) == "works"
     # ... but a measurement that failed is the stack's failure, and infra elsewhere still counts.
     assert cell_status(core("pass") + [{**oom, "status": "fail"}]) == "partial"
-    assert cell_status(core("pass") + [oom, {"name": "generate", "status": "infra", "duration_s": 0}]) == "partial"
+    assert (
+        cell_status(core("pass") + [oom, {"name": "generate", "status": "infra", "duration_s": 0}])
+        == "partial"
+    )

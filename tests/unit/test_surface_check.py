@@ -1,9 +1,14 @@
-"""exaone3.5.surface: each transformers fact of the remote code checked against the installed transformers,
-and each failing fact kind shown failing: an import that is gone, a keyword a signature does not take
+"""exaone3.5.surface: each transformers fact of the remote code checked against the installed
+transformers,
+and each failing fact kind shown failing: an import that is gone, a keyword a signature does not
+take
 (through decorator wrappers, as a real call goes), class-attribute forms, and a buffer that loads
-uninitialised. Where a kind fails only on transformers 5 (the list _tied_weights_keys, the buffer), the
-expectation follows the installed version, and tests/integration/test_exaone35_verdicts.py runs it on real
+uninitialised. Where a kind fails only on transformers 5 (the list _tied_weights_keys, the buffer),
+the
+expectation follows the installed version, and tests/integration/test_exaone35_verdicts.py runs it
+on real
 5.x venvs."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +28,7 @@ transformers = pytest.importorskip("transformers")
 from packaging.version import Version  # noqa: E402
 
 from probes.checks import exaone35  # noqa: E402
-from probes.checks.surface import check_calls, check_class_forms, check_imports, check_surface  # noqa: E402
+from probes.checks.surface import check_calls, check_class_forms, check_imports  # noqa: E402
 from probes.context import Context  # noqa: E402
 from probes.fixtures.checkpoints import EXAONE35_REVISIONS, revision_facts, write_exaone35  # noqa: E402
 from probes.framework import run_check  # noqa: E402
@@ -37,20 +42,37 @@ def failed(findings):
 
 
 def test_an_import_that_is_gone_fails_with_pythons_words():
-    findings = check_imports({"imports": [
-        {"module": "transformers.cache_utils", "name": "DynamicCache", "scope": "module"},
-        {"module": "transformers.cache_utils", "name": "NoSuchCacheInAnyRelease", "scope": "module"},
-        {"module": "transformers.no_such_module_anywhere", "name": "X", "scope": "module"}]})
+    findings = check_imports(
+        {
+            "imports": [
+                {"module": "transformers.cache_utils", "name": "DynamicCache", "scope": "module"},
+                {
+                    "module": "transformers.cache_utils",
+                    "name": "NoSuchCacheInAnyRelease",
+                    "scope": "module",
+                },
+                {"module": "transformers.no_such_module_anywhere", "name": "X", "scope": "module"},
+            ]
+        }
+    )
     assert [f.ok for f in findings] == [True, False, False]
-    assert findings[1].message == "cannot import name 'NoSuchCacheInAnyRelease' from 'transformers.cache_utils'"
-    assert findings[1].signature.startswith("fp-") and findings[2].error_type == "ModuleNotFoundError"
+    assert (
+        findings[1].message
+        == "cannot import name 'NoSuchCacheInAnyRelease' from 'transformers.cache_utils'"
+    )
+    assert (
+        findings[1].signature.startswith("fp-") and findings[2].error_type == "ModuleNotFoundError"
+    )
 
 
 @pytest.fixture
 def toy_module(tmp_path, monkeypatch):
-    """A real module on sys.path: one function that takes `b` but not `c`, and one behind a wrapper that
-    takes **kwargs (the shape of transformers' @deprecate_kwarg, which kept input_embeds working 5.2-5.8)."""
-    (tmp_path / "pinmatrix_surface_toy.py").write_text(textwrap.dedent('''
+    """A real module on sys.path: one function that takes `b` but not `c`, and one behind a wrapper
+    that
+    takes **kwargs (the shape of transformers' @deprecate_kwarg, which kept input_embeds working
+    5.2-5.8)."""
+    (tmp_path / "pinmatrix_surface_toy.py").write_text(
+        textwrap.dedent('''
         import functools
         def takes_b(a, *, b=None):
             return a
@@ -64,63 +86,123 @@ def toy_module(tmp_path, monkeypatch):
         @renamed
         def shimmed(a, new=None):
             return a
-    '''))
+    ''')
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     return "pinmatrix_surface_toy"
 
 
 def test_a_keyword_the_signature_does_not_take_fails_and_each_keyword_is_its_own_fact(toy_module):
-    findings = check_calls({"calls": {
-        f"{toy_module}.takes_b": {"keywords": ["b", "c", "d"], "positional": 1, "star_args": False, "star_kwargs": False},
-        f"{toy_module}.shimmed": {"keywords": ["old"], "positional": 1, "star_args": False, "star_kwargs": False},
-        f"{toy_module}.takes_b.nope": {"keywords": [], "positional": 0, "star_args": False, "star_kwargs": False},
-    }})
+    findings = check_calls(
+        {
+            "calls": {
+                f"{toy_module}.takes_b": {
+                    "keywords": ["b", "c", "d"],
+                    "positional": 1,
+                    "star_args": False,
+                    "star_kwargs": False,
+                },
+                f"{toy_module}.shimmed": {
+                    "keywords": ["old"],
+                    "positional": 1,
+                    "star_args": False,
+                    "star_kwargs": False,
+                },
+                f"{toy_module}.takes_b.nope": {
+                    "keywords": [],
+                    "positional": 0,
+                    "star_args": False,
+                    "star_kwargs": False,
+                },
+            }
+        }
+    )
     by_fact = {f.fact: f for f in findings}
     assert by_fact[f"call {toy_module}.takes_b"].ok
-    assert not by_fact[f"call {toy_module}.takes_b(c=)"].ok and not by_fact[f"call {toy_module}.takes_b(d=)"].ok
+    assert (
+        not by_fact[f"call {toy_module}.takes_b(c=)"].ok
+        and not by_fact[f"call {toy_module}.takes_b(d=)"].ok
+    )
     assert f"call {toy_module}.takes_b(b=)" not in by_fact
-    assert "takes_b() got an unexpected keyword argument 'c'" in by_fact[f"call {toy_module}.takes_b(c=)"].message
-    assert by_fact[f"call {toy_module}.shimmed"].ok and f"call {toy_module}.shimmed(old=)" not in by_fact
+    assert (
+        "takes_b() got an unexpected keyword argument 'c'"
+        in by_fact[f"call {toy_module}.takes_b(c=)"].message
+    )
+    assert (
+        by_fact[f"call {toy_module}.shimmed"].ok
+        and f"call {toy_module}.shimmed(old=)" not in by_fact
+    )
     assert not by_fact[f"call {toy_module}.takes_b.nope"].ok  # an attribute that is gone
 
 
 def test_the_mask_keywords_of_revision_current_follow_transformers_releases():
     """input_embeds went through a deprecate_kwarg shim from 5.2.0 and was removed in 5.9.0; so was
-    cache_position (read from the release sources). The installed release decides; the catalogue names it."""
+    cache_position (read from the release sources). The installed release decides; the catalogue
+    names it."""
     call = revision_facts("current")["files"]["modeling_exaone.py"]["surface"]["calls"]
-    findings = check_calls({"calls": {k: v for k, v in call.items() if k.endswith("create_causal_mask")}})
+    findings = check_calls(
+        {"calls": {k: v for k, v in call.items() if k.endswith("create_causal_mask")}}
+    )
     bad = {f.signature for f in failed(findings)}
     if Version(transformers.__version__) >= Version("5.9.0"):
-        assert bad == {"transformers-create-causal-mask-input-embeds-renamed",
-                       "transformers-create-causal-mask-cache-position-removed"}
+        assert bad == {
+            "transformers-create-causal-mask-input-embeds-renamed",
+            "transformers-create-causal-mask-cache-position-removed",
+        }
     else:
         assert bad == set()
 
 
 def _surface(tied: object, restores: list[str]) -> dict:
-    return {"classes": {"ToyPreTrained": {"bases": ["transformers.modeling_utils.PreTrainedModel"],
-                                          "attributes": {"base_model_prefix": {"form": "str", "value": "transformer"}}},
-                        "ToyForCausalLM": {"bases": ["ToyPreTrained"],
-                                           "attributes": {"_tied_weights_keys": {"form": type(tied).__name__,
-                                                                                 "value": tied}}}},
-            "buffers": [{"class": "Rotary", "method": "__init__", "name": "inv_freq", "persistent": False}],
-            "init_weights": {"ToyPreTrained": {"isinstance": ["torch.nn.Linear"], "buffers": restores}}}
+    return {
+        "classes": {
+            "ToyPreTrained": {
+                "bases": ["transformers.modeling_utils.PreTrainedModel"],
+                "attributes": {"base_model_prefix": {"form": "str", "value": "transformer"}},
+            },
+            "ToyForCausalLM": {
+                "bases": ["ToyPreTrained"],
+                "attributes": {"_tied_weights_keys": {"form": type(tied).__name__, "value": tied}},
+            },
+        },
+        "buffers": [
+            {"class": "Rotary", "method": "__init__", "name": "inv_freq", "persistent": False}
+        ],
+        "init_weights": {"ToyPreTrained": {"isinstance": ["torch.nn.Linear"], "buffers": restores}},
+    }
 
 
 def test_a_list_of_tied_keys_with_tied_embeddings_fails_on_transformers_5():
-    as_list = failed(check_class_forms(_surface(["lm_head.weight"], ["inv_freq"]), tie_word_embeddings=True))
-    as_dict = failed(check_class_forms(_surface({"lm_head.weight": "transformer.wte.weight"}, ["inv_freq"]),
-                                       tie_word_embeddings=True))
-    assert [f.signature for f in as_list] == (["transformers-tied-weights-keys-list"] if TF5 else [])
+    as_list = failed(
+        check_class_forms(_surface(["lm_head.weight"], ["inv_freq"]), tie_word_embeddings=True)
+    )
+    as_dict = failed(
+        check_class_forms(
+            _surface({"lm_head.weight": "transformer.wte.weight"}, ["inv_freq"]),
+            tie_word_embeddings=True,
+        )
+    )
+    assert [f.signature for f in as_list] == (
+        ["transformers-tied-weights-keys-list"] if TF5 else []
+    )
     assert as_dict == []
 
 
 def test_a_buffer_init_weights_does_not_restore_comes_back_uninitialised_on_transformers_5():
-    not_restored = failed(check_class_forms(_surface({"lm_head.weight": "transformer.wte.weight"}, []),
-                                            tie_word_embeddings=True))
-    restored = failed(check_class_forms(_surface({"lm_head.weight": "transformer.wte.weight"}, ["inv_freq"]),
-                                        tie_word_embeddings=True))
-    assert [f.signature for f in not_restored] == (["transformers-non-persistent-buffer-not-initialised"] if TF5 else [])
+    not_restored = failed(
+        check_class_forms(
+            _surface({"lm_head.weight": "transformer.wte.weight"}, []), tie_word_embeddings=True
+        )
+    )
+    restored = failed(
+        check_class_forms(
+            _surface({"lm_head.weight": "transformer.wte.weight"}, ["inv_freq"]),
+            tie_word_embeddings=True,
+        )
+    )
+    assert [f.signature for f in not_restored] == (
+        ["transformers-non-persistent-buffer-not-initialised"] if TF5 else []
+    )
     assert restored == []
 
 
@@ -129,18 +211,30 @@ def test_surface_check_of_each_revision_is_fast_and_matches_the_release(revision
     import transformers.modeling_utils  # noqa: F401 - the probe has imported it by then; time the check alone
 
     folder = write_exaone35(tmp_path / "EXAONE-3.5-2.4B-Instruct", revision=revision)
-    handle = ModelHandle("exaone3.5", folder, "fixture", "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct", "main",
-                         "remote-code", revision)
+    handle = ModelHandle(
+        "exaone3.5",
+        folder,
+        "fixture",
+        "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct",
+        "main",
+        "remote-code",
+        revision,
+    )
     ctx = Context(spec={"models": [], "pins": {}}, device="cpu", work_dir=tmp_path)
     start = time.monotonic()
-    result = run_check("exaone3.5.surface", lambda c: exaone35.check_surface_facts(c, handle), ctx, timeout_s=60)
+    result = run_check(
+        "exaone3.5.surface", lambda c: exaone35.check_surface_facts(c, handle), ctx, timeout_s=60
+    )
     assert time.monotonic() - start < 5.0
     ev = result["evidence"]
     assert ev["facts_checked"] >= 40 and ev["facts_revision"] == revision
     if TF5:
         assert result["status"] == "fail"
-        assert {"transformers-tied-weights-keys-list", "transformers-dynamiccache-from-legacy-cache-removed",
-                "transformers-non-persistent-buffer-not-initialised"} <= set(ev["signatures"])
+        assert {
+            "transformers-tied-weights-keys-list",
+            "transformers-dynamiccache-from-legacy-cache-removed",
+            "transformers-non-persistent-buffer-not-initialised",
+        } <= set(ev["signatures"])
         # classified by the fact that breaks first: building the model
         assert result["error"]["signature"] == "transformers-tied-weights-keys-list"
     else:
@@ -148,19 +242,36 @@ def test_surface_check_of_each_revision_is_fast_and_matches_the_release(revision
         assert ev["facts_failed"] == []
 
 
-@pytest.mark.skipif(TF5, reason="the remote code does not get to its forward pass on transformers 5")
+@pytest.mark.skipif(
+    TF5, reason="the remote code does not get to its forward pass on transformers 5"
+)
 def test_parity_with_the_llamafied_model_catches_a_buffer_left_wrong(tmp_path):
-    """Logits finite and the right shape, weights all loaded, and still wrong: an inv_freq that holds zeros
-    (what transformers 5 leaves in a buffer _init_weights does not restore). Only parity catches it."""
+    """Logits finite and the right shape, weights all loaded, and still wrong: an inv_freq that
+    holds zeros
+    (what transformers 5 leaves in a buffer _init_weights does not restore). Only parity catches
+    it."""
     folder = write_exaone35(tmp_path / "EXAONE-3.5-2.4B-Instruct", revision="original")
     code = (folder / "modeling_exaone.py").read_text()
     marker = 'self.register_buffer("inv_freq", frequencies, persistent=False)'
-    assert code.count(marker) == 1, "the fixture registers inv_freq in __init__ as the hub code does"
-    (folder / "modeling_exaone.py").write_text(code.replace(marker, marker.replace("frequencies,", "frequencies * 0,")))
-    handle = ModelHandle("exaone3.5", folder, "fixture", "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct", "main",
-                         "remote-code", "original")
+    assert code.count(marker) == 1, (
+        "the fixture registers inv_freq in __init__ as the hub code does"
+    )
+    (folder / "modeling_exaone.py").write_text(
+        code.replace(marker, marker.replace("frequencies,", "frequencies * 0,"))
+    )
+    handle = ModelHandle(
+        "exaone3.5",
+        folder,
+        "fixture",
+        "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct",
+        "main",
+        "remote-code",
+        "original",
+    )
     ctx = Context(spec={"models": [], "pins": {}}, device="cpu", work_dir=tmp_path)
-    result = run_check("exaone3.5.remote-code", lambda c: exaone35.check_remote_code(c, handle), ctx, timeout_s=300)
+    result = run_check(
+        "exaone3.5.remote-code", lambda c: exaone35.check_remote_code(c, handle), ctx, timeout_s=300
+    )
     assert result["status"] == "fail", result
     ev = result["evidence"]
     assert ev["nonfinite_logits"] == 0 and ev["max_weight_diff"] == 0.0
@@ -169,8 +280,10 @@ def test_parity_with_the_llamafied_model_catches_a_buffer_left_wrong(tmp_path):
 
 
 def test_a_real_hub_file_is_extracted_hashed_and_compared_with_its_revisions_facts(tmp_path):
-    """Where the hub cache holds the real remote code, its own surface is checked, its sha256 recorded,
-    and every difference from the facts file of the revision it should be is listed as a finding. The
+    """Where the hub cache holds the real remote code, its own surface is checked, its sha256
+    recorded,
+    and every difference from the facts file of the revision it should be is listed as a finding.
+    The
     snapshot here holds our current fixture with LG-AI-EXAONE/EXAONE-3.5 PR #7 applied (a dict
     _tied_weights_keys): the very change the facts file does not have."""
     import hashlib
@@ -180,17 +293,33 @@ def test_a_real_hub_file_is_extracted_hashed_and_compared_with_its_revisions_fac
     old = '_tied_weights_keys = ["lm_head.weight"]'
     assert code.count(old) == 1
     (snapshot / "modeling_exaone.py").write_text(
-        code.replace(old, '_tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}'))
-    handle = ModelHandle("exaone3.5", snapshot, "hub-cache", "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct", "main",
-                         "remote-code")
+        code.replace(old, '_tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}')
+    )
+    handle = ModelHandle(
+        "exaone3.5",
+        snapshot,
+        "hub-cache",
+        "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct",
+        "main",
+        "remote-code",
+    )
     ctx = Context(spec={"models": [], "pins": {}}, device="cpu", work_dir=tmp_path)
-    result = run_check("exaone3.5.surface", lambda c: exaone35.check_surface_facts(c, handle), ctx, timeout_s=60)
+    result = run_check(
+        "exaone3.5.surface", lambda c: exaone35.check_surface_facts(c, handle), ctx, timeout_s=60
+    )
     ev = result["evidence"]
     assert ev["facts"] == "extracted from the hub snapshot" and ev["facts_revision"] == "current"
-    assert ev["sha256"]["modeling_exaone.py"] == hashlib.sha256((snapshot / "modeling_exaone.py").read_bytes()).hexdigest()
-    assert ev["differences_from_facts_file"] == {"modeling_exaone.py": [
-        '~ class ExaoneForCausalLM._tied_weights_keys: {"form": "list", "value": ["lm_head.weight"]} -> '
-        '{"form": "dict", "value": {"lm_head.weight": "transformer.wte.weight"}}']}
+    assert (
+        ev["sha256"]["modeling_exaone.py"]
+        == hashlib.sha256((snapshot / "modeling_exaone.py").read_bytes()).hexdigest()
+    )
+    assert ev["differences_from_facts_file"] == {
+        "modeling_exaone.py": [
+            '~ class ExaoneForCausalLM._tied_weights_keys: {"form": "list", "value": '
+            '["lm_head.weight"]} -> '
+            '{"form": "dict", "value": {"lm_head.weight": "transformer.wte.weight"}}'
+        ]
+    }
     # the dict form passes the class-forms fact on every release; the rest follows the installed one
     assert "transformers-tied-weights-keys-list" not in ev["signatures"]
     assert (result["status"] == "fail") == TF5

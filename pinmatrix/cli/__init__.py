@@ -1,0 +1,1 @@
+"""`python -m pinmatrix COMMAND`: argument parsing, exit codes, dispatch to the stages."""

@@ -1,0 +1,212 @@
+"""`python -m pinmatrix matrix|resolve|report|list [options] [selectors...]`.
+
+Exit codes: 0 the command did its job (cells may be broken: that is data), 2 bad input (a bad
+matrix file, selector, option), 1 a harness error.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from typing import Any, NoReturn, Sequence
+
+from pinmatrix.errors import EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
+from pinmatrix.run.options import ALL_COMMANDS, OPTIONS, RUNNERS, options_for, run_options
+
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse's own exit code is 2 too; keep the message one line
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of one command, from the option table (pinmatrix/run/options.py); without a
+    command, only the options every command shares."""
+    parser = argparse.ArgumentParser(add_help=False) if command is None else _Parser(
+        prog=f"python -m pinmatrix {command}", description=COMMANDS[command])
+    parser.add_argument("selectors", nargs="*", metavar="SELECTOR",
+                        help="AXIS=VALUE (e.g. transformers=5.17.0; same axis: any, different "
+                             "axes: all) or a cell id")
+    groups: dict[str | None, Any] = {None: parser}
+    for option in OPTIONS if command is None else options_for(command):
+        if command is None and option.commands != ALL_COMMANDS:
+            continue
+        if option.group not in groups:
+            groups[option.group] = parser.add_argument_group(option.group)
+        groups[option.group].add_argument(option.flag, **option.argparse_kwargs())
+    return parser
+
+
+COMMANDS = {
+    "matrix": "resolve, build and probe every selected cell, then report",
+    "resolve": "resolve the selected cells' locks only",
+    "report": "merge a run folder into summary.{md,json}",
+    "list": "list the selected cell ids (--json: {\"cells\": [...], \"snapshot\": {...}} for a CI "
+            "job matrix)",
+    "nightly": "run the matrix, diff with the previous run, append reports/history.jsonl; exit 1 "
+               "only on new breakages",
+    "merge": "build a run folder from per-cell artifact folders (ARTIFACT_DIR...), report, diff, "
+             "history",
+    "run-cell": "run one cell of a prepared run folder (a Slurm array task; see "
+                "pinmatrix/run/slurm.py)",
+}
+# Commands that take no matrix, selectors or run options: each has its own small parser.
+STANDALONE = {
+    "remote-code-surface": "the transformers surface of remote-code files, read with ast "
+                           "(PATH|REPO@REV; pinmatrix/cli/surface.py)",
+}
+USAGE = "usage: python -m pinmatrix {" + "|".join(COMMANDS) + "} [options] [selectors...]"
+
+
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """One parser per command (no subparsers: argparse cannot mix those with interleaved
+    positionals)."""
+    parser = build_parser(command)
+    if command == "merge":
+        parser.usage = ("python -m pinmatrix merge ARTIFACT_DIR... [--previous DIR] [--history "
+                        "FILE] "
+                        "[--expected-cells FILE] [--reports DIR] [--label LABEL]")
+    return parser
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    if not argv or argv[0] in ("-h", "--help"):
+        listed = {**COMMANDS, **STANDALONE}
+        lines = [USAGE, "", *(f"  {name:8} {text}" for name, text in listed.items()),
+                 "", "`python -m pinmatrix COMMAND --help` lists the options."]
+        if not argv:
+            raise UsageError("a command is required\n" + "\n".join(lines))
+        print("\n".join(lines))
+        raise SystemExit(0)
+    command, rest = argv[0], list(argv[1:])
+    if command == "remote-code-surface":
+        from pinmatrix.cli.surface import main as surface_main
+
+        raise SystemExit(surface_main(rest))
+    if command not in COMMANDS:
+        raise UsageError(f"unknown command {command!r}: choose one of "
+                         f"{', '.join([*COMMANDS, *STANDALONE])}")
+    args = command_parser(command).parse_intermixed_args(rest)
+    args.command = command
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse(list(sys.argv[1:] if argv is None else argv))
+        if args.runner not in RUNNERS:
+            raise UsageError(f"--runner {args.runner!r}: choose one of {', '.join(RUNNERS)}")
+        for flag, value in (("--timeout", args.timeout), ("--check-timeout", args.check_timeout)):
+            # nan, inf, 0, negatives
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UsageError(f"{flag} {value}: must be positive (a finite number of seconds)")
+        if args.model_hub is not None and (args.model_cache is None or not args.model_hub.is_dir()):
+            raise UsageError(f"--model-hub {args.model_hub}: needs --model-cache, and must be a "
+                             "folder")
+        if args.label is not None and not _LABEL.fullmatch(args.label):
+            raise UsageError(f"--label {args.label!r}: use letters, digits, '.', '_' or '-' (it "
+                             "names a folder)")
+        for site in args.extra_site:
+            if not site.is_dir():
+                raise UsageError(f"--extra-site {site}: not a folder")
+        if args.ca_bundle is not None and not args.ca_bundle.is_file():
+            raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
+        return _dispatch(args)
+    except PinmatrixError as exc:  # bad input exits 2, a harness failure 1 (pinmatrix/errors.py)
+        print(f"{exc.prefix}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    # Ctrl-C: no new cell starts; finished ones are kept (pinmatrix/run/state.py)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished cells are kept; `python -m pinmatrix matrix --resume` runs "
+              "the rest "
+              "(a cell already running finishes first)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `python -m pinmatrix list | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "report":
+        return _report(args)
+    if args.command == "merge":
+        from pinmatrix.report.nightly import merge_command
+
+        return merge_command(args)
+    opts = run_options(args)
+    if args.command == "run-cell":
+        from pinmatrix.run.slurm import run_cell_task
+
+        return run_cell_task(args, opts)
+    if args.command == "nightly":
+        from pinmatrix.report.nightly import nightly_command
+
+        return nightly_command(args, opts)
+    if args.command == "matrix":
+        if args.on == "slurm":
+            from pinmatrix.run.slurm import run_on_slurm
+
+            return run_on_slurm(args, opts)
+    if args.command == "list":
+        from pinmatrix.run.pipeline import load_cells
+
+        matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
+                                   snapshot=opts.snapshot,
+                              sources=opts.sources)
+        if getattr(args, "json", False):
+            import json
+
+            print(json.dumps({"cells": [cell.id for cell in cells],
+                              "snapshot": getattr(matrix, "snapshot", None) or {}}))
+            return EXIT_OK
+        for cell in cells:
+            print(cell.id)
+        return EXIT_OK
+    if args.command == "resolve":
+        from pinmatrix.run.pipeline import resolve_only
+
+        run_dir = resolve_only(opts)
+        print(f"locks: {run_dir / 'locks'}")
+        return EXIT_OK
+    from pinmatrix.run.pipeline import run_matrix
+
+    summary = run_matrix(opts)
+    print(summary.verdict)
+    print(f"report: {summary.run_dir / 'summary.md'}")
+    if summary.stopped:  # infra, not a bug: what finished is kept, the rest is retried by --resume
+        print(f"run stopped early: {summary.stopped}; finished cells are kept in "
+              f"{summary.run_dir}; "
+              f"resume with `python -m pinmatrix matrix --resume {summary.run_dir.name}`",
+              file=sys.stderr)
+        return EXIT_HARNESS
+    if summary.harness_errors:
+        print("harness errors (a bug in pinmatrix, not in the cells):", file=sys.stderr)
+        for line in summary.harness_errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_HARNESS
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pinmatrix.report.write import write_report
+
+    run_dir = args.run or (args.reports / "latest")
+    if not run_dir.is_dir():
+        raise UsageError(f"no run folder at {run_dir} (run `python -m pinmatrix matrix` first, or "
+                         "pass --run DIR)")
+    json_path, md_path = write_report(run_dir.resolve(), previous=getattr(args, "previous", None))
+    import json
+
+    print(json.loads(json_path.read_text())["verdict"])
+    print(f"report: {md_path}")
+    from pinmatrix.report.pins import write_pins
+
+    print(write_pins(run_dir.resolve()).message)
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""matrix.yaml → Matrix → [Cell]: load and validate the file, expand live axes, select cells."""

@@ -1,0 +1,268 @@
+"""What changed between two runs: new breakages, fixes, new and vanished cells, throughput moves.
+
+Both sides are summaries as `pinmatrix.report.summary.merge` builds them (the previous one re-merged
+from its folder when the folder still holds cells/ and outcomes/, so a catalogue update reaches it
+too).
+
+A *breakage* is a check that passed before and fails now, or a cell that worked (fully or partly)
+before and is broken or unresolvable now. Infra is never a breakage: the machine failed, not the
+stack; those are listed apart so a flaky runner never turns the nightly red.
+
+Throughput noise: a change is reported only beyond a threshold. Where the history holds at least
+`MIN_SAMPLES` measurements of the same cell content hash and stack, the threshold is
+`NOISE_K` × their relative standard deviation (measured); else `DEFAULT_REL_THRESHOLD`, marked
+"assumed, not measured".
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from pinmatrix.errors import PreviousRunError
+from pinmatrix.fsio import write_json_atomic, write_text_atomic
+from pinmatrix.report.history import DEFAULT_REL_THRESHOLD, MIN_SAMPLES, NOISE_K, noise_threshold
+
+WORKING = ("works", "partial")
+BROKEN = ("broken", "unresolvable")
+
+
+# --- finding and loading the previous run --------------------------------------------------------
+
+def is_run_dir(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and any(
+        (path / name).exists() for name in ("summary.json", "outcomes", "cells")
+    )
+
+
+def find_run_dir(path: Path) -> Path:
+    """`path` itself when it is a run folder, else the newest run folder inside it (an unpacked
+    artifact wraps the run in one more folder; a reports/ folder holds many)."""
+    path = Path(path)
+    if is_run_dir(path):
+        return path
+    if not path.is_dir():
+        raise PreviousRunError(f"{path}: no such folder")
+    candidates = sorted(
+        (
+            p
+            for p in path.rglob("*")
+            if p.is_dir()
+            and not p.is_symlink()
+            and is_run_dir(p)
+            and p.name not in ("cells", "outcomes")
+        ),
+        key=lambda p: (p.name, str(p)),
+    )
+    if not candidates:
+        raise PreviousRunError(f"{path}: holds no run folder (no summary.json, outcomes/ or "
+                               "cells/)")
+    return candidates[-1]
+
+
+def previous_run_in(reports_dir: Path, current: Path) -> Path | None:
+    """The newest run folder in reports/ that is older than `current` (run ids sort by UTC time).
+    Only folders with a summary.json count: a resolve-only run (`pinmatrix resolve`) has none."""
+    reports_dir, current = Path(reports_dir), Path(current).resolve()
+    earlier = (
+        [
+            p
+            for p in Path(reports_dir).iterdir()
+            if p.is_dir()
+            and not p.is_symlink()
+            and p.resolve() != current
+            and (p / "summary.json").is_file()
+            and p.name < current.name
+        ]
+        if Path(reports_dir).is_dir()
+        else []
+    )
+    return max(earlier, key=lambda p: p.name) if earlier else None
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    """A run's summary: re-merged from its files where they exist, else its summary.json."""
+    from pinmatrix.report.summary import merge
+
+    run_dir = find_run_dir(run_dir)
+    if (run_dir / "outcomes").is_dir() or (run_dir / "cells").is_dir():
+        return merge(run_dir)
+    try:
+        data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PreviousRunError(f"{run_dir / 'summary.json'}: unreadable: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        raise PreviousRunError(f"{run_dir / 'summary.json'}: not a pinmatrix summary (no cells "
+                               "list)")
+    return data
+
+
+# --- the diff ------------------------------------------------------------------------------------
+
+def diff(previous: Mapping[str, Any], current: Mapping[str, Any],
+         history: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    history = list(history)
+    before = {c["id"]: c for c in previous.get("cells") or []}
+    now = {c["id"]: c for c in current.get("cells") or []}
+    breakages: list[dict[str, Any]] = []
+    fixes: list[dict[str, Any]] = []
+    infra: list[dict[str, Any]] = []
+    status_changes: list[dict[str, Any]] = []
+    for cid in sorted(set(before) & set(now)):
+        old, new = before[cid], now[cid]
+        if old["status"] != new["status"]:
+            status_changes.append({"cell": cid, "before": old["status"], "now": new["status"]})
+        check_breaks, check_fixes = [], []
+        old_checks, new_checks = old.get("checks") or {}, new.get("checks") or {}
+        for name in sorted(set(old_checks) & set(new_checks)):
+            was, is_ = old_checks[name]["status"], new_checks[name]["status"]
+            if was == "pass" and is_ == "fail":
+                check_breaks.append({"cell": cid, "check": name, "before": was, "now": is_,
+                                     "signature": new_checks[name].get("signature")})
+            elif was == "fail" and is_ == "pass":
+                check_fixes.append({"cell": cid, "check": name, "before": was, "now": is_,
+                                    "signature_before": old_checks[name].get("signature")})
+            elif is_ == "infra" and was != "infra":
+                infra.append({"cell": cid, "check": name, "before": was,
+                              "reason": new_checks[name].get("reason")})
+        breakages += check_breaks
+        fixes += check_fixes
+        if old["status"] in WORKING and new["status"] in BROKEN and not check_breaks:
+            breakages.append({"cell": cid, "check": None, "before": old["status"],
+                              "now": new["status"],
+                              "signature": _cell_signature(new)})
+        elif old["status"] in BROKEN and new["status"] in WORKING and not check_fixes:
+            fixes.append({"cell": cid, "check": None, "before": old["status"], "now": new["status"],
+                          "signature_before": _cell_signature(old)})
+        if new["status"] == "infra" and old["status"] != "infra":
+            infra.append({"cell": cid, "check": None, "before": old["status"],
+                          "reason": new.get("reason")})
+    throughput, thresholds = _throughput(previous, current, now, history)
+    return {
+        "previous_run": _run_id(previous),
+        "current_run": _run_id(current),
+        "new_breakages": breakages,
+        "fixes": fixes,
+        "new_cells": [
+            {"cell": cid, "status": now[cid]["status"]} for cid in sorted(set(now) - set(before))
+        ],
+        "vanished_cells": [
+            {"cell": cid, "status": before[cid]["status"]} for cid in sorted(set(before) - set(now))
+        ],
+        "status_changes": status_changes,
+        "infra": infra,
+        "throughput": throughput,
+        "throughput_thresholds": thresholds,
+        "noise": {
+            "k": NOISE_K,
+            "min_samples": MIN_SAMPLES,
+            "default_relative": DEFAULT_REL_THRESHOLD,
+        },
+    }
+
+
+def _throughput(previous: Mapping[str, Any], current: Mapping[str, Any], now: Mapping[str, Any],
+                history: list[Mapping[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                           list[dict[str, Any]]]:
+    old = {(s["cell"], s["stack"]): s["tokens_per_s"] for s in previous.get("speed") or []}
+    changes, thresholds = [], []
+    for s in current.get("speed") or []:
+        key = (s["cell"], s["stack"])
+        if key not in old or not old[key]:
+            continue
+        rel = (s["tokens_per_s"] - old[key]) / old[key]
+        threshold, basis = noise_threshold(history, (now.get(s["cell"]) or {}).get("hash"),
+                                           s["stack"])
+        entry = {"cell": s["cell"], "stack": s["stack"], "before": old[key],
+                 "now": s["tokens_per_s"],
+                 "change": round(rel, 4), "threshold": round(threshold, 4), "basis": basis}
+        thresholds.append(entry)
+        if abs(rel) > threshold:
+            changes.append(entry)
+    return changes, thresholds
+
+
+def _cell_signature(cell: Mapping[str, Any]) -> str | None:
+    if cell["status"] == "unresolvable":
+        return "unresolvable"
+    for check in (cell.get("checks") or {}).values():
+        if check["status"] == "fail" and check.get("signature"):
+            return check["signature"]
+    return cell.get("signature")
+
+
+def _run_id(summary: Mapping[str, Any]) -> str:
+    run = summary.get("run") or {}
+    return str(run.get("run_id") or Path(str(summary.get("run_dir", "?"))).name)
+
+
+def headline(d: Mapping[str, Any]) -> str:
+    n = len(d["new_breakages"])
+    parts = [f"{n} new breakage{'s' if n != 1 else ''}", f"{len(d['fixes'])} fixed",
+             f"{len(d['new_cells'])} new cell{'s' if len(d['new_cells']) != 1 else ''}",
+             f"{len(d['vanished_cells'])} vanished",
+             f"{len(d['throughput'])} throughput change{'s' if len(d['throughput']) != 1 else ''}"]
+    if d["infra"]:
+        parts.append(f"{len(d['infra'])} infra (not counted)")
+    return f"since {d['previous_run']}: " + ", ".join(parts)
+
+
+# --- markdown ------------------------------------------------------------------------------------
+
+def render_markdown(d: Mapping[str, Any], *, level: int = 1) -> str:
+    h = "#" * level
+    out = [f"{h} Changes since {d['previous_run']}", "", f"**{headline(d)}**", ""]
+
+    def section(title: str, items: list[dict[str, Any]], line) -> None:
+        if items:
+            out.extend([f"{h}# {title}", ""] + [line(i) for i in items] + [""])
+
+    section("New breakages", d["new_breakages"], lambda i: (
+        f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: {i['before']} → "
+        f"{i['now']}"
+        + (f" [`{i['signature']}`]" if i.get("signature") else "")))
+    section("Fixes", d["fixes"], lambda i: (
+        f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: {i['before']} → "
+        f"{i['now']}"
+        + (f" (was `{i['signature_before']}`)" if i.get("signature_before") else "")))
+    section("New cells", d["new_cells"], lambda i: f"- `{i['cell']}`: {i['status']}")
+    section("Vanished cells", d["vanished_cells"], lambda i: f"- `{i['cell']}` (was {i['status']})")
+    section("Throughput changes beyond noise", d["throughput"], lambda i: (
+        f"- `{i['cell']}` {i['stack']}: {i['before']:.0f} → {i['now']:.0f} tokens/s "
+        f"({100 * i['change']:+.1f}%, threshold {100 * i['threshold']:.1f}%: {i['basis']})"))
+    section("Infra now (the machine failed, not the stack; never a breakage)", d["infra"],
+            lambda i: (
+        f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: was "
+        f"{i['before']}; "
+        f"{(i.get('reason') or 'infra').replace(chr(10), ' ')}"))
+    if d["throughput_thresholds"] and not d["throughput"]:
+        out += [f"Throughput compared for {len(d['throughput_thresholds'])} cell×stack pairs; none "
+                "moved beyond "
+                f"its noise threshold.", ""]
+    elif not d["throughput_thresholds"]:
+        out += ["No throughput measured in both runs (throughput runs on GPU cells).", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_diff(run_dir: Path, d: Mapping[str, Any]) -> tuple[Path, Path]:
+    run_dir = Path(run_dir)
+    return (write_json_atomic(run_dir / "diff.json", dict(d)),
+            write_text_atomic(run_dir / "diff.md", render_markdown(d)))
+
+
+def attach_diff(summary: dict[str, Any], run_dir: Path, previous: Path,
+                history: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Diff `summary` against the run in `previous`, write diff.{md,json} into run_dir, and put the
+    diff (with its headline) into the summary so summary.md/html show it. A previous run that cannot
+    be read is said so in the summary, never a crash."""
+    try:
+        d = diff(load_summary(previous), summary, history)
+    except PreviousRunError as exc:
+        summary["diff_error"] = str(exc)
+        return summary
+    d["headline"] = headline(d)
+    d["previous_dir"] = str(previous)
+    write_diff(run_dir, d)
+    summary["diff"] = d
+    return summary

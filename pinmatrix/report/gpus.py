@@ -1,0 +1,316 @@
+"""The GPU side of a run: a per-GPU timeline, and a concurrent run's speed against the same cells
+alone.
+
+`timeline(outcomes)` reads the outcome fields `gpu`, `started`, `finished` (pinmatrix/pipeline.py)
+and
+`gpus_seen` / `trespass` (pinmatrix/run/gpu_watch.py); `summary.json` keeps it as `gpu_timeline` and
+summary.md shows it under "## GPU timeline".
+
+    python -m pinmatrix.report.gpus compare RUN --alone RUN_ALONE [--alone ...]
+
+writes RUN/concurrency.{md,json}: for every cell of RUN that also ran in an --alone run, each
+throughput figure against the alone one (within 5%, or what the cards and the host were doing: SM
+clock, power, host load, from gpu_watch.json), and the concurrent wall time against the alone runs'
+probe times added up (running the same cells one after another).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+TOLERANCE = 0.05
+
+
+def _t(text: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(text)).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def timeline(outcomes: Iterable[Any]) -> dict[str, Any] | None:
+    """{"t0", "wall_s", "busy_s", "gpus": {gpu: [{cell, start_s, end_s, s, trespass, gpus_seen}]}};
+    None
+    when no cell of the run recorded a GPU (a CPU run, or a run before these fields existed)."""
+    items = [o for o in outcomes if getattr(o, "gpu", None) and _t(o.started) and _t(o.finished)]
+    if not items:
+        return None
+    t0 = min(_t(o.started) for o in items)  # type: ignore[type-var]
+    t1 = max(_t(o.finished) for o in items)  # type: ignore[type-var]
+    gpus: dict[str, list[dict[str, Any]]] = {}
+    for o in sorted(items, key=lambda o: (_t(o.started), o.cell)):
+        start, end = _t(o.started) - t0, _t(o.finished) - t0  # type: ignore[operator]
+        gpus.setdefault(str(o.gpu), []).append(
+            {
+                "cell": o.cell,
+                "started": o.started,
+                "finished": o.finished,
+                "start_s": round(start, 1),
+                "end_s": round(end, 1),
+                "s": round(end - start, 1),
+                "gpus_seen": getattr(o, "gpus_seen", None),
+                "trespass": getattr(o, "trespass", None),
+            }
+        )
+    return {
+        "t0": min(o.started for o in items),
+        "wall_s": round(t1 - t0, 1),  # type: ignore[operator]
+        "busy_s": round(sum(e["s"] for lane in gpus.values() for e in lane), 1),
+        "gpus": dict(sorted(gpus.items())),
+    }
+
+
+def render_timeline(data: Mapping[str, Any] | None, width: int = 60) -> list[str]:
+    if not data:
+        return []
+    wall = max(float(data["wall_s"]), 1e-9)
+    out = [
+        "## GPU timeline",
+        "",
+        f"From the first cell's start ({data['t0']}) to the last cell's end: {data['wall_s']:.1f} "
+        f"s; "
+        f"the cells' own times add up to {data['busy_s']:.1f} s. A cell holds its GPU from its "
+        f"probe's start "
+        "to its end (with a flaky rerun, if any).",
+        "",
+        "| GPU | cell | start s | end s | s | seen on GPU (peak MiB) | took a GPU without asking |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for gpu, lane in data["gpus"].items():
+        for e in lane:
+            seen = ", ".join(f"{g}: {m:.0f}" for g, m in (e.get("gpus_seen") or {}).items()) or "—"
+            out.append(
+                f"| {gpu} | `{e['cell']}` | {e['start_s']:.1f} | {e['end_s']:.1f} | {e['s']:.1f} "
+                f"| {seen} | "
+                f"{e.get('trespass') or 'no'} |"
+            )
+    out += ["", "```"]
+    for gpu, lane in data["gpus"].items():
+        row = [" "] * width
+        for n, e in enumerate(lane):
+            a = int(e["start_s"] / wall * (width - 1))
+            b = max(a, int(e["end_s"] / wall * (width - 1)))
+            for i in range(a, b + 1):
+                row[i] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[n % 26]
+        out.append(
+            f"GPU {gpu} |{''.join(row)}| "
+            + "  ".join(
+                f"{'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[n % 26]}={e['cell'][:48]}"
+                for n, e in enumerate(lane)
+            )
+        )
+    out += [f"        0 s{' ' * (width - 8)}{data['wall_s']:.0f} s", "```", ""]
+    return out
+
+
+# --- concurrent against alone --------------------------------------------------------------------
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "summary.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _speeds(summary: Mapping[str, Any]) -> dict[tuple[str, str], float]:
+    return {(s["cell"], s["stack"]): float(s["tokens_per_s"]) for s in summary.get("speed") or []}
+
+
+def _probe_s(run_dir: Path) -> dict[str, float]:
+    out = {}
+    for path in sorted((Path(run_dir) / "outcomes").glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        run_s = (data.get("timings") or {}).get("run_s")
+        if isinstance(run_s, (int, float)):
+            out[data["cell"]] = float(run_s)
+    return out
+
+
+def _conditions(
+    run_dir: Path, gpu: str | None, start: str | None, end: str | None
+) -> dict[str, Any]:
+    """Median SM clock, power and utilisation of one GPU, and the host's load, between two times."""
+    path = Path(run_dir) / "gpu_watch.json"
+    if not path.is_file() or gpu is None:
+        return {}
+    watch = json.loads(path.read_text(encoding="utf-8"))
+    a, b = _t(start), _t(end)
+    clocks: list[float] = []
+    power: list[float] = []
+    util: list[float] = []
+    load: list[float] = []
+    mem: list[float] = []
+    for s in watch.get("samples") or []:
+        t = _t(s.get("t"))
+        if t is None or a is None or b is None or not a <= t <= b:
+            continue
+        if isinstance(s.get("load1"), (int, float)):
+            load.append(s["load1"])
+        for g in s.get("gpus") or []:
+            if g.get("index") != gpu:
+                continue
+            for key, bucket in (
+                ("sm_mhz", clocks),
+                ("power_w", power),
+                ("util", util),
+                ("mem_mib", mem),
+            ):
+                if isinstance(g.get(key), (int, float)):
+                    bucket.append(g[key])
+    med = lambda xs: round(statistics.median(xs), 1) if xs else None  # noqa: E731
+    return {
+        "samples": len(load),
+        "sm_mhz_median": med(clocks),
+        "sm_mhz_min": min(clocks) if clocks else None,
+        "power_w_median": med(power),
+        "util_median": med(util),
+        "host_load1_median": med(load),
+        "gpu_mem_mib_max": max(mem) if mem else None,
+    }
+
+
+def compare(run_dir: Path, alone_dirs: Sequence[Path]) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    concurrent = _summary(run_dir)
+    outcomes = {}
+    for path in sorted((run_dir / "outcomes").glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        outcomes[data["cell"]] = data
+    alone_speed: dict[tuple[str, str], tuple[float, Path]] = {}
+    alone_probe: dict[str, tuple[float, Path]] = {}
+    alone_outcome: dict[str, dict[str, Any]] = {}
+    for d in alone_dirs:
+        for key, tps in _speeds(_summary(Path(d))).items():
+            alone_speed.setdefault(key, (tps, Path(d)))
+        for cell, s in _probe_s(Path(d)).items():
+            alone_probe.setdefault(cell, (s, Path(d)))
+        for path in sorted((Path(d) / "outcomes").glob("*.json")):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            alone_outcome.setdefault(data["cell"], {**data, "_dir": str(d)})
+    rows = []
+    for (cell, stack), tps in sorted(_speeds(concurrent).items()):
+        base = alone_speed.get((cell, stack))
+        o = outcomes.get(cell, {})
+        row: dict[str, Any] = {
+            "cell": cell,
+            "stack": stack,
+            "gpu": o.get("gpu"),
+            "tokens_per_s": tps,
+            "alone_tokens_per_s": base[0] if base else None,
+            "alone_run": base[1].name if base else None,
+        }
+        if base:
+            row["delta"] = round(tps / base[0] - 1.0, 4)
+            row["within_5pct"] = abs(row["delta"]) <= TOLERANCE
+            row["conditions"] = _conditions(
+                run_dir, o.get("gpu"), o.get("started"), o.get("finished")
+            )
+            ao = alone_outcome.get(cell, {})
+            row["alone_conditions"] = (
+                _conditions(Path(ao["_dir"]), ao.get("gpu"), ao.get("started"), ao.get("finished"))
+                if ao
+                else {}
+            )
+        rows.append(row)
+    line = timeline(_Obj(o) for o in outcomes.values())
+    cells = sorted(outcomes)
+    sequential = [alone_probe[c][0] for c in cells if c in alone_probe]
+    return {
+        "run": run_dir.name,
+        "alone_runs": [Path(d).name for d in alone_dirs],
+        "rows": rows,
+        "wall_s": line["wall_s"] if line else None,
+        "sequential_s": round(sum(sequential), 1) if len(sequential) == len(cells) else None,
+        "sequential_cells": len(sequential),
+        "cells": len(cells),
+        "timeline": line,
+        "concurrent_probe_s": {c: _probe_s(run_dir).get(c) for c in cells},
+        "alone_probe_s": {c: alone_probe[c][0] for c in cells if c in alone_probe},
+    }
+
+
+class _Obj:
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.__dict__.update({"gpus_seen": None, "trespass": None, **data})
+
+
+def render_compare(data: Mapping[str, Any]) -> str:
+    out = [
+        f"# {data['run']}: two cells at once, against the same cells alone",
+        "",
+        f"Alone: {', '.join(f'`{r}`' for r in data['alone_runs'])}.",
+        "",
+    ]
+    if data.get("wall_s") is not None:
+        seq = data.get("sequential_s")
+        out += [
+            f"**Wall time**: {data['wall_s']:.1f} s for {data['cells']} cells on the GPUs at once "
+            + (
+                f"against {seq:.1f} s for the same cells' probes run alone, one after another "
+                f"({seq / data['wall_s']:.2f}×)."
+                if seq
+                else f"(alone times known for {data['sequential_cells']} of them only)."
+            ),
+            "",
+        ]
+    out += ["## Probe time per cell", "", "| cell | alone s | concurrent s |", "|---|---|---|"]
+    for cell, s in (data.get("concurrent_probe_s") or {}).items():
+        alone = (data.get("alone_probe_s") or {}).get(cell)
+        out.append(
+            f"| `{cell}` | {alone if alone is not None else '—'} | {s if s is not None else '—'} |"
+        )
+    out += [
+        "",
+        "## Throughput",
+        "",
+        "| cell | stack | GPU | alone tok/s | concurrent tok/s | Δ | within 5% | SM MHz alone → "
+        "concurrent | "
+        "power W alone → concurrent | host load alone → concurrent |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        c, a = r.get("conditions") or {}, r.get("alone_conditions") or {}
+        pair = lambda k: f"{a.get(k, '—')} → {c.get(k, '—')}"  # noqa: E731
+        delta = f"{r['delta'] * 100:+.1f}%" if r.get("delta") is not None else "—"
+        alone = f"{r['alone_tokens_per_s']:.0f}" if r.get("alone_tokens_per_s") else "—"
+        ok = {True: "yes", False: "**no**"}.get(r.get("within_5pct"), "—")
+        out.append(
+            f"| `{r['cell']}` | {r['stack']} | {r.get('gpu') or '—'} | {alone} | "
+            f"{r['tokens_per_s']:.0f} | "
+            f"{delta} | {ok} | {pair('sm_mhz_median')} | {pair('power_w_median')} | "
+            f"{pair('host_load1_median')} |"
+        )
+    out += [
+        "",
+        "Conditions are medians over each cell's whole probe (gpu_watch.json samples of its GPU), "
+        "alone "
+        "and concurrent.",
+        "",
+    ]
+    out += render_timeline(data.get("timeline"))
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pinmatrix.report.gpus")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmp_ = sub.add_parser("compare", help="a concurrent run against the same cells run alone")
+    cmp_.add_argument("run", type=Path)
+    cmp_.add_argument("--alone", type=Path, action="append", required=True)
+    args = parser.parse_args(argv)
+    from pinmatrix.fsio import write_json_atomic, write_text_atomic
+
+    data = compare(args.run, args.alone)
+    write_json_atomic(args.run / "concurrency.json", data)
+    write_text_atomic(args.run / "concurrency.md", render_compare(data))
+    print(render_compare(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

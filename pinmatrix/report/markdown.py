@@ -1,0 +1,130 @@
+"""summary.md: the merged table of a run, rendered from the summary dict
+(pinmatrix/report/summary.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pinmatrix.status import CELL_GLYPH, CELL_STATUSES, CHECK_GLYPH
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    run = summary.get("run") or {}
+    out = [f"# pinmatrix run {run.get('run_id', Path(summary.get('run_dir', '.')).name)}", "",
+           f"**{summary['verdict']}**", ""]
+    if run:
+        facts = [f"matrix `{run.get('matrix')}`" if run.get("matrix") else None,
+                 f"runner `{run.get('runner')}`" if run.get("runner") else None,
+                 f"device `{run.get('device')}`" if run.get("device") else None,
+                 f"selection `{' '.join(run.get('selection') or []) or 'all'}`"]
+        out += [" · ".join(f for f in facts if f), ""]
+    # the nightly's comparison with the previous run (pinmatrix/report/diff.py)
+    if summary.get("diff"):
+        from pinmatrix.report.diff import render_markdown as render_diff
+
+        out += [render_diff(summary["diff"], level=2), "(full diff: `diff.md`)", ""]
+    elif summary.get("diff_error"):
+        out += [f"Previous run not compared: {_md_inline(summary['diff_error'])}", ""]
+    # The answer users came for first: which versions train EXAONE 3.5, by route.
+    from pinmatrix.report.exaone import render_markdown as render_exaone35
+
+    out += render_exaone35(summary.get("exaone35") or {})
+    columns = summary["checks"]
+    out += ["## Cells", "",
+            "Legend: ✅ pass · ❌ fail · ⏭ skip · ⚠ infra · 〰 flaky · `·` not run", ""]
+    out.append("| cell | status | " + " | ".join(f"`{c}`" for c in columns) + " |")
+    out.append("|---|---|" + "---|" * len(columns))
+    for cell in summary["cells"]:
+        statuses = [(cell["checks"].get(c) or {}).get("status") for c in columns]
+        glyphs = [CHECK_GLYPH.get(status, "·") for status in statuses]
+        out.append(f"| `{cell['id']}` | {CELL_GLYPH[cell['status']]} {cell['status']} | "
+                   + " | ".join(glyphs) + " |")
+    out.append("")
+    for table in summary["pivot"]:
+        out += [f"## transformers × unsloth (python {table['python']}, torch {table['torch']})", "",
+                "| transformers \\ unsloth | "
+                + " | ".join(f"`{u}`" for u in table["unsloth"]) + " |",
+                "|---|" + "---|" * len(table["unsloth"])]
+        for tf in table["transformers"]:
+            cells = []
+            for u in table["unsloth"]:
+                slot = table["grid"][tf][u]
+                cells.append(" ".join(f"{CELL_GLYPH[s]} {s}" + (f" ×{n}" if n > 1 else "")
+                                      for s, n in sorted(slot.items(),
+                                                         key=lambda kv: CELL_STATUSES.index(kv[0])))
+                             or "—")
+            out.append(f"| `{tf}` | " + " | ".join(cells) + " |")
+        out.append("")
+    if summary["failures"]:
+        out += ["## Failures by signature", ""]
+        for group in summary["failures"]:
+            tag = "" if group["known"] else " (unknown: not in the catalogue yet)"
+            out.append(f"### `{group['signature']}`{tag} — {group['count']} "
+                       f"check{'s' if group['count'] != 1 else ''}")
+            out.append("")
+            for label in ("cause", "affected", "fix", "link"):
+                if group.get(label):
+                    out.append(f"- **{label}**: {group[label]}")
+            for item in group["checks"]:
+                msg = f": {item['type']}: {item['message']}" if item.get("type") else ""
+                out.append(f"- `{item['cell']}` `{item['check']}`{_md_inline(msg)}")
+            out.append("")
+    if summary["unresolvable"]:
+        out += ["## Unresolvable", ""]
+        for item in summary["unresolvable"]:
+            out += [f"- `{item['cell']}`:", "", "  ```",
+                    *("  " + ln for ln in (item["explanation"] or "").splitlines()),
+                    "  ```", ""]
+    if summary["speed"]:  # only where throughput ran (GPU cells)
+        out += ["## Speed (LoRA training)", "",
+                "| cell | stack | tokens/s | vs sdpa | peak GiB | batch×seq | MFU | GPU |",
+                "|---|---|---|---|---|---|---|---|"]
+        for s in summary["speed"]:
+            speedup = f"{s['speedup_vs_sdpa']:.2f}×" if s["speedup_vs_sdpa"] else "—"
+            if s["speedup_vs_sdpa"] and s.get("baseline") not in (None, "sdpa"):
+                speedup += f" (vs {s['baseline']})"
+            peak = f"{s['peak_mem_gib']:.1f}" if s["peak_mem_gib"] is not None else "—"
+            mfu = f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "—"
+            out.append(f"| `{s['cell']}` | {s['stack']} | {s['tokens_per_s']:.0f} | {speedup} | "
+                       f"{peak} | "
+                       f"{s.get('batch_x_seq') or '—'} | {mfu} | {s.get('gpu') or '—'} |")
+        out.append("")
+    if summary.get("timing"):
+        out += ["## Probe time", "",
+                "compat = the probe's wall time less the throughput checks: its start, its "
+                "imports, every other "
+                "check and, in a cell with unsloth, the start of the interpreter that measures the "
+                "plain stacks.", "",
+                "| cell | compile cache | probe s | compat s | throughput s | slowest compat "
+                "checks |",
+                "|---|---|---|---|---|---|"]
+        for t in summary["timing"]:
+            slow = ", ".join(f"`{c['check']}` {c['s']:.1f}" for c in t["slowest_compat_checks"])
+            out.append(f"| `{t['cell']}` | {t.get('compile_cache') or '—'} | {t['probe_s']:.1f} | "
+                       f"{t['compat_s']:.1f} | "
+                       f"{t['throughput_s']:.1f} | {slow} |")
+        out.append("")
+    from pinmatrix.report.gpus import render_timeline
+
+    out += render_timeline(summary.get("gpu_timeline"))
+    if summary["infra"]:
+        out += ["## Infra (the machine failed, not the stack)", ""]
+        for item in summary["infra"]:
+            where = f"`{item['check']}`" if item["check"] else "cell"
+            sig = f" [`{item['signature']}`]" if item.get("signature") else ""
+            out.append(f"- `{item['cell']}` {where}: "
+                       f"{_md_inline(item.get('reason') or 'infra')}{sig}")
+        out.append("")
+    from pinmatrix.report.remote_code import render_markdown as render_remote_code
+
+    out += render_remote_code(summary.get("remote_code") or {})
+    if summary["damaged"]:
+        out += ["## Damaged files (not merged)", ""]
+        for item in summary["damaged"]:
+            out.append(f"- `{item['path']}`: {_md_inline(item['why'])}")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _md_inline(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,29 @@
+"""Write a run folder's report: summary.{json,md}, summary.html, junit.xml, and the diff when
+asked."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from pinmatrix.fsio import write_json_atomic, write_text_atomic
+from pinmatrix.report.markdown import render_markdown
+from pinmatrix.report.summary import merge
+
+
+def write_report(run_dir: Path, previous: Path | None = None,
+                 history: Iterable[dict[str, Any]] = ()) -> tuple[Path, Path]:
+    """summary.{json,md}, then summary.html and junit.xml; with `previous`, also diff.{md,json}."""
+    run_dir = Path(run_dir)
+    summary = merge(run_dir)
+    if previous is not None:
+        from pinmatrix.report.diff import attach_diff
+
+        attach_diff(summary, run_dir, Path(previous), history)
+    json_path = write_json_atomic(run_dir / "summary.json", summary)
+    md_path = write_text_atomic(run_dir / "summary.md", render_markdown(summary))
+    from pinmatrix.report.html import write_html
+    from pinmatrix.report.junit import write_junit
+
+    write_html(summary, run_dir)
+    write_junit(summary, run_dir)
+    return json_path, md_path

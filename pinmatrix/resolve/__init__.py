@@ -1,0 +1,2 @@
+"""[Cell] → Lock | Unresolvable: `uv pip compile` for the cell's Python and platform, all cells at
+once."""

@@ -1,0 +1,194 @@
+"""One cell, start to end: resolve → (cached result | prepare → run → flaky recheck) → outcome.
+
+Every path ends with an outcome record (docs/CONTRACTS.md §8); a machine failure is an `infra`
+outcome, never an exception out of here."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Union
+
+from pinmatrix.cell import Cell, Lock, Unresolvable
+from pinmatrix.errors import InfraError
+from pinmatrix.fsio import copy_atomic, write_json_atomic, write_text_atomic
+from pinmatrix.outcome import Outcome
+from pinmatrix.results import Damaged, load_result
+from pinmatrix.run.identity import build_key, cell_hash
+from pinmatrix.run.options import RunOptions, cell_timeout
+from pinmatrix.runners.base import RUN_LOG_NAME, Runner
+from pinmatrix.sources import PackageSources
+
+if TYPE_CHECKING:
+    from pinmatrix.run.cache import ResultCache
+    from pinmatrix.run.scheduler import CellContext
+
+# (cell, sources, lock folder) -> its lock, or why none exists; raises ResolveInfraError
+Resolver = Callable[[Cell, Union[PackageSources, None], Path], Union[Lock, Unresolvable]]
+
+
+def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu: str, digest: str,
+             resolve_fn: Resolver, ctx: CellContext | SoloContext | None = None,
+             cache: ResultCache | None = None,
+             force: bool = True) -> Outcome:
+    """One cell, start to end. `ctx` (pinmatrix.run.scheduler.CellContext) hands out the build slot
+    and the device; `cache` (pinmatrix.run.cache.ResultCache) short-cuts a cell whose content hash
+    was judged before, unless `force`."""
+    from pinmatrix.resolve.uv import ResolveInfraError
+
+    ctx = ctx if ctx is not None else SoloContext()
+    # --check-timeout overrides the matrix; part of the settings, so of the hash
+    if opts.check_timeout_s:
+        cell = dataclasses.replace(cell, settings={**dict(cell.settings),
+                                                   "check_timeout_s": opts.check_timeout_s})
+    ctx.stage("resolving")
+    outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=runner.name,
+                      stage="resolve")
+    lock_dir = run_dir / "locks" / cell.id
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        resolved = resolve_fn(cell, opts.sources, lock_dir)
+    except ResolveInfraError as exc:
+        return _finish(outcome, run_dir, "infra", f"resolver: {exc}", "resolve-infra", "resolve_s",
+                       started)
+    outcome.timings["resolve_s"] = round(time.monotonic() - started, 2)
+    if isinstance(resolved, Unresolvable):
+        outcome.status, outcome.reason = "unresolvable", resolved.explanation
+        outcome.write(run_dir)
+        return outcome
+    lock: Lock = resolved
+    outcome.hash = cell_hash(cell, lock, runner.name, gpu, digest)
+    if cache is not None and not force:
+        entry = cache.lookup(outcome.hash)
+        # judged before with exactly these inputs: reuse, build and probe nothing
+        if entry is not None:
+            outcome.result = cache.reuse_into(entry, run_dir, cell.id)
+            outcome.reused_from = entry.run_id
+            outcome.stage = "done"
+            outcome.write(run_dir)
+            return outcome
+
+    outcome.stage = "prepare"
+    started = time.monotonic()
+    try:
+        with ctx.build(build_key(cell, lock, runner.name)):
+            prepared = runner.prepare(cell, lock)
+    except InfraError as exc:
+        _write_log(run_dir, cell.id, "build", exc.log_tail)
+        return _finish(outcome, run_dir, "infra", exc.reason, exc.signature, "prepare_s", started)
+    outcome.timings["prepare_s"] = round(time.monotonic() - started, 2)
+    build_log = (prepared.details or {}).get("build_log")
+    kept_log = run_dir / "logs" / f"{cell.id}.build.log"
+    if build_log and Path(build_log).is_file() and Path(build_log).resolve() != kept_log.resolve():
+        _ensure_logs(run_dir)
+        shutil.copyfile(build_log, kept_log)
+
+    outcome.stage = "run"
+    work = run_dir / "work" / cell.id
+    work.mkdir(parents=True, exist_ok=True)
+    spec_path = work / "cell.json"
+    write_json_atomic(spec_path, cell.spec(outcome.hash, runner.name))
+    # Held through the run and a flaky recheck, so one cell's two probe runs are not split by
+    # another
+    # cell's; released after them, or by the scheduler when the task ends.
+    device = ctx.hold_device()
+    # the GPU timeline (issue 15): which device, from taking it to giving it back
+    outcome.gpu, outcome.started = (device or None) if not opts.cpu else None, _now_ms()
+    started = time.monotonic()
+    run = runner.run(prepared, spec_path, work, "" if opts.cpu else device,
+                     cell_timeout(cell, opts))
+    outcome.timings["run_s"] = round(time.monotonic() - started, 2)
+    if (work / RUN_LOG_NAME).is_file():
+        _ensure_logs(run_dir)
+        shutil.copyfile(work / RUN_LOG_NAME, run_dir / "logs" / f"{cell.id}.run.log")
+    elif run.log_tail:
+        _write_log(run_dir, cell.id, "run", run.log_tail)
+    if run.result_path is not None and Path(run.result_path).is_file():
+        target = run_dir / "cells" / f"{cell.id}.json"
+        copy_atomic(Path(run.result_path), target)
+        loaded = load_result(target, reclassify=False)
+        if isinstance(loaded, Damaged):
+            outcome.status, outcome.reason, outcome.signature = (
+                "infra",
+                f"damaged result: {loaded.why}",
+                "damaged-result",
+            )
+        else:
+            outcome.result = f"cells/{cell.id}.json"
+            if opts.flaky_rerun and not run.infra_reason:
+                from pinmatrix.run.flaky import recheck_failures
+
+                # once, in a fresh container/process, only the failed groups
+                with ctx.device() as device:
+                    recheck = recheck_failures(runner, prepared, spec_path, work, target,
+                                               cell_timeout(cell, opts),
+                                               "" if opts.cpu else device,
+                                               run_dir / "logs" / f"{cell.id}.rerun.log")
+                outcome.rerun = recheck.describe() or None
+    ctx.release_device()
+    outcome.finished = _now_ms()
+    if run.infra_reason:
+        outcome.status, outcome.reason, outcome.signature = "infra", run.infra_reason, run.signature
+    elif outcome.result is None and outcome.status is None:
+        outcome.status, outcome.reason = "infra", "the runner returned no result"
+    if outcome.status is None:
+        outcome.stage = "done"
+    outcome.write(run_dir)
+    if cache is not None and outcome.stage == "done" and outcome.result:
+        cache.record(outcome.hash, run_dir.name, cell.id, outcome.result)
+    if not opts.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            work.parent.rmdir()  # the last cell leaves no empty work/ behind
+        except OSError:
+            pass
+    return outcome
+
+
+class SoloContext:
+    """run_cell's resources when no scheduler hands them out: no build limit, the runner's default
+    device."""
+
+    def stage(self, state: str, note: str = "") -> None:
+        pass
+
+    @contextlib.contextmanager
+    def build(self, key: str) -> Iterator[None]:
+        yield
+
+    @contextlib.contextmanager
+    def device(self) -> Iterator[str | None]:
+        yield None
+
+    def hold_device(self) -> str | None:
+        return None
+
+    def release_device(self) -> None:
+        pass
+
+
+def _finish(outcome: Outcome, run_dir: Path, status: str, reason: str, signature: str | None,
+            timing: str, started: float) -> Outcome:
+    outcome.timings[timing] = round(time.monotonic() - started, 2)
+    outcome.status, outcome.reason, outcome.signature = status, reason, signature
+    outcome.write(run_dir)
+    return outcome
+
+
+def _ensure_logs(run_dir: Path) -> bool:
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    return True
+
+
+def _write_log(run_dir: Path, cell_id: str, kind: str, text: str) -> None:
+    if text:
+        write_text_atomic(run_dir / "logs" / f"{cell_id}.{kind}.log", text)
+
+
+def _now_ms() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,642 @@
+"""What one run of the matrix is asked to do (RunOptions), what it hands back (RunSummary), and the
+table that declares every command-line option once (OPTIONS)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+import argparse
+from typing import Any, Callable, Sequence
+
+from pinmatrix.cell import Cell
+from pinmatrix.outcome import Outcome
+from pinmatrix.runners.site_rules import as_site, parse_extra_site
+from pinmatrix.sources import PackageSources
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TIMEOUT_S = 3600.0
+RUNNERS = ("auto", "docker", "venv")
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class RunOptions:
+    matrix_path: Path
+    selectors: Sequence[str] = ()
+    runner: str = "auto"
+    cpu: bool = False
+    reports_dir: Path = REPO_ROOT / "reports"
+    # None: the matrix's settings.cell_timeout_s, else DEFAULT_TIMEOUT_S
+    timeout_s: float | None = None
+    sources: PackageSources | None = None  # None: PackageSources.from_env() where needed
+    label: str | None = None
+    # venv runner
+    venv_dir: Path | None = None
+    system_site_packages: bool = False
+    no_install: bool = False
+    extra_sites: Sequence[Path] = ()
+    offline: bool = False
+    venv_python: str | None = None
+    keep_work: bool = False
+    # --check-timeout: overrides the matrix's settings.check_timeout_s
+    check_timeout_s: float | None = None
+    # rerun a cell's failed check groups once (pinmatrix/run/flaky.py)
+    flaky_rerun: bool = True
+    # --model-cache: prefetch models here (pinmatrix/run/fetch.py), mount read-only
+    model_cache: Path | None = None
+    # --model-hub: a local folder standing in for the hub; None: huggingface_hub
+    model_hub: Path | None = None
+    # scale (issue 6): the result cache, resume, the scheduler, shards
+    # None: reuse cached results; [] / [""]: rerun all; selectors: those
+    rerun: Sequence[str] | None = None
+    resume: str | None = None  # "": the latest unfinished run; else a run id or folder
+    # join (or create) this run folder: shards and Slurm tasks share one
+    run_dir: Path | None = None
+    gpus: Sequence[str] | None = None  # --gpus 0,1; None: every GPU nvidia-smi lists
+    build_jobs: int = 2
+    cpu_jobs: int = 1  # cells at once when there is no GPU
+    shard: tuple[int, int] | None = None  # (i, n), 1-based
+    live_progress: bool | None = None  # None: a live line on a TTY, log lines elsewhere
+    # write the report and move reports/latest (off for one Slurm task)
+    finalize: bool = True
+    # `gpus` came from Slurm (host indices): do not check them against nvidia-smi
+    trust_gpus: bool = False
+    # live-axis expansion to reuse (--snapshot), else ask the index
+    snapshot: dict[str, Any] | None = None
+    # False (--no-compile-cache): every probe run starts with empty compile caches
+    compile_cache: bool = True
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    outcomes: list[Outcome] = field(default_factory=list)
+    harness_errors: list[str] = field(default_factory=list)
+    verdict: str = ""
+    # why the run stopped early (engine gone, reports disk full): resumable
+    stopped: str | None = None
+
+
+def cell_timeout(cell: Cell, opts: RunOptions) -> float:
+    """--timeout, else the matrix's settings.cell_timeout_s, else the default."""
+    if opts.timeout_s:
+        return float(opts.timeout_s)
+    return float(cell.settings.get("cell_timeout_s") or DEFAULT_TIMEOUT_S)
+
+
+# --- every command-line option, declared once ----------------------------------------------------
+# The parser (pinmatrix/cli/main.py), RunOptions (run_options), the argv a Slurm task gets
+# (forwarded_argv, pinmatrix/run/slurm.py) and the help text's environment variables all come from
+# this table, so an option cannot reach a local run and miss a Slurm task (issue 16: four options
+# did).
+
+ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-cell")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option. `field`: the RunOptions field it sets (None: the command reads it itself).
+    `forward`: how a Slurm task gets it from the session's parsed arguments: "value" as given,
+    "path" made absolute (tasks start in this checkout, maybe elsewhere), or "" (the session alone
+    uses it)."""
+
+    flag: str
+    help: str
+    field: str | None = None
+    commands: tuple[str, ...] = ALL_COMMANDS
+    group: str | None = None  # argparse group title
+    action: str | None = None  # "store_true", "append"
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+    metavar: str | None = None
+    nargs: str | None = None
+    const: Any = None
+    choices: tuple[str, ...] | None = None
+    required: bool = False
+    forward: str = ""
+    to_field: Callable[[Any], Any] | None = None  # parsed value → RunOptions value
+    env: tuple[str, ...] = ()  # read when the option is absent (pinmatrix/sources.py)
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def argparse_kwargs(self) -> dict[str, Any]:
+        env = f"(else ${', $'.join(self.env)})" if self.env else ""
+        kw: dict[str, Any] = {"help": f"{self.help} {env}".strip() or None}
+        for name in ("action", "type", "metavar", "nargs", "const", "choices"):
+            if getattr(self, name) is not None:
+                kw[name] = getattr(self, name)
+        if self.action != "store_true":
+            kw["default"] = (
+                []
+                if self.action == "append" and self.default is None and self.nargs is None
+                else self.default
+            )
+        if self.required:
+            kw["required"] = True
+        return kw
+
+    def forwarded(self, value: Any) -> list[str]:
+        """The argv that gives a task `value` (what the session parsed) again."""
+        if not self.forward or value is None or value is False or value == []:
+            return []
+        if value is True:
+            return [self.flag]
+        if self.forward == "site":  # conditions kept, folder made absolute
+            return [f"{self.flag}={as_site(v).resolved()}" for v in value]
+        if self.forward == "path":
+            value = (
+                [str(Path(v).resolve()) for v in value]
+                if isinstance(value, list)
+                else str(Path(value).resolve())
+            )
+        if isinstance(value, list):  # append; a bare `--rerun` was parsed as its const ""
+            return [
+                self.flag if v == self.const and self.nargs == "?" else f"{self.flag}={v}"
+                for v in value
+            ]
+        return [self.flag, str(value)]
+
+
+def _sources_help(field: str) -> tuple[str, ...]:
+    from pinmatrix.sources import SOURCE_ENV
+
+    return SOURCE_ENV[field]
+
+
+def _rerun(values: list[str | None] | None) -> list[str] | None:
+    return None if values is None else [("" if v in ("all", None) else v) for v in values]
+
+
+SCALE = "scale: cache, resume, GPUs, shards, Slurm"
+SLURM = "slurm (with --on slurm)"
+SOURCES = "package sources (else PINMATRIX_*, then the host's pip settings)"
+VENV = "venv runner"
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--matrix",
+        "matrix file (default: matrix.yaml)",
+        field="matrix_path",
+        type=Path,
+        default=REPO_ROOT / "matrix.yaml",
+        forward="path",
+    ),
+    Option(
+        "--reports",
+        "reports folder (default: reports/)",
+        field="reports_dir",
+        type=Path,
+        default=REPO_ROOT / "reports",
+        forward="path",
+    ),
+    Option(
+        "--runner",
+        "docker | venv | auto (docker when an engine is found)",
+        field="runner",
+        default="auto",
+        forward="value",
+    ),
+    Option(
+        "--cpu",
+        "run on CPU even where GPUs exist",
+        field="cpu",
+        action="store_true",
+        forward="value",
+    ),
+    Option(
+        "--timeout",
+        f"per-cell probe timeout in seconds (default: the matrix's cell_timeout_s, else "
+        f"{DEFAULT_TIMEOUT_S:.0f})",
+        field="timeout_s",
+        type=float,
+        metavar="S",
+        forward="value",
+    ),
+    Option(
+        "--check-timeout",
+        "per-check timeout in seconds, enforced by the probe (default: the matrix's "
+        "settings.check_timeout_s)",
+        field="check_timeout_s",
+        type=float,
+        metavar="S",
+        forward="value",
+    ),
+    Option(
+        "--no-flaky-rerun",
+        "do not rerun failed check groups once to tell flaky from failing (pinmatrix/run/flaky.py)",
+        field="flaky_rerun",
+        action="store_true",
+        to_field=lambda v: not v,
+        forward="value",
+    ),
+    Option(
+        "--model-cache",
+        "prefetch the matrix's models into DIR (HF_HOME layout) before the run, with HF_TOKEN "
+        "from the environment; cells get it read-only",
+        field="model_cache",
+        type=Path,
+        metavar="DIR",
+        forward="path",
+    ),
+    Option(
+        "--model-hub",
+        "with --model-cache: a local folder of models (ORG/NAME/<commit>/) instead of the hub",
+        field="model_hub",
+        type=Path,
+        metavar="DIR",
+        forward="path",
+    ),
+    Option(
+        "--no-compile-cache",
+        "give every probe run an empty compile cache (a cold run: what a user's first "
+        "run costs) instead of its stack's cache from earlier runs "
+        "(pinmatrix/runners/compile_cache.py)",
+        field="compile_cache",
+        action="store_true",
+        to_field=lambda v: not v,
+        forward="value",
+    ),
+    Option("--label", "suffix of the run id", field="label"),
+    # A task replays the session's live axes from run.json instead (pinmatrix/run/slurm.py).
+    Option(
+        "--snapshot",
+        "expand live axes from a run's run.json (or a snapshot file), offline, not the index",
+        field="snapshot",
+        type=Path,
+        metavar="FILE",
+        to_field=lambda p: read_snapshot(p),
+    ),
+    # package sources: one PackageSources (pinmatrix/sources.py), so no RunOptions field of their
+    # own
+    Option(
+        "--index-url",
+        "",
+        group=SOURCES,
+        metavar="URL",
+        forward="value",
+        env=_sources_help("index_url"),
+    ),
+    Option(
+        "--extra-index-url",
+        "",
+        group=SOURCES,
+        action="append",
+        metavar="URL",
+        forward="value",
+        env=_sources_help("extra_index_urls"),
+    ),
+    Option(
+        "--find-links",
+        "",
+        group=SOURCES,
+        action="append",
+        metavar="DIR",
+        forward="value",
+        env=_sources_help("find_links"),
+    ),
+    Option(
+        "--ca-bundle",
+        "",
+        group=SOURCES,
+        type=Path,
+        metavar="FILE",
+        forward="path",
+        env=_sources_help("ca_bundle"),
+    ),
+    Option(
+        "--torch-backend",
+        "uv's torch backend: auto (the pin's +cuXXX/+cpu variant), cpu, cu130, ...; "
+        "for hosts that reach the PyTorch index (else use --find-links)",
+        group=SOURCES,
+        metavar="NAME",
+        forward="value",
+        env=_sources_help("torch_backend"),
+    ),
+    Option(
+        "--venv-dir",
+        "where cell venvs live (default ~/.cache/pinmatrix/venvs)",
+        field="venv_dir",
+        group=VENV,
+        type=Path,
+        forward="path",
+    ),
+    Option(
+        "--system-site-packages",
+        "reuse the host's packages (a CUDA torch)",
+        field="system_site_packages",
+        group=VENV,
+        action="store_true",
+        forward="value",
+    ),
+    Option(
+        "--offline",
+        "install only from --find-links, no index",
+        field="offline",
+        group=VENV,
+        action="store_true",
+        forward="value",
+    ),
+    Option(
+        "--no-install",
+        "install nothing; test what is there (with --extra-site)",
+        field="no_install",
+        group=VENV,
+        action="store_true",
+        forward="value",
+    ),
+    Option(
+        "--extra-site",
+        "an unpacked site folder put on the venv's path; with conditions, only for "
+        "the cells whose pins match them (pinmatrix/runners/site_rules.py)",
+        field="extra_sites",
+        group=VENV,
+        action="append",
+        type=parse_extra_site,
+        metavar="[AXIS=VALUE,...:]DIR",
+        to_field=tuple,
+        forward="site",
+    ),
+    Option(
+        "--venv-python",
+        "the interpreter every cell venv is made from (with --system-site-packages: the one "
+        "holding torch)",
+        field="venv_python",
+        group=VENV,
+        metavar="PATH",
+        forward="value",
+    ),
+    Option(
+        "--keep-work",
+        "keep each cell's work folder",
+        field="keep_work",
+        group=VENV,
+        action="store_true",
+        forward="value",
+    ),
+    # per command
+    Option("--run", "run folder (default: reports/latest)", commands=("report",), type=Path),
+    Option(
+        "--previous",
+        "the previous run: a run folder, a reports/ folder or an unpacked report artifact "
+        "(nightly, merge: default the newest earlier run in --reports)",
+        commands=("report", "nightly", "merge"),
+        type=Path,
+        metavar="DIR",
+    ),
+    Option(
+        "--history",
+        "the history file to read and append to (default: REPORTS/history.jsonl)",
+        commands=("nightly", "merge"),
+        type=Path,
+        metavar="FILE",
+    ),
+    Option(
+        "--expected-cells",
+        "`list --json` output: a cell missing from every artifact is recorded as infra",
+        commands=("merge",),
+        type=Path,
+        metavar="FILE",
+    ),
+    Option(
+        "--json",
+        "print JSON: the cell ids and the live-axis snapshot",
+        commands=("list",),
+        action="store_true",
+    ),
+    Option(
+        "--rerun",
+        "run again despite a cached result; bare: all cells, else the cells the selector matches",
+        field="rerun",
+        commands=("matrix", "run-cell"),
+        group=SCALE,
+        action="append",
+        nargs="?",
+        const="",
+        metavar="SELECTOR",
+        to_field=_rerun,
+        forward="value",
+    ),
+    Option(
+        "--resume",
+        "continue an interrupted run (default: the latest unfinished), keeping its finished cells",
+        field="resume",
+        commands=("matrix",),
+        group=SCALE,
+        nargs="?",
+        const="",
+        metavar="RUN",
+    ),
+    Option(
+        "--gpus",
+        "GPU indices to use, e.g. 0,1 (default: all that nvidia-smi lists)",
+        field="gpus",
+        commands=("matrix",),
+        group=SCALE,
+        metavar="LIST",
+        to_field=lambda v: parse_gpus(v),
+    ),
+    Option(
+        "--build-jobs",
+        "builds at once (default 2)",
+        field="build_jobs",
+        commands=("matrix",),
+        group=SCALE,
+        type=int,
+        default=2,
+        metavar="N",
+    ),
+    Option(
+        "--cpu-jobs",
+        "cells at once without GPUs (default 1)",
+        field="cpu_jobs",
+        commands=("matrix",),
+        group=SCALE,
+        type=int,
+        default=1,
+        metavar="N",
+    ),
+    Option(
+        "--shard",
+        "run shard I of N (1-based) of the selected cells",
+        field="shard",
+        commands=("matrix",),
+        group=SCALE,
+        metavar="I/N",
+        to_field=lambda v: parse_shard_option(v),
+    ),
+    Option(
+        "--run-dir",
+        "write into this run folder (shared by shards)",
+        field="run_dir",
+        commands=("matrix",),
+        group=SCALE,
+        type=Path,
+        metavar="DIR",
+    ),
+    Option(
+        "--no-live",
+        "plain log lines even on a terminal",
+        field="live_progress",
+        commands=("matrix",),
+        group=SCALE,
+        action="store_true",
+        to_field=lambda v: False if v else None,
+    ),
+    Option(
+        "--on",
+        "where cells run (default local)",
+        commands=("matrix",),
+        group=SCALE,
+        choices=("local", "slurm"),
+        default="local",
+    ),
+    Option("--partition", "sbatch --partition", commands=("matrix",), group=SLURM, metavar="NAME"),
+    Option(
+        "--sbatch-arg",
+        "one more sbatch option, e.g. --sbatch-arg=--time=02:00:00 (repeatable)",
+        commands=("matrix",),
+        group=SLURM,
+        action="append",
+        metavar="ARG",
+    ),
+    Option(
+        "--slurm-deadline",
+        "give up waiting after S seconds; unfinished tasks become infra (default: 2 × cell "
+        "timeout + 1h)",
+        commands=("matrix",),
+        group=SLURM,
+        type=float,
+        metavar="S",
+    ),
+    Option(
+        "--slurm-poll",
+        "sacct polling interval (default 10)",
+        commands=("matrix",),
+        group=SLURM,
+        type=float,
+        default=10.0,
+        metavar="S",
+    ),
+    # run-cell: one Slurm array task (pinmatrix/run/slurm.py)
+    Option(
+        "--run-dir",
+        "the run folder (shared)",
+        field="run_dir",
+        commands=("run-cell",),
+        type=Path,
+        required=True,
+        metavar="DIR",
+    ),
+    Option(
+        "--index",
+        "the cell's line in DIR/slurm/cells.txt (default: $SLURM_ARRAY_TASK_ID)",
+        commands=("run-cell",),
+        type=int,
+        metavar="N",
+    ),
+)
+# RunOptions fields a Slurm task sets itself rather than receiving: the session picks the cell, the
+# folder and the live-axis snapshot for it, and scheduling is one task, one cell.
+TASK_OWN_FIELDS = frozenset(
+    {
+        "selectors",
+        "snapshot",
+        "run_dir",
+        "resume",
+        "shard",
+        "gpus",
+        "trust_gpus",
+        "build_jobs",
+        "cpu_jobs",
+        "live_progress",
+        "finalize",
+        "label",
+        "sources",
+    }
+)
+
+
+def options_for(command: str) -> list[Option]:
+    return [o for o in OPTIONS if command in o.commands]
+
+
+def parse_gpus(text: str | None) -> list[str] | None:
+    from pinmatrix.run.scheduler import parse_gpu_list
+
+    return parse_gpu_list(text) if text else None
+
+
+def parse_shard_option(text: str | None) -> tuple[int, int] | None:
+    from pinmatrix.run.shard import parse_shard
+
+    return parse_shard(text) if text else None
+
+
+def read_snapshot(path: Path | None) -> dict[str, Any] | None:
+    """--snapshot FILE: a run.json (its "snapshot") or a bare snapshot ({"live": ...})."""
+    if path is None:
+        return None
+    import json
+
+    from pinmatrix.errors import UsageError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--snapshot {path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--snapshot {path}: not readable JSON: {exc}") from None
+    snapshot = data.get("snapshot", data) if isinstance(data, dict) else None
+    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("live", {}), dict):
+        raise UsageError(
+            f"--snapshot {path}: no snapshot in it (expected run.json or {{\"live\": ...}})"
+        )
+    return snapshot
+
+
+def package_sources(args: argparse.Namespace) -> PackageSources:
+    """PackageSources: the command line first, then PINMATRIX_*, then the host's pip settings
+    (§9)."""
+    return PackageSources.from_env(
+        index_url=args.index_url,
+        extra_index_urls=args.extra_index_url or None,
+        find_links=args.find_links or None,
+        ca_bundle=str(args.ca_bundle) if args.ca_bundle else None,
+        torch_backend=args.torch_backend,
+    )
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """RunOptions from parsed arguments: each declared option with a field, plus the package
+    sources."""
+    from pinmatrix.errors import ResumeError, SchedulerError
+
+    values: dict[str, Any] = {"selectors": tuple(args.selectors), "sources": package_sources(args)}
+    for option in options_for(args.command):
+        if option.field is not None:
+            value = getattr(args, option.dest)
+            values[option.field] = option.to_field(value) if option.to_field else value
+    if values.get("build_jobs", 1) < 1:
+        raise SchedulerError(f"--build-jobs {args.build_jobs}: must be at least 1")
+    if values.get("cpu_jobs", 1) < 1:
+        raise SchedulerError(f"--cpu-jobs {args.cpu_jobs}: must be at least 1")
+    if values.get("resume") is not None and (
+        values.get("run_dir") is not None or values.get("shard")
+    ):
+        raise ResumeError(
+            "--resume continues one run; it cannot be combined with --run-dir or --shard"
+        )
+    return RunOptions(**values)
+
+
+def forwarded_argv(args: argparse.Namespace) -> list[str]:
+    """The options a Slurm task needs to run its cell as the session would have, from the session's
+    parsed arguments; `--snapshot` and the cell are the task script's (pinmatrix/run/slurm.py)."""
+    out: list[str] = []
+    for option in options_for(args.command):
+        if option.forward:
+            out += option.forwarded(getattr(args, option.dest))
+    return out

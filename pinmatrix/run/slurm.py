@@ -1,0 +1,358 @@
+"""`matrix --on slurm`: one Slurm job array, one cell per array task, results merged into one run
+folder.
+
+Why `sbatch`/`sacct` directly and not submitit: submitit pickles a Python callable and needs the
+same Python with submitit importable on every node, and it hides the job script; what a task runs
+here is plain `python -m pinmatrix run-cell …`, a command an admin can read in `RUN/slurm/job.sh`
+and rerun by hand. The contract with Slurm is three commands (sbatch, sacct/scontrol, scancel) and
+files on a shared folder, which works with any Slurm version and adds no dependency.
+
+The flow:
+1. the run folder (under `--reports`, or `--run-dir`; it must be on a filesystem the nodes share, as
+   must this checkout) gets `run.json` and `slurm/cells.txt` (one cell id per line);
+2. `sbatch --array=0-(N-1) --gres=gpu:1 [--partition P] [--sbatch-arg …] --no-requeue
+   RUN/slurm/job.sh`. `--gres` is left out with `--cpu`. `--no-requeue`: a pre-empted or node-failed
+   task ends (and its cell shows as infra) instead of silently restarting behind the session's back;
+3. each task runs `python -m pinmatrix run-cell --run-dir RUN --index $SLURM_ARRAY_TASK_ID`, which
+   runs that one cell through the ordinary pipeline (docker where the node has an engine, else venv,
+   unless --runner says otherwise; the result cache applies) and writes only that cell's files;
+4. the session polls every `--slurm-poll` seconds: `sacct` where accounting is on; where it is off
+   (`AccountingStorageType=accounting_storage/none`, as on the test cluster) `scontrol show job`,
+   which keeps finished jobs for MinJobAge; it shows a progress line until every task ended or the
+   deadline;
+5. past the deadline the remaining tasks are cancelled (`scancel`); then every cell without a
+   finished outcome gets an infra outcome naming the task and its final state (FAILED, PREEMPTED,
+   NODE_FAIL, TIMEOUT, CANCELLED, deadline, vanished), never a hang; the report is merged and
+   `reports/latest` moved.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pinmatrix.errors import SlurmError
+from pinmatrix.fsio import utc_now, write_json_atomic, write_text_atomic
+from pinmatrix.cell import Cell
+from pinmatrix.outcome import Outcome, load_outcome
+from pinmatrix.run.options import Echo, RunOptions
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL",
+            "OUT_OF_MEMORY",
+            "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
+ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
+          "STOPPED",
+          "SIGNALING", "STAGE_OUT", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
+Run = Callable[..., subprocess.CompletedProcess]
+
+
+
+# --- parsing (unit-tested) -----------------------------------------------------------------------
+
+def expand_task_ids(text: str) -> list[int]:
+    """"3", "0-4", "[0-9%2]", "1,3-5" → the task indices."""
+    text = text.strip().strip("[]").split("%")[0]
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part.isdigit():
+            out.append(int(part))
+    return out
+
+
+def parse_sacct(text: str, job_id: str) -> dict[int, str]:
+    """`sacct -n -P -X -j JOB -o JobID,State` lines ("123_4|COMPLETED", "123_[5-9]|PENDING",
+    "123_2|CANCELLED by 0") → {task: STATE}."""
+    states: dict[int, str] = {}
+    for line in text.splitlines():
+        if "|" not in line:
+            continue
+        jid, state = line.split("|", 1)[:2]
+        if not jid.startswith(f"{job_id}_"):
+            continue
+        for task in expand_task_ids(jid[len(job_id) + 1:]):
+            states[task] = state.split()[0].upper() if state.split() else "UNKNOWN"
+    return states
+
+
+def parse_scontrol(text: str, job_id: str) -> dict[int, str]:
+    """`scontrol -o show job JOB`: one line per record, with ArrayJobId=, ArrayTaskId= and
+    JobState=."""
+    states: dict[int, str] = {}
+    for line in text.splitlines():
+        fields = {m.group(1): m.group(2) for m in re.finditer(r"(\w+)=(\S*)", line)}
+        if fields.get("ArrayJobId") != job_id or "ArrayTaskId" not in fields:
+            continue
+        for task in expand_task_ids(fields["ArrayTaskId"]):
+            states[task] = fields.get("JobState", "UNKNOWN").upper()
+    return states
+
+
+# --- talking to Slurm ----------------------------------------------------------------------------
+
+@dataclass
+class SlurmClient:
+    run: Run = subprocess.run
+
+    def submit(self, script: Path, n_tasks: int, *, gres: str | None, partition: str | None,
+               extra: Sequence[str], output: Path, job_name: str = "pinmatrix") -> str:
+        argv = ["sbatch", "--parsable", f"--array=0-{n_tasks - 1}", f"--job-name={job_name}",
+                "--no-requeue",
+                f"--output={output}", "--ntasks=1"]
+        if gres:
+            argv.append(f"--gres={gres}")
+        if partition:
+            argv.append(f"--partition={partition}")
+        argv.extend(extra)
+        argv.append(str(script))
+        proc = self._call(argv, 120)
+        if proc.returncode != 0:
+            raise SlurmError(f"sbatch failed ({proc.returncode}): "
+                             f"{(proc.stderr or proc.stdout).strip()}\n"
+                             f"  command: {shlex.join(argv)}")
+        job = proc.stdout.strip().split(";")[0]
+        if not job.isdigit():
+            raise SlurmError(f"sbatch printed no job id: {proc.stdout!r}")
+        return job
+
+    def states(self, job_id: str) -> tuple[dict[int, str], str]:
+        """{task: state} and where it came from ("sacct" or "scontrol")."""
+        proc = self._call(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State"], 60)
+        if proc.returncode == 0 and "disabled" not in (proc.stderr + proc.stdout):
+            states = parse_sacct(proc.stdout, job_id)
+            if states:
+                return states, "sacct"
+        proc = self._call(["scontrol", "-o", "show", "job", job_id], 60)
+        if proc.returncode == 0:
+            return parse_scontrol(proc.stdout, job_id), "scontrol"
+        return {}, "none"  # e.g. "Invalid job id specified": the job left slurmctld's memory
+
+    def cancel(self, job_id: str) -> None:
+        self._call(["scancel", job_id], 60)
+
+    def _call(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+        try:
+            return self.run(argv, capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError as exc:
+            raise SlurmError(f"{argv[0]} not found: is this a Slurm login node? ({exc})") from exc
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(argv, 124, "",
+                                               f"{argv[0]} timed out after {timeout:.0f}s")
+
+
+# --- the session side ----------------------------------------------------------------------------
+
+def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
+                 client: SlurmClient | None = None) -> int:
+    from pinmatrix.report.write import write_report
+    from pinmatrix.run.folder import new_run_dir, point_latest, run_manifest
+    from pinmatrix.run.pipeline import load_cells
+    from pinmatrix.run.state import finished_cells
+
+    if opts.resume is not None:
+        # A resubmission is the resume: every cell judged before is reused from the result cache.
+        raise SlurmError("--resume does not apply to --on slurm: submit again, judged cells are "
+                         "reused from the cache")
+    client = client or SlurmClient()
+    if not shutil.which("sbatch") and client.run is subprocess.run:
+        raise SlurmError("--on slurm: sbatch not found on PATH (run this on a Slurm login node)")
+    matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
+                               snapshot=opts.snapshot,
+                               sources=opts.sources)
+    if opts.shard is not None:
+        from pinmatrix.run.shard import shard_of
+
+        cells = shard_of(cells, *opts.shard)
+    if not cells:
+        echo("no cells selected: nothing to submit")
+        return 0
+    if opts.run_dir is not None:
+        run_dir = Path(opts.run_dir).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = new_run_dir(opts.reports_dir, opts.label).resolve()
+    manifest = run_manifest(opts, run_dir, matrix, cells, f"slurm:{opts.runner}")
+    slurm_dir = run_dir / "slurm"
+    slurm_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(slurm_dir / "cells.txt", "".join(c.id + "\n" for c in cells))
+    script = slurm_dir / "job.sh"
+    write_text_atomic(script, job_script(args, opts, run_dir))
+    script.chmod(0o755)
+    job = client.submit(script, len(cells), gres=None if opts.cpu else "gpu:1",
+                        partition=args.partition,
+                        extra=tuple(args.sbatch_arg), output=slurm_dir / "%A_%a.log")
+    manifest["slurm"] = {"job_id": job, "tasks": len(cells), "script": "slurm/job.sh"}
+    write_json_atomic(run_dir / "run.json", manifest)
+    partition = f", partition {args.partition}" if args.partition else ""
+    echo(
+        f"run {run_dir.name}: {len(cells)} cells submitted as Slurm job array {job} "
+        f"({'cpu' if opts.cpu else 'gres gpu:1'}{partition})"
+    )
+
+    deadline_s = args.slurm_deadline or _default_deadline(cells, opts)
+    final = wait_for_tasks(client, job, len(cells), poll_s=args.slurm_poll, deadline_s=deadline_s,
+                           run_dir=run_dir, echo=echo)
+    done = finished_cells(run_dir)
+    for index, cell in enumerate(cells):
+        state = final.get(index, "VANISHED")
+        if cell.id in done:
+            continue
+        existing = load_outcome(run_dir / "outcomes" / f"{cell.id}.json")
+        if isinstance(existing, Outcome) and existing.status == "infra" and state == "COMPLETED":
+            continue  # the task judged the machine itself (build failure, timeout): keep its reason
+        log = f"slurm/{job}_{index}.log"
+        Outcome(cell=cell.id, hash=getattr(existing, "hash", None), pins=dict(cell.pins),
+                runner=f"slurm:{opts.runner}",
+                stage=getattr(existing, "stage",
+                              "resolve") if isinstance(existing, Outcome) else "resolve",
+                status="infra", signature=f"slurm-{state.lower().replace('_', '-')}",
+                reason=f"Slurm task {job}_{index} ended {state} without a result (log: "
+                       f"{log})").write(run_dir)
+    manifest["finished"] = utc_now()
+    manifest["complete"] = True
+    manifest["slurm"]["states"] = {str(k): v for k, v in sorted(final.items())}
+    write_json_atomic(run_dir / "run.json", manifest)
+    write_report(run_dir)
+    if run_dir.parent == Path(opts.reports_dir).resolve():
+        point_latest(opts.reports_dir, run_dir)
+    import json
+
+    echo(json.loads((run_dir / "summary.json").read_text())["verdict"])
+    echo(f"report: {run_dir / 'summary.md'}")
+    return 0
+
+
+def wait_for_tasks(client: SlurmClient, job: str, n_tasks: int, *, poll_s: float, deadline_s: float,
+                   run_dir: Path, echo=print, sleep=time.sleep,
+                   clock=time.monotonic) -> dict[int, str]:
+    """Poll until every task is in a terminal state, or cancel at the deadline. Returns {task: final
+    state}. A task Slurm no longer knows (job gone from slurmctld, no accounting) counts as ended:
+    VANISHED."""
+    started = clock()
+    last_line = ""
+    seen: dict[int, str] = {}
+    misses = 0
+    while True:
+        states, source = client.states(job)
+        if states:
+            misses = 0
+            seen.update(states)
+        else:
+            misses += 1
+        ended = {t for t, s in seen.items() if s in TERMINAL}
+        line = _progress_line(seen, n_tasks, source)
+        if line != last_line:
+            echo(line)
+            last_line = line
+        if len(ended) == n_tasks:
+            return dict(seen)
+        if misses >= 3 and seen:  # Slurm forgot the job: whatever did not end is gone
+            return {
+                t: (seen[t] if seen.get(t) in TERMINAL else "VANISHED") for t in range(n_tasks)
+            }
+        if clock() - started > deadline_s:
+            client.cancel(job)
+            echo(f"deadline of {deadline_s:.0f}s passed: cancelled job {job}")
+            return {
+                t: (seen[t] if seen.get(t) in TERMINAL else "DEADLINE") for t in range(n_tasks)
+            }
+        sleep(poll_s)
+
+
+def _progress_line(states: dict[int, str], n: int, source: str) -> str:
+    pending = sum(1 for s in states.values() if s in ("PENDING", "REQUEUED",
+                                                      "CONFIGURING")) + (n - len(states))
+    running = sum(1 for s in states.values() if s in ("RUNNING", "COMPLETING"))
+    done = sum(1 for s in states.values() if s == "COMPLETED")
+    failed = sum(1 for s in states.values() if s in TERMINAL and s != "COMPLETED")
+    return (f"slurm: {pending} pending · {running} running · {done} completed · {failed} failed  "
+            f"(of {n}, via {source})")
+
+
+def _default_deadline(cells: Sequence[Cell], opts: RunOptions) -> float:
+    from pinmatrix.run.options import cell_timeout
+
+    longest = max(cell_timeout(c, opts) for c in cells)
+    return 2 * longest + 3600  # one build plus the cell, twice over, plus queueing
+
+
+def job_script(args: argparse.Namespace, opts: RunOptions, run_dir: Path) -> str:
+    """The array task's script: cd into this checkout and run one cell of the run folder."""
+    from pinmatrix.run.options import REPO_ROOT
+
+    argv = [sys.executable, "-m", "pinmatrix", "run-cell", "--run-dir", str(run_dir),
+            "--index", "${SLURM_ARRAY_TASK_ID}", *forwarded_options(args, run_dir)]
+    quoted = " ".join(a if a.startswith("${") else shlex.quote(a) for a in argv)
+    return ("#!/bin/bash\n"
+            "# One pinmatrix cell per array task (written by pinmatrix/run/slurm.py; safe to rerun "
+            "by hand with\n"
+            "# SLURM_ARRAY_TASK_ID=N).\n"
+            "set -euo pipefail\n"
+            f"cd {shlex.quote(str(REPO_ROOT))}\n"
+            f'echo "pinmatrix task ${{SLURM_ARRAY_JOB_ID:-?}}_${{SLURM_ARRAY_TASK_ID}} on '
+            '$(hostname)"\n'
+            f"exec {quoted}\n")
+
+
+def forwarded_options(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The options a task needs to run its cell as this session would have (every option the table
+    in pinmatrix/run/options.py marks forwarded), with the live axes the session expanded: run.json
+    holds that snapshot, so a task never asks the index again."""
+    from pinmatrix.run.options import forwarded_argv
+
+    return [*forwarded_argv(args), "--snapshot", str(run_dir / "run.json")]
+
+
+# --- the task side -------------------------------------------------------------------------------
+
+def run_cell_task(args: argparse.Namespace, opts: RunOptions, echo: Echo = print) -> int:
+    """`python -m pinmatrix run-cell --run-dir RUN --index N`: cell N of RUN/slurm/cells.txt, only
+    its files."""
+    import dataclasses
+
+    from pinmatrix.run.pipeline import run_matrix
+
+    run_dir = Path(args.run_dir)
+    index = args.index if args.index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+    if index is None or not str(index).isdigit():
+        raise SlurmError("run-cell: --index N (or SLURM_ARRAY_TASK_ID) is required")
+    ids = (run_dir / "slurm" / "cells.txt").read_text(encoding="utf-8").split()
+    if int(index) >= len(ids):
+        raise SlurmError(f"run-cell: index {index} out of range: {run_dir}/slurm/cells.txt lists "
+                         f"{len(ids)} cells")
+    cell_id = ids[int(index)]
+    gpus, trust = None, False
+    job_gpus = os.environ.get("SLURM_JOB_GPUS") or os.environ.get("SLURM_STEP_GPUS")
+    if not opts.cpu and job_gpus and _uses_docker(opts):
+        # Docker addresses host GPU indices (Slurm's SLURM_JOB_GPUS); inside the job's cgroup
+        # nvidia-smi may
+        # number them from 0, so the list is taken as Slurm gave it. The venv runner inherits
+        # Slurm's
+        # CUDA_VISIBLE_DEVICES unchanged instead (gpus=None).
+        gpus, trust = [g for g in job_gpus.split(",") if g], True
+    task_opts = dataclasses.replace(opts, selectors=(cell_id,), run_dir=run_dir, resume=None,
+                                    shard=None,
+                                    finalize=False, gpus=gpus, trust_gpus=trust,
+                                    live_progress=False)
+    summary = run_matrix(task_opts, echo=echo)
+    return 1 if summary.harness_errors else 0
+
+
+def _uses_docker(opts: RunOptions) -> bool:
+    if opts.runner == "docker":
+        return True
+    if opts.runner == "venv":
+        return False
+    from pinmatrix.runners.engine import find_engine
+
+    return find_engine() is not None

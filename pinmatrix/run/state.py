@@ -1,0 +1,141 @@
+"""Which run folder a matrix writes into, and which of its cells are already finished (resume,
+shards).
+
+- a fresh run: a new `reports/<UTC id>` folder (pinmatrix.run.folder.new_run_dir);
+- `--resume [RUN]`: the named run (an id under the reports folder, or a path), else the newest run
+  whose `run.json` lacks `"complete": true` — the loop writes that flag only when it ends normally,
+  so a Ctrl-C, a SIGKILL or a lost node leaves the run resumable;
+- `--run-dir DIR`: a shared folder several writers (shards, Slurm array tasks) join; created when
+  absent.
+
+A cell is finished when its outcome says `done` or `unresolvable`: those are judgements. An `infra`
+outcome is not kept: the machine failed, so a resume tries the cell again.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from pinmatrix.errors import ResumeError
+from pinmatrix.fsio import read_json, utc_now, write_json_atomic
+
+FINISHED_STAGES = ("done",)
+FINISHED_STATUSES = ("unresolvable",)
+
+
+
+def finished_cells(run_dir: Path) -> set[str]:
+    done: set[str] = set()
+    for path in sorted((Path(run_dir) / "outcomes").glob("*.json")):
+        data = read_json(path)
+        if not isinstance(data, dict) or "cell" not in data:
+            continue
+        if data.get("status") in FINISHED_STATUSES or (
+            data.get("stage") in FINISHED_STAGES
+            and data.get("status") is None
+            and data.get("result")
+            and (Path(run_dir) / str(data["result"])).is_file()
+        ):
+            done.add(str(data["cell"]))
+    return done
+
+
+def latest_unfinished(reports_dir: Path) -> Path | None:
+    reports_dir = Path(reports_dir)
+    if not reports_dir.is_dir():
+        return None
+    runs = sorted(
+        (
+            p
+            for p in reports_dir.iterdir()
+            if p.is_dir()
+            and not p.is_symlink()
+            and not p.name.startswith(".")
+            and (p / "run.json").is_file()
+        ),
+        key=lambda p: p.name,
+        reverse=True,
+    )
+    for run in runs:
+        manifest = read_json(run / "run.json")
+        if isinstance(manifest, dict) and manifest.get("runner") and not manifest.get("complete"):
+            return run
+    return None
+
+
+def open_run_dir(opts: Any, make_new: Callable[[], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """(run folder, its manifest). `make_new()` creates a fresh folder and returns its manifest."""
+    if opts.resume is not None:
+        run_dir = _resume_target(Path(opts.reports_dir), opts.resume)
+        manifest = read_json(run_dir / "run.json")
+        if not isinstance(manifest, dict):
+            raise ResumeError(f"--resume: {run_dir / 'run.json'} is missing or unreadable")
+        _same_request(opts, manifest, run_dir)
+        manifest.setdefault("resumed", []).append(utc_now())
+        manifest.pop("complete", None)
+        return run_dir, manifest
+    if opts.run_dir is not None:
+        run_dir = Path(opts.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        existing = read_json(run_dir / "run.json")
+        if isinstance(existing, dict):
+            return run_dir, existing
+        manifest = make_new()
+        # make_new() made a fresh folder under reports/; a shared folder replaces it
+        fresh = Path(opts.reports_dir) / manifest["run_id"]
+        try:
+            fresh.rmdir()
+        except OSError:
+            pass
+        manifest["run_id"] = run_dir.name
+        _create_once(run_dir / "run.json", manifest)
+        return run_dir, read_json(run_dir / "run.json") or manifest
+    manifest = make_new()
+    return Path(opts.reports_dir) / manifest["run_id"], manifest
+
+
+def _same_request(opts: Any, manifest: dict[str, Any], run_dir: Path) -> None:
+    """A resume runs the same matrix and selection, or it would mix two runs in one folder."""
+    import hashlib
+
+    try:
+        sha = hashlib.sha256(Path(opts.matrix_path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ResumeError(f"--resume: cannot read {opts.matrix_path}: {exc}") from None
+    if manifest.get("matrix_sha256") and manifest["matrix_sha256"] != sha:
+        raise ResumeError(f"--resume {run_dir.name}: that run was for {manifest.get('matrix')} as "
+                          "it was then; "
+                          f"{opts.matrix_path} differs. Pass the same --matrix (unchanged), or "
+                          "start a new run")
+    if list(manifest.get("selection") or []) != list(opts.selectors):
+        raise ResumeError(f"--resume {run_dir.name}: that run selected "
+                          f"{manifest.get('selection') or 'every cell'}, "
+                          f"this command selects {list(opts.selectors) or 'every cell'}: pass the "
+                          "same selectors")
+
+
+def _resume_target(reports_dir: Path, which: str) -> Path:
+    if not which:
+        found = latest_unfinished(reports_dir)
+        if found is None:
+            raise ResumeError(f"--resume: no unfinished run under {reports_dir}")
+        return found
+    for candidate in (Path(which), reports_dir / which):
+        if (candidate / "run.json").is_file():
+            return candidate
+    raise ResumeError(f"--resume {which}: no run folder with a run.json there or under "
+                      f"{reports_dir}")
+
+
+def _create_once(path: Path, data: dict[str, Any]) -> None:
+    """Write the manifest unless another writer (a shard) already did: link() fails if the name
+    exists."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_json_atomic(tmp, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
