@@ -221,7 +221,7 @@ def load_route(ctx: Any, route: str, *, quantization: Any = None) -> tuple[Any, 
         from probes.checks.lora_train import torch_dtype_kwargs
 
         kwargs: dict[str, Any] = {"trust_remote_code": remote, "quantization_config": quantization,
-                                  "device_map": {"": 0}, **torch_dtype_kwargs(dtype)}
+                                  "device_map": {"": 0 if ctx.device == "cuda" else "cpu"}, **torch_dtype_kwargs(dtype)}
         if revision:
             kwargs["revision"] = revision
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -530,7 +530,8 @@ def quantized_inventory(model: Any) -> dict[str, Any]:
     quant_types: set[str] = set()
     for _, module in model.named_modules():
         name = type(module).__name__
-        if name in ("Linear4bit", "Linear8bitLt"):
+        # bitsandbytes' own layers only: peft's LoRA wrapper around one is also called Linear4bit
+        if name in ("Linear4bit", "Linear8bitLt") and type(module).__module__.startswith("bitsandbytes"):
             kinds[name] = kinds.get(name, 0) + 1
             weight = getattr(module, "weight", None)
             state = getattr(weight, "quant_state", None)
@@ -545,6 +546,12 @@ def _qlora_check(ctx: Any, route: str) -> dict[str, Any]:
         raise Skip("bitsandbytes not in this cell")
     ctx.require_gpu()
     ctx.require("bitsandbytes")
+    return qlora_train_and_judge(ctx, route)
+
+
+def qlora_train_and_judge(ctx: Any, route: str) -> dict[str, Any]:
+    """The body of train.qlora on ctx.device (the check itself asks for a GPU; bitsandbytes >= 0.46 also
+    quantizes and trains NF4 on the CPU, which is how the unit tests exercise this on a CPU stack)."""
     from probes.checks.lora_train import train_and_judge
 
     run = LoraRun.from_settings(ctx.settings)
@@ -557,18 +564,18 @@ def _qlora_check(ctx: Any, route: str) -> dict[str, Any]:
             raise Failed("BitsAndBytesConfig(load_in_4bit=True) loaded no Linear4bit layer", info)
         vocab = int(model.get_input_embeddings().weight.shape[0])
         try:
-            evidence = train_and_judge(model, run, vocab_size=vocab, device="cuda", targets=targets)
+            evidence = train_and_judge(model, run, vocab_size=vocab, device=ctx.device, targets=targets)
         except Failed as exc:
             exc.evidence = {**info, **exc.evidence}
             raise
         return {**info, **evidence}
     except Exception as exc:
-        if _is_oom(exc):
+        if ctx.device == "cuda" and _is_oom(exc):
             raise Infra("CUDA out of memory in QLoRA training") from exc
         raise
     finally:
         model = None
-        _free_memory("cuda")
+        _free_memory(ctx.device)
 
 
 def check_qlora(ctx: Any) -> dict[str, Any]:

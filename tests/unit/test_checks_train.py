@@ -282,3 +282,33 @@ def test_trl_sft_masks_exactly_the_prompt_on_the_cpu_stack(shared: dict[str, Any
     _, info = train.run_sft_trainer(ctx, model, tokenizer, lora_train.LoraRun(), tmp_path)
     assert info["masking_matches_prompts"] is True and info["masked_tokens_are_a_prefix"] is True
     assert info["prompt_tokens_masked_per_example"] == sorted(train.prompt_token_counts(tokenizer, 2))
+
+
+# --------------------------------------------------------------------------------------------- train.qlora body
+
+
+def _bnb_cpu() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+        return True
+    except Exception:   # noqa: BLE001 - absent or broken: the test skips
+        return False
+
+
+needs_bnb = pytest.mark.skipif(not _bnb_cpu(), reason="bitsandbytes is not installed in this test stack")
+
+
+@needs_bnb
+def test_qlora_body_trains_nf4_on_cpu(shared: dict[str, Any]) -> None:
+    """train.qlora's body where bitsandbytes quantizes on the CPU (0.46 and later): NF4 layers, lora-train's bar."""
+    ev = train.qlora_train_and_judge(make_ctx(shared), "llamafied")
+    assert ev["quantized_modules"] == {"Linear4bit": 14} and ev["quant_types"] == ["nf4"]
+    assert ev["drop_ratio"] <= lora_train.MAX_LOSS_RATIO and ev["zero_grad_lora_tensors"] == 0
+    assert ev["base_changed_tensors"] == 0
+
+
+@needs_bnb
+def test_qlora_body_fails_when_the_loss_cannot_fall(shared: dict[str, Any]) -> None:
+    with pytest.raises(Failed, match="loss did not fall") as info:
+        train.qlora_train_and_judge(make_ctx(shared, lora_lr=0.0), "llamafied")
+    assert info.value.evidence["quantized_modules"] == {"Linear4bit": 14}
