@@ -7,7 +7,7 @@
 #     GPUS: 0 (the single-GPU table) or 0,1 (two cells at once, issue 15)
 #     --rogue: while the cells run, start one process that carries a cell's PINMATRIX_CELL_ID (as any
 #              child of that cell would) but ignores CUDA_VISIBLE_DEVICES and takes memory on every GPU,
-#              so pinmatrix/gpu_watch.py has a trespass to find
+#              so pinmatrix/run/gpu_watch.py has a trespass to find
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 label=$1; gpus=$2; shift 2
@@ -16,15 +16,17 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 W=/tmp/dev-$label; rm -rf "$W"; mkdir -p "$W"   # machine.txt, env-check.jsonl, device.log, rogue.log: into the run folder
 S=/tmp/sites; mkdir -p $S
 PY=$(command -v python3)
+# A frozen copy of the probes (.gpu/probes-frozen), when carried: runs in separate calls then share one probe
+if [ -d .gpu/probes-frozen ]; then rm -rf probes && cp -r .gpu/probes-frozen probes && echo "probes: the frozen copy"; fi
 t0=$(date +%s)
-for n in common tf4576 tf550 uns u1010 u914 diff039 diff042; do
+for n in harness common tf4576 tf550 uns u1010 u914 diff039 diff042; do
   [ -d $S/$n ] || ( rm -rf $S/$n.tmp && mkdir -p $S/$n.tmp && \
     $PY -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" .gpu/sites/$n.txz $S/$n.tmp && \
     mv $S/$n.tmp $S/$n ) &
 done
 wait
 echo "sites unpacked in $(( $(date +%s) - t0 )) s"
-# the layers, in path order, with the cells they serve (pinmatrix/site_rules.py)
+# the layers, in path order, with the cells they serve (pinmatrix/runners/site_rules.py)
 SITES=(--extra-site $S/common
        --extra-site transformers=4.57.6:$S/tf4576 --extra-site transformers=5.5.0:$S/tf550
        --extra-site unsloth=2026.10.9:$S/u1010 --extra-site unsloth=2026.9.14:$S/u914
@@ -58,7 +60,7 @@ for line in open(sys.argv[1]):
 PYEOF
 if [ $rogue = 1 ]; then
   ( sleep 25
-    cell=$($PY -m pinmatrix list --matrix matrices/h200-prepared.yaml "$@" | head -1)
+    cell=$($PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" list --matrix matrices/h200-prepared.yaml "$@" | head -1)
     echo "rogue: as $cell, on every GPU, CUDA_VISIBLE_DEVICES ignored" >&2
     env -u CUDA_VISIBLE_DEVICES PINMATRIX_CELL_ID="$cell" $PY -c '
 import time, torch
@@ -68,7 +70,8 @@ fi
 export PINMATRIX_COMPILE_CACHE_DIR=/tmp/compile-$label PINMATRIX_VENV_DIR=/tmp/venvs-$label   # cold, like a fresh machine
 t1=$(date +%s)
 # SIGINT at the limit: the run still writes its report, and what finished comes back
-timeout -s INT -k 20 "${PM_TIMEOUT:-540}" $PY -m pinmatrix matrix --matrix matrices/h200-prepared.yaml --runner venv --no-install --system-site-packages \
+# The harness's own needs (jsonschema; the H200 image lacks it) go on its sys.path only, never into a cell.
+timeout -s INT -k 20 "${PM_TIMEOUT:-540}" $PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" matrix --matrix matrices/h200-prepared.yaml --runner venv --no-install --system-site-packages \
   --venv-python "$PY" --gpus "$gpus" --label "$label" --reports /tmp/pm-reports --rerun=all "${SITES[@]}" "$@" \
   > "$W/device.log" 2>&1
 rc=$?

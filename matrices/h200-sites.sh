@@ -18,7 +18,8 @@ layer() {  # NAME SPEC...
   rm -rf "$tmp" "$d"
 }
 layer common  bitsandbytes==0.50.2 peft==0.21.2 xformers==0.0.35                     # every cell
-layer tf4576  transformers==4.57.6 tokenizers==0.22.2 huggingface-hub==0.36.2         # transformers 4.57.6
+# transformers 4.57.6; the device's sentence-transformers 6.0.1 needs transformers>=5 and hub>=1.3: 5.7.0 does not
+layer tf4576  transformers==4.57.6 tokenizers==0.22.2 huggingface-hub==0.36.2 sentence-transformers==5.7.0
 layer tf550   transformers==5.5.0 tokenizers==0.22.2                                  # transformers 5.5.0
 layer uns     annotated-types==0.8.0 certifi==2026.10.19.post1 cut-cross-entropy==25.1.1 docstring-parser==0.18.0 \
               hf-transfer==0.1.9 importlib-metadata==10.2.0 lazy-importer==0.1.0 msgspec==0.23.0 nest-asyncio==1.6.0 \
@@ -28,4 +29,5 @@ layer u1010   unsloth==2026.10.9 trl==1.15.0 datasets==4.8.5 dill==0.4.1 fsspec=
 layer u914    unsloth==2026.9.14 trl==0.24.0 datasets==4.3.0 dill==0.4.0 fsspec==2025.9.0 multiprocess==0.70.16
 layer diff039 diffusers==0.39.0                                                       # unsloth with transformers 4.57.6
 layer diff042 diffusers==0.42.1                                                       # unsloth with transformers 5.x
+layer harness jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1  # pinmatrix itself, not the cells
 ls -la .gpu/sites

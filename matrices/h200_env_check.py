@@ -1,4 +1,5 @@
-"""Is a prepared environment consistent? Every requirement of every distribution on the path (the site
+"""Is a prepared environment consistent? Every requirement of every distribution on the path (the
+site
 layers first, then the device's packages) is met by the first version of it on the path.
 
     PYTHONPATH=site1:site2 python3 matrices/h200_env_check.py LABEL  -> one JSON line
@@ -6,6 +7,7 @@ layers first, then the device's packages) is met by the first version of it on t
 Prints the unmet requirements, split into those that touch a site layer's distributions (ours to
 fix) and those among the device's own packages (the image's). Standard library plus `packaging`.
 """
+
 import importlib.metadata as md
 import json
 import os
@@ -16,7 +18,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 sites = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-first: dict[str, tuple[str, str, md.Distribution]] = {}   # name -> (version, where, dist)
+first: dict[str, tuple[str, str, md.Distribution]] = {}  # name -> (version, where, dist)
 shadowed: list[str] = []
 for path in sys.path:
     for dist in md.distributions(path=[path]):
@@ -53,7 +55,17 @@ for name, (version, where, dist) in sorted(first.items()):
             touches_site = where in sites or (have is not None and have[1] in sites)
             (unmet_site if touches_site else unmet_device).append(problem)
 
-print(json.dumps({"label": sys.argv[1] if len(sys.argv) > 1 else "", "sites": sites,
-                  "distributions": len(first), "from_sites": sorted(f"{n}=={v}" for n, (v, w, _) in first.items() if w in sites),
-                  "unmet_involving_sites": unmet_site, "unmet_among_device_packages": unmet_device,
-                  "shadowed": shadowed, "consistent": not unmet_site}))
+print(
+    json.dumps(
+        {
+            "label": sys.argv[1] if len(sys.argv) > 1 else "",
+            "sites": sites,
+            "distributions": len(first),
+            "from_sites": sorted(f"{n}=={v}" for n, (v, w, _) in first.items() if w in sites),
+            "unmet_involving_sites": unmet_site,
+            "unmet_among_device_packages": unmet_device,
+            "shadowed": shadowed,
+            "consistent": not unmet_site,
+        }
+    )
+)

@@ -1,8 +1,8 @@
 """The GPU side of a run: a per-GPU timeline, and a concurrent run's speed against the same cells
 alone.
 
-`timeline(outcomes)` reads the outcome fields `gpu`, `started`, `finished` (pinmatrix/pipeline.py)
-and
+`timeline(outcomes)` reads the outcome fields `gpu`, `started`, `finished`
+(pinmatrix/run/one_cell.py) and
 `gpus_seen` / `trespass` (pinmatrix/run/gpu_watch.py); `summary.json` keeps it as `gpu_timeline` and
 summary.md shows it under "## GPU timeline".
 
@@ -174,6 +174,63 @@ def _conditions(
     }
 
 
+def _step_spread(run_dir: Path, cell: str, stack: str) -> dict[str, Any] | None:
+    """The timed steps of one throughput figure: median and min..max step time (s), from the cell's
+    result."""
+    try:
+        data = json.loads((Path(run_dir) / "cells" / f"{cell}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for check in data.get("checks") or []:
+        if check.get("name") == f"throughput.{stack}":
+            times = (check.get("evidence") or {}).get("step_times_s")
+            if (
+                isinstance(times, list)
+                and times
+                and all(isinstance(t, (int, float)) for t in times)
+            ):
+                return {
+                    "n": len(times),
+                    "median": round(statistics.median(times), 4),
+                    "min": min(times),
+                    "max": max(times),
+                    "spread_pct": round(
+                        (max(times) - min(times)) / statistics.median(times) * 100, 2
+                    ),
+                }
+    return None
+
+
+def _why(row: Mapping[str, Any]) -> str:
+    """Why a figure is outside the tolerance, from what was measured (never a guess dressed as a
+    finding)."""
+    if row.get("within_5pct") is not False:
+        return ""
+    if row["delta"] > 0:
+        return (
+            "faster together than alone: sharing the host did not slow it; the gap is run-to-run "
+            "variation "
+            "of this measurement"
+        )
+    c, a = row.get("conditions") or {}, row.get("alone_conditions") or {}
+    notes = []
+    if (
+        c.get("sm_mhz_median")
+        and a.get("sm_mhz_median")
+        and c["sm_mhz_median"] < a["sm_mhz_median"] * 0.97
+    ):
+        notes.append(f"SM clock {a['sm_mhz_median']:.0f} → {c['sm_mhz_median']:.0f} MHz")
+    if (
+        c.get("host_load1_median")
+        and a.get("host_load1_median")
+        and c["host_load1_median"] > a["host_load1_median"] * 1.5
+    ):
+        notes.append(f"host load {a['host_load1_median']} → {c['host_load1_median']} (shared CPU)")
+    return (
+        "; ".join(notes) or "no clock, power or host-load difference was recorded that explains it"
+    )
+
+
 def compare(run_dir: Path, alone_dirs: Sequence[Path]) -> dict[str, Any]:
     run_dir = Path(run_dir)
     concurrent = _summary(run_dir)
@@ -216,6 +273,15 @@ def compare(run_dir: Path, alone_dirs: Sequence[Path]) -> dict[str, Any]:
                 if ao
                 else {}
             )
+            row["steps"] = _step_spread(run_dir, cell, stack)
+            row["alone_steps"] = _step_spread(base[1], cell, stack)
+            s, a = row["steps"], row["alone_steps"]
+            # tokens/s is the probe's figure; the median step shows whether one slow step made the
+            # gap
+            row["median_step_delta"] = (
+                round(a["median"] / s["median"] - 1.0, 4) if s and a else None
+            )
+            row["why"] = _why(row)
         rows.append(row)
     line = timeline(_Obj(o) for o in outcomes.values())
     cells = sorted(outcomes)
@@ -268,10 +334,11 @@ def render_compare(data: Mapping[str, Any]) -> str:
         "",
         "## Throughput",
         "",
-        "| cell | stack | GPU | alone tok/s | concurrent tok/s | Δ | within 5% | SM MHz alone → "
-        "concurrent | "
-        "power W alone → concurrent | host load alone → concurrent |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| cell | stack | GPU | alone tok/s | concurrent tok/s | Δ | within 5% | Δ by median step "
+        "| step s alone (min..max) | "
+        "step s concurrent (min..max) | SM MHz alone → concurrent | power W alone → concurrent | "
+        "host load alone → concurrent | why |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         c, a = r.get("conditions") or {}, r.get("alone_conditions") or {}
@@ -279,17 +346,26 @@ def render_compare(data: Mapping[str, Any]) -> str:
         delta = f"{r['delta'] * 100:+.1f}%" if r.get("delta") is not None else "—"
         alone = f"{r['alone_tokens_per_s']:.0f}" if r.get("alone_tokens_per_s") else "—"
         ok = {True: "yes", False: "**no**"}.get(r.get("within_5pct"), "—")
+        mdelta = (
+            f"{r['median_step_delta'] * 100:+.1f}%"
+            if r.get("median_step_delta") is not None
+            else "—"
+        )
+        steps = lambda s: f"{s['median']:.4f} ({s['min']:.4f}..{s['max']:.4f})" if s else "—"  # noqa: E731
         out.append(
             f"| `{r['cell']}` | {r['stack']} | {r.get('gpu') or '—'} | {alone} | "
             f"{r['tokens_per_s']:.0f} | "
-            f"{delta} | {ok} | {pair('sm_mhz_median')} | {pair('power_w_median')} | "
-            f"{pair('host_load1_median')} |"
+            f"{delta} | {ok} | {mdelta} | {steps(r.get('alone_steps'))} | {steps(r.get('steps'))} "
+            f"| {pair('sm_mhz_median')} | "
+            f"{pair('power_w_median')} | {pair('host_load1_median')} | {r.get('why') or ''} |"
         )
     out += [
         "",
-        "Conditions are medians over each cell's whole probe (gpu_watch.json samples of its GPU), "
-        "alone "
-        "and concurrent.",
+        "Δ is the probe's tokens/s (its timed steps together) against alone; Δ by median step "
+        "compares the "
+        "median step times instead, which one slow step does not move. Conditions are medians "
+        "over each cell's "
+        "whole probe (gpu_watch.json samples of its GPU), alone and concurrent.",
         "",
     ]
     out += render_timeline(data.get("timeline"))

@@ -19,6 +19,7 @@ Processes that belong to no cell are listed as foreign.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -105,7 +106,7 @@ def _cmdline(pid: int, proc: Path = Path("/proc")) -> str:
             .read_bytes()
             .replace(b"\0", b" ")
             .decode(errors="replace")
-            .strip()[:200]
+            .strip()[:2000]
         )
     except OSError:
         return ""
@@ -237,6 +238,19 @@ def attribute(
              "foreign": [{pid, gpu, peak MiB, cmd}], "unheld_use": [{gpu, t, mem_mib,
              suspects}]}."""
     assignments = list(assignments)
+    commands = commands or {}
+
+    def owner(p: Mapping[str, Any]) -> str | None:
+        """The process's cell: its PINMATRIX_CELL_ID, else a cell id in its command line (the venv
+        folder and
+        the cell.json path name the cell; seen needed on the H200 for a probe whose environment
+        read empty)."""
+        if p.get("cell"):
+            return str(p["cell"])
+        cmd = commands.get(int(p["pid"]), "")
+        hits = [a.cell for a in assignments if a.cell and a.cell in cmd]
+        return max(hits, key=len) if hits else None
+
     cells: dict[str, dict[str, Any]] = {
         a.cell: {"assigned": a.gpu, "gpus_seen": {}, "trespass": []} for a in assignments
     }
@@ -262,7 +276,7 @@ def attribute(
         t = _parse_t(s.get("t"))
         for p in s.get("procs", []):
             gpu, mem = str(p.get("gpu")), float(p.get("mem_mib") or 0.0)
-            cell = p.get("cell")
+            cell = owner(p)
             if cell in cells:
                 seen = cells[cell]["gpus_seen"]
                 seen[gpu] = max(seen.get(gpu, 0.0), mem)
@@ -307,7 +321,6 @@ def attribute(
         info["trespass"] = sorted(
             g for g in info["gpus_seen"] if assigned is not None and g != assigned
         )
-    commands = commands or {}
     return {
         "cells": cells,
         "foreign": [
@@ -358,31 +371,55 @@ class watch_run:
             self.watch.errors.append(f"attribution failed: {err!r}")
 
     def finish(self) -> dict[str, Any]:
-        from pinmatrix.outcome import load_outcome
-        from pinmatrix.fsio import write_json_atomic
-
-        outcomes = []
-        for path in sorted((self.run_dir / "outcomes").glob("*.json")):
-            loaded = load_outcome(path)
-            if not isinstance(loaded, str):
-                outcomes.append(loaded)
-        ran = [o for o in outcomes if o.gpu and o.started and o.finished]
-        found = attribute(
-            self.watch.samples,
-            [Assignment(o.cell, o.gpu, _parse_t(o.started), _parse_t(o.finished)) for o in ran],
-            self.watch.commands(),
-        )
-        for o in ran:
-            info = found["cells"].get(o.cell) or {}
-            o.gpus_seen = {g: round(m) for g, m in (info.get("gpus_seen") or {}).items()}
-            o.trespass = describe_trespass(o.cell, info)
-            o.write(self.run_dir)
         report = {
             "interval_s": self.watch.interval_s,
             "gpus": self.tokens,
             "errors": self.watch.errors,
-            "attribution": found,
+            "commands": {str(k): v for k, v in self.watch.commands().items()},
             "samples": self.watch.samples,
         }
-        write_json_atomic(self.run_dir / "gpu_watch.json", report)
-        return report
+        return _attribute_run(self.run_dir, report)
+
+
+def _attribute_run(run_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Attribute a run's samples to its outcomes; rewrite the outcomes and gpu_watch.json."""
+    from pinmatrix.outcome import load_outcome
+    from pinmatrix.fsio import write_json_atomic
+
+    outcomes = []
+    for path in sorted((Path(run_dir) / "outcomes").glob("*.json")):
+        loaded = load_outcome(path)
+        if not isinstance(loaded, str):
+            outcomes.append(loaded)
+    ran = [o for o in outcomes if o.gpu and o.started and o.finished]
+    commands = {int(k): v for k, v in (report.get("commands") or {}).items()}
+    found = attribute(
+        report.get("samples") or [],
+        [Assignment(o.cell, o.gpu, _parse_t(o.started), _parse_t(o.finished)) for o in ran],
+        commands,
+    )
+    for o in ran:
+        info = found["cells"].get(o.cell) or {}
+        o.gpus_seen = {g: round(m) for g, m in (info.get("gpus_seen") or {}).items()}
+        o.trespass = describe_trespass(o.cell, info)
+        o.write(run_dir)
+    report = {**report, "attribution": found}
+    write_json_atomic(Path(run_dir) / "gpu_watch.json", report)
+    return report
+
+
+def reattribute(run_dir: Path) -> dict[str, Any]:
+    """Attribute a finished run's gpu_watch.json again with this code (as the report re-classifies
+    failures
+    with the current catalogue). Command lines of a file written before they were kept come from its
+    `foreign` list; the previous attribution is kept as `attribution_before`."""
+    path = Path(run_dir) / "gpu_watch.json"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    if not report.get("commands"):
+        report["commands"] = {
+            str(f["pid"]): f.get("cmd", "")
+            for f in (report.get("attribution") or {}).get("foreign", [])
+        }
+    report.setdefault("attribution_before", report.get("attribution"))
+    report["reattributed"] = _now()
+    return _attribute_run(Path(run_dir), report)

@@ -221,7 +221,7 @@ def load_route(ctx: Any, route: str, *, quantization: Any = None) -> tuple[Any, 
         from probes.checks.lora_train import torch_dtype_kwargs
 
         kwargs: dict[str, Any] = {"trust_remote_code": remote, "quantization_config": quantization,
-                                  "device_map": {"": 0}, **torch_dtype_kwargs(dtype)}
+                                  "device_map": {"": 0 if ctx.device == "cuda" else "cpu"}, **torch_dtype_kwargs(dtype)}
         if revision:
             kwargs["revision"] = revision
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -400,15 +400,34 @@ def run_sft_trainer(ctx: Any, model: Any, tokenizer: Any, run: LoraRun, out: Pat
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, callbacks=[recorder.callback()], **kwargs)
     masking = _label_masking(trainer)
     info.update({"trainer": f"{type(trainer).__module__}.{type(trainer).__name__}", **masking})
-    if spelling != "none" and not masking.get("prompt_tokens_masked"):
-        raise Failed(f"completion-only loss was asked for ({spelling}) but no prompt token was masked out of "
-                     f"the labels", info)
+    if spelling != "none":
+        expected = sorted(prompt_token_counts(tokenizer, run.batch))
+        got = masking.get("prompt_tokens_masked_per_example")
+        info.update(prompt_tokens_expected_per_example=expected, masking_matches_prompts=got == expected,
+                    masking_bar="each example's labels mask exactly its prompt (system + user turns and the "
+                                "[|assistant|] generation prompt, tokenized on their own) and nothing after it")
+        if not masking.get("prompt_tokens_masked"):
+            raise Failed(f"completion-only loss was asked for ({spelling}) but no prompt token was masked out of "
+                         f"the labels", info)
+        if got != expected or not masking.get("masked_tokens_are_a_prefix"):
+            raise Failed(f"completion-only loss ({spelling}) masked {got} prompt tokens per example where the chat "
+                         f"template's prompts have {expected}: the loss is taken on prompt tokens", info)
     trainer.train()
     return recorder, info
 
 
+def prompt_token_counts(tokenizer: Any, n: int) -> list[int]:
+    """Tokens of each example's prompt (system + user turns + generation prompt), tokenized on their own:
+    what completion-only loss must mask. Text first, then the tokenizer, so no return type can interfere."""
+    counts = []
+    for example in prompt_completion_dataset(n):
+        text = tokenizer.apply_chat_template(example["prompt"], tokenize=False, add_generation_prompt=True)
+        counts.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return counts
+
+
 def _label_masking(trainer: Any) -> dict[str, Any]:
-    """How many non-pad tokens of the first training batch carry a label (-100 = masked out)."""
+    """How many non-pad tokens of the first training batch carry a label (-100 = masked out), per example."""
     try:
         batch = next(iter(trainer.get_train_dataloader()))
     except Exception as exc:   # noqa: BLE001 - recorded; the training itself is what is judged
@@ -419,8 +438,15 @@ def _label_masking(trainer: Any) -> dict[str, Any]:
     real = mask.bool() if mask is not None else labels.new_ones(labels.shape, dtype=bool)
     supervised = int(((labels != -100) & real).sum().item())
     total = int(real.sum().item())
+    per_example, prefix = [], True
+    for row in range(labels.shape[0]):
+        masked = labels[row][real[row]] == -100
+        count = int(masked.sum().item())
+        per_example.append(count)
+        prefix = prefix and bool(masked[:count].all().item())
     return {"batch_tokens": total, "supervised_tokens": supervised,
-            "prompt_tokens_masked": total - supervised, "supervised_fraction": supervised / total if total else None}
+            "prompt_tokens_masked": total - supervised, "supervised_fraction": supervised / total if total else None,
+            "prompt_tokens_masked_per_example": sorted(per_example), "masked_tokens_are_a_prefix": prefix}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -504,7 +530,8 @@ def quantized_inventory(model: Any) -> dict[str, Any]:
     quant_types: set[str] = set()
     for _, module in model.named_modules():
         name = type(module).__name__
-        if name in ("Linear4bit", "Linear8bitLt"):
+        # bitsandbytes' own layers only: peft's LoRA wrapper around one is also called Linear4bit
+        if name in ("Linear4bit", "Linear8bitLt") and type(module).__module__.startswith("bitsandbytes"):
             kinds[name] = kinds.get(name, 0) + 1
             weight = getattr(module, "weight", None)
             state = getattr(weight, "quant_state", None)
@@ -519,6 +546,12 @@ def _qlora_check(ctx: Any, route: str) -> dict[str, Any]:
         raise Skip("bitsandbytes not in this cell")
     ctx.require_gpu()
     ctx.require("bitsandbytes")
+    return qlora_train_and_judge(ctx, route)
+
+
+def qlora_train_and_judge(ctx: Any, route: str) -> dict[str, Any]:
+    """The body of train.qlora on ctx.device (the check itself asks for a GPU; bitsandbytes >= 0.46 also
+    quantizes and trains NF4 on the CPU, which is how the unit tests exercise this on a CPU stack)."""
     from probes.checks.lora_train import train_and_judge
 
     run = LoraRun.from_settings(ctx.settings)
@@ -531,18 +564,18 @@ def _qlora_check(ctx: Any, route: str) -> dict[str, Any]:
             raise Failed("BitsAndBytesConfig(load_in_4bit=True) loaded no Linear4bit layer", info)
         vocab = int(model.get_input_embeddings().weight.shape[0])
         try:
-            evidence = train_and_judge(model, run, vocab_size=vocab, device="cuda", targets=targets)
+            evidence = train_and_judge(model, run, vocab_size=vocab, device=ctx.device, targets=targets)
         except Failed as exc:
             exc.evidence = {**info, **exc.evidence}
             raise
         return {**info, **evidence}
     except Exception as exc:
-        if _is_oom(exc):
+        if ctx.device == "cuda" and _is_oom(exc):
             raise Infra("CUDA out of memory in QLoRA training") from exc
         raise
     finally:
         model = None
-        _free_memory("cuda")
+        _free_memory(ctx.device)
 
 
 def check_qlora(ctx: Any) -> dict[str, Any]:

@@ -307,3 +307,88 @@ def test_trainer_measurement_fails_when_the_trainer_runs_fewer_steps(
             512,
             device="cpu",
         )
+
+
+@needs_trl
+def test_trl_sft_fails_when_the_completion_mask_misses_the_prompt(
+    shared: dict[str, Any], tmp_path: Path
+) -> None:
+    """transformers 5 made apply_chat_template(tokenize=True) return a BatchEncoding (return_dict
+    defaults to
+    True); trl <= 0.27 took len() of it as the prompt length, so only 2-3 tokens per example were
+    masked. The
+    same default is put on the 4.57.6 tokenizer here: the check must see the loss reach into the
+    prompt."""
+    import trl
+    from probes.checks.lora_train import _version_tuple
+
+    if _version_tuple(trl.__version__) >= (0, 28):
+        pytest.skip("trl >= 0.28 passes return_dict=False itself")
+    ctx = make_ctx(shared)
+    model, tokenizer, _, _ = train.load_route(ctx, "llamafied")
+    original = tokenizer.apply_chat_template
+
+    def transformers5_default(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("return_dict", kwargs.get("tokenize", True))
+        return original(*args, **kwargs)
+
+    tokenizer.apply_chat_template = transformers5_default
+    # len() of the BatchEncoding: 2 keys on 5.5.0 (input_ids, attention_mask), 3 on this 4.57.6
+    # tokenizer
+    with pytest.raises(Failed, match=r"masked \[([23]), \1\] prompt tokens per example") as info:
+        train.run_sft_trainer(ctx, model, tokenizer, lora_train.LoraRun(), tmp_path)
+    assert info.value.evidence["masking_matches_prompts"] is False
+    from probes import signatures
+
+    assert (
+        signatures.classify("Failed", info.value.message).id
+        == "trl-completion-mask-is-not-the-prompt-on-transformers5"
+    )
+
+
+@needs_trl
+def test_trl_sft_masks_exactly_the_prompt_on_the_cpu_stack(
+    shared: dict[str, Any], tmp_path: Path
+) -> None:
+    ctx = make_ctx(shared)
+    model, tokenizer, _, _ = train.load_route(ctx, "llamafied")
+    _, info = train.run_sft_trainer(ctx, model, tokenizer, lora_train.LoraRun(), tmp_path)
+    assert info["masking_matches_prompts"] is True and info["masked_tokens_are_a_prefix"] is True
+    assert info["prompt_tokens_masked_per_example"] == sorted(
+        train.prompt_token_counts(tokenizer, 2)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# train.qlora body
+
+
+def _bnb_cpu() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+
+        return True
+    except Exception:  # noqa: BLE001 - absent or broken: the test skips
+        return False
+
+
+needs_bnb = pytest.mark.skipif(
+    not _bnb_cpu(), reason="bitsandbytes is not installed in this test stack"
+)
+
+
+@needs_bnb
+def test_qlora_body_trains_nf4_on_cpu(shared: dict[str, Any]) -> None:
+    """train.qlora's body where bitsandbytes quantizes on the CPU (0.46 and later): NF4 layers,
+    lora-train's bar."""
+    ev = train.qlora_train_and_judge(make_ctx(shared), "llamafied")
+    assert ev["quantized_modules"] == {"Linear4bit": 14} and ev["quant_types"] == ["nf4"]
+    assert ev["drop_ratio"] <= lora_train.MAX_LOSS_RATIO and ev["zero_grad_lora_tensors"] == 0
+    assert ev["base_changed_tensors"] == 0
+
+
+@needs_bnb
+def test_qlora_body_fails_when_the_loss_cannot_fall(shared: dict[str, Any]) -> None:
+    with pytest.raises(Failed, match="loss did not fall") as info:
+        train.qlora_train_and_judge(make_ctx(shared, lora_lr=0.0), "llamafied")
+    assert info.value.evidence["quantized_modules"] == {"Linear4bit": 14}

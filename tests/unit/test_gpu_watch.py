@@ -273,3 +273,64 @@ def test_venv_runner_gives_each_cell_only_its_sites(tmp_path):
     lock = Lock(cell_id="x", python="3.12", torch_lock="", full_lock="")
     assert runner.venv_key(lock, C("4.57.6")) != runner.venv_key(lock, C("5.17.0"))
     assert sites_for(C("5.17.0"), runner.extra_sites) == ((tmp_path / "all").resolve(),)
+
+
+def test_compare_reads_step_times_and_says_why(tmp_path):
+    alone = _speed_run(
+        tmp_path,
+        "alone",
+        [("a", "0", "2026-11-29T09:00:00+00:00", "2026-11-29T09:01:00+00:00", 18668.0, 60.0)],
+    )
+    both = _speed_run(
+        tmp_path,
+        "both",
+        [("a", "1", "2026-11-29T10:00:00+00:00", "2026-11-29T10:01:00+00:00", 17000.0, 60.0)],
+    )
+    for run, times in ((alone, [0.438, 0.439, 0.440]), (both, [0.438, 0.439, 0.551])):
+        (run / "cells").mkdir()
+        (run / "cells" / "a.json").write_text(
+            json.dumps(
+                {"checks": [{"name": "throughput.sdpa", "evidence": {"step_times_s": times}}]}
+            )
+        )
+    row = compare(both, [alone])["rows"][0]
+    assert (
+        row["within_5pct"] is False
+        and row["steps"]["max"] == 0.551
+        and row["median_step_delta"] == 0.0
+    )
+    assert row["why"] == "no clock, power or host-load difference was recorded that explains it"
+    assert "0.4390 (0.4380..0.5510)" in render_compare(compare(both, [alone]))
+
+
+def test_a_process_whose_environment_reads_empty_is_tied_to_its_cell_by_its_command_line(tmp_path):
+    cell = "py3.12-torch2.11.0-tf5.5.0-unsloth2026.10.9-peft0.21.2"
+    _outcome(tmp_path, cell, "1", "2026-11-29T10:00:00.000+00:00", "2026-11-29T10:05:00.000+00:00")
+    sample = {
+        "t": "2026-11-29T10:01:00.000+00:00",
+        "load1": 1.0,
+        "gpus": [],
+        "procs": [{"pid": 9106, "gpu": "1", "mem_mib": 842.0, "cell": None}],
+    }
+    (tmp_path / "gpu_watch.json").write_text(
+        json.dumps(
+            {
+                "samples": [sample],
+                "attribution": {
+                    "foreign": [
+                        {
+                            "pid": 9106,
+                            "gpu": "1",
+                            "peak_mib": 842.0,
+                            "cmd": f"/tmp/venvs/{cell}-044b5c04daf5/bin/python -m probes",
+                        }
+                    ]
+                },
+            }
+        )
+    )
+    from pinmatrix.run.gpu_watch import reattribute
+
+    report = reattribute(tmp_path)
+    assert report["attribution"]["foreign"] == [] and report["attribution_before"]["foreign"]
+    assert load_outcome(tmp_path / "outcomes" / f"{cell}.json").gpus_seen == {"1": 842}

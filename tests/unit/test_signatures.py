@@ -204,6 +204,14 @@ KNOWN = [
         "line 1638, in _fused_forward\n    per_token = _ChunkedLogProbFunction.apply(",
         "trl-sft-fused-lm-head-needs-triton",
     ),
+    # train.trl-sft's own words (probes/checks/train.py) for trl 0.24.0 on transformers 5.5.0
+    (
+        "Failed",
+        "completion-only loss (completion_only_loss) masked [2, 2] prompt tokens per example "
+        "where the chat "
+        "template's prompts have [35, 38]: the loss is taken on prompt tokens",
+        "trl-completion-mask-is-not-the-prompt-on-transformers5",
+    ),
 ]
 INFRA = {
     "unsloth-no-accelerator",
