@@ -315,7 +315,17 @@ def test_measure_training_times_only_the_steps_after_warmup(shared: dict[str, An
         model, batch=2, seq=16, steps=3, warmup=2, vocab_size=512, device="cpu"
     )
     assert len(m.step_times) == 3 and len(m.losses) == 5
-    assert m.tokens_per_s == pytest.approx(2 * 16 * 3 / sum(m.step_times))
+    assert m.tokens_per_s_mean == pytest.approx(2 * 16 * 3 / sum(m.step_times))
+    assert m.tokens_per_s == pytest.approx(2 * 16 / sorted(m.step_times)[1])  # the median step
+
+
+def test_one_slow_step_does_not_move_the_figure() -> None:
+    """The H200 case: five steps near 0.215 s and one at 0.450 s."""
+    m = throughput.Measurement([0.2128, 0.2150, 0.2153, 0.4502, 0.2160, 0.2170], [1.0] * 6, 8192)
+    assert m.tokens_per_s == pytest.approx(8192 / 0.21565)
+    assert m.tokens_per_s_mean < 0.9 * m.tokens_per_s
+    assert m.spread["tokens_per_s_min"] == pytest.approx(8192 / 0.4502, abs=0.1)
+    assert m.spread["step_time_rel_spread"] > 1.0
 
 
 def test_peak_flops_table_and_override() -> None:
