@@ -7,12 +7,13 @@
 nox -l                          one session per cell of matrix.yaml, tagged `cell`
 nox -s matrix -- [selectors] [--runner docker|venv|auto] [--cpu]
 nox -s report                   merge reports/latest again
-nox -s nightly -- [selectors]   run, diff with the previous run, history; red only on new
-breakages nox -s resolve -- [selectors]   locks only; prints the resolvable/unresolvable table
-nox -s bench -- [selectors]     resolve timings (cold, warm, whole stage), then the scale
-numbers
-                                (cells/hour, unchanged rerun, rebuild, scheduler overhead) ->
-                                reports/bench/
+nox -s nightly -- [selectors]   run, diff with the previous run, history; red only on new breakages
+nox -s resolve -- [selectors]   locks only; prints the resolvable/unresolvable table
+nox -s bisect -- PACKAGE GOOD..BAD [--check CHECK] [--signature SIG] [selectors]
+                                the first bad release, each step a real cell
+nox -s bench -- [selectors]     resolve timings (cold, warm, whole stage), then the scale numbers
+                                (cells/hour, unchanged rerun, rebuild, scheduler overhead)
+                                -> reports/bench/
 nox -s matrix -- --on slurm     one Slurm job array, one cell per task (pinmatrix/run/slurm.py)
 nox -s lint                     ruff and mypy (CI runs it before the tests)
 nox -s tests -- [pytest args]

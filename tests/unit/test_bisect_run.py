@@ -161,7 +161,8 @@ def test_nightly_bisects_only_a_check_that_broke_one_axis_away_from_a_good_cell(
         return {"id": cid, "pins": {"transformers": tf, "unsloth": unsloth},
                 "checks": {"exaone3.5.remote-code": {"status": status}}}
 
-    before = {"cells": [cell("a", "4.57.6", "none", "pass"), cell("b", "4.57.6", "2026.10.9", "pass")]}
+    before = {"cells": [cell("a", "4.57.6", "none", "pass"),
+                        cell("b", "4.57.6", "2026.10.9", "pass")]}
     now = {"cells": [cell("c", "5.17.0", "none", "fail"),          # one axis from a: bisect
                      cell("d", "5.17.0", "2026.9.14", "fail")]}    # two axes from every old cell
     found = candidates(now, before)
