@@ -190,6 +190,9 @@ def bench(session: nox.Session) -> None:
             "PINMATRIX_BENCH_MATRIX", str(ROOT / "tests" / "data" / "matrices" / "ci.yaml")
         ),
     )
+    # Release bisect (issue 12): a first and a warm bisect of transformers 4.57.6..5.17.0 on one CPU
+    # check -> reports/bench/bisect-<UTC>.json.
+    session.run("python", str(ROOT / "tools" / "bench_bisect.py"))
 
 
 @nox.session(python=PYTHON)
