@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "releases": len(cold["releases_in_range"]),
         "first_bad": cold.get("first_bad"),
         "probes_run": cold.get("probes_run"),
+        "judgements": cold.get("judgements"),
+        "warm_probes_run": warm.get("probes_run"),
         "first_wall_s": round(cold_s, 1),
         "warm_wall_s": round(warm_s, 1),
         "warm_steps_reused": sum(1 for s in warm["steps"].values() if s.get("reused_from")),

@@ -351,7 +351,11 @@ def _write(
             last_good=result.last_good,
             monotonic=result.monotonic,
             stopped=result.stopped,
-            probes_run=result.probes,
+            judgements=result.probes,
+            # a step whose result came from the cache ran no probe now
+            probes_run=sum(1 for v in result.order
+                           if steps.get(v, {}).get("verdict") in ("good", "bad", "infra")
+                           and not steps.get(v, {}).get("reused_from")),
             order=result.order,
             unresolvable=[{"release": j.version, "why": j.detail} for j in result.unresolvable],
             release_notes=release_notes_url(spec.package, result.first_bad)
@@ -387,7 +391,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
         + (f"; bad means failing with `{doc['signature']}`" if doc.get("signature") else ""),
         f"- releases in range: {len(doc['releases_in_range'])} "
         f"({', '.join(doc['releases_in_range'])})",
-        f"- probes run: {doc.get('probes_run', len(doc['steps']))}",
+        f"- releases judged: {doc.get('judgements', len(doc['steps']))}; probes run now: "
+        f"{doc.get('probes_run', len(doc['steps']))} (the rest came from the result cache)",
     ]
     if doc.get("yanked_left_out"):
         out.append(f"- yanked, left out: {', '.join(doc['yanked_left_out'])}")

@@ -58,7 +58,7 @@ def test_first_bad_release_of_the_remote_code_break(tmp_path):
     assert (doc["last_good"], doc["first_bad"]) == ("4.57.6", "5.0.0")
     assert doc["releases_in_range"] == ["4.57.6", "5.0.0", "5.1.0"]
     n = len(doc["releases_in_range"])
-    assert doc["probes_run"] <= math.ceil(math.log2(n)) + 1
+    assert doc["judgements"] == doc["probes_run"] <= math.ceil(math.log2(n)) + 1
     bad = doc["steps"]["5.0.0"]["checks"]["exaone3.5.remote-code"]
     assert (bad["status"], bad["signature"]) == ("fail", "transformers-tied-weights-keys-list")
     assert doc["release_notes"].endswith("/v5.0.0")
@@ -72,6 +72,7 @@ def test_first_bad_release_of_the_remote_code_break(tmp_path):
     newest = sorted((tmp_path / "reports").glob("*-bisect-transformers*"))[-1]
     steps = json.loads((newest / "bisect.json").read_text())["steps"]
     assert all(step.get("reused_from") for step in steps.values()), steps
+    assert json.loads((newest / "bisect.json").read_text())["probes_run"] == 0
 
 
 def test_ends_not_as_claimed_are_bad_input(tmp_path):
