@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from pinmatrix.report.diff import render_bisect_lines as render_lines
 from pinmatrix.run.options import RunOptions
 
 __all__ = ["DEFAULT_BISECT_BUDGET", "candidates", "bisect_new_breakages", "render_lines"]
@@ -121,21 +122,6 @@ def bisect_new_breakages(
     if records:
         _record(Path(run_dir), summary, records)
     return records
-
-
-def render_lines(records: list[dict[str, Any]]) -> list[str]:
-    out = []
-    for r in records:
-        head = f"- `{r['cell']}` `{r['check']}`: {r['package']} {r['good']}..{r['bad']}"
-        if r.get("first_bad"):
-            out.append(
-                f"{head}: **first bad {r['package']} {r['first_bad']}** (last good "
-                f"{r['last_good']}; "
-                f"{r['probes']} probes for {r['releases']} releases; `{r['bisect']}`)"
-            )
-        else:
-            out.append(f"{head}: {r.get('stopped') or r.get('note') or 'no answer'}")
-    return out
 
 
 def _record(run_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:

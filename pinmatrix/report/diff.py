@@ -284,12 +284,10 @@ def render_markdown(d: Mapping[str, Any], *, level: int = 1) -> str:
         ),
     )
     if d.get("bisects"):  # pinmatrix/bisect/nightly.py
-        from pinmatrix.bisect.nightly import render_lines
-
         out += [
             f"{'#' * (level + 1)} First bad releases (bisected)",
             "",
-            *render_lines(d["bisects"]),
+            *render_bisect_lines(d["bisects"]),
             "",
         ]
     section(
@@ -360,3 +358,20 @@ def attach_diff(
     write_diff(run_dir, d)
     summary["diff"] = d
     return summary
+
+
+def render_bisect_lines(records: list[dict[str, Any]]) -> list[str]:
+    """One line per nightly bisect (pinmatrix/bisect/nightly.py): its first bad release, or why
+    not."""
+    out = []
+    for r in records:
+        head = f"- `{r['cell']}` `{r['check']}`: {r['package']} {r['good']}..{r['bad']}"
+        if r.get("first_bad"):
+            out.append(
+                f"{head}: **first bad {r['package']} {r['first_bad']}** (last good "
+                f"{r['last_good']}; "
+                f"{r['probes']} probes for {r['releases']} releases; `{r['bisect']}`)"
+            )
+        else:
+            out.append(f"{head}: {r.get('stopped') or r.get('note') or 'no answer'}")
+    return out

@@ -95,7 +95,8 @@ def run_nightly(opts: RunOptions, *, previous: Path | None = None, history_path:
                     history_path=history_path,
                     echo=echo)
     if result.exit_code == EXIT_NEW_BREAKAGES and bisect_budget > 0:
-        from pinmatrix.bisect.nightly import bisect_new_breakages, render_lines
+        from pinmatrix.bisect.nightly import bisect_new_breakages
+        from pinmatrix.report.diff import render_bisect_lines as render_lines
 
         for line in render_lines(bisect_new_breakages(summary.run_dir, opts, budget=bisect_budget,
                                                       echo=echo)):
