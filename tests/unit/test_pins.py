@@ -1,12 +1,12 @@
 """pins/: constraints files of the recommended stacks, from a run folder of real probe results and
 real locks.
 
-The results come from the real probe (tests/unit/real_results.py: a good stack on transformers
-5.17.0, an xformers-broken and a trl-broken one) plus one more real run with transformers 4.57.6:
-uv installs it (and what it needs) into a folder that shadows the stack's 5.17.0 on the probe's
-path, once per pytest cache. Each cell's lock is `uv pip freeze` of what the probe ran on, i.e.
-exactly what was tested. The files are then read by the real uv and pip against a local find-links
-folder of small wheels built here.
+The results come from the real probe (tests/unit/real_results.py: a good stack, an xformers-broken
+and a trl-broken one) plus one more real run with an older transformers than the stack's
+(OLDER_TF): uv installs it (and what it needs) into a folder that shadows the stack's transformers
+on the probe's path, once per pytest cache. Each cell's lock is `uv pip freeze` of what the probe
+ran on, i.e. exactly what was tested. The files are then read by the real uv and pip against a
+local find-links folder of small wheels built here.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 from real_results import PROBE_PYTHON, cache_root, real_results, spec_for
 
 from pinmatrix.cell import normalize_name
@@ -35,25 +36,35 @@ from pinmatrix.report.pins import (
 from pinmatrix.probes_source import probes_digest
 from pinmatrix.run.options import REPO_ROOT
 
-TF457 = "4.57.6"
+
+def _stack_transformers() -> str:
+    return subprocess.run([str(PROBE_PYTHON), "-c", "import importlib.metadata as m; "
+                           "print(m.version('transformers'))"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+# Older than the stack's transformers, so that the stack's own cell stays the newest pick; both
+# releases load the probe's fixtures and work with the stack's peft.
+OLDER_TF = "4.57.6" if Version(_stack_transformers()) >= Version("5") else "4.56.2"
+OLDER_CELL = f"py3.11-torch2.13.0+cpu-tf{OLDER_TF}-good"
 UV = shutil.which("uv")
 NOW = datetime(2026, 11, 27, 18, 0, 0, tzinfo=timezone.utc)
 
 needs_uv = pytest.mark.skipif(UV is None, reason="uv is not installed")
 
 
-def _tf457_site(cache: Path) -> Path:
-    """transformers 4.57.6 and its dependencies in a folder put first on the probe stack's path.
+def _older_tf_site(cache: Path) -> Path:
+    """transformers OLDER_TF and its dependencies in a folder put first on the probe stack's path.
     Built by uv from the package index once per pytest cache; CI fails when it cannot be built."""
-    site = cache / f"site-tf{TF457}"
+    site = cache / f"site-tf{OLDER_TF}"
     if (site / ".complete").is_file():
         return site
     shutil.rmtree(site, ignore_errors=True)
     proc = subprocess.run([UV, "pip", "install", "--quiet", "--python", str(PROBE_PYTHON),
-                           "--target", str(site), f"transformers=={TF457}"],
+                           "--target", str(site), f"transformers=={OLDER_TF}"],
                           capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        message = f"uv could not install transformers {TF457}: {proc.stderr.strip()[-1500:]}"
+        message = f"uv could not install transformers {OLDER_TF}: {proc.stderr.strip()[-1500:]}"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -61,8 +72,8 @@ def _tf457_site(cache: Path) -> Path:
     return site
 
 
-def _tf457_lock(site: Path) -> str:
-    """What the tf457 probe ran on: the stack's packages, the shadowing folder's in their place."""
+def _older_tf_lock(site: Path) -> str:
+    """What that probe ran on: the stack's packages, the shadowing folder's in their place."""
     shadowing = {}
     for dist in site.glob("*.dist-info"):
         name, version = dist.name[: -len(".dist-info")].rsplit("-", 1)
@@ -72,17 +83,17 @@ def _tf457_lock(site: Path) -> str:
     return "".join(f"{line}\n" for line in sorted([*stack, *shadowing.values()], key=str.lower))
 
 
-def _tf457_result(folder: Path, site: Path) -> Path:
-    """The real probe with transformers 4.57.6 (cached per probes/ digest like real_results)."""
-    folder = folder / f"tf457-{probes_digest()[:16]}"
-    out = folder / "good-tf457.json"
+def _older_tf_result(folder: Path, site: Path) -> Path:
+    """The real probe with transformers OLDER_TF (cached per probes/ digest like real_results)."""
+    folder = folder / f"tf{OLDER_TF}-{probes_digest()[:16]}"
+    out = folder / "good-older-tf.json"
     if out.is_file():
         return out
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     spec = spec_for("good")
-    spec["id"], spec["hash"] = "py3.11-torch2.13.0+cpu-tf4.57.6-good", "hash-good-tf457"
-    spec["pins"] = {**spec["pins"], "transformers": "4.57.6"}
+    spec["id"], spec["hash"] = OLDER_CELL, "hash-good-older-tf"
+    spec["pins"] = {**spec["pins"], "transformers": OLDER_TF}
     (folder / "cell.json").write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(site)])}
     proc = subprocess.run([str(PROBE_PYTHON), "-m", "probes", "--cell", str(folder / "cell.json"),
@@ -118,7 +129,7 @@ def results(request, tmp_path_factory):
     root = cache_root(request, tmp_path_factory)
     found = real_results(root)
     if UV is not None:
-        found["good-tf457"] = _tf457_result(root, _tf457_site(root))
+        found["good-older-tf"] = _older_tf_result(root, _older_tf_site(root))
     return found
 
 
@@ -132,8 +143,9 @@ def run_dir(request, tmp_path_factory, tmp_path, results):
     tf5_lock = _freeze(PROBE_PYTHON)
     for stack in ("good", "xformers-broken", "trl-broken"):
         _add_cell(run, results[stack], tf5_lock)
-    site = _tf457_site(cache_root(request, tmp_path_factory))  # built by `results`: found at once
-    _add_cell(run, results["good-tf457"], _tf457_lock(site))
+    # built by `results`: found at once
+    site = _older_tf_site(cache_root(request, tmp_path_factory))
+    _add_cell(run, results["good-older-tf"], _older_tf_lock(site))
     return run
 
 
@@ -142,15 +154,16 @@ def _header(text: str) -> list[str]:
 
 
 def test_newest_and_per_line_picks_from_real_results(run_dir, results):
-    tf457 = json.loads(results["good-tf457"].read_text())
-    assert tf457["environment"]["packages"]["transformers"]["installed"] == TF457  # really 4.57.6
+    older = json.loads(results["good-older-tf"].read_text())
+    # it really ran on the older release
+    assert older["environment"]["packages"]["transformers"]["installed"] == OLDER_TF
     report = write_pins(run_dir, now=NOW)
     assert report.pins_dir == run_dir / "pins"
     by_file = {p.file_name: p for p in report.picks}
     # only fully working cells: the broken-trl (core import fails) and broken-xformers (partial)
     # cells never
     assert {p.candidate.cell_id for p in report.picks} <= {"py3.11-torch2.13.0+cpu-tf5.17.0-good",
-                                                           "py3.11-torch2.13.0+cpu-tf4.57.6-good"}
+                                                           OLDER_CELL}
     assert by_file[NEWEST_FILE].candidate.cell_id == "py3.11-torch2.13.0+cpu-tf5.17.0-good"
     # one torch line (2.13.0+cpu); no throughput ran on CPU, so it falls back to the newest and says
     # so
