@@ -23,9 +23,9 @@ def claims_section(summary: dict[str, Any]) -> list[dict[str, Any]]:
             speedups[(entry["cell"], entry["stack"])] = float(entry["speedup_vs_sdpa"])
     out = []
     for claim_id, claim in registry.CLAIMS.items():
-        checks = tuple(str(n) for n in claim["checks"])  # type: ignore[attr-defined]
+        checks = tuple(str(n) for n in claim["checks"])
         speed = claim.get("speed")
-        low, high = claim["range"]  # type: ignore[misc]
+        low, high = claim["range"]
         rows = []
         for cell in summary.get("cells") or []:
             ran = {name: cell["checks"][name] for name in checks

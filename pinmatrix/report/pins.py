@@ -3,19 +3,21 @@
 A purpose is what a user needs the stack for (issue 20):
 - `exaone3.5-remote-code`: the newest stack where EXAONE 3.5 LoRA-trains through its remote code;
 - `exaone3.5-llamafied`: the newest where it trains llamafied (LlamaForCausalLM, same weights);
-- `fastest-lora`: the fastest for LoRA training of EXAONE 3.5, any route, any backend (tokens/s of
-  the throughput checks, the median timed step, of a route the cell trains);
+- `fastest-lora`: the fastest for LoRA training of EXAONE 3.5, any route, any backend (tokens/s
+  of the throughput checks, the median timed step, of a route the cell trains);
 - `exaone4`: the newest where EXAONE 4 trains;
 - the same four through unsloth (`unsloth-…`) when some cell pins unsloth;
 - and any `--pins-for route=…,backend=…,goal=…` (`for-…`).
 
 A cell qualifies for a purpose when the checks that prove its route trains all pass
-(probes/registry.py `TRAINING`), no route-less core check (`imports`) failed, and the run has its lock.
+(probes/registry.py `TRAINING`), no route-less core check (`imports`) failed, and the run has its
+lock.
 A `partial` cell qualifies: what else failed (optional checks, and the core checks of a route this
 purpose does not use) becomes the file's caveats, each with its signature, cause and fix from
-probes/signatures.json. `claim` checks test a guide's statement, not the stack: they are listed apart
-and never cost a cell its pin. Every cell passed over gets one "why not" line: unresolvable, infra,
-core check failed (which), no lock, slower than the pick (by how much), or older than the pick.
+probes/signatures.json. `claim` checks test a guide's statement, not the stack: they are listed
+apart and never cost a cell its pin. Every cell passed over gets one "why not" line: unresolvable,
+infra, core check failed (which), no lock, slower than the pick (by how much), or older than the
+pick.
 
 Newest = newest transformers, then unsloth, then torch (`packaging` versions of the locked, i.e.
 installed, versions). Each file is the cell's full lock reduced to `name==version` lines (no hashes:
@@ -256,7 +258,8 @@ def collect_cells(run_dir: Path, summary: dict[str, Any]) -> list[Cell]:
 def judge(cell: Cell, purpose: Purpose) -> Verdict:
     """Whether `cell` qualifies for `purpose`; its caveats when it does, one "why not" otherwise."""
     if cell.status == "unresolvable":
-        return Verdict(cell, f"unresolvable: {_short(cell.reason) or 'the resolver found no install'}")
+        return Verdict(cell, "unresolvable: "
+                       + (_short(cell.reason) or "the resolver found no install"))
     if not cell.checks:
         return Verdict(cell, f"{cell.status}: {_short(cell.reason) or 'no valid result'}")
     statuses = {name: str(c.get("status")) for name, c in cell.checks.items()}
@@ -307,7 +310,8 @@ def caveats(cell: Cell, used: set[str]) -> tuple[list[Caveat], list[Caveat]]:
         else:
             kind = "optional"
         groups.setdefault((kind, status, record.get("signature")), []).append(name)
-    found, claims = [], []
+    found: list[Caveat] = []
+    claims: list[Caveat] = []
     for (kind, status, signature), names in groups.items():
         entry = describe_signature(signature) if signature else None
         cause = (entry or {}).get("cause")
@@ -481,8 +485,8 @@ def readme_text(picks: list[Pick], run_id: str, written_at: str) -> str:
 def pins_markdown(entries: list[dict[str, Any]]) -> list[str]:
     """summary.md's "Pins by purpose" section from summary.json `pins`."""
     out = ["## Pins by purpose", "",
-           "Constraints files in `pins/` (pinmatrix/report/pins.py): a `partial` cell qualifies when "
-           "what failed is not needed for the purpose; its file lists each caveat.", "",
+           "Constraints files in `pins/` (pinmatrix/report/pins.py): a `partial` cell qualifies "
+           "when what failed is not needed for the purpose; its file lists each caveat.", "",
            "| purpose | file | cell | why |", "|---|---|---|---|"]
     for e in entries:
         file_word = f"`{e['file']}`" if e["file"] else "none"
@@ -508,7 +512,8 @@ def pick_details_md(picks: Sequence[Pick | dict[str, Any]]) -> list[str]:
             out += ["", "Guide claims that do not hold on it:",
                     *(f"- {_md(t)}" for t in entry["claims"])]
         if entry["why_not"]:
-            out += ["", "Why not:", *(f"- `{w['cell']}`: {_md(w['why'])}" for w in entry["why_not"])]
+            out += ["", "Why not:",
+                    *(f"- `{w['cell']}`: {_md(w['why'])}" for w in entry["why_not"])]
     return out
 
 

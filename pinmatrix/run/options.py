@@ -66,8 +66,8 @@ class RunOptions:
     snapshot: dict[str, Any] | None = None
     # False (--no-compile-cache): every probe run starts with empty compile caches
     compile_cache: bool = True
-    # --pins-for: extra pins purposes (pinmatrix.report.pins.Purpose) beside the default ones
-    pins_for: Sequence[Any] = ()
+    # --pins-for: extra pins purposes (pinmatrix.report.pins.parse_pins_for) beside the defaults
+    pins_for: Sequence[str] = ()
 
 
 @dataclass
@@ -168,11 +168,13 @@ def _sources_help(field: str) -> tuple[str, ...]:
     return SOURCE_ENV[field]
 
 
-def _pins_for(text: str) -> Any:
-    """--pins-for: a pins Purpose; a bad key or value is bad input (exit 2)."""
+def _pins_for(text: str) -> str:
+    """--pins-for: checked now (a bad key or value is bad input, exit 2), kept as text so that a
+    Slurm task's argv carries it as given."""
     from pinmatrix.report.pins import parse_pins_for
 
-    return parse_pins_for(text)
+    parse_pins_for(text)
+    return text
 
 
 def _rerun(values: list[str | None] | None) -> list[str] | None:
@@ -573,6 +575,7 @@ TASK_OWN_FIELDS = frozenset(
         "cpu_jobs",
         "live_progress",
         "finalize",
+        "pins_for",  # used only where the report is written: the session, never a task
         "label",
         "sources",
     }
