@@ -96,8 +96,7 @@ UNSLOTH_PURPOSES = (
     Purpose("unsloth-exaone3.5-remote-code", registry.REMOTE_CODE, registry.UNSLOTH, NEWEST),
     Purpose("unsloth-exaone3.5-llamafied", registry.LLAMAFIED, registry.UNSLOTH, NEWEST),
     Purpose("unsloth-fastest-lora", None, registry.UNSLOTH, FASTEST),
-    Purpose("unsloth-exaone4", registry.EXAONE4, registry.UNSLOTH, NEWEST),
-)
+)  # no check trains EXAONE 4 through unsloth (registry.TRAINING): no unsloth EXAONE 4 pin
 
 
 def parse_pins_for(text: str) -> Purpose:
@@ -125,7 +124,11 @@ def parse_pins_for(text: str) -> Purpose:
         raise UsageError(f"--pins-for {text!r}: no throughput check trains EXAONE 4; use "
                          "goal=newest")
     key = "for-" + "-".join(f"{k}-{values[k]}" for k in ("route", "backend", "goal"))
-    return Purpose(slug(key), route, backend, values["goal"])
+    purpose = Purpose(slug(key), route, backend, values["goal"])
+    if not purpose.routes():
+        raise UsageError(f"--pins-for {text!r}: no check of the registry trains that route with "
+                         "that backend (probes/registry.py TRAINING)")
+    return purpose
 
 
 # --- one cell, as the choice sees it
@@ -267,15 +270,20 @@ def judge(cell: Cell, purpose: Purpose) -> Verdict:
             and not _route_of(name) and statuses[name] != "pass" and statuses[name] != "skip"]
     if core:
         return Verdict(cell, "core check failed: " + ", ".join(_check_word(cell, n) for n in core))
-    routes = [pair for pair in purpose.routes()
-              if all(statuses.get(name) == "pass" for name in registry.TRAINING[pair])]
+    routes = [pair for pair in purpose.routes() if _trains(statuses, pair)]
     if not routes:
-        missing = []
+        missing, failed = [], False
         for pair in purpose.routes():
-            bad = [_check_word(cell, n) for n in registry.TRAINING[pair]
-                   if statuses.get(n) != "pass"]
-            missing.append(f"{_route_word(pair)}: " + ", ".join(bad))
-        return Verdict(cell, "core check for this purpose failed: " + "; ".join(missing))
+            loads, trains = registry.TRAINING[pair]
+            bad = [n for n in loads if statuses.get(n) != "pass"]
+            if all(statuses.get(n) != "pass" for n in trains):
+                bad += list(trains)
+            failed = failed or any(statuses.get(n) in BAD_STATUSES for n in bad)
+            missing.append(f"{_route_word(pair)}: "
+                           + ", ".join(_check_word(cell, n) for n in bad))
+        head = ("core check for this purpose failed" if failed
+                else "not tested for this purpose")
+        return Verdict(cell, f"{head}: " + "; ".join(missing))
     if cell.locked is None:
         return Verdict(cell, f"qualifies, but the run has no lock for it "
                              f"(locks/{cell.cell_id}/{LOCK_NAME})")
@@ -285,7 +293,8 @@ def judge(cell: Cell, purpose: Purpose) -> Verdict:
                  if statuses.get(name) in ("pass", "flaky") and _pair_of(name) in routes]
         if timed:
             verdict.speed = max(timed, key=lambda item: item[1])
-    used = {name for pair in routes for name in registry.TRAINING[pair]}
+    used = {name for pair in routes for group in registry.TRAINING[pair] for name in group
+            if statuses.get(name) == "pass"}
     verdict.caveats, verdict.claims = caveats(cell, used)
     return verdict
 
@@ -519,6 +528,12 @@ def pick_details_md(picks: Sequence[Pick | dict[str, Any]]) -> list[str]:
 
 # --- words
 # -------------------------------------------------------------------------------------------
+
+def _trains(statuses: dict[str, str], pair: tuple[str, str]) -> bool:
+    loads, trains = registry.TRAINING[pair]
+    return (all(statuses.get(n) == "pass" for n in loads)
+            and any(statuses.get(n) == "pass" for n in trains))
+
 
 def _route_of(name: str) -> str | None:
     entry = registry.lookup(name)
