@@ -37,7 +37,7 @@ from probes import registry
 
 from pinmatrix.cell import LOCK_LINE, normalize_name, version_key
 from pinmatrix.errors import UsageError
-from pinmatrix.fsio import read_json, slug, write_text_atomic
+from pinmatrix.fsio import read_json, write_text_atomic
 from pinmatrix.results import describe_signature
 
 PINS_DIR = "pins"
@@ -124,7 +124,7 @@ def parse_pins_for(text: str) -> Purpose:
         raise UsageError(f"--pins-for {text!r}: no throughput check trains EXAONE 4; use "
                          "goal=newest")
     key = "for-" + "-".join(f"{k}-{values[k]}" for k in ("route", "backend", "goal"))
-    purpose = Purpose(slug(key), route, backend, values["goal"])
+    purpose = Purpose(key, route, backend, values["goal"])  # validated words: safe as a name
     if not purpose.routes():
         raise UsageError(f"--pins-for {text!r}: no check of the registry trains that route with "
                          "that backend (probes/registry.py TRAINING)")
