@@ -19,10 +19,11 @@ apart and never cost a cell its pin. Every cell passed over gets one "why not" l
 infra, core check failed (which), no lock, slower than the pick (by how much), or older than the
 pick.
 
-Newest = newest transformers, then unsloth, then torch (`packaging` versions of the locked, i.e.
-installed, versions). Each file is the cell's full lock reduced to `name==version` lines (no hashes:
-a constraints file with hashes switches pip to hash-checking mode for everything installed with it),
-so `pip install -c FILE pkg` and `uv pip install -c FILE pkg` both read it.
+Newest = newest transformers, then unsloth (not for an HF+PEFT purpose: there unsloth does not
+train), then torch (`packaging` versions of the locked, i.e. installed, versions); among equal
+versions, the cell with fewer caveats. Each file is the cell's full lock reduced to `name==version`
+lines (no hashes: a constraints file with hashes switches pip to hash-checking mode for everything
+installed with it), so `pip install -c FILE pkg` and `uv pip install -c FILE pkg` both read it.
 """
 from __future__ import annotations
 
@@ -78,6 +79,13 @@ class Purpose:
             what = ROUTE_WORDS[self.route] if self.route else "EXAONE 3.5, any route"
             return f"fastest stack for LoRA training of {what} ({how})"
         return f"newest stack where {TRAINS_WORDS[self.route or ANY]} ({how})"
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """What "newest" compares, in order: unsloth's version only where unsloth may train."""
+        if self.backend == registry.HF_PEFT:
+            return tuple(n for n in NEWEST_ORDER if n != "unsloth")
+        return NEWEST_ORDER
 
     def routes(self) -> list[tuple[str, str]]:
         """The (route, backend) pairs of registry.TRAINING that satisfy this purpose."""
@@ -352,16 +360,17 @@ def choose(cells: list[Cell], purpose: Purpose) -> Pick:
                f"{'s' if len(qualified) != 1 else ''}: {best.speed[0]} "
                f"{best.speed[1]:.1f} tokens/s ({_route_word(_pair_of(best.speed[0]))})")
     else:
-        best = max(qualified, key=lambda v: v.cell.newest_key)
+        best = max(qualified, key=lambda v: _newest_key(v, purpose))
         why = (f"newest of {len(qualified)} qualifying cell{'s' if len(qualified) != 1 else ''} "
-               "(" + ", ".join(f"{n} {best.cell.version(n)}" for n in NEWEST_ORDER) + "); trains "
+               "(" + ", ".join(f"{n} {best.cell.version(n)}" for n in purpose.versions)
+               + f"; {_caveat_count(best)}); trains "
                + " and ".join(_route_word(pair) for pair in best.routes))
     passed = []
     for v in verdicts:
         if v is best:
             continue
         if v.why_not is None:
-            v.why_not = _slower(v, best) if purpose.goal == FASTEST else _older(v.cell, best.cell)
+            v.why_not = _slower(v, best) if purpose.goal == FASTEST else _older(v, best, purpose)
         passed.append((v.cell.cell_id, v.why_not))
     return Pick(purpose, best, why, passed)
 
@@ -562,12 +571,32 @@ def _check_word(cell: Cell, name: str) -> str:
     return f"{name} {status}" + (f" [{detail}]" if detail else "")
 
 
-def _older(cell: Cell, pick: Cell) -> str:
-    for name in (*NEWEST_ORDER, "peft", "trl"):
-        mine, theirs = cell.version(name), pick.version(name)
+def _newest_key(v: Verdict, purpose: Purpose) -> tuple[Any, ...]:
+    """Newest versions first (purpose.versions); among equal versions the cell with fewer caveats,
+    then the cell id."""
+    return (tuple(version_key(v.cell.version(n)) for n in purpose.versions)
+            + (-_failing(v), v.cell.cell_id))
+
+
+def _failing(v: Verdict) -> int:
+    return sum(len(c.checks) for c in v.caveats)
+
+
+def _caveat_count(v: Verdict) -> str:
+    n = _failing(v)
+    return f"{n} check{'s' if n != 1 else ''} in its caveats"
+
+
+def _older(v: Verdict, best: Verdict, purpose: Purpose) -> str:
+    for name in purpose.versions:
+        mine, theirs = v.cell.version(name), best.cell.version(name)
         if mine != theirs:
             return f"older than the pick: {name} {mine} < {theirs}"
-    return "same versions as the pick (ties go to the cell id)"
+    versions = ", ".join(f"{n} {v.cell.version(n)}" for n in purpose.versions)
+    if _failing(v) != _failing(best):
+        return (f"same versions as the pick ({versions}), more caveats: {_failing(v)} failing "
+                f"checks against {_failing(best)}")
+    return f"same versions as the pick ({versions}); ties go to the cell id"
 
 
 def _slower(v: Verdict, best: Verdict) -> str:

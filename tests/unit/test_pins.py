@@ -259,11 +259,17 @@ def test_newest_orders_by_packaging_versions():
                     [f"{k}=={v}" for k, v in locked.items()], {}, None, {})
 
     cells = [cell("a", "4.57.6"), cell("b", "4.9.0"), cell("c", "4.57.6", "2026.10.9")]
-    pick = choose(cells, parse_pins_for("route=llamafied,backend=hf-peft"))
+    cells[2].checks["unsloth.llamafied"] = {"status": "fail", "signature": "some-unsloth-bug"}
+    pick = choose(cells, parse_pins_for("route=llamafied"))   # any backend: unsloth counts
     assert pick.cell is not None and pick.cell.cell_id == "c"   # same transformers: unsloth decides
     whys = dict(pick.passed_over)
     assert whys["b"] == "older than the pick: transformers 4.9.0 < 4.57.6"  # PEP 440, not text
     assert whys["a"] == "older than the pick: unsloth none < 2026.10.9"
+    # through HF+PEFT unsloth trains nothing: the same versions otherwise, so fewer caveats win
+    hf = choose(cells, parse_pins_for("route=llamafied,backend=hf-peft"))
+    assert hf.cell is not None and hf.cell.cell_id == "a"
+    assert dict(hf.passed_over)["c"] == ("same versions as the pick (transformers 4.57.6, torch "
+                                         "2.11.0), more caveats: 1 failing checks against 0")
     assert judge(cells[0], parse_pins_for("route=remote-code,backend=hf-peft")).why_not == (
         "not tested for this purpose: EXAONE 3.5 through its remote code via HF+PEFT: "
         "exaone3.5.remote-code did not run, lora-train.hf-peft did not run")
