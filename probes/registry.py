@@ -157,7 +157,7 @@ EXAONE35_ROUTES: dict[str, tuple[str, ...]] = {
 # directly; `speed`: the throughput stack whose speedup over `throughput.sdpa` the claim states.
 CLAIMS: dict[str, dict[str, object]] = {
     "unsloth-speed": {
-        "claim": "Unsloth: 2-5x faster LoRA training (\"속도 2-5배 향상\"), Flash Attention included",
+        "claim": "Unsloth: 2-5x faster LoRA training (\"속도 2-5배 향상\")",
         "source": "team guide (/work/shared/seed/), scenario 1 \"Unsloth 호환\"",
         "checks": ("unsloth.llamafied", "lora-train.unsloth"),
         "speed": "unsloth", "range": (2.0, 5.0),
