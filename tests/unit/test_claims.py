@@ -11,7 +11,7 @@ def test_the_guides_claims_on_the_h200():
     claims = {c["id"]: c for c in summary["claims"]}
     statuses = {c["id"]: c["status"] for c in summary["cells"]}
     xformers = claims["xformers-attn"]
-    # every resolvable cell tried the guide's attn_implementation="xformers", and transformers refused
+    # every resolvable cell tried the guide's attn_implementation="xformers"; transformers refused
     assert len(xformers["cells"]) == sum(1 for s in statuses.values() if s != "unresolvable")
     for row in xformers["cells"]:
         assert row["verdict"] == FAILS
