@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pinmatrix.report.pins import lock_entries
 from pinmatrix.results import CellResult, load_result
 from pinmatrix.status import cell_status
 
@@ -122,6 +123,10 @@ def test_pins_for_the_routes_that_work_with_their_caveats(first_run):
         assert f"# cell: {pin['cell']} (cell status: {pin['status']})" in header
         for caveat in pin["caveats"]:  # what summary.json says is what the file's header says
             assert f"#   - {caveat}" in header
+        # the body is the cell's lock, hashes dropped
+        body = [ln for ln in (run / pin["file"]).read_text().splitlines() if not ln.startswith("#")]
+        lock = run / "locks" / pin["cell"] / "requirements.lock"
+        assert body == lock_entries(lock.read_text())
     llamafied = pins["exaone3.5-llamafied"]
     assert any(c.startswith("exaone3.5.remote-code") and "(a route this pin does not use)" in c
                for c in llamafied["caveats"]), llamafied["caveats"]
