@@ -21,9 +21,10 @@ pick.
 
 Newest = newest transformers, then unsloth (not for an HF+PEFT purpose: there unsloth does not
 train), then torch (`packaging` versions of the locked, i.e. installed, versions); among equal
-versions, the cell with fewer caveats. Each file is the cell's full lock reduced to `name==version`
-lines (no hashes: a constraints file with hashes switches pip to hash-checking mode for everything
-installed with it), so `pip install -c FILE pkg` and `uv pip install -c FILE pkg` both read it.
+versions, the cell with fewer caveats, then the smaller install. Each file is the cell's full lock
+reduced to `name==version` lines (no hashes: a constraints file with hashes switches pip to
+hash-checking mode for everything installed with it), so `pip install -c FILE pkg` and
+`uv pip install -c FILE pkg` both read it.
 """
 from __future__ import annotations
 
@@ -573,9 +574,9 @@ def _check_word(cell: Cell, name: str) -> str:
 
 def _newest_key(v: Verdict, purpose: Purpose) -> tuple[Any, ...]:
     """Newest versions first (purpose.versions); among equal versions the cell with fewer caveats,
-    then the cell id."""
+    then the smaller install (fewer locked packages), then the cell id."""
     return (tuple(version_key(v.cell.version(n)) for n in purpose.versions)
-            + (-_failing(v), v.cell.cell_id))
+            + (-_failing(v), -len(v.cell.lock_lines), v.cell.cell_id))
 
 
 def _failing(v: Verdict) -> int:
@@ -596,6 +597,9 @@ def _older(v: Verdict, best: Verdict, purpose: Purpose) -> str:
     if _failing(v) != _failing(best):
         return (f"same versions as the pick ({versions}), more caveats: {_failing(v)} failing "
                 f"checks against {_failing(best)}")
+    if len(v.cell.lock_lines) != len(best.cell.lock_lines):
+        return (f"same versions as the pick ({versions}) and as many caveats, a bigger install: "
+                f"{len(v.cell.lock_lines)} packages against {len(best.cell.lock_lines)}")
     return f"same versions as the pick ({versions}); ties go to the cell id"
 
 

@@ -230,6 +230,9 @@ def test_h200_routes_pick_the_newest_transformers_each_route_trains_on():
     picks = {p.purpose.key: p for p in plan(run, summary)}
     remote, llama = picks["exaone3.5-remote-code"], picks["exaone3.5-llamafied"]
     assert remote.cell is not None and remote.cell.version("transformers") == "4.57.6"
+    # three 4.57.6 cells, the same caveats: through HF+PEFT the one without unsloth installs least
+    assert "-unsloth-none-" in remote.cell.cell_id
+    assert sum("a bigger install" in w for w in dict(remote.passed_over).values()) == 2
     assert llama.cell is not None and llama.cell.version("transformers") == "5.17.0"
     # the remote code of every known revision fails on 5.x: core for that purpose
     whys = dict(remote.passed_over)
