@@ -54,6 +54,8 @@ COMMANDS = {
              "history",
     "run-cell": "run one cell of a prepared run folder (a Slurm array task; see "
                 "pinmatrix/run/slurm.py)",
+    "bisect": "PACKAGE GOOD..BAD: the first bad release, each step a real cell "
+              "(pinmatrix/bisect/run.py)",
 }
 # Commands that take no matrix, selectors or run options: each has its own small parser.
 STANDALONE = {
@@ -141,6 +143,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return merge_command(args)
     opts = run_options(args)
+    if args.command == "bisect":
+        from pinmatrix.bisect.run import bisect_command
+
+        return bisect_command(args, opts)
     if args.command == "run-cell":
         from pinmatrix.run.slurm import run_cell_task
 

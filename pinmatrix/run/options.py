@@ -93,7 +93,7 @@ def cell_timeout(cell: Cell, opts: RunOptions) -> float:
 # this table, so an option cannot reach a local run and miss a Slurm task (issue 16: four options
 # did).
 
-ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-cell")
+ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-cell", "bisect")
 
 
 @dataclass(frozen=True)
@@ -271,6 +271,37 @@ OPTIONS: tuple[Option, ...] = (
         forward="value",
     ),
     Option("--label", "suffix of the run id", field="label"),
+    # bisect (pinmatrix/bisect/run.py): PACKAGE GOOD..BAD come first among the positionals
+    Option(
+        "--check",
+        "a check or check group the bisect judges by (repeatable; default: the matrix's groups)",
+        commands=("bisect",),
+        action="append",
+        metavar="CHECK_OR_GROUP",
+    ),
+    Option(
+        "--bisect-budget",
+        "probes the nightly may spend bisecting each new breakage to its first "
+        "bad release (0: none; default 8, pinmatrix/bisect/nightly.py)",
+        commands=("nightly",),
+        type=int,
+        default=8,
+        metavar="N",
+    ),
+    Option(
+        "--signature",
+        "bisect one break: a release is bad only where a named check fails with "
+        "this signature (a surface check's failed facts count)",
+        commands=("bisect",),
+        metavar="SIG",
+    ),
+    Option("--pre", "bisect pre-releases too", commands=("bisect",), action="store_true"),
+    Option(
+        "--all",
+        "probe every release in range (a full table, and a monotonicity check)",
+        commands=("bisect",),
+        action="store_true",
+    ),
     # A task replays the session's live axes from run.json instead (pinmatrix/run/slurm.py).
     Option(
         "--snapshot",
