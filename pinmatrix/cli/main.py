@@ -207,12 +207,14 @@ def _report(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise UsageError(f"no run folder at {run_dir} (run `python -m pinmatrix matrix` first, or "
                          "pass --run DIR)")
-    json_path, md_path = write_report(run_dir.resolve(), previous=getattr(args, "previous", None))
+    pins_for = tuple(getattr(args, "pins_for", None) or ())
+    json_path, md_path = write_report(run_dir.resolve(), previous=getattr(args, "previous", None),
+                                      pins_for=pins_for)
     import json
 
     print(json.loads(json_path.read_text())["verdict"])
     print(f"report: {md_path}")
     from pinmatrix.report.pins import write_pins
 
-    print(write_pins(run_dir.resolve()).message)
+    print(write_pins(run_dir.resolve(), pins_for=pins_for).message)
     return EXIT_OK

@@ -66,6 +66,8 @@ class RunOptions:
     snapshot: dict[str, Any] | None = None
     # False (--no-compile-cache): every probe run starts with empty compile caches
     compile_cache: bool = True
+    # --pins-for: extra pins purposes (pinmatrix.report.pins.parse_pins_for) beside the defaults
+    pins_for: Sequence[str] = ()
 
 
 @dataclass
@@ -164,6 +166,15 @@ def _sources_help(field: str) -> tuple[str, ...]:
     from pinmatrix.sources import SOURCE_ENV
 
     return SOURCE_ENV[field]
+
+
+def _pins_for(text: str) -> str:
+    """--pins-for: checked now (a bad key or value is bad input, exit 2), kept as text so that a
+    Slurm task's argv carries it as given."""
+    from pinmatrix.report.pins import parse_pins_for
+
+    parse_pins_for(text)
+    return text
 
 
 def _rerun(values: list[str | None] | None) -> list[str] | None:
@@ -410,6 +421,17 @@ OPTIONS: tuple[Option, ...] = (
     # per command
     Option("--run", "run folder (default: reports/latest)", commands=("report",), type=Path),
     Option(
+        "--pins-for",
+        "also write the pin that fits: route=remote-code|llamafied|exaone4|any, "
+        "backend=hf-peft|unsloth|any, goal=newest|fastest (pinmatrix/report/pins.py); repeatable",
+        field="pins_for",
+        commands=("matrix", "report"),
+        action="append",
+        type=_pins_for,
+        metavar="KEY=VALUE[,...]",
+        to_field=tuple,
+    ),
+    Option(
         "--previous",
         "the previous run: a run folder, a reports/ folder or an unpacked report artifact "
         "(nightly, merge: default the newest earlier run in --reports)",
@@ -584,6 +606,7 @@ TASK_OWN_FIELDS = frozenset(
         "cpu_jobs",
         "live_progress",
         "finalize",
+        "pins_for",  # used only where the report is written: the session, never a task
         "label",
         "sources",
     }
