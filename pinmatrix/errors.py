@@ -125,7 +125,12 @@ class InfraError(InfraSignal):
 
 class ResolveInfraError(InfraSignal):
     """The machine failed the resolve (uv missing, index unreachable): retry later, the cell is not
-    at fault."""
+    at fault. `signature`: the outcome's (default "resolve-infra"; "environment-inconsistent" for a
+    prepared environment whose own requirements are not met)."""
+
+    def __init__(self, message: str, signature: str = "resolve-infra") -> None:
+        super().__init__(message)
+        self.signature = signature
 
 
 class IndexUnreachable(InfraSignal):

@@ -21,6 +21,7 @@ from packaging.version import InvalidVersion, Version
 
 from pinmatrix.cell import NONE, Cell, Lock, normalize_name
 from pinmatrix.resolve.uv import ResolveInfraError
+from pinmatrix.runners import env_check
 
 # Run inside the target interpreter: every distribution it sees, as {name: version}.
 _LIST_DISTRIBUTIONS = (
@@ -84,6 +85,17 @@ def _satisfies(installed: str, pin: str) -> bool:
         return installed == pin
 
 
+def environment_conflicts(cell: Cell, python: str, extra_sites: Sequence[Path] = ()) -> list[str]:
+    """Every unmet requirement among the cell's pinned packages and what they require, transitively
+    (pinmatrix/runners/env_check.py), as `python` sees them with `extra_sites` first."""
+    roots = [axis for axis, value in cell.pins.items()
+             if axis not in NOT_PACKAGES and value != NONE]
+    try:
+        return env_check.check(python, extra_sites, roots=roots).conflicts
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise ResolveInfraError(f"cannot check the requirements of {python}: {exc}") from exc
+
+
 def lock_from_environment(cell: Cell, python: str | None = None,
                           extra_sites: Sequence[Path] = ()) -> Lock:
     """The cell's Lock read off the prepared interpreter, or ResolveInfraError naming every pin it
@@ -94,6 +106,12 @@ def lock_from_environment(cell: Cell, python: str | None = None,
     if problems:
         raise ResolveInfraError("the prepared environment is not this cell (--no-install): "
                                 + "; ".join(problems))
+    inconsistent = environment_conflicts(cell, python, extra_sites)
+    if inconsistent:
+        raise ResolveInfraError(f"{env_check.SIGNATURE}: " + "; ".join(inconsistent)
+                                + " (the prepared environment does not meet its own requirements:"
+                                " fix the environment; the stack was not judged)",
+                                env_check.SIGNATURE)
     lines = [f"# read off {python} (--no-install): nothing was resolved or installed"]
     lines += [f"{name}=={dists[name]}" for name in sorted(dists)]
     text = "\n".join(lines) + "\n"
