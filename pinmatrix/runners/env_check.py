@@ -97,7 +97,7 @@ def evaluate(data: dict[str, Any], sites: Sequence[Path | str] = (),
     first: dict[str, tuple[str, str, list[str]]] = {}
     report = EnvReport()
     for name, version, path, requires in data.get("dists", []):
-        key = canonicalize_name(name)
+        key = str(canonicalize_name(name))
         if key in first:
             if first[key][0] != version:
                 report.shadowed.append(f"{key} {version} ({path}) under {first[key][0]}")
@@ -105,7 +105,7 @@ def evaluate(data: dict[str, Any], sites: Sequence[Path | str] = (),
         first[key] = (version, path, requires)
     report.distributions = len(first)
     report.from_sites = sorted(f"{n}=={v}" for n, (v, w, _) in first.items() if w in site_set)
-    needs = {key: _applicable(requires, marker_env) for key, (_, _, requires) in first.items()}
+    needs = {k: _applicable(requires, marker_env) for k, (_, _, requires) in first.items()}
     judged = set(first) if roots is None else _closure(roots, needs)
     for key, (version, where, _) in sorted(first.items()):
         if key not in judged:
