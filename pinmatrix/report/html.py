@@ -229,7 +229,19 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
         items = summary.get(key) or []
         if not items:
             continue
-        lis = "".join(
+        causes = ""
+        if key == "infra":  # one cause, said once, with its remedy and its cells
+            shared = [c for c in summary.get("causes") or [] if len(c["cells"]) > 1]
+            told = {cell for c in shared for cell in c["cells"]}
+            items = [i for i in items if i.get("check") or i.get("cell") not in told]
+            causes = "".join(
+                f"<li class=cause><b>{len(c['cells'])} cells, one cause</b>"
+                f"{(' [' + e(c['signature']) + ']') if c.get('signature') else ''}: "
+                f"<span>{e(c['reason'])}</span>"
+                + (f"<br>remedy: {e(c['remedy'])}" if c.get("remedy") else "")
+                + "<br>cells: " + ", ".join(f"<code>{e(x)}</code>" for x in c["cells"])
+                + "</li>" for c in shared)
+        lis = causes + "".join(
             f"<li><code>{e(i.get('cell') or i.get('path'))}</code>"
             f"{(' ' + e(i['check'])) if i.get('check') else ''}: "
             f"<span>{e(i.get('explanation') or i.get('reason') or i.get('why') or '')}</span></li>"

@@ -109,7 +109,18 @@ def render_markdown(summary: dict[str, Any]) -> str:
     out += render_timeline(summary.get("gpu_timeline"))
     if summary["infra"]:
         out += ["## Infra (the machine failed, not the stack)", ""]
+        shared = [c for c in summary.get("causes") or [] if len(c["cells"]) > 1]
+        told = {cell for c in shared for cell in c["cells"]}
+        for cause in shared:  # one cause, said once, with its remedy and its cells
+            sig = f" [`{cause['signature']}`]" if cause.get("signature") else ""
+            out.append(f"- **{len(cause['cells'])} cells, one cause**{sig}: "
+                       f"{_md_inline(cause['reason'])}")
+            if cause.get("remedy"):
+                out.append(f"  - remedy: {_md_inline(cause['remedy'])}")
+            out.append("  - cells: " + ", ".join(f"`{c}`" for c in cause["cells"]))
         for item in summary["infra"]:
+            if not item["check"] and item["cell"] in told:
+                continue
             where = f"`{item['check']}`" if item["check"] else "cell"
             sig = f" [`{item['signature']}`]" if item.get("signature") else ""
             out.append(f"- `{item['cell']}` {where}: "

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -119,12 +119,15 @@ def lock_from_environment(cell: Cell, python: str | None = None,
     return Lock(cell_id=cell.id, python=version, torch_lock=torch_line, full_lock=text)
 
 
-def environment_resolver(python: str | None, extra_sites: Sequence[Path]):
-    """A resolve_fn for the pipeline: same signature as pinmatrix.resolve.uv.resolve."""
+def environment_resolver(python: Mapping[str, str] | str | None, extra_sites: Sequence[Path]):
+    """A resolve_fn for the pipeline: same signature as pinmatrix.resolve.uv.resolve. `python`:
+    --venv-python (one interpreter, or one per Python version)."""
     def resolve_installed(cell: Cell, sources: object, out_dir: Path) -> Lock:
+        from pinmatrix.runners.interpreters import python_for
         from pinmatrix.runners.site_rules import sites_for
 
-        lock = lock_from_environment(cell, python, sites_for(cell, extra_sites))
+        chosen = python_for(python, str(cell.pins.get("python") or ""))
+        lock = lock_from_environment(cell, chosen, sites_for(cell, extra_sites))
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "torch.lock").write_text(lock.torch_lock, encoding="utf-8")
         (out_dir / "requirements.lock").write_text(lock.full_lock, encoding="utf-8")
