@@ -53,6 +53,8 @@ COMMANDS = {
                "only on new breakages",
     "merge": "build a run folder from per-cell artifact folders (ARTIFACT_DIR...), report, diff, "
              "history",
+    "doctor": "can this host judge the selected cells? one line per capability, with its remedy; "
+              "exit 2 when no cell could be judged (pinmatrix/run/doctor.py)",
     "run-cell": "run one cell of a prepared run folder (a Slurm array task; see "
                 "pinmatrix/run/slurm.py)",
 }
@@ -150,11 +152,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pinmatrix.report.nightly import nightly_command
 
         return nightly_command(args, opts)
+    if args.command == "doctor":
+        from pinmatrix.run.doctor import doctor_command
+
+        return doctor_command(opts)
     if args.command == "matrix":
         if args.on == "slurm":
             from pinmatrix.run.slurm import run_on_slurm
 
             return run_on_slurm(args, opts)
+        if opts.resume is None:  # the doctor's checks first: no all-infra table (issue 13)
+            from pinmatrix.run.doctor import preflight
+            from pinmatrix.run.pipeline import load_cells
+
+            _, selected = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
+                                     snapshot=opts.snapshot, sources=opts.sources)
+            preflight(opts, selected)
     if args.command == "list":
         from pinmatrix.run.pipeline import load_cells
 

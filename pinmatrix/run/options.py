@@ -93,7 +93,7 @@ def cell_timeout(cell: Cell, opts: RunOptions) -> float:
 # this table, so an option cannot reach a local run and miss a Slurm task (issue 16: four options
 # did).
 
-ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-cell")
+ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-cell", "doctor")
 
 
 @dataclass(frozen=True)
