@@ -129,9 +129,10 @@ def find(version: str, venv_python: VenvPython | str | None = None,
         except (OSError, subprocess.SubprocessError):
             pass
         downloads = os.environ.get("UV_PYTHON_DOWNLOADS", "automatic")
-        mirror = os.environ.get("UV_PYTHON_INSTALL_MIRROR")
-        where = urlsplit(mirror).hostname if mirror else PYTHON_DOWNLOAD_HOST
-        if downloads != "never" and where and reachable(where):
+        mirror = urlsplit(os.environ.get("UV_PYTHON_INSTALL_MIRROR") or "")
+        where = mirror.hostname or PYTHON_DOWNLOAD_HOST
+        port = mirror.port or (80 if mirror.scheme == "http" else 443)
+        if downloads != "never" and reachable(where, port):
             return PythonAvailability(version, "downloadable", f"uv can download it from {where}")
         why = ("UV_PYTHON_DOWNLOADS=never" if downloads == "never"
                else f"{where} is not reachable")
