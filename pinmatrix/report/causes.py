@@ -19,6 +19,7 @@ REMEDIES = {
     "venv-create-failed": "see the cell's build log under logs/; `python -m pinmatrix doctor`",
     "venv-install-failed": "see the cell's build log under logs/; `python -m pinmatrix doctor`",
     "engine-unreachable": "start the Docker daemon, or use `--runner venv`",
+    "base-image-missing": "pull or build the base image, or drop `--pull never`",
 }
 
 

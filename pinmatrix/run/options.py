@@ -68,6 +68,9 @@ class RunOptions:
     snapshot: dict[str, Any] | None = None
     # False (--no-compile-cache): every probe run starts with empty compile caches
     compile_cache: bool = True
+    # --pull missing|always|never for base images (pinmatrix/runners/docker.py); None: missing,
+    # and always for nightly
+    pull: str | None = None
 
 
 @dataclass
@@ -360,6 +363,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="[AXIS=VALUE,...:]DIR",
         to_field=tuple,
         forward="site",
+    ),
+    Option(
+        "--pull",
+        "base images: pull when the engine lacks one (missing, the default), every run (always, "
+        "nightly's default), or never (air-gapped hosts)",
+        field="pull",
+        choices=("missing", "always", "never"),
+        forward="value",
     ),
     Option(
         "--venv-python",

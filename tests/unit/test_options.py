@@ -47,6 +47,8 @@ def non_default_argv(tmp_path: Path) -> list[str]:
             argv.append(option.flag)
         elif option.flag == "--runner":
             argv += [option.flag, "venv"]
+        elif option.choices:  # a value other than the default
+            argv += [option.flag, option.choices[-1]]
         elif option.flag == "--venv-python":  # a bare PATH and one per Python version
             argv += [option.flag, "/opt/py/bin/python", option.flag, "3.12=/opt/py312/bin/python"]
         elif option.flag == "--rerun":  # bare (all cells) and with a selector
