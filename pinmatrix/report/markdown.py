@@ -29,19 +29,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
     from pinmatrix.report.exaone import render_markdown as render_exaone35
 
     out += render_exaone35(summary.get("exaone35") or {})
-    columns = summary["checks"]
-    out += ["## Cells", "",
-            "Legend: ✅ pass · ❌ fail · ⏭ skip · ⚠ infra · 〰 flaky · `·` not run", ""]
-    out.append("| cell | status | " + " | ".join(f"`{c}`" for c in columns) + " |")
-    out.append("|---|---|" + "---|" * len(columns))
-    for cell in summary["cells"]:
-        statuses = [(cell["checks"].get(c) or {}).get("status") for c in columns]
-        glyphs = [CHECK_GLYPH.get(status, "·") for status in statuses]
-        out.append(f"| `{cell['id']}` | {CELL_GLYPH[cell['status']]} {cell['status']} | "
-                   + " | ".join(glyphs) + " |")
-    out.append("")
     for table in summary["pivot"]:
-        out += [f"## transformers × unsloth (python {table['python']}, torch {table['torch']})", "",
+        out += [f"## Which versions work together: transformers × unsloth (python "
+                f"{table['python']}, torch {table['torch']})", "",
                 "| transformers \\ unsloth | "
                 + " | ".join(f"`{u}`" for u in table["unsloth"]) + " |",
                 "|---|" + "---|" * len(table["unsloth"])]
@@ -55,6 +45,20 @@ def render_markdown(summary: dict[str, Any]) -> str:
                              or "—")
             out.append(f"| `{tf}` | " + " | ".join(cells) + " |")
         out.append("")
+    out += _recommended(summary.get("recommended"))
+    columns = summary["checks"]
+    out += ["## Cells", "",
+            "Legend: ✅ pass · ❌ fail · ⏭ skip · ⚠ infra · 〰 flaky · `·` not run (each glyph "
+            "is followed by its word)", ""]
+    out.append("| cell | status | " + " | ".join(f"`{c}`" for c in columns) + " |")
+    out.append("|---|---|" + "---|" * len(columns))
+    for cell in summary["cells"]:
+        statuses = [(cell["checks"].get(c) or {}).get("status") for c in columns]
+        glyphs = [f"{CHECK_GLYPH[status]} {status}" if status in CHECK_GLYPH and status else "·"
+                  for status in statuses]
+        out.append(f"| `{cell['id']}` | {CELL_GLYPH[cell['status']]} {cell['status']} | "
+                   + " | ".join(glyphs) + " |")
+    out.append("")
     if summary["failures"]:
         out += ["## Failures by signature", ""]
         for group in summary["failures"]:
@@ -89,24 +93,6 @@ def render_markdown(summary: dict[str, Any]) -> str:
                        f"{peak} | "
                        f"{s.get('batch_x_seq') or '—'} | {mfu} | {s.get('gpu') or '—'} |")
         out.append("")
-    if summary.get("timing"):
-        out += ["## Probe time", "",
-                "compat = the probe's wall time less the throughput checks: its start, its "
-                "imports, every other "
-                "check and, in a cell with unsloth, the start of the interpreter that measures the "
-                "plain stacks.", "",
-                "| cell | compile cache | probe s | compat s | throughput s | slowest compat "
-                "checks |",
-                "|---|---|---|---|---|---|"]
-        for t in summary["timing"]:
-            slow = ", ".join(f"`{c['check']}` {c['s']:.1f}" for c in t["slowest_compat_checks"])
-            out.append(f"| `{t['cell']}` | {t.get('compile_cache') or '—'} | {t['probe_s']:.1f} | "
-                       f"{t['compat_s']:.1f} | "
-                       f"{t['throughput_s']:.1f} | {slow} |")
-        out.append("")
-    from pinmatrix.report.gpus import render_timeline
-
-    out += render_timeline(summary.get("gpu_timeline"))
     if summary["infra"]:
         out += ["## Infra (the machine failed, not the stack)", ""]
         shared = [c for c in summary.get("causes") or [] if len(c["cells"]) > 1]
@@ -126,6 +112,24 @@ def render_markdown(summary: dict[str, Any]) -> str:
             out.append(f"- `{item['cell']}` {where}: "
                        f"{_md_inline(item.get('reason') or 'infra')}{sig}")
         out.append("")
+    if summary.get("timing"):
+        out += ["## Probe time", "",
+                "compat = the probe's wall time less the throughput checks: its start, its "
+                "imports, every other "
+                "check and, in a cell with unsloth, the start of the interpreter that measures the "
+                "plain stacks.", "",
+                "| cell | compile cache | probe s | compat s | throughput s | slowest compat "
+                "checks |",
+                "|---|---|---|---|---|---|"]
+        for t in summary["timing"]:
+            slow = ", ".join(f"`{c['check']}` {c['s']:.1f}" for c in t["slowest_compat_checks"])
+            out.append(f"| `{t['cell']}` | {t.get('compile_cache') or '—'} | {t['probe_s']:.1f} | "
+                       f"{t['compat_s']:.1f} | "
+                       f"{t['throughput_s']:.1f} | {slow} |")
+        out.append("")
+    from pinmatrix.report.gpus import render_timeline
+
+    out += render_timeline(summary.get("gpu_timeline"))
     from pinmatrix.report.remote_code import render_markdown as render_remote_code
 
     out += render_remote_code(summary.get("remote_code") or {})
@@ -135,6 +139,25 @@ def render_markdown(summary: dict[str, Any]) -> str:
             out.append(f"- `{item['path']}`: {_md_inline(item['why'])}")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _recommended(section: dict[str, Any] | None) -> list[str]:
+    """The recommended pins (pinmatrix/report/pins.py `recommended`), right after the pivot."""
+    if section is None:
+        return []
+    out = ["## Recommended pins", ""]
+    if not section.get("picks"):
+        return out + [f"None: {_md_inline(section.get('none') or 'no fully working cell')}.", ""]
+    keys: list[str] = []
+    for pick in section["picks"]:
+        keys += [k for k in pick["pins"] if k not in keys]
+    out += ["| constraints file | why | " + " | ".join(keys) + " |",
+            "|---|---|" + "---|" * len(keys)]
+    for pick in section["picks"]:
+        out.append(f"| `{pick['file']}` | {_md_inline(pick['why'])} | "
+                   + " | ".join(f"`{pick['pins'].get(k, '—')}`" for k in keys) + " |")
+    return out + ["", "`pip install -c FILE transformers peft …` (or `uv pip install -c FILE …`) "
+                      "installs that cell's whole lock.", ""]
 
 
 def _md_inline(text: str) -> str:

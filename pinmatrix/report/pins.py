@@ -98,6 +98,25 @@ def write_pins(run_dir: Path, *, now: datetime | None = None) -> PinsReport:
                                        f"in {pins_dir}: {names}")
 
 
+def recommended(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """What `write_pins` would choose, for the report's "Recommended pins" section (nothing is
+    written): {"picks": [{role, file, why, cell, pins}], "none": why there are none}."""
+    candidates, skipped = collect_candidates(Path(run_dir), summary)
+    if not candidates:
+        return {"picks": [], "none": "no fully working cell in this run"
+                + (f" ({'; '.join(skipped)})" if skipped else "")}
+    keys = ("python", "torch", "transformers", "unsloth", "peft", "trl", "xformers", "flash-attn",
+            "bitsandbytes")
+    picks = []
+    for pick in choose(candidates):
+        c = pick.candidate
+        pins = {k: c.locked.get(normalize_name(k)) or c.pins.get(k) for k in keys
+                if c.locked.get(normalize_name(k)) or c.pins.get(k)}
+        picks.append({"role": pick.role, "file": f"{PINS_DIR}/{pick.file_name}", "why": pick.why,
+                      "cell": c.cell_id, "pins": pins})
+    return {"picks": picks, "none": None}
+
+
 # --- candidates
 # ------------------------------------------------------------------------------------
 

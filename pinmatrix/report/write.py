@@ -19,6 +19,10 @@ def write_report(run_dir: Path, previous: Path | None = None,
         from pinmatrix.report.diff import attach_diff
 
         attach_diff(summary, run_dir, Path(previous), history)
+    from pinmatrix.report.pins import recommended
+
+    # the answer first: the recommended pins sit right after the pivot (issue 13)
+    summary["recommended"] = recommended(run_dir, summary)
     json_path = write_json_atomic(run_dir / "summary.json", summary)
     md_path = write_text_atomic(run_dir / "summary.md", render_markdown(summary))
     from pinmatrix.report.html import write_html
