@@ -291,13 +291,14 @@ def _pivot_html(tables: list[Mapping[str, Any]]) -> str:
             tds = []
             for u in table["unsloth"]:
                 slot = table["grid"][tf][u]
-                words = " ".join(f"{CELL_GLYPH.get(st, '')} {st}" + (f" ×{n}" if n > 1 else "")
+                words = " ".join(f"{CELL_GLYPH.get(st, '')}<span class=word> {e(st)}"
+                                 + (f" ×{n}" if n > 1 else "") + "</span>"
                                  for st, n in sorted(slot.items(),
                                                      key=lambda kv: STATUS_ORDER.index(kv[0])
                                                      if kv[0] in STATUS_ORDER else 99))
                 css = next(iter(sorted(slot, key=lambda st: STATUS_ORDER.index(st)
                                        if st in STATUS_ORDER else 99)), "none")
-                tds.append(f"<td class='status st-{e(css)}'>{e(words or '—')}</td>")
+                tds.append(f"<td class='status st-{e(css)}'>{words or '—'}</td>")
             rows.append(f"<tr><th>{e(tf)}</th>{''.join(tds)}</tr>")
         out.append(f"<section class=pivot><h2>Which versions work together: transformers × "
                    f"unsloth (python {e(table['python'])}, torch {e(table['torch'])})</h2>"
