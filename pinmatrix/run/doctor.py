@@ -83,7 +83,7 @@ def diagnose(opts: RunOptions, cells: Sequence[Cell], models: Sequence[Any] = ()
     _pythons(opts, cells, venv, diag)
     add(_index(opts, diag))
     if engine is not None and not venv:
-        _base_images(engine, cells, diag)
+        _base_images(engine, cells, diag, opts.pull or "missing")
     if full:
         for model in models:
             add(_hub_cache(model, opts))
@@ -233,10 +233,11 @@ def _index(opts: RunOptions, diag: Diagnosis) -> Finding:
                        "`--find-links DIR`, or `--no-install` on a prepared host")
 
 
-def _base_images(engine: Any, cells: Sequence[Cell], diag: Diagnosis) -> None:
+def _base_images(engine: Any, cells: Sequence[Cell], diag: Diagnosis, pull: str) -> None:
     from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE
 
     images = sorted({str(c.pins.get("base_image") or DEFAULT_BASE_IMAGE) for c in cells})
+    present_any = False
     for image in images:
         try:
             out = subprocess.run(engine.cmd("image", "inspect", "--format", "{{.Id}}", image),
@@ -244,10 +245,21 @@ def _base_images(engine: Any, cells: Sequence[Cell], diag: Diagnosis) -> None:
             present = out.returncode == 0
         except (OSError, subprocess.SubprocessError):
             present = False
-        diag.findings.append(Finding(
-            f"base image {image}", True if present else None,
-            "present in the engine" if present else "not in the engine: pulled before the "
-            "first build (`--pull missing`)"))
+        present_any = present_any or present
+        if pull == "never":
+            diag.findings.append(Finding(
+                f"base image {image}", present,
+                "present in the engine" if present else "not in the engine, and --pull never",
+                f"`docker pull {image}` (or `docker load`), or drop `--pull never`"))
+        else:
+            diag.findings.append(Finding(
+                f"base image {image}", True if present else None,
+                "present in the engine" + (" (pulled again: --pull always)" if pull == "always"
+                                           else "") if present else
+                f"not in the engine: pulled before the first build (--pull {pull})"))
+    if pull == "never" and images and not present_any:
+        diag.blockers.append("--pull never, and no base image the cells need is in the engine ("
+                             + ", ".join(images) + "): pull or load them, or drop --pull never")
 
 
 def _hub_cache(model: Any, opts: RunOptions) -> Finding:

@@ -83,3 +83,18 @@ def test_an_unreachable_index_without_a_wheelhouse_stops_with_exit_2(tmp_path):
                      env={"PINMATRIX_FIND_LINKS": "", "PIP_FIND_LINKS": ""})
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "the package index is not reachable (http://127.0.0.1:9/simple/pip/" in proc.stderr
+
+
+def test_pull_never_without_the_base_image_stops_with_exit_2(tmp_path):
+    from pinmatrix.runners.engine import find_engine
+
+    if find_engine() is None:
+        pytest.skip("needs a Docker engine")
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(CI.read_text().replace(
+        '"pinmatrix/base:bookworm-py311"', '"127.0.0.1:9/pinmatrix-absent/base:never"'))
+    proc = pinmatrix("matrix", "--matrix", str(matrix), "--runner", "docker", "--cpu",
+                     "--pull", "never", "--find-links", str(tmp_path),
+                     "--reports", str(tmp_path / "reports"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--pull never, and no base image the cells need is in the engine" in proc.stderr
