@@ -131,6 +131,13 @@ def matrix(session: nox.Session) -> None:
     _pinmatrix(session, "matrix")
 
 
+@nox.session(python=PYTHON)
+def doctor(session: nox.Session) -> None:
+    """Can this host judge the matrix? One line per capability, with its remedy when missing."""
+    _install_harness(session)
+    _pinmatrix(session, "doctor")
+
+
 @nox.session(python=PYTHON, tags=["cell"])
 @nox.parametrize("cell", CELL_IDS, ids=CELL_IDS)
 def cell(session: nox.Session, cell: str) -> None:

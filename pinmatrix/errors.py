@@ -15,12 +15,19 @@
 
 `python -m pinmatrix` catches PinmatrixError once and exits with `exc.exit_code`, printing
 `exc.prefix: message` on one line. A broken cell is never an exception: it is a check result.
+
+Exit codes: 0 done (broken cells are data); 1 harness failure (and `nightly`: a new breakage);
+2 bad input, or `HostNotReady` (the doctor found that no selected cell could be judged here);
+3 `matrix` finished with at least one `infra` cell (EXIT_INFRA); 130 interrupted.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 EXIT_OK, EXIT_HARNESS, EXIT_BAD_INPUT = 0, 1, 2
+# `matrix` finished, but at least one selected cell could not be judged (status `infra`): the
+# machine's fault, not a stack's (issue 13). Broken cells are data and still exit 0.
+EXIT_INFRA = 3
 LOG_TAIL_CHARS = 4000   # how much of a build/run log an infra record keeps
 
 
@@ -86,6 +93,13 @@ class SchedulerError(BadInput, ValueError):
     """A bad --gpus list or job count."""
 
 
+class HostNotReady(BadInput):
+    """The doctor's checks (pinmatrix/run/doctor.py) say no selected cell could be judged on this
+    host: stop before spending minutes on an all-`infra` table. The message holds the remedies."""
+
+    prefix = "not ready"
+
+
 # --- harness failures: exit 1 --------------------------------------------------------------------
 
 class HarnessError(PinmatrixError):
@@ -124,7 +138,12 @@ class InfraError(InfraSignal):
 
 class ResolveInfraError(InfraSignal):
     """The machine failed the resolve (uv missing, index unreachable): retry later, the cell is not
-    at fault."""
+    at fault. `signature`: the outcome's (default "resolve-infra"; "environment-inconsistent" for a
+    prepared environment whose own requirements are not met)."""
+
+    def __init__(self, message: str, signature: str = "resolve-infra") -> None:
+        super().__init__(message)
+        self.signature = signature
 
 
 class IndexUnreachable(InfraSignal):

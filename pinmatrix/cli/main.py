@@ -1,7 +1,8 @@
 """`python -m pinmatrix matrix|resolve|report|list [options] [selectors...]`.
 
 Exit codes: 0 the command did its job (cells may be broken: that is data), 2 bad input (a bad
-matrix file, selector, option), 1 a harness error.
+matrix file, selector, option; or a host on which no selected cell could be judged), 1 a harness
+error, 3 `matrix` finished with `infra` cells (pinmatrix/errors.py).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import re
 import sys
 from typing import Any, NoReturn, Sequence
 
-from pinmatrix.errors import EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
+from pinmatrix.errors import EXIT_HARNESS, EXIT_INFRA, EXIT_OK, PinmatrixError, UsageError
 from pinmatrix.run.options import ALL_COMMANDS, OPTIONS, RUNNERS, options_for, run_options
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -52,6 +53,8 @@ COMMANDS = {
                "only on new breakages",
     "merge": "build a run folder from per-cell artifact folders (ARTIFACT_DIR...), report, diff, "
              "history",
+    "doctor": "can this host judge the selected cells? one line per capability, with its remedy; "
+              "exit 2 when no cell could be judged (pinmatrix/run/doctor.py)",
     "run-cell": "run one cell of a prepared run folder (a Slurm array task; see "
                 "pinmatrix/run/slurm.py)",
     "bisect": "PACKAGE GOOD..BAD: the first bad release, each step a real cell "
@@ -155,11 +158,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pinmatrix.report.nightly import nightly_command
 
         return nightly_command(args, opts)
+    if args.command == "doctor":
+        from pinmatrix.run.doctor import doctor_command
+
+        return doctor_command(opts)
     if args.command == "matrix":
         if args.on == "slurm":
             from pinmatrix.run.slurm import run_on_slurm
 
             return run_on_slurm(args, opts)
+        if opts.resume is None:  # the doctor's checks first: no all-infra table (issue 13)
+            from pinmatrix.run.doctor import preflight
+            from pinmatrix.run.pipeline import load_cells
+
+            _, selected = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
+                                     snapshot=opts.snapshot, sources=opts.sources)
+            preflight(opts, selected)
     if args.command == "list":
         from pinmatrix.run.pipeline import load_cells
 
@@ -197,7 +211,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         for line in summary.harness_errors:
             print(f"  {line}", file=sys.stderr)
         return EXIT_HARNESS
+    infra = infra_cells(summary.run_dir)
+    if infra:
+        print(f"{len(infra)} cell{'s' if len(infra) != 1 else ''} could not be judged (infra): "
+              f"exit {EXIT_INFRA}; see the report's infra section", file=sys.stderr)
+        return EXIT_INFRA
     return EXIT_OK
+
+
+def infra_cells(run_dir: Any) -> list[str]:
+    """The cells of a finished run whose status is `infra` (summary.json)."""
+    import json
+
+    try:
+        data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [c["id"] for c in data.get("cells", []) if c.get("status") == "infra"]
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from pinmatrix.fsio import write_text_atomic
 from pinmatrix.results import describe_signature, load_result
@@ -200,7 +200,8 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
                 )
                 tds.append(f"<td class='chk st-{e(check['status'])}' "
                            f"data-sort='{e(check['status'])}' "
-                           f"title='{e(title)}'>{CHECK_GLYPH.get(check['status'], '·')}</td>")
+                           f"title='{e(title)}'>{CHECK_GLYPH.get(check['status'], '·')}"
+                           f"<span class=word> {e(check['status'])}</span></td>")
         body.append(f"<tr class=cell data-id='{e(cell['id'])}' data-status='{e(cell['status'])}' "
                     f"data-search='{e(search)}'>{''.join(tds)}</tr>")
         body.append(f"<tr class=detail data-for='{e(cell['id'])}' hidden><td "
@@ -210,7 +211,8 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
     chart = (f"<img id=chart src='{chart_uri}' alt='{e(chart_alt)}'>" if chart_uri
              else f"<p id=chart-unavailable class=muted>{e(chart_alt)}</p>")
     speed_rows = "".join(_speed_row(s) for s in summary.get("speed") or [])
-    extras = []
+    extras: list[str] = []
+    later: list[str] = []  # after the cells and the speed: infra, unresolvable, damaged files
     diff = summary.get("diff")
     if diff:
         extras.append(f"<section id=diff><h2>Changes since {e(diff.get('previous_run'))}</h2>"
@@ -229,13 +231,25 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
         items = summary.get(key) or []
         if not items:
             continue
-        lis = "".join(
+        causes = ""
+        if key == "infra":  # one cause, said once, with its remedy and its cells
+            shared = [c for c in summary.get("causes") or [] if len(c["cells"]) > 1]
+            told = {cell for c in shared for cell in c["cells"]}
+            items = [i for i in items if i.get("check") or i.get("cell") not in told]
+            causes = "".join(
+                f"<li class=cause><b>{len(c['cells'])} cells, one cause</b>"
+                f"{(' [' + e(c['signature']) + ']') if c.get('signature') else ''}: "
+                f"<span>{e(c['reason'])}</span>"
+                + (f"<br>remedy: {e(c['remedy'])}" if c.get("remedy") else "")
+                + "<br>cells: " + ", ".join(f"<code>{e(x)}</code>" for x in c["cells"])
+                + "</li>" for c in shared)
+        lis = causes + "".join(
             f"<li><code>{e(i.get('cell') or i.get('path'))}</code>"
             f"{(' ' + e(i['check'])) if i.get('check') else ''}: "
             f"<span>{e(i.get('explanation') or i.get('reason') or i.get('why') or '')}</span></li>"
             for i in items
         )
-        extras.append(f"<section id={key}><h2>{e(title)}</h2><ul>{lis}</ul></section>")
+        later.append(f"<section id={key}><h2>{e(title)}</h2><ul>{lis}</ul></section>")
     status_options = "".join(f"<option value={s}>{s}</option>" for s in STATUS_ORDER)
     return PAGE.format(
         title=e(f"pinmatrix run {run_id}"),
@@ -246,6 +260,9 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
         chart=chart,
         speed_rows=speed_rows or "<tr><td colspan=6>none</td></tr>",
         extras="".join(extras),
+        answer=_pivot_html(summary.get("pivot") or []) + _recommended_html(
+            summary.get("pins")),
+        later="".join(later),
         total=len(cells),
         style=STYLE,
         script=SCRIPT,
@@ -262,6 +279,48 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
             )
         ),
     )
+
+
+def _pivot_html(tables: list[Mapping[str, Any]]) -> str:
+    """transformers × unsloth, each status as its glyph and its word (issue 13)."""
+    out = []
+    for table in tables:
+        head = "".join(f"<th>{e(u)}</th>" for u in table["unsloth"])
+        rows = []
+        for tf in table["transformers"]:
+            tds = []
+            for u in table["unsloth"]:
+                slot = table["grid"][tf][u]
+                words = " ".join(f"{CELL_GLYPH.get(st, '')}<span class=word> {e(st)}"
+                                 + (f" ×{n}" if n > 1 else "") + "</span>"
+                                 for st, n in sorted(slot.items(),
+                                                     key=lambda kv: STATUS_ORDER.index(kv[0])
+                                                     if kv[0] in STATUS_ORDER else 99))
+                css = next(iter(sorted(slot, key=lambda st: STATUS_ORDER.index(st)
+                                       if st in STATUS_ORDER else 99)), "none")
+                tds.append(f"<td class='status st-{e(css)}'>{words or '—'}</td>")
+            rows.append(f"<tr><th>{e(tf)}</th>{''.join(tds)}</tr>")
+        out.append(f"<section class=pivot><h2>Which versions work together: transformers × "
+                   f"unsloth (python {e(table['python'])}, torch {e(table['torch'])})</h2>"
+                   f"<table><thead><tr><th>transformers \\ unsloth</th>{head}</tr></thead>"
+                   f"<tbody>{''.join(rows)}</tbody></table></section>")
+    return "".join(out)
+
+
+def _recommended_html(pins: Sequence[Mapping[str, Any]] | None) -> str:
+    """The pins per purpose (summary.json `pins`, pinmatrix/report/pins.py), after the pivot."""
+    if not pins:
+        return ""
+    rows = "".join(
+        f"<tr><td>{e(p.get('title'))}</td>"
+        + (f"<td><code>{e(p['file'])}</code></td><td><code>{e(p.get('cell'))}</code> "
+           f"({e(p.get('status'))})</td>" if p.get("file") else "<td colspan=2>none</td>")
+        + f"<td>{e(p.get('why'))}</td>"
+        + f"<td>{e('; '.join(p.get('caveats') or []) or 'none')}</td></tr>"
+        for p in pins)
+    return ("<section id=recommended><h2>Recommended pins</h2><table><thead><tr><th>purpose</th>"
+            "<th>constraints file</th><th>cell</th><th>why</th><th>caveats</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></section>")
 
 
 def _speed_row(s: Mapping[str, Any]) -> str:
@@ -369,8 +428,9 @@ PAGE = """<!DOCTYPE html>
 <h1>{title}</h1>
 <p id=verdict><b>{verdict}</b></p>
 <p class=muted>{facts}</p>
-{exaone35}
 {extras}
+{exaone35}
+{answer}
 <h2>Cells</h2>
 <div id=controls><label>filter <input id=q type=search placeholder="cell id, pin (transformers=5.17.0), signature"></label>
 <label>status <select id=status><option value="">any</option>{status_options}</select></label>
@@ -380,6 +440,7 @@ PAGE = """<!DOCTYPE html>
 {chart}
 <table id=speed><thead><tr><th>cell</th><th>stack</th><th>tokens/s</th><th>vs sdpa</th><th>peak GiB</th><th>GPU</th></tr></thead>
 <tbody>{speed_rows}</tbody></table>
+{later}
 <script>{script}</script>
 </body></html>
 """  # noqa: E501 (page/script/data text, kept byte for byte)

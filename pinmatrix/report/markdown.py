@@ -29,19 +29,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
     from pinmatrix.report.exaone import render_markdown as render_exaone35
 
     out += render_exaone35(summary.get("exaone35") or {})
-    columns = summary["checks"]
-    out += ["## Cells", "",
-            "Legend: ✅ pass · ❌ fail · ⏭ skip · ⚠ infra · 〰 flaky · `·` not run", ""]
-    out.append("| cell | status | " + " | ".join(f"`{c}`" for c in columns) + " |")
-    out.append("|---|---|" + "---|" * len(columns))
-    for cell in summary["cells"]:
-        statuses = [(cell["checks"].get(c) or {}).get("status") for c in columns]
-        glyphs = [CHECK_GLYPH.get(status, "·") for status in statuses]
-        out.append(f"| `{cell['id']}` | {CELL_GLYPH[cell['status']]} {cell['status']} | "
-                   + " | ".join(glyphs) + " |")
-    out.append("")
     for table in summary["pivot"]:
-        out += [f"## transformers × unsloth (python {table['python']}, torch {table['torch']})", "",
+        out += [f"## Which versions work together: transformers × unsloth (python "
+                f"{table['python']}, torch {table['torch']})", "",
                 "| transformers \\ unsloth | "
                 + " | ".join(f"`{u}`" for u in table["unsloth"]) + " |",
                 "|---|" + "---|" * len(table["unsloth"])]
@@ -55,6 +45,27 @@ def render_markdown(summary: dict[str, Any]) -> str:
                              or "—")
             out.append(f"| `{tf}` | " + " | ".join(cells) + " |")
         out.append("")
+    # the answer first (issue 13): after the pivot, the pins per purpose and the guide's claims
+    if summary.get("pins"):  # pinmatrix/report/pins.py: the pick per purpose, and why not the rest
+        from pinmatrix.report.pins import pins_markdown
+
+        out += pins_markdown(summary["pins"])
+    from pinmatrix.report.claims import claims_markdown
+
+    out += claims_markdown(summary.get("claims") or [])
+    columns = summary["checks"]
+    out += ["## Cells", "",
+            "Legend: ✅ pass · ❌ fail · ⏭ skip · ⚠ infra · 〰 flaky · `·` not run (each glyph "
+            "is followed by its word)", ""]
+    out.append("| cell | status | " + " | ".join(f"`{c}`" for c in columns) + " |")
+    out.append("|---|---|" + "---|" * len(columns))
+    for cell in summary["cells"]:
+        statuses = [(cell["checks"].get(c) or {}).get("status") for c in columns]
+        glyphs = [f"{CHECK_GLYPH[status]} {status}" if status in CHECK_GLYPH and status else "·"
+                  for status in statuses]
+        out.append(f"| `{cell['id']}` | {CELL_GLYPH[cell['status']]} {cell['status']} | "
+                   + " | ".join(glyphs) + " |")
+    out.append("")
     if summary["failures"]:
         out += ["## Failures by signature", ""]
         for group in summary["failures"]:
@@ -89,13 +100,25 @@ def render_markdown(summary: dict[str, Any]) -> str:
                        f"{peak} | "
                        f"{s.get('batch_x_seq') or '—'} | {mfu} | {s.get('gpu') or '—'} |")
         out.append("")
-    if summary.get("pins"):  # pinmatrix/report/pins.py: the pick per purpose, and why not the rest
-        from pinmatrix.report.pins import pins_markdown
-
-        out += pins_markdown(summary["pins"])
-    from pinmatrix.report.claims import claims_markdown
-
-    out += claims_markdown(summary.get("claims") or [])
+    if summary["infra"]:
+        out += ["## Infra (the machine failed, not the stack)", ""]
+        shared = [c for c in summary.get("causes") or [] if len(c["cells"]) > 1]
+        told = {cell for c in shared for cell in c["cells"]}
+        for cause in shared:  # one cause, said once, with its remedy and its cells
+            sig = f" [`{cause['signature']}`]" if cause.get("signature") else ""
+            out.append(f"- **{len(cause['cells'])} cells, one cause**{sig}: "
+                       f"{_md_inline(cause['reason'])}")
+            if cause.get("remedy"):
+                out.append(f"  - remedy: {_md_inline(cause['remedy'])}")
+            out.append("  - cells: " + ", ".join(f"`{c}`" for c in cause["cells"]))
+        for item in summary["infra"]:
+            if not item["check"] and item["cell"] in told:
+                continue
+            where = f"`{item['check']}`" if item["check"] else "cell"
+            sig = f" [`{item['signature']}`]" if item.get("signature") else ""
+            out.append(f"- `{item['cell']}` {where}: "
+                       f"{_md_inline(item.get('reason') or 'infra')}{sig}")
+        out.append("")
     if summary.get("timing"):
         out += ["## Probe time", "",
                 "compat = the probe's wall time less the throughput checks: its start, its "
@@ -114,14 +137,6 @@ def render_markdown(summary: dict[str, Any]) -> str:
     from pinmatrix.report.gpus import render_timeline
 
     out += render_timeline(summary.get("gpu_timeline"))
-    if summary["infra"]:
-        out += ["## Infra (the machine failed, not the stack)", ""]
-        for item in summary["infra"]:
-            where = f"`{item['check']}`" if item["check"] else "cell"
-            sig = f" [`{item['signature']}`]" if item.get("signature") else ""
-            out.append(f"- `{item['cell']}` {where}: "
-                       f"{_md_inline(item.get('reason') or 'infra')}{sig}")
-        out.append("")
     from pinmatrix.report.remote_code import render_markdown as render_remote_code
 
     out += render_remote_code(summary.get("remote_code") or {})

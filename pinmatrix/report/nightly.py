@@ -142,6 +142,10 @@ def _expected_cells(path: Path | None) -> list[str]:
 
 
 def nightly_command(args: argparse.Namespace, opts: RunOptions) -> int:
+    if opts.pull is None:  # a moving base tag (nvidia/cuda:…) must not hide behind a stale copy
+        import dataclasses
+
+        opts = dataclasses.replace(opts, pull="always")
     return run_nightly(opts, previous=args.previous, history_path=args.history,
                        bisect_budget=args.bisect_budget).exit_code
 

@@ -18,6 +18,7 @@ from pinmatrix.cell import version_key
 from pinmatrix.fsio import first_line, read_json
 from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.report.exaone import exaone35_section
+from pinmatrix.report.causes import group as group_causes
 from pinmatrix.results import CellResult, Damaged, describe_signature, load_result
 from pinmatrix.status import cell_status
 
@@ -94,6 +95,8 @@ def merge(run_dir: Path) -> dict[str, Any]:
             {"cell": r.cell_id, "explanation": r.reason} for r in rows if r.status == "unresolvable"
         ],
         "infra": _infra(rows),
+        # one cause, said once (pinmatrix/report/causes.py)
+        "causes": group_causes(_infra(rows)),
         "damaged": [{"path": _rel(d.path, run_dir), "why": d.why} for d in damaged],
         "speed": _speed(rows),
         "timing": _timing(rows),

@@ -52,8 +52,9 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     try:
         resolved = resolve_fn(cell, opts.sources, lock_dir)
     except ResolveInfraError as exc:
-        return _finish(outcome, run_dir, "infra", f"resolver: {exc}", "resolve-infra", "resolve_s",
-                       started)
+        signature = getattr(exc, "signature", None) or "resolve-infra"
+        reason = str(exc) if signature != "resolve-infra" else f"resolver: {exc}"
+        return _finish(outcome, run_dir, "infra", reason, signature, "resolve_s", started)
     outcome.timings["resolve_s"] = round(time.monotonic() - started, 2)
     if isinstance(resolved, Unresolvable):
         outcome.status, outcome.reason = "unresolvable", resolved.explanation

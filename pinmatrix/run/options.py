@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 import argparse
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome
+from pinmatrix.runners.interpreters import parse_venv_python
 from pinmatrix.runners.site_rules import as_site, parse_extra_site
 from pinmatrix.sources import PackageSources
 
@@ -37,7 +38,8 @@ class RunOptions:
     no_install: bool = False
     extra_sites: Sequence[Path] = ()
     offline: bool = False
-    venv_python: str | None = None
+    # --venv-python: {Python "X.Y": interpreter}, "" for every version not named (a bare PATH)
+    venv_python: Mapping[str, str] | str | None = None
     keep_work: bool = False
     # --check-timeout: overrides the matrix's settings.check_timeout_s
     check_timeout_s: float | None = None
@@ -68,6 +70,9 @@ class RunOptions:
     compile_cache: bool = True
     # --pins-for: extra pins purposes (pinmatrix.report.pins.parse_pins_for) beside the defaults
     pins_for: Sequence[str] = ()
+    # --pull missing|always|never for base images (pinmatrix/runners/docker.py); None: missing,
+    # and always for nightly
+    pull: str | None = None
 
 
 @dataclass
@@ -93,7 +98,8 @@ def cell_timeout(cell: Cell, opts: RunOptions) -> float:
 # this table, so an option cannot reach a local run and miss a Slurm task (issue 16: four options
 # did).
 
-ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-cell", "bisect")
+ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-cell", "bisect",
+                "doctor")
 
 
 @dataclass(frozen=True)
@@ -402,12 +408,23 @@ OPTIONS: tuple[Option, ...] = (
         forward="site",
     ),
     Option(
+        "--pull",
+        "base images: pull when the engine lacks one (missing, the default), every run (always, "
+        "nightly's default), or never (air-gapped hosts)",
+        field="pull",
+        choices=("missing", "always", "never"),
+        forward="value",
+    ),
+    Option(
         "--venv-python",
-        "the interpreter every cell venv is made from (with --system-site-packages: the one "
+        "the interpreter the cell venvs of Python VERSION are made from (repeatable, one per "
+        "version; a bare PATH: every version not named; with --system-site-packages: the one "
         "holding torch)",
         field="venv_python",
         group=VENV,
-        metavar="PATH",
+        action="append",
+        metavar="[VERSION=]PATH",
+        to_field=parse_venv_python,
         forward="value",
     ),
     Option(

@@ -147,6 +147,8 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
         resolve_fn = stage.lookup
 
     stop = _StopSignal()
+    said: dict[tuple[str | None, str], str] = {}  # an infra cause -> the first cell that had it
+    said_lock = threading.Lock()
 
     def task(cell: Cell, ctx: CellContext) -> Outcome:
         if stop.reason:  # the engine is gone or the reports disk is full: start nothing more
@@ -163,6 +165,15 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
             return stop.skipped(cell, kind, run_dir)
         if outcome.signature == "engine-unreachable":
             stop.set(f"the Docker engine became unreachable ({_short(outcome.reason)})")
+        if outcome.status == "infra":  # one cause, said once: the next cells point at the first
+            key = (outcome.signature, " ".join((outcome.reason or "").split())
+                   .replace(cell.id, "<cell>"))
+            with said_lock:
+                first = said.setdefault(key, cell.id)
+            if first != cell.id:
+                progress.log(f"{cell.id}: {outcome.stage}: infra (same cause as {first}"
+                             + (f": {outcome.signature}" if outcome.signature else "") + ")")
+                return outcome
         progress.log(
             f"{cell.id}: {outcome.stage}: "
             ""
@@ -222,7 +233,12 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
             stop.set(disk_full_reason(exc))
     summary.stopped = stop.reason
     if opts.finalize and (run_dir / "summary.json").is_file():
-        summary.verdict = json.loads((run_dir / "summary.json").read_text())["verdict"]
+        merged = json.loads((run_dir / "summary.json").read_text())
+        summary.verdict = merged["verdict"]
+        from pinmatrix.report.causes import console_lines
+
+        for line in console_lines(merged.get("causes") or []):
+            echo(line)
     return summary
 
 

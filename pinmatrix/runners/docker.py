@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -42,6 +43,34 @@ IMAGE_REPO = "pinmatrix/cell"
 CONTAINER_UID = "1000:1000"
 PYTHON_PIN = re.compile(r"^3\.\d{1,2}$")
 IMAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
+PULL_POLICIES = ("missing", "always", "never")  # --pull; nightly uses always (issue 13)
+PULL_TIMEOUT_S = 3600.0
+# A failed `docker pull`, told apart by the engine's words (checked in this order: a registry that
+# refuses an anonymous pull of a missing repository says "pull access denied", which means
+# authentication is needed as far as anyone can tell from outside).
+PULL_SIGNATURES = (
+    (re.compile(r"unauthorized|authentication required|pull access denied|no basic auth "
+                r"credentials|denied: requested access|401 Unauthorized", re.I),
+     "pull-auth-required", "the registry wants a login: `docker login REGISTRY`, then run again"),
+    (re.compile(r"manifest unknown|manifest for \S+ not found|not found: manifest|repository "
+                r"does not exist|name unknown|: not found", re.I),
+     "pull-image-not-found", "the registry has no such image or tag: check the base_image axis of "
+                             "the matrix (or build it locally and pass `--pull never`)"),
+    (re.compile(r"connection refused|no such host|i/o timeout|dial tcp|TLS handshake timeout|"
+                r"network is unreachable|server misbehaving|context deadline exceeded|"
+                r"server gave HTTP response to HTTPS client|x509:", re.I),
+     "pull-registry-unreachable", "the registry cannot be reached from the Docker daemon: check "
+                                  "its network, proxy (the daemon's own HTTPS_PROXY) and CA; or "
+                                  "load the image another way and pass `--pull never`"),
+)
+
+
+def classify_pull(text: str) -> tuple[str, str]:
+    """(signature, remedy) of a failed pull's output."""
+    for pattern, signature, remedy in PULL_SIGNATURES:
+        if pattern.search(text or ""):
+            return signature, remedy
+    return "pull-failed", "see the pull log; `docker pull IMAGE` by hand says more"
 BUILD_TIMEOUT_S = 3600.0
 CONTROL_TIMEOUT_S = 120.0
 # Only these files of the find-links folder enter the build context (as hardlinks).
@@ -248,9 +277,17 @@ class DockerRunner:
                  dockerfile: Path = DOCKERFILE, probes_dir: Path = PROBES_DIR,
                  hf_home: Path | None = None,
                  build_timeout_s: float = BUILD_TIMEOUT_S, pids_limit: int | None = 4096,
-                 context_root: Path | None = None, compile_cache: bool = True) -> None:
+                 context_root: Path | None = None, compile_cache: bool = True,
+                 pull: str = "missing", echo: Any = None) -> None:
         if not IMAGE_NAME.fullmatch(base_image):
             raise ValueError(f"base image name {base_image!r} is not a valid image reference")
+        if pull not in PULL_POLICIES:
+            raise ValueError(f"pull policy {pull!r} not one of {PULL_POLICIES}")
+        self.pull = pull
+        # where the pull's progress goes, line by line (default: stderr)
+        self.echo = echo
+        self._pulled: tuple[str, ...] | None = None  # ("ok",) or (reason, signature, log)
+        self._pull_lock = threading.Lock()
         self.engine = engine
         self.sources = sources
         self.reports_dir = Path(reports_dir)
@@ -448,15 +485,66 @@ class DockerRunner:
 
     # -- plumbing ------------------------------------------------------------------------------
     def _base_image_id(self) -> str:
+        self.ensure_base_image()
         proc = self._docker("image", "inspect", "--format", "{{.Id}}", self.base_image)
         if proc.returncode != 0:
             if self._docker("version", "--format", "{{.Server.Version}}").returncode != 0:
                 raise InfraError("the Docker daemon is unreachable", signature="engine-unreachable",
                                  log_tail=proc.stderr)
-            raise InfraError(f"base image {self.base_image} not found; build it with "
-                             "docker/base/build-base.sh",
-                             signature="build-base-image-missing", log_tail=proc.stderr)
+            raise InfraError(f"base image {self.base_image} is not in the engine"
+                             + (" and --pull never: pull or build it first (the local Debian base:"
+                                " docker/base/build-base.sh)" if self.pull == "never" else ""),
+                             signature="base-image-missing", log_tail=proc.stderr)
         return proc.stdout.strip()
+
+    def ensure_base_image(self) -> None:
+        """The pull policy, once per runner (one per base image and run): `missing` pulls an image
+        the engine lacks, `always` pulls it anyway (a moving tag moves), `never` pulls nothing. A
+        failed pull is this image's infra, the same for every cell that needs it."""
+        if self.pull == "never":
+            return
+        with self._pull_lock:
+            if self._pulled is None:
+                present = self._docker("image", "inspect", "--format", "{{.Id}}",
+                                       self.base_image).returncode == 0
+                self._pulled = ("ok",) if present and self.pull == "missing" else self._do_pull()
+            if self._pulled[0] != "ok":
+                reason, signature, log = self._pulled
+                raise InfraError(reason, signature=signature, log_tail=log)
+
+    def _do_pull(self) -> tuple[str, ...]:
+        import sys
+
+        echo = self.echo or (lambda line: print(line, file=sys.stderr, flush=True))
+        log_path = (self.reports_dir / "logs"
+                    / f"pull-{re.sub(r'[^A-Za-z0-9._-]', '_', self.base_image)}.log")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        echo(f"pull {self.base_image} (--pull {self.pull})")
+        lines: list[str] = []
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(self.engine.cmd("pull", self.base_image),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    env=self.engine.env())
+        except OSError as exc:
+            return (f"docker pull {self.base_image} could not start: {exc}", "pull-failed", "")
+        assert proc.stdout is not None
+        with open(log_path, "w") as log:
+            for line in proc.stdout:  # the engine's own progress: one line per layer step
+                line = line.rstrip()
+                log.write(line + "\n")
+                lines.append(line)
+                if line and time.monotonic() - started < PULL_TIMEOUT_S:
+                    echo(f"  pull {self.base_image}: {line}")
+            code = proc.wait()
+        text = "\n".join(lines)
+        if code == 0:
+            echo(f"pull {self.base_image}: done in {time.monotonic() - started:.1f}s")
+            return ("ok",)
+        signature, remedy = classify_pull(text)
+        last = next((ln for ln in reversed(lines) if ln.strip()), f"exit {code}")
+        return (f"pull of base image {self.base_image} failed: {last.strip()[:300]} → {remedy}",
+                signature, text)
 
     def _docker(self, *args: str) -> subprocess.CompletedProcess[str]:
         try:

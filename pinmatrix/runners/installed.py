@@ -14,13 +14,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from pinmatrix.cell import NONE, Cell, Lock, normalize_name
 from pinmatrix.resolve.uv import ResolveInfraError
+from pinmatrix.runners import env_check
 
 # Run inside the target interpreter: every distribution it sees, as {name: version}.
 _LIST_DISTRIBUTIONS = (
@@ -84,6 +85,17 @@ def _satisfies(installed: str, pin: str) -> bool:
         return installed == pin
 
 
+def environment_conflicts(cell: Cell, python: str, extra_sites: Sequence[Path] = ()) -> list[str]:
+    """Every unmet requirement among the cell's pinned packages and what they require, transitively
+    (pinmatrix/runners/env_check.py), as `python` sees them with `extra_sites` first."""
+    roots = [axis for axis, value in cell.pins.items()
+             if axis not in NOT_PACKAGES and value != NONE]
+    try:
+        return env_check.check(python, extra_sites, roots=roots).conflicts
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise ResolveInfraError(f"cannot check the requirements of {python}: {exc}") from exc
+
+
 def lock_from_environment(cell: Cell, python: str | None = None,
                           extra_sites: Sequence[Path] = ()) -> Lock:
     """The cell's Lock read off the prepared interpreter, or ResolveInfraError naming every pin it
@@ -94,6 +106,12 @@ def lock_from_environment(cell: Cell, python: str | None = None,
     if problems:
         raise ResolveInfraError("the prepared environment is not this cell (--no-install): "
                                 + "; ".join(problems))
+    inconsistent = environment_conflicts(cell, python, extra_sites)
+    if inconsistent:
+        raise ResolveInfraError(f"{env_check.SIGNATURE}: " + "; ".join(inconsistent)
+                                + " (the prepared environment does not meet its own requirements:"
+                                " fix the environment; the stack was not judged)",
+                                env_check.SIGNATURE)
     lines = [f"# read off {python} (--no-install): nothing was resolved or installed"]
     lines += [f"{name}=={dists[name]}" for name in sorted(dists)]
     text = "\n".join(lines) + "\n"
@@ -101,12 +119,15 @@ def lock_from_environment(cell: Cell, python: str | None = None,
     return Lock(cell_id=cell.id, python=version, torch_lock=torch_line, full_lock=text)
 
 
-def environment_resolver(python: str | None, extra_sites: Sequence[Path]):
-    """A resolve_fn for the pipeline: same signature as pinmatrix.resolve.uv.resolve."""
+def environment_resolver(python: Mapping[str, str] | str | None, extra_sites: Sequence[Path]):
+    """A resolve_fn for the pipeline: same signature as pinmatrix.resolve.uv.resolve. `python`:
+    --venv-python (one interpreter, or one per Python version)."""
     def resolve_installed(cell: Cell, sources: object, out_dir: Path) -> Lock:
+        from pinmatrix.runners.interpreters import python_for
         from pinmatrix.runners.site_rules import sites_for
 
-        lock = lock_from_environment(cell, python, sites_for(cell, extra_sites))
+        chosen = python_for(python, str(cell.pins.get("python") or ""))
+        lock = lock_from_environment(cell, chosen, sites_for(cell, extra_sites))
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "torch.lock").write_text(lock.torch_lock, encoding="utf-8")
         (out_dir / "requirements.lock").write_text(lock.full_lock, encoding="utf-8")

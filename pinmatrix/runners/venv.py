@@ -25,9 +25,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from pinmatrix.cell import Cell, Lock
+from pinmatrix.runners.interpreters import (
+    missing_python_message,
+    python_for,
+    uv_could_not_get_python,
+)
 from pinmatrix.errors import InfraError
 from pinmatrix.runners import compile_cache
 from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
@@ -57,8 +62,9 @@ class VenvRunner:
     no_install: bool = False
     # folders, or ExtraSite rules (pinmatrix/runners/site_rules.py); normalised to rules after init
     extra_sites: Sequence[Any] = ()
-    # an interpreter path for every venv (e.g. the one holding a CUDA torch)
-    base_python: str | None = None
+    # an interpreter path for every venv (e.g. the one holding a CUDA torch), or one per Python
+    # version ({"3.12": path, "": every other}; pinmatrix/runners/interpreters.py)
+    base_python: Mapping[str, str] | str | None = None
     probes_root: Path = REPO_ROOT  # the folder that holds `probes/`, put on PYTHONPATH
     # pinmatrix/runners/compile_cache.py: one folder per venv key under this root; None
     # (--no-compile-cache):
@@ -95,7 +101,7 @@ class VenvRunner:
                 "no_install": self.no_install,
                 "extra_sites": [str(p) for p in sites],
                 "installer": "uv" if self.uv else "pip",
-                "base_python": self.base_python,
+                "base_python": python_for(self.base_python, lock.python),
             },
             sort_keys=True,
         )
@@ -122,7 +128,7 @@ class VenvRunner:
         lock_dir.mkdir()
         (lock_dir / "torch.lock").write_text(lock.torch_lock)
         (lock_dir / "requirements.lock").write_text(lock.full_lock)
-        sites = list(sites_for(cell, self.extra_sites)) + self._inherited_sites(log)
+        sites = list(sites_for(cell, self.extra_sites)) + self._inherited_sites(log, lock.python)
         if sites:
             site = self._site_packages(python, log)
             (site / "pinmatrix-extra-site.pth").write_text("".join(f"{p}\n" for p in sites))
@@ -134,11 +140,12 @@ class VenvRunner:
         log_path.write_text("\n".join(log) + "\n")
         return self._prepared(cell, venv, python, key, reused=False, log=log_path)
 
-    def _inherited_sites(self, log: list[str]) -> list[Path]:
+    def _inherited_sites(self, log: list[str], python_version: str) -> list[Path]:
         """With --system-site-packages from an interpreter that is itself a venv (a GPU image's
         /opt/torch/.venv, say), a new venv would inherit the *base* interpreter's site, not the one
         holding torch: put that venv's site-packages on the path too, after the extra sites."""
-        if not (self.system_site_packages and self.base_python):
+        base_python = python_for(self.base_python, python_version)
+        if not (self.system_site_packages and base_python):
             return []
         probe = (
             "import json, site, sys; print(json.dumps({'venv': sys.prefix != sys.base_prefix, "
@@ -146,7 +153,7 @@ class VenvRunner:
         )
         try:
             out = subprocess.run(
-                [self.base_python, "-c", probe],
+                [base_python, "-c", probe],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -155,13 +162,13 @@ class VenvRunner:
             info = json.loads(out.stdout)
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             raise InfraError(
-                f"cannot inspect {self.base_python}: {exc}", "venv-python-missing"
+                f"cannot inspect {base_python}: {exc}", "venv-python-missing"
             ) from exc
         if not info["venv"]:
             return []
         sites = [Path(p) for p in info["sites"] if Path(p).is_dir()]
         log.append(
-            f"# {self.base_python} is a venv: its site-packages join the cell's path: {sites}"
+            f"# {base_python} is a venv: its site-packages join the cell's path: {sites}"
         )
         return sites
 
@@ -188,30 +195,35 @@ class VenvRunner:
         )
 
     def _create(self, venv: Path, python_version: str, log: list[str]) -> None:
+        base_python = python_for(self.base_python, python_version)
         if self.uv:
-            cmd = [self.uv, "venv", "--quiet", "--python", self.base_python or python_version]
+            cmd = [self.uv, "venv", "--quiet", "--python", base_python or python_version]
             if self.system_site_packages:
                 cmd.append("--system-site-packages")
             cmd.append(str(venv))
         else:
             interpreter = (
-                self.base_python
+                base_python
                 or shutil.which(f"python{python_version}")
                 or (sys.executable if sys.version.startswith(python_version) else None)
             )
             if interpreter is None:
-                raise InfraError(
-                    f"python {python_version} not found on this host (and uv, which "
-                    "could fetch it, is absent)",
-                    "venv-python-missing",
-                )
+                raise InfraError(missing_python_message(python_version), "python-unavailable")
             cmd = [interpreter, "-m", "venv"]
             if self.system_site_packages:
                 cmd.append("--system-site-packages")
             cmd.append(str(venv))
         # Without VIRTUAL_ENV: uv must not take the harness's own venv (nox's) as the cell's
         # interpreter.
-        self._call(cmd, log, "venv-create-failed", timeout=600, env=self._source_env())
+        try:
+            self._call(cmd, log, "venv-create-failed", timeout=600, env=self._source_env())
+        except InfraError as exc:
+            # uv's own words for "no such interpreter here, and the download failed" are a DNS
+            # error (issue 13): say what is missing and what to do
+            if self.uv and not base_python and uv_could_not_get_python(exc.log_tail):
+                raise InfraError(missing_python_message(python_version), "python-unavailable",
+                                 exc.log_tail) from exc
+            raise
 
     def _install(
         self, python: Path, requirements: Path, torch_pin: str | None, log: list[str]

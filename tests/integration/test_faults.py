@@ -37,6 +37,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from pinmatrix.errors import EXIT_INFRA
 from pinmatrix.runners.engine import Engine
 from pinmatrix.run.options import RunOptions
 from pinmatrix.run.pipeline import run_matrix
@@ -579,7 +580,9 @@ def test_docker_daemon_gone_mid_run_reports_infra_and_resumes(
         proxy.kill()
         for name in hang_containers():
             subprocess.run(engine.cmd("rm", "--force", name), capture_output=True)
-    assert resumed.returncode == 0, out + err
+    # finished, with the two hanging cells infra (their timeout): exit 3 (issue 13), said once
+    assert resumed.returncode == EXIT_INFRA, out + err
+    assert "2 cells, one cause [timeout]" in out + err
     assert _assert_intact(run) == 1 and (kept.read_bytes(), kept.stat().st_mtime_ns) == before
     for pin in (fc.HANG, fc.HANG2):
         # judged this time: the cell timeout

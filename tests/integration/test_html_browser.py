@@ -117,3 +117,60 @@ def test_chart_is_an_embedded_image_or_says_why_not(page):
         assert 'id="chart-unavailable"' in html
     else:
         assert re.search(r'<img id="chart" src="data:image/png;base64,', html)
+
+
+# --- issue 13: the answer first, and statuses readable without an emoji font ---------------------
+
+NO_EMOJI_FONTS = """<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd">
+<fontconfig><include ignore_missing="yes">/etc/fonts/fonts.conf</include>
+<selectfont><rejectfont><glob>*moji*</glob><glob>*Emoji*</glob><glob>*Symbola*</glob>
+<pattern><patelt name="color"><bool>true</bool></patelt></pattern></rejectfont></selectfont>
+</fontconfig>
+"""
+
+
+def screenshot(page: Path, out: Path, tmp: Path, css: str = "") -> "Image.Image":  # noqa: F821
+    """A headless Chromium screenshot of `page` (with `css` added), every emoji and colour font
+    rejected by fontconfig: what a browser without an emoji font shows."""
+    from PIL import Image
+
+    copy = tmp / f"{out.stem}.html"
+    copy.write_text(page.read_text().replace("</style>", css + "</style>", 1))
+    conf = tmp / "fonts.conf"
+    conf.write_text(NO_EMOJI_FONTS)
+    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--disable-background-networking", "--disable-extensions",
+                           "--no-first-run", "--hide-scrollbars", "--window-size=1400,1800",
+                           "--virtual-time-budget=3000", f"--screenshot={out}", copy.as_uri()],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "FONTCONFIG_FILE": str(conf)})
+    assert proc.returncode == 0 and out.is_file(), proc.stderr[-2000:]
+    return Image.open(out).convert("RGB")
+
+
+def test_the_answer_comes_first(page):
+    html = dom(page)
+    order = [html.index(marker) for marker in (
+        "<h2>Which versions work together: transformers × unsloth", "<h2>Recommended pins",
+        "<h2>Cells</h2>", "<h2>Throughput</h2>", '<section id="infra">')]
+    assert order == sorted(order), order
+
+
+def test_status_words_are_drawn_without_an_emoji_font(page, tmp_path):
+    """The words beside the glyphs are really drawn: hiding them (same layout, visibility:hidden)
+    changes the screenshot's pixels in the pivot and the cells table."""
+    from PIL import ImageChops
+
+    fonts = subprocess.run(["fc-list"], capture_output=True, text=True,
+                           env={**os.environ, "FONTCONFIG_FILE": str(tmp_path / "fonts.conf")})
+    shown = screenshot(page, tmp_path / "shown.png", tmp_path)
+    assert "emoji" not in subprocess.run(
+        ["fc-match", "-s", "emoji"], capture_output=True, text=True,
+        env={**os.environ, "FONTCONFIG_FILE": str(tmp_path / "fonts.conf")}).stdout.lower(), \
+        fonts.stdout
+    hidden = screenshot(page, tmp_path / "hidden.png", tmp_path,
+                        css=".word{visibility:hidden}")
+    diff = ImageChops.difference(shown, hidden).convert("L").point(lambda v: 255 if v else 0)
+    assert diff.getbbox() is not None, "hiding the status words changed nothing: not drawn"
+    changed = diff.histogram()[255]
+    assert changed > 500, changed  # several words' worth of glyph pixels, not a stray pixel

@@ -96,7 +96,8 @@ def test_merged_table_has_both_cells_on_cpu(first_run):
                 assert check["status"] == "skip" and check["reason"], (name, check)
     md = (run / "summary.md").read_text()
     assert summary["verdict"] in md
-    assert "## transformers × unsloth (python 3.11, torch 2.13.0+cpu)" in md
+    assert ("## Which versions work together: transformers × unsloth (python 3.11, torch "
+            "2.13.0+cpu)") in md
     for version in rows:
         assert f"| `{version}` |" in md
 

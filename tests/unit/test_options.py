@@ -47,6 +47,10 @@ def non_default_argv(tmp_path: Path) -> list[str]:
             argv.append(option.flag)
         elif option.flag == "--runner":
             argv += [option.flag, "venv"]
+        elif option.choices:  # a value other than the default
+            argv += [option.flag, option.choices[-1]]
+        elif option.flag == "--venv-python":  # a bare PATH and one per Python version
+            argv += [option.flag, "/opt/py/bin/python", option.flag, "3.12=/opt/py312/bin/python"]
         elif option.flag == "--rerun":  # bare (all cells) and with a selector
             argv += ["--rerun", "--rerun=transformers=5.17.0"]
         elif option.type is Path:
@@ -128,3 +132,17 @@ def test_ci_workflow_uses_only_declared_options():
         declared: set[Any] = {o.flag for o in options_for(command)} | {"--help"}
         used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest))
         assert used <= declared, (command, used - declared)
+
+
+def test_venv_python_takes_one_interpreter_per_version():
+    from pinmatrix.errors import UsageError
+    from pinmatrix.runners.interpreters import parse_venv_python, python_for
+
+    given = parse_venv_python(["3.12=/a/python3.12", "/b/python", "3.11=/c/python3.11"])
+    assert given == {"3.12": "/a/python3.12", "": "/b/python", "3.11": "/c/python3.11"}
+    assert [python_for(given, v) for v in ("3.12", "3.11", "3.13")] == [
+        "/a/python3.12", "/c/python3.11", "/b/python"]
+    assert python_for(parse_venv_python(["3.12=/a"]), "3.11") is None  # uv finds one
+    for bad in (["3.12=/a", "3.12=/b"], ["x.y=/a"], ["3.12="]):
+        with pytest.raises(UsageError):
+            parse_venv_python(bad)

@@ -90,8 +90,9 @@ def test_one_row_per_cell_one_column_per_check(run_dir):
                                            "reason": broken["checks"]["imports"]["reason"],
                                            "group": "imports", "role": "core"}
     md = render_markdown(summary)
-    assert "| `py3.11-torch2.13.0+cpu-tf5.17.0-good` | ✅ works | ✅ | ⏭ |" in md
-    assert "| `py3.11-torch2.13.0+cpu-tf5.17.0-xformers-broken` | ❌ broken | ❌ | ❌ |" in md
+    assert "| `py3.11-torch2.13.0+cpu-tf5.17.0-good` | ✅ works | ✅ pass | ⏭ skip |" in md
+    assert ("| `py3.11-torch2.13.0+cpu-tf5.17.0-xformers-broken` | ❌ broken | ❌ fail | ❌ fail |"
+            in md)
 
 
 def test_pivot_transformers_by_unsloth(run_dir):

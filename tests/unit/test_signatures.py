@@ -19,6 +19,13 @@ from probes.signatures import (
 
 # Real-world messages (as reported in the linked issues / transformers source) -> expected id.
 KNOWN = [
+    # transformers' own import-time dependency check (utils/versions.py, 4.57.6's wording)
+    (
+        "ImportError",
+        "tokenizers>=0.22.0,<=0.23.0 is required for a normal functioning of this module, but "
+        "found tokenizers==0.23.2.",
+        "transformers-dependency-version-check",
+    ),
     # EXAONE 3.5 remote code on transformers 5.x: the messages seen when loading the
     # revision-faithful
     # fixtures, and the surface check's own words for the same facts (probes/checks/surface.py).
@@ -219,6 +226,7 @@ INFRA = {
     "no-gpu-driver",
     "check-timeout",
     "network-unreachable",
+    "transformers-dependency-version-check",
 }
 
 

@@ -1,0 +1,366 @@
+"""`python -m pinmatrix doctor` (and `nox -s doctor`): can this host judge the selected cells?
+One line per capability, with its remedy when it is missing (issue 13).
+
+`matrix` runs the same checks first (`preflight`): when no selected cell could possibly be judged
+(the Docker runner asked for and no engine, no interpreter for any Python the cells need, no index
+and no wheelhouse to resolve from, uv absent), it stops at once with exit 2 and the remedies,
+instead of spending minutes on an all-`infra` table. A capability that only some cells miss is not
+a reason to stop: those cells end `infra`, and the report says why once
+(pinmatrix/report/causes.py).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from pinmatrix.cell import Cell
+from pinmatrix.errors import HostNotReady
+from pinmatrix.run.options import Echo, RunOptions
+from pinmatrix.runners import interpreters
+
+GIB = 1024 ** 3
+MIN_REPORTS_FREE = 1 * GIB          # results and logs are small
+MIN_DOCKER_FREE = 20 * GIB          # one cell image is several GiB (torch alone is ~1 GiB on CPU)
+INDEX_TIMEOUT_S = 8.0
+
+
+@dataclass
+class Finding:
+    """One capability. ok: True present, False missing, None not needed here (said why)."""
+
+    capability: str
+    ok: bool | None
+    detail: str
+    remedy: str = ""
+
+    def line(self) -> str:
+        mark = {True: "ok     ", False: "MISSING", None: "n/a    "}[self.ok]
+        text = f"{mark} {self.capability}: {self.detail}"
+        return text + (f" → {self.remedy}" if self.remedy and self.ok is False else "")
+
+
+@dataclass
+class Diagnosis:
+    findings: list[Finding] = field(default_factory=list)
+    # why no selected cell could be judged here, each with its remedy; empty: go ahead
+    blockers: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [f.line() for f in self.findings]
+
+
+def _venv_kind(opts: RunOptions, engine: Any) -> bool:
+    return opts.runner == "venv" or (opts.runner == "auto" and engine is None)
+
+
+def diagnose(opts: RunOptions, cells: Sequence[Cell], models: Sequence[Any] = (), *,
+             full: bool = True) -> Diagnosis:
+    """Every check; `full=False` (matrix's preflight) skips what cannot block (GPUs, hub cache,
+    disk, compile caches)."""
+    diag = Diagnosis()
+    add = diag.findings.append
+    engine = None
+    if opts.runner != "venv" or full:
+        from pinmatrix.runners.engine import engine_message, find_engine
+
+        engine = find_engine()
+        add(Finding("Docker client + BuildKit", engine is not None, engine_message(),
+                    "install Docker (Debian: `apt-get install docker.io`), start the daemon, and "
+                    "make sure your user may reach it; or use `--runner venv`"))
+        if opts.runner == "docker" and engine is None:
+            diag.blockers.append(f"--runner docker, but {engine_message()}: install and start "
+                                 "Docker with BuildKit, or use `--runner venv`")
+    venv = _venv_kind(opts, engine)
+    if full:
+        add(_nvidia_runtime(engine, opts))
+        add(_gpus(opts))
+    add(_uv(opts, diag))
+    _pythons(opts, cells, venv, diag)
+    add(_index(opts, diag))
+    if engine is not None and not venv:
+        _base_images(engine, cells, diag, opts.pull or "missing")
+    if full:
+        for model in models:
+            add(_hub_cache(model, opts))
+        add(_disk("free disk for reports/", Path(opts.reports_dir), MIN_REPORTS_FREE))
+        if engine is not None:
+            add(_docker_root(engine))
+        add(_compile_caches(opts))
+    return diag
+
+
+# --- the checks ----------------------------------------------------------------------------------
+
+def _nvidia_runtime(engine: Any, opts: RunOptions) -> Finding:
+    from pinmatrix.runners.engine import CDI_DIRS, _cdi_has_nvidia
+
+    remedy = ("install the NVIDIA Container Toolkit (`nvidia-ctk runtime configure "
+              "--runtime=docker` or `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`)")
+    if engine is not None:
+        if engine.nvidia:
+            return Finding("NVIDIA container runtime", True, f"seen via {engine.nvidia_how}")
+        return Finding("NVIDIA container runtime", None if opts.cpu else False,
+                       "neither `docker info` nor a CDI spec names NVIDIA: cells run on CPU",
+                       remedy)
+    cdi = _cdi_has_nvidia(CDI_DIRS)
+    return Finding("NVIDIA container runtime", True if cdi else None,
+                   "a CDI spec names NVIDIA" if cdi else "no Docker engine: not needed by the venv "
+                   "runner")
+
+
+def _gpus(opts: RunOptions) -> Finding:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return Finding("GPUs", None if opts.cpu else False,
+                       "nvidia-smi not found: cells run on CPU and GPU-only checks are skipped",
+                       "install the NVIDIA driver (it brings nvidia-smi), or pass --cpu")
+    try:
+        out = subprocess.run([smi, "--query-gpu=index,name,memory.total,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Finding("GPUs", False, f"nvidia-smi failed: {exc}", "check the NVIDIA driver")
+    rows = [r.strip() for r in out.stdout.splitlines() if r.strip()]
+    if out.returncode != 0 or not rows:
+        why = (out.stderr or out.stdout).strip().splitlines()[:1] or ["no GPU listed"]
+        return Finding("GPUs", False, f"nvidia-smi: {why[0]}", "check the NVIDIA driver")
+    gpus = []
+    for row in rows:
+        parts = [p.strip() for p in row.split(",")]
+        if len(parts) >= 4:
+            gpus.append(f"{parts[0]}: {parts[1]}, {parts[2]}, driver {parts[3]}")
+        else:
+            gpus.append(row)
+    return Finding("GPUs", True, "; ".join(gpus))
+
+
+def _uv(opts: RunOptions, diag: Diagnosis) -> Finding:
+    uv = shutil.which("uv")
+    if uv:
+        try:
+            version = subprocess.run([uv, "--version"], capture_output=True, text=True,
+                                     timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            version = uv
+        return Finding("uv (resolves every cell)", True, version)
+    if opts.no_install:
+        return Finding("uv (resolves every cell)", None,
+                       "not on PATH; not needed with --no-install")
+    diag.blockers.append("uv is not on PATH, and every cell is resolved with `uv pip compile`: "
+                         "`pip install uv`")
+    return Finding("uv (resolves every cell)", False, "not on PATH", "`pip install uv`")
+
+
+def _pythons(opts: RunOptions, cells: Sequence[Cell], venv: bool, diag: Diagnosis) -> None:
+    versions = sorted({str(c.pins.get("python")) for c in cells if c.pins.get("python")},
+                      key=lambda v: [int(x) for x in v.split(".") if x.isdigit()])
+    if opts.no_install:
+        chosen = {interpreters.python_for(opts.venv_python, v) or sys.executable for v in versions}
+        chosen = chosen or {interpreters.python_for(opts.venv_python, "") or sys.executable}
+        working = []
+        for path in sorted(chosen):
+            ok = shutil.which(path) is not None or Path(path).is_file()
+            diag.findings.append(Finding(f"prepared interpreter {path}", ok,
+                                         "--no-install judges what it holds" if ok
+                                         else "not found", "pass `--venv-python VERSION=/path`"))
+            working += [path] if ok else []
+        if not working:
+            diag.blockers.append("--no-install, and no prepared interpreter exists: pass "
+                                 "`--venv-python VERSION=/path`")
+        return
+    available = []
+    for version in versions:
+        found = interpreters.find(version, opts.venv_python)
+        remedy = (f"install Python {version}, pass `--venv-python {version}=/path`, or use Docker"
+                  if venv else "")
+        if not venv:
+            here = f"{found.source}: {found.detail}" if found.ok else found.detail
+            diag.findings.append(Finding(f"Python {version}", None,
+                                         f"the Docker runner uses the image's Python (for the venv "
+                                         f"runner: {here})"))
+            continue
+        diag.findings.append(Finding(f"Python {version}", found.ok,
+                                     f"{found.source}: {found.detail}" if found.ok
+                                     else found.detail, remedy))
+        if found.ok:
+            available.append(version)
+    if venv and versions and not available:
+        diag.blockers.append(
+            "no Python the selected cells need is available to the venv runner: "
+            + "; ".join(interpreters.missing_python_message(v) for v in versions))
+
+
+def _index(opts: RunOptions, diag: Diagnosis) -> Finding:
+    from pinmatrix.sources import PackageSources, open_url, redact
+
+    if opts.no_install:
+        return Finding("package index", None, "not needed with --no-install")
+    sources = opts.sources or PackageSources.from_env()
+    links = [str(x) for x in sources.find_links]
+    local = [x for x in links if Path(x).is_dir()]
+    if opts.offline:
+        ok = bool(local)
+        if not ok:
+            diag.blockers.append("--offline and no --find-links folder exists: nothing to "
+                                 "resolve from")
+        return Finding("package index", ok, f"--offline: wheelhouse {', '.join(links) or 'none'}",
+                       "pass `--find-links DIR` with the wheels")
+    url = sources.index_urls()[0].rstrip("/") + "/pip/"
+    ca = f", CA {sources.ca_bundle}" if sources.ca_bundle else ""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    via = f", proxy {redact(proxy)}" if proxy else ""
+    try:
+        with open_url(url, sources, "application/vnd.pypi.simple.v1+json, text/html",
+                      timeout_s=INDEX_TIMEOUT_S) as response:
+            status = getattr(response, "status", 200)
+        return Finding("package index", True, f"{redact(url)} answered {status}{ca}{via}")
+    except Exception as exc:  # noqa: BLE001 - any failure to ask the index is the finding
+        why = " ".join(str(getattr(exc, "reason", exc)).split())[:200]
+        detail = f"{redact(url)} not reachable ({why}){ca}{via}"
+        if local:
+            return Finding("package index", None, detail + f"; the wheelhouse {', '.join(local)} "
+                           "may still serve every pin")
+        diag.blockers.append(f"the package index is not reachable ({redact(url)}: {why}), and no "
+                             "--find-links wheelhouse is given: no cell can be resolved. Pass "
+                             "`--index-url URL`, `--ca-bundle FILE` or HTTPS_PROXY as your network "
+                             "needs, `--find-links DIR`, or `--no-install` on a prepared host")
+        return Finding("package index", False, detail,
+                       "`--index-url URL` (a mirror), `--ca-bundle FILE`, HTTPS_PROXY, "
+                       "`--find-links DIR`, or `--no-install` on a prepared host")
+
+
+def _base_images(engine: Any, cells: Sequence[Cell], diag: Diagnosis, pull: str) -> None:
+    from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE
+
+    images = sorted({str(c.pins.get("base_image") or DEFAULT_BASE_IMAGE) for c in cells})
+    present_any = False
+    for image in images:
+        try:
+            out = subprocess.run(engine.cmd("image", "inspect", "--format", "{{.Id}}", image),
+                                 capture_output=True, text=True, timeout=60)
+            present = out.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            present = False
+        present_any = present_any or present
+        if pull == "never":
+            diag.findings.append(Finding(
+                f"base image {image}", present,
+                "present in the engine" if present else "not in the engine, and --pull never",
+                f"`docker pull {image}` (or `docker load`), or drop `--pull never`"))
+        else:
+            diag.findings.append(Finding(
+                f"base image {image}", True if present else None,
+                "present in the engine" + (" (pulled again: --pull always)" if pull == "always"
+                                           else "") if present else
+                f"not in the engine: pulled before the first build (--pull {pull})"))
+    if pull == "never" and images and not present_any:
+        diag.blockers.append("--pull never, and no base image the cells need is in the engine ("
+                             + ", ".join(images) + "): pull or load them, or drop --pull never")
+
+
+def _hub_cache(model: Any, opts: RunOptions) -> Finding:
+    from probes.models import find_snapshot, hub_cache_dir
+
+    cache = Path(opts.model_cache) if opts.model_cache else hub_cache_dir()
+    snapshot = find_snapshot(model.repo, model.revision, cache)
+    name = f"hub cache {model.repo}@{model.revision}"
+    if snapshot is not None:
+        return Finding(name, True, str(snapshot))
+    return Finding(name, False, f"not in {cache}: the probes use the clean-room fixture instead",
+                   f"`huggingface-cli download {model.repo} --revision {model.revision}` (or "
+                   "`--model-cache DIR` to prefetch)")
+
+
+def _free(path: Path) -> tuple[Path, int] | None:
+    probe = Path(path).resolve()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return probe, shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def _disk(capability: str, path: Path, minimum: int) -> Finding:
+    free = _free(path)
+    if free is None:
+        return Finding(capability, False, f"cannot read the free space of {path}",
+                       "check the folder")
+    where, nbytes = free
+    ok = nbytes >= minimum
+    return Finding(capability, ok, f"{nbytes / GIB:.1f} GiB free at {where}",
+                   f"free at least {minimum / GIB:.0f} GiB there, or pass `--reports DIR`")
+
+
+def _docker_root(engine: Any) -> Finding:
+    try:
+        out = subprocess.run(engine.cmd("info", "--format", "{{.DockerRootDir}}"),
+                             capture_output=True, text=True, timeout=30, env=engine.env())
+        root = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        root = ""
+    if not root:
+        return Finding("free disk for Docker's root", None, "`docker info` did not say where it is")
+    free = _free(Path(root))
+    if free is None or not Path(root).exists():
+        return Finding("free disk for Docker's root", None,
+                       f"{root} is not visible from here (a remote or rootless daemon)")
+    ok = free[1] >= MIN_DOCKER_FREE
+    return Finding("free disk for Docker's root", ok, f"{free[1] / GIB:.1f} GiB free at {root}",
+                   f"free at least {MIN_DOCKER_FREE / GIB:.0f} GiB (`docker system prune`)")
+
+
+def _compile_caches(opts: RunOptions) -> Finding:
+    from pinmatrix.runners.compile_cache import DEFAULT_ROOT
+
+    if not opts.compile_cache:
+        return Finding("compile caches", None, "--no-compile-cache: every probe starts empty")
+    root = Path(DEFAULT_ROOT)
+    if root.is_dir():
+        stacks = [p for p in root.iterdir() if p.is_dir()]
+        writable = os.access(root, os.W_OK)
+        return Finding("compile caches", writable,
+                       f"{root}: {len(stacks)} stack folder{'s' if len(stacks) != 1 else ''}"
+                       + ("" if writable else ", not writable"),
+                       "make it writable, set PINMATRIX_COMPILE_CACHE_DIR, or pass "
+                       "--no-compile-cache")
+    parent = _free(root)
+    ok = parent is not None and os.access(parent[0], os.W_OK)
+    return Finding("compile caches", ok, f"{root}: none yet (made on first use)",
+                   "set PINMATRIX_COMPILE_CACHE_DIR to a writable folder, or --no-compile-cache")
+
+
+# --- the commands --------------------------------------------------------------------------------
+
+def doctor_command(opts: RunOptions, echo: Echo = print) -> int:
+    """Print one line per capability; exit 2 when no selected cell could be judged, else 0."""
+    from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_OK
+    from pinmatrix.run.pipeline import load_cells
+
+    matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
+                               snapshot=opts.snapshot, sources=opts.sources)
+    diag = diagnose(opts, cells, matrix.models)
+    echo(f"pinmatrix doctor: {len(cells)} selected cell{'s' if len(cells) != 1 else ''} of "
+         f"{opts.matrix_path}, runner {opts.runner}")
+    for line in diag.lines():
+        echo(line)
+    if diag.blockers:
+        echo("no selected cell could be judged on this host:")
+        for blocker in diag.blockers:
+            echo(f"  - {blocker}")
+        return EXIT_BAD_INPUT
+    echo("ready: the selected cells can be judged here")
+    return EXIT_OK
+
+
+def preflight(opts: RunOptions, cells: Sequence[Cell]) -> None:
+    """`matrix`'s first step: raise HostNotReady (exit 2) when no cell could be judged here."""
+    diag = diagnose(opts, cells, full=False)
+    if diag.blockers:
+        raise HostNotReady("no selected cell could be judged on this host (nothing was run; "
+                           "`python -m pinmatrix doctor` checks everything):\n"
+                           + "\n".join(f"  - {b}" for b in diag.blockers))
