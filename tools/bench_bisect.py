@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -56,7 +57,9 @@ def _run(reports: Path, venvs: Path, span: str, check: str) -> tuple[float, dict
         raise SystemExit(
             f"bisect failed (exit {proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
         )
-    folder = sorted(reports.glob("*-bisect-transformers*"))[-1]
+    # the bisect's own folder, not its steps' run folders (`…-bisect-transformers-<release>`)
+    folder = sorted(p for p in reports.iterdir()
+                    if re.fullmatch(r".*-bisect-transformers(\.\d+)?", p.name))[-1]
     return wall, json.loads((folder / "bisect.json").read_text(encoding="utf-8"))
 
 

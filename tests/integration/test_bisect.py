@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import shutil
 import subprocess
@@ -69,7 +70,8 @@ def test_first_bad_release_of_the_remote_code_break(tmp_path):
     # warm: every step's result is in the cache, so the same bisect runs no probe again
     again = bisect(tmp_path, "transformers", "4.57.6..5.1.0", "--check", "exaone3.5.remote-code")
     assert again.returncode == 0, again.stdout[-3000:]
-    newest = sorted((tmp_path / "reports").glob("*-bisect-transformers*"))[-1]
+    newest = sorted(p for p in (tmp_path / "reports").iterdir()
+                    if re.fullmatch(r".*-bisect-transformers(\.\d+)?", p.name))[-1]
     steps = json.loads((newest / "bisect.json").read_text())["steps"]
     assert all(step.get("reused_from") for step in steps.values()), steps
     assert json.loads((newest / "bisect.json").read_text())["probes_run"] == 0
