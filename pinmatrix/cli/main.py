@@ -6,13 +6,15 @@ matrix file, selector, option), 1 a harness error.
 from __future__ import annotations
 
 import argparse
-import math
+import errno
+import os
 import re
 import sys
 from typing import Any, NoReturn, Sequence
 
-from pinmatrix.errors import EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
-from pinmatrix.run.options import ALL_COMMANDS, OPTIONS, RUNNERS, options_for, run_options
+from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
+from pinmatrix.run.options import (ALL_COMMANDS, OPTIONS, RUNNERS, check_options, options_for,
+                                   run_options)
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -101,10 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse(list(sys.argv[1:] if argv is None else argv))
         if args.runner not in RUNNERS:
             raise UsageError(f"--runner {args.runner!r}: choose one of {', '.join(RUNNERS)}")
-        for flag, value in (("--timeout", args.timeout), ("--check-timeout", args.check_timeout)):
-            # nan, inf, 0, negatives
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise UsageError(f"{flag} {value}: must be positive (a finite number of seconds)")
+        check_options(args)  # each option's own bounds and contradictions (run/options.py)
         if args.model_hub is not None and (args.model_cache is None or not args.model_hub.is_dir()):
             raise UsageError(f"--model-hub {args.model_hub}: needs --model-cache, and must be a "
                              "folder")
@@ -127,10 +126,29 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(a cell already running finishes first)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `python -m pinmatrix list | head`: the reader left; not an error
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:
+        # A path the user named that cannot be used (read-only, a file where a folder goes) is bad
+        # input; anything else the machine did (disk full, I/O) is the harness's failure.
+        where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        line = f"{where}: {exc.strerror or exc}" if where else str(exc)
+        if exc.errno in _PATH_ERRNOS:
+            print(f"error: {line}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"harness error: {line}", file=sys.stderr)
+        return EXIT_HARNESS
+    except Exception as exc:  # a bug in pinmatrix: one line, not a traceback, unless asked for one
+        if os.environ.get("PINMATRIX_TRACEBACK"):
+            raise
+        print(f"harness error (a bug in pinmatrix): {type(exc).__name__}: "
+              f"{' '.join(str(exc).split())[:300]} (PINMATRIX_TRACEBACK=1 shows where)",
+              file=sys.stderr)
+        return EXIT_HARNESS
+
+
+_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOENT,
+                errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
 
 
 def _dispatch(args: argparse.Namespace) -> int:
