@@ -215,14 +215,20 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pinmatrix.report.write import write_report
 
+    from pinmatrix.run.folder import check_run_folder
+
     run_dir = args.run or (args.reports / "latest")
     if not run_dir.is_dir():
         raise UsageError(f"no run folder at {run_dir} (run `python -m pinmatrix matrix` first, or "
                          "pass --run DIR)")
+    check_run_folder(run_dir, "--run" if args.run else "--reports")
     json_path, md_path = write_report(run_dir.resolve(), previous=getattr(args, "previous", None))
     import json
 
-    print(json.loads(json_path.read_text())["verdict"])
+    summary = json.loads(json_path.read_text())
+    for item in summary.get("damaged", []):  # said on the console too, not only in summary.md
+        print(f"warning: {item['path']}: {item['why']}", file=sys.stderr)
+    print(summary["verdict"])
     print(f"report: {md_path}")
     from pinmatrix.report.pins import write_pins
 

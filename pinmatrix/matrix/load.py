@@ -49,11 +49,11 @@ LIVE_KEYS = ("spec", "latest", "pre", "yanked")
 MAX_COMBINATIONS = 5000   # a typo'd live axis (`latest: 500`) should fail fast, not fill the memory
 # Bounds of every numeric setting (inclusive). A value past them is a typo or a hostile file: a week
 # of timeout, a batch no card holds. The probe's LoRA criterion is checked over the whole
-# lora_steps range (tests/unit/test_checks_training.py); at least 2 steps, to see a loss fall.
+# lora_steps range (tests/unit/test_checks_training.py).
 SETTING_BOUNDS: dict[str, tuple[float, float]] = {
     "check_timeout_s": (1, 7 * 24 * 3600),
     "cell_timeout_s": (1, 7 * 24 * 3600),
-    "lora_steps": (2, 10_000),
+    "lora_steps": (4, 10_000),  # probes/checks/lora_train.py MIN_STEPS, MAX_STEPS
     "throughput.batch": (1, 1024),
     "throughput.seq": (1, 131_072),
     "throughput.steps": (1, 10_000),
@@ -61,7 +61,8 @@ SETTING_BOUNDS: dict[str, tuple[float, float]] = {
     "latest": (1, 1_000),
 }
 _YAML_FLOAT_WORDS = {".inf": "inf", "+.inf": "inf", "-.inf": "-inf", ".nan": "nan"}
-MAX_VALUE_CHARS = 200     # a version, specifier, image or ref longer than this is not one
+MAX_VALUE_CHARS = 200
+MAX_MESSAGE_CHARS = 300     # a version, specifier, image or ref longer than this is not one
 # A YAML 1.1 integer as PyYAML's resolver accepts it, with at most 30 digits: int() of a longer
 # one is refused by Python (4,300 digits) or is past every bound anyway.
 _YAML_INT_RE = re.compile(r"^[-+]?(?:0b[01_]{1,30}|0x[0-9a-fA-F_]{1,30}|0[0-7_]{0,30}|"
@@ -141,6 +142,9 @@ class _Loader:
     # -- errors and node helpers --
     def error(self, node: yaml.Node | None, message: str) -> MatrixError:
         mark = node.start_mark if node is not None else None
+        if len(message) > MAX_MESSAGE_CHARS:  # a quoted 5,000-digit value stays readable
+            message = (f"{message[:MAX_MESSAGE_CHARS - 80]}... ({len(message)} characters) ..."
+                       f"{message[-40:]}")
         return MatrixError(self.path, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1,
                            message)
 

@@ -35,7 +35,7 @@ CASES = [
     ("throughput-batch-1e9", "settings:\n  throughput: {batch: 1000000000}\n", 7,
      "from 1 to 1024"),
     ("throughput-batch-float", "settings:\n  throughput: {batch: 1e9}\n", 7, "expected an integer"),
-    ("lora-steps-1", "settings:\n  lora_steps: 1\n", 7, "from 2 to"),
+    ("lora-steps-3", "settings:\n  lora_steps: 3\n", 7, "from 4 to"),
     ("live-latest-huge", "", 0, ""),  # replaced below: a live axis is on line 5
     ("version-5000-digits", None, 5, "characters, more than"),
     ("specifier-5000-digits", None, 5, "characters, more than"),
@@ -157,7 +157,7 @@ def test_any_value_anywhere_loads_or_is_a_matrix_error(tmp_path, place, tag, val
     # accepted: every numeric setting is inside its bounds, every cell has a readable id
     timeouts = (matrix.settings["cell_timeout_s"], matrix.settings["check_timeout_s"])
     assert all(0 < t <= 7 * 24 * 3600 for t in timeouts)
-    assert 2 <= matrix.settings["lora_steps"] <= 10_000
+    assert 4 <= matrix.settings["lora_steps"] <= 10_000
     assert 1 <= matrix.settings["throughput"]["batch"] <= 1024
     assert all(len(cell.id) < 2000 for cell in matrix.expand())
 
