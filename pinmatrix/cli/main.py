@@ -98,7 +98,18 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM (a CI job's cancel, `kill`) takes Ctrl-C's path: running cells are stopped and
+    # recorded, the summary is written after them (pinmatrix/interrupt.py)
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         args = parse(list(sys.argv[1:] if argv is None else argv))
         if args.runner not in RUNNERS:
@@ -121,9 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     # Ctrl-C: no new cell starts; finished ones are kept (pinmatrix/run/state.py)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished cells are kept; `python -m pinmatrix matrix --resume` runs "
-              "the rest "
-              "(a cell already running finishes first)", file=sys.stderr)
+        print("\ninterrupted: no new cell was started; cells that were running were stopped and "
+              "recorded as infra (interrupted); finished cells are kept; "
+              "`python -m pinmatrix matrix --resume` runs the rest", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `python -m pinmatrix list | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
