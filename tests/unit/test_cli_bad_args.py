@@ -191,3 +191,13 @@ def test_matrix_values_past_their_bounds_exit_2_naming_the_position(tmp_path: Pa
         assert f"{matrix}:{line}:" in proc.stderr and named in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and len(proc.stderr) < 400
         assert not (tmp_path / "reports").exists()
+
+
+def test_reports_folder_that_cannot_be_made_exits_2_naming_it(tmp_path: Path) -> None:
+    """What a read-only reports folder does for a user without root (above), for any user: /proc
+    takes no new folders, root or not. The run stops at its first write, in one line."""
+    reports = Path("/proc") / f"pinmatrix-reports-{os.getpid()}"
+    proc = _run([], reports)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(reports) in errors[0], proc.stderr
