@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
         return _dispatch(args)
     except PinmatrixError as exc:  # bad input exits 2, a harness failure 1 (pinmatrix/errors.py)
-        print(f"{exc.prefix}: {exc}", file=sys.stderr)
+        print(f"{exc.prefix}: {_clip(str(exc))}", file=sys.stderr)
         return exc.exit_code
     # Ctrl-C: no new cell starts; finished ones are kept (pinmatrix/run/state.py)
     except KeyboardInterrupt:
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A path the user named that cannot be used (read-only, a file where a folder goes) is bad
         # input; anything else the machine did (disk full, I/O) is the harness's failure.
         where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
-        line = f"{where}: {exc.strerror or exc}" if where else str(exc)
+        line = _clip(f"{where}: {exc.strerror or exc}" if where else str(exc))
         if exc.errno in _PATH_ERRNOS:
             print(f"error: {line}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -156,6 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{' '.join(str(exc).split())[:300]} (PINMATRIX_TRACEBACK=1 shows where)",
               file=sys.stderr)
         return EXIT_HARNESS
+
+
+def _clip(message: str, limit: int = 600) -> str:
+    """A message that quotes a 5,000-character argument stays one readable line."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit - 100]}... ({len(message)} characters) ...{message[-60:]}"
 
 
 _PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOENT,

@@ -111,7 +111,7 @@ def argv(draw: st.DrawFn, places: dict[str, Path]) -> list[str]:
                 places["base"]]
     if command not in BUILDING:
         matrices.append(CI)
-    parts += ["--matrix", str(draw(st.sampled_from(matrices)))]
+    parts.append(f"--matrix={draw(st.sampled_from(matrices))}")  # one element: parts are shuffled
     # the run's folders stay in the temp folder unless a drawn --reports overrides it
     return [command, "--reports", str(places["base"] / "reports"), *draw(st.permutations(parts))]
 
