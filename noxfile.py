@@ -4,20 +4,22 @@
 # ///
 """Thin wiring around `python -m pinmatrix` (pinmatrix/cli/main.py holds the logic).
 
-    nox -l                          one session per cell of matrix.yaml, tagged `cell`
-    nox -s matrix -- [selectors] [--runner docker|venv|auto] [--cpu]
-    nox -s report                   merge reports/latest again
-    nox -s nightly -- [selectors]   run, diff with the previous run, history; red only on new
-    breakages nox -s resolve -- [selectors]   locks only; prints the resolvable/unresolvable table
-    nox -s bench -- [selectors]     resolve timings (cold, warm, whole stage), then the scale
-    numbers
-                                    (cells/hour, unchanged rerun, rebuild, scheduler overhead) ->
-                                    reports/bench/
-    nox -s matrix -- --on slurm     one Slurm job array, one cell per task (pinmatrix/run/slurm.py)
-    nox -s lint                     ruff and mypy (CI runs it before the tests)
-    nox -s tests -- [pytest args]
-    nox -t cell                     every cell, one session each (then `nox -s report`)
+nox -l                          one session per cell of matrix.yaml, tagged `cell`
+nox -s matrix -- [selectors] [--runner docker|venv|auto] [--cpu]
+nox -s report                   merge reports/latest again
+nox -s nightly -- [selectors]   run, diff with the previous run, history; red only on new breakages
+nox -s resolve -- [selectors]   locks only; prints the resolvable/unresolvable table
+nox -s bisect -- PACKAGE GOOD..BAD [--check CHECK] [--signature SIG] [selectors]
+                                the first bad release, each step a real cell
+nox -s bench -- [selectors]     resolve timings (cold, warm, whole stage), then the scale numbers
+                                (cells/hour, unchanged rerun, rebuild, scheduler overhead)
+                                -> reports/bench/
+nox -s matrix -- --on slurm     one Slurm job array, one cell per task (pinmatrix/run/slurm.py)
+nox -s lint                     ruff and mypy (CI runs it before the tests)
+nox -s tests -- [pytest args]
+nox -t cell                     every cell, one session each (then `nox -s report`)
 """
+
 from __future__ import annotations
 
 import os
@@ -64,15 +66,38 @@ def _cell_ids_via_uv() -> list[str]:
 
     uv = shutil.which("uv")
     if uv is None:
-        print("noxfile: no cell sessions: this nox lacks pyyaml/packaging/jsonschema and uv is "
-              "absent "
-              "(`nox -s matrix` still runs every cell)", file=sys.stderr)
+        print(
+            "noxfile: no cell sessions: this nox lacks pyyaml/packaging/jsonschema and uv is "
+            "absent "
+            "(`nox -s matrix` still runs every cell)",
+            file=sys.stderr,
+        )
         return []
-    proc = subprocess.run([uv, "run", "--quiet", "--no-project", "--python", PYTHON, "--with",
-                           "pyyaml>=6",
-                           "--with", "packaging>=23", "--with", "jsonschema>=4.18",
-                           "python", "-m", "pinmatrix", "list", "--matrix", str(MATRIX)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            uv,
+            "run",
+            "--quiet",
+            "--no-project",
+            "--python",
+            PYTHON,
+            "--with",
+            "pyyaml>=6",
+            "--with",
+            "packaging>=23",
+            "--with",
+            "jsonschema>=4.18",
+            "python",
+            "-m",
+            "pinmatrix",
+            "list",
+            "--matrix",
+            str(MATRIX),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if proc.returncode != 0:
         print(f"noxfile: no cell sessions: {proc.stderr.strip()}", file=sys.stderr)
         return []
@@ -94,8 +119,9 @@ def _find_links_args() -> list[str]:
 
 
 def _pinmatrix(session: nox.Session, command: str, *args: str) -> None:
-    session.run("python", "-m", "pinmatrix", command, "--matrix", str(MATRIX), *args,
-                *session.posargs)
+    session.run(
+        "python", "-m", "pinmatrix", command, "--matrix", str(MATRIX), *args, *session.posargs
+    )
 
 
 @nox.session(python=PYTHON)
@@ -130,6 +156,15 @@ def nightly(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bisect(session: nox.Session) -> None:
+    """PACKAGE GOOD..BAD [--check CHECK_OR_GROUP] [selectors]: the first bad release, each step a
+    real
+    cell (pinmatrix/bisect/run.py)."""
+    _install_harness(session)
+    _pinmatrix(session, "bisect")
+
+
+@nox.session(python=PYTHON)
 def resolve(session: nox.Session) -> None:
     """Resolve the selected cells' locks, build and run nothing."""
     _install_harness(session)
@@ -141,14 +176,23 @@ def bench(session: nox.Session) -> None:
     """Resolve time per cell (cold, warm) and of the whole stage ->
     reports/bench/resolve-<UTC>.json."""
     _install_harness(session)
-    session.run("python", str(ROOT / "tools" / "bench.py"), "--matrix", str(MATRIX),
-                *session.posargs)
+    session.run(
+        "python", str(ROOT / "tools" / "bench.py"), "--matrix", str(MATRIX), *session.posargs
+    )
     # Scale numbers (issue 6): cells/hour, unchanged rerun, transformers-only rebuild, scheduler
     # overhead.
     # On the CI matrix (CPU): these are the numbers this host can produce without a GPU.
-    session.run("python", str(ROOT / "tools" / "bench_scale.py"), "--matrix",
-                os.environ.get("PINMATRIX_BENCH_MATRIX",
-                str(ROOT / "tests" / "data" / "matrices" / "ci.yaml")))
+    session.run(
+        "python",
+        str(ROOT / "tools" / "bench_scale.py"),
+        "--matrix",
+        os.environ.get(
+            "PINMATRIX_BENCH_MATRIX", str(ROOT / "tests" / "data" / "matrices" / "ci.yaml")
+        ),
+    )
+    # Release bisect (issue 12): a first and a warm bisect of transformers 4.57.6..5.17.0 on one CPU
+    # check -> reports/bench/bisect-<UTC>.json.
+    session.run("python", str(ROOT / "tools" / "bench_bisect.py"))
 
 
 @nox.session(python=PYTHON)

@@ -1,16 +1,15 @@
 """Every exception the harness raises on purpose, in one hierarchy whose base carries the exit code.
 
-    PinmatrixError                  exit 1 unless a subclass says otherwise
-    ├── BadInput                    exit 2: the user can fix it (a matrix file, a selector, an
-    option) │   ├── MatrixError             file:line:column: message
-    │   ├── SelectionError          a cell selector
-    │   ├── UsageError              the command line
-    │   ├── ShardError, ResumeError, SchedulerError   --shard, --resume,
-    --gpus/--build-jobs/--cpu-jobs ├── HarnessError                exit 1: the harness could not do
-    its job │   ├── SlurmError, FetchError, PreviousRunError
-    └── InfraSignal                 the machine failed one cell's stage: caught inside the pipeline
-    and
-        ├── InfraError              written as an `infra` outcome (data), never raised to the CLI
+    PinmatrixError          exit 1 unless a subclass says otherwise
+    ├── BadInput            exit 2: the user can fix it (a matrix file, a selector, an option)
+    │   ├── MatrixError     file:line:column: message
+    │   ├── SelectionError  a cell selector
+    │   ├── UsageError      the command line
+    │   └── ShardError, ResumeError, SchedulerError   --shard, --resume, --gpus, --build-jobs
+    ├── HarnessError        exit 1: the harness could not do its job
+    │   └── SlurmError, FetchError, PreviousRunError
+    └── InfraSignal         the machine failed one cell's stage: caught inside the pipeline and
+        ├── InfraError      written as an `infra` outcome (data), never raised to the CLI
         ├── ResolveInfraError
         └── IndexUnreachable
 

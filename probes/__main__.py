@@ -130,6 +130,7 @@ def _run_groups(spec: dict[str, Any], work_dir: Path, groups: list[str], role: s
             if allowed is not None and check_name(name) not in allowed:
                 continue
             result = run_check(name, fn, ctx, timeout_s)
+            result["group"] = group   # docs/CONTRACTS.md §3: every record says which group emitted it
             if result["name"] == "imports":   # the imports it judges ran at probe start; their time is its time
                 result["duration_s"] = round(result["duration_s"] + import_s, 4)
             out.append(result)

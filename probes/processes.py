@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from probes import registry
+
 ROLE_MAIN = "main"
 ROLE_PLAIN = "plain"
 # Groups that never touch unsloth; "imports" and "unsloth" stay with the process that imported it (the
 # unsloth routes of train and adapter are listed by the unsloth group: probes/checks/unsloth_train.py).
-PLAIN_GROUPS = ("kernels", "exaone3.5", "exaone4", "attention", "lora-train", "generate", "train", "adapter")
+PLAIN_GROUPS = tuple(g.name for g in registry.GROUPS if g.plain)  # probes/registry.py
 # The speed checks that load through unsloth, run in the main interpreter after the plain ones.
 UNSLOTH_THROUGHPUT = ("throughput.unsloth", "throughput.unsloth-qlora")
 # Never imported by the plain interpreter (unsloth_zoo patches on import too).

@@ -62,16 +62,41 @@ class BisectResult:
         ]
 
 
+class _BudgetSpent(Exception):
+    pass
+
+
 def bisect_releases(
-    releases: Sequence[str], judge: Callable[[str], Judgement], *, exhaustive: bool = False
+    releases: Sequence[str],
+    judge: Callable[[str], Judgement],
+    *,
+    exhaustive: bool = False,
+    budget: int | None = None,
 ) -> BisectResult:
-    """Search `releases` (oldest first: releases[0] is GOOD, releases[-1] is BAD)."""
+    """Search `releases` (oldest first: releases[0] is GOOD, releases[-1] is BAD). `budget` caps the
+    judgements (the nightly's --bisect-budget); a search that runs out says so in `stopped`."""
+    try:
+        return _search(releases, judge, exhaustive, budget)
+    except _BudgetSpent as spent:
+        result: BisectResult = spent.args[0]
+        return result
+
+
+def _search(
+    releases: Sequence[str], judge: Callable[[str], Judgement], exhaustive: bool, budget: int | None
+) -> BisectResult:
     if len(releases) < 2:
         raise RangeError(f"a range needs two releases, got {list(releases)}")
     result = BisectResult(list(releases))
 
     def run(version: str) -> Judgement:
         if version not in result.judgements:
+            if budget is not None and len(result.order) >= budget:
+                result.stopped = (
+                    f"budget of {budget} judgements spent; the first bad release lies "
+                    "between the last good and first bad judged so far"
+                )
+                raise _BudgetSpent(result)
             judgement = judge(version)
             result.judgements[version] = judgement
             result.order.append(version)

@@ -56,6 +56,8 @@ COMMANDS = {
              "history",
     "run-cell": "run one cell of a prepared run folder (a Slurm array task; see "
                 "pinmatrix/run/slurm.py)",
+    "bisect": "PACKAGE GOOD..BAD: the first bad release, each step a real cell "
+              "(pinmatrix/bisect/run.py)",
 }
 # Commands that take no matrix, selectors or run options: each has its own small parser.
 STANDALONE = {
@@ -177,6 +179,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return merge_command(args)
     opts = run_options(args)
+    if args.command == "bisect":
+        from pinmatrix.bisect.run import bisect_command
+
+        return bisect_command(args, opts)
     if args.command == "run-cell":
         from pinmatrix.run.slurm import run_cell_task
 
@@ -240,7 +246,9 @@ def _report(args: argparse.Namespace) -> int:
         raise UsageError(f"no run folder at {run_dir} (run `python -m pinmatrix matrix` first, or "
                          "pass --run DIR)")
     check_run_folder(run_dir, "--run" if args.run else "--reports")
-    json_path, md_path = write_report(run_dir.resolve(), previous=getattr(args, "previous", None))
+    pins_for = tuple(getattr(args, "pins_for", None) or ())
+    json_path, md_path = write_report(run_dir.resolve(), previous=getattr(args, "previous", None),
+                                      pins_for=pins_for)
     import json
 
     summary = json.loads(json_path.read_text())
@@ -250,5 +258,5 @@ def _report(args: argparse.Namespace) -> int:
     print(f"report: {md_path}")
     from pinmatrix.report.pins import write_pins
 
-    print(write_pins(run_dir.resolve()).message)
+    print(write_pins(run_dir.resolve(), pins_for=pins_for).message)
     return EXIT_OK

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import yaml
 from packaging.version import Version
 
+from probes import registry as _registry
 from pinmatrix.cell import NONE, Cell, ModelSpec
 from pinmatrix.errors import IndexUnreachable, MatrixError
 from pinmatrix.matrix.live import expand_live, is_specifier, valid_specifier
@@ -32,9 +33,8 @@ PACKAGE_AXES = ("torch", "transformers", "unsloth", "peft", "trl", "xformers", "
 KNOWN_AXES = (PYTHON, BASE_IMAGE, *PACKAGE_AXES)
 REQUIRED_AXES = (PYTHON, BASE_IMAGE, "torch")
 TOP_KEYS = ("axes", "include", "exclude", "models", "checks", "settings")
-# Check groups of docs/CONTRACTS.md §3.
-CHECK_GROUPS = ("imports", "kernels", "exaone3.5", "exaone4", "unsloth", "attention", "lora-train",
-                "generate", "train", "adapter", "throughput")
+# Check groups of docs/CONTRACTS.md §3, from the probes' registry (stdlib only, like signatures).
+CHECK_GROUPS: tuple[str, ...] = _registry.GROUP_NAMES
 MODEL_KINDS = ("remote-code", "native")
 THROUGHPUT_STACKS = ("sdpa", "eager", "flash_attention_2", "unsloth")
 DEFAULT_SETTINGS: dict[str, Any] = {

@@ -13,6 +13,7 @@ Throughput noise: a change is reported only beyond a threshold. Where the histor
 `NOISE_K` × their relative standard deviation (measured); else `DEFAULT_REL_THRESHOLD`, marked
 "assumed, not measured".
 """
+
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ BROKEN = ("broken", "unresolvable")
 
 
 # --- finding and loading the previous run --------------------------------------------------------
+
 
 def is_run_dir(path: Path) -> bool:
     path = Path(path)
@@ -56,8 +58,9 @@ def find_run_dir(path: Path) -> Path:
         key=lambda p: (p.name, str(p)),
     )
     if not candidates:
-        raise PreviousRunError(f"{path}: holds no run folder (no summary.json, outcomes/ or "
-                               "cells/)")
+        raise PreviousRunError(
+            f"{path}: holds no run folder (no summary.json, outcomes/ or cells/)"
+        )
     return candidates[-1]
 
 
@@ -93,15 +96,20 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise PreviousRunError(f"{run_dir / 'summary.json'}: unreadable: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
-        raise PreviousRunError(f"{run_dir / 'summary.json'}: not a pinmatrix summary (no cells "
-                               "list)")
+        raise PreviousRunError(
+            f"{run_dir / 'summary.json'}: not a pinmatrix summary (no cells list)"
+        )
     return data
 
 
 # --- the diff ------------------------------------------------------------------------------------
 
-def diff(previous: Mapping[str, Any], current: Mapping[str, Any],
-         history: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+
+def diff(
+    previous: Mapping[str, Any],
+    current: Mapping[str, Any],
+    history: Iterable[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     history = list(history)
     before = {c["id"]: c for c in previous.get("cells") or []}
     now = {c["id"]: c for c in current.get("cells") or []}
@@ -118,26 +126,60 @@ def diff(previous: Mapping[str, Any], current: Mapping[str, Any],
         for name in sorted(set(old_checks) & set(new_checks)):
             was, is_ = old_checks[name]["status"], new_checks[name]["status"]
             if was == "pass" and is_ == "fail":
-                check_breaks.append({"cell": cid, "check": name, "before": was, "now": is_,
-                                     "signature": new_checks[name].get("signature")})
+                check_breaks.append(
+                    {
+                        "cell": cid,
+                        "check": name,
+                        "before": was,
+                        "now": is_,
+                        "signature": new_checks[name].get("signature"),
+                    }
+                )
             elif was == "fail" and is_ == "pass":
-                check_fixes.append({"cell": cid, "check": name, "before": was, "now": is_,
-                                    "signature_before": old_checks[name].get("signature")})
+                check_fixes.append(
+                    {
+                        "cell": cid,
+                        "check": name,
+                        "before": was,
+                        "now": is_,
+                        "signature_before": old_checks[name].get("signature"),
+                    }
+                )
             elif is_ == "infra" and was != "infra":
-                infra.append({"cell": cid, "check": name, "before": was,
-                              "reason": new_checks[name].get("reason")})
+                infra.append(
+                    {
+                        "cell": cid,
+                        "check": name,
+                        "before": was,
+                        "reason": new_checks[name].get("reason"),
+                    }
+                )
         breakages += check_breaks
         fixes += check_fixes
         if old["status"] in WORKING and new["status"] in BROKEN and not check_breaks:
-            breakages.append({"cell": cid, "check": None, "before": old["status"],
-                              "now": new["status"],
-                              "signature": _cell_signature(new)})
+            breakages.append(
+                {
+                    "cell": cid,
+                    "check": None,
+                    "before": old["status"],
+                    "now": new["status"],
+                    "signature": _cell_signature(new),
+                }
+            )
         elif old["status"] in BROKEN and new["status"] in WORKING and not check_fixes:
-            fixes.append({"cell": cid, "check": None, "before": old["status"], "now": new["status"],
-                          "signature_before": _cell_signature(old)})
+            fixes.append(
+                {
+                    "cell": cid,
+                    "check": None,
+                    "before": old["status"],
+                    "now": new["status"],
+                    "signature_before": _cell_signature(old),
+                }
+            )
         if new["status"] == "infra" and old["status"] != "infra":
-            infra.append({"cell": cid, "check": None, "before": old["status"],
-                          "reason": new.get("reason")})
+            infra.append(
+                {"cell": cid, "check": None, "before": old["status"], "reason": new.get("reason")}
+            )
     throughput, thresholds = _throughput(previous, current, now, history)
     return {
         "previous_run": _run_id(previous),
@@ -162,9 +204,12 @@ def diff(previous: Mapping[str, Any], current: Mapping[str, Any],
     }
 
 
-def _throughput(previous: Mapping[str, Any], current: Mapping[str, Any], now: Mapping[str, Any],
-                history: list[Mapping[str, Any]]) -> tuple[list[dict[str, Any]],
-                                                           list[dict[str, Any]]]:
+def _throughput(
+    previous: Mapping[str, Any],
+    current: Mapping[str, Any],
+    now: Mapping[str, Any],
+    history: list[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     old = {(s["cell"], s["stack"]): s["tokens_per_s"] for s in previous.get("speed") or []}
     changes, thresholds = [], []
     for s in current.get("speed") or []:
@@ -172,11 +217,18 @@ def _throughput(previous: Mapping[str, Any], current: Mapping[str, Any], now: Ma
         if key not in old or not old[key]:
             continue
         rel = (s["tokens_per_s"] - old[key]) / old[key]
-        threshold, basis = noise_threshold(history, (now.get(s["cell"]) or {}).get("hash"),
-                                           s["stack"])
-        entry = {"cell": s["cell"], "stack": s["stack"], "before": old[key],
-                 "now": s["tokens_per_s"],
-                 "change": round(rel, 4), "threshold": round(threshold, 4), "basis": basis}
+        threshold, basis = noise_threshold(
+            history, (now.get(s["cell"]) or {}).get("hash"), s["stack"]
+        )
+        entry = {
+            "cell": s["cell"],
+            "stack": s["stack"],
+            "before": old[key],
+            "now": s["tokens_per_s"],
+            "change": round(rel, 4),
+            "threshold": round(threshold, 4),
+            "basis": basis,
+        }
         thresholds.append(entry)
         if abs(rel) > threshold:
             changes.append(entry)
@@ -199,16 +251,20 @@ def _run_id(summary: Mapping[str, Any]) -> str:
 
 def headline(d: Mapping[str, Any]) -> str:
     n = len(d["new_breakages"])
-    parts = [f"{n} new breakage{'s' if n != 1 else ''}", f"{len(d['fixes'])} fixed",
-             f"{len(d['new_cells'])} new cell{'s' if len(d['new_cells']) != 1 else ''}",
-             f"{len(d['vanished_cells'])} vanished",
-             f"{len(d['throughput'])} throughput change{'s' if len(d['throughput']) != 1 else ''}"]
+    parts = [
+        f"{n} new breakage{'s' if n != 1 else ''}",
+        f"{len(d['fixes'])} fixed",
+        f"{len(d['new_cells'])} new cell{'s' if len(d['new_cells']) != 1 else ''}",
+        f"{len(d['vanished_cells'])} vanished",
+        f"{len(d['throughput'])} throughput change{'s' if len(d['throughput']) != 1 else ''}",
+    ]
     if d["infra"]:
         parts.append(f"{len(d['infra'])} infra (not counted)")
     return f"since {d['previous_run']}: " + ", ".join(parts)
 
 
 # --- markdown ------------------------------------------------------------------------------------
+
 
 def render_markdown(d: Mapping[str, Any], *, level: int = 1) -> str:
     h = "#" * level
@@ -218,28 +274,58 @@ def render_markdown(d: Mapping[str, Any], *, level: int = 1) -> str:
         if items:
             out.extend([f"{h}# {title}", ""] + [line(i) for i in items] + [""])
 
-    section("New breakages", d["new_breakages"], lambda i: (
-        f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: {i['before']} → "
-        f"{i['now']}"
-        + (f" [`{i['signature']}`]" if i.get("signature") else "")))
-    section("Fixes", d["fixes"], lambda i: (
-        f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: {i['before']} → "
-        f"{i['now']}"
-        + (f" (was `{i['signature_before']}`)" if i.get("signature_before") else "")))
+    section(
+        "New breakages",
+        d["new_breakages"],
+        lambda i: (
+            f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: "
+            f"{i['before']} → "
+            f"{i['now']}" + (f" [`{i['signature']}`]" if i.get("signature") else "")
+        ),
+    )
+    if d.get("bisects"):  # pinmatrix/bisect/nightly.py
+        out += [
+            f"{'#' * (level + 1)} First bad releases (bisected)",
+            "",
+            *render_bisect_lines(d["bisects"]),
+            "",
+        ]
+    section(
+        "Fixes",
+        d["fixes"],
+        lambda i: (
+            f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: "
+            f"{i['before']} → "
+            f"{i['now']}"
+            + (f" (was `{i['signature_before']}`)" if i.get("signature_before") else "")
+        ),
+    )
     section("New cells", d["new_cells"], lambda i: f"- `{i['cell']}`: {i['status']}")
     section("Vanished cells", d["vanished_cells"], lambda i: f"- `{i['cell']}` (was {i['status']})")
-    section("Throughput changes beyond noise", d["throughput"], lambda i: (
-        f"- `{i['cell']}` {i['stack']}: {i['before']:.0f} → {i['now']:.0f} tokens/s "
-        f"({100 * i['change']:+.1f}%, threshold {100 * i['threshold']:.1f}%: {i['basis']})"))
-    section("Infra now (the machine failed, not the stack; never a breakage)", d["infra"],
-            lambda i: (
-        f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: was "
-        f"{i['before']}; "
-        f"{(i.get('reason') or 'infra').replace(chr(10), ' ')}"))
+    section(
+        "Throughput changes beyond noise",
+        d["throughput"],
+        lambda i: (
+            f"- `{i['cell']}` {i['stack']}: {i['before']:.0f} → {i['now']:.0f} tokens/s "
+            f"({100 * i['change']:+.1f}%, threshold {100 * i['threshold']:.1f}%: {i['basis']})"
+        ),
+    )
+    section(
+        "Infra now (the machine failed, not the stack; never a breakage)",
+        d["infra"],
+        lambda i: (
+            f"- `{i['cell']}` {('`' + i['check'] + '`') if i['check'] else '(cell)'}: was "
+            f"{i['before']}; "
+            f"{(i.get('reason') or 'infra').replace(chr(10), ' ')}"
+        ),
+    )
     if d["throughput_thresholds"] and not d["throughput"]:
-        out += [f"Throughput compared for {len(d['throughput_thresholds'])} cell×stack pairs; none "
-                "moved beyond "
-                f"its noise threshold.", ""]
+        out += [
+            f"Throughput compared for {len(d['throughput_thresholds'])} cell×stack pairs; none "
+            "moved beyond "
+            f"its noise threshold.",
+            "",
+        ]
     elif not d["throughput_thresholds"]:
         out += ["No throughput measured in both runs (throughput runs on GPU cells).", ""]
     return "\n".join(out).rstrip() + "\n"
@@ -247,12 +333,18 @@ def render_markdown(d: Mapping[str, Any], *, level: int = 1) -> str:
 
 def write_diff(run_dir: Path, d: Mapping[str, Any]) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
-    return (write_json_atomic(run_dir / "diff.json", dict(d)),
-            write_text_atomic(run_dir / "diff.md", render_markdown(d)))
+    return (
+        write_json_atomic(run_dir / "diff.json", dict(d)),
+        write_text_atomic(run_dir / "diff.md", render_markdown(d)),
+    )
 
 
-def attach_diff(summary: dict[str, Any], run_dir: Path, previous: Path,
-                history: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+def attach_diff(
+    summary: dict[str, Any],
+    run_dir: Path,
+    previous: Path,
+    history: Iterable[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     """Diff `summary` against the run in `previous`, write diff.{md,json} into run_dir, and put the
     diff (with its headline) into the summary so summary.md/html show it. A previous run that cannot
     be read is said so in the summary, never a crash."""
@@ -266,3 +358,20 @@ def attach_diff(summary: dict[str, Any], run_dir: Path, previous: Path,
     write_diff(run_dir, d)
     summary["diff"] = d
     return summary
+
+
+def render_bisect_lines(records: list[dict[str, Any]]) -> list[str]:
+    """One line per nightly bisect (pinmatrix/bisect/nightly.py): its first bad release, or why
+    not."""
+    out = []
+    for r in records:
+        head = f"- `{r['cell']}` `{r['check']}`: {r['package']} {r['good']}..{r['bad']}"
+        if r.get("first_bad"):
+            out.append(
+                f"{head}: **first bad {r['package']} {r['first_bad']}** (last good "
+                f"{r['last_good']}; "
+                f"{r['probes']} probes for {r['releases']} releases; `{r['bisect']}`)"
+            )
+        else:
+            out.append(f"{head}: {r.get('stopped') or r.get('note') or 'no answer'}")
+    return out

@@ -5,6 +5,7 @@ skip → <skipped> with its reason; infra → <error> (the machine failed, not t
 pass with the attempts in <system-out>. A cell with no checks gets one case named after its stage:
 `resolve` (unresolvable: a failure with the resolver's explanation) or `run` (infra: an error).
 """
+
 from __future__ import annotations
 
 import re
@@ -42,6 +43,16 @@ def build_junit(summary: Mapping[str, Any], run_dir: Path) -> ET.Element:
         ET.SubElement(props, "property", name="status", value=cell["status"])
         for key, value in sorted((cell.get("pins") or {}).items()):
             ET.SubElement(props, "property", name=f"pin.{key}", value=_clean(value))
+        for found in (summary.get("diff") or {}).get(
+            "bisects"
+        ) or []:  # pinmatrix/bisect/nightly.py
+            if found["cell"] == cell["id"] and found.get("first_bad"):
+                ET.SubElement(
+                    props,
+                    "property",
+                    name=f"first_bad.{found['check']}",
+                    value=_clean(f"{found['package']} {found['first_bad']}"),
+                )
         full = _full_checks(run_dir, cell)
         checks = cell.get("checks") or {}
         if not checks:
@@ -50,20 +61,30 @@ def build_junit(summary: Mapping[str, Any], run_dir: Path) -> ET.Element:
             counts["tests"] += 1
             reason = _clean(cell.get("reason") or cell["status"])
             if cell["status"] == "unresolvable":
-                node = ET.SubElement(case, "failure", message=_first_line(reason),
-                                     type="unresolvable")
+                node = ET.SubElement(
+                    case, "failure", message=_first_line(reason), type="unresolvable"
+                )
                 counts["failures"] += 1
             else:
-                node = ET.SubElement(case, "error", message=_first_line(reason),
-                                     type=_clean(cell.get("signature") or "infra"))
+                node = ET.SubElement(
+                    case,
+                    "error",
+                    message=_first_line(reason),
+                    type=_clean(cell.get("signature") or "infra"),
+                )
                 counts["errors"] += 1
             node.text = reason
         for name in summary.get("checks") or []:
             if name not in checks:
                 continue
             check, detail = checks[name], full.get(name, {})
-            case = ET.SubElement(suite, "testcase", classname=cell["id"], name=name,
-                                 time=f"{float(detail.get('duration_s') or 0):.3f}")
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=cell["id"],
+                name=name,
+                time=f"{float(detail.get('duration_s') or 0):.3f}",
+            )
             counts["tests"] += 1
             error = detail.get("error") or {}
             status = check["status"]
@@ -73,15 +94,20 @@ def build_junit(summary: Mapping[str, Any], run_dir: Path) -> ET.Element:
                     f"{sig}: {error.get('type') or 'failure'}: {_first_line(error.get('message'))}"
                 )
                 node = ET.SubElement(case, "failure", message=_clean(message), type=_clean(sig))
-                node.text = _clean("\n".join(filter(None, [error.get("message"),
-                                                           error.get("traceback_tail")])))
+                node.text = _clean(
+                    "\n".join(filter(None, [error.get("message"), error.get("traceback_tail")]))
+                )
                 counts["failures"] += 1
             elif status == "skip":
                 ET.SubElement(case, "skipped", message=_clean(check.get("reason") or "skipped"))
                 counts["skipped"] += 1
             elif status == "infra":
-                node = ET.SubElement(case, "error", message=_clean(check.get("reason") or "infra"),
-                                     type=_clean(check.get("signature") or "infra"))
+                node = ET.SubElement(
+                    case,
+                    "error",
+                    message=_clean(check.get("reason") or "infra"),
+                    type=_clean(check.get("signature") or "infra"),
+                )
                 node.text = _clean(error.get("message") or check.get("reason") or "")
                 counts["errors"] += 1
             elif status == "flaky":
@@ -102,8 +128,9 @@ def write_junit(summary: Mapping[str, Any], run_dir: Path) -> Path:
     root = build_junit(summary, run_dir)
     ET.indent(root)
     text = ET.tostring(root, encoding="unicode", xml_declaration=False)
-    return write_text_atomic(Path(run_dir) / "junit.xml",
-                             '<?xml version="1.0" encoding="UTF-8"?>\n' + text + "\n")
+    return write_text_atomic(
+        Path(run_dir) / "junit.xml", '<?xml version="1.0" encoding="UTF-8"?>\n' + text + "\n"
+    )
 
 
 def _first_line(text: Any) -> str:

@@ -89,6 +89,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
                        f"{peak} | "
                        f"{s.get('batch_x_seq') or '—'} | {mfu} | {s.get('gpu') or '—'} |")
         out.append("")
+    if summary.get("pins"):  # pinmatrix/report/pins.py: the pick per purpose, and why not the rest
+        from pinmatrix.report.pins import pins_markdown
+
+        out += pins_markdown(summary["pins"])
+    from pinmatrix.report.claims import claims_markdown
+
+    out += claims_markdown(summary.get("claims") or [])
     if summary.get("timing"):
         out += ["## Probe time", "",
                 "compat = the probe's wall time less the throughput checks: its start, its "

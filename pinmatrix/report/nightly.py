@@ -83,7 +83,7 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
 
 
 def run_nightly(opts: RunOptions, *, previous: Path | None = None, history_path: Path | None = None,
-                echo: Echo = print) -> NightlyResult:
+                echo: Echo = print, bisect_budget: int = 0) -> NightlyResult:
     """Run the matrix (live axes expand now), then `finish`. A harness error in one cell is an infra
     outcome in the run, listed apart: it never turns the nightly red by itself."""
     from pinmatrix.run.pipeline import run_matrix
@@ -91,9 +91,17 @@ def run_nightly(opts: RunOptions, *, previous: Path | None = None, history_path:
     summary = run_matrix(opts, echo=echo)
     for line in summary.harness_errors:
         echo(f"harness error (recorded as infra): {line}")
-    return finish(summary.run_dir, reports_dir=opts.reports_dir, previous=previous,
-                  history_path=history_path,
-                  echo=echo)
+    result = finish(summary.run_dir, reports_dir=opts.reports_dir, previous=previous,
+                    history_path=history_path,
+                    echo=echo)
+    if result.exit_code == EXIT_NEW_BREAKAGES and bisect_budget > 0:
+        from pinmatrix.bisect.nightly import bisect_new_breakages
+        from pinmatrix.report.diff import render_bisect_lines as render_lines
+
+        for line in render_lines(bisect_new_breakages(summary.run_dir, opts, budget=bisect_budget,
+                                                      echo=echo)):
+            echo(f"  {line}")
+    return result
 
 
 def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previous: Path | None,
@@ -134,7 +142,8 @@ def _expected_cells(path: Path | None) -> list[str]:
 
 
 def nightly_command(args: argparse.Namespace, opts: RunOptions) -> int:
-    return run_nightly(opts, previous=args.previous, history_path=args.history).exit_code
+    return run_nightly(opts, previous=args.previous, history_path=args.history,
+                       bisect_budget=args.bisect_budget).exit_code
 
 
 def merge_command(args: argparse.Namespace) -> int:

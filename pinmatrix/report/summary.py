@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from probes import registry
+
 from pinmatrix.cell import version_key
 from pinmatrix.fsio import first_line, read_json
 from pinmatrix.outcome import Outcome, load_outcome
@@ -19,36 +21,6 @@ from pinmatrix.report.exaone import exaone35_section
 from pinmatrix.results import CellResult, Damaged, describe_signature, load_result
 from pinmatrix.status import cell_status
 
-# Column order of the table: the check names of docs/CONTRACTS.md §3; anything else follows, sorted.
-CHECK_ORDER = (
-    "imports",
-    "kernel.xformers",
-    "kernel.flash-attn",
-    "kernel.bitsandbytes",
-    "exaone3.5.surface",
-    "exaone3.5.remote-code",
-    "exaone3.5.surface.original",
-    "exaone3.5.remote-code.original",
-    "exaone3.5.llamafied",
-    "exaone4.native",
-    "unsloth.load.exaone3.5",
-    "unsloth.load.exaone4",
-    "unsloth.llamafied",
-    "lora-train.unsloth",
-    "attention.eager",
-    "attention.sdpa",
-    "attention.flash_attention_2",
-    "attention.xformers",
-    "attention.xformers-kernel",
-    "lora-train.hf-peft",
-    "lora-train.hf-peft-llamafied",
-    "generate",
-    "throughput.sdpa",
-    "throughput.sdpa-llamafied",
-    "throughput.eager",
-    "throughput.flash_attention_2",
-    "throughput.unsloth",
-)
 VERDICT_WORDS = {
     "works": ("works", "work"),
     "partial": ("partial", "partial"),
@@ -132,6 +104,9 @@ def merge(run_dir: Path) -> dict[str, Any]:
         "remote_code": _remote_code(run_dir),
         "exaone35": exaone35_section(rows),
     }
+    from pinmatrix.report.claims import claims_section  # issue 20: the guide's claims, apart
+
+    summary["claims"] = claims_section(summary)
     from pinmatrix.report.gpus import timeline  # issue 15: which cell held which GPU, when
 
     summary["gpu_timeline"] = timeline(outcomes.values())
@@ -198,6 +173,9 @@ def _row_json(row: CellRow) -> dict[str, Any]:
                 "status": c["status"],
                 "signature": (c.get("error") or {}).get("signature"),
                 "reason": c.get("reason"),
+                # written by the probe since issue 20; older results: the registry's
+                "group": c.get("group") or registry.group_of(name),
+                "role": registry.role_of(name),
             }
             for name, c in row.checks.items()
         },
@@ -228,7 +206,7 @@ def verdict_line(rows: list[CellRow]) -> str:
 
 def _columns(rows: Iterable[CellRow]) -> list[str]:
     seen = {name for r in rows for name in r.checks}
-    return [c for c in CHECK_ORDER if c in seen] + sorted(seen - set(CHECK_ORDER))
+    return sorted(seen, key=registry.order_key)  # the probes' registry order, unknown names last
 
 
 def _failures(rows: list[CellRow]) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@ asked."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from pinmatrix.fsio import write_json_atomic, write_text_atomic
 from pinmatrix.report.markdown import render_markdown
@@ -11,10 +11,16 @@ from pinmatrix.report.summary import merge
 
 
 def write_report(run_dir: Path, previous: Path | None = None,
-                 history: Iterable[dict[str, Any]] = ()) -> tuple[Path, Path]:
-    """summary.{json,md}, then summary.html and junit.xml; with `previous`, also diff.{md,json}."""
+                 history: Iterable[dict[str, Any]] = (),
+                 pins_for: Sequence[str] = ()) -> tuple[Path, Path]:
+    """summary.{json,md}, then summary.html and junit.xml; with `previous`, also diff.{md,json}.
+    summary's `pins` is the plan that pinmatrix.report.pins.write_pins writes (`pins_for`: the
+    --pins-for targets)."""
+    from pinmatrix.report.pins import plan, plan_json
+
     run_dir = Path(run_dir)
     summary = merge(run_dir)
+    summary["pins"] = plan_json(plan(run_dir, summary, pins_for))
     if previous is not None:
         from pinmatrix.report.diff import attach_diff
 

@@ -20,39 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from probes import registry
+
 from pinmatrix.fsio import write_json_atomic, write_text_atomic
 from pinmatrix.results import CellResult, load_result, validate
 from pinmatrix.runners.base import Prepared, Runner
 
-# Check name → the group that emits it (docs/CONTRACTS.md §3). First match wins, so the more
-# specific
-# `lora-train.unsloth` (emitted by the unsloth group) comes before `lora-train.`.
-GROUP_OF_PREFIX: tuple[tuple[str, str], ...] = (
-    ("lora-train.unsloth", "unsloth"),
-    ("imports", "imports"),
-    ("kernel.", "kernels"),
-    ("exaone3.5.", "exaone3.5"),
-    ("exaone4.", "exaone4"),
-    ("unsloth.", "unsloth"),
-    ("attention.", "attention"),
-    ("lora-train.", "lora-train"),
-    ("generate", "generate"),
-    ("throughput.", "throughput"),
-)
 DISAGREEING = frozenset({"pass", "fail"})
 RERUN_SPEC_NAME = "rerun.cell.json"
 
 
 def group_of(check_name: str, groups: Iterable[str] = ()) -> str | None:
-    """The group that emits `check_name`: a group named exactly like the check, else the prefix
-    table."""
+    """The group that emits `check_name`: a group named exactly like the check, else the probes'
+    registry (probes/registry.py). Records written since the registry carry `group` themselves."""
     groups = tuple(groups)
     if check_name in groups:
         return check_name
-    for prefix, group in GROUP_OF_PREFIX:
-        if check_name == prefix or check_name.startswith(prefix):
-            return group
-    return None
+    return registry.group_of(check_name)
 
 
 def deterministic_failures(result: Mapping[str, Any]) -> list[str]:
@@ -75,7 +59,7 @@ def failed_groups(result: Mapping[str, Any], spec_groups: Sequence[str]) -> list
     for check in result.get("checks") or []:
         if check.get("status") != "fail" or check.get("name") in settled:
             continue
-        group = group_of(str(check.get("name")), spec_groups)
+        group = check.get("group") or group_of(str(check.get("name")), spec_groups)
         if group is None or group not in spec_groups:
             return list(spec_groups)
         wanted.add(group)

@@ -68,6 +68,8 @@ class RunOptions:
     snapshot: dict[str, Any] | None = None
     # False (--no-compile-cache): every probe run starts with empty compile caches
     compile_cache: bool = True
+    # --pins-for: extra pins purposes (pinmatrix.report.pins.parse_pins_for) beside the defaults
+    pins_for: Sequence[str] = ()
 
 
 @dataclass
@@ -93,7 +95,7 @@ def cell_timeout(cell: Cell, opts: RunOptions) -> float:
 # this table, so an option cannot reach a local run and miss a Slurm task (issue 16: four options
 # did).
 
-ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-cell")
+ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-cell", "bisect")
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,15 @@ def _sources_help(field: str) -> tuple[str, ...]:
     return SOURCE_ENV[field]
 
 
+def _pins_for(text: str) -> str:
+    """--pins-for: checked now (a bad key or value is bad input, exit 2), kept as text so that a
+    Slurm task's argv carries it as given."""
+    from pinmatrix.report.pins import parse_pins_for
+
+    parse_pins_for(text)
+    return text
+
+
 def _rerun(values: list[str | None] | None) -> list[str] | None:
     return None if values is None else [("" if v in ("all", None) else v) for v in values]
 
@@ -353,6 +364,37 @@ OPTIONS: tuple[Option, ...] = (
         forward="value",
     ),
     Option("--label", "suffix of the run id", field="label"),
+    # bisect (pinmatrix/bisect/run.py): PACKAGE GOOD..BAD come first among the positionals
+    Option(
+        "--check",
+        "a check or check group the bisect judges by (repeatable; default: the matrix's groups)",
+        commands=("bisect",),
+        action="append",
+        metavar="CHECK_OR_GROUP",
+    ),
+    Option(
+        "--bisect-budget",
+        "probes the nightly may spend bisecting each new breakage to its first "
+        "bad release (0: none; default 8, pinmatrix/bisect/nightly.py)",
+        commands=("nightly",),
+        type=int,
+        default=8,
+        metavar="N",
+    ),
+    Option(
+        "--signature",
+        "bisect one break: a release is bad only where a named check fails with "
+        "this signature (a surface check's failed facts count)",
+        commands=("bisect",),
+        metavar="SIG",
+    ),
+    Option("--pre", "bisect pre-releases too", commands=("bisect",), action="store_true"),
+    Option(
+        "--all",
+        "probe every release in range (a full table, and a monotonicity check)",
+        commands=("bisect",),
+        action="store_true",
+    ),
     # A task replays the session's live axes from run.json instead (pinmatrix/run/slurm.py).
     Option(
         "--snapshot",
@@ -475,6 +517,17 @@ OPTIONS: tuple[Option, ...] = (
     # per command
     Option("--run", "run folder (default: reports/latest)", commands=("report",), type=Path,
            check=_folder_to_read("--run")),
+    Option(
+        "--pins-for",
+        "also write the pin that fits: route=remote-code|llamafied|exaone4|any, "
+        "backend=hf-peft|unsloth|any, goal=newest|fastest (pinmatrix/report/pins.py); repeatable",
+        field="pins_for",
+        commands=("matrix", "report"),
+        action="append",
+        type=_pins_for,
+        metavar="KEY=VALUE[,...]",
+        to_field=tuple,
+    ),
     Option(
         "--previous",
         "the previous run: a run folder, a reports/ folder or an unpacked report artifact "
@@ -658,6 +711,7 @@ TASK_OWN_FIELDS = frozenset(
         "cpu_jobs",
         "live_progress",
         "finalize",
+        "pins_for",  # used only where the report is written: the session, never a task
         "label",
         "sources",
     }

@@ -217,8 +217,8 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
             if (opts.shard is None and opts.finalize) or not (run_dir / "run.json").is_file():
                 write_json_atomic(run_dir / "run.json", manifest)
             if opts.finalize:
-                write_report(run_dir)
-                _write_pins(run_dir, echo)
+                write_report(run_dir, pins_for=opts.pins_for)
+                _write_pins(run_dir, echo, opts.pins_for)
                 # not a shared --run-dir elsewhere
                 if run_dir.resolve().parent == Path(opts.reports_dir).resolve():
                     point_latest(opts.reports_dir, run_dir)
@@ -312,13 +312,13 @@ def _prefetch_models(matrix: Matrix, model_cache: Path, opts: RunOptions, echo: 
              f"({'cached' if f.reused else 'fetched from ' + f.hub})")
 
 
-def _write_pins(run_dir: Path, echo: Echo) -> None:
+def _write_pins(run_dir: Path, echo: Echo, pins_for: Sequence[Any] = ()) -> None:
     """reports/<run>/pins/ (pinmatrix.report.pins); a failure there must not cost the run its
     report."""
     from pinmatrix.report.pins import write_pins
 
     try:
-        echo(write_pins(run_dir).message)
+        echo(write_pins(run_dir, pins_for=pins_for).message)
     except Exception as exc:  # a harness bug in pins: say so, keep the report
         echo(f"pins: not written ({exc!r})")
 

@@ -222,7 +222,10 @@ def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
     manifest["complete"] = True
     manifest["slurm"]["states"] = {str(k): v for k, v in sorted(final.items())}
     write_json_atomic(run_dir / "run.json", manifest)
-    write_report(run_dir)
+    write_report(run_dir, pins_for=opts.pins_for)
+    from pinmatrix.report.pins import write_pins  # the plan summary.md shows, as files
+
+    echo(write_pins(run_dir, pins_for=opts.pins_for).message)
     if run_dir.parent == Path(opts.reports_dir).resolve():
         point_latest(opts.reports_dir, run_dir)
     import json

@@ -9,33 +9,12 @@ from __future__ import annotations
 import importlib
 import sys
 
+from probes import registry
 from probes.context import Context
 
-# The order is the run order, whatever order a matrix lists them in: loading a model through unsloth
-# patches the model's classes for the rest of the process (on the H100 it compiled the remote-code
-# ExaoneBlock, and a later HF+PEFT run took 33 s instead of 2.5 s), so every plain-transformers group
-# comes before the unsloth group, and throughput (whose unsloth stack comes last) after it. In a cell
-# that pins unsloth the plain groups run in their own interpreter anyway (probes/processes.py); the
-# order is then the order of the result.
-GROUPS: dict[str, str] = {
-    "imports": "imports",
-    "kernels": "kernels",
-    "exaone3.5": "exaone35",
-    "exaone4": "exaone4",
-    "attention": "attention",
-    "lora-train": "lora_train",
-    "generate": "generate",
-    "train": "train",
-    "adapter": "adapter",
-    "unsloth": "unsloth",
-    "throughput": "throughput",
-}
-
-
-def run_order(groups: list[str]) -> list[str]:
-    """`groups` in registry order; unknown names keep their place at the end (they fail as unknown)."""
-    known = [g for g in GROUPS if g in groups]
-    return known + [g for g in groups if g not in GROUPS]
+# Group -> module, in run order: one registry, owned by probes (probes/registry.py).
+GROUPS: dict[str, str] = {g.name: g.module for g in registry.GROUPS}
+run_order = registry.run_order
 
 
 def _reraise(exc: BaseException):

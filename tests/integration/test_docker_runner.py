@@ -319,10 +319,10 @@ def test_compile_cache_volume_outlives_the_container_and_only_the_probe_user_can
                                                               "compile_key": key})
     spec = _write_spec(workdir / "specs" / "fake-cc.json", _cell("fake"))
     try:
-        first, second = (json.loads(fake["runner"].run(prepared, spec,
-                                                       workdir / "out" / f"fake-cc-{n}", None, 120)
-                                    # type: ignore[union-attr]
-                                    .result_path.read_text()) for n in (1, 2))
+        runs = (fake["runner"].run(prepared, spec, workdir / "out" / f"fake-cc-{n}", None, 120)
+                for n in (1, 2))
+        first, second = (json.loads(run.result_path.read_text())  # type: ignore[union-attr]
+                         for run in runs)
         volumes = subprocess.run(engine.cmd("volume", "ls", "--quiet", "--filter",
                                             f"label={compile_cache.VOLUME_LABEL}={key}"),
                                  capture_output=True, text=True, check=True).stdout.split()

@@ -2,18 +2,22 @@
 the other cells ran to completion, every finished result is intact (schema-valid, unchanged) and the
 faulty cell got a classified outcome.
 
-  fault                         where                        injected by
-  probe segfault                Docker (real engine)         ctypes.string_at(0) in the probe
-  probe OOM-killed              Docker, --memory 256m        the probe allocates without end
-  probe hang / cell timeout     Docker, matrix cell_timeout_s  the probe sleeps
-  per-check timeout             venv, the REAL probe         --check-timeout 0.5 (CLI) over the
-  matrix's 600 build fails                   Docker BuildKit              a lock naming a package
-  that exists nowhere flaky check                   venv and Docker              an op failing on
-  its first call per work folder Docker daemon gone mid-run    Docker via a socket we kill  the
-  harness's DOCKER_HOST proxy is closed harness SIGKILLed mid-run     venv, CLI in a subprocess
-  os.kill(pid, SIGKILL), then --resume reports disk full             venv, tmpfs of 1 MiB
-  the disk is filled between two cells corrupted/foreign JSON        `python -m pinmatrix report`
-  files dropped into a finished run folder
+  fault                       where                          injected by
+  probe segfault              Docker (real engine)           ctypes.string_at(0) in the probe
+  probe OOM-killed            Docker, --memory 256m          the probe allocates without end
+  probe hang / cell timeout   Docker, matrix cell_timeout_s  the probe sleeps
+  per-check timeout           venv, the REAL probe           --check-timeout 0.5 (CLI) over the
+                                                             matrix's 600
+  build fails                 Docker BuildKit                a lock naming a package that exists
+                                                             nowhere
+  flaky check                 venv and Docker                an op failing on its first call per
+                                                             work folder
+  Docker daemon gone mid-run  Docker via a socket we kill    the harness's DOCKER_HOST proxy is
+                                                             closed
+  harness SIGKILLed mid-run   venv, CLI in a subprocess      os.kill(pid, SIGKILL), then --resume
+  reports disk full           venv, tmpfs of 1 MiB           the disk is filled between two cells
+  corrupted/foreign JSON      `python -m pinmatrix report`   files dropped into a finished run
+                                                             folder
 
 The stand-ins (a small probe without torch, an empty lock) live in fault_cells.py; the rest is real.
 """
@@ -611,8 +615,8 @@ def test_corrupted_and_foreign_json_are_reported_and_skipped(
     summary = json.loads((run / "summary.json").read_text())
     damaged = {d["path"] for d in summary["damaged"]}
     assert damaged >= set(planted), damaged
-    # type: ignore[union-attr]
-    assert {c["id"] for c in summary["cells"]} == {load_result(p).cell_id for p in good}
+    assert {c["id"] for c in summary["cells"]} == {
+        load_result(p).cell_id for p in good}  # type: ignore[union-attr]
     assert all(c["status"] == "works" for c in summary["cells"])
     md = (run / "summary.md").read_text()
     assert "## Damaged files (not merged)" in md and all(Path(rel).name in md for rel in planted)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pinmatrix.report.pins import lock_entries
 from pinmatrix.results import CellResult, load_result
 from pinmatrix.status import cell_status
 
@@ -39,6 +40,7 @@ def pinmatrix(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 def first_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     proc = pinmatrix("matrix", "--matrix", str(CI), "--runner", "venv", "--cpu",
+                     "--pins-for", "route=any,backend=hf-peft",
                      "--reports", str(root / "reports"), "--venv-dir", str(root / "venvs"))
     return root, proc
 
@@ -97,6 +99,43 @@ def test_merged_table_has_both_cells_on_cpu(first_run):
     assert "## transformers × unsloth (python 3.11, torch 2.13.0+cpu)" in md
     for version in rows:
         assert f"| `{version}` |" in md
+
+
+def test_pins_for_the_routes_that_work_with_their_caveats(first_run):
+    """Issue 20: transformers 4.57.6 trains EXAONE 3.5 through its remote code, 5.17.0 only
+    llamafied (the remote code fails there): each route gets the newest cell it trains on, and the
+    5.17.0 pin's header names the failing remote-code route with its signature."""
+    root, proc = first_run
+    run = (root / "reports" / "latest").resolve()
+    summary = json.loads((run / "summary.json").read_text())
+    rows = {c["pins"]["transformers"]: c for c in summary["cells"]}
+    pins = {p["purpose"]: p for p in summary["pins"]}
+    assert pins["exaone3.5-remote-code"]["cell"] == rows["4.57.6"]["id"]
+    assert pins["exaone3.5-llamafied"]["cell"] == rows["5.17.0"]["id"]
+    assert pins["for-route-any-backend-hf-peft-goal-newest"]["cell"] == rows["5.17.0"]["id"]
+    assert pins["fastest-lora"]["file"] is None  # the CPU times nothing
+    assert pins["exaone4"]["file"] is None       # no check here trains EXAONE 4 (no train group)
+    for pin in pins.values():
+        if pin["file"] is None:
+            assert pin["why_not"], pin
+            continue
+        header = [ln for ln in (run / pin["file"]).read_text().splitlines() if ln.startswith("#")]
+        assert f"# cell: {pin['cell']} (cell status: {pin['status']})" in header
+        for caveat in pin["caveats"]:  # what summary.json says is what the file's header says
+            assert f"#   - {caveat}" in header
+        # the body is the cell's lock, hashes dropped
+        body = [ln for ln in (run / pin["file"]).read_text().splitlines() if not ln.startswith("#")]
+        lock = run / "locks" / pin["cell"] / "requirements.lock"
+        assert body == lock_entries(lock.read_text())
+    llamafied = pins["exaone3.5-llamafied"]
+    assert any(c.startswith("exaone3.5.remote-code") and "(a route this pin does not use)" in c
+               for c in llamafied["caveats"]), llamafied["caveats"]
+    why_not = {w["cell"]: w["why"] for w in llamafied["why_not"]}
+    assert why_not[rows["4.57.6"]["id"]] == "older than the pick: transformers 4.57.6 < 5.17.0"
+    readme = (run / "pins" / "README.md").read_text()
+    assert "Why not:" in readme and "older than the pick" in readme
+    assert "## Pins by purpose" in (run / "summary.md").read_text()
+    assert "pins: " in proc.stdout
 
 
 def test_second_run_reuses_venvs_and_moves_latest(first_run):

@@ -159,3 +159,11 @@ def test_bad_ranges_are_bad_input(good, bad, message):
 def test_an_unreachable_index_is_infra_not_bad_input():
     with pytest.raises(IndexUnreachable):
         fetch_index_files("transformers", "http://127.0.0.1:9/simple", timeout=5)
+
+
+def test_a_budget_stops_the_search_and_says_so():
+    verdicts = history(33, 20)
+    judge, calls = table(verdicts)
+    result = bisect_releases(list(verdicts), judge, budget=4)
+    assert len(calls) == 4 and result.first_bad is None and "budget of 4" in result.stopped
+    assert bisect_releases(list(verdicts), table(verdicts)[0], budget=8).first_bad == "1.20"

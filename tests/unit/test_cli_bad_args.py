@@ -128,8 +128,8 @@ def test_hostile_base_image_stops_at_the_matrix_and_at_the_runner(
     assert proc.returncode == 2 and f"{matrix}:" in proc.stderr, proc.stderr
     assert not (tmp_path / "reports").exists() and not canary.exists()
     with pytest.raises(ValueError):
-        # type: ignore[arg-type]
-        DockerRunner(engine=None, sources=None, reports_dir=tmp_path, base_image=image)
+        DockerRunner(engine=None, sources=None, reports_dir=tmp_path,  # type: ignore[arg-type]
+                     base_image=image)
 
 
 # issue 17: a path argument that cannot be what it names; built in tmp_path

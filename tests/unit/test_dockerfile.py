@@ -263,8 +263,8 @@ FAKE_ENGINE = Engine(client="/usr/bin/docker", server_version="20.10", buildkit=
 
 
 def _runner(tmp_path: Path, **kw: object) -> dr.DockerRunner:
-    # type: ignore[arg-type]
-    return dr.DockerRunner(FAKE_ENGINE, None, tmp_path, context_root=tmp_path / "ctx", **kw)
+    return dr.DockerRunner(FAKE_ENGINE, None, tmp_path, context_root=tmp_path / "ctx",
+                           **kw)  # type: ignore[arg-type]
 
 
 def test_run_arguments_lock_the_container_down(tmp_path: Path) -> None:

@@ -1,17 +1,14 @@
-"""pins/: constraints files of the recommended stacks, from a run folder of real probe results and
-real locks.
+"""Pins by purpose (pinmatrix/report/pins.py) over real probe results.
 
-The results come from the real probe (tests/unit/real_results.py: a good stack on transformers
-5.17.0, an xformers-broken and a trl-broken one) plus one more real run with transformers 4.57.6:
-uv installs it (and what it needs) into a folder that shadows the stack's 5.17.0 on the probe's
-path, once per pytest cache. Each cell's lock is `uv pip freeze` of what the probe ran on, i.e.
-exactly what was tested. The files are then read by the real uv and pip against a local find-links
-folder of small wheels built here.
+The CPU results are written by the real probe (tests/unit/real_results.py): the EXAONE 3.5 routes on
+tiny fixtures, with an xformers that imports but whose operators do not run (kernel.xformers fails:
+an optional check), one whose import fails (imports fails: the core check), and none. The GPU cases
+read the committed H100 and H200 reports (real results of those machines). Locks are what the probe
+stack has installed (`uv pip freeze`), plus the fake xformers where the cell has it.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,77 +17,33 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from real_results import PROBE_PYTHON, cache_root, real_results, spec_for
+from real_results import PROBE_PYTHON, cache_root, real_results, real_route_results
 
-from pinmatrix.cell import normalize_name
+from pinmatrix.errors import UsageError
 from pinmatrix.outcome import Outcome
 from pinmatrix.report.pins import (
-    NEWEST_FILE,
-    Candidate,
+    Cell,
     choose,
+    collect_cells,
+    judge,
     lock_entries,
-    newest_key,
+    parse_pins_for,
+    plan,
+    purposes_for,
+    torch_index_hint,
     write_pins,
 )
-from pinmatrix.probes_source import probes_digest
+from pinmatrix.report.summary import merge
 from pinmatrix.run.options import REPO_ROOT
+from pinmatrix.status import cell_status, is_claim
 
-TF457 = "4.57.6"
 UV = shutil.which("uv")
-NOW = datetime(2026, 11, 27, 18, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 29, 18, 0, 0, tzinfo=timezone.utc)
+OPS = "py3.11-torch2.13.0+cpu-routes-xformers-ops"
+GOOD = "py3.11-torch2.13.0+cpu-routes"
+IMPORT_BROKEN = "py3.11-torch2.13.0+cpu-routes-xformers-import"
 
 needs_uv = pytest.mark.skipif(UV is None, reason="uv is not installed")
-
-
-def _tf457_site(cache: Path) -> Path:
-    """transformers 4.57.6 and its dependencies in a folder put first on the probe stack's path.
-    Built by uv from the package index once per pytest cache; CI fails when it cannot be built."""
-    site = cache / f"site-tf{TF457}"
-    if (site / ".complete").is_file():
-        return site
-    shutil.rmtree(site, ignore_errors=True)
-    proc = subprocess.run([UV, "pip", "install", "--quiet", "--python", str(PROBE_PYTHON),
-                           "--target", str(site), f"transformers=={TF457}"],
-                          capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        message = f"uv could not install transformers {TF457}: {proc.stderr.strip()[-1500:]}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    (site / ".complete").write_text("")
-    return site
-
-
-def _tf457_lock(site: Path) -> str:
-    """What the tf457 probe ran on: the stack's packages, the shadowing folder's in their place."""
-    shadowing = {}
-    for dist in site.glob("*.dist-info"):
-        name, version = dist.name[: -len(".dist-info")].rsplit("-", 1)
-        shadowing[normalize_name(name)] = f"{name}=={version}"
-    stack = [line for line in _freeze(PROBE_PYTHON).splitlines()
-             if line and normalize_name(line.split("==")[0]) not in shadowing]
-    return "".join(f"{line}\n" for line in sorted([*stack, *shadowing.values()], key=str.lower))
-
-
-def _tf457_result(folder: Path, site: Path) -> Path:
-    """The real probe with transformers 4.57.6 (cached per probes/ digest like real_results)."""
-    folder = folder / f"tf457-{probes_digest()[:16]}"
-    out = folder / "good-tf457.json"
-    if out.is_file():
-        return out
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    spec = spec_for("good")
-    spec["id"], spec["hash"] = "py3.11-torch2.13.0+cpu-tf4.57.6-good", "hash-good-tf457"
-    spec["pins"] = {**spec["pins"], "transformers": "4.57.6"}
-    (folder / "cell.json").write_text(json.dumps(spec))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(site)])}
-    proc = subprocess.run([str(PROBE_PYTHON), "-m", "probes", "--cell", str(folder / "cell.json"),
-                           "--out", str(out),
-                           "--work", str(folder / "w")], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert out.is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
-    return out
 
 
 def _freeze(python: Path) -> str:
@@ -105,8 +58,7 @@ def _add_cell(run_dir: Path, result: Path, lock_text: str | None) -> str:
     (run_dir / "cells").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result, run_dir / "cells" / f"{cell_id}.json")
     Outcome(cell=cell_id, hash=data["cell"]["hash"], pins=data["cell"]["pins"], runner="venv",
-            stage="done",
-            result=f"cells/{cell_id}.json").write(run_dir)
+            stage="done", result=f"cells/{cell_id}.json").write(run_dir)
     if lock_text is not None:
         (run_dir / "locks" / cell_id).mkdir(parents=True, exist_ok=True)
         (run_dir / "locks" / cell_id / "requirements.lock").write_text(lock_text)
@@ -114,26 +66,25 @@ def _add_cell(run_dir: Path, result: Path, lock_text: str | None) -> str:
 
 
 @pytest.fixture(scope="module")
-def results(request, tmp_path_factory):
-    root = cache_root(request, tmp_path_factory)
-    found = real_results(root)
-    if UV is not None:
-        found["good-tf457"] = _tf457_result(root, _tf457_site(root))
-    return found
+def routes(request, tmp_path_factory):
+    return real_route_results(cache_root(request, tmp_path_factory))
 
 
-@pytest.fixture
-def run_dir(request, tmp_path_factory, tmp_path, results):
+@pytest.fixture(scope="module")
+def frozen():
     if UV is None:
         pytest.skip("uv is not installed")
-    run = tmp_path / "20261127T170000Z"
+    return _freeze(PROBE_PYTHON)
+
+
+def _run(tmp_path: Path, results: dict[str, Path], stacks: list[str], frozen: str) -> Path:
+    run = tmp_path / "20261129T180000Z"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"run_id": run.name, "cells": []}))
-    tf5_lock = _freeze(PROBE_PYTHON)
-    for stack in ("good", "xformers-broken", "trl-broken"):
-        _add_cell(run, results[stack], tf5_lock)
-    site = _tf457_site(cache_root(request, tmp_path_factory))  # built by `results`: found at once
-    _add_cell(run, results["good-tf457"], _tf457_lock(site))
+    for stack in stacks:
+        pins = json.loads(results[stack].read_text())["cell"]["pins"]
+        extra = f"xformers=={pins['xformers']}\n" if pins.get("xformers", "none") != "none" else ""
+        _add_cell(run, results[stack], frozen + extra)
     return run
 
 
@@ -141,48 +92,190 @@ def _header(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("#")]
 
 
-def test_newest_and_per_line_picks_from_real_results(run_dir, results):
-    tf457 = json.loads(results["good-tf457"].read_text())
-    assert tf457["environment"]["packages"]["transformers"]["installed"] == TF457  # really 4.57.6
-    report = write_pins(run_dir, now=NOW)
-    assert report.pins_dir == run_dir / "pins"
-    by_file = {p.file_name: p for p in report.picks}
-    # only fully working cells: the broken-trl (core import fails) and broken-xformers (partial)
-    # cells never
-    assert {p.candidate.cell_id for p in report.picks} <= {"py3.11-torch2.13.0+cpu-tf5.17.0-good",
-                                                           "py3.11-torch2.13.0+cpu-tf4.57.6-good"}
-    assert by_file[NEWEST_FILE].candidate.cell_id == "py3.11-torch2.13.0+cpu-tf5.17.0-good"
-    # one torch line (2.13.0+cpu); no throughput ran on CPU, so it falls back to the newest and says
-    # so
-    line = by_file["fastest-torch2.13.0+cpu.constraints.txt"]
-    assert line.candidate.cell_id == "py3.11-torch2.13.0+cpu-tf5.17.0-good"
-    assert "no throughput check ran" in line.why
-    assert sorted(p.name for p in (run_dir / "pins").iterdir()) == sorted(
-        ["README.md", NEWEST_FILE, "fastest-torch2.13.0+cpu.constraints.txt"])
+def _statuses(result: Path) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in json.loads(result.read_text())["checks"]}
 
 
-def test_header_says_cell_run_time_gpu_and_throughput(run_dir, results):
-    write_pins(run_dir, now=NOW)
-    text = (run_dir / "pins" / NEWEST_FILE).read_text()
-    header = "\n".join(_header(text))
-    finished = json.loads(results["good"].read_text())["finished"]
-    assert "# cell: py3.11-torch2.13.0+cpu-tf5.17.0-good" in header
-    assert (
-        f"# run: 20261127T170000Z; cell finished: {finished}; written: 2026-11-27T18:00:00Z (UTC)"
-        in header
-    )
-    assert "# GPU: none (device cpu)" in header
-    assert "# throughput: not measured (no throughput check ran for this cell)" in header
-    # the full lock: every package the probe's interpreter holds, each exactly once as name==version
-    body = [line for line in text.splitlines() if line and not line.startswith("#")]
-    frozen = [line for line in _freeze(PROBE_PYTHON).splitlines() if "==" in line]
-    assert body == frozen and all("==" in line for line in body)
-    installed = subprocess.run([str(PROBE_PYTHON), "-c", "import transformers, torch; "
-                                "print(torch.__version__, transformers.__version__)"],
-                               capture_output=True, text=True, check=True).stdout.split()
-    assert f"torch=={installed[0]}" in body and f"transformers=={installed[1]}" in body
-    readme = (run_dir / "pins" / "README.md").read_text()
-    assert NEWEST_FILE in readme and "py3.11-torch2.13.0+cpu-tf5.17.0-good" in readme
+def test_partial_only_on_optional_checks_is_recommended_with_its_caveats(tmp_path, routes, frozen):
+    seen = _statuses(routes["routes-xformers-ops"])
+    assert seen["imports"] == "pass" and seen["kernel.xformers"] == "fail"
+    run = _run(tmp_path, routes, ["routes-xformers-ops", "routes-xformers-import"], frozen)
+    rows = {r["id"]: r for r in merge(run)["cells"]}
+    assert rows[OPS]["status"] == "partial"
+    assert rows[OPS]["checks"]["kernel.xformers"]["role"] == "optional"
+
+    report = write_pins(run, now=NOW)
+    picks = {p.purpose.key: p for p in report.picks}
+    trained = [key for key, route in (("exaone3.5-remote-code", "lora-train.hf-peft"),
+                                      ("exaone3.5-llamafied", "lora-train.hf-peft-llamafied"))
+               if seen.get(route) == "pass"]
+    assert trained, "the probe stack trains neither EXAONE 3.5 route"
+    for key in trained:
+        assert picks[key].cell is not None and picks[key].cell.cell_id == OPS
+        header = _header((run / "pins" / f"{key}.constraints.txt").read_text())
+        assert f"# cell: {OPS} (cell status: partial)" in header
+        caveat = next(line for line in header if "kernel.xformers fail" in line)
+        # signature and fix from the catalogue (probes/signatures.json)
+        assert "[xformers-extensions-not-loaded]" in caveat
+        assert "Fix: Install the xformers release built for this exact torch" in caveat
+        # the guide's claim is listed apart, not as a caveat of the stack
+        claims = header[header.index(next(h for h in header if h.startswith("# guide claims"))):]
+        assert any("attention.xformers fail [transformers-attn-implementation-unsupported]" in h
+                   for h in claims)
+        assert not any("attention.xformers fail" in h for h in header[:header.index(claims[0])])
+    readme = (run / "pins" / "README.md").read_text()
+    assert "kernel.xformers fail [xformers-extensions-not-loaded]" in readme
+
+
+def test_a_core_failure_is_never_recommended(tmp_path, routes, frozen):
+    seen = _statuses(routes["routes-xformers-import"])
+    assert seen["imports"] == "fail"
+    # its routes trained all the same: only the core check keeps it out
+    assert any(seen.get(n) == "pass"
+               for n in ("lora-train.hf-peft", "lora-train.hf-peft-llamafied"))
+    run = _run(tmp_path, routes, ["routes", "routes-xformers-import"], frozen)
+    summary = merge(run)
+    assert {r["id"]: r["status"] for r in summary["cells"]}[IMPORT_BROKEN] == "broken"
+    picks = plan(run, summary, ["route=any,backend=hf-peft", "route=remote-code,goal=newest"])
+    assert picks
+    for pick in picks:
+        assert pick.cell is None or pick.cell.cell_id != IMPORT_BROKEN
+        why = dict(pick.passed_over)[IMPORT_BROKEN]
+        assert why.startswith("core check failed: imports fail [xformers-extensions-not-loaded]")
+
+
+def test_claim_checks_change_no_status(routes):
+    checks = json.loads(routes["routes-xformers-ops"].read_text())["checks"]
+    claim = next(c for c in checks if c["name"] == "attention.xformers")
+    assert claim["status"] == "fail" and is_claim("attention.xformers")
+    without = [c for c in checks if c is not claim]
+    passing = [dict(c, status="pass") if c is claim else c for c in checks]
+    assert cell_status(checks) == cell_status(without) == cell_status(passing) == "partial"
+    # and without the optional failure the cell works, the failing claim notwithstanding
+    optional_ok = [dict(c, status="skip") if c["name"] == "kernel.xformers" else c for c in checks]
+    assert cell_status(optional_ok) == "works"
+
+
+def test_pins_for_picks_what_fits(tmp_path, routes, frozen):
+    seen = _statuses(routes["routes"])
+    run = _run(tmp_path, routes, ["routes", "routes-xformers-import"], frozen)
+    report = write_pins(run, now=NOW, pins_for=["route=any,backend=hf-peft",
+                                                "backend=unsloth,route=llamafied"])
+    picks = {p.purpose.key: p for p in report.picks}
+    any_hf = picks["for-route-any-backend-hf-peft-goal-newest"]
+    assert "pass" in (seen.get("lora-train.hf-peft"), seen.get("lora-train.hf-peft-llamafied"))
+    assert any_hf.cell is not None and any_hf.cell.cell_id == GOOD
+    assert (run / "pins" / f"{any_hf.purpose.key}.constraints.txt").is_file()
+    # no unsloth in these cells: nothing fits, and each cell says why
+    unsloth = next(p for p in report.picks if p.purpose.route == "llamafied"
+                   and p.purpose.backend == "unsloth")
+    assert unsloth.cell is None
+    assert dict(unsloth.passed_over)[GOOD].startswith(
+        "not tested for this purpose: EXAONE 3.5 llamafied via unsloth: unsloth.llamafied did not "
+        "run")
+    # fastest: nothing was timed on the CPU, so no file, and the qualifying cell says so
+    fastest = picks["fastest-lora"]
+    assert fastest.cell is None and not (run / "pins" / "fastest-lora.constraints.txt").exists()
+    assert "not timed" in dict(fastest.passed_over)[GOOD]
+
+
+def test_pins_for_is_checked_when_parsed():
+    purpose = parse_pins_for("route=llamafied,backend=unsloth")
+    assert (purpose.route, purpose.backend, purpose.goal) == ("llamafied", "unsloth", "newest")
+    assert parse_pins_for("goal=fastest").route is None
+    for bad in ("route=sideways", "colour=blue", "route", "route=exaone4,backend=unsloth",
+                "route=exaone4,goal=fastest"):
+        with pytest.raises(UsageError):
+            parse_pins_for(bad)
+
+
+def test_report_command_takes_pins_for(tmp_path, routes, frozen):
+    run = _run(tmp_path, routes, ["routes"], frozen)
+    cmd = [sys.executable, "-m", "pinmatrix", "report", "--run", str(run)]
+    ok = subprocess.run([*cmd, "--pins-for", "route=any,backend=hf-peft"], cwd=REPO_ROOT,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "for-route-any-backend-hf-peft-goal-newest.constraints.txt" in ok.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert any(p["purpose"] == "for-route-any-backend-hf-peft-goal-newest"
+               for p in summary["pins"])
+    assert "## Pins by purpose" in (run / "summary.md").read_text()
+    bad = subprocess.run([*cmd, "--pins-for", "route=sideways"], cwd=REPO_ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "route='sideways'" in bad.stderr
+
+
+# --- the committed GPU reports (real results of the H100 and the H200)
+
+def _committed(name: str) -> tuple[Path, dict]:
+    run = REPO_ROOT / "reports" / name / "merged"
+    return run, merge(run)
+
+
+def test_h200_fastest_is_the_unsloth_cell_and_the_rest_say_how_much_slower():
+    run, summary = _committed("h200")
+    picks = {p.purpose.key: p for p in plan(run, summary)}
+    fastest = picks["fastest-lora"]
+    assert fastest.cell is not None and "unsloth2026" in fastest.cell.cell_id
+    assert fastest.cell.status == "partial"   # xformers' kernels do not load: optional
+    assert fastest.verdict is not None and fastest.verdict.speed is not None
+    assert fastest.verdict.speed[0] == "throughput.unsloth"
+    whys = dict(fastest.passed_over)
+    assert all(w.startswith(("slower than the pick:", "unresolvable:")) for w in whys.values())
+    assert any("% slower" in w for w in whys.values())
+
+
+def test_h200_routes_pick_the_newest_transformers_each_route_trains_on():
+    run, summary = _committed("h200")
+    picks = {p.purpose.key: p for p in plan(run, summary)}
+    remote, llama = picks["exaone3.5-remote-code"], picks["exaone3.5-llamafied"]
+    assert remote.cell is not None and remote.cell.version("transformers") == "4.57.6"
+    # three 4.57.6 cells, the same caveats: through HF+PEFT the one without unsloth installs least
+    assert "-unsloth-none-" in remote.cell.cell_id
+    assert sum("a bigger install" in w for w in dict(remote.passed_over).values()) == 2
+    assert llama.cell is not None and llama.cell.version("transformers") == "5.17.0"
+    # the remote code of every known revision fails on 5.x: core for that purpose
+    whys = dict(remote.passed_over)
+    tf5 = [w for cid, w in whys.items() if "-tf5." in cid and not w.startswith("unresolvable")]
+    assert tf5 and all("exaone3.5.remote-code fail [transformers-tied-weights-keys-list]" in w
+                       for w in tf5)
+    # on the llamafied pick the failing remote-code route is a caveat, not a reason to pass it over
+    assert llama.verdict is not None
+    assert any(c.kind == "other route" for c in llama.verdict.caveats)
+    assert any(w.startswith("older than the pick: transformers 4.57.6 < 5.17.0")
+               for w in dict(llama.passed_over).values())
+
+
+def test_unsloth_purposes_only_when_a_cell_pins_unsloth():
+    cells = [Cell("a", "works", None, {"unsloth": "none"}, {}, None, [], {}, None, {})]
+    assert not any(p.key.startswith("unsloth-") for p in purposes_for(cells))
+    cells.append(Cell("b", "works", None, {"unsloth": "2026.10.9"}, {}, None, [], {}, None, {}))
+    assert any(p.key.startswith("unsloth-") for p in purposes_for(cells))
+
+
+def test_newest_orders_by_packaging_versions():
+    def cell(cid: str, tf: str, unsloth: str = "none") -> Cell:
+        checks = {n: {"status": "pass"} for n in ("imports", "exaone3.5.llamafied",
+                                                  "lora-train.hf-peft-llamafied")}
+        locked = {"transformers": tf, "torch": "2.11.0", "unsloth": unsloth}
+        return Cell(cid, "works", None, {}, checks, locked,
+                    [f"{k}=={v}" for k, v in locked.items()], {}, None, {})
+
+    cells = [cell("a", "4.57.6"), cell("b", "4.9.0"), cell("c", "4.57.6", "2026.10.9")]
+    cells[2].checks["unsloth.llamafied"] = {"status": "fail", "signature": "some-unsloth-bug"}
+    pick = choose(cells, parse_pins_for("route=llamafied"))   # any backend: unsloth counts
+    assert pick.cell is not None and pick.cell.cell_id == "c"   # same transformers: unsloth decides
+    whys = dict(pick.passed_over)
+    assert whys["b"] == "older than the pick: transformers 4.9.0 < 4.57.6"  # PEP 440, not text
+    assert whys["a"] == "older than the pick: unsloth none < 2026.10.9"
+    # through HF+PEFT unsloth trains nothing: the same versions otherwise, so fewer caveats win
+    hf = choose(cells, parse_pins_for("route=llamafied,backend=hf-peft"))
+    assert hf.cell is not None and hf.cell.cell_id == "a"
+    assert dict(hf.passed_over)["c"] == ("same versions as the pick (transformers 4.57.6, torch "
+                                         "2.11.0), more caveats: 1 failing checks against 0")
+    assert judge(cells[0], parse_pins_for("route=remote-code,backend=hf-peft")).why_not == (
+        "not tested for this purpose: EXAONE 3.5 through its remote code via HF+PEFT: "
+        "exaone3.5.remote-code did not run, lora-train.hf-peft did not run")
 
 
 def _wheel(folder: Path, name: str, version: str) -> None:
@@ -193,64 +286,58 @@ def _wheel(folder: Path, name: str, version: str) -> None:
         whl.writestr(f"{name.replace('-', '_')}/__init__.py", "")
         whl.writestr(f"{dist}/METADATA",
                      f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        whl.writestr(f"{dist}/WHEEL",
-                     "Wheel-Version: 1.0\nGenerator: pinmatrix-test\nRoot-Is-Purelib: true\n"
-                                      "Tag: py3-none-any\n")
+        whl.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: pinmatrix-test\n"
+                                      "Root-Is-Purelib: true\nTag: py3-none-any\n")
         whl.writestr(f"{dist}/RECORD", "")
 
 
 @needs_uv
-def test_uv_and_pip_read_the_file_as_constraints(run_dir, tmp_path):
-    write_pins(run_dir, now=NOW)
-    constraints = run_dir / "pins" / NEWEST_FILE
+def test_uv_and_pip_read_the_file_as_constraints(tmp_path, routes, frozen):
+    run = _run(tmp_path, routes, ["routes"], frozen)
+    report = write_pins(run, now=NOW)
+    assert report.written, report.message
+    constraints = run / "pins" / report.written[0].file_name
+    peft = next(line for line in constraints.read_text().splitlines()
+                if line.lower().startswith("peft=="))
+    version = peft.split("==", 1)[1]
     links = tmp_path / "links"
     links.mkdir()
-    for version in ("0.21.2", "99.0.0"):  # the newest is not the pinned one: only -c picks 0.21.2
-        _wheel(links, "peft", version)
+    for v in (version, "99.0.0"):  # the newest is not the pinned one: only -c picks it
+        _wheel(links, "peft", v)
     req = tmp_path / "req.in"
     req.write_text("peft\n")
     base = [UV, "pip", "compile", str(req), "--no-index", "--find-links", str(links), "--no-deps",
-            "--no-header",
-            "--python-version", "3.11", "--quiet"]
+            "--no-header", "--python-version", "3.11", "--quiet"]
     free = subprocess.run(base, capture_output=True, text=True)
     assert free.returncode == 0 and "peft==99.0.0" in free.stdout, free.stderr
     pinned = subprocess.run([*base, "-c", str(constraints)], capture_output=True, text=True)
     assert pinned.returncode == 0, pinned.stderr
-    assert "peft==0.21.2" in pinned.stdout
-
-    pip = [sys.executable, "-m", "pip"]
-    if subprocess.run([*pip, "--version"], capture_output=True).returncode != 0:
-        pip = ["python3", "-m", "pip"]
-    dry = subprocess.run([*pip, "install", "--dry-run", "--ignore-installed", "--no-index",
-                          "--find-links",
-                          str(links), "--no-deps", "-c", str(constraints), "peft"],
-                         capture_output=True, text=True)
-    assert dry.returncode == 0, dry.stdout + dry.stderr
-    assert "Would install peft-0.21.2" in dry.stdout
+    assert f"peft=={version}" in pinned.stdout
 
 
-def test_no_fully_working_cell_writes_no_pins_and_says_why(tmp_path, results):
+def test_nothing_qualifies_writes_no_pins_and_says_why(tmp_path, request, tmp_path_factory):
+    results = real_results(cache_root(request, tmp_path_factory))
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"run_id": "broken-run"}))
-    lock = "torch==2.13.0+cpu\n"
-    _add_cell(run, results["xformers-broken"], lock)
-    _add_cell(run, results["trl-broken"], lock)
+    for stack in ("xformers-broken", "trl-broken"):
+        _add_cell(run, results[stack], "torch==2.13.0+cpu\n")
     (run / "pins").mkdir()  # a stale pins folder from an earlier report must not survive
     report = write_pins(run, now=NOW)
-    assert report.pins_dir is None and report.picks == []
+    assert report.pins_dir is None and not report.written
     assert not (run / "pins").exists()
-    assert "no fully working cell in run broken-run" in report.message
+    assert "no cell qualifies for any purpose in run broken-run" in report.message
     assert "2 broken" in report.message  # both import checks fail (a core check)
 
 
-def test_working_cell_without_a_lock_is_left_out_with_a_note(tmp_path, results):
+def test_a_qualifying_cell_without_a_lock_is_passed_over_with_a_note(tmp_path, routes):
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"run_id": "nolock"}))
-    _add_cell(run, results["good"], None)
-    report = write_pins(run, now=NOW)
-    assert report.pins_dir is None and "works but has no lock" in report.message
+    _add_cell(run, routes["routes"], None)
+    cells = collect_cells(run, merge(run))
+    verdict = judge(cells[0], parse_pins_for("route=any"))
+    assert verdict.why_not is not None and "no lock" in verdict.why_not
 
 
 def test_lock_entries_strip_hashes_and_keep_markers():
@@ -262,26 +349,6 @@ def test_lock_entries_strip_hashes_and_keep_markers():
                                   "colorama==0.4.6 ; sys_platform == 'win32'"]
 
 
-def _candidate(cell_id: str, tf: str, torch: str, tps: float | None,
-               unsloth: str | None = None) -> Candidate:
-    locked = {"transformers": tf, "torch": torch, **({"unsloth": unsloth} if unsloth else {})}
-    return Candidate(cell_id, {}, locked, [f"{k}=={v}" for k, v in locked.items()],
-                     {"device": "cuda", "gpu": "H100"},
-                     None, tps, "throughput.sdpa" if tps else None, 3, 0)
-
-
-def test_choice_orders_by_packaging_versions_and_speed_per_line():
-    cells = [
-        _candidate("a", "4.57.6", "2.8.0+cu128", 900.0),
-        _candidate("b", "4.9.0", "2.8.0+cu128", 1200.0),       # 4.9 < 4.57 by PEP 440, not by text
-        _candidate("c", "4.57.6", "2.8.0+cu128", 800.0, unsloth="2026.10.9"),
-        _candidate("d", "5.17.0", "2.11.0", None),
-        _candidate("e", "5.5.0", "2.11.0", None),
-    ]
-    picks = {p.file_name: p for p in choose(cells)}
-    assert picks[NEWEST_FILE].candidate.cell_id == "d"
-    assert picks["fastest-torch2.8.0+cu128.constraints.txt"].candidate.cell_id == "b"
-    assert "1200.0 tokens/s" in picks["fastest-torch2.8.0+cu128.constraints.txt"].why
-    assert picks["fastest-torch2.11.0.constraints.txt"].candidate.cell_id == "d"
-    # same transformers: unsloth breaks the tie
-    assert max(cells[:3], key=newest_key).cell_id == "c"
+def test_torch_index_hint():
+    assert torch_index_hint("2.8.0+cu128") == "https://download.pytorch.org/whl/cu128"
+    assert torch_index_hint("2.11.0") is None

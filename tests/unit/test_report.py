@@ -87,7 +87,8 @@ def test_one_row_per_cell_one_column_per_check(run_dir):
     assert broken["status"] == "broken"
     assert broken["checks"]["imports"] == {"status": "fail",
                                            "signature": "xformers-extensions-not-loaded",
-                                           "reason": broken["checks"]["imports"]["reason"]}
+                                           "reason": broken["checks"]["imports"]["reason"],
+                                           "group": "imports", "role": "core"}
     md = render_markdown(summary)
     assert "| `py3.11-torch2.13.0+cpu-tf5.17.0-good` | ✅ works | ✅ | ⏭ |" in md
     assert "| `py3.11-torch2.13.0+cpu-tf5.17.0-xformers-broken` | ❌ broken | ❌ | ❌ |" in md

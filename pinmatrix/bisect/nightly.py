@@ -1,0 +1,141 @@
+"""The nightly bisects its new breakages (issue 12): where a check that passed in the previous run
+fails
+now, in a cell that differs from a previous good cell in exactly one axis value, the first bad
+release
+of that package is searched within a budget of probes, and written into diff.md, diff.json,
+summary.{json,md}, junit.xml (a property per cell) and the GitHub step summary.
+
+Which pairs qualify: the diff matches cells by id, and a cell id holds every axis value, so a check
+that broke under the same id broke with the same pins (a transitive dependency moved in the lock;
+that
+is said, not bisected). A new cell (a live axis moved to a new release) is compared with every
+previous
+cell whose pins differ from it in exactly one axis, where the check passed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from pinmatrix.report.diff import render_bisect_lines as render_lines
+from pinmatrix.run.options import RunOptions
+
+__all__ = ["DEFAULT_BISECT_BUDGET", "candidates", "bisect_new_breakages", "render_lines"]
+
+# Probes one new breakage may cost: ceil(log2 n) + 2 for n releases, so 8 covers ranges of up to 65
+# releases (transformers 4.57.6..5.17.0 holds 33).
+DEFAULT_BISECT_BUDGET = 8
+Echo = Callable[[str], None]
+
+
+def _cells(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["id"]: c for c in summary.get("cells") or []}
+
+
+def candidates(now: dict[str, Any], before: dict[str, Any]) -> list[dict[str, Any]]:
+    """(cell, check, package, good, bad) for each broken check with a one-axis-away good cell
+    before."""
+    now_cells, old_cells = _cells(now), _cells(before)
+    found: list[dict[str, Any]] = []
+    for cid, cell in now_cells.items():
+        failing = [n for n, c in (cell.get("checks") or {}).items() if c.get("status") == "fail"]
+        for check in failing:
+            for old in old_cells.values():
+                if ((old.get("checks") or {}).get(check) or {}).get("status") != "pass":
+                    continue
+                pins, old_pins = cell.get("pins") or {}, old.get("pins") or {}
+                differ = [k for k in set(pins) | set(old_pins) if pins.get(k) != old_pins.get(k)]
+                if len(differ) != 1:
+                    continue
+                axis = differ[0]
+                found.append(
+                    {
+                        "cell": cid,
+                        "check": check,
+                        "package": axis,
+                        "good": old_pins.get(axis),
+                        "bad": pins.get(axis),
+                        "previous_cell": old["id"],
+                    }
+                )
+    unique = {(f["package"], f["good"], f["bad"], f["check"]): f for f in found}
+    return list(unique.values())
+
+
+def bisect_new_breakages(
+    run_dir: Path, opts: RunOptions, *, budget: int = DEFAULT_BISECT_BUDGET, echo: Echo = print
+) -> list[dict[str, Any]]:
+    """Bisect each candidate of this run against its previous run; record the answers in the run."""
+    from pinmatrix.bisect.run import BisectSpec, run_bisect
+    from pinmatrix.errors import PinmatrixError
+    from pinmatrix.bisect.releases import IndexUnreachable
+
+    summary_path = Path(run_dir) / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    diff = summary.get("diff")
+    if not diff or not diff.get("previous_dir"):
+        return []
+    before = json.loads((Path(diff["previous_dir"]) / "summary.json").read_text(encoding="utf-8"))
+    records: list[dict[str, Any]] = []
+    for item in candidates(summary, before):
+        try:
+            bad, good = item["bad"], item["good"]
+            from packaging.version import Version
+
+            if Version(good) > Version(
+                bad
+            ):  # a downgrade broke it: bisect upwards from the bad one
+                item["note"] = "the package moved backwards; not bisected"
+                records.append(item)
+                continue
+        except Exception:  # noqa: BLE001 - a non-version axis value (a base image): nothing to bisect
+            item["note"] = "not a version axis; not bisected"
+            records.append(item)
+            continue
+        cell_pins = next(c["pins"] for c in summary["cells"] if c["id"] == item["cell"])
+        selectors = tuple(f"{k}={v}" for k, v in sorted(cell_pins.items()) if k != item["package"])
+        spec = BisectSpec(item["package"], good, bad, selectors, (item["check"],))
+        echo(
+            f"nightly: bisecting {item['package']} {good}..{bad} for {item['check']} (budget "
+            f"{budget})"
+        )
+        step_opts = dataclasses.replace(opts, flaky_rerun=False)
+        try:
+            folder, result = run_bisect(spec, step_opts, echo=echo, budget=budget)
+        except (PinmatrixError, IndexUnreachable, ValueError) as exc:
+            item["note"] = f"not bisected: {exc}"
+            records.append(item)
+            continue
+        item.update(
+            first_bad=result.first_bad,
+            last_good=result.last_good,
+            probes=result.probes,
+            releases=len(result.releases),
+            stopped=result.stopped,
+            bisect=str(Path(folder) / "bisect.md"),
+        )
+        records.append(item)
+    if records:
+        _record(Path(run_dir), summary, records)
+    return records
+
+
+def _record(run_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    from pinmatrix.fsio import write_json_atomic, write_text_atomic
+    from pinmatrix.report.diff import write_diff
+    from pinmatrix.report.junit import write_junit
+    from pinmatrix.report.markdown import render_markdown
+
+    summary["diff"]["bisects"] = records
+    write_diff(run_dir, summary["diff"])
+    write_json_atomic(run_dir / "summary.json", summary)
+    write_text_atomic(run_dir / "summary.md", render_markdown(summary))
+    write_junit(summary, run_dir)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as handle:
+            handle.write("\n".join(["### First bad releases", *render_lines(records), ""]) + "\n")

@@ -1,0 +1,223 @@
+"""The check registry: every check group, every check name, its group, its order and its role.
+
+Stdlib only (the probes boundary); the host imports this module as it imports probes/signatures.py,
+and reads group, order, role and route from it (docs/CONTRACTS.md §3). Nothing else lists checks.
+
+Roles:
+- `core`: the stack cannot be used for the job without it. `imports`, and the checks of the two
+  EXAONE 3.5 routes (`route` set: the stack is broken only when every route fails).
+- `optional`: an extra that may be broken without harming the job (a kernel, an attention backend,
+  a trainer, unsloth, a speed measurement).
+- `claim`: tests a statement from a guide or a vendor, not the stack (`claim` names it; the report
+  lists it under "Claims tested", and it never changes a cell's status).
+
+`route` and `backend` say which way of LoRA-training which model a check exercises; `TRAINING` names
+the checks that prove a (route, backend) trains, which is what a pin by purpose requires
+(pinmatrix/report/pins.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CORE = "core"
+OPTIONAL = "optional"
+CLAIM = "claim"
+ROLES = (CORE, OPTIONAL, CLAIM)
+
+REMOTE_CODE = "remote-code"
+LLAMAFIED = "llamafied"
+EXAONE4 = "exaone4"
+ROUTES = (REMOTE_CODE, LLAMAFIED, EXAONE4)
+HF_PEFT = "hf-peft"
+UNSLOTH = "unsloth"
+BACKENDS = (HF_PEFT, UNSLOTH)
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    module: str          # probes/checks/<module>.py
+    plain: bool          # runs in the interpreter that never imports unsloth (probes/processes.py)
+
+
+# Run order, whatever order a matrix lists them in: loading a model through unsloth patches the
+# model's classes for the rest of the process (on the H100 it compiled the remote-code ExaoneBlock,
+# and a later HF+PEFT run took 33 s instead of 2.5 s), so every plain-transformers group comes before
+# the unsloth group, and throughput (whose unsloth stack comes last) after it. In a cell that pins
+# unsloth the plain groups run in their own interpreter anyway; the order is then the result's order.
+GROUPS: tuple[Group, ...] = (
+    Group("imports", "imports", plain=False),
+    Group("kernels", "kernels", plain=True),
+    Group("exaone3.5", "exaone35", plain=True),
+    Group("exaone4", "exaone4", plain=True),
+    Group("attention", "attention", plain=True),
+    Group("lora-train", "lora_train", plain=True),
+    Group("generate", "generate", plain=True),
+    Group("train", "train", plain=True),
+    Group("adapter", "adapter", plain=True),
+    Group("unsloth", "unsloth", plain=False),
+    Group("throughput", "throughput", plain=False),
+)
+GROUP_NAMES: tuple[str, ...] = tuple(g.name for g in GROUPS)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str            # ends in ".REV" for a per-revision family (exaone3.5.surface.original)
+    group: str
+    role: str
+    route: str | None = None
+    backend: str | None = None
+    claim: str | None = None   # the claim id (CLAIMS) a `claim` check tests
+    measures: bool = False     # a speed measurement (throughput.*): its infra never demotes a cell
+
+    @property
+    def family(self) -> bool:
+        return self.name.endswith(".REV")
+
+
+def _c(name: str, group: str, role: str = OPTIONAL, route: str | None = None,
+       backend: str | None = None, **kw: object) -> Check:
+    return Check(name, group, role, route, backend, **kw)  # type: ignore[arg-type]
+
+
+# Report column order. The unsloth routes of train and adapter are emitted by the unsloth group.
+CHECKS: tuple[Check, ...] = (
+    _c("imports", "imports", CORE),
+    _c("kernel.xformers", "kernels"),
+    _c("kernel.flash-attn", "kernels"),
+    _c("kernel.bitsandbytes", "kernels"),
+    _c("exaone3.5.surface", "exaone3.5", route=REMOTE_CODE),
+    _c("exaone3.5.remote-code", "exaone3.5", CORE, REMOTE_CODE, HF_PEFT),
+    _c("exaone3.5.surface.REV", "exaone3.5", route=REMOTE_CODE),
+    _c("exaone3.5.remote-code.REV", "exaone3.5", route=REMOTE_CODE, backend=HF_PEFT),
+    _c("exaone3.5.llamafied", "exaone3.5", CORE, LLAMAFIED, HF_PEFT),
+    _c("exaone4.native", "exaone4", route=EXAONE4, backend=HF_PEFT),
+    _c("unsloth.load.exaone3.5", "unsloth", route=REMOTE_CODE, backend=UNSLOTH),
+    _c("unsloth.load.exaone4", "unsloth", route=EXAONE4, backend=UNSLOTH),
+    _c("unsloth.llamafied", "unsloth", route=LLAMAFIED, backend=UNSLOTH),
+    _c("lora-train.unsloth", "unsloth", route=REMOTE_CODE, backend=UNSLOTH),
+    _c("attention.eager", "attention", route=REMOTE_CODE),
+    _c("attention.sdpa", "attention", route=REMOTE_CODE),
+    _c("attention.flash_attention_2", "attention", route=REMOTE_CODE),
+    _c("attention.xformers", "attention", CLAIM, REMOTE_CODE, claim="xformers-attn"),
+    _c("attention.xformers-kernel", "attention", route=REMOTE_CODE),
+    _c("lora-train.hf-peft", "lora-train", CORE, REMOTE_CODE, HF_PEFT),
+    _c("lora-train.hf-peft-llamafied", "lora-train", CORE, LLAMAFIED, HF_PEFT),
+    _c("generate", "generate", route=REMOTE_CODE),
+    _c("train.hf-trainer", "train", route=REMOTE_CODE, backend=HF_PEFT),
+    _c("train.hf-trainer-llamafied", "train", route=LLAMAFIED, backend=HF_PEFT),
+    _c("train.trl-sft", "train", route=REMOTE_CODE, backend=HF_PEFT),
+    _c("train.trl-sft-llamafied", "train", route=LLAMAFIED, backend=HF_PEFT),
+    _c("train.trl-sft.exaone4", "train", route=EXAONE4, backend=HF_PEFT),
+    _c("train.qlora", "train", route=REMOTE_CODE, backend=HF_PEFT),
+    _c("train.qlora-llamafied", "train", route=LLAMAFIED, backend=HF_PEFT),
+    _c("train.trl-sft.unsloth", "unsloth", route=REMOTE_CODE, backend=UNSLOTH),
+    _c("train.trl-sft.unsloth-llamafied", "unsloth", route=LLAMAFIED, backend=UNSLOTH),
+    _c("train.qlora.unsloth", "unsloth", route=LLAMAFIED, backend=UNSLOTH),
+    _c("adapter.roundtrip", "adapter", route=REMOTE_CODE, backend=HF_PEFT),
+    _c("adapter.roundtrip-llamafied", "adapter", route=LLAMAFIED, backend=HF_PEFT),
+    _c("adapter.unsloth-merged", "unsloth", route=LLAMAFIED, backend=UNSLOTH),
+    _c("throughput.sdpa", "throughput", route=REMOTE_CODE, backend=HF_PEFT, measures=True),
+    _c("throughput.sdpa-llamafied", "throughput", route=LLAMAFIED, backend=HF_PEFT, measures=True),
+    _c("throughput.eager", "throughput", route=REMOTE_CODE, backend=HF_PEFT, measures=True),
+    _c("throughput.flash_attention_2", "throughput", route=REMOTE_CODE, backend=HF_PEFT,
+       measures=True),
+    _c("throughput.trainer", "throughput", route=REMOTE_CODE, backend=HF_PEFT, measures=True),
+    _c("throughput.qlora", "throughput", route=REMOTE_CODE, backend=HF_PEFT, measures=True),
+    # unsloth's Llama fast path (the only fast route for EXAONE 3.5): the llamafied layout
+    _c("throughput.unsloth", "throughput", route=LLAMAFIED, backend=UNSLOTH, measures=True),
+    _c("throughput.unsloth-qlora", "throughput", route=LLAMAFIED, backend=UNSLOTH, measures=True),
+)
+_BY_NAME = {c.name: c for c in CHECKS if not c.family}
+_FAMILIES = [(c.name[: -len("REV")], c) for c in CHECKS if c.family]
+_ORDER = {c.name: i for i, c in enumerate(CHECKS)}
+
+# What proves a (route, backend) LoRA-trains: every `loads` check passed, and at least one of
+# `trains` passed (a lora-train / train.* bar on the trainer's logged losses; for unsloth's Llama
+# path, whose only other trainer check comes with the train group, also `throughput.unsloth`:
+# LoRA steps through unsloth, timed). No check trains EXAONE 4 through unsloth (unsloth.load.exaone4
+# loads it only), so that pair is absent.
+TRAINING: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
+    (REMOTE_CODE, HF_PEFT): (("exaone3.5.remote-code",), ("lora-train.hf-peft",)),
+    (LLAMAFIED, HF_PEFT): (("exaone3.5.llamafied",), ("lora-train.hf-peft-llamafied",)),
+    (EXAONE4, HF_PEFT): (("exaone4.native",), ("train.trl-sft.exaone4",)),
+    (REMOTE_CODE, UNSLOTH): (("unsloth.load.exaone3.5",),
+                             ("lora-train.unsloth", "train.trl-sft.unsloth")),
+    (LLAMAFIED, UNSLOTH): (("unsloth.llamafied",),
+                           ("train.trl-sft.unsloth-llamafied", "throughput.unsloth")),
+}
+# The EXAONE 3.5 routes of the cell status: the core checks that carry a route.
+EXAONE35_ROUTES: dict[str, tuple[str, ...]] = {
+    route: tuple(c.name for c in CHECKS if c.role == CORE and c.route == route)
+    for route in (REMOTE_CODE, LLAMAFIED)
+}
+
+# Statements from a guide or a vendor that the matrix tests. `checks`: the checks that test it
+# directly; `speed`: the throughput stack whose speedup over `throughput.sdpa` the claim states.
+CLAIMS: dict[str, dict[str, object]] = {
+    "unsloth-speed": {
+        "claim": "Unsloth: 2-5x faster LoRA training (\"속도 2-5배 향상\")",
+        "source": "team guide (/work/shared/seed/), scenario 1 \"Unsloth 호환\"",
+        "checks": ("unsloth.llamafied", "lora-train.unsloth"),
+        "speed": "unsloth", "range": (2.0, 5.0),
+    },
+    "xformers-attn": {
+        "claim": "xFormers: 1.2-2x faster through "
+                 "from_pretrained(..., attn_implementation=\"xformers\")",
+        "source": "team guide (/work/shared/seed/), strategy 1 \"xFormers 사용 (권장)\"",
+        "checks": ("attention.xformers", "attention.xformers-kernel"),
+        "speed": None, "range": (1.2, 2.0),
+    },
+    "fa2-speed": {
+        "claim": "Flash Attention 2: 1.5-2.5x faster through "
+                 "attn_implementation=\"flash_attention_2\"",
+        "source": "team guide (/work/shared/seed/), strategy 2 \"Flash Attention 수동 설정\"",
+        "checks": ("attention.flash_attention_2",),
+        "speed": "flash_attention_2", "range": (1.5, 2.5),
+    },
+}
+
+
+def lookup(name: str) -> Check | None:
+    """The registry entry of a check name (a per-revision name matches its `.REV` family)."""
+    found = _BY_NAME.get(name)
+    if found is not None:
+        return found
+    for prefix, family in _FAMILIES:
+        if name.startswith(prefix) and "." not in name[len(prefix):]:
+            return family
+    return None
+
+
+def group_of(name: str) -> str | None:
+    """The group that emits `name`; a group-level failure record is named after its group."""
+    if name in GROUP_NAMES:
+        return name
+    entry = lookup(name)
+    return entry.group if entry else None
+
+
+def role_of(name: str) -> str:
+    """core / optional / claim; a name the registry does not know is optional."""
+    if name in GROUP_NAMES:  # a whole group failed to list its checks
+        return CORE if name == "imports" else OPTIONAL
+    entry = lookup(name)
+    return entry.role if entry else OPTIONAL
+
+
+def is_measurement(name: str) -> bool:
+    entry = lookup(name)
+    return bool(entry and entry.measures)
+
+
+def order_key(name: str) -> tuple[int, str]:
+    """Report column order: registry order (a revision family in its family's place), unknown
+    names after, sorted."""
+    entry = lookup(name)
+    return (_ORDER[entry.name], name) if entry else (len(_ORDER), name)
+
+
+def run_order(groups: list[str]) -> list[str]:
+    """`groups` in registry order; unknown names keep their place at the end."""
+    return [g for g in GROUP_NAMES if g in groups] + [g for g in groups if g not in GROUP_NAMES]
