@@ -245,8 +245,9 @@ class _Loader:
                               message) from None
         except yaml.reader.ReaderError as exc:  # a NUL or other non-printable character
             line, column = _line_column(self.text, exc.position)
+            code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1])
             raise MatrixError(self.path, line, column,
-                              f"YAML error: character {exc.character!r} is not allowed") from None
+                              f"YAML error: character U+{code:04X} is not allowed") from None
         except yaml.YAMLError as exc:
             raise MatrixError(self.path, 1, 1, f"YAML error: {exc}") from None
         documents = [d for d in documents if d is not None]

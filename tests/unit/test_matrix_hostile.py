@@ -82,6 +82,7 @@ def test_nul_byte_on_line_seven_is_reported_there(tmp_path):
     with pytest.raises(MatrixError) as err:
         load_matrix(path)
     assert (err.value.line, err.value.column) == (7, 7), str(err.value)
+    assert "U+0000" in err.value.message
 
 
 def test_include_rules_past_the_cap(tmp_path):
