@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from pinmatrix.fsio import slug
 
@@ -114,7 +114,7 @@ def parse_lock(text: str) -> dict[str, str]:
 def version_or_none(text: str) -> Version | None:
     try:
         return Version(text)
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or too many digits for int()
         return None
 
 
@@ -125,7 +125,7 @@ def version_key(value: str | None) -> tuple[int, Any]:
         return (0, ())
     try:
         return (1, Version(value))
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or too many digits for int()
         return (2, value)
 
 

@@ -7,13 +7,16 @@ error, 3 `matrix` finished with `infra` cells (pinmatrix/errors.py).
 from __future__ import annotations
 
 import argparse
-import math
+import errno
+import os
 import re
 import sys
 from typing import Any, NoReturn, Sequence
 
-from pinmatrix.errors import EXIT_HARNESS, EXIT_INFRA, EXIT_OK, PinmatrixError, UsageError
-from pinmatrix.run.options import ALL_COMMANDS, OPTIONS, RUNNERS, options_for, run_options
+from pinmatrix.errors import (EXIT_BAD_INPUT, EXIT_HARNESS, EXIT_INFRA, EXIT_OK, PinmatrixError,
+                              UsageError)
+from pinmatrix.run.options import (ALL_COMMANDS, OPTIONS, RUNNERS, check_options, options_for,
+                                   run_options)
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -101,15 +104,23 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM (a CI job's cancel, `kill`) takes Ctrl-C's path: running cells are stopped and
+    # recorded, the summary is written after them (pinmatrix/interrupt.py)
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         args = parse(list(sys.argv[1:] if argv is None else argv))
         if args.runner not in RUNNERS:
             raise UsageError(f"--runner {args.runner!r}: choose one of {', '.join(RUNNERS)}")
-        for flag, value in (("--timeout", args.timeout), ("--check-timeout", args.check_timeout)):
-            # nan, inf, 0, negatives
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise UsageError(f"{flag} {value}: must be positive (a finite number of seconds)")
+        check_options(args)  # each option's own bounds and contradictions (run/options.py)
         if args.model_hub is not None and (args.model_cache is None or not args.model_hub.is_dir()):
             raise UsageError(f"--model-hub {args.model_hub}: needs --model-cache, and must be a "
                              "folder")
@@ -123,19 +134,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
         return _dispatch(args)
     except PinmatrixError as exc:  # bad input exits 2, a harness failure 1 (pinmatrix/errors.py)
-        print(f"{exc.prefix}: {exc}", file=sys.stderr)
+        print(f"{exc.prefix}: {_clip(str(exc))}", file=sys.stderr)
         return exc.exit_code
     # Ctrl-C: no new cell starts; finished ones are kept (pinmatrix/run/state.py)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished cells are kept; `python -m pinmatrix matrix --resume` runs "
-              "the rest "
-              "(a cell already running finishes first)", file=sys.stderr)
+        print("\ninterrupted: no new cell was started; cells that were running were stopped and "
+              "recorded as infra (interrupted); finished cells are kept; "
+              "`python -m pinmatrix matrix --resume` runs the rest", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `python -m pinmatrix list | head`: the reader left; not an error
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:
+        # A path the user named that cannot be used (read-only, a file where a folder goes) is bad
+        # input; anything else the machine did (disk full, I/O) is the harness's failure.
+        where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        line = _clip(f"{where}: {exc.strerror or exc}" if where else str(exc))
+        if exc.errno in _PATH_ERRNOS:
+            print(f"error: {line}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"harness error: {line}", file=sys.stderr)
+        return EXIT_HARNESS
+    except Exception as exc:  # a bug in pinmatrix: one line, not a traceback, unless asked for one
+        if os.environ.get("PINMATRIX_TRACEBACK"):
+            raise
+        print(f"harness error (a bug in pinmatrix): {type(exc).__name__}: "
+              f"{' '.join(str(exc).split())[:300]} (PINMATRIX_TRACEBACK=1 shows where)",
+              file=sys.stderr)
+        return EXIT_HARNESS
+
+
+def _clip(message: str, limit: int = 600) -> str:
+    """A message that quotes a 5,000-character argument stays one readable line."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit - 100]}... ({len(message)} characters) ...{message[-60:]}"
+
+
+_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOENT,
+                errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -233,16 +270,22 @@ def infra_cells(run_dir: Any) -> list[str]:
 def _report(args: argparse.Namespace) -> int:
     from pinmatrix.report.write import write_report
 
+    from pinmatrix.run.folder import check_run_folder
+
     run_dir = args.run or (args.reports / "latest")
     if not run_dir.is_dir():
         raise UsageError(f"no run folder at {run_dir} (run `python -m pinmatrix matrix` first, or "
                          "pass --run DIR)")
+    check_run_folder(run_dir, "--run" if args.run else "--reports")
     pins_for = tuple(getattr(args, "pins_for", None) or ())
     json_path, md_path = write_report(run_dir.resolve(), previous=getattr(args, "previous", None),
                                       pins_for=pins_for)
     import json
 
-    print(json.loads(json_path.read_text())["verdict"])
+    summary = json.loads(json_path.read_text())
+    for item in summary.get("damaged", []):  # said on the console too, not only in summary.md
+        print(f"warning: {item['path']}: {item['why']}", file=sys.stderr)
+    print(summary["verdict"])
     print(f"report: {md_path}")
     from pinmatrix.report.pins import write_pins
 

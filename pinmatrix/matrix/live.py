@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from pinmatrix.cell import version_or_none
@@ -39,7 +39,7 @@ def valid_specifier(text: str) -> bool:
         return False
     try:
         SpecifierSet(text)
-    except InvalidSpecifier:
+    except ValueError:  # InvalidSpecifier, or too many digits for int()
         return False
     return True
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import yaml
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from probes import registry as _registry
 from pinmatrix.cell import NONE, Cell, ModelSpec
@@ -47,6 +47,26 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 LIVE_KEYS = ("spec", "latest", "pre", "yanked")
 MAX_COMBINATIONS = 5000   # a typo'd live axis (`latest: 500`) should fail fast, not fill the memory
+# Bounds of every numeric setting (inclusive). A value past them is a typo or a hostile file: a week
+# of timeout, a batch no card holds. The probe's LoRA criterion is checked over the whole
+# lora_steps range (tests/unit/test_checks_training.py).
+SETTING_BOUNDS: dict[str, tuple[float, float]] = {
+    "check_timeout_s": (1, 7 * 24 * 3600),
+    "cell_timeout_s": (1, 7 * 24 * 3600),
+    "lora_steps": (4, 10_000),  # probes/checks/lora_train.py MIN_STEPS, MAX_STEPS
+    "throughput.batch": (1, 1024),
+    "throughput.seq": (1, 131_072),
+    "throughput.steps": (1, 10_000),
+    "throughput.warmup": (0, 1_000),
+    "latest": (1, 1_000),
+}
+_YAML_FLOAT_WORDS = {".inf": "inf", "+.inf": "inf", "-.inf": "-inf", ".nan": "nan"}
+MAX_VALUE_CHARS = 200
+MAX_MESSAGE_CHARS = 300     # a version, specifier, image or ref longer than this is not one
+# A YAML 1.1 integer as PyYAML's resolver accepts it, with at most 30 digits: int() of a longer
+# one is refused by Python (4,300 digits) or is past every bound anyway.
+_YAML_INT_RE = re.compile(r"^[-+]?(?:0b[01_]{1,30}|0x[0-9a-fA-F_]{1,30}|0[0-7_]{0,30}|"
+                          r"[1-9][0-9_]{0,30}|[1-9][0-9_]{0,30}(?::[0-5]?[0-9])+)$")
 
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 # A Docker image reference: [registry[:port]/]name[:tag][@sha256:...]; nothing a shell could
@@ -122,6 +142,9 @@ class _Loader:
     # -- errors and node helpers --
     def error(self, node: yaml.Node | None, message: str) -> MatrixError:
         mark = node.start_mark if node is not None else None
+        if len(message) > MAX_MESSAGE_CHARS:  # a quoted 5,000-digit value stays readable
+            message = (f"{message[:MAX_MESSAGE_CHARS - 80]}... ({len(message)} characters) ..."
+                       f"{message[-40:]}")
         return MatrixError(self.path, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1,
                            message)
 
@@ -159,27 +182,48 @@ class _Loader:
             raise self.error(node, f"{what}: expected a string, got {_kind(node)} {node.value!r}")
         if not node.value.strip():
             raise self.error(node, f"{what}: expected a non-empty string")
+        if len(node.value.strip()) > MAX_VALUE_CHARS:
+            raise self.error(node, f"{what}: {len(node.value.strip())} characters, more than "
+                                   f"{MAX_VALUE_CHARS}: {_clip(node.value)!r}")
         return node.value.strip()  # the source text: 3.10 stays "3.10", never the float 3.1
 
-    def integer(self, node: yaml.Node, what: str, minimum: int = 0) -> int:
+    def integer(self, node: yaml.Node, what: str, bounds: tuple[float, float]) -> int:
         if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
             raise self.error(node,
                              f"{what}: expected an integer, got {_kind(node)} "
-                             f"{getattr(node, 'value', '')!r}")
-        value = int(yaml.safe_load(node.value))
-        if value < minimum:
-            raise self.error(node, f"{what}: expected an integer >= {minimum}, got {value}")
-        return value
+                             f"{_clip(getattr(node, 'value', ''))!r}")
+        minimum, maximum = bounds
+        # `!!int "twelve"` carries the int tag on any text; a 5,001-digit one breaks int()
+        if not _YAML_INT_RE.match(node.value.strip()):
+            raise self.error(node, f"{what}: expected an integer from {minimum:g} to {maximum:g}, "
+                                   f"got {_clip(node.value)!r}")
+        try:
+            value = yaml.SafeLoader.construct_yaml_int(yaml.SafeLoader(""), node)
+        except (ValueError, TypeError):
+            raise self.error(node,
+                             f"{what}: expected an integer, got {_clip(node.value)!r}") from None
+        if not minimum <= value <= maximum:
+            raise self.error(node, f"{what}: expected an integer from {minimum:g} to {maximum:g}, "
+                                   f"got {_clip(node.value)}")
+        return int(value)
 
-    def number(self, node: yaml.Node, what: str) -> float:
+    def number(self, node: yaml.Node, what: str, bounds: tuple[float, float]) -> float:
         if not isinstance(node, yaml.ScalarNode) or node.tag not in ("tag:yaml.org,2002:int",
                                                                        "tag:yaml.org,2002:float"):
             raise self.error(node,
                              f"{what}: expected a number, got {_kind(node)} "
-                             f"{getattr(node, 'value', '')!r}")
-        value = float(yaml.safe_load(node.value))
-        if not value > 0:
-            raise self.error(node, f"{what}: expected a number > 0, got {node.value}")
+                             f"{_clip(getattr(node, 'value', ''))!r}")
+        minimum, maximum = bounds
+        try:
+            # float() reads any digit count; `.inf`, `.nan` and `!!float "x"` are checked below
+            text = node.value.strip().replace("_", "")
+            value = float(_YAML_FLOAT_WORDS.get(text.lower(), text))
+        except ValueError:
+            raise self.error(node,
+                             f"{what}: expected a number, got {_clip(node.value)!r}") from None
+        if not minimum <= value <= maximum:  # nan fails both comparisons
+            raise self.error(node, f"{what}: expected a finite number from {minimum:g} to "
+                                   f"{maximum:g}, got {_clip(node.value)}")
         return value
 
     def boolean(self, node: yaml.Node, what: str) -> bool:
@@ -199,6 +243,11 @@ class _Loader:
             raise MatrixError(self.path, (mark.line + 1) if mark else 1,
                               (mark.column + 1) if mark else 1,
                               message) from None
+        except yaml.reader.ReaderError as exc:  # a NUL or other non-printable character
+            line, column = _line_column(self.text, exc.position)
+            code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1])
+            raise MatrixError(self.path, line, column,
+                              f"YAML error: character U+{code:04X} is not allowed") from None
         except yaml.YAMLError as exc:
             raise MatrixError(self.path, 1, 1, f"YAML error: {exc}") from None
         documents = [d for d in documents if d is not None]
@@ -315,7 +364,7 @@ class _Loader:
             return text
         try:
             Version(text)
-        except InvalidVersion:
+        except ValueError:  # InvalidVersion, or too many digits for int()
             raise self.error(node,
                              f"{what}: {text!r} is not a valid version (PEP 440), e.g. 5.17.0, "
                                    "2.13.0+cpu, or none") from None
@@ -339,7 +388,7 @@ class _Loader:
                                             "e.g. \">=4.57,<5.18\"")
                 query["spec"] = text
             elif key.value == "latest":
-                query["latest"] = self.integer(value, f"{what}: latest", minimum=1)
+                query["latest"] = self.integer(value, f"{what}: latest", SETTING_BOUNDS["latest"])
             else:
                 query[key.value] = self.boolean(value, f"{what}: {key.value}")
         if query["spec"] is None and query["latest"] is None:
@@ -454,6 +503,10 @@ class _Loader:
                                      "new cell "
                                            f"it lacks the axes {', '.join(missing)}")
                 combos.append((dict(rule), node))
+            if len(combos) > MAX_COMBINATIONS:
+                raise self.error(node,
+                                 f"with this include rule the matrix has {len(combos)} cells, "
+                                 f"more than {MAX_COMBINATIONS}; split the matrix")
         if not combos:
             raise self.error(self.axes_node,
                              "the matrix expands to no cell (every combination was excluded)")
@@ -496,11 +549,11 @@ class _Loader:
                                      f"{what}: unknown key {k.value!r}; expected repo, revision, "
                                      "kind")
                 fields[k.value] = self.string(v, f"{what}: {k.value}")
-                if k.value == "repo" and not _REPO_RE.match(fields["repo"]):
+                if k.value == "repo" and not _valid_repo(fields["repo"]):
                     raise self.error(v,
                                      f"{what}: repo {fields['repo']!r} is not a hub id like "
                                      "org/name")
-                if k.value == "revision" and not _REVISION_RE.match(fields["revision"]):
+                if k.value == "revision" and not _valid_revision(fields["revision"]):
                     raise self.error(v,
                                      f"{what}: revision {fields['revision']!r} is not a git ref; "
                                      "pin a 40-hex commit")
@@ -547,16 +600,15 @@ class _Loader:
                     raise self.error(v, f"{what}: expected auto, cpu or cuda, got {device!r}")
                 settings["device"] = device
             elif k.value in ("check_timeout_s", "cell_timeout_s"):
-                settings[k.value] = self.number(v, what)
+                settings[k.value] = self.number(v, what, SETTING_BOUNDS[k.value])
             elif k.value == "lora_steps":
-                settings[k.value] = self.integer(v, what, minimum=1)
+                settings[k.value] = self.integer(v, what, SETTING_BOUNDS[k.value])
             elif k.value == "throughput":
                 for tk, tv in self.mapping(v, what):
                     twhat = f"{what}.{tk.value}"
-                    if tk.value in ("batch", "seq", "steps"):
-                        settings["throughput"][tk.value] = self.integer(tv, twhat, minimum=1)
-                    elif tk.value == "warmup":
-                        settings["throughput"][tk.value] = self.integer(tv, twhat, minimum=0)
+                    if tk.value in ("batch", "seq", "steps", "warmup"):
+                        settings["throughput"][tk.value] = self.integer(
+                            tv, twhat, SETTING_BOUNDS[f"throughput.{tk.value}"])
                     elif tk.value == "stacks":
                         stacks = [self.string(s, twhat) for s in self.sequence(tv, twhat)]
                         for s, snode in zip(stacks, tv.value):
@@ -591,6 +643,33 @@ def _show(rule: dict[str, str]) -> str:
 
 def _show_query(query: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in query.items() if v not in (None, False))
+
+
+def _valid_repo(repo: str) -> bool:
+    """A hub id as the hub accepts it: org/name, no `..` or `--` (the hub refuses them, and `..`
+    in a cache path climbs out of it)."""
+    return bool(_REPO_RE.match(repo)) and ".." not in repo and "--" not in repo and not any(
+        part.endswith((".", "-")) for part in repo.split("/"))
+
+
+def _valid_revision(revision: str) -> bool:
+    """A git ref as `git check-ref-format` allows it, less what could climb a path: no `..`, no
+    empty or dot-led component, no trailing `/` or `.lock`, no `@{`."""
+    if not _REVISION_RE.match(revision) or ".." in revision or "@{" in revision:
+        return False
+    parts = revision.split("/")
+    return all(part and not part.startswith(".") and not part.endswith(".lock") for part in parts)
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """A value quoted in a message: a 5,000-character one would make the line unreadable."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _line_column(text: str, position: int) -> tuple[int, int]:
+    """1-based line and column of a character index."""
+    before = text[:position]
+    return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
 
 
 def _kind(node: yaml.Node) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Sequence
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.specifiers import SpecifierSet
 
 from pinmatrix.cell import ID_ABBREV, NONE, Cell, version_or_none
 from pinmatrix.errors import SelectionError
@@ -67,7 +67,7 @@ def _value_test(argument: str, axis: str, op: str, value: str) -> Callable[[str]
         raise SelectionError(argument, f"{axis} can only be selected with '=', not {op!r}")
     try:
         spec = SpecifierSet(op + value)
-    except InvalidSpecifier:
+    except ValueError:  # InvalidSpecifier, or too many digits for int()
         raise SelectionError(argument, f"{op + value!r} is not a version specifier") from None
     return lambda pin: (
         pin != NONE and version_or_none(pin) is not None and spec.contains(pin, prereleases=True)

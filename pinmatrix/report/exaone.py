@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable, Mapping
 
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from pinmatrix.status import EXAONE35_ROUTES
 
@@ -30,7 +30,7 @@ SURFACE = "exaone3.5.surface"
 def _vkey(text: str) -> tuple[int, Any]:
     try:
         return (0, Version(text))
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or too many digits for int()
         return (1, text)
 
 

@@ -13,7 +13,10 @@ conflict: the first wins and the conflict is recorded in run.json.
 """
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +26,29 @@ from pinmatrix.fsio import read_json, write_json_atomic
 from pinmatrix.outcome import Outcome, load_outcome
 
 PER_CELL_DIRS = ("outcomes", "cells", "logs", "locks")
+# A cell id as the harness writes it (pinmatrix/cell.py): never a path, never dot-led.
+_CELL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
+
+
+# Artifacts come from every GPU job (issue 17): a symlink in one could point anywhere on the merge
+# host. Nothing here follows one: a path is used only when it and every folder between it and its
+# artifact root are real (lstat), and only regular files are read or copied.
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _real_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _read_real_json(path: Path) -> Any:
+    return read_json(path) if _real_file(path) else None
 
 
 @dataclass
@@ -41,11 +67,14 @@ def find_cell_runs(roots: Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     for root in roots:
         root = Path(root)
-        if (root / "outcomes").is_dir():
+        if not _real_dir(root):
+            continue
+        if _real_dir(root / "outcomes"):
             found.append(root)
             continue
         for outcomes in sorted(root.rglob("outcomes")):
-            if outcomes.is_dir() and not any(p.is_symlink() for p in (outcomes, outcomes.parent)):
+            between = [outcomes, *outcomes.relative_to(root).parents]
+            if all(_real_dir(root / p) for p in between):
                 found.append(outcomes.parent)
     return sorted(set(found))
 
@@ -70,11 +99,15 @@ def merge_artifacts(roots: Sequence[Path], run_dir: Path, *,
     owner: dict[str, Path] = {}
     for part in runs:
         report.parts.append(str(part))
-        manifest = read_json(part / "run.json")
+        manifest = _read_real_json(part / "run.json")
         if isinstance(manifest, dict):
             manifests.append(manifest)
         for outcome_path in sorted((part / "outcomes").glob("*.json")):
             cell_id = outcome_path.stem
+            why = _unusable_outcome(outcome_path, cell_id)
+            if why:  # never counted: a cell is what a valid outcome of its own name says
+                report.notes.append(f"{outcome_path}: skipped: {why}")
+                continue
             if cell_id in owner:
                 report.notes.append(f"cell {cell_id}: in {owner[cell_id]} and {part}; kept the "
                                     "first")
@@ -95,23 +128,45 @@ def merge_artifacts(roots: Sequence[Path], run_dir: Path, *,
     return report
 
 
+def _unusable_outcome(path: Path, cell_id: str) -> str | None:
+    if not _real_file(path):
+        return "a symlink or not a regular file"
+    if not _CELL_ID.match(cell_id):
+        return "not a cell id"
+    loaded = load_outcome(path)
+    if isinstance(loaded, str):
+        return loaded
+    if loaded.cell != cell_id:
+        return f"the record is for cell {loaded.cell!r}, not its file name"
+    return None
+
+
 def _copy_cell(part: Path, run_dir: Path, cell_id: str) -> None:
     for sub in PER_CELL_DIRS:
         src = part / sub
-        if not src.is_dir():
+        if not _real_dir(src):
             continue
         for path in src.iterdir():
-            if path.is_symlink():
-                continue
             name = path.name
             if not (name == cell_id or name.startswith(cell_id + ".")):
                 continue
             dest = run_dir / sub / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_dir():
-                shutil.copytree(path, dest, symlinks=False, dirs_exist_ok=True)
-            else:
-                shutil.copyfile(path, dest)
+            if _real_dir(path):
+                _copy_tree_without_links(path, dest)
+            elif _real_file(path):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest, follow_symlinks=False)
+
+
+def _copy_tree_without_links(src: Path, dest: Path) -> None:
+    """Regular files and folders only: symlinks, fifos and devices are left behind."""
+    for folder, dirs, files in os.walk(src, followlinks=False):
+        rel = Path(folder).relative_to(src)
+        dirs[:] = [d for d in dirs if _real_dir(Path(folder) / d)]
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if _real_file(Path(folder) / name):
+                shutil.copyfile(Path(folder) / name, dest / rel / name, follow_symlinks=False)
 
 
 def _manifest(run_dir: Path, manifests: list[dict[str, Any]],

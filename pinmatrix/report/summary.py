@@ -49,8 +49,12 @@ class CellRow:
 def merge(run_dir: Path) -> dict[str, Any]:
     """The summary of one run folder, as the JSON-able dict written to summary.json."""
     run_dir = Path(run_dir)
-    run_meta = read_json(run_dir / "run.json") or {}
+    run_meta = read_json(run_dir / "run.json")
     damaged: list[Damaged] = []
+    if (run_dir / "run.json").exists() and not isinstance(run_meta, dict):
+        # a run.json that is there but unreadable is said, not taken for an empty run (issue 17)
+        damaged.append(Damaged(run_dir / "run.json", "not a readable JSON object"))
+    run_meta = run_meta if isinstance(run_meta, dict) else {}
     outcomes: dict[str, Outcome] = {}
     for path in sorted((run_dir / "outcomes").glob("*.json")):
         loaded = load_outcome(path)
@@ -82,7 +86,7 @@ def merge(run_dir: Path) -> dict[str, Any]:
     ]
     columns = _columns(rows)
     failures = _failures(rows)
-    summary = {
+    summary: dict[str, Any] = {
         "run": run_meta,
         "run_dir": str(run_dir),
         "verdict": verdict_line(rows),

@@ -113,3 +113,27 @@ def disk_full(exc: OSError) -> bool:
 def disk_full_reason(exc: OSError) -> str:
     where = f" writing {exc.filename}" if exc.filename else ""
     return f"the reports folder is full ({exc.strerror}{where})"
+
+
+RUN_MARKERS = ("run.json", "outcomes", "cells")
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder `matrix`, `merge` or a shard wrote: it holds run.json, outcomes/ or cells/."""
+    return any((Path(path) / marker).exists() for marker in RUN_MARKERS)
+
+
+def check_run_folder(path: Path, flag: str) -> None:
+    """UsageError unless `path` is a run folder; a folder of runs (reports/) names its newest run,
+    so that `report --run reports/` never writes a "0 cells" summary into the reports folder."""
+    from pinmatrix.errors import UsageError
+
+    path = Path(path)
+    if is_run_folder(path):
+        return
+    runs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.is_symlink()
+                  and is_run_folder(p))
+    if runs:
+        raise UsageError(f"{flag} {path}: a folder of {len(runs)} runs, not a run; pass one, e.g. "
+                         f"--run {path / runs[-1]}")
+    raise UsageError(f"{flag} {path}: not a run folder (no run.json, outcomes/ or cells/)")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Union
 
+from pinmatrix import interrupt
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import InfraError
 from pinmatrix.fsio import copy_atomic, write_json_atomic, write_text_atomic
@@ -88,6 +89,9 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
         shutil.copyfile(build_log, kept_log)
 
     outcome.stage = "run"
+    if interrupt.INTERRUPTED.is_set():  # built after the interrupt: start no probe
+        return _finish(outcome, run_dir, "infra", interrupt.REASON, interrupt.SIGNATURE, "run_s",
+                       time.monotonic())
     work = run_dir / "work" / cell.id
     work.mkdir(parents=True, exist_ok=True)
     spec_path = work / "cell.json"

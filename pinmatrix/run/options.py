@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 import argparse
-from typing import Any, Callable, Mapping, Sequence
+import math
+import os
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome
@@ -125,6 +127,10 @@ class Option:
     forward: str = ""
     to_field: Callable[[Any], Any] | None = None  # parsed value → RunOptions value
     env: tuple[str, ...] = ()  # read when the option is absent (pinmatrix/sources.py)
+    # check(value, args) raises UsageError naming the flag; called at parse time, before anything
+    # is written, whenever the option was given (or has a default), so a bad value or a
+    # contradiction with another option never reaches resolve or build (issue 17)
+    check: Callable[[Any, argparse.Namespace], None] | None = None
 
     @property
     def dest(self) -> str:
@@ -168,6 +174,89 @@ class Option:
         return [self.flag, str(value)]
 
 
+# --- checks run at parse time (Option.check) ------------------------------------------------
+MAX_SECONDS = 7 * 24 * 3600.0  # a timeout past a week is a typo
+MAX_JOBS = 256
+_BUILDS = ("matrix", "nightly", "run-cell", "resolve")  # commands whose folders a container mounts
+# docker's --mount syntax splits on them (pinmatrix/runners/container_args.py)
+MOUNT_UNSAFE = (",", "=")
+
+
+def _bad(flag: str, value: Any, why: str) -> NoReturn:
+    from pinmatrix.errors import UsageError
+
+    shown = str(value)
+    shown = shown if len(shown) <= 80 else f"{shown[:80]}... ({len(shown)} characters)"
+    raise UsageError(f"{flag} {shown!r}: {why}")
+
+
+def _docker_may_run(args: argparse.Namespace) -> bool:
+    return getattr(args, "runner", "auto") in ("auto", "docker")
+
+
+def _seconds(flag: str) -> Callable[[Any, argparse.Namespace], None]:
+    def check(value: float, args: argparse.Namespace) -> None:
+        if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):  # nan, inf, 0, negatives
+            _bad(flag, value, f"must be a finite number of seconds, more than 0 and at most "
+                              f"{MAX_SECONDS:.0f}")
+    return check
+
+
+def _count(flag: str, low: int, high: int) -> Callable[[Any, argparse.Namespace], None]:
+    def check(value: int, args: argparse.Namespace) -> None:
+        if not low <= value <= high:
+            _bad(flag, value, f"must be from {low} to {high}")
+    return check
+
+
+def _folder_to_write(flag: str, *, mounted: bool) -> Callable[[Any, argparse.Namespace], None]:
+    """A folder the run writes into: it may not exist yet, but nothing in its way may be a file,
+    the nearest existing folder must be writable, and where docker mounts it, no ',' or '='."""
+    def check(value: Path, args: argparse.Namespace) -> None:
+        if args.command == "list":  # reads the matrix only; writes nothing
+            return
+        path = Path(value).resolve()
+        if (mounted and args.command in _BUILDS and _docker_may_run(args)
+                and any(c in str(path) for c in MOUNT_UNSAFE)):
+            _bad(flag, path, "docker cannot mount a path with ',' or '=' in it; rename the "
+                             "folder or use --runner venv")
+        for parent in (path, *path.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    _bad(flag, value, f"{parent} is a file, not a folder")
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    _bad(flag, value, f"{parent} is not writable")
+                return
+    return check
+
+
+def _folder_to_read(flag: str) -> Callable[[Any, argparse.Namespace], None]:
+    def check(value: Path, args: argparse.Namespace) -> None:
+        if not Path(value).is_dir():
+            _bad(flag, value, "no such folder" if not Path(value).exists() else "not a folder")
+    return check
+
+
+def _find_links(value: list[str], args: argparse.Namespace) -> None:
+    # a URL is the index's business; a local folder must be there, or every cell ends `infra`
+    for link in value:
+        local = link[len("file://"):] if link.startswith("file://") else link
+        if "://" in local:
+            continue
+        if not Path(local).exists():
+            _bad("--find-links", link, "no such folder")
+        if _docker_may_run(args) and any(c in str(Path(local).resolve()) for c in MOUNT_UNSAFE):
+            _bad("--find-links", link, "docker cannot mount a path with ',' or '=' in it")
+
+
+def _no_install(value: bool, args: argparse.Namespace) -> None:
+    if value and getattr(args, "runner", "auto") == "docker":
+        from pinmatrix.errors import UsageError
+
+        raise UsageError("--no-install with --runner docker: --no-install tests what a venv "
+                         "already holds; the docker runner always installs the lock")
+
+
 def _sources_help(field: str) -> tuple[str, ...]:
     from pinmatrix.sources import SOURCE_ENV
 
@@ -208,6 +297,7 @@ OPTIONS: tuple[Option, ...] = (
         type=Path,
         default=REPO_ROOT / "reports",
         forward="path",
+        check=_folder_to_write("--reports", mounted=True),
     ),
     Option(
         "--runner",
@@ -231,6 +321,7 @@ OPTIONS: tuple[Option, ...] = (
         type=float,
         metavar="S",
         forward="value",
+        check=_seconds("--timeout"),
     ),
     Option(
         "--check-timeout",
@@ -240,6 +331,7 @@ OPTIONS: tuple[Option, ...] = (
         type=float,
         metavar="S",
         forward="value",
+        check=_seconds("--check-timeout"),
     ),
     Option(
         "--no-flaky-rerun",
@@ -257,6 +349,7 @@ OPTIONS: tuple[Option, ...] = (
         type=Path,
         metavar="DIR",
         forward="path",
+        check=_folder_to_write("--model-cache", mounted=True),
     ),
     Option(
         "--model-hub",
@@ -344,6 +437,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="DIR",
         forward="value",
         env=_sources_help("find_links"),
+        check=_find_links,
     ),
     Option(
         "--ca-bundle",
@@ -370,6 +464,7 @@ OPTIONS: tuple[Option, ...] = (
         group=VENV,
         type=Path,
         forward="path",
+        check=_folder_to_write("--venv-dir", mounted=False),
     ),
     Option(
         "--system-site-packages",
@@ -394,6 +489,7 @@ OPTIONS: tuple[Option, ...] = (
         group=VENV,
         action="store_true",
         forward="value",
+        check=_no_install,
     ),
     Option(
         "--extra-site",
@@ -436,7 +532,8 @@ OPTIONS: tuple[Option, ...] = (
         forward="value",
     ),
     # per command
-    Option("--run", "run folder (default: reports/latest)", commands=("report",), type=Path),
+    Option("--run", "run folder (default: reports/latest)", commands=("report",), type=Path,
+           check=_folder_to_read("--run")),
     Option(
         "--pins-for",
         "also write the pin that fits: route=remote-code|llamafied|exaone4|any, "
@@ -455,6 +552,7 @@ OPTIONS: tuple[Option, ...] = (
         commands=("report", "nightly", "merge"),
         type=Path,
         metavar="DIR",
+        check=_folder_to_read("--previous"),
     ),
     Option(
         "--history",
@@ -517,6 +615,7 @@ OPTIONS: tuple[Option, ...] = (
         type=int,
         default=2,
         metavar="N",
+        check=_count("--build-jobs", 1, MAX_JOBS),
     ),
     Option(
         "--cpu-jobs",
@@ -527,6 +626,7 @@ OPTIONS: tuple[Option, ...] = (
         type=int,
         default=1,
         metavar="N",
+        check=_count("--cpu-jobs", 1, MAX_JOBS),
     ),
     Option(
         "--shard",
@@ -545,6 +645,7 @@ OPTIONS: tuple[Option, ...] = (
         group=SCALE,
         type=Path,
         metavar="DIR",
+        check=_folder_to_write("--run-dir", mounted=True),
     ),
     Option(
         "--no-live",
@@ -580,6 +681,7 @@ OPTIONS: tuple[Option, ...] = (
         group=SLURM,
         type=float,
         metavar="S",
+        check=_seconds("--slurm-deadline"),
     ),
     Option(
         "--slurm-poll",
@@ -589,6 +691,7 @@ OPTIONS: tuple[Option, ...] = (
         type=float,
         default=10.0,
         metavar="S",
+        check=_seconds("--slurm-poll"),
     ),
     # run-cell: one Slurm array task (pinmatrix/run/slurm.py)
     Option(
@@ -599,6 +702,7 @@ OPTIONS: tuple[Option, ...] = (
         type=Path,
         required=True,
         metavar="DIR",
+        check=_folder_to_read("--run-dir"),
     ),
     Option(
         "--index",
@@ -606,6 +710,7 @@ OPTIONS: tuple[Option, ...] = (
         commands=("run-cell",),
         type=int,
         metavar="N",
+        check=_count("--index", 0, 10_000_000),
     ),
 )
 # RunOptions fields a Slurm task sets itself rather than receiving: the session picks the cell, the
@@ -632,6 +737,14 @@ TASK_OWN_FIELDS = frozenset(
 
 def options_for(command: str) -> list[Option]:
     return [o for o in OPTIONS if command in o.commands]
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Every declared check of the command's options, on what was parsed (UsageError, exit 2)."""
+    for option in options_for(args.command):
+        value = getattr(args, option.dest, None)
+        if option.check is not None and value is not None and value != []:
+            option.check(value, args)
 
 
 def parse_gpus(text: str | None) -> list[str] | None:

@@ -17,6 +17,7 @@ from pinmatrix.errors import HarnessError
 from pinmatrix.fsio import utc_now, write_json_atomic, write_text_atomic
 from pinmatrix.outcome import Outcome
 from pinmatrix.probes_source import probes_digest
+from pinmatrix import interrupt
 from pinmatrix.report.write import write_report
 from pinmatrix.run.folder import (
     disk_full,
@@ -163,6 +164,12 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
             stop.set(disk_full_reason(exc))
             drop_orphan_result(run_dir, cell.id)
             return stop.skipped(cell, kind, run_dir)
+        if interrupt.INTERRUPTED.is_set() and outcome.result is None and outcome.status == "infra":
+            # cut short by the interrupt (a killed build reads as a build failure): say so, and
+            # let --resume run it again
+            outcome.reason = f"{interrupt.REASON} (stage {outcome.stage}; {_short(outcome.reason)})"
+            outcome.signature = interrupt.SIGNATURE
+            outcome.write(run_dir)
         if outcome.signature == "engine-unreachable":
             stop.set(f"the Docker engine became unreachable ({_short(outcome.reason)})")
         if outcome.status == "infra":  # one cause, said once: the next cells point at the first

@@ -31,6 +31,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
+from pinmatrix import interrupt
 from pinmatrix.errors import SchedulerError
 from pinmatrix.run.progress import Progress
 
@@ -195,6 +196,7 @@ class Scheduler(Generic[C, T]):
         """Every item's result, in the items' order. A task that raises yields on_error's value
         instead."""
         results: list[T | None] = [None] * len(items)
+        interrupt.INTERRUPTED.clear()  # a run in a process that was interrupted before starts clean
 
         def one(index: int) -> None:
             item = items[index]
@@ -214,9 +216,11 @@ class Scheduler(Generic[C, T]):
             for future in futures:
                 future.result()  # re-raises only what on_error itself raised
         except BaseException:
-            # Ctrl-C: start no queued cell; the running ones end with their subprocesses (same
-            # signal).
-            executor.shutdown(wait=False, cancel_futures=True)
+            # Ctrl-C or SIGTERM: start no queued cell; the running ones see INTERRUPTED, stop their
+            # probe and write an `infra: interrupted` outcome, which is waited for, so that the
+            # summary written next counts them (pinmatrix/interrupt.py)
+            interrupt.INTERRUPTED.set()
+            executor.shutdown(wait=True, cancel_futures=True)
             raise
         executor.shutdown(wait=True)
         return results  # type: ignore[return-value]

@@ -27,17 +27,24 @@ from typing import Any, Sequence
 from pinmatrix.cell import Cell
 from pinmatrix.errors import ShardError
 
-_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+# More shards than the matrix can have cells (load.MAX_COMBINATIONS) are empty; the bound keeps
+# `--shard 1/99999999999999999999999` from allocating a list per shard.
+MAX_SHARDS = 5000
+_SHARD = re.compile(r"^\s*(\d{1,12})\s*/\s*(\d{1,12})\s*$")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
     """"2/4" → (2, 4); 1-based, 1 ≤ i ≤ n."""
     m = _SHARD.match(text or "")
     if not m:
-        raise ShardError(f"--shard {text!r}: expected i/n, e.g. 1/4")
+        shown = text if len(text or "") <= 60 else f"{text[:60]}..."
+        raise ShardError(f"--shard {shown!r}: expected i/n (at most {MAX_SHARDS} shards), e.g. 1/4")
     i, n = int(m.group(1)), int(m.group(2))
     if n < 1 or not 1 <= i <= n:
         raise ShardError(f"--shard {text!r}: need 1 ≤ i ≤ n")
+    if n > MAX_SHARDS:
+        raise ShardError(f"--shard {text!r}: at most {MAX_SHARDS} shards (a matrix has at most "
+                         "that many cells)")
     return i, n
 
 
@@ -50,8 +57,8 @@ def image_key(cell: Cell) -> str:
 
 def partition(cells: Sequence[Cell], n: int) -> list[list[Cell]]:
     """The n shards, each sorted by cell id."""
-    if n < 1:
-        raise ShardError("the number of shards must be at least 1")
+    if not 1 <= n <= MAX_SHARDS:
+        raise ShardError(f"the number of shards must be from 1 to {MAX_SHARDS}")
     ordered = sorted(cells, key=lambda c: c.id)
     if len({c.id for c in ordered}) != len(ordered):
         raise ShardError("two cells share an id; sharding needs unique ids")

@@ -122,7 +122,13 @@ def _resume_target(reports_dir: Path, which: str) -> Path:
             raise ResumeError(f"--resume: no unfinished run under {reports_dir}")
         return found
     for candidate in (Path(which), reports_dir / which):
-        if (candidate / "run.json").is_file():
+        manifest = candidate / "run.json"
+        if manifest.is_file():
+            # a run folder the resume will write into: never through a symlinked run.json, which
+            # would make the resumed run record itself somewhere else (issue 17)
+            if manifest.is_symlink():
+                raise ResumeError(f"--resume {which}: {manifest} is a symlink; resume the run "
+                                  "folder it belongs to")
             return candidate
     raise ResumeError(f"--resume {which}: no run folder with a run.json there or under "
                       f"{reports_dir}")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from pinmatrix import interrupt
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.errors import InfraError
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
@@ -387,21 +388,33 @@ class DockerRunner:
             made = self._docker(*create)
             if made.returncode != 0:
                 return self._engine_failure("container could not be created", made.stderr, log_path)
-            timed_out = False
-            try:
-                started = subprocess.run(self.engine.cmd("start", "--attach", name),
-                                         capture_output=True,
-                                         text=True, timeout=timeout_s, check=False)
-                output = started.stdout + started.stderr
-            except subprocess.TimeoutExpired as exc:
-                timed_out = True
-                self._docker("kill", name)
-                output = _text(exc.stdout) + _text(exc.stderr)
-            output += self._docker("logs", name).stdout if not output else ""
-            log_path.write_text(output)
+            timed_out = interrupted = False
+            with open(log_path, "w", encoding="utf-8", errors="replace") as log:
+                attached = subprocess.Popen(self.engine.cmd("start", "--attach", name),
+                                            stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    # polls pinmatrix.interrupt: Ctrl-C or SIGTERM to the harness alone stops the
+                    # container too, instead of leaving it to run to its timeout
+                    interrupted = interrupt.wait(attached, timeout_s) is None
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                if timed_out or interrupted:
+                    self._docker("kill", name)
+                    try:
+                        attached.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        attached.kill()
+                        attached.wait()
+            output = log_path.read_text(encoding="utf-8", errors="replace")
+            if not output:
+                output = self._docker("logs", name).stdout
+                log_path.write_text(output)
             if timed_out:
                 return RunOutcome(None, f"probe timed out after {timeout_s:g}s (container killed)",
                                   "timeout", tail(output))
+            if interrupted:
+                return RunOutcome(None, f"{interrupt.REASON}; the container was killed",
+                                  interrupt.SIGNATURE, tail(output))
             exit = self._exit_of(name)
             if exit is None:
                 return self._engine_failure("container state unknown after run", output, log_path)
@@ -577,9 +590,3 @@ def _redacted(cmd: Sequence[str]) -> str:
 
 def _container_name_part(value: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]+", "_", value).strip("._-") or "cell"
-
-
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    return data if isinstance(data, str) else data.decode(errors="replace")

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from pinmatrix.cell import NONE, normalize_name
 
@@ -68,5 +68,5 @@ def same_version(a: str, b: str) -> bool:
     version."""
     try:
         return Version(a) == Version(b)
-    except InvalidVersion:
+    except ValueError:  # InvalidVersion, or too many digits for int()
         return a == b

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from pinmatrix.cell import NONE, Cell, Lock, normalize_name
 from pinmatrix.resolve.uv import ResolveInfraError
@@ -81,7 +81,7 @@ def _satisfies(installed: str, pin: str) -> bool:
         # "==2.11.0" admits "2.11.0+cu130" (PEP 440 local labels), which is how CUDA builds report
         # themselves.
         return Version(installed) in SpecifierSet(spec)
-    except (InvalidVersion, InvalidSpecifier):
+    except ValueError:  # InvalidVersion/InvalidSpecifier, or too many digits
         return installed == pin
 
 

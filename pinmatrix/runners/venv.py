@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from pinmatrix import interrupt
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.runners.interpreters import (
     missing_python_message,
@@ -374,7 +375,7 @@ class VenvRunner:
                 start_new_session=True,
             )
             try:
-                code = proc.wait(timeout=timeout_s)
+                code = interrupt.wait(proc, timeout_s)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 return RunOutcome(
@@ -383,6 +384,10 @@ class VenvRunner:
                     "timeout",
                     _read_tail(log_path),
                 )
+            if code is None:  # the run was interrupted: the probe is killed, not waited for
+                _kill_group(proc)
+                return RunOutcome(None, f"{interrupt.REASON}; the probe was killed",
+                                  interrupt.SIGNATURE, _read_tail(log_path))
         log_tail = _read_tail(log_path)
         if not result.is_file():
             return RunOutcome(

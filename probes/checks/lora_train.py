@@ -31,10 +31,21 @@ LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_p
 
 LORA_RANK = 16
 LORA_ALPHA = 32
-# The loss must fall to at most this fraction of its starting level (mean of the last k steps over the
-# mean of the first k). A model that memorises one repeated batch clears it easily; a stuck loss
-# (ratio ~1.0) or noise around a constant does not.
-MAX_LOSS_RATIO = 0.95
+# The learning bar (issue 17). Training repeats one fixed batch with no dropout, and LoRA's B starts at
+# zero, so losses[0] is exactly the untrained model's loss on that batch: the reference needs no
+# window. The end is the mean of the last END_WINDOW steps (fewer when the run is shorter; never step 0),
+# which steadies a high lr's step-to-step wobble. A stack that cannot learn (lr 0, no gradient reaching
+# the adapters) repeats losses[0] exactly, ratio 1.0; a stack that learns is below MAX_LOSS_RATIO for
+# every step count from MIN_STEPS, at every lr in LR_RANGE and batch in BATCH_RANGE (measured on the
+# fixture: the weakest, lr 1e-3 x batch 16 after 4 steps, is 0.9959; a settled 400-step run ~0.79).
+# The old bar, mean(last quarter) / mean(first quarter) <= 0.95, failed working stacks: over 400 steps
+# the loss settles inside the first quarter (0.9757), and over 2 to 4 steps one update is < 5%.
+MAX_LOSS_RATIO = 0.998
+END_WINDOW = 3
+MIN_STEPS = 4
+MAX_STEPS = 10_000          # pinmatrix/matrix/load.py SETTING_BOUNDS["lora_steps"]
+LR_RANGE = (1e-3, 2e-2)     # where the bar is verified (tests/unit/test_checks_training.py)
+BATCH_RANGE = (1, 16)
 
 
 @dataclass(frozen=True)
@@ -49,14 +60,15 @@ class LoraRun:
 
     @property
     def window(self) -> int:
-        """k: how many steps are averaged at each end of the loss curve."""
-        return max(1, self.steps // 4)
+        """k: how many of the last steps are averaged (never step 0, the reference)."""
+        return max(1, min(END_WINDOW, self.steps - 1))
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> "LoraRun":
         steps = int(settings.get("lora_steps", cls.steps))
-        if steps < 2:
-            raise ValueError(f"settings.lora_steps must be >= 2 to see the loss fall, got {steps}")
+        if not MIN_STEPS <= steps <= MAX_STEPS:
+            raise ValueError(f"settings.lora_steps must be from {MIN_STEPS} (to see the loss fall) "
+                             f"to {MAX_STEPS}, got {steps}")
         return cls(
             steps=steps,
             lr=float(settings.get("lora_lr", cls.lr)),
@@ -271,17 +283,18 @@ def run_lora_steps(model: Any, input_ids: Any, *, steps: int, lr: float) -> Trai
 
 def judge_lora_training(record: TrainRecord, run: LoraRun) -> dict[str, Any]:
     """Evidence for a pass, or Failed naming every bar that was missed (with the same evidence)."""
-    k = run.window
     losses = record.losses
+    k = max(1, min(run.window, len(losses) - 1))
     finite = all(math.isfinite(x) for x in losses)
-    first = sum(losses[:k]) / k
-    last = sum(losses[-k:]) / k
-    ratio = last / first if finite and first > 0 else float("nan")
+    start = losses[0] if losses else float("nan")
+    end = sum(losses[-k:]) / k if losses else float("nan")
+    ratio = end / start if finite and len(losses) >= 2 and start > 0 else float("nan")
     evidence: dict[str, Any] = {
         "steps": run.steps, "lr": run.lr, "batch": run.batch, "seq": run.seq, "seed": run.seed,
         "losses": [round(x, 6) if math.isfinite(x) else str(x) for x in losses],
-        "first_k_mean": first, "last_k_mean": last, "k": k, "drop_ratio": ratio,
-        "loss_bar": f"every loss finite and mean(last {k}) <= {MAX_LOSS_RATIO} x mean(first {k})",
+        "start_loss": start, "end_k_mean": end, "k": k, "drop_ratio": ratio,
+        "loss_bar": f"every loss finite and mean(last {k}) <= {MAX_LOSS_RATIO} x the loss before "
+                    "training (step 0)",
         "lora_tensors": len(record.lora_names),
         "lora_params": record.lora_numel,
         "zero_grad_lora_tensors": len(record.never_nonzero_grad),
@@ -305,7 +318,7 @@ def judge_lora_training(record: TrainRecord, run: LoraRun) -> dict[str, Any]:
         bad = next(i for i, x in enumerate(losses) if not math.isfinite(x))
         problems.append(f"loss not finite at step {bad} ({losses[bad]})")
     elif not ratio <= MAX_LOSS_RATIO:
-        problems.append(f"loss did not fall: mean(last {k}) / mean(first {k}) = {ratio:.4f} > {MAX_LOSS_RATIO}")
+        problems.append(f"loss did not fall: mean(last {k}) / loss at step 0 = {ratio:.4f} > {MAX_LOSS_RATIO}")
     if record.never_nonzero_grad:
         problems.append(f"{len(record.never_nonzero_grad)} of {len(record.lora_names)} LoRA tensors never got a "
                         f"non-zero gradient (e.g. {record.never_nonzero_grad[0]})")

@@ -429,3 +429,27 @@ def test_hang_is_killed_at_the_cell_timeout(engine: Engine, fake: dict[str, Any]
 def test_no_result_is_classified(fake: dict[str, Any], workdir: Path) -> None:
     outcome = _run_fake(fake, workdir, "exit3", fault="exit3")
     assert outcome.result_path is None and outcome.signature == "probe-exit-3"
+
+
+def test_interrupt_kills_the_running_container(engine: Engine, fake: dict[str, Any],
+                                               workdir: Path) -> None:
+    """Issue 17: Ctrl-C or SIGTERM to the harness alone (pinmatrix.interrupt) stops a running probe
+    container at once and says so, instead of waiting for the cell timeout."""
+    import threading
+
+    from pinmatrix import interrupt
+
+    timer = threading.Timer(5, interrupt.INTERRUPTED.set)
+    started = time.monotonic()
+    timer.start()
+    try:
+        outcome = _run_fake(fake, workdir, "interrupted", timeout_s=600, fault="hang")
+    finally:
+        timer.cancel()
+        interrupt.INTERRUPTED.clear()
+    assert outcome.signature == "interrupted" and outcome.result_path is None, outcome
+    assert time.monotonic() - started < 120
+    left = subprocess.run(engine.cmd("ps", "-a", "--filter", "name=pinmatrix-", "--format",
+                                     "{{.Names}}"),
+                          capture_output=True, text=True).stdout
+    assert "fake" not in left, f"container left behind: {left}"

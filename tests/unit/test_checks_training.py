@@ -10,6 +10,7 @@ drops tokens, a non-deterministic head, an adapter that is a no-op.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +173,69 @@ def test_lora_train_fails_on_a_non_finite_loss(shared: dict[str, Any]) -> None:
 
 
 def test_lora_settings_are_validated() -> None:
-    with pytest.raises(ValueError, match="lora_steps"):
-        lora_train.LoraRun.from_settings({"lora_steps": 1})
+    for steps in (1, lora_train.MIN_STEPS - 1, lora_train.MAX_STEPS + 1):
+        with pytest.raises(ValueError, match="lora_steps"):
+            lora_train.LoraRun.from_settings({"lora_steps": steps})
     assert lora_train.LoraRun.from_settings({}).steps == 12
+
+
+# The learning bar over the allowed range (issue 17: lora_steps 400 made a working stack `broken`).
+# Training is deterministic with a constant lr, so the first n losses of one long run are exactly
+# the losses of an n-step run (checked below): judging every prefix of one run judges every step
+# count up to its length, at the price of one run.
+LONG_RUN = 400
+
+
+def _curve(shared: dict[str, Any], *, steps: int, lr: float, batch: int) -> Any:
+    ctx = make_ctx(shared)
+    model = peft_model(ctx)
+    ids = lora_train.fixed_batch(512, batch, 32, 0, "cpu")
+    return lora_train.run_lora_steps(model, ids, steps=steps, lr=lr)
+
+
+def _verdicts(record: Any, *, lr: float, batch: int) -> dict[int, str | None]:
+    """n -> None (pass) or the failure message, judging the first n losses as an n-step run."""
+    out: dict[int, str | None] = {}
+    for n in range(lora_train.MIN_STEPS, len(record.losses) + 1):
+        run = lora_train.LoraRun(steps=n, lr=lr, batch=batch)
+        try:
+            lora_train.judge_lora_training(dataclasses.replace(record, losses=record.losses[:n]),
+                                           run)
+            out[n] = None
+        except Failed as exc:
+            out[n] = exc.message
+    return out
+
+
+def test_a_prefix_of_a_long_run_is_the_short_run(shared: dict[str, Any]) -> None:
+    short = _curve(shared, steps=lora_train.MIN_STEPS + 2, lr=5e-3, batch=2)
+    long = _curve(shared, steps=lora_train.MIN_STEPS + 8, lr=5e-3, batch=2)
+    assert short.losses == long.losses[: len(short.losses)]
+
+
+def test_the_bar_passes_a_learning_stack_at_every_step_count_to_400(shared: dict[str, Any]) -> None:
+    record = _curve(shared, steps=LONG_RUN, lr=5e-3, batch=2)  # LoraRun's defaults
+    failed = {n: why for n, why in _verdicts(record, lr=5e-3, batch=2).items() if why}
+    assert failed == {}, list(failed.items())[:3]
+
+
+@pytest.mark.parametrize("lr", lora_train.LR_RANGE)
+@pytest.mark.parametrize("batch", lora_train.BATCH_RANGE)
+def test_the_bar_passes_a_learning_stack_at_the_corners_of_lr_and_batch(
+    shared: dict[str, Any], lr: float, batch: int
+) -> None:
+    record = _curve(shared, steps=40, lr=lr, batch=batch)
+    failed = {n: why for n, why in _verdicts(record, lr=lr, batch=batch).items() if why}
+    assert failed == {}, list(failed.items())[:3]
+
+
+@pytest.mark.parametrize("batch", lora_train.BATCH_RANGE)
+def test_the_bar_fails_a_stack_that_cannot_learn_at_every_step_count(
+    shared: dict[str, Any], batch: int
+) -> None:
+    record = _curve(shared, steps=40, lr=0.0, batch=batch)
+    verdicts = _verdicts(record, lr=0.0, batch=batch)
+    assert all(why and "loss did not fall" in why for why in verdicts.values()), verdicts
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_missing_matrix_file_exits_2(capsys, tmp_path):
     (["frob"], "unknown command 'frob'"),
     (["list", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["list", "--timeout", "abc"], "invalid float value"),
-    (["matrix", "--timeout", "-5"], "must be positive"),
+    (["matrix", "--timeout", "-5"], "more than 0"),
 ])
 def test_usage_errors_exit_2(capsys, argv, words):
     code, _, err = run(capsys, *argv)

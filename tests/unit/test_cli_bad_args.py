@@ -41,6 +41,20 @@ BAD = [
     ("shard-out-of-range", ["--shard", "3/2"], "--shard"),
     ("shard-garbage", ["--shard", "half"], "--shard"),
     ("gpus-garbage", ["--gpus", "zero,;rm"], "--gpus"),
+    # issue 17: values that used to pass here and fail (or eat memory) later
+    ("shard-huge", ["--shard", "1/99999999999999999999999"], "--shard"),
+    ("shard-past-cap", ["--shard", "1/5001"], "--shard"),
+    ("shard-5000-digits", ["--shard", "1/" + "9" * 5000], "--shard"),
+    ("find-links-missing", ["--find-links", "/nonexistent/wheels"], "/nonexistent/wheels"),
+    ("find-links-file-url-missing", ["--find-links", "file:///nonexistent/wheels"],
+     "/nonexistent/wheels"),
+    ("docker-no-install", ["--runner", "docker", "--no-install"], "--no-install"),
+    ("timeout-past-a-week", ["--timeout", "1e300"], "--timeout"),
+    ("build-jobs-huge", ["--build-jobs", "99999999999"], "--build-jobs"),
+    ("cpu-jobs-zero", ["--cpu-jobs", "0"], "--cpu-jobs"),
+    ("slurm-poll-nan", ["--slurm-poll", "nan"], "--slurm-poll"),
+    ("previous-on-matrix", ["--previous", "/nonexistent/run"], "--previous"),  # not its option
+    ("resume-with-shard", ["--resume", "--shard", "1/2"], "--resume"),
 ]
 
 
@@ -116,3 +130,74 @@ def test_hostile_base_image_stops_at_the_matrix_and_at_the_runner(
     with pytest.raises(ValueError):
         DockerRunner(engine=None, sources=None, reports_dir=tmp_path,  # type: ignore[arg-type]
                      base_image=image)
+
+
+# issue 17: a path argument that cannot be what it names; built in tmp_path
+PATH_CASES = [
+    ("reports-is-a-file", lambda t: ["--reports", str(t / "afile")], "--reports"),
+    ("run-dir-is-a-file", lambda t: ["--run-dir", str(t / "afile")], "--run-dir"),
+    ("run-dir-under-a-file", lambda t: ["--run-dir", str(t / "afile" / "run")], "--run-dir"),
+    ("reports-with-a-comma-for-docker",
+     lambda t: ["--runner", "docker", "--reports", str(t / "a,b")], "--reports"),
+    ("model-cache-is-a-file", lambda t: ["--model-cache", str(t / "afile")], "--model-cache"),
+    ("venv-dir-is-a-file", lambda t: ["--venv-dir", str(t / "afile")], "--venv-dir"),
+    ("matrix-is-a-folder", lambda t: ["--matrix", str(t)], "Is a directory"),
+]
+
+
+@pytest.mark.parametrize("case, build, named", PATH_CASES, ids=[c[0] for c in PATH_CASES])
+def test_bad_path_argument_exits_2_and_writes_nothing(tmp_path: Path, case, build, named) -> None:
+    (tmp_path / "afile").write_text("not a folder\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    proc = _run(build(tmp_path), tmp_path / "reports")
+    assert proc.returncode == 2, f"{case}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and named in errors[0], proc.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_read_only_reports_folder_exits_2(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    reports.chmod(0o555)
+    try:
+        proc = _run([], reports)
+    finally:
+        reports.chmod(0o755)
+    assert proc.returncode == 2 and "not writable" in proc.stderr, proc.stderr
+    assert list(reports.iterdir()) == []
+
+
+def test_matrix_values_past_their_bounds_exit_2_naming_the_position(tmp_path: Path) -> None:
+    """The issue's matrix cases through the real command: file:line:col, exit 2, nothing
+    written."""
+    text = CI.read_text()
+    # (the file's own line, its hostile replacement, what the message names)
+    cases = [
+        ("lora_steps: 12", "lora_steps: " + "1" * 5001, "lora_steps"),
+        ("lora_steps: 12", 'lora_steps: !!int "twelve"', "lora_steps"),
+        ("cell_timeout_s: 1800", "cell_timeout_s: .inf", "cell_timeout_s"),
+        ("throughput: {batch: 1,", "throughput: {batch: 1e9,", "throughput.batch"),
+    ]
+    for good, bad, named in cases:
+        assert good in text
+        matrix = tmp_path / "m.yaml"
+        matrix.write_text(text.replace(good, bad))
+        line = 1 + [i for i, t in enumerate(matrix.read_text().splitlines()) if bad in t][0]
+        proc = _run(["--matrix", str(matrix)], tmp_path / "reports")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{matrix}:{line}:" in proc.stderr and named in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and len(proc.stderr) < 400
+        assert not (tmp_path / "reports").exists()
+
+
+def test_reports_folder_that_cannot_be_made_exits_2_naming_it(tmp_path: Path) -> None:
+    """What a read-only reports folder does for a user without root (above), for any user: /proc
+    takes no new folders, root or not. The run stops at its first write, in one line."""
+    reports = Path("/proc") / f"pinmatrix-reports-{os.getpid()}"
+    proc = _run([], reports)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(reports) in errors[0], proc.stderr

@@ -1,0 +1,91 @@
+"""`report` and `--resume` on folders that are not what they claim (issue 17): a folder of runs, an
+empty folder, a garbage run.json, unreadable outcomes, a missing --previous, symlinks. Each either
+exits 2 naming the folder and writes nothing, or reports and says what it could not count."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pinmatrix.outcome import Outcome
+
+ROOT = Path(__file__).resolve().parents[2]
+CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
+CELL = "py3.11-torch2.13.0-tf5.17.0"
+
+
+def _pinmatrix(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pinmatrix", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT),
+                               "PINMATRIX_DOCKER": "/nonexistent/docker"})
+
+
+def _run(folder: Path, cell: str = CELL) -> Path:
+    Outcome(cell=cell, hash=None, pins={"python": "3.11"}, runner="venv", stage="resolve",
+            status="unresolvable", reason="no install").write(folder)
+    (folder / "run.json").write_text(json.dumps({"run_id": folder.name, "runner": "venv",
+                                                 "cells": [cell]}))
+    return folder
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_report_on_a_folder_of_runs_exits_2_and_names_a_run(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    _run(reports / "20261129T010000Z")
+    _run(reports / "20261129T020000Z")
+    before = _tree(reports)
+    proc = _pinmatrix("report", "--run", str(reports))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "a folder of 2 runs" in proc.stderr and "20261129T020000Z" in proc.stderr
+    assert _tree(reports) == before  # no "0 cells" summary written into it
+
+
+def test_report_on_an_empty_folder_exits_2(tmp_path: Path) -> None:
+    proc = _pinmatrix("report", "--run", str(tmp_path))
+    assert proc.returncode == 2 and "not a run folder" in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_on_a_file_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    proc = _pinmatrix("report", "--run", str(tmp_path / "f"))
+    assert proc.returncode == 2 and "--run" in proc.stderr and "not a folder" in proc.stderr
+
+
+def test_garbage_run_json_and_unreadable_outcomes_are_said(tmp_path: Path) -> None:
+    run = _run(tmp_path / "run")
+    (run / "run.json").write_text("{garbage")
+    (run / "outcomes" / "bad.json").write_bytes(b"\xff\xfe\x00 not json")
+    proc = _pinmatrix("report", "--run", str(run))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "warning:" in proc.stderr and "run.json" in proc.stderr and "bad.json" in proc.stderr
+    verdict = proc.stdout.splitlines()[0]
+    assert verdict == "1 cell: 1 unresolvable"
+    assert len([line for line in proc.stderr.splitlines() if line.startswith("warning:")]) == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert {Path(d["path"]).name for d in summary["damaged"]} == {"run.json", "bad.json"}
+
+
+def test_previous_that_is_missing_exits_2(tmp_path: Path) -> None:
+    run = _run(tmp_path / "run")
+    proc = _pinmatrix("report", "--run", str(run), "--previous", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "--previous" in proc.stderr, proc.stderr
+    assert not (run / "summary.json").exists()
+
+
+def test_resume_refuses_a_symlinked_run_json(tmp_path: Path) -> None:
+    elsewhere = _run(tmp_path / "elsewhere")
+    reports = tmp_path / "reports"
+    run = reports / "20261129T010000Z"
+    run.mkdir(parents=True)
+    (run / "run.json").symlink_to(elsewhere / "run.json")
+    proc = _pinmatrix("matrix", "--matrix", str(CI), "--runner", "venv", "--reports",
+                      str(reports), "--resume", run.name)
+    assert proc.returncode == 2 and "symlink" in proc.stderr, proc.stderr
+    assert _tree(elsewhere) == ["outcomes", f"outcomes/{CELL}.json", "run.json"]
