@@ -32,7 +32,20 @@ def test_an_inconsistent_prepared_environment_is_infra_and_exits_3(tmp_path):
     site = tmp_path / "site" / "tokenizers-0.23.2.dist-info"
     site.mkdir(parents=True)
     (site / "METADATA").write_text("Metadata-Version: 2.1\nName: tokenizers\nVersion: 0.23.2\n")
-    proc = pinmatrix("matrix", "--matrix", str(CI), "--runner", "venv", "--no-install", "--cpu",
+    # The CI matrix pins bitsandbytes none; the probe stack may hold it (tests/probe-stack.txt), and
+    # --no-install rightly refuses a stack that is not the cell: pin what this interpreter has.
+    import importlib.metadata
+
+    try:
+        bnb = importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
+        bnb = "none"
+    matrix = tmp_path / "ci.yaml"
+    text = CI.read_text()
+    assert "bitsandbytes: [none]" in text
+    matrix.write_text(text.replace("bitsandbytes: [none]", f'bitsandbytes: ["{bnb}"]'
+                                   if bnb != "none" else "bitsandbytes: [none]"))
+    proc = pinmatrix("matrix", "--matrix", str(matrix), "--runner", "venv", "--no-install", "--cpu",
                      "transformers=4.57.6", "--venv-python", sys.executable,
                      "--extra-site", str(site.parent), "--reports", str(tmp_path / "reports"),
                      "--venv-dir", str(tmp_path / "venvs"))
