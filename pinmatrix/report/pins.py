@@ -155,6 +155,10 @@ class Cell:
     environment: dict[str, Any]
     finished: str | None
     speeds: dict[str, float]            # throughput check name -> tokens/s
+    # what the EXAONE 3.5 remote-code verdict rests on (evidence.basis of exaone3.5.remote-code);
+    # None for results from before the revision-faithful fixtures, whose stand-in bridged
+    # transformers' API changes: such a verdict cannot recommend the remote-code route
+    remote_code_basis: str | None = None
 
     def version(self, name: str) -> str:
         return (self.locked or {}).get(name) or str(self.pins.get(name) or "none")
@@ -263,8 +267,17 @@ def collect_cells(run_dir: Path, summary: dict[str, Any]) -> list[Cell]:
             locked=({normalize_name(_name_of(line)): _version_of(line) for line in lines}
                     if lines else None),
             lock_lines=lines, environment=dict(environment),
-            finished=(result or {}).get("finished"), speeds=speeds.get(row["id"], {})))
+            finished=(result or {}).get("finished"), speeds=speeds.get(row["id"], {}),
+            remote_code_basis=_remote_code_basis(result)))
     return out
+
+
+def _remote_code_basis(result: dict[str, Any] | None) -> str | None:
+    for check in (result or {}).get("checks") or []:
+        if check.get("name") == "exaone3.5.remote-code":
+            basis = (check.get("evidence") or {}).get("basis")
+            return str(basis) if basis else None
+    return None
 
 
 def judge(cell: Cell, purpose: Purpose) -> Verdict:
@@ -280,6 +293,12 @@ def judge(cell: Cell, purpose: Purpose) -> Verdict:
     if core:
         return Verdict(cell, "core check failed: " + ", ".join(_check_word(cell, n) for n in core))
     routes = [pair for pair in purpose.routes() if _trains(statuses, pair)]
+    if cell.remote_code_basis is None and any(pair[0] == "remote-code" for pair in routes):
+        routes = [pair for pair in routes if pair[0] != "remote-code"]
+        if not routes:
+            return Verdict(cell, "the remote-code verdict records no basis: it predates the "
+                                 "revision-faithful EXAONE 3.5 fixtures (whose stand-in bridged "
+                                 "transformers' API changes); rerun the cell")
     if not routes:
         missing, failed = [], False
         for pair in purpose.routes():

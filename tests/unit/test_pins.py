@@ -352,3 +352,24 @@ def test_lock_entries_strip_hashes_and_keep_markers():
 def test_torch_index_hint():
     assert torch_index_hint("2.8.0+cu128") == "https://download.pytorch.org/whl/cu128"
     assert torch_index_hint("2.11.0") is None
+
+
+def test_a_remote_code_verdict_without_a_basis_never_recommends_the_remote_code_route():
+    """Results from before the revision-faithful fixtures (the committed H100 runs) passed the
+    remote code on transformers 5.17 through a stand-in that bridged transformers' API changes;
+    the hub code fails there. Such a verdict records no basis: it cannot pick the remote code."""
+    from pinmatrix.report.pins import Cell, judge, parse_pins_for
+
+    checks = {name: {"status": "pass"} for name in
+              ("imports", "exaone3.5.remote-code", "lora-train.hf-peft", "exaone3.5.llamafied",
+               "lora-train.hf-peft-llamafied")}
+    old = Cell("tf5.17", "works", None, {"transformers": "5.17.0"}, checks,
+               {"torch": "2.11.0"}, ["torch==2.11.0"], {}, None, {})
+    remote = parse_pins_for("route=remote-code")
+    verdict = judge(old, remote)
+    assert verdict.why_not and "predates the revision-faithful" in verdict.why_not
+    new = Cell("tf4.57.6", "works", None, {"transformers": "4.57.6"}, checks,
+               {"torch": "2.11.0"}, ["torch==2.11.0"], {}, None, {},
+               remote_code_basis="fixture of hub revision current")
+    assert judge(new, remote).why_not is None
+    assert judge(old, parse_pins_for("route=llamafied")).why_not is None
