@@ -16,6 +16,21 @@ import time
 INTERRUPTED = threading.Event()
 SIGNATURE = "interrupted"
 REASON = "interrupted: the run was stopped (Ctrl-C or SIGTERM) before this cell finished"
+# In a Slurm array task (`run-cell`) a SIGTERM is Slurm stopping the task: its deadline, an scancel,
+# a pre-emption. The session records the same cause from Slurm's side; saying it here too keeps the
+# two from contradicting each other, whichever of them writes the cell's outcome last.
+SLURM_SIGNATURE = "slurm-cancelled"
+SLURM_REASON = ("Slurm task stopped (SIGTERM: its deadline, an scancel or a pre-emption) before "
+                "this cell finished")
+IN_SLURM_TASK = threading.Event()
+
+
+def signature() -> str:
+    return SLURM_SIGNATURE if IN_SLURM_TASK.is_set() else SIGNATURE
+
+
+def reason() -> str:
+    return SLURM_REASON if IN_SLURM_TASK.is_set() else REASON
 POLL_S = 0.2
 
 

@@ -90,8 +90,8 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
 
     outcome.stage = "run"
     if interrupt.INTERRUPTED.is_set():  # built after the interrupt: start no probe
-        return _finish(outcome, run_dir, "infra", interrupt.REASON, interrupt.SIGNATURE, "run_s",
-                       time.monotonic())
+        return _finish(outcome, run_dir, "infra", interrupt.reason(), interrupt.signature(),
+                       "run_s", time.monotonic())
     work = run_dir / "work" / cell.id
     work.mkdir(parents=True, exist_ok=True)
     spec_path = work / "cell.json"

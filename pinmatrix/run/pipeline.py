@@ -167,8 +167,9 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
         if interrupt.INTERRUPTED.is_set() and outcome.result is None and outcome.status == "infra":
             # cut short by the interrupt (a killed build reads as a build failure): say so, and
             # let --resume run it again
-            outcome.reason = f"{interrupt.REASON} (stage {outcome.stage}; {_short(outcome.reason)})"
-            outcome.signature = interrupt.SIGNATURE
+            outcome.reason = (f"{interrupt.reason()} (stage {outcome.stage}; "
+                              f"{_short(outcome.reason)})")
+            outcome.signature = interrupt.signature()
             outcome.write(run_dir)
         if outcome.signature == "engine-unreachable":
             stop.set(f"the Docker engine became unreachable ({_short(outcome.reason)})")

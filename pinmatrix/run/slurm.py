@@ -205,9 +205,14 @@ def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
     done = finished_cells(run_dir)
     for index, cell in enumerate(cells):
         state = final.get(index, "VANISHED")
-        if cell.id in done:
-            continue
         existing = load_outcome(run_dir / "outcomes" / f"{cell.id}.json")
+        # Slurm stops a task with SIGTERM (deadline, scancel, pre-emption), which the task records
+        # as `interrupted` (pinmatrix/interrupt.py); the cause the session knows is Slurm's state.
+        stopped_by_slurm = (isinstance(existing, Outcome)
+                            and existing.signature in ("interrupted", "slurm-cancelled")
+                            and state != "COMPLETED")
+        if cell.id in done and not stopped_by_slurm:
+            continue
         if isinstance(existing, Outcome) and existing.status == "infra" and state == "COMPLETED":
             continue  # the task judged the machine itself (build failure, timeout): keep its reason
         log = f"slurm/{job}_{index}.log"
@@ -323,8 +328,10 @@ def run_cell_task(args: argparse.Namespace, opts: RunOptions, echo: Echo = print
     its files."""
     import dataclasses
 
+    from pinmatrix import interrupt
     from pinmatrix.run.pipeline import run_matrix
 
+    interrupt.IN_SLURM_TASK.set()  # a SIGTERM here is Slurm stopping the task
     run_dir = Path(args.run_dir)
     index = args.index if args.index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
     if index is None or not str(index).isdigit():

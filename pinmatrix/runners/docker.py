@@ -413,8 +413,8 @@ class DockerRunner:
                 return RunOutcome(None, f"probe timed out after {timeout_s:g}s (container killed)",
                                   "timeout", tail(output))
             if interrupted:
-                return RunOutcome(None, f"{interrupt.REASON}; the container was killed",
-                                  interrupt.SIGNATURE, tail(output))
+                return RunOutcome(None, f"{interrupt.reason()}; the container was killed",
+                                  interrupt.signature(), tail(output))
             exit = self._exit_of(name)
             if exit is None:
                 return self._engine_failure("container state unknown after run", output, log_path)

@@ -386,8 +386,8 @@ class VenvRunner:
                 )
             if code is None:  # the run was interrupted: the probe is killed, not waited for
                 _kill_group(proc)
-                return RunOutcome(None, f"{interrupt.REASON}; the probe was killed",
-                                  interrupt.SIGNATURE, _read_tail(log_path))
+                return RunOutcome(None, f"{interrupt.reason()}; the probe was killed",
+                                  interrupt.signature(), _read_tail(log_path))
         log_tail = _read_tail(log_path)
         if not result.is_file():
             return RunOutcome(
