@@ -337,7 +337,7 @@ def check_hf(ctx: Any, attn: str, *, llamafied: bool = False) -> dict[str, Any]:
     if llamafied:
         config_dict = _llama_config_dict(ctx)
         config_dict.pop("model_type", None)
-        config = LlamaConfig(**config_dict)
+        config = LlamaConfig.from_dict(config_dict)  # read as from_pretrained reads config.json
         targets = LLAMA_LORA_TARGETS
     else:
         config = AutoConfig.from_pretrained(str(_config_folder(ctx)), trust_remote_code=True)
@@ -657,7 +657,7 @@ def check_trainer(ctx: Any) -> dict[str, Any]:
     results: dict[str, Any] = {}
     try:
         with torch.device("cuda"):
-            base = AutoModelForCausalLM.from_config(LlamaConfig(**config_dict), attn_implementation="sdpa",
+            base = AutoModelForCausalLM.from_config(LlamaConfig.from_dict(config_dict), attn_implementation="sdpa",
                                                     **torch_dtype_kwargs(torch.bfloat16))
         base.config.use_cache = False
         checked = _check_shape(base, shape)
