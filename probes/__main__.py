@@ -201,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     only = [g.strip() for g in args.only.split(",") if g.strip()] if args.only else None
     work_dir = args.work or Path(tempfile.mkdtemp(prefix="pinmatrix-probe-"))
     work_dir.mkdir(parents=True, exist_ok=True)
+    # transformers copies remote code into HF_MODULES_CACHE (default ~/.cache/huggingface/modules) and
+    # imports it from there, so probes running side by side (cells on one host, the three CPU stacks of
+    # tests/unit/real_results.py) copy and import the same file at the same time. CI saw the remote-code
+    # check fail in one such run (fp-102cadbdaf2c) where it passes alone and in every rerun here; the
+    # shared cache is the only state those probes share. Each probe keeps its own copy instead.
+    os.environ["HF_MODULES_CACHE"] = str(work_dir / "hf-modules")
     try:
         check_names = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
         document = run(spec, work_dir, only, args.role, check_names)
