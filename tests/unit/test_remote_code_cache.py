@@ -31,5 +31,6 @@ def test_remote_code_is_imported_from_the_probes_own_copy(routes, stack):
         files = check["evidence"]["remote_code"]
         assert set(files) == {"modeling_exaone.py", "configuration_exaone.py"}
         for name, entry in files.items():
-            assert Path(entry["path"]).resolve().is_relative_to(work / "w" / "hf-modules"), (name, entry)
+            copy = Path(entry["path"]).resolve()
+            assert copy.is_relative_to(work / "w" / "hf-modules"), (name, entry)
             assert entry["matches_checkpoint"], (check["name"], name)
