@@ -39,8 +39,10 @@ SITES=(--extra-site $S/common
   $PY -c 'import torch,sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.cuda.device_count())'
   nproc; free -g | head -2
 } > "$W/machine.txt" 2>&1
-# every cell's path, consistency-checked (the same layers the venv's .pth gets, then the device's site)
-for tf in 4.57.6 5.5.0 5.17.0; do for us in 2026.10.9 2026.9.14 none; do
+# every cell's path, consistency-checked (the same layers the venv's .pth gets, then the device's site);
+# PM_ENV_CHECK=0 skips it where device time is short: pinmatrix still checks each cell it runs
+: > "$W/env-check.jsonl"
+[ "${PM_ENV_CHECK:-1}" = 0 ] || for tf in 4.57.6 5.5.0 5.17.0; do for us in 2026.10.9 2026.9.14 none; do
   [ "$tf/$us" = "5.17.0/2026.9.14" ] && continue
   p=$S/common
   case $tf in 4.57.6) p=$p:$S/tf4576;; 5.5.0) p=$p:$S/tf550;; esac
@@ -60,7 +62,7 @@ for line in open(sys.argv[1]):
 PYEOF
 if [ $rogue = 1 ]; then
   ( sleep 25
-    cell=$($PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" list --matrix matrices/h200-prepared.yaml "$@" | head -1)
+    cell=$($PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" list --matrix "${PM_MATRIX:-matrices/h200-prepared.yaml}" "$@" | head -1)
     echo "rogue: as $cell, on every GPU, CUDA_VISIBLE_DEVICES ignored" >&2
     env -u CUDA_VISIBLE_DEVICES PINMATRIX_CELL_ID="$cell" $PY -c '
 import time, torch
@@ -71,7 +73,7 @@ export PINMATRIX_COMPILE_CACHE_DIR=/tmp/compile-$label PINMATRIX_VENV_DIR=/tmp/v
 t1=$(date +%s)
 # SIGINT at the limit: the run still writes its report, and what finished comes back
 # The harness's own needs (jsonschema; the H200 image lacks it) go on its sys.path only, never into a cell.
-timeout -s INT -k 20 "${PM_TIMEOUT:-540}" $PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" matrix --matrix matrices/h200-prepared.yaml --runner venv --no-install --system-site-packages \
+timeout -s INT -k 20 "${PM_TIMEOUT:-540}" $PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" matrix --matrix "${PM_MATRIX:-matrices/h200-prepared.yaml}" --runner venv --no-install --system-site-packages \
   --venv-python "$PY" --gpus "$gpus" --label "$label" --reports /tmp/pm-reports --rerun=all "${SITES[@]}" "$@" \
   > "$W/device.log" 2>&1
 rc=$?
