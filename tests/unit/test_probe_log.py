@@ -1,4 +1,5 @@
-"""The probe's console line for a failed check carries the error's first line, not only its signature.
+"""The probe's console line for a failed check carries the error's first line, not only its
+signature.
 
 A probe stopped before it writes its result (a run interrupted at its time limit on the H200, issue
 19) leaves its log as the only record of why a check failed; a bare `fp-…` says nothing there.
@@ -29,6 +30,7 @@ def test_a_failed_check_logs_its_signature_and_message(tmp_path):
     record = next(c for c in json.loads((tmp_path / "result.json").read_text())["checks"]
                   if c["name"] == "kernel.xformers")
     assert record["status"] == "fail"
-    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("[probe] kernel.xformers: fail"))
+    line = next(ln for ln in proc.stderr.splitlines()
+                if ln.startswith("[probe] kernel.xformers: fail"))
     assert record["error"]["signature"] in line
     assert "memory_efficient_attention: the C++/CUDA extensions" in line
