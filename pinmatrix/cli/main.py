@@ -203,7 +203,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.on == "slurm":
             from pinmatrix.run.slurm import run_on_slurm
 
-            return run_on_slurm(args, opts)
+            slurm_run = run_on_slurm(args, opts)
+            # The local run's rule: a table with infra cells exits 3 however its cells ran.
+            return EXIT_OK if slurm_run is None else _infra_exit(slurm_run)
         if opts.resume is None:  # the doctor's checks first: no all-infra table (issue 13)
             from pinmatrix.run.doctor import preflight
             from pinmatrix.run.pipeline import load_cells
@@ -248,7 +250,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         for line in summary.harness_errors:
             print(f"  {line}", file=sys.stderr)
         return EXIT_HARNESS
-    infra = infra_cells(summary.run_dir)
+    return _infra_exit(summary.run_dir)
+
+
+def _infra_exit(run_dir: Any) -> int:
+    """EXIT_INFRA when any cell of the finished run is `infra`, said on stderr; else EXIT_OK."""
+    infra = infra_cells(run_dir)
     if infra:
         print(f"{len(infra)} cell{'s' if len(infra) != 1 else ''} could not be judged (infra): "
               f"exit {EXIT_INFRA}; see the report's infra section", file=sys.stderr)

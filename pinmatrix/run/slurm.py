@@ -153,7 +153,10 @@ class SlurmClient:
 # --- the session side ----------------------------------------------------------------------------
 
 def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
-                 client: SlurmClient | None = None) -> int:
+                 client: SlurmClient | None = None) -> Path | None:
+    """Submit the selected cells as one job array, wait for it, and report: the run folder, or None
+    when no cell was selected. The exit code comes from the folder, by the local run's rule
+    (pinmatrix/cli/main.py)."""
     from pinmatrix.report.write import write_report
     from pinmatrix.run.folder import new_run_dir, point_latest, run_manifest
     from pinmatrix.run.pipeline import load_cells
@@ -175,7 +178,7 @@ def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
         cells = shard_of(cells, *opts.shard)
     if not cells:
         echo("no cells selected: nothing to submit")
-        return 0
+        return None
     if opts.run_dir is not None:
         run_dir = Path(opts.run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +240,7 @@ def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
 
     echo(json.loads((run_dir / "summary.json").read_text())["verdict"])
     echo(f"report: {run_dir / 'summary.md'}")
-    return 0
+    return run_dir
 
 
 def wait_for_tasks(client: SlurmClient, job: str, n_tasks: int, *, poll_s: float, deadline_s: float,

@@ -183,7 +183,8 @@ def test_deadline_and_cancel_become_infra_never_a_hang(slurm_env, cheap_matrix, 
     root = tmp_path_factory.mktemp("slurm-deadline")
     started = time.monotonic()
     proc = _matrix(slurm_env, cheap_matrix, root, "--rerun", "--slurm-deadline", "4")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # infra cells: the local run's exit code
+    assert "2 cells could not be judged (infra): exit 3" in proc.stderr
     assert time.monotonic() - started < 120
     assert "deadline of 4s passed: cancelled job" in proc.stdout
     run = (root / "reports" / "latest").resolve()
@@ -213,7 +214,7 @@ def test_task_killed_from_outside_is_infra(slurm_env, cheap_matrix, tmp_path_fac
     time.sleep(2)
     subprocess.run(["scancel", f"{job}_1"], env=slurm_env, check=True)
     out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 3, out  # the cancelled cell is infra: the local run's exit code
     run = next((root / "reports").glob("2*"))
     by_task = {o["cell"]: o for o in _outcomes(run).values()}
     cells = (run / "slurm" / "cells.txt").read_text().split()
