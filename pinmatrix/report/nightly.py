@@ -35,10 +35,12 @@ class NightlyResult:
 
 
 def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
-           history_path: Path | None = None,
+           history_path: Path | None = None, pins_for: Sequence[str] = (),
            echo: Echo = print) -> NightlyResult:
     """Write the report (with the diff against `previous`, else the newest earlier run in
-    reports_dir), append this run to the history, and decide the exit code."""
+    reports_dir) and the pins (with the `--pins-for` purposes, so the files and the summary's plan
+    agree), append this run to the history, and decide the exit code."""
+    from pinmatrix.report.pins import write_pins
     from pinmatrix.report.write import write_report
 
     run_dir = Path(run_dir)
@@ -54,7 +56,11 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
     history, problems = read_history(history_path)
     for problem in problems:
         echo(f"history: skipped {problem}")
-    write_report(run_dir, previous=previous, history=history)
+    write_report(run_dir, previous=previous, history=history, pins_for=pins_for)
+    try:
+        echo(write_pins(run_dir, pins_for=pins_for).message)
+    except Exception as exc:  # a harness bug in pins must not cost the nightly its verdict
+        echo(f"pins: not written ({exc!r})")
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     diff = summary.get("diff")
     record = history_record(summary)
@@ -92,7 +98,7 @@ def run_nightly(opts: RunOptions, *, previous: Path | None = None, history_path:
     for line in summary.harness_errors:
         echo(f"harness error (recorded as infra): {line}")
     result = finish(summary.run_dir, reports_dir=opts.reports_dir, previous=previous,
-                    history_path=history_path,
+                    history_path=history_path, pins_for=opts.pins_for,
                     echo=echo)
     if result.exit_code == EXIT_NEW_BREAKAGES and bisect_budget > 0:
         from pinmatrix.bisect.nightly import bisect_new_breakages
@@ -106,7 +112,7 @@ def run_nightly(opts: RunOptions, *, previous: Path | None = None, history_path:
 
 def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previous: Path | None,
                      history_path: Path | None, expected_cells: Sequence[str] = (),
-                     label: str | None = None,
+                     label: str | None = None, pins_for: Sequence[str] = (),
                      echo: Echo = print) -> NightlyResult:
     """The GitHub merge job: a run folder from the per-cell artifacts, then `finish`."""
     from pinmatrix.report.merge import merge_artifacts
@@ -120,7 +126,7 @@ def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previ
     for note in merged.notes:
         echo(f"  note: {note}")
     result = finish(run_dir, reports_dir=reports_dir, previous=previous, history_path=history_path,
-                    echo=echo)
+                    pins_for=pins_for, echo=echo)
     point_latest(reports_dir, run_dir)
     return result
 
@@ -161,4 +167,5 @@ def merge_command(args: argparse.Namespace) -> int:
     return merge_and_finish(roots, reports_dir=args.reports, previous=args.previous,
                             history_path=args.history,
                             expected_cells=_expected_cells(args.expected_cells),
-                            label=args.label).exit_code
+                            label=args.label,
+                            pins_for=tuple(getattr(args, "pins_for", None) or ())).exit_code

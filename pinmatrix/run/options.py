@@ -539,7 +539,7 @@ OPTIONS: tuple[Option, ...] = (
         "also write the pin that fits: route=remote-code|llamafied|exaone4|any, "
         "backend=hf-peft|unsloth|any, goal=newest|fastest (pinmatrix/report/pins.py); repeatable",
         field="pins_for",
-        commands=("matrix", "report"),
+        commands=("matrix", "report", "nightly", "merge"),
         action="append",
         type=_pins_for,
         metavar="KEY=VALUE[,...]",

@@ -205,6 +205,27 @@ def test_report_command_takes_pins_for(tmp_path, routes, frozen):
     assert bad.returncode == 2 and "route='sideways'" in bad.stderr
 
 
+
+def test_merge_and_nightly_take_pins_for(tmp_path, routes, frozen):
+    """The nightly merge job writes the --pins-for purposes too: as files, and in the summary's
+    plan (the nightly's report used to be rewritten without them)."""
+    artifact = tmp_path / "artifacts" / "cell-routes"
+    artifact.mkdir(parents=True)
+    _run(artifact, routes, ["routes"], frozen)
+    reports = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "-m", "pinmatrix", "merge", str(tmp_path / "artifacts"),
+                           "--reports", str(reports), "--pins-for", "route=any,backend=hf-peft"],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = (reports / "latest").resolve()
+    purpose = "for-route-any-backend-hf-peft-goal-newest"
+    assert (run / "pins" / f"{purpose}.constraints.txt").is_file(), proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert any(p["purpose"] == purpose for p in summary["pins"])
+    nightly = subprocess.run([sys.executable, "-m", "pinmatrix", "nightly", "--help"],
+                             cwd=REPO_ROOT, capture_output=True, text=True)
+    assert "--pins-for" in nightly.stdout
+
 # --- the committed GPU reports (real results of the H100 and the H200)
 
 def _committed(name: str) -> tuple[Path, dict]:
