@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from pinmatrix import interrupt
-from pinmatrix.cell import Cell, Lock
+from pinmatrix.cell import Cell, Lock, install_lock, provided_by_base
 from pinmatrix.errors import InfraError
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
 from pinmatrix.runners import cdi, compile_cache
@@ -118,7 +118,8 @@ def assemble_context(dest: Path, *, torch_lock: str, full_lock: str, dockerfile:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(dockerfile, dest / "Dockerfile")
     (dest / "torch.lock").write_text(torch_lock)
-    (dest / "requirements.lock").write_text(full_lock)
+    # what a prepared base already holds (`# pinmatrix-base:` lines) is not installed again
+    (dest / "requirements.lock").write_text(install_lock(full_lock))
     shutil.rmtree(dest / "probes", ignore_errors=True)
     shutil.copytree(probes_dir, dest / "probes",
                     ignore=shutil.ignore_patterns(*SKIPPED_DIRS,
@@ -344,6 +345,9 @@ class DockerRunner:
             cmd = [*self.engine.build_cmd(), "--progress=plain", "--tag", tag,
                    "--build-arg", f"BASE_IMAGE={self.base_image}", "--build-arg",
                    f"PYTHON={python}",
+                   # a lock with packages the base provides: the cell's venv sees the base's
+                   # site-packages (docker/Dockerfile step b)
+                   "--build-arg", f"BASE_SITE={1 if provided_by_base(lock.full_lock) else 0}",
                    "--label", f"org.pinmatrix.cell={lock.cell_id}",
                    *secret_args(self.sources, secrets), str(context)]
             with open(log_path, "w") as log:
