@@ -17,6 +17,48 @@ ID_ORDER = ("python", "base_image", "torch", "transformers", "unsloth", "peft", 
 ID_ABBREV = {"python": "py", "transformers": "tf", "flash-attn": "fa", "bitsandbytes": "bnb",
              "xformers": "xf", "base_image": "base"}
 NONE = "none"
+# A package axis value `base` (or `base` + a PEP 440 specifier, e.g. `base>=2.6`): use the base
+# image's own installed copy, checked against the specifier, and install only the rest of the cell
+# (prepared bases, the NGC pattern; pinmatrix/runners/base_inventory.py, resolve/uv.py).
+BASE = "base"
+BASE_PIN = re.compile(r"^base(?P<spec>(===|==|!=|~=|>=|<=|<|>)[^\s<>=!~].*)?$")
+# Lock comment naming a package the base image provides: `# pinmatrix-base: torch==2.13.0+cpu`
+PROVIDED_PREFIX = "# pinmatrix-base: "
+
+
+def base_spec(value: str | None) -> str | None:
+    """The specifier of a `base` pin ("" for a bare `base`), or None for any other value."""
+    match = BASE_PIN.fullmatch(value or "")
+    return None if match is None else (match.group("spec") or "")
+
+
+def provided_by_base(lock_text: str) -> dict[str, str]:
+    """Normalised name -> version of the packages a lock says the base image provides."""
+    out: dict[str, str] = {}
+    for line in lock_text.splitlines():
+        if line.startswith(PROVIDED_PREFIX):
+            name, _, version = line[len(PROVIDED_PREFIX):].strip().partition("==")
+            out[normalize_name(name)] = version
+    return out
+
+
+def install_lock(lock_text: str) -> str:
+    """The lock without the entries of packages the base image provides (each entry: its `==` line
+    and the indented hash and `# via` lines under it): what the image build installs."""
+    provided = provided_by_base(lock_text)
+    if not provided:
+        return lock_text
+    kept: list[str] = []
+    skipping = False
+    for line in lock_text.splitlines(keepends=True):
+        match = LOCK_LINE.match(line)
+        if match and not line[:1].isspace():
+            skipping = normalize_name(match.group(1)) in provided
+        elif line.strip() and not line[:1].isspace():
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    return "".join(kept)
 
 
 @dataclass(frozen=True)
@@ -57,8 +99,15 @@ class Cell:
                       v in self.pins.items() if k not in ("python", "base_image") and v != NONE)
 
     def requirements(self) -> list[str]:
-        """PEP 508 requirements for the resolver: every package axis that is not `none`."""
-        return [_requirement(key, self.pins[key]) for key in self.packages()]
+        """PEP 508 requirements for the resolver: every package axis that is not `none` or `base`
+        (the resolver adds those at the base image's version)."""
+        return [_requirement(key, self.pins[key]) for key in self.packages()
+                if base_spec(self.pins[key]) is None]
+
+    def base_pins(self) -> dict[str, str]:
+        """Package axis -> specifier ("" for any) of the axes the base image must provide."""
+        return {key: spec for key in self.packages()
+                if (spec := base_spec(self.pins[key])) is not None}
 
     def none_packages(self) -> list[str]:
         return sorted(k for k,

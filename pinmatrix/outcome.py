@@ -39,6 +39,9 @@ class Outcome:
     finished: str | None = None
     gpus_seen: dict[str, float] | None = None
     trespass: str | None = None  # set when the cell was seen on a GPU it was not given
+    # issue 18: how the container got its GPUs: {"route": cdi | nvidia-runtime | cdi-translated |
+    # none, "args": the exact engine arguments, "spec", "untranslated", "why"} (docker runner)
+    gpu_access: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -98,6 +101,8 @@ def _wrong_types(data: Mapping[str, Any]) -> str | None:
             return f"{key!r} is not a string"
     if not isinstance(data.get("runner", ""), str):
         return "'runner' is not a string"
+    if data.get("gpu_access") is not None and not isinstance(data["gpu_access"], dict):
+        return "'gpu_access' is not an object"
     if data.get("gpus_seen") is not None and not isinstance(data["gpus_seen"], dict):
         return "'gpus_seen' is not an object"
     if not isinstance(data.get("timings", {}), dict):

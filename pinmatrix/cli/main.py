@@ -67,6 +67,8 @@ COMMANDS = {
 STANDALONE = {
     "remote-code-surface": "the transformers surface of remote-code files, read with ast "
                            "(PATH|REPO@REV; pinmatrix/cli/surface.py)",
+    "cdi-spec": "write a CDI spec (nvidia.com/gpu) for this host's GPUs and driver files "
+                "([-o FILE|-]; pinmatrix/cli/cdi_spec.py)",
 }
 USAGE = "usage: python -m pinmatrix {" + "|".join(COMMANDS) + "} [options] [selectors...]"
 
@@ -96,6 +98,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         from pinmatrix.cli.surface import main as surface_main
 
         raise SystemExit(surface_main(rest))
+    if command == "cdi-spec":
+        from pinmatrix.cli.cdi_spec import main as cdi_spec_main
+
+        raise SystemExit(cdi_spec_main(rest))
     if command not in COMMANDS:
         raise UsageError(f"unknown command {command!r}: choose one of "
                          f"{', '.join([*COMMANDS, *STANDALONE])}")

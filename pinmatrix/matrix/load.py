@@ -20,7 +20,7 @@ import yaml
 from packaging.version import Version
 
 from probes import registry as _registry
-from pinmatrix.cell import NONE, Cell, ModelSpec
+from pinmatrix.cell import NONE, Cell, ModelSpec, base_spec
 from pinmatrix.errors import IndexUnreachable, MatrixError
 from pinmatrix.matrix.live import expand_live, is_specifier, valid_specifier
 from pinmatrix.matrix.select import BASE_IMAGE, PYTHON, same_value
@@ -351,6 +351,12 @@ class _Loader:
                 raise self.error(node,
                                  f"{what}: {text!r} is not a Docker image reference "
                                  "(name[:tag][@sha256:...])")
+            return text
+        if base_spec(text) is not None:  # the base image's own copy (pinmatrix/cell.py BASE)
+            spec = base_spec(text)
+            if spec and not valid_specifier(spec):
+                raise self.error(node, f"{what}: {text!r}: {spec!r} is not a valid version "
+                                       "specifier (PEP 440), e.g. base>=2.6")
             return text
         if is_specifier(text):
             if not allow_specifier:

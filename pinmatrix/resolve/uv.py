@@ -21,9 +21,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from pinmatrix.cell import NONE, Cell, Lock, Unresolvable, normalize_name, parse_lock
+from pinmatrix.cell import (NONE, PROVIDED_PREFIX, Cell, Lock, Unresolvable, normalize_name,
+                            parse_lock)
 from pinmatrix.errors import PinmatrixError, ResolveInfraError
 from pinmatrix.fsio import PRIVATE_MODE, write_text_atomic
 from pinmatrix.sources import PackageSources
@@ -128,6 +129,8 @@ class _Resolver:
         python = cell.pins.get("python")
         if not python:
             raise ValueError(f"cell {cell.id} has no python pin")
+        if cell.base_pins():
+            return self.resolve_on_base(cell, out_dir, python)
         torch_pin = cell.pins.get("torch", NONE)
         requirements = cell.requirements()
 
@@ -158,17 +161,90 @@ class _Resolver:
         write_text_atomic(out_dir / "requirements.lock", full_lock, mode=PRIVATE_MODE)
         return Lock(cell_id=cell.id, python=python, torch_lock=torch_lock, full_lock=full_lock)
 
+    def resolve_on_base(self, cell: Cell, out_dir: Path, python: str) -> Lock | Unresolvable:
+        """A cell with `base` pins (prepared base images, the NGC pattern): the base image's own
+        copies are checked against the pins and given to uv as already there, the rest resolved
+        around them.
+
+        uv resolves from indexes and find-links only; it has no notion of a package installed in
+        another environment (`uv pip compile` never looks at one). So each package the base
+        provides (the `base` pins, and with torch its layer: triton, nvidia-*, cuda-*) is handed
+        to uv as a metadata-only wheel built from the base's installed metadata (name, version,
+        Requires-Dist, Requires-Python) in a private find-links folder, and pinned with
+        `--constraints` to the base's version: every requirement on torch in the rest of the
+        stack is then checked against the base's torch by uv itself, and a stack that needs
+        another torch gets uv's own "no solution" (Unresolvable). The lock names them with
+        `# pinmatrix-base:` lines; the image build leaves them out (cell.install_lock), the drift
+        check compares them with what the probe imports. A version that is also on the index
+        (the CPU wheel here) may be locked from there; its metadata is the same release's.
+        """
+        from pinmatrix.runners.base_inventory import read_inventory
+
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+        image = cell.pins.get("base_image") or ""
+        if not image:
+            raise ResolveInfraError(f"cell {cell.id}: a `base` pin needs a base_image axis",
+                                    signature="base-pin-mismatch")
+        inventory = read_inventory(image)
+        if inventory.python != python:
+            raise ResolveInfraError(f"base image {image} has Python {inventory.python}, the cell "
+                                    f"pins {python}: a `base` pin uses the base's interpreter",
+                                    signature="base-python-mismatch")
+        provided: dict[str, str] = {}
+        for name, spec in sorted(cell.base_pins().items()):
+            version = inventory.version(name)
+            if version is None:
+                raise ResolveInfraError(f"{name}: base, but base image {image} has no {name}",
+                                        signature="base-pin-mismatch")
+            try:
+                fits = not spec or SpecifierSet(spec).contains(version, prereleases=True)
+            except InvalidSpecifier:
+                fits = False
+            if not fits:
+                raise ResolveInfraError(f"{name}: base{spec}, but base image {image} holds "
+                                        f"{name} {version}", signature="base-pin-mismatch")
+            provided[normalize_name(name)] = version
+        if "torch" in provided:
+            for name, info in inventory.packages.items():
+                if _TORCH_LAYER.match(name) and name not in provided:
+                    provided[name] = str(info["version"])
+        requirements = [*cell.requirements(),
+                        *(f"{name}=={provided[name]}" for name in sorted(cell.base_pins()))]
+        constraints = "".join(f"{name}=={version}\n" for name, version in sorted(provided.items()))
+        with tempfile.TemporaryDirectory(prefix="pinmatrix-base-") as stubs:
+            for name in provided:
+                _stub_wheel(Path(stubs), name, inventory.packages[name])
+            compiled = self.compile(requirements, constraints=constraints, python=python,
+                                    torch_pin=provided.get("torch", NONE),
+                                    extra=("--find-links", stubs),
+                                    key_extra=inventory.image_id)
+        if not compiled.ok:
+            held = ", ".join(f"{n} {v}" for n, v in sorted(provided.items()))
+            return Unresolvable(cell.id, f"the rest of the cell cannot be installed on base image "
+                                         f"{image} ({held}):\n{compiled.text}")
+        unwanted = _pulled_in_anyway(cell, compiled.text)
+        if unwanted:
+            return Unresolvable(cell.id, unwanted)
+        header = "".join(f"{PROVIDED_PREFIX}{name}=={version}\n"
+                         for name, version in sorted(provided.items()))
+        full_lock = f"# base image {image} ({inventory.image_id})\n{header}{compiled.text}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out_dir / "torch.lock", "", mode=PRIVATE_MODE)
+        write_text_atomic(out_dir / "requirements.lock", full_lock, mode=PRIVATE_MODE)
+        return Lock(cell_id=cell.id, python=python, torch_lock="", full_lock=full_lock)
+
     # -- one uv pip compile, cached --
     def compile(self, requirements: list[str], *, constraints: str, python: str,
-                torch_pin: str) -> _Compiled:
-        key = self.cache_key(requirements, constraints, python, torch_pin)
+                torch_pin: str, extra: tuple[str, ...] = (), key_extra: str = "") -> _Compiled:
+        key = self.cache_key(requirements, constraints, python, torch_pin + key_extra)
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # two cells with the same torch compute it once
             cached = self.cache_get(key)
             if cached is not None:
                 return cached
-            compiled = self.run_uv(requirements, constraints, python, torch_pin)
+            compiled = self.run_uv(requirements, constraints, python, torch_pin, extra)
             self.cache_put(key, compiled)
             return compiled
 
@@ -202,16 +278,18 @@ class _Resolver:
             pass  # a cache that cannot be written only costs time
 
     def run_uv(self, requirements: list[str], constraints: str, python: str,
-               torch_pin: str) -> _Compiled:
+               torch_pin: str, extra: tuple[str, ...] = ()) -> _Compiled:
         try:
-            return self._uv_compile(requirements, constraints, python, torch_pin, hashes=True)
+            return self._uv_compile(requirements, constraints, python, torch_pin, hashes=True,
+                                    extra=extra)
         except _HashesUnavailable:
             # A find-links page without hashes (or a remote wheel uv cannot hash): lock without
             # them.
-            return self._uv_compile(requirements, constraints, python, torch_pin, hashes=False)
+            return self._uv_compile(requirements, constraints, python, torch_pin, hashes=False,
+                                    extra=extra)
 
     def _uv_compile(self, requirements: list[str], constraints: str, python: str, torch_pin: str, *,
-                    hashes: bool) -> _Compiled:
+                    hashes: bool, extra: tuple[str, ...] = ()) -> _Compiled:
         with tempfile.TemporaryDirectory(prefix="pinmatrix-resolve-") as tmp:
             req_file = Path(tmp) / "requirements.in"
             req_file.write_text("".join(r + "\n" for r in requirements))
@@ -224,7 +302,7 @@ class _Resolver:
                 constraint_file = Path(tmp) / "constraints.txt"
                 constraint_file.write_text(constraints)
                 args += ["--constraints", str(constraint_file)]
-            args += self.sources.uv_args(torch_pin)
+            args += [*extra, *self.sources.uv_args(torch_pin)]
             env = {**os.environ, **self.sources.uv_env()}
             try:
                 proc = subprocess.run(args, capture_output=True, text=True, env=env,
@@ -246,6 +324,27 @@ class _Resolver:
                 raise _HashesUnavailable(stderr)
             raise ResolveInfraError(f"uv pip compile failed (exit {proc.returncode}): "
                                     f"{stderr[-2000:]}")
+
+
+def _stub_wheel(folder: Path, name: str, info: Any) -> Path:
+    """A metadata-only wheel for a distribution the base image holds: enough for uv to resolve
+    against (name, version, Requires-Dist, Requires-Python); never installed."""
+    import zipfile
+
+    version = str(info["version"])
+    dist = re.sub(r"[-_.]+", "_", name)
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    if info.get("requires_python"):
+        meta.append(f"Requires-Python: {info['requires_python']}")
+    meta += [f"Requires-Dist: {req}" for req in info.get("requires") or []]
+    info_dir = f"{dist}-{version}.dist-info"
+    path = folder / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(f"{info_dir}/METADATA", "\n".join(meta) + "\n")
+        wheel.writestr(f"{info_dir}/WHEEL", "Wheel-Version: 1.0\nGenerator: pinmatrix base stub\n"
+                                            "Root-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info_dir}/RECORD", "")
+    return path
 
 
 class _HashesUnavailable(PinmatrixError):

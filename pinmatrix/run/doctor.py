@@ -97,7 +97,7 @@ def diagnose(opts: RunOptions, cells: Sequence[Cell], models: Sequence[Any] = ()
 # --- the checks ----------------------------------------------------------------------------------
 
 def _nvidia_runtime(engine: Any, opts: RunOptions) -> Finding:
-    from pinmatrix.runners.engine import CDI_DIRS, _cdi_has_nvidia
+    from pinmatrix.runners.engine import _cdi_has_nvidia
 
     remedy = ("install the NVIDIA Container Toolkit (`nvidia-ctk runtime configure "
               "--runtime=docker` or `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`)")
@@ -107,7 +107,7 @@ def _nvidia_runtime(engine: Any, opts: RunOptions) -> Finding:
         return Finding("NVIDIA container runtime", None if opts.cpu else False,
                        "neither `docker info` nor a CDI spec names NVIDIA: cells run on CPU",
                        remedy)
-    cdi = _cdi_has_nvidia(CDI_DIRS)
+    cdi = _cdi_has_nvidia(())
     return Finding("NVIDIA container runtime", True if cdi else None,
                    "a CDI spec names NVIDIA" if cdi else "no Docker engine: not needed by the venv "
                    "runner")

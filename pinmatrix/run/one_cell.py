@@ -106,6 +106,7 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     run = runner.run(prepared, spec_path, work, "" if opts.cpu else device,
                      cell_timeout(cell, opts))
     outcome.timings["run_s"] = round(time.monotonic() - started, 2)
+    outcome.gpu_access = dict(run.details.get("gpu_access") or {}) or None
     if (work / RUN_LOG_NAME).is_file():
         _ensure_logs(run_dir)
         shutil.copyfile(work / RUN_LOG_NAME, run_dir / "logs" / f"{cell.id}.run.log")

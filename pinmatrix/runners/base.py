@@ -36,6 +36,8 @@ class RunOutcome:
     infra_reason: str | None = None
     signature: str | None = None
     log_tail: str = ""
+    # runner facts the outcome records (docker: "gpu_access", pinmatrix/runners/cdi.py)
+    details: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -9,6 +9,7 @@ results folder mounted read-write; exit codes and the engine's own state become 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -25,12 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from pinmatrix import interrupt
-from pinmatrix.cell import Cell, Lock
+from pinmatrix.cell import Cell, Lock, install_lock, provided_by_base
 from pinmatrix.errors import InfraError
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
-from pinmatrix.runners import compile_cache
+from pinmatrix.runners import cdi, compile_cache
 from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
-from pinmatrix.runners.container_args import Mount, gpu_args, security_args
+from pinmatrix.runners.container_args import Mount, security_args
 from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, result_drift
 from pinmatrix.runners.engine import Engine
 
@@ -117,7 +118,8 @@ def assemble_context(dest: Path, *, torch_lock: str, full_lock: str, dockerfile:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(dockerfile, dest / "Dockerfile")
     (dest / "torch.lock").write_text(torch_lock)
-    (dest / "requirements.lock").write_text(full_lock)
+    # what a prepared base already holds (`# pinmatrix-base:` lines) is not installed again
+    (dest / "requirements.lock").write_text(install_lock(full_lock))
     shutil.rmtree(dest / "probes", ignore_errors=True)
     shutil.copytree(probes_dir, dest / "probes",
                     ignore=shutil.ignore_patterns(*SKIPPED_DIRS,
@@ -279,7 +281,8 @@ class DockerRunner:
                  hf_home: Path | None = None,
                  build_timeout_s: float = BUILD_TIMEOUT_S, pids_limit: int | None = 4096,
                  context_root: Path | None = None, compile_cache: bool = True,
-                 pull: str = "missing", echo: Any = None) -> None:
+                 pull: str = "missing", echo: Any = None,
+                 cdi_dirs: Sequence[str] | None = None) -> None:
         if not IMAGE_NAME.fullmatch(base_image):
             raise ValueError(f"base image name {base_image!r} is not a valid image reference")
         if pull not in PULL_POLICIES:
@@ -303,6 +306,9 @@ class DockerRunner:
         # pinmatrix/runners/compile_cache.py: a named volume per stack
         self.compile_cache = compile_cache
         self.context_root = Path(context_root) if context_root else default_context_root()
+        # where CDI specs are looked for (pinmatrix/runners/cdi.py); None: $PINMATRIX_CDI_DIRS,
+        # else /etc/cdi and /var/run/cdi
+        self.cdi_dirs = tuple(cdi_dirs) if cdi_dirs else None
 
     # -- prepare -------------------------------------------------------------------------------
     def tag_for(self, lock: Lock) -> str:
@@ -339,6 +345,9 @@ class DockerRunner:
             cmd = [*self.engine.build_cmd(), "--progress=plain", "--tag", tag,
                    "--build-arg", f"BASE_IMAGE={self.base_image}", "--build-arg",
                    f"PYTHON={python}",
+                   # a lock with packages the base provides: the cell's venv sees the base's
+                   # site-packages (docker/Dockerfile step b)
+                   "--build-arg", f"BASE_SITE={1 if provided_by_base(lock.full_lock) else 0}",
                    "--label", f"org.pinmatrix.cell={lock.cell_id}",
                    *secret_args(self.sources, secrets), str(context)]
             with open(log_path, "w") as log:
@@ -372,8 +381,28 @@ class DockerRunner:
             return None
         return "all" if gpu is None else f"device={gpu}"
 
+    def gpu_access(self, gpu: str | None) -> cdi.GpuAccess:
+        """How the container gets `gpu` (None: all; "": none): native CDI, the NVIDIA runtime, a
+        CDI spec translated into flags, or none (pinmatrix/runners/cdi.py gpu_access). Raises
+        cdi.CdiError for a broken spec and ValueError for a GPU name no route can carry."""
+        if self.cpu_only or gpu == "":
+            return cdi.GpuAccess("none", why="CPU only (--cpu)")
+        return cdi.gpu_access(gpu=gpu, engine_cdi_dirs=self.engine.cdi_spec_dirs,
+                              nvidia_runtime=self.engine.nvidia and self.engine.nvidia_how != "cdi",
+                              dirs=self.cdi_dirs)
+
     def run(self, prepared: Prepared, spec_path: Path, out_dir: Path,
             gpu: str | None, timeout_s: float) -> RunOutcome:
+        try:
+            access = self.gpu_access(gpu)
+        except (cdi.CdiError, ValueError) as exc:
+            return RunOutcome(None, f"GPU access: {exc}", "gpu-access-invalid")
+        outcome = self._run(prepared, spec_path, out_dir, gpu, timeout_s, access)
+        return dataclasses.replace(outcome, details={**outcome.details,
+                                                     "gpu_access": access.to_json()})
+
+    def _run(self, prepared: Prepared, spec_path: Path, out_dir: Path,
+             gpu: str | None, timeout_s: float, access: cdi.GpuAccess) -> RunOutcome:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = out_dir / f".probe-{uuid.uuid4().hex[:8]}"
@@ -384,7 +413,7 @@ class DockerRunner:
         try:
             volume = self._compile_volume(prepared)
             create = self._create_args(prepared.ref, name, Path(spec_path).resolve(), staging, gpu,
-                                       volume)
+                                       volume, access)
             made = self._docker(*create)
             if made.returncode != 0:
                 return self._engine_failure("container could not be created", made.stderr, log_path)
@@ -448,7 +477,8 @@ class DockerRunner:
         return volume if made.returncode == 0 else None
 
     def _create_args(self, image: str, name: str, spec: Path, staging: Path, gpu: str | None,
-                     compile_volume: str | None = None) -> list[str]:
+                     compile_volume: str | None = None,
+                     access: cdi.GpuAccess | None = None) -> list[str]:
         mounts = [Mount(spec, "/cell/cell.json", read_only=True),
                   Mount(staging, "/results", read_only=False)]
         # Bytecode is compiled into the image at build time (docker/Dockerfile), so nothing is
@@ -471,7 +501,7 @@ class DockerRunner:
                 *security_args("none", CONTAINER_UID, True, self.memory,
                                ("/tmp:rw,exec,mode=1777",),
                                self.pids_limit),
-                *gpu_args(self.gpus_for(gpu))]
+                *(access if access is not None else self.gpu_access(gpu)).args]
         for mount in mounts:
             args += ["--mount", mount.arg()]
         # a fixed allowlist: nothing of the host environment (tokens) leaks in

@@ -32,8 +32,6 @@ BUILDKIT_PROBE_DOCKERFILE = (
     "LABEL org.pinmatrix.buildkit-probe=1\n"
 )
 
-# CDI spec folders where the NVIDIA container toolkit writes its device descriptions.
-CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,9 @@ class Engine:
     buildkit: str
     nvidia: bool                      # an NVIDIA runtime or CDI spec was detected
     nvidia_how: str = ""              # "runtime" | "cdi" | "" — what the detection saw
+    # the folders the daemon reads CDI specs from (`docker info` CDISpecDirs): empty when the
+    # daemon applies no CDI itself (before 25.0, or the cdi feature off; pinmatrix/runners/cdi.py)
+    cdi_spec_dirs: tuple[str, ...] = ()
 
     def cmd(self, *args: str) -> list[str]:
         return [self.client, *args]
@@ -62,7 +63,10 @@ class Engine:
 
     def describe(self) -> str:
         gpu = f"NVIDIA via {self.nvidia_how}" if self.nvidia else "no NVIDIA runtime"
-        return f"{self.client} (server {self.server_version}, BuildKit via {self.buildkit}, {gpu})"
+        cdi = (f", CDI specs from {', '.join(self.cdi_spec_dirs)}" if self.cdi_spec_dirs
+               else ", no CDI in the engine")
+        return (f"{self.client} (server {self.server_version}, BuildKit via {self.buildkit}, "
+                f"{gpu}{cdi})")
 
 
 @dataclass
@@ -143,10 +147,11 @@ def probe_client(client: str, run: CommandRunner = _run) -> Attempt:
     buildkit = _buildkit_mode(client, run)
     if buildkit is None:
         return Attempt(client, problem="no buildx, and DOCKER_BUILDKIT=1 builds fail")
-    nvidia_how = _nvidia(client, run)
+    cdi_dirs = engine_cdi_dirs(client, run)
+    nvidia_how = _nvidia(client, run, cdi_dirs)
     return Attempt(client, engine=Engine(client=client, server_version=version.stdout.strip(),
                                          buildkit=buildkit, nvidia=bool(nvidia_how),
-                                         nvidia_how=nvidia_how))
+                                         nvidia_how=nvidia_how, cdi_spec_dirs=cdi_dirs))
 
 
 def _buildkit_mode(client: str, run: CommandRunner) -> str | None:
@@ -160,7 +165,21 @@ def _buildkit_mode(client: str, run: CommandRunner) -> str | None:
     return "env" if probe.returncode == 0 else None
 
 
-def _nvidia(client: str, run: CommandRunner) -> str:
+def engine_cdi_dirs(client: str, run: CommandRunner) -> tuple[str, ...]:
+    """The daemon's CDI spec folders from `docker info` (CDISpecDirs, docker/cli v25.0.0 on). A
+    daemon that applies no CDI reports none (null); a client older than the field fails the
+    template: both mean no CDI in the engine."""
+    info = run([client, "info", "--format", "{{json .CDISpecDirs}}"], None, None)
+    if info.returncode != 0:
+        return ()
+    try:
+        dirs = json.loads(info.stdout or "null") or []
+    except json.JSONDecodeError:
+        return ()
+    return tuple(str(d) for d in dirs if isinstance(d, str) and d)
+
+
+def _nvidia(client: str, run: CommandRunner, cdi_dirs: Sequence[str] = ()) -> str:
     info = run([client, "info", "--format", "{{json .Runtimes}}"], None, None)
     if info.returncode == 0:
         try:
@@ -169,17 +188,17 @@ def _nvidia(client: str, run: CommandRunner) -> str:
             runtimes = {}
         if any("nvidia" in name for name in runtimes):
             return "runtime"
-    if _cdi_has_nvidia(CDI_DIRS):
+    if _cdi_has_nvidia(cdi_dirs):
         return "cdi"
     return ""
 
 
-def _cdi_has_nvidia(dirs: Iterable[str]) -> bool:
-    for folder in dirs:
-        path = Path(folder)
-        if path.is_dir() and any("nvidia" in p.name for p in path.iterdir()):
-            return True
-    return False
+def _cdi_has_nvidia(engine_dirs: Sequence[str]) -> bool:
+    """A parsable spec of kind nvidia.com/gpu in the CDI folders (pinmatrix/runners/cdi.py)."""
+    from pinmatrix.runners import cdi
+
+    folders = [*cdi.spec_dirs(), *(Path(d) for d in engine_dirs)]
+    return bool(cdi.find_specs(folders).of_kind(cdi.GPU_KIND))
 
 
 def search_engines(candidates: Iterable[str] | None = None, run: CommandRunner = _run) -> Search:

@@ -110,7 +110,7 @@ def test_no_secret_in_arg_env_or_label(instructions: list[Instruction]) -> None:
                     f"line {ins.line}: {ins.keyword} {name} looks secret"
                 )
     args = [i.args.split("=")[0] for i in instructions if i.keyword == "ARG"]
-    assert sorted(args) == ["BASE_IMAGE", "PYTHON", "UV_VERSION"]
+    assert sorted(args) == ["BASE_IMAGE", "BASE_SITE", "PYTHON", "UV_VERSION"]
 
 
 def test_sources_only_through_secret_mounts(instructions: list[Instruction]) -> None:

@@ -103,8 +103,9 @@ def test_classic_client_with_native_buildkit_uses_env(client: str) -> None:
 
 def test_nvidia_from_cdi_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, client: str) -> None:
     (tmp_path / "cdi").mkdir()
-    (tmp_path / "cdi" / "nvidia.yaml").write_text("cdiVersion: 0.5.0\n")
-    monkeypatch.setattr(eng, "CDI_DIRS", (str(tmp_path / "cdi"),))
+    (tmp_path / "cdi" / "nvidia.yaml").write_text(
+        "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n  - name: all\n")
+    monkeypatch.setenv("PINMATRIX_CDI_DIRS", str(tmp_path / "cdi"))
     run = Script({("version",): (0, "27.0", ""), ("buildx", "version"): (0, "v0.14", ""),
                   ("info",): (0, '{"runc":{}}', "")})
     engine = eng.probe_client(client, run).engine
