@@ -54,7 +54,11 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
     history, problems = read_history(history_path)
     for problem in problems:
         echo(f"history: skipped {problem}")
-    write_report(run_dir, previous=previous, history=history)
+    from pinmatrix.fsio import published_together
+    from pinmatrix.interrupt import held
+
+    with held(), published_together():  # the whole report, or the one before (interrupt.py)
+        write_report(run_dir, previous=previous, history=history)
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     diff = summary.get("diff")
     record = history_record(summary)
