@@ -3,19 +3,74 @@ time stamp written into run files, and the text helpers reports use. One copy ea
 every writer (issue 16 found five copies of the JSON read and four of the first-line helper)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping
 
 # Report files are as readable as any file a user writes. Files that may carry an index URL with a
 # token (locks, the resolver's cache) are the owner's alone. The mode is set on the file itself with
 # fchmod: the process umask is never changed, since scheduler threads write files at the same time.
 PUBLIC_MODE = 0o644
 PRIVATE_MODE = 0o600
+
+
+# --- a set of files published together (a report) ------------------------------------------------
+# Inside `published_together()`, every atomic write of this thread stops at its complete temp file;
+# the renames that publish them all run when the block ends, one after the other, with Ctrl-C and
+# SIGTERM held off (pinmatrix/interrupt.py). A block that raises (an interrupt while the report is
+# being made) publishes nothing and removes its temp files: the folder keeps the files it had.
+_staged = threading.local()
+Action = tuple[Callable[[], object], Callable[[], object]]  # (publish, discard)
+
+
+@contextlib.contextmanager
+def published_together() -> Iterator[None]:
+    if getattr(_staged, "actions", None) is not None:  # nested: part of the enclosing set
+        yield
+        return
+    actions: list[Action] = []
+    _staged.actions = actions
+    try:
+        yield
+    except BaseException:
+        _staged.actions = None
+        _discard(actions)
+        raise
+    _staged.actions = None
+    from pinmatrix.interrupt import held
+
+    with held(notice=None, escape=False):
+        for index, (publish, _) in enumerate(actions):
+            try:
+                publish()
+            except BaseException:
+                _discard(actions[index:])
+                raise
+
+
+def _discard(actions: list[Action]) -> None:
+    for _, discard in actions:
+        try:
+            discard()
+        except OSError:
+            pass
+
+
+def on_publish(publish: Callable[[], object], discard: Callable[[], object] = lambda: None) -> None:
+    """Run `publish` now, or, inside published_together(), with the rest of the set at its end
+    (`discard` then runs instead if the set is dropped)."""
+    actions = getattr(_staged, "actions", None)
+    if actions is None:
+        publish()
+    else:
+        actions.append((publish, discard))
 
 
 def write_bytes_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> Path:
@@ -29,11 +84,44 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> Path
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        on_publish(lambda: os.replace(tmp, path), lambda: Path(tmp).unlink(missing_ok=True))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_folder(path: Path, files: Mapping[str, str], mode: int = PUBLIC_MODE) -> None:
+    """Make `path` a folder holding exactly `files` (name → text); no files: no folder. The new
+    folder is written whole beside it first, then swapped in (inside published_together(), when
+    the set is published), so `path` is the old folder, the new one, or briefly absent, never a
+    mix of the two."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent))
+    try:
+        os.chmod(new, 0o755)  # mkdtemp made it 0700
+        for name, text in files.items():
+            (new / name).write_text(text, encoding="utf-8")
+            os.chmod(new / name, mode)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+
+    def swap() -> None:
+        old = path.with_name(f".{path.name}.{os.getpid()}.old")
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+        if files:
+            os.rename(new, path)
+        else:
+            shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+    on_publish(swap, lambda: shutil.rmtree(new, ignore_errors=True))
 
 
 def write_text_atomic(path: Path, text: str, mode: int = PUBLIC_MODE) -> Path:

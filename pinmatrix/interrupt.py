@@ -6,12 +6,22 @@ terminal's Ctrl-C does not reach it): the runner sees the flag, kills the probe'
 reports `interrupted`; a build or probe cut short this way is recorded as `infra: interrupted`,
 never as a build failure, so `--resume` runs it again. The summary is written after the last of
 those outcomes.
+
+While a report is being written (`held`, around pinmatrix.fsio.published_together), a Ctrl-C or
+SIGTERM is held off: the report is finished, published whole, and then the run stops (exit 130) with
+`Interrupted(finished=True)`. A second one stops it at once, `Interrupted(finished=False)`: nothing
+of the new report is published, so the folder keeps the report it had before (or none). The renames
+that publish a report are never cut: a signal then waits for the last of them.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import threading
 import time
+from typing import Any, Iterator
 
 INTERRUPTED = threading.Event()
 SIGNATURE = "interrupted"
@@ -48,3 +58,66 @@ def wait(proc: subprocess.Popen, timeout_s: float) -> int | None:
             return proc.wait(timeout=min(POLL_S, left))
         except subprocess.TimeoutExpired:
             continue
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C or SIGTERM that arrived while a report was being written: `finished`, the report
+    was completed and published first; else a second signal stopped it and the report files are as
+    they were before it."""
+
+    def __init__(self, finished: bool) -> None:
+        super().__init__("report finished first" if finished else "report left as it was")
+        self.finished = finished
+
+
+HELD_NOTICE = ("\ninterrupted while writing the report: finishing it first, then stopping "
+               "(interrupt again to stop now; the report is then left as it was before)\n")
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def held(notice: str | None = HELD_NOTICE, *, escape: bool = True) -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM off until the block ends, then raise Interrupted(finished=True).
+    With `escape`, a second signal raises Interrupted(finished=False) at once. Only the main thread
+    can install signal handlers; elsewhere the block runs unguarded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if caught and escape:
+            raise Interrupted(finished=False)
+        caught.append(signum)
+        if notice and len(caught) == 1:
+            os.write(2, notice.encode())  # not print(): a signal may land inside a print
+
+    before = {s: signal.getsignal(s) for s in _HELD_SIGNALS}
+    for s in _HELD_SIGNALS:
+        signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            if handler is not None:  # None: installed outside Python; nothing to put back
+                signal.signal(s, handler)
+    if caught:
+        raise Interrupted(finished=True)
+
+
+def console_line(exc: KeyboardInterrupt) -> str:
+    """What the console says about an interrupt: what really happened to the cells and to the
+    report."""
+    cells = ("no new cell was started; cells that were running were stopped and recorded as infra "
+             "(interrupted); finished cells are kept; `python -m pinmatrix matrix --resume` runs "
+             "the rest")
+    left = ("the report was left as it was before (`python -m pinmatrix report --run RUN` "
+            "writes it)")
+    if isinstance(exc, Interrupted):
+        if INTERRUPTED.is_set():  # cells were cut short first, then the report was interrupted
+            return f"interrupted: {cells}" + ("" if exc.finished else f"; {left}")
+        if exc.finished:
+            return ("interrupted while writing the report: every cell had finished, and the "
+                    "report was completed first; nothing was lost")
+        return f"interrupted twice while writing the report: every cell had finished; {left}"
+    return f"interrupted: {cells}"

@@ -136,17 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for site in args.extra_site:
             if not site.is_dir():
                 raise UsageError(f"--extra-site {site}: not a folder")
-        if args.ca_bundle is not None and not args.ca_bundle.is_file():
-            raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
         return _dispatch(args)
     except PinmatrixError as exc:  # bad input exits 2, a harness failure 1 (pinmatrix/errors.py)
         print(f"{exc.prefix}: {_clip(str(exc))}", file=sys.stderr)
         return exc.exit_code
     # Ctrl-C: no new cell starts; finished ones are kept (pinmatrix/run/state.py)
-    except KeyboardInterrupt:
-        print("\ninterrupted: no new cell was started; cells that were running were stopped and "
-              "recorded as infra (interrupted); finished cells are kept; "
-              "`python -m pinmatrix matrix --resume` runs the rest", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        from pinmatrix.interrupt import console_line
+
+        print(f"\n{console_line(exc)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `python -m pinmatrix list | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -291,8 +289,16 @@ def _report(args: argparse.Namespace) -> int:
                          "pass --run DIR)")
     check_run_folder(run_dir, "--run" if args.run else "--reports")
     pins_for = tuple(getattr(args, "pins_for", None) or ())
-    json_path, md_path = write_report(run_dir.resolve(), previous=getattr(args, "previous", None),
-                                      pins_for=pins_for)
+    from pinmatrix.fsio import published_together
+    from pinmatrix.interrupt import held
+    from pinmatrix.report.pins import write_pins
+
+    # one set: an interrupt waits for the whole report, or a second one keeps the old report
+    with held(), published_together():
+        json_path, md_path = write_report(run_dir.resolve(),
+                                          previous=getattr(args, "previous", None),
+                                          pins_for=pins_for)
+        pins_message = write_pins(run_dir.resolve(), pins_for=pins_for).message
     import json
 
     summary = json.loads(json_path.read_text())
@@ -300,7 +306,5 @@ def _report(args: argparse.Namespace) -> int:
         print(f"warning: {item['path']}: {item['why']}", file=sys.stderr)
     print(summary["verdict"])
     print(f"report: {md_path}")
-    from pinmatrix.report.pins import write_pins
-
-    print(write_pins(run_dir.resolve(), pins_for=pins_for).message)
+    print(pins_message)
     return EXIT_OK

@@ -17,6 +17,7 @@ Throughput noise: a change is reported only beyond a threshold. Where the histor
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -38,6 +39,28 @@ def is_run_dir(path: Path) -> bool:
     )
 
 
+# how deep a run is looked for: reports/<run>, artifact/<run>, artifact/reports/<run>. A bound, so
+# that `--previous /` is an answer in a moment, not a walk of the whole disk (issue 17)
+RUN_SEARCH_DEPTH = 3
+
+
+def _folders_below(root: Path, depth: int) -> list[Path]:
+    """The real folders (never a symlink) at most `depth` levels below root."""
+    found: list[Path] = []
+    level = [root]
+    for _ in range(depth):
+        below: list[Path] = []
+        for folder in level:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            below += [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+        found += below
+        level = below
+    return found
+
+
 def find_run_dir(path: Path) -> Path:
     """`path` itself when it is a run folder, else the newest run folder inside it (an unpacked
     artifact wraps the run in one more folder; a reports/ folder holds many)."""
@@ -47,14 +70,8 @@ def find_run_dir(path: Path) -> Path:
     if not path.is_dir():
         raise PreviousRunError(f"{path}: no such folder")
     candidates = sorted(
-        (
-            p
-            for p in path.rglob("*")
-            if p.is_dir()
-            and not p.is_symlink()
-            and is_run_dir(p)
-            and p.name not in ("cells", "outcomes")
-        ),
+        (p for p in _folders_below(path, RUN_SEARCH_DEPTH)
+         if is_run_dir(p) and p.name not in ("cells", "outcomes")),
         key=lambda p: (p.name, str(p)),
     )
     if not candidates:

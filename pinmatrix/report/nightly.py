@@ -56,11 +56,17 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
     history, problems = read_history(history_path)
     for problem in problems:
         echo(f"history: skipped {problem}")
-    write_report(run_dir, previous=previous, history=history, pins_for=pins_for)
-    try:
-        echo(write_pins(run_dir, pins_for=pins_for).message)
-    except Exception as exc:  # a harness bug in pins must not cost the nightly its verdict
-        echo(f"pins: not written ({exc!r})")
+    from pinmatrix.fsio import published_together
+    from pinmatrix.interrupt import held
+
+    # the whole report with its pins (the --pins-for purposes in both), or the one before
+    # (interrupt.py)
+    with held(), published_together():
+        write_report(run_dir, previous=previous, history=history, pins_for=pins_for)
+        try:
+            echo(write_pins(run_dir, pins_for=pins_for).message)
+        except Exception as exc:  # a harness bug in pins must not cost the nightly its verdict
+            echo(f"pins: not written ({exc!r})")
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     diff = summary.get("diff")
     record = history_record(summary)

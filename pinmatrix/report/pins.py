@@ -29,7 +29,6 @@ hash-checking mode for everything installed with it), so `pip install -c FILE pk
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +38,7 @@ from probes import registry
 
 from pinmatrix.cell import LOCK_LINE, normalize_name, version_key
 from pinmatrix.errors import UsageError
-from pinmatrix.fsio import read_json, write_text_atomic
+from pinmatrix.fsio import read_json, replace_folder
 from pinmatrix.results import describe_signature
 
 PINS_DIR = "pins"
@@ -437,19 +436,19 @@ def write_pins(run_dir: Path, *, now: datetime | None = None,
     run_id = (summary.get("run") or {}).get("run_id") or run_dir.name
     picks = plan(run_dir, summary, pins_for)
     pins_dir = run_dir / PINS_DIR
-    if pins_dir.is_dir():
-        shutil.rmtree(pins_dir)  # pins describe this report only; stale files would mislead
     written = [p for p in picks if p.verdict is not None]
     if not written:
+        # pins describe this report only; stale files would mislead
+        replace_folder(pins_dir, {})
         counts = ", ".join(f"{n} {status}" for status,
                            n in sorted((summary.get("counts") or {}).items())) or "no cells"
         return PinsReport(None, picks, f"pins: none written: no cell qualifies for any purpose in "
                                        f"run {run_id} ({counts})")
     written_at = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    pins_dir.mkdir(parents=True)
-    for pick in written:
-        write_text_atomic(pins_dir / pick.file_name, constraints_text(pick, run_id, written_at))
-    write_text_atomic(pins_dir / "README.md", readme_text(picks, run_id, written_at))
+    # the whole folder at once (the old one's files never mix with the new ones)
+    files = {pick.file_name: constraints_text(pick, run_id, written_at) for pick in written}
+    files["README.md"] = readme_text(picks, run_id, written_at)
+    replace_folder(pins_dir, files)
     names = ", ".join(p.file_name for p in written)
     missing = [p.purpose.key for p in picks if p.verdict is None]
     message = (f"pins: {len(written)} constraints file{'s' if len(written) != 1 else ''} in "

@@ -127,14 +127,27 @@ class Option:
     forward: str = ""
     to_field: Callable[[Any], Any] | None = None  # parsed value → RunOptions value
     env: tuple[str, ...] = ()  # read when the option is absent (pinmatrix/sources.py)
-    # check(value, args) raises UsageError naming the flag; called at parse time, before anything
-    # is written, whenever the option was given (or has a default), so a bad value or a
-    # contradiction with another option never reaches resolve or build (issue 17)
-    check: Callable[[Any, argparse.Namespace], None] | None = None
+    # check(name, value, args) raises UsageError naming `name`: the flag, or the environment
+    # variable the value came from (`env`). Called at parse time, before anything is written,
+    # whenever the option was given (or has a default) or, absent, one of its variables is set, so a
+    # bad value or a contradiction with another option never reaches resolve or build (issue 17)
+    check: Callable[[str, Any, argparse.Namespace], None] | None = None
 
     @property
     def dest(self) -> str:
         return self.flag.lstrip("-").replace("-", "_")
+
+    def from_env(self, environ: Mapping[str, str]) -> tuple[str, Any] | None:
+        """(variable, value) of the first of `env` that is set and not empty, parsed as the flag
+        would be (an `append` option: the words of the value), as PackageSources.from_env picks
+        it; None when none is set."""
+        for name in self.env:
+            raw = environ.get(name)
+            if raw:
+                if self.action == "append":
+                    return name, raw.split()
+                return name, self.type(raw) if self.type is not None else raw
+        return None
 
     def argparse_kwargs(self) -> dict[str, Any]:
         env = f"(else ${', $'.join(self.env)})" if self.env else ""
@@ -194,66 +207,90 @@ def _docker_may_run(args: argparse.Namespace) -> bool:
     return getattr(args, "runner", "auto") in ("auto", "docker")
 
 
-def _seconds(flag: str) -> Callable[[Any, argparse.Namespace], None]:
-    def check(value: float, args: argparse.Namespace) -> None:
-        if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):  # nan, inf, 0, negatives
-            _bad(flag, value, f"must be a finite number of seconds, more than 0 and at most "
-                              f"{MAX_SECONDS:.0f}")
-    return check
+Check = Callable[[str, Any, argparse.Namespace], None]  # (name shown, value, all arguments)
 
 
-def _count(flag: str, low: int, high: int) -> Callable[[Any, argparse.Namespace], None]:
-    def check(value: int, args: argparse.Namespace) -> None:
+def _seconds(name: str, value: float, args: argparse.Namespace) -> None:
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):  # nan, inf, 0, negatives
+        _bad(name, value, f"must be a finite number of seconds, more than 0 and at most "
+                          f"{MAX_SECONDS:.0f}")
+
+
+def _count(low: int, high: int) -> Check:
+    def check(name: str, value: int, args: argparse.Namespace) -> None:
         if not low <= value <= high:
-            _bad(flag, value, f"must be from {low} to {high}")
+            _bad(name, value, f"must be from {low} to {high}")
     return check
 
 
-def _folder_to_write(flag: str, *, mounted: bool) -> Callable[[Any, argparse.Namespace], None]:
+def _folder_to_write(*, mounted: bool) -> Check:
     """A folder the run writes into: it may not exist yet, but nothing in its way may be a file,
     the nearest existing folder must be writable, and where docker mounts it, no ',' or '='."""
-    def check(value: Path, args: argparse.Namespace) -> None:
+    def check(name: str, value: Path, args: argparse.Namespace) -> None:
         if args.command == "list":  # reads the matrix only; writes nothing
             return
         path = Path(value).resolve()
         if (mounted and args.command in _BUILDS and _docker_may_run(args)
                 and any(c in str(path) for c in MOUNT_UNSAFE)):
-            _bad(flag, path, "docker cannot mount a path with ',' or '=' in it; rename the "
+            _bad(name, path, "docker cannot mount a path with ',' or '=' in it; rename the "
                              "folder or use --runner venv")
         for parent in (path, *path.parents):
             if parent.exists():
                 if not parent.is_dir():
-                    _bad(flag, value, f"{parent} is a file, not a folder")
+                    _bad(name, value, f"{parent} is a file, not a folder")
                 if not os.access(parent, os.W_OK | os.X_OK):
-                    _bad(flag, value, f"{parent} is not writable")
+                    _bad(name, value, f"{parent} is not writable")
                 return
     return check
 
 
-def _folder_to_read(flag: str) -> Callable[[Any, argparse.Namespace], None]:
-    def check(value: Path, args: argparse.Namespace) -> None:
-        if not Path(value).is_dir():
-            _bad(flag, value, "no such folder" if not Path(value).exists() else "not a folder")
-    return check
+def _folder_to_read(name: str, value: Path, args: argparse.Namespace) -> None:
+    if not Path(value).is_dir():
+        _bad(name, value, "no such folder" if not Path(value).exists() else "not a folder")
 
 
-def _find_links(value: list[str], args: argparse.Namespace) -> None:
+def _file_to_read(name: str, value: Path, args: argparse.Namespace) -> None:
+    if not Path(value).is_file():
+        _bad(name, value, "no such file" if not Path(value).exists() else "not a file")
+
+
+def _previous_run(name: str, value: Path, args: argparse.Namespace) -> None:
+    """--previous names a run to diff against: a folder that holds no run is bad input, not a
+    diff against nothing (pinmatrix.report.diff.find_run_dir)."""
+    _folder_to_read(name, value, args)
+    from pinmatrix.report.diff import PreviousRunError, find_run_dir
+
+    try:
+        find_run_dir(Path(value))
+    except PreviousRunError as exc:
+        _bad(name, value, str(exc).removeprefix(f"{value}: "))
+
+
+def _resume(name: str, value: str, args: argparse.Namespace) -> None:
+    """--resume RUN: a run id, a folder directly under --reports, never a path out of it."""
+    if value:  # "": the latest unfinished run
+        from pinmatrix.run.state import resume_folder
+
+        resume_folder(Path(args.reports), value, name=name)  # ResumeError: exit 2
+
+
+def _find_links(name: str, value: list[str], args: argparse.Namespace) -> None:
     # a URL is the index's business; a local folder must be there, or every cell ends `infra`
     for link in value:
         local = link[len("file://"):] if link.startswith("file://") else link
         if "://" in local:
             continue
         if not Path(local).exists():
-            _bad("--find-links", link, "no such folder")
+            _bad(name, link, "no such folder")
         if _docker_may_run(args) and any(c in str(Path(local).resolve()) for c in MOUNT_UNSAFE):
-            _bad("--find-links", link, "docker cannot mount a path with ',' or '=' in it")
+            _bad(name, link, "docker cannot mount a path with ',' or '=' in it")
 
 
-def _no_install(value: bool, args: argparse.Namespace) -> None:
+def _no_install(name: str, value: bool, args: argparse.Namespace) -> None:
     if value and getattr(args, "runner", "auto") == "docker":
         from pinmatrix.errors import UsageError
 
-        raise UsageError("--no-install with --runner docker: --no-install tests what a venv "
+        raise UsageError(f"{name} with --runner docker: {name} tests what a venv "
                          "already holds; the docker runner always installs the lock")
 
 
@@ -297,7 +334,7 @@ OPTIONS: tuple[Option, ...] = (
         type=Path,
         default=REPO_ROOT / "reports",
         forward="path",
-        check=_folder_to_write("--reports", mounted=True),
+        check=_folder_to_write(mounted=True),
     ),
     Option(
         "--runner",
@@ -321,7 +358,7 @@ OPTIONS: tuple[Option, ...] = (
         type=float,
         metavar="S",
         forward="value",
-        check=_seconds("--timeout"),
+        check=_seconds,
     ),
     Option(
         "--check-timeout",
@@ -331,7 +368,7 @@ OPTIONS: tuple[Option, ...] = (
         type=float,
         metavar="S",
         forward="value",
-        check=_seconds("--check-timeout"),
+        check=_seconds,
     ),
     Option(
         "--no-flaky-rerun",
@@ -349,7 +386,7 @@ OPTIONS: tuple[Option, ...] = (
         type=Path,
         metavar="DIR",
         forward="path",
-        check=_folder_to_write("--model-cache", mounted=True),
+        check=_folder_to_write(mounted=True),
     ),
     Option(
         "--model-hub",
@@ -447,6 +484,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="FILE",
         forward="path",
         env=_sources_help("ca_bundle"),
+        check=_file_to_read,
     ),
     Option(
         "--torch-backend",
@@ -464,7 +502,8 @@ OPTIONS: tuple[Option, ...] = (
         group=VENV,
         type=Path,
         forward="path",
-        check=_folder_to_write("--venv-dir", mounted=False),
+        env=("PINMATRIX_VENV_DIR",),  # read by pinmatrix/runners/venv.py when the flag is absent
+        check=_folder_to_write(mounted=False),
     ),
     Option(
         "--system-site-packages",
@@ -533,7 +572,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     # per command
     Option("--run", "run folder (default: reports/latest)", commands=("report",), type=Path,
-           check=_folder_to_read("--run")),
+           check=_folder_to_read),
     Option(
         "--pins-for",
         "also write the pin that fits: route=remote-code|llamafied|exaone4|any, "
@@ -552,7 +591,7 @@ OPTIONS: tuple[Option, ...] = (
         commands=("report", "nightly", "merge"),
         type=Path,
         metavar="DIR",
-        check=_folder_to_read("--previous"),
+        check=_previous_run,
     ),
     Option(
         "--history",
@@ -589,13 +628,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--resume",
-        "continue an interrupted run (default: the latest unfinished), keeping its finished cells",
+        "continue an interrupted run (default: the latest unfinished), keeping its finished "
+        "cells; RUN is a run id, a folder directly under --reports",
         field="resume",
         commands=("matrix",),
         group=SCALE,
         nargs="?",
         const="",
         metavar="RUN",
+        check=_resume,
     ),
     Option(
         "--gpus",
@@ -615,7 +656,7 @@ OPTIONS: tuple[Option, ...] = (
         type=int,
         default=2,
         metavar="N",
-        check=_count("--build-jobs", 1, MAX_JOBS),
+        check=_count(1, MAX_JOBS),
     ),
     Option(
         "--cpu-jobs",
@@ -626,7 +667,7 @@ OPTIONS: tuple[Option, ...] = (
         type=int,
         default=1,
         metavar="N",
-        check=_count("--cpu-jobs", 1, MAX_JOBS),
+        check=_count(1, MAX_JOBS),
     ),
     Option(
         "--shard",
@@ -645,7 +686,7 @@ OPTIONS: tuple[Option, ...] = (
         group=SCALE,
         type=Path,
         metavar="DIR",
-        check=_folder_to_write("--run-dir", mounted=True),
+        check=_folder_to_write(mounted=True),
     ),
     Option(
         "--no-live",
@@ -681,7 +722,7 @@ OPTIONS: tuple[Option, ...] = (
         group=SLURM,
         type=float,
         metavar="S",
-        check=_seconds("--slurm-deadline"),
+        check=_seconds,
     ),
     Option(
         "--slurm-poll",
@@ -691,7 +732,7 @@ OPTIONS: tuple[Option, ...] = (
         type=float,
         default=10.0,
         metavar="S",
-        check=_seconds("--slurm-poll"),
+        check=_seconds,
     ),
     # run-cell: one Slurm array task (pinmatrix/run/slurm.py)
     Option(
@@ -702,7 +743,7 @@ OPTIONS: tuple[Option, ...] = (
         type=Path,
         required=True,
         metavar="DIR",
-        check=_folder_to_read("--run-dir"),
+        check=_folder_to_read,
     ),
     Option(
         "--index",
@@ -710,7 +751,7 @@ OPTIONS: tuple[Option, ...] = (
         commands=("run-cell",),
         type=int,
         metavar="N",
-        check=_count("--index", 0, 10_000_000),
+        check=_count(0, 10_000_000),
     ),
 )
 # RunOptions fields a Slurm task sets itself rather than receiving: the session picks the cell, the
@@ -739,12 +780,27 @@ def options_for(command: str) -> list[Option]:
     return [o for o in OPTIONS if command in o.commands]
 
 
-def check_options(args: argparse.Namespace) -> None:
-    """Every declared check of the command's options, on what was parsed (UsageError, exit 2)."""
+# commands that never use the package sources or the venv folder: a variable they would not read
+# is not theirs to refuse
+_ENV_UNUSED = ("report", "merge")
+
+
+def check_options(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> None:
+    """Every declared check of the command's options, on what was parsed (UsageError, exit 2);
+    for an option left out, on the value of the variable that stands in for it (`Option.env`, the
+    one PackageSources.from_env picks), named in the message instead of the flag."""
+    environ = os.environ if environ is None else environ
     for option in options_for(args.command):
+        if option.check is None:
+            continue
         value = getattr(args, option.dest, None)
-        if option.check is not None and value is not None and value != []:
-            option.check(value, args)
+        if value is not None and value != []:
+            option.check(option.flag, value, args)
+        elif args.command not in _ENV_UNUSED:
+            found = option.from_env(environ)
+            if found is not None:
+                name, value = found
+                option.check(f"${name}", value, args)
 
 
 def parse_gpus(text: str | None) -> list[str] | None:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import HarnessError
-from pinmatrix.fsio import utc_now, write_json_atomic, write_text_atomic
+from pinmatrix.fsio import (on_publish, published_together, utc_now, write_json_atomic,
+                            write_text_atomic)
 from pinmatrix.outcome import Outcome
 from pinmatrix.probes_source import probes_digest
 from pinmatrix import interrupt
@@ -226,14 +227,18 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
             manifest.pop("complete", None)
             manifest["stopped"] = stop.reason
         try:
-            if (opts.shard is None and opts.finalize) or not (run_dir / "run.json").is_file():
-                write_json_atomic(run_dir / "run.json", manifest)
-            if opts.finalize:
-                write_report(run_dir, pins_for=opts.pins_for)
-                _write_pins(run_dir, echo, opts.pins_for)
-                # not a shared --run-dir elsewhere
-                if run_dir.resolve().parent == Path(opts.reports_dir).resolve():
-                    point_latest(opts.reports_dir, run_dir)
+            # run.json, the report, pins/ and reports/latest are published as one set, and a
+            # Ctrl-C or SIGTERM meanwhile waits for it (pinmatrix/interrupt.py `held`): the folder
+            # has the whole new report or, after a second interrupt, the one it had before
+            with interrupt.held(), published_together():
+                if (opts.shard is None and opts.finalize) or not (run_dir / "run.json").is_file():
+                    write_json_atomic(run_dir / "run.json", manifest)
+                if opts.finalize:
+                    write_report(run_dir, pins_for=opts.pins_for)
+                    _write_pins(run_dir, echo, opts.pins_for)
+                    # not a shared --run-dir elsewhere
+                    if run_dir.resolve().parent == Path(opts.reports_dir).resolve():
+                        on_publish(lambda: point_latest(opts.reports_dir, run_dir))
         # a full disk must not turn into a traceback: the finished files stand
         except OSError as exc:
             if not disk_full(exc):

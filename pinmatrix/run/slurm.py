@@ -230,12 +230,15 @@ def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
     manifest["complete"] = True
     manifest["slurm"]["states"] = {str(k): v for k, v in sorted(final.items())}
     write_json_atomic(run_dir / "run.json", manifest)
-    write_report(run_dir, pins_for=opts.pins_for)
+    from pinmatrix.fsio import on_publish, published_together
+    from pinmatrix.interrupt import held
     from pinmatrix.report.pins import write_pins  # the plan summary.md shows, as files
 
-    echo(write_pins(run_dir, pins_for=opts.pins_for).message)
-    if run_dir.parent == Path(opts.reports_dir).resolve():
-        point_latest(opts.reports_dir, run_dir)
+    with held(), published_together():  # the whole report, or the one before (interrupt.py)
+        write_report(run_dir, pins_for=opts.pins_for)
+        echo(write_pins(run_dir, pins_for=opts.pins_for).message)
+        if run_dir.parent == Path(opts.reports_dir).resolve():
+            on_publish(lambda: point_latest(opts.reports_dir, run_dir))
     import json
 
     echo(json.loads((run_dir / "summary.json").read_text())["verdict"])

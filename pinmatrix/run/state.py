@@ -2,7 +2,8 @@
 shards).
 
 - a fresh run: a new `reports/<UTC id>` folder (pinmatrix.run.folder.new_run_dir);
-- `--resume [RUN]`: the named run (an id under the reports folder, or a path), else the newest run
+- `--resume [RUN]`: the named run (a run id: a folder directly under the reports folder, never a
+  path, nor a symlink out of it), else the newest run
   whose `run.json` lacks `"complete": true` — the loop writes that flag only when it ends normally,
   so a Ctrl-C, a SIGKILL or a lost node leaves the run resumable;
 - `--run-dir DIR`: a shared folder several writers (shards, Slurm array tasks) join; created when
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from pinmatrix.errors import ResumeError
 from pinmatrix.fsio import read_json, utc_now, write_json_atomic
@@ -115,23 +116,46 @@ def _same_request(opts: Any, manifest: dict[str, Any], run_dir: Path) -> None:
                           "same selectors")
 
 
+def resume_folder(reports_dir: Path, which: str, name: str = "--resume") -> Path:
+    """The run folder `--resume RUN` names: RUN is a run id, a folder directly under the reports
+    folder. A path (a separator, `.`/`..`, absolute), a hidden name, or a name whose folder is a
+    symlink leading out of the reports folder is refused (ResumeError, exit 2): a resume writes into
+    the folder it names. The folder need not exist yet (the caller says so)."""
+    def refuse(why: str) -> NoReturn:
+        shown = which if len(which) <= 80 else f"{which[:80]}... ({len(which)} characters)"
+        raise ResumeError(f"{name} {shown!r}: {why}")
+
+    seps = {"/", os.sep, os.altsep or "/"}
+    if any(sep in which for sep in seps) or which in (".", "..") or os.path.isabs(which):
+        refuse(f"a run id (a folder name under {reports_dir}), not a path")
+    if which.startswith(".") or not which.isprintable():
+        refuse(f"not a run id: run ids are folder names under {reports_dir} such as "
+               "20261127T172100Z or 20261127T172100Z-nightly")
+    folder = Path(reports_dir) / which
+    if folder.is_symlink() or folder.exists():
+        root = Path(reports_dir).resolve()
+        if folder.resolve().parent != root:
+            refuse(f"{folder} leads to {folder.resolve()}, which is not a run folder directly "
+                   f"under {root}")
+    return folder
+
+
 def _resume_target(reports_dir: Path, which: str) -> Path:
     if not which:
         found = latest_unfinished(reports_dir)
         if found is None:
             raise ResumeError(f"--resume: no unfinished run under {reports_dir}")
         return found
-    for candidate in (Path(which), reports_dir / which):
-        manifest = candidate / "run.json"
-        if manifest.is_file():
-            # a run folder the resume will write into: never through a symlinked run.json, which
-            # would make the resumed run record itself somewhere else (issue 17)
-            if manifest.is_symlink():
-                raise ResumeError(f"--resume {which}: {manifest} is a symlink; resume the run "
-                                  "folder it belongs to")
-            return candidate
-    raise ResumeError(f"--resume {which}: no run folder with a run.json there or under "
-                      f"{reports_dir}")
+    candidate = resume_folder(reports_dir, which)
+    manifest = candidate / "run.json"
+    if manifest.is_file():
+        # a run folder the resume will write into: never through a symlinked run.json, which
+        # would make the resumed run record itself somewhere else (issue 17)
+        if manifest.is_symlink():
+            raise ResumeError(f"--resume {which}: {manifest} is a symlink; resume the run "
+                              "folder it belongs to")
+        return candidate
+    raise ResumeError(f"--resume {which}: no run folder with a run.json under {reports_dir}")
 
 
 def _create_once(path: Path, data: dict[str, Any]) -> None:

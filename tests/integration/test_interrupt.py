@@ -125,3 +125,154 @@ def test_interrupt_at_build_time(tmp_path: Path, how: str) -> None:
     outcome = _check_folder(proc, tmp_path, "prepare" if how == "sigint-group" else "run")
     run = _run_dir(tmp_path)
     assert run is not None and not any((run / "work").glob("*/cell.json")), outcome
+
+
+# --- report time ---------------------------------------------------------------------------------
+# Every cell has finished; the harness is writing summary.json/md/html, junit.xml, pins/ and
+# reports/latest. report_gate.py holds the real run at the start of summary.html's write (after
+# summary.json and summary.md were made) until the signal has reached it. The report must then be
+# finished and published whole before the run stops with 130, or, after a second signal, left as it
+# was before (here: none); never part of a new one.
+GATE = Path(__file__).with_name("report_gate.py")
+REPORT_FILES = ("summary.json", "summary.md", "summary.html", "junit.xml")
+
+
+def _start_gated(tmp_path: Path, venvs: Path, signals: int) -> tuple[subprocess.Popen[str], Path]:
+    matrix = fc.write_matrix(tmp_path / "matrix.yaml", ["4.57.6"], checks=("imports",))
+    log = tmp_path / "console.log"
+    with log.open("w") as console:
+        proc = subprocess.Popen(
+            [sys.executable, str(GATE), "summary.html", str(signals),
+             str(tmp_path / "gate-reached"), "--", "matrix", "--matrix", str(matrix), "--runner",
+             "venv", "--cpu", "--reports", str(tmp_path / "reports"), "--venv-dir", str(venvs),
+             "--no-live", "--no-flaky-rerun"],
+            cwd=ROOT,
+            env={**os.environ, "PINMATRIX_FIND_LINKS": str(WHEELS), "PYTHONPATH": str(ROOT)},
+            start_new_session=True, stdout=console, stderr=subprocess.STDOUT, text=True)
+    return proc, log
+
+
+def _gate_reached(tmp_path: Path, proc: subprocess.Popen[str], log: Path) -> Path:
+    deadline = time.monotonic() + 900
+    while not (tmp_path / "gate-reached").exists():
+        if proc.poll() is not None:
+            pytest.fail("the run ended before its report:\n" + log.read_text())
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("the report was never reached:\n" + log.read_text())
+        time.sleep(0.1)
+    run = _run_dir(tmp_path)
+    assert run is not None
+    return run
+
+
+def _leftovers(run: Path) -> list[str]:
+    """Temp files and folders of an unfinished atomic write (`.NAME.*`)."""
+    return sorted(str(p.relative_to(run)) for p in run.rglob(".*"))
+
+
+@pytest.mark.parametrize("how", list(SIGNALS))
+def test_interrupt_at_report_time_finishes_the_report(tmp_path: Path, shared_venvs: Path,
+                                                      how: str) -> None:
+    proc, log = _start_gated(tmp_path, shared_venvs, signals=1)
+    run = _gate_reached(tmp_path, proc, log)
+    SIGNALS[how](proc.pid)
+    assert proc.wait(timeout=120) == 130, log.read_text()
+    out = log.read_text()
+    assert "Traceback" not in out, out
+    assert "every cell had finished, and the report was completed first" in out, out
+    outcomes = {p.stem: json.loads(p.read_text()) for p in (run / "outcomes").glob("*.json")}
+    (outcome,) = outcomes.values()
+    assert outcome["stage"] == "done" and outcome["status"] is None, outcome  # not interrupted
+    summary = json.loads((run / "summary.json").read_text())
+    assert {c["id"] for c in summary["cells"]} == set(outcomes), (summary["verdict"], outcomes)
+    for name in REPORT_FILES:  # every report file, whole, and of this summary
+        assert (run / name).is_file(), (name, sorted(p.name for p in run.iterdir()))
+    assert summary["verdict"] in (run / "summary.md").read_text()
+    assert summary["verdict"] in (run / "summary.html").read_text()
+    assert f'classname="{outcome["cell"]}"' in (run / "junit.xml").read_text()
+    if (run / "pins").exists():
+        assert (run / "pins" / "README.md").is_file()
+    assert json.loads((run / "run.json").read_text()).get("complete") is True
+    assert (tmp_path / "reports" / "latest").resolve() == run.resolve()
+    assert _leftovers(run) == []
+    assert _processes_mentioning(str(run)) == []
+
+
+def test_second_interrupt_at_report_time_keeps_the_report_it_had(tmp_path: Path,
+                                                                 shared_venvs: Path) -> None:
+    proc, log = _start_gated(tmp_path, shared_venvs, signals=2)
+    run = _gate_reached(tmp_path, proc, log)
+    os.kill(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while "finishing it first" not in log.read_text():  # the first one was held off
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log.read_text()
+    out = log.read_text()
+    assert "Traceback" not in out, out
+    assert "interrupted twice while writing the report" in out, out
+    # a fresh run had no report: none of the new one was published, not even summary.json
+    assert [n for n in REPORT_FILES if (run / n).exists()] == [], sorted(run.iterdir())
+    assert not (run / "pins").exists() and not (tmp_path / "reports" / "latest").exists()
+    assert _leftovers(run) == []
+    # run.json is the one from the start: no "complete", so --resume writes the report
+    assert "complete" not in json.loads((run / "run.json").read_text())
+    assert len(list((run / "outcomes").glob("*.json"))) == 1
+
+
+def _report_run(folder: Path, cells: list[str]) -> Path:
+    from pinmatrix.outcome import Outcome
+
+    for cell in cells:
+        Outcome(cell=cell, hash=None, pins={"python": "3.11"}, runner="venv", stage="resolve",
+                status="unresolvable", reason="no install").write(folder)
+    (folder / "run.json").write_text(json.dumps({"run_id": folder.name, "runner": "venv",
+                                                 "cells": cells}))
+    return folder
+
+
+def _gated_report(tmp_path: Path, run: Path, signals: int) -> tuple[int, str]:
+    marker = tmp_path / f"gate-{signals}"
+    log = tmp_path / f"report-{signals}.log"
+    with log.open("w") as console:
+        proc = subprocess.Popen(
+            [sys.executable, str(GATE), "summary.html", str(signals), str(marker), "--", "report",
+             "--run", str(run)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            start_new_session=True, stdout=console, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    if signals == 2:
+        while "finishing it first" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGINT)
+    return proc.wait(timeout=120), log.read_text()
+
+
+def test_report_command_interrupted_keeps_the_old_report_or_writes_the_whole_new_one(
+        tmp_path: Path) -> None:
+    """`report --run` on a folder that has a report: interrupted twice, every report file is the
+    old one byte for byte; interrupted once, every one is the new one."""
+    run = _report_run(tmp_path / "20261129T010000Z", ["cell-a"])
+    first = subprocess.run([sys.executable, "-m", "pinmatrix", "report", "--run", str(run)],
+                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    old = {n: (run / n).read_bytes() for n in REPORT_FILES}
+    _report_run(run, ["cell-a", "cell-b"])  # one more outcome: the next report differs
+    code, out = _gated_report(tmp_path, run, signals=2)
+    assert code == 130 and "Traceback" not in out, out
+    assert {n: (run / n).read_bytes() for n in REPORT_FILES} == old, out
+    assert _leftovers(run) == []
+    code, out = _gated_report(tmp_path, run, signals=1)
+    assert code == 130 and "the report was completed first" in out, out
+    summary = json.loads((run / "summary.json").read_text())
+    assert [c["id"] for c in summary["cells"]] == ["cell-a", "cell-b"]
+    for name in REPORT_FILES:
+        assert "cell-b" in (run / name).read_text(), name
+    assert _leftovers(run) == []

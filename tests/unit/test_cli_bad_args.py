@@ -55,6 +55,14 @@ BAD = [
     ("slurm-poll-nan", ["--slurm-poll", "nan"], "--slurm-poll"),
     ("previous-on-matrix", ["--previous", "/nonexistent/run"], "--previous"),  # not its option
     ("resume-with-shard", ["--resume", "--shard", "1/2"], "--resume"),
+    # --resume RUN is a run id under --reports, never a path (issue 17)
+    ("resume-parent", ["--resume", "../x"], "--resume '../x'"),
+    ("resume-dotdot", ["--resume", ".."], "--resume '..'"),
+    ("resume-absolute", ["--resume", "/etc"], "--resume '/etc'"),
+    ("resume-nested", ["--resume", "a/b"], "--resume 'a/b'"),
+    ("resume-hidden", ["--resume", ".cache"], "--resume '.cache'"),
+    ("resume-equals-parent", ["--resume=../../etc"], "--resume '../../etc'"),
+    ("ca-bundle-is-a-folder", ["--ca-bundle", "/tmp"], "--ca-bundle"),
 ]
 
 
@@ -201,3 +209,76 @@ def test_reports_folder_that_cannot_be_made_exits_2_naming_it(tmp_path: Path) ->
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(reports) in errors[0], proc.stderr
+
+
+# --- values from the environment: checked as their flag, named as the variable (issue 17) --------
+SOURCE_VARS = ("PINMATRIX_FIND_LINKS", "PIP_FIND_LINKS", "PINMATRIX_CA_BUNDLE", "PIP_CERT",
+               "SSL_CERT_FILE", "PINMATRIX_VENV_DIR")
+
+# (case, the variables set, extra arguments, the name the message must hold, a name it must not)
+BAD_ENV = [
+    ("pinmatrix-find-links-missing", {"PINMATRIX_FIND_LINKS": "/nonexistent/wheels"}, [],
+     "$PINMATRIX_FIND_LINKS '/nonexistent/wheels'", "--find-links"),
+    ("pinmatrix-find-links-second-word-missing",
+     {"PINMATRIX_FIND_LINKS": "/tmp /nonexistent/wheels"}, [],
+     "$PINMATRIX_FIND_LINKS '/nonexistent/wheels'", "--find-links"),
+    ("pip-find-links-missing", {"PIP_FIND_LINKS": "/nonexistent/pip-wheels"}, [],
+     "$PIP_FIND_LINKS '/nonexistent/pip-wheels'", "--find-links"),
+    ("pinmatrix-find-links-mount-unsafe", {"PINMATRIX_FIND_LINKS": "{comma}"},
+     ["--runner", "docker"], "$PINMATRIX_FIND_LINKS", "--find-links"),
+    ("pinmatrix-ca-bundle-missing", {"PINMATRIX_CA_BUNDLE": "/nonexistent/ca.pem"}, [],
+     "$PINMATRIX_CA_BUNDLE '/nonexistent/ca.pem'", "--ca-bundle"),
+    ("ssl-cert-file-missing", {"SSL_CERT_FILE": "/nonexistent/ssl.pem"}, [],
+     "$SSL_CERT_FILE '/nonexistent/ssl.pem'", "--ca-bundle"),
+    ("venv-dir-is-a-file", {"PINMATRIX_VENV_DIR": "{file}"}, [], "$PINMATRIX_VENV_DIR",
+     "--venv-dir"),
+]
+
+
+def _run_env(args: list[str], reports: Path, env: dict[str, str],
+             command: str = "matrix") -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in SOURCE_VARS}
+    return subprocess.run([sys.executable, "-m", "pinmatrix", command, "--matrix", str(CI),
+                           "--reports", str(reports), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**base, "PINMATRIX_DOCKER": "/nonexistent/docker", **env})
+
+
+@pytest.mark.parametrize("case, env, args, named, not_named", BAD_ENV, ids=[c[0] for c in BAD_ENV])
+def test_bad_value_from_the_environment_exits_2_and_names_the_variable(
+        tmp_path: Path, case: str, env: dict[str, str], args: list[str], named: str,
+        not_named: str) -> None:
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "wheels,1").mkdir()
+    env = {k: v.format(file=tmp_path / "a-file", comma=tmp_path / "wheels,1")
+           for k, v in env.items()}
+    reports = tmp_path / "reports"
+    proc = _run_env(["--runner", "venv", *args] if not args else args, reports, env)
+    assert proc.returncode == 2, f"{case}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert named in errors[0] and not_named not in errors[0], errors[0]
+    assert not reports.exists()
+
+
+def test_the_flag_wins_over_a_bad_variable_and_report_does_not_read_them(tmp_path: Path) -> None:
+    """The variable stands in for the flag only when the flag is absent, as PackageSources
+    picks it; `report` uses no package source, so a bad variable is none of its business."""
+    bad = {"PINMATRIX_FIND_LINKS": "/nonexistent/wheels", "PINMATRIX_CA_BUNDLE": "/nonexistent"}
+    (tmp_path / "ca.pem").write_text("x")
+    proc = _run_env(["--find-links", str(tmp_path), "--ca-bundle", str(tmp_path / "ca.pem")],
+                    tmp_path / "reports", bad, command="list")
+    assert proc.returncode == 0, proc.stderr
+    proc = _run_env([], tmp_path / "reports", bad, command="list")
+    assert proc.returncode == 2 and "$PINMATRIX_FIND_LINKS" in proc.stderr, proc.stderr
+    from pinmatrix.outcome import Outcome
+
+    run = tmp_path / "reports" / "20261129T010000Z"
+    Outcome(cell="c", hash=None, pins={"python": "3.11"}, runner="venv", stage="resolve",
+            status="unresolvable", reason="no install").write(run)
+    (run / "run.json").write_text('{"run_id": "20261129T010000Z", "runner": "venv"}')
+    proc = subprocess.run([sys.executable, "-m", "pinmatrix", "report", "--run", str(run)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, **bad})
+    assert proc.returncode == 0, proc.stderr

@@ -49,3 +49,70 @@ def test_first_line():
     assert first_line("\n  one  \ntwo") == "one  "
     assert first_line(None) == ""
     assert first_line("abcdef", limit=3) == "abc…"
+
+
+# --- a report published as one set (issue 17: an interrupt at report time) -----------------------
+
+def test_published_together_publishes_at_the_end_and_drops_everything_on_an_interrupt(tmp_path):
+    import pytest
+
+    from pinmatrix.fsio import on_publish, published_together, replace_folder
+
+    write_text_atomic(tmp_path / "summary.md", "old report")
+    replace_folder(tmp_path / "pins", {"README.md": "old pins", "old.constraints.txt": "x"})
+    with pytest.raises(KeyboardInterrupt):
+        with published_together():
+            write_text_atomic(tmp_path / "summary.md", "new report")
+            write_text_atomic(tmp_path / "summary.html", "new page")
+            replace_folder(tmp_path / "pins", {"README.md": "new pins"})
+            on_publish(lambda: (tmp_path / "latest").symlink_to("run"))
+            assert (tmp_path / "summary.md").read_text() == "old report"  # nothing published yet
+            raise KeyboardInterrupt
+    # the folder is exactly as before: the old report, the old pins, no temp file or folder
+    assert (tmp_path / "summary.md").read_text() == "old report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pins", "summary.md"]
+    assert sorted(p.name for p in (tmp_path / "pins").iterdir()) == ["README.md",
+                                                                     "old.constraints.txt"]
+    with published_together():
+        write_text_atomic(tmp_path / "summary.md", "new report")
+        replace_folder(tmp_path / "pins", {"README.md": "new pins"})
+    assert (tmp_path / "summary.md").read_text() == "new report"
+    assert sorted(p.name for p in (tmp_path / "pins").iterdir()) == ["README.md"]  # not a mix
+    assert mode_of(tmp_path / "pins" / "README.md") == PUBLIC_MODE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pins", "summary.md"]
+    replace_folder(tmp_path / "pins", {})  # no files: no folder
+    assert not (tmp_path / "pins").exists()
+
+
+def test_held_signals_wait_for_the_block_and_a_second_one_stops_it(tmp_path):
+    """Real signals to this process (pytest runs tests in the main thread)."""
+    import signal
+
+    import pytest
+
+    from pinmatrix.interrupt import Interrupted, held
+
+    steps: list[str] = []
+    with pytest.raises(Interrupted) as caught:
+        with held(notice=None):
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("after the first signal")  # held off: the block goes on
+            write_text_atomic(tmp_path / "summary.json", "{}")
+            steps.append("finished")
+    assert caught.value.finished and steps == ["after the first signal", "finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+    with pytest.raises(Interrupted) as caught:
+        with held(notice=None):
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)  # the second one: at once
+            steps.append("never")
+    assert not caught.value.finished and "never" not in steps
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    with pytest.raises(Interrupted) as caught:
+        with held(notice=None, escape=False):  # publishing: nothing cuts it
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("published")
+    assert caught.value.finished and steps[-1] == "published"

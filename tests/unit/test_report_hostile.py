@@ -89,3 +89,77 @@ def test_resume_refuses_a_symlinked_run_json(tmp_path: Path) -> None:
                       str(reports), "--resume", run.name)
     assert proc.returncode == 2 and "symlink" in proc.stderr, proc.stderr
     assert _tree(elsewhere) == ["outcomes", f"outcomes/{CELL}.json", "run.json"]
+
+
+def test_resume_refuses_a_symlink_that_leaves_the_reports_folder(tmp_path: Path) -> None:
+    """--resume RUN names a folder under --reports; one that is a symlink to a run elsewhere would
+    make the resume write there (issue 17). Refused at parse time, exit 2, nothing written."""
+    elsewhere = _run(tmp_path / "elsewhere")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "20261129T010000Z").symlink_to(elsewhere, target_is_directory=True)
+    before = _tree(elsewhere)
+    proc = _pinmatrix("matrix", "--matrix", str(CI), "--runner", "venv", "--reports",
+                      str(reports), "--resume", "20261129T010000Z")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert "--resume '20261129T010000Z'" in line and str(elsewhere) in line, line
+    assert _tree(elsewhere) == before and sorted(p.name for p in reports.iterdir()) == [
+        "20261129T010000Z"]
+
+
+def test_resume_takes_a_run_id_and_a_symlink_that_stays_inside(tmp_path: Path) -> None:
+    from pinmatrix.errors import ResumeError
+    from pinmatrix.run.state import resume_folder
+
+    reports = tmp_path / "reports"
+    run = _run(reports / "20261129T010000Z-nightly")
+    (reports / "latest").symlink_to(run.name)
+    assert resume_folder(reports, run.name) == run
+    assert resume_folder(reports, "latest").resolve() == run.resolve()
+    (reports / "sub").mkdir()
+    (reports / "deep").symlink_to(reports / "sub" / "..", target_is_directory=True)
+    for bad in ("../x", "..", ".", str(run), "a/b", ".cache", "deep", "a\nb"):
+        try:
+            resume_folder(reports, bad)
+        except ResumeError as exc:
+            # one line naming the option and the value (a long one cut at 80 characters)
+            assert str(exc).startswith(f"--resume {bad[:80]!r}"[:-1]), exc
+            assert "\n" not in str(exc), exc
+        else:
+            raise AssertionError(f"--resume {bad!r} was accepted")
+
+
+def test_previous_that_holds_no_run_exits_2(tmp_path: Path) -> None:
+    """An explicit --previous is a run to diff against: a folder with no run in it is bad input,
+    not a silent diff against nothing."""
+    run = _run(tmp_path / "run")
+    (tmp_path / "empty").mkdir()
+    for command in (["report", "--run", str(run)], ["nightly", "--matrix", str(CI), "--runner",
+                                                    "venv", "--reports",
+                                                    str(tmp_path / "reports")]):
+        proc = _pinmatrix(*command, "--previous", str(tmp_path / "empty"))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert "--previous" in line and "holds no run folder" in line, line
+    assert not (run / "summary.json").exists() and not (tmp_path / "reports").exists()
+
+
+def test_previous_is_looked_for_three_levels_down_at_most(tmp_path: Path) -> None:
+    """`--previous /` must answer in a moment, not walk the disk: a run is found in REPORTS/RUN,
+    ARTIFACT/RUN or ARTIFACT/reports/RUN, never deeper, never through a symlink."""
+    from pinmatrix.errors import PreviousRunError
+    from pinmatrix.report.diff import find_run_dir
+
+    shallow = _run(tmp_path / "a" / "artifact" / "reports" / "20261129T010000Z")
+    assert find_run_dir(tmp_path / "a") == shallow
+    _run(tmp_path / "b" / "1" / "2" / "3" / "20261129T010000Z")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "link").symlink_to(tmp_path / "a", target_is_directory=True)
+    for folder in ("b", "c"):
+        try:
+            find_run_dir(tmp_path / folder)
+        except PreviousRunError as exc:
+            assert "holds no run folder" in str(exc)
+        else:
+            raise AssertionError(f"found a run in {folder}")
