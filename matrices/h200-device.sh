@@ -19,7 +19,7 @@ PY=$(command -v python3)
 # A frozen copy of the probes (.gpu/probes-frozen), when carried: runs in separate calls then share one probe
 if [ -d .gpu/probes-frozen ]; then rm -rf probes && cp -r .gpu/probes-frozen probes && echo "probes: the frozen copy"; fi
 t0=$(date +%s)
-for n in harness common tf4576 tf550 uns u1010 u914 diff039 diff042; do
+for n in harness common tf4576 tf550 uns u1010 u914 diff039 diff042 fa4 liger; do
   [ -d $S/$n ] || ( rm -rf $S/$n.tmp && mkdir -p $S/$n.tmp && \
     $PY -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" .gpu/sites/$n.txz $S/$n.tmp && \
     mv $S/$n.tmp $S/$n ) &
@@ -32,7 +32,8 @@ SITES=(--extra-site $S/common
        --extra-site unsloth=2026.10.9:$S/u1010 --extra-site unsloth=2026.9.14:$S/u914
        --extra-site unsloth!=none:$S/uns
        --extra-site unsloth!=none,transformers=4.57.6:$S/diff039
-       --extra-site unsloth!=none,transformers!=4.57.6:$S/diff042)
+       --extra-site unsloth!=none,transformers!=4.57.6:$S/diff042
+       --extra-site flash-attn-4!=none:$S/fa4 --extra-site liger-kernel!=none:$S/liger)
 {
   nvidia-smi -L; nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv
   nvidia-smi topo -m 2>&1 | head -8
@@ -48,6 +49,7 @@ SITES=(--extra-site $S/common
   case $tf in 4.57.6) p=$p:$S/tf4576;; 5.5.0) p=$p:$S/tf550;; esac
   case $us in 2026.10.9) p=$p:$S/u1010:$S/uns;; 2026.9.14) p=$p:$S/u914:$S/uns;; esac
   if [ $us != none ]; then [ $tf = 4.57.6 ] && p=$p:$S/diff039 || p=$p:$S/diff042; fi
+  [ $tf != 4.57.6 ] && p=$p:$S/fa4:$S/liger   # matrix.yaml's include rules: FA4 and Liger on the 5.x lines
   PYTHONPATH=$p $PY matrices/h200_env_check.py "tf$tf-unsloth-$us"
 done; done > "$W/env-check.jsonl" 2>&1
 $PY - "$W/env-check.jsonl" <<'PYEOF'

@@ -29,5 +29,14 @@ layer u1010   unsloth==2026.10.9 trl==1.15.0 datasets==4.8.5 dill==0.4.1 fsspec=
 layer u914    unsloth==2026.9.14 trl==0.24.0 datasets==4.3.0 dill==0.4.0 fsspec==2025.9.0 multiprocess==0.70.16
 layer diff039 diffusers==0.39.0                                                       # unsloth with transformers 4.57.6
 layer diff042 diffusers==0.42.1                                                       # unsloth with transformers 5.x
+# issue 14 (transformers 5.x cells): FlashAttention 4 and Liger Kernel. Not yet built or tried on the device.
+# nvidia-cutlass-dsl reaches its `cutlass` package only through nvidia_cutlass_dsl_packages.pth, and the venv
+# runner's extra sites are plain path lines (no .pth processing): check `import flash_attn.cute` in env-check
+# before the run (catalogue: flash-attn-4-cutlass-dsl-missing). libs-cu13 is ~92 MB: this layer may need the
+# split-and-stash calls of ../shared/tools/device-bundle.
+layer fa4     flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
+              nvidia-cutlass-dsl-libs-cu13==4.8.1 apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5 \
+              quack-kernels==0.6.5 einops==0.8.2
+layer liger   liger-kernel==0.8.5                                                     # triton: the device torch's
 layer harness jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1  # pinmatrix itself, not the cells
 ls -la .gpu/sites

@@ -13,9 +13,9 @@ from pinmatrix.fsio import slug
 
 # Order of the readable id; axes not listed here follow alphabetically.
 ID_ORDER = ("python", "base_image", "torch", "transformers", "unsloth", "peft", "trl",
-            "xformers", "flash-attn", "bitsandbytes")
-ID_ABBREV = {"python": "py", "transformers": "tf", "flash-attn": "fa", "bitsandbytes": "bnb",
-             "xformers": "xf", "base_image": "base"}
+            "xformers", "flash-attn", "flash-attn-4", "liger-kernel", "bitsandbytes")
+ID_ABBREV = {"python": "py", "transformers": "tf", "flash-attn": "fa", "flash-attn-4": "fa4",
+             "liger-kernel": "liger", "bitsandbytes": "bnb", "xformers": "xf", "base_image": "base"}
 NONE = "none"
 # A package axis value `base` (or `base` + a PEP 440 specifier, e.g. `base>=2.6`): use the base
 # image's own installed copy, checked against the specifier, and install only the rest of the cell
@@ -89,8 +89,12 @@ class Cell:
         for key in keys:
             if key == "base_image":
                 continue  # the base image is in the hash; ids stay short and readable
-            value = self.pins[key]
-            parts.append(f"{ID_ABBREV.get(key, key)}{'-' if value == NONE else ''}{slug(value)}")
+            value, name = self.pins[key], ID_ABBREV.get(key, key)
+            # "fa4_4.0.0b36", not "fa44.0.0b36": a name ending in a digit is kept apart from a
+            # version
+            apart = name[-1:].isdigit() and value[:1].isdigit()
+            sep = "-" if value == NONE else ("_" if apart else "")
+            parts.append(f"{name}{sep}{slug(value)}")
         return "-".join(parts)
 
     def packages(self) -> list[str]:

@@ -1,7 +1,9 @@
 """The environment fingerprint: interpreter, device, and for every stack package its version and import result."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import os
 import platform
 import shutil
@@ -27,6 +29,10 @@ STACK: dict[str, str] = {
     "unsloth_zoo": "unsloth_zoo",
     "xformers": "xformers",
     "flash-attn": "flash_attn",
+    # flash-attn-4 owns the `flash_attn` import package too (namespace, no __init__): what transformers
+    # imports for attn_implementation="flash_attention_4" is flash_attn.cute
+    "flash-attn-4": "flash_attn.cute",
+    "liger-kernel": "liger_kernel",
     "bitsandbytes": "bitsandbytes",
     "triton": "triton",
     "safetensors": "safetensors",
@@ -54,6 +60,31 @@ class ImportRecord:
         return {"installed": self.installed, "imports": self.imports, "error": self.error}
 
 
+class _PrintTee(io.TextIOBase):
+    """Passes writes on to the real stream and keeps a copy: what a package prints while importing
+    (unsloth prints its notices instead of warning)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.copy = real, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.real.write(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.real, "isatty", lambda: False)())
+
+    def fileno(self) -> int:
+        return int(self.real.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.real, "encoding", "utf-8"))
+
+
 def probe_import(package: str) -> ImportRecord:
     """Import `package` once (if installed) and record the outcome; never raises."""
     version = installed_version(package)
@@ -62,8 +93,9 @@ def probe_import(package: str) -> ImportRecord:
     log = _WarningLog()
     loggers = _attach(log)
     start = time.monotonic()
+    printed = _PrintTee(sys.stdout)
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(printed):
             warnings.simplefilter("always")
             try:
                 importlib.import_module(module_name(package))
@@ -76,7 +108,10 @@ def probe_import(package: str) -> ImportRecord:
         for logger in loggers:
             logger.removeHandler(log)
     seconds = round(time.monotonic() - start, 3)
-    said = list(dict.fromkeys([f"{w.category.__name__}: {w.message}" for w in caught] + log.lines))[:50]
+    # printed lines that name the package's own notices ("Unsloth: ..."), beside warnings and log lines
+    lines = [ln.strip() for ln in printed.copy.getvalue().splitlines() if ln.strip()]
+    said = list(dict.fromkeys([f"{w.category.__name__}: {w.message}" for w in caught] + log.lines
+                              + [f"printed: {ln}" for ln in lines if ":" in ln][:20]))[:50]
     if failure is None:
         return ImportRecord(package, version, True, warnings=said, seconds=seconds)
     message = str(failure)

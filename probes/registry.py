@@ -17,6 +17,7 @@ the checks that prove a (route, backend) trains, which is what a pin by purpose 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 CORE = "core"
@@ -61,6 +62,11 @@ GROUPS: tuple[Group, ...] = (
 GROUP_NAMES: tuple[str, ...] = tuple(g.name for g in GROUPS)
 
 
+# A check name ending in one of these stands for a family: `.REV` one per known hub revision,
+# `.SHAPE` one per extra throughput configuration (`throughput.sdpa.1x8192`, settings.throughput.configs).
+FAMILY_SUFFIXES = (".REV", ".SHAPE")
+
+
 @dataclass(frozen=True)
 class Check:
     name: str            # ends in ".REV" for a per-revision family (exaone3.5.surface.original)
@@ -73,7 +79,7 @@ class Check:
 
     @property
     def family(self) -> bool:
-        return self.name.endswith(".REV")
+        return self.name.endswith(FAMILY_SUFFIXES)
 
 
 def _c(name: str, group: str, role: str = OPTIONAL, route: str | None = None,
@@ -102,6 +108,10 @@ CHECKS: tuple[Check, ...] = (
     _c("attention.flash_attention_2", "attention", route=REMOTE_CODE),
     _c("attention.xformers", "attention", CLAIM, REMOTE_CODE, claim="xformers-attn"),
     _c("attention.xformers-kernel", "attention", route=REMOTE_CODE),
+    # FlashAttention 4 (flash-attn-4, CuTe DSL, Hopper+): on the llamafied model and native EXAONE 4;
+    # the remote code's attempt is recorded in the evidence (probes/checks/attention.py says why)
+    _c("attention.flash_attention_4", "attention", route=LLAMAFIED),
+    _c("attention.flash_attention_4-exaone4", "attention", route=EXAONE4),
     _c("lora-train.hf-peft", "lora-train", CORE, REMOTE_CODE, HF_PEFT),
     _c("lora-train.hf-peft-llamafied", "lora-train", CORE, LLAMAFIED, HF_PEFT),
     _c("generate", "generate", route=REMOTE_CODE),
@@ -128,10 +138,30 @@ CHECKS: tuple[Check, ...] = (
     # unsloth's Llama fast path (the only fast route for EXAONE 3.5): the llamafied layout
     _c("throughput.unsloth", "throughput", route=LLAMAFIED, backend=UNSLOTH, measures=True),
     _c("throughput.unsloth-qlora", "throughput", route=LLAMAFIED, backend=UNSLOTH, measures=True),
+    # issue 14: the memory-limited setting, FlashAttention 4, Liger Kernel (all on the llamafied model)
+    _c("throughput.sdpa-gc", "throughput", route=LLAMAFIED, backend=HF_PEFT, measures=True),
+    _c("throughput.flash_attention_4", "throughput", route=LLAMAFIED, backend=HF_PEFT, measures=True),
+    _c("throughput.liger", "throughput", route=LLAMAFIED, backend=HF_PEFT, measures=True),
+    _c("throughput.liger-fa4", "throughput", route=LLAMAFIED, backend=HF_PEFT, measures=True),
+    # native EXAONE 4 at its own shape, with its own sdpa baseline
+    _c("throughput.sdpa-exaone4", "throughput", route=EXAONE4, backend=HF_PEFT, measures=True),
+    _c("throughput.flash_attention_4-exaone4", "throughput", route=EXAONE4, backend=HF_PEFT,
+       measures=True),
+    # every speed check above again at each extra configuration of settings.throughput.configs
+    *(_c(f"{name}.SHAPE", "throughput", route=route, backend=HF_PEFT if not name.endswith("unsloth")
+         else UNSLOTH, measures=True)
+      for name, route in (("throughput.sdpa", REMOTE_CODE), ("throughput.sdpa-llamafied", LLAMAFIED),
+                          ("throughput.flash_attention_2", REMOTE_CODE),
+                          ("throughput.sdpa-gc", LLAMAFIED),
+                          ("throughput.flash_attention_4", LLAMAFIED), ("throughput.liger", LLAMAFIED),
+                          ("throughput.liger-fa4", LLAMAFIED), ("throughput.unsloth", LLAMAFIED),
+                          ("throughput.sdpa-exaone4", EXAONE4),
+                          ("throughput.flash_attention_4-exaone4", EXAONE4))),
 )
 _BY_NAME = {c.name: c for c in CHECKS if not c.family}
-_FAMILIES = [(c.name[: -len("REV")], c) for c in CHECKS if c.family]
+_FAMILIES = [(c.name[: c.name.rindex(".") + 1], c) for c in CHECKS if c.family]
 _ORDER = {c.name: i for i, c in enumerate(CHECKS)}
+SHAPE_RE = re.compile(r"^[1-9][0-9]*x[1-9][0-9]*$")
 
 # What proves a (route, backend) LoRA-trains: every `loads` check passed, and at least one of
 # `trains` passed (a lora-train / train.* bar on the trainer's logged losses; for unsloth's Llama
@@ -180,14 +210,40 @@ CLAIMS: dict[str, dict[str, object]] = {
 
 
 def lookup(name: str) -> Check | None:
-    """The registry entry of a check name (a per-revision name matches its `.REV` family)."""
+    """The registry entry of a check name (a per-revision name matches its `.REV` family, a
+    configuration's `throughput.X.1x8192` its `.SHAPE` family)."""
     found = _BY_NAME.get(name)
     if found is not None:
         return found
     for prefix, family in _FAMILIES:
-        if name.startswith(prefix) and "." not in name[len(prefix):]:
+        rest = name[len(prefix):]
+        if name.startswith(prefix) and rest and "." not in rest:
+            if family.name.endswith(".SHAPE") and not SHAPE_RE.match(rest):
+                continue
             return family
     return None
+
+
+def shape_suffix(batch: int, seq: int) -> str:
+    """The name suffix of an extra throughput configuration: `1x8192`."""
+    return f"{batch}x{seq}"
+
+
+def speed_baselines(name: str) -> tuple[str, ...]:
+    """The HF+PEFT sdpa checks a speed check's speedup is taken against, in order of preference: the
+    same model family at the same configuration. EXAONE 3.5 (remote code or llamafied, same weights,
+    same math): `throughput.sdpa`, else `throughput.sdpa-llamafied`; native EXAONE 4:
+    `throughput.sdpa-exaone4`. An extra configuration's check (`throughput.liger.1x8192`) is compared
+    with the baseline of that configuration (`throughput.sdpa.1x8192`)."""
+    entry = lookup(name)
+    if entry is None or not entry.measures:
+        return ()
+    suffix = ""
+    if entry.name.endswith(".SHAPE"):
+        suffix = "." + name.rsplit(".", 1)[1]
+    if entry.route == EXAONE4:
+        return (f"throughput.sdpa-exaone4{suffix}",)
+    return (f"throughput.sdpa{suffix}", f"throughput.sdpa-llamafied{suffix}")
 
 
 def group_of(name: str) -> str | None:

@@ -27,8 +27,12 @@ from pinmatrix.matrix.select import BASE_IMAGE, PYTHON, same_value
 from pinmatrix.sources import PackageSources, Release, list_releases, redact
 
 # Every key an axis (or an include rule) may name. A typo is an error, not a silent new axis.
+# An axis is named after the PyPI distribution it pins. FlashAttention 4 is its own distribution,
+# `flash-attn-4` (it installs the `flash_attn` import package that FA2's `flash-attn` also owns, and
+# transformers tells them apart by the distribution's name), so it is its own axis, not a value of
+# `flash-attn`.
 PACKAGE_AXES = ("torch", "transformers", "unsloth", "peft", "trl", "xformers", "flash-attn",
-                "bitsandbytes",
+                "flash-attn-4", "liger-kernel", "bitsandbytes",
                 "accelerate", "unsloth-zoo", "torchvision", "triton", "datasets")
 KNOWN_AXES = (PYTHON, BASE_IMAGE, *PACKAGE_AXES)
 REQUIRED_AXES = (PYTHON, BASE_IMAGE, "torch")
@@ -36,7 +40,8 @@ TOP_KEYS = ("axes", "include", "exclude", "models", "checks", "settings")
 # Check groups of docs/CONTRACTS.md §3, from the probes' registry (stdlib only, like signatures).
 CHECK_GROUPS: tuple[str, ...] = _registry.GROUP_NAMES
 MODEL_KINDS = ("remote-code", "native")
-THROUGHPUT_STACKS = ("sdpa", "eager", "flash_attention_2", "unsloth")
+THROUGHPUT_STACKS = ("sdpa", "eager", "flash_attention_2", "flash_attention_4", "sdpa-gc", "liger",
+                     "liger-fa4", "unsloth")
 DEFAULT_SETTINGS: dict[str, Any] = {
     "device": "auto",
     "check_timeout_s": 600,
@@ -46,6 +51,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
                    "stacks": list(THROUGHPUT_STACKS)},
 }
 LIVE_KEYS = ("spec", "latest", "pre", "yanked")
+MAX_THROUGHPUT_CONFIGS = 4   # each one is every speed stack measured again
 MAX_COMBINATIONS = 5000   # a typo'd live axis (`latest: 500`) should fail fast, not fill the memory
 # Bounds of every numeric setting (inclusive). A value past them is a typo or a hostile file: a week
 # of timeout, a batch no card holds. The probe's LoRA criterion is checked over the whole
@@ -625,16 +631,41 @@ class _Loader:
                         if not stacks:
                             raise self.error(tv, f"{twhat}: empty list")
                         settings["throughput"]["stacks"] = stacks
+                    elif tk.value == "configs":
+                        settings["throughput"]["configs"] = self.throughput_configs(tv, twhat)
                     else:
                         raise self.error(tk,
                                          f"{what}: unknown key {tk.value!r}; expected batch, seq, "
-                                         "steps, "
-                                             "warmup, stacks")
+                                         "steps, warmup, stacks, configs")
             else:
                 raise self.error(k, f"settings: unknown key {k.value!r}; expected one of "
                                     f"{', '.join(DEFAULT_SETTINGS)}")
         return settings
 
+
+    def throughput_configs(self, node: yaml.Node, what: str) -> list[dict[str, int]]:
+        """settings.throughput.configs: extra (batch, seq) configurations, each measured by every
+        speed stack again (check names suffixed `.BxS`, probes/registry.py `.SHAPE` families)."""
+        configs: list[dict[str, int]] = []
+        items = self.sequence(node, what)
+        if len(items) > MAX_THROUGHPUT_CONFIGS:
+            raise self.error(node, f"{what}: {len(items)} configurations, at most "
+                                   f"{MAX_THROUGHPUT_CONFIGS}")
+        for item in items:
+            config: dict[str, int] = {}
+            for ck, cv in self.mapping(item, what):
+                if ck.value not in ("batch", "seq"):
+                    raise self.error(ck, f"{what}: unknown key {ck.value!r}; expected batch, seq")
+                config[ck.value] = self.integer(cv, f"{what}.{ck.value}",
+                                                SETTING_BOUNDS[f"throughput.{ck.value}"])
+            if set(config) != {"batch", "seq"}:
+                raise self.error(item, f"{what}: each configuration needs batch and seq")
+            if config["seq"] < 2:
+                raise self.error(item, f"{what}: seq must be at least 2")
+            if config in configs:
+                raise self.error(item, f"{what}: {config['batch']}x{config['seq']} is listed twice")
+            configs.append(config)
+        return configs
 
 # --------------------------------------------------------------------------------------------------
 

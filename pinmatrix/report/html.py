@@ -24,7 +24,7 @@ from pinmatrix.status import CELL_GLYPH, CHECK_GLYPH
 
 STATUS_ORDER = ("works", "partial", "broken", "unresolvable", "infra")
 PIN_COLUMNS = ("python", "torch", "transformers", "unsloth", "peft", "trl", "xformers",
-               "flash-attn", "bitsandbytes")
+               "flash-attn", "flash-attn-4", "liger-kernel", "bitsandbytes")
 
 
 def e(value: Any) -> str:

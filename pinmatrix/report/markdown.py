@@ -88,17 +88,29 @@ def render_markdown(summary: dict[str, Any]) -> str:
                     "  ```", ""]
     if summary["speed"]:  # only where throughput ran (GPU cells)
         out += ["## Speed (LoRA training)", "",
-                "| cell | stack | tokens/s | vs sdpa | peak GiB | batch×seq | MFU | GPU |",
-                "|---|---|---|---|---|---|---|---|"]
+                "tokens/s is the median timed step; spread: tokens/s at the slowest and the "
+                "fastest timed step; first step: the untimed first step (a just-in-time compile "
+                "lands there; FA4's kernel compile is also timed on its own, as JIT).", "",
+                "| cell | stack | tokens/s | vs sdpa | peak GiB | batch×seq | MFU | spread (steps) "
+                "| first step s | GPU |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for s in summary["speed"]:
             speedup = f"{s['speedup_vs_sdpa']:.2f}×" if s["speedup_vs_sdpa"] else "—"
             if s["speedup_vs_sdpa"] and s.get("baseline") not in (None, "sdpa"):
                 speedup += f" (vs {s['baseline']})"
             peak = f"{s['peak_mem_gib']:.1f}" if s["peak_mem_gib"] is not None else "—"
             mfu = f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "—"
+            low, high = s.get("tokens_per_s_min"), s.get("tokens_per_s_max")
+            spread = f"{low:.0f}–{high:.0f}" if low is not None and high is not None else "—"
+            if s.get("steps_timed"):
+                spread += f" ({s['steps_timed']})"
+            first = f"{s['first_step_s']:.2f}" if s.get("first_step_s") is not None else "—"
+            if s.get("jit_compile_s") is not None:
+                first += f" (JIT {s['jit_compile_s']:.1f})"
             out.append(f"| `{s['cell']}` | {s['stack']} | {s['tokens_per_s']:.0f} | {speedup} | "
                        f"{peak} | "
-                       f"{s.get('batch_x_seq') or '—'} | {mfu} | {s.get('gpu') or '—'} |")
+                       f"{s.get('batch_x_seq') or '—'} | {mfu} | {spread} | {first} | "
+                       f"{s.get('gpu') or '—'} |")
         out.append("")
     if summary["infra"]:
         out += ["## Infra (the machine failed, not the stack)", ""]

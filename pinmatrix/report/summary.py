@@ -294,44 +294,58 @@ def _pivot(rows: list[CellRow]) -> list[dict[str, Any]]:
     return tables
 
 
+def _number(evidence: dict[str, Any], key: str) -> float | None:
+    value = evidence.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _speed(rows: list[CellRow]) -> list[dict[str, Any]]:
+    """One row per passed throughput check. Its speedup is against the HF+PEFT sdpa check of the
+    same model family and configuration (probes/registry.py speed_baselines): for EXAONE 3.5 the
+    remote code, or where that did not run (the pinned revision's remote code fails on this
+    transformers) the llamafied model, and the row says which; for EXAONE 4 its own sdpa run."""
     out = []
     for row in rows:
-        # HF+PEFT sdpa on the remote code is the baseline; where it did not run (the pinned
-        # revision's
-        # remote code fails on this transformers) the llamafied model's sdpa run is, and the row
-        # says so.
-        baseline = (
-            "throughput.sdpa"
-            if _tokens(row.checks.get("throughput.sdpa"))
-            else "throughput.sdpa-llamafied"
-        )
-        sdpa = _tokens(row.checks.get(baseline))
         for name, check in row.checks.items():
             if not name.startswith("throughput.") or check["status"] not in ("pass", "flaky"):
                 continue
             tps = _tokens(check)
             if tps is None:
                 continue
+            baseline, sdpa = None, None
+            for candidate in registry.speed_baselines(name) or ("throughput.sdpa",
+                                                                 "throughput.sdpa-llamafied"):
+                sdpa = _tokens(row.checks.get(candidate))
+                if sdpa:
+                    baseline = candidate
+                    break
             evidence = check.get("evidence") or {}
             shape = (
                 f"{evidence['batch']}×{evidence['seq']}"
                 if isinstance(evidence.get("batch"), int) and isinstance(evidence.get("seq"), int)
                 else None
             )
+            steps = evidence.get("step_times_s")
+            raw_jit = evidence.get("fa4_jit")
+            jit: dict[str, Any] = raw_jit if isinstance(raw_jit, dict) else {}
             out.append(
                 {
                     "cell": row.cell_id,
                     "stack": name.split(".", 1)[1],
                     "tokens_per_s": tps,
                     "speedup_vs_sdpa": round(tps / sdpa, 3) if sdpa else None,
-                    "baseline": baseline.split(".", 1)[1] if sdpa else None,
+                    "baseline": baseline.split(".", 1)[1] if baseline else None,
                     "peak_mem_gib": _peak_gib(check),
                     "batch_x_seq": shape,
-                    "mfu": evidence.get("mfu")
-                    if isinstance(evidence.get("mfu"), (int, float))
-                    else None,
+                    "mfu": _number(evidence, "mfu"),
                     "gpu": evidence.get("gpu") if isinstance(evidence.get("gpu"), str) else None,
+                    # the median is tokens_per_s; the spread is the slowest and fastest timed step
+                    "steps_timed": len(steps) if isinstance(steps, list) else None,
+                    "tokens_per_s_min": _number(evidence, "tokens_per_s_min"),
+                    "tokens_per_s_max": _number(evidence, "tokens_per_s_max"),
+                    "step_time_rel_spread": _number(evidence, "step_time_rel_spread"),
+                    "first_step_s": _number(evidence, "first_step_s"),
+                    "jit_compile_s": _number(jit, "jit_compile_s"),
                 }
             )
     return out

@@ -34,7 +34,14 @@ TOOL_SUBFOLDERS = {
     "TORCHINDUCTOR_CACHE_DIR": "inductor",
     "UNSLOTH_MEGA_CACHE_DIR": "unsloth-mega",
     "UNSLOTH_COMPILE_LOCATION": "unsloth-compiled",
+    # FlashAttention 4's persistent JIT cache of compiled CuTe DSL kernels (flash_attn/cute/
+    # cache_utils.py in flash-attn-4 4.0.0b36: FLASH_ATTENTION_CUTE_DSL_CACHE_DIR, default
+    # /tmp/$USER/flash_attention_cute_dsl_cache), used only with the switch below
+    "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR": "flash-attn-cute",
 }
+# Variables that switch a tool's on-disk cache on (FA4 keeps its compiled kernels in memory only
+# unless FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1).
+TOOL_SWITCHES = {"FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED": "1"}
 DEFAULT_ROOT = Path(os.environ.get("PINMATRIX_COMPILE_CACHE_DIR",
                                    Path.home() / ".cache" / "pinmatrix" / "compile"))
 # Inside a docker cell: a named volume per stack, mounted where the image has an empty folder owned
@@ -58,7 +65,8 @@ def probe_env(folder: str) -> dict[str, str]:
     """The environment that points the probe and every compiler at `folder` (as the probe sees
     it)."""
     folder = folder.rstrip("/")
-    return {STATE_ENV: folder, **{name: f"{folder}/{sub}" for name, sub in TOOL_SUBFOLDERS.items()}}
+    return {STATE_ENV: folder, **{name: f"{folder}/{sub}" for name, sub in TOOL_SUBFOLDERS.items()},
+            **TOOL_SWITCHES}
 
 
 def host_folder(root: Path, key: str) -> Path:

@@ -7,10 +7,29 @@ evidence records whether transformers accepted the option, whether the forward p
   - attention.eager / .sdpa: always; .flash_attention_2: needs flash-attn and CUDA;
   - attention.xformers: the guide's `attn_implementation="xformers"` tried as written (needs xformers in the cell);
   - attention.xformers-kernel: xformers.ops.memory_efficient_attention registered through transformers'
-    AttentionInterface and called inside the model's attention (needs xformers and CUDA).
+    AttentionInterface and called inside the model's attention (needs xformers and CUDA);
+  - attention.flash_attention_4 / attention.flash_attention_4-exaone4: FlashAttention 4 (PyPI
+    `flash-attn-4`, CuTe DSL, compiled just in time, Hopper and later) on the llamafied EXAONE 3.5 and on
+    native EXAONE 4; needs flash-attn-4, CUDA and compute capability >= 9.
+
+FlashAttention 4 and the remote code. transformers (5.x; 4.57.6 has no `flash_attention_4` and rejects the
+name) detects FA4 by the distribution `flash-attn-4` owning the `flash_attn` import package
+(utils/import_utils.py is_flash_attn_4_available) and imports `from flash_attn.cute import
+flash_attn_func, flash_attn_varlen_func` (modeling_flash_attention_utils.py _lazy_imports). Before that,
+PreTrainedModel._flash_attn_can_dispatch refuses any model class whose `_supports_flash_attn` is False,
+and EXAONE 3.5's remote code (hub and our fixtures) declares only the 4.x attribute
+`_supports_flash_attn_2 = True`: so on transformers 5.x `attn_implementation="flash_attention_4"` on the
+remote code raises "ExaoneForCausalLM does not support Flash Attention 4 yet" whether or not FA4 is
+installed (catalogue: transformers-remote-code-no-flash-attn-flag). Where it is accepted, the remote
+code's own ExaoneAttention picks its flash class for any name containing "flash" and calls
+transformers' `_flash_attention_forward`, which runs whichever flash implementation transformers loaded.
+The checks therefore run on the llamafied model (LlamaForCausalLM, same weights) and on Exaone4, and
+record the remote code's attempt as evidence (`remote_code_attempt`).
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 from probes.checks.exaone35 import load_remote_code_model
@@ -19,7 +38,8 @@ from probes.context import Skip
 from probes.framework import Failed
 from probes.models import ModelHandle, llamafied_folder, resolve_model
 
-__all__ = ["TOLERANCE", "checks", "compare_backend", "eager_reference", "register_kernel", "xformers_kernel_attention"]
+__all__ = ["TOLERANCE", "checks", "compare_backend", "eager_reference", "register_kernel", "xformers_kernel_attention",
+           "require_flash_attn_4", "fa4_first_call"]
 
 # (atol, rtol) on logits vs eager in the same dtype: |diff| <= atol + rtol * max|eager logits|.
 # fp32 backends differ only by summation order; bf16/fp16 round every matmul, so their bar is wider.
@@ -42,6 +62,12 @@ def _load(ctx: Any, handle: ModelHandle, route: str, implementation: str) -> Any
     if route == "remote-code":
         return load_remote_code_model(handle, ctx, attn_implementation=implementation).model
     from transformers import AutoModelForCausalLM
+
+    if route == "native":   # EXAONE 4: transformers' own class, the hub snapshot or the tiny fixture
+        ident = handle.repo if handle.source == "hub-cache" else str(handle.path)
+        extra = {"revision": handle.revision} if handle.source == "hub-cache" else {}
+        return AutoModelForCausalLM.from_pretrained(ident, attn_implementation=implementation,
+                                                    **extra, **dtype_kwargs(run_dtype(ctx)))
 
     return AutoModelForCausalLM.from_pretrained(str(llamafied_folder(ctx, handle)), attn_implementation=implementation,
                                                 **dtype_kwargs(run_dtype(ctx)))
@@ -180,6 +206,110 @@ def _require_flash_attn(ctx: Any) -> str:
     return version
 
 
+FA4_DISTRIBUTION = "flash-attn-4"
+FA4_MIN_CAPABILITY = 9   # Hopper; transformers' FLASH_ATTENTION_COMPATIBILITY_MATRIX[4] says the same
+
+
+def require_flash_attn_4(ctx: Any) -> dict[str, Any]:
+    """The gates of every FlashAttention 4 check, in order: skip where the cell leaves flash-attn-4 out
+    or (on a CPU run) where there is no GPU, skip below compute capability 9; then import
+    `flash_attn.cute` as transformers does, so a package that is installed but cannot be used fails
+    with the import's own signature (e.g. flash-attn-4-cutlass-dsl-missing)."""
+    version = ctx.require(FA4_DISTRIBUTION)
+    ctx.require_gpu()
+    import importlib
+
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    if major < FA4_MIN_CAPABILITY:
+        raise Skip(f"FlashAttention 4 needs compute capability >= {FA4_MIN_CAPABILITY}.0 (Hopper); "
+                   f"this GPU is {major}.{minor}")
+    cute = importlib.import_module("flash_attn.cute")
+    return {"flash_attn_4": version, "flash_attn_cute_version": getattr(cute, "__version__", None),
+            "compute_capability": f"{major}.{minor}",
+            "cute_dsl_cache": {k: os.environ.get(k) for k in FA4_CACHE_ENV}}
+
+
+# FA4's persistent JIT cache (flash_attn/cute/cache_utils.py, flash-attn-4 4.0.0b36): off unless
+# FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1, in FLASH_ATTENTION_CUTE_DSL_CACHE_DIR (default
+# /tmp/$USER/flash_attention_cute_dsl_cache); the runners set both (pinmatrix/runners/compile_cache.py).
+FA4_CACHE_ENV = ("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR")
+
+
+def fa4_first_call(batch: int, seq: int, heads: int, kv_heads: int, head_dim: int) -> dict[str, Any]:
+    """Time flash_attn.cute.flash_attn_func forward + backward at one attention shape twice: the first
+    call compiles the CuTe DSL kernels just in time (or loads them from the persistent cache), the second
+    runs them compiled. Their difference is the compile time, kept apart from every timed training step."""
+    import time
+
+    import torch
+    from flash_attn.cute import flash_attn_func
+
+    def call() -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        q = torch.randn(batch, seq, heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(batch, seq, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        v = torch.randn_like(k, requires_grad=True)
+        out = flash_attn_func(q, k, v, causal=True)
+        out = out[0] if isinstance(out, tuple) else out
+        out.float().sum().backward()
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    first = call()
+    second = call()
+    cache_dir = os.environ.get("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR")
+    return {"shape_bshd": [batch, seq, heads, head_dim], "kv_heads": kv_heads,
+            "first_call_s": round(first, 3), "second_call_s": round(second, 4),
+            "jit_compile_s": round(max(first - second, 0.0), 3),
+            "persistent_cache": os.environ.get("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED") == "1",
+            "cache_files_after": (sum(1 for _ in Path(cache_dir).rglob("*") if _.is_file())
+                                  if cache_dir and Path(cache_dir).is_dir() else None)}
+
+
+def _remote_code_fa4_attempt(ctx: Any) -> dict[str, Any]:
+    """What the remote-code EXAONE 3.5 does with attn_implementation="flash_attention_4" here."""
+    from probes import signatures
+
+    try:
+        handle = resolve_model(ctx, "exaone3.5")
+        model = _load(ctx, handle, "remote-code", "flash_attention_4")
+    except Exception as exc:  # noqa: BLE001 - recorded, not judged
+        found = signatures.classify(type(exc).__name__, str(exc))
+        return {"accepted": False, "error": f"{type(exc).__name__}: {str(exc)[:400]}", "signature": found.id}
+    used = getattr(model.config, "_attn_implementation", None)
+    del model
+    return {"accepted": True, "attn_implementation": used}
+
+
+def _check_flash_attention_4(ctx: Any, model: str) -> dict[str, Any]:
+    info = require_flash_attn_4(ctx)
+    if model == "exaone4":
+        from probes.checks.exaone4 import native_class
+
+        native_class()
+        handle, route = resolve_model(ctx, "exaone4"), "native"
+        info["remote_code_attempt"] = None
+    else:
+        handle, route = resolve_model(ctx, "exaone3.5"), "llamafied"
+        info["remote_code_attempt"] = _remote_code_fa4_attempt(ctx)
+    try:
+        return {**info, **compare_backend(ctx, "flash_attention_4", handle, route=route)}
+    except Failed as exc:
+        exc.evidence.update(info)
+        raise
+
+
+def check_flash_attention_4(ctx: Any) -> dict[str, Any]:
+    return _check_flash_attention_4(ctx, "exaone3.5")
+
+
+def check_flash_attention_4_exaone4(ctx: Any) -> dict[str, Any]:
+    return _check_flash_attention_4(ctx, "exaone4")
+
+
 def check_eager(ctx: Any) -> dict[str, Any]:
     return compare_backend(ctx, "eager")
 
@@ -228,4 +358,6 @@ def checks(ctx: Any) -> list[tuple[str, Callable[[Any], dict[str, Any]]]]:
         ("attention.flash_attention_2", check_flash_attention_2),
         ("attention.xformers", check_xformers_guide),
         ("attention.xformers-kernel", check_xformers_kernel),
+        ("attention.flash_attention_4", check_flash_attention_4),
+        ("attention.flash_attention_4-exaone4", check_flash_attention_4_exaone4),
     ]

@@ -41,6 +41,10 @@ def check_imports(ctx: Context) -> dict:
         "pinned": {name: ctx.pins[name] for name in pinned},
         "import_warnings": {name: r.warnings for name, r in records.items() if r.warnings},
         "import_s": {name: r.seconds for name, r in records.items() if r.installed is not None},
+        # catalogue signatures of what a package warned, logged or printed while importing, e.g.
+        # unsloth's "Your Flash Attention 2 installation seems to be broken" when only FA4 is there
+        "import_notices": {name: found for name, r in records.items()
+                           if (found := _known_notices(r.warnings))},
     }
     missing = [name for name in pinned if records[name].installed is None]
     broken = [name for name in pinned if records[name].imports is False]
@@ -66,6 +70,12 @@ def check_imports(ctx: Context) -> dict:
     if machine:
         raise Infra(f"{', '.join(machine)} cannot import on this machine: {records[machine[0]].error}")
     return evidence
+
+
+def _known_notices(lines: list[str]) -> list[str]:
+    """The catalogue ids among `lines` (unknown lines are no finding: a notice is not a failure)."""
+    found = [signatures.classify("Notice", line) for line in lines]
+    return sorted({f.id for f in found if f.known})
 
 
 class _ImportFailure(Failed):

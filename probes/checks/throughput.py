@@ -12,28 +12,34 @@ torch.cuda.synchronize() calls. One step = zero_grad + forward(labels) + backwar
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from probes.checks.lora_train import (EXAONE35_LORA_TARGETS, LLAMA_LORA_TARGETS, LORA_ALPHA, LORA_RANK,
                                       _free_memory, _is_oom, fixed_batch, lora_config, torch_dtype_kwargs)
 from probes.framework import Failed, Infra, Skip
+from probes.registry import speed_baselines
 
 __all__ = ["checks", "ThroughputRun", "Measurement", "measure_training", "flops_per_token", "peak_flops",
            "HF_STACKS", "STACKS", "GIB"]
 
 HF_STACKS = ("sdpa", "eager", "flash_attention_2")
-STACKS = (*HF_STACKS, "unsloth")
+# issue 14: gradient checkpointing (the memory-limited setting), FlashAttention 4, Liger, Liger + FA4
+STACKS = (*HF_STACKS, "flash_attention_4", "sdpa-gc", "liger", "liger-fa4", "unsloth")
+# the stacks measured again at each extra configuration (settings.throughput.configs); eager is left
+# out: it materialises the seq x seq attention matrix per head, which at 8192 tokens does not fit
+CONFIG_STACKS = ("sdpa", "flash_attention_2", "flash_attention_4", "sdpa-gc", "liger", "liger-fa4",
+                 "unsloth")
 GIB = 1024 ** 3
-SDPA_CACHE_KEY = "throughput.sdpa.tokens_per_s"
-LLAMAFIED_SDPA_CACHE_KEY = "throughput.sdpa-llamafied.tokens_per_s"
+TPS_CACHE_PREFIX = "tokens_per_s:"   # ctx.cache key of each passed measurement, by check name
 
 # Dense bf16 tensor-core peak per GPU (vendor datasheets, no sparsity). Matched against
 # torch.cuda.get_device_name(); first match wins, so the more specific names come first.
@@ -69,6 +75,16 @@ class ThroughputRun:
     peak_tflops: float | None = None          # override the table (per GPU, dense bf16)
     stacks: tuple[str, ...] = STACKS
     seed: int = 0
+    configs: tuple[tuple[int, int], ...] = ()   # extra (batch, seq) configurations
+    suffix: str = ""                            # ".1x8192" when this run is one of them
+
+    def at(self, config: tuple[int, int] | None) -> "ThroughputRun":
+        """This run at an extra configuration (batch, seq), its check names suffixed `.BxS`."""
+        if config is None:
+            return self
+        from probes.registry import shape_suffix
+
+        return replace(self, batch=config[0], seq=config[1], suffix="." + shape_suffix(*config))
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> "ThroughputRun":
@@ -84,13 +100,17 @@ class ThroughputRun:
             peak_tflops=float(raw["peak_tflops"]) if raw.get("peak_tflops") is not None else None,
             stacks=tuple(raw.get("stacks", STACKS)),
             seed=int(settings.get("seed", cls.seed)),
+            configs=tuple((int(c["batch"]), int(c["seq"])) for c in raw.get("configs") or ()),
         )
+        if any(b < 1 or q < 2 for b, q in run.configs):
+            raise ValueError(f"settings.throughput.configs out of range: {raw}")
         if run.steps < 1 or run.warmup < 0 or run.batch < 1 or run.seq < 2:
             raise ValueError(f"settings.throughput out of range: {raw}")
         return run
 
     def describe(self) -> dict[str, Any]:
         return {"batch": self.batch, "seq": self.seq, "tokens_per_step": self.batch * self.seq,
+                "configuration": f"{self.batch}x{self.seq}" + (" (extra)" if self.suffix else ""),
                 "steps_timed": self.steps, "warmup_steps": self.warmup,
                 "gradient_checkpointing": self.gradient_checkpointing, "optimizer": f"AdamW lr={self.lr}",
                 "lora": f"r={LORA_RANK} alpha={LORA_ALPHA} dropout={self.lora_dropout}, all 7 linear layers"}
@@ -148,6 +168,7 @@ def measure_training(model: Any, *, batch: int, seq: int, steps: int, warmup: in
     optimizer = torch.optim.AdamW(trainable, lr=lr)
     model.train()
     times: list[float] = []
+    warmup_times: list[float] = []
     losses: list[float] = []
     for i in range(warmup + steps):
         _sync(device)
@@ -160,9 +181,12 @@ def measure_training(model: Any, *, batch: int, seq: int, steps: int, warmup: in
         _sync(device)
         elapsed = time.perf_counter() - start
         losses.append(float(loss.detach().float().item()))   # after the timed region: .item() syncs
-        if i >= warmup:
-            times.append(elapsed)
-    return Measurement(step_times=times, losses=losses, tokens_per_step=batch * seq)
+        (times if i >= warmup else warmup_times).append(elapsed)
+    # the first call apart: a kernel compiled just in time (FlashAttention 4's CuTe DSL, Triton) is
+    # compiled there, so it never enters the timed median
+    extra = {"warmup_step_times_s": [round(t, 4) for t in warmup_times],
+             "first_step_s": round((warmup_times or times)[0], 4)}
+    return Measurement(step_times=times, losses=losses, tokens_per_step=batch * seq, extra=extra)
 
 
 def flops_per_token(n_params: int, n_layers: int, hidden: int, seq: int, weight_grad_factor: int = 6) -> float:
@@ -235,18 +259,20 @@ def _evidence(ctx: Any, run: ThroughputRun, stack: str, m: Measurement, n_params
     model_flops = flops_per_token(n_params, shape["layers"], shape["hidden"], run.seq)
     lora_flops = flops_per_token(n_params, shape["layers"], shape["hidden"], run.seq, weight_grad_factor=4)
     tps = m.tokens_per_s
-    if stack == "sdpa":
-        ctx.cache[SDPA_CACHE_KEY] = tps
-    if stack == "sdpa-llamafied":
-        ctx.cache[LLAMAFIED_SDPA_CACHE_KEY] = tps
-    # The baseline is HF+PEFT sdpa on the remote code; where that did not run (the remote code of this
-    # revision fails on this transformers), the llamafied model's sdpa run (same weights, same math).
-    sdpa, basis = ctx.cache.get(SDPA_CACHE_KEY), "throughput.sdpa (remote code)"
-    if sdpa is None:
-        sdpa, basis = ctx.cache.get(LLAMAFIED_SDPA_CACHE_KEY), "throughput.sdpa-llamafied (LlamaForCausalLM)"
+    name = f"throughput.{stack}{run.suffix}"
+    ctx.cache[TPS_CACHE_PREFIX + name] = tps
+    # The baseline is HF+PEFT sdpa on the same model family at the same configuration (registry.
+    # speed_baselines): for EXAONE 3.5 the remote code, else (its revision fails on this transformers)
+    # the llamafied model, same weights, same math; for EXAONE 4 its own sdpa run.
+    sdpa, basis = None, None
+    for candidate in speed_baselines(name):
+        if ctx.cache.get(TPS_CACHE_PREFIX + candidate) is not None:
+            sdpa, basis = ctx.cache[TPS_CACHE_PREFIX + candidate], candidate
+            break
     evidence = {
         "stack": stack,
         **run.describe(),
+        **m.extra,
         **extra,
         "gpu": gpu,
         "tokens_per_s": round(tps, 1),
@@ -268,7 +294,7 @@ def _evidence(ctx: Any, run: ThroughputRun, stack: str, m: Measurement, n_params
         "mfu_convention": MFU_CONVENTION,
         "speedup_vs_sdpa": round(tps / sdpa, 3) if sdpa else None,
         "speedup_basis": (f"tokens/s divided by {basis}'s tokens/s from this run" if sdpa
-                          else "neither throughput.sdpa nor throughput.sdpa-llamafied passed earlier in this run"),
+                          else f"none of {', '.join(speed_baselines(name))} passed earlier in this run"),
         "baseline": basis if sdpa else None,
         "reference": "DESIGN.md: HF+PEFT sdpa, H100, 4x2048, r16 all linear ~16-17k tokens/s, ~54 GiB peak",
         # unsloth patches transformers/peft globally at import; HF numbers taken after it are marked.
@@ -284,12 +310,12 @@ def _oom_infra(run: ThroughputRun, stack: str, exc: BaseException) -> Infra:
                  f"{'on' if run.gradient_checkpointing else 'off'}): {str(exc).splitlines()[0][:300]}")
 
 
-def _prepare(ctx: Any, stack: str) -> ThroughputRun:
+def _prepare(ctx: Any, stack: str, config: tuple[int, int] | None = None) -> ThroughputRun:
     ctx.require_gpu()
     run = ThroughputRun.from_settings(ctx.settings)
     if stack not in run.stacks:
         raise Skip(f"{stack} not in settings.throughput.stacks")
-    return run
+    return run.at(config)
 
 
 def _reset_gpu() -> None:
@@ -322,53 +348,122 @@ def _llama_config_dict(ctx: Any) -> dict[str, Any]:
     return dict(ctx.cache[key])
 
 
-def check_hf(ctx: Any, attn: str, *, llamafied: bool = False) -> dict[str, Any]:
+def _exaone4_config(ctx: Any) -> Any:
+    """transformers' native Exaone4Config with the 2.4B dimensions of the EXAONE 3.5 throughput shape
+    (30 layers, hidden 2560, 32 / 8 KV heads, FFN 7168, vocab 102400, tied embeddings), so that its
+    figures sit beside EXAONE 3.5's; the rest (QK-norm, sliding-window pattern) stays Exaone4Config's
+    defaults. Not the 1.2B hub model: a random-weight model of a stated shape."""
+    import transformers
+
+    if not hasattr(transformers, "Exaone4Config"):
+        raise Skip(f"Exaone4ForCausalLM absent before transformers 4.54 (installed {transformers.__version__})")
+    shape = _shape()
+    return transformers.Exaone4Config(
+        vocab_size=shape["vocab_size"], hidden_size=shape["hidden_size"],
+        intermediate_size=shape["intermediate_size"], num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_attention_heads"], num_key_value_heads=shape["num_key_value_heads"],
+        head_dim=shape["hidden_size"] // shape["num_attention_heads"],
+        max_position_embeddings=shape["max_position_embeddings"], tie_word_embeddings=shape["tie_word_embeddings"],
+        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def check_hf(ctx: Any, attn: str, *, llamafied: bool = False, stack: str | None = None,
+             model_kind: str | None = None, gradient_checkpointing: bool | None = None,
+             liger: bool = False, config: tuple[int, int] | None = None) -> dict[str, Any]:
     """HF + PEFT at the 2.4B shape with one attention implementation: on our remote-code EXAONE 3.5, or
-    (`llamafied`) on LlamaForCausalLM with the same dimensions, the baseline where the remote code fails."""
-    stack = f"{attn}-llamafied" if llamafied else attn
-    run = _prepare(ctx, attn)
+    (`llamafied`) on LlamaForCausalLM with the same dimensions, the baseline where the remote code fails,
+    or (`model_kind="exaone4"`) on transformers' native Exaone4ForCausalLM at the same dimensions.
+    `gradient_checkpointing` overrides the setting (throughput.sdpa-gc); `liger` applies Liger Kernel's
+    apply_liger_kernel_to_llama to the llamafied model before LoRA and proves it took (probes/checks/liger.py);
+    `config` is an extra (batch, seq) configuration."""
+    kind = model_kind or ("llamafied" if llamafied else "remote-code")
+    stack = stack or (f"{attn}-llamafied" if llamafied else attn)
+    # a cell that leaves the package out says so first, on any machine (the table's most useful reason)
+    if attn == "flash_attention_4":
+        ctx.require("flash-attn-4")
+    if liger:
+        ctx.require("liger-kernel")
+    run = _prepare(ctx, stack if stack in STACKS else attn, config)
+    if gradient_checkpointing is not None:
+        run = replace(run, gradient_checkpointing=gradient_checkpointing)
+    extra: dict[str, Any] = {}
     if attn == "flash_attention_2":
         ctx.require("flash-attn")
+    if attn == "flash_attention_4":
+        from probes.checks.attention import require_flash_attn_4
+
+        extra.update(require_flash_attn_4(ctx))
+    if liger:
+        from probes.checks.liger import require_liger
+
+        extra.update(require_liger(ctx))
     import torch
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
     shape = _shape()
-    if llamafied:
+    if kind == "llamafied":
         config_dict = _llama_config_dict(ctx)
         config_dict.pop("model_type", None)
-        config = LlamaConfig.from_dict(config_dict)  # read as from_pretrained reads config.json
+        model_config = LlamaConfig.from_dict(config_dict)  # read as from_pretrained reads config.json
         targets = LLAMA_LORA_TARGETS
+    elif kind == "exaone4":
+        model_config = _exaone4_config(ctx)
+        targets = LLAMA_LORA_TARGETS   # Exaone4 names its projections as Llama does
     else:
-        config = AutoConfig.from_pretrained(str(_config_folder(ctx)), trust_remote_code=True)
+        model_config = AutoConfig.from_pretrained(str(_config_folder(ctx)), trust_remote_code=True)
         targets = EXAONE35_LORA_TARGETS
-    model = None
+    model = base = None
     _reset_gpu()
     try:
+        if attn == "flash_attention_4":
+            from probes.checks.attention import fa4_first_call
+
+            head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+            extra["fa4_jit"] = fa4_first_call(run.batch, run.seq, shape["num_attention_heads"],
+                                              shape["num_key_value_heads"], head_dim)
+            _reset_gpu()
         build_start = time.monotonic()
-        with torch.device("cuda"):   # initialise straight on the GPU: a 2.4B CPU init takes minutes
-            base = AutoModelForCausalLM.from_config(config, trust_remote_code=not llamafied,
-                                                    attn_implementation=attn,
-                                                    **torch_dtype_kwargs(torch.bfloat16))
-        base.config.use_cache = False
-        effective = getattr(base.config, "_attn_implementation", None)
-        if effective != attn:
-            raise Failed(f"requested attn_implementation={attn!r} but the model runs {effective!r}")
-        checked = _check_shape(base, shape)
-        if run.gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            base.enable_input_require_grads()
-        torch.manual_seed(run.seed)
-        model = get_peft_model(base, lora_config(targets, dropout=run.lora_dropout))
-        build_s = time.monotonic() - build_start
-        m = measure_training(model, batch=run.batch, seq=run.seq, steps=run.steps, warmup=run.warmup,
-                             vocab_size=shape["vocab_size"], device="cuda", lr=run.lr, seed=run.seed)
-        m.peak_mem_bytes = torch.cuda.max_memory_allocated()
+        with _liger_scope(liger) as liger_state:
+            with torch.device("cuda"):   # initialise straight on the GPU: a 2.4B CPU init takes minutes
+                base = AutoModelForCausalLM.from_config(model_config, trust_remote_code=kind == "remote-code",
+                                                        attn_implementation=attn,
+                                                        **torch_dtype_kwargs(torch.bfloat16))
+            base.config.use_cache = False
+            effective = getattr(base.config, "_attn_implementation", None)
+            if effective != attn:
+                raise Failed(f"requested attn_implementation={attn!r} but the model runs {effective!r}")
+            checked = _check_shape(base, shape)
+            if liger:
+                from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+                apply_liger_kernel_to_llama(model=base)
+            if run.gradient_checkpointing:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                base.enable_input_require_grads()
+            torch.manual_seed(run.seed)
+            model = get_peft_model(base, lora_config(targets, dropout=run.lora_dropout))
+            if liger:
+                from probes.checks.liger import verify_liger
+
+                extra["liger_patch"] = verify_liger(model)   # Failed when a module kept its forward
+            build_s = time.monotonic() - build_start
+            m = measure_training(model, batch=run.batch, seq=run.seq, steps=run.steps, warmup=run.warmup,
+                                 vocab_size=shape["vocab_size"], device="cuda", lr=run.lr, seed=run.seed)
+            m.peak_mem_bytes = torch.cuda.max_memory_allocated()
+        if liger_state:
+            extra["liger_restored"] = liger_state
         adapter_dtypes = sorted({str(p.dtype).replace("torch.", "") for n, p in model.named_parameters()
                                  if p.requires_grad})
-        extra = {"model_class": f"{type(base).__module__}.{type(base).__name__}", "attn_implementation": effective,
-                 "adapter_dtype": adapter_dtypes, "base_dtype": "bfloat16", "build_s": round(build_s, 2),
-                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        extra.update({"model_class": f"{type(base).__module__}.{type(base).__name__}",
+                      "attn_implementation": effective, "adapter_dtype": adapter_dtypes, "base_dtype": "bfloat16",
+                      "build_s": round(build_s, 2),
+                      "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+        if attn == "flash_attention_4":
+            extra["jit_compile_note"] = ("fa4_jit: flash_attn.cute.flash_attn_func forward+backward at the "
+                                         "model's attention shape, first call (JIT compile, or a load from "
+                                         "the compile cache) and second call timed apart before the model is "
+                                         "built; first_step_s: the first training step, never in the median")
         return _evidence(ctx, run, stack, m, checked["n_params"], checked["shape"], extra)
     except Exception as exc:
         if _is_oom(exc):
@@ -377,6 +472,33 @@ def check_hf(ctx: Any, attn: str, *, llamafied: bool = False) -> dict[str, Any]:
     finally:
         model = base = None
         _free_memory("cuda")
+
+
+@contextlib.contextmanager
+def _liger_scope(active: bool) -> Iterator[dict[str, Any]]:
+    """Liger patches transformers' modeling_llama module itself (apply_rotary_pos_emb, LlamaRMSNorm,
+    LlamaMLP; liger_kernel/transformers/monkey_patch.py), not only the model it is given: every Llama
+    built later in the process would run Liger's kernels. The module's attributes are put back after
+    the Liger checks, and the evidence says which were."""
+    state: dict[str, Any] = {}
+    if not active:
+        yield state
+        return
+    from transformers.models.llama import modeling_llama
+
+    names = ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP")
+    saved = {n: getattr(modeling_llama, n) for n in names if hasattr(modeling_llama, n)}
+    saved_forward = modeling_llama.LlamaForCausalLM.forward
+    try:
+        yield state
+    finally:
+        for n, value in saved.items():
+            if getattr(modeling_llama, n) is not value:
+                setattr(modeling_llama, n, value)
+                state[n] = "restored"
+        if modeling_llama.LlamaForCausalLM.forward is not saved_forward:
+            modeling_llama.LlamaForCausalLM.forward = saved_forward
+            state["LlamaForCausalLM.forward"] = "restored"
 
 
 def _llama_folder(ctx: Any) -> Path:
@@ -406,9 +528,9 @@ def _llama_folder(ctx: Any) -> Path:
     return folder
 
 
-def check_unsloth(ctx: Any) -> dict[str, Any]:
+def check_unsloth(ctx: Any, config: tuple[int, int] | None = None) -> dict[str, Any]:
     """unsloth's FastLanguageModel on the 2.4B shape in Llama layout (its fast path), same loop and bar."""
-    run = _prepare(ctx, "unsloth")
+    run = _prepare(ctx, "unsloth", config)
     from probes.checks.unsloth import load_with_unsloth, require_unsloth
 
     require_unsloth(ctx)
@@ -703,20 +825,61 @@ def check_trainer(ctx: Any) -> dict[str, Any]:
         _free_memory("cuda")
 
 
-def _hf_check(attn: str, *, llamafied: bool = False) -> Callable[[Any], dict[str, Any]]:
+def _hf_check(attn: str, *, llamafied: bool = False, **kw: Any) -> Callable[[Any], dict[str, Any]]:
     def check(ctx: Any) -> dict[str, Any]:
-        return check_hf(ctx, attn, llamafied=llamafied)
-    check.__name__ = f"check_throughput_{attn}{'_llamafied' if llamafied else ''}"
+        return check_hf(ctx, attn, llamafied=llamafied, **kw)
+    check.__name__ = f"check_throughput_{kw.get('stack') or attn}{'_llamafied' if llamafied else ''}"
     return check
+
+
+def _speed_checks(config: tuple[int, int] | None) -> list[tuple[str, Callable[[Any], dict[str, Any]]]]:
+    """(stack, check) of the speed checks that run at every configuration, in run order."""
+    def unsloth(ctx: Any) -> dict[str, Any]:
+        return check_unsloth(ctx, config)
+
+    return [
+        *((attn, _hf_check(attn, config=config)) for attn in ("sdpa", "flash_attention_2")),
+        ("sdpa-llamafied", _hf_check("sdpa", llamafied=True, config=config)),
+        ("sdpa-gc", _hf_check("sdpa", llamafied=True, stack="sdpa-gc", gradient_checkpointing=True,
+                              config=config)),
+        ("flash_attention_4", _hf_check("flash_attention_4", llamafied=True, stack="flash_attention_4",
+                                        config=config)),
+        ("sdpa-exaone4", _hf_check("sdpa", stack="sdpa-exaone4", model_kind="exaone4", config=config)),
+        ("flash_attention_4-exaone4", _hf_check("flash_attention_4", stack="flash_attention_4-exaone4",
+                                                model_kind="exaone4", config=config)),
+        # Liger last among the HF stacks: it patches modeling_llama (restored after each Liger check)
+        ("liger", _hf_check("sdpa", llamafied=True, stack="liger", liger=True, config=config)),
+        ("liger-fa4", _hf_check("flash_attention_4", llamafied=True, stack="liger-fa4", liger=True,
+                                config=config)),
+        ("unsloth", unsloth),
+    ]
 
 
 def checks(ctx: Any) -> list[tuple[str, Any]]:
     # sdpa on the llamafied model right after the remote-code runs: the speed baseline wherever the
     # remote code of the pinned revision does not load on this transformers.
-    return [*((f"throughput.{attn}", _hf_check(attn)) for attn in HF_STACKS),
-            ("throughput.sdpa-llamafied", _hf_check("sdpa", llamafied=True)),
-            # through the trainers, and QLoRA, beside the figures above (issue 19)
-            ("throughput.trainer", check_trainer),
-            ("throughput.qlora", check_qlora),
-            ("throughput.unsloth", check_unsloth),
-            ("throughput.unsloth-qlora", check_unsloth_qlora)]
+    main = dict(_speed_checks(None))
+    out = [("throughput.sdpa", main["sdpa"]), ("throughput.eager", _hf_check("eager")),
+           ("throughput.flash_attention_2", main["flash_attention_2"]),
+           ("throughput.sdpa-llamafied", main["sdpa-llamafied"]),
+           # through the trainers, and QLoRA, beside the figures above (issue 19)
+           ("throughput.trainer", check_trainer),
+           ("throughput.qlora", check_qlora),
+           # issue 14: the memory-limited setting, FlashAttention 4, EXAONE 4, Liger
+           *((f"throughput.{stack}", main[stack]) for stack in
+             ("sdpa-gc", "flash_attention_4", "sdpa-exaone4", "flash_attention_4-exaone4", "liger",
+              "liger-fa4")),
+           ]
+    try:
+        configs = ThroughputRun.from_settings(ctx.settings).configs
+    except (ValueError, TypeError, KeyError):
+        configs = ()   # the checks themselves report the bad settings
+    from probes.registry import shape_suffix
+
+    extra = [(f"throughput.{stack}.{shape_suffix(*config)}", stack, check)
+             for config in configs for stack, check in _speed_checks(config)]
+    # every HF stack at every configuration before unsloth's stacks (unsloth patches transformers)
+    out += [(name, check) for name, stack, check in extra if stack != "unsloth"]
+    out += [("throughput.unsloth", main["unsloth"]), ("throughput.unsloth-qlora", check_unsloth_qlora)]
+    out += [(name, check) for name, stack, check in extra if stack == "unsloth"]
+    return out

@@ -31,7 +31,12 @@ def test_probe_env_points_every_compiler_into_the_folder() -> None:
         env["TRITON_CACHE_DIR"] == "/cache/triton"
         and env["UNSLOTH_COMPILE_LOCATION"] == "/cache/unsloth-compiled"
     )
-    assert set(env) == {compile_cache.STATE_ENV, *compile_cache.TOOL_SUBFOLDERS}
+    assert set(env) == {compile_cache.STATE_ENV, *compile_cache.TOOL_SUBFOLDERS,
+                        *compile_cache.TOOL_SWITCHES}
+    # FlashAttention 4 keeps its compiled kernels on disk only when switched on (flash-attn-4
+    # 4.0.0b36 flash_attn/cute/cache_utils.py), and then in the stack's folder
+    assert env["FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"] == "1"
+    assert env["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == "/cache/flash-attn-cute"
 
 
 def test_host_folder_is_owner_only(tmp_path: Path) -> None:

@@ -155,7 +155,8 @@ def test_speed_table_from_throughput_evidence(run_dir, results):
     data["checks"] += [
         {"name": "throughput.sdpa", "status": "pass", "duration_s": 1.0,
          "evidence": {"tokens_per_s": 16500.0, "peak_mem_gib": 54.2, "batch": 4, "seq": 2048,
-                      "mfu": 0.41,
+                      "mfu": 0.41, "tokens_per_s_min": 16012.0, "tokens_per_s_max": 16740.4,
+                      "step_times_s": [0.5] * 6, "first_step_s": 2.5,
                       "gpu": "NVIDIA H100 80GB HBM3"}},
         {"name": "throughput.eager", "status": "pass", "duration_s": 1.0,
          "evidence": {"tokens_per_s": 8250.0, "peak_mem_bytes": 60 * 2**30}},
@@ -166,9 +167,11 @@ def test_speed_table_from_throughput_evidence(run_dir, results):
     speed = {s["stack"]: s for s in merge(run_dir)["speed"]}
     assert set(speed) == {"sdpa", "eager"}
     assert speed["eager"]["speedup_vs_sdpa"] == 0.5 and speed["eager"]["peak_mem_gib"] == 60.0
+    md = render_markdown(merge(run_dir))
     assert ("| `py3.11-torch2.13.0+cpu-tf5.17.0-good` | sdpa | 16500 | 1.00× | 54.2 | 4×2048 | "
-            "41.0% | "
-            "NVIDIA H100 80GB HBM3 |") in render_markdown(merge(run_dir))
+            "41.0% | 16012–16740 (6) | 2.50 | "
+            "NVIDIA H100 80GB HBM3 |") in md
+    assert "| eager | 8250 | 0.50× | 60.0 | — | — | — | — | — |" in md   # no spread recorded
 
 
 def test_no_speed_section_without_throughput(run_dir):

@@ -87,6 +87,29 @@ KNOWN = [
         "_ZN3c105ErrorC2ENS_14SourceLocationENSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE",
         "flash-attn-abi-mismatch",
     ),
+    # issue 14, each message as its source writes it: unsloth 2026.10.9 unsloth/models/_utils.py
+    # (printed at import, recorded by probes/environment.py), flash-attn-4 4.0.0b36
+    # flash_attn/cute/interface.py `import cutlass.cute as cute`, transformers 5.17.0
+    # modeling_utils.py _flash_attn_can_dispatch, liger-kernel 0.8.5 transformers/monkey_patch.py
+    (
+        "Notice",
+        "printed: Unsloth: Your Flash Attention 2 installation seems to be broken. Using Xformers "
+        "instead. No performance changes will be seen.",
+        "unsloth-fa2-broken-only-fa4-installed",
+    ),
+    ("ModuleNotFoundError", "No module named 'cutlass.cute'", "flash-attn-4-cutlass-dsl-missing"),
+    (
+        "ValueError",
+        "ExaoneForCausalLM does not support Flash Attention 4 yet. Please request to add support "
+        "where the model is hosted",
+        "transformers-remote-code-no-flash-attn-flag",
+    ),
+    (
+        "ImportError",
+        "liger-kernel requires transformers >= 5.0.0, got 4.57.6. Please install an older version "
+        "of liger-kernel that is compatible with your transformers version.",
+        "liger-kernel-needs-transformers-5",
+    ),
     (
         "UserWarning",
         "WARNING: Unsloth should be imported before transformers, peft to ensure all optimizations "
