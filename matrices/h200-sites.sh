@@ -30,10 +30,10 @@ layer u914    unsloth==2026.9.14 trl==0.24.0 datasets==4.3.0 dill==0.4.0 fsspec=
 layer diff039 diffusers==0.39.0                                                       # unsloth with transformers 4.57.6
 layer diff042 diffusers==0.42.1                                                       # unsloth with transformers 5.x
 # issue 14 (transformers 5.x cells): FlashAttention 4 and Liger Kernel. Not yet built or tried on the device.
-# nvidia-cutlass-dsl reaches its `cutlass` package only through nvidia_cutlass_dsl_packages.pth, and the venv
-# runner's extra sites are plain path lines (no .pth processing): check `import flash_attn.cute` in env-check
-# before the run (catalogue: flash-attn-4-cutlass-dsl-missing). libs-cu13 is ~92 MB: this layer may need the
-# split-and-stash calls of ../shared/tools/device-bundle.
+# nvidia-cutlass-dsl reaches its `cutlass` package only through its own .pth; the venv runner adds extra sites
+# with site.addsitedir, which applies it (PYTHONPATH does not: device-bundle's sitecustomize.py does it there).
+# Check `import flash_attn.cute` before the run (catalogue: flash-attn-4-cutlass-dsl-missing). libs-cu13 is
+# ~92 MB: this layer may need the split-and-stash calls of ../shared/tools/device-bundle.
 layer fa4     flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
               nvidia-cutlass-dsl-libs-cu13==4.8.1 apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5 \
               quack-kernels==0.6.5 einops==0.8.2

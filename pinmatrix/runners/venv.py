@@ -132,7 +132,12 @@ class VenvRunner:
         sites = list(sites_for(cell, self.extra_sites)) + self._inherited_sites(log, lock.python)
         if sites:
             site = self._site_packages(python, log)
-            (site / "pinmatrix-extra-site.pth").write_text("".join(f"{p}\n" for p in sites))
+            # `import site; site.addsitedir(...)` rather than a bare path: a bare line puts the
+            # folder on sys.path but skips the .pth files inside it, and nvidia-cutlass-dsl
+            # (flash-attn-4's compiler) reaches its `cutlass` package only through its own .pth.
+            # addsitedir appends in line order, as bare lines do: the layers keep their precedence.
+            (site / "pinmatrix-extra-site.pth").write_text(
+                "".join(f"import site; site.addsitedir({str(p)!r})\n" for p in sites))
         if not self.no_install:
             for name in ("torch.lock", "requirements.lock"):
                 if (lock_dir / name).read_text().strip():

@@ -169,12 +169,32 @@ def test_no_install_extra_site_and_stdlib_venv_fallback_detect_drift(locks, tf45
     assert any("falling back to the stdlib venv" in n for n in runner.notes)
     prepared = runner.prepare(cell, lock)
     pth = list(Path(prepared.ref).glob("lib/python*/site-packages/pinmatrix-extra-site.pth"))
-    assert pth and pth[0].read_text().strip() == str(tf457_site)
+    line = f"import site; site.addsitedir({str(tf457_site)!r})"
+    assert pth and pth[0].read_text().strip() == line
     outcome = runner.run(prepared, write_spec(cell, tmp_path / "w"), tmp_path / "w", "", 600)
     # ... the site holds 4.57.6: the result exists, but the cell is judged infra, naming the
     # package.
     assert outcome.result_path is not None and outcome.signature == "lock-drift"
     assert "transformers 4.57.6 (lock: 5.17.0)" in outcome.infra_reason
+
+
+def test_extra_sites_have_their_pth_files_applied_in_order(locks, tf457_site, tmp_path):
+    """An extra site is a site folder: its own .pth files apply (nvidia-cutlass-dsl reaches its
+    `cutlass` package only through one), and earlier sites win over later ones."""
+    cell, lock = locks["4.57.6"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    for site, tag in ((first, "first"), (second, "second")):
+        (site / "nested" / "pm_nested_mod").mkdir(parents=True)
+        (site / "nested" / "pm_nested_mod" / "__init__.py").write_text(f"WHERE = {tag!r}\n")
+        (site / "pm_nested.pth").write_text("nested\n")
+    runner = VenvRunner(venv_root=tmp_path / "venvs", no_install=True,
+                        extra_sites=[tf457_site, first, second])
+    prepared = runner.prepare(cell, lock)
+    proc = subprocess.run([prepared.details["python"], "-c",
+                           "import pm_nested_mod; print(pm_nested_mod.WHERE)"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "first"
 
 
 def test_no_install_matching_site_has_no_drift(locks, tf457_site, tmp_path):
