@@ -34,8 +34,13 @@ layer diff042 diffusers==0.42.1                                                 
 # with site.addsitedir, which applies it (PYTHONPATH does not: device-bundle's sitecustomize.py does it there).
 # Check `import flash_attn.cute` before the run (catalogue: flash-attn-4-cutlass-dsl-missing). libs-cu13 is
 # ~92 MB: this layer may need the split-and-stash calls of ../shared/tools/device-bundle.
+# Since cutlass-dsl 4.4 the `nvidia-cutlass-dsl` wheel is a 10 KB shim and the Python DSL (cutlass/cute) is in
+# nvidia-cutlass-dsl-libs-core, which libs-base requires: without it `import cutlass.cute` fails (seen here on
+# CPU, 2026-11-29; with it, flash_attn.cute imports on a CPU torch 2.13 + triton 3.6 + cuda-bindings 13.5).
+# libs-cu13, not the shim's default libs-cu12: flash-attn-4's README says `pip install "flash-attn-4[cu13]"`
+# on CUDA 13, and the device's torch is cu130. cuda-bindings, protobuf and triton are the device's.
 layer fa4     flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
-              nvidia-cutlass-dsl-libs-cu13==4.8.1 apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5 \
+              nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5 \
               quack-kernels==0.6.5 einops==0.8.2
 layer liger   liger-kernel==0.8.5                                                     # triton: the device torch's
 layer harness jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1  # pinmatrix itself, not the cells
