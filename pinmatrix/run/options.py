@@ -515,7 +515,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--offline",
-        "install only from --find-links, no index",
+        "install only from --find-links, no index (the docker runner also builds with "
+        "--network none; its wheelhouse then needs uv's wheel)",
         field="offline",
         group=VENV,
         action="store_true",

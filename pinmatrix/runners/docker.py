@@ -124,21 +124,30 @@ def assemble_context(dest: Path, *, torch_lock: str, full_lock: str, dockerfile:
     shutil.copytree(probes_dir, dest / "probes",
                     ignore=shutil.ignore_patterns(*SKIPPED_DIRS,
                                                   *(f"*{x}" for x in SKIPPED_SUFFIXES)))
-    wheelhouse = dest / "wheelhouse"
-    wheelhouse.mkdir(exist_ok=True)
     wanted: dict[str, Path] = {}
     for folder in wheelhouses:
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.name.endswith(WHEELHOUSE_SUFFIXES):
                 # first folder wins, as with repeated --find-links
                 wanted.setdefault(path.name, path)
+    counts = _sync_links(dest / "wheelhouse", wanted)
+    # uv's own wheels apart, for the uv bootstrap (Dockerfile step a): mounting the whole wheelhouse
+    # there would tie the first layers, and so the shared torch layer, to every wheelhouse change
+    _sync_links(dest / "bootstrap", {n: p for n, p in wanted.items() if n.startswith("uv-")})
+    return counts
+
+
+def _sync_links(folder: Path, wanted: dict[str, Path]) -> dict[str, int]:
+    """Make `folder` hold exactly `wanted` (name -> source): hardlinks, copies across filesystems;
+    links already right are kept."""
+    folder.mkdir(exist_ok=True)
     counts = {"linked": 0, "copied": 0, "kept": 0}
-    for existing in wheelhouse.iterdir():
+    for existing in folder.iterdir():
         source = wanted.get(existing.name)
         if source is None or not _same_file(source, existing):
             existing.unlink()
     for name, source in wanted.items():
-        target = wheelhouse / name
+        target = folder / name
         if target.exists():
             counts["kept"] += 1
             continue
@@ -282,7 +291,7 @@ class DockerRunner:
                  build_timeout_s: float = BUILD_TIMEOUT_S, pids_limit: int | None = 4096,
                  context_root: Path | None = None, compile_cache: bool = True,
                  pull: str = "missing", echo: Any = None,
-                 cdi_dirs: Sequence[str] | None = None) -> None:
+                 cdi_dirs: Sequence[str] | None = None, offline: bool = False) -> None:
         if not IMAGE_NAME.fullmatch(base_image):
             raise ValueError(f"base image name {base_image!r} is not a valid image reference")
         if pull not in PULL_POLICIES:
@@ -309,6 +318,9 @@ class DockerRunner:
         # where CDI specs are looked for (pinmatrix/runners/cdi.py); None: $PINMATRIX_CDI_DIRS,
         # else /etc/cdi and /var/run/cdi
         self.cdi_dirs = tuple(cdi_dirs) if cdi_dirs else None
+        # --offline: builds run with --network none and install from the wheelhouse alone
+        # (docker/Dockerfile OFFLINE); the wheelhouse must then hold uv's wheel too
+        self.offline = offline
 
     # -- prepare -------------------------------------------------------------------------------
     def tag_for(self, lock: Lock) -> str:
@@ -348,6 +360,8 @@ class DockerRunner:
                    # a lock with packages the base provides: the cell's venv sees the base's
                    # site-packages (docker/Dockerfile step b)
                    "--build-arg", f"BASE_SITE={1 if provided_by_base(lock.full_lock) else 0}",
+                   "--build-arg", f"OFFLINE={1 if self.offline else 0}",
+                   *(["--network", "none"] if self.offline else []),
                    "--label", f"org.pinmatrix.cell={lock.cell_id}",
                    *secret_args(self.sources, secrets), str(context)]
             with open(log_path, "w") as log:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from pinmatrix.cell import Cell, Lock
 from pinmatrix.runners.engine import Engine
 from pinmatrix.errors import InfraError
 from pinmatrix.runners.base import Prepared, RunOutcome
-from pinmatrix.runners.docker import PROBES_DIR, DockerRunner
+from pinmatrix.runners.docker import DOCKERFILE, PROBES_DIR, DockerRunner
 from probes import schema_check
 
 pytestmark = pytest.mark.integration
@@ -453,3 +454,56 @@ def test_interrupt_kills_the_running_container(engine: Engine, fake: dict[str, A
                                      "{{.Names}}"),
                           capture_output=True, text=True).stdout
     assert "fake" not in left, f"container left behind: {left}"
+
+
+def _download_wheels(dest: Path, specs: list[str]) -> None:
+    """Wheels for the cell's Python (3.11, manylinux x86_64) from the index, onto this host."""
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           "--python-version", "3.11", "--implementation", "cp",
+           *(a for tag in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
+                           "manylinux2014_x86_64", "any") for a in ("--platform", tag)),
+           "-d", str(dest), *specs]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"pip download failed:\n{proc.stderr[-2000:]}"
+
+
+def test_offline_build_takes_everything_from_the_wheelhouse(engine: Engine, locks: dict[str, Lock],
+                                                            workdir: Path,
+                                                            made_images: list[str]) -> None:
+    """--offline (an air-gapped host such as the lent H200s): the image builds with --network none
+    from the wheelhouse alone, uv's wheel included; without uv's wheel it fails at the bootstrap,
+    naming uv, instead of reaching for an index."""
+    torch_lock = locks[TRANSFORMERS[0]].torch_lock
+    pinned = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", torch_lock, re.M)
+    uv_version = re.search(r"^ARG UV_VERSION=(\S+)", DOCKERFILE.read_text(), re.M).group(1)
+    wheels = workdir / "offline-wheels"
+    wheels.mkdir()
+    torch_wheel = next(WHEELHOUSE.glob(f"torch-{TORCH}-*.whl"))
+    os.link(torch_wheel, wheels / torch_wheel.name)
+    _download_wheels(wheels, [f"{n}=={v}" for n, v in pinned if n != "torch"]
+                     + [f"uv=={uv_version}"])
+    cell = _cell(TRANSFORMERS[0])
+    lock = Lock(cell.id, "3.11", torch_lock, torch_lock)
+    runner = DockerRunner(engine, _sources(find_links=(str(wheels),)), workdir / "reports-offline",
+                          context_root=workdir / "ctx-offline", offline=True)
+    prepared = runner.prepare(cell, lock)
+    made_images.append(prepared.ref)
+    log = Path(prepared.details["build_log"]).read_text()
+    assert "--network none" in log and "OFFLINE=1" in log
+    proc = subprocess.run(engine.cmd("run", "--rm", "--network", "none", prepared.ref, "python",
+                                     "-c", "import torch; print(torch.__version__)"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == TORCH, proc.stderr[-2000:]
+
+    for uv_wheel in wheels.glob("uv-*.whl"):
+        uv_wheel.unlink()
+    lacking = DockerRunner(engine, _sources(find_links=(str(wheels),)),
+                           workdir / "reports-offline-2", context_root=workdir / "ctx-offline-2",
+                           offline=True)
+    # another lock text, so that the image above (same tag) is not simply reused
+    other = torch_lock + f"# no uv wheel {uuid.uuid4().hex}\n"
+    with pytest.raises(InfraError) as caught:
+        lacking.prepare(cell, Lock(cell.id, "3.11", other, other))
+    assert caught.value.signature == "build-install-unsatisfiable", caught.value
+    log = (workdir / "reports-offline-2" / "logs" / f"{cell.id}.build.log").read_text()
+    assert f"No matching distribution found for uv=={uv_version}" in log

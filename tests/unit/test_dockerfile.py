@@ -75,7 +75,7 @@ def test_parametrized_by_base_image_and_python(instructions: list[Instruction]) 
 
 
 def test_layers_ordered_shared_first(instructions: list[Instruction]) -> None:
-    uv = _index(instructions, "RUN", "pip install --quiet \"uv==")
+    uv = _index(instructions, "RUN", "/opt/uv/bin/pip install --quiet")
     venv = _index(instructions, "RUN", "uv venv")
     copy_torch = _index(instructions, "COPY", "torch.lock")
     install_torch = _index(instructions, "RUN", "locks/torch.lock")
@@ -110,7 +110,7 @@ def test_no_secret_in_arg_env_or_label(instructions: list[Instruction]) -> None:
                     f"line {ins.line}: {ins.keyword} {name} looks secret"
                 )
     args = [i.args.split("=")[0] for i in instructions if i.keyword == "ARG"]
-    assert sorted(args) == ["BASE_IMAGE", "BASE_SITE", "PYTHON", "UV_VERSION"]
+    assert sorted(args) == ["BASE_IMAGE", "BASE_SITE", "OFFLINE", "PYTHON", "UV_VERSION"]
 
 
 def test_sources_only_through_secret_mounts(instructions: list[Instruction]) -> None:
@@ -199,6 +199,31 @@ def test_context_hardlinks_wheelhouse_and_resyncs(tmp_path: Path) -> None:
     dr.assemble_context(ctx, **kw)
     assert sorted(p.name for p in (ctx / "wheelhouse").iterdir()) == ["b-1-py3-none-any.whl"]
 
+
+
+def test_uv_bootstrap_sees_only_uv_wheels(tmp_path: Path, instructions: list[Instruction]) -> None:
+    """Step a installs uv from bootstrap/ (uv's wheels alone), never from the whole wheelhouse: a
+    wheelhouse change must not rebuild the layers the torch layer sits on; and offline, the
+    installers use no index (docker/Dockerfile OFFLINE)."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name in ("uv-0.13.9-py3-none-manylinux_2_17_x86_64.whl", "uvicorn-1-py3-none-any.whl",
+                 "torch-2-cp311-none-any.whl"):
+        (wheels / name).write_bytes(b"w")
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM scratch\n")
+    dr.assemble_context(tmp_path / "ctx", torch_lock="", full_lock="", dockerfile=dockerfile,
+                        probes_dir=probes, wheelhouses=[wheels])
+    assert [p.name for p in (tmp_path / "ctx" / "bootstrap").iterdir()] == [
+        "uv-0.13.9-py3-none-manylinux_2_17_x86_64.whl"]
+    assert len(list((tmp_path / "ctx" / "wheelhouse").iterdir())) == 3
+    step_a = instructions[_index(instructions, "RUN", "/opt/uv/bin/pip install")].args
+    assert "--mount=type=bind,source=bootstrap,target=/bootstrap" in step_a
+    assert "source=wheelhouse" not in step_a and "--find-links /bootstrap" in step_a
+    assert "export PIP_NO_INDEX=1 UV_OFFLINE=1" in step_a  # sources.sh, sourced by every step
+    assert any(i.keyword == "ARG" and i.args == "OFFLINE=0" for i in instructions)
 
 def test_context_slots_are_exclusive(tmp_path: Path) -> None:
     with dr.context_slot(tmp_path) as first, dr.context_slot(tmp_path) as second:
