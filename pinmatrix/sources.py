@@ -42,6 +42,9 @@ class PackageSources:
     ca_bundle: str | None = None                 # PEM file for TLS to the indexes
     # uv --torch-backend: "auto", "cpu", "cu130", ...; None: off
     torch_backend: str | None = None
+    # --offline: resolve from the find-links folders alone (uv --offline --no-index); an air-gapped
+    # host such as the lent H200s has no index to ask
+    offline: bool = False
 
     @classmethod
     def from_env(cls, *, index_url: str | None = None,
@@ -82,6 +85,9 @@ class PackageSources:
     def uv_args(self, torch_pin: str | None = None) -> list[str]:
         """Arguments safe to log. URLs with credentials travel in `uv_env()` instead."""
         args: list[str] = []
+        if self.offline:
+            return [*(a for link in self.find_links for a in ("--find-links", link)),
+                    "--no-index", "--offline"]
         if self.index_url and not has_credentials(self.index_url):
             args += ["--index-url", self.index_url]
         for url in self.extra_index_urls:
@@ -124,7 +130,8 @@ class PackageSources:
         """A digest of everything that changes what resolves; keys caches without holding
         secrets."""
         payload = json.dumps([self.index_url, list(self.extra_index_urls), list(self.find_links),
-                              self.torch_backend], sort_keys=True)
+                              self.torch_backend, *(["offline"] if self.offline else [])],
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def ssl_context(self) -> ssl.SSLContext:

@@ -318,6 +318,14 @@ class _Resolver:
                 # reproducible.
                 return _Compiled(True, proc.stdout.replace(str(req_file), "requirements.in"))
             stderr = proc.stderr.replace(str(req_file), "requirements.in").strip()
+            if self.sources.offline and "not found in the provided package locations" in stderr:
+                # offline, a package missing from the wheelhouse is the host's gap, not a verdict
+                # on the stack: uv words it as "no solution", so it is caught before that
+                missing = sorted(set(re.findall(r"(\S+) was not found in the provided package "
+                                                r"locations", stderr)))
+                raise ResolveInfraError(
+                    f"--offline: the find-links folders lack {', '.join(missing) or 'a package'} "
+                    f"(uv: {stderr.splitlines()[-1][:300]})", signature="wheelhouse-incomplete")
             if _is_unsolvable(stderr):
                 return _Compiled(False, stderr)
             if hashes and "hash" in stderr.lower():

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 import argparse
+import dataclasses
 import math
 import os
 from typing import Any, Callable, Mapping, NoReturn, Sequence
@@ -841,13 +842,13 @@ def read_snapshot(path: Path | None) -> dict[str, Any] | None:
 def package_sources(args: argparse.Namespace) -> PackageSources:
     """PackageSources: the command line first, then PINMATRIX_*, then the host's pip settings
     (§9)."""
-    return PackageSources.from_env(
+    return dataclasses.replace(PackageSources.from_env(
         index_url=args.index_url,
         extra_index_urls=args.extra_index_url or None,
         find_links=args.find_links or None,
         ca_bundle=str(args.ca_bundle) if args.ca_bundle else None,
         torch_backend=args.torch_backend,
-    )
+    ), offline=bool(getattr(args, "offline", False)))
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -166,3 +168,39 @@ def test_snapshot_reproduces_the_cells_offline(tmp_path):
         load_matrix(path, sources=offline)
     again = load_matrix(path, sources=offline, snapshot=json.loads(run_json)["snapshot"])
     assert [c.id for c in again.expand()] == [c.id for c in live.expand()]
+
+
+@needs_uv
+@needs_wheelhouse
+def test_offline_resolves_from_the_wheelhouse_alone_and_a_gap_is_infra(tmp_path, cache):
+    """--offline (uv --offline --no-index): the lock comes from the find-links folders alone; a
+    package missing there is the host's gap (infra, named), never `unresolvable`."""
+    cell = Cell(pins={"python": "3.11", "torch": "2.13.0+cpu"})
+    gap = PackageSources(find_links=(str(WHEELHOUSE),), offline=True)   # torch, not its needs
+    with pytest.raises(ResolveInfraError) as caught:
+        resolve(cell, gap, tmp_path / "gap", cache_dir=cache)
+    assert caught.value.signature == "wheelhouse-incomplete"
+    assert "--offline: the find-links folders lack" in str(caught.value)
+
+    online = resolve(cell, WITH_WHEELHOUSE, tmp_path / "online", cache_dir=cache)
+    assert isinstance(online, Lock), online
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    torch_wheel = next(WHEELHOUSE.glob("torch-2.13.0+cpu-*.whl"))
+    (wheels / torch_wheel.name).symlink_to(torch_wheel)
+    needs = [line.split(" ", 1)[0] for line in online.full_lock.splitlines()
+             if "==" in line and not line.startswith(("#", " ", "torch=="))]
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                           "--only-binary=:all:", "--python-version", "3.11", "--implementation",
+                           "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "any",
+                           "-d", str(wheels), *needs], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    offline = resolve(cell, PackageSources(find_links=(str(wheels),), offline=True),
+                      tmp_path / "offline", cache_dir=cache)
+    assert isinstance(offline, Lock), offline
+
+    def pins(text: str) -> set[str]:
+        return {line.split()[0] for line in text.splitlines() if "==" in line
+                and not line.startswith(("#", " "))}
+
+    assert pins(offline.full_lock) == pins(online.full_lock)

@@ -102,3 +102,23 @@ def test_torch_backend_reaches_uv(monkeypatch):
     assert _sources(args).uv_args("2.11.0+cu130")[-2:] == ["--torch-backend", "cu130"]
     plain = build_parser().parse_args(["resolve"])
     assert "--torch-backend" not in _sources(plain).uv_args("2.11.0+cu130")
+
+
+def test_offline_sources_ask_no_index(monkeypatch, tmp_path):
+    """--offline reaches the resolver: find-links only, --no-index --offline, and its own cache
+    key (a lock made from a wheelhouse alone is not the index's lock)."""
+    from pinmatrix.cli.main import build_parser
+    from pinmatrix.run.options import package_sources as _sources
+
+    monkeypatch.delenv("PINMATRIX_FIND_LINKS", raising=False)
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    args = build_parser().parse_args(["matrix", "--offline", "--find-links", str(tmp_path),
+                                      "--index-url", "https://mirror.invalid/simple"])
+    sources = _sources(args)
+    assert sources.offline
+    assert sources.uv_args("2.13.0+cpu") == ["--find-links", str(tmp_path), "--no-index",
+                                             "--offline"]
+    online = _sources(build_parser().parse_args(["matrix", "--find-links", str(tmp_path),
+                                                 "--index-url", "https://mirror.invalid/simple"]))
+    assert "--index-url" in online.uv_args(None) and "--offline" not in online.uv_args(None)
+    assert online.identity() != sources.identity()
