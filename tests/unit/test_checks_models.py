@@ -210,6 +210,8 @@ def test_attention_group_on_cpu(tmp_path):
         "attention.flash_attention_2",
         "attention.xformers",
         "attention.xformers-kernel",
+        "attention.flash_attention_4",
+        "attention.flash_attention_4-exaone4",
     ]
     for name in ("attention.eager", "attention.sdpa"):
         ev = results[name]["evidence"]
@@ -221,6 +223,10 @@ def test_attention_group_on_cpu(tmp_path):
     if ctx.installed("xformers") is None:
         assert results["attention.xformers"]["reason"] == "xformers not in this cell"
         assert results["attention.xformers-kernel"]["status"] == "skip"
+    for name in ("attention.flash_attention_4", "attention.flash_attention_4-exaone4"):
+        # the cell leaves FA4 out (CPU stack): skipped with that reason, before the GPU gate
+        assert results[name]["status"] == "skip", results[name]
+        assert results[name]["reason"].startswith("flash-attn-4 not in this cell"), results[name]
 
 
 @needs_loading_remote_code

@@ -92,6 +92,10 @@ def test_held_signals_wait_for_the_block_and_a_second_one_stops_it(tmp_path):
 
     from pinmatrix.interrupt import Interrupted, held
 
+    # whatever handlers this process had before (an earlier test may have run the CLI's main,
+    # which installs its SIGTERM handler) are what held() must put back
+    sigint_before = signal.getsignal(signal.SIGINT)
+    sigterm_before = signal.getsignal(signal.SIGTERM)
     steps: list[str] = []
     with pytest.raises(Interrupted) as caught:
         with held(notice=None):
@@ -100,7 +104,7 @@ def test_held_signals_wait_for_the_block_and_a_second_one_stops_it(tmp_path):
             write_text_atomic(tmp_path / "summary.json", "{}")
             steps.append("finished")
     assert caught.value.finished and steps == ["after the first signal", "finished"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert signal.getsignal(signal.SIGINT) is sigint_before  # put back
 
     with pytest.raises(Interrupted) as caught:
         with held(notice=None):
@@ -108,7 +112,7 @@ def test_held_signals_wait_for_the_block_and_a_second_one_stops_it(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)  # the second one: at once
             steps.append("never")
     assert not caught.value.finished and "never" not in steps
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is sigterm_before
 
     with pytest.raises(Interrupted) as caught:
         with held(notice=None, escape=False):  # publishing: nothing cuts it
