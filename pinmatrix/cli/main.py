@@ -69,6 +69,8 @@ STANDALONE = {
                            "(PATH|REPO@REV; pinmatrix/cli/surface.py)",
     "cdi-spec": "write a CDI spec (nvidia.com/gpu) for this host's GPUs and driver files "
                 "([-o FILE|-]; pinmatrix/cli/cdi_spec.py)",
+    "base-image": "make a prepared base image from this host's Python and torch, no network "
+                  "(--python PY --tag NAME:TAG; pinmatrix/cli/base_image.py)",
 }
 USAGE = "usage: python -m pinmatrix {" + "|".join(COMMANDS) + "} [options] [selectors...]"
 
@@ -102,6 +104,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         from pinmatrix.cli.cdi_spec import main as cdi_spec_main
 
         raise SystemExit(cdi_spec_main(rest))
+    if command == "base-image":
+        from pinmatrix.cli.base_image import main as base_image_main
+
+        raise SystemExit(base_image_main(rest))
     if command not in COMMANDS:
         raise UsageError(f"unknown command {command!r}: choose one of "
                          f"{', '.join([*COMMANDS, *STANDALONE])}")
