@@ -42,6 +42,9 @@ class Outcome:
     # issue 18: how the container got its GPUs: {"route": cdi | nvidia-runtime | cdi-translated |
     # none, "args": the exact engine arguments, "spec", "untranslated", "why"} (docker runner)
     gpu_access: dict[str, Any] | None = None
+    # an infra cell whose probe was stopped after some checks finished: "partial/<id>.json", those
+    # check records (pinmatrix/run/one_cell.py keep_partial), evidence and never a verdict
+    partial: str | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -96,6 +99,7 @@ def _wrong_types(data: Mapping[str, Any]) -> str | None:
         "started",
         "finished",
         "trespass",
+        "partial",
     ):
         if data.get(key) is not None and not isinstance(data[key], str):
             return f"{key!r} is not a string"

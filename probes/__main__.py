@@ -55,6 +55,22 @@ def _now() -> str:
 
 
 ROLE = "main"
+# `<--out>.partial.json`: the check records finished so far, rewritten (atomically) after each one, and
+# removed once the result is written. A probe killed first (the cell's time limit, an interrupted run)
+# otherwise takes every verdict it reached with it: an H200 cell stopped at 110 s kept nothing but its
+# log (reports/h200/20261129T202553Z-h200-train). The host keeps it as evidence, never as a result.
+JOURNAL: Path | None = None
+_JOURNALED: list[dict[str, Any]] = []
+
+
+def _journal(records: list[dict[str, Any]]) -> None:
+    if JOURNAL is None or not records:
+        return
+    _JOURNALED.extend(records)
+    try:
+        write_atomically({"partial": True, "role": ROLE, "updated": _now(), "checks": _JOURNALED}, JOURNAL)
+    except Exception as exc:   # noqa: BLE001 - the journal is evidence; it must never cost a verdict
+        _say(f"note: journal not written: {type(exc).__name__}: {exc}")
 
 
 def _say(line: str) -> None:
@@ -143,6 +159,7 @@ def _run_groups(spec: dict[str, Any], work_dir: Path, groups: list[str], role: s
                 first = (str(error.get("message") or "").strip().splitlines() or [""])[0]
                 detail = f"{error.get('signature') or ''} {first[:300]}".strip()
             _say(f"{result['name']}: {result['status']} ({result['duration_s']:.2f}s) {detail}")
+            _journal([result])
         return out
 
     by_group: dict[str, list[dict[str, Any]]] = {}
@@ -151,7 +168,9 @@ def _run_groups(spec: dict[str, Any], work_dir: Path, groups: list[str], role: s
             continue
         by_group[group] = run_group(group, check_names)
     if child is not None:
-        by_group.update(child.collect({g: names_of(g) for g in child.groups}))
+        collected = child.collect({g: names_of(g) for g in child.groups})
+        _journal([record for records in collected.values() for record in records])
+        by_group.update(collected)
     if split and "throughput" in groups:
         # One measurement at a time: the plain stacks in a fresh plain interpreter, then unsloth's here.
         plain = [n for n in names_of("throughput") if n not in processes.UNSLOTH_THROUGHPUT]
@@ -159,6 +178,7 @@ def _run_groups(spec: dict[str, Any], work_dir: Path, groups: list[str], role: s
             speed = processes.start_plain(spec, work_dir, ["throughput"], plain)
             try:
                 measured = speed.collect({"throughput": plain})["throughput"]
+                _journal(measured)
             finally:
                 speed.stop()
         else:   # no GPU: every speed check only skips, no second interpreter needed for that
@@ -198,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--role", choices=("main", "plain"), default="main", help=argparse.SUPPRESS)
     parser.add_argument("--checks", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    global ROLE
+    global ROLE, JOURNAL
     ROLE = args.role
+    JOURNAL = Path(str(args.out) + ".partial.json")
+    JOURNAL.unlink(missing_ok=True)   # a journal left by an earlier probe at this path is not ours
     try:
         spec = load_spec(args.cell)
     except SpecError as exc:
@@ -223,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             _say("error: the result does not match probes/result.schema.json:\n  " + "\n  ".join(errors[:20]))
             return EXIT_NOT_WRITTEN
         write_atomically(document, args.out)
+        JOURNAL.unlink(missing_ok=True)   # the result holds it all now
     except BaseException:   # noqa: BLE001 - whatever happened, say it and exit with the contract's code
         _say("error: no result written:\n" + traceback.format_exc())
         return EXIT_NOT_WRITTEN

@@ -138,6 +138,11 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     outcome.finished = _now_ms()
     if run.infra_reason:
         outcome.status, outcome.reason, outcome.signature = "infra", run.infra_reason, run.signature
+        if outcome.result is None:
+            kept = keep_partial(work, run_dir, cell.id, run.infra_reason)
+            if kept is not None:
+                outcome.partial, said = kept
+                outcome.reason = f"{run.infra_reason}; {said}"
     elif outcome.result is None and outcome.status is None:
         outcome.status, outcome.reason = "infra", "the runner returned no result"
     if outcome.status is None:
@@ -198,3 +203,43 @@ def _now_ms() -> str:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def keep_partial(work: Path, run_dir: Path, cell_id: str,
+                 why: str) -> tuple[str, str] | None:
+    """The check records a probe stopped before its result had finished (its `*.partial.json`
+    journals, and the result of a plain child that did finish: docs/CONTRACTS.md §2), kept as
+    `partial/<cell>.json`: evidence beside the infra outcome, never read as the cell's result.
+    Returns (that path, a clause for the reason), or None when nothing had finished."""
+    import json
+
+    records: dict[str, dict] = {}
+    sources: list[str] = []
+    found = sorted(work.rglob("*.partial.json")) + sorted(work.rglob("plain-*/result.json"))
+    for path in found:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            checks = data.get("checks") if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            continue  # a journal cut mid-write is skipped, never trusted
+        if not isinstance(checks, list):
+            continue
+        taken = [c for c in checks if isinstance(c, dict) and isinstance(c.get("name"), str)
+                 and isinstance(c.get("status"), str)]
+        for check in taken:
+            records.setdefault(check["name"], check)
+        if taken:
+            sources.append(str(path.relative_to(work)))
+    if not records:
+        return None
+    rel = f"partial/{cell_id}.json"
+    counts: dict[str, int] = {}
+    for check in records.values():
+        counts[check["status"]] = counts.get(check["status"], 0) + 1
+    write_json_atomic(run_dir / rel, {"cell": cell_id, "why": why, "from": sources,
+                                      "note": "checks finished before the probe was stopped: "
+                                              "evidence, not a verdict",
+                                      "checks": list(records.values())})
+    tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    n = len(records)
+    return rel, f"{n} check{'s' if n != 1 else ''} had finished ({tally}): {rel}"

@@ -291,6 +291,54 @@ def test_per_check_timeout_from_the_cli_stops_a_real_check(tmp_path: Path,
     _count("check-timeout")
 
 
+def test_a_probe_stopped_at_the_cell_limit_leaves_what_had_finished(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The REAL probe, stopped by the cell's time limit inside a check that never ends (an xformers
+    whose attention operator sleeps, built here): the cell is infra (timeout), and the checks that
+    had finished (imports) are kept as evidence in partial/<cell>.json, named in the outcome, and
+    not read as the cell's result."""
+    from cpu_stack import stack_site
+
+    site = stack_site()
+    if site is None:
+        pytest.skip("this interpreter holds no CPU stack (torch, transformers, peft): run through "
+                    "`nox -s tests`")
+    hanging = tmp_path / "hanging-site"
+    (hanging / "xformers" / "ops").mkdir(parents=True)
+    (hanging / "xformers" / "__init__.py").write_text("__version__ = '0.0.35'\n")
+    (hanging / "xformers" / "ops" / "__init__.py").write_text(
+        "def memory_efficient_attention(*args, **kwargs):\n"
+        "    import time\n    time.sleep(3600)\n")
+    (hanging / "xformers-0.0.35.dist-info").mkdir()
+    (hanging / "xformers-0.0.35.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: xformers\nVersion: 0.0.35\n")
+    (hanging / "xformers-0.0.35.dist-info" / "RECORD").write_text("")
+    import pinmatrix.run.pipeline as pipeline
+    import pinmatrix.run.runner_choice as runner_choice
+    from pinmatrix.runners.venv import VenvRunner
+
+    monkeypatch.setattr(pipeline, "choose_resolver", lambda opts, resolve: fc.stand_in_resolve)
+    monkeypatch.setattr(runner_choice, "make_venv_runner", lambda opts: VenvRunner(
+        venv_root=tmp_path / "venvs", no_install=True, extra_sites=(site, hanging),
+        probes_root=ROOT, base_python=sys.executable))
+    matrix = fc.write_matrix(tmp_path / "matrix.yaml", ["5.17.0"], checks=("imports", "kernels"),
+                             cell_timeout_s=30)
+    text = matrix.read_text().replace('xformers: [none]', 'xformers: ["0.0.35"]')
+    matrix.write_text(text)
+    summary = run_matrix(_opts(matrix, tmp_path / "reports", "venv", flaky_rerun=False),
+                         echo=lambda _: None)
+    (outcome_path,) = (summary.run_dir / "outcomes").glob("*.json")
+    outcome = json.loads(outcome_path.read_text())
+    assert outcome["status"] == "infra" and outcome["signature"] == "timeout", outcome
+    assert outcome["result"] is None and not list((summary.run_dir / "cells").glob("*.json"))
+    assert outcome["partial"] == f"partial/{outcome['cell']}.json", outcome
+    assert "1 check had finished (1 pass)" in outcome["reason"], outcome
+    kept = json.loads((summary.run_dir / outcome["partial"]).read_text())
+    assert [(c["name"], c["status"]) for c in kept["checks"]] == [("imports", "pass")], kept
+    verdict = json.loads((summary.run_dir / "summary.json").read_text())["verdict"]
+    assert "1 infra" in verdict, verdict
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "tiny"

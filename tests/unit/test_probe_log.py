@@ -27,6 +27,8 @@ def test_a_failed_check_logs_its_signature_and_message(tmp_path):
          str(tmp_path / "result.json"), "--work", str(tmp_path / "w")],
         env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the journal of finished checks goes once the result holds them (docs/CONTRACTS.md §2)
+    assert not (tmp_path / "result.json.partial.json").exists()
     record = next(c for c in json.loads((tmp_path / "result.json").read_text())["checks"]
                   if c["name"] == "kernel.xformers")
     assert record["status"] == "fail"
