@@ -20,15 +20,17 @@
 #   PM_PY        the interpreter that runs pinmatrix (default python3), with .gpu/sites/harness if present
 #   PM_TIMEOUT   seconds for each matrix run, SIGINT at the limit so the report is still written (300)
 #   PM_VENV=0    skip step 5
-#   PM_CARRIED_ENGINE=1  use the carried binaries even where the host has dockerd (to rehearse step 1)
+#   PM_CARRIED_ENGINE=1  use the carried binaries even where the host has dockerd installed (to rehearse step 1)
+#   PM_USE_RUNNING_ENGINE=1  run on the daemon that already answers (DOCKER_HOST) instead of starting one
 # What travels (64 MiB a call): .gpu/docker (43 MB) and the wheelhouse for the tf 5.17.0 cell, cp312, uv
 # included (71 MB, kept as .gpu/wheelhouse-1 and -2 of 36 MB). So: two calls that each carry one part
 # and copy it to $HOME/stash (the machine stays warm 30 s between calls), then this script with
 # PM_WHEELS=$HOME/stash/wheelhouse and the engine unpacked from $HOME/stash.
-# Rehearsed on a CPU host (2026-11-29), both with that host's dockerd and with the carried binaries, as a
-# second daemon beside the first: base image from a venv's Python 3.11 and torch 2.13.0+cpu (910 MiB,
-# 10 s), then the tf 4.57.6 cell built with --network none from a local wheelhouse and probed: works,
-# 17 s. The GPU parts (cdi-spec, --gpus with the translated spec) are what the H200 adds.
+# Rehearsed on a CPU host (2026-11-29), with that host's dockerd binary and with the carried ones, each
+# started as a second daemon: base image from a venv's Python 3.11 and torch 2.13.0+cpu (910 MiB, 10 s),
+# then the tf 4.57.6 cell built with --network none from a local wheelhouse and probed: works, 17 s. That
+# second daemon deleted the first one's docker0 (see above), which is why the script now refuses it. The
+# GPU parts (cdi-spec, --gpus with the translated spec) are what the H200 adds.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 label=${1:?usage: matrices/h200-docker.sh LABEL [SELECTOR...]}; shift
@@ -51,27 +53,45 @@ else
 fi
 
 # 1. the engine
-if [ "${PM_CARRIED_ENGINE:-0}" = 1 ] || ! command -v dockerd >/dev/null 2>&1; then
-  say "no dockerd here: unpacking the carried docker.io 20.10 binaries into /opt/docker"
+if [ "${PM_USE_RUNNING_ENGINE:-0}" != 1 ] && { [ "${PM_CARRIED_ENGINE:-0}" = 1 ] || ! command -v dockerd >/dev/null 2>&1; }; then
+  say "unpacking the carried docker.io 20.10 binaries into /opt/docker"
   engine_tar=.gpu/docker/docker-20.10-bookworm-bin.tar.xz
   [ -f "$engine_tar" ] || engine_tar=$HOME/stash/docker-20.10-bookworm-bin.tar.xz
   mkdir -p /opt/docker && tar -C /opt/docker -xJf "$engine_tar" || exit 1
   export PATH=/opt/docker/usr/bin:/opt/docker/usr/sbin:$PATH
   export LD_LIBRARY_PATH=/opt/docker/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
+# A daemon of its own runs with --bridge=none, and dockerd then deletes the host's docker0 interface: a
+# rehearsal beside another daemon (2026-11-29, on the CI host) left that daemon unable to run any build
+# ("could not find bridge docker0") until it was restarted. So: never beside another daemon. Where one
+# answers already, PM_USE_RUNNING_ENGINE=1 uses it instead (DOCKER_HOST as set), else this stops.
+if [ "${PM_USE_RUNNING_ENGINE:-0}" = 1 ]; then
+  docker info >"$W/docker-info.txt" 2>&1 || { say "PM_USE_RUNNING_ENGINE=1 but no daemon answers"; exit 1; }
+  export DOCKER_BUILDKIT=1 PINMATRIX_DOCKER=${PINMATRIX_DOCKER:-$(command -v docker)}
+  say "using the running daemon: $(docker version --format '{{.Server.Version}}')"
+  start_engine=0
+elif pgrep -x dockerd >/dev/null 2>&1; then
+  say "another dockerd runs here: starting one of our own (--bridge=none) would delete its docker0;"
+  say "stop it first, or set PM_USE_RUNNING_ENGINE=1 to run on it"
+  exit 2
+else
+  start_engine=1
+fi
 D=/tmp/pm-docker-$label
 mkdir -p "$D"
-say "starting dockerd ($(dockerd --version 2>&1 | head -1)) on unix://$D/sock"
-setsid nohup dockerd --host "unix://$D/sock" --data-root "$D/data" --exec-root "$D/exec" \
-  --pidfile "$D/pid" --iptables=false --ip6tables=false --bridge=none \
-  --containerd-namespace "pm-$label" --containerd-plugins-namespace "pm-$label-plugins" \
-  >"$W/dockerd.log" 2>&1 </dev/null &
-export DOCKER_HOST=unix://$D/sock DOCKER_BUILDKIT=1 PINMATRIX_DOCKER=$(command -v docker)
-for i in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-docker info >"$W/docker-info.txt" 2>&1 || { say "dockerd did not come up:"; tail -20 "$W/dockerd.log"; exit 1; }
-say "dockerd up after ${i}s: $(docker version --format '{{.Server.Version}}')"
-stop_engine() { [ -f "$D/pid" ] && kill "$(cat "$D/pid")" 2>/dev/null; }
-trap stop_engine EXIT
+if [ "$start_engine" = 1 ]; then
+  say "starting dockerd ($(dockerd --version 2>&1 | head -1)) on unix://$D/sock"
+  setsid nohup dockerd --host "unix://$D/sock" --data-root "$D/data" --exec-root "$D/exec" \
+    --pidfile "$D/pid" --iptables=false --ip6tables=false --bridge=none \
+    --containerd-namespace "pm-$label" --containerd-plugins-namespace "pm-$label-plugins" \
+    >"$W/dockerd.log" 2>&1 </dev/null &
+  export DOCKER_HOST=unix://$D/sock DOCKER_BUILDKIT=1 PINMATRIX_DOCKER=$(command -v docker)
+  for i in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >"$W/docker-info.txt" 2>&1 || { say "dockerd did not come up:"; tail -20 "$W/dockerd.log"; exit 1; }
+  say "dockerd up after ${i}s: $(docker version --format '{{.Server.Version}}')"
+  stop_engine() { [ -f "$D/pid" ] && kill "$(cat "$D/pid")" 2>/dev/null; }
+  trap stop_engine EXIT
+fi
 
 # 2. the base image from this machine's Python and torch (the tag PM_MATRIX names)
 tag=$(sed -n 's/^  base_image: \["\(.*\)"\].*/\1/p' "$MATRIX" | head -1)
