@@ -40,7 +40,7 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
     """Write the report (with the diff against `previous`, else the newest earlier run in
     reports_dir) and the pins (with the `--pins-for` purposes, so the files and the summary's plan
     agree), append this run to the history, and decide the exit code."""
-    from pinmatrix.report.pins import write_pins
+    from pinmatrix.report.pins import write_pins_and_say
     from pinmatrix.report.write import write_report
 
     run_dir = Path(run_dir)
@@ -63,10 +63,7 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
     # (interrupt.py)
     with held(), published_together():
         write_report(run_dir, previous=previous, history=history, pins_for=pins_for)
-        try:
-            echo(write_pins(run_dir, pins_for=pins_for).message)
-        except Exception as exc:  # a harness bug in pins must not cost the nightly its verdict
-            echo(f"pins: not written ({exc!r})")
+        write_pins_and_say(run_dir, echo, pins_for)
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     diff = summary.get("diff")
     record = history_record(summary)

@@ -422,6 +422,15 @@ def plan_json(picks: list[Pick]) -> list[dict[str, Any]]:
 # --- writing
 # -------------------------------------------------------------------------------------------
 
+def write_pins_and_say(run_dir: Path, echo: Any, pins_for: Sequence[str | Purpose] = ()) -> None:
+    """`write_pins`, its message echoed. A failure there is said, never raised: a harness bug in
+    pins must not cost a run its report, nor the nightly its verdict."""
+    try:
+        echo(write_pins(run_dir, pins_for=pins_for).message)
+    except Exception as exc:  # noqa: BLE001 - said, and the report stands
+        echo(f"pins: not written ({exc!r})")
+
+
 def write_pins(run_dir: Path, *, now: datetime | None = None,
                pins_for: Sequence[str | Purpose] = (), summary: dict[str, Any] | None = None,
                ) -> PinsReport:

@@ -235,7 +235,9 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
                     write_json_atomic(run_dir / "run.json", manifest)
                 if opts.finalize:
                     write_report(run_dir, pins_for=opts.pins_for)
-                    _write_pins(run_dir, echo, opts.pins_for)
+                    from pinmatrix.report.pins import write_pins_and_say
+
+                    write_pins_and_say(run_dir, echo, opts.pins_for)
                     # not a shared --run-dir elsewhere
                     if run_dir.resolve().parent == Path(opts.reports_dir).resolve():
                         on_publish(lambda: point_latest(opts.reports_dir, run_dir))
@@ -332,17 +334,6 @@ def _prefetch_models(matrix: Matrix, model_cache: Path, opts: RunOptions, echo: 
     for f in fetched:
         echo(f"model {f.name}: {f.repo}@{f.revision} -> {f.commit[:12]} "
              f"({'cached' if f.reused else 'fetched from ' + f.hub})")
-
-
-def _write_pins(run_dir: Path, echo: Echo, pins_for: Sequence[Any] = ()) -> None:
-    """reports/<run>/pins/ (pinmatrix.report.pins); a failure there must not cost the run its
-    report."""
-    from pinmatrix.report.pins import write_pins
-
-    try:
-        echo(write_pins(run_dir, pins_for=pins_for).message)
-    except Exception as exc:  # a harness bug in pins: say so, keep the report
-        echo(f"pins: not written ({exc!r})")
 
 
 def _short(text: str | None, limit: int = 160) -> str:
