@@ -88,7 +88,6 @@ def make_docker_runner(engine: Engine, opts: RunOptions, run_dir: Path,
     extra: dict[str, Any] = {"base_image": base_image} if base_image else {}
     extra["compile_cache"] = opts.compile_cache
     extra["pull"] = opts.pull or "missing"
-    extra["offline"] = bool(opts.offline)
     if opts.model_cache is not None:  # mounted read-only at /hf in every cell
         extra["hf_home"] = Path(opts.model_cache)
     return DockerRunner(engine, opts.sources, run_dir, cpu_only=opts.cpu, **extra)

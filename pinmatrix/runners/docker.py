@@ -291,7 +291,7 @@ class DockerRunner:
                  build_timeout_s: float = BUILD_TIMEOUT_S, pids_limit: int | None = 4096,
                  context_root: Path | None = None, compile_cache: bool = True,
                  pull: str = "missing", echo: Any = None,
-                 cdi_dirs: Sequence[str] | None = None, offline: bool = False) -> None:
+                 cdi_dirs: Sequence[str] | None = None) -> None:
         if not IMAGE_NAME.fullmatch(base_image):
             raise ValueError(f"base image name {base_image!r} is not a valid image reference")
         if pull not in PULL_POLICIES:
@@ -318,9 +318,10 @@ class DockerRunner:
         # where CDI specs are looked for (pinmatrix/runners/cdi.py); None: $PINMATRIX_CDI_DIRS,
         # else /etc/cdi and /var/run/cdi
         self.cdi_dirs = tuple(cdi_dirs) if cdi_dirs else None
-        # --offline: builds run with --network none and install from the wheelhouse alone
-        # (docker/Dockerfile OFFLINE); the wheelhouse must then hold uv's wheel too
-        self.offline = offline
+        # --offline, read from the package sources as the resolver reads it: builds run with
+        # --network none and install from the wheelhouse alone (docker/Dockerfile OFFLINE); the
+        # wheelhouse must then hold uv's wheel too
+        self.offline = bool(getattr(sources, "offline", False))
 
     # -- prepare -------------------------------------------------------------------------------
     def tag_for(self, lock: Lock) -> str:

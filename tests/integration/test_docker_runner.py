@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
+from cpu_stack import download_wheels
 
 from pinmatrix.runners import compile_cache
 from pinmatrix.cell import Cell, Lock
@@ -456,17 +457,6 @@ def test_interrupt_kills_the_running_container(engine: Engine, fake: dict[str, A
     assert "fake" not in left, f"container left behind: {left}"
 
 
-def _download_wheels(dest: Path, specs: list[str]) -> None:
-    """Wheels for the cell's Python (3.11, manylinux x86_64) from the index, onto this host."""
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           "--python-version", "3.11", "--implementation", "cp",
-           *(a for tag in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
-                           "manylinux2014_x86_64", "any") for a in ("--platform", tag)),
-           "-d", str(dest), *specs]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"pip download failed:\n{proc.stderr[-2000:]}"
-
-
 def test_offline_build_takes_everything_from_the_wheelhouse(engine: Engine, locks: dict[str, Lock],
                                                             workdir: Path,
                                                             made_images: list[str]) -> None:
@@ -480,12 +470,12 @@ def test_offline_build_takes_everything_from_the_wheelhouse(engine: Engine, lock
     wheels.mkdir()
     torch_wheel = next(WHEELHOUSE.glob(f"torch-{TORCH}-*.whl"))
     os.link(torch_wheel, wheels / torch_wheel.name)
-    _download_wheels(wheels, [f"{n}=={v}" for n, v in pinned if n != "torch"]
+    download_wheels(wheels, [f"{n}=={v}" for n, v in pinned if n != "torch"]
                      + [f"uv=={uv_version}"])
     cell = _cell(TRANSFORMERS[0])
     lock = Lock(cell.id, "3.11", torch_lock, torch_lock)
-    runner = DockerRunner(engine, _sources(find_links=(str(wheels),)), workdir / "reports-offline",
-                          context_root=workdir / "ctx-offline", offline=True)
+    runner = DockerRunner(engine, _sources(find_links=(str(wheels),), offline=True),
+                          workdir / "reports-offline", context_root=workdir / "ctx-offline")
     prepared = runner.prepare(cell, lock)
     made_images.append(prepared.ref)
     log = Path(prepared.details["build_log"]).read_text()
@@ -497,9 +487,8 @@ def test_offline_build_takes_everything_from_the_wheelhouse(engine: Engine, lock
 
     for uv_wheel in wheels.glob("uv-*.whl"):
         uv_wheel.unlink()
-    lacking = DockerRunner(engine, _sources(find_links=(str(wheels),)),
-                           workdir / "reports-offline-2", context_root=workdir / "ctx-offline-2",
-                           offline=True)
+    lacking = DockerRunner(engine, _sources(find_links=(str(wheels),), offline=True),
+                           workdir / "reports-offline-2", context_root=workdir / "ctx-offline-2")
     # another lock text, so that the image above (same tag) is not simply reused
     other = torch_lock + f"# no uv wheel {uuid.uuid4().hex}\n"
     with pytest.raises(InfraError) as caught:
