@@ -31,3 +31,14 @@ def stack_site() -> Path | None:
     if not has_stack(sys.executable):
         return None
     return Path(sysconfig.get_paths()["purelib"])
+
+
+def download_wheels(dest: Path, specs: list[str]) -> None:
+    """Wheels for the test cells' Python (3.11, manylinux x86_64) from the index, onto this host:
+    the wheelhouses of the offline tests (resolve and Docker build)."""
+    platforms = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any")
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           "--python-version", "3.11", "--implementation", "cp",
+           *(arg for tag in platforms for arg in ("--platform", tag)), "-d", str(dest), *specs]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"pip download failed:\n{proc.stderr[-2000:]}"

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from cpu_stack import download_wheels
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import MatrixError
@@ -190,11 +189,7 @@ def test_offline_resolves_from_the_wheelhouse_alone_and_a_gap_is_infra(tmp_path,
     (wheels / torch_wheel.name).symlink_to(torch_wheel)
     needs = [line.split(" ", 1)[0] for line in online.full_lock.splitlines()
              if "==" in line and not line.startswith(("#", " ", "torch=="))]
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                           "--only-binary=:all:", "--python-version", "3.11", "--implementation",
-                           "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "any",
-                           "-d", str(wheels), *needs], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    download_wheels(wheels, needs)
     offline = resolve(cell, PackageSources(find_links=(str(wheels),), offline=True),
                       tmp_path / "offline", cache_dir=cache)
     assert isinstance(offline, Lock), offline
