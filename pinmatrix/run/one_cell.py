@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Union
 from pinmatrix import interrupt
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import InfraError
-from pinmatrix.fsio import copy_atomic, write_json_atomic, write_text_atomic
+from pinmatrix.fsio import copy_atomic, read_json, write_json_atomic, write_text_atomic
 from pinmatrix.outcome import Outcome
 from pinmatrix.results import Damaged, load_result
 from pinmatrix.run.identity import build_key, cell_hash
@@ -211,17 +211,12 @@ def keep_partial(work: Path, run_dir: Path, cell_id: str,
     journals, and the result of a plain child that did finish: docs/CONTRACTS.md §2), kept as
     `partial/<cell>.json`: evidence beside the infra outcome, never read as the cell's result.
     Returns (that path, a clause for the reason), or None when nothing had finished."""
-    import json
-
     records: dict[str, dict] = {}
     sources: list[str] = []
     found = sorted(work.rglob("*.partial.json")) + sorted(work.rglob("plain-*/result.json"))
     for path in found:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            checks = data.get("checks") if isinstance(data, dict) else None
-        except (OSError, ValueError):
-            continue  # a journal cut mid-write is skipped, never trusted
+        data = read_json(path)  # None for a journal cut mid-write: skipped, never trusted
+        checks = data.get("checks") if isinstance(data, dict) else None
         if not isinstance(checks, list):
             continue
         taken = [c for c in checks if isinstance(c, dict) and isinstance(c.get("name"), str)
