@@ -21,7 +21,8 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait as futures_wait
+from typing import Any, Callable, Iterator, Sequence
 
 INTERRUPTED = threading.Event()
 SIGNATURE = "interrupted"
@@ -58,6 +59,61 @@ def wait(proc: subprocess.Popen, timeout_s: float) -> int | None:
             return proc.wait(timeout=min(POLL_S, left))
         except subprocess.TimeoutExpired:
             continue
+
+
+class Tasks:
+    """Threads of one run, and a main thread that stays able to take a signal while they work.
+
+    Python runs a signal handler on the main thread only, and only while that thread runs Python
+    code. Linux hands a process-directed SIGTERM or SIGINT to any thread that does not block it; a
+    main thread blocked in Future.result() without a timeout is then not woken, and the interrupt
+    waited until the running cells had finished. CI saw it once: a SIGTERM sent during a venv build
+    took effect after the probe had trained to the end (tests/unit/test_scheduler_signal.py aims the
+    signal at a worker). So the main thread waits in POLL_S slices.
+
+    After an interrupt no task starts, and every task that had started is waited for: a task starts
+    under the same lock that sets INTERRUPTED, so it either sees the flag or is counted first. (A
+    ThreadPoolExecutor alone loses such a task: a signal inside submit() leaves its new thread out
+    of the threads that shutdown() joins.)"""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self._state = threading.Condition()
+        self._active = 0
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """fn(item) for every item, in order; on a KeyboardInterrupt, INTERRUPTED is set, no new
+        item starts, the started ones are waited for, and the interrupt is raised again. The items
+        that never started are missing from what has been returned, since nothing is returned."""
+
+        def one(item: Any) -> Any:
+            with self._state:
+                if INTERRUPTED.is_set():
+                    return None
+                self._active += 1
+            try:
+                return fn(item)
+            finally:
+                with self._state:
+                    self._active -= 1
+                    self._state.notify_all()
+
+        try:
+            futures = [self._executor.submit(one, item) for item in items]
+            for future in futures:
+                while not future.done():
+                    futures_wait([future], timeout=POLL_S)
+            results = [future.result() for future in futures]
+        except BaseException:
+            with self._state:
+                INTERRUPTED.set()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            with self._state:
+                while self._active:
+                    self._state.wait(POLL_S)  # in slices: a second signal still gets through
+            raise
+        self._executor.shutdown(wait=True)
+        return results
 
 
 class Interrupted(KeyboardInterrupt):

@@ -18,7 +18,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +26,7 @@ from pinmatrix.cell import (NONE, PROVIDED_PREFIX, Cell, Lock, Unresolvable, nor
                             parse_lock)
 from pinmatrix.errors import PinmatrixError, ResolveInfraError
 from pinmatrix.fsio import PRIVATE_MODE, write_text_atomic
+from pinmatrix.interrupt import Tasks
 from pinmatrix.sources import PackageSources
 
 TARGET_PLATFORM = "x86_64-manylinux_2_28"
@@ -93,9 +93,10 @@ def resolve_many(
         except ResolveInfraError as exc:
             return cell.id, exc
 
-    with ThreadPoolExecutor(max_workers=workers or min(8, max(1, len(cells)))) as pool:
-        for cell_id, outcome in pool.map(one, cells):
-            results[cell_id] = outcome
+    # threads that leave the main thread able to take a Ctrl-C (pinmatrix/interrupt.py)
+    tasks = Tasks(workers or min(8, max(1, len(cells))), "resolve")
+    for cell_id, outcome in tasks.map(one, cells):
+        results[cell_id] = outcome
     return results
 
 

@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Iterator, Sequence, TypeVar
@@ -210,19 +209,10 @@ class Scheduler(Generic[C, T]):
                 ctx.stage("done")
 
         workers = max(1, min(len(items), len(self.pool.tokens) + self.build_jobs))
-        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cell")
-        try:
-            futures = [executor.submit(one, i) for i in range(len(items))]
-            for future in futures:
-                future.result()  # re-raises only what on_error itself raised
-        except BaseException:
-            # Ctrl-C or SIGTERM: start no queued cell; the running ones see INTERRUPTED, stop their
-            # probe and write an `infra: interrupted` outcome, which is waited for, so that the
-            # summary written next counts them (pinmatrix/interrupt.py)
-            interrupt.INTERRUPTED.set()
-            executor.shutdown(wait=True, cancel_futures=True)
-            raise
-        executor.shutdown(wait=True)
+        # Ctrl-C or SIGTERM: start no queued cell; the running ones see INTERRUPTED, stop their
+        # probe and write an `infra: interrupted` outcome, which is waited for, so that the summary
+        # written next counts them (pinmatrix/interrupt.py)
+        interrupt.Tasks(workers, "cell").map(one, range(len(items)))
         return results  # type: ignore[return-value]
 
 
