@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -218,14 +219,8 @@ def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
             continue
         if isinstance(existing, Outcome) and existing.status == "infra" and state == "COMPLETED":
             continue  # the task judged the machine itself (build failure, timeout): keep its reason
-        log = f"slurm/{job}_{index}.log"
-        Outcome(cell=cell.id, hash=getattr(existing, "hash", None), pins=dict(cell.pins),
-                runner=f"slurm:{opts.runner}",
-                stage=getattr(existing, "stage",
-                              "resolve") if isinstance(existing, Outcome) else "resolve",
-                status="infra", signature=f"slurm-{state.lower().replace('_', '-')}",
-                reason=f"Slurm task {job}_{index} ended {state} without a result (log: "
-                       f"{log})").write(run_dir)
+        slurm_outcome(existing if isinstance(existing, Outcome) else None, cell, state, job,
+                      index, runner=f"slurm:{opts.runner}").write(run_dir)
     manifest["finished"] = utc_now()
     manifest["complete"] = True
     manifest["slurm"]["states"] = {str(k): v for k, v in sorted(final.items())}
@@ -291,6 +286,19 @@ def _progress_line(states: dict[int, str], n: int, source: str) -> str:
     failed = sum(1 for s in states.values() if s in TERMINAL and s != "COMPLETED")
     return (f"slurm: {pending} pending · {running} running · {done} completed · {failed} failed  "
             f"(of {n}, via {source})")
+
+
+def slurm_outcome(existing: Outcome | None, cell: Cell, state: str, job: str, index: int, *,
+                  runner: str) -> Outcome:
+    """The outcome of a cell whose Slurm task ended `state` without a result: infra, Slurm's state
+    as its signature. What the task had recorded before it was stopped (its hash, stage, timings,
+    GPU timeline, the checks it had finished under partial/) is kept: evidence, never a verdict."""
+    signature = f"slurm-{state.lower().replace('_', '-')}"
+    reason = (f"Slurm task {job}_{index} ended {state} without a result (log: "
+              f"slurm/{job}_{index}.log)")
+    kept = existing or Outcome(cell=cell.id, hash=None, pins={}, runner=runner, stage="resolve")
+    return dataclasses.replace(kept, pins=dict(cell.pins), runner=runner, status="infra",
+                               signature=signature, reason=reason, result=None)
 
 
 def _default_deadline(cells: Sequence[Cell], opts: RunOptions) -> float:
