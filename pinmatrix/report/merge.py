@@ -1,11 +1,11 @@
 """Build one run folder from per-cell artifact folders (the nightly's merge job).
 
 `actions/download-artifact` without `merge-multiple` lays artifacts out as one subfolder per
-artifact name: `ARTIFACTS/cell-<id>/{run.json, outcomes/, cells/, logs/, locks/}`. Each cell job ran
-a one-cell matrix, so each artifact holds one run folder (possibly one level deeper, depending on
-the path that was uploaded). This module finds every run folder under the given roots and copies its
-per-cell files into a fresh run folder; the report is then merged from that folder like any other
-run.
+artifact name: `ARTIFACTS/cell-<id>/{run.json, outcomes/, cells/, logs/, locks/, partial/}`. Each
+cell job ran a one-cell matrix, so each artifact holds one run folder (possibly one level deeper,
+depending on the path that was uploaded). This module finds every run folder under the given
+roots and copies its per-cell files into a fresh run folder; the report is then merged from that
+folder like any other run.
 
 A cell expected by the list job but absent from every artifact (its job died before uploading) gets
 an infra outcome: the machine failed, not the stack. Two artifacts with the same cell are a
@@ -25,7 +25,8 @@ from typing import Any, Iterable, Sequence
 from pinmatrix.fsio import read_json, write_json_atomic
 from pinmatrix.outcome import Outcome, load_outcome
 
-PER_CELL_DIRS = ("outcomes", "cells", "logs", "locks")
+# partial/: the checks an infra cell had finished before it was stopped (pinmatrix/run/one_cell.py)
+PER_CELL_DIRS = ("outcomes", "cells", "logs", "locks", "partial")
 # A cell id as the harness writes it (pinmatrix/cell.py): never a path, never dot-led.
 _CELL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 

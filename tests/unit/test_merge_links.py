@@ -124,3 +124,21 @@ def test_merge_command_on_hostile_artifacts_reports_only_what_validates(tmp_path
     summary = json.loads((run / "summary.json").read_text())
     assert [c["id"] for c in summary["cells"]] == [CELL]
     assert SECRET not in _every_text(run)
+
+
+def test_an_infra_cells_partial_checks_are_carried(tmp_path: Path) -> None:
+    """The checks a stopped cell had finished (partial/<id>.json) reach the merged run, so the
+    outcome's `partial` link still points at a file there."""
+    part = tmp_path / "artifacts" / "cell-0"
+    Outcome(cell=CELL, hash="h" * 16, pins={"python": "3.11"}, runner="venv", stage="run",
+            status="infra", signature="timeout", reason="timeout; 2 checks finished",
+            partial=f"partial/{CELL}.json").write(part)
+    (part / "partial").mkdir()
+    (part / "partial" / f"{CELL}.json").write_text('{"checks": []}\n')
+    (part / "partial" / "other-cell.json").write_text("{}\n")  # not this artifact's cell
+    (part / "run.json").write_text(json.dumps({"run_id": "p", "runner": "venv", "cells": [CELL]}))
+    run = tmp_path / "run"
+    assert merge_artifacts([tmp_path / "artifacts"], run).cells == [CELL]
+    outcome = json.loads((run / "outcomes" / f"{CELL}.json").read_text())
+    assert (run / outcome["partial"]).read_text() == '{"checks": []}\n'
+    assert sorted(p.name for p in (run / "partial").iterdir()) == [f"{CELL}.json"]
