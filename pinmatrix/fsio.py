@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 from datetime import datetime, timezone
@@ -145,6 +146,36 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+# A run folder or an artifact may come from another machine (issue 17): a symlink in it could point
+# anywhere on this host. Readers of run folders take a file only when it, and every folder between
+# it and the folder they were given, is real (lstat): a link is never followed.
+def real_file(path: Path) -> bool:
+    """A regular file, by lstat: False for a symlink (to anything), a fifo, a device, a folder."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def real_dir(path: Path) -> bool:
+    """A folder, by lstat: False for a symlink to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def real_file_under(root: Path, relative: Path | str) -> bool:
+    """`root / relative` is a regular file and no folder between root and it is a symlink."""
+    path = Path(root)
+    parts = Path(relative).parts
+    for part in parts[:-1]:
+        path = path / part
+        if not real_dir(path):
+            return False
+    return bool(parts) and real_file(path / parts[-1])
 
 
 def utc_now() -> str:

@@ -16,13 +16,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pinmatrix.fsio import read_json, write_json_atomic
+from pinmatrix.fsio import read_json, real_dir, real_file, write_json_atomic
 from pinmatrix.outcome import Outcome, load_outcome
 
 # partial/: the checks an infra cell had finished before it was stopped (pinmatrix/run/one_cell.py)
@@ -34,22 +33,8 @@ _CELL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 # Artifacts come from every GPU job (issue 17): a symlink in one could point anywhere on the merge
 # host. Nothing here follows one: a path is used only when it and every folder between it and its
 # artifact root are real (lstat), and only regular files are read or copied.
-def _real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _real_file(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
 def _read_real_json(path: Path) -> Any:
-    return read_json(path) if _real_file(path) else None
+    return read_json(path) if real_file(path) else None
 
 
 @dataclass
@@ -68,14 +53,14 @@ def find_cell_runs(roots: Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     for root in roots:
         root = Path(root)
-        if not _real_dir(root):
+        if not real_dir(root):
             continue
-        if _real_dir(root / "outcomes"):
+        if real_dir(root / "outcomes"):
             found.append(root)
             continue
         for outcomes in sorted(root.rglob("outcomes")):
             between = [outcomes, *outcomes.relative_to(root).parents]
-            if all(_real_dir(root / p) for p in between):
+            if all(real_dir(root / p) for p in between):
                 found.append(outcomes.parent)
     return sorted(set(found))
 
@@ -130,7 +115,7 @@ def merge_artifacts(roots: Sequence[Path], run_dir: Path, *,
 
 
 def _unusable_outcome(path: Path, cell_id: str) -> str | None:
-    if not _real_file(path):
+    if not real_file(path):
         return "a symlink or not a regular file"
     if not _CELL_ID.match(cell_id):
         return "not a cell id"
@@ -145,16 +130,16 @@ def _unusable_outcome(path: Path, cell_id: str) -> str | None:
 def _copy_cell(part: Path, run_dir: Path, cell_id: str) -> None:
     for sub in PER_CELL_DIRS:
         src = part / sub
-        if not _real_dir(src):
+        if not real_dir(src):
             continue
         for path in src.iterdir():
             name = path.name
             if not (name == cell_id or name.startswith(cell_id + ".")):
                 continue
             dest = run_dir / sub / name
-            if _real_dir(path):
+            if real_dir(path):
                 _copy_tree_without_links(path, dest)
-            elif _real_file(path):
+            elif real_file(path):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, dest, follow_symlinks=False)
 
@@ -163,10 +148,10 @@ def _copy_tree_without_links(src: Path, dest: Path) -> None:
     """Regular files and folders only: symlinks, fifos and devices are left behind."""
     for folder, dirs, files in os.walk(src, followlinks=False):
         rel = Path(folder).relative_to(src)
-        dirs[:] = [d for d in dirs if _real_dir(Path(folder) / d)]
+        dirs[:] = [d for d in dirs if real_dir(Path(folder) / d)]
         (dest / rel).mkdir(parents=True, exist_ok=True)
         for name in files:
-            if _real_file(Path(folder) / name):
+            if real_file(Path(folder) / name):
                 shutil.copyfile(Path(folder) / name, dest / rel / name, follow_symlinks=False)
 
 

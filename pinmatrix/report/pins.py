@@ -38,7 +38,7 @@ from probes import registry
 
 from pinmatrix.cell import LOCK_LINE, normalize_name, version_key
 from pinmatrix.errors import UsageError
-from pinmatrix.fsio import read_json, replace_folder
+from pinmatrix.fsio import read_json, real_file_under, replace_folder
 from pinmatrix.results import describe_signature
 
 PINS_DIR = "pins"
@@ -255,8 +255,9 @@ def collect_cells(run_dir: Path, summary: dict[str, Any]) -> list[Cell]:
     out = []
     for row in summary.get("cells") or []:
         lock_path = run_dir / "locks" / row["id"] / LOCK_NAME
+        # never through a symlink: a pins file would copy what it points at (fsio.real_file_under)
         lines = (lock_entries(lock_path.read_text(encoding="utf-8"))
-                 if lock_path.is_file() else [])
+                 if real_file_under(run_dir, Path("locks") / row["id"] / LOCK_NAME) else [])
         result = read_json(run_dir / row["result"]) if row.get("result") else None
         environment = (result or {}).get("environment") or row.get("environment") or {}
         out.append(Cell(

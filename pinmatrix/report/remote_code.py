@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from pinmatrix.cell import ModelSpec
+from pinmatrix.fsio import real_dir, real_file
 from pinmatrix.results import CellResult, load_result
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -79,7 +80,12 @@ def loaded_files(result: Mapping[str, Any], run: str) -> Iterator[LoadedFile]:
 
 def _run_files(run_dir: Path) -> list[LoadedFile]:
     files: list[LoadedFile] = []
-    for path in sorted((Path(run_dir) / "cells").glob("*.json")):
+    folder = Path(run_dir) / "cells"
+    if not real_dir(folder):  # never through a symlink (pinmatrix/fsio.py real_file)
+        return files
+    for path in sorted(folder.glob("*.json")):
+        if not real_file(path):
+            continue
         loaded = load_result(path, reclassify=False)
         if isinstance(loaded, CellResult):  # a damaged file is never evidence of anything
             files.extend(loaded_files(loaded.data, Path(run_dir).name))

@@ -7,6 +7,8 @@ listed apart and never counted as data.
 
 from __future__ import annotations
 
+import os
+
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any, Iterable
 from probes import registry
 
 from pinmatrix.cell import version_key
-from pinmatrix.fsio import first_line, read_json
+from pinmatrix.fsio import first_line, read_json, real_dir, real_file
 from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.report.exaone import exaone35_section
 from pinmatrix.report.causes import group as group_causes
@@ -46,24 +48,48 @@ class CellRow:
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+# A run folder handed to `report --run` may come from elsewhere (issue 17): what is not a regular
+# file (a symlink, above all, which could point anywhere on this host) is listed as damaged and
+# never read.
+NOT_FOLLOWED = "not a regular file: a symbolic link in a run folder is never followed"
+
+
+def _json_files(folder: Path, damaged: list[Damaged]) -> list[Path]:
+    if not os.path.lexists(folder):
+        return []
+    if not real_dir(folder):
+        damaged.append(Damaged(folder, NOT_FOLLOWED))
+        return []
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        if real_file(path):
+            found.append(path)
+        else:
+            damaged.append(Damaged(path, NOT_FOLLOWED))
+    return found
+
+
 def merge(run_dir: Path) -> dict[str, Any]:
     """The summary of one run folder, as the JSON-able dict written to summary.json."""
     run_dir = Path(run_dir)
-    run_meta = read_json(run_dir / "run.json")
     damaged: list[Damaged] = []
-    if (run_dir / "run.json").exists() and not isinstance(run_meta, dict):
+    manifest = run_dir / "run.json"
+    run_meta = read_json(manifest) if real_file(manifest) else None
+    if os.path.lexists(manifest) and not real_file(manifest):
+        damaged.append(Damaged(manifest, NOT_FOLLOWED))
+    elif manifest.exists() and not isinstance(run_meta, dict):
         # a run.json that is there but unreadable is said, not taken for an empty run (issue 17)
-        damaged.append(Damaged(run_dir / "run.json", "not a readable JSON object"))
+        damaged.append(Damaged(manifest, "not a readable JSON object"))
     run_meta = run_meta if isinstance(run_meta, dict) else {}
     outcomes: dict[str, Outcome] = {}
-    for path in sorted((run_dir / "outcomes").glob("*.json")):
+    for path in _json_files(run_dir / "outcomes", damaged):
         loaded = load_outcome(path)
         if isinstance(loaded, str):
             damaged.append(Damaged(path, loaded))
         else:
             outcomes[loaded.cell] = loaded
     results: dict[str, CellResult] = {}
-    for path in sorted((run_dir / "cells").glob("*.json")):
+    for path in _json_files(run_dir / "cells", damaged):
         result = load_result(path)
         if isinstance(result, Damaged):
             damaged.append(result)

@@ -163,3 +163,58 @@ def test_previous_is_looked_for_three_levels_down_at_most(tmp_path: Path) -> Non
             assert "holds no run folder" in str(exc)
         else:
             raise AssertionError(f"found a run in {folder}")
+
+
+# --- symlinks inside the run folder given to `report --run` -------------------------------------
+# A run folder can come from another machine (a downloaded artifact). A link in it is never
+# followed: what it points at is neither counted nor copied into the report; it is listed as
+# damaged.
+
+def _outside_outcome(tmp_path: Path, cell: str) -> Path:
+    elsewhere = tmp_path / "elsewhere"
+    Outcome(cell=cell, hash=None, pins={"python": "3.11"}, runner="venv", stage="resolve",
+            status="infra", reason="SECRET-OUTSIDE").write(elsewhere)
+    return elsewhere / "outcomes" / f"{cell}.json"
+
+
+def test_report_follows_no_symlinked_outcome_run_json_or_cells_folder(tmp_path: Path) -> None:
+    run = _run(tmp_path / "run")
+    phantom = "py3.11-torch2.13.0-tf4.57.6"
+    (run / "outcomes" / f"{phantom}.json").symlink_to(_outside_outcome(tmp_path, phantom))
+    manifest = tmp_path / "elsewhere" / "run.json"
+    manifest.write_text(json.dumps({"run_id": "SECRET-RUN", "runner": "venv", "cells": []}))
+    (run / "run.json").unlink()
+    (run / "run.json").symlink_to(manifest)
+    (run / "cells").symlink_to(tmp_path / "elsewhere" / "outcomes", target_is_directory=True)
+    proc = _pinmatrix("report", "--run", str(run))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.splitlines()[0] == "1 cell: 1 unresolvable"  # the phantom is not counted
+    summary = json.loads((run / "summary.json").read_text())
+    damaged = {d["path"]: d["why"] for d in summary["damaged"]}
+    assert set(damaged) == {"run.json", f"outcomes/{phantom}.json", "cells"}, damaged
+    assert all("symbolic link" in why for why in damaged.values())
+    for name in ("summary.json", "summary.md", "summary.html", "junit.xml"):
+        text = (run / name).read_text()
+        assert "SECRET-OUTSIDE" not in text and "SECRET-RUN" not in text, name
+
+
+def test_pins_never_read_a_lock_through_a_symlink(tmp_path: Path) -> None:
+    from pinmatrix.report.pins import LOCK_NAME, collect_cells
+
+    run = _run(tmp_path / "run")
+    secret = tmp_path / "elsewhere" / "secret.lock"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text("secret-package==6.6.6\n")
+    summary = {"cells": [{"id": CELL, "status": "works", "pins": {}}]}
+    (run / "locks" / CELL).mkdir(parents=True)
+    (run / "locks" / CELL / LOCK_NAME).symlink_to(secret)
+    assert collect_cells(run, summary)[0].lock_lines == []
+    (run / "locks" / CELL / LOCK_NAME).unlink()
+    (run / "locks" / CELL).rmdir()
+    (run / "locks" / CELL).symlink_to(secret.parent, target_is_directory=True)
+    (secret.parent / LOCK_NAME).write_text("secret-package==6.6.6\n")
+    assert collect_cells(run, summary)[0].lock_lines == []
+    (run / "locks" / CELL).unlink()
+    (run / "locks" / CELL).mkdir()
+    (run / "locks" / CELL / LOCK_NAME).write_text("real-package==1.0\n")
+    assert collect_cells(run, summary)[0].lock_lines == ["real-package==1.0"]  # the test can fail
