@@ -23,7 +23,7 @@ from probes import registry as _registry
 from pinmatrix.cell import NONE, Cell, ModelSpec, base_spec
 from pinmatrix.errors import IndexUnreachable, MatrixError
 from pinmatrix.matrix.live import expand_live, is_specifier, valid_specifier
-from pinmatrix.matrix.select import BASE_IMAGE, PYTHON, same_value
+from pinmatrix.matrix.select import BASE_IMAGE, MAX_VALUE_CHARS, PYTHON, same_value
 from pinmatrix.sources import PackageSources, Release, list_releases, redact
 
 # Every key an axis (or an include rule) may name. A typo is an error, not a silent new axis.
@@ -67,7 +67,6 @@ SETTING_BOUNDS: dict[str, tuple[float, float]] = {
     "latest": (1, 1_000),
 }
 _YAML_FLOAT_WORDS = {".inf": "inf", "+.inf": "inf", "-.inf": "-inf", ".nan": "nan"}
-MAX_VALUE_CHARS = 200
 MAX_MESSAGE_CHARS = 300     # a version, specifier, image or ref longer than this is not one
 # A YAML 1.1 integer as PyYAML's resolver accepts it, with at most 30 digits: int() of a longer
 # one is refused by Python (4,300 digits) or is past every bound anyway.

@@ -11,6 +11,8 @@ from pinmatrix.errors import SelectionError
 
 # Axes that are not pip packages: compared as text, never as versions.
 PYTHON, BASE_IMAGE = "python", "base_image"
+# The longest axis value, in matrix.yaml (pinmatrix/matrix/load.py) and in a selector alike.
+MAX_VALUE_CHARS = 200
 
 
 def select(cells: Sequence[Cell], selectors: Sequence[str]) -> list[Cell]:
@@ -37,6 +39,10 @@ def select(cells: Sequence[Cell], selectors: Sequence[str]) -> list[Cell]:
                                  "expected AXIS=VALUE (for example transformers=5.17.0) or a cell "
                                  "id")
         key, op, value = match.groups()
+        if len(value) > MAX_VALUE_CHARS:  # the matrix's own bound: a 5,000-digit version would
+            # reach int() only when the first cell is compared, as a harness error
+            raise SelectionError(argument[:60] + "…", f"the value has {len(value)} characters, "
+                                                      f"more than {MAX_VALUE_CHARS}")
         default = key.replace("_", "-") if key != BASE_IMAGE else key
         axis = key if key in axes else aliases.get(key, default)
         if axis not in axes:

@@ -118,7 +118,11 @@ def test_interrupt_at_probe_time(tmp_path: Path, shared_venvs: Path, how: str) -
 def test_interrupt_at_build_time(tmp_path: Path, how: str) -> None:
     venvs = tmp_path / "venvs"  # fresh: the build is what gets interrupted
     proc = _start(tmp_path, venvs)
-    _wait_for(lambda: venvs.is_dir() and any(venvs.iterdir()), proc, 600)
+    # Signalled while uv installs the cell's packages. Waiting only for the venv folder to appear
+    # was a race: from a warm uv cache the install can be over before the signal (CI saw a group
+    # SIGINT land after it, so nothing was left to cut and the cell was stopped at stage run).
+    _wait_for(lambda: any(" pip install " in args for args in _processes_mentioning(str(venvs))),
+              proc, 600)
     SIGNALS[how](proc.pid)
     # The group's SIGINT reaches uv too: the build stops. The harness alone does not stop uv: the
     # build finishes, then no probe is started (stage run, before the probe's work folder).

@@ -45,6 +45,8 @@ BAD = [
     ("shard-huge", ["--shard", "1/99999999999999999999999"], "--shard"),
     ("shard-past-cap", ["--shard", "1/5001"], "--shard"),
     ("shard-5000-digits", ["--shard", "1/" + "9" * 5000], "--shard"),
+    ("selector-5000-digits", ["torch=" + "9" * 5000], "5000 characters"),
+    ("selector-spec-5000-digits", ["torch>=" + "9" * 5000], "5000 characters"),
     ("find-links-missing", ["--find-links", "/nonexistent/wheels"], "/nonexistent/wheels"),
     ("find-links-file-url-missing", ["--find-links", "file:///nonexistent/wheels"],
      "/nonexistent/wheels"),
