@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -167,15 +169,31 @@ def test_bad_path_argument_exits_2_and_writes_nothing(tmp_path: Path, case, buil
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def _make_read_only(folder: Path) -> Callable[[], object]:
+    """Mode 0555, and for root (who writes through modes: CI runs as root) the immutable flag, which
+    root cannot write through either. Returns what undoes it."""
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return lambda: folder.chmod(0o755)
+    if shutil.which("chattr") is None or subprocess.run(
+            ["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        folder.chmod(0o755)
+        pytest.skip("root writes into a 0555 folder, and chattr +i is not available here")
+
+    def undo() -> None:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+    return undo
+
+
 def test_read_only_reports_folder_exits_2(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     reports.mkdir()
-    reports.chmod(0o555)
+    undo = _make_read_only(reports)
     try:
         proc = _run([], reports)
     finally:
-        reports.chmod(0o755)
+        undo()
     assert proc.returncode == 2 and "not writable" in proc.stderr, proc.stderr
     assert list(reports.iterdir()) == []
 
