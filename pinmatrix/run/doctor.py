@@ -3,20 +3,24 @@ One line per capability, with its remedy when it is missing (issue 13).
 
 `matrix` runs the same checks first (`preflight`): when no selected cell could possibly be judged
 (the Docker runner asked for and no engine, no interpreter for any Python the cells need, no index
-and no wheelhouse to resolve from, uv absent), it stops at once with exit 2 and the remedies,
+and no wheelhouse to resolve from, uv absent, no base image in the engine and none pullable from a
+registry the daemon can reach), it stops at once with exit 2 and the remedies,
 instead of spending minutes on an all-`infra` table. A capability that only some cells miss is not
 a reason to stop: those cells end `infra`, and the report says why once
 (pinmatrix/report/causes.py).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import urlsplit
 
 from pinmatrix.cell import Cell
 from pinmatrix.errors import HostNotReady
@@ -27,6 +31,7 @@ GIB = 1024 ** 3
 MIN_REPORTS_FREE = 1 * GIB          # results and logs are small
 MIN_DOCKER_FREE = 20 * GIB          # one cell image is several GiB (torch alone is ~1 GiB on CPU)
 INDEX_TIMEOUT_S = 8.0
+REGISTRY_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -234,10 +239,14 @@ def _index(opts: RunOptions, diag: Diagnosis) -> Finding:
 
 
 def _base_images(engine: Any, cells: Sequence[Cell], diag: Diagnosis, pull: str) -> None:
+    """Each base image the cells need: in the engine, or pullable. A pull is made by the daemon, so
+    its registry is tried from here through the daemon's own proxy when it has one; with a registry
+    mirror configured the answer is not known here, and nothing is blocked."""
     from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE
 
     images = sorted({str(c.pins.get("base_image") or DEFAULT_BASE_IMAGE) for c in cells})
-    present_any = False
+    usable_any = False
+    daemon: dict[str, Any] | None = None
     for image in images:
         try:
             out = subprocess.run(engine.cmd("image", "inspect", "--format", "{{.Id}}", image),
@@ -245,21 +254,79 @@ def _base_images(engine: Any, cells: Sequence[Cell], diag: Diagnosis, pull: str)
             present = out.returncode == 0
         except (OSError, subprocess.SubprocessError):
             present = False
-        present_any = present_any or present
+        usable_any = usable_any or present
         if pull == "never":
             diag.findings.append(Finding(
                 f"base image {image}", present,
                 "present in the engine" if present else "not in the engine, and --pull never",
                 f"`docker pull {image}` (or `docker load`), or drop `--pull never`"))
-        else:
+            continue
+        if present:
             diag.findings.append(Finding(
-                f"base image {image}", True if present else None,
-                "present in the engine" + (" (pulled again: --pull always)" if pull == "always"
-                                           else "") if present else
-                f"not in the engine: pulled before the first build (--pull {pull})"))
-    if pull == "never" and images and not present_any:
-        diag.blockers.append("--pull never, and no base image the cells need is in the engine ("
-                             + ", ".join(images) + "): pull or load them, or drop --pull never")
+                f"base image {image}", True, "present in the engine"
+                + (" (pulled again: --pull always)" if pull == "always" else "")))
+            continue
+        daemon = daemon if daemon is not None else _daemon_network(engine)
+        reachable, how = _registry_reachable(image, daemon)
+        usable_any = usable_any or reachable is not False
+        diag.findings.append(Finding(
+            f"base image {image}", None if reachable is not False else False,
+            f"not in the engine: pulled before the first build (--pull {pull}); {how}",
+            f"make {registry_of(image)[0]} reachable from the Docker daemon (its proxy: "
+            "`docker info`), or `docker load` the image, or name a base image the engine holds"))
+    if images and not usable_any:
+        if pull == "never":
+            diag.blockers.append("--pull never, and no base image the cells need is in the engine ("
+                                 + ", ".join(images) + "): pull or load them, or drop --pull never")
+        else:
+            diag.blockers.append("no base image the cells need is in the engine, and no registry "
+                                 "that serves them can be reached (" + ", ".join(images) + "): "
+                                 "`docker load` them, give the daemon a proxy or mirror, or use "
+                                 "`--runner venv`")
+
+
+def registry_of(image: str) -> tuple[str, int]:
+    """The registry host and port a pull of `image` contacts (Docker's rule: a first path part
+    with a '.' or ':', or `localhost`, is a registry; anything else is Docker Hub)."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        host, _, port = first.rpartition(":") if ":" in first else (first, "", "")
+        return host, int(port) if port.isdigit() else 443
+    return DOCKER_HUB_REGISTRY, 443
+
+
+DOCKER_HUB_REGISTRY = "registry-1.docker.io"
+
+
+def _daemon_network(engine: Any) -> dict[str, Any]:
+    """The daemon's HTTPS proxy and registry mirrors (`docker info`); empty when not told."""
+    try:
+        out = subprocess.run(engine.cmd("info", "--format",
+                                        "{{json .HTTPSProxy}} {{json .RegistryConfig.Mirrors}}"),
+                             capture_output=True, text=True, timeout=30)
+        proxy, mirrors = (json.loads(part) for part in out.stdout.split(None, 1))
+        return {"proxy": proxy or "", "mirrors": list(mirrors or [])}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {"proxy": "", "mirrors": []}
+
+
+def _registry_reachable(image: str, daemon: dict[str, Any]) -> tuple[bool | None, str]:
+    """(True/False, what was tried), or (None, why it is not known here)."""
+    host, port = registry_of(image)
+    if host == DOCKER_HUB_REGISTRY and daemon.get("mirrors"):
+        return None, f"the daemon pulls Docker Hub images through {daemon['mirrors'][0]}"
+    proxy = str(daemon.get("proxy") or "")
+    if proxy:
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        target, target_port = parts.hostname or proxy, parts.port or 8080
+        via = "the daemon's proxy "
+    else:
+        target, target_port, via = host, port, ""
+    try:
+        with socket.create_connection((target, target_port), timeout=REGISTRY_TIMEOUT_S):
+            return True, f"{via}{target}:{target_port} answers"
+    except OSError as exc:
+        return False, f"{via}{target}:{target_port} cannot be reached ({exc})"
 
 
 def _hub_cache(model: Any, opts: RunOptions) -> Finding:

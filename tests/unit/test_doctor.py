@@ -98,3 +98,64 @@ def test_pull_never_without_the_base_image_stops_with_exit_2(tmp_path):
                      "--reports", str(tmp_path / "reports"))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "--pull never, and no base image the cells need is in the engine" in proc.stderr
+
+
+def test_registry_of_follows_dockers_naming_rule():
+    from pinmatrix.run.doctor import registry_of
+
+    assert registry_of("nvidia/cuda:13.0.1-cudnn-devel-ubuntu24.04") == ("registry-1.docker.io",
+                                                                         443)
+    assert registry_of("python:3.12") == ("registry-1.docker.io", 443)
+    assert registry_of("nvcr.io/nvidia/pytorch:25.01-py3") == ("nvcr.io", 443)
+    assert registry_of("127.0.0.1:5000/pm/base:x") == ("127.0.0.1", 5000)
+    assert registry_of("localhost/pm/base:x") == ("localhost", 443)
+
+
+def _absent_image_matrix(tmp_path, image: str) -> Path:
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text(CI.read_text().replace('"pinmatrix/base:bookworm-py311"', f'"{image}"'))
+    return matrix
+
+
+def test_no_base_image_and_no_reachable_registry_stops_at_once_with_exit_2(tmp_path):
+    """A real host without the image and without a way to its registry (a closed local port):
+    every cell would be `infra: pull-registry-unreachable`, so nothing is run."""
+    from pinmatrix.runners.engine import find_engine
+
+    if find_engine() is None:
+        pytest.skip("needs a Docker engine")
+    image = "127.0.0.1:9/pinmatrix-absent/base:x"
+    started = time.monotonic()
+    proc = pinmatrix("matrix", "--matrix", str(_absent_image_matrix(tmp_path, image)),
+                     "--runner", "docker", "--cpu", "--find-links", str(tmp_path),
+                     "--reports", str(tmp_path / "reports"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert time.monotonic() - started < 60
+    assert ("no base image the cells need is in the engine, and no registry that serves them can "
+            "be reached (127.0.0.1:9/pinmatrix-absent/base:x)") in proc.stderr
+    assert not (tmp_path / "reports").exists()
+    doctor = pinmatrix("doctor", "--matrix", str(_absent_image_matrix(tmp_path, image)),
+                       "--runner", "docker", "--cpu", "--find-links", str(tmp_path),
+                       "--reports", str(tmp_path / "reports"))
+    line = next(ln for ln in doctor.stdout.splitlines() if f"base image {image}" in ln)
+    assert line.startswith("MISSING") and "127.0.0.1:9 cannot be reached" in line, line
+
+
+def test_a_reachable_registry_is_not_a_blocker(tmp_path):
+    """The same absent image behind a port that answers: the doctor says it will be pulled."""
+    import socket
+
+    from pinmatrix.runners.engine import find_engine
+
+    if find_engine() is None:
+        pytest.skip("needs a Docker engine")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        image = f"127.0.0.1:{listener.getsockname()[1]}/pinmatrix-absent/base:x"
+        proc = pinmatrix("doctor", "--matrix", str(_absent_image_matrix(tmp_path, image)),
+                         "--runner", "docker", "--cpu", "--find-links", str(tmp_path),
+                         "--reports", str(tmp_path / "reports"))
+    line = next(ln for ln in proc.stdout.splitlines() if f"base image {image}" in ln)
+    assert line.startswith("n/a") and "answers" in line and "pulled before the first build" in line
+    assert "no registry that serves them" not in proc.stdout
