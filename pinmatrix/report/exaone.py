@@ -234,6 +234,9 @@ def render_html(section: Mapping[str, Any]) -> str:
     def td(answer: Mapping[str, Any]) -> str:
         verdict = answer.get("verdict", "not run")
         css = {"works": "pass", "fails": "fail", "infra": "infra"}.get(verdict, "skip")
+        if verdict == "fails":  # the signature as code, not markdown's backticks
+            return (f"<td class='st-{css}'>FAILS <code>{escape(str(answer.get('signature')))}"
+                    "</code></td>")
         return f"<td class='st-{css}'>{escape(_cell_text(answer))}</td>"
 
     rows = "".join(

@@ -20,7 +20,6 @@ from typing import Any, Mapping, Sequence
 
 from pinmatrix.fsio import write_text_atomic
 from pinmatrix.results import describe_signature, load_result
-from pinmatrix.status import CELL_GLYPH, CHECK_GLYPH
 
 STATUS_ORDER = ("works", "partial", "broken", "unresolvable", "infra")
 PIN_COLUMNS = ("python", "torch", "transformers", "unsloth", "peft", "trl", "xformers",
@@ -100,11 +99,17 @@ def _environment_html(env: Mapping[str, Any] | None) -> str:
     return out
 
 
+def _mark(status: str | None) -> str:
+    """A status's mark, drawn by CSS (a coloured dot), never an emoji: a browser without an emoji
+    font draws those as empty boxes (issue 13). The status word always stands beside it."""
+    return f"<span class='mark m-{e(status or 'none')}' aria-hidden=true></span>"
+
+
 def _check_html(check: Mapping[str, Any]) -> str:
     status = check.get("status")
     error = check.get("error") or {}
     parts = [f"<li class='check st-{e(status)}' data-check='{e(check.get('name'))}'>"
-             f"<b>{CHECK_GLYPH.get(status, '·')} {e(check.get('name'))}</b> <span "
+             f"<b>{_mark(status)} {e(check.get('name'))}</b> <span "
              f"class=tag>{e(status)}</span>"]
     if check.get("duration_s") is not None:
         parts.append(f" <span class=muted>{float(check['duration_s']):.2f}s</span>")
@@ -186,7 +191,7 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
                f"aria-expanded=false>{e(cell['id'])}</button></td>",
                f"<td class='status st-{e(cell['status'])}' "
                f"data-sort='{STATUS_ORDER.index(cell['status'])}'>"
-               f"{CELL_GLYPH.get(cell['status'], '')} {e(cell['status'])}</td>"]
+               f"{_mark(cell['status'])} {e(cell['status'])}</td>"]
         tds += [f"<td>{e((cell.get('pins') or {}).get(p, ''))}</td>" for p in pin_cols]
         for name in columns:
             check = checks.get(name)
@@ -200,7 +205,7 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
                 )
                 tds.append(f"<td class='chk st-{e(check['status'])}' "
                            f"data-sort='{e(check['status'])}' "
-                           f"title='{e(title)}'>{CHECK_GLYPH.get(check['status'], '·')}"
+                           f"title='{e(title)}'>{_mark(check['status'])}"
                            f"<span class=word> {e(check['status'])}</span></td>")
         body.append(f"<tr class=cell data-id='{e(cell['id'])}' data-status='{e(cell['status'])}' "
                     f"data-search='{e(search)}'>{''.join(tds)}</tr>")
@@ -291,7 +296,7 @@ def _pivot_html(tables: list[Mapping[str, Any]]) -> str:
             tds = []
             for u in table["unsloth"]:
                 slot = table["grid"][tf][u]
-                words = " ".join(f"{CELL_GLYPH.get(st, '')}<span class=word> {e(st)}"
+                words = " ".join(f"{_mark(st)}<span class=word> {e(st)}"
                                  + (f" ×{n}" if n > 1 else "") + "</span>"
                                  for st, n in sorted(slot.items(),
                                                      key=lambda kv: STATUS_ORDER.index(kv[0])
@@ -350,6 +355,9 @@ tr.detail>td{background:#fafafa}.muted{color:#777}.tag{font-size:11px;border:1px
 td.st-pass,td.st-works{background:#e5f4e5}td.st-fail,td.st-broken{background:#fbe1e1}td.st-infra{background:#fff2c8}
 td.st-partial{background:#fff8dc}td.st-unresolvable{background:#eee}td.st-skip{color:#999}
 #controls{margin:8px 0}#controls input{width:24em}ul.checks{list-style:none;padding-left:0}
+.mark{display:inline-block;width:.7em;height:.7em;border-radius:50%;background:#bbb;vertical-align:baseline}
+.m-works,.m-pass{background:#2e8b3a}.m-partial{background:#e0a800}.m-broken,.m-fail{background:#c62828}
+.m-unresolvable,.m-skip,.m-none{background:#9e9e9e}.m-infra{background:#ef6c00}.m-flaky{background:#7b1fa2}
 """  # noqa: E501 (page/script/data text, kept byte for byte)
 
 SCRIPT = r"""

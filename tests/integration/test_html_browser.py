@@ -174,3 +174,14 @@ def test_status_words_are_drawn_without_an_emoji_font(page, tmp_path):
     assert diff.getbbox() is not None, "hiding the status words changed nothing: not drawn"
     changed = diff.histogram()[255]
     assert changed > 500, changed  # several words' worth of glyph pixels, not a stray pixel
+
+
+def test_no_emoji_is_used_as_a_status_mark(page):
+    """The status marks are CSS dots, so a browser without an emoji font draws no empty boxes; the
+    markdown keeps its emoji (GitHub draws them)."""
+    from pinmatrix.status import CELL_GLYPH, CHECK_GLYPH
+
+    html = page.read_text(encoding="utf-8")
+    glyphs = {g for g in (*CELL_GLYPH.values(), *CHECK_GLYPH.values()) if g not in ("·",)}
+    assert not [g for g in glyphs if g in html], [g for g in glyphs if g in html]
+    assert "class='mark m-" in html
