@@ -140,6 +140,30 @@ class _Reader:
             raise self.error(node, f"{what}: expected a list")
         return list(node.value)
 
+    def record(self, node: yaml.Node, what: str,
+               required: Sequence[str] = ()) -> dict[str, yaml.Node]:
+        """An object that must have the `required` fields."""
+        fields = self.mapping(node, what)
+        for key in required:
+            if key not in fields:
+                raise self.error(node, f"{what}: missing {key!r}")
+        return fields
+
+    def only(self, node: yaml.Node, fields: dict[str, yaml.Node], allowed: Sequence[str],
+             what: str) -> None:
+        """Refuse a field the spec format does not have (checked after the known ones)."""
+        for key in fields:
+            if key not in allowed:
+                raise self.error(node, f"{what}: unknown field {key!r}")
+
+    def entries(self, fields: dict[str, yaml.Node], key: str,
+                what: str) -> list[tuple[str, yaml.Node]]:
+        """The items of the optional list field `key`, each with its name `what.key[i]`."""
+        if key not in fields:
+            return []
+        items = self.sequence(fields[key], f"{what}.{key}")
+        return [(f"{what}.{key}[{i}]", item) for i, item in enumerate(items)]
+
     def string(self, node: yaml.Node, what: str) -> str:
         if not isinstance(node, yaml.ScalarNode) or node.tag in (
                 "tag:yaml.org,2002:null", "tag:yaml.org,2002:bool"):
@@ -178,10 +202,7 @@ def load_spec(path: Path | str) -> Spec:
         raise CdiError(f"{path}{where}: not JSON or YAML: {problem}") from None
     if root is None:
         raise CdiError(f"{path}: empty file")
-    top = reader.mapping(root, "spec")
-    for required in ("cdiVersion", "kind", "devices"):
-        if required not in top:
-            raise reader.error(root, f"spec: missing {required!r}")
+    top = reader.record(root, "spec", ("cdiVersion", "kind", "devices"))
     version = reader.string(top["cdiVersion"], "cdiVersion")
     if not re.fullmatch(r"\d+\.\d+\.\d+", version):
         raise reader.error(top["cdiVersion"], f"cdiVersion: {version!r} is not a version X.Y.Z")
@@ -191,9 +212,7 @@ def load_spec(path: Path | str) -> Spec:
     devices = []
     seen: set[str] = set()
     for index, node in enumerate(reader.sequence(top["devices"], "devices")):
-        fields = reader.mapping(node, f"devices[{index}]")
-        if "name" not in fields:
-            raise reader.error(node, f"devices[{index}]: missing 'name'")
+        fields = reader.record(node, f"devices[{index}]", ("name",))
         name = reader.string(fields["name"], f"devices[{index}].name")
         if not NAME_RE.fullmatch(name):
             raise reader.error(fields["name"], f"devices[{index}].name: {name!r} is not a device "
@@ -201,17 +220,14 @@ def load_spec(path: Path | str) -> Spec:
         if name in seen:
             raise reader.error(fields["name"], f"devices[{index}].name: {name!r} given twice")
         seen.add(name)
-        for key in fields:
-            if key not in ("name", "annotations", "containerEdits"):
-                raise reader.error(node, f"devices[{index}]: unknown field {key!r}")
+        reader.only(node, fields, ("name", "annotations", "containerEdits"), f"devices[{index}]")
         edits = (_edits(reader, fields["containerEdits"], f"devices[{index}].containerEdits")
                  if "containerEdits" in fields else Edits())
         devices.append(Device(name, edits))
     if not devices:
         raise reader.error(top["devices"], "devices: a spec needs at least one device")
-    for key in top:
-        if key not in ("cdiVersion", "kind", "devices", "containerEdits", "annotations"):
-            raise reader.error(root, f"spec: unknown field {key!r}")
+    reader.only(root, top, ("cdiVersion", "kind", "devices", "containerEdits", "annotations"),
+                "spec")
     edits = _edits(reader, top["containerEdits"], "containerEdits") if "containerEdits" in top \
         else Edits()
     return Spec(path, version, kind, tuple(devices), edits)
@@ -220,19 +236,14 @@ def load_spec(path: Path | str) -> Spec:
 def _edits(reader: _Reader, node: yaml.Node, what: str) -> Edits:
     fields = reader.mapping(node, what)
     env: list[str] = []
-    for i, item in enumerate(reader.sequence(fields["env"], f"{what}.env") if "env" in fields
-                             else []):
-        text = reader.string(item, f"{what}.env[{i}]")
+    for where, item in reader.entries(fields, "env", what):
+        text = reader.string(item, where)
         if "=" not in text or text.startswith("="):
-            raise reader.error(item, f"{what}.env[{i}]: {text!r} is not NAME=VALUE")
+            raise reader.error(item, f"{where}: {text!r} is not NAME=VALUE")
         env.append(text)
     nodes: list[DeviceNode] = []
-    for i, item in enumerate(reader.sequence(fields["deviceNodes"], f"{what}.deviceNodes")
-                             if "deviceNodes" in fields else []):
-        where = f"{what}.deviceNodes[{i}]"
-        dev = reader.mapping(item, where)
-        if "path" not in dev:
-            raise reader.error(item, f"{where}: missing 'path'")
+    for where, item in reader.entries(fields, "deviceNodes", what):
+        dev = reader.record(item, where, ("path",))
         path = reader.absolute(dev["path"], f"{where}.path")
         host = reader.absolute(dev["hostPath"], f"{where}.hostPath") if "hostPath" in dev else path
         perms = reader.string(dev["permissions"], f"{where}.permissions") \
@@ -243,51 +254,31 @@ def _edits(reader: _Reader, node: yaml.Node, what: str) -> Edits:
         for key in ("major", "minor", "fileMode", "uid", "gid"):
             if key in dev:
                 reader.integer(dev[key], f"{where}.{key}")
-        for key in dev:
-            if key not in ("path", "hostPath", "permissions", "type", "major", "minor",
-                           "fileMode", "uid", "gid"):
-                raise reader.error(item, f"{where}: unknown field {key!r}")
+        reader.only(item, dev, ("path", "hostPath", "permissions", "type", "major", "minor",
+                                "fileMode", "uid", "gid"), where)
         ignored = tuple(k for k in ("fileMode", "uid", "gid") if k in dev)
         nodes.append(DeviceNode(path, host, perms, ignored))
     mounts: list[CdiMount] = []
-    for i, item in enumerate(reader.sequence(fields["mounts"], f"{what}.mounts")
-                             if "mounts" in fields else []):
-        where = f"{what}.mounts[{i}]"
-        mount = reader.mapping(item, where)
-        for key in ("hostPath", "containerPath"):
-            if key not in mount:
-                raise reader.error(item, f"{where}: missing {key!r}")
-        for key in mount:
-            if key not in ("hostPath", "containerPath", "type", "options"):
-                raise reader.error(item, f"{where}: unknown field {key!r}")
-        options = tuple(reader.string(o, f"{where}.options[{j}]") for j, o in
-                        enumerate(reader.sequence(mount["options"], f"{where}.options")
-                                  if "options" in mount else []))
+    for where, item in reader.entries(fields, "mounts", what):
+        mount = reader.record(item, where, ("hostPath", "containerPath"))
+        reader.only(item, mount, ("hostPath", "containerPath", "type", "options"), where)
+        options = tuple(reader.string(o, name) for name, o in
+                        reader.entries(mount, "options", where))
         mounts.append(CdiMount(reader.string(mount["hostPath"], f"{where}.hostPath"),
                                reader.absolute(mount["containerPath"], f"{where}.containerPath"),
                                reader.string(mount["type"], f"{where}.type") if "type" in mount
                                else "", options))
     hooks: list[Hook] = []
-    for i, item in enumerate(reader.sequence(fields["hooks"], f"{what}.hooks")
-                             if "hooks" in fields else []):
-        where = f"{what}.hooks[{i}]"
-        hook = reader.mapping(item, where)
-        for key in ("hookName", "path"):
-            if key not in hook:
-                raise reader.error(item, f"{where}: missing {key!r}")
-        args = tuple(reader.string(a, f"{where}.args[{j}]") for j, a in
-                     enumerate(reader.sequence(hook["args"], f"{where}.args")
-                               if "args" in hook else []))
+    for where, item in reader.entries(fields, "hooks", what):
+        hook = reader.record(item, where, ("hookName", "path"))
+        args = tuple(reader.string(a, name) for name, a in reader.entries(hook, "args", where))
         hooks.append(Hook(reader.string(hook["hookName"], f"{where}.hookName"),
                           reader.absolute(hook["path"], f"{where}.path"), args))
-    gids = tuple(reader.integer(g, f"{what}.additionalGids[{j}]") for j, g in
-                 enumerate(reader.sequence(fields["additionalGids"], f"{what}.additionalGids")
-                           if "additionalGids" in fields else []))
+    gids = tuple(reader.integer(g, name) for name, g in
+                 reader.entries(fields, "additionalGids", what))
     other = tuple(k for k in ("intelRdt", "netDevices") if k in fields)
-    for key in fields:
-        if key not in ("env", "deviceNodes", "mounts", "hooks", "additionalGids", "intelRdt",
-                       "netDevices"):
-            raise reader.error(node, f"{what}: unknown field {key!r}")
+    reader.only(node, fields, ("env", "deviceNodes", "mounts", "hooks", "additionalGids",
+                               "intelRdt", "netDevices"), what)
     return Edits(tuple(env), tuple(nodes), tuple(mounts), tuple(hooks), gids, other)
 
 
