@@ -61,8 +61,11 @@ def wait(proc: subprocess.Popen, timeout_s: float) -> int | None:
             continue
 
 
-class Tasks:
-    """Threads of one run, and a main thread that stays able to take a signal while they work.
+def map_in_threads(fn: Callable[[Any], Any], items: Sequence[Any], workers: int,
+                   name: str) -> list[Any]:
+    """fn(item) for every item, on up to `workers` threads, in the items' order. On a Ctrl-C or
+    SIGTERM: INTERRUPTED is set, no item starts, every item that had started is waited for, and the
+    interrupt is raised again.
 
     Python runs a signal handler on the main thread only, and only while that thread runs Python
     code. Linux hands a process-directed SIGTERM or SIGINT to any thread that does not block it; a
@@ -71,49 +74,42 @@ class Tasks:
     took effect after the probe had trained to the end (tests/unit/test_scheduler_signal.py aims the
     signal at a worker). So the main thread waits in POLL_S slices.
 
-    After an interrupt no task starts, and every task that had started is waited for: a task starts
-    under the same lock that sets INTERRUPTED, so it either sees the flag or is counted first. (A
-    ThreadPoolExecutor alone loses such a task: a signal inside submit() leaves its new thread out
-    of the threads that shutdown() joins.)"""
+    An item starts under the same lock that sets INTERRUPTED, so it either sees the flag or is
+    counted first. (A ThreadPoolExecutor alone loses such an item: a signal inside submit() leaves
+    its new thread out of the threads that shutdown() joins.)"""
+    state = threading.Condition()
+    active = 0
 
-    def __init__(self, workers: int, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
-        self._state = threading.Condition()
-        self._active = 0
-
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """fn(item) for every item, in order; on a KeyboardInterrupt, INTERRUPTED is set, no new
-        item starts, the started ones are waited for, and the interrupt is raised again. The items
-        that never started are missing from what has been returned, since nothing is returned."""
-
-        def one(item: Any) -> Any:
-            with self._state:
-                if INTERRUPTED.is_set():
-                    return None
-                self._active += 1
-            try:
-                return fn(item)
-            finally:
-                with self._state:
-                    self._active -= 1
-                    self._state.notify_all()
-
+    def one(item: Any) -> Any:
+        nonlocal active
+        with state:
+            if INTERRUPTED.is_set():
+                return None
+            active += 1
         try:
-            futures = [self._executor.submit(one, item) for item in items]
-            for future in futures:
-                while not future.done():
-                    futures_wait([future], timeout=POLL_S)
-            results = [future.result() for future in futures]
-        except BaseException:
-            with self._state:
-                INTERRUPTED.set()
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            with self._state:
-                while self._active:
-                    self._state.wait(POLL_S)  # in slices: a second signal still gets through
-            raise
-        self._executor.shutdown(wait=True)
-        return results
+            return fn(item)
+        finally:
+            with state:
+                active -= 1
+                state.notify_all()
+
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    try:
+        futures = [executor.submit(one, item) for item in items]
+        for future in futures:
+            while not future.done():
+                futures_wait([future], timeout=POLL_S)
+        results = [future.result() for future in futures]
+    except BaseException:
+        with state:
+            INTERRUPTED.set()
+        executor.shutdown(wait=False, cancel_futures=True)
+        with state:
+            while active:
+                state.wait(POLL_S)  # in slices: a second signal still gets through
+        raise
+    executor.shutdown(wait=True)
+    return results
 
 
 class Interrupted(KeyboardInterrupt):

@@ -26,7 +26,7 @@ from pinmatrix.cell import (NONE, PROVIDED_PREFIX, Cell, Lock, Unresolvable, nor
                             parse_lock)
 from pinmatrix.errors import PinmatrixError, ResolveInfraError
 from pinmatrix.fsio import PRIVATE_MODE, write_text_atomic
-from pinmatrix.interrupt import Tasks
+from pinmatrix.interrupt import map_in_threads
 from pinmatrix.sources import PackageSources
 
 TARGET_PLATFORM = "x86_64-manylinux_2_28"
@@ -94,8 +94,8 @@ def resolve_many(
             return cell.id, exc
 
     # threads that leave the main thread able to take a Ctrl-C (pinmatrix/interrupt.py)
-    tasks = Tasks(workers or min(8, max(1, len(cells))), "resolve")
-    for cell_id, outcome in tasks.map(one, cells):
+    for cell_id, outcome in map_in_threads(one, cells, workers or min(8, max(1, len(cells))),
+                                           "resolve"):
         results[cell_id] = outcome
     return results
 

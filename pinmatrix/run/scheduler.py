@@ -212,7 +212,7 @@ class Scheduler(Generic[C, T]):
         # Ctrl-C or SIGTERM: start no queued cell; the running ones see INTERRUPTED, stop their
         # probe and write an `infra: interrupted` outcome, which is waited for, so that the summary
         # written next counts them (pinmatrix/interrupt.py)
-        interrupt.Tasks(workers, "cell").map(one, range(len(items)))
+        interrupt.map_in_threads(one, range(len(items)), workers, "cell")
         return results  # type: ignore[return-value]
 
 

@@ -35,8 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -297,8 +296,8 @@ def slurm_outcome(existing: Outcome | None, cell: Cell, state: str, job: str, in
     reason = (f"Slurm task {job}_{index} ended {state} without a result (log: "
               f"slurm/{job}_{index}.log)")
     kept = existing or Outcome(cell=cell.id, hash=None, pins={}, runner=runner, stage="resolve")
-    return dataclasses.replace(kept, pins=dict(cell.pins), runner=runner, status="infra",
-                               signature=signature, reason=reason, result=None)
+    return replace(kept, pins=dict(cell.pins), runner=runner, status="infra",
+                   signature=signature, reason=reason, result=None)
 
 
 def _default_deadline(cells: Sequence[Cell], opts: RunOptions) -> float:
