@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import urlsplit
 
 from pinmatrix.cell import Cell
 from pinmatrix.errors import HostNotReady
@@ -32,6 +30,7 @@ MIN_REPORTS_FREE = 1 * GIB          # results and logs are small
 MIN_DOCKER_FREE = 20 * GIB          # one cell image is several GiB (torch alone is ~1 GiB on CPU)
 INDEX_TIMEOUT_S = 8.0
 REGISTRY_TIMEOUT_S = 5.0
+DOCKER_HUB_REGISTRY = "registry-1.docker.io"
 
 
 @dataclass
@@ -295,8 +294,6 @@ def registry_of(image: str) -> tuple[str, int]:
     return DOCKER_HUB_REGISTRY, 443
 
 
-DOCKER_HUB_REGISTRY = "registry-1.docker.io"
-
 
 def _daemon_network(engine: Any) -> dict[str, Any]:
     """The daemon's HTTPS proxy and registry mirrors (`docker info`); empty when not told."""
@@ -316,17 +313,12 @@ def _registry_reachable(image: str, daemon: dict[str, Any]) -> tuple[bool | None
     if host == DOCKER_HUB_REGISTRY and daemon.get("mirrors"):
         return None, f"the daemon pulls Docker Hub images through {daemon['mirrors'][0]}"
     proxy = str(daemon.get("proxy") or "")
-    if proxy:
-        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        target, target_port = parts.hostname or proxy, parts.port or 8080
-        via = "the daemon's proxy "
-    else:
-        target, target_port, via = host, port, ""
-    try:
-        with socket.create_connection((target, target_port), timeout=REGISTRY_TIMEOUT_S):
-            return True, f"{via}{target}:{target_port} answers"
-    except OSError as exc:
-        return False, f"{via}{target}:{target_port} cannot be reached ({exc})"
+    target, target_port = interpreters.via_proxy(host, port, proxy)
+    where = ("the daemon's proxy " if proxy else "") + f"{target}:{target_port}"
+    error = interpreters.connect_error(target, target_port, REGISTRY_TIMEOUT_S)
+    if error is None:
+        return True, f"{where} answers"
+    return False, f"{where} cannot be reached ({error})"
 
 
 def _hub_cache(model: Any, opts: RunOptions) -> Finding:

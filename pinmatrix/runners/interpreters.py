@@ -94,16 +94,26 @@ def _runs(path: str, version: str) -> bool:
 
 
 def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    """A TCP connection to host:port, or to the HTTPS proxy when one is set."""
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    if proxy:
-        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = parts.hostname or host, parts.port or 8080
+    """A TCP connection to host:port, or to this process's HTTPS proxy when one is set."""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or ""
+    return connect_error(*via_proxy(host, port, proxy), timeout) is None
+
+
+def via_proxy(host: str, port: int, proxy: str) -> tuple[str, int]:
+    """Where a connection to host:port is opened: the proxy's address when one is given."""
+    if not proxy:
+        return host, port
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return parts.hostname or host, parts.port or 8080
+
+
+def connect_error(host: str, port: int, timeout: float) -> OSError | None:
+    """None when a TCP connection to host:port opens within `timeout`, else why not."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+            return None
+    except OSError as exc:
+        return exc
 
 
 def find(version: str, venv_python: VenvPython | str | None = None,
