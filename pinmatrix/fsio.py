@@ -167,6 +167,20 @@ def real_dir(path: Path) -> bool:
         return False
 
 
+def real_json_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The `*.json` files of `folder`, sorted: (the regular ones, the ones refused). A folder that
+    is itself a link is refused whole; a missing one gives nothing."""
+    if not os.path.lexists(folder):
+        return [], []
+    if not real_dir(folder):
+        return [], [Path(folder)]
+    taken: list[Path] = []
+    refused: list[Path] = []
+    for path in sorted(Path(folder).glob("*.json")):
+        (taken if real_file(path) else refused).append(path)
+    return taken, refused
+
+
 def real_file_under(root: Path, relative: Path | str) -> bool:
     """`root / relative` is a regular file and no folder between root and it is a symlink."""
     path = Path(root)

@@ -254,10 +254,10 @@ def collect_cells(run_dir: Path, summary: dict[str, Any]) -> list[Cell]:
             entry["tokens_per_s"])
     out = []
     for row in summary.get("cells") or []:
-        lock_path = run_dir / "locks" / row["id"] / LOCK_NAME
+        lock = Path("locks") / row["id"] / LOCK_NAME
         # never through a symlink: a pins file would copy what it points at (fsio.real_file_under)
-        lines = (lock_entries(lock_path.read_text(encoding="utf-8"))
-                 if real_file_under(run_dir, Path("locks") / row["id"] / LOCK_NAME) else [])
+        lines = (lock_entries((run_dir / lock).read_text(encoding="utf-8"))
+                 if real_file_under(run_dir, lock) else [])
         result = read_json(run_dir / row["result"]) if row.get("result") else None
         environment = (result or {}).get("environment") or row.get("environment") or {}
         out.append(Cell(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from pinmatrix.cell import ModelSpec
-from pinmatrix.fsio import real_dir, real_file
+from pinmatrix.fsio import real_json_files
 from pinmatrix.results import CellResult, load_result
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -80,12 +80,8 @@ def loaded_files(result: Mapping[str, Any], run: str) -> Iterator[LoadedFile]:
 
 def _run_files(run_dir: Path) -> list[LoadedFile]:
     files: list[LoadedFile] = []
-    folder = Path(run_dir) / "cells"
-    if not real_dir(folder):  # never through a symlink (pinmatrix/fsio.py real_file)
-        return files
-    for path in sorted(folder.glob("*.json")):
-        if not real_file(path):
-            continue
+    taken, _ = real_json_files(Path(run_dir) / "cells")  # never through a symlink
+    for path in taken:
         loaded = load_result(path, reclassify=False)
         if isinstance(loaded, CellResult):  # a damaged file is never evidence of anything
             files.extend(loaded_files(loaded.data, Path(run_dir).name))

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 from probes import registry
 
 from pinmatrix.cell import version_key
-from pinmatrix.fsio import first_line, read_json, real_dir, real_file
+from pinmatrix.fsio import first_line, read_json, real_file, real_json_files
 from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.report.exaone import exaone35_section
 from pinmatrix.report.causes import group as group_causes
@@ -55,18 +55,9 @@ NOT_FOLLOWED = "not a regular file: a symbolic link in a run folder is never fol
 
 
 def _json_files(folder: Path, damaged: list[Damaged]) -> list[Path]:
-    if not os.path.lexists(folder):
-        return []
-    if not real_dir(folder):
-        damaged.append(Damaged(folder, NOT_FOLLOWED))
-        return []
-    found = []
-    for path in sorted(folder.glob("*.json")):
-        if real_file(path):
-            found.append(path)
-        else:
-            damaged.append(Damaged(path, NOT_FOLLOWED))
-    return found
+    taken, refused = real_json_files(folder)
+    damaged.extend(Damaged(path, NOT_FOLLOWED) for path in refused)
+    return taken
 
 
 def merge(run_dir: Path) -> dict[str, Any]:
@@ -74,12 +65,14 @@ def merge(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     damaged: list[Damaged] = []
     manifest = run_dir / "run.json"
-    run_meta = read_json(manifest) if real_file(manifest) else None
-    if os.path.lexists(manifest) and not real_file(manifest):
+    run_meta = None
+    if real_file(manifest):
+        run_meta = read_json(manifest)
+        if not isinstance(run_meta, dict):
+            # a run.json that is there but unreadable is said, not taken for an empty run (issue 17)
+            damaged.append(Damaged(manifest, "not a readable JSON object"))
+    elif os.path.lexists(manifest):
         damaged.append(Damaged(manifest, NOT_FOLLOWED))
-    elif manifest.exists() and not isinstance(run_meta, dict):
-        # a run.json that is there but unreadable is said, not taken for an empty run (issue 17)
-        damaged.append(Damaged(manifest, "not a readable JSON object"))
     run_meta = run_meta if isinstance(run_meta, dict) else {}
     outcomes: dict[str, Outcome] = {}
     for path in _json_files(run_dir / "outcomes", damaged):
