@@ -38,7 +38,8 @@ from probes.framework import Failed, Infra, Skip
 
 __all__ = ["checks", "CHAT_CONVERSATIONS", "EXAONE4_LORA_TARGETS", "TrainerRecorder", "chat_dataset",
            "prompt_completion_dataset", "load_route", "run_hf_trainer", "run_sft_trainer", "judge_trainer_run",
-           "api_forms_trainer", "api_forms_trl", "completion_only_spelling", "require_trl"]
+           "api_forms_trainer", "api_forms_trl", "completion_only_spelling", "require_trl", "batch_segments",
+           "label_masking", "judge_masking", "prompt_token_ids", "prompt_token_counts"]
 
 # Exaone4ForCausalLM's linear layers (transformers' modeling_exaone4: Llama-style names).
 EXAONE4_LORA_TARGETS = LLAMA_LORA_TARGETS
@@ -398,55 +399,151 @@ def run_sft_trainer(ctx: Any, model: Any, tokenizer: Any, run: LoraRun, out: Pat
     info.update({"tokenizer_keyword": keyword, "completion_only": spelling, "length_field": length_field,
                  "dataset_form": data_form, "examples": run.batch, "api_forms": forms})
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, callbacks=[recorder.callback()], **kwargs)
-    masking = _label_masking(trainer)
-    info.update({"trainer": f"{type(trainer).__module__}.{type(trainer).__name__}", **masking})
+    info["trainer"] = f"{type(trainer).__module__}.{type(trainer).__name__}"
     if spelling != "none":
-        expected = sorted(prompt_token_counts(tokenizer, run.batch))
-        got = masking.get("prompt_tokens_masked_per_example")
-        info.update(prompt_tokens_expected_per_example=expected, masking_matches_prompts=got == expected,
-                    masking_bar="each example's labels mask exactly its prompt (system + user turns and the "
-                                "[|assistant|] generation prompt, tokenized on their own) and nothing after it")
-        if not masking.get("prompt_tokens_masked"):
-            raise Failed(f"completion-only loss was asked for ({spelling}) but no prompt token was masked out of "
-                         f"the labels", info)
-        if got != expected or not masking.get("masked_tokens_are_a_prefix"):
-            raise Failed(f"completion-only loss ({spelling}) masked {got} prompt tokens per example where the chat "
-                         f"template's prompts have {expected}: the loss is taken on prompt tokens", info)
+        judge_masking(trainer, tokenizer, run.batch, spelling, info)
     trainer.train()
     return recorder, info
 
 
-def prompt_token_counts(tokenizer: Any, n: int) -> list[int]:
-    """Tokens of each example's prompt (system + user turns + generation prompt), tokenized on their own:
-    what completion-only loss must mask. Text first, then the tokenizer, so no return type can interfere."""
-    counts = []
+def prompt_token_ids(tokenizer: Any, n: int) -> list[list[int]]:
+    """Each example's prompt (system + user turns + generation prompt) tokenized on its own: what
+    completion-only loss must mask. Text first, then the tokenizer, so no return type can interfere."""
+    ids = []
     for example in prompt_completion_dataset(n):
         text = tokenizer.apply_chat_template(example["prompt"], tokenize=False, add_generation_prompt=True)
-        counts.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    return counts
+        ids.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return ids
 
 
-def _label_masking(trainer: Any) -> dict[str, Any]:
-    """How many non-pad tokens of the first training batch carry a label (-100 = masked out), per example."""
+def prompt_token_counts(tokenizer: Any, n: int) -> list[int]:
+    return [len(ids) for ids in prompt_token_ids(tokenizer, n)]
+
+
+def batch_segments(batch: Any) -> tuple[list[tuple[int, int, int]], str]:
+    """(row, start, end) of every example in a collated batch, and where the boundaries came from.
+
+    A padding-free batch (trl's collator with padding_free=True, which unsloth turns on for SFTTrainer)
+    concatenates the examples into one row with no attention_mask: each example restarts position_ids
+    at 0, and unsloth's wrapped collator also adds their lengths as `packed_seq_lengths`. A padded batch
+    holds one example per row, its padding marked by attention_mask. Padding after packed examples has
+    position 0 too: one-token segments are padding (no example here is one token long)."""
+    labels = batch["labels"]
+    rows, width = int(labels.shape[0]), int(labels.shape[1])
+    positions = batch.get("position_ids")
+    if positions is not None:
+        out = []
+        for row in range(rows):
+            starts = [j for j in range(width) if int(positions[row][j]) == 0] + [width]
+            out += [(row, a, b) for a, b in zip(starts, starts[1:]) if b - a > 1]
+        return out, "position_ids restarting at 0 (a padding-free batch)" if len(out) > rows else "position_ids"
+    lengths = batch.get("packed_seq_lengths")
+    if lengths is not None and rows == 1:
+        out, start = [], 0
+        for length in [int(x) for x in lengths.reshape(-1).tolist()]:
+            out.append((0, start, min(start + length, width)))
+            start += length
+        return out, "packed_seq_lengths (unsloth's padding-free collator)"
+    mask = batch.get("attention_mask")
+    out = []
+    for row in range(rows):
+        end = int(mask[row].sum().item()) if mask is not None else width
+        first = int(mask[row].nonzero()[0].item()) if mask is not None and end else 0
+        out.append((row, first, first + end))
+    return out, "one example per row (attention_mask)"
+
+
+def _match_prompt(ids: list[int], prompts: list[list[int]]) -> int | None:
+    """Index of the longest prompt whose tokens open the segment, or None."""
+    best = None
+    for i, prompt in enumerate(prompts):
+        if prompt and ids[:len(prompt)] == prompt and (best is None or len(prompt) > len(prompts[best])):
+            best = i
+    return best
+
+
+def label_masking(batch: Any, prompts: list[list[int]], tokenizer: Any = None) -> dict[str, Any]:
+    """Per example of a collated batch (a packed segment or a padded row): how many tokens are masked out
+    of the labels (-100), and, against the prompt that opens it, how many prompt tokens still carry a
+    label and how many completion tokens lost theirs."""
+    labels, ids = batch["labels"], batch["input_ids"]
+    segments, source = batch_segments(batch)
+    per_segment, leaks, prefix = [], [], True
+    total = supervised = 0
+    for k, (row, start, end) in enumerate(segments):
+        seg_ids = [int(x) for x in ids[row][start:end].tolist()]
+        seg_labels = [int(x) for x in labels[row][start:end].tolist()]
+        masked = [lab == -100 for lab in seg_labels]
+        count = sum(masked)
+        total += end - start
+        supervised += end - start - count
+        prefix = prefix and all(masked[:count])
+        entry: dict[str, Any] = {"segment": k, "row": row, "start": start, "tokens": end - start, "masked": count}
+        match = _match_prompt(seg_ids, prompts)
+        if match is not None:
+            plen = len(prompts[match])
+            labelled = [j for j in range(plen) if not masked[j]]
+            entry.update(prompt_tokens=plen, prompt_tokens_with_label=len(labelled),
+                         completion_tokens_masked=sum(masked[plen:]))
+            if labelled:
+                shown = labelled[:12]
+                leak = {"segment": k, "positions": [start + j for j in shown],
+                        "token_ids": [seg_ids[j] for j in shown], "labels": [seg_labels[j] for j in shown]}
+                if tokenizer is not None:
+                    leak["text"] = tokenizer.decode([seg_ids[j] for j in shown])[:200]
+                leaks.append(leak)
+        per_segment.append(entry)
+    aligned = all("prompt_tokens" in e for e in per_segment)
+    return {"batch_shape": [int(x) for x in labels.shape], "segments_from": source, "segments": len(segments),
+            "packed": len(segments) > int(labels.shape[0]), "per_segment": per_segment,
+            "batch_tokens": total, "supervised_tokens": supervised, "prompt_tokens_masked": total - supervised,
+            "supervised_fraction": supervised / total if total else None,
+            "prompt_tokens_masked_per_example": sorted(e["masked"] for e in per_segment),
+            "masked_tokens_are_a_prefix": prefix, "segments_aligned_to_prompts": aligned,
+            "prompt_tokens_with_label": sum(e.get("prompt_tokens_with_label", 0) for e in per_segment),
+            "completion_tokens_masked": sum(e.get("completion_tokens_masked", 0) for e in per_segment),
+            "prompt_tokens_with_label_examples": leaks[:4]}
+
+
+def first_batch(trainer: Any) -> Any:
+    """The first batch the trainer's own dataloader (and so its own collator, as unsloth wrapped it) yields."""
+    return next(iter(trainer.get_train_dataloader()))
+
+
+def judge_masking(trainer: Any, tokenizer: Any, n: int, spelling: str, info: dict[str, Any]) -> None:
+    """Completion-only loss, judged per example as the trainer batches them: a padding-free batch packs
+    several examples into one row, so each packed segment is judged against the prompt that opens it.
+    Fails with the prompt tokens that carry a label when the loss reaches into a prompt."""
     try:
-        batch = next(iter(trainer.get_train_dataloader()))
+        batch = first_batch(trainer)
     except Exception as exc:   # noqa: BLE001 - recorded; the training itself is what is judged
-        return {"label_masking": f"could not read a batch: {type(exc).__name__}: {exc}"[:300]}
-    labels, mask = batch.get("labels"), batch.get("attention_mask")
-    if labels is None:
-        return {"label_masking": "no labels in the collated batch"}
-    real = mask.bool() if mask is not None else labels.new_ones(labels.shape, dtype=bool)
-    supervised = int(((labels != -100) & real).sum().item())
-    total = int(real.sum().item())
-    per_example, prefix = [], True
-    for row in range(labels.shape[0]):
-        masked = labels[row][real[row]] == -100
-        count = int(masked.sum().item())
-        per_example.append(count)
-        prefix = prefix and bool(masked[:count].all().item())
-    return {"batch_tokens": total, "supervised_tokens": supervised,
-            "prompt_tokens_masked": total - supervised, "supervised_fraction": supervised / total if total else None,
-            "prompt_tokens_masked_per_example": sorted(per_example), "masked_tokens_are_a_prefix": prefix}
+        info["label_masking"] = f"could not read a batch: {type(exc).__name__}: {exc}"[:300]
+        return
+    if batch.get("labels") is None:
+        info["label_masking"] = "no labels in the collated batch"
+        return
+    prompts = prompt_token_ids(tokenizer, n)
+    masking = label_masking(batch, prompts, tokenizer)
+    expected = sorted(len(p) for p in prompts)
+    got = masking["prompt_tokens_masked_per_example"]
+    info.update(masking, prompt_tokens_expected_per_example=expected, masking_matches_prompts=got == expected,
+                masking_bar="each example's labels (each packed segment's, in a padding-free batch) mask exactly "
+                            "its prompt (system + user turns and the [|assistant|] generation prompt, tokenized "
+                            "on their own) and nothing after it")
+    if not masking["prompt_tokens_masked"]:
+        raise Failed(f"completion-only loss was asked for ({spelling}) but no prompt token was masked out of "
+                     f"the labels", info)
+    if masking["prompt_tokens_with_label"]:
+        raise Failed(f"completion-only loss ({spelling}) masked {got} prompt tokens per example where the chat "
+                     f"template's prompts have {expected}: the loss is taken on prompt tokens "
+                     f"({masking['prompt_tokens_with_label']} prompt tokens carry a label)", info)
+    if masking["completion_tokens_masked"]:
+        raise Failed(f"completion-only loss ({spelling}) masked {got} tokens per example where the chat "
+                     f"template's prompts have {expected}: {masking['completion_tokens_masked']} completion "
+                     f"tokens carry no label", info)
+    if not masking["segments_aligned_to_prompts"] and (got != expected or not masking["masked_tokens_are_a_prefix"]):
+        raise Failed(f"completion-only loss ({spelling}) masked {got} tokens per example where the chat template's "
+                     f"prompts have {expected}, and no prompt opens the batch's examples", info)
 
 
 # ---------------------------------------------------------------------------------------------------------

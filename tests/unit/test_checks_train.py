@@ -392,3 +392,112 @@ def test_qlora_body_fails_when_the_loss_cannot_fall(shared: dict[str, Any]) -> N
     with pytest.raises(Failed, match="loss did not fall") as info:
         train.qlora_train_and_judge(make_ctx(shared, lora_lr=0.0), "llamafied")
     assert info.value.evidence["quantized_modules"] == {"Linear4bit": 14}
+
+
+# ---------------------------------------------------------------------------------------------
+# completion-only masking on padding-free (packed) batches, as unsloth makes them
+
+
+def _padding_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SFTConfig(padding_free=True), as unsloth's SFTTrainer sets it by default: trl's own
+    DataCollatorForLanguageModeling then concatenates the batch's examples into one row."""
+    original = train.training_arguments
+
+    def padding_free(
+        cls: Any, out: Path, run: lora_train.LoraRun, device: str, **extra: Any
+    ) -> Any:
+        if "padding_free" in getattr(cls, "__dataclass_fields__", {}):
+            extra["padding_free"] = True
+        return original(cls, out, run, device, **extra)
+
+    monkeypatch.setattr(train, "training_arguments", padding_free)
+
+
+def _needs_padding_free_collator() -> None:
+    from trl import SFTConfig
+
+    if "padding_free" not in SFTConfig.__dataclass_fields__:
+        pytest.skip("this trl has no padding-free collator")
+
+
+@needs_trl
+def test_trl_sft_judges_masking_per_packed_segment(
+    shared: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A padding-free batch holds both examples in one row: masked [73] where the prompts have
+    [35, 38] is the two prompts, masked exactly (the old per-row check failed here)."""
+    _needs_padding_free_collator()
+    _padding_free(monkeypatch)
+    ctx = make_ctx(shared)
+    model, tokenizer, _, _ = train.load_route(ctx, "llamafied")
+    _, info = train.run_sft_trainer(ctx, model, tokenizer, lora_train.LoraRun(), tmp_path)
+    expected = sorted(train.prompt_token_counts(tokenizer, 2))
+    assert info["batch_shape"][0] == 1 and info["packed"] is True and info["segments"] == 2
+    assert info["segments_from"].startswith("position_ids restarting")
+    assert info["prompt_tokens_masked"] == sum(expected)
+    assert info["prompt_tokens_masked_per_example"] == expected
+    assert info["prompt_tokens_with_label"] == 0 and info["completion_tokens_masked"] == 0
+
+
+@needs_trl
+def test_trl_sft_shows_the_prompt_tokens_that_carry_a_label_in_a_packed_batch(
+    shared: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collator that leaves the second packed example's system turn in the loss: the verdict names
+    those prompt tokens, their positions in the packed row and their labels."""
+    _needs_padding_free_collator()
+    _padding_free(monkeypatch)
+    import trl.trainer.sft_trainer as sft
+
+    collator = sft.DataCollatorForLanguageModeling
+    original = collator.torch_call
+
+    def leaks(self: Any, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        out = original(self, examples)
+        second = int((out["position_ids"][0] == 0).nonzero()[1].item())
+        out["labels"][0, second + 1 : second + 5] = out["input_ids"][0, second + 1 : second + 5]
+        return out
+
+    monkeypatch.setattr(collator, "torch_call", leaks)
+    ctx = make_ctx(shared)
+    model, tokenizer, _, _ = train.load_route(ctx, "llamafied")
+    with pytest.raises(
+        Failed, match=r"the loss is taken on prompt tokens \(4 prompt tokens carry a label\)"
+    ) as info:
+        train.run_sft_trainer(ctx, model, tokenizer, lora_train.LoraRun(), tmp_path)
+    ev = info.value.evidence
+    assert ev["packed"] is True and ev["prompt_tokens_with_label"] == 4
+    leak = ev["prompt_tokens_with_label_examples"][0]
+    assert leak["segment"] == 1 and len(leak["positions"]) == 4 and -100 not in leak["labels"]
+
+
+@needs_trl
+def test_segments_from_unsloths_packed_seq_lengths(shared: dict[str, Any]) -> None:
+    """unsloth's wrapped collator adds packed_seq_lengths (and may drop attention_mask): without
+    position_ids the segments come from those lengths, the same as from the position resets."""
+    _needs_padding_free_collator()
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    ctx = make_ctx(shared)
+    _, tokenizer, _, _ = train.load_route(ctx, "llamafied")
+    prompts = train.prompt_token_ids(tokenizer, 2)
+    examples = []
+    for prompt, (_, _, answer) in zip(prompts, train.CHAT_CONVERSATIONS):
+        completion = tokenizer(answer + "[|endofturn|]", add_special_tokens=False)["input_ids"]
+        examples.append(
+            {
+                "input_ids": prompt + completion,
+                "completion_mask": [0] * len(prompt) + [1] * len(completion),
+            }
+        )
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(examples)
+    by_position = train.label_masking(batch, prompts)
+    batch.pop("position_ids")
+    batch["packed_seq_lengths"] = torch.tensor([len(e["input_ids"]) for e in examples])
+    by_length = train.label_masking(batch, prompts)
+    assert by_length["segments_from"].startswith("packed_seq_lengths")
+    for got in (by_position, by_length):
+        assert got["packed"] and got["prompt_tokens_masked_per_example"] == sorted(
+            map(len, prompts)
+        )
+        assert got["prompt_tokens_with_label"] == 0 and got["completion_tokens_masked"] == 0
