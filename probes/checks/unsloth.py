@@ -426,16 +426,24 @@ def check_lora_train_unsloth(ctx: Any) -> dict[str, Any]:
 
 
 def checks(ctx: Any) -> list[tuple[str, Any]]:
-    # lora-train.unsloth directly after unsloth.load.exaone3.5: it trains the model that check loaded.
-    listed = [
-        ("unsloth.load.exaone3.5", check_load_exaone35),
-        ("lora-train.unsloth", check_lora_train_unsloth),
-        ("unsloth.load.exaone4", check_load_exaone4),
-        ("unsloth.llamafied", check_llamafied),
-    ]
     # The unsloth routes of the train and adapter groups run here, in the interpreter that imported unsloth
     # (probes/processes.py), and only where the cell asks for those groups.
     from probes.checks import unsloth_train
 
-    return listed + unsloth_train.checks_for(ctx)
+    extra = unsloth_train.checks_for(ctx)
+    remote = [check for check in extra if check[0] in unsloth_train.REMOTE_CODE_ROUTES]
+    # lora-train.unsloth directly after unsloth.load.exaone3.5: it trains the model that check loaded.
+    # The remote-code routes before the first Llama-layout load (unsloth.llamafied): loading a "llama" model
+    # runs unsloth's FastLlamaModel.pre_patch, which replaces peft's PeftModelForCausalLM.forward for the
+    # whole process with one that passes causal_mask= to the model, and EXAONE 3.5's remote forward takes
+    # no such keyword. Run after it, a remote-code route would judge that process state, not the route a
+    # user who loads only EXAONE 3.5 takes (catalogue: unsloth-peft-forward-causal-mask-remote-code).
+    return [
+        ("unsloth.load.exaone3.5", check_load_exaone35),
+        ("lora-train.unsloth", check_lora_train_unsloth),
+        *remote,
+        ("unsloth.load.exaone4", check_load_exaone4),
+        ("unsloth.llamafied", check_llamafied),
+        *[check for check in extra if check not in remote],
+    ]
 

@@ -24,8 +24,21 @@ from probes.checks.lora_train import (EXAONE35_LORA_TARGETS, LLAMA_LORA_TARGETS,
                                       train_and_judge)
 from probes.framework import Failed, Infra, Skip
 
-__all__ = ["checks_for", "check_trl_sft_unsloth", "check_trl_sft_unsloth_llamafied", "check_qlora_unsloth",
+__all__ = ["checks_for", "REMOTE_CODE_ROUTES", "peft_forward", "check_trl_sft_unsloth", "check_trl_sft_unsloth_llamafied", "check_qlora_unsloth",
            "check_unsloth_merged"]
+
+
+# Checks that train the remote-code model: the unsloth group runs them before any Llama-layout load.
+REMOTE_CODE_ROUTES = ("train.trl-sft.unsloth",)
+
+
+def peft_forward() -> str:
+    """Whose forward peft's PeftModelForCausalLM has now: peft's own, or the one unsloth's Llama-family fast
+    path (FastLlamaModel.pre_patch) puts there for the whole process, which passes causal_mask= down."""
+    from peft import PeftModelForCausalLM
+
+    forward = PeftModelForCausalLM.forward
+    return f"{getattr(forward, '__module__', '?')}.{getattr(forward, '__qualname__', '?')}"
 
 
 def _load(ctx: Any, route: str, *, load_in_4bit: bool = False, seq: int = 256) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
@@ -71,6 +84,7 @@ def _trl_sft(ctx: Any, route: str) -> dict[str, Any]:
         loaded, info, targets = _load(ctx, route)
         info.update(trl=trl_version, lora_rank=LORA_RANK, lora_alpha=LORA_ALPHA)
         model = _peft(loaded, targets, run.seed)
+        info["peft_forward"] = peft_forward()
         out = Path(tempfile.mkdtemp(prefix=f"sft-unsloth-{route}-", dir=str(ctx.work_dir)))
         try:
             recorder, used = run_sft_trainer(ctx, model, loaded.tokenizer, run, out)

@@ -501,3 +501,28 @@ def test_segments_from_unsloths_packed_seq_lengths(shared: dict[str, Any]) -> No
             map(len, prompts)
         )
         assert got["prompt_tokens_with_label"] == 0 and got["completion_tokens_masked"] == 0
+
+
+def test_the_remote_code_unsloth_sft_runs_before_the_first_llama_layout_load(
+    shared: dict[str, Any],
+) -> None:
+    """Loading a "llama" checkpoint through unsloth (unsloth.llamafied) replaces peft's
+    PeftModelForCausalLM.forward for the whole process with one that passes causal_mask= to the
+    model, which EXAONE 3.5's remote forward rejects: the remote-code SFT route must run before it,
+    or it judges what an earlier check left behind (the old order ran it after)."""
+    from probes.checks import unsloth, unsloth_train
+
+    ctx = make_ctx(shared, pins={"unsloth": "2026.10.9", "trl": "1.15.0"})
+    ctx.spec["checks"] = ["unsloth", "train", "adapter"]
+    names = [n for n, _ in unsloth.checks(ctx)]
+    llama_layout = [n for n in names if n.endswith("llamafied") or n in unsloth_train_llama(names)]
+    first_llama = min(names.index(n) for n in llama_layout)
+    for name in unsloth_train.REMOTE_CODE_ROUTES:
+        assert names.index(name) < first_llama, names
+    assert names.index("lora-train.unsloth") == names.index("unsloth.load.exaone3.5") + 1
+    assert unsloth_train.peft_forward() == "peft.peft_model.PeftModelForCausalLM.forward"
+
+
+def unsloth_train_llama(names: list[str]) -> list[str]:
+    """The checks that load the llamafied checkpoint through unsloth besides *-llamafied ones."""
+    return [n for n in names if n in ("train.qlora.unsloth", "adapter.unsloth-merged")]

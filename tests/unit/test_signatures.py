@@ -242,6 +242,13 @@ KNOWN = [
         "template's prompts have [35, 38]: the loss is taken on prompt tokens",
         "trl-completion-mask-is-not-the-prompt-on-transformers5",
     ),
+    # train.trl-sft.unsloth (remote code) after a Llama-layout load through unsloth, H100, unsloth
+    # 2026.10.9 + transformers 4.57.6
+    (
+        "TypeError",
+        "ExaoneForCausalLM.forward() got an unexpected keyword argument 'causal_mask'",
+        "unsloth-peft-forward-causal-mask-remote-code",
+    ),
 ]
 INFRA = {
     "unsloth-no-accelerator",
