@@ -135,6 +135,8 @@ CHECKS: tuple[Check, ...] = (
        measures=True),
     _c("throughput.trainer", "throughput", route=REMOTE_CODE, backend=HF_PEFT, measures=True),
     _c("throughput.qlora", "throughput", route=REMOTE_CODE, backend=HF_PEFT, measures=True),
+    # the same QLoRA without prepare_model_for_kbit_training (its weights that are not 4-bit stay bf16)
+    _c("throughput.qlora-no-prepare", "throughput", route=LLAMAFIED, backend=HF_PEFT, measures=True),
     # unsloth's Llama fast path (the only fast route for EXAONE 3.5): the llamafied layout
     _c("throughput.unsloth", "throughput", route=LLAMAFIED, backend=UNSLOTH, measures=True),
     _c("throughput.unsloth-qlora", "throughput", route=LLAMAFIED, backend=UNSLOTH, measures=True),

@@ -29,7 +29,7 @@ from probes.framework import Failed, Infra, Skip
 from probes.registry import speed_baselines
 
 __all__ = ["checks", "ThroughputRun", "Measurement", "measure_training", "flops_per_token", "peak_flops",
-           "HF_STACKS", "STACKS", "GIB"]
+           "HF_STACKS", "STACKS", "GIB", "QLORA_RECIPES", "qlora_model"]
 
 HF_STACKS = ("sdpa", "eager", "flash_attention_2")
 # issue 14: gradient checkpointing (the memory-limited setting), FlashAttention 4, Liger, Liger + FA4
@@ -581,20 +581,66 @@ def _meta_param_count(config: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_qlora(ctx: Any) -> dict[str, Any]:
+QLORA_RECIPES = {
+    "qlora": ("PEFT's recipe: prepare_model_for_kbit_training (casts every weight that is not 4-bit, "
+              "embeddings, norms and LM head, to fp32, and makes the inputs require grad)"),
+    "qlora-no-prepare": ("no prepare_model_for_kbit_training: the weights that are not 4-bit stay bf16, as "
+                         "loaded; LoRA adapters as peft makes them"),
+}
+
+
+def qlora_model(folder: Path, *, prepare: bool, device: str, seed: int = 0, dropout: float = 0.0,
+                gradient_checkpointing: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """(peft model, 4-bit base, evidence): `folder` loaded in 4-bit NF4 through BitsAndBytesConfig, with or
+    without prepare_model_for_kbit_training, then LoRA r16 on the seven linear layers. The evidence counts
+    the parameters that are not 4-bit by dtype after the recipe, so the row shows what it cost."""
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    from probes.checks.train import nf4_config, quantized_inventory
+
+    base = AutoModelForCausalLM.from_pretrained(str(folder), quantization_config=nf4_config(),
+                                                device_map={"": 0 if device == "cuda" else "cpu"},
+                                                attn_implementation="sdpa", **torch_dtype_kwargs(torch.bfloat16))
+    base.config.use_cache = False
+    quant = quantized_inventory(base)
+    if not quant["quantized_modules"].get("Linear4bit"):
+        raise Failed("BitsAndBytesConfig(load_in_4bit=True) loaded no Linear4bit layer", quant)
+    if prepare:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    census: dict[str, int] = {}
+    for _, param in base.named_parameters():
+        if param.dtype in (torch.uint8, torch.int8):   # the packed 4-bit weights
+            continue
+        key = str(param.dtype).replace("torch.", "")
+        census[key] = census.get(key, 0) + param.numel()
+    torch.manual_seed(seed)
+    model = get_peft_model(base, lora_config(LLAMA_LORA_TARGETS, dropout=dropout))
+    info = {"recipe": "qlora" if prepare else "qlora-no-prepare", "prepare_model_for_kbit_training": prepare,
+            "recipe_note": QLORA_RECIPES["qlora" if prepare else "qlora-no-prepare"],
+            "non_4bit_params_by_dtype": census, **quant,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return model, base, info
+
+
+def check_qlora(ctx: Any, *, prepare: bool = True) -> dict[str, Any]:
     """HF + PEFT QLoRA at the throughput shape: the llamafied 2.4B checkpoint loaded in 4-bit NF4 through
-    BitsAndBytesConfig, prepare_model_for_kbit_training, LoRA r16 on the seven linear layers; tokens/s and
-    peak memory beside the bf16 LoRA figure of this run (speedup_vs_sdpa: below 1 means slower)."""
+    BitsAndBytesConfig, LoRA r16 on the seven linear layers, with PEFT's prepare_model_for_kbit_training
+    (throughput.qlora) or without it (throughput.qlora-no-prepare); tokens/s and peak memory beside the bf16
+    LoRA figure of this run (speedup_vs_sdpa: below 1 means slower). On the H200, PEFT's recipe read 6.3k
+    tokens/s, a third of bf16 LoRA, and ran out of memory on an H100's 80 GB: users choose between the two."""
+    stack = "qlora" if prepare else "qlora-no-prepare"
     if ctx.pins.get("bitsandbytes") == "none":
         raise Skip("bitsandbytes not in this cell")
     ctx.require_gpu()
     run = ThroughputRun.from_settings(ctx.settings)
     ctx.require("bitsandbytes")
     import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from probes.checks.train import nf4_config, quantized_inventory
+    from transformers import AutoConfig
 
     shape = _shape()
     folder = _llama_folder(ctx)
@@ -602,35 +648,30 @@ def check_qlora(ctx: Any) -> dict[str, Any]:
     _reset_gpu()
     try:
         build_start = time.monotonic()
-        base = AutoModelForCausalLM.from_pretrained(str(folder), quantization_config=nf4_config(),
-                                                    device_map={"": 0}, attn_implementation="sdpa",
-                                                    **torch_dtype_kwargs(torch.bfloat16))
-        base.config.use_cache = False
-        quant = quantized_inventory(base)
-        if not quant["quantized_modules"].get("Linear4bit"):
-            raise Failed("BitsAndBytesConfig(load_in_4bit=True) loaded no Linear4bit layer", quant)
+        model, base, info = qlora_model(folder, prepare=prepare, device="cuda", seed=run.seed,
+                                        dropout=run.lora_dropout, gradient_checkpointing=run.gradient_checkpointing)
         checked = _check_shape(base, shape)
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=run.gradient_checkpointing)
-        torch.manual_seed(run.seed)
-        model = get_peft_model(base, lora_config(LLAMA_LORA_TARGETS, dropout=run.lora_dropout))
         build_s = time.monotonic() - build_start
         m = measure_training(model, batch=run.batch, seq=run.seq, steps=run.steps, warmup=run.warmup,
                              vocab_size=shape["vocab_size"], device="cuda", lr=run.lr, seed=run.seed)
         m.peak_mem_bytes = torch.cuda.max_memory_allocated()
         n_params = _meta_param_count(AutoConfig.from_pretrained(str(folder)))
         extra = {"model_class": f"{type(base).__module__}.{type(base).__name__}", "attn_implementation": "sdpa",
-                 "quantization": "BitsAndBytesConfig(load_in_4bit, nf4, double quant, compute bf16)", **quant,
+                 "quantization": "BitsAndBytesConfig(load_in_4bit, nf4, double quant, compute bf16)", **info,
                  "checkpoint": "random-weight Llama-layout 2.4B written by the probe (llamafied EXAONE 3.5 config)",
-                 "build_s": round(build_s, 2), "n_params_source": "bf16 model of the same config on the meta device",
-                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-        return _evidence(ctx, run, "qlora", m, n_params, checked["shape"], extra)
+                 "build_s": round(build_s, 2), "n_params_source": "bf16 model of the same config on the meta device"}
+        return _evidence(ctx, run, stack, m, n_params, checked["shape"], extra)
     except Exception as exc:
         if _is_oom(exc):
-            raise _oom_infra(run, "qlora", exc) from exc
+            raise _oom_infra(run, stack, exc) from exc
         raise
     finally:
         model = base = None
         _free_memory("cuda")
+
+
+def check_qlora_no_prepare(ctx: Any) -> dict[str, Any]:
+    return check_qlora(ctx, prepare=False)
 
 
 def check_unsloth_qlora(ctx: Any) -> dict[str, Any]:
@@ -865,6 +906,7 @@ def checks(ctx: Any) -> list[tuple[str, Any]]:
            # through the trainers, and QLoRA, beside the figures above (issue 19)
            ("throughput.trainer", check_trainer),
            ("throughput.qlora", check_qlora),
+           ("throughput.qlora-no-prepare", check_qlora_no_prepare),
            # issue 14: the memory-limited setting, FlashAttention 4, EXAONE 4, Liger
            *((f"throughput.{stack}", main[stack]) for stack in
              ("sdpa-gc", "flash_attention_4", "sdpa-exaone4", "flash_attention_4-exaone4", "liger",

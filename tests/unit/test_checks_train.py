@@ -526,3 +526,30 @@ def test_the_remote_code_unsloth_sft_runs_before_the_first_llama_layout_load(
 def unsloth_train_llama(names: list[str]) -> list[str]:
     """The checks that load the llamafied checkpoint through unsloth besides *-llamafied ones."""
     return [n for n in names if n in ("train.qlora.unsloth", "adapter.unsloth-merged")]
+
+
+# ---------------------------------------------------------------------------------------------
+# throughput.qlora's two recipes
+
+
+@needs_bnb
+@pytest.mark.parametrize("prepare", [True, False])
+def test_qlora_recipes_differ_in_what_stays_bf16(
+    shared: dict[str, Any], tmp_path: Path, prepare: bool
+) -> None:
+    """throughput.qlora (PEFT's prepare_model_for_kbit_training) and throughput.qlora-no-prepare
+    build the same 4-bit model; the recipe casts every weight that is not 4-bit to fp32, the other
+    keeps them bf16. Both train (measure_training on CPU, the tiny llamafied fixture)."""
+    from probes.checks import throughput
+    from probes.fixtures.checkpoints import llamafy_exaone35, write_exaone35
+
+    folder = llamafy_exaone35(write_exaone35(tmp_path / "tiny"), tmp_path / "llama")
+    model, base, info = throughput.qlora_model(folder, prepare=prepare, device="cpu")
+    assert info["prepare_model_for_kbit_training"] is prepare
+    assert info["quantized_modules"] == {"Linear4bit": 14}
+    census = info["non_4bit_params_by_dtype"]
+    assert set(census) == ({"float32"} if prepare else {"bfloat16"}), census
+    m = throughput.measure_training(
+        model, batch=2, seq=16, steps=2, warmup=1, vocab_size=512, device="cpu"
+    )
+    assert len(m.step_times) == 2 and all(x == x for x in m.losses)

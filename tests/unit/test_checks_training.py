@@ -321,6 +321,7 @@ def test_gpu_checks_skip_on_cpu(shared: dict[str, Any], module: Any) -> None:
             "throughput.sdpa-llamafied",
             "throughput.trainer",
             "throughput.qlora",
+            "throughput.qlora-no-prepare",
             "throughput.unsloth",
             "throughput.unsloth-qlora",
             # issue 14's speed stacks
