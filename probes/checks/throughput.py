@@ -318,6 +318,27 @@ def _prepare(ctx: Any, stack: str, config: tuple[int, int] | None = None) -> Thr
     return run.at(config)
 
 
+def fits_on_card(stack: str, run: ThroughputRun, total_bytes: int | None = None) -> dict[str, Any]:
+    """The estimated peak of `stack` at the run's configuration (probes/checks/memory_estimate.py), as
+    evidence; Infra before anything is allocated when it exceeds the card's memory. Nothing for a stack
+    the estimate does not model, or with gradient checkpointing on."""
+    from probes.checks.memory_estimate import estimate_peak
+
+    estimate = None if run.gradient_checkpointing else estimate_peak(_shape(), stack, run.batch, run.seq, LORA_RANK)
+    if estimate is None:
+        return {}
+    if total_bytes is None:
+        import torch
+
+        total_bytes = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    if estimate.total_bytes > total_bytes:
+        parts = ", ".join(f"{k} {v / GIB:.1f}" for k, v in estimate.parts.items())
+        raise Infra(f"estimated peak {estimate.gib:.1f} GiB at {run.batch}x{run.seq} ({stack}) exceeds the card's "
+                    f"{total_bytes / GIB:.1f} GiB: not run, nothing allocated (GiB: {parts}; "
+                    f"probes/checks/memory_estimate.py)")
+    return {**estimate.evidence(), "card_memory_gib": round(total_bytes / GIB, 2)}
+
+
 def _reset_gpu() -> None:
     import torch
 
@@ -397,6 +418,8 @@ def check_hf(ctx: Any, attn: str, *, llamafied: bool = False, stack: str | None 
         from probes.checks.liger import require_liger
 
         extra.update(require_liger(ctx))
+    else:
+        extra.update(fits_on_card(stack, run))   # before anything is allocated
     import torch
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
@@ -534,6 +557,7 @@ def check_unsloth(ctx: Any, config: tuple[int, int] | None = None) -> dict[str, 
     from probes.checks.unsloth import load_with_unsloth, require_unsloth
 
     require_unsloth(ctx)
+    estimate = fits_on_card("unsloth", run)
     import torch
     from unsloth import FastLanguageModel
 
@@ -556,7 +580,7 @@ def check_unsloth(ctx: Any, config: tuple[int, int] | None = None) -> dict[str, 
                              vocab_size=shape["vocab_size"], device="cuda", lr=run.lr, seed=run.seed)
         m.peak_mem_bytes = torch.cuda.max_memory_allocated()
         info = {k: v for k, v in loaded.info.items() if k != "output_tail"}
-        extra = {"route_taken": info.get("route"), "unsloth_load": info, "build_s": round(build_s, 2),
+        extra = {"route_taken": info.get("route"), "unsloth_load": info, "build_s": round(build_s, 2), **estimate,
                  "checkpoint": "random-weight Llama-layout 2.4B written by the probe (llamafied EXAONE 3.5 config)",
                  "gradient_checkpointing_mode": "unsloth" if run.gradient_checkpointing else "off",
                  "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
