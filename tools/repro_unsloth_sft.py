@@ -278,6 +278,10 @@ def describe(result: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    # the GPU machines reach no hub: nothing may be fetched (as the probe sets, probes/models.py)
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
+                "HF_HUB_DISABLE_TELEMETRY"):
+        os.environ.setdefault(key, "1")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", choices=["all", *SCENARIOS], default="all")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "repro-unsloth-sft"))

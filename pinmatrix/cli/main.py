@@ -11,6 +11,7 @@ import errno
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from pinmatrix.errors import (EXIT_BAD_INPUT, EXIT_HARNESS, EXIT_INFRA, EXIT_OK, PinmatrixError,
@@ -62,6 +63,9 @@ COMMANDS = {
                 "pinmatrix/run/slurm.py)",
     "bisect": "PACKAGE GOOD..BAD: the first bad release, each step a real cell "
               "(pinmatrix/bisect/run.py)",
+    "bundle": "OUT: pack what a host without network needs for the selected cells (wheels, or "
+              "site layers against --host-packages), a manifest and the command "
+              "(pinmatrix/bundle.py)",
 }
 # Commands that take no matrix, selectors or run options: each has its own small parser.
 STANDALONE = {
@@ -113,6 +117,15 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                          f"{', '.join([*COMMANDS, *STANDALONE])}")
     args = command_parser(command).parse_intermixed_args(rest)
     args.command = command
+    if command == "bundle":
+        if not args.selectors:
+            raise UsageError("bundle: the output folder is required (python -m pinmatrix "
+                             "bundle OUT [selectors...])")
+        args.bundle_out, args.selectors = Path(args.selectors[0]), args.selectors[1:]
+    if command == "matrix" and getattr(args, "bundle", None) is not None:
+        from pinmatrix.bundle import apply_bundle
+
+        apply_bundle(args)
     return args
 
 
@@ -193,6 +206,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return merge_command(args)
     opts = run_options(args)
+    if args.command == "bundle":
+        from pinmatrix.bundle import build_bundle
+
+        build_bundle(opts, args.bundle_out, host_packages=args.host_packages,
+                     part_mib=args.part_mib)
+        return EXIT_OK
     if args.command == "bisect":
         from pinmatrix.bisect.run import bisect_command
 

@@ -102,7 +102,7 @@ def cell_timeout(cell: Cell, opts: RunOptions) -> float:
 # did).
 
 ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-cell", "bisect",
-                "doctor")
+                "doctor", "bundle")
 
 
 @dataclass(frozen=True)
@@ -408,6 +408,31 @@ OPTIONS: tuple[Option, ...] = (
         forward="value",
     ),
     Option("--label", "suffix of the run id", field="label"),
+    # bundle (pinmatrix/bundle.py): OUT is the first positional
+    Option(
+        "--host-packages",
+        "the prepared host's `pip list --format freeze`: pack only what it lacks, as site layers",
+        commands=("bundle",),
+        type=Path,
+        metavar="FILE",
+    ),
+    Option(
+        "--part-mib",
+        "largest carry folder of a site-layer bundle, in MiB (default 60: the device tool takes "
+        "64 MiB a call)",
+        commands=("bundle",),
+        type=float,
+        default=60.0,
+        metavar="MIB",
+    ),
+    Option(
+        "--bundle",
+        "run the cells of a bundle (`python -m pinmatrix bundle`) offline, from its wheels or its "
+        "site layers",
+        commands=("matrix",),
+        type=Path,
+        metavar="DIR",
+    ),
     # bisect (pinmatrix/bisect/run.py): PACKAGE GOOD..BAD come first among the positionals
     Option(
         "--check",
