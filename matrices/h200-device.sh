@@ -19,21 +19,32 @@ PY=$(command -v python3)
 # A frozen copy of the probes (.gpu/probes-frozen), when carried: runs in separate calls then share one probe
 if [ -d .gpu/probes-frozen ]; then rm -rf probes && cp -r .gpu/probes-frozen probes && echo "probes: the frozen copy"; fi
 t0=$(date +%s)
+# Layers come from $PM_SITES (default .gpu/sites) as NAME.txz, or as NAME.tgz.part-NN pieces there or in
+# $PM_STASH (default /root/stash: earlier calls of the same warm machine copied theirs there, because the
+# repo folder is laid anew at every call). A layer that is in neither is left out, with its --extra-site
+# entries: a run of the transformers 5.x cells carries no 4.57.6 layer.
+SRC=${PM_SITES:-.gpu/sites}; STASH=${PM_STASH:-/root/stash}
 for n in harness common tf4576 tf550 uns u1010 u914 diff039 diff042 fa4 liger; do
-  [ -d $S/$n ] || ( rm -rf $S/$n.tmp && mkdir -p $S/$n.tmp && \
-    $PY -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" .gpu/sites/$n.txz $S/$n.tmp && \
-    mv $S/$n.tmp $S/$n ) &
+  [ -d $S/$n ] && continue
+  parts=$(ls "$SRC/$n.tgz.part-"* "$STASH/$n.tgz.part-"* 2>/dev/null | awk -F/ '{print $NF" "$0}' | sort -u -k1,1 | cut -d" " -f2)
+  if [ -f "$SRC/$n.txz" ]; then
+    ( rm -rf $S/$n.tmp && mkdir -p $S/$n.tmp && \
+      $PY -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$SRC/$n.txz" $S/$n.tmp && \
+      mv $S/$n.tmp $S/$n ) &
+  elif [ -n "$parts" ]; then
+    ( rm -rf $S/$n.tmp && mkdir -p $S/$n.tmp && cat $parts | tar -C $S/$n.tmp -xzf - && mv $S/$n.tmp $S/$n ) &
+  fi
 done
 wait
-echo "sites unpacked in $(( $(date +%s) - t0 )) s"
+echo "sites unpacked in $(( $(date +%s) - t0 )) s: $(ls $S | tr '\n' ' ')"
 # the layers, in path order, with the cells they serve (pinmatrix/runners/site_rules.py)
-SITES=(--extra-site $S/common
-       --extra-site transformers=4.57.6:$S/tf4576 --extra-site transformers=5.5.0:$S/tf550
-       --extra-site unsloth=2026.10.9:$S/u1010 --extra-site unsloth=2026.9.14:$S/u914
-       --extra-site unsloth!=none:$S/uns
-       --extra-site unsloth!=none,transformers=4.57.6:$S/diff039
-       --extra-site unsloth!=none,transformers!=4.57.6:$S/diff042
-       --extra-site flash-attn-4!=none:$S/fa4 --extra-site liger-kernel!=none:$S/liger)
+SITES=()
+for rule in common transformers=4.57.6:tf4576 transformers=5.5.0:tf550 unsloth=2026.10.9:u1010 \
+            unsloth=2026.9.14:u914 unsloth!=none:uns unsloth!=none,transformers=4.57.6:diff039 \
+            unsloth!=none,transformers!=4.57.6:diff042 flash-attn-4!=none:fa4 liger-kernel!=none:liger; do
+  name=${rule##*:}; cond=${rule%"$name"}
+  if [ -d $S/$name ]; then SITES+=(--extra-site "$cond$S/$name"); else echo "site layer $name: not carried, left out"; fi
+done
 {
   nvidia-smi -L; nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv
   nvidia-smi topo -m 2>&1 | head -8
