@@ -157,9 +157,11 @@ def render_markdown(section: Mapping[str, Any]) -> list[str]:
     out = ["## Remote code", ""]
     for c in changed:
         if c["source"] == "fixture":  # our own file: updated with pinmatrix, never a moving hub ref
-            where = "; ".join(f"`{e['sha256'][:12]}` in run {e['run']}" for e in c["elsewhere"])
-            out.append(f"- our fixture of `{c['repo']}` (revision `{c['revision']}`) `{c['file']}` is "
-                       f"`{c['sha256'][:12]}` here and {where}: the fixture was updated between runs")
+            where = "; ".join(f"`{e['sha256'][:12]}` in run {e['run']}"
+                              for e in c["elsewhere"])
+            out.append(f"- our fixture of `{c['repo']}` (revision `{c['revision']}`) "
+                       f"`{c['file']}` is `{c['sha256'][:12]}` here and {where}: the fixture "
+                       "was updated between runs")
             continue
         where = "; ".join(f"`{e['sha256'][:12]}` in run {e['run']} cell "
                           f"`{e['cell']}`" for e in c["elsewhere"])

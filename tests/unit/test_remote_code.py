@@ -143,8 +143,9 @@ def _fixture_result(cell: str, fixture_revision: str, modeling: str) -> dict[str
 def test_our_two_fixture_revisions_are_not_a_moving_hub_revision(tmp_path: Path) -> None:
     """A fresh run loads the `original` and the `current` fixture, both standing in for `main`:
     different bytes under one hub ref, by design. Compared per fixture revision they agree."""
-    now = _run(tmp_path, "20261102T000000Z", {"a": _fixture_result("a", "current", "ours, current"),
-                                              "b": _fixture_result("b", "original", "ours, original")})
+    now = _run(tmp_path, "20261102T000000Z",
+               {"a": _fixture_result("a", "current", "ours, current"),
+                "b": _fixture_result("b", "original", "ours, original")})
     assert hash_changes(now) == []
     write_report(now)
     summary = json.loads((now / "summary.json").read_text())
@@ -153,7 +154,9 @@ def test_our_two_fixture_revisions_are_not_a_moving_hub_revision(tmp_path: Path)
     assert "pin a commit" not in md and "changed hash" not in md
 
 
-def test_our_fixture_updated_between_runs_is_said_as_such_never_as_a_moving_ref(tmp_path: Path) -> None:
+def test_our_fixture_updated_between_runs_is_said_as_such_never_as_a_moving_ref(
+    tmp_path: Path,
+) -> None:
     _run(tmp_path, "20261101T000000Z", {"a": _fixture_result("a", "current", "ours v1")})
     now = _run(tmp_path, "20261102T000000Z", {"a": _fixture_result("a", "current", "ours v2")})
     (change,) = hash_changes(now)
