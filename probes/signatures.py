@@ -80,15 +80,19 @@ def _compiled(path: str) -> tuple[_Entry, ...]:
     return tuple(entries)
 
 
-# Order matters: addresses before numbers, paths before quoted names (a quoted path is one path).
+# Only what varies between runs and machines is dropped: addresses, paths, hashes, numbers. Quoted
+# names stay: "No module named 'flash_attn.flash_attn_interface'" and "No module named
+# 'transformers.modeling_attn_mask_utils'" are two causes, not one. A number glued to a name
+# (`flash_attn_2`, `float16`) is part of the name. Order matters: addresses before numbers.
 _NORMALISERS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"0x[0-9a-fA-F]+"), "<addr>"),
     (re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.@+~-]+){2,}[\\/]?"), "<path>"),
-    (re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|`[^`\n]*`"), "<q>"),
     (re.compile(r"\b[0-9a-fA-F]{16,}\b"), "<hex>"),           # hashes, ids
-    (re.compile(r"\d+(?:\.\d+)*"), "<n>"),
+    (re.compile(r"(?<![A-Za-z_\d])\d+(?:\.\d+)*"), "<n>"),
     (re.compile(r"\s+"), " "),
 )
+# the innermost frame of a Python traceback: `File "<path>", line N, in <function>`
+_FRAME = re.compile(r'^\s*File "([^"]+)", line \d+, in (\S+)', re.MULTILINE)
 
 
 def normalise(message: str) -> str:
@@ -99,8 +103,22 @@ def normalise(message: str) -> str:
     return text.strip()
 
 
-def fingerprint(exc_type: str, message: str) -> str:
-    digest = hashlib.sha256(f"{exc_type}\n{normalise(message)}".encode("utf-8")).hexdigest()
+def raising_frame(traceback: str) -> str:
+    """`file.py:function` of the innermost frame of a traceback text ("" without one): the file's
+    name without its folder (which varies between venvs), and no line number (which varies between
+    releases of the same code)."""
+    frames = _FRAME.findall(traceback or "")
+    if not frames:
+        return ""
+    path, function = frames[-1]
+    name = re.split(r"[\\/]", path)[-1]
+    return f"{name}:{function}"
+
+
+def fingerprint(exc_type: str, message: str, frame: str = "") -> str:
+    """What tells causes apart: the exception's type, its message without what varies between runs,
+    and the frame it was raised in."""
+    digest = hashlib.sha256(f"{exc_type}\n{normalise(message)}\n{frame}".encode("utf-8")).hexdigest()
     return FINGERPRINT_PREFIX + digest[:12]
 
 
@@ -118,7 +136,7 @@ def classify(exc_type: str, message: str, traceback: str = "") -> Classification
         for entry in entries:
             if entry.regex.search(text):
                 return Classification(entry.data["id"], True, entry.data["infra"])
-    return Classification(fingerprint(exc_type, message), False, False)
+    return Classification(fingerprint(exc_type, message, raising_frame(traceback)), False, False)
 
 
 def describe(signature_id: str) -> dict[str, Any] | None:

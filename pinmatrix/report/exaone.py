@@ -70,6 +70,8 @@ def _verdict(
             "signatures": sorted({f.get("signature") for f in failed_facts if f.get("signature")}),
             "facts_checked": ev.get("facts_checked"),
         }
+        if isinstance(ev.get("causes"), list):  # one root cause, the fact ids it breaks
+            out["surface"]["causes"] = ev["causes"]
     return out
 
 
@@ -168,7 +170,28 @@ def render_markdown(section: Mapping[str, Any]) -> list[str]:
         row += [_cell_text(c["llamafied"]), f"`{c['cell']}`"]
         lines.append("| " + " | ".join(row) + " |")
     lines += [""] + [f"- {line}" for line in route_advice(section)]
+    lines += _surface_cause_lines(cells)
     lines.append("")
+    return lines
+
+
+def _surface_cause_lines(cells: list[Mapping[str, Any]]) -> list[str]:
+    """Each root cause the surface check found, once, with the transformers releases it shows on
+    and the ids of the facts it breaks (the ids a bisect can name)."""
+    by_cause: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in cells:
+        for cause in (c["remote_code"].get("surface") or {}).get("causes") or []:
+            key = (str(cause.get("signature")), str(cause.get("cause")))
+            entry = by_cause.setdefault(key, {"versions": set(), "facts": []})
+            entry["versions"].add(c["transformers"] or "?")
+            entry["facts"] += [f for f in cause.get("facts") or [] if f not in entry["facts"]]
+    if not by_cause:
+        return []
+    lines = ["", "Surface facts that fail, by cause:"]
+    for (signature, cause), entry in sorted(by_cause.items()):
+        versions = ", ".join(sorted(entry["versions"], key=_vkey))
+        facts = ", ".join(f"`{f}`" for f in entry["facts"])
+        lines.append(f"- `{signature}` ({cause}; transformers {versions}): {facts}")
     return lines
 
 

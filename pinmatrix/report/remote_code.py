@@ -8,6 +8,11 @@ This module compares one run's hashes with every other valid result in the repor
 runs, and the other cells of this run): a difference means the revision was a moving ref (`main`),
 the hub rewrote history, or the cache was tampered with. The report lists each such change in
 summary.json/md; it never trusts a damaged file for this.
+
+Our own fixtures are keyed by the fixture revision they are faithful to (`fixture_revision`, e.g.
+`original`, `current`), not by the hub ref they stand in for: two fixture revisions both stand in
+for `main`, and comparing them under one key gave a "changed hash" in every fresh run. A fixture is
+never a moving hub revision: a change of its bytes between runs is our own update, said as such.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ class LoadedFile:
     repo: str
     revision: str
     source: str          # "hub-cache" (the real model) or "fixture" (our stand-in checkpoint)
+    # for a fixture, the revision is the fixture revision it is faithful to ("original", "current")
     file: str
     sha256: str
     run: str
@@ -68,14 +74,16 @@ def loaded_files(result: Mapping[str, Any], run: str) -> Iterator[LoadedFile]:
                                                                Mapping):
             continue
         repo, revision = evidence.get("repo"), evidence.get("revision")
+        source = str(evidence.get("source") or "unknown")
+        if source == "fixture":
+            revision = evidence.get("fixture_revision") or revision
         if not repo or not revision:
             continue
         for name, entry in evidence["remote_code"].items():
             sha = entry.get("sha256") if isinstance(entry, Mapping) else None
             if isinstance(sha, str) and sha:
-                yield LoadedFile(str(repo), str(revision), str(evidence.get("source") or "unknown"),
-                                 str(name),
-                                 sha, run, cell, str(check.get("name")))
+                yield LoadedFile(str(repo), str(revision), source, str(name), sha, run, cell,
+                                 str(check.get("name")))
 
 
 def _run_files(run_dir: Path) -> list[LoadedFile]:
@@ -132,7 +140,7 @@ def report_section(run_dir: Path) -> dict[str, Any]:
     """summary.json's `remote_code`: the files loaded in this run, unpinned revisions, changed
     hashes."""
     files = _run_files(Path(run_dir))
-    revisions = sorted({(f.repo, f.revision) for f in files})
+    revisions = sorted({(f.repo, f.revision) for f in files if f.source != "fixture"})
     return {
         "files": [asdict(f) for f in files],
         "unpinned": [{"repo": repo, "revision": rev} for repo,
@@ -148,6 +156,13 @@ def render_markdown(section: Mapping[str, Any]) -> list[str]:
         return []
     out = ["## Remote code", ""]
     for c in changed:
+        if c["source"] == "fixture":  # our own file: updated with pinmatrix, never a moving hub ref
+            where = "; ".join(f"`{e['sha256'][:12]}` in run {e['run']}"
+                              for e in c["elsewhere"])
+            out.append(f"- our fixture of `{c['repo']}` (revision `{c['revision']}`) "
+                       f"`{c['file']}` is `{c['sha256'][:12]}` here and {where}: the fixture "
+                       "was updated between runs")
+            continue
         where = "; ".join(f"`{e['sha256'][:12]}` in run {e['run']} cell "
                           f"`{e['cell']}`" for e in c["elsewhere"])
         moving = "" if c["pinned"] else " (a moving ref: pin a commit)"

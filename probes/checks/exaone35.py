@@ -3,9 +3,10 @@ right logits? Answered per known hub revision of the remote code, with what each
 
 Checks, in run order:
   exaone3.5.surface[.REV]      every transformers fact the remote code depends on (imports, call keywords,
-                               class-attribute forms, buffers) checked against the installed transformers,
-                               statically, before any load (probes/checks/surface.py). Each failed fact
-                               has its own signature. Without a suffix: the matrix's pinned revision (the
+                               class-attribute forms, buffers) executed against the installed
+                               transformers on CPU, before any load (probes/checks/surface.py): each
+                               call made with the recorded keywords and tiny real arguments. Facts that
+                               fail for one root cause share its signature. Without a suffix: the matrix's pinned revision (the
                                real file when the hub cache holds it, else the facts of its stand-in).
   exaone3.5.remote-code[.REV]  `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)`:
                                fails when transformers reports newly initialised or unused weights, when a
@@ -189,12 +190,23 @@ def check_surface_facts(ctx: Any, handle: ModelHandle | None = None) -> dict[str
                                      tie_word_embeddings=bool(config.get("tie_word_embeddings", True))):
             findings.append({"file": name, **finding.as_dict()})
     failed = sorted((f for f in findings if not f["ok"]), key=lambda f: _KIND_ORDER.get(f["kind"], 9))
+    causes: dict[str, dict[str, Any]] = {}
+    for f in failed:  # one root cause, one signature: the facts it breaks listed under it
+        entry = causes.setdefault(f["signature"], {"signature": f["signature"], "known": f["known"],
+                                                   "cause": f["cause"], "facts": []})
+        entry["facts"].append(f["id"])
     evidence.update(facts_checked=len(findings), facts_failed=failed,
-                    signatures=sorted({f["signature"] for f in failed}))
+                    failed_fact_ids=[f["id"] for f in failed],
+                    facts_not_judged=[{"id": f["id"], "why": f["detail"]["not_judged"]}
+                                      for f in findings if not f["judged"]],
+                    causes=list(causes.values()),
+                    signatures=sorted(causes))
     if failed:
         first = failed[0]
-        exc = Failed(f"{len(failed)} of {len(findings)} remote-code facts fail on this transformers: "
-                     + "; ".join(f"{f['fact']}: {f['error_type']}: {f['message'][:160]}" for f in failed),
+        exc = Failed(f"{len(failed)} of {len(findings)} remote-code facts fail on this transformers, "
+                     f"from {len(causes)} cause(s): "
+                     + "; ".join(f"{c['cause']} [{c['signature']}]: {', '.join(c['facts'])}"
+                                 for c in causes.values()),
                      evidence)
         exc.source = (first["error_type"], first["message"], "")  # classified by the first fact that breaks
         raise exc

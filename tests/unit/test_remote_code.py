@@ -128,3 +128,40 @@ def test_loaded_files_reads_what_the_probe_records() -> None:
     files = list(loaded_files(_result("a", COMMIT, "v1"), "run1"))
     assert {f.file for f in files} == {"modeling_exaone.py", "configuration_exaone.py"}
     assert all(f.repo == REPO and f.revision == COMMIT and f.source == "hub-cache" for f in files)
+
+
+def _fixture_result(cell: str, fixture_revision: str, modeling: str) -> dict[str, Any]:
+    """What the probe records for our fixture: source "fixture", the hub ref it stands in for
+    (`main`) as revision, and the fixture revision it is faithful to."""
+    doc = _result(cell, "main", modeling, "fixture")
+    doc["checks"][0]["evidence"]["fixture_revision"] = fixture_revision
+    doc["checks"].append({**doc["checks"][0], "name": f"exaone3.5.remote-code.{fixture_revision}x"})
+    assert validate(doc) is None
+    return doc
+
+
+def test_our_two_fixture_revisions_are_not_a_moving_hub_revision(tmp_path: Path) -> None:
+    """A fresh run loads the `original` and the `current` fixture, both standing in for `main`:
+    different bytes under one hub ref, by design. Compared per fixture revision they agree."""
+    now = _run(tmp_path, "20261102T000000Z",
+               {"a": _fixture_result("a", "current", "ours, current"),
+                "b": _fixture_result("b", "original", "ours, original")})
+    assert hash_changes(now) == []
+    write_report(now)
+    summary = json.loads((now / "summary.json").read_text())
+    assert summary["remote_code"]["changed"] == [] and summary["remote_code"]["unpinned"] == []
+    md = (now / "summary.md").read_text()
+    assert "pin a commit" not in md and "changed hash" not in md
+
+
+def test_our_fixture_updated_between_runs_is_said_as_such_never_as_a_moving_ref(
+    tmp_path: Path,
+) -> None:
+    _run(tmp_path, "20261101T000000Z", {"a": _fixture_result("a", "current", "ours v1")})
+    now = _run(tmp_path, "20261102T000000Z", {"a": _fixture_result("a", "current", "ours v2")})
+    (change,) = hash_changes(now)
+    assert change["source"] == "fixture" and change["revision"] == "current"
+    write_report(now)
+    md = (now / "summary.md").read_text()
+    assert "the fixture was updated between runs" in md
+    assert "pin a commit" not in md and "changed hash on the same revision" not in md

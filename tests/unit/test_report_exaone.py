@@ -108,3 +108,24 @@ def test_html_has_the_basis_and_one_column_per_revision():
     html = render_html(exaone35_section([row("5.17.0", False)]))
     assert "fixture of hub revision current" in html and "<th>remote code (original)</th>" in html
     assert "FAILS <code>transformers-tied-weights-keys-list</code>" in html and "`" not in html
+
+
+def test_markdown_names_each_surface_cause_once_with_the_fact_ids_it_breaks():
+    """Facts that fail for one root cause are one line: the signature, the cause in words, the
+    releases it shows on, and the readable fact ids a bisect can be given."""
+    legacy = {
+        "signature": "transformers-dynamiccache-from-legacy-cache-removed",
+        "known": True,
+        "cause": "DynamicCache.from_legacy_cache is gone",
+        "facts": ["call:transformers.cache_utils.DynamicCache.from_legacy_cache(1 positional)"],
+    }
+    rows = [row("5.9.0", False), row("5.17.0", False)]
+    for r in rows:
+        r.checks["exaone3.5.surface"]["evidence"]["causes"] = [legacy]
+    md = "\n".join(render_markdown(exaone35_section(rows)))
+    line = (
+        "- `transformers-dynamiccache-from-legacy-cache-removed` (DynamicCache.from_legacy_cache "
+        "is gone; transformers 5.9.0, 5.17.0): "
+        "`call:transformers.cache_utils.DynamicCache.from_legacy_cache(1 positional)`"
+    )
+    assert md.count(line) == 1

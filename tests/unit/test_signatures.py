@@ -15,6 +15,7 @@ from probes.signatures import (
     fingerprint,
     load_catalogue,
     normalise,
+    raising_frame,
 )
 
 # Real-world messages (as reported in the linked issues / transformers source) -> expected id.
@@ -309,10 +310,12 @@ def test_fingerprint_groups_the_same_failure_across_cells():
     a = classify(
         "KeyError",
         "'model.layers.3.q' missing at 0x7f3a9c in /venvs/a/lib/x.py line 12 after 4 steps",
+        'Traceback:\n  File "/venvs/a/lib/x.py", line 12, in load\n',
     )
     b = classify(
         "KeyError",
-        "'model.layers.17.k' missing at 0x55aa01 in /opt/b/site/y.py line 990 after 16 steps",
+        "'model.layers.17.q' missing at 0x55aa01 in /opt/b/site/y.py line 990 after 16 steps",
+        'Traceback:\n  File "/opt/b/site/x.py", line 990, in load\n',
     )
     assert a == b and not a.known and not a.infra
     assert re.fullmatch(r"fp-[0-9a-f]{12}", a.id)
@@ -325,9 +328,36 @@ def test_fingerprint_separates_different_failures():
     )
 
 
-def test_normalise_replaces_variable_parts():
-    text = normalise("'foo' at 0xDEADbeef in /a/b/c.py:12 and C:\\x\\y.dll, \"bar\" `baz` 3.5e")
-    assert text == "<q> at <addr> in <path>:<n> and <path>, <q> <q> <n>e"
+def test_normalise_replaces_what_varies_between_runs_and_keeps_names():
+    text = normalise(
+        "'foo' at 0xDEADbeef in /a/b/c.py:12 and C:\\x\\y.dll, \"bar\" `baz` 3.5e "
+        "float16 flash_attn_2"
+    )
+    assert text == (
+        "'foo' at <addr> in <path>:<n> and <path>, \"bar\" `baz` <n>e float16 flash_attn_2"
+    )
+
+
+def test_two_different_missing_modules_get_different_fingerprints():
+    """On CPU, kernel.xformers fails with flash_attn's module missing; a remote-code file fails
+    with a transformers module gone. Two causes: the module's name tells them apart."""
+    xformers = classify("ModuleNotFoundError", "No module named 'flash_attn.flash_attn_interface'")
+    gone = classify(
+        "ModuleNotFoundError", "No module named 'transformers.modeling_attn_mask_utils'"
+    )
+    assert not xformers.known and not gone.known
+    assert xformers.id != gone.id
+
+
+def test_the_raising_frame_tells_causes_apart_its_line_and_folder_do_not():
+    def tb(path: str, line: int, function: str) -> str:
+        return f'Traceback (most recent call last):\n  File "{path}", line {line}, in {function}\n'
+
+    here = classify("ValueError", "bad", tb("/venv/a/lib/transformers/x.py", 10, "load"))
+    again = classify("ValueError", "bad", tb("/other/b/site/transformers/x.py", 99, "load"))
+    elsewhere = classify("ValueError", "bad", tb("/venv/a/lib/transformers/x.py", 10, "save"))
+    assert here.id == again.id != elsewhere.id
+    assert raising_frame(tb("/venv/a/lib/transformers/x.py", 10, "load")) == "x.py:load"
 
 
 def test_describe():

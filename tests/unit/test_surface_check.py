@@ -63,17 +63,25 @@ def test_an_import_that_is_gone_fails_with_pythons_words():
     assert (
         findings[1].signature.startswith("fp-") and findings[2].error_type == "ModuleNotFoundError"
     )
+    assert [f.id for f in findings] == [
+        "import:transformers.cache_utils.DynamicCache",
+        "import:transformers.cache_utils.NoSuchCacheInAnyRelease",
+        "import:transformers.no_such_module_anywhere.X",
+    ]
+    assert findings[2].cause == "module transformers.no_such_module_anywhere is gone"
 
 
 @pytest.fixture
 def toy_module(tmp_path, monkeypatch):
-    """A real module on sys.path: one function that takes `b` but not `c`, and one behind a wrapper
-    that
-    takes **kwargs (the shape of transformers' @deprecate_kwarg, which kept input_embeds working
-    5.2-5.8)."""
+    """A real module on sys.path with the shapes transformers' own API takes: a function that takes
+    `b` but not `c`; a deprecation wrapper (`*args, **kwargs`, functools.wraps) that forwards to a
+    function which no longer takes the old keyword and re-raises its TypeError; a shim wrapper that
+    maps an old keyword to the new one (transformers' @deprecate_kwarg, 5.2-5.8 for input_embeds);
+    and an output dataclass whose __init__ maps an old keyword while its documented signature lists
+    only the new one (transformers 5's ModelOutput with past_key_values -> cache)."""
     (tmp_path / "pinmatrix_surface_toy.py").write_text(
         textwrap.dedent('''
-        import functools
+        import dataclasses, functools, inspect
         def takes_b(a, *, b=None):
             return a
         def renamed(f):
@@ -86,53 +94,134 @@ def toy_module(tmp_path, monkeypatch):
         @renamed
         def shimmed(a, new=None):
             return a
+        def deprecated(f):
+            @functools.wraps(f)
+            def wrapper(*args, **kwargs):
+                try:
+                    return f(*args, **kwargs)
+                except TypeError as exc:
+                    raise TypeError(str(exc)) from None
+            return wrapper
+        @deprecated
+        def mask(config, inputs_embeds=None, attention_mask=None):
+            return attention_mask
+        @dataclasses.dataclass
+        class Output:
+            logits: object = None
+            cache: object = None
+        _init = Output.__init__
+        def _compat_init(self, *args, **kwargs):
+            if "past_key_values" in kwargs:
+                kwargs["cache"] = kwargs.pop("past_key_values")
+            _init(self, *args, **kwargs)
+        _compat_init.__signature__ = inspect.signature(_init)
+        Output.__init__ = _compat_init
+        def broken_body(a, *, b=None):
+            raise RuntimeError("needs a GPU")
     ''')
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     return "pinmatrix_surface_toy"
 
 
-def test_a_keyword_the_signature_does_not_take_fails_and_each_keyword_is_its_own_fact(toy_module):
+def _form(keywords, positional=1):
+    return {
+        "keywords": keywords,
+        "positional": positional,
+        "star_args": False,
+        "star_kwargs": False,
+    }
+
+
+def test_a_keyword_the_callable_does_not_take_fails_and_each_keyword_is_its_own_fact(toy_module):
     findings = check_calls(
         {
             "calls": {
-                f"{toy_module}.takes_b": {
-                    "keywords": ["b", "c", "d"],
-                    "positional": 1,
-                    "star_args": False,
-                    "star_kwargs": False,
-                },
-                f"{toy_module}.shimmed": {
-                    "keywords": ["old"],
-                    "positional": 1,
-                    "star_args": False,
-                    "star_kwargs": False,
-                },
-                f"{toy_module}.takes_b.nope": {
-                    "keywords": [],
-                    "positional": 0,
-                    "star_args": False,
-                    "star_kwargs": False,
-                },
+                f"{toy_module}.takes_b": _form(["b", "c", "d"]),
+                f"{toy_module}.shimmed": _form(["old"]),
+                f"{toy_module}.takes_b.nope": _form([], 0),
             }
         }
     )
-    by_fact = {f.fact: f for f in findings}
-    assert by_fact[f"call {toy_module}.takes_b"].ok
+    by_id = {f.id: f for f in findings}
+    assert by_id[f"call:{toy_module}.takes_b(1 positional)"].ok
     assert (
-        not by_fact[f"call {toy_module}.takes_b(c=)"].ok
-        and not by_fact[f"call {toy_module}.takes_b(d=)"].ok
+        by_id[f"call:{toy_module}.takes_b(b=)"].ok
+        and by_id[f"call:{toy_module}.takes_b(b=)"].judged
     )
-    assert f"call {toy_module}.takes_b(b=)" not in by_fact
-    assert (
-        "takes_b() got an unexpected keyword argument 'c'"
-        in by_fact[f"call {toy_module}.takes_b(c=)"].message
+    for keyword in ("c", "d"):
+        finding = by_id[f"call:{toy_module}.takes_b({keyword}=)"]
+        assert not finding.ok and finding.outcome == "rejects"
+        assert f"takes_b() got an unexpected keyword argument '{keyword}'" == finding.message
+    assert by_id[f"call:{toy_module}.shimmed(old=)"].ok
+    gone = by_id[f"call:{toy_module}.takes_b.nope()"]
+    assert not gone.ok and gone.outcome == "missing"  # an attribute that is gone
+
+
+def test_a_wrapper_taking_kwargs_that_reraises_is_judged_by_the_call_not_by_its_signature(
+    toy_module,
+):
+    """Binding says fine (the wrapper takes *args, **kwargs); the call raises TypeError naming the
+    keyword: the keyword is rejected. The keyword the function does take is judged by the call that
+    runs once the rejected one is dropped."""
+    import inspect
+
+    wrapper = getattr(__import__(toy_module), "mask")
+    inspect.signature(wrapper, follow_wrapped=False).bind(None, input_embeds=None)  # binding: fine
+    findings = check_calls(
+        {"calls": {f"{toy_module}.mask": _form(["input_embeds", "attention_mask"])}}
     )
-    assert (
-        by_fact[f"call {toy_module}.shimmed"].ok
-        and f"call {toy_module}.shimmed(old=)" not in by_fact
+    by_id = {f.id: f for f in findings}
+    rejected = by_id[f"call:{toy_module}.mask(input_embeds=)"]
+    assert (rejected.ok, rejected.outcome) == (False, "rejects")
+    assert "got an unexpected keyword argument 'input_embeds'" in rejected.message
+    assert rejected.cause == "mask() does not take input_embeds="
+    assert by_id[f"call:{toy_module}.mask(attention_mask=)"].outcome == "runs"
+
+
+def test_a_shim_that_accepts_an_old_keyword_is_judged_by_the_call(toy_module):
+    """The documented signature lacks `past_key_values` (binding says broken); the constructor maps
+    it to `cache` (the call works): the fact holds."""
+    import inspect
+
+    output = getattr(__import__(toy_module), "Output")
+    with pytest.raises(TypeError):
+        inspect.signature(output).bind(past_key_values=None)  # binding: broken
+    findings = check_calls(
+        {"calls": {f"{toy_module}.Output": _form(["logits", "past_key_values"], 0)}}
     )
-    assert not by_fact[f"call {toy_module}.takes_b.nope"].ok  # an attribute that is gone
+    assert [(f.id, f.ok, f.outcome) for f in findings] == [
+        (f"call:{toy_module}.Output()", True, "runs"),
+        (f"call:{toy_module}.Output(logits=)", True, "runs"),
+        (f"call:{toy_module}.Output(past_key_values=)", True, "runs"),
+    ]
+
+
+def test_a_call_that_fails_later_judges_only_what_its_own_frame_bound(toy_module):
+    """The body raises (here "needs a GPU"): the keyword reached a named parameter of the function's
+    own frame, so it bound; nothing about the stack is failed."""
+    findings = check_calls({"calls": {f"{toy_module}.broken_body": _form(["b"])}})
+    assert all(f.ok for f in findings)
+    assert {f.outcome for f in findings} == {"fails-later"} and all(f.judged for f in findings)
+    assert "needs a GPU" in findings[0].detail["bound_then"]
+
+
+def test_a_removed_module_gives_exactly_one_signature_that_names_it():
+    """Three facts use one module that is gone (an import and two calls, as the remote code uses
+    transformers.modeling_attn_mask_utils): one cause, one signature."""
+    gone = "transformers.pinmatrix_no_such_module"
+    surface = {
+        "imports": [{"module": gone, "name": "AttentionMaskConverter", "scope": "module"}],
+        "calls": {
+            f"{gone}.AttentionMaskConverter._unmask_unattended": _form([], 2),
+            f"{gone}.AttentionMaskConverter._ignore_causal_mask_sdpa": _form(["inputs_embeds"]),
+        },
+    }
+    findings = check_imports(surface) + check_calls(surface)
+    assert len(findings) == 4 and not any(f.ok for f in findings)
+    assert len({f.signature for f in findings}) == 1
+    assert {f.cause for f in findings} == {f"module {gone} is gone"}
+    assert findings[0].id == f"import:{gone}.AttentionMaskConverter"
 
 
 def test_the_mask_keywords_of_revision_current_follow_transformers_releases():

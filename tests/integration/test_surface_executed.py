@@ -1,0 +1,163 @@
+"""The surface check's verdicts are what execution shows, on real transformers releases.
+
+For 4.57.6 (the newest on which the remote code loads), 5.0.0 (its first breaks), 5.9.0 (the mask
+keywords' shim removed) and the newest release this test knows (5.25.0: a deprecation wrapper on
+create_causal_mask, and ModelOutput classes that map past_key_values to cache), one venv each
+(shared torch, that transformers installed with `uv pip install --target`): every fact of both known
+revisions is checked by executing it, and the revision-faithful fixture is executed too (load and
+forward, as given and with only its tied-keys list patched so that the forward runs on 5.x,
+tests/integration/surface_vs_fixture.py). No fact may disagree with the fixture:
+
+- a callable the fixture's own code entered and came back from is judged ok, every keyword of it
+  included (a rejected keyword would have raised at that call);
+- the exception the fixture's run ends with is among the surface's failures, and when it is
+  raised at a fact's callable, that callable has a failed fact;
+- a run that works has no failed fact among the callables it entered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+WHEELS = Path(os.environ.get("PINMATRIX_TEST_WHEELS", "/opt/wheels"))
+RELEASES = ("4.57.6", "5.0.0", "5.9.0", "5.25.0")
+TORCH = "torch==2.13.0+cpu"
+
+if shutil.which("uv") is None:
+    pytest.skip("uv is not installed on this host", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """One venv holding torch (the CPU wheel from the wheelhouse) and numpy, shared by every
+    release."""
+    root = tmp_path_factory.mktemp("surface-executed")
+    subprocess.run(
+        [
+            "uv",
+            "venv",
+            "-q",
+            "-p",
+            f"{sys.version_info[0]}.{sys.version_info[1]}",
+            str(root / "base"),
+        ],
+        check=True,
+        timeout=300,
+    )
+    python = root / "base" / "bin" / "python"
+    subprocess.run(
+        [
+            "uv",
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            str(python),
+            "--find-links",
+            str(WHEELS),
+            TORCH,
+            "numpy",
+        ],
+        check=True,
+        timeout=1200,
+    )
+    return python
+
+
+def _run(base: Path, version: str, tmp_path: Path) -> dict:
+    target = base.parents[2] / f"transformers-{version}"
+    if not target.exists():
+        subprocess.run(
+            [
+                "uv",
+                "pip",
+                "install",
+                "-q",
+                "--python",
+                str(base),
+                "--target",
+                str(target),
+                f"transformers=={version}",
+            ],
+            check=True,
+            timeout=1200,
+        )
+    proc = subprocess.run(
+        [str(base), str(ROOT / "tests" / "integration" / "surface_vs_fixture.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": f"{target}{os.pathsep}{ROOT}",
+            "HF_MODULES_CACHE": str(tmp_path / "modules"),
+            "HF_HUB_OFFLINE": "1",
+        },
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT ") :])
+    assert out["transformers"] == version
+    return out
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_every_fact_agrees_with_executing_the_fixture(base, version, tmp_path):
+    out = _run(base, version, tmp_path)
+    for revision, found in out["revisions"].items():
+        facts = found["facts"]
+        failed = [f for f in facts if not f["ok"]]
+        failed_signatures = {f["signature"] for f in failed}
+        failed_callables = {f["dotted"] for f in failed if f["dotted"]}
+        assert all(f["id"] for f in facts) and len({(f["file"], f["id"]) for f in facts}) == len(
+            facts
+        )
+        for run in found["runs"]:
+            where = (version, revision, "patched" if run["patched"] else "as given", run)
+            came_back = set(run["entered"]) - {run.get("raised_in")}
+            # a callable the fixture called and came back from: no fact of it fails
+            assert not came_back & failed_callables, (where, sorted(came_back & failed_callables))
+            if run["outcome"] == "fails":
+                assert run["signature"] in failed_signatures, (where, sorted(failed_signatures))
+                if run.get("raised_in"):
+                    assert run["raised_in"] in failed_callables, (where, sorted(failed_callables))
+        if version == "4.57.6":
+            assert failed == [] and all(r["outcome"] == "runs" for r in found["runs"]), (
+                revision,
+                failed,
+            )
+    current = {f["id"]: f for f in out["revisions"]["current"]["facts"]}
+    mask = "call:transformers.masking_utils.create_causal_mask"
+    rejected = {
+        k
+        for k in ("input_embeds", "cache_position")
+        if current[f"{mask}({k}=)"]["outcome"] == "rejects"
+    }
+    assert rejected == (
+        {"input_embeds", "cache_position"} if version in ("5.9.0", "5.25.0") else set()
+    )
+    # the ModelOutput classes take past_key_values on every release (5.x maps it to `cache`)
+    for cls in (
+        "BaseModelOutputWithPast",
+        "CausalLMOutputWithPast",
+        "SequenceClassifierOutputWithPast",
+    ):
+        fact = current[f"call:transformers.modeling_outputs.{cls}(past_key_values=)"]
+        assert (fact["ok"], fact["outcome"]) == (True, "runs"), fact
+    if version != "4.57.6":
+        legacy = current[
+            "call:transformers.cache_utils.DynamicCache.from_legacy_cache(1 positional)"
+        ]
+        assert legacy["outcome"] == "missing"
+        assert legacy["signature"] == "transformers-dynamiccache-from-legacy-cache-removed"
