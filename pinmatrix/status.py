@@ -106,7 +106,8 @@ def judged_on(environment: Mapping[str, object] | None) -> dict[str, object]:
     without an accelerator, the pairs none of whose proving checks (registry.TRAINING) needs one."""
     env = environment or {}
     accelerator = env.get("device") == "cuda"
-    could, could_not = [], []
+    could: list[str] = []
+    could_not: list[str] = []
     for (route, backend), (loads, trains) in registry.TRAINING.items():
         runnable = accelerator or (not any(registry.needs_gpu(n) for n in loads)
                                    and not all(registry.needs_gpu(n) for n in trains))

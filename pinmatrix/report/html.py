@@ -330,7 +330,8 @@ def _recommended_html(pins: Sequence[Mapping[str, Any]] | None) -> str:
     rows = "".join(
         f"<tr><td>{e(p.get('title'))}</td>"
         + (f"<td><code>{e(p['file'])}</code></td><td><code>{e(p.get('cell'))}</code> "
-           f"({e(p.get('status'))})</td>" if p.get("file") else "<td colspan=2>none</td>")
+           f"({e(p.get('verdict') or p.get('status'))})</td>" if p.get("file")
+           else "<td colspan=2>none</td>")
         + f"<td>{e(p.get('why'))}</td>"
         + f"<td>{e('; '.join(p.get('caveats') or []) or 'none')}</td></tr>"
         for p in pins)

@@ -39,7 +39,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
             cells = []
             for u in table["unsloth"]:
                 slot = table["grid"][tf][u]
-                cells.append(" ".join(f"{CELL_GLYPH[status_of(s)]} {s}" + (f" ×{n}" if n > 1 else "")
+                cells.append(" ".join(f"{CELL_GLYPH[status_of(s)]} {s}"
+                                      + (f" ×{n}" if n > 1 else "")
                                       for s, n in sorted(slot.items(), key=lambda kv: (
                                           CELL_STATUSES.index(status_of(kv[0])), kv[0])))
                              or "—")

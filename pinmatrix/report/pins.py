@@ -199,14 +199,14 @@ class Verdict:
     """How one cell fares for one purpose."""
     cell: Cell
     why_not: str | None                          # None: it qualifies
-    # False when the purpose was not judged in this cell (its checks skipped or absent, the
-    # machine failed, no basis): "not judged in this run", never "no cell qualifies"
-    judged: bool = True
-    not_run: list[str] = field(default_factory=list)   # the purpose's checks that did not run
     routes: list[tuple[str, str]] = field(default_factory=list)   # the purpose's routes it trains
     speed: tuple[str, float] | None = None       # (throughput check, tokens/s) of those routes
     caveats: list[Caveat] = field(default_factory=list)
     claims: list[Caveat] = field(default_factory=list)
+    # False when the purpose was not judged in this cell (its checks skipped or absent, the
+    # machine failed, no basis): "not judged in this run", never "no cell qualifies"
+    judged: bool = True
+    not_run: list[str] = field(default_factory=list)   # the purpose's checks that did not run
 
 
 @dataclass
@@ -292,8 +292,10 @@ def _remote_code_basis(result: dict[str, Any] | None) -> str | None:
 def judge(cell: Cell, purpose: Purpose) -> Verdict:
     """Whether `cell` qualifies for `purpose`; its caveats when it does, one "why not" otherwise."""
     if cell.status == "unresolvable":
+        # no install: nothing of this purpose could be judged on it
         return Verdict(cell, "unresolvable: "
-                       + (_short(cell.reason) or "the resolver found no install"))
+                       + (_short(cell.reason) or "the resolver found no install"),
+                       judged=False, not_run=["the cell is unresolvable"])
     if not cell.checks:
         return Verdict(cell, f"{cell.status}: {_short(cell.reason) or 'no valid result'}",
                        judged=False)

@@ -248,7 +248,7 @@ def verdict_line(rows: list[CellRow]) -> str:
     unjudged = Counter(str(item["what"]) for r in rows for item in r.not_judged)
     if unjudged:
         hosts = sorted({str(r.judged_on["host"]) for r in rows if r.not_judged and r.judged_on})
-        line += (f"; not judged on this host ({', '.join(hosts)}): "
+        line += (f"; not judged in this run ({', '.join(hosts)}): "
                  + ", ".join(f"{what} in {k} cell{'s' if k != 1 else ''}"
                              for what, k in unjudged.items()))
     return line

@@ -240,9 +240,11 @@ def test_a_failed_bar_caused_by_a_gpu_path_is_skip_on_cpu(tmp_path):
 
 def test_bitsandbytes_gpu_path_is_skip_on_cpu_and_fail_on_gpu(tmp_path):
     def fn(ctx):
-        raise RuntimeError("Could not find the bitsandbytes CUDA binary at /x/libbitsandbytes_cuda128.so")
+        raise RuntimeError("Could not find the bitsandbytes CUDA binary at "
+                           "/x/libbitsandbytes_cuda128.so")
     assert run(fn, tmp_path)["status"] == "skip"
-    assert run_check("kernel.bitsandbytes", fn, make_ctx(tmp_path, device="cuda"), 30.0)["status"] == "fail"
+    on_gpu = run_check("kernel.bitsandbytes", fn, make_ctx(tmp_path, device="cuda"), 30.0)
+    assert on_gpu["status"] == "fail"
 
 
 def test_every_catalogue_entry_says_what_it_means():
