@@ -84,3 +84,123 @@ def cell_status(
     if all(s in ("pass", "skip") for s in judged.values()):
         return "works"
     return "partial"
+
+
+# --- judged on: what a cell's host could exercise, and what it did not judge ---------------------
+
+# A check that ran to a verdict; `skip` did not run, `infra` did not finish (the machine failed).
+JUDGED_STATUSES = ("pass", "fail", "flaky")
+NEEDS_A_GPU = "needs a GPU"
+
+
+def host_label(environment: Mapping[str, object] | None) -> str:
+    """Where a result was judged, in one word: "CPU", or the GPU's name ("GPU" when unnamed)."""
+    env = environment or {}
+    if env.get("device") != "cuda":
+        return "CPU"
+    return str(env.get("gpu") or "GPU")
+
+
+def judged_on(environment: Mapping[str, object] | None) -> dict[str, object]:
+    """The host a result was judged on and the (route, backend) pairs it could exercise: on a host
+    without an accelerator, the pairs none of whose proving checks (registry.TRAINING) needs one."""
+    env = environment or {}
+    accelerator = env.get("device") == "cuda"
+    could: list[str] = []
+    could_not: list[str] = []
+    for (route, backend), (loads, trains) in registry.TRAINING.items():
+        runnable = accelerator or (not any(registry.needs_gpu(n) for n in loads)
+                                   and not all(registry.needs_gpu(n) for n in trains))
+        (could if runnable else could_not).append(f"{route} via {backend}")
+    return {"host": host_label(env), "accelerator": accelerator, "routes": could,
+            "routes_not_on_this_host": could_not}
+
+
+def _why_not_judged(records: list[Mapping[str, object]]) -> str:
+    if not records:
+        return "none of its checks ran"
+    reasons = []
+    for record in records:
+        reason = str(record.get("reason") or record.get("status") or "did not run")
+        reason = NEEDS_A_GPU if reason.startswith(NEEDS_A_GPU) else " ".join(reason.split())[:120]
+        reasons.append(reason)
+    return "; ".join(dict.fromkeys(reasons))
+
+
+def not_judged(checks: Mapping[str, Mapping[str, object]],
+               pins: Mapping[str, object]) -> list[dict[str, object]]:
+    """What a cell installed (or asked to measure) but never exercised (registry.FACETS): an axis
+    value none of whose checks ran to a verdict, and speed where every measurement skipped. Each:
+    {"what", "checks" (those that did not run; [] when none was in the result), "why"}."""
+    out: list[dict[str, object]] = []
+    for facet, axis in registry.FACETS.items():
+        names = sorted((n for n in checks if facet in registry.judges(n)), key=registry.order_key)
+        if axis is not None and str(pins.get(axis, "none") or "none") == "none":
+            continue  # not installed: nothing to judge
+        if axis is None and not names:
+            continue  # speed: judged only where a measurement was asked for
+        if any(str(checks[n].get("status")) in JUDGED_STATUSES for n in names):
+            continue
+        out.append({"what": facet, "checks": names,
+                    "why": _why_not_judged([checks[n] for n in names])})
+    return out
+
+
+def verdict_text(status: str, missing: Iterable[Mapping[str, object]], host: str | None) -> str:
+    """The cell status with what it does not claim: `works (CPU: unsloth, speed not judged)`."""
+    whats = [str(item["what"]) for item in missing]
+    if not whats or status in ("unresolvable",):
+        return status
+    return f"{status} ({host + ': ' if host else ''}{', '.join(whats)} not judged)"
+
+
+# --- old evidence: what a remote-code verdict rests on -------------------------------------------
+
+PREDATES_FIXTURES = "not judged (predates the faithful fixtures)"
+
+
+def _remote_code_verdict_checks() -> frozenset[str]:
+    """The checks whose pass says "EXAONE 3.5 trains through its remote code": the route's core
+    checks and the proving checks of every remote-code (route, backend) pair."""
+    names = set(EXAONE35_ROUTES[registry.REMOTE_CODE])
+    for (route, _backend), (loads, trains) in registry.TRAINING.items():
+        if route == registry.REMOTE_CODE:
+            names.update(loads + trains)
+    return frozenset(names)
+
+
+REMOTE_CODE_VERDICT_CHECKS = _remote_code_verdict_checks()
+REVISION_PREFIX = "exaone3.5.remote-code."
+
+
+def _basis(check: Mapping[str, object] | None) -> str | None:
+    evidence = (check or {}).get("evidence")
+    basis = evidence.get("basis") if isinstance(evidence, Mapping) else None
+    return basis if isinstance(basis, str) and basis else None
+
+
+def with_recorded_basis(checks: list[dict]) -> list[dict]:
+    """The checks as a verdict may use them: where the EXAONE 3.5 remote code passed with no
+    recorded basis (evidence.basis: a result from before the revision-faithful fixtures, whose
+    stand-in bridged transformers' API changes), each pass of the remote-code route is `skip` with
+    the reason PREDATES_FIXTURES, so no table, status or pin takes it for "works". A per-revision
+    check (`exaone3.5.remote-code.REV`) is judged by its own basis. Fails are kept: a kinder
+    stand-in that failed shows a real failure."""
+    by_name = {str(c.get("name")): c for c in checks}
+    cell_unbased = ("exaone3.5.remote-code" in by_name
+                    and _basis(by_name["exaone3.5.remote-code"]) is None)
+    out = []
+    for check in checks:
+        name = str(check.get("name"))
+        unbased = ((name in REMOTE_CODE_VERDICT_CHECKS and cell_unbased)
+                   or (name.startswith(REVISION_PREFIX) and _basis(check) is None))
+        if unbased and check.get("status") in ("pass", "flaky"):
+            check = {**check, "status": "skip", "reason": PREDATES_FIXTURES,
+                     "recorded_status": check.get("status")}
+        out.append(check)
+    return out
+
+
+def status_of(verdict: str) -> str:
+    """The cell status a verdict text starts with (`works (CPU: unsloth not judged)` -> works)."""
+    return verdict.split(" (", 1)[0]

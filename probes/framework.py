@@ -3,7 +3,9 @@
     Skip("needs a GPU")                      -> status skip, reason
     Infra("CUDA out of memory at 4x2048")    -> status infra, reason
     Failed("loss did not fall", evidence)    -> status fail, with a signature
-    any other exception                      -> fail, or infra where the catalogue marks it infra
+    any other exception                      -> fail, or what the catalogue's `means` says: infra for
+                                                the machine, skip ("needs a GPU") for a GPU path on
+                                                a host without one
     return {...evidence...}                  -> status pass
 """
 from __future__ import annotations
@@ -157,10 +159,16 @@ def run_check(name: str, fn: CheckFn, ctx: Context, timeout_s: float) -> dict:
         except BaseException as exc:   # noqa: BLE001 - SystemExit from a library is a failure too
             error, found = error_record(exc)
             result["error"] = error
+            status = signatures.status_for(found, has_accelerator=ctx.device == "cuda")
             if isinstance(exc, Failed):
                 evidence = exc.evidence
+            if status == "skip":
+                # a GPU path on a host without one: not run here, never a verdict on the stack
+                # (the catalogue's `means`: no-gpu); the error stays as the evidence of why
+                result.update(status="skip", reason=signatures.needs_gpu_reason(found))
+            elif isinstance(exc, Failed):
                 result["status"] = "fail"
-            elif isinstance(exc, (Infra, CheckTimeout)) or found.infra:
+            elif isinstance(exc, (Infra, CheckTimeout)) or status == "infra":
                 result["status"] = "infra"
                 result["reason"] = str(exc) or found.id
             else:

@@ -18,7 +18,7 @@ the checks that prove a (route, backend) trains, which is what a pin by purpose 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 CORE = "core"
 OPTIONAL = "optional"
@@ -76,6 +76,8 @@ class Check:
     backend: str | None = None
     claim: str | None = None   # the claim id (CLAIMS) a `claim` check tests
     measures: bool = False     # a speed measurement (throughput.*): its infra never demotes a cell
+    needs_gpu: bool = False    # cannot run without an accelerator: skips ("needs a GPU") on CPU
+    judges: tuple[str, ...] = ()   # the FACETS it judges (an installed package, speed)
 
     @property
     def family(self) -> bool:
@@ -160,6 +162,60 @@ CHECKS: tuple[Check, ...] = (
                           ("throughput.sdpa-exaone4", EXAONE4),
                           ("throughput.flash_attention_4-exaone4", EXAONE4))),
 )
+
+# "Judged on" (docs/CONTRACTS.md §3). What a check exercises besides its route: the installed value
+# of a package axis, or the speed of a stack. A facet -> the package axis whose installed value it
+# judges (None: speed, which no axis installs). A cell where that value is installed but none of
+# the facet's checks ran (each skipped, e.g. "needs a GPU", or absent) never counts it as working:
+# summary.json `not_judged` says so (pinmatrix/status.py `not_judged`), and every format with it.
+SPEED = "speed"
+FACETS: dict[str, str | None] = {
+    "unsloth": "unsloth",
+    "xformers": "xformers",
+    "flash-attn": "flash-attn",
+    "flash-attn-4": "flash-attn-4",
+    "liger-kernel": "liger-kernel",
+    "bitsandbytes 4-bit": "bitsandbytes",
+    SPEED: None,
+}
+_QLORA = ("train.qlora", "train.qlora-llamafied", "train.qlora.unsloth", "throughput.qlora",
+          "throughput.unsloth-qlora")
+
+
+def _judged_facets(check: Check) -> tuple[str, ...]:
+    """The facets a check judges, from its name: one rule per facet, so a new check of the same
+    kind (a new throughput stack, a new unsloth route) is counted without a second list."""
+    name = check.name
+    found = []
+    if check.group == UNSLOTH or check.backend == UNSLOTH:
+        found.append("unsloth")
+    if name in ("kernel.xformers", "attention.xformers-kernel"):
+        found.append("xformers")
+    if name in ("kernel.flash-attn", "attention.flash_attention_2") or name.startswith(
+            "throughput.flash_attention_2"):
+        found.append("flash-attn")
+    if "flash_attention_4" in name or name.startswith("throughput.liger-fa4"):
+        found.append("flash-attn-4")
+    if name.startswith("throughput.liger"):
+        found.append("liger-kernel")
+    if name in _QLORA:
+        found.append("bitsandbytes 4-bit")
+    if check.measures:
+        found.append(SPEED)
+    return tuple(found)
+
+
+# Checks that cannot run without an accelerator (each calls ctx.require_gpu(), or its package
+# refuses a host without one: unsloth). kernel.xformers and kernel.bitsandbytes try the CPU first.
+def _needs_gpu(check: Check) -> bool:
+    return (check.measures or check.group == UNSLOTH or check.backend == UNSLOTH
+            or check.name in _QLORA
+            or check.name in ("kernel.flash-attn", "attention.flash_attention_2",
+                              "attention.xformers-kernel", "attention.flash_attention_4",
+                              "attention.flash_attention_4-exaone4"))
+
+
+CHECKS = tuple(replace(c, needs_gpu=_needs_gpu(c), judges=_judged_facets(c)) for c in CHECKS)
 _BY_NAME = {c.name: c for c in CHECKS if not c.family}
 _FAMILIES = [(c.name[: c.name.rindex(".") + 1], c) for c in CHECKS if c.family]
 _ORDER = {c.name: i for i, c in enumerate(CHECKS)}
@@ -246,6 +302,17 @@ def speed_baselines(name: str) -> tuple[str, ...]:
     if entry.route == EXAONE4:
         return (f"throughput.sdpa-exaone4{suffix}",)
     return (f"throughput.sdpa{suffix}", f"throughput.sdpa-llamafied{suffix}")
+
+
+def judges(name: str) -> tuple[str, ...]:
+    """The facets a check name judges (FACETS); () for a name the registry does not know."""
+    entry = lookup(name)
+    return entry.judges if entry else ()
+
+
+def needs_gpu(name: str) -> bool:
+    entry = lookup(name)
+    return bool(entry and entry.needs_gpu)
 
 
 def group_of(name: str) -> str | None:

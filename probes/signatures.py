@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 CATALOGUE_PATH = Path(__file__).with_name("signatures.json")
-ENTRY_KEYS = ("id", "pattern", "cause", "affected", "fix", "link", "infra")
+ENTRY_KEYS = ("id", "pattern", "cause", "affected", "fix", "link", "infra", "means")
+# What a failure with this signature says, and so the status it gets (`status_for`):
+# - "stack": the stack is broken: `fail`;
+# - "host": the machine failed (OOM, timeout, network, inconsistent host packages): `infra`;
+# - "no-gpu": the code path needs an accelerator. On a host without one the check is `skip`
+#   ("needs a GPU: ..."); on a host with one the failure is what `infra` says (a driver the
+#   stack cannot use is the machine; a GPU path broken in the stack is `fail`).
+STACK, HOST, NO_GPU = "stack", "host", "no-gpu"
+MEANINGS = (STACK, HOST, NO_GPU)
+NEEDS_A_GPU = "needs a GPU"
 # Optional: "deterministic": true when the cause lies in what is installed (an ABI built for another
 # torch, an option a version rejects), so the same stack fails the same way on every run. The host
 # does not rerun such a failure to look for flakiness (pinmatrix/flaky.py).
@@ -26,6 +35,7 @@ class Classification:
     id: str          # a catalogue id, or "fp-<12 hex>" for a failure the catalogue does not know
     known: bool
     infra: bool      # the machine failed (OOM, timeout, no GPU, network), not the stack
+    means: str = STACK   # MEANINGS: stack | host | no-gpu (an unknown failure: the stack)
 
     def __iter__(self):
         """Unpacks as (id, known), the pair docs/CONTRACTS.md §4 names."""
@@ -67,6 +77,11 @@ def _compiled(path: str) -> tuple[_Entry, ...]:
             raise CatalogueError(f"{where}: missing {', '.join(missing)}")
         if not isinstance(item["infra"], bool):
             raise CatalogueError(f"{where}: 'infra' must be true or false")
+        if item["means"] not in MEANINGS:
+            raise CatalogueError(f"{where}: 'means' must be one of {', '.join(MEANINGS)}")
+        if (item["means"] == HOST) is not item["infra"] and item["means"] != NO_GPU:
+            raise CatalogueError(f"{where}: 'means' {item['means']!r} contradicts 'infra' "
+                                 f"{item['infra']} (host: infra true; stack: infra false)")
         if not isinstance(item.get("deterministic", False), bool):
             raise CatalogueError(f"{where}: 'deterministic' must be true or false")
         if item["id"] in seen or str(item["id"]).startswith(FINGERPRINT_PREFIX):
@@ -135,8 +150,23 @@ def classify(exc_type: str, message: str, traceback: str = "") -> Classification
             continue
         for entry in entries:
             if entry.regex.search(text):
-                return Classification(entry.data["id"], True, entry.data["infra"])
+                return Classification(entry.data["id"], True, entry.data["infra"],
+                                      entry.data["means"])
     return Classification(fingerprint(exc_type, message, raising_frame(traceback)), False, False)
+
+
+def status_for(found: Classification, has_accelerator: bool) -> str:
+    """The check status a failure with this classification gets on this host: `skip` for a GPU
+    path on a host without an accelerator (the check could not run here; never a verdict on the
+    stack), `infra` for the machine, `fail` for the stack."""
+    if found.means == NO_GPU and not has_accelerator:
+        return "skip"
+    return "infra" if found.infra else "fail"
+
+
+def needs_gpu_reason(found: Classification) -> str:
+    """The reason of a check skipped by `status_for`: "needs a GPU", and the signature that said so."""
+    return f"{NEEDS_A_GPU} ({found.id})"
 
 
 def describe(signature_id: str) -> dict[str, Any] | None:

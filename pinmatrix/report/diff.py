@@ -134,10 +134,17 @@ def diff(
     fixes: list[dict[str, Any]] = []
     infra: list[dict[str, Any]] = []
     status_changes: list[dict[str, Any]] = []
+    judged_changes: list[dict[str, Any]] = []
     for cid in sorted(set(before) & set(now)):
         old, new = before[cid], now[cid]
         if old["status"] != new["status"]:
             status_changes.append({"cell": cid, "before": old["status"], "now": new["status"]})
+        was_unjudged, is_unjudged = _unjudged(old), _unjudged(new)
+        if was_unjudged != is_unjudged:
+            # a verdict claims only what ran: say when what was (not) judged moved between runs
+            judged_changes.append({"cell": cid, "before": _verdict(old), "now": _verdict(new),
+                                   "now_judged": sorted(was_unjudged - is_unjudged),
+                                   "no_longer_judged": sorted(is_unjudged - was_unjudged)})
         check_breaks, check_fixes = [], []
         old_checks, new_checks = old.get("checks") or {}, new.get("checks") or {}
         for name in sorted(set(old_checks) & set(new_checks)):
@@ -204,12 +211,15 @@ def diff(
         "new_breakages": breakages,
         "fixes": fixes,
         "new_cells": [
-            {"cell": cid, "status": now[cid]["status"]} for cid in sorted(set(now) - set(before))
+            {"cell": cid, "status": now[cid]["status"], "verdict": _verdict(now[cid])}
+            for cid in sorted(set(now) - set(before))
         ],
         "vanished_cells": [
-            {"cell": cid, "status": before[cid]["status"]} for cid in sorted(set(before) - set(now))
+            {"cell": cid, "status": before[cid]["status"], "verdict": _verdict(before[cid])}
+            for cid in sorted(set(before) - set(now))
         ],
         "status_changes": status_changes,
+        "judged_changes": judged_changes,
         "infra": infra,
         "throughput": throughput,
         "throughput_thresholds": thresholds,
@@ -283,6 +293,14 @@ def headline(d: Mapping[str, Any]) -> str:
 # --- markdown ------------------------------------------------------------------------------------
 
 
+def _verdict(cell: Mapping[str, Any]) -> str:
+    return str(cell.get("verdict") or cell["status"])
+
+
+def _unjudged(cell: Mapping[str, Any]) -> set[str]:
+    return {str(item["what"]) for item in cell.get("not_judged") or []}
+
+
 def render_markdown(d: Mapping[str, Any], *, level: int = 1) -> str:
     h = "#" * level
     out = [f"{h} Changes since {d['previous_run']}", "", f"**{headline(d)}**", ""]
@@ -317,8 +335,20 @@ def render_markdown(d: Mapping[str, Any], *, level: int = 1) -> str:
             + (f" (was `{i['signature_before']}`)" if i.get("signature_before") else "")
         ),
     )
-    section("New cells", d["new_cells"], lambda i: f"- `{i['cell']}`: {i['status']}")
-    section("Vanished cells", d["vanished_cells"], lambda i: f"- `{i['cell']}` (was {i['status']})")
+    section("New cells", d["new_cells"],
+            lambda i: f"- `{i['cell']}`: {i.get('verdict') or i['status']}")
+    section("Vanished cells", d["vanished_cells"],
+            lambda i: f"- `{i['cell']}` (was {i.get('verdict') or i['status']})")
+    section(
+        "What the host judged changed",
+        d.get("judged_changes") or [],
+        lambda i: (
+            f"- `{i['cell']}`: {i['before']} → {i['now']}"
+            + (f"; now judged: {', '.join(i['now_judged'])}" if i["now_judged"] else "")
+            + (f"; no longer judged: {', '.join(i['no_longer_judged'])}"
+               if i["no_longer_judged"] else "")
+        ),
+    )
     section(
         "Throughput changes beyond noise",
         d["throughput"],

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 
 from packaging.version import Version
 
-from pinmatrix.status import EXAONE35_ROUTES
+from pinmatrix.status import EXAONE35_ROUTES, PREDATES_FIXTURES
 
 REVISION_PREFIX = "exaone3.5.remote-code."
 SURFACE = "exaone3.5.surface"
@@ -56,6 +56,9 @@ def _verdict(
             out.update(verdict="infra", reason=infra[0].get("reason"), check=infra[0]["name"])
         elif all(c["status"] in ("pass", "flaky") for c in present):
             out["verdict"] = "works"
+        elif any(c.get("reason") == PREDATES_FIXTURES for c in present):
+            # a pass with no recorded basis (pinmatrix/status.py with_recorded_basis)
+            out["verdict"] = PREDATES_FIXTURES
         else:
             out["verdict"] = "skipped"
     evidence = (present[0].get("evidence") or {}) if present else {}
@@ -117,6 +120,18 @@ def exaone35_section(rows: Iterable[Any]) -> dict[str, Any]:
     return {"cells": cells, "revisions": revisions}
 
 
+def _basis_words(cells: list[Mapping[str, Any]]) -> str:
+    """What the remote-code verdicts rest on; results that record none are said to be not judged."""
+    basis = sorted({c["remote_code"].get("basis") for c in cells if c["remote_code"].get("basis")})
+    unbased = [c for c in cells if not c["remote_code"].get("basis")
+               and c["remote_code"].get("verdict") not in (None, "not run")]
+    if unbased:
+        basis.append(f"nothing recorded in {len(unbased)} cell{'s' if len(unbased) != 1 else ''} "
+                     "(results from before the revision-faithful fixtures: their remote-code "
+                     f"passes are shown as {PREDATES_FIXTURES})")
+    return "; ".join(basis) or "unknown"
+
+
 def _cell_text(answer: Mapping[str, Any]) -> str:
     verdict = answer.get("verdict", "not run")
     if verdict == "fails":
@@ -135,7 +150,7 @@ def render_markdown(section: Mapping[str, Any]) -> list[str]:
         return []
     revisions = section.get("revisions") or []
     pinned = sorted({c["remote_code"].get("revision") or "?" for c in cells})
-    basis = sorted({c["remote_code"].get("basis") for c in cells if c["remote_code"].get("basis")})
+    basis = _basis_words(cells)
     lines = [
         "## EXAONE 3.5: through its remote code, and llamafied",
         "",
@@ -143,7 +158,7 @@ def render_markdown(section: Mapping[str, Any]) -> list[str]:
         "and "
         "its LoRA check. The remote code is judged at the matrix's pinned revision"
         f" ({', '.join(pinned)}) and at every other known hub revision (load only).",
-        f"Verdicts rest on: {'; '.join(basis) or 'unknown'}. A fixture-based verdict claims what "
+        f"Verdicts rest on: {basis}. A fixture-based verdict claims what "
         f"the "
         "fixture can show: the transformers API forms recorded for that revision "
         "(probes/fixtures/exaone35/revisions/).",
@@ -249,7 +264,7 @@ def render_html(section: Mapping[str, Any]) -> str:
     if not cells:
         return ""
     revisions = section.get("revisions") or []
-    basis = sorted({c["remote_code"].get("basis") for c in cells if c["remote_code"].get("basis")})
+    basis = _basis_words(cells)
     pinned = sorted({c["remote_code"].get("revision") or "?" for c in cells})
     head = ["transformers", "unsloth", f"remote code ({', '.join(pinned)})"]
     head += [f"remote code ({r})" for r in revisions] + ["llamafied"]
@@ -273,7 +288,7 @@ def render_html(section: Mapping[str, Any]) -> str:
     )
     return (
         "<section id=exaone35><h2>EXAONE 3.5: through its remote code, and llamafied</h2>"
-        f"<p>Verdicts rest on: {escape('; '.join(basis) or 'unknown')}.</p>"
+        f"<p>Verdicts rest on: {escape(basis)}.</p>"
         "<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead>"
         f"<tbody>{rows}</tbody></table></section>"
     )

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from pinmatrix.fsio import write_text_atomic
 from pinmatrix.results import describe_signature, load_result
+from pinmatrix.status import status_of
 
 STATUS_ORDER = ("works", "partial", "broken", "unresolvable", "infra")
 PIN_COLUMNS = ("python", "torch", "transformers", "unsloth", "peft", "trl", "xformers",
@@ -146,12 +147,18 @@ def _check_html(check: Mapping[str, Any]) -> str:
 def _detail_html(cell: Mapping[str, Any], data: Mapping[str, Any] | None) -> str:
     short_hash = e((cell.get("hash") or "")[:16])
     parts = [
-        f"<h3>{e(cell['id'])}</h3><p>status <b>{e(cell['status'])}</b>"
+        f"<h3>{e(cell['id'])}</h3><p>status <b>{e(cell.get('verdict') or cell['status'])}</b>"
         f"{' · hash <code>' + short_hash + '</code>' if cell.get('hash') else ''}"
         f"{' · runner ' + e(cell.get('runner')) if cell.get('runner') else ''}</p>"
     ]
     if cell.get("reason"):
         parts.append(f"<pre class=reason>{e(cell['reason'])}</pre>")
+    if cell.get("not_judged"):  # a verdict claims only what ran (summary.json not_judged)
+        host = (cell.get("judged_on") or {}).get("host") or "this host"
+        parts.append(f"<h4>Not judged on {e(host)}</h4><ul>" + "".join(
+            f"<li>{e(item['what'])} not judged: {e(item['why'])}"
+            + (f" ({e(', '.join(item['checks']))})" if item["checks"] else "") + "</li>"
+            for item in cell["not_judged"]) + "</ul>")
     if cell.get("signature"):
         parts.append(f"<p>signature <code>{e(cell['signature'])}</code></p>")
     pins = cell.get("pins") or {}
@@ -191,7 +198,7 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
                f"aria-expanded=false>{e(cell['id'])}</button></td>",
                f"<td class='status st-{e(cell['status'])}' "
                f"data-sort='{STATUS_ORDER.index(cell['status'])}'>"
-               f"{_mark(cell['status'])} {e(cell['status'])}</td>"]
+               f"{_mark(cell['status'])} {e(cell.get('verdict') or cell['status'])}</td>"]
         tds += [f"<td>{e((cell.get('pins') or {}).get(p, ''))}</td>" for p in pin_cols]
         for name in columns:
             check = checks.get(name)
@@ -286,6 +293,11 @@ def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
     )
 
 
+def _rank(verdict: str) -> int:
+    status = status_of(verdict)
+    return STATUS_ORDER.index(status) if status in STATUS_ORDER else 99
+
+
 def _pivot_html(tables: list[Mapping[str, Any]]) -> str:
     """transformers × unsloth, each status as its glyph and its word (issue 13)."""
     out = []
@@ -296,13 +308,12 @@ def _pivot_html(tables: list[Mapping[str, Any]]) -> str:
             tds = []
             for u in table["unsloth"]:
                 slot = table["grid"][tf][u]
-                words = " ".join(f"{_mark(st)}<span class=word> {e(st)}"
+                words = " ".join(f"{_mark(status_of(st))}<span class=word> {e(st)}"
                                  + (f" ×{n}" if n > 1 else "") + "</span>"
-                                 for st, n in sorted(slot.items(),
-                                                     key=lambda kv: STATUS_ORDER.index(kv[0])
-                                                     if kv[0] in STATUS_ORDER else 99))
-                css = next(iter(sorted(slot, key=lambda st: STATUS_ORDER.index(st)
-                                       if st in STATUS_ORDER else 99)), "none")
+                                 for st, n in sorted(slot.items(), key=lambda kv: (_rank(kv[0]),
+                                                                                    kv[0])))
+                # a slot's keys are verdicts (`works (CPU: unsloth not judged)`): mark by status
+                css = next(iter(sorted((status_of(st) for st in slot), key=_rank)), "none")
                 tds.append(f"<td class='status st-{e(css)}'>{words or '—'}</td>")
             rows.append(f"<tr><th>{e(tf)}</th>{''.join(tds)}</tr>")
         out.append(f"<section class=pivot><h2>Which versions work together: transformers × "
@@ -319,7 +330,8 @@ def _recommended_html(pins: Sequence[Mapping[str, Any]] | None) -> str:
     rows = "".join(
         f"<tr><td>{e(p.get('title'))}</td>"
         + (f"<td><code>{e(p['file'])}</code></td><td><code>{e(p.get('cell'))}</code> "
-           f"({e(p.get('status'))})</td>" if p.get("file") else "<td colspan=2>none</td>")
+           f"({e(p.get('verdict') or p.get('status'))})</td>" if p.get("file")
+           else "<td colspan=2>none</td>")
         + f"<td>{e(p.get('why'))}</td>"
         + f"<td>{e('; '.join(p.get('caveats') or []) or 'none')}</td></tr>"
         for p in pins)

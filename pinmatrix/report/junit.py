@@ -41,6 +41,8 @@ def build_junit(summary: Mapping[str, Any], run_dir: Path) -> ET.Element:
         counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         props = ET.SubElement(suite, "properties")
         ET.SubElement(props, "property", name="status", value=cell["status"])
+        if cell.get("verdict") and cell["verdict"] != cell["status"]:
+            ET.SubElement(props, "property", name="verdict", value=_clean(cell["verdict"]))
         for key, value in sorted((cell.get("pins") or {}).items()):
             ET.SubElement(props, "property", name=f"pin.{key}", value=_clean(value))
         for found in (summary.get("diff") or {}).get(
@@ -116,6 +118,15 @@ def build_junit(summary: Mapping[str, Any], run_dir: Path) -> ET.Element:
                     "flaky: "
                     + "; ".join(str(a.get("status")) for a in detail.get("attempts") or [])
                 )
+        for item in cell.get("not_judged") or []:
+            # a verdict claims only what ran: what the host could not judge, as a skipped case
+            case = ET.SubElement(suite, "testcase", classname=cell["id"],
+                                 name=f"not-judged.{item['what']}", time="0")
+            names = ", ".join(item["checks"]) or "none in the result"
+            ET.SubElement(case, "skipped", message=_clean(
+                f"{item['what']} not judged: {item['why']} (checks: {names})"))
+            counts["tests"] += 1
+            counts["skipped"] += 1
         for key, value in counts.items():
             suite.set(key, str(value))
             totals[key] += value

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pinmatrix.status import CELL_GLYPH, CELL_STATUSES, CHECK_GLYPH
+from pinmatrix.status import CELL_GLYPH, CELL_STATUSES, CHECK_GLYPH, status_of
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
@@ -39,9 +39,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
             cells = []
             for u in table["unsloth"]:
                 slot = table["grid"][tf][u]
-                cells.append(" ".join(f"{CELL_GLYPH[s]} {s}" + (f" ×{n}" if n > 1 else "")
-                                      for s, n in sorted(slot.items(),
-                                                         key=lambda kv: CELL_STATUSES.index(kv[0])))
+                cells.append(" ".join(f"{CELL_GLYPH[status_of(s)]} {s}"
+                                      + (f" ×{n}" if n > 1 else "")
+                                      for s, n in sorted(slot.items(), key=lambda kv: (
+                                          CELL_STATUSES.index(status_of(kv[0])), kv[0])))
                              or "—")
             out.append(f"| `{tf}` | " + " | ".join(cells) + " |")
         out.append("")
@@ -63,9 +64,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
         statuses = [(cell["checks"].get(c) or {}).get("status") for c in columns]
         glyphs = [f"{CHECK_GLYPH[status]} {status}" if status in CHECK_GLYPH and status else "·"
                   for status in statuses]
-        out.append(f"| `{cell['id']}` | {CELL_GLYPH[cell['status']]} {cell['status']} | "
+        verdict = cell.get("verdict") or cell["status"]
+        out.append(f"| `{cell['id']}` | {CELL_GLYPH[cell['status']]} {_md_inline(verdict)} | "
                    + " | ".join(glyphs) + " |")
     out.append("")
+    out += _not_judged_markdown(summary["cells"])
     if summary["failures"]:
         out += ["## Failures by signature", ""]
         for group in summary["failures"]:
@@ -158,6 +161,27 @@ def render_markdown(summary: dict[str, Any]) -> str:
             out.append(f"- `{item['path']}`: {_md_inline(item['why'])}")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _not_judged_markdown(cells: list[dict[str, Any]]) -> list[str]:
+    """Per cell, what its host could not judge and why (summary.json `not_judged`): a verdict
+    claims only what ran."""
+    rows = [c for c in cells if c.get("not_judged")]
+    if not rows:
+        return []
+    out = ["## Not judged on this host", "",
+           "Installed, or asked to measure, but none of its checks ran here: never counted as "
+           "working. Routes this host could exercise are listed per cell.", "",
+           "| cell | host | not judged | why | checks that did not run | routes judged here |",
+           "|---|---|---|---|---|---|"]
+    for cell in rows:
+        host = (cell.get("judged_on") or {}).get("host") or "?"
+        routes = ", ".join((cell.get("judged_on") or {}).get("routes") or []) or "—"
+        for item in cell["not_judged"]:
+            names = ", ".join(f"`{n}`" for n in item["checks"]) or "none in the result"
+            out.append(f"| `{cell['id']}` | {host} | {item['what']} not judged | "
+                       f"{_md_inline(str(item['why']))} | {names} | {routes} |")
+    return out + [""]
 
 
 def _md_inline(text: str) -> str:

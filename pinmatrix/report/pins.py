@@ -57,6 +57,7 @@ TRAINS_WORDS = {registry.REMOTE_CODE: "EXAONE 3.5 LoRA-trains through its remote
                 registry.EXAONE4: "EXAONE 4 LoRA-trains",
                 ANY: "EXAONE 3.5 LoRA-trains (any route)"}
 BAD_STATUSES = ("fail", "flaky", "infra")
+NOT_JUDGED_IN_RUN = "not judged in this run"
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,8 @@ class Cell:
     # None for results from before the revision-faithful fixtures, whose stand-in bridged
     # transformers' API changes: such a verdict cannot recommend the remote-code route
     remote_code_basis: str | None = None
+    verdict: str = ""                   # the status with what it does not claim (summary.json)
+    not_judged: list[dict[str, Any]] = field(default_factory=list)
 
     def version(self, name: str) -> str:
         return (self.locked or {}).get(name) or str(self.pins.get(name) or "none")
@@ -200,6 +203,10 @@ class Verdict:
     speed: tuple[str, float] | None = None       # (throughput check, tokens/s) of those routes
     caveats: list[Caveat] = field(default_factory=list)
     claims: list[Caveat] = field(default_factory=list)
+    # False when the purpose was not judged in this cell (its checks skipped or absent, the
+    # machine failed, no basis): "not judged in this run", never "no cell qualifies"
+    judged: bool = True
+    not_run: list[str] = field(default_factory=list)   # the purpose's checks that did not run
 
 
 @dataclass
@@ -268,7 +275,9 @@ def collect_cells(run_dir: Path, summary: dict[str, Any]) -> list[Cell]:
                     if lines else None),
             lock_lines=lines, environment=dict(environment),
             finished=(result or {}).get("finished"), speeds=speeds.get(row["id"], {}),
-            remote_code_basis=_remote_code_basis(result)))
+            remote_code_basis=_remote_code_basis(result),
+            verdict=str(row.get("verdict") or row.get("status") or "infra"),
+            not_judged=list(row.get("not_judged") or [])))
     return out
 
 
@@ -283,35 +292,43 @@ def _remote_code_basis(result: dict[str, Any] | None) -> str | None:
 def judge(cell: Cell, purpose: Purpose) -> Verdict:
     """Whether `cell` qualifies for `purpose`; its caveats when it does, one "why not" otherwise."""
     if cell.status == "unresolvable":
+        # no install: nothing of this purpose could be judged on it
         return Verdict(cell, "unresolvable: "
-                       + (_short(cell.reason) or "the resolver found no install"))
+                       + (_short(cell.reason) or "the resolver found no install"),
+                       judged=False, not_run=["the cell is unresolvable"])
     if not cell.checks:
-        return Verdict(cell, f"{cell.status}: {_short(cell.reason) or 'no valid result'}")
+        return Verdict(cell, f"{cell.status}: {_short(cell.reason) or 'no valid result'}",
+                       judged=False)
     statuses = {name: str(c.get("status")) for name, c in cell.checks.items()}
     core = [name for name in statuses if registry.role_of(name) == registry.CORE
             and not _route_of(name) and statuses[name] != "pass" and statuses[name] != "skip"]
     if core:
-        return Verdict(cell, "core check failed: " + ", ".join(_check_word(cell, n) for n in core))
+        return Verdict(cell, "core check failed: " + ", ".join(_check_word(cell, n) for n in core),
+                       judged=any(statuses[n] in ("fail", "flaky") for n in core),
+                       not_run=[_check_word(cell, n) for n in core if statuses[n] == "infra"])
     routes = [pair for pair in purpose.routes() if _trains(statuses, pair)]
     if cell.remote_code_basis is None and any(pair[0] == "remote-code" for pair in routes):
         routes = [pair for pair in routes if pair[0] != "remote-code"]
         if not routes:
             return Verdict(cell, "the remote-code verdict records no basis: it predates the "
                                  "revision-faithful EXAONE 3.5 fixtures (whose stand-in bridged "
-                                 "transformers' API changes); rerun the cell")
+                                 "transformers' API changes); rerun the cell", judged=False)
     if not routes:
-        missing, failed = [], False
+        missing, failed, not_run = [], False, []
         for pair in purpose.routes():
             loads, trains = registry.TRAINING[pair]
             bad = [n for n in loads if statuses.get(n) != "pass"]
             if all(statuses.get(n) != "pass" for n in trains):
                 bad += list(trains)
-            failed = failed or any(statuses.get(n) in BAD_STATUSES for n in bad)
+            # a fail (or flaky) is a verdict; a skip, an absence or the machine failing is none
+            failed = failed or any(statuses.get(n) in ("fail", "flaky") for n in bad)
+            not_run += [_check_word(cell, n) for n in bad
+                        if statuses.get(n) not in ("fail", "flaky")]
             missing.append(f"{_route_word(pair)}: "
                            + ", ".join(_check_word(cell, n) for n in bad))
         head = ("core check for this purpose failed" if failed
                 else "not tested for this purpose")
-        return Verdict(cell, f"{head}: " + "; ".join(missing))
+        return Verdict(cell, f"{head}: " + "; ".join(missing), judged=failed, not_run=not_run)
     if cell.locked is None:
         return Verdict(cell, f"qualifies, but the run has no lock for it "
                              f"(locks/{cell.cell_id}/{LOCK_NAME})")
@@ -368,11 +385,14 @@ def choose(cells: list[Cell], purpose: Purpose) -> Pick:
         for v in qualified:
             if v.speed is None:
                 v.why_not = "qualifies, but no throughput check of its routes passed (not timed)"
+                v.judged = False
+                v.not_run = [_check_word(v.cell, n) for n in sorted(
+                    (n for n in v.cell.checks if registry.is_measurement(n)
+                     and _pair_of(n) in v.routes), key=registry.order_key)]
         qualified = timed
     if not qualified:
-        reason = ("no cell qualifies" if purpose.goal == NEWEST
-                  else "no qualifying cell has a throughput figure")
-        return Pick(purpose, None, reason, [(v.cell.cell_id, str(v.why_not)) for v in verdicts])
+        return Pick(purpose, None, _no_pick_why(purpose, verdicts),
+                    [(v.cell.cell_id, str(v.why_not)) for v in verdicts])
     if purpose.goal == FASTEST:
         best = max(qualified, key=lambda v: (v.speed[1] if v.speed else 0.0, v.cell.newest_key))
         assert best.speed is not None
@@ -395,6 +415,25 @@ def choose(cells: list[Cell], purpose: Purpose) -> Pick:
     return Pick(purpose, best, why, passed)
 
 
+def _no_pick_why(purpose: Purpose, verdicts: list[Verdict]) -> str:
+    """Why a purpose has no pick: "no cell qualifies" when cells were judged for it and failed;
+    "not judged in this run" when none was (its checks skipped, e.g. needs a GPU, or did not run),
+    naming those checks."""
+    judged = [v for v in verdicts if v.judged]
+    unjudged = [v for v in verdicts if not v.judged]
+    words = list(dict.fromkeys(w for v in unjudged for w in v.not_run))
+    shown = "; ".join(words[:6]) + (f"; and {len(words) - 6} more" if len(words) > 6 else "")
+    if not judged:
+        return (f"{NOT_JUDGED_IN_RUN}: " + (shown or "no cell ran its checks")
+                + f" ({len(unjudged)} cell{'s' if len(unjudged) != 1 else ''})")
+    head = ("no cell qualifies" if purpose.goal == NEWEST
+            else "no qualifying cell has a throughput figure")
+    if unjudged:
+        head += (f" ({len(judged)} judged and failed; not judged in {len(unjudged)}: "
+                 f"{shown or 'no result'})")
+    return head
+
+
 def plan(run_dir: Path, summary: dict[str, Any],
          pins_for: Sequence[str | Purpose] = ()) -> list[Pick]:
     cells = collect_cells(Path(run_dir), summary)
@@ -411,6 +450,9 @@ def plan_json(picks: list[Pick]) -> list[dict[str, Any]]:
             "file": f"{PINS_DIR}/{pick.file_name}" if v else None,
             "cell": v.cell.cell_id if v else None,
             "status": v.cell.status if v else None,
+            "verdict": v.cell.verdict if v else None,
+            # False: nothing was judged for this purpose ("not judged in this run")
+            "judged": v is not None or not pick.why.startswith(NOT_JUDGED_IN_RUN),
             "why": pick.why,
             "tokens_per_s": v.speed[1] if v and v.speed else None,
             "caveats": [c.text for c in v.caveats] if v else [],
@@ -489,12 +531,15 @@ def constraints_text(pick: Pick, run_id: str, written_at: str) -> str:
     header = [
         f"# pinmatrix constraints: {pick.purpose.title}",
         f"# pick: {pick.why}",
-        f"# cell: {c.cell_id} (cell status: {c.status})",
+        f"# cell: {c.cell_id} (cell status: {c.verdict or c.status})",
         f"# run: {run_id}; cell finished: {c.finished or 'unknown'}; written: {written_at} (UTC)",
         f"# GPU: {', '.join(gpu_bits)}",
         f"# throughput: {throughput}",
         "# checks: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
     ]
+    for item in c.not_judged:  # a verdict claims only what ran
+        header.append(f"# not judged on this host: {item['what']} ({_short(item['why'], 80)}; "
+                      f"checks: {', '.join(item['checks']) or 'none in the result'})")
     if v.caveats:
         header.append("# caveats (checks that failed in this cell; this pin does not need them):")
         header += [f"#   - {cav.text}" for cav in v.caveats]
@@ -522,7 +567,8 @@ def readme_text(picks: list[Pick], run_id: str, written_at: str) -> str:
              "| purpose | file | cell | status | why |", "|---|---|---|---|---|"]
     for pick in picks:
         c = pick.cell
-        file_cell = (f"[{pick.file_name}]({pick.file_name}) | `{c.cell_id}` | {c.status}" if c
+        file_cell = (f"[{pick.file_name}]({pick.file_name}) | `{c.cell_id}` | "
+                     f"{_md(c.verdict or c.status)}" if c
                      else "none | | ")
         lines.append(f"| {pick.purpose.title} | {file_cell} | {_md(pick.why)} |")
     lines += pick_details_md(picks)
@@ -550,7 +596,8 @@ def pick_details_md(picks: Sequence[Pick | dict[str, Any]]) -> list[str]:
         entry = plan_json([item])[0] if isinstance(item, Pick) else item
         out += ["", f"### {entry['title']}", ""]
         if entry["cell"]:
-            out.append(f"Pick: `{entry['cell']}` ({entry['status']}): {_md(entry['why'])}")
+            out.append(f"Pick: `{entry['cell']}` ({_md(entry.get('verdict') or entry['status'])}): "
+                       f"{_md(entry['why'])}")
         else:
             out.append(f"No pick: {_md(entry['why'])}.")
         if entry["caveats"]:

@@ -22,7 +22,8 @@ from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.report.exaone import exaone35_section
 from pinmatrix.report.causes import group as group_causes
 from pinmatrix.results import CellResult, Damaged, describe_signature, load_result
-from pinmatrix.status import cell_status
+from pinmatrix.status import (cell_status, judged_on, not_judged, verdict_text,
+                              with_recorded_basis)
 
 VERDICT_WORDS = {
     "works": ("works", "work"),
@@ -46,6 +47,16 @@ class CellRow:
     reason: str | None = None
     signature: str | None = None
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # judged on (docs/CONTRACTS.md §3): the host, the routes it could exercise, and what the cell
+    # installed or asked to measure but never exercised (pinmatrix/status.py not_judged)
+    judged_on: dict[str, Any] | None = None
+    not_judged: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        """The status with what it does not claim: `works (CPU: unsloth, speed not judged)`."""
+        host = self.judged_on.get("host") if self.judged_on else None
+        return verdict_text(self.status, self.not_judged, host)
 
 
 # A run folder handed to `report --run` may come from elsewhere (issue 17): what is not a regular
@@ -140,12 +151,14 @@ def merge(run_dir: Path) -> dict[str, Any]:
 
 def _row(cell_id: str, outcome: Outcome | None, result: CellResult | None) -> CellRow:
     pins = dict(outcome.pins) if outcome else dict(result.data["cell"]["pins"]) if result else {}
-    checks = {c["name"]: c for c in result.checks} if result else {}
+    # a remote-code pass with no recorded basis is not judged (status.with_recorded_basis)
+    listed = with_recorded_basis(result.checks) if result else None
+    checks = {c["name"]: c for c in listed} if listed is not None else {}
     if outcome is not None and outcome.status is not None:
         # the host already knew: unresolvable, or infra (build, timeout, drift)
         status = outcome.status
     else:
-        status = cell_status(result.checks if result else None)
+        status = cell_status(listed)
     reason = outcome.reason if outcome else None
     if status == "infra" and not reason:
         if result is None:
@@ -156,7 +169,7 @@ def _row(cell_id: str, outcome: Outcome | None, result: CellResult | None) -> Ce
                 "; ".join(f"{c['name']}: {c.get('reason') or 'infra'}" for c in core_infra)
                 or "no check ran"
             )
-    return CellRow(
+    row = CellRow(
         cell_id,
         pins,
         status,
@@ -166,6 +179,10 @@ def _row(cell_id: str, outcome: Outcome | None, result: CellResult | None) -> Ce
         outcome.signature if outcome else None,
         checks,
     )
+    if result is not None and status != "unresolvable":
+        row.judged_on = judged_on(result.data.get("environment"))
+        row.not_judged = not_judged(checks, pins)
+    return row
 
 
 def _row_json(row: CellRow) -> dict[str, Any]:
@@ -173,6 +190,10 @@ def _row_json(row: CellRow) -> dict[str, Any]:
     return {
         "id": row.cell_id,
         "status": row.status,
+        # the status with what it does not claim, as every format prints it
+        "verdict": row.verdict,
+        "judged_on": row.judged_on,
+        "not_judged": row.not_judged,
         "pins": row.pins,
         "hash": (row.outcome.hash if row.outcome else None)
         or (row.result.data["cell"]["hash"] if row.result else None),
@@ -223,7 +244,14 @@ def verdict_line(rows: list[CellRow]) -> str:
                 sigs.discard(None)
                 text += f" ({len(sigs)} signature{'s' if len(sigs) != 1 else ''})"
             parts.append(text)
-    return f"{n} cell{'s' if n != 1 else ''}: " + (", ".join(parts) if parts else "nothing ran")
+    line = f"{n} cell{'s' if n != 1 else ''}: " + (", ".join(parts) if parts else "nothing ran")
+    unjudged = Counter(str(item["what"]) for r in rows for item in r.not_judged)
+    if unjudged:
+        hosts = sorted({str(r.judged_on["host"]) for r in rows if r.not_judged and r.judged_on})
+        line += (f"; not judged in this run ({', '.join(hosts)}): "
+                 + ", ".join(f"{what} in {k} cell{'s' if k != 1 else ''}"
+                             for what, k in unjudged.items()))
+    return line
 
 
 def _columns(rows: Iterable[CellRow]) -> list[str]:
@@ -305,8 +333,9 @@ def _pivot(rows: list[CellRow]) -> list[dict[str, Any]]:
         uns = sorted({r.pins.get("unsloth", "none") for r in members}, key=version_key)
         grid: dict[str, dict[str, dict[str, int]]] = {tf: {u: {} for u in uns} for tf in tfs}
         for r in members:
+            # keyed by the verdict: a cell whose unsloth never ran is not counted as working
             slot = grid[r.pins.get("transformers", "?")][r.pins.get("unsloth", "none")]
-            slot[r.status] = slot.get(r.status, 0) + 1
+            slot[r.verdict] = slot.get(r.verdict, 0) + 1
         tables.append(
             {"python": python, "torch": torch, "transformers": tfs, "unsloth": uns, "grid": grid}
         )

@@ -53,11 +53,12 @@ def check_imports(ctx: Context) -> dict:
     for name in list(broken):
         record = records[name]
         found = signatures.classify(record.exc_type or "", record.message or "", record.traceback or "")
-        if found.infra:
+        status = signatures.status_for(found, has_accelerator=ctx.device == "cuda")
+        if status != "fail":
             broken.remove(name)
             # e.g. unsloth refusing to import without a GPU: on a CPU run that is "needs a GPU",
             # on a GPU run the machine failed. Neither is a verdict on the stack.
-            (gpu_only if ctx.device == "cpu" else machine).append(name)
+            (gpu_only if status == "skip" else machine).append(name)
     evidence.update(missing=missing, failed=broken, needs_gpu=gpu_only)
     if missing or broken:
         parts = []

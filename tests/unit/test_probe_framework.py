@@ -189,3 +189,70 @@ def test_plain_transformers_groups_run_before_unsloth_whatever_the_matrix_order(
     )
     assert order.index("throughput") > order.index("unsloth")
     assert order[0] == "imports" and order[-1] == "bogus"
+
+
+class _ChunkedLogProbFunction:
+    """Stands where trl 1.15.0 keeps its fused LM-head loss (trl/trainer/utils.py): its `apply`
+    launches a triton kernel, and triton without a GPU raises the driver error below."""
+
+    @staticmethod
+    def apply(*args):
+        raise RuntimeError("0 active drivers ([]). There should only be one.")
+
+
+def _sft_step(ctx):
+    return _ChunkedLogProbFunction.apply(1, 2)
+
+
+def test_triton_without_a_gpu_is_skip_needs_a_gpu_not_fail(tmp_path):
+    result = run(_sft_step, tmp_path, name="train.trl-sft")
+    assert result["status"] == "skip", result
+    assert result["reason"] == "needs a GPU (trl-sft-fused-lm-head-needs-triton)"
+    # the error stays as the evidence of why it could not run here
+    assert result["error"]["signature"] == "trl-sft-fused-lm-head-needs-triton"
+
+
+def test_the_same_gpu_path_failing_on_a_gpu_host_is_not_skipped(tmp_path):
+    ctx = make_ctx(tmp_path, device="cuda")
+    result = run_check("train.trl-sft", _sft_step, ctx, 30.0)
+    assert result["status"] == "fail"
+    assert result["error"]["signature"] == "trl-sft-fused-lm-head-needs-triton"
+
+
+def test_a_really_broken_stack_still_fails_on_cpu(tmp_path):
+    def fn(ctx):
+        raise TypeError("SFTTrainer.__init__() got an unexpected keyword argument 'tokenizer'")
+    result = run(fn, tmp_path, name="train.trl-sft")
+    assert result["status"] == "fail"
+    assert result["error"]["signature"] == "trl-sfttrainer-tokenizer-removed"
+
+
+def test_a_failed_bar_caused_by_a_gpu_path_is_skip_on_cpu(tmp_path):
+    def fn(ctx):
+        try:
+            _ChunkedLogProbFunction.apply()
+        except RuntimeError as exc:
+            raise Failed("the trainer logged no loss", {"losses": []}) from exc
+    result = run(fn, tmp_path, name="train.trl-sft")
+    assert result["status"] == "skip" and result["reason"].startswith("needs a GPU")
+    assert result["evidence"] == {"losses": []}
+
+
+def test_bitsandbytes_gpu_path_is_skip_on_cpu_and_fail_on_gpu(tmp_path):
+    def fn(ctx):
+        raise RuntimeError("Could not find the bitsandbytes CUDA binary at "
+                           "/x/libbitsandbytes_cuda128.so")
+    assert run(fn, tmp_path)["status"] == "skip"
+    on_gpu = run_check("kernel.bitsandbytes", fn, make_ctx(tmp_path, device="cuda"), 30.0)
+    assert on_gpu["status"] == "fail"
+
+
+def test_every_catalogue_entry_says_what_it_means():
+    from probes import signatures
+
+    for entry in signatures.load_catalogue():
+        assert entry["means"] in signatures.MEANINGS, entry["id"]
+        if entry["means"] == signatures.HOST:
+            assert entry["infra"] is True, entry["id"]
+        if entry["means"] == signatures.STACK:
+            assert entry["infra"] is False, entry["id"]

@@ -379,6 +379,7 @@ def test_bad_catalogue_names_file_and_entry(tmp_path):
                     "fix": "",
                     "link": "",
                     "infra": False,
+                    "means": "stack",
                 }
             ]
         )
