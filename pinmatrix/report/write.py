@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pinmatrix.fsio import write_json_atomic, write_text_atomic
+from pinmatrix.fsio import strict_json, write_json_atomic, write_text_atomic
 from pinmatrix.report.markdown import render_markdown
 from pinmatrix.report.summary import merge
 
@@ -25,6 +25,10 @@ def write_report(run_dir: Path, previous: Path | None = None,
         from pinmatrix.report.diff import attach_diff
 
         attach_diff(summary, run_dir, Path(previous), history)
+    # strict JSON (a browser's JSON.parse rejects a bare NaN): a NaN or infinity from a result is
+    # written as null, and its place is flagged in `nonfinite`
+    summary, flagged = strict_json(summary)
+    summary["nonfinite"] = flagged
     json_path = write_json_atomic(run_dir / "summary.json", summary)
     md_path = write_text_atomic(run_dir / "summary.md", render_markdown(summary))
     from pinmatrix.report.html import write_html
