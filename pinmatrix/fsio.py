@@ -158,7 +158,7 @@ def read_json(path: Path, limit: int | None = None) -> Any:
 #   opened with O_NOFOLLOW | O_NONBLOCK: a FIFO or a device never blocks the reader, a link is
 #   never followed;
 # - a read is bounded before parsing: at most `limit` bytes (MAX_JSON_BYTES), at most
-#   MAX_JSON_DEPTH levels of nesting; NaN and infinities are refused (strict JSON);
+#   MAX_JSON_DEPTH levels of nesting; what is written is strict JSON (NaN and infinities as null);
 # - a path taken from a record (an outcome's `result`, the cache index) is a relative path inside
 #   its run folder, with no `..`, no absolute part and no link on the way (`confined`);
 # - a name taken from a record (a cell id, a run id) is one plain file name (`plain_name`);
@@ -219,15 +219,12 @@ def _kind(mode: int) -> str:
     return "not a plain file"
 
 
-def _no_constant(name: str) -> Any:
-    raise Refused(f"{name} is not JSON (strict JSON has no NaN or infinity)")
-
-
 def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Strict JSON, at most `max_depth` levels deep; Refused (with json's line and column where it
-    has them) otherwise."""
+    """JSON at most `max_depth` levels deep; Refused (with json's line and column where it has them)
+    otherwise. A NaN or infinity is read as the float it stands for (a probe's loss may really be
+    NaN: that is evidence, not damage); everything written goes out strict (`strict_json`)."""
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text)
     except RecursionError:
         raise Refused(f"nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as exc:
