@@ -26,10 +26,10 @@ def write_report(run_dir: Path, previous: Path | None = None,
 
         attach_diff(summary, run_dir, Path(previous), history)
     # strict JSON (a browser's JSON.parse rejects a bare NaN): a NaN or infinity from a result is
-    # written as null, and its place is flagged in `nonfinite`
-    summary, flagged = strict_json(summary)
-    summary["nonfinite"] = flagged
-    json_path = write_json_atomic(run_dir / "summary.json", summary)
+    # written as null, and its place is flagged in `nonfinite`; the pages show it as it was (nan)
+    strict, summary["nonfinite"] = strict_json(summary)
+    strict["nonfinite"] = summary["nonfinite"]
+    json_path = write_json_atomic(run_dir / "summary.json", strict)
     md_path = write_text_atomic(run_dir / "summary.md", render_markdown(summary))
     from pinmatrix.report.html import write_html
     from pinmatrix.report.junit import write_junit
