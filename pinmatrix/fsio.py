@@ -210,13 +210,21 @@ def read_bytes_bounded(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
+def file_kind(path: Path) -> str:
+    """What `path` is, by lstat ("a symlink", "a FIFO", ...), in words."""
+    try:
+        return _kind(os.lstat(path).st_mode)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+
+
 def _kind(mode: int) -> str:
     for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return name
-    return "not a plain file"
+    return "a regular file" if stat.S_ISREG(mode) else "not a plain file"
 
 
 def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:

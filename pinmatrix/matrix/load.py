@@ -251,6 +251,8 @@ class _Loader:
 
     # -- the file --
     def load(self) -> Matrix:
+        if _flow_deeper_than(self.text, MAX_MATRIX_DEPTH):  # PyYAML's scanner is quadratic in it
+            raise MatrixError(self.path, 1, 1, f"nested deeper than {MAX_MATRIX_DEPTH} levels")
         try:
             documents = list(yaml.compose_all(self.text, Loader=yaml.SafeLoader))
         except RecursionError:  # PyYAML's composer recurses once per level
@@ -723,6 +725,30 @@ def _valid_revision(revision: str) -> bool:
 def _clip(text: str, limit: int = 40) -> str:
     """A value quoted in a message: a 5,000-character one would make the line unreadable."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _flow_deeper_than(text: str, max_depth: int) -> bool:
+    """Flow collections ([..] / {..}) nested deeper than `max_depth`, outside quotes and comments:
+    a cheap look before the parse (which takes seconds on 10,000 levels)."""
+    if text.count("[") + text.count("{") <= max_depth:
+        return False
+    depth, quote, comment = 0, "", False
+    for char in text:
+        if comment:
+            comment = char != "\n"
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#":
+            comment = True
+        elif char in "[{":
+            depth += 1
+            if depth > max_depth:
+                return True
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return False
 
 
 def _node_deeper_than(root: yaml.Node, max_depth: int) -> yaml.Node | None:

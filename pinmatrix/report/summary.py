@@ -17,8 +17,8 @@ from typing import Any, Iterable
 from probes import registry
 
 from pinmatrix.cell import version_key
-from pinmatrix.fsio import (Refused, first_line, inside, load_json, plain_name, real_file,
-                            real_file_under, real_json_files)
+from pinmatrix.fsio import (Refused, file_kind, first_line, inside, load_json, plain_name,
+                            real_file, real_file_under, real_json_files)
 from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.report.exaone import exaone35_section
 from pinmatrix.report.causes import group as group_causes
@@ -55,9 +55,16 @@ class CellRow:
 NOT_FOLLOWED = "not a regular file: a symbolic link in a run folder is never followed"
 
 
+def not_followed(path: Path) -> str:
+    """Why a refused entry of a run folder was not read: a link is never followed, a FIFO or a
+    device never opened (it could block the reader or never end)."""
+    kind = file_kind(path)
+    return NOT_FOLLOWED if kind == "a symlink" else f"not a regular file ({kind}): never opened"
+
+
 def _json_files(folder: Path, damaged: list[Damaged]) -> list[Path]:
     taken, refused = real_json_files(folder)
-    damaged.extend(Damaged(path, NOT_FOLLOWED) for path in refused)
+    damaged.extend(Damaged(path, not_followed(path)) for path in refused)
     return taken
 
 
@@ -76,7 +83,7 @@ def merge(run_dir: Path) -> dict[str, Any]:
             # a run.json that is there but unreadable is said, not taken for an empty run (issue 17)
             damaged.append(Damaged(manifest, "not a readable JSON object"))
     elif os.path.lexists(manifest):
-        damaged.append(Damaged(manifest, NOT_FOLLOWED))
+        damaged.append(Damaged(manifest, not_followed(manifest)))
     run_meta = run_meta if isinstance(run_meta, dict) else {}
     outcomes: dict[str, Outcome] = {}
     for path in _json_files(run_dir / "outcomes", damaged):
