@@ -170,8 +170,19 @@ MAX_COPY_BYTES = 256 * 1024 * 1024     # a log copied along with a reused result
 MAX_NAME_CHARS = 200                   # cell ids of the largest matrix are under 120 characters
 
 
-class Refused(ValueError):
-    """A file or name the trust rule refuses; str() is one line saying why."""
+class Refused(OSError, ValueError):
+    """A file or name the trust rule refuses; str() is one line saying why. Both an OSError (as
+    the read it replaces raised for a missing or unreadable file, with its errno kept) and a
+    ValueError (as a JSON parse raised)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "refused"
+
+    @classmethod
+    def of(cls, why: str, exc: OSError) -> "Refused":
+        refused = cls(why)
+        refused.errno, refused.filename = exc.errno, exc.filename
+        return refused
 
 
 def read_bytes_bounded(path: Path, limit: int) -> bytes:
@@ -181,13 +192,13 @@ def read_bytes_bounded(path: Path, limit: int) -> bytes:
     try:
         mode = os.lstat(path).st_mode
     except OSError as exc:
-        raise Refused(f"unreadable: {exc.strerror}") from None
+        raise Refused.of(f"unreadable: {exc.strerror}", exc) from None
     if not stat.S_ISREG(mode):
         raise Refused(f"not a regular file ({_kind(mode)})")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise Refused(f"unreadable: {exc.strerror}") from None
+        raise Refused.of(f"unreadable: {exc.strerror}", exc) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):  # swapped between the lstat and the open
@@ -204,8 +215,10 @@ def read_bytes_bounded(path: Path, limit: int) -> bytes:
         if size > limit:  # it grew while being read
             raise Refused(f"over the cap of {limit} bytes")
         return b"".join(chunks)
+    except Refused:
+        raise
     except OSError as exc:
-        raise Refused(f"unreadable: {exc.strerror}") from None
+        raise Refused.of(f"unreadable: {exc.strerror}", exc) from None
     finally:
         os.close(fd)
 

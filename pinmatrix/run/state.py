@@ -177,7 +177,11 @@ def _same_request(opts: Any, manifest: dict[str, Any], run_dir: Path, flag: str)
                           "it was then; "
                           f"{opts.matrix_path} differs. Pass the same --matrix (unchanged), or "
                           "start a new run")
-    if list(manifest.get("selection") or []) != list(opts.selectors):
+    if not getattr(opts, "finalize", True):  # a Slurm task selects its one cell of the run
+        unknown = set(opts.selectors) - set(manifest.get("cells") or opts.selectors)
+        if unknown:
+            raise ResumeError(f"{flag} {name}: that run has no cell {sorted(unknown)[0]}")
+    elif list(manifest.get("selection") or []) != list(opts.selectors):
         raise ResumeError(f"{flag} {name}: that run selected "
                           f"{manifest.get('selection') or 'every cell'}, "
                           f"this command selects {list(opts.selectors) or 'every cell'}: pass the "

@@ -67,10 +67,12 @@ def test_matrix_over_a_cap_exits_2_naming_the_file(tmp_path: Path, case: str) ->
     elif case == "many-excludes":
         path.write_text(CI.read_text() + "exclude:\n" + "  - {torch: '9.9'}\n" * 20_001)
     started = time.monotonic()
-    proc = _pinmatrix("list", "--matrix", str(path), timeout=60)
+    proc = _pinmatrix("list", "--matrix", str(path), timeout=180)
     assert proc.returncode == 2, proc.stderr
     assert str(path) in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert time.monotonic() - started < 30
+    # 20,001 rules are parsed before they are counted (under 1 MiB): seconds, on a loaded machine
+    # tens of them; the others stop before parsing
+    assert time.monotonic() - started < (120 if case == "many-excludes" else 30)
 
 
 def test_deep_json_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
