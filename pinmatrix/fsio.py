@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ import tempfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 # Report files are as readable as any file a user writes. Files that may carry an index URL with a
 # token (locks, the resolver's cache) are the owner's alone. The mode is set on the file itself with
@@ -130,22 +131,225 @@ def write_text_atomic(path: Path, text: str, mode: int = PUBLIC_MODE) -> Path:
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = PUBLIC_MODE) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False,
-                                              ensure_ascii=False) + "\n", mode)
+    """Strict JSON: a NaN or infinity is written as null (strict_json; callers that must flag the
+    value list strict_json's paths in the file first)."""
+    return write_text_atomic(path, json.dumps(strict_json(data)[0], indent=2, sort_keys=False,
+                                              ensure_ascii=False, allow_nan=False) + "\n", mode)
 
 
-def copy_atomic(src: Path, dst: Path, mode: int = PUBLIC_MODE) -> Path:
-    """Copy a file so that `dst` is either absent, the old file, or the whole copy."""
-    return write_bytes_atomic(dst, Path(src).read_bytes(), mode)
+def copy_atomic(src: Path, dst: Path, mode: int = PUBLIC_MODE, limit: int | None = None) -> Path:
+    """Copy a regular file (never a link, FIFO or device; at most `limit` bytes, MAX_COPY_BYTES
+    by default) so that `dst` is either absent, the old file, or the whole copy."""
+    return write_bytes_atomic(dst, read_bytes_bounded(src, limit or MAX_COPY_BYTES), mode)
 
 
-def read_json(path: Path) -> Any:
-    """The parsed file, or None when it is missing, unreadable or not JSON (the caller decides what
-    that means)."""
+def read_json(path: Path, limit: int | None = None) -> Any:
+    """The parsed file, or None when it is missing, unreadable, not JSON, or refused by the trust
+    rule below (the caller decides what that means; load_json says why)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return load_json(path, limit)
+    except Refused:
         return None
+
+
+# --- the trust rule: every read and write of a run folder or the reports folder ------------------
+# A run folder may come from another machine, another user or an earlier, damaged run. So:
+# - a file is read only when it is a regular file, by lstat and again by fstat on the descriptor,
+#   opened with O_NOFOLLOW | O_NONBLOCK: a FIFO or a device never blocks the reader, a link is
+#   never followed;
+# - a read is bounded before parsing: at most `limit` bytes (MAX_JSON_BYTES), at most
+#   MAX_JSON_DEPTH levels of nesting; what is written is strict JSON (NaN and infinities as null);
+# - a path taken from a record (an outcome's `result`, the cache index) is a relative path inside
+#   its run folder, with no `..`, no absolute part and no link on the way (`confined`);
+# - a name taken from a record (a cell id, a run id) is one plain file name (`plain_name`);
+# - a write never goes through a link: atomic writes rename over the name (a link is replaced);
+#   appends (`append_line`) replace a link or a special file with a new regular file.
+MAX_JSON_BYTES = 64 * 1024 * 1024      # a probe result with every log tail is under 1 MB
+MAX_JSON_DEPTH = 64                    # a result nests 8 levels deep; outcomes and run.json fewer
+MAX_COPY_BYTES = 256 * 1024 * 1024     # a log copied along with a reused result
+MAX_NAME_CHARS = 200                   # cell ids of the largest matrix are under 120 characters
+
+
+class Refused(OSError, ValueError):
+    """A file or name the trust rule refuses; str() is one line saying why. Both an OSError (as
+    the read it replaces raised for a missing or unreadable file, with its errno kept) and a
+    ValueError (as a JSON parse raised)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "refused"
+
+    @classmethod
+    def of(cls, why: str, exc: OSError) -> "Refused":
+        refused = cls(why)
+        refused.errno, refused.filename = exc.errno, exc.filename
+        return refused
+
+
+def read_bytes_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; Refused otherwise (a link, a FIFO, a
+    device, a folder, a larger file, an unreadable one). Never blocks on a FIFO or a device."""
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        raise Refused.of(f"unreadable: {exc.strerror}", exc) from None
+    if not stat.S_ISREG(mode):
+        raise Refused(f"not a regular file ({_kind(mode)})")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Refused.of(f"unreadable: {exc.strerror}", exc) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # swapped between the lstat and the open
+            raise Refused(f"not a regular file ({_kind(info.st_mode)})")
+        if info.st_size > limit:
+            raise Refused(f"{info.st_size} bytes, over the cap of {limit} bytes")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:  # it grew while being read
+            raise Refused(f"over the cap of {limit} bytes")
+        return b"".join(chunks)
+    except Refused:
+        raise
+    except OSError as exc:
+        raise Refused.of(f"unreadable: {exc.strerror}", exc) from None
+    finally:
+        os.close(fd)
+
+
+def file_kind(path: Path) -> str:
+    """What `path` is, by lstat ("a symlink", "a FIFO", ...), in words."""
+    try:
+        return _kind(os.lstat(path).st_mode)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a regular file" if stat.S_ISREG(mode) else "not a plain file"
+
+
+def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON at most `max_depth` levels deep; Refused (with json's line and column where it has them)
+    otherwise. A NaN or infinity is read as the float it stands for (a probe's loss may really be
+    NaN: that is evidence, not damage); everything written goes out strict (`strict_json`)."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise Refused(f"nested deeper than {max_depth} levels") from None
+    except json.JSONDecodeError as exc:
+        raise Refused(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except UnicodeDecodeError as exc:
+        raise Refused(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    if depth_over(data, max_depth):
+        raise Refused(f"nested deeper than {max_depth} levels")
+    return data
+
+
+def depth_over(data: Any, max_depth: int) -> bool:
+    """True when `data` nests more than `max_depth` lists/objects deep (an iterative walk: a deep
+    value never costs the walker its stack)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, (list, tuple)):
+            children = value
+        else:
+            continue
+        if depth > max_depth:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def load_json(path: Path, limit: int | None = None, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The parsed file under the trust rule; Refused saying why not."""
+    return parse_json(read_bytes_bounded(path, MAX_JSON_BYTES if limit is None else limit),
+                      max_depth)
+
+
+def plain_name(name: Any) -> bool:
+    """One plain file name, as a cell id or run id must be: a non-empty printable string with no
+    separator, not `.`/`..`, not hidden, at most MAX_NAME_CHARS characters."""
+    return (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS and name.isprintable()
+            and "/" not in name and "\\" not in name and not name.startswith("."))
+
+
+def confined(root: Path, relative: Any) -> Path | None:
+    """`root / relative` when `relative` (a path read from a record) is a relative path that stays
+    inside `root` and names a regular file with no link on the way; else None."""
+    if not inside(relative):
+        return None
+    return Path(root) / relative if real_file_under(root, relative) else None
+
+
+def inside(relative: Any) -> bool:
+    """`relative` (a path read from a record) is a relative path with no `..`, `.` or empty part:
+    joined to a folder, it stays inside it (links aside: `confined` checks those)."""
+    return (isinstance(relative, str) and bool(relative) and "\0" not in relative
+            and not relative.startswith("/")
+            and all(part not in ("..", ".", "") for part in relative.split("/")))
+
+
+def real_subdirs(root: Path, names: Iterable[str]) -> None:
+    """Make each `root/name` a real folder: a link (or a file, FIFO, device) in its place is
+    removed first, so that what is written there stays inside `root`."""
+    for name in names:
+        path = Path(root) / name
+        if os.path.lexists(path) and not real_dir(path):
+            path.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+
+
+def append_line(path: Path, line: str, mode: int = PUBLIC_MODE) -> Path:
+    """Append one line to a file, never through a link: a link, FIFO or device in its place is
+    replaced by a new regular file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(path) and not real_file(path):
+        if real_dir(path):
+            raise Refused(f"{path} is a folder")
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                 | os.O_CLOEXEC, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Refused(f"{path} is not a regular file")
+        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
+    return path
+
+
+def strict_json(data: Any, where: str = "") -> tuple[Any, list[str]]:
+    """(data with every NaN or infinity replaced by null, the paths where one was): what strict
+    JSON readers (a browser's JSON.parse) accept, and the list that flags the values replaced."""
+    flagged: list[str] = []
+
+    def clean(value: Any, at: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            flagged.append(f"{at or '/'} = {value}")
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{at}/{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{at}/{i}") for i, v in enumerate(value)]
+        return value
+
+    return clean(data, where), flagged
 
 
 # A run folder or an artifact may come from another machine (issue 17): a symlink in it could point

@@ -3,12 +3,11 @@ result."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from pinmatrix.fsio import write_json_atomic
+from pinmatrix.fsio import load_json, plain_name, write_json_atomic
 
 STAGES = ("resolve", "prepare", "run", "done")
 HOST_STATUSES = (None, "unresolvable", "infra")
@@ -69,7 +68,7 @@ class Outcome:
 def load_outcome(path: Path) -> Outcome | str:
     """The outcome, or a one-line reason why the file could not be read."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = load_json(path)
         if not isinstance(data, dict) or "cell" not in data:
             return f"{path}: not an outcome record"
         wrong = _wrong_types(data)
@@ -84,6 +83,8 @@ def _wrong_types(data: Mapping[str, Any]) -> str | None:
     """Why a parsed outcome's fields have the wrong JSON types, or None."""
     if not isinstance(data.get("cell"), str) or not data["cell"]:
         return "'cell' is not a non-empty string"
+    if not plain_name(data["cell"]):  # a cell id names files: `../x` would lead out of the run
+        return "'cell' is not a cell id (a plain file name)"
     if not isinstance(data.get("pins", {}), dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.get("pins", {}).items()
     ):

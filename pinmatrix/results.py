@@ -15,6 +15,8 @@ from typing import Any
 
 import jsonschema
 
+from pinmatrix.fsio import Refused, load_json
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "probes" / "result.schema.json"
 SCHEMA_VERSION = 1
 
@@ -66,14 +68,10 @@ def validate(data: Any) -> str | None:
 
 def load_result(path: Path, *, reclassify: bool = True) -> CellResult | Damaged:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return Damaged(path, f"unreadable: {exc}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return Damaged(path, f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    try:  # the trust rule of pinmatrix/fsio.py: a regular file, bounded, strict, not too deep
+        data = load_json(path)
+    except Refused as exc:
+        return Damaged(path, str(exc))
     why = validate(data)
     if why is not None:
         return Damaged(path, why)

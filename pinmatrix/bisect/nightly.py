@@ -16,13 +16,13 @@ cell whose pins differ from it in exactly one axis, where the check passed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from pinmatrix.report.diff import render_bisect_lines as render_lines
 from pinmatrix.run.options import RunOptions
+from pinmatrix.fsio import load_json
 
 __all__ = ["DEFAULT_BISECT_BUDGET", "candidates", "bisect_new_breakages", "render_lines"]
 
@@ -75,11 +75,11 @@ def bisect_new_breakages(
     from pinmatrix.bisect.releases import IndexUnreachable
 
     summary_path = Path(run_dir) / "summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary = load_json(summary_path)
     diff = summary.get("diff")
     if not diff or not diff.get("previous_dir"):
         return []
-    before = json.loads((Path(diff["previous_dir"]) / "summary.json").read_text(encoding="utf-8"))
+    before = load_json((Path(diff["previous_dir"]) / "summary.json"))
     records: list[dict[str, Any]] = []
     for item in candidates(summary, before):
         try:

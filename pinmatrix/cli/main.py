@@ -18,6 +18,7 @@ from pinmatrix.errors import (EXIT_BAD_INPUT, EXIT_HARNESS, EXIT_INFRA, EXIT_OK,
                               UsageError)
 from pinmatrix.run.options import (ALL_COMMANDS, OPTIONS, RUNNERS, check_options, options_for,
                                    run_options)
+from pinmatrix.fsio import load_json
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -136,6 +137,13 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pinmatrix.console import escaped_output
+
+    with escaped_output():  # every console line is text, never terminal control
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     import signal
     import threading
 
@@ -294,10 +302,9 @@ def _infra_exit(run_dir: Any) -> int:
 
 def infra_cells(run_dir: Any) -> list[str]:
     """The cells of a finished run whose status is `infra` (summary.json)."""
-    import json
 
     try:
-        data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        data = load_json((run_dir / "summary.json"))
     except (OSError, ValueError):
         return []
     return [c["id"] for c in data.get("cells", []) if c.get("status") == "infra"]
@@ -324,9 +331,8 @@ def _report(args: argparse.Namespace) -> int:
                                           previous=getattr(args, "previous", None),
                                           pins_for=pins_for)
         pins_message = write_pins(run_dir.resolve(), pins_for=pins_for).message
-    import json
 
-    summary = json.loads(json_path.read_text())
+    summary = load_json(json_path)
     for item in summary.get("damaged", []):  # said on the console too, not only in summary.md
         print(f"warning: {item['path']}: {item['why']}", file=sys.stderr)
     print(summary["verdict"])

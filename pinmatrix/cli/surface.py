@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from probes.remote_code_surface import SURFACE_SCHEMA, compare, extract_file
+from pinmatrix.fsio import Refused, read_bytes_bounded
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
@@ -63,6 +64,9 @@ def _files(target: str) -> tuple[list[Path], dict[str, Any]]:
     raise SurfaceInputError(f"{target}: no such file or folder")
 
 
+MAX_SOURCE_BYTES = 16 * 1024 * 1024  # the largest remote-code file seen is 200 KB
+
+
 def surface_document(target: str, package: str | None = None) -> dict[str, Any]:
     files, origin = _files(target)
     out: dict[str, Any] = {
@@ -73,7 +77,14 @@ def surface_document(target: str, package: str | None = None) -> dict[str, Any]:
     }
     for file in files:
         try:
+            # bounded before parsing: a regular file of at most MAX_SOURCE_BYTES (pinmatrix/fsio.py)
+            read_bytes_bounded(Path(file).resolve(), MAX_SOURCE_BYTES)
             extracted = extract_file(file, package=package)
+        except Refused as exc:
+            raise SurfaceInputError(f"{file}: {exc}") from None
+        except (RecursionError, MemoryError):  # ast.parse and the visitor recurse per level
+            raise SurfaceInputError(f"{file}: nested too deeply to read (an expression or "
+                                    "statement thousands of levels deep)") from None
         except SyntaxError as exc:
             raise SurfaceInputError(
                 f"{exc.filename or file}:{exc.lineno}:{(exc.offset or 0)}: {exc.msg}"

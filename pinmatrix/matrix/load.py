@@ -22,6 +22,7 @@ from packaging.version import Version
 from probes import registry as _registry
 from pinmatrix.cell import NONE, Cell, ModelSpec, base_spec
 from pinmatrix.errors import IndexUnreachable, MatrixError
+from pinmatrix.fsio import Refused, read_bytes_bounded
 from pinmatrix.matrix.live import expand_live, is_specifier, valid_specifier
 from pinmatrix.matrix.select import BASE_IMAGE, MAX_VALUE_CHARS, PYTHON, same_value
 from pinmatrix.sources import PackageSources, Release, list_releases, redact
@@ -52,7 +53,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 LIVE_KEYS = ("spec", "latest", "pre", "yanked")
 MAX_THROUGHPUT_CONFIGS = 4   # each one is every speed stack measured again
+# Read caps, checked before parsing (a hostile file costs a clean exit 2, not minutes and GB):
+MAX_MATRIX_BYTES = 1024 * 1024   # the largest matrix here is 9 KB
+MAX_MATRIX_DEPTH = 32            # a matrix nests 4 levels deep (include -> rule -> key -> value)
 MAX_COMBINATIONS = 5000   # a typo'd live axis (`latest: 500`) should fail fast, not fill the memory
+MAX_RULES = 2 * MAX_COMBINATIONS  # include or exclude rules; each is matched against every cell
 # Bounds of every numeric setting (inclusive). A value past them is a typo or a hostile file: a week
 # of timeout, a batch no card holds. The probe's LoRA criterion is checked over the whole
 # lora_steps range (tests/unit/test_checks_training.py).
@@ -122,12 +127,20 @@ def load_matrix(path: str | Path, *, snapshot: dict[str, Any] | None = None,
     (default: `PackageSources.from_env()`), or with `fetch(package) -> [Release]` (tests).
     """
     path = Path(path)
+    if not path.exists():
+        raise MatrixError(path, 1, 1, "file not found")
+    if path.is_dir():
+        raise MatrixError(path, 1, 1, "cannot read the file: Is a directory")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MatrixError(path, 1, 1, "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        # bounded before parsing: a regular file (never /dev/zero or a FIFO) of at most
+        # MAX_MATRIX_BYTES; a link the user named is followed, as any path on the command line
+        raw = read_bytes_bounded(path.resolve(), MAX_MATRIX_BYTES)
+        text = raw.decode("utf-8")
+    except Refused as exc:
         raise MatrixError(path, 1, 1, f"cannot read the file: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise MatrixError(path, *_line_column(raw.decode("utf-8", "replace"), exc.start),
+                          f"cannot read the file: not UTF-8 ({exc.reason})") from None
     return _Loader(path, text, snapshot, sources, fetch).load()
 
 
@@ -238,8 +251,13 @@ class _Loader:
 
     # -- the file --
     def load(self) -> Matrix:
+        if _flow_deeper_than(self.text, MAX_MATRIX_DEPTH):  # PyYAML's scanner is quadratic in it
+            raise MatrixError(self.path, 1, 1, f"nested deeper than {MAX_MATRIX_DEPTH} levels")
         try:
             documents = list(yaml.compose_all(self.text, Loader=yaml.SafeLoader))
+        except RecursionError:  # PyYAML's composer recurses once per level
+            raise MatrixError(self.path, 1, 1, f"nested deeper than {MAX_MATRIX_DEPTH} levels"
+                              ) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             problem = " ".join(str(exc.problem or "").split())
@@ -256,6 +274,10 @@ class _Loader:
         except yaml.YAMLError as exc:
             raise MatrixError(self.path, 1, 1, f"YAML error: {exc}") from None
         documents = [d for d in documents if d is not None]
+        for document in documents:
+            deep = _node_deeper_than(document, MAX_MATRIX_DEPTH)
+            if deep is not None:
+                raise self.error(deep, f"nested deeper than {MAX_MATRIX_DEPTH} levels")
         if not documents:
             raise MatrixError(self.path, 1, 1, "the file is empty; expected a mapping with 'axes:'")
         if len(documents) > 1:
@@ -453,6 +475,9 @@ class _Loader:
         items = self.sequence(node, name)
         if not items:
             raise self.error(node, f"{name}: empty list; remove it or add rules")
+        if len(items) > MAX_RULES:
+            raise self.error(items[MAX_RULES], f"{name}: {len(items)} rules, over the cap of "
+                                               f"{MAX_RULES}")
         rules = []
         for i, item in enumerate(items):
             what = f"{name} #{i + 1}"
@@ -700,6 +725,48 @@ def _valid_revision(revision: str) -> bool:
 def _clip(text: str, limit: int = 40) -> str:
     """A value quoted in a message: a 5,000-character one would make the line unreadable."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _flow_deeper_than(text: str, max_depth: int) -> bool:
+    """Flow collections ([..] / {..}) nested deeper than `max_depth`, outside quotes and comments:
+    a cheap look before the parse (which takes seconds on 10,000 levels)."""
+    if text.count("[") + text.count("{") <= max_depth:
+        return False
+    depth, quote, comment = 0, "", False
+    for char in text:
+        if comment:
+            comment = char != "\n"
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#":
+            comment = True
+        elif char in "[{":
+            depth += 1
+            if depth > max_depth:
+                return True
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return False
+
+
+def _node_deeper_than(root: yaml.Node, max_depth: int) -> yaml.Node | None:
+    """The first node nested deeper than `max_depth`, or None (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(root, 1)]
+    seen: set[int] = set()  # an alias shares its node: each is walked once (no billion laughs)
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return node
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair)
+    return None
 
 
 def _line_column(text: str, position: int) -> tuple[int, int]:

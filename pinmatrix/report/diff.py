@@ -16,13 +16,12 @@ Throughput noise: a change is reported only beyond a threshold. Where the histor
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pinmatrix.errors import PreviousRunError
-from pinmatrix.fsio import write_json_atomic, write_text_atomic
+from pinmatrix.fsio import load_json, write_json_atomic, write_text_atomic
 from pinmatrix.report.history import DEFAULT_REL_THRESHOLD, MIN_SAMPLES, NOISE_K, noise_threshold
 
 WORKING = ("works", "partial")
@@ -109,7 +108,7 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     if (run_dir / "outcomes").is_dir() or (run_dir / "cells").is_dir():
         return merge(run_dir)
     try:
-        data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        data = load_json((run_dir / "summary.json"))
     except (OSError, ValueError) as exc:
         raise PreviousRunError(f"{run_dir / 'summary.json'}: unreadable: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):

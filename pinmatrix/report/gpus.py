@@ -17,12 +17,12 @@ probe times added up (running the same cells one after another).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+from pinmatrix.fsio import load_json
 
 TOLERANCE = 0.05
 
@@ -114,7 +114,7 @@ def render_timeline(data: Mapping[str, Any] | None, width: int = 60) -> list[str
 
 def _summary(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text(encoding="utf-8"))
+    return load_json(path)
 
 
 def _speeds(summary: Mapping[str, Any]) -> dict[tuple[str, str], float]:
@@ -124,7 +124,7 @@ def _speeds(summary: Mapping[str, Any]) -> dict[tuple[str, str], float]:
 def _probe_s(run_dir: Path) -> dict[str, float]:
     out = {}
     for path in sorted((Path(run_dir) / "outcomes").glob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path)
         run_s = (data.get("timings") or {}).get("run_s")
         if isinstance(run_s, (int, float)):
             out[data["cell"]] = float(run_s)
@@ -138,7 +138,7 @@ def _conditions(
     path = Path(run_dir) / "gpu_watch.json"
     if not path.is_file() or gpu is None:
         return {}
-    watch = json.loads(path.read_text(encoding="utf-8"))
+    watch = load_json(path)
     a, b = _t(start), _t(end)
     clocks: list[float] = []
     power: list[float] = []
@@ -178,7 +178,7 @@ def _step_spread(run_dir: Path, cell: str, stack: str) -> dict[str, Any] | None:
     """The timed steps of one throughput figure: median and min..max step time (s), from the cell's
     result."""
     try:
-        data = json.loads((Path(run_dir) / "cells" / f"{cell}.json").read_text(encoding="utf-8"))
+        data = load_json((Path(run_dir) / "cells" / f"{cell}.json"))
     except (OSError, ValueError):
         return None
     for check in data.get("checks") or []:
@@ -236,7 +236,7 @@ def compare(run_dir: Path, alone_dirs: Sequence[Path]) -> dict[str, Any]:
     concurrent = _summary(run_dir)
     outcomes = {}
     for path in sorted((run_dir / "outcomes").glob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path)
         outcomes[data["cell"]] = data
     alone_speed: dict[tuple[str, str], tuple[float, Path]] = {}
     alone_probe: dict[str, tuple[float, Path]] = {}
@@ -247,7 +247,7 @@ def compare(run_dir: Path, alone_dirs: Sequence[Path]) -> dict[str, Any]:
         for cell, s in _probe_s(Path(d)).items():
             alone_probe.setdefault(cell, (s, Path(d)))
         for path in sorted((Path(d) / "outcomes").glob("*.json")):
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = load_json(path)
             alone_outcome.setdefault(data["cell"], {**data, "_dir": str(d)})
     rows = []
     for (cell, stack), tps in sorted(_speeds(concurrent).items()):

@@ -3,26 +3,34 @@ that the diff measures a change against (pinmatrix/report/diff.py)."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from pinmatrix.fsio import Refused, append_line, parse_json, read_bytes_bounded, strict_json
+
 # k in k·stdev: ~99.7% of run-to-run noise stays inside if it is normal
 NOISE_K = 3.0
 MIN_SAMPLES = 3                # fewer repeats give no usable stdev
+MAX_HISTORY_BYTES = 256 * 1024 * 1024  # a nightly line is ~10 KB: decades of nights
 DEFAULT_REL_THRESHOLD = 0.10   # used when no repeated measurement exists: assumed, not measured
 
 
 def read_history(path: Path | None) -> tuple[list[dict[str, Any]], list[str]]:
     """(records, problems): a damaged line is reported and skipped, never fatal."""
-    if path is None or not Path(path).is_file():
+    if path is None or not os.path.lexists(path):
         return [], []
+    try:  # the trust rule (pinmatrix/fsio.py): a regular file, bounded
+        text = read_bytes_bounded(Path(path), MAX_HISTORY_BYTES).decode("utf-8", "replace")
+    except Refused as exc:
+        return [], [f"{path}: {exc}"]
     records, problems = [], []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except ValueError as exc:
             problems.append(f"{path}:{number}: not JSON ({exc})")
             continue
@@ -53,11 +61,9 @@ def history_record(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def append_history(path: Path, record: Mapping[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
-    return path
+    # never through a link: a link (or FIFO) in its place is replaced by a new file (fsio)
+    line = json.dumps(strict_json(record)[0], sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return append_line(Path(path), line)
 
 
 def noise_threshold(history: Iterable[Mapping[str, Any]], cell_hash: str | None, stack: str

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pinmatrix.fsio import write_text_atomic
+from pinmatrix.fsio import confined, write_text_atomic
 from pinmatrix.results import describe_signature, load_result
 from pinmatrix.status import status_of
 
@@ -27,8 +27,16 @@ PIN_COLUMNS = ("python", "torch", "transformers", "unsloth", "peft", "trl", "xfo
                "flash-attn", "flash-attn-4", "liger-kernel", "bitsandbytes")
 
 
+# A value from a result is shown cut at this length: a 500 MB string in a result must not become a
+# 500 MB page (the full value stays in the result file).
+MAX_SHOWN_CHARS = 20_000
+
+
 def e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    text = "" if value is None else str(value)
+    if len(text) > MAX_SHOWN_CHARS:
+        text = f"{text[:MAX_SHOWN_CHARS]}… ({len(text)} characters, cut)"
+    return html.escape(text, quote=True)
 
 
 # --- the chart -----------------------------------------------------------------------------------
@@ -73,7 +81,10 @@ def throughput_chart(speed: list[Mapping[str, Any]]) -> tuple[str | None, str]:
 def _result_data(run_dir: Path, cell: Mapping[str, Any]) -> dict[str, Any] | None:
     if not cell.get("result"):
         return None
-    loaded = load_result(Path(run_dir) / cell["result"])
+    found = confined(Path(run_dir), cell["result"])
+    if found is None:  # a path that leads out of the run folder, or through a link
+        return None
+    loaded = load_result(found)
     return loaded.data if hasattr(loaded, "data") else None
 
 

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Mapping
 
-from pinmatrix.fsio import first_line, write_text_atomic
+from pinmatrix.fsio import confined, first_line, write_text_atomic
 from pinmatrix.results import load_result
 
 # XML 1.0 forbids most control characters; a traceback can carry them (ANSI colours, NULs).
@@ -28,7 +28,10 @@ def _full_checks(run_dir: Path, cell: Mapping[str, Any]) -> dict[str, dict[str, 
     """The result's own check objects (error message, traceback, duration), re-validated."""
     if not cell.get("result"):
         return {}
-    loaded = load_result(Path(run_dir) / cell["result"])
+    found = confined(Path(run_dir), cell["result"])
+    if found is None:  # a path that leads out of the run folder, or through a link
+        return {}
+    loaded = load_result(found)
     return {c["name"]: c for c in loaded.checks} if hasattr(loaded, "checks") else {}
 
 

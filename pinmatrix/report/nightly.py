@@ -7,7 +7,6 @@ cells that are broken (nothing passed before) or a first run with nothing to com
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 import argparse
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from pinmatrix.errors import UsageError
 from pinmatrix.report.diff import PreviousRunError, find_run_dir, previous_run_in
 from pinmatrix.report.history import append_history, history_record, read_history
+from pinmatrix.fsio import load_json
 
 if TYPE_CHECKING:
     from pinmatrix.run.options import RunOptions
@@ -64,7 +64,7 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
     with held(), published_together():
         write_report(run_dir, previous=previous, history=history, pins_for=pins_for)
         write_pins_and_say(run_dir, echo, pins_for)
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    summary = load_json((run_dir / "summary.json"))
     diff = summary.get("diff")
     record = history_record(summary)
     record["previous"] = diff["previous_run"] if diff else None
@@ -140,7 +140,7 @@ def _expected_cells(path: Path | None) -> list[str]:
     if path is None:
         return []
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = load_json(Path(path))
     except (OSError, ValueError) as exc:
         raise UsageError(f"--expected-cells {path}: not readable JSON: {exc}") from None
     cells = data.get("cells") if isinstance(data, dict) else data

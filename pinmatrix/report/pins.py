@@ -38,7 +38,7 @@ from probes import registry
 
 from pinmatrix.cell import LOCK_LINE, normalize_name, version_key
 from pinmatrix.errors import UsageError
-from pinmatrix.fsio import read_json, real_file_under, replace_folder
+from pinmatrix.fsio import confined, read_json, real_file_under, replace_folder
 from pinmatrix.results import describe_signature
 
 PINS_DIR = "pins"
@@ -265,7 +265,8 @@ def collect_cells(run_dir: Path, summary: dict[str, Any]) -> list[Cell]:
         # never through a symlink: a pins file would copy what it points at (fsio.real_file_under)
         lines = (lock_entries((run_dir / lock).read_text(encoding="utf-8"))
                  if real_file_under(run_dir, lock) else [])
-        result = read_json(run_dir / row["result"]) if row.get("result") else None
+        found = confined(run_dir, row.get("result"))
+        result = read_json(found) if found is not None else None
         environment = (result or {}).get("environment") or row.get("environment") or {}
         out.append(Cell(
             cell_id=row["id"], status=row.get("status") or "infra", reason=row.get("reason"),

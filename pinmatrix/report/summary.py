@@ -17,7 +17,8 @@ from typing import Any, Iterable
 from probes import registry
 
 from pinmatrix.cell import version_key
-from pinmatrix.fsio import first_line, read_json, real_file, real_json_files
+from pinmatrix.fsio import (Refused, file_kind, first_line, inside, load_json, plain_name,
+                            real_file, real_file_under, real_json_files)
 from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.report.exaone import exaone35_section
 from pinmatrix.report.causes import group as group_causes
@@ -65,9 +66,16 @@ class CellRow:
 NOT_FOLLOWED = "not a regular file: a symbolic link in a run folder is never followed"
 
 
+def not_followed(path: Path) -> str:
+    """Why a refused entry of a run folder was not read: a link is never followed, a FIFO or a
+    device never opened (it could block the reader or never end)."""
+    kind = file_kind(path)
+    return NOT_FOLLOWED if kind == "a symlink" else f"not a regular file ({kind}): never opened"
+
+
 def _json_files(folder: Path, damaged: list[Damaged]) -> list[Path]:
     taken, refused = real_json_files(folder)
-    damaged.extend(Damaged(path, NOT_FOLLOWED) for path in refused)
+    damaged.extend(Damaged(path, not_followed(path)) for path in refused)
     return taken
 
 
@@ -78,25 +86,38 @@ def merge(run_dir: Path) -> dict[str, Any]:
     manifest = run_dir / "run.json"
     run_meta = None
     if real_file(manifest):
-        run_meta = read_json(manifest)
-        if not isinstance(run_meta, dict):
+        try:
+            run_meta = load_json(manifest)
+        except Refused as exc:
+            damaged.append(Damaged(manifest, str(exc)))
+        if run_meta is not None and not isinstance(run_meta, dict):
             # a run.json that is there but unreadable is said, not taken for an empty run (issue 17)
             damaged.append(Damaged(manifest, "not a readable JSON object"))
     elif os.path.lexists(manifest):
-        damaged.append(Damaged(manifest, NOT_FOLLOWED))
+        damaged.append(Damaged(manifest, not_followed(manifest)))
     run_meta = run_meta if isinstance(run_meta, dict) else {}
     outcomes: dict[str, Outcome] = {}
     for path in _json_files(run_dir / "outcomes", damaged):
         loaded = load_outcome(path)
         if isinstance(loaded, str):
             damaged.append(Damaged(path, loaded))
-        else:
-            outcomes[loaded.cell] = loaded
+            continue
+        for key in ("result", "partial"):  # paths from a record stay inside the run folder
+            value = getattr(loaded, key)
+            if value is not None and not (inside(value) and (
+                    real_file_under(run_dir, value) or not os.path.lexists(run_dir / value))):
+                damaged.append(Damaged(path, f"{key} {value!r} is not a file inside the run "
+                                             "folder (a link, `..` or an absolute path)"))
+                setattr(loaded, key, None)
+        outcomes[loaded.cell] = loaded
     results: dict[str, CellResult] = {}
     for path in _json_files(run_dir / "cells", damaged):
         result = load_result(path)
         if isinstance(result, Damaged):
             damaged.append(result)
+            continue
+        if not plain_name(result.cell_id):  # a cell id names files: `../x` is not one
+            damaged.append(Damaged(path, "cell.id is not a cell id (a plain file name)"))
             continue
         expected = outcomes.get(result.cell_id)
         if expected is not None and expected.hash and result.data["cell"]["hash"] != expected.hash:

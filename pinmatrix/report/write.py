@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pinmatrix.fsio import write_json_atomic, write_text_atomic
+from pinmatrix.fsio import strict_json, write_json_atomic, write_text_atomic
 from pinmatrix.report.markdown import render_markdown
 from pinmatrix.report.summary import merge
 
@@ -25,7 +25,11 @@ def write_report(run_dir: Path, previous: Path | None = None,
         from pinmatrix.report.diff import attach_diff
 
         attach_diff(summary, run_dir, Path(previous), history)
-    json_path = write_json_atomic(run_dir / "summary.json", summary)
+    # strict JSON (a browser's JSON.parse rejects a bare NaN): a NaN or infinity from a result is
+    # written as null, and its place is flagged in `nonfinite`; the pages show it as it was (nan)
+    strict, summary["nonfinite"] = strict_json(summary)
+    strict["nonfinite"] = summary["nonfinite"]
+    json_path = write_json_atomic(run_dir / "summary.json", strict)
     md_path = write_text_atomic(run_dir / "summary.md", render_markdown(summary))
     from pinmatrix.report.html import write_html
     from pinmatrix.report.junit import write_junit

@@ -15,14 +15,14 @@ machine failed, so the next run must try again. A reused result is copied into t
 """
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from pinmatrix.cell import Cell
-from pinmatrix.fsio import copy_atomic, read_json, write_json_atomic
+from pinmatrix.fsio import (confined, copy_atomic, load_json, plain_name, read_json, real_dir,
+                            real_file_under, real_json_files, real_subdirs, write_json_atomic)
 from pinmatrix.results import Damaged, load_result
 
 INDEX_RELPATH = Path(".cache") / "index.json"
@@ -100,8 +100,16 @@ class ResultCache:
         item = raw.get(content_hash) if isinstance(raw, dict) else None
         if not isinstance(item, dict) or not {"run", "cell", "result"} <= set(item):
             return None
-        return CacheEntry(str(item["run"]), str(item["cell"]),
-                          self.reports_dir / str(item["run"]) / str(item["result"]))
+        return self._entry(item["run"], item["cell"], item["result"])
+
+    def _entry(self, run_id: Any, cell_id: Any, result: Any) -> CacheEntry | None:
+        """An entry only under the trust rule (pinmatrix/fsio.py): run and cell ids are plain
+        names, and the result is a regular file inside its run folder, reached through no link."""
+        if not (plain_name(run_id) and plain_name(cell_id)) or not real_dir(self.reports_dir
+                                                                             / run_id):
+            return None
+        path = confined(self.reports_dir / run_id, result)
+        return None if path is None else CacheEntry(run_id, cell_id, path)
 
     def _scan(self) -> dict[str, CacheEntry]:
         """hash -> newest judged entry, from every run folder's outcomes (oldest first, newest
@@ -110,15 +118,15 @@ class ResultCache:
         if not self.reports_dir.is_dir():
             return found
         for run in sorted(
-            p for p in self.reports_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        ):
-            if run.is_symlink():
-                continue  # `latest`
-            for path in sorted((run / "outcomes").glob("*.json")):
+            p for p in self.reports_dir.iterdir() if real_dir(p) and not p.name.startswith(".")
+        ):  # real_dir: not `latest`, nor any other link
+            for path in real_json_files(run / "outcomes")[0]:
                 data = read_json(path)
-                if not isinstance(data, dict) or not _judged(data):
+                if not isinstance(data, dict) or not _judged(data) or path.stem != data["cell"]:
                     continue
-                found[data["hash"]] = CacheEntry(run.name, data["cell"], run / data["result"])
+                entry = self._entry(run.name, data["cell"], data["result"])
+                if entry is not None:
+                    found[data["hash"]] = entry
         return found
 
     @staticmethod
@@ -136,6 +144,7 @@ class ResultCache:
             raw = read_json(self.index_path)
             index = raw if isinstance(raw, dict) else {}
             index[content_hash] = {"run": run_id, "cell": cell_id, "result": result_rel}
+            real_subdirs(self.reports_dir, [INDEX_RELPATH.parent.name])
             write_json_atomic(self.index_path, index)
             if self._scanned is not None:
                 self._scanned[content_hash] = CacheEntry(run_id, cell_id,
@@ -147,7 +156,7 @@ class ResultCache:
         """Copy the cached result into `run_dir/cells/<cell_id>.json`, marked `reused_from`; returns
         the path relative to the run folder. The original run id is kept when a reused result is
         reused again."""
-        data = json.loads(entry.result_path.read_text(encoding="utf-8"))
+        data = load_json(entry.result_path)
         cell = data.setdefault("cell", {})
         cell["reused_from"] = cell.get("reused_from") or entry.run_id
         cell["id"] = cell_id
@@ -157,7 +166,7 @@ class ResultCache:
         # this run.
         for kind in ("run",):
             src = entry.result_path.parent.parent / "logs" / f"{entry.cell_id}.{kind}.log"
-            if src.is_file():
+            if real_file_under(self.reports_dir, src.relative_to(self.reports_dir)):
                 copy_atomic(src, Path(run_dir) / "logs" / f"{cell_id}.{kind}.log")
         return rel
 

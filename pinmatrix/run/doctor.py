@@ -84,6 +84,7 @@ def diagnose(opts: RunOptions, cells: Sequence[Cell], models: Sequence[Any] = ()
         add(_nvidia_runtime(engine, opts))
         add(_gpus(opts))
     add(_uv(opts, diag))
+    add(_cache_folders(opts, diag))
     _pythons(opts, cells, venv, diag)
     add(_index(opts, diag))
     if engine is not None and not venv:
@@ -140,6 +141,34 @@ def _gpus(opts: RunOptions) -> Finding:
         else:
             gpus.append(row)
     return Finding("GPUs", True, "; ".join(gpus))
+
+
+def _cache_folders(opts: RunOptions, diag: Diagnosis) -> Finding:
+    """The folders every cell writes outside the run folder (uv's cache, the venvs, the compile
+    caches; under HOME unless set): an unwritable one would fail every cell, so it blocks here."""
+    from pinmatrix.runners.compile_cache import DEFAULT_ROOT
+    from pinmatrix.runners.venv import DEFAULT_VENV_ROOT
+
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    folders = {"uv's cache": Path(os.environ.get("UV_CACHE_DIR") or Path(xdg) / "uv")}
+    if not opts.no_install:
+        folders["venvs"] = Path(opts.venv_dir or DEFAULT_VENV_ROOT)
+    if opts.compile_cache:
+        folders["compile caches"] = Path(DEFAULT_ROOT)
+    bad = []
+    for what, folder in folders.items():
+        for parent in (folder, *folder.parents):
+            if parent.exists():
+                if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                    bad.append(f"{what} at {folder} ({parent} is not a writable folder)")
+                break
+    if not bad:
+        return Finding("cache folders (HOME)", True,
+                       ", ".join(f"{what} {folder}" for what, folder in folders.items()))
+    remedy = ("make HOME writable, or point the caches elsewhere (UV_CACHE_DIR, --venv-dir, "
+              "PINMATRIX_COMPILE_CACHE_DIR)")
+    diag.blockers.append(f"{'; '.join(bad)}: every cell would fail; {remedy}")
+    return Finding("cache folders (HOME)", False, "; ".join(bad), remedy)
 
 
 def _uv(opts: RunOptions, diag: Diagnosis) -> Finding:

@@ -8,6 +8,8 @@ from pathlib import Path
 import argparse
 import dataclasses
 import math
+import re
+import shutil
 import os
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
@@ -243,6 +245,68 @@ def _folder_to_write(*, mounted: bool) -> Check:
                     _bad(name, value, f"{parent} is not writable")
                 return
     return check
+
+
+# uv's --torch-backend values: auto, cpu, xpu, a CUDA (cu130) or ROCm (rocm6.3) index
+_TORCH_BACKEND = re.compile(r"auto|cpu|xpu|cu\d{2,4}|rocm\d+(?:\.\d+){0,2}")
+
+
+def _torch_backend(name: str, value: str, args: argparse.Namespace) -> None:
+    """Checked before the resolve: uv would refuse it only once every cell is being resolved."""
+    if not _TORCH_BACKEND.fullmatch(str(value)):
+        _bad(name, value, "not a torch backend: auto, cpu, xpu, cuNNN (cu130) or rocmX.Y")
+
+
+def _extra_sites(name: str, value: Sequence[Any], args: argparse.Namespace) -> None:
+    """A condition on an axis no matrix has would apply the site to nothing, silently."""
+    from pinmatrix.matrix.load import KNOWN_AXES
+
+    for site in value:
+        for axis, _, _ in getattr(site, "when", ()):
+            if axis not in KNOWN_AXES:
+                _bad(name, site.path, f"condition on {axis!r}, which is not an axis (one of "
+                                      f"{', '.join(KNOWN_AXES)})")
+
+
+def _venv_pythons(name: str, value: Sequence[str], args: argparse.Namespace) -> None:
+    """Each PATH is an executable file that starts like an interpreter does (an ELF binary, or a
+    script's #!): /etc/passwd is "not a Python interpreter", not a Python version missing."""
+    for item in value:
+        version, sep, path = str(item).partition("=")
+        path = path if sep else item
+        found = shutil.which(path) if os.sep not in path else path
+        if not found or not Path(found).is_file():
+            _bad(name, item, "no such file" if not found or not Path(found).exists()
+                 else "not a Python interpreter (not a file)")
+        if not os.access(found, os.X_OK):
+            _bad(name, item, "not a Python interpreter (not executable)")
+        try:
+            with open(found, "rb") as handle:
+                head = handle.read(4)
+        except OSError as exc:
+            _bad(name, item, f"not readable: {exc.strerror}")
+        if not (head == b"\x7fELF" or head.startswith(b"#!")):
+            _bad(name, item, "not a Python interpreter (neither a program nor a script)")
+
+
+# Folders read from the environment only (no flag stands in for them): checked as their flag's
+# would be, where a command writes there
+_ENV_FOLDERS = ("PINMATRIX_VENV_DIR", "PINMATRIX_COMPILE_CACHE_DIR")
+
+
+def _check_env_folders(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    if args.command not in _BUILDS:
+        return
+    for variable in _ENV_FOLDERS:
+        raw = environ.get(variable)
+        if raw is None:
+            continue
+        if not raw.strip():  # Path("") is the current folder: a venv would be made there
+            _bad(f"${variable}", raw, "set but empty; unset it, or name a folder")
+        if not os.path.isabs(raw):
+            _bad(f"${variable}", raw, "a relative path (cells run in other folders); give an "
+                                      "absolute one")
+        _folder_to_write(mounted=False)(f"${variable}", Path(raw), args)
 
 
 def _folder_to_read(name: str, value: Path, args: argparse.Namespace) -> None:
@@ -520,6 +584,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="NAME",
         forward="value",
         env=_sources_help("torch_backend"),
+        check=_torch_backend,
     ),
     Option(
         "--venv-dir",
@@ -568,6 +633,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="[AXIS=VALUE,...:]DIR",
         to_field=tuple,
         forward="site",
+        check=_extra_sites,
     ),
     Option(
         "--pull",
@@ -588,6 +654,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="[VERSION=]PATH",
         to_field=parse_venv_python,
         forward="value",
+        check=_venv_pythons,
     ),
     Option(
         "--keep-work",
@@ -817,6 +884,7 @@ def check_options(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     for an option left out, on the value of the variable that stands in for it (`Option.env`, the
     one PackageSources.from_env picks), named in the message instead of the flag."""
     environ = os.environ if environ is None else environ
+    _check_env_folders(args, environ)
     for option in options_for(args.command):
         if option.check is None:
             continue
@@ -886,6 +954,8 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         if option.field is not None:
             value = getattr(args, option.dest)
             values[option.field] = option.to_field(value) if option.to_field else value
+    if values.get("venv_dir") is not None:  # cells run in other folders: a relative path moves
+        values["venv_dir"] = Path(values["venv_dir"]).absolute()
     if values.get("build_jobs", 1) < 1:
         raise SchedulerError(f"--build-jobs {args.build_jobs}: must be at least 1")
     if values.get("cpu_jobs", 1) < 1:

@@ -6,7 +6,6 @@ One cell's failure never stops the others: every cell ends with an outcome recor
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import traceback
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import HarnessError
-from pinmatrix.fsio import (on_publish, published_together, utc_now, write_json_atomic,
+from pinmatrix.fsio import (load_json, on_publish, published_together, utc_now, write_json_atomic,
                             write_text_atomic)
 from pinmatrix.outcome import Outcome
 from pinmatrix.probes_source import probes_digest
@@ -86,8 +85,8 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     otherwise; --resume continues an interrupted run in its own folder, keeping the cells it
     finished."""
     from pinmatrix.resolve.uv import resolve
-    from pinmatrix.run.scheduler import Scheduler, detect_gpus, device_tokens
-    from pinmatrix.run.state import finished_cells, open_run_dir
+    from pinmatrix.run.scheduler import detect_gpus, device_tokens
+    from pinmatrix.run.state import open_run_dir
 
     matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
                                snapshot=opts.snapshot,
@@ -109,6 +108,21 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
             opts, new_run_dir(opts.reports_dir, opts.label), matrix, all_cells, kind
         ),
     )
+    try:
+        return _run_in(run_dir, manifest, opts, echo, matrix, cells, kind, engine, tokens, resolve)
+    finally:
+        from pinmatrix.run.state import release_run_folder
+
+        release_run_folder(run_dir)
+
+
+def _run_in(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, echo: Echo,
+            matrix: Any, cells: list[Cell], kind: str, engine: Any, tokens: list[str],
+            resolve: Any) -> RunSummary:
+    """run_matrix's part inside the run folder, while it holds the folder's writer lock."""
+    from pinmatrix.run.scheduler import Scheduler
+    from pinmatrix.run.state import finished_cells
+
     runners = Runners(kind, engine, opts, run_dir, echo)
     summary = RunSummary(run_dir)
     gpu = gpu_model(opts.cpu)
@@ -248,7 +262,7 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
             stop.set(disk_full_reason(exc))
     summary.stopped = stop.reason
     if opts.finalize and (run_dir / "summary.json").is_file():
-        merged = json.loads((run_dir / "summary.json").read_text())
+        merged = load_json((run_dir / "summary.json"))
         summary.verdict = merged["verdict"]
         from pinmatrix.report.causes import console_lines
 

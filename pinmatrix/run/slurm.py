@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pinmatrix.errors import SlurmError
-from pinmatrix.fsio import utc_now, write_json_atomic, write_text_atomic
+from pinmatrix.fsio import load_json, utc_now, write_json_atomic, write_text_atomic
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.run.options import Echo, RunOptions
@@ -233,9 +233,8 @@ def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
         echo(write_pins(run_dir, pins_for=opts.pins_for).message)
         if run_dir.parent == Path(opts.reports_dir).resolve():
             on_publish(lambda: point_latest(opts.reports_dir, run_dir))
-    import json
 
-    echo(json.loads((run_dir / "summary.json").read_text())["verdict"])
+    echo(load_json((run_dir / "summary.json"))["verdict"])
     echo(f"report: {run_dir / 'summary.md'}")
     return run_dir
 

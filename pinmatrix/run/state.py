@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from pinmatrix.errors import ResumeError
-from pinmatrix.fsio import read_json, utc_now, write_json_atomic
+from pinmatrix.fsio import (Refused, confined, load_json, plain_name, read_bytes_bounded,
+                            read_json, real_file, real_json_files, real_subdirs, utc_now,
+                            write_json_atomic)
 
 FINISHED_STAGES = ("done",)
 FINISHED_STATUSES = ("unresolvable",)
@@ -27,16 +29,22 @@ FINISHED_STATUSES = ("unresolvable",)
 
 
 def finished_cells(run_dir: Path) -> set[str]:
+    """The cells whose outcome is a judgement. Outcomes are read under the trust rule
+    (pinmatrix/fsio.py): a link, FIFO, device, oversized or too deep file is skipped, a cell id that
+    is not a plain name is skipped, and a result path must stay inside the run folder; a skipped
+    cell runs again."""
     done: set[str] = set()
-    for path in sorted((Path(run_dir) / "outcomes").glob("*.json")):
+    paths, _refused = real_json_files(Path(run_dir) / "outcomes")
+    for path in paths:
         data = read_json(path)
-        if not isinstance(data, dict) or "cell" not in data:
+        if not isinstance(data, dict) or not plain_name(data.get("cell")):
+            continue
+        if path.stem != data["cell"]:  # an outcome speaks for the cell it is named after
             continue
         if data.get("status") in FINISHED_STATUSES or (
             data.get("stage") in FINISHED_STAGES
             and data.get("status") is None
-            and data.get("result")
-            and (Path(run_dir) / str(data["result"])).is_file()
+            and confined(Path(run_dir), data.get("result")) is not None
         ):
             done.add(str(data["cell"]))
     return done
@@ -69,18 +77,33 @@ def open_run_dir(opts: Any, make_new: Callable[[], dict[str, Any]]) -> tuple[Pat
     """(run folder, its manifest). `make_new()` creates a fresh folder and returns its manifest."""
     if opts.resume is not None:
         run_dir = _resume_target(Path(opts.reports_dir), opts.resume)
-        manifest = read_json(run_dir / "run.json")
+        lock_run_folder(run_dir, opts, "--resume")
+        try:
+            manifest = load_json(run_dir / "run.json")
+        except Refused as exc:
+            raise ResumeError(f"--resume: {run_dir / 'run.json'}: {exc}") from None
         if not isinstance(manifest, dict):
-            raise ResumeError(f"--resume: {run_dir / 'run.json'} is missing or unreadable")
-        _same_request(opts, manifest, run_dir)
+            raise ResumeError(f"--resume: {run_dir / 'run.json'} is not a run manifest")
+        _same_request(opts, manifest, run_dir, "--resume")
         manifest.setdefault("resumed", []).append(utc_now())
         manifest.pop("complete", None)
+        real_subdirs(run_dir, RUN_SUBDIRS)
         return run_dir, manifest
     if opts.run_dir is not None:
         run_dir = Path(opts.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        existing = read_json(run_dir / "run.json")
-        if isinstance(existing, dict):
+        lock_run_folder(run_dir, opts, "--run-dir")
+        real_subdirs(run_dir, RUN_SUBDIRS)
+        if os.path.lexists(run_dir / "run.json"):
+            try:
+                existing = load_json(run_dir / "run.json")
+            except Refused as exc:
+                raise ResumeError(f"--run-dir {run_dir}: {run_dir / 'run.json'}: {exc}") from None
+            if not isinstance(existing, dict):
+                raise ResumeError(f"--run-dir {run_dir}: {run_dir / 'run.json'} is not a run "
+                                  "manifest")
+            # a folder made for another matrix, selection or runner would hand its results over
+            _same_request(opts, existing, run_dir, "--run-dir")
             return run_dir, existing
         manifest = make_new()
         # make_new() made a fresh folder under reports/; a shared folder replaces it
@@ -93,27 +116,80 @@ def open_run_dir(opts: Any, make_new: Callable[[], dict[str, Any]]) -> tuple[Pat
         _create_once(run_dir / "run.json", manifest)
         return run_dir, read_json(run_dir / "run.json") or manifest
     manifest = make_new()
-    return Path(opts.reports_dir) / manifest["run_id"], manifest
+    run_dir = Path(opts.reports_dir) / manifest["run_id"]
+    lock_run_folder(run_dir, opts, "matrix")
+    return run_dir, manifest
 
 
-def _same_request(opts: Any, manifest: dict[str, Any], run_dir: Path) -> None:
-    """A resume runs the same matrix and selection, or it would mix two runs in one folder."""
+# Folders a run writes into: made real folders when a run folder is opened, so that a link planted
+# in a resumed or shared folder is replaced, never written through (pinmatrix/fsio.py).
+RUN_SUBDIRS = ("outcomes", "cells", "logs", "locks", "partial", "work")
+WRITER_LOCK = ".writer.lock"
+_held_locks: dict[str, int] = {}
+
+
+def lock_run_folder(run_dir: Path, opts: Any, flag: str) -> None:
+    """One writer per run folder: an exclusive flock on `<run>/.writer.lock`, held until the
+    process ends. Shards and Slurm tasks of one run write disjoint cells into one shared folder, so
+    they take it shared; a second whole-run writer (two `--resume` of one run) is refused while any
+    other writer holds it. The kernel drops the lock when its holder dies, even by SIGKILL."""
+    import fcntl
+
+    shared = getattr(opts, "shard", None) is not None or not getattr(opts, "finalize", True)
+    path = Path(run_dir) / WRITER_LOCK
+    key = str(Path(run_dir).resolve())
+    if key in _held_locks:
+        return
+    if os.path.lexists(path) and not real_file(path):
+        path.unlink()  # a link or FIFO planted in its place: never opened
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                 0o600)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ResumeError(f"{flag}: {run_dir} is being written by another pinmatrix process "
+                          f"(it holds {path}); wait for it to end, or start a new run") from None
+    _held_locks[key] = fd
+
+
+def release_run_folder(run_dir: Path) -> None:
+    fd = _held_locks.pop(str(Path(run_dir).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _same_request(opts: Any, manifest: dict[str, Any], run_dir: Path, flag: str) -> None:
+    """A resumed or shared run folder runs the same matrix, selection and runner settings, or it
+    would mix two runs in one folder (and hand one matrix's results to another)."""
     import hashlib
 
+    from pinmatrix.matrix.load import MAX_MATRIX_BYTES
+
+    name = run_dir.name if flag == "--resume" else str(run_dir)
     try:
-        sha = hashlib.sha256(Path(opts.matrix_path).read_bytes()).hexdigest()
-    except OSError as exc:
-        raise ResumeError(f"--resume: cannot read {opts.matrix_path}: {exc}") from None
+        sha = hashlib.sha256(read_bytes_bounded(Path(opts.matrix_path), MAX_MATRIX_BYTES)
+                             ).hexdigest()
+    except Refused as exc:
+        raise ResumeError(f"{flag}: cannot read {opts.matrix_path}: {exc}") from None
     if manifest.get("matrix_sha256") and manifest["matrix_sha256"] != sha:
-        raise ResumeError(f"--resume {run_dir.name}: that run was for {manifest.get('matrix')} as "
+        raise ResumeError(f"{flag} {name}: that run was for {manifest.get('matrix')} as "
                           "it was then; "
                           f"{opts.matrix_path} differs. Pass the same --matrix (unchanged), or "
                           "start a new run")
-    if list(manifest.get("selection") or []) != list(opts.selectors):
-        raise ResumeError(f"--resume {run_dir.name}: that run selected "
+    if not getattr(opts, "finalize", True):  # a Slurm task selects its one cell of the run
+        unknown = set(opts.selectors) - set(manifest.get("cells") or opts.selectors)
+        if unknown:
+            raise ResumeError(f"{flag} {name}: that run has no cell {sorted(unknown)[0]}")
+    elif list(manifest.get("selection") or []) != list(opts.selectors):
+        raise ResumeError(f"{flag} {name}: that run selected "
                           f"{manifest.get('selection') or 'every cell'}, "
                           f"this command selects {list(opts.selectors) or 'every cell'}: pass the "
                           "same selectors")
+    device = "cpu" if getattr(opts, "cpu", False) else "auto"
+    if manifest.get("device") not in (None, device):
+        raise ResumeError(f"{flag} {name}: that run was made with device {manifest['device']}, "
+                          f"this command asks for {device}: pass the same --cpu setting")
 
 
 def resume_folder(reports_dir: Path, which: str, name: str = "--resume") -> Path:

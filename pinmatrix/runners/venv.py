@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from pinmatrix.runners.interpreters import (
     uv_could_not_get_python,
 )
 from pinmatrix.errors import InfraError
+from pinmatrix.fsio import read_json, write_text_atomic
 from pinmatrix.runners import compile_cache
 from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
 from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
@@ -368,6 +370,9 @@ class VenvRunner:
             str(work),
         ]
         log_path = out_dir / RUN_LOG_NAME
+        # a probe of this cell left running by a harness that was SIGKILLed (its own session kept
+        # it alive) would share this work folder with the new one: it is ended first
+        end_orphan_probe(out_dir)
         with open(log_path, "w", encoding="utf-8") as log:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
@@ -379,6 +384,7 @@ class VenvRunner:
                 cwd=str(out_dir),
                 start_new_session=True,
             )
+            record_probe(out_dir, proc.pid)
             try:
                 code = interrupt.wait(proc, timeout_s)
             except subprocess.TimeoutExpired:
@@ -393,6 +399,7 @@ class VenvRunner:
                 _kill_group(proc)
                 return RunOutcome(None, f"{interrupt.reason()}; the probe was killed",
                                   interrupt.signature(), _read_tail(log_path))
+        (out_dir / PROBE_PID_NAME).unlink(missing_ok=True)
         log_tail = _read_tail(log_path)
         if not result.is_file():
             return RunOutcome(
@@ -424,29 +431,36 @@ class VenvRunner:
         }
         env.update(PYTHONPYCACHEPREFIX=str(pycache), PYTHONNOUSERSITE="1")
         started = time.monotonic()
-        try:
-            proc = subprocess.run(
-                [str(python), "-c", BYTECODE_SCRIPT, json.dumps(roots)],
-                capture_output=True,
-                text=True,
-                timeout=INSTALL_TIMEOUT_S,
-                env=env,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            return {"compiled": False, "error": str(exc)[-500:]}
+        # Its own session, waited for in slices (interrupt.wait): a terminal's Ctrl-C reaches the
+        # harness only, never compileall's worker pool (a pool whose workers take the
+        # KeyboardInterrupt can deadlock its parent); the harness then ends the whole group.
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
+            try:
+                proc = subprocess.Popen(
+                    [str(python), "-c", BYTECODE_SCRIPT, json.dumps(roots)],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                    env=env, start_new_session=True)
+            except OSError as exc:
+                return {"compiled": False, "error": str(exc)[-500:]}
+            try:
+                code = interrupt.wait(proc, INSTALL_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                return {"compiled": False, "error": f"timeout after {INSTALL_TIMEOUT_S}s"}
+            if code is None:  # interrupted: killed, not waited for; no marker, nothing kept
+                _kill_group(proc)
+                return {"compiled": False, "error": interrupt.reason()}
+            out.seek(0)
+            output = out.read()
         seconds = round(time.monotonic() - started, 1)
-        if proc.returncode != 0:
-            return {
-                "compiled": False,
-                "error": (proc.stderr or proc.stdout)[-500:],
-                "seconds": seconds,
-            }
-        summary = {
-            "compiled": True,
-            "seconds": seconds,
-            **json.loads(proc.stdout.strip().splitlines()[-1]),
-        }
-        marker.write_text(json.dumps(summary))
+        if code != 0:
+            return {"compiled": False, "error": output[-500:], "seconds": seconds}
+        try:
+            counts = json.loads(output.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"compiled": False, "error": output[-500:], "seconds": seconds}
+        summary = {"compiled": True, "seconds": seconds, **counts}
+        write_text_atomic(marker, json.dumps(summary))
         return summary
 
     def compile_env(self, prepared: Prepared, work: Path) -> dict[str, str]:
@@ -515,6 +529,53 @@ for top in sorted(tops):
         ok = compileall.compile_file(top, quiet=2) and ok
 print(json.dumps({"distributions": len(seen), "top_level": len(tops), "all_compiled": bool(ok)}))
 """
+
+
+PROBE_PID_NAME = "probe.pid"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22), or None when
+    it is gone or a zombie: with the pid, it names one process even after pids wrap."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat_line[stat_line.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def record_probe(out_dir: Path, pid: int) -> None:
+    """Note the running probe (the leader of its own session) beside its work folder."""
+    write_text_atomic(Path(out_dir) / PROBE_PID_NAME,
+                      json.dumps({"pid": pid, "start": _start_ticks(pid)}), mode=0o600)
+
+
+def end_orphan_probe(out_dir: Path, grace_s: float = 10.0) -> str | None:
+    """End the probe a killed harness left running in `out_dir` (its whole process group: SIGTERM,
+    then SIGKILL after `grace_s`), and wait until it is gone. The pid file names the process by pid
+    and start time, so a pid reused by another process is never signalled. The run folder's writer
+    lock (pinmatrix/run/state.py) means no live harness owns that probe. Returns what was done."""
+    path = Path(out_dir) / PROBE_PID_NAME
+    data = read_json(path, limit=4096)
+    if not isinstance(data, dict):
+        return None
+    pid, start = data.get("pid"), data.get("start")
+    done = None
+    if isinstance(pid, int) and pid > 1 and start is not None and _start_ticks(pid) == start:
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, grace_s)):
+            try:
+                os.killpg(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                break
+            deadline = time.monotonic() + wait_s
+            while _start_ticks(pid) == start and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _start_ticks(pid) != start:
+                break
+        done = f"ended the orphaned probe {pid} of an earlier, killed harness"
+    path.unlink(missing_ok=True)
+    return done
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
