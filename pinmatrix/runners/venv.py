@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pinmatrix import interrupt
+from pinmatrix.activity import doing
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.runners.interpreters import (
     missing_python_message,
@@ -124,7 +125,10 @@ class VenvRunner:
         venv.parent.mkdir(parents=True, exist_ok=True)
         log_path = self.venv_root / f"{cell.id}-{key[:12]}.build.log"
         log: list[str] = [f"# {note}" for note in self.notes]
-        self._create(venv, lock.python, log)
+        timings: dict[str, float] = {}
+        with doing(f"uv venv (Python {lock.python})" if self.uv else "python -m venv") as step:
+            self._create(venv, lock.python, log)
+        timings["venv_s"] = step.seconds
         lock_dir = venv / "pinmatrix-lock"
         lock_dir.mkdir()
         (lock_dir / "torch.lock").write_text(lock.torch_lock)
@@ -139,12 +143,20 @@ class VenvRunner:
             (site / "pinmatrix-extra-site.pth").write_text(
                 "".join(f"import site; site.addsitedir({str(p)!r})\n" for p in sites))
         if not self.no_install:
-            for name in ("torch.lock", "requirements.lock"):
+            for name, what, timing in (
+                    ("torch.lock", f"torch {cell.pins.get('torch')} and its layer",
+                     "install_torch_s"),
+                    ("requirements.lock", "the rest of the stack", "install_stack_s")):
                 if (lock_dir / name).read_text().strip():
-                    self._install(python, lock_dir / name, cell.pins.get("torch"), log)
+                    installer = "uv pip" if self.uv else "pip"
+                    with doing(f"{installer} install {name}: downloads and installs {what}"
+                               ) as step:
+                        self._install(python, lock_dir / name, cell.pins.get("torch"), log)
+                    timings[timing] = step.seconds
         marker.write_text(json.dumps({"key": key, "cell": cell.id, "created": time.time()}))
         log_path.write_text("\n".join(log) + "\n")
-        return self._prepared(cell, venv, python, key, reused=False, log=log_path)
+        return self._prepared(cell, venv, python, key, reused=False, log=log_path,
+                              timings=timings)
 
     def _inherited_sites(self, log: list[str], python_version: str) -> list[Path]:
         """With --system-site-packages from an interpreter that is itself a venv (a GPU image's
@@ -179,11 +191,16 @@ class VenvRunner:
         return sites
 
     def _prepared(
-        self, cell: Cell, venv: Path, python: Path, venv_key: str, *, reused: bool, log: Path | None
+        self, cell: Cell, venv: Path, python: Path, venv_key: str, *, reused: bool,
+        log: Path | None, timings: dict[str, float] | None = None
     ) -> Prepared:
         # the venv folder's suffix: the stack's compile-cache folder has the same name
         key = venv_key[:12]
-        bytecode = self._compile_bytecode(cell, python, key)
+        timings = dict(timings or {})
+        with doing("compiling the stack's bytecode") as step:
+            bytecode = self._compile_bytecode(cell, python, key)
+        if bytecode and bytecode.get("compiled") is True:
+            timings["bytecode_s"] = step.seconds
         return Prepared(
             runner=self.name,
             cell_id=cell.id,
@@ -197,6 +214,7 @@ class VenvRunner:
                 "notes": list(self.notes),
                 "no_install": self.no_install,
                 "system_site_packages": self.system_site_packages,
+                "timings": timings,
             },
         )
 
@@ -368,7 +386,8 @@ class VenvRunner:
             str(work),
         ]
         log_path = out_dir / RUN_LOG_NAME
-        with open(log_path, "w", encoding="utf-8") as log:
+        with open(log_path, "w", encoding="utf-8") as log, \
+                doing("running the probe's checks", log=log_path):
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
             proc = subprocess.Popen(
