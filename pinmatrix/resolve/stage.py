@@ -124,7 +124,7 @@ def format_table(cells: Sequence[Cell], stage: StageResult) -> str:
     lines += [f"{cid:<{width_id}}  {status:<{width_status}}  {detail}" for cid, status,
               detail in rows]
     counts = stage.manifest()
-    lines.append(f"{len(rows)} cells: {counts['resolved']} resolved, {counts['unresolvable']} "
-                 "unresolvable, "
-                 f"{counts['infra']} infra; {stage.wall_s:.1f} s wall, {stage.workers} in parallel")
+    lines.append(f"{len(rows)} cell{'s' if len(rows) != 1 else ''}: {counts['resolved']} "
+                 f"resolved, {counts['unresolvable']} unresolvable, {counts['infra']} infra; "
+                 f"{stage.wall_s:.1f} s wall, {stage.workers} in parallel")
     return "\n".join(lines)

@@ -197,10 +197,7 @@ class VenvRunner:
         # the venv folder's suffix: the stack's compile-cache folder has the same name
         key = venv_key[:12]
         timings = dict(timings or {})
-        with doing("compiling the stack's bytecode") as step:
-            bytecode = self._compile_bytecode(cell, python, key)
-        if bytecode and bytecode.get("compiled") is True:
-            timings["bytecode_s"] = step.seconds
+        bytecode = self._bytecode(key)
         return Prepared(
             runner=self.name,
             cell_id=cell.id,
@@ -422,51 +419,21 @@ class VenvRunner:
             return RunOutcome(result, drift_reason(drift), DRIFT_SIGNATURE, log_tail)
         return RunOutcome(result, None, None, log_tail)
 
-    def _compile_bytecode(self, cell: Cell, python: Path, key: str) -> dict[str, Any] | None:
-        """Compile the stack's bytecode into the stack's pycache folder once, at prepare time, as
-        the Docker image does at build time: the cell's packages and everything they require.
+    def _bytecode(self, key: str) -> dict[str, Any] | None:
+        """Where the stack's bytecode goes: compiled on first import, by the probe, into the
+        stack's pycache folder (PYTHONPYCACHEPREFIX, compile_env), which outlives the run.
 
-        A probe otherwise compiles every module it imports from source at each start wherever the
-        site is read-only or PYTHONDONTWRITEBYTECODE is set, as on the lent H100 (28 s of imports
-        for the device stack). A failure here only costs that time, so it is noted, never raised."""
+        Nothing is compiled at prepare time. Compiling every module of the stack there (the
+        transitive requirements of the cell's packages: all of torch, all of transformers' model
+        families) took 221 s per cell on this 2-core host under load (load average 15) and
+        about 3.5 min of the default matrix's 8 cells on CPU, for modules no probe imports. The
+        probe compiles only what it imports, once per stack: PYTHONDONTWRITEBYTECODE is dropped
+        for it, so a read-only site (a GPU image's venv, set up with that variable) still gets
+        its bytecode written here, and every later run of the stack reads it."""
         if self.compile_cache_root is None:
             return None
         pycache = compile_cache.host_folder(Path(self.compile_cache_root), key) / "pycache"
-        marker = pycache / ".pinmatrix-bytecode.json"
-        if marker.is_file():
-            return {"compiled": "earlier", "marker": str(marker)}
-        roots = cell.packages()
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")
-        }
-        env.update(PYTHONPYCACHEPREFIX=str(pycache), PYTHONNOUSERSITE="1")
-        started = time.monotonic()
-        try:
-            proc = subprocess.run(
-                [str(python), "-c", BYTECODE_SCRIPT, json.dumps(roots)],
-                capture_output=True,
-                text=True,
-                timeout=INSTALL_TIMEOUT_S,
-                env=env,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            return {"compiled": False, "error": str(exc)[-500:]}
-        seconds = round(time.monotonic() - started, 1)
-        if proc.returncode != 0:
-            return {
-                "compiled": False,
-                "error": (proc.stderr or proc.stdout)[-500:],
-                "seconds": seconds,
-            }
-        summary = {
-            "compiled": True,
-            "seconds": seconds,
-            **json.loads(proc.stdout.strip().splitlines()[-1]),
-        }
-        marker.write_text(json.dumps(summary))
-        return summary
+        return {"compiled": "on first import", "pycache": str(pycache)}
 
     def compile_env(self, prepared: Prepared, work: Path) -> dict[str, str]:
         """Where the probe's compilers keep their work: the stack's folder (it outlives the run), or
@@ -500,40 +467,6 @@ class VenvRunner:
         )
         # pinmatrix.runners.drift: the comparison both runners share
         return lock_drift(locked, packages, pins)
-
-
-# Run by the cell's interpreter: compile the distributions named on the command line (JSON list) and
-# everything they require, transitively, into sys.pycache_prefix. Prints one JSON line of counts.
-BYTECODE_SCRIPT = r"""
-import compileall, importlib.metadata as md, json, os, re, sys
-todo, seen, tops = list(json.loads(sys.argv[1])), set(), set()
-while todo:
-    name = todo.pop()
-    key = re.sub(r"[-_.]+", "-", name).lower()
-    if key in seen:
-        continue
-    seen.add(key)
-    try:
-        dist = md.distribution(name)
-    except md.PackageNotFoundError:
-        continue
-    for req in dist.requires or []:
-        if re.search(r"extra\s*==", req):
-            continue
-        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
-        if m:
-            todo.append(m.group(1))
-    for f in dist.files or []:
-        if f.suffix == ".py" and ".." not in f.parts:
-            tops.add(str(dist.locate_file(f.parts[0])))
-ok = True
-for top in sorted(tops):
-    if os.path.isdir(top):
-        ok = compileall.compile_dir(top, quiet=2, workers=0) and ok
-    elif os.path.isfile(top):
-        ok = compileall.compile_file(top, quiet=2) and ok
-print(json.dumps({"distributions": len(seen), "top_level": len(tops), "all_compiled": bool(ok)}))
-"""
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

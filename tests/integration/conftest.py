@@ -15,6 +15,16 @@ from pinmatrix.runners.engine import Engine, engine_message, find_engine
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every integration test in one pytest-xdist group (`--dist loadgroup`, noxfile.py): they run
+    one after another on one worker, in file order, so a module's fixtures are built once and the
+    session's once per run, while the unit tests run on the other workers."""
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.path).startswith(here + os.sep):
+            item.add_marker(pytest.mark.xdist_group("integration"))
+
+
 def unavailable(reason: str) -> None:
     if os.environ.get("PINMATRIX_REQUIRE_DOCKER") == "1":
         pytest.fail(f"PINMATRIX_REQUIRE_DOCKER=1 but {reason}")
