@@ -15,6 +15,7 @@ from pinmatrix.runners.engine import Engine, engine_message, find_engine
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every integration test in one pytest-xdist group (`--dist loadgroup`, noxfile.py): they run
     one after another on one worker, in file order, so a module's fixtures are built once and the
