@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if str(item.path).startswith(here + os.sep):
             item.add_marker(pytest.mark.xdist_group("integration"))
+
+
+@pytest.fixture(scope="session")
+def venvs_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One venv folder for the runs that need a stack installed but not a fresh build of it. The
+    venv runner keys each venv by its lock (pinmatrix/runners/venv.py), so the first run that needs
+    torch 2.13.0+cpu with transformers 4.57.6 builds it and every later module reuses it: built once
+    per test run (the integration tests run one after another, on one worker). The tests of the
+    build itself (a build log, the venv step timings, an interrupt mid-install) keep their own."""
+    return tmp_path_factory.mktemp("venvs-once")
 
 
 def unavailable(reason: str) -> None:
