@@ -212,13 +212,14 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     # a harness bug: record it, keep going, exit 1
     def on_error(cell: Cell, exc: BaseException) -> Outcome:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        summary.harness_errors.append(f"{cell.id}: {exc!r}")
+        said = f"{type(exc).__name__}: {exc}"  # words, not the exception's repr
+        summary.harness_errors.append(f"{cell.id}: {said}")
         outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=kind,
-                          stage="run", status="infra", reason=f"harness error: {exc!r}",
+                          stage="run", status="infra", reason=f"harness error: {said}",
                           signature="harness-error")
         outcome.write(run_dir)
         write_text_atomic(run_dir / "logs" / f"{cell.id}.harness.log", tb)
-        progress.log(f"{cell.id}: run: infra (harness error: {_short(repr(exc))})")
+        progress.log(f"{cell.id}: run: infra (harness error: {_short(said)})")
         return outcome
 
     try:
