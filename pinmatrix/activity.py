@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ POLL_S = 0.5
 _MAX_LISTED = 3      # steps named in one heartbeat line; the rest are counted
 
 _local = threading.local()
+# a line that is a Python or JSON value: a dict, a list, a tuple
+_RAW = re.compile(r"^[{(]|^\[\s*[\[{('\"\d\]-]")
 _steps: dict[int, Step] = {}
 _steps_lock = threading.Lock()
 _ids = itertools.count()
@@ -37,6 +40,7 @@ class Step:
     what: str                 # "uv pip install torch.lock (torch 2.11.0)"
     started: float
     log: Path | None = None   # a file the step writes to; its last line shows what it is at
+    marker: str = ""          # only the log's lines that start with this (the probe's own words)
     seconds: float = 0.0      # set when the step ends
 
 
@@ -52,9 +56,9 @@ def acting_for(who: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def doing(what: str, log: Path | None = None) -> Iterator[Step]:
+def doing(what: str, log: Path | None = None, marker: str = "") -> Iterator[Step]:
     """Register a long step for the heartbeat; the yielded Step has `.seconds` once it ends."""
-    step = Step(getattr(_local, "who", ""), what, time.monotonic(), log)
+    step = Step(getattr(_local, "who", ""), what, time.monotonic(), log, marker)
     key = next(_ids)
     with _steps_lock:
         _steps[key] = step
@@ -71,8 +75,10 @@ def under_way() -> list[Step]:
         return sorted(_steps.values(), key=lambda s: s.started)
 
 
-def last_line(path: Path | None, limit: int = 120) -> str:
-    """The last non-empty line of a log file, clipped (the tail only is read)."""
+def last_line(path: Path | None, limit: int = 120, marker: str = "") -> str:
+    """The last non-empty line of a log file (with `marker`: the last that starts with it),
+    clipped; the tail only is read. A line that is a Python value (a trainer's `{'loss': …}`) is
+    never shown: the console speaks in words."""
     if path is None:
         return ""
     try:
@@ -85,7 +91,7 @@ def last_line(path: Path | None, limit: int = 120) -> str:
         return ""
     # docker's BuildKit and uv redraw lines with \r: the last redraw is the line that shows
     lines = [ln.rsplit("\r", 1)[-1].strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln]
+    lines = [ln for ln in lines if ln and ln.startswith(marker) and not _RAW.match(ln)]
     if not lines:
         return ""
     line = " ".join(lines[-1].split())
@@ -106,7 +112,7 @@ def describe(steps: list[Step], now: float, quiet_s: float) -> str:
     for what, same in list(groups.items())[:_MAX_LISTED]:
         oldest = same[0]
         if len(same) == 1:
-            tail = last_line(oldest.log)
+            tail = last_line(oldest.log, marker=oldest.marker)
             parts.append(f"{oldest.who + ': ' if oldest.who else ''}{what}, "
                          f"{now - oldest.started:.0f} s" + (f" (last: {tail})" if tail else ""))
         else:

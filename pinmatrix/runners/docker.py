@@ -436,7 +436,8 @@ class DockerRunner:
                 return self._engine_failure("container could not be created", made.stderr, log_path)
             timed_out = interrupted = False
             with open(log_path, "w", encoding="utf-8", errors="replace") as log, \
-                    doing("running the probe's checks in the container", log=log_path):
+                    doing("running the probe's checks in the container", log=log_path,
+                          marker="[probe"):
                 attached = subprocess.Popen(self.engine.cmd("start", "--attach", name),
                                             stdout=log, stderr=subprocess.STDOUT)
                 try:

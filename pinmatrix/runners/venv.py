@@ -384,7 +384,7 @@ class VenvRunner:
         ]
         log_path = out_dir / RUN_LOG_NAME
         with open(log_path, "w", encoding="utf-8") as log, \
-                doing("running the probe's checks", log=log_path):
+                doing("running the probe's checks", log=log_path, marker="[probe"):
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
             proc = subprocess.Popen(

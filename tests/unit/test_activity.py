@@ -102,3 +102,15 @@ def test_the_resolve_stage_speaks_in_words() -> None:
     assert cell_line("a", lock, 12.3, 1, 2) == "resolve [1/2] a: resolved, 2 packages, in 12 s"
     assert cell_line("b", stage.results["b"], 5, 2, 2).startswith(
         "resolve [2/2] b: unresolvable, Because x depends on y")
+
+
+def test_a_log_line_that_is_a_python_value_is_never_shown(tmp_path: Path) -> None:
+    """The probe's log holds the trainer's own prints (`{'loss': 5.51, ...}`): the heartbeat shows
+    the probe's last line in words instead (found in a cold run of the default matrix)."""
+    log = tmp_path / "run.log"
+    log.write_text("[probe] train.hf-trainer: pass (11.58s)\n"
+                   "{'loss': 5.5144, 'learning_rate': 1e-4}\n['a', 'b']\n")
+    assert last_line(log) == "[probe] train.hf-trainer: pass (11.58s)"
+    log.write_text("[probe] imports: pass (3.1s)\nnoise from a library\n")
+    assert last_line(log, marker="[probe") == "[probe] imports: pass (3.1s)"
+    assert last_line(log) == "noise from a library"
