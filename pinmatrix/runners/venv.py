@@ -197,7 +197,10 @@ class VenvRunner:
         # the venv folder's suffix: the stack's compile-cache folder has the same name
         key = venv_key[:12]
         timings = dict(timings or {})
-        bytecode = self._bytecode(key)
+        with doing("compiling the bytecode of what the probe imports") as step:
+            bytecode = self._bytecode(cell, python, key)
+        if bytecode and bytecode.get("compiled") is True:
+            timings["bytecode_s"] = step.seconds
         return Prepared(
             runner=self.name,
             cell_id=cell.id,
@@ -419,21 +422,56 @@ class VenvRunner:
             return RunOutcome(result, drift_reason(drift), DRIFT_SIGNATURE, log_tail)
         return RunOutcome(result, None, None, log_tail)
 
-    def _bytecode(self, key: str) -> dict[str, Any] | None:
-        """Where the stack's bytecode goes: compiled on first import, by the probe, into the
-        stack's pycache folder (PYTHONPYCACHEPREFIX, compile_env), which outlives the run.
+    def _bytecode(self, cell: Cell, python: Path, key: str) -> dict[str, Any] | None:
+        """Compile, once per stack, the bytecode of what the probe imports at its start (the
+        cell's stack packages, probes/environment.py STACK, unsloth aside), by importing them in
+        the cell's interpreter with the stack's pycache folder as PYTHONPYCACHEPREFIX; whatever
+        the probe imports later is compiled there on first import.
 
-        Nothing is compiled at prepare time. Compiling every module of the stack there (the
-        transitive requirements of the cell's packages: all of torch, all of transformers' model
-        families) took 221 s per cell on this 2-core host under load (load average 15) and
-        about 3.5 min of the default matrix's 8 cells on CPU, for modules no probe imports. The
-        probe compiles only what it imports, once per stack: PYTHONDONTWRITEBYTECODE is dropped
-        for it, so a read-only site (a GPU image's venv, set up with that variable) still gets
-        its bytecode written here, and every later run of the stack reads it."""
+        Measured on the default matrix's CPU route, cold, on this 2-core host under load (load
+        average 15 to 22): compiling every module of the stack at prepare time (the transitive
+        requirements of the cell's packages, compileall: all of torch, every model family of
+        transformers) took 221 s and 382 s per cell; compiling nothing here moved the compile into
+        the probe, whose imports check went from 30 s to 84 s, on the cells' one-at-a-time probe
+        path. Importing here compiles only what the probe needs, in the build slot, which runs
+        beside the previous cell's probe. A read-only site (a GPU image's venv, which sets
+        PYTHONDONTWRITEBYTECODE) gets its bytecode written here too. A failed import only costs
+        the probe that compile: it is the probe's to report, never raised here."""
         if self.compile_cache_root is None:
             return None
-        pycache = compile_cache.host_folder(Path(self.compile_cache_root), key) / "pycache"
-        return {"compiled": "on first import", "pycache": str(pycache)}
+        folder = compile_cache.host_folder(Path(self.compile_cache_root), key)
+        pycache = folder / "pycache"
+        marker = pycache / ".pinmatrix-bytecode.json"
+        if marker.is_file():
+            return {"compiled": "earlier", "marker": str(marker)}
+        from probes.environment import STACK
+
+        modules = [module for package, module in STACK.items()
+                   if cell.pins.get(package, "none") != "none" and not package.startswith("unsloth")
+                   ] or ["torch"]
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV")}
+        # no hub traffic, and no GPU (the scheduler hands those out to probes); the compilers'
+        # folders stay untouched, so the probe's first run still finds them cold, as it is
+        env.update(PYTHONPYCACHEPREFIX=str(pycache), PYTHONNOUSERSITE="1",
+                   CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                   HF_HUB_DISABLE_TELEMETRY="1")
+        started = time.monotonic()
+        try:
+            proc = subprocess.run([str(python), "-c", IMPORT_SCRIPT, json.dumps(modules)],
+                                  capture_output=True, text=True, timeout=600, env=env)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return {"compiled": False, "error": str(exc)[-500:]}
+        seconds = round(time.monotonic() - started, 1)
+        try:
+            failed = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"compiled": False, "error": (proc.stderr or proc.stdout)[-500:],
+                    "seconds": seconds}
+        summary = {"compiled": True, "seconds": seconds, "modules": modules, "failed": failed}
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(summary))
+        return summary
 
     def compile_env(self, prepared: Prepared, work: Path) -> dict[str, str]:
         """Where the probe's compilers keep their work: the stack's folder (it outlives the run), or
@@ -467,6 +505,20 @@ class VenvRunner:
         )
         # pinmatrix.runners.drift: the comparison both runners share
         return lock_drift(locked, packages, pins)
+
+
+# Run by the cell's interpreter: import each module named on the command line (JSON list), so that
+# Python writes their bytecode under PYTHONPYCACHEPREFIX. Prints the JSON list of those that failed.
+IMPORT_SCRIPT = r"""
+import importlib, json, sys
+failed = []
+for name in json.loads(sys.argv[1]):
+    try:
+        importlib.import_module(name)
+    except BaseException as exc:  # a broken stack is the probe's to report
+        failed.append(f"{name}: {type(exc).__name__}")
+print(json.dumps(failed))
+"""
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -93,7 +93,8 @@ def test_run_folder_layout(first_run):
         assert outcome["result"] == f"cells/{cell}.json" and len(outcome["hash"]) == 64
         # the stage times, and the venv's own steps (pinmatrix/runners/venv.py) for `nox -s bench`
         assert set(outcome["timings"]) == {"resolve_s", "prepare_s", "run_s", "venv_s",
-                                           "install_torch_s", "install_stack_s"}, outcome
+                                           "install_torch_s", "install_stack_s",
+                                           "bytecode_s"}, outcome
         assert (run / "locks" / cell / "torch.lock").is_file() and (
             run / "locks" / cell / "requirements.lock"
         ).is_file()
