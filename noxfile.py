@@ -12,8 +12,8 @@ nox -s resolve -- [selectors]   locks only; prints the resolvable/unresolvable t
 nox -s bisect -- PACKAGE GOOD..BAD [--check CHECK] [--signature SIG] [selectors]
                                 the first bad release, each step a real cell
 nox -s bench -- [selectors]     resolve timings (cold, warm, whole stage), then the scale numbers
-                                (cells/hour, unchanged rerun, rebuild, scheduler overhead)
-                                -> reports/bench/
+                                (cells/hour, unchanged rerun, rebuild, scheduler overhead), then
+                                the CPU route cold by stage -> reports/bench/
 nox -s matrix -- --on slurm     one Slurm job array, one cell per task (pinmatrix/run/slurm.py)
 nox -s lint                     ruff and mypy (CI runs it before the tests)
 nox -s tests -- [pytest args]
@@ -200,6 +200,12 @@ def bench(session: nox.Session) -> None:
     # Release bisect (issue 12): a first and a warm bisect of transformers 4.57.6..5.17.0 on one CPU
     # check -> reports/bench/bisect-<UTC>.json.
     session.run("python", str(ROOT / "tools" / "bench_bisect.py"))
+    # The CPU route cold, by stage (installs, probes) -> reports/bench/route-<UTC>.json.
+    # The longest of the four (the default matrix, every cache empty): PINMATRIX_BENCH_ROUTE=0
+    # skips it; PINMATRIX_BENCH_ROUTE_ARGS passes arguments (e.g. --venv-python 3.12=PATH).
+    if os.environ.get("PINMATRIX_BENCH_ROUTE", "1") != "0":
+        session.run("python", str(ROOT / "tools" / "bench_route.py"), "--matrix", str(MATRIX),
+                    *os.environ.get("PINMATRIX_BENCH_ROUTE_ARGS", "").split())
 
 
 @nox.session(python=PYTHON)
@@ -218,7 +224,14 @@ def tests(session: nox.Session) -> None:
     # The probe unit tests run the real CPU stack (torch, transformers, peft) in this session's
     # venv.
     session.install(*_find_links_args(), "-r", str(ROOT / "tests" / "probe-stack.txt"))
-    session.run("pytest", "tests/unit", "tests/integration", "-ra", *session.posargs)
+    # One pytest run on every core (pytest-xdist): the unit tests spread over the workers while
+    # the integration tests run one after another on a single worker (tests/integration/
+    # conftest.py puts them in one xdist group), as they share the Docker engine, the uv cache and
+    # the fixtures built once per run (base image, venvs, the wheelhouse). The slowest 20 tests are
+    # listed at the end, so a slow CI names its cause.
+    # (integration first: the group is then the first work handed out, not the last)
+    session.run("pytest", "tests/integration", "tests/unit", "-n", "auto", "--dist", "loadgroup",
+                "--durations=20", "-ra", *session.posargs)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,9 @@ class ModelSpec:
     repo: str            # hub repo id, used only where a hub cache exists
     revision: str        # pinned revision
     kind: str            # "remote-code" | "native"
+    # why the revision is a branch, not a commit (matrix.yaml `unpinned:`); not part of the cell's
+    # identity (to_json), the report says it
+    unpinned: str = field(default="", compare=False)
 
     def to_json(self) -> dict[str, str]:
         return {"name": self.name, "repo": self.repo, "revision": self.revision, "kind": self.kind}

@@ -78,7 +78,9 @@ def main(argv: Sequence[str]) -> int:
                 if plan.driver_left_out else ""))
         missing_tools = [t for t in host_base.DOCKERFILE_TOOLS if t not in plan.tools]
         if missing_tools:
-            _say(f"warning: not on this host, so not in the image: {' '.join(missing_tools)}")
+            _say(f"warning: not on this host, so not in the image: {' '.join(missing_tools)}; "
+                 "the Dockerfile steps that call them will fail: install them on this host "
+                 "(the package that provides each) and run base-image again")
         if args.dry_run:
             print(json.dumps({"dry_run": True, "files": len(files), "bytes": plan.total_bytes,
                               "labels": plan.labels(), "tools": plan.tools,

@@ -580,10 +580,10 @@ class _Loader:
             what = f"model {name!r}"
             fields: dict[str, str] = {}
             for k, v in self.mapping(spec, what):
-                if k.value not in ("repo", "revision", "kind"):
+                if k.value not in ("repo", "revision", "kind", "unpinned"):
                     raise self.error(k,
                                      f"{what}: unknown key {k.value!r}; expected repo, revision, "
-                                     "kind")
+                                     "kind, unpinned")
                 fields[k.value] = self.string(v, f"{what}: {k.value}")
                 if k.value == "repo" and not _valid_repo(fields["repo"]):
                     raise self.error(v,
@@ -599,7 +599,16 @@ class _Loader:
             for required in ("repo", "revision", "kind"):
                 if required not in fields:
                     raise self.error(spec, f"{what}: missing {required}:")
-            models.append(ModelSpec(name, fields["repo"], fields["revision"], fields["kind"]))
+            # `unpinned: <why>` says, once in the matrix, why a branch stands where a commit
+            # should: the run then does not warn about it, the report states the reason
+            if "unpinned" in fields:
+                node_of = {k.value: v for k, v in self.mapping(spec, what)}
+                if _COMMIT_RE.match(fields["revision"]):
+                    raise self.error(node_of["unpinned"],
+                                     f"{what}: unpinned: given, but revision "
+                                     f"{fields['revision']!r} is a commit; drop unpinned:")
+            models.append(ModelSpec(name, fields["repo"], fields["revision"], fields["kind"],
+                                    unpinned=fields.get("unpinned", "").strip()))
         return tuple(models)
 
     def checks(self, section) -> tuple[str, ...]:

@@ -472,7 +472,7 @@ def write_pins_and_say(run_dir: Path, echo: Any, pins_for: Sequence[str | Purpos
     try:
         echo(write_pins(run_dir, pins_for=pins_for).message)
     except Exception as exc:  # noqa: BLE001 - said, and the report stands
-        echo(f"pins: not written ({exc!r})")
+        echo(f"pins: not written ({type(exc).__name__}: {exc})")
 
 
 def write_pins(run_dir: Path, *, now: datetime | None = None,

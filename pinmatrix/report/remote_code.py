@@ -53,15 +53,31 @@ def is_pinned(revision: str | None) -> bool:
 
 def unpinned_warnings(models: Iterable[ModelSpec]) -> list[str]:
     """One line per matrix model whose revision is not a commit (ModelSpec or
-    {"name","repo","revision"})."""
+    {"name","repo","revision"}), with its remedy. A model whose matrix entry says why it cannot be
+    pinned (`unpinned:`) gets none: the reason was given once, and the report repeats it; a warning
+    on every run that the user cannot act on teaches them to skip warnings."""
     out = []
     for model in models:
         get = model.get if isinstance(model, Mapping) else lambda k, m=model: getattr(m, k, None)
-        if not is_pinned(get("revision")):
-            out.append(f"model {get('name')} ({get('repo')}) is at revision {get('revision')!r}, a "
-                       "moving ref: "
-                       "pin a 40-hex commit in matrix.yaml so the remote code it runs cannot "
-                       "change unseen")
+        if not is_pinned(get("revision")) and not get("unpinned"):
+            out.append(f"model {get('name')} ({get('repo')}) is at revision {get('revision')}, a "
+                       "branch that can move: pin a 40-hex commit in matrix.yaml so the remote "
+                       "code it runs cannot change unseen (where no commit can be known, say why "
+                       "under the model's `unpinned:` key)")
+    return out
+
+
+def unpinned_reasons(run_dir: Path) -> dict[tuple[str, str], str]:
+    """(repo, revision) -> the matrix's `unpinned:` reason, from run.json's `models`."""
+    from pinmatrix.fsio import read_json
+
+    manifest = read_json(Path(run_dir) / "run.json")
+    models = manifest.get("models") if isinstance(manifest, Mapping) else None
+    out: dict[tuple[str, str], str] = {}
+    for model in models if isinstance(models, list) else []:
+        if isinstance(model, Mapping) and isinstance(model.get("unpinned"), str) \
+                and model["unpinned"]:
+            out[(str(model.get("repo")), str(model.get("revision")))] = model["unpinned"]
     return out
 
 
@@ -141,10 +157,12 @@ def report_section(run_dir: Path) -> dict[str, Any]:
     hashes."""
     files = _run_files(Path(run_dir))
     revisions = sorted({(f.repo, f.revision) for f in files if f.source != "fixture"})
+    reasons = unpinned_reasons(Path(run_dir))
     return {
         "files": [asdict(f) for f in files],
-        "unpinned": [{"repo": repo, "revision": rev} for repo,
-                     rev in revisions if not is_pinned(rev)],
+        "unpinned": [{"repo": repo, "revision": rev,
+                      **({"why": reasons[(repo, rev)]} if (repo, rev) in reasons else {})}
+                     for repo, rev in revisions if not is_pinned(rev)],
         "changed": hash_changes(Path(run_dir)),
     }
 
@@ -171,6 +189,10 @@ def render_markdown(section: Mapping[str, Any]) -> list[str]:
                    f"`{c['file']}` ({c['source']}) is `{c['sha256'][:12]}` in `{c['cell']}`, but "
                    f"{where}")
     for u in unpinned:
+        if u.get("why"):  # the matrix says why no commit can be pinned: say it, once
+            out.append(f"- revision `{u['revision']}` of `{u['repo']}` is not a commit: "
+                       f"{u['why']}")
+            continue
         out.append(f"- revision `{u['revision']}` of `{u['repo']}` is not a commit: its remote "
                    "code can change "
                    f"unseen; pin a 40-hex commit in matrix.yaml")

@@ -8,8 +8,9 @@ unresolvable cell is known, with uv's words, before the first image build; `nox 
 from __future__ import annotations
 
 import re
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,17 +43,44 @@ class StageResult:
             counts[status_of(outcome)] += 1
         return {"wall_s": round(self.wall_s, 2), "workers": self.workers, **counts}
 
+    def summary(self) -> str:
+        """The stage in words: `resolve: 8 resolved, 1 unresolvable, in 83 s (8 workers)`."""
+        counts = self.manifest()
+        said = [f"{counts[k]} {k}" for k in ("resolved", "unresolvable", "infra")
+                if counts[k] or k == "resolved"]
+        workers = f"{self.workers} worker{'s' if self.workers != 1 else ''}"
+        return f"resolve: {', '.join(said)}, in {self.wall_s:.0f} s ({workers})"
+
 
 def resolve_stage(cells: Sequence[Cell], sources: PackageSources | None, locks_root: Path, *,
-                  workers: int | None = None,
+                  workers: int | None = None, echo: Callable[[str], None] | None = None,
                   **options: Any) -> StageResult:
     """Resolve `cells` in parallel; locks go to locks_root/<cell id>/. One cell's infra error never
-    stops the rest."""
+    stops the rest. With `echo`, each cell is said as it resolves, with its time (`cell_line`)."""
     workers = workers or min(8, max(1, len(cells)))
     started = time.monotonic()
-    results = resolve_many(list(cells), sources, locks_root, workers=workers,
+    done = 0
+    done_lock = threading.Lock()
+
+    def said(cell: Cell, outcome: Resolved, seconds: float) -> None:
+        nonlocal done
+        with done_lock:
+            done += 1
+            if echo is not None:
+                echo(cell_line(cell.id, outcome, seconds, done, len(cells)))
+
+    if cells and echo is not None:
+        echo(f"resolve: {len(cells)} cell{'s' if len(cells) != 1 else ''} with uv pip compile, "
+             f"{workers} at once")
+    results = resolve_many(list(cells), sources, locks_root, workers=workers, on_done=said,
                            **options) if cells else {}
     return StageResult(results, time.monotonic() - started, workers)
+
+
+def cell_line(cell_id: str, outcome: Resolved, seconds: float, done: int, total: int) -> str:
+    """`resolve [3/9] <cell>: resolved, 187 packages, in 12 s`."""
+    return (f"resolve [{done}/{total}] {cell_id}: {status_of(outcome)}, {detail_of(outcome)}, "
+            f"in {seconds:.0f} s")
 
 
 def status_of(outcome: Resolved) -> str:
@@ -96,7 +124,7 @@ def format_table(cells: Sequence[Cell], stage: StageResult) -> str:
     lines += [f"{cid:<{width_id}}  {status:<{width_status}}  {detail}" for cid, status,
               detail in rows]
     counts = stage.manifest()
-    lines.append(f"{len(rows)} cells: {counts['resolved']} resolved, {counts['unresolvable']} "
-                 "unresolvable, "
-                 f"{counts['infra']} infra; {stage.wall_s:.1f} s wall, {stage.workers} in parallel")
+    lines.append(f"{len(rows)} cell{'s' if len(rows) != 1 else ''}: {counts['resolved']} "
+                 f"resolved, {counts['unresolvable']} unresolvable, {counts['infra']} infra; "
+                 f"{stage.wall_s:.1f} s wall, {stage.workers} in parallel")
     return "\n".join(lines)

@@ -20,13 +20,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pinmatrix.cell import (NONE, PROVIDED_PREFIX, Cell, Lock, Unresolvable, normalize_name,
                             parse_lock)
 from pinmatrix.errors import PinmatrixError, ResolveInfraError
 from pinmatrix.fsio import PRIVATE_MODE, write_text_atomic
 from pinmatrix.interrupt import map_in_threads
+from pinmatrix.activity import acting_for, doing
 from pinmatrix.sources import PackageSources
 
 TARGET_PLATFORM = "x86_64-manylinux_2_28"
@@ -75,23 +76,30 @@ def resolve_many(
     out_root: str | Path,
     *,
     workers: int | None = None,
+    on_done: Callable[[Cell, Lock | Unresolvable | ResolveInfraError, float], None] | None = None,
     **options,
 ) -> dict[str, Lock | Unresolvable | ResolveInfraError]:
     """Resolve cells in parallel (uv waits on the network, not the CPU); locks go to
     out_root/<cell-id>/.
 
     Returns cell id -> Lock, Unresolvable, or the ResolveInfraError that cell met (the others still
-    finish).
+    finish). `on_done(cell, outcome, seconds)` is called from the worker as each cell finishes.
     """
     resolver = _Resolver(sources if sources is not None else PackageSources.from_env(), **options)
     out_root = Path(out_root)
     results: dict[str, Lock | Unresolvable | ResolveInfraError] = {}
 
     def one(cell: Cell):
-        try:
-            return cell.id, resolver.resolve(cell, out_root / cell.id)
-        except ResolveInfraError as exc:
-            return cell.id, exc
+        started = time.monotonic()
+        outcome: Lock | Unresolvable | ResolveInfraError
+        with acting_for(cell.id):
+            try:
+                outcome = resolver.resolve(cell, out_root / cell.id)
+            except ResolveInfraError as exc:
+                outcome = exc
+        if on_done is not None:  # each cell said as it resolves, not all at the end
+            on_done(cell, outcome, time.monotonic() - started)
+        return cell.id, outcome
 
     # threads that leave the main thread able to take a Ctrl-C (pinmatrix/interrupt.py)
     for cell_id, outcome in map_in_threads(one, cells, workers or min(8, max(1, len(cells))),
@@ -245,7 +253,11 @@ class _Resolver:
             cached = self.cache_get(key)
             if cached is not None:
                 return cached
-            compiled = self.run_uv(requirements, constraints, python, torch_pin, extra)
+            # torch alone (the first of a cell's two steps) or the whole stack
+            what = ("uv pip compile torch" if len(requirements) == 1 and not constraints
+                    else "uv pip compile the whole stack")
+            with doing(f"{what} (Python {python})"):
+                compiled = self.run_uv(requirements, constraints, python, torch_pin, extra)
             self.cache_put(key, compiled)
             return compiled
 

@@ -58,6 +58,9 @@ def run_manifest(opts: RunOptions, run_dir: Path, matrix: Any, cells: list[Cell]
         "snapshot": jsonable(getattr(matrix, "snapshot", None) or {}),
         "selection": list(opts.selectors),
         "cells": [c.id for c in cells],
+        # with each one's `unpinned:` reason, which the report's remote-code section states
+        "models": [{**m.to_json(), "unpinned": m.unpinned}
+                   for m in getattr(matrix, "models", ()) or ()],
         "runner": runner,
         "device": "cpu" if opts.cpu else "auto",
         "timeout_s": opts.timeout_s,

@@ -82,6 +82,10 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
         _write_log(run_dir, cell.id, "build", exc.log_tail)
         return _finish(outcome, run_dir, "infra", exc.reason, exc.signature, "prepare_s", started)
     outcome.timings["prepare_s"] = round(time.monotonic() - started, 2)
+    # the runner's own steps (downloads and installs, bytecode, image build), for `nox -s bench`
+    steps = {k: float(v) for k, v in ((prepared.details or {}).get("timings") or {}).items()}
+    outcome.timings.update(steps)
+    ctx.say(prepare_line(prepared.reused, outcome.timings["prepare_s"], steps))
     build_log = (prepared.details or {}).get("build_log")
     kept_log = run_dir / "logs" / f"{cell.id}.build.log"
     if build_log and Path(build_log).is_file() and Path(build_log).resolve() != kept_log.resolve():
@@ -106,6 +110,8 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     run = runner.run(prepared, spec_path, work, "" if opts.cpu else device,
                      cell_timeout(cell, opts))
     outcome.timings["run_s"] = round(time.monotonic() - started, 2)
+    ctx.say(f"probe ran in {outcome.timings['run_s']:.0f} s"
+            + (f" ({_short(run.infra_reason)})" if run.infra_reason else ""))
     outcome.gpu_access = dict(run.details.get("gpu_access") or {}) or None
     if (work / RUN_LOG_NAME).is_file():
         _ensure_logs(run_dir)
@@ -166,6 +172,9 @@ class SoloContext:
     def stage(self, state: str, note: str = "") -> None:
         pass
 
+    def say(self, message: str) -> None:
+        pass
+
     @contextlib.contextmanager
     def build(self, key: str) -> Iterator[None]:
         yield
@@ -179,6 +188,24 @@ class SoloContext:
 
     def release_device(self) -> None:
         pass
+
+
+# the runners' step timings, as the prepare line names them
+STEP_WORDS = {"venv_s": "venv", "install_torch_s": "torch layer", "install_stack_s": "the rest",
+              "bytecode_s": "bytecode", "build_s": "image build", "pull_s": "pull"}
+
+
+def prepare_line(reused: bool, seconds: float, steps: dict[str, float]) -> str:
+    """`prepared in 83 s (venv 1 s, torch layer 40 s, the rest 30 s, bytecode 12 s)`."""
+    if reused:
+        return f"prepared in {seconds:.0f} s (reused: built earlier with the same lock)"
+    parts = [f"{STEP_WORDS.get(k, k.removesuffix('_s'))} {v:.0f} s" for k, v in steps.items()]
+    return f"prepared in {seconds:.0f} s" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _short(text: str, limit: int = 120) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit] + "…"
 
 
 def _finish(outcome: Outcome, run_dir: Path, status: str, reason: str, signature: str | None,

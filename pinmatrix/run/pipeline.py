@@ -149,17 +149,26 @@ def _run_in(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, echo: Ech
         )
         + (f" (devices: {devices})" if len(tokens) > 1 else "")
     )
+    from pinmatrix.activity import Heartbeat, acting_for
     from pinmatrix.run.progress import Progress
 
     progress = Progress(len(todo), live=opts.live_progress, echo=echo)
+    # no stage is silent for long: a line naming what is under way whenever nothing else was said
+    heartbeat = Heartbeat(progress.log)
+    progress.on_log = heartbeat.touch
+    heartbeat.start()
     resolve_fn = choose_resolver(opts, resolve)
     # every cell resolved up front, in parallel (pinmatrix.resolve.stage)
     if resolve_fn is resolve and todo:
         from pinmatrix.resolve.stage import resolve_stage
 
-        stage = resolve_stage(todo, opts.sources, run_dir / "locks")
+        try:
+            stage = resolve_stage(todo, opts.sources, run_dir / "locks", echo=progress.log)
+        except BaseException:
+            heartbeat.stop()
+            raise
         manifest["resolve_stage"] = stage.manifest()
-        echo(f"resolve: {stage.manifest()}")
+        progress.log(stage.summary())
         resolve_fn = stage.lookup
 
     stop = _StopSignal()
@@ -170,9 +179,10 @@ def _run_in(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, echo: Ech
         if stop.reason:  # the engine is gone or the reports disk is full: start nothing more
             return stop.skipped(cell, kind, run_dir)
         try:
-            outcome = run_cell(cell, run_dir, runners.for_cell(cell), opts, gpu=gpu, digest=digest,
-                               resolve_fn=resolve_fn, ctx=ctx, cache=cache,
-                               force=forced is None or cell.id in forced)
+            with acting_for(cell.id):
+                outcome = run_cell(cell, run_dir, runners.for_cell(cell), opts, gpu=gpu,
+                                   digest=digest, resolve_fn=resolve_fn, ctx=ctx, cache=cache,
+                                   force=forced is None or cell.id in forced)
         except OSError as exc:
             if not disk_full(exc):
                 raise
@@ -216,13 +226,14 @@ def _run_in(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, echo: Ech
     # a harness bug: record it, keep going, exit 1
     def on_error(cell: Cell, exc: BaseException) -> Outcome:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        summary.harness_errors.append(f"{cell.id}: {exc!r}")
+        said = f"{type(exc).__name__}: {exc}"  # words, not the exception's repr
+        summary.harness_errors.append(f"{cell.id}: {said}")
         outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=kind,
-                          stage="run", status="infra", reason=f"harness error: {exc!r}",
+                          stage="run", status="infra", reason=f"harness error: {said}",
                           signature="harness-error")
         outcome.write(run_dir)
         write_text_atomic(run_dir / "logs" / f"{cell.id}.harness.log", tb)
-        progress.log(f"{cell.id}: run: infra (harness error: {_short(repr(exc))})")
+        progress.log(f"{cell.id}: run: infra (harness error: {_short(said)})")
         return outcome
 
     try:
@@ -235,6 +246,7 @@ def _run_in(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, echo: Ech
         if opts.shard is None and opts.finalize:  # one shard or one Slurm task is not the whole run
             manifest["complete"] = True  # read by --resume: a run without it was interrupted
     finally:
+        heartbeat.stop()
         progress.close()
         manifest["finished"] = utc_now()
         if stop.reason:  # no "complete": --resume picks this run up and retries what did not finish
@@ -294,7 +306,10 @@ def resolve_only(opts: RunOptions, echo: Echo = print) -> Path:
                 "axes": jsonable(getattr(matrix, "axes", None)),
                 "snapshot": jsonable(getattr(matrix, "snapshot", None) or {})}
     write_json_atomic(run_dir / "run.json", manifest)
-    stage = resolve_stage(cells, opts.sources, run_dir / "locks")
+    from pinmatrix.activity import Heartbeat
+
+    with Heartbeat(echo) as heartbeat:
+        stage = resolve_stage(cells, opts.sources, run_dir / "locks", echo=heartbeat.echo)
     for cell in cells:
         resolved = stage.results[cell.id]
         if isinstance(resolved, Unresolvable):

@@ -24,6 +24,7 @@ class Progress:
         self._state: dict[str, str] = {}
         self._lock = threading.RLock()  # line() re-enters it from _redraw()
         self._line_shown = False
+        self.on_log: Callable[[], None] | None = None  # told of every log line (the heartbeat)
 
     def counts(self) -> Counter[str]:
         with self._lock:
@@ -56,6 +57,8 @@ class Progress:
             else:
                 self.stream.write(message + "\n")
             self.stream.flush()
+        if self.on_log is not None:
+            self.on_log()
         if self.live:
             self._redraw()
 

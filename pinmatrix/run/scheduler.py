@@ -146,6 +146,11 @@ class CellContext:
         if self.progress is not None:
             self.progress.set(self.cell_id, state, note)
 
+    def say(self, message: str) -> None:
+        """A line about this cell (a stage finished, with its time)."""
+        if self.progress is not None:
+            self.progress.log(f"{self.cell_id}: {message}")
+
     @contextmanager
     def build(self, key: str) -> Iterator[None]:
         with self.gate.build(key):

@@ -6,8 +6,11 @@ TorchInductor and Triton compile on the first model load or training step of a p
 result on disk. The docker runner starts every probe in a fresh container (HOME=/tmp, read-only
 root) and the venv runner in a fresh work folder, so without a folder that outlives the run every
 run would pay the whole compile again. The venv runner also keeps the stack's Python bytecode there
-(pycache/), compiled once when it prepares the venv: on the lent H100, whose image sets
-PYTHONDONTWRITEBYTECODE, `import unsloth` took 59.7 s without it and 29.3 s with it.
+(pycache/, PYTHONPYCACHEPREFIX): what the probe imports at its start is compiled when the venv is
+prepared, anything else on the probe's first import of it, and every later run reads it: on the lent
+H100, whose image sets PYTHONDONTWRITEBYTECODE, `import unsloth` took 59.7 s compiling from source
+and 29.3 s from bytecode. (Compiling the whole stack at prepare time instead cost 221 to 382 s per
+cell on a 2-core host, for modules no probe imports.)
 
 The folder is keyed by the stack (both locks, the base image, the Python), never shared between
 stacks: an artifact compiled by one stack cannot stand in for another stack's compile, so a compile

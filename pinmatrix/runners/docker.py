@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from pinmatrix import interrupt
+from pinmatrix.activity import doing
 from pinmatrix.cell import Cell, Lock, install_lock, provided_by_base
 from pinmatrix.errors import InfraError
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
@@ -365,7 +366,8 @@ class DockerRunner:
                    *(["--network", "none"] if self.offline else []),
                    "--label", f"org.pinmatrix.cell={lock.cell_id}",
                    *secret_args(self.sources, secrets), str(context)]
-            with open(log_path, "w") as log:
+            with open(log_path, "w") as log, \
+                    doing(f"docker build of the cell's image (Python {python})", log=log_path):
                 log.write(f"# {lock.cell_id} -> {tag}; context {context}; wheelhouse files "
                           f"{counts}\n# {_redacted(cmd)}\n")
                 log.flush()
@@ -386,7 +388,7 @@ class DockerRunner:
                              signature=classify_build_log(text), log_tail=text)
         return Prepared(self.name, lock.cell_id, tag, reused=False,
                         details={"build_log": str(log_path), "build_s": round(build_s, 1),
-                                 **needed})
+                                 "timings": {"build_s": round(build_s, 2)}, **needed})
 
     # -- run -----------------------------------------------------------------------------------
     def gpus_for(self, gpu: str | None) -> str | None:
@@ -433,7 +435,9 @@ class DockerRunner:
             if made.returncode != 0:
                 return self._engine_failure("container could not be created", made.stderr, log_path)
             timed_out = interrupted = False
-            with open(log_path, "w", encoding="utf-8", errors="replace") as log:
+            with open(log_path, "w", encoding="utf-8", errors="replace") as log, \
+                    doing("running the probe's checks in the container", log=log_path,
+                          marker="[probe"):
                 attached = subprocess.Popen(self.engine.cmd("start", "--attach", name),
                                             stdout=log, stderr=subprocess.STDOUT)
                 try:
@@ -587,7 +591,7 @@ class DockerRunner:
         except OSError as exc:
             return (f"docker pull {self.base_image} could not start: {exc}", "pull-failed", "")
         assert proc.stdout is not None
-        with open(log_path, "w") as log:
+        with open(log_path, "w") as log, doing(f"docker pull {self.base_image}", log=log_path):
             for line in proc.stdout:  # the engine's own progress: one line per layer step
                 line = line.rstrip()
                 log.write(line + "\n")

@@ -573,7 +573,10 @@ def _add_linked(plan: Plan, say: Callable[[str], None]) -> None:
         shown = ", ".join(f"{name} (by {os.path.basename(who[0])})"
                           for name, who in sorted(plan.ldd_missing.items())[:5])
         say(f"warning: ldd found no {len(plan.ldd_missing)} librar"
-            f"{'y' if len(plan.ldd_missing) == 1 else 'ies'}: {shown}")
+            f"{'y' if len(plan.ldd_missing) == 1 else 'ies'}: {shown}; the image lacks "
+            f"{'it' if len(plan.ldd_missing) == 1 else 'them'} too: install the package that "
+            "provides each on this host (or put its folder on LD_LIBRARY_PATH) and run "
+            "base-image again")
 
 
 def _finish(plan: Plan, found_python: str) -> None:

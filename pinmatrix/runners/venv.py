@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pinmatrix import interrupt
+from pinmatrix.activity import doing
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.runners.interpreters import (
     missing_python_message,
@@ -126,7 +127,10 @@ class VenvRunner:
         venv.parent.mkdir(parents=True, exist_ok=True)
         log_path = self.venv_root / f"{cell.id}-{key[:12]}.build.log"
         log: list[str] = [f"# {note}" for note in self.notes]
-        self._create(venv, lock.python, log)
+        timings: dict[str, float] = {}
+        with doing(f"uv venv (Python {lock.python})" if self.uv else "python -m venv") as step:
+            self._create(venv, lock.python, log)
+        timings["venv_s"] = step.seconds
         lock_dir = venv / "pinmatrix-lock"
         lock_dir.mkdir()
         (lock_dir / "torch.lock").write_text(lock.torch_lock)
@@ -141,12 +145,20 @@ class VenvRunner:
             (site / "pinmatrix-extra-site.pth").write_text(
                 "".join(f"import site; site.addsitedir({str(p)!r})\n" for p in sites))
         if not self.no_install:
-            for name in ("torch.lock", "requirements.lock"):
+            for name, what, timing in (
+                    ("torch.lock", f"torch {cell.pins.get('torch')} and its layer",
+                     "install_torch_s"),
+                    ("requirements.lock", "the rest of the stack", "install_stack_s")):
                 if (lock_dir / name).read_text().strip():
-                    self._install(python, lock_dir / name, cell.pins.get("torch"), log)
+                    installer = "uv pip" if self.uv else "pip"
+                    with doing(f"{installer} install {name}: downloads and installs {what}"
+                               ) as step:
+                        self._install(python, lock_dir / name, cell.pins.get("torch"), log)
+                    timings[timing] = step.seconds
         marker.write_text(json.dumps({"key": key, "cell": cell.id, "created": time.time()}))
         log_path.write_text("\n".join(log) + "\n")
-        return self._prepared(cell, venv, python, key, reused=False, log=log_path)
+        return self._prepared(cell, venv, python, key, reused=False, log=log_path,
+                              timings=timings)
 
     def _inherited_sites(self, log: list[str], python_version: str) -> list[Path]:
         """With --system-site-packages from an interpreter that is itself a venv (a GPU image's
@@ -181,11 +193,16 @@ class VenvRunner:
         return sites
 
     def _prepared(
-        self, cell: Cell, venv: Path, python: Path, venv_key: str, *, reused: bool, log: Path | None
+        self, cell: Cell, venv: Path, python: Path, venv_key: str, *, reused: bool,
+        log: Path | None, timings: dict[str, float] | None = None
     ) -> Prepared:
         # the venv folder's suffix: the stack's compile-cache folder has the same name
         key = venv_key[:12]
-        bytecode = self._compile_bytecode(cell, python, key)
+        timings = dict(timings or {})
+        with doing("compiling the bytecode of what the probe imports") as step:
+            bytecode = self._bytecode(cell, python, key)
+        if bytecode and bytecode.get("compiled") is True:
+            timings["bytecode_s"] = step.seconds
         return Prepared(
             runner=self.name,
             cell_id=cell.id,
@@ -199,6 +216,7 @@ class VenvRunner:
                 "notes": list(self.notes),
                 "no_install": self.no_install,
                 "system_site_packages": self.system_site_packages,
+                "timings": timings,
             },
         )
 
@@ -373,7 +391,8 @@ class VenvRunner:
         # a probe of this cell left running by a harness that was SIGKILLed (its own session kept
         # it alive) would share this work folder with the new one: it is ended first
         end_orphan_probe(out_dir)
-        with open(log_path, "w", encoding="utf-8") as log:
+        with open(log_path, "w", encoding="utf-8") as log, \
+                doing("running the probe's checks", log=log_path, marker="[probe"):
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
             proc = subprocess.Popen(
@@ -410,34 +429,47 @@ class VenvRunner:
             return RunOutcome(result, drift_reason(drift), DRIFT_SIGNATURE, log_tail)
         return RunOutcome(result, None, None, log_tail)
 
-    def _compile_bytecode(self, cell: Cell, python: Path, key: str) -> dict[str, Any] | None:
-        """Compile the stack's bytecode into the stack's pycache folder once, at prepare time, as
-        the Docker image does at build time: the cell's packages and everything they require.
+    def _bytecode(self, cell: Cell, python: Path, key: str) -> dict[str, Any] | None:
+        """Compile, once per stack, the bytecode of what the probe imports at its start (the
+        cell's stack packages, probes/environment.py STACK, unsloth aside), by importing them in
+        the cell's interpreter with the stack's pycache folder as PYTHONPYCACHEPREFIX; whatever
+        the probe imports later is compiled there on first import.
 
-        A probe otherwise compiles every module it imports from source at each start wherever the
-        site is read-only or PYTHONDONTWRITEBYTECODE is set, as on the lent H100 (28 s of imports
-        for the device stack). A failure here only costs that time, so it is noted, never raised."""
+        Measured on the default matrix's CPU route, cold, on this 2-core host under load (load
+        average 15 to 22): compiling every module of the stack at prepare time (the transitive
+        requirements of the cell's packages, compileall: all of torch, every model family of
+        transformers) took 221 s and 382 s per cell; compiling nothing here moved the compile into
+        the probe, whose imports check went from 30 s to 84 s, on the cells' one-at-a-time probe
+        path. Importing here compiles only what the probe needs, in the build slot, which runs
+        beside the previous cell's probe. A read-only site (a GPU image's venv, which sets
+        PYTHONDONTWRITEBYTECODE) gets its bytecode written here too. A failed import only costs
+        the probe that compile: it is the probe's to report, never raised here."""
         if self.compile_cache_root is None:
             return None
-        pycache = compile_cache.host_folder(Path(self.compile_cache_root), key) / "pycache"
+        folder = compile_cache.host_folder(Path(self.compile_cache_root), key)
+        pycache = folder / "pycache"
         marker = pycache / ".pinmatrix-bytecode.json"
         if marker.is_file():
             return {"compiled": "earlier", "marker": str(marker)}
-        roots = cell.packages()
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")
-        }
-        env.update(PYTHONPYCACHEPREFIX=str(pycache), PYTHONNOUSERSITE="1")
+        from probes.environment import STACK
+
+        modules = [module for package, module in STACK.items()
+                   if cell.pins.get(package, "none") != "none" and not package.startswith("unsloth")
+                   ] or ["torch"]
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV")}
+        # no hub traffic, and no GPU (the scheduler hands those out to probes); the compilers'
+        # folders stay untouched, so the probe's first run still finds them cold, as it is
+        env.update(PYTHONPYCACHEPREFIX=str(pycache), PYTHONNOUSERSITE="1",
+                   CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                   HF_HUB_DISABLE_TELEMETRY="1")
         started = time.monotonic()
         # Its own session, waited for in slices (interrupt.wait): a terminal's Ctrl-C reaches the
-        # harness only, never compileall's worker pool (a pool whose workers take the
-        # KeyboardInterrupt can deadlock its parent); the harness then ends the whole group.
+        # harness only, never the importing child; the harness then ends the whole group.
         with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
             try:
                 proc = subprocess.Popen(
-                    [str(python), "-c", BYTECODE_SCRIPT, json.dumps(roots)],
+                    [str(python), "-c", IMPORT_SCRIPT, json.dumps(modules)],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                     env=env, start_new_session=True)
             except OSError as exc:
@@ -453,13 +485,11 @@ class VenvRunner:
             out.seek(0)
             output = out.read()
         seconds = round(time.monotonic() - started, 1)
-        if code != 0:
-            return {"compiled": False, "error": output[-500:], "seconds": seconds}
         try:
-            counts = json.loads(output.strip().splitlines()[-1])
+            failed = json.loads(output.strip().splitlines()[-1])
         except (ValueError, IndexError):
             return {"compiled": False, "error": output[-500:], "seconds": seconds}
-        summary = {"compiled": True, "seconds": seconds, **counts}
+        summary = {"compiled": True, "seconds": seconds, "modules": modules, "failed": failed}
         write_text_atomic(marker, json.dumps(summary))
         return summary
 
@@ -497,37 +527,17 @@ class VenvRunner:
         return lock_drift(locked, packages, pins)
 
 
-# Run by the cell's interpreter: compile the distributions named on the command line (JSON list) and
-# everything they require, transitively, into sys.pycache_prefix. Prints one JSON line of counts.
-BYTECODE_SCRIPT = r"""
-import compileall, importlib.metadata as md, json, os, re, sys
-todo, seen, tops = list(json.loads(sys.argv[1])), set(), set()
-while todo:
-    name = todo.pop()
-    key = re.sub(r"[-_.]+", "-", name).lower()
-    if key in seen:
-        continue
-    seen.add(key)
+# Run by the cell's interpreter: import each module named on the command line (JSON list), so that
+# Python writes their bytecode under PYTHONPYCACHEPREFIX. Prints the JSON list of those that failed.
+IMPORT_SCRIPT = r"""
+import importlib, json, sys
+failed = []
+for name in json.loads(sys.argv[1]):
     try:
-        dist = md.distribution(name)
-    except md.PackageNotFoundError:
-        continue
-    for req in dist.requires or []:
-        if re.search(r"extra\s*==", req):
-            continue
-        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
-        if m:
-            todo.append(m.group(1))
-    for f in dist.files or []:
-        if f.suffix == ".py" and ".." not in f.parts:
-            tops.add(str(dist.locate_file(f.parts[0])))
-ok = True
-for top in sorted(tops):
-    if os.path.isdir(top):
-        ok = compileall.compile_dir(top, quiet=2, workers=0) and ok
-    elif os.path.isfile(top):
-        ok = compileall.compile_file(top, quiet=2) and ok
-print(json.dumps({"distributions": len(seen), "top_level": len(tops), "all_compiled": bool(ok)}))
+        importlib.import_module(name)
+    except BaseException as exc:  # a broken stack is the probe's to report
+        failed.append(f"{name}: {type(exc).__name__}")
+print(json.dumps(failed))
 """
 
 

@@ -24,7 +24,7 @@ if shutil.which("uv") is None:
     pytest.skip("uv is not installed on this host", allow_module_level=True)
 
 
-def bisect(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def bisect(root: Path, venvs: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -41,7 +41,7 @@ def bisect(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
             "--reports",
             str(root / "reports"),
             "--venv-dir",
-            str(root / "venvs"),
+            str(venvs),
         ],
         capture_output=True,
         text=True,
@@ -51,8 +51,9 @@ def bisect(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_first_bad_release_of_the_remote_code_break(tmp_path):
-    proc = bisect(tmp_path, "transformers", "4.57.6..5.1.0", "--check", "exaone3.5.remote-code")
+def test_first_bad_release_of_the_remote_code_break(tmp_path, venvs_once):
+    proc = bisect(tmp_path, venvs_once, "transformers", "4.57.6..5.1.0", "--check",
+                  "exaone3.5.remote-code")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     (folder,) = (tmp_path / "reports").glob("*-bisect-transformers")
     doc = json.loads((folder / "bisect.json").read_text())
@@ -68,7 +69,8 @@ def test_first_bad_release_of_the_remote_code_break(tmp_path):
     assert "first bad release: transformers 5.0.0" in proc.stdout
 
     # warm: every step's result is in the cache, so the same bisect runs no probe again
-    again = bisect(tmp_path, "transformers", "4.57.6..5.1.0", "--check", "exaone3.5.remote-code")
+    again = bisect(tmp_path, venvs_once, "transformers", "4.57.6..5.1.0", "--check",
+                  "exaone3.5.remote-code")
     assert again.returncode == 0, again.stdout[-3000:]
     newest = sorted(p for p in (tmp_path / "reports").iterdir()
                     if re.fullmatch(r".*-bisect-transformers(\.\d+)?", p.name))[-1]
@@ -77,7 +79,8 @@ def test_first_bad_release_of_the_remote_code_break(tmp_path):
     assert json.loads((newest / "bisect.json").read_text())["probes_run"] == 0
 
 
-def test_ends_not_as_claimed_are_bad_input(tmp_path):
-    proc = bisect(tmp_path, "transformers", "5.0.0..5.1.0", "--check", "exaone3.5.remote-code")
+def test_ends_not_as_claimed_are_bad_input(tmp_path, venvs_once):
+    proc = bisect(tmp_path, venvs_once, "transformers", "5.0.0..5.1.0", "--check",
+                  "exaone3.5.remote-code")
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "5.0.0 is bad, not good" in proc.stderr

@@ -39,7 +39,7 @@ if shutil.which("uv") is None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, venvs_once):
     root = tmp_path_factory.mktemp("exaone35")
     proc = subprocess.run(
         [
@@ -56,7 +56,7 @@ def run(tmp_path_factory):
             "--reports",
             str(root / "reports"),
             "--venv-dir",
-            str(root / "venvs"),
+            str(venvs_once),
         ],
         capture_output=True,
         text=True,
@@ -185,16 +185,15 @@ print("RESULT " + json.dumps(result))
 
 
 def test_patching_the_tied_keys_alone_loads_on_transformers_5_and_parity_catches_the_buffer(
-    run, tmp_path
+    run, venvs_once, tmp_path
 ):
     """LG-AI-EXAONE/EXAONE-3.5 PR #7 (a dict _tied_weights_keys) gets the model built on 5.17.0; its
     inv_freq then loads uninitialised. Logits are finite and every weight loaded: only the parity
     with
     the llamafied model shows the model computes something else."""
-    root, _, _ = run
     pythons = [
         p
-        for p in (root / "venvs").glob("*/bin/python")
+        for p in venvs_once.glob("*/bin/python")
         if subprocess.run(
             [str(p), "-c", "import transformers; print(transformers.__version__)"],
             capture_output=True,
@@ -202,7 +201,7 @@ def test_patching_the_tied_keys_alone_loads_on_transformers_5_and_parity_catches
         ).stdout.strip()
         == "5.17.0"
     ]
-    assert pythons, list((root / "venvs").iterdir())
+    assert pythons, list(venvs_once.iterdir())
     proc = subprocess.run(
         [str(pythons[0]), "-c", _PR7_SCRIPT, str(tmp_path)],
         capture_output=True,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from console import raw_python_values, run_timed
+
 from pinmatrix.report.pins import lock_entries
 from pinmatrix.results import CellResult, load_result
 from pinmatrix.status import cell_status
@@ -38,15 +40,37 @@ def pinmatrix(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
+    """The run, into a pipe as under nox or CI (stdout and stderr as one stream), each line timed
+    as it arrives (tests/console.py)."""
     root = tmp_path_factory.mktemp("e2e")
-    proc = pinmatrix("matrix", "--matrix", str(CI), "--runner", "venv", "--cpu",
-                     "--pins-for", "route=any,backend=hf-peft",
-                     "--reports", str(root / "reports"), "--venv-dir", str(root / "venvs"))
-    return root, proc
+    timed = run_timed([sys.executable, "-m", "pinmatrix", "matrix", "--matrix", str(CI),
+                       "--runner", "venv", "--cpu", "--pins-for", "route=any,backend=hf-peft",
+                       "--reports", str(root / "reports"), "--venv-dir", str(root / "venvs")],
+                      cwd=ROOT, env={**os.environ, "PINMATRIX_FIND_LINKS": str(WHEELS)})
+    proc = subprocess.CompletedProcess([], timed.returncode, timed.text, "")
+    return root, proc, timed
+
+
+def test_no_stage_is_silent_and_no_raw_python_value_is_printed(first_run):
+    """Resolve, venv builds (downloads, installs) and probes: a line at least every 10 s, each
+    stage said with its time, and nothing printed as a Python value (a dict, a list, a repr)."""
+    root, _, timed = first_run
+    gap, after = timed.longest_gap()
+    assert gap < 10, f"{gap:.1f} s without a line, until: {after}\n{timed.text}"
+    assert raw_python_values(timed.text) == [], timed.text
+    lines = timed.text.splitlines()
+    assert any(ln.startswith("resolve: 2 resolved, in ") and ln.endswith(" workers)")
+               for ln in lines), timed.text
+    for cell in json.loads((root / "reports" / "latest" / "run.json").read_text())["cells"]:
+        assert any(ln.startswith("resolve [") and f"] {cell}: resolved, " in ln
+                   for ln in lines), timed.text
+        assert any(ln.startswith(f"{cell}: prepared in ") and "torch layer" in ln
+                   for ln in lines), timed.text
+        assert any(ln.startswith(f"{cell}: probe ran in ") for ln in lines), timed.text
 
 
 def test_exit_code_and_verdict(first_run):
-    root, proc = first_run
+    root, proc, _ = first_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
     verdict = [ln for ln in proc.stdout.splitlines() if ln.startswith("2 cells: ")]
     assert verdict, proc.stdout
@@ -54,7 +78,7 @@ def test_exit_code_and_verdict(first_run):
 
 
 def test_run_folder_layout(first_run):
-    root, _ = first_run
+    root, _, _ = first_run
     latest = root / "reports" / "latest"
     assert latest.is_symlink() and latest.resolve().parent == (root / "reports").resolve()
     run = latest.resolve()
@@ -67,7 +91,10 @@ def test_run_folder_layout(first_run):
         outcome = json.loads((run / "outcomes" / f"{cell}.json").read_text())
         assert outcome["stage"] == "done" and outcome["status"] is None, outcome
         assert outcome["result"] == f"cells/{cell}.json" and len(outcome["hash"]) == 64
-        assert set(outcome["timings"]) == {"resolve_s", "prepare_s", "run_s"}
+        # the stage times, and the venv's own steps (pinmatrix/runners/venv.py) for `nox -s bench`
+        assert set(outcome["timings"]) == {"resolve_s", "prepare_s", "run_s", "venv_s",
+                                           "install_torch_s", "install_stack_s",
+                                           "bytecode_s"}, outcome
         assert (run / "locks" / cell / "torch.lock").is_file() and (
             run / "locks" / cell / "requirements.lock"
         ).is_file()
@@ -79,7 +106,7 @@ def test_run_folder_layout(first_run):
 
 
 def test_merged_table_has_both_cells_on_cpu(first_run):
-    root, _ = first_run
+    root, _, _ = first_run
     run = (root / "reports" / "latest").resolve()
     summary = json.loads((run / "summary.json").read_text())
     rows = {c["pins"]["transformers"]: c for c in summary["cells"]}
@@ -106,7 +133,7 @@ def test_pins_for_the_routes_that_work_with_their_caveats(first_run):
     """Issue 20: transformers 4.57.6 trains EXAONE 3.5 through its remote code, 5.17.0 only
     llamafied (the remote code fails there): each route gets the newest cell it trains on, and the
     5.17.0 pin's header names the failing remote-code route with its signature."""
-    root, proc = first_run
+    root, proc, _ = first_run
     run = (root / "reports" / "latest").resolve()
     summary = json.loads((run / "summary.json").read_text())
     rows = {c["pins"]["transformers"]: c for c in summary["cells"]}
@@ -142,7 +169,7 @@ def test_pins_for_the_routes_that_work_with_their_caveats(first_run):
 def test_second_run_reuses_venvs_and_moves_latest(first_run):
     """`--runner auto` on a host whose Docker engine is unreachable says so in one line and uses
     venvs."""
-    root, _ = first_run
+    root, _, _ = first_run
     before = (root / "reports" / "latest").resolve()
     proc = pinmatrix("matrix", "--matrix", str(CI), "--runner", "auto", "--cpu",
                      "transformers=5.17.0",

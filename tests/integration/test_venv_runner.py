@@ -232,9 +232,10 @@ def test_without_uv_the_stdlib_venv_and_pip_install_the_lock(locks, sources, tmp
 def test_compile_cache_outlives_the_run_per_stack_and_can_be_turned_off(
     locks, sources, venv_root, tmp_path, monkeypatch
 ):
-    """The stack's compile-cache folder: bytecode compiled once at prepare (even where the host says
-    PYTHONDONTWRITEBYTECODE), kernels a run leaves there seen as warm by the next run; a different
-    stack gets its own folder; without the cache every run is cold and nothing is precompiled."""
+    """The stack's compile-cache folder: the bytecode of what the probe imports compiled once per
+    stack, at prepare (even where the host says PYTHONDONTWRITEBYTECODE), and read, never rewritten,
+    by the runs; kernels a run leaves there seen as warm by the next run; a different stack gets
+    its own folder; without the cache every run is cold and nothing is precompiled."""
     from pinmatrix.runners import compile_cache
 
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")   # as on the lent H100's image
@@ -243,13 +244,15 @@ def test_compile_cache_outlives_the_run_per_stack_and_can_be_turned_off(
     cell, lock = locks["5.17.0"]
     prepared = runner.prepare(cell, lock)
     bytecode = prepared.details["bytecode"]
-    # torch, transformers, peft and their needs
-    assert bytecode["compiled"] is True and bytecode["distributions"] > 10, bytecode
+    # the stack's packages the probe imports at its start, and what they import
+    assert bytecode["compiled"] is True and bytecode["failed"] == [], bytecode
+    assert {"torch", "transformers", "peft"} <= set(bytecode["modules"]), bytecode
     (folder,) = [p for p in root.iterdir() if p.is_dir()]
     # unsloth loads compiled artifacts only from such a folder
     assert (folder.stat().st_mode & 0o777) == 0o700
-    assert any((folder / "pycache").rglob("transformers/__init__*.pyc"))
-    assert any((folder / "pycache").rglob("peft/__init__*.pyc"))
+    compiled = {p: p.stat().st_mtime_ns for p in (folder / "pycache").rglob("*.pyc")}
+    for package in ("torch", "transformers", "peft"):
+        assert any(f"/{package}/__init__" in str(p) for p in compiled), package
     # once per stack
     assert runner.prepare(cell, lock).details["bytecode"]["compiled"] == "earlier"
 
@@ -262,6 +265,10 @@ def test_compile_cache_outlives_the_run_per_stack_and_can_be_turned_off(
         # a CPU probe compiles no kernels; stand in for Triton leaving one behind
         (folder / "triton" / "kernel.cubin").write_bytes(b"\0")
     assert states == ["cold", "warm"]
+    # the runs read the bytecode compiled at prepare, never compile it again, and write none
+    # beside the sources
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in compiled.items())
+    assert not list(Path(prepared.ref).rglob("site-packages/transformers/__pycache__"))
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [*compile_cache.TOOL_SUBFOLDERS.values(), "pycache"]
     )

@@ -116,7 +116,8 @@ def test_unpinned_revisions_are_warned_about(tmp_path: Path) -> None:
     warnings = unpinned_warnings([ModelSpec("exaone3.5", REPO, "main", "remote-code"),
                                   ModelSpec("exaone4", "LGAI-EXAONE/EXAONE-4.0-1.2B", COMMIT,
                                             "native")])
-    assert len(warnings) == 1 and "exaone3.5" in warnings[0] and "'main'" in warnings[0]
+    assert len(warnings) == 1 and "exaone3.5" in warnings[0] and "revision main" in warnings[0]
+    assert "pin a 40-hex commit in matrix.yaml" in warnings[0]  # the warning names its remedy
     now = _run(tmp_path, "20261102T000000Z", {"a": _result("a", "main", "v1")})
     write_report(now)
     summary = json.loads((now / "summary.json").read_text())
@@ -165,3 +166,35 @@ def test_our_fixture_updated_between_runs_is_said_as_such_never_as_a_moving_ref(
     md = (now / "summary.md").read_text()
     assert "the fixture was updated between runs" in md
     assert "pin a commit" not in md and "changed hash on the same revision" not in md
+
+
+def test_a_revision_the_matrix_says_it_cannot_pin_is_said_once_in_the_report(
+        tmp_path: Path) -> None:
+    """`unpinned: <why>` in matrix.yaml: no warning on every run (the user cannot act on it); the
+    report's remote-code section states the reason instead."""
+    why = "the hub commit of main is not known here"
+    models = [ModelSpec("exaone3.5", REPO, "main", "remote-code", unpinned=why)]
+    assert unpinned_warnings(models) == []
+    assert unpinned_warnings([{"name": "exaone3.5", "repo": REPO, "revision": "main",
+                               "unpinned": why}]) == []
+    now = _run(tmp_path, "20261102T000000Z", {"a": _result("a", "main", "v1")})
+    (now / "run.json").write_text(json.dumps(
+        {"run_id": now.name, "models": [{"name": "exaone3.5", "repo": REPO, "revision": "main",
+                                          "kind": "remote-code", "unpinned": why}]}))
+    write_report(now)
+    summary = json.loads((now / "summary.json").read_text())
+    assert summary["remote_code"]["unpinned"] == [{"repo": REPO, "revision": "main", "why": why}]
+    md = (now / "summary.md").read_text()
+    assert md.count(why) == 1 and "pin a 40-hex commit" not in md
+
+
+def test_the_shipped_matrices_warn_about_nothing_on_every_run() -> None:
+    """matrix.yaml and matrices/*.yaml cannot pin the hub commits (no hub reachable where they are
+    written): each model says so under `unpinned:`, so a run prints no warning about them."""
+    from pinmatrix.matrix.load import load_matrix
+
+    root = Path(__file__).resolve().parents[2]
+    for path in [root / "matrix.yaml", *sorted((root / "matrices").glob("*.yaml"))]:
+        matrix = load_matrix(path)
+        assert matrix.models and unpinned_warnings(matrix.models) == [], path
+        assert all(m.unpinned for m in matrix.models if not is_pinned(m.revision)), path
