@@ -48,7 +48,7 @@ class Escaped:
 def escaped_output() -> Iterator[None]:
     """sys.stdout and sys.stderr escaped (`Escaped`) for the block."""
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = Escaped(sys.stdout), Escaped(sys.stderr)  # type: ignore[assignment]
+    sys.stdout, sys.stderr = Escaped(sys.stdout), Escaped(sys.stderr)
     try:
         yield
     finally:

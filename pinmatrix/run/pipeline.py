@@ -117,7 +117,7 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
 
 
 def _run_in(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, echo: Echo,
-            matrix: Any, cells: list[Cell], kind: str, engine: Any, tokens: list[str],
+            matrix: Any, cells: list[Cell], kind: str, engine: Any, tokens: list[str | None],
             resolve: Any) -> RunSummary:
     """run_matrix's part inside the run folder, while it holds the folder's writer lock."""
     from pinmatrix.run.scheduler import Scheduler

@@ -341,3 +341,14 @@ def test_a_file_name_with_escape_sequences_is_printed_escaped(tmp_path: Path) ->
     assert proc.returncode == 2
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
     assert "\\x1b]0;pwned\\x07" in proc.stderr
+
+
+def test_a_relative_venv_dir_is_made_absolute_up_front(tmp_path: Path, monkeypatch) -> None:
+    """Cells run in other folders: a relative --venv-dir made every cell infra."""
+    from pinmatrix.cli.main import parse
+    from pinmatrix.run.options import run_options
+
+    monkeypatch.chdir(tmp_path)
+    args = parse(["matrix", "--matrix", str(CI), "--runner", "venv", "--venv-dir", "rel/venvs"])
+    opts = run_options(args)
+    assert opts.venv_dir == tmp_path / "rel" / "venvs" and opts.venv_dir.is_absolute()
