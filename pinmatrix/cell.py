@@ -189,12 +189,42 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+# An axis value may carry extras after its version: "4.0.0b36[cu13]" asks for
+# flash-attn-4[cu13]==4.0.0b36 (PEP 440 versions and specifiers never contain brackets).
+EXTRAS_VALUE = re.compile(r"^(?P<pin>[^\[\]]+)\[(?P<extras>[A-Za-z0-9][A-Za-z0-9._-]*"
+                          r"(?:\s*,\s*[A-Za-z0-9][A-Za-z0-9._-]*)*)\]$")
+EXTRAS_PREFIX = "# pinmatrix-extras: "
+
+
+def split_extras(value: str) -> tuple[str, tuple[str, ...]]:
+    """(the version or specifier, the extras) of an axis value: ("4.0.0b36", ("cu13",)) for
+    "4.0.0b36[cu13]"; a value without brackets has no extras."""
+    match = EXTRAS_VALUE.fullmatch(str(value).strip())
+    if match is None:
+        return str(value), ()
+    extras = tuple(sorted({e.strip().lower() for e in match.group("extras").split(",")}))
+    return match.group("pin").strip(), extras
+
+
+def extras_lines(cell: "Cell") -> str:
+    """The lock's record of the cell's extras (uv writes `name==version` without them, and the
+    extras' own dependencies as plain lines): one comment line per package asked with extras."""
+    lines = []
+    for key in cell.packages():
+        _, extras = split_extras(cell.pins[key])
+        if extras:
+            lines.append(f"{EXTRAS_PREFIX}{key}[{','.join(extras)}]\n")
+    return "".join(lines)
+
+
 def _requirement(package: str, value: str) -> str:
     # An axis value is an exact version ("5.17.0", "2.13.0+cpu") or a PEP 440 specifier
-    # (">=4.57,<5").
-    if value[:1] in "<>=!~":
-        return f"{package}{value}"
-    return f"{package}=={value}"
+    # (">=4.57,<5"), either with extras ("4.0.0b36[cu13]").
+    pin, extras = split_extras(value)
+    name = f"{package}[{','.join(extras)}]" if extras else package
+    if pin[:1] in "<>=!~":
+        return f"{name}{pin}"
+    return f"{name}=={pin}"
 
 
 def content_hash(*, lock_text: str, dockerfile: str, probes_digest: str, checks: tuple[str, ...],

@@ -20,7 +20,7 @@ import yaml
 from packaging.version import Version
 
 from probes import registry as _registry
-from pinmatrix.cell import NONE, Cell, ModelSpec, base_spec
+from pinmatrix.cell import NONE, Cell, ModelSpec, base_spec, split_extras
 from pinmatrix.errors import IndexUnreachable, MatrixError
 from pinmatrix.fsio import Refused, read_bytes_bounded
 from pinmatrix.matrix.live import expand_live, is_specifier, valid_specifier
@@ -379,6 +379,17 @@ class _Loader:
                                  f"{what}: {text!r} is not a Docker image reference "
                                  "(name[:tag][@sha256:...])")
             return text
+        pin, extras = split_extras(text)
+        if extras:   # "4.0.0b36[cu13]": the version is validated below, the extras go with it
+            if base_spec(pin) is not None:
+                raise self.error(node, f"{what}: {text!r}: the base image's copy takes no extras")
+            checked = self.value(axis, yaml.ScalarNode("tag:yaml.org,2002:str", pin,
+                                                       node.start_mark, node.end_mark),
+                                 what, allow_specifier=allow_specifier)
+            return f"{checked}[{','.join(extras)}]"
+        if "[" in text or "]" in text:
+            raise self.error(node, f"{what}: {text!r}: extras go after the version, as "
+                                   "VERSION[EXTRA,...], e.g. 4.0.0b36[cu13]")
         if base_spec(text) is not None:  # the base image's own copy (pinmatrix/cell.py BASE)
             spec = base_spec(text)
             if spec and not valid_specifier(spec):

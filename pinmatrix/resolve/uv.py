@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pinmatrix.cell import (NONE, PROVIDED_PREFIX, Cell, Lock, Unresolvable, normalize_name,
-                            parse_lock)
+from pinmatrix.cell import (NONE, PROVIDED_PREFIX, Cell, Lock, Unresolvable, extras_lines,
+                            normalize_name, parse_lock)
 from pinmatrix.errors import PinmatrixError, ResolveInfraError
 from pinmatrix.fsio import PRIVATE_MODE, write_text_atomic
 from pinmatrix.interrupt import map_in_threads
@@ -159,7 +159,7 @@ class _Resolver:
                                 torch_pin=torch_pin)
         if not compiled.ok:
             return Unresolvable(cell.id, compiled.text)
-        full_lock = compiled.text
+        full_lock = extras_lines(cell) + compiled.text
 
         unwanted = _pulled_in_anyway(cell, full_lock)
         if unwanted:

@@ -76,6 +76,9 @@ def pin_mismatches(cell: Cell, python_version: str, dists: dict[str, str]) -> li
 
 
 def _satisfies(installed: str, pin: str) -> bool:
+    from pinmatrix.cell import split_extras
+
+    pin = split_extras(pin)[0]   # extras are not a version: "4.0.0b36[cu13]" pins 4.0.0b36
     spec = pin if pin[:1] in "<>=!~" else f"=={pin}"
     try:
         # "==2.11.0" admits "2.11.0+cu130" (PEP 440 local labels), which is how CUDA builds report

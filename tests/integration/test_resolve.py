@@ -199,3 +199,17 @@ def test_offline_resolves_from_the_wheelhouse_alone_and_a_gap_is_infra(tmp_path,
                 and not line.startswith(("#", " "))}
 
     assert pins(offline.full_lock) == pins(online.full_lock)
+
+
+@needs_uv
+def test_extras_of_an_axis_value_reach_the_lock(tmp_path, cache):
+    """"2.32.3[socks]" asks uv for requests[socks]==2.32.3: the extra's dependency (PySocks) is
+    locked, and the lock records the extras, which uv's own lines leave out."""
+    cell = Cell(pins={"python": "3.11", "requests": "2.32.3[socks]"})
+    lock = resolve(cell, PYPI, tmp_path / "lock", cache_dir=cache)
+    assert isinstance(lock, Lock), lock
+    assert lock.full_lock.startswith("# pinmatrix-extras: requests[socks]\n")
+    assert lock.pinned()["requests"] == "2.32.3" and "pysocks" in lock.pinned()
+    bare = resolve(Cell(pins={"python": "3.11", "requests": "2.32.3"}), PYPI, tmp_path / "bare",
+                   cache_dir=cache)
+    assert isinstance(bare, Lock) and "pysocks" not in bare.pinned()
