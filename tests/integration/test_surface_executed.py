@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEELS = Path(os.environ.get("PINMATRIX_TEST_WHEELS", "/opt/wheels"))
-RELEASES = ("4.57.6", "5.0.0", "5.9.0", "5.25.0")
+RELEASES = ("4.57.6", "5.0.0", "5.9.0", "5.24.0", "5.25.0")
 TORCH = "torch==2.13.0+cpu"
 
 if shutil.which("uv") is None:
