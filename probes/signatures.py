@@ -130,9 +130,24 @@ def raising_frame(traceback: str) -> str:
     return f"{name}:{function}"
 
 
+# Failures the interpreter raises at the place that uses a name, whose message names what is missing
+# (a module, a name in a module or class, a keyword a function does not take). Where they are raised
+# says who used the name, not what broke: the remote code's file when it loads, the surface check when
+# it executes the same fact. Their fingerprint leaves the frame out, so both carry one signature.
+_NAMES_ITS_CAUSE = re.compile(
+    r"^(?:ImportError|ModuleNotFoundError): "
+    r"|^AttributeError: (?:module|type object) '[\w.]+' has no attribute "
+    r"|^TypeError: [\w.<>]+\(\) (?:got an unexpected keyword argument|got multiple values for"
+    r"|missing \d+ required|takes (?:from \d+ to )?\d+ positional)"
+)
+
+
 def fingerprint(exc_type: str, message: str, frame: str = "") -> str:
     """What tells causes apart: the exception's type, its message without what varies between runs,
-    and the frame it was raised in."""
+    and the frame it was raised in (unless the message itself names the missing module, name or
+    keyword)."""
+    if _NAMES_ITS_CAUSE.match(f"{exc_type}: {message}"):
+        frame = ""
     digest = hashlib.sha256(f"{exc_type}\n{normalise(message)}\n{frame}".encode("utf-8")).hexdigest()
     return FINGERPRINT_PREFIX + digest[:12]
 

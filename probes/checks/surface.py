@@ -158,8 +158,8 @@ def resolve_dotted(dotted: str) -> Any:
         except ModuleNotFoundError as exc:
             if exc.name and not prefix.startswith(exc.name):
                 raise  # a dependency of the module is missing: that is the finding
-            if exc.name == prefix:
-                gone[prefix] = exc
+            if exc.name == prefix and "is not a package" not in str(exc):
+                gone[prefix] = exc  # a module (under a package) that is not there
             index -= 1
     if module is None:
         raise ModuleNotFoundError(f"No module named {parts[0]!r}", name=parts[0])
@@ -191,7 +191,7 @@ def check_imports(surface: Mapping[str, Any]) -> list[Finding]:
             else:
                 importlib.import_module(module)
         except ImportError as exc:
-            finding.failed(exc, message=_clean_import_message(exc))
+            finding.failed(exc, message=_clean_import_message(exc), outcome="missing")
         findings.append(finding)
     return findings
 

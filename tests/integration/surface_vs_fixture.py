@@ -63,10 +63,10 @@ def execute_fixture(revision: str, work: Path, patched: bool) -> dict[str, Any]:
     from probes.models import ModelHandle
     from probes.signatures import classify
 
-    folder = write_exaone35(
-        work / f"{revision}-{'patched' if patched else 'as-given'}" / "EXAONE-3.5-2.4B-Instruct",
-        revision=revision,
-    )
+    # one folder name per run: transformers names the dynamic module after the folder, and a second
+    # load under the same name may reuse the first one's module (some 5.x releases do)
+    name = f"EXAONE-3.5-2.4B-Instruct-{revision}-{'patched' if patched else 'as-given'}"
+    folder = write_exaone35(work / name, revision=revision)
     if patched:
         code = (folder / "modeling_exaone.py").read_text()
         old = '_tied_weights_keys = ["lm_head.weight"]'

@@ -1,8 +1,10 @@
 """The surface check's verdicts are what execution shows, on real transformers releases.
 
 For 4.57.6 (the newest on which the remote code loads), 5.0.0 (its first breaks), 5.9.0 (the mask
-keywords' shim removed) and the newest release this test knows (5.25.0: a deprecation wrapper on
-create_causal_mask, and ModelOutput classes that map past_key_values to cache), one venv each
+keywords' shim removed), 5.24.0 (create_causal_mask behind a deprecation wrapper that takes
+*args, **kwargs, so binding passed what the call rejects; ModelOutput classes that map
+past_key_values to cache, so binding failed what the call takes; modeling_attn_mask_utils gone) and
+the newest release this test knows (5.25.0, the wrapper's signature exposed), one venv each
 (shared torch, that transformers installed with `uv pip install --target`): every fact of both known
 revisions is checked by executing it, and the revision-faithful fixture is executed too (load and
 forward, as given and with only its tied-keys list patched so that the forward runs on 5.x,
@@ -30,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEELS = Path(os.environ.get("PINMATRIX_TEST_WHEELS", "/opt/wheels"))
-RELEASES = ("4.57.6", "5.0.0", "5.9.0", "5.25.0")
+RELEASES = ("4.57.6", "5.0.0", "5.9.0", "5.24.0", "5.25.0")
 TORCH = "torch==2.13.0+cpu"
 
 if shutil.which("uv") is None:
@@ -145,8 +147,17 @@ def test_every_fact_agrees_with_executing_the_fixture(base, version, tmp_path):
         if current[f"{mask}({k}=)"]["outcome"] == "rejects"
     }
     assert rejected == (
-        {"input_embeds", "cache_position"} if version in ("5.9.0", "5.25.0") else set()
+        {"input_embeds", "cache_position"} if version in ("5.9.0", "5.24.0", "5.25.0") else set()
     )
+    if version == "5.24.0":
+        # one module gone, seven facts of revision original: one signature, the load's own
+        original = out["revisions"]["original"]
+        gone = [f for f in original["facts"] if "modeling_attn_mask_utils" in f["id"]]
+        assert len(gone) == 7 and not any(f["ok"] for f in gone)
+        cause = "module transformers.modeling_attn_mask_utils is gone"
+        assert {f["cause"] for f in gone} == {cause}
+        (signature,) = {f["signature"] for f in gone}
+        assert {r["signature"] for r in original["runs"]} == {signature}
     # the ModelOutput classes take past_key_values on every release (5.x maps it to `cache`)
     for cls in (
         "BaseModelOutputWithPast",

@@ -421,3 +421,24 @@ def test_xformers_wheel_for_another_torch_is_named_not_lumped_with_no_operator()
         ).id
         == "xformers-no-operator"
     )
+
+
+def test_a_missing_name_has_one_fingerprint_wherever_it_is_used():
+    """The remote code's file fails to import a module that is gone; the surface check, executing
+    the same import, raises it in its own frame. The message names the module: one signature."""
+
+    def tb(path: str, function: str) -> str:
+        return f'Traceback (most recent call last):\n  File "{path}", line 3, in {function}\n'
+
+    for exc_type, message in (
+        ("ModuleNotFoundError", "No module named 'transformers.modeling_attn_mask_utils'"),
+        ("AttributeError", "type object 'DynamicCacheX' has no attribute 'from_legacy'"),
+        ("TypeError", "create_mask() got an unexpected keyword argument 'input_embeds'"),
+    ):
+        load = classify(exc_type, message, tb("/m/modules/x/modeling_x.py", "<module>"))
+        surface = classify(exc_type, message, tb("<string>", "<module>"))
+        assert load.id == surface.id, exc_type
+    # a message that does not name its place keeps the frame
+    a = classify("AttributeError", "'NoneType' object has no attribute 'shape'", tb("/a/x.py", "f"))
+    b = classify("AttributeError", "'NoneType' object has no attribute 'shape'", tb("/a/x.py", "g"))
+    assert a.id != b.id

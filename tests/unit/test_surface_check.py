@@ -1,13 +1,11 @@
-"""exaone3.5.surface: each transformers fact of the remote code checked against the installed
-transformers,
-and each failing fact kind shown failing: an import that is gone, a keyword a signature does not
-take
-(through decorator wrappers, as a real call goes), class-attribute forms, and a buffer that loads
-uninitialised. Where a kind fails only on transformers 5 (the list _tied_weights_keys, the buffer),
-the
-expectation follows the installed version, and tests/integration/test_exaone35_verdicts.py runs it
-on real
-5.x venvs."""
+"""exaone3.5.surface: each transformers fact of the remote code checked by executing it against
+the installed transformers, and each failing fact kind shown failing: an import that is gone, a
+keyword the callable rejects when called (through a wrapper that takes **kwargs and re-raises; and a
+shim that maps an old keyword is judged by the call, not by its signature), class-attribute forms,
+and a buffer that loads uninitialised. Facts broken by one root cause share one signature. Where a
+kind fails only on transformers 5 (the list _tied_weights_keys, the buffer), the expectation follows
+the installed version; tests/integration/test_surface_executed.py and test_exaone35_verdicts.py run
+it on real 5.x venvs."""
 
 from __future__ import annotations
 
@@ -412,3 +410,16 @@ def test_a_real_hub_file_is_extracted_hashed_and_compared_with_its_revisions_fac
     # the dict form passes the class-forms fact on every release; the rest follows the installed one
     assert "transformers-tied-weights-keys-list" not in ev["signatures"]
     assert (result["status"] == "fail") == TF5
+
+
+def test_a_removed_class_gives_one_signature_for_its_import_and_its_calls():
+    module, gone = "transformers.cache_utils", "PinmatrixNoSuchCache"
+    surface = {
+        "imports": [{"module": module, "name": gone, "scope": "module"}],
+        "calls": {f"{module}.{gone}.from_legacy_cache": _form([], 1)},
+    }
+    findings = check_imports(surface) + check_calls(surface)
+    assert [f.ok for f in findings] == [False, False]
+    assert len({f.signature for f in findings}) == 1
+    assert {f.cause for f in findings} == {f"{module}.{gone} is gone"}
+    assert findings[1].id == f"call:{module}.{gone}.from_legacy_cache(1 positional)"
