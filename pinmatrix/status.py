@@ -146,10 +146,15 @@ def not_judged(checks: Mapping[str, Mapping[str, object]],
     return out
 
 
+# broken, unresolvable and infra cells claim nothing works: their verdict is the status alone
+# (summary.json `not_judged` still lists what did not run)
+UNQUALIFIED_STATUSES = ("broken", "unresolvable", "infra")
+
+
 def verdict_text(status: str, missing: Iterable[Mapping[str, object]], host: str | None) -> str:
     """The cell status with what it does not claim: `works (CPU: unsloth, speed not judged)`."""
     whats = [str(item["what"]) for item in missing]
-    if not whats or status in ("unresolvable",):
+    if not whats or status in UNQUALIFIED_STATUSES:
         return status
     return f"{status} ({host + ': ' if host else ''}{', '.join(whats)} not judged)"
 

@@ -176,6 +176,7 @@ FACETS: dict[str, str | None] = {
     "flash-attn-4": "flash-attn-4",
     "liger-kernel": "liger-kernel",
     "bitsandbytes 4-bit": "bitsandbytes",
+    "trl": "trl",   # SFTTrainer: trl 1.15's fused loss needs a GPU that triton can drive
     SPEED: None,
 }
 _QLORA = ("train.qlora", "train.qlora-llamafied", "train.qlora.unsloth", "throughput.qlora",
@@ -200,6 +201,8 @@ def _judged_facets(check: Check) -> tuple[str, ...]:
         found.append("liger-kernel")
     if name in _QLORA:
         found.append("bitsandbytes 4-bit")
+    if name.startswith("train.trl-sft"):
+        found.append("trl")
     if check.measures:
         found.append(SPEED)
     return tuple(found)

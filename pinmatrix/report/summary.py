@@ -266,9 +266,10 @@ def verdict_line(rows: list[CellRow]) -> str:
                 text += f" ({len(sigs)} signature{'s' if len(sigs) != 1 else ''})"
             parts.append(text)
     line = f"{n} cell{'s' if n != 1 else ''}: " + (", ".join(parts) if parts else "nothing ran")
-    unjudged = Counter(str(item["what"]) for r in rows for item in r.not_judged)
+    qualified = [r for r in rows if r.verdict != r.status]  # cells that claim something works
+    unjudged = Counter(str(item["what"]) for r in qualified for item in r.not_judged)
     if unjudged:
-        hosts = sorted({str(r.judged_on["host"]) for r in rows if r.not_judged and r.judged_on})
+        hosts = sorted({str(r.judged_on["host"]) for r in qualified if r.judged_on})
         line += (f"; not judged in this run ({', '.join(hosts)}): "
                  + ", ".join(f"{what} in {k} cell{'s' if k != 1 else ''}"
                              for what, k in unjudged.items()))

@@ -71,8 +71,8 @@ def test_one_pin_apart_gives_a_new_breakage_with_its_signature(runs):
                    "imports")]["before"] == "pass" and breaks[(CELL_ID, "imports")]["now"] == "fail"
     # infra and new cells are not breakages
     assert all(x["cell"] == CELL_ID for x in d["new_breakages"])
-    assert d["new_cells"] == [{"cell": ONLY_NOW, "status": "works"}]
-    assert d["vanished_cells"] == [{"cell": ONLY_BEFORE, "status": "works"}]
+    assert d["new_cells"] == [{"cell": ONLY_NOW, "status": "works", "verdict": "works"}]
+    assert d["vanished_cells"] == [{"cell": ONLY_BEFORE, "status": "works", "verdict": "works"}]
     assert [(i["cell"], i["check"]) for i in d["infra"]] == [(INFRA_NOW, None)]
     assert {"cell": CELL_ID, "before": "works", "now": "broken"} in d["status_changes"]
     assert d["fixes"] == []
@@ -244,7 +244,7 @@ def test_merge_job_on_a_download_artifact_layout(runs, tmp_path):
     assert manifest["runner"] == "docker" and len(manifest["merged_from"]) == 2
     d = json.loads((run / "diff.json").read_text())
     assert [(x["cell"], x["check"]) for x in d["new_breakages"]][0] == (CELL_ID, "imports")
-    assert d["vanished_cells"] == [{"cell": ONLY_BEFORE, "status": "works"}]
+    assert d["vanished_cells"] == [{"cell": ONLY_BEFORE, "status": "works", "verdict": "works"}]
     assert len(read_history(reports / "history.jsonl")[0]) == 2  # the previous line + this run
     for name in ("summary.md", "summary.html", "junit.xml", "diff.md"):
         assert (run / name).is_file()
