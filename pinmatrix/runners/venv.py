@@ -290,6 +290,7 @@ class VenvRunner:
     def _source_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("VIRTUAL_ENV", None)
+        env["COLUMNS"] = "1000"  # uv's errors unwrapped, whatever the terminal's width
         if self.uv and hasattr(self.sources, "uv_env"):
             env.update(self.sources.uv_env())
         elif not self.uv and not self.offline:
