@@ -108,7 +108,10 @@ CELL_IDS = _cell_ids()
 
 
 def _install_harness(session: nox.Session) -> None:
-    session.install("-e", f"{ROOT}[test]" if session.name == "tests" else str(ROOT))
+    # silent=False: uv's own lines (resolved, prepared, installed) as each phase ends; a silent
+    # install of the harness was the longest quiet stretch of a cold `nox -s matrix` (12 s)
+    session.install("-e", f"{ROOT}[test]" if session.name == "tests" else str(ROOT),
+                    silent=False)
 
 
 def _find_links_args() -> list[str]:
@@ -223,7 +226,8 @@ def tests(session: nox.Session) -> None:
     _install_harness(session)
     # The probe unit tests run the real CPU stack (torch, transformers, peft) in this session's
     # venv.
-    session.install(*_find_links_args(), "-r", str(ROOT / "tests" / "probe-stack.txt"))
+    session.install(*_find_links_args(), "-r", str(ROOT / "tests" / "probe-stack.txt"),
+                    silent=False)
     # One pytest run on every core (pytest-xdist): the unit tests spread over the workers while
     # the integration tests run one after another on a single worker (tests/integration/
     # conftest.py puts them in one xdist group), as they share the Docker engine, the uv cache and

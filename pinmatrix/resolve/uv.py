@@ -31,6 +31,7 @@ from pinmatrix.activity import acting_for, doing
 from pinmatrix.sources import PackageSources
 
 TARGET_PLATFORM = "x86_64-manylinux_2_28"
+UV_COLUMNS = "1000"  # wide enough that uv never wraps a line of its own words
 CACHE_FORMAT = 1
 DEFAULT_MAX_AGE_S = 24 * 3600     # a fresh index can change transitive pins; re-ask once a day
 # torch's layer: the big wheels that every cell with this torch shares in the image.
@@ -316,7 +317,9 @@ class _Resolver:
                 constraint_file.write_text(constraints)
                 args += ["--constraints", str(constraint_file)]
             args += [*extra, *self.sources.uv_args(torch_pin)]
-            env = {**os.environ, **self.sources.uv_env()}
+            # uv wraps its explanation to COLUMNS (80 in a pytest-xdist worker or a narrow
+            # terminal), splitting the sentences classified below and kept verbatim
+            env = {**os.environ, **self.sources.uv_env(), "COLUMNS": UV_COLUMNS}
             try:
                 proc = subprocess.run(args, capture_output=True, text=True, env=env,
                                       timeout=self.timeout_s,

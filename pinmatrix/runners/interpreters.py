@@ -70,7 +70,10 @@ _UV_NO_PYTHON = re.compile(
 
 
 def uv_could_not_get_python(stderr: str) -> bool:
-    return bool(_UV_NO_PYTHON.search(stderr or ""))
+    # uv wraps its error lines to the terminal's width (COLUMNS): at 80 columns, as under
+    # pytest-xdist or in a narrow terminal, the URL after "Failed to download" is on a line of
+    # its own
+    return bool(_UV_NO_PYTHON.search(" ".join((stderr or "").split())))
 
 
 @dataclass

@@ -292,6 +292,7 @@ class VenvRunner:
     def _source_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("VIRTUAL_ENV", None)
+        env["COLUMNS"] = "1000"  # uv's errors unwrapped, whatever the terminal's width
         if self.uv and hasattr(self.sources, "uv_env"):
             env.update(self.sources.uv_env())
         elif not self.uv and not self.offline:
@@ -441,7 +442,9 @@ class VenvRunner:
         transformers) took 221 s and 382 s per cell; compiling nothing here moved the compile into
         the probe, whose imports check went from 30 s to 84 s, on the cells' one-at-a-time probe
         path. Importing here compiles only what the probe needs, in the build slot, which runs
-        beside the previous cell's probe. A read-only site (a GPU image's venv, which sets
+        beside the previous cell's probe: on one venv of the default matrix, back to back (load
+        average 27), compileall of the stack took 113 s and wrote 8,608 files, these imports 51 s
+        (22 s of CPU) and 2,997 files. A read-only site (a GPU image's venv, which sets
         PYTHONDONTWRITEBYTECODE) gets its bytecode written here too. A failed import only costs
         the probe that compile: it is the probe's to report, never raised here."""
         if self.compile_cache_root is None:

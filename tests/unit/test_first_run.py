@@ -119,3 +119,16 @@ def test_one_cause_is_said_once_in_the_summary(tmp_path):
     section = html[html.index("<section id=infra>"):]
     section = section[:section.index("</section>")]
     assert section.count("is not on this host") == 1 and "2 cells, one cause" in section
+
+
+def test_uv_s_wrapped_words_still_say_the_python_could_not_be_downloaded():
+    """uv wraps its errors to COLUMNS: at 80 (a narrow terminal, a pytest-xdist worker) the URL
+    leaves the "Failed to download" line, and the cell read as a failed venv instead of a missing
+    Python with its remedy."""
+    from pinmatrix.runners.interpreters import uv_could_not_get_python
+
+    wrapped = ("error: Request failed after 3 retries in 8.8s\n  cause: Failed to download\n"
+               "  `http://127.0.0.1:9/20251031/cpython-3.9.25%2B20251031-x86_64-unknown-linux-gnu-"
+               "install_only_stripped.tar.gz`\n  cause: error sending request for url\n")
+    assert uv_could_not_get_python(wrapped)
+    assert not uv_could_not_get_python("error: Failed to download\n  `https://pypi.org/x.whl`\n")
