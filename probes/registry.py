@@ -180,7 +180,7 @@ FACETS: dict[str, str | None] = {
     SPEED: None,
 }
 _QLORA = ("train.qlora", "train.qlora-llamafied", "train.qlora.unsloth", "throughput.qlora",
-          "throughput.unsloth-qlora")
+          "throughput.qlora-no-prepare", "throughput.unsloth-qlora")
 
 
 def _judged_facets(check: Check) -> tuple[str, ...]:

@@ -229,3 +229,14 @@ def test_old_remote_code_pass_is_not_judged_in_every_table(tmp_path):
     picks = {p.purpose.key: p for p in write_pins(run).picks}
     assert picks["exaone3.5-remote-code"].cell is None
     assert picks["exaone3.5-remote-code"].why.startswith("not judged in this run")
+
+
+def test_every_4bit_check_judges_bitsandbytes_4bit():
+    """Each QLoRA recipe (train and throughput, with and without prepare_model_for_kbit_training)
+    exercises bitsandbytes' 4-bit path: a new recipe check that forgot the facet would let a cell
+    count 4-bit bitsandbytes as working on a host where none of them ran."""
+    qlora = [c.name for c in registry.CHECKS if "qlora" in c.name]
+    assert "throughput.qlora-no-prepare" in qlora
+    for name in qlora:
+        assert "bitsandbytes 4-bit" in registry.judges(name), name
+        assert registry.needs_gpu(name), name
