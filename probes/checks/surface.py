@@ -369,15 +369,18 @@ def check_calls(surface: Mapping[str, Any]) -> list[Finding]:
         if run.outcome == "rejects":  # the positional form itself does not bind
             form.failed(run.exc, outcome="rejects")
         elif run.outcome == "fails-later":
-            why = f"the call failed later ({type(run.exc).__name__}: {str(run.exc)[:200]}), which does not judge it"
+            later = f"{type(run.exc).__name__}: {str(run.exc)[:200]}"
+            why = f"the call failed later ({later}), before the callable's own frame held it"
+            bound = f"the callable's own frame bound it; the call then failed for another reason ({later})"
             form.detail["raised_at"] = run.raised_at
             if run.entered:  # its own code ran: the positional form bound
-                form.outcome, form.detail["bound_then"] = "fails-later", why
+                form.outcome, form.detail["bound_then"] = "fails-later", bound
             else:
                 form.not_judged(why)
             for keyword in remaining:
                 if keyword in run.bound:  # the callable's own frame held it in a named parameter
-                    per_keyword[keyword].outcome, per_keyword[keyword].detail["bound_then"] = "fails-later", why
+                    per_keyword[keyword].outcome = "fails-later"
+                    per_keyword[keyword].detail["bound_then"] = bound
                 else:
                     per_keyword[keyword].not_judged(why)
         findings += per_keyword.values()

@@ -116,6 +116,8 @@ def toy_module(tmp_path, monkeypatch):
         Output.__init__ = _compat_init
         def broken_body(a, *, b=None):
             raise RuntimeError("needs a GPU")
+        def takes_any(a, **kwargs):
+            raise RuntimeError("needs a GPU")
     ''')
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -423,3 +425,11 @@ def test_a_removed_class_gives_one_signature_for_its_import_and_its_calls():
     assert len({f.signature for f in findings}) == 1
     assert {f.cause for f in findings} == {f"{module}.{gone} is gone"}
     assert findings[1].id == f"call:{module}.{gone}.from_legacy_cache(1 positional)"
+
+
+def test_a_keyword_that_only_reached_kwargs_before_a_later_failure_is_not_judged(toy_module):
+    """The body failed before anything read `x` (it went into **kwargs): the call does not say
+    whether a later line would reject it, so the fact is not judged, and not failed."""
+    (form, x) = check_calls({"calls": {f"{toy_module}.takes_any": _form(["x"])}})
+    assert form.ok and form.judged and form.outcome == "fails-later"
+    assert x.ok and not x.judged and "needs a GPU" in x.detail["not_judged"]
