@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "integration" / "surface_vs_fixture.py"
 
 
-def _base(work: Path, find_links: str, torch: str) -> Path:
+def base_venv(work: Path, find_links: str, torch: str) -> Path:
+    """One venv holding torch (the CPU wheel from find_links) and numpy, shared by every release."""
     python = work / "base" / "bin" / "python"
     if not python.exists():
         subprocess.run(
@@ -35,6 +36,7 @@ def _base(work: Path, find_links: str, torch: str) -> Path:
                 str(work / "base"),
             ],
             check=True,
+            timeout=300,
         )
         subprocess.run(
             [
@@ -50,11 +52,14 @@ def _base(work: Path, find_links: str, torch: str) -> Path:
                 "numpy",
             ],
             check=True,
+            timeout=1200,
         )
     return python
 
 
 def run_release(python: Path, work: Path, version: str) -> dict:
+    """The surface facts and the fixture executed on one transformers release, installed beside the
+    base venv under `work` (kept: a second call reuses it)."""
     target = work / f"transformers-{version}"
     if not target.exists():
         subprocess.run(
@@ -70,12 +75,14 @@ def run_release(python: Path, work: Path, version: str) -> dict:
                 f"transformers=={version}",
             ],
             check=True,
+            timeout=1200,
         )
     with tempfile.TemporaryDirectory(prefix=f"surface-{version}-") as tmp:
         proc = subprocess.run(
             [str(python), str(SCRIPT), tmp],
             capture_output=True,
             text=True,
+            timeout=1800,
             cwd=ROOT,
             env={
                 **os.environ,
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    python = _base(args.work, args.find_links, args.torch)
+    python = base_venv(args.work, args.find_links, args.torch)
     for index, version in enumerate(args.releases, 1):
         print(f"[{index}/{len(args.releases)}] transformers {version} ...", flush=True)
         out = run_release(python, args.work, version)

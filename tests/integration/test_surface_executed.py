@@ -19,10 +19,8 @@ tests/integration/surface_vs_fixture.py). No fact may disagree with the fixture:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,6 +33,9 @@ WHEELS = Path(os.environ.get("PINMATRIX_TEST_WHEELS", "/opt/wheels"))
 RELEASES = ("4.57.6", "5.0.0", "5.9.0", "5.24.0", "5.25.0")
 TORCH = "torch==2.13.0+cpu"
 
+sys.path.insert(0, str(ROOT / "tools"))
+from surface_releases import base_venv, run_release  # noqa: E402  (tools/ is not a package)
+
 if shutil.which("uv") is None:
     pytest.skip("uv is not installed on this host", allow_module_level=True)
 
@@ -43,80 +44,18 @@ if shutil.which("uv") is None:
 def base(tmp_path_factory) -> Path:
     """One venv holding torch (the CPU wheel from the wheelhouse) and numpy, shared by every
     release."""
-    root = tmp_path_factory.mktemp("surface-executed")
-    subprocess.run(
-        [
-            "uv",
-            "venv",
-            "-q",
-            "-p",
-            f"{sys.version_info[0]}.{sys.version_info[1]}",
-            str(root / "base"),
-        ],
-        check=True,
-        timeout=300,
-    )
-    python = root / "base" / "bin" / "python"
-    subprocess.run(
-        [
-            "uv",
-            "pip",
-            "install",
-            "-q",
-            "--python",
-            str(python),
-            "--find-links",
-            str(WHEELS),
-            TORCH,
-            "numpy",
-        ],
-        check=True,
-        timeout=1200,
-    )
-    return python
+    return base_venv(tmp_path_factory.mktemp("surface-executed"), str(WHEELS), TORCH)
 
 
-def _run(base: Path, version: str, tmp_path: Path) -> dict:
-    target = base.parents[2] / f"transformers-{version}"
-    if not target.exists():
-        subprocess.run(
-            [
-                "uv",
-                "pip",
-                "install",
-                "-q",
-                "--python",
-                str(base),
-                "--target",
-                str(target),
-                f"transformers=={version}",
-            ],
-            check=True,
-            timeout=1200,
-        )
-    proc = subprocess.run(
-        [str(base), str(ROOT / "tests" / "integration" / "surface_vs_fixture.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "PYTHONPATH": f"{target}{os.pathsep}{ROOT}",
-            "HF_MODULES_CACHE": str(tmp_path / "modules"),
-            "HF_HUB_OFFLINE": "1",
-        },
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT ") :])
+def _run(base: Path, version: str) -> dict:
+    out = run_release(base, base.parents[2], version)
     assert out["transformers"] == version
     return out
 
 
 @pytest.mark.parametrize("version", RELEASES)
-def test_every_fact_agrees_with_executing_the_fixture(base, version, tmp_path):
-    out = _run(base, version, tmp_path)
+def test_every_fact_agrees_with_executing_the_fixture(base, version):
+    out = _run(base, version)
     for revision, found in out["revisions"].items():
         facts = found["facts"]
         failed = [f for f in facts if not f["ok"]]
