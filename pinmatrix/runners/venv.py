@@ -469,11 +469,13 @@ class VenvRunner:
         started = time.monotonic()
         # Its own session, waited for in slices (interrupt.wait): a terminal's Ctrl-C reaches the
         # harness only, never the importing child; the harness then ends the whole group.
-        with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
+        # stdout holds only the script's JSON line; what the imports print (warnings) goes to stderr
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as out, \
+                tempfile.TemporaryFile("w+", encoding="utf-8") as err:
             try:
                 proc = subprocess.Popen(
                     [str(python), "-c", IMPORT_SCRIPT, json.dumps(modules)],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                    stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True,
                     env=env, start_new_session=True)
             except OSError as exc:
                 return {"compiled": False, "error": str(exc)[-500:]}
@@ -486,12 +488,13 @@ class VenvRunner:
                 _kill_group(proc)
                 return {"compiled": False, "error": interrupt.reason()}
             out.seek(0)
-            output = out.read()
+            err.seek(0)
+            output, errors = out.read(), err.read()
         seconds = round(time.monotonic() - started, 1)
         try:
             failed = json.loads(output.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            return {"compiled": False, "error": output[-500:], "seconds": seconds}
+            return {"compiled": False, "error": (errors or output)[-500:], "seconds": seconds}
         summary = {"compiled": True, "seconds": seconds, "modules": modules, "failed": failed}
         write_text_atomic(marker, json.dumps(summary))
         return summary
