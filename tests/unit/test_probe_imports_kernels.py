@@ -287,8 +287,8 @@ def test_bitsandbytes_wrong_numbers_fail(tmp_path, site):
 @torch_required
 def test_bitsandbytes_cuda_setup_failure_on_a_cpu_host_needs_a_gpu(tmp_path, site):
     """bitsandbytes' CUDA setup failing on a host without a GPU says the host lacks the GPU path,
-    not that the stack is broken: skip "needs a GPU", the signature and the error kept. On a GPU host
-    the same entry is a fail (tests/unit/test_probe_framework.py runs both hosts)."""
+    not that the stack is broken: skip "needs a GPU", the signature and the error kept. On a GPU
+    host the same entry is a fail (tests/unit/test_probe_framework.py runs both hosts)."""
     fake_bitsandbytes(
         site,
         raise_line="raise RuntimeError('\\n  CUDA Setup failed despite GPU being available. "
