@@ -228,13 +228,11 @@ def tests(session: nox.Session) -> None:
     # venv.
     session.install(*_find_links_args(), "-r", str(ROOT / "tests" / "probe-stack.txt"),
                     silent=False)
-    # The unit tests on every core (pytest-xdist); then the integration tests one after another in
-    # one process, as they share the Docker engine, the uv cache and the fixtures built once per
-    # run (base image, venvs, the wheelhouse): `--dist loadgroup` did not keep them on one worker
-    # (two workers ran test_interrupt at once in CI and it failed). The slowest 20 tests of each
-    # run are listed at the end, so a slow CI names its cause. Arguments after `--` go to both.
-    session.run("pytest", "tests/unit", "-n", "auto", "--durations=20", "-ra", *session.posargs)
-    session.run("pytest", "tests/integration", "--durations=20", "-ra", *session.posargs)
+    # One process, unit then integration: under pytest-xdist five report tests that read real
+    # results failed when spread over workers (they pass alone), and two workers ran test_interrupt
+    # at once. The slowest 20 tests are listed at the end, so a slow CI names its cause.
+    session.run("pytest", "tests/unit", "tests/integration", "--durations=20", "-ra",
+                *session.posargs)
 
 
 if __name__ == "__main__":
