@@ -86,15 +86,38 @@ export PINMATRIX_COMPILE_CACHE_DIR=/tmp/compile-$label PINMATRIX_VENV_DIR=/tmp/v
 t1=$(date +%s)
 # SIGINT at the limit: the run still writes its report, and what finished comes back
 # The harness's own needs (jsonschema; the H200 image lacks it) go on its sys.path only, never into a cell.
-timeout -s INT -k 20 "${PM_TIMEOUT:-540}" $PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" matrix --matrix "${PM_MATRIX:-matrices/h200-prepared.yaml}" --runner venv --no-install --system-site-packages \
-  --venv-python "$PY" --gpus "$gpus" --label "$label" --reports /tmp/pm-reports --rerun=all "${SITES[@]}" "$@" \
-  > "$W/device.log" 2>&1
-rc=$?
+pm() {   # pm LOG ARGS...: one pinmatrix matrix run on the lent GPU
+  local log=$1; shift
+  timeout -s INT -k 20 "${PM_TIMEOUT:-540}" $PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" matrix --runner venv --no-install --system-site-packages \
+    --venv-python "$PY" --gpus "$gpus" --reports /tmp/pm-reports --rerun=all "${SITES[@]}" "$@" > "$log" 2>&1
+}
+# PM_SPEED_CELLS (cell ids, space-separated): those cells run every group of $PM_MATRIX; the selected
+# others run $PM_COMPAT_MATRIX (no throughput), PM_CELLS_PER_GPU at once on the same GPU. The two runs go
+# at the same time: every speed phase waits for the GPU alone (probes/gpu_share.py, a host-wide lock).
+labels=("$label")
+if [ -n "${PM_SPEED_CELLS:-}" ]; then
+  labels=("$label-speed" "$label-compat")
+  pm "$W/device-speed.log" --matrix "${PM_MATRIX:-matrices/h200-prepared.yaml}" --label "$label-speed" \
+     --cells-per-gpu 1 $PM_SPEED_CELLS & p1=$!
+  skip=(); for c in $PM_SPEED_CELLS; do skip+=("$c"); done
+  compat=$($PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" list --matrix "${PM_COMPAT_MATRIX:-matrices/h200-compat.yaml}" "$@" | grep -vxF -f <(printf '%s\n' "${skip[@]}"))
+  echo "speed cells: $PM_SPEED_CELLS"; echo "compat cells: $compat"
+  pm "$W/device-compat.log" --matrix "${PM_COMPAT_MATRIX:-matrices/h200-compat.yaml}" --label "$label-compat" \
+     --cells-per-gpu "${PM_CELLS_PER_GPU:-4}" $compat & p2=$!
+  wait $p1; rc1=$?; wait $p2; rc2=$?; rc=$(( rc1 > rc2 ? rc1 : rc2 ))
+else
+  pm "$W/device.log" --matrix "${PM_MATRIX:-matrices/h200-prepared.yaml}" --label "$label" \
+     --cells-per-gpu "${PM_CELLS_PER_GPU:-1}" "$@"
+  rc=$?
+fi
 echo "pinmatrix matrix: exit $rc in $(( $(date +%s) - t1 )) s"
 wait
-run=$(ls -d /tmp/pm-reports/*-"$label" | tail -1)
-cp "$W"/* "$run"/
-tar -C /tmp/pm-reports -czf "$OUT/$label.tgz" "$(basename "$run")"
-grep -v '^\s*$' "$W/device.log" | grep -v '^\[' | tail -25
-[ -f "$run/summary.md" ] && sed -n '/^## transformers/,/^## Failures/p;/^## Speed/,/^## Probe time/p;/^## GPU timeline/,$p' "$run/summary.md" | head -80
+for l in "${labels[@]}"; do
+  run=$(ls -d /tmp/pm-reports/*-"$l" 2>/dev/null | tail -1)
+  [ -n "$run" ] || { echo "$l: no run folder"; continue; }
+  cp "$W"/* "$run"/
+  tar -C /tmp/pm-reports -czf "$OUT/$l.tgz" "$(basename "$run")"
+  [ -f "$run/summary.md" ] && sed -n '/^## transformers/,/^## Failures/p;/^## Speed/,/^## Probe time/p;/^## GPU timeline/,$p' "$run/summary.md" | head -60
+done
+for f in "$W"/device*.log; do echo "== $f"; grep -v '^\s*$' "$f" | grep -v '^\[' | tail -12; done
 exit $rc

@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from probes.gpu_share import GpuShare
+
 if TYPE_CHECKING:
     from probes.processes import PlainChild
 
@@ -94,17 +96,21 @@ def run(spec: dict[str, Any], work_dir: Path, only: list[str] | None, role: str 
         _say(f"note: --only names {group!r}, which this cell's spec does not list; not run")
     split = processes.splits(pins, role)
     plain_compat = [g for g in groups if g in processes.PLAIN_GROUPS] if split else []
+    # The cell's main probe speaks for the whole cell, its plain child included (probes/gpu_share.py).
+    share = GpuShare.from_env() if role == processes.ROLE_MAIN else GpuShare(None)
+    share.enter_compat()
     # Started before anything is imported here, so it works while unsloth imports (probes/processes.py).
     child = processes.start_plain(spec, work_dir, plain_compat) if plain_compat else None
     try:
-        return _run_groups(spec, work_dir, groups, role, check_names, split, child, started)
+        return _run_groups(spec, work_dir, groups, role, check_names, split, child, started, share)
     finally:
         if child is not None:
             child.stop()
+        share.leave_compat()
 
 
 def _run_groups(spec: dict[str, Any], work_dir: Path, groups: list[str], role: str, check_names: list[str] | None,
-                split: bool, child: PlainChild | None, started: str) -> dict[str, Any]:
+                split: bool, child: PlainChild | None, started: str, share: GpuShare) -> dict[str, Any]:
     from probes import environment, processes
 
     pins = spec.get("pins", {})
@@ -166,7 +172,12 @@ def _run_groups(spec: dict[str, Any], work_dir: Path, groups: list[str], role: s
     for group in groups:
         if (child is not None and group in child.groups) or (split and group == "throughput"):
             continue
-        by_group[group] = run_group(group, check_names)
+        if group == "throughput" and device == "cuda":
+            with share.speed() as alone:
+                by_group[group] = _mark_alone(run_group(group, check_names), alone)
+        else:
+            share.enter_compat()
+            by_group[group] = run_group(group, check_names)
     if child is not None:
         collected = child.collect({g: names_of(g) for g in child.groups})
         _journal([record for records in collected.values() for record in records])
@@ -174,22 +185,38 @@ def _run_groups(spec: dict[str, Any], work_dir: Path, groups: list[str], role: s
     if split and "throughput" in groups:
         # One measurement at a time: the plain stacks in a fresh plain interpreter, then unsloth's here.
         plain = [n for n in names_of("throughput") if n not in processes.UNSLOTH_THROUGHPUT]
-        if device == "cuda" and plain:
-            speed = processes.start_plain(spec, work_dir, ["throughput"], plain)
-            try:
-                measured = speed.collect({"throughput": plain})["throughput"]
-                _journal(measured)
-            finally:
-                speed.stop()
+        if device == "cuda":
+            with share.speed() as alone:
+                measured: list[dict[str, Any]] = []
+                if plain:
+                    speed = processes.start_plain(spec, work_dir, ["throughput"], plain)
+                    try:
+                        measured = speed.collect({"throughput": plain})["throughput"]
+                        _journal(measured)
+                    finally:
+                        speed.stop()
+                measured += run_group("throughput", list(processes.UNSLOTH_THROUGHPUT))
+                by_group["throughput"] = _mark_alone(measured, alone)
         else:   # no GPU: every speed check only skips, no second interpreter needed for that
-            measured = run_group("throughput", plain)
-        by_group["throughput"] = measured + run_group("throughput", list(processes.UNSLOTH_THROUGHPUT))
+            by_group["throughput"] = (run_group("throughput", plain)
+                                      + run_group("throughput", list(processes.UNSLOTH_THROUGHPUT)))
+    share.leave_compat()
+    if share.record() is not None:
+        env["gpu_share"] = share.record()
     results = [record for group in groups for record in by_group.get(group, [])]
     cell = {"id": spec["id"], "hash": spec["hash"], "pins": {k: str(v) for k, v in pins.items()}}
     if isinstance(spec.get("runner"), str):
         cell["runner"] = spec["runner"]
     return {"schema": 1, "cell": cell, "environment": env, "checks": results,
             "started": started, "finished": _now()}
+
+
+def _mark_alone(records: list[dict[str, Any]], alone: dict[str, Any]) -> list[dict[str, Any]]:
+    """Say on each speed record that ran that it had the shared GPU to itself (probes/gpu_share.py)."""
+    for record in records:
+        if alone and record.get("status") != "skip":
+            record.setdefault("evidence", {}).update(alone)
+    return records
 
 
 def write_atomically(document: dict[str, Any], out: Path) -> None:

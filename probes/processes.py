@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from probes import registry
+from probes import gpu_share, registry
 
 ROLE_MAIN = "main"
 ROLE_PLAIN = "plain"
@@ -101,5 +101,6 @@ def start_plain(spec: Mapping[str, Any], work_dir: Path, groups: list[str],
     if check_names is not None:
         cmd += ["--checks", ",".join(check_names)]
     env = dict(os.environ, HF_MODULES_CACHE=str(folder / "hf-modules"))
+    env.pop(gpu_share.ENV, None)   # the main probe holds the GPU lock for its whole cell
     # stdout and stderr are the main probe's: the child's lines reach the run log, tagged [probe:plain].
     return PlainChild(list(groups), folder, subprocess.Popen(cmd, env=env))

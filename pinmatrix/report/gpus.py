@@ -58,12 +58,30 @@ def timeline(outcomes: Iterable[Any]) -> dict[str, Any] | None:
                 "trespass": getattr(o, "trespass", None),
             }
         )
+    wall_s = round(t1 - t0, 1)  # type: ignore[operator]
     return {
         "t0": min(o.started for o in items),
-        "wall_s": round(t1 - t0, 1),  # type: ignore[operator]
+        "wall_s": wall_s,
         "busy_s": round(sum(e["s"] for lane in gpus.values() for e in lane), 1),
         "gpus": dict(sorted(gpus.items())),
+        # matrix --cells-per-gpu: how many cells one GPU held at once at most
+        "most_at_once": max(len(_rows(lane)) for lane in gpus.values()),
+        # what the run's GPUs got through, counting the whole wall time of each GPU it used
+        "cells_per_gpu_hour": round(len(items) / (max(wall_s, 1e-9) * len(gpus) / 3600), 1),
     }
+
+
+def _rows(lane: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """The cells of one GPU in as few chart rows as keep cells that ran at once apart (cells that
+    share a GPU, matrix --cells-per-gpu)."""
+    rows: list[list[Mapping[str, Any]]] = []
+    for e in sorted(lane, key=lambda e: (e["start_s"], e["cell"])):
+        row = next((r for r in rows if r[-1]["end_s"] <= e["start_s"]), None)
+        if row is None:
+            rows.append([e])
+        else:
+            row.append(e)
+    return rows
 
 
 def render_timeline(data: Mapping[str, Any] | None, width: int = 60) -> list[str]:
@@ -79,6 +97,11 @@ def render_timeline(data: Mapping[str, Any] | None, width: int = 60) -> list[str
         f"probe's start "
         "to its end (with a flaky rerun, if any).",
         "",
+        f"**{data.get('cells_per_gpu_hour', 0):.1f} cells per GPU-hour** "
+        f"({sum(map(len, data['gpus'].values()))} cells, {len(data['gpus'])} GPU(s), at most "
+        f"{data.get('most_at_once', 1)} cell(s) on one GPU "
+        "at once).",
+        "",
         "| GPU | cell | start s | end s | s | seen on GPU (peak MiB) | took a GPU without asking |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -92,19 +115,18 @@ def render_timeline(data: Mapping[str, Any] | None, width: int = 60) -> list[str
             )
     out += ["", "```"]
     for gpu, lane in data["gpus"].items():
-        row = [" "] * width
-        for n, e in enumerate(lane):
-            a = int(e["start_s"] / wall * (width - 1))
-            b = max(a, int(e["end_s"] / wall * (width - 1)))
-            for i in range(a, b + 1):
-                row[i] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[n % 26]
-        out.append(
-            f"GPU {gpu} |{''.join(row)}| "
-            + "  ".join(
-                f"{'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[n % 26]}={e['cell'][:48]}"
-                for n, e in enumerate(lane)
+        letter = {e["cell"]: "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[n % 26] for n, e in enumerate(lane)}
+        for k, cells in enumerate(_rows(lane)):
+            row = [" "] * width
+            for e in cells:
+                a = int(e["start_s"] / wall * (width - 1))
+                b = max(a, int(e["end_s"] / wall * (width - 1)))
+                for i in range(a, b + 1):
+                    row[i] = letter[e["cell"]]
+            out.append(
+                f"{('GPU ' + gpu) if k == 0 else '':<6}|{''.join(row)}| "
+                + "  ".join(f"{letter[e['cell']]}={e['cell'][:48]}" for e in cells)
             )
-        )
     out += [f"        0 s{' ' * (width - 8)}{data['wall_s']:.0f} s", "```", ""]
     return out
 

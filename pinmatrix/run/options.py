@@ -63,6 +63,9 @@ class RunOptions:
     gpus: Sequence[str] | None = None  # --gpus 0,1; None: every GPU nvidia-smi lists
     build_jobs: int = 2
     cpu_jobs: int = 1  # cells at once when there is no GPU
+    # cells at once on each GPU: their compat phases share it, speed phases take it alone
+    # (probes/gpu_share.py)
+    cells_per_gpu: int = 1
     shard: tuple[int, int] | None = None  # (i, n), 1-based
     live_progress: bool | None = None  # None: a live line on a TTY, log lines elsewhere
     # write the report and move reports/latest (off for one Slurm task)
@@ -764,6 +767,18 @@ OPTIONS: tuple[Option, ...] = (
         check=_count(1, MAX_JOBS),
     ),
     Option(
+        "--cells-per-gpu",
+        "cells at once on each GPU: their compat checks share it, and each speed measurement waits "
+        "to have the GPU alone (default 1)",
+        field="cells_per_gpu",
+        commands=("matrix",),
+        group=SCALE,
+        type=int,
+        default=1,
+        metavar="N",
+        check=_count(1, MAX_JOBS),
+    ),
+    Option(
         "--shard",
         "run shard I of N (1-based) of the selected cells",
         field="shard",
@@ -861,6 +876,7 @@ TASK_OWN_FIELDS = frozenset(
         "trust_gpus",
         "build_jobs",
         "cpu_jobs",
+        "cells_per_gpu",
         "live_progress",
         "finalize",
         "pins_for",  # used only where the report is written: the session, never a task

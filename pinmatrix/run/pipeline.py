@@ -101,7 +101,7 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
         _prefetch_models(matrix, opts.model_cache, opts, echo)
     tokens = device_tokens(cpu=opts.cpu, requested=opts.gpus,
                            detected=[] if opts.cpu or opts.trust_gpus else detect_gpus(),
-                           cpu_jobs=opts.cpu_jobs)
+                           cpu_jobs=opts.cpu_jobs, cells_per_gpu=opts.cells_per_gpu)
     run_dir, manifest = open_run_dir(
         opts,
         lambda: run_manifest(

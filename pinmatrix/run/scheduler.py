@@ -77,20 +77,28 @@ def parse_gpu_list(text: str) -> list[str]:
 
 
 def device_tokens(*, cpu: bool, requested: Sequence[str] | None, detected: Sequence[str],
-                  cpu_jobs: int = 1) -> list[str | None]:
-    """The device pool. GPU indices where GPUs are used; else `cpu_jobs` tokens: "" (CPU forced) or
-    None (the runner's default: no GPU was found, let the runner decide)."""
+                  cpu_jobs: int = 1, cells_per_gpu: int = 1) -> list[str | None]:
+    """The device pool. Each GPU index `cells_per_gpu` times where GPUs are used (the cells that
+    share one GPU coordinate through its lock: pinmatrix/runners/gpu_lock.py); else `cpu_jobs`
+    tokens: "" (CPU forced) or None (the runner's default: no GPU was found, let the runner
+    decide)."""
     if cpu_jobs < 1:
         raise SchedulerError(f"--cpu-jobs {cpu_jobs}: must be at least 1")
+    if cells_per_gpu < 1:
+        raise SchedulerError(f"--cells-per-gpu {cells_per_gpu}: must be at least 1")
     if not cpu:
+        gpus: list[str] = []
         if requested:
             missing = [g for g in requested if detected and g not in detected]
             if missing:
                 raise SchedulerError(f"--gpus: GPU {', '.join(missing)} not found "
                                      f"(nvidia-smi -L lists {', '.join(detected)})")
-            return list(requested)
-        if detected:
-            return list(detected)
+            gpus = list(requested)
+        elif detected:
+            gpus = list(detected)
+        if gpus:
+            # round robin: with two GPUs and two cells each, the first two cells get different GPUs
+            return [gpu for _ in range(cells_per_gpu) for gpu in gpus]
     return ["" if cpu else None] * cpu_jobs
 
 

@@ -30,7 +30,7 @@ from pinmatrix.activity import doing
 from pinmatrix.cell import Cell, Lock, install_lock, provided_by_base
 from pinmatrix.errors import InfraError
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
-from pinmatrix.runners import cdi, compile_cache
+from pinmatrix.runners import cdi, compile_cache, gpu_lock
 from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
 from pinmatrix.runners.container_args import Mount, security_args
 from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, result_drift
@@ -510,6 +510,10 @@ class DockerRunner:
             env.update(compile_cache.probe_env(compile_cache.CONTAINER_PATH))
         else:
             env.update(compile_cache.probe_env(compile_cache.COLD_CONTAINER_PATH))
+        share = gpu_lock.host_lock(gpu)
+        if share is not None:  # the cells that share this GPU take turns for speed phases
+            mounts.append(Mount(share.parent, gpu_lock.CONTAINER_DIR, read_only=False))
+            env[gpu_lock.ENV] = f"{gpu_lock.CONTAINER_DIR}/{share.name}"
         if self.hf_home is not None:
             mounts.append(Mount(Path(self.hf_home).resolve(), "/hf", read_only=True))
             env["HF_HOME"] = "/hf"

@@ -38,7 +38,7 @@ from pinmatrix.runners.interpreters import (
 )
 from pinmatrix.errors import InfraError
 from pinmatrix.fsio import read_json, write_text_atomic
-from pinmatrix.runners import compile_cache
+from pinmatrix.runners import compile_cache, gpu_lock
 from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
 from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
 from pinmatrix.runners.site_rules import normalise, sites_for
@@ -374,6 +374,10 @@ class VenvRunner:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
+        env.pop(gpu_lock.ENV, None)
+        share = gpu_lock.host_lock(gpu)
+        if share is not None:
+            env[gpu_lock.ENV] = str(share)
         env["PINMATRIX_CELL_ID"] = (
             prepared.cell_id
         )  # pinmatrix/run/gpu_watch.py ties GPU processes to cells
