@@ -95,10 +95,18 @@ pm() {   # pm LOG ARGS...: one pinmatrix matrix run on the lent GPU
 # others run $PM_COMPAT_MATRIX (no throughput), PM_CELLS_PER_GPU at once on the same GPU. The two runs go
 # at the same time: every speed phase waits for the GPU alone (probes/gpu_share.py, a host-wide lock).
 labels=("$label")
+# PM_BESIDE: a command run at the same time as the cells (a repro script, say), holding the GPU lock shared
+# like compat work, so no speed phase measures beside it; its output goes to $OUT/beside.txt
+if [ -n "${PM_BESIDE:-}" ]; then
+  lockdir=${PINMATRIX_GPU_LOCK_DIR:-/tmp/pinmatrix-gpu-locks-$(id -u)}; mkdir -p "$lockdir"
+  lock=(); command -v flock >/dev/null && lock=(flock -s "$lockdir/gpu-${gpus%%,*}.lock")
+  ( S=$S "${lock[@]}" bash -c "$PM_BESIDE" > "$OUT/beside.txt" 2>&1; echo "beside: exit $?" >> "$OUT/beside.txt" ) &
+  beside=$!
+fi
 if [ -n "${PM_SPEED_CELLS:-}" ]; then
   labels=("$label-speed" "$label-compat")
   pm "$W/device-speed.log" --matrix "${PM_MATRIX:-matrices/h200-prepared.yaml}" --label "$label-speed" \
-     --cells-per-gpu 1 $PM_SPEED_CELLS & p1=$!
+     --cells-per-gpu "$(echo $PM_SPEED_CELLS | wc -w)" $PM_SPEED_CELLS & p1=$!
   skip=(); for c in $PM_SPEED_CELLS; do skip+=("$c"); done
   compat=$($PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" list --matrix "${PM_COMPAT_MATRIX:-matrices/h200-compat.yaml}" "$@" | grep -vxF -f <(printf '%s\n' "${skip[@]}"))
   echo "speed cells: $PM_SPEED_CELLS"; echo "compat cells: $compat"
@@ -112,6 +120,7 @@ else
 fi
 echo "pinmatrix matrix: exit $rc in $(( $(date +%s) - t1 )) s"
 wait
+[ -n "${beside:-}" ] && { echo "== beside"; grep -v '^RESULT' "$OUT/beside.txt" | tail -30; }
 for l in "${labels[@]}"; do
   run=$(ls -d /tmp/pm-reports/*-"$l" 2>/dev/null | tail -1)
   [ -n "$run" ] || { echo "$l: no run folder"; continue; }
