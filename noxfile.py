@@ -15,6 +15,7 @@ nox -s bench -- [selectors]     resolve timings (cold, warm, whole stage), then 
                                 (cells/hour, unchanged rerun, rebuild, scheduler overhead), then
                                 the CPU route cold by stage -> reports/bench/
 nox -s matrix -- --on slurm     one Slurm job array, one cell per task (pinmatrix/run/slurm.py)
+nox -s house                    package shape numbers (cycles, long functions, lazy imports) -> reports/house.json
 nox -s lint                     ruff and mypy (CI runs it before the tests)
 nox -s tests -- [pytest args]
 nox -t cell                     every cell, one session each (then `nox -s report`)
@@ -209,6 +210,14 @@ def bench(session: nox.Session) -> None:
     if os.environ.get("PINMATRIX_BENCH_ROUTE", "1") != "0":
         session.run("python", str(ROOT / "tools" / "bench_route.py"), "--matrix", str(MATRIX),
                     *os.environ.get("PINMATRIX_BENCH_ROUTE_ARGS", "").split())
+
+
+@nox.session(python=PYTHON)
+def house(session: nox.Session) -> None:
+    """Numbers about the package's shape (cycles, long functions, imports inside functions, untyped
+    option reads, runner-kind strings), into reports/house.json: tools/house_metrics.py."""
+    session.run("python", str(ROOT / "tools" / "house_metrics.py"), "--json",
+                str(ROOT / "reports" / "house.json"))
 
 
 @nox.session(python=PYTHON)
