@@ -15,7 +15,7 @@ nox -s bench -- [selectors]     resolve timings (cold, warm, whole stage), then 
                                 (cells/hour, unchanged rerun, rebuild, scheduler overhead), then
                                 the CPU route cold by stage -> reports/bench/
 nox -s matrix -- --on slurm     one Slurm job array, one cell per task (pinmatrix/run/slurm.py)
-nox -s house                    package shape numbers (cycles, long functions, lazy imports) -> reports/house.json
+nox -s house                    package shape numbers -> reports/house.json
 nox -s lint                     ruff and mypy (CI runs it before the tests)
 nox -s tests -- [pytest args]
 nox -t cell                     every cell, one session each (then `nox -s report`)

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"imports inside functions: {data['imports_inside_functions']} of "
           f"{data['imports_inside_functions'] + data['imports_at_module_level']} "  # type: ignore[operator]
           f"({data['share_inside_functions']:.0%})")
-    print(f"Namespace reads outside the option table: {data['namespace_reads_outside_option_table']}")
+    reads = data["namespace_reads_outside_option_table"]
+    print(f"Namespace reads outside the option table: {reads}")
     compares = data["runner_kind_string_compares"]
     print(f"runner-kind string compares: {len(compares)} {compares}")  # type: ignore[arg-type]
     if args.json:
