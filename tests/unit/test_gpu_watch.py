@@ -334,3 +334,19 @@ def test_a_process_whose_environment_reads_empty_is_tied_to_its_cell_by_its_comm
     report = reattribute(tmp_path)
     assert report["attribution"]["foreign"] == [] and report["attribution_before"]["foreign"]
     assert load_outcome(tmp_path / "outcomes" / f"{cell}.json").gpus_seen == {"1": 842}
+
+
+def test_timeline_of_cells_sharing_one_gpu(tmp_path):
+    # matrix --cells-per-gpu 2: a and b at once on GPU 0, then c after a
+    _outcome(tmp_path, "a", "0", "2026-11-29T10:00:00.000+00:00", "2026-11-29T10:01:00.000+00:00")
+    _outcome(tmp_path, "b", "0", "2026-11-29T10:00:00.000+00:00", "2026-11-29T10:02:00.000+00:00")
+    _outcome(tmp_path, "c", "0", "2026-11-29T10:01:00.000+00:00", "2026-11-29T10:02:00.000+00:00")
+    outcomes = [load_outcome(p) for p in sorted((tmp_path / "outcomes").glob("*.json"))]
+    line = timeline(outcomes)
+    # 3 cells in 120 s on one GPU: 90 cells per GPU-hour, at most 2 at once
+    assert line["most_at_once"] == 2 and line["cells_per_gpu_hour"] == 90.0
+    chart = [row for row in render_timeline(line) if "|" in row and "=" in row]
+    # two chart rows for GPU 0, so a and b do not overwrite each other; c follows a on the first
+    assert len(chart) == 2 and chart[0].startswith("GPU 0 |") and "C=c" in chart[0]
+    assert "B=b" in chart[1] and chart[1].startswith("      |")
+    assert "**90.0 cells per GPU-hour**" in "\n".join(render_timeline(line))
