@@ -237,11 +237,15 @@ def tests(session: nox.Session) -> None:
     # venv.
     session.install(*_find_links_args(), "-r", str(ROOT / "tests" / "probe-stack.txt"),
                     silent=False)
-    # One process, unit then integration: under pytest-xdist five report tests that read real
-    # results failed when spread over workers (they pass alone), and two workers ran test_interrupt
-    # at once. The slowest 20 tests are listed at the end, so a slow CI names its cause.
-    session.run("pytest", "tests/unit", "tests/integration", "--durations=20", "-ra",
-                *session.posargs)
+    # The slowest 20 tests are listed at the end, so a slow CI names its cause.
+    if session.posargs:
+        session.run("pytest", "--durations=20", "-ra", *session.posargs)
+        return
+    # Unit tests on every core (tests/unit/real_results.py makes its shared results under a lock),
+    # then the integration tests in one process: they share real venvs and Docker images, and
+    # test_interrupt measures timings that a second worker beside it would spoil.
+    session.run("pytest", "tests/unit", "-n", "auto", "--durations=20", "-ra")
+    session.run("pytest", "tests/integration", "--durations=20", "-ra")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,14 @@ digest; the results are cached in pytest's cache folder.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from pinmatrix.probes_source import probes_digest
 from pinmatrix.run.options import REPO_ROOT
@@ -81,6 +84,17 @@ def _package(site: Path, name: str, version: str, files: dict[str, str]) -> None
     (dist / "RECORD").write_text("")
 
 
+@contextmanager
+def _only_one_maker(folder: Path) -> Iterator[None]:
+    """One process at a time checks and makes `folder`: under pytest-xdist two workers found it
+    incomplete at once, and one's rmtree removed the other's packages while its probe imported
+    them (a fingerprint instead of xformers-extensions-not-loaded in the report tests)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def route_spec_for(stack: str) -> dict:
     pins = {**BASE_PINS, "xformers": "0.0.35" if ROUTE_STACKS[stack] else "none"}
     return {"id": f"py3.11-torch2.13.0+cpu-{stack}", "hash": f"hash-{stack}", "pins": pins,
@@ -94,30 +108,31 @@ def real_route_results(cache_root: Path) -> dict[str, Path]:
     did from the results, never assume it."""
     folder = Path(cache_root) / f"routes-{probes_digest()[:16]}"
     wanted = {stack: folder / f"{stack}.json" for stack in ROUTE_STACKS}
-    if all(p.is_file() for p in wanted.values()):
+    with _only_one_maker(folder):
+        if all(p.is_file() for p in wanted.values()):
+            return wanted
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        procs = []
+        for stack, out in wanted.items():
+            work = folder / f"{stack}.work"
+            site = work / "site"
+            site.mkdir(parents=True)
+            if ROUTE_STACKS[stack]:
+                _package(site, "xformers", "0.0.35", ROUTE_STACKS[stack])
+            spec = work / "cell.json"
+            spec.write_text(json.dumps(route_spec_for(stack)))
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(site)])}
+            procs.append((stack, subprocess.Popen(
+                [str(PROBE_PYTHON), "-m", "probes", "--cell", str(spec), "--out", str(out),
+                 "--work", str(work / "w")],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+        for stack, proc in procs:
+            output, _ = proc.communicate(timeout=1200)
+            if proc.returncode != 0 or not wanted[stack].is_file():
+                raise RuntimeError(f"the probe failed for stack {stack} (exit "
+                                   f"{proc.returncode}):\n{output[-3000:]}")
         return wanted
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    procs = []
-    for stack, out in wanted.items():
-        work = folder / f"{stack}.work"
-        site = work / "site"
-        site.mkdir(parents=True)
-        if ROUTE_STACKS[stack]:
-            _package(site, "xformers", "0.0.35", ROUTE_STACKS[stack])
-        spec = work / "cell.json"
-        spec.write_text(json.dumps(route_spec_for(stack)))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(site)])}
-        procs.append((stack, subprocess.Popen(
-            [str(PROBE_PYTHON), "-m", "probes", "--cell", str(spec), "--out", str(out), "--work",
-             str(work / "w")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
-    for stack, proc in procs:
-        output, _ = proc.communicate(timeout=1200)
-        if proc.returncode != 0 or not wanted[stack].is_file():
-            raise RuntimeError(f"the probe failed for stack {stack} (exit "
-                               f"{proc.returncode}):\n{output[-3000:]}")
-    return wanted
 
 
 def spec_for(stack: str) -> dict:
@@ -132,28 +147,29 @@ def real_results(cache_root: Path) -> dict[str, Path]:
     """stack name -> a result file written by `python -m probes` for that stack."""
     folder = Path(cache_root) / probes_digest()[:16]
     wanted = {stack: folder / f"{stack}.json" for stack in STACKS}
-    if all(p.is_file() for p in wanted.values()):
+    with _only_one_maker(folder):
+        if all(p.is_file() for p in wanted.values()):
+            return wanted
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        procs = []
+        for stack, out in wanted.items():
+            work = folder / f"{stack}.work"
+            site = _site_with(STACKS[stack][1], work / "site")
+            site.mkdir(parents=True, exist_ok=True)
+            spec = work / "cell.json"
+            spec.write_text(json.dumps(spec_for(stack)))
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(site)])}
+            procs.append((stack, subprocess.Popen(
+                [str(PROBE_PYTHON), "-m", "probes", "--cell", str(spec), "--out", str(out),
+                 "--work", str(work / "w")],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+        for stack, proc in procs:
+            output, _ = proc.communicate(timeout=600)
+            if proc.returncode != 0 or not wanted[stack].is_file():
+                raise RuntimeError(f"the probe failed for stack {stack} (exit "
+                                   f"{proc.returncode}):\n{output[-3000:]}")
         return wanted
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    procs = []
-    for stack, out in wanted.items():
-        work = folder / f"{stack}.work"
-        site = _site_with(STACKS[stack][1], work / "site")
-        site.mkdir(parents=True, exist_ok=True)
-        spec = work / "cell.json"
-        spec.write_text(json.dumps(spec_for(stack)))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(site)])}
-        procs.append((stack, subprocess.Popen(
-            [str(PROBE_PYTHON), "-m", "probes", "--cell", str(spec), "--out", str(out), "--work",
-             str(work / "w")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
-    for stack, proc in procs:
-        output, _ = proc.communicate(timeout=600)
-        if proc.returncode != 0 or not wanted[stack].is_file():
-            raise RuntimeError(f"the probe failed for stack {stack} (exit "
-                               f"{proc.returncode}):\n{output[-3000:]}")
-    return wanted
 
 
 def cache_root(request, tmp_path_factory) -> Path:
