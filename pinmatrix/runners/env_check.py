@@ -7,7 +7,7 @@ environment of that interpreter, not the harness's.
 
     python -m pinmatrix.runners.env_check [--python PY] [--site DIR]... [LABEL]  -> one JSON line
 
-(matrices/h200_env_check.py, the device-side script this grew from, now calls this.)
+(lab/gpu-lease/h200_env_check.py, the device-side script this grew from, now calls this.)
 """
 from __future__ import annotations
 

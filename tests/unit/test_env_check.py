@@ -78,7 +78,7 @@ def test_transformers_with_a_too_new_tokenizers_is_environment_inconsistent(tmp_
 
 def test_the_device_script_reports_the_same(tmp_path):
     site = _dist(tmp_path / "site", "pm-demo-app", "1.0", ("packaging<1",))
-    script = Path(__file__).resolve().parents[2] / "matrices" / "h200_env_check.py"
+    script = Path(__file__).resolve().parents[2] / "lab" / "gpu-lease" / "h200_env_check.py"
     out = subprocess.run([sys.executable, str(script), "lbl"], capture_output=True, text=True,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True)
     import json

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The lent H200s: unpack the site layers (.gpu/sites/*.txz, made by matrices/h200-sites.sh), check that
-# each cell's environment is consistent, and run the selected cells of matrices/h200-prepared.yaml with
+# The lent H200s: unpack the site layers (.gpu/sites/*.txz, made by lab/gpu-lease/h200-sites.sh), check that
+# each cell's environment is consistent, and run the selected cells of lab/gpu-lease/h200-prepared.yaml with
 # the venv runner on the device's own torch. Everything comes back as $OUT/<label>.tgz plus logs.
 #
-#   matrices/h200-device.sh LABEL GPUS [--rogue] [SELECTOR...]
+#   lab/gpu-lease/h200-device.sh LABEL GPUS [--rogue] [SELECTOR...]
 #     GPUS: 0 (the single-GPU table) or 0,1 (two cells at once, issue 15)
 #     --rogue: while the cells run, start one process that carries a cell's PINMATRIX_CELL_ID (as any
 #              child of that cell would) but ignores CUDA_VISIBLE_DEVICES and takes memory on every GPU,
@@ -27,7 +27,10 @@ SRC=${PM_SITES:-.gpu/sites}; STASH=${PM_STASH:-/root/stash}
 for n in harness common tf4576 tf550 uns u1010 u914 diff039 diff042 fa4 liger; do
   [ -d $S/$n ] && continue
   parts=$(ls "$SRC/$n.tgz.part-"* "$STASH/$n.tgz.part-"* 2>/dev/null | awk -F/ '{print $NF" "$0}' | sort -u -k1,1 | cut -d" " -f2)
-  if [ -f "$SRC/$n.txz" ]; then
+  xparts=$(ls "$SRC/$n.txz.part-"* "$STASH/$n.txz.part-"* 2>/dev/null | awk -F/ '{print $NF" "$0}' | sort -u -k1,1 | cut -d" " -f2)
+  if [ -n "$xparts" ]; then   # h200-sites.sh's carry layout: an xz layer in parts
+    ( rm -rf $S/$n.tmp && mkdir -p $S/$n.tmp && cat $xparts | xz -dc | tar -C $S/$n.tmp -xf - && mv $S/$n.tmp $S/$n ) &
+  elif [ -f "$SRC/$n.txz" ]; then
     ( rm -rf $S/$n.tmp && mkdir -p $S/$n.tmp && \
       $PY -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$SRC/$n.txz" $S/$n.tmp && \
       mv $S/$n.tmp $S/$n ) &
@@ -61,7 +64,7 @@ done
   case $us in 2026.10.9) p=$p:$S/u1010:$S/uns;; 2026.9.14) p=$p:$S/u914:$S/uns;; esac
   if [ $us != none ]; then [ $tf = 4.57.6 ] && p=$p:$S/diff039 || p=$p:$S/diff042; fi
   [ $tf != 4.57.6 ] && p=$p:$S/fa4:$S/liger   # matrix.yaml's include rules: FA4 and Liger on the 5.x lines
-  PYTHONPATH=$p $PY matrices/h200_env_check.py "tf$tf-unsloth-$us"
+  PYTHONPATH=$p $PY lab/gpu-lease/h200_env_check.py "tf$tf-unsloth-$us"
 done; done > "$W/env-check.jsonl" 2>&1
 $PY - "$W/env-check.jsonl" <<'PYEOF'
 import json, sys
@@ -75,7 +78,7 @@ for line in open(sys.argv[1]):
 PYEOF
 if [ $rogue = 1 ]; then
   ( sleep 25
-    cell=$($PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" list --matrix "${PM_MATRIX:-matrices/h200-prepared.yaml}" "$@" | head -1)
+    cell=$($PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" list --matrix "${PM_MATRIX:-lab/gpu-lease/h200-prepared.yaml}" "$@" | head -1)
     echo "rogue: as $cell, on every GPU, CUDA_VISIBLE_DEVICES ignored" >&2
     env -u CUDA_VISIBLE_DEVICES PINMATRIX_CELL_ID="$cell" $PY -c '
 import time, torch
@@ -105,16 +108,16 @@ if [ -n "${PM_BESIDE:-}" ]; then
 fi
 if [ -n "${PM_SPEED_CELLS:-}" ]; then
   labels=("$label-speed" "$label-compat")
-  pm "$W/device-speed.log" --matrix "${PM_MATRIX:-matrices/h200-prepared.yaml}" --label "$label-speed" \
+  pm "$W/device-speed.log" --matrix "${PM_MATRIX:-lab/gpu-lease/h200-prepared.yaml}" --label "$label-speed" \
      --cells-per-gpu "$(echo $PM_SPEED_CELLS | wc -w)" $PM_SPEED_CELLS & p1=$!
   skip=(); for c in $PM_SPEED_CELLS; do skip+=("$c"); done
-  compat=$($PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" list --matrix "${PM_COMPAT_MATRIX:-matrices/h200-compat.yaml}" "$@" | grep -vxF -f <(printf '%s\n' "${skip[@]}"))
+  compat=$($PY -c "import runpy, sys; sys.path.insert(1, '$S/harness'); sys.argv[0] = 'pinmatrix'; runpy.run_module('pinmatrix', run_name='__main__', alter_sys=True)" list --matrix "${PM_COMPAT_MATRIX:-lab/gpu-lease/h200-compat.yaml}" "$@" | grep -vxF -f <(printf '%s\n' "${skip[@]}"))
   echo "speed cells: $PM_SPEED_CELLS"; echo "compat cells: $compat"
-  pm "$W/device-compat.log" --matrix "${PM_COMPAT_MATRIX:-matrices/h200-compat.yaml}" --label "$label-compat" \
+  pm "$W/device-compat.log" --matrix "${PM_COMPAT_MATRIX:-lab/gpu-lease/h200-compat.yaml}" --label "$label-compat" \
      --cells-per-gpu "${PM_CELLS_PER_GPU:-4}" $compat & p2=$!
   wait $p1; rc1=$?; wait $p2; rc2=$?; rc=$(( rc1 > rc2 ? rc1 : rc2 ))
 else
-  pm "$W/device.log" --matrix "${PM_MATRIX:-matrices/h200-prepared.yaml}" --label "$label" \
+  pm "$W/device.log" --matrix "${PM_MATRIX:-lab/gpu-lease/h200-prepared.yaml}" --label "$label" \
      --cells-per-gpu "${PM_CELLS_PER_GPU:-1}" "$@"
   rc=$?
 fi

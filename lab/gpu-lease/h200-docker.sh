@@ -7,16 +7,16 @@
 #   2. the base image from the machine's own Python and torch (`python -m pinmatrix base-image`);
 #   3. a CDI spec for the GPUs (`python -m pinmatrix cdi-spec`), when /dev/nvidia0 exists;
 #   4. `pinmatrix matrix --runner docker --offline --pull never` on PM_MATRIX, from the wheelhouse PM_WHEELS;
-#   5. the venv route on the same lease for the side-by-side (matrices/h200-device.sh, the H200 table's
+#   5. the venv route on the same lease for the side-by-side (lab/gpu-lease/h200-device.sh, the H200 table's
 #      tf 5.17.0 cell), where the site layers were carried;
 #   6. the docker run folder, with the daemon's log, `docker info` and the base image's record, back as
 #      $OUT/<label>-docker.tgz (the venv route's as $OUT/<label>-venv.tgz).
 #
-#   matrices/h200-docker.sh LABEL [SELECTOR...]
+#   lab/gpu-lease/h200-docker.sh LABEL [SELECTOR...]
 # Environment:
 #   PM_TORCH_PY  the interpreter whose torch goes into the base image (the H200: /opt/torch/.venv/bin/python)
 #   PM_WHEELS    wheelhouse with every non-torch wheel of the cells and uv's own wheel (default .gpu/wheelhouse)
-#   PM_MATRIX    default matrices/h200-docker.yaml (its base_image tag is the one made in step 2)
+#   PM_MATRIX    default lab/gpu-lease/h200-docker.yaml (its base_image tag is the one made in step 2)
 #   PM_PY        the interpreter that runs pinmatrix (default python3), with .gpu/sites/harness if present
 #   PM_TIMEOUT   seconds for each matrix run, SIGINT at the limit so the report is still written (300)
 #   PM_VENV=0    skip step 5
@@ -33,14 +33,14 @@
 # GPU parts (cdi-spec, --gpus with the translated spec) are what the H200 adds.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-label=${1:?usage: matrices/h200-docker.sh LABEL [SELECTOR...]}; shift
+label=${1:?usage: lab/gpu-lease/h200-docker.sh LABEL [SELECTOR...]}; shift
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 W=/tmp/h200-docker-$label; rm -rf "$W"; mkdir -p "$W"
 REPORTS=/tmp/pm-reports-$label; mkdir -p "$REPORTS"
 PY=${PM_PY:-python3}
 TORCH_PY=${PM_TORCH_PY:?set PM_TORCH_PY to the interpreter that holds torch}
 WHEELS=$(realpath "${PM_WHEELS:-.gpu/wheelhouse}")
-MATRIX=${PM_MATRIX:-matrices/h200-docker.yaml}
+MATRIX=${PM_MATRIX:-lab/gpu-lease/h200-docker.yaml}
 LIMIT=${PM_TIMEOUT:-300}
 say() { echo "[h200-docker $(date +%T)] $*"; }
 # pinmatrix, with the harness layer (jsonschema: the H200 image lacks it) on its own path only, and only
@@ -119,9 +119,9 @@ say "docker runner: exit $? in $(( $(date +%s) - t )) s"
 grep -v '^\s*$' "$W/docker-run.log" | grep -v '^\[' | tail -8
 
 # 5. the venv route on the same lease, for the side-by-side: the H200 table's tf 5.17.0 cell with the
-#    device's own torch (matrices/h200-device.sh; same checks, its packages from the site layers)
+#    device's own torch (lab/gpu-lease/h200-device.sh; same checks, its packages from the site layers)
 if [ "${PM_VENV:-1}" != 0 ] && [ -d .gpu/sites ]; then
-  PM_ENV_CHECK=0 PM_TIMEOUT=$LIMIT bash matrices/h200-device.sh "$label-venv" 0 transformers=5.17.0 unsloth=none \
+  PM_ENV_CHECK=0 PM_TIMEOUT=$LIMIT bash lab/gpu-lease/h200-device.sh "$label-venv" 0 transformers=5.17.0 unsloth=none \
     >"$W/venv-run.log" 2>&1
   say "venv route: exit $? (its run folder: $OUT/$label-venv.tgz)"
 fi

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Pack what the lent H200 lacks for the default matrix's cells as site layers in .gpu/sites/*.txz
-# (then: matrices/h200-device.sh). Each layer is one package set that a group of cells shares; the
+# (then: lab/gpu-lease/h200-device.sh). Each layer is one package set that a group of cells shares; the
 # versions are uv's locks of the default matrix re-resolved with the device's installed versions as
 # preferences (`uv pip compile -o` with the device's list as the existing output), keeping only what
 # differs from the device. xz, not gzip: transformers packs to 5.8 MB instead of 13.6, and all eight
 # layers (38 MB) travel in one device call.
 set -euo pipefail
 B=${DEVICE_BUNDLE:-../shared/tools/device-bundle}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 mkdir -p .gpu/sites
 layer() {  # NAME SPEC...
   local name=$1; shift
@@ -45,3 +45,13 @@ layer fa4     flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-ds
 layer liger   liger-kernel==0.8.5                                                     # triton: the device torch's
 layer harness jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1  # pinmatrix itself, not the cells
 ls -la .gpu/sites
+# The carry layout for the device calls (one call carries at most 64 MiB, and /root/stash lasts only while
+# the machine stays warm): the fa4 layer in 40 MiB parts, each but the last in a folder of its own that an
+# earlier call copies to /root/stash; the last call carries every other layer and fa4's last part.
+rm -rf .gpu/carry && mkdir -p .gpu/carry/run
+cp .gpu/sites/*.txz .gpu/carry/run/ && rm .gpu/carry/run/fa4.txz
+split -b 40M -d -a 2 .gpu/sites/fa4.txz .gpu/carry/fa4.txz.part-
+parts=(.gpu/carry/fa4.txz.part-*); last=${parts[-1]}
+mv "$last" .gpu/carry/run/
+for part in .gpu/carry/fa4.txz.part-*; do d=.gpu/carry/stash-${part##*-}; mkdir -p "$d"; mv "$part" "$d/"; done
+du -sh .gpu/carry/*
