@@ -190,7 +190,7 @@ def bench(session: nox.Session) -> None:
     session.run(
         "python", str(ROOT / "tools" / "bench.py"), "--matrix", str(MATRIX), *session.posargs
     )
-    # Scale numbers (issue 6): cells/hour, unchanged rerun, transformers-only rebuild, scheduler
+    # Scale numbers: cells/hour, unchanged rerun, transformers-only rebuild, scheduler
     # overhead.
     # On the CI matrix (CPU): these are the numbers this host can produce without a GPU.
     session.run(
@@ -201,7 +201,7 @@ def bench(session: nox.Session) -> None:
             "PINMATRIX_BENCH_MATRIX", str(ROOT / "tests" / "data" / "matrices" / "ci.yaml")
         ),
     )
-    # Release bisect (issue 12): a first and a warm bisect of transformers 4.57.6..5.17.0 on one CPU
+    # Release bisect: a first and a warm bisect of transformers 4.57.6..5.17.0 on one CPU
     # check -> reports/bench/bisect-<UTC>.json.
     session.run("python", str(ROOT / "tools" / "bench_bisect.py"))
     # The CPU route cold, by stage (installs, probes) -> reports/bench/route-<UTC>.json.

@@ -26,7 +26,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_HARNESS, EXIT_BAD_INPUT = 0, 1, 2
 # `matrix` finished, but at least one selected cell could not be judged (status `infra`): the
-# machine's fault, not a stack's (issue 13). Broken cells are data and still exit 0.
+# machine's fault, not a stack's. Broken cells are data and still exit 0.
 EXIT_INFRA = 3
 LOG_TAIL_CHARS = 4000   # how much of a build/run log an infra record keeps
 

@@ -1,6 +1,6 @@
 """Small helpers every stage shares: atomic writes with explicit modes, tolerant JSON reads, the
 time stamp written into run files, and the text helpers reports use. One copy each, so a fix reaches
-every writer (issue 16 found five copies of the JSON read and four of the first-line helper)."""
+every writer (there were five copies of the JSON read and four of the first-line helper)."""
 from __future__ import annotations
 
 import contextlib
@@ -352,7 +352,7 @@ def strict_json(data: Any, where: str = "") -> tuple[Any, list[str]]:
     return clean(data, where), flagged
 
 
-# A run folder or an artifact may come from another machine (issue 17): a symlink in it could point
+# A run folder or an artifact may come from another machine: a symlink in it could point
 # anywhere on this host. Readers of run folders take a file only when it, and every folder between
 # it and the folder they were given, is real (lstat): a link is never followed.
 def real_file(path: Path) -> bool:

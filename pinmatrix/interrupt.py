@@ -1,4 +1,4 @@
-"""The run was interrupted (Ctrl-C, SIGTERM): one process-wide flag (issue 17).
+"""The run was interrupted (Ctrl-C, SIGTERM): one process-wide flag.
 
 The CLI turns SIGTERM into the same KeyboardInterrupt as Ctrl-C; the scheduler sets INTERRUPTED,
 starts no queued cell and waits for the running ones. A running probe is in its own session (so a

@@ -29,7 +29,7 @@ class Outcome:
     reused_from: str | None = None
     # what rerunning the failed check groups once found (pinmatrix/run/flaky.py)
     rerun: str | None = None
-    # issue 15: where and when the probe ran (the GPU the scheduler gave it, UTC ISO times from
+    # where and when the probe ran (the GPU the scheduler gave it, UTC ISO times from
     # taking the
     # device to giving it back), and what pinmatrix/run/gpu_watch.py saw it use: {gpu index: peak
     # MiB}
@@ -38,7 +38,7 @@ class Outcome:
     finished: str | None = None
     gpus_seen: dict[str, float] | None = None
     trespass: str | None = None  # set when the cell was seen on a GPU it was not given
-    # issue 18: how the container got its GPUs: {"route": cdi | nvidia-runtime | cdi-translated |
+    # how the container got its GPUs: {"route": cdi | nvidia-runtime | cdi-translated |
     # none, "args": the exact engine arguments, "spec", "untranslated", "why"} (docker runner)
     gpu_access: dict[str, Any] | None = None
     # an infra cell whose probe was stopped after some checks finished: "partial/<id>.json", those

@@ -161,7 +161,7 @@ def _run_groups(spec: dict[str, Any], work_dir: Path, groups: list[str], role: s
             if error:
                 # The message too, not only the signature: a probe stopped before it writes its result
                 # (a run interrupted at its time limit) leaves this log as the only record of why a check
-                # failed, and a bare fingerprint (an H200 run, issue 19) says nothing by itself.
+                # failed, and a bare fingerprint (an H200 run) says nothing by itself.
                 first = (str(error.get("message") or "").strip().splitlines() or [""])[0]
                 detail = f"{error.get('signature') or ''} {first[:300]}".strip()
             _say(f"{result['name']}: {result['status']} ({result['duration_s']:.2f}s) {detail}")

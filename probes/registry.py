@@ -142,7 +142,7 @@ CHECKS: tuple[Check, ...] = (
     # unsloth's Llama fast path (the only fast route for EXAONE 3.5): the llamafied layout
     _c("throughput.unsloth", "throughput", route=LLAMAFIED, backend=UNSLOTH, measures=True),
     _c("throughput.unsloth-qlora", "throughput", route=LLAMAFIED, backend=UNSLOTH, measures=True),
-    # issue 14: the memory-limited setting, FlashAttention 4, Liger Kernel (all on the llamafied model)
+    # the memory-limited setting, FlashAttention 4, Liger Kernel (all on the llamafied model)
     _c("throughput.sdpa-gc", "throughput", route=LLAMAFIED, backend=HF_PEFT, measures=True),
     _c("throughput.flash_attention_4", "throughput", route=LLAMAFIED, backend=HF_PEFT, measures=True),
     _c("throughput.liger", "throughput", route=LLAMAFIED, backend=HF_PEFT, measures=True),

@@ -1,4 +1,4 @@
-"""`nox -s bench` (scale part) / `python tools/bench_scale.py`: throughput numbers of issue 6.
+"""`nox -s bench` (scale part) / `python tools/bench_scale.py`: throughput numbers.
 
 - cells per hour on this host: the matrix run with every cell forced (`--rerun`), warm venvs/images;
 - the time to rerun the unchanged matrix: every cell reused from the result cache (goal: about 0 s

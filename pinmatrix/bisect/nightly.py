@@ -1,4 +1,4 @@
-"""The nightly bisects its new breakages (issue 12): where a check that passed in the previous run
+"""The nightly bisects its new breakages: where a check that passed in the previous run
 fails
 now, in a cell that differs from a previous good cell in exactly one axis value, the first bad
 release

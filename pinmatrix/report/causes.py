@@ -1,4 +1,4 @@
-"""One cause, said once (issue 13): cells that ended `infra` for the same reason are one group, told
+"""One cause, said once: cells that ended `infra` for the same reason are one group, told
 once with its remedy and the list of cells, on the console and in the summary.
 
 A cause is (signature, reason with the cell's own id taken out). The remedy is the reason's own

@@ -1,4 +1,4 @@
-"""Claims tested (issue 20): statements from a guide or a vendor that the matrix puts to the test,
+"""Claims tested: statements from a guide or a vendor that the matrix puts to the test,
 apart from the cell status.
 
 The claims and their checks are listed in the probes' registry (probes/registry.py `CLAIMS`); a

@@ -39,7 +39,7 @@ def is_run_dir(path: Path) -> bool:
 
 
 # how deep a run is looked for: reports/<run>, artifact/<run>, artifact/reports/<run>. A bound, so
-# that `--previous /` is an answer in a moment, not a walk of the whole disk (issue 17)
+# that `--previous /` is an answer in a moment, not a walk of the whole disk
 RUN_SEARCH_DEPTH = 3
 
 

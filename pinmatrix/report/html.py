@@ -113,7 +113,7 @@ def _environment_html(env: Mapping[str, Any] | None) -> str:
 
 def _mark(status: str | None) -> str:
     """A status's mark, drawn by CSS (a coloured dot), never an emoji: a browser without an emoji
-    font draws those as empty boxes (issue 13). The status word always stands beside it."""
+    font draws those as empty boxes. The status word always stands beside it."""
     return f"<span class='mark m-{e(status or 'none')}' aria-hidden=true></span>"
 
 
@@ -310,7 +310,7 @@ def _rank(verdict: str) -> int:
 
 
 def _pivot_html(tables: list[Mapping[str, Any]]) -> str:
-    """transformers × unsloth, each status as its glyph and its word (issue 13)."""
+    """transformers × unsloth, each status as its glyph and its word."""
     out = []
     for table in tables:
         head = "".join(f"<th>{e(u)}</th>" for u in table["unsloth"])

@@ -46,7 +46,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                              or "—")
             out.append(f"| `{tf}` | " + " | ".join(cells) + " |")
         out.append("")
-    # the answer first (issue 13): after the pivot, the pins per purpose and the guide's claims
+    # the answer first: after the pivot, the pins per purpose and the guide's claims
     if summary.get("pins"):  # pinmatrix/report/pins.py: the pick per purpose, and why not the rest
         from pinmatrix.report.pins import pins_markdown
 

@@ -30,7 +30,7 @@ PER_CELL_DIRS = ("outcomes", "cells", "logs", "locks", "partial")
 _CELL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 
 
-# Artifacts come from every GPU job (issue 17): a symlink in one could point anywhere on the merge
+# Artifacts come from every GPU job: a symlink in one could point anywhere on the merge
 # host. Nothing here follows one: a path is used only when it and every folder between it and its
 # artifact root are real (lstat), and only regular files are read or copied.
 def _read_real_json(path: Path) -> Any:

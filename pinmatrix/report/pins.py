@@ -1,6 +1,6 @@
 """Pins by purpose: each a constraints file in `reports/<run>/pins/` (docs/CONTRACTS.md §8).
 
-A purpose is what a user needs the stack for (issue 20):
+A purpose is what a user needs the stack for:
 - `exaone3.5-remote-code`: the newest stack where EXAONE 3.5 LoRA-trains through its remote code;
 - `exaone3.5-llamafied`: the newest where it trains llamafied (LlamaForCausalLM, same weights);
 - `fastest-lora`: the fastest for LoRA training of EXAONE 3.5, any route, any backend (tokens/s

@@ -60,7 +60,7 @@ class CellRow:
         return verdict_text(self.status, self.not_judged, host)
 
 
-# A run folder handed to `report --run` may come from elsewhere (issue 17): what is not a regular
+# A run folder handed to `report --run` may come from elsewhere: what is not a regular
 # file (a symlink, above all, which could point anywhere on this host) is listed as damaged and
 # never read.
 NOT_FOLLOWED = "not a regular file: a symbolic link in a run folder is never followed"
@@ -91,7 +91,7 @@ def merge(run_dir: Path) -> dict[str, Any]:
         except Refused as exc:
             damaged.append(Damaged(manifest, str(exc)))
         if run_meta is not None and not isinstance(run_meta, dict):
-            # a run.json that is there but unreadable is said, not taken for an empty run (issue 17)
+            # a run.json that is there but unreadable is said, not taken for an empty run
             damaged.append(Damaged(manifest, "not a readable JSON object"))
     elif os.path.lexists(manifest):
         damaged.append(Damaged(manifest, not_followed(manifest)))
@@ -158,10 +158,10 @@ def merge(run_dir: Path) -> dict[str, Any]:
         "remote_code": _remote_code(run_dir),
         "exaone35": exaone35_section(rows),
     }
-    from pinmatrix.report.claims import claims_section  # issue 20: the guide's claims, apart
+    from pinmatrix.report.claims import claims_section  # the guide's claims, apart
 
     summary["claims"] = claims_section(summary)
-    from pinmatrix.report.gpus import timeline  # issue 15: which cell held which GPU, when
+    from pinmatrix.report.gpus import timeline  # which cell held which GPU, when
 
     summary["gpu_timeline"] = timeline(outcomes.values())
     return summary
@@ -237,7 +237,7 @@ def _row_json(row: CellRow) -> dict[str, Any]:
                 "status": c["status"],
                 "signature": (c.get("error") or {}).get("signature"),
                 "reason": c.get("reason"),
-                # written by the probe since issue 20; older results: the registry's
+                # written by the probe since results record it; older results: the registry's
                 "group": c.get("group") or registry.group_of(name),
                 "role": registry.role_of(name),
             }

@@ -1,5 +1,5 @@
 """`python -m pinmatrix doctor` (and `nox -s doctor`): can this host judge the selected cells?
-One line per capability, with its remedy when it is missing (issue 13).
+One line per capability, with its remedy when it is missing.
 
 `matrix` runs the same checks first (`preflight`): when no selected cell could possibly be judged
 (the Docker runner asked for and no engine, no interpreter for any Python the cells need, no index

@@ -104,7 +104,7 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     # another
     # cell's; released after them, or by the scheduler when the task ends.
     device = ctx.hold_device()
-    # the GPU timeline (issue 15): which device, from taking it to giving it back
+    # the GPU timeline: which device, from taking it to giving it back
     outcome.gpu, outcome.started = (device or None) if not opts.cpu else None, _now_ms()
     started = time.monotonic()
     run = runner.run(prepared, spec_path, work, "" if opts.cpu else device,

@@ -240,7 +240,7 @@ def _run_in(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, echo: Ech
         from pinmatrix.run.gpu_watch import watch_run
 
         scheduler = Scheduler[Cell, Outcome](tokens, build_jobs=opts.build_jobs, progress=progress)
-        # who really used which GPU (issue 15)
+        # who really used which GPU
         with watch_run(run_dir, [] if opts.cpu else tokens):
             summary.outcomes = scheduler.run(todo, lambda c: c.id, task, on_error)
         if opts.shard is None and opts.finalize:  # one shard or one Slurm task is not the whole run

@@ -226,7 +226,7 @@ def _resume_target(reports_dir: Path, which: str) -> Path:
     manifest = candidate / "run.json"
     if manifest.is_file():
         # a run folder the resume will write into: never through a symlinked run.json, which
-        # would make the resumed run record itself somewhere else (issue 17)
+        # would make the resumed run record itself somewhere else
         if manifest.is_symlink():
             raise ResumeError(f"--resume {which}: {manifest} is a symlink; resume the run "
                               "folder it belongs to")

@@ -31,7 +31,7 @@ LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_p
 
 LORA_RANK = 16
 LORA_ALPHA = 32
-# The learning bar (issue 17). Training repeats one fixed batch with no dropout, and LoRA's B starts at
+# The learning bar. Training repeats one fixed batch with no dropout, and LoRA's B starts at
 # zero, so losses[0] is exactly the untrained model's loss on that batch: the reference needs no
 # window. The end is the mean of the last END_WINDOW steps (fewer when the run is shorter; never step 0),
 # which steadies a high lr's step-to-step wobble. A stack that cannot learn (lr 0, no gradient reaching

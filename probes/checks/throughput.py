@@ -32,7 +32,7 @@ __all__ = ["checks", "ThroughputRun", "Measurement", "measure_training", "flops_
            "HF_STACKS", "STACKS", "GIB", "QLORA_RECIPES", "qlora_model"]
 
 HF_STACKS = ("sdpa", "eager", "flash_attention_2")
-# issue 14: gradient checkpointing (the memory-limited setting), FlashAttention 4, Liger, Liger + FA4
+# gradient checkpointing (the memory-limited setting), FlashAttention 4, Liger, Liger + FA4
 STACKS = (*HF_STACKS, "flash_attention_4", "sdpa-gc", "liger", "liger-fa4", "unsloth")
 # the stacks measured again at each extra configuration (settings.throughput.configs); eager is left
 # out: it materialises the seq x seq attention matrix per head, which at 8192 tokens does not fit
@@ -927,11 +927,11 @@ def checks(ctx: Any) -> list[tuple[str, Any]]:
     out = [("throughput.sdpa", main["sdpa"]), ("throughput.eager", _hf_check("eager")),
            ("throughput.flash_attention_2", main["flash_attention_2"]),
            ("throughput.sdpa-llamafied", main["sdpa-llamafied"]),
-           # through the trainers, and QLoRA, beside the figures above (issue 19)
+           # through the trainers, and QLoRA, beside the figures above
            ("throughput.trainer", check_trainer),
            ("throughput.qlora", check_qlora),
            ("throughput.qlora-no-prepare", check_qlora_no_prepare),
-           # issue 14: the memory-limited setting, FlashAttention 4, EXAONE 4, Liger
+           # the memory-limited setting, FlashAttention 4, EXAONE 4, Liger
            *((f"throughput.{stack}", main[stack]) for stack in
              ("sdpa-gc", "flash_attention_4", "sdpa-exaone4", "flash_attention_4-exaone4", "liger",
               "liger-fa4")),

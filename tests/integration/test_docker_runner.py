@@ -435,7 +435,7 @@ def test_no_result_is_classified(fake: dict[str, Any], workdir: Path) -> None:
 
 def test_interrupt_kills_the_running_container(engine: Engine, fake: dict[str, Any],
                                                workdir: Path) -> None:
-    """Issue 17: Ctrl-C or SIGTERM to the harness alone (pinmatrix.interrupt) stops a running probe
+    """Ctrl-C or SIGTERM to the harness alone (pinmatrix.interrupt) stops a running probe
     container at once and says so, instead of waiting for the cell timeout."""
     import threading
 

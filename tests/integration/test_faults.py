@@ -1,4 +1,4 @@
-"""Faults at the pipeline level (issue 7): each one injected for real, and each test asserts that
+"""Faults at the pipeline level: each one injected for real, and each test asserts that
 the other cells ran to completion, every finished result is intact (schema-valid, unchanged) and the
 faulty cell got a classified outcome.
 
@@ -628,7 +628,7 @@ def test_docker_daemon_gone_mid_run_reports_infra_and_resumes(
         proxy.kill()
         for name in hang_containers():
             subprocess.run(engine.cmd("rm", "--force", name), capture_output=True)
-    # finished, with the two hanging cells infra (their timeout): exit 3 (issue 13), said once
+    # finished, with the two hanging cells infra (their timeout): exit 3, said once
     assert resumed.returncode == EXIT_INFRA, out + err
     assert "2 cells, one cause [timeout]" in out + err
     assert _assert_intact(run) == 1 and (kept.read_bytes(), kept.stat().st_mtime_ns) == before

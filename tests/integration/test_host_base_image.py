@@ -1,4 +1,4 @@
-"""`python -m pinmatrix base-image` on the real engine (issue 18: a prepared base from the host's
+"""`python -m pinmatrix base-image` on the real engine (a prepared base from the host's
 own Python and torch, for the H200, which has no network and no registry). Here, on CPU, from a
 venv holding torch 2.13.0+cpu (a venv's python is a symlink into pyenv: the image must carry the
 base interpreter and move the venv's site-packages to it):

@@ -119,7 +119,7 @@ def test_chart_is_an_embedded_image_or_says_why_not(page):
         assert re.search(r'<img id="chart" src="data:image/png;base64,', html)
 
 
-# --- issue 13: the answer first, and statuses readable without an emoji font ---------------------
+# --- the answer first, and statuses readable without an emoji font ---------------------
 
 NO_EMOJI_FONTS = """<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd">
 <fontconfig><include ignore_missing="yes">/etc/fonts/fonts.conf</include>

@@ -1,4 +1,4 @@
-"""Interrupting a real run (issue 17): SIGINT to the process group (a terminal's Ctrl-C), SIGINT to
+"""Interrupting a real run: SIGINT to the process group (a terminal's Ctrl-C), SIGINT to
 the harness alone, and SIGTERM to the harness alone (a CI cancel, `kill`), at build time and at
 probe time. Each must leave a run folder whose summary counts exactly its outcomes, with the cell
 that was cut short recorded as `infra` / `interrupted` (never as a build failure), and no probe

@@ -132,7 +132,7 @@ def test_merged_table_has_both_cells_on_cpu(first_run):
 
 
 def test_pins_for_the_routes_that_work_with_their_caveats(first_run):
-    """Issue 20: transformers 4.57.6 trains EXAONE 3.5 through its remote code, 5.17.0 only
+    """Transformers 4.57.6 trains EXAONE 3.5 through its remote code, 5.17.0 only
     llamafied (the remote code fails there): each route gets the newest cell it trains on, and the
     5.17.0 pin's header names the failing remote-code route with its signature."""
     root, proc, _ = first_run

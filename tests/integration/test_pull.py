@@ -1,4 +1,4 @@
-"""--pull against a real registry on 127.0.0.1 (issue 13): Debian's `docker-registry`, started here,
+"""--pull against a real registry on 127.0.0.1: Debian's `docker-registry`, started here,
 serving the locally built base image under a name the engine does not hold. A pull shows its
 progress; a failed pull is infra with a signature that tells apart an unreachable registry, an image
 it does not have, and one that wants a login.

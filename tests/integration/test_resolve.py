@@ -1,4 +1,4 @@
-"""The resolver and live axes against the real package index, with the real uv (issue 4).
+"""The resolver and live axes against the real package index, with the real uv.
 
 Needs the network (PyPI) and the /opt/wheels wheelhouse that holds torch 2.13.0+cpu.
 """

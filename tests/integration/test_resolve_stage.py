@@ -1,4 +1,4 @@
-"""The resolve stage end to end (issue 4): a live axis expanded against the real index and recorded
+"""The resolve stage end to end: a live axis expanded against the real index and recorded
 in run.json, every cell resolved before any build, the lock installed by the docker runner on the
 real engine (no drift), the drift check failing on a lock that differs, pins written from the run,
 and the snapshot reproducing the cells with the index unreachable.
@@ -107,7 +107,7 @@ def test_the_docker_runner_installs_the_resolved_lock(docker_run):
 
 
 def test_no_pins_when_no_check_trained(docker_run):
-    """Issue 20: a pin says a purpose is met (EXAONE 3.5 or 4 LoRA-trains); this run checked
+    """A pin says a purpose is met (EXAONE 3.5 or 4 LoRA-trains); this run checked
     imports and kernels only, so it writes no pins, and says why for each purpose. (What a pins file
     holds is tested on the venv runner's run, tests/integration/test_pipeline.py.)"""
     run_dir = docker_run["run_dir"]

@@ -1,4 +1,4 @@
-"""Two shards writing one run folder at the same time never clobber each other (issue 7).
+"""Two shards writing one run folder at the same time never clobber each other.
 
 Two real `python -m pinmatrix matrix --shard i/2 --run-dir SHARED` processes run concurrently on
 disjoint cell selections (the stand-in probe of fault_cells.py sleeps a little, so their writes

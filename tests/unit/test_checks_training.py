@@ -180,7 +180,7 @@ def test_lora_settings_are_validated() -> None:
     assert lora_train.LoraRun.from_settings({}).steps == 12
 
 
-# The learning bar over the allowed range (issue 17: lora_steps 400 made a working stack `broken`).
+# The learning bar over the allowed range (lora_steps 400 made a working stack `broken`).
 # Training is deterministic with a constant lr, so the first n losses of one long run are exactly
 # the losses of an n-step run (checked below): judging every prefix of one run judges every step
 # count up to its length, at the price of one run.
@@ -324,7 +324,7 @@ def test_gpu_checks_skip_on_cpu(shared: dict[str, Any], module: Any) -> None:
             "throughput.qlora-no-prepare",
             "throughput.unsloth",
             "throughput.unsloth-qlora",
-            # issue 14's speed stacks
+            # the speed stacks
             "throughput.sdpa-gc",
             "throughput.flash_attention_4",
             "throughput.liger",

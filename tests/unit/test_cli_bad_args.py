@@ -43,7 +43,7 @@ BAD = [
     ("shard-out-of-range", ["--shard", "3/2"], "--shard"),
     ("shard-garbage", ["--shard", "half"], "--shard"),
     ("gpus-garbage", ["--gpus", "zero,;rm"], "--gpus"),
-    # issue 17: values that used to pass here and fail (or eat memory) later
+    # values that used to pass here and fail (or eat memory) later
     ("shard-huge", ["--shard", "1/99999999999999999999999"], "--shard"),
     ("shard-past-cap", ["--shard", "1/5001"], "--shard"),
     ("shard-5000-digits", ["--shard", "1/" + "9" * 5000], "--shard"),
@@ -59,7 +59,7 @@ BAD = [
     ("slurm-poll-nan", ["--slurm-poll", "nan"], "--slurm-poll"),
     ("previous-on-matrix", ["--previous", "/nonexistent/run"], "--previous"),  # not its option
     ("resume-with-shard", ["--resume", "--shard", "1/2"], "--resume"),
-    # --resume RUN is a run id under --reports, never a path (issue 17)
+    # --resume RUN is a run id under --reports, never a path
     ("resume-parent", ["--resume", "../x"], "--resume '../x'"),
     ("resume-dotdot", ["--resume", ".."], "--resume '..'"),
     ("resume-absolute", ["--resume", "/etc"], "--resume '/etc'"),
@@ -144,7 +144,7 @@ def test_hostile_base_image_stops_at_the_matrix_and_at_the_runner(
                      base_image=image)
 
 
-# issue 17: a path argument that cannot be what it names; built in tmp_path
+# a path argument that cannot be what it names; built in tmp_path
 PATH_CASES = [
     ("reports-is-a-file", lambda t: ["--reports", str(t / "afile")], "--reports"),
     ("run-dir-is-a-file", lambda t: ["--run-dir", str(t / "afile")], "--run-dir"),
@@ -231,7 +231,7 @@ def test_reports_folder_that_cannot_be_made_exits_2_naming_it(tmp_path: Path) ->
     assert len(errors) == 1 and str(reports) in errors[0], proc.stderr
 
 
-# --- values from the environment: checked as their flag, named as the variable (issue 17) --------
+# --- values from the environment: checked as their flag, named as the variable --------
 SOURCE_VARS = ("PINMATRIX_FIND_LINKS", "PIP_FIND_LINKS", "PINMATRIX_CA_BUNDLE", "PIP_CERT",
                "SSL_CERT_FILE", "PINMATRIX_VENV_DIR")
 

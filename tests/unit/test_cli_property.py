@@ -1,4 +1,4 @@
-"""Property (issue 17): any command line built from the real option table (pinmatrix/run/options.py
+"""Property: any command line built from the real option table (pinmatrix/run/options.py
 OPTIONS) with hostile values exits 0, 1 or 2, never with a traceback, within a memory bound.
 
 Each example runs `python -m pinmatrix` in its own process under RLIMIT_AS, with

@@ -1,4 +1,4 @@
-"""The doctor (issue 13): one line per capability, and `matrix` stopping at once, exit 2, when no
+"""The doctor: one line per capability, and `matrix` stopping at once, exit 2, when no
 selected cell could be judged on this host. Real checks of this host; what is made absent is made so
 for real (a closed port, a socket that does not exist)."""
 from __future__ import annotations

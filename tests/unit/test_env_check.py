@@ -1,5 +1,5 @@
 """--no-install: a prepared environment whose own requirements are unmet is infra, not a broken
-stack (issue 13). The environments here are real: the test venv's transformers 4.57.6 with a site
+stack. The environments here are real: the test venv's transformers 4.57.6 with a site
 layer holding a tokenizers 0.23.2 distribution first on the path."""
 from __future__ import annotations
 

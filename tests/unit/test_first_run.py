@@ -1,5 +1,5 @@
-"""Issue 13, as a new user meets it: honest exit codes, an inconsistent prepared environment named
-as such, one cause said once. Real runs of `python -m pinmatrix` that end before any probe."""
+"""The first run, as a new user meets it: honest exit codes, an inconsistent prepared environment
+named as such, one cause said once. Real runs of `python -m pinmatrix` that end before any probe."""
 from __future__ import annotations
 
 import importlib.metadata as md

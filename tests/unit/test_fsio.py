@@ -51,7 +51,7 @@ def test_first_line():
     assert first_line("abcdef", limit=3) == "abc…"
 
 
-# --- a report published as one set (issue 17: an interrupt at report time) -----------------------
+# --- a report published as one set (an interrupt at report time) -----------------------
 
 def test_published_together_publishes_at_the_end_and_drops_everything_on_an_interrupt(tmp_path):
     import pytest

@@ -1,4 +1,4 @@
-"""Issue 15: where each cell ran and what it really used (pinmatrix/run/gpu_watch.py), the per-GPU
+"""Where each cell ran and what it really used (pinmatrix/run/gpu_watch.py), the per-GPU
 timeline
 and the concurrent-vs-alone comparison (pinmatrix/report/gpus.py), per-cell extra sites
 (pinmatrix/runners/site_rules.py). No GPU: nvidia-smi is faked."""

@@ -1,4 +1,4 @@
-"""Hostile matrix values (issue 17): each is a MatrixError at the value's own line and column, never
+"""Hostile matrix values: each is a MatrixError at the value's own line and column, never
 another exception; plus a property test that puts arbitrary values at every place a value goes."""
 from __future__ import annotations
 

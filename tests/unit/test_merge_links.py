@@ -1,4 +1,4 @@
-"""`merge` on hostile artifacts (issue 17): it never follows a symlink, never reads outside the
+"""`merge` on hostile artifacts: it never follows a symlink, never reads outside the
 artifact, never counts what it cannot validate. Real merges of real files; the artifacts are built
 the way a GPU job uploads them (ARTIFACTS/cell-<id>/{run.json, outcomes/, locks/, logs/})."""
 from __future__ import annotations

@@ -650,7 +650,7 @@ def test_unsloth_cell_runs_plain_transformers_checks_in_an_interpreter_that_neve
 def test_unsloth_cell_runs_train_and_adapter_plain_and_their_unsloth_routes_in_the_main_interpreter(
     tmp_path,
 ):
-    """Issue 19's groups in a cell that pins unsloth: Trainer / SFTTrainer / adapter checks run in
+    """The groups in a cell that pins unsloth: Trainer / SFTTrainer / adapter checks run in
     the plain
     interpreter; train.trl-sft.unsloth & co. are the unsloth group's, in the main one (skip on
     CPU)."""

@@ -1,4 +1,4 @@
-"""`report` and `--resume` on folders that are not what they claim (issue 17): a folder of runs, an
+"""`report` and `--resume` on folders that are not what they claim: a folder of runs, an
 empty folder, a garbage run.json, unreadable outcomes, a missing --previous, symlinks. Each either
 exits 2 naming the folder and writes nothing, or reports and says what it could not count."""
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_resume_refuses_a_symlinked_run_json(tmp_path: Path) -> None:
 
 def test_resume_refuses_a_symlink_that_leaves_the_reports_folder(tmp_path: Path) -> None:
     """--resume RUN names a folder under --reports; one that is a symlink to a run elsewhere would
-    make the resume write there (issue 17). Refused at parse time, exit 2, nothing written."""
+    make the resume write there. Refused at parse time, exit 2, nothing written."""
     elsewhere = _run(tmp_path / "elsewhere")
     reports = tmp_path / "reports"
     reports.mkdir()

@@ -1,5 +1,5 @@
 """A signal that the kernel hands to a cell's thread instead of the main thread still stops the run
-at once (issue 17).
+at once.
 
 Python runs signal handlers only on the main thread, and only when it runs Python code. Linux gives
 a process-directed SIGTERM to any thread that does not block it. When a worker thread takes it, a

@@ -88,7 +88,7 @@ KNOWN = [
         "_ZN3c105ErrorC2ENS_14SourceLocationENSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE",
         "flash-attn-abi-mismatch",
     ),
-    # issue 14, each message as its source writes it: unsloth 2026.10.9 unsloth/models/_utils.py
+    # each message as its source writes it: unsloth 2026.10.9 unsloth/models/_utils.py
     # (printed at import, recorded by probes/environment.py), flash-attn-4 4.0.0b36
     # flash_attn/cute/interface.py `import cutlass.cute as cute`, transformers 5.17.0
     # modeling_utils.py _flash_attn_can_dispatch, liger-kernel 0.8.5 transformers/monkey_patch.py
@@ -181,7 +181,7 @@ KNOWN = [
         "HTTPSConnectionPool(host='huggingface.co', port=443): Max retries exceeded with url: /api",
         "network-unreachable",
     ),
-    # Trainer-level breaks (issue 19): the messages transformers 5.0.0 and trl 0.24.0 raise here,
+    # Trainer-level breaks: the messages transformers 5.0.0 and trl 0.24.0 raise here,
     # and unsloth's.
     (
         "TypeError",

@@ -1,4 +1,4 @@
-"""Issue 14's speed stacks on the CPU: FlashAttention 4, Liger Kernel, gradient checkpointing and
+"""The speed stacks on the CPU: FlashAttention 4, Liger Kernel, gradient checkpointing and
 the extra throughput configuration. The GPU runs them; here every new check skips with its reason,
 a flash-attn-4 whose import fails fails with the catalogued signature, the Liger module inspection
 sees a real patch and rejects an unpatched model, and the report's speed rows carry their baseline
