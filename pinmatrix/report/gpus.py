@@ -17,12 +17,16 @@ probe times added up (running the same cells one after another).
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
-from pinmatrix.fsio import load_json
+from pinmatrix.console import escape
+from pinmatrix.errors import BadInput
+from pinmatrix.fsio import (load_json, plain_name, real_file, real_json_files, write_json_atomic,
+                            write_text_atomic)
 
 TOLERANCE = 0.05
 
@@ -134,22 +138,67 @@ def render_timeline(data: Mapping[str, Any] | None, width: int = 60) -> list[str
 # --- concurrent against alone --------------------------------------------------------------------
 
 
+# The run folders compared may come from another machine or a damaged run (the trust rule in
+# pinmatrix/fsio.py): a file that cannot be read, or a record of the wrong shape, is listed under
+# `damaged` and left out; only a run folder without a readable summary is bad input.
 def _summary(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "summary.json"
-    return load_json(path)
-
-
-def _speeds(summary: Mapping[str, Any]) -> dict[tuple[str, str], float]:
-    return {(s["cell"], s["stack"]): float(s["tokens_per_s"]) for s in summary.get("speed") or []}
-
-
-def _probe_s(run_dir: Path) -> dict[str, float]:
-    out = {}
-    for path in sorted((Path(run_dir) / "outcomes").glob("*.json")):
+    try:
         data = load_json(path)
-        run_s = (data.get("timings") or {}).get("run_s")
-        if isinstance(run_s, (int, float)):
-            out[data["cell"]] = float(run_s)
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{path}: not a run's summary ({exc}); run `python -m pinmatrix report "
+                       f"--run {run_dir}` first") from exc
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: not a run's summary (a JSON object was expected)")
+    return data
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+def _speeds(summary: Mapping[str, Any], damaged: list[str] | None = None,
+            where: str = "") -> dict[tuple[str, str], float]:
+    out: dict[tuple[str, str], float] = {}
+    rows = summary.get("speed")
+    for n, row in enumerate(rows if isinstance(rows, list) else []):
+        tps = _number(row.get("tokens_per_s")) if isinstance(row, dict) else None
+        if (tps is None or not isinstance(row.get("cell"), str)
+                or not isinstance(row.get("stack"), str)):
+            if damaged is not None:
+                damaged.append(f"{where}summary.json speed[{n}]: not a speed row")
+            continue
+        out[(row["cell"], row["stack"])] = tps
+    return out
+
+
+def _outcomes(run_dir: Path, damaged: list[str]) -> dict[str, dict[str, Any]]:
+    """The run's outcomes by cell; each file that cannot be one is named in `damaged`."""
+    files, refused = real_json_files(Path(run_dir) / "outcomes")
+    damaged += [f"{p}: not a regular file" for p in refused]
+    out: dict[str, dict[str, Any]] = {}
+    for path in files:
+        try:
+            data = load_json(path)
+        except (OSError, ValueError) as exc:
+            damaged.append(f"{path}: {exc}")
+            continue
+        if not isinstance(data, dict) or not plain_name(data.get("cell")):
+            damaged.append(f"{path}: not an outcome")
+            continue
+        out.setdefault(data["cell"], data)
+    return out
+
+
+def _probe_s(outcomes: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    out = {}
+    for cell, data in outcomes.items():
+        timings = data.get("timings")
+        run_s = _number(timings.get("run_s")) if isinstance(timings, dict) else None
+        if run_s is not None:
+            out[cell] = run_s
     return out
 
 
@@ -158,9 +207,14 @@ def _conditions(
 ) -> dict[str, Any]:
     """Median SM clock, power and utilisation of one GPU, and the host's load, between two times."""
     path = Path(run_dir) / "gpu_watch.json"
-    if not path.is_file() or gpu is None:
+    if not real_file(path) or gpu is None:
         return {}
-    watch = load_json(path)
+    try:
+        watch = load_json(path)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(watch, dict) or not isinstance(watch.get("samples") or [], list):
+        return {}
     a, b = _t(start), _t(end)
     clocks: list[float] = []
     power: list[float] = []
@@ -168,13 +222,15 @@ def _conditions(
     load: list[float] = []
     mem: list[float] = []
     for s in watch.get("samples") or []:
+        if not isinstance(s, dict):
+            continue
         t = _t(s.get("t"))
         if t is None or a is None or b is None or not a <= t <= b:
             continue
-        if isinstance(s.get("load1"), (int, float)):
+        if _number(s.get("load1")) is not None:
             load.append(s["load1"])
-        for g in s.get("gpus") or []:
-            if g.get("index") != gpu:
+        for g in s.get("gpus") if isinstance(s.get("gpus"), list) else []:
+            if not isinstance(g, dict) or g.get("index") != gpu:
                 continue
             for key, bucket in (
                 ("sm_mhz", clocks),
@@ -182,7 +238,7 @@ def _conditions(
                 ("util", util),
                 ("mem_mib", mem),
             ):
-                if isinstance(g.get(key), (int, float)):
+                if _number(g.get(key)) is not None:
                     bucket.append(g[key])
     med = lambda xs: round(statistics.median(xs), 1) if xs else None  # noqa: E731
     return {
@@ -203,13 +259,16 @@ def _step_spread(run_dir: Path, cell: str, stack: str) -> dict[str, Any] | None:
         data = load_json((Path(run_dir) / "cells" / f"{cell}.json"))
     except (OSError, ValueError):
         return None
-    for check in data.get("checks") or []:
-        if check.get("name") == f"throughput.{stack}":
-            times = (check.get("evidence") or {}).get("step_times_s")
+    checks = data.get("checks") if isinstance(data, dict) else None
+    for check in checks if isinstance(checks, list) else []:
+        if isinstance(check, dict) and check.get("name") == f"throughput.{stack}":
+            evidence = check.get("evidence")
+            times = evidence.get("step_times_s") if isinstance(evidence, dict) else None
             if (
                 isinstance(times, list)
                 and times
-                and all(isinstance(t, (int, float)) for t in times)
+                and all(_number(t) is not None for t in times)
+                and statistics.median(times) > 0
             ):
                 return {
                     "n": len(times),
@@ -255,24 +314,22 @@ def _why(row: Mapping[str, Any]) -> str:
 
 def compare(run_dir: Path, alone_dirs: Sequence[Path]) -> dict[str, Any]:
     run_dir = Path(run_dir)
+    damaged: list[str] = []
     concurrent = _summary(run_dir)
-    outcomes = {}
-    for path in sorted((run_dir / "outcomes").glob("*.json")):
-        data = load_json(path)
-        outcomes[data["cell"]] = data
+    outcomes = _outcomes(run_dir, damaged)
     alone_speed: dict[tuple[str, str], tuple[float, Path]] = {}
     alone_probe: dict[str, tuple[float, Path]] = {}
     alone_outcome: dict[str, dict[str, Any]] = {}
     for d in alone_dirs:
-        for key, tps in _speeds(_summary(Path(d))).items():
+        for key, tps in _speeds(_summary(Path(d)), damaged, f"{d}/").items():
             alone_speed.setdefault(key, (tps, Path(d)))
-        for cell, s in _probe_s(Path(d)).items():
+        alone = _outcomes(Path(d), damaged)
+        for cell, s in _probe_s(alone).items():
             alone_probe.setdefault(cell, (s, Path(d)))
-        for path in sorted((Path(d) / "outcomes").glob("*.json")):
-            data = load_json(path)
-            alone_outcome.setdefault(data["cell"], {**data, "_dir": str(d)})
+        for cell, data in alone.items():
+            alone_outcome.setdefault(cell, {**data, "_dir": str(d)})
     rows = []
-    for (cell, stack), tps in sorted(_speeds(concurrent).items()):
+    for (cell, stack), tps in sorted(_speeds(concurrent, damaged, f"{run_dir}/").items()):
         base = alone_speed.get((cell, stack))
         o = outcomes.get(cell, {})
         row: dict[str, Any] = {
@@ -317,8 +374,9 @@ def compare(run_dir: Path, alone_dirs: Sequence[Path]) -> dict[str, Any]:
         "sequential_cells": len(sequential),
         "cells": len(cells),
         "timeline": line,
-        "concurrent_probe_s": {c: _probe_s(run_dir).get(c) for c in cells},
+        "concurrent_probe_s": {c: _probe_s(outcomes).get(c) for c in cells},
         "alone_probe_s": {c: alone_probe[c][0] for c in cells if c in alone_probe},
+        "damaged": damaged,
     }
 
 
@@ -391,6 +449,10 @@ def render_compare(data: Mapping[str, Any]) -> str:
         "",
     ]
     out += render_timeline(data.get("timeline"))
+    if data.get("damaged"):
+        out += ["## Damaged", "", "Left out of the comparison:", ""]
+        out += [f"- {escape(str(item))}" for item in data["damaged"]]
+        out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -401,9 +463,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmp_.add_argument("run", type=Path)
     cmp_.add_argument("--alone", type=Path, action="append", required=True)
     args = parser.parse_args(argv)
-    from pinmatrix.fsio import write_json_atomic, write_text_atomic
-
-    data = compare(args.run, args.alone)
+    try:
+        data = compare(args.run, args.alone)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     write_json_atomic(args.run / "concurrency.json", data)
     write_text_atomic(args.run / "concurrency.md", render_compare(data))
     print(render_compare(data))

@@ -6,6 +6,7 @@ and the concurrent-vs-alone comparison (pinmatrix/report/gpus.py), per-cell extr
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.report.markdown import render_markdown
 from pinmatrix.report.summary import merge
 from pinmatrix.report.gpus import compare, render_compare, render_timeline, timeline
+from pinmatrix.report.gpus import main as gpus_main
 from pinmatrix.runners.site_rules import ExtraSite, parse_extra_site, sites_for
 
 GPUS = "0, GPU-aaa, 97, 60000, 1980, 650.1, 5, 16\n1, GPU-bbb, 0, 600, 345, 70.0, 5, 16\n"
@@ -350,3 +352,34 @@ def test_timeline_of_cells_sharing_one_gpu(tmp_path):
     assert len(chart) == 2 and chart[0].startswith("GPU 0 |") and "C=c" in chart[0]
     assert "B=b" in chart[1] and chart[1].startswith("      |")
     assert "**90.0 cells per GPU-hour**" in "\n".join(render_timeline(line))
+
+
+def test_compare_lists_damaged_files_and_leaves_them_out(tmp_path):
+    """The run folders compared are untrusted: a FIFO among the outcomes, an outcome of the wrong
+    shape, a speed row with NaN and a result that is a list are each named under `damaged`, the
+    rest is compared, and nothing hangs or raises."""
+    alone = _speed_run(tmp_path, "alone", [
+        ("a", "0", "2026-11-29T09:00:00+00:00", "2026-11-29T09:01:00+00:00", 20000.0, 60.0)])
+    both = _speed_run(tmp_path, "both", [
+        ("a", "0", "2026-11-29T10:00:00+00:00", "2026-11-29T10:01:00+00:00", 19000.0, 61.0)])
+    os.mkfifo(both / "outcomes" / "fifo.json")
+    (both / "outcomes" / "list.json").write_text("[1, 2]")
+    summary = json.loads((both / "summary.json").read_text())
+    summary["speed"] += [{"cell": "b", "stack": "sdpa", "tokens_per_s": "NaN"}, "row"]
+    (both / "summary.json").write_text(json.dumps(summary))
+    (both / "cells").mkdir()
+    (both / "cells" / "a.json").write_text("[]")
+    data = compare(both, [alone])
+    assert [(r["cell"], r["tokens_per_s"]) for r in data["rows"]] == [("a", 19000.0)]
+    assert any("fifo.json: not a regular file" in d for d in data["damaged"])
+    assert any("list.json: not an outcome" in d for d in data["damaged"])
+    assert sum("not a speed row" in d for d in data["damaged"]) == 2
+    assert "## Damaged" in render_compare(data)
+
+
+def test_compare_without_a_summary_is_bad_input_naming_the_file(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "alone").mkdir()
+    code = gpus_main(["compare", str(tmp_path / "run"), "--alone", str(tmp_path / "alone")])
+    assert code == 2
+    assert f"{tmp_path / 'run' / 'summary.json'}: not a run's summary" in capsys.readouterr().err
