@@ -229,7 +229,8 @@ def _conditions(
             continue
         if _number(s.get("load1")) is not None:
             load.append(s["load1"])
-        for g in s.get("gpus") if isinstance(s.get("gpus"), list) else []:
+        listed = s.get("gpus")
+        for g in listed if isinstance(listed, list) else []:
             if not isinstance(g, dict) or g.get("index") != gpu:
                 continue
             for key, bucket in (
