@@ -40,7 +40,7 @@ from pinmatrix.bisect.search import BisectResult, Judgement, RangeError, bisect_
 from pinmatrix.errors import BadInput, PinmatrixError, UsageError
 from pinmatrix.fsio import write_json_atomic, write_text_atomic
 from pinmatrix.results import CellResult, load_result
-from pinmatrix.run.options import Echo, RunOptions
+from pinmatrix.run.options import BisectOptions, Echo, RunOptions
 
 __all__ = ["BisectSpec", "parse_spec", "run_bisect", "release_notes_url", "EXIT_INFRA_BISECT"]
 
@@ -439,18 +439,18 @@ def render_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def bisect_command(args: Any, opts: RunOptions) -> int:
+def bisect_command(options: BisectOptions, opts: RunOptions) -> int:
     """The CLI entry: exit 0 with an answer (or a stated non-monotonic/infra stop written down), 2
     on bad
     input, 1 when nothing could be judged."""
     from pinmatrix.bisect.releases import IndexUnreachable
 
     spec = parse_spec(
-        list(args.selectors),
-        list(args.check or ()),
-        pre=args.pre,
-        exhaustive=args.all,
-        signature=args.signature,
+        list(opts.selectors),
+        list(options.check),
+        pre=options.pre,
+        exhaustive=options.all,
+        signature=options.signature,
     )
     try:
         folder, result = run_bisect(spec, opts)

@@ -43,7 +43,7 @@ from pinmatrix.errors import SlurmError
 from pinmatrix.fsio import load_json, utc_now, write_json_atomic, write_text_atomic
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.run.options import Echo, RunOptions
+from pinmatrix.run.options import Echo, RunOptions, SlurmOptions
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL",
             "OUT_OF_MEMORY",
@@ -152,7 +152,7 @@ class SlurmClient:
 
 # --- the session side ----------------------------------------------------------------------------
 
-def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
+def run_on_slurm(slurm: SlurmOptions, opts: RunOptions, echo: Echo = print,
                  client: SlurmClient | None = None) -> Path | None:
     """Submit the selected cells as one job array, wait for it, and report: the run folder, or None
     when no cell was selected. The exit code comes from the folder, by the local run's rule
@@ -189,21 +189,21 @@ def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
     slurm_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(slurm_dir / "cells.txt", "".join(c.id + "\n" for c in cells))
     script = slurm_dir / "job.sh"
-    write_text_atomic(script, job_script(args, opts, run_dir))
+    write_text_atomic(script, job_script(slurm.task_argv, opts, run_dir))
     script.chmod(0o755)
     job = client.submit(script, len(cells), gres=None if opts.cpu else "gpu:1",
-                        partition=args.partition,
-                        extra=tuple(args.sbatch_arg), output=slurm_dir / "%A_%a.log")
+                        partition=slurm.partition,
+                        extra=tuple(slurm.sbatch_arg), output=slurm_dir / "%A_%a.log")
     manifest["slurm"] = {"job_id": job, "tasks": len(cells), "script": "slurm/job.sh"}
     write_json_atomic(run_dir / "run.json", manifest)
-    partition = f", partition {args.partition}" if args.partition else ""
+    partition = f", partition {slurm.partition}" if slurm.partition else ""
     echo(
         f"run {run_dir.name}: {len(cells)} cells submitted as Slurm job array {job} "
         f"({'cpu' if opts.cpu else 'gres gpu:1'}{partition})"
     )
 
-    deadline_s = args.slurm_deadline or _default_deadline(cells, opts)
-    final = wait_for_tasks(client, job, len(cells), poll_s=args.slurm_poll, deadline_s=deadline_s,
+    deadline_s = slurm.slurm_deadline or _default_deadline(cells, opts)
+    final = wait_for_tasks(client, job, len(cells), poll_s=slurm.slurm_poll, deadline_s=deadline_s,
                            run_dir=run_dir, echo=echo)
     done = finished_cells(run_dir)
     for index, cell in enumerate(cells):
@@ -306,12 +306,13 @@ def _default_deadline(cells: Sequence[Cell], opts: RunOptions) -> float:
     return 2 * longest + 3600  # one build plus the cell, twice over, plus queueing
 
 
-def job_script(args: argparse.Namespace, opts: RunOptions, run_dir: Path) -> str:
-    """The array task's script: cd into this checkout and run one cell of the run folder."""
+def job_script(task_argv: Sequence[str], opts: RunOptions, run_dir: Path) -> str:
+    """The array task's script: cd into this checkout and run one cell of the run folder, with the
+    session's forwarded options (`task_argv`, SlurmOptions.task_argv)."""
     from pinmatrix.run.options import REPO_ROOT
 
     argv = [sys.executable, "-m", "pinmatrix", "run-cell", "--run-dir", str(run_dir),
-            "--index", "${SLURM_ARRAY_TASK_ID}", *forwarded_options(args, run_dir)]
+            "--index", "${SLURM_ARRAY_TASK_ID}", *task_options(task_argv, run_dir)]
     quoted = " ".join(a if a.startswith("${") else shlex.quote(a) for a in argv)
     return ("#!/bin/bash\n"
             "# One pinmatrix cell per array task (written by pinmatrix/run/slurm.py; safe to rerun "
@@ -325,17 +326,22 @@ def job_script(args: argparse.Namespace, opts: RunOptions, run_dir: Path) -> str
 
 
 def forwarded_options(args: argparse.Namespace, run_dir: Path) -> list[str]:
-    """The options a task needs to run its cell as this session would have (every option the table
-    in pinmatrix/run/options.py marks forwarded), with the live axes the session expanded: run.json
-    holds that snapshot, so a task never asks the index again."""
+    """The options a task needs to run its cell as this session would have (every option whose
+    typed field in pinmatrix/run/options.py is marked forwarded), from parsed arguments."""
     from pinmatrix.run.options import forwarded_argv
 
-    return [*forwarded_argv(args), "--snapshot", str(run_dir / "run.json")]
+    return task_options(forwarded_argv(args), run_dir)
+
+
+def task_options(task_argv: Sequence[str], run_dir: Path) -> list[str]:
+    """The session's forwarded options with the live axes the session expanded: run.json holds
+    that snapshot, so a task never asks the index again."""
+    return [*task_argv, "--snapshot", str(run_dir / "run.json")]
 
 
 # --- the task side -------------------------------------------------------------------------------
 
-def run_cell_task(args: argparse.Namespace, opts: RunOptions, echo: Echo = print) -> int:
+def run_cell_task(opts: RunOptions, index: int | None, echo: Echo = print) -> int:
     """`python -m pinmatrix run-cell --run-dir RUN --index N`: cell N of RUN/slurm/cells.txt, only
     its files."""
     import dataclasses
@@ -344,8 +350,10 @@ def run_cell_task(args: argparse.Namespace, opts: RunOptions, echo: Echo = print
     from pinmatrix.run.pipeline import run_matrix
 
     interrupt.IN_SLURM_TASK.set()  # a SIGTERM here is Slurm stopping the task
-    run_dir = Path(args.run_dir)
-    index = args.index if args.index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+    assert opts.run_dir is not None  # run-cell's --run-dir is required
+    run_dir = Path(opts.run_dir)
+    if index is None:
+        index = os.environ.get("SLURM_ARRAY_TASK_ID")
     if index is None or not str(index).isdigit():
         raise SlurmError("run-cell: --index N (or SLURM_ARRAY_TASK_ID) is required")
     ids = (run_dir / "slurm" / "cells.txt").read_text(encoding="utf-8").split()

@@ -34,6 +34,10 @@ def _say(line: str) -> None:
     print(f"base-image: {line}", file=sys.stderr, flush=True)
 
 
+HELP = ("make a prepared base image from this host's Python and torch, no network "
+        "(--python PY --tag NAME:TAG; pinmatrix/commands/base_image.py)")
+
+
 def main(argv: Sequence[str]) -> int:
     from pinmatrix.runners import host_base
 

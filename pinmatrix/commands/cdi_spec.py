@@ -124,6 +124,10 @@ def build_spec(dev_root: Path, lib_dirs: Sequence[Path], bin_dirs: Sequence[Path
     }
 
 
+HELP = ("write a CDI spec (nvidia.com/gpu) for this host's GPUs and driver files "
+        "([-o FILE|-]; pinmatrix/commands/cdi_spec.py)")
+
+
 def main(argv: Sequence[str]) -> int:
     from pinmatrix.fsio import write_text_atomic
 

@@ -100,6 +100,10 @@ def surface_document(target: str, package: str | None = None) -> dict[str, Any]:
     return out
 
 
+HELP = ("the transformers surface of remote-code files, read with ast "
+        "(PATH|REPO@REV; pinmatrix/commands/remote_code_surface.py)")
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pinmatrix remote-code-surface",

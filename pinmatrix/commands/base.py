@@ -1,0 +1,83 @@
+"""What a command is (`Command`), and how its typed config is built from the parsed command line.
+
+A command's config is a frozen dataclass whose fields are the concerns it reads (RunOptions,
+SlurmOptions, ... in pinmatrix/run/options.py, each option declared on the field it fills) and,
+where the command takes them, its positionals (`selectors`, or a field the parser fills, such as
+`bundle`'s `out`). `run(config) -> int` never sees the argparse Namespace.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pinmatrix.errors import EXIT_INFRA, EXIT_OK
+from pinmatrix.fsio import load_json
+from pinmatrix.run.options import (CONCERNS, RunOptions, SlurmOptions, concern_from,
+                                   forwarded_argv, run_options)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `python -m pinmatrix NAME`. `config`: the frozen dataclass `run` takes (None for a
+    standalone command, whose `run` takes its argv and parses it with its own small parser)."""
+
+    name: str
+    help: str
+    run: Callable[[Any], int]
+    config: type | None = None
+    usage: str | None = None  # replaces argparse's generated usage line
+
+    @property
+    def standalone(self) -> bool:
+        return self.config is None
+
+
+def build_config(config_type: type, args: argparse.Namespace) -> Any:
+    """The command's typed config: each concern field built from the options declared on its
+    fields, every other field from the parsed value of the same name (positionals)."""
+    hints = typing.get_type_hints(config_type)
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(config_type):
+        kind = hints[item.name]
+        if kind is RunOptions:
+            values[item.name] = run_options(args)
+        elif kind is SlurmOptions:  # the session's forwarded options travel with it
+            values[item.name] = concern_from(SlurmOptions, args,
+                                             task_argv=tuple(forwarded_argv(args)))
+        elif kind in CONCERNS:
+            values[item.name] = concern_from(kind, args)
+        elif item.name in vars(args):
+            value = vars(args)[item.name]
+            values[item.name] = tuple(value) if isinstance(value, list) else value
+    return config_type(**values)
+
+
+def takes_config(command: Command) -> type | None:
+    """The type `command.run`'s one parameter is annotated with."""
+    hints = typing.get_type_hints(command.run)
+    params = [name for name in hints if name != "return"]
+    return hints[params[0]] if len(params) == 1 else None
+
+
+def infra_exit(run_dir: Any) -> int:
+    """EXIT_INFRA when any cell of the finished run is `infra`, said on stderr; else EXIT_OK."""
+    import sys
+
+    infra = infra_cells(run_dir)
+    if infra:
+        print(f"{len(infra)} cell{'s' if len(infra) != 1 else ''} could not be judged (infra): "
+              f"exit {EXIT_INFRA}; see the report's infra section", file=sys.stderr)
+        return EXIT_INFRA
+    return EXIT_OK
+
+
+def infra_cells(run_dir: Any) -> list[str]:
+    """The cells of a finished run whose status is `infra` (summary.json)."""
+    try:
+        data = load_json((run_dir / "summary.json"))
+    except (OSError, ValueError):
+        return []
+    return [c["id"] for c in data.get("cells", []) if c.get("status") == "infra"]
