@@ -162,7 +162,7 @@ def _bad(flag: str, value: Any, why: str) -> NoReturn:
 
 
 def _docker_may_run(args: argparse.Namespace) -> bool:
-    return getattr(args, "runner", "auto") in ("auto", "docker")
+    return args.runner in ("auto", "docker")
 
 
 Check = Callable[[str, Any, argparse.Namespace], None]  # (name shown, value, all arguments)
@@ -310,7 +310,7 @@ def _find_links(name: str, value: list[str], args: argparse.Namespace) -> None:
 
 
 def _no_install(name: str, value: bool, args: argparse.Namespace) -> None:
-    if value and getattr(args, "runner", "auto") == "docker":
+    if value and args.runner == "docker":
         from pinmatrix.errors import UsageError
 
         raise UsageError(f"{name} with --runner docker: {name} tests what a venv "
@@ -722,7 +722,7 @@ def check_options(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     for option in own:
         if option.check is None:
             continue
-        value = getattr(args, option.dest, None)
+        value = vars(args).get(option.dest)
         if value is not None and value != []:
             option.check(option.flag, value, args)
         elif args.command not in _ENV_UNUSED:
@@ -736,7 +736,7 @@ def check_options(args: argparse.Namespace, environ: Mapping[str, str] | None = 
             continue
         for other in option.requires:
             if other in by_flag and not given(args, by_flag[other]):
-                raise UsageError(f"{option.flag} {getattr(args, option.dest)}: needs {other}")
+                raise UsageError(f"{option.flag} {vars(args)[option.dest]}: needs {other}")
         clashing = [o for o in option.conflicts if o in by_flag and given(args, by_flag[o])]
         if clashing:
             raise UsageError(f"{option.flag} cannot be combined with {' or '.join(clashing)}")
@@ -825,5 +825,5 @@ def forwarded_argv(args: argparse.Namespace) -> list[str]:
     out: list[str] = []
     for option in options_for(args.command):
         if option.forward:
-            out += option.forwarded(getattr(args, option.dest))
+            out += option.forwarded(vars(args)[option.dest])
     return out
