@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pinmatrix.commands.base import infra_exit
 from pinmatrix.errors import EXIT_HARNESS
-from pinmatrix.run.options import RunOptions, SlurmOptions
+from pinmatrix.run.options import BundleOptions, RunOptions, SlurmOptions
 
 HELP = "resolve, build and probe every selected cell, then report"
 
@@ -16,6 +16,8 @@ HELP = "resolve, build and probe every selected cell, then report"
 class MatrixConfig:
     run: RunOptions
     slurm: SlurmOptions
+    # --bundle DIR: applied to the run options when parsed (pinmatrix/bundle.py apply_bundle)
+    bundle: BundleOptions
 
 
 def run(config: MatrixConfig) -> int:

@@ -827,3 +827,14 @@ def forwarded_argv(args: argparse.Namespace) -> list[str]:
         if option.forward:
             out += option.forwarded(vars(args)[option.dest])
     return out
+
+
+def forwarded_options(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """A task's options (task_options) from the session's parsed arguments."""
+    return task_options(forwarded_argv(args), run_dir)
+
+
+def task_options(task_argv: Sequence[str], run_dir: Path) -> list[str]:
+    """The session's forwarded options with the live axes the session expanded: run.json holds
+    that snapshot, so a task never asks the index again (pinmatrix/run/slurm.py)."""
+    return [*task_argv, "--snapshot", str(run_dir / "run.json")]

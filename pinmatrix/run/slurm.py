@@ -27,7 +27,6 @@ The flow:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
@@ -43,7 +42,7 @@ from pinmatrix.errors import SlurmError
 from pinmatrix.fsio import load_json, utc_now, write_json_atomic, write_text_atomic
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.run.options import Echo, RunOptions, SlurmOptions
+from pinmatrix.run.options import Echo, RunOptions, SlurmOptions, task_options
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL",
             "OUT_OF_MEMORY",
@@ -323,20 +322,6 @@ def job_script(task_argv: Sequence[str], opts: RunOptions, run_dir: Path) -> str
             f'echo "pinmatrix task ${{SLURM_ARRAY_JOB_ID:-?}}_${{SLURM_ARRAY_TASK_ID}} on '
             '$(hostname)"\n'
             f"exec {quoted}\n")
-
-
-def forwarded_options(args: argparse.Namespace, run_dir: Path) -> list[str]:
-    """The options a task needs to run its cell as this session would have (every option whose
-    typed field in pinmatrix/run/options.py is marked forwarded), from parsed arguments."""
-    from pinmatrix.run.options import forwarded_argv
-
-    return task_options(forwarded_argv(args), run_dir)
-
-
-def task_options(task_argv: Sequence[str], run_dir: Path) -> list[str]:
-    """The session's forwarded options with the live axes the session expanded: run.json holds
-    that snapshot, so a task never asks the index again."""
-    return [*task_argv, "--snapshot", str(run_dir / "run.json")]
 
 
 # --- the task side -------------------------------------------------------------------------------
