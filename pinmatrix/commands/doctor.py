@@ -1,4 +1,5 @@
-"""`python -m pinmatrix doctor`: can this host judge the selected cells (pinmatrix/run/doctor.py)."""
+"""`python -m pinmatrix doctor`: can this host judge the selected cells
+(pinmatrix/run/doctor.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

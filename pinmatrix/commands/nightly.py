@@ -132,7 +132,7 @@ def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previ
     return result
 
 
-# --- command line (its options: the typed fields of pinmatrix/run/options.py) ---------------------------------------
+# --- command line (its options: the typed fields of pinmatrix/run/options.py) ---------------------
 
 def expected_cells_of(path: Path | None) -> list[str]:
     if path is None:

@@ -138,6 +138,7 @@ def _probe(cell: Cell, prepared: Any, runner: Runner, run: CellRun,
     """Run the probe (and the flaky recheck) on the device, keep its result and logs, and write
     the outcome."""
     run_dir, opts = run.run_dir, run.opts
+    assert outcome.hash is not None  # set once the cell resolved
     work = run_dir / "work" / cell.id
     work.mkdir(parents=True, exist_ok=True)
     spec_path = work / "cell.json"
@@ -209,7 +210,7 @@ def _close(cell: Cell, run: CellRun, outcome: Outcome, result: Any, work: Path) 
     if outcome.status is None:
         outcome.stage = "done"
     outcome.write(run_dir)
-    if run.cache is not None and outcome.stage == "done" and outcome.result:
+    if run.cache is not None and outcome.stage == "done" and outcome.result and outcome.hash:
         run.cache.record(outcome.hash, run_dir.name, cell.id, outcome.result)
     if not run.opts.keep_work:
         shutil.rmtree(work, ignore_errors=True)

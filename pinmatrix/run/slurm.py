@@ -337,15 +337,14 @@ def run_cell_task(opts: RunOptions, index: int | None, echo: Echo = print) -> in
     interrupt.IN_SLURM_TASK.set()  # a SIGTERM here is Slurm stopping the task
     assert opts.run_dir is not None  # run-cell's --run-dir is required
     run_dir = Path(opts.run_dir)
-    if index is None:
-        index = os.environ.get("SLURM_ARRAY_TASK_ID")
-    if index is None or not str(index).isdigit():
+    given = str(index) if index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+    if given is None or not given.isdigit():
         raise SlurmError("run-cell: --index N (or SLURM_ARRAY_TASK_ID) is required")
     ids = (run_dir / "slurm" / "cells.txt").read_text(encoding="utf-8").split()
-    if int(index) >= len(ids):
-        raise SlurmError(f"run-cell: index {index} out of range: {run_dir}/slurm/cells.txt lists "
+    if int(given) >= len(ids):
+        raise SlurmError(f"run-cell: index {given} out of range: {run_dir}/slurm/cells.txt lists "
                          f"{len(ids)} cells")
-    cell_id = ids[int(index)]
+    cell_id = ids[int(given)]
     gpus, trust = None, False
     job_gpus = os.environ.get("SLURM_JOB_GPUS") or os.environ.get("SLURM_STEP_GPUS")
     if not opts.cpu and job_gpus and _uses_docker(opts):
