@@ -16,7 +16,8 @@ from typing import Any, NoReturn, Sequence
 from pinmatrix.commands import COMMANDS as REGISTRY
 from pinmatrix.commands.base import build_config
 from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
-from pinmatrix.run.options import ALL_COMMANDS, OPTIONS, check_options, options_for
+from pinmatrix.run.options import (ALL_COMMANDS, ENV_SETTINGS, OPTIONS, HostSettings,
+                                   check_options, options_for)
 
 
 
@@ -65,7 +66,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     if not argv or argv[0] in ("-h", "--help"):
         listed = {**COMMANDS, **STANDALONE}
         lines = [USAGE, "", *(f"  {name:8} {text}" for name, text in listed.items()),
-                 "", "`python -m pinmatrix COMMAND --help` lists the options."]
+                 "", "`python -m pinmatrix COMMAND --help` lists the options.", "",
+                 "environment (no option stands in for these):",
+                 *(f"  {var.name}: {var.help}" for var in ENV_SETTINGS)]
         if not argv:
             raise UsageError("a command is required\n" + "\n".join(lines))
         print("\n".join(lines))
@@ -140,7 +143,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         print(f"harness error: {line}", file=sys.stderr)
         return EXIT_HARNESS
     except Exception as exc:  # a bug in pinmatrix: one line, not a traceback, unless asked for one
-        if os.environ.get("PINMATRIX_TRACEBACK"):
+        if HostSettings.read().traceback:
             raise
         print(f"harness error (a bug in pinmatrix): {type(exc).__name__}: "
               f"{' '.join(str(exc).split())[:300]} (PINMATRIX_TRACEBACK=1 shows where)",

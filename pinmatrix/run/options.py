@@ -247,15 +247,12 @@ def _venv_pythons(name: str, value: Sequence[str], args: argparse.Namespace) -> 
             _bad(name, item, "not a Python interpreter (neither a program nor a script)")
 
 
-# Folders read from the environment only (no flag stands in for them): checked as their flag's
-# would be, where a command writes there
-_ENV_FOLDERS = ("PINMATRIX_VENV_DIR", "PINMATRIX_COMPILE_CACHE_DIR")
-
-
 def _check_env_folders(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """The folders a building command writes into that a variable names (ENV_FOLDERS): checked
+    as their flag's would be."""
     if args.command not in _BUILDS:
         return
-    for variable in _ENV_FOLDERS:
+    for variable in ENV_FOLDERS:
         raw = environ.get(variable)
         if raw is None:
             continue
@@ -671,6 +668,71 @@ def _declared_options() -> tuple[Option, ...]:
 
 
 OPTIONS: tuple[Option, ...] = _declared_options()
+
+
+# --- settings read from the environment only (no flag stands in for them) -----------------------
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One PINMATRIX_* variable that no flag stands in for. `folder`: a folder a building command
+    writes into, checked at parse time as a flag's folder is (absolute, writable)."""
+
+    name: str
+    help: str
+    folder: bool = False
+
+
+def from_env(var: EnvVar) -> Any:
+    return field(default=None, metadata={"env": var})
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """The environment concern: each PINMATRIX_* variable pinmatrix reads beside the options'
+    fallbacks (Option.env), declared on the field it fills. `--help` lists them."""
+
+    compile_cache_dir: str | None = from_env(EnvVar(
+        "PINMATRIX_COMPILE_CACHE_DIR",
+        "compile caches kept between runs (default ~/.cache/pinmatrix/compile; "
+        "pinmatrix/runners/compile_cache.py)", folder=True))
+    cache_dir: str | None = from_env(EnvVar(
+        "PINMATRIX_CACHE_DIR",
+        "the resolver's cache root (default $XDG_CACHE_HOME/pinmatrix, else ~/.cache/pinmatrix)"))
+    # the docker runner's build contexts (named unlike the resolver's; kept as users set it)
+    context_cache: str | None = from_env(EnvVar(
+        "PINMATRIX_CACHE",
+        "root of the docker runner's build contexts (default $XDG_CACHE_HOME/pinmatrix, else "
+        "~/.cache/pinmatrix)"))
+    docker: str | None = from_env(EnvVar(
+        "PINMATRIX_DOCKER", "the engine client to try first (pinmatrix/runners/engine.py)"))
+    cdi_dirs: str | None = from_env(EnvVar(
+        "PINMATRIX_CDI_DIRS",
+        "CDI spec folders, os.pathsep-separated, instead of /etc/cdi and /var/run/cdi"))
+    gpu_lock_dir: str | None = from_env(EnvVar(
+        "PINMATRIX_GPU_LOCK_DIR",
+        "where the per-GPU lock files go (default: a folder per user in the temp folder)"))
+    bundle_stash: str | None = from_env(EnvVar(
+        "PINMATRIX_BUNDLE_STASH",
+        "carry folders of a bundle from earlier uploads (default ~/.cache/pinmatrix/bundle-stash)"))
+    traceback: str | None = from_env(EnvVar(
+        "PINMATRIX_TRACEBACK", "set: a pinmatrix bug re-raises with its traceback"))
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> HostSettings:
+        """The set variables' values (an empty one counts as unset)."""
+        environ = os.environ if environ is None else environ
+        return cls(**{f.name: environ.get(f.metadata["env"].name) or None
+                      for f in dataclasses.fields(cls)})
+
+
+ENV_SETTINGS: tuple[EnvVar, ...] = tuple(
+    f.metadata["env"] for f in dataclasses.fields(HostSettings))
+# Folders a variable names that a building command writes into: the run options' (a flag's
+# fallback) and the environment-only ones
+ENV_FOLDERS: tuple[str, ...] = (
+    *(name for o in OPTIONS if o.attr == "venv_dir" for name in o.env),
+    *(v.name for v in ENV_SETTINGS if v.folder),
+)
 # RunOptions fields a Slurm task sets itself rather than receiving: the session picks the cell, the
 # folder and the live-axis snapshot for it, and scheduling is one task, one cell.
 TASK_OWN_FIELDS = frozenset(

@@ -173,3 +173,32 @@ def test_the_cli_dispatches_over_the_registry_without_a_chain():
             for side in (node.left, *node.comparators):
                 if isinstance(side, ast.Constant) and side.value in names:
                     raise AssertionError(f"cli/main.py:{node.lineno}: compares {side.value!r}")
+
+
+def test_every_pinmatrix_variable_read_is_declared():
+    """Each PINMATRIX_* variable the package reads is declared once: an option's fallback
+    (Option.env) or an environment-only setting (HostSettings), so --help lists it. Variables
+    pinmatrix sets for its probes (the cell id, the GPU lock) are not settings."""
+    import re
+
+    from pinmatrix.run.options import ENV_SETTINGS
+    from pinmatrix.sources import SOURCE_ENV
+
+    declared = {v.name for v in ENV_SETTINGS} | {n for o in OPTIONS for n in o.env}
+    declared |= {n for names in SOURCE_ENV.values() for n in names}
+    set_for_probes = {"PINMATRIX_CELL_ID", "PINMATRIX_GPU_LOCK", "PINMATRIX_COMPILE_CACHE"}
+    read = set()
+    for path in (ROOT / "pinmatrix").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        read |= set(re.findall(r"\b(PINMATRIX_[A-Z][A-Z_]*[A-Z])\b", text))
+    assert read - set_for_probes - declared == set()
+
+
+def test_top_level_help_lists_the_environment_settings(capsys):
+    from pinmatrix.run.options import ENV_SETTINGS
+
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    out = capsys.readouterr().out
+    for var in ENV_SETTINGS:
+        assert var.name in out
