@@ -74,8 +74,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         print("\n".join(lines))
         raise SystemExit(0)
     command, rest = argv[0], list(argv[1:])
-    if command in STANDALONE:
-        raise SystemExit(REGISTRY[command].run(rest))
+    standalone = REGISTRY[command].main if command in REGISTRY else None
+    if standalone is not None:
+        raise SystemExit(standalone(rest))
     if command not in COMMANDS:
         raise UsageError(f"unknown command {command!r}: choose one of "
                          f"{', '.join([*COMMANDS, *STANDALONE])}")
@@ -118,7 +119,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
         # fields (run/options.py)
         check_options(args)
         command = REGISTRY[args.command]
-        assert command.config is not None
         return command.run(build_config(command.config, args))
     except PinmatrixError as exc:  # bad input exits 2, a harness failure 1 (pinmatrix/errors.py)
         print(f"{exc.prefix}: {_clip(str(exc))}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 A command module exposes HELP, its typed config (a frozen dataclass of the concerns it reads,
 pinmatrix/run/options.py) and `run(config) -> int`; the standalone ones (`remote-code-surface`,
-`cdi-spec`, `base-image`) parse their own small argv instead. pinmatrix/cli/main.py only looks a
+`cdi-spec`, `base-image`) declare their few options on their own config's fields and parse their
+argv with `main` (commands/base.py own_parser). pinmatrix/cli/main.py only looks a
 name up here, builds the config and calls `run`.
 """
 from __future__ import annotations
@@ -24,9 +25,12 @@ COMMANDS: dict[str, Command] = {
         Command("run-cell", run_cell.HELP, run_cell.run, run_cell.RunCellConfig),
         Command("bisect", bisect.HELP, bisect.run, bisect.BisectConfig),
         Command("bundle", bundle.HELP, bundle.run, bundle.BundleConfig),
-        # standalone: their own parsers (no matrix, selectors or run options)
-        Command("remote-code-surface", remote_code_surface.HELP, remote_code_surface.main),
-        Command("cdi-spec", cdi_spec.HELP, cdi_spec.main),
-        Command("base-image", base_image.HELP, base_image.main),
+        # standalone: their own small parsers (no matrix, selectors or run options)
+        Command("remote-code-surface", remote_code_surface.HELP, remote_code_surface.run,
+                remote_code_surface.SurfaceConfig, main=remote_code_surface.main),
+        Command("cdi-spec", cdi_spec.HELP, cdi_spec.run, cdi_spec.CdiSpecConfig,
+                main=cdi_spec.main),
+        Command("base-image", base_image.HELP, base_image.run, base_image.BaseImageConfig,
+                main=base_image.main),
     )
 }

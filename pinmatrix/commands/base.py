@@ -11,9 +11,9 @@ import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from pinmatrix.errors import EXIT_INFRA, EXIT_OK
+from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_INFRA, EXIT_OK
 from pinmatrix.fsio import load_json
 from pinmatrix.run.options import (CONCERNS, RunOptions, SlurmOptions, concern_from,
                                    forwarded_argv, run_options)
@@ -21,18 +21,20 @@ from pinmatrix.run.options import (CONCERNS, RunOptions, SlurmOptions, concern_f
 
 @dataclass(frozen=True)
 class Command:
-    """One `python -m pinmatrix NAME`. `config`: the frozen dataclass `run` takes (None for a
-    standalone command, whose `run` takes its argv and parses it with its own small parser)."""
+    """One `python -m pinmatrix NAME`: `run` takes the frozen dataclass `config`. A standalone
+    command (no matrix, selectors or run options) parses its own argv with `main`, from the
+    options declared on its config's fields (own_parser)."""
 
     name: str
     help: str
     run: Callable[[Any], int]
-    config: type | None = None
+    config: type
     usage: str | None = None  # replaces argparse's generated usage line
+    main: Callable[[Sequence[str]], int] | None = None
 
     @property
     def standalone(self) -> bool:
-        return self.config is None
+        return self.main is not None
 
 
 def build_config(config_type: type, args: argparse.Namespace) -> Any:
@@ -53,6 +55,28 @@ def build_config(config_type: type, args: argparse.Namespace) -> Any:
             value = vars(args)[item.name]
             values[item.name] = tuple(value) if isinstance(value, list) else value
     return config_type(**values)
+
+
+def own_parser(config_type: type, prog: str, description: str | None) -> argparse.ArgumentParser:
+    """A standalone command's parser, from the options declared on its config's fields."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for item in dataclasses.fields(config_type):
+        for option in item.metadata.get("options", ()):
+            parser.add_argument(*option.aliases, option.flag, **option.argparse_kwargs())
+    return parser
+
+
+def parse_own(name: str, config_type: type, argv: Sequence[str],
+              description: str | None) -> Any:
+    """The standalone command's typed config, or its exit code when argparse stopped (--help: 0,
+    bad input: 2, argparse's usage line printed)."""
+    parser = own_parser(config_type, f"python -m pinmatrix {name}", description)
+    try:
+        parsed = parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return EXIT_OK if not exc.code else EXIT_BAD_INPUT
+    parsed.command = name
+    return concern_from(config_type, parsed)
 
 
 def takes_config(command: Command) -> type | None:

@@ -120,9 +120,8 @@ def uv_version(uv: str = "uv") -> str:
 
 
 def default_cache_dir() -> Path:
-    from pinmatrix.run.options import HostSettings
-
-    root = HostSettings.read().cache_dir or os.path.join(
+    # declared in pinmatrix/run/options.py HostSettings (resolve/ does not import run/)
+    root = os.environ.get("PINMATRIX_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pinmatrix")
     return Path(root) / "resolve"
 

@@ -62,7 +62,7 @@ class Option:
     "path" made absolute (tasks start in this checkout, maybe elsewhere), or "" (the session alone
     uses it)."""
 
-    flag: str
+    flag: str  # "--name", or a bare name for a positional (a standalone command's)
     help: str
     field: str | None = None
     commands: tuple[str, ...] = ALL_COMMANDS
@@ -90,6 +90,7 @@ class Option:
     # the typed field it fills: the concern dataclass's name and the field (set from the field)
     concern: str = ""
     attr: str = ""
+    aliases: tuple[str, ...] = ()  # short forms given before the flag ("-o")
 
     @property
     def dest(self) -> str:

@@ -16,7 +16,7 @@ import pytest
 from pinmatrix.cli.main import COMMANDS as CLI_COMMANDS
 from pinmatrix.cli.main import STANDALONE, command_parser, main, parse
 from pinmatrix.commands import COMMANDS
-from pinmatrix.commands.base import build_config, takes_config
+from pinmatrix.commands.base import build_config, own_parser, takes_config
 from pinmatrix.errors import UsageError
 from pinmatrix.run.options import (CONCERNS, OPTIONS, Option, RunOptions, SlurmOptions,
                                    check_options, concern_from, options_for, typed)
@@ -40,10 +40,14 @@ def test_one_registry_lists_every_command_the_cli_knows():
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_each_command_runs_on_its_typed_config(name):
     command = COMMANDS[name]
-    if command.standalone:  # its own small parser: run takes the argv
-        assert list(inspect.signature(command.run).parameters) == ["argv"]
-        return
-    assert command.config is not None and dataclasses.is_dataclass(command.config)
+    if command.standalone:  # its own small parser, from its config's fields
+        assert command.main is not None
+        assert list(inspect.signature(command.main).parameters) == ["argv"]
+        flags = {a.option_strings[-1] for a in own_parser(command.config, "p", None)._actions
+                 if a.option_strings} - {"--help"}
+        assert flags == {o.flag for f in dataclasses.fields(command.config)
+                         for o in f.metadata["options"] if o.flag.startswith("--")}
+    assert dataclasses.is_dataclass(command.config)
     assert command.config.__dataclass_params__.frozen, name  # type: ignore[attr-defined]
     assert takes_config(command) is command.config, f"{name}: run() takes {command.config}"
     for concern in CONCERNS:
@@ -146,22 +150,24 @@ def _sources():
 
 def test_no_command_reads_the_argparse_namespace():
     """Outside the parsing layer (cli/main.py, run/options.py, and commands/base.py, which turns
-    the parsed arguments into a config) and the standalone commands' own parsers, nothing takes
-    an argparse.Namespace or calls getattr on `args`."""
-    standalone = {"remote_code_surface.py", "cdi_spec.py", "base_image.py"}
+    the parsed arguments into a config), nothing takes an argparse.Namespace, reads `args.NAME`
+    or calls getattr on `args`."""
     for path in _sources():
         if path.name == "base.py":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr == "Namespace":
-                assert path.name in standalone, f"{path}: takes an argparse.Namespace"
+                raise AssertionError(f"{path}:{node.lineno}: takes an argparse.Namespace")
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                     and node.func.id == "getattr" and node.args
                     and isinstance(node.args[0], ast.Name) and node.args[0].id == "args"):
                 raise AssertionError(f"{path}:{node.lineno}: getattr(args, ...)")
-            if isinstance(node, ast.arg) and node.arg == "args" and path.name not in standalone:
+            if isinstance(node, ast.arg) and node.arg == "args":
                 raise AssertionError(f"{path}:{node.lineno}: a parameter named args")
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id == "args" and node.attr not in ("append", "extend")):
+                raise AssertionError(f"{path}:{node.lineno}: args.{node.attr}")
 
 
 def test_the_cli_dispatches_over_the_registry_without_a_chain():
