@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from pinmatrix.errors import SlurmError
 from pinmatrix.fsio import load_json, utc_now, write_json_atomic, write_text_atomic
@@ -155,11 +155,8 @@ def run_on_slurm(slurm: SlurmOptions, opts: RunOptions, echo: Echo = print,
                  client: SlurmClient | None = None) -> Path | None:
     """Submit the selected cells as one job array, wait for it, and report: the run folder, or None
     when no cell was selected. The exit code comes from the folder, by the local run's rule
-    (pinmatrix/cli/main.py)."""
-    from pinmatrix.report.write import write_report
-    from pinmatrix.run.folder import new_run_dir, point_latest, run_manifest
+    (pinmatrix/commands/matrix.py)."""
     from pinmatrix.run.pipeline import load_cells
-    from pinmatrix.run.state import finished_cells
 
     if opts.resume is not None:
         # A resubmission is the resume: every cell judged before is reused from the result cache.
@@ -178,6 +175,25 @@ def run_on_slurm(slurm: SlurmOptions, opts: RunOptions, echo: Echo = print,
     if not cells:
         echo("no cells selected: nothing to submit")
         return None
+    run_dir, manifest, job = _submit(slurm, opts, client, matrix, cells, echo)
+    deadline_s = slurm.slurm_deadline or _default_deadline(cells, opts)
+    final = wait_for_tasks(client, job, len(cells), poll_s=slurm.slurm_poll, deadline_s=deadline_s,
+                           run_dir=run_dir, echo=echo)
+    _record_task_ends(run_dir, cells, final, job, runner=f"slurm:{opts.runner}")
+    manifest["finished"] = utc_now()
+    manifest["complete"] = True
+    manifest["slurm"]["states"] = {str(k): v for k, v in sorted(final.items())}
+    write_json_atomic(run_dir / "run.json", manifest)
+    _publish(run_dir, opts, echo)
+    return run_dir
+
+
+def _submit(slurm: SlurmOptions, opts: RunOptions, client: SlurmClient, matrix: Any,
+            cells: list[Cell], echo: Echo) -> tuple[Path, dict[str, Any], str]:
+    """The run folder with its cell list and job script, and the job array submitted:
+    (folder, manifest, job id)."""
+    from pinmatrix.run.folder import new_run_dir, run_manifest
+
     if opts.run_dir is not None:
         run_dir = Path(opts.run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -200,10 +216,14 @@ def run_on_slurm(slurm: SlurmOptions, opts: RunOptions, echo: Echo = print,
         f"run {run_dir.name}: {len(cells)} cells submitted as Slurm job array {job} "
         f"({'cpu' if opts.cpu else 'gres gpu:1'}{partition})"
     )
+    return run_dir, manifest, job
 
-    deadline_s = slurm.slurm_deadline or _default_deadline(cells, opts)
-    final = wait_for_tasks(client, job, len(cells), poll_s=slurm.slurm_poll, deadline_s=deadline_s,
-                           run_dir=run_dir, echo=echo)
+
+def _record_task_ends(run_dir: Path, cells: Sequence[Cell], final: dict[int, str], job: str, *,
+                      runner: str) -> None:
+    """An outcome for each cell whose task Slurm ended before it judged the cell."""
+    from pinmatrix.run.state import finished_cells
+
     done = finished_cells(run_dir)
     for index, cell in enumerate(cells):
         state = final.get(index, "VANISHED")
@@ -218,24 +238,23 @@ def run_on_slurm(slurm: SlurmOptions, opts: RunOptions, echo: Echo = print,
         if isinstance(existing, Outcome) and existing.status == "infra" and state == "COMPLETED":
             continue  # the task judged the machine itself (build failure, timeout): keep its reason
         slurm_outcome(existing if isinstance(existing, Outcome) else None, cell, state, job,
-                      index, runner=f"slurm:{opts.runner}").write(run_dir)
-    manifest["finished"] = utc_now()
-    manifest["complete"] = True
-    manifest["slurm"]["states"] = {str(k): v for k, v in sorted(final.items())}
-    write_json_atomic(run_dir / "run.json", manifest)
+                      index, runner=runner).write(run_dir)
+
+
+def _publish(run_dir: Path, opts: RunOptions, echo: Echo) -> None:
     from pinmatrix.fsio import on_publish, published_together
     from pinmatrix.interrupt import held
     from pinmatrix.report.pins import write_pins  # the plan summary.md shows, as files
+    from pinmatrix.report.write import write_report
+    from pinmatrix.run.folder import point_latest
 
     with held(), published_together():  # the whole report, or the one before (interrupt.py)
         write_report(run_dir, pins_for=opts.pins_for)
         echo(write_pins(run_dir, pins_for=opts.pins_for).message)
         if run_dir.parent == Path(opts.reports_dir).resolve():
             on_publish(lambda: point_latest(opts.reports_dir, run_dir))
-
     echo(load_json((run_dir / "summary.json"))["verdict"])
     echo(f"report: {run_dir / 'summary.md'}")
-    return run_dir
 
 
 def wait_for_tasks(client: SlurmClient, job: str, n_tasks: int, *, poll_s: float, deadline_s: float,
