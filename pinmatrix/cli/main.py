@@ -1,4 +1,5 @@
-"""`python -m pinmatrix matrix|resolve|report|list [options] [selectors...]`.
+"""`python -m pinmatrix COMMAND [options] [selectors...]`: parse, build the command's typed config,
+and run it (the commands: pinmatrix/commands/).
 
 Exit codes: 0 the command did its job (cells may be broken: that is data), 2 bad input (a bad
 matrix file, selector, option; or a host on which no selected cell could be judged), 1 a harness
@@ -10,7 +11,6 @@ import argparse
 import errno
 import os
 import sys
-from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from pinmatrix.commands import COMMANDS as REGISTRY
@@ -18,7 +18,6 @@ from pinmatrix.commands.base import build_config
 from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
 from pinmatrix.run.options import (ALL_COMMANDS, ENV_SETTINGS, OPTIONS, HostSettings,
                                    check_options, options_for)
-
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,15 +81,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                          f"{', '.join([*COMMANDS, *STANDALONE])}")
     args = command_parser(command).parse_intermixed_args(rest)
     args.command = command
-    if command == "bundle":
-        if not args.selectors:
-            raise UsageError("bundle: the output folder is required (python -m pinmatrix "
-                             "bundle OUT [selectors...])")
-        args.bundle_out, args.selectors = Path(args.selectors[0]), args.selectors[1:]
-    if command == "matrix" and args.bundle is not None:
-        from pinmatrix.bundle import apply_bundle
-
-        apply_bundle(args)
+    prepare = REGISTRY[command].prepare
+    if prepare is not None:  # the command's own positionals, or options it derives
+        prepare(args)
     return args
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pinmatrix.commands import (base_image, bisect, bundle, cdi_spec, doctor, listing, matrix,
                                 merge, nightly, remote_code_surface, report, resolve, run_cell)
-from pinmatrix.commands.base import Command
+from pinmatrix.commands.base import Command, from_bundle, out_first
 
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
-        Command("matrix", matrix.HELP, matrix.run, matrix.MatrixConfig),
+        Command("matrix", matrix.HELP, matrix.run, matrix.MatrixConfig, prepare=from_bundle),
         Command("resolve", resolve.HELP, resolve.run, resolve.ResolveConfig),
         Command("report", report.HELP, report.run, report.ReportConfig),
         Command("list", listing.HELP, listing.run, listing.ListConfig),
@@ -24,7 +24,7 @@ COMMANDS: dict[str, Command] = {
         Command("doctor", doctor.HELP, doctor.run, doctor.DoctorConfig),
         Command("run-cell", run_cell.HELP, run_cell.run, run_cell.RunCellConfig),
         Command("bisect", bisect.HELP, bisect.run, bisect.BisectConfig),
-        Command("bundle", bundle.HELP, bundle.run, bundle.BundleConfig),
+        Command("bundle", bundle.HELP, bundle.run, bundle.BundleConfig, prepare=out_first),
         # standalone: their own small parsers (no matrix, selectors or run options)
         Command("remote-code-surface", remote_code_surface.HELP, remote_code_surface.run,
                 remote_code_surface.SurfaceConfig, main=remote_code_surface.main),

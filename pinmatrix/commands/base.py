@@ -11,9 +11,10 @@ import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_INFRA, EXIT_OK
+from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_INFRA, EXIT_OK, UsageError
 from pinmatrix.fsio import load_json
 from pinmatrix.run.options import (CONCERNS, RunOptions, SlurmOptions, concern_from,
                                    forwarded_argv, run_options)
@@ -31,6 +32,9 @@ class Command:
     config: type
     usage: str | None = None  # replaces argparse's generated usage line
     main: Callable[[Sequence[str]], int] | None = None
+    # run on the parsed arguments before the checks: the command's own positionals, or options
+    # it derives from one (parse-time, like the parser itself)
+    prepare: Callable[[argparse.Namespace], None] | None = None
 
     @property
     def standalone(self) -> bool:
@@ -77,6 +81,22 @@ def parse_own(name: str, config_type: type, argv: Sequence[str],
         return EXIT_OK if not exc.code else EXIT_BAD_INPUT
     parsed.command = name
     return concern_from(config_type, parsed)
+
+
+def out_first(parsed: argparse.Namespace) -> None:
+    """`bundle OUT [selectors...]`: the first positional is the output folder."""
+    if not parsed.selectors:
+        raise UsageError("bundle: the output folder is required (python -m pinmatrix "
+                         "bundle OUT [selectors...])")
+    parsed.bundle_out, parsed.selectors = Path(parsed.selectors[0]), parsed.selectors[1:]
+
+
+def from_bundle(parsed: argparse.Namespace) -> None:
+    """`matrix --bundle DIR`: the options that run the bundle's cells offline (bundle.py)."""
+    if parsed.bundle is not None:
+        from pinmatrix.bundle import apply_bundle
+
+        apply_bundle(parsed)
 
 
 def takes_config(command: Command) -> type | None:

@@ -173,7 +173,7 @@ def test_no_command_reads_the_argparse_namespace():
 def test_the_cli_dispatches_over_the_registry_without_a_chain():
     """cli/main.py compares no command name with a string literal: the registry decides."""
     tree = ast.parse((ROOT / "pinmatrix" / "cli" / "main.py").read_text(encoding="utf-8"))
-    names = set(COMMANDS) - {"bundle", "matrix"}  # parse-time positionals: OUT, --bundle
+    names = set(COMMANDS)
     for node in ast.walk(tree):
         if isinstance(node, ast.Compare):
             for side in (node.left, *node.comparators):
