@@ -1,5 +1,8 @@
-"""What one run of the matrix is asked to do (RunOptions), what it hands back (RunSummary), and the
-table that declares every command-line option once (OPTIONS)."""
+"""Every command-line option, typed once: one frozen dataclass per concern (RunOptions: what one
+run of the matrix is asked to do; SourceOptions, BundleOptions, BisectOptions, ReportOptions,
+SlurmOptions; HostSettings for the variables no flag stands in for), each option declared on the
+field it fills. OPTIONS, the checks and the rules between options are derived from those fields;
+RunSummary is what a run hands back."""
 
 from __future__ import annotations
 
@@ -44,11 +47,11 @@ def cell_timeout(cell: Cell, opts: RunOptions) -> float:
     return float(cell.settings.get("cell_timeout_s") or DEFAULT_TIMEOUT_S)
 
 
-# --- every command-line option, declared once ----------------------------------------------------
-# The parser (pinmatrix/cli/main.py), RunOptions (run_options), the argv a Slurm task gets
-# (forwarded_argv, pinmatrix/run/slurm.py) and the help text's environment variables all come from
-# this table, so an option cannot reach a local run and miss a Slurm task (issue 16: four options
-# did).
+# --- every command-line option, declared once, on the field it fills -----------------------------
+# The parser (pinmatrix/cli/main.py), each command's typed config (concern_from, run_options), the
+# argv a Slurm task gets (forwarded_argv, pinmatrix/run/slurm.py) and the help text's environment
+# variables all come from the fields' options, so an option cannot reach a local run and miss a
+# Slurm task (four options once did).
 
 ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-cell", "bisect",
                 "doctor", "bundle")
