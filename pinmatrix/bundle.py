@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import lzma
-import os
 import shutil
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pinmatrix.cell import Cell, Lock, normalize_name
 from pinmatrix.errors import PinmatrixError, UsageError
+from pinmatrix.run.options import HostSettings
 
 Echo = Callable[[str], None]
 MANIFEST = "manifest.json"
@@ -548,7 +548,7 @@ def run_text(manifest: Mapping[str, Any]) -> str:
 
 def stash_dir() -> Path:
     return Path(
-        os.environ.get("PINMATRIX_BUNDLE_STASH")
+        HostSettings.read().bundle_stash
         or Path.home() / ".cache" / "pinmatrix" / "bundle-stash"
     )
 

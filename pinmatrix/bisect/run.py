@@ -40,7 +40,7 @@ from pinmatrix.bisect.search import BisectResult, Judgement, RangeError, bisect_
 from pinmatrix.errors import BadInput, PinmatrixError, UsageError
 from pinmatrix.fsio import write_json_atomic, write_text_atomic
 from pinmatrix.results import CellResult, load_result
-from pinmatrix.run.options import Echo, RunOptions
+from pinmatrix.run.options import BisectOptions, Echo, RunOptions
 
 __all__ = ["BisectSpec", "parse_spec", "run_bisect", "release_notes_url", "EXIT_INFRA_BISECT"]
 
@@ -195,6 +195,18 @@ def _judge_result(
     return Judgement(version, "good", ", ".join(f"{c['name']}: {c['status']}" for c in named))
 
 
+@dataclasses.dataclass(frozen=True)
+class BisectPlan:
+    """One bisect's fixed parts: the matrix, the stack besides the package, the checks judged and
+    the check groups each step runs."""
+
+    matrix: Any
+    base_pins: dict[str, str]
+    groups: list[str]
+    checks: list[str]
+    step_groups: list[str]
+
+
 def run_bisect(
     spec: BisectSpec,
     opts: RunOptions,
@@ -206,7 +218,35 @@ def run_bisect(
     """Run the search; write bisect.json and bisect.md; return (folder, result). RangeError and
     BisectInputError are bad input; IndexUnreachable propagates (infra)."""
     from pinmatrix.run.folder import new_run_dir
-    from pinmatrix.run.pipeline import load_cells, run_matrix
+
+    plan = plan_bisect(spec, opts)
+    listed = _releases_in_range(spec, opts, list_files)
+    folder = new_run_dir(opts.reports_dir, f"bisect-{spec.package}")
+    echo(
+        f"bisect {spec.package} {spec.good}..{spec.bad}: {len(listed.releases)} releases in range"
+        + (f" (yanked, left out: {', '.join(listed.yanked)})" if listed.yanked else "")
+        + (
+            f" ({len(listed.prereleases_left_out)} pre-releases left out; --pre keeps them)"
+            if listed.prereleases_left_out
+            else ""
+        )
+        + f"; checks: {', '.join(plan.checks)}"
+    )
+    judge = _StepJudge(spec, opts, plan, folder, echo)
+    try:
+        result = bisect_releases(listed.releases, judge, exhaustive=spec.exhaustive, budget=budget)
+    except RangeError as exc:
+        _write(folder, spec, listed, None, judge.steps, plan.checks, error=str(exc))
+        raise BisectInputError(
+            f"bisect {spec.package}: {exc} (evidence: {folder / 'bisect.md'})"
+        ) from None
+    _write(folder, spec, listed, result, judge.steps, plan.checks)
+    return folder, result
+
+
+def plan_bisect(spec: BisectSpec, opts: RunOptions) -> BisectPlan:
+    """The selection must be one stack besides the bisected package (BisectInputError else)."""
+    from pinmatrix.run.pipeline import load_cells
 
     matrix, cells = load_cells(
         opts.matrix_path, spec.selectors, cpu=opts.cpu, snapshot=opts.snapshot, sources=opts.sources
@@ -229,41 +269,45 @@ def run_bisect(
     step_groups = sorted(
         {c if c in groups else _group_of(c, groups) for c in checks}, key=groups.index
     )
+    return BisectPlan(matrix, base_pins, groups, checks, step_groups)
 
+
+def _releases_in_range(spec: BisectSpec, opts: RunOptions,
+                       list_files: Callable[[str], list[dict[str, Any]]] | None) -> ReleaseRange:
     sources = opts.sources
     index = sources.index_url if sources and sources.index_url else DEFAULT_INDEX
     ca = str(sources.ca_bundle) if sources and getattr(sources, "ca_bundle", None) else None
     files = list_files or (lambda package: fetch_index_files(package, index, ca_file=ca))
     try:
-        listed: ReleaseRange = releases_between(
-            spec.package, spec.good, spec.bad, pre=spec.pre, files=files
-        )
+        return releases_between(spec.package, spec.good, spec.bad, pre=spec.pre, files=files)
     except ValueError as exc:
         raise BisectInputError(f"bisect {spec.package}: {exc}") from None
-    folder = new_run_dir(opts.reports_dir, f"bisect-{spec.package}")
-    echo(
-        f"bisect {spec.package} {spec.good}..{spec.bad}: {len(listed.releases)} releases in range"
-        + (f" (yanked, left out: {', '.join(listed.yanked)})" if listed.yanked else "")
-        + (
-            f" ({len(listed.prereleases_left_out)} pre-releases left out; --pre keeps them)"
-            if listed.prereleases_left_out
-            else ""
-        )
-        + f"; checks: {', '.join(checks)}"
-    )
-    steps: dict[str, dict[str, Any]] = {}
 
-    def judge(version: str) -> Judgement:
-        step = folder / "matrices" / f"{version}.yaml"
+
+class _StepJudge:
+    """One bisect step per call: a one-cell matrix at `version`, run for real, judged by the
+    named checks; each step's record kept in `steps` (bisect.json)."""
+
+    def __init__(self, spec: BisectSpec, opts: RunOptions, plan: BisectPlan, folder: Path,
+                 echo: Echo) -> None:
+        self.spec, self.opts, self.plan, self.folder, self.echo = spec, opts, plan, folder, echo
+        self.steps: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, version: str) -> Judgement:
+        from pinmatrix.run.pipeline import run_matrix
+
+        spec, plan, echo = self.spec, self.plan, self.echo
+        step = self.folder / "matrices" / f"{version}.yaml"
         write_text_atomic(
             step,
             yaml.safe_dump(
-                _step_matrix(matrix, base_pins, spec.package, version, step_groups), sort_keys=False
+                _step_matrix(plan.matrix, plan.base_pins, spec.package, version, plan.step_groups),
+                sort_keys=False,
             ),
         )
-        echo(f"bisect {spec.package}: probing {version} ({len(steps) + 1} so far)")
+        echo(f"bisect {spec.package}: probing {version} ({len(self.steps) + 1} so far)")
         step_opts = dataclasses.replace(
-            opts,
+            self.opts,
             matrix_path=step,
             selectors=(),
             label=f"bisect-{spec.package}-{version}",
@@ -277,48 +321,41 @@ def run_bisect(
             "run": str(summary.run_dir),
             "cell": outcome.cell if outcome else None,
         }
-        if outcome is None:
-            judgement = Judgement(version, "infra", "the step ran no cell")
-        elif outcome.status == "unresolvable":
-            judgement = Judgement(version, "unresolvable", outcome.reason or "")
-        elif outcome.status == "infra" or not outcome.result:
-            judgement = Judgement(version, "infra", outcome.reason or "no result")
-        else:
-            loaded = load_result(Path(summary.run_dir) / outcome.result)
-            if not isinstance(loaded, CellResult):
-                judgement = Judgement(version, "infra", f"damaged result: {loaded.why}")
-            else:
-                judgement = dataclasses.replace(
-                    _judge_result(loaded, checks, groups, spec.signature), version=version
-                )
-                record["checks"] = {
-                    c["name"]: {
-                        "status": c["status"],
-                        "signature": (c.get("error") or {}).get("signature"),
-                        "message": str(
-                            (c.get("error") or {}).get("message") or c.get("reason") or ""
-                        )[:300],
-                    }
-                    for c in loaded.checks
-                }
-                record["reused_from"] = loaded.data["cell"].get("reused_from")
+        judgement = self._judged(version, summary.run_dir, outcome, record)
         record["verdict"], record["detail"] = judgement.verdict, judgement.detail
-        steps[version] = record
+        self.steps[version] = record
         echo(
             f"bisect {spec.package} {version}: {judgement.verdict}"
             + (f" ({judgement.detail[:160]})" if judgement.detail else "")
         )
         return judgement
 
-    try:
-        result = bisect_releases(listed.releases, judge, exhaustive=spec.exhaustive, budget=budget)
-    except RangeError as exc:
-        _write(folder, spec, listed, None, steps, checks, error=str(exc))
-        raise BisectInputError(
-            f"bisect {spec.package}: {exc} (evidence: {folder / 'bisect.md'})"
-        ) from None
-    _write(folder, spec, listed, result, steps, checks)
-    return folder, result
+    def _judged(self, version: str, run_dir: Path, outcome: Any,
+                record: dict[str, Any]) -> Judgement:
+        if outcome is None:
+            return Judgement(version, "infra", "the step ran no cell")
+        if outcome.status == "unresolvable":
+            return Judgement(version, "unresolvable", outcome.reason or "")
+        if outcome.status == "infra" or not outcome.result:
+            return Judgement(version, "infra", outcome.reason or "no result")
+        loaded = load_result(Path(run_dir) / outcome.result)
+        if not isinstance(loaded, CellResult):
+            return Judgement(version, "infra", f"damaged result: {loaded.why}")
+        record["checks"] = {
+            c["name"]: {
+                "status": c["status"],
+                "signature": (c.get("error") or {}).get("signature"),
+                "message": str(
+                    (c.get("error") or {}).get("message") or c.get("reason") or ""
+                )[:300],
+            }
+            for c in loaded.checks
+        }
+        record["reused_from"] = loaded.data["cell"].get("reused_from")
+        return dataclasses.replace(
+            _judge_result(loaded, self.plan.checks, self.plan.groups, self.spec.signature),
+            version=version,
+        )
 
 
 def _write(
@@ -439,18 +476,18 @@ def render_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def bisect_command(args: Any, opts: RunOptions) -> int:
+def bisect_command(options: BisectOptions, opts: RunOptions) -> int:
     """The CLI entry: exit 0 with an answer (or a stated non-monotonic/infra stop written down), 2
     on bad
     input, 1 when nothing could be judged."""
     from pinmatrix.bisect.releases import IndexUnreachable
 
     spec = parse_spec(
-        list(args.selectors),
-        list(args.check or ()),
-        pre=args.pre,
-        exhaustive=args.all,
-        signature=args.signature,
+        list(opts.selectors),
+        list(options.check),
+        pre=options.pre,
+        exhaustive=options.all,
+        signature=options.signature,
     )
     try:
         folder, result = run_bisect(spec, opts)

@@ -120,6 +120,7 @@ def uv_version(uv: str = "uv") -> str:
 
 
 def default_cache_dir() -> Path:
+    # declared in pinmatrix/run/options.py HostSettings (resolve/ does not import run/)
     root = os.environ.get("PINMATRIX_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pinmatrix")
     return Path(root) / "resolve"

@@ -9,7 +9,8 @@ import dataclasses
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
 from pinmatrix import interrupt
 from pinmatrix.cell import Cell, Lock, Unresolvable
@@ -30,57 +31,95 @@ if TYPE_CHECKING:
 Resolver = Callable[[Cell, Union[PackageSources, None], Path], Union[Lock, Unresolvable]]
 
 
-def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu: str, digest: str,
-             resolve_fn: Resolver, ctx: CellContext | SoloContext | None = None,
-             cache: ResultCache | None = None,
-             force: bool = True) -> Outcome:
-    """One cell, start to end. `ctx` (pinmatrix.run.scheduler.CellContext) hands out the build slot
-    and the device; `cache` (pinmatrix.run.cache.ResultCache) short-cuts a cell whose content hash
-    was judged before, unless `force`."""
-    from pinmatrix.resolve.uv import ResolveInfraError
+@dataclass(frozen=True)
+class CellRun:
+    """What every cell of one run shares: the run folder, the options, the GPU model and probes'
+    digest (both part of a cell's content hash), the resolver and the result cache."""
 
+    run_dir: Path
+    opts: RunOptions
+    gpu: str
+    digest: str
+    resolve_fn: Resolver
+    cache: ResultCache | None = None
+
+
+def run_cell(cell: Cell, runner: Runner, run: CellRun, *,
+             ctx: CellContext | SoloContext | None = None, force: bool = True) -> Outcome:
+    """One cell, start to end. `ctx` (pinmatrix.run.scheduler.CellContext) hands out the build slot
+    and the device; `run.cache` (pinmatrix.run.cache.ResultCache) short-cuts a cell whose content
+    hash was judged before, unless `force`."""
     ctx = ctx if ctx is not None else SoloContext()
     # --check-timeout overrides the matrix; part of the settings, so of the hash
-    if opts.check_timeout_s:
+    if run.opts.check_timeout_s:
         cell = dataclasses.replace(cell, settings={**dict(cell.settings),
-                                                   "check_timeout_s": opts.check_timeout_s})
+                                                   "check_timeout_s": run.opts.check_timeout_s})
     ctx.stage("resolving")
     outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=runner.name,
                       stage="resolve")
-    lock_dir = run_dir / "locks" / cell.id
+    lock = _resolve(cell, run, outcome)
+    if lock is None:
+        return outcome
+    outcome.hash = cell_hash(cell, lock, runner.name, run.gpu, run.digest)
+    if not force and _reused(cell, run, outcome):
+        return outcome
+    outcome.stage = "prepare"
+    prepared = _prepare(cell, lock, runner, run, ctx, outcome)
+    if prepared is None:
+        return outcome
+    outcome.stage = "run"
+    if interrupt.INTERRUPTED.is_set():  # built after the interrupt: start no probe
+        return _finish(outcome, run.run_dir, "infra", interrupt.reason(), interrupt.signature(),
+                       "run_s", time.monotonic())
+    return _probe(cell, prepared, runner, run, ctx, outcome)
+
+
+def _resolve(cell: Cell, run: CellRun, outcome: Outcome) -> Lock | None:
+    """The cell's lock; None when there is none (the outcome then says why, written)."""
+    from pinmatrix.resolve.uv import ResolveInfraError
+
+    lock_dir = run.run_dir / "locks" / cell.id
     lock_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        resolved = resolve_fn(cell, opts.sources, lock_dir)
+        resolved = run.resolve_fn(cell, run.opts.sources, lock_dir)
     except ResolveInfraError as exc:
         signature = getattr(exc, "signature", None) or "resolve-infra"
         reason = str(exc) if signature != "resolve-infra" else f"resolver: {exc}"
-        return _finish(outcome, run_dir, "infra", reason, signature, "resolve_s", started)
+        _finish(outcome, run.run_dir, "infra", reason, signature, "resolve_s", started)
+        return None
     outcome.timings["resolve_s"] = round(time.monotonic() - started, 2)
     if isinstance(resolved, Unresolvable):
         outcome.status, outcome.reason = "unresolvable", resolved.explanation
-        outcome.write(run_dir)
-        return outcome
-    lock: Lock = resolved
-    outcome.hash = cell_hash(cell, lock, runner.name, gpu, digest)
-    if cache is not None and not force:
-        entry = cache.lookup(outcome.hash)
-        # judged before with exactly these inputs: reuse, build and probe nothing
-        if entry is not None:
-            outcome.result = cache.reuse_into(entry, run_dir, cell.id)
-            outcome.reused_from = entry.run_id
-            outcome.stage = "done"
-            outcome.write(run_dir)
-            return outcome
+        outcome.write(run.run_dir)
+        return None
+    return resolved
 
-    outcome.stage = "prepare"
+
+def _reused(cell: Cell, run: CellRun, outcome: Outcome) -> bool:
+    """Judged before with exactly these inputs: reuse, build and probe nothing."""
+    entry = run.cache.lookup(outcome.hash) if run.cache is not None and outcome.hash else None
+    if entry is None or run.cache is None:
+        return False
+    outcome.result = run.cache.reuse_into(entry, run.run_dir, cell.id)
+    outcome.reused_from = entry.run_id
+    outcome.stage = "done"
+    outcome.write(run.run_dir)
+    return True
+
+
+def _prepare(cell: Cell, lock: Lock, runner: Runner, run: CellRun,
+             ctx: CellContext | SoloContext, outcome: Outcome) -> Any:
+    """The runner's prepared environment; None when it could not be made (an infra outcome)."""
+    run_dir = run.run_dir
     started = time.monotonic()
     try:
         with ctx.build(build_key(cell, lock, runner.name)):
             prepared = runner.prepare(cell, lock)
     except InfraError as exc:
         _write_log(run_dir, cell.id, "build", exc.log_tail)
-        return _finish(outcome, run_dir, "infra", exc.reason, exc.signature, "prepare_s", started)
+        _finish(outcome, run_dir, "infra", exc.reason, exc.signature, "prepare_s", started)
+        return None
     outcome.timings["prepare_s"] = round(time.monotonic() - started, 2)
     # the runner's own steps (downloads and installs, bytecode, image build), for `nox -s bench`
     steps = {k: float(v) for k, v in ((prepared.details or {}).get("timings") or {}).items()}
@@ -91,72 +130,89 @@ def run_cell(cell: Cell, run_dir: Path, runner: Runner, opts: RunOptions, *, gpu
     if build_log and Path(build_log).is_file() and Path(build_log).resolve() != kept_log.resolve():
         _ensure_logs(run_dir)
         shutil.copyfile(build_log, kept_log)
+    return prepared
 
-    outcome.stage = "run"
-    if interrupt.INTERRUPTED.is_set():  # built after the interrupt: start no probe
-        return _finish(outcome, run_dir, "infra", interrupt.reason(), interrupt.signature(),
-                       "run_s", time.monotonic())
+
+def _probe(cell: Cell, prepared: Any, runner: Runner, run: CellRun,
+           ctx: CellContext | SoloContext, outcome: Outcome) -> Outcome:
+    """Run the probe (and the flaky recheck) on the device, keep its result and logs, and write
+    the outcome."""
+    run_dir, opts = run.run_dir, run.opts
+    assert outcome.hash is not None  # set once the cell resolved
     work = run_dir / "work" / cell.id
     work.mkdir(parents=True, exist_ok=True)
     spec_path = work / "cell.json"
     write_json_atomic(spec_path, cell.spec(outcome.hash, runner.name))
     # Held through the run and a flaky recheck, so one cell's two probe runs are not split by
-    # another
-    # cell's; released after them, or by the scheduler when the task ends.
+    # another cell's; released after them, or by the scheduler when the task ends.
     device = ctx.hold_device()
     # the GPU timeline: which device, from taking it to giving it back
     outcome.gpu, outcome.started = (device or None) if not opts.cpu else None, _now_ms()
     started = time.monotonic()
-    run = runner.run(prepared, spec_path, work, "" if opts.cpu else device,
-                     cell_timeout(cell, opts))
+    result = runner.run(prepared, spec_path, work, "" if opts.cpu else device,
+                        cell_timeout(cell, opts))
     outcome.timings["run_s"] = round(time.monotonic() - started, 2)
     ctx.say(f"probe ran in {outcome.timings['run_s']:.0f} s"
-            + (f" ({_short(run.infra_reason)})" if run.infra_reason else ""))
-    outcome.gpu_access = dict(run.details.get("gpu_access") or {}) or None
+            + (f" ({_short(result.infra_reason)})" if result.infra_reason else ""))
+    outcome.gpu_access = dict(result.details.get("gpu_access") or {}) or None
     if (work / RUN_LOG_NAME).is_file():
         _ensure_logs(run_dir)
         shutil.copyfile(work / RUN_LOG_NAME, run_dir / "logs" / f"{cell.id}.run.log")
-    elif run.log_tail:
-        _write_log(run_dir, cell.id, "run", run.log_tail)
-    if run.result_path is not None and Path(run.result_path).is_file():
-        target = run_dir / "cells" / f"{cell.id}.json"
-        copy_atomic(Path(run.result_path), target)
-        loaded = load_result(target, reclassify=False)
-        if isinstance(loaded, Damaged):
-            outcome.status, outcome.reason, outcome.signature = (
-                "infra",
-                f"damaged result: {loaded.why}",
-                "damaged-result",
-            )
-        else:
-            outcome.result = f"cells/{cell.id}.json"
-            if opts.flaky_rerun and not run.infra_reason:
-                from pinmatrix.run.flaky import recheck_failures
-
-                # once, in a fresh container/process, only the failed groups
-                with ctx.device() as device:
-                    recheck = recheck_failures(runner, prepared, spec_path, work, target,
-                                               cell_timeout(cell, opts),
-                                               "" if opts.cpu else device,
-                                               run_dir / "logs" / f"{cell.id}.rerun.log")
-                outcome.rerun = recheck.describe() or None
+    elif result.log_tail:
+        _write_log(run_dir, cell.id, "run", result.log_tail)
+    if result.result_path is not None and Path(result.result_path).is_file():
+        _keep_result(cell, prepared, runner, run, ctx, outcome, result, spec_path)
     ctx.release_device()
     outcome.finished = _now_ms()
-    if run.infra_reason:
-        outcome.status, outcome.reason, outcome.signature = "infra", run.infra_reason, run.signature
+    return _close(cell, run, outcome, result, work)
+
+
+def _keep_result(cell: Cell, prepared: Any, runner: Runner, run: CellRun,
+                 ctx: CellContext | SoloContext, outcome: Outcome, result: Any,
+                 spec_path: Path) -> None:
+    """Copy the probe's result into the run folder; a failed group is rechecked once."""
+    target = run.run_dir / "cells" / f"{cell.id}.json"
+    copy_atomic(Path(result.result_path), target)
+    loaded = load_result(target, reclassify=False)
+    if isinstance(loaded, Damaged):
+        outcome.status, outcome.reason, outcome.signature = (
+            "infra",
+            f"damaged result: {loaded.why}",
+            "damaged-result",
+        )
+        return
+    outcome.result = f"cells/{cell.id}.json"
+    if run.opts.flaky_rerun and not result.infra_reason:
+        from pinmatrix.run.flaky import recheck_failures
+
+        # once, in a fresh container/process, only the failed groups
+        with ctx.device() as device:
+            recheck = recheck_failures(runner, prepared, spec_path, spec_path.parent, target,
+                                       cell_timeout(cell, run.opts),
+                                       "" if run.opts.cpu else device,
+                                       run.run_dir / "logs" / f"{cell.id}.rerun.log")
+        outcome.rerun = recheck.describe() or None
+
+
+def _close(cell: Cell, run: CellRun, outcome: Outcome, result: Any, work: Path) -> Outcome:
+    """The outcome's status from the run, written; the cache recorded; the work folder gone."""
+    run_dir = run.run_dir
+    if result.infra_reason:
+        outcome.status, outcome.reason, outcome.signature = (
+            "infra", result.infra_reason, result.signature)
         if outcome.result is None:
-            kept = keep_partial(work, run_dir, cell.id, run.infra_reason)
+            kept = keep_partial(work, run_dir, cell.id, result.infra_reason)
             if kept is not None:
                 outcome.partial, said = kept
-                outcome.reason = f"{run.infra_reason}; {said}"
+                outcome.reason = f"{result.infra_reason}; {said}"
     elif outcome.result is None and outcome.status is None:
         outcome.status, outcome.reason = "infra", "the runner returned no result"
     if outcome.status is None:
         outcome.stage = "done"
     outcome.write(run_dir)
-    if cache is not None and outcome.stage == "done" and outcome.result:
-        cache.record(outcome.hash, run_dir.name, cell.id, outcome.result)
-    if not opts.keep_work:
+    if run.cache is not None and outcome.stage == "done" and outcome.result and outcome.hash:
+        run.cache.record(outcome.hash, run_dir.name, cell.id, outcome.result)
+    if not run.opts.keep_work:
         shutil.rmtree(work, ignore_errors=True)
         try:
             work.parent.rmdir()  # the last cell leaves no empty work/ behind

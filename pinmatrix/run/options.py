@@ -1,5 +1,8 @@
-"""What one run of the matrix is asked to do (RunOptions), what it hands back (RunSummary), and the
-table that declares every command-line option once (OPTIONS)."""
+"""Every command-line option, typed once: one frozen dataclass per concern (RunOptions: what one
+run of the matrix is asked to do; SourceOptions, BundleOptions, BisectOptions, ReportOptions,
+SlurmOptions; HostSettings for the variables no flag stands in for), each option declared on the
+field it fills. OPTIONS, the checks and the rules between options are derived from those fields;
+RunSummary is what a run hands back."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import math
 import re
 import shutil
 import os
-from typing import Any, Callable, Mapping, NoReturn, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence, TypeVar
 
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome
@@ -24,63 +27,7 @@ DEFAULT_TIMEOUT_S = 3600.0
 RUNNERS = ("auto", "docker", "venv")
 
 Echo = Callable[[str], None]
-
-
-@dataclass
-class RunOptions:
-    matrix_path: Path
-    selectors: Sequence[str] = ()
-    runner: str = "auto"
-    cpu: bool = False
-    reports_dir: Path = REPO_ROOT / "reports"
-    # None: the matrix's settings.cell_timeout_s, else DEFAULT_TIMEOUT_S
-    timeout_s: float | None = None
-    sources: PackageSources | None = None  # None: PackageSources.from_env() where needed
-    label: str | None = None
-    # venv runner
-    venv_dir: Path | None = None
-    system_site_packages: bool = False
-    no_install: bool = False
-    extra_sites: Sequence[Path] = ()
-    offline: bool = False
-    # --venv-python: {Python "X.Y": interpreter}, "" for every version not named (a bare PATH)
-    venv_python: Mapping[str, str] | str | None = None
-    keep_work: bool = False
-    # --check-timeout: overrides the matrix's settings.check_timeout_s
-    check_timeout_s: float | None = None
-    # rerun a cell's failed check groups once (pinmatrix/run/flaky.py)
-    flaky_rerun: bool = True
-    # --model-cache: prefetch models here (pinmatrix/run/fetch.py), mount read-only
-    model_cache: Path | None = None
-    # --model-hub: a local folder standing in for the hub; None: huggingface_hub
-    model_hub: Path | None = None
-    # scale (issue 6): the result cache, resume, the scheduler, shards
-    # None: reuse cached results; [] / [""]: rerun all; selectors: those
-    rerun: Sequence[str] | None = None
-    resume: str | None = None  # "": the latest unfinished run; else a run id or folder
-    # join (or create) this run folder: shards and Slurm tasks share one
-    run_dir: Path | None = None
-    gpus: Sequence[str] | None = None  # --gpus 0,1; None: every GPU nvidia-smi lists
-    build_jobs: int = 2
-    cpu_jobs: int = 1  # cells at once when there is no GPU
-    # cells at once on each GPU: their compat phases share it, speed phases take it alone
-    # (probes/gpu_share.py)
-    cells_per_gpu: int = 1
-    shard: tuple[int, int] | None = None  # (i, n), 1-based
-    live_progress: bool | None = None  # None: a live line on a TTY, log lines elsewhere
-    # write the report and move reports/latest (off for one Slurm task)
-    finalize: bool = True
-    # `gpus` came from Slurm (host indices): do not check them against nvidia-smi
-    trust_gpus: bool = False
-    # live-axis expansion to reuse (--snapshot), else ask the index
-    snapshot: dict[str, Any] | None = None
-    # False (--no-compile-cache): every probe run starts with empty compile caches
-    compile_cache: bool = True
-    # --pins-for: extra pins purposes (pinmatrix.report.pins.parse_pins_for) beside the defaults
-    pins_for: Sequence[str] = ()
-    # --pull missing|always|never for base images (pinmatrix/runners/docker.py); None: missing,
-    # and always for nightly
-    pull: str | None = None
+C = TypeVar("C")
 
 
 @dataclass
@@ -100,11 +47,11 @@ def cell_timeout(cell: Cell, opts: RunOptions) -> float:
     return float(cell.settings.get("cell_timeout_s") or DEFAULT_TIMEOUT_S)
 
 
-# --- every command-line option, declared once ----------------------------------------------------
-# The parser (pinmatrix/cli/main.py), RunOptions (run_options), the argv a Slurm task gets
-# (forwarded_argv, pinmatrix/run/slurm.py) and the help text's environment variables all come from
-# this table, so an option cannot reach a local run and miss a Slurm task (issue 16: four options
-# did).
+# --- every command-line option, declared once, on the field it fills -----------------------------
+# The parser (pinmatrix/cli/main.py), each command's typed config (concern_from, run_options), the
+# argv a Slurm task gets (forwarded_argv, pinmatrix/run/slurm.py) and the help text's environment
+# variables all come from the fields' options, so an option cannot reach a local run and miss a
+# Slurm task (four options once did).
 
 ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-cell", "bisect",
                 "doctor", "bundle")
@@ -112,12 +59,13 @@ ALL_COMMANDS = ("matrix", "resolve", "report", "list", "nightly", "merge", "run-
 
 @dataclass(frozen=True)
 class Option:
-    """One option. `field`: the RunOptions field it sets (None: the command reads it itself).
+    """One option, declared on the typed field it fills (`typed(...)` below). `field`: the
+    RunOptions field it sets (None: a field of another concern, `concern`.`attr`).
     `forward`: how a Slurm task gets it from the session's parsed arguments: "value" as given,
     "path" made absolute (tasks start in this checkout, maybe elsewhere), or "" (the session alone
     uses it)."""
 
-    flag: str
+    flag: str  # "--name", or a bare name for a positional (a standalone command's)
     help: str
     field: str | None = None
     commands: tuple[str, ...] = ALL_COMMANDS
@@ -138,6 +86,14 @@ class Option:
     # whenever the option was given (or has a default) or, absent, one of its variables is set, so a
     # bad value or a contradiction with another option never reaches resolve or build (issue 17)
     check: Callable[[str, Any, argparse.Namespace], None] | None = None
+    # cross-option rules, by flag: given, this option needs each of `requires` given too, and none
+    # of `conflicts` (checked at parse time, UsageError, exit 2)
+    requires: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+    # the typed field it fills: the concern dataclass's name and the field (set from the field)
+    concern: str = ""
+    attr: str = ""
+    aliases: tuple[str, ...] = ()  # short forms given before the flag ("-o")
 
     @property
     def dest(self) -> str:
@@ -210,7 +166,7 @@ def _bad(flag: str, value: Any, why: str) -> NoReturn:
 
 
 def _docker_may_run(args: argparse.Namespace) -> bool:
-    return getattr(args, "runner", "auto") in ("auto", "docker")
+    return args.runner in ("auto", "docker")
 
 
 Check = Callable[[str, Any, argparse.Namespace], None]  # (name shown, value, all arguments)
@@ -262,9 +218,12 @@ def _torch_backend(name: str, value: str, args: argparse.Namespace) -> None:
 
 def _extra_sites(name: str, value: Sequence[Any], args: argparse.Namespace) -> None:
     """A condition on an axis no matrix has would apply the site to nothing, silently."""
+    from pinmatrix.errors import UsageError
     from pinmatrix.matrix.load import KNOWN_AXES
 
     for site in value:
+        if not site.is_dir():
+            raise UsageError(f"{name} {site}: not a folder")
         for axis, _, _ in getattr(site, "when", ()):
             if axis not in KNOWN_AXES:
                 _bad(name, site.path, f"condition on {axis!r}, which is not an axis (one of "
@@ -292,15 +251,12 @@ def _venv_pythons(name: str, value: Sequence[str], args: argparse.Namespace) -> 
             _bad(name, item, "not a Python interpreter (neither a program nor a script)")
 
 
-# Folders read from the environment only (no flag stands in for them): checked as their flag's
-# would be, where a command writes there
-_ENV_FOLDERS = ("PINMATRIX_VENV_DIR", "PINMATRIX_COMPILE_CACHE_DIR")
-
-
 def _check_env_folders(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """The folders a building command writes into that a variable names (ENV_FOLDERS): checked
+    as their flag's would be."""
     if args.command not in _BUILDS:
         return
-    for variable in _ENV_FOLDERS:
+    for variable in ENV_FOLDERS:
         raw = environ.get(variable)
         if raw is None:
             continue
@@ -355,7 +311,7 @@ def _find_links(name: str, value: list[str], args: argparse.Namespace) -> None:
 
 
 def _no_install(name: str, value: bool, args: argparse.Namespace) -> None:
-    if value and getattr(args, "runner", "auto") == "docker":
+    if value and args.runner == "docker":
         from pinmatrix.errors import UsageError
 
         raise UsageError(f"{name} with --runner docker: {name} tests what a venv "
@@ -385,483 +341,401 @@ SCALE = "scale: cache, resume, GPUs, shards, Slurm"
 SLURM = "slurm (with --on slurm)"
 SOURCES = "package sources (else PINMATRIX_*, then the host's pip settings)"
 VENV = "venv runner"
+_RUN_CELL = ("run-cell",)
 
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "--matrix",
-        "matrix file (default: matrix.yaml)",
-        field="matrix_path",
-        type=Path,
-        default=REPO_ROOT / "matrix.yaml",
-        forward="path",
-    ),
-    Option(
-        "--reports",
-        "reports folder (default: reports/)",
-        field="reports_dir",
-        type=Path,
-        default=REPO_ROOT / "reports",
-        forward="path",
-        check=_folder_to_write(mounted=True),
-    ),
-    Option(
-        "--runner",
-        "docker | venv | auto (docker when an engine is found)",
-        field="runner",
-        default="auto",
-        forward="value",
-    ),
-    Option(
-        "--cpu",
-        "run on CPU even where GPUs exist",
-        field="cpu",
-        action="store_true",
-        forward="value",
-    ),
-    Option(
+
+def typed(*options: Option, default: Any = dataclasses.MISSING,
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field and the command-line option(s) that fill it: the option's metadata lives on
+    the field (two options for one field: the same value under different rules per command)."""
+    return field(default=default, default_factory=default_factory,
+                 metadata={"options": options})
+
+
+def _runner(name: str, value: str, args: argparse.Namespace) -> None:
+    if value not in RUNNERS:
+        _bad(name, value, f"choose one of {', '.join(RUNNERS)}")
+
+
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _label(name: str, value: str, args: argparse.Namespace) -> None:
+    if not _LABEL.fullmatch(value):
+        _bad(name, value, "use letters, digits, '.', '_' or '-' (it names a folder)")
+
+
+def _model_hub(name: str, value: Path, args: argparse.Namespace) -> None:
+    if not Path(value).is_dir():
+        from pinmatrix.errors import UsageError
+
+        raise UsageError(f"{name} {value}: needs --model-cache, and must be a folder")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What one run of the matrix is asked to do: the run concern's options, typed once."""
+
+    matrix_path: Path = typed(Option("--matrix", "matrix file (default: matrix.yaml)", type=Path,
+                                     default=REPO_ROOT / "matrix.yaml", forward="path"))
+    selectors: Sequence[str] = ()
+    runner: str = typed(Option("--runner", "docker | venv | auto (docker when an engine is found)",
+                               default="auto", forward="value", check=_runner), default="auto")
+    cpu: bool = typed(Option("--cpu", "run on CPU even where GPUs exist", action="store_true",
+                             forward="value"), default=False)
+    reports_dir: Path = typed(Option("--reports", "reports folder (default: reports/)", type=Path,
+                                     default=REPO_ROOT / "reports", forward="path",
+                                     check=_folder_to_write(mounted=True)),
+                              default=REPO_ROOT / "reports")
+    # None: the matrix's settings.cell_timeout_s, else DEFAULT_TIMEOUT_S
+    timeout_s: float | None = typed(Option(
         "--timeout",
         f"per-cell probe timeout in seconds (default: the matrix's cell_timeout_s, else "
         f"{DEFAULT_TIMEOUT_S:.0f})",
-        field="timeout_s",
-        type=float,
-        metavar="S",
-        forward="value",
-        check=_seconds,
-    ),
-    Option(
-        "--check-timeout",
-        "per-check timeout in seconds, enforced by the probe (default: the matrix's "
-        "settings.check_timeout_s)",
-        field="check_timeout_s",
-        type=float,
-        metavar="S",
-        forward="value",
-        check=_seconds,
-    ),
-    Option(
-        "--no-flaky-rerun",
-        "do not rerun failed check groups once to tell flaky from failing (pinmatrix/run/flaky.py)",
-        field="flaky_rerun",
-        action="store_true",
-        to_field=lambda v: not v,
-        forward="value",
-    ),
-    Option(
-        "--model-cache",
-        "prefetch the matrix's models into DIR (HF_HOME layout) before the run, with HF_TOKEN "
-        "from the environment; cells get it read-only",
-        field="model_cache",
-        type=Path,
-        metavar="DIR",
-        forward="path",
-        check=_folder_to_write(mounted=True),
-    ),
-    Option(
-        "--model-hub",
-        "with --model-cache: a local folder of models (ORG/NAME/<commit>/) instead of the hub",
-        field="model_hub",
-        type=Path,
-        metavar="DIR",
-        forward="path",
-    ),
-    Option(
-        "--no-compile-cache",
-        "give every probe run an empty compile cache (a cold run: what a user's first "
-        "run costs) instead of its stack's cache from earlier runs "
-        "(pinmatrix/runners/compile_cache.py)",
-        field="compile_cache",
-        action="store_true",
-        to_field=lambda v: not v,
-        forward="value",
-    ),
-    Option("--label", "suffix of the run id", field="label"),
-    # bundle (pinmatrix/bundle.py): OUT is the first positional
-    Option(
-        "--host-packages",
-        "the prepared host's `pip list --format freeze`: pack only what it lacks, as site layers",
-        commands=("bundle",),
-        type=Path,
-        metavar="FILE",
-    ),
-    Option(
-        "--part-mib",
-        "largest carry folder of a site-layer bundle, in MiB (default 60: the device tool takes "
-        "64 MiB a call)",
-        commands=("bundle",),
-        type=float,
-        default=60.0,
-        metavar="MIB",
-    ),
-    Option(
-        "--bundle",
-        "run the cells of a bundle (`python -m pinmatrix bundle`) offline, from its wheels or its "
-        "site layers",
-        commands=("matrix",),
-        type=Path,
-        metavar="DIR",
-    ),
-    # bisect (pinmatrix/bisect/run.py): PACKAGE GOOD..BAD come first among the positionals
-    Option(
-        "--check",
-        "a check or check group the bisect judges by (repeatable; default: the matrix's groups)",
-        commands=("bisect",),
-        action="append",
-        metavar="CHECK_OR_GROUP",
-    ),
-    Option(
-        "--bisect-budget",
-        "probes the nightly may spend bisecting each new breakage to its first "
-        "bad release (0: none; default 8, pinmatrix/bisect/nightly.py)",
-        commands=("nightly",),
-        type=int,
-        default=8,
-        metavar="N",
-    ),
-    Option(
-        "--signature",
-        "bisect one break: a release is bad only where a named check fails with "
-        "this signature (a surface check's failed facts count)",
-        commands=("bisect",),
-        metavar="SIG",
-    ),
-    Option("--pre", "bisect pre-releases too", commands=("bisect",), action="store_true"),
-    Option(
-        "--all",
-        "probe every release in range (a full table, and a monotonicity check)",
-        commands=("bisect",),
-        action="store_true",
-    ),
-    # A task replays the session's live axes from run.json instead (pinmatrix/run/slurm.py).
-    Option(
-        "--snapshot",
-        "expand live axes from a run's run.json (or a snapshot file), offline, not the index",
-        field="snapshot",
-        type=Path,
-        metavar="FILE",
-        to_field=lambda p: read_snapshot(p),
-    ),
-    # package sources: one PackageSources (pinmatrix/sources.py), so no RunOptions field of their
-    # own
-    Option(
-        "--index-url",
-        "",
-        group=SOURCES,
-        metavar="URL",
-        forward="value",
-        env=_sources_help("index_url"),
-    ),
-    Option(
-        "--extra-index-url",
-        "",
-        group=SOURCES,
-        action="append",
-        metavar="URL",
-        forward="value",
-        env=_sources_help("extra_index_urls"),
-    ),
-    Option(
-        "--find-links",
-        "",
-        group=SOURCES,
-        action="append",
-        metavar="DIR",
-        forward="value",
-        env=_sources_help("find_links"),
-        check=_find_links,
-    ),
-    Option(
-        "--ca-bundle",
-        "",
-        group=SOURCES,
-        type=Path,
-        metavar="FILE",
-        forward="path",
-        env=_sources_help("ca_bundle"),
-        check=_file_to_read,
-    ),
-    Option(
-        "--torch-backend",
-        "uv's torch backend: auto (the pin's +cuXXX/+cpu variant), cpu, cu130, ...; "
-        "for hosts that reach the PyTorch index (else use --find-links)",
-        group=SOURCES,
-        metavar="NAME",
-        forward="value",
-        env=_sources_help("torch_backend"),
-        check=_torch_backend,
-    ),
-    Option(
-        "--venv-dir",
-        "where cell venvs live (default ~/.cache/pinmatrix/venvs)",
-        field="venv_dir",
-        group=VENV,
-        type=Path,
-        forward="path",
+        type=float, metavar="S", forward="value", check=_seconds), default=None)
+    sources: PackageSources | None = None  # None: PackageSources.from_env() where needed
+    label: str | None = typed(Option("--label", "suffix of the run id", check=_label),
+                              default=None)
+    venv_dir: Path | None = typed(Option(
+        "--venv-dir", "where cell venvs live (default ~/.cache/pinmatrix/venvs)", group=VENV,
+        type=Path, forward="path",
         env=("PINMATRIX_VENV_DIR",),  # read by pinmatrix/runners/venv.py when the flag is absent
-        check=_folder_to_write(mounted=False),
-    ),
-    Option(
-        "--system-site-packages",
-        "reuse the host's packages (a CUDA torch)",
-        field="system_site_packages",
-        group=VENV,
-        action="store_true",
-        forward="value",
-    ),
-    Option(
-        "--offline",
-        "install only from --find-links, no index (the docker runner also builds with "
-        "--network none; its wheelhouse then needs uv's wheel)",
-        field="offline",
-        group=VENV,
-        action="store_true",
-        forward="value",
-    ),
-    Option(
-        "--no-install",
-        "install nothing; test what is there (with --extra-site)",
-        field="no_install",
-        group=VENV,
-        action="store_true",
-        forward="value",
-        check=_no_install,
-    ),
-    Option(
+        check=_folder_to_write(mounted=False)), default=None)
+    system_site_packages: bool = typed(Option(
+        "--system-site-packages", "reuse the host's packages (a CUDA torch)", group=VENV,
+        action="store_true", forward="value"), default=False)
+    no_install: bool = typed(Option(
+        "--no-install", "install nothing; test what is there (with --extra-site)", group=VENV,
+        action="store_true", forward="value", check=_no_install), default=False)
+    extra_sites: Sequence[Path] = typed(Option(
         "--extra-site",
         "an unpacked site folder put on the venv's path; with conditions, only for "
         "the cells whose pins match them (pinmatrix/runners/site_rules.py)",
-        field="extra_sites",
-        group=VENV,
-        action="append",
-        type=parse_extra_site,
-        metavar="[AXIS=VALUE,...:]DIR",
-        to_field=tuple,
-        forward="site",
-        check=_extra_sites,
-    ),
-    Option(
-        "--pull",
-        "base images: pull when the engine lacks one (missing, the default), every run (always, "
-        "nightly's default), or never (air-gapped hosts)",
-        field="pull",
-        choices=("missing", "always", "never"),
-        forward="value",
-    ),
-    Option(
+        group=VENV, action="append", type=parse_extra_site, metavar="[AXIS=VALUE,...:]DIR",
+        to_field=tuple, forward="site", check=_extra_sites), default=())
+    offline: bool = typed(Option(
+        "--offline",
+        "install only from --find-links, no index (the docker runner also builds with "
+        "--network none; its wheelhouse then needs uv's wheel)",
+        group=VENV, action="store_true", forward="value"), default=False)
+    # --venv-python: {Python "X.Y": interpreter}, "" for every version not named (a bare PATH)
+    venv_python: Mapping[str, str] | str | None = typed(Option(
         "--venv-python",
         "the interpreter the cell venvs of Python VERSION are made from (repeatable, one per "
         "version; a bare PATH: every version not named; with --system-site-packages: the one "
         "holding torch)",
-        field="venv_python",
-        group=VENV,
-        action="append",
-        metavar="[VERSION=]PATH",
-        to_field=parse_venv_python,
-        forward="value",
-        check=_venv_pythons,
-    ),
-    Option(
-        "--keep-work",
-        "keep each cell's work folder",
-        field="keep_work",
-        group=VENV,
-        action="store_true",
-        forward="value",
-    ),
-    # per command
-    Option("--run", "run folder (default: reports/latest)", commands=("report",), type=Path,
-           check=_folder_to_read),
-    Option(
-        "--pins-for",
-        "also write the pin that fits: route=remote-code|llamafied|exaone4|any, "
-        "backend=hf-peft|unsloth|any, goal=newest|fastest (pinmatrix/report/pins.py); repeatable",
-        field="pins_for",
-        commands=("matrix", "report", "nightly", "merge"),
-        action="append",
-        type=_pins_for,
-        metavar="KEY=VALUE[,...]",
-        to_field=tuple,
-    ),
-    Option(
-        "--previous",
-        "the previous run: a run folder, a reports/ folder or an unpacked report artifact "
-        "(nightly, merge: default the newest earlier run in --reports)",
-        commands=("report", "nightly", "merge"),
-        type=Path,
-        metavar="DIR",
-        check=_previous_run,
-    ),
-    Option(
-        "--history",
-        "the history file to read and append to (default: REPORTS/history.jsonl)",
-        commands=("nightly", "merge"),
-        type=Path,
-        metavar="FILE",
-    ),
-    Option(
-        "--expected-cells",
-        "`list --json` output: a cell missing from every artifact is recorded as infra",
-        commands=("merge",),
-        type=Path,
-        metavar="FILE",
-    ),
-    Option(
-        "--json",
-        "print JSON: the cell ids and the live-axis snapshot",
-        commands=("list",),
-        action="store_true",
-    ),
-    Option(
+        group=VENV, action="append", metavar="[VERSION=]PATH", to_field=parse_venv_python,
+        forward="value", check=_venv_pythons), default=None)
+    keep_work: bool = typed(Option("--keep-work", "keep each cell's work folder", group=VENV,
+                                   action="store_true", forward="value"), default=False)
+    # overrides the matrix's settings.check_timeout_s
+    check_timeout_s: float | None = typed(Option(
+        "--check-timeout",
+        "per-check timeout in seconds, enforced by the probe (default: the matrix's "
+        "settings.check_timeout_s)",
+        type=float, metavar="S", forward="value", check=_seconds), default=None)
+    # rerun a cell's failed check groups once (pinmatrix/run/flaky.py)
+    flaky_rerun: bool = typed(Option(
+        "--no-flaky-rerun",
+        "do not rerun failed check groups once to tell flaky from failing (pinmatrix/run/flaky.py)",
+        action="store_true", to_field=lambda v: not v, forward="value"), default=True)
+    # prefetch models here (pinmatrix/run/fetch.py), mount read-only
+    model_cache: Path | None = typed(Option(
+        "--model-cache",
+        "prefetch the matrix's models into DIR (HF_HOME layout) before the run, with HF_TOKEN "
+        "from the environment; cells get it read-only",
+        type=Path, metavar="DIR", forward="path", check=_folder_to_write(mounted=True)),
+        default=None)
+    # a local folder standing in for the hub; None: huggingface_hub
+    model_hub: Path | None = typed(Option(
+        "--model-hub",
+        "with --model-cache: a local folder of models (ORG/NAME/<commit>/) instead of the hub",
+        type=Path, metavar="DIR", forward="path", check=_model_hub,
+        requires=("--model-cache",)), default=None)
+    # None: reuse cached results; [] / [""]: rerun all; selectors: those
+    rerun: Sequence[str] | None = typed(Option(
         "--rerun",
         "run again despite a cached result; bare: all cells, else the cells the selector matches",
-        field="rerun",
-        commands=("matrix", "run-cell"),
-        group=SCALE,
-        action="append",
-        nargs="?",
-        const="",
-        metavar="SELECTOR",
-        to_field=_rerun,
-        forward="value",
-    ),
-    Option(
+        commands=("matrix", "run-cell"), group=SCALE, action="append", nargs="?", const="",
+        metavar="SELECTOR", to_field=_rerun, forward="value"), default=None)
+    resume: str | None = typed(Option(
         "--resume",
         "continue an interrupted run (default: the latest unfinished), keeping its finished "
         "cells; RUN is a run id, a folder directly under --reports",
-        field="resume",
-        commands=("matrix",),
-        group=SCALE,
-        nargs="?",
-        const="",
-        metavar="RUN",
-        check=_resume,
-    ),
-    Option(
-        "--gpus",
-        "GPU indices to use, e.g. 0,1 (default: all that nvidia-smi lists)",
-        field="gpus",
-        commands=("matrix",),
-        group=SCALE,
-        metavar="LIST",
-        to_field=lambda v: parse_gpus(v),
-    ),
-    Option(
-        "--build-jobs",
-        "builds at once (default 2)",
-        field="build_jobs",
-        commands=("matrix",),
-        group=SCALE,
-        type=int,
-        default=2,
-        metavar="N",
-        check=_count(1, MAX_JOBS),
-    ),
-    Option(
-        "--cpu-jobs",
-        "cells at once without GPUs (default 1)",
-        field="cpu_jobs",
-        commands=("matrix",),
-        group=SCALE,
-        type=int,
-        default=1,
-        metavar="N",
-        check=_count(1, MAX_JOBS),
-    ),
-    Option(
+        commands=("matrix",), group=SCALE, nargs="?", const="", metavar="RUN", check=_resume,
+        conflicts=("--run-dir", "--shard")), default=None)  # "": the latest unfinished run
+    # join (or create) this run folder: shards and Slurm tasks share one
+    run_dir: Path | None = typed(
+        Option("--run-dir", "write into this run folder (shared by shards)", commands=("matrix",),
+               group=SCALE, type=Path, metavar="DIR", check=_folder_to_write(mounted=True)),
+        Option("--run-dir", "the run folder (shared)", commands=_RUN_CELL, type=Path,
+               required=True, metavar="DIR", check=_folder_to_read),
+        default=None)
+    gpus: Sequence[str] | None = typed(Option(
+        "--gpus", "GPU indices to use, e.g. 0,1 (default: all that nvidia-smi lists)",
+        commands=("matrix",), group=SCALE, metavar="LIST", to_field=lambda v: parse_gpus(v)),
+        default=None)
+    build_jobs: int = typed(Option(
+        "--build-jobs", "builds at once (default 2)", commands=("matrix",), group=SCALE, type=int,
+        default=2, metavar="N", check=_count(1, MAX_JOBS)), default=2)
+    cpu_jobs: int = typed(Option(  # cells at once when there is no GPU
+        "--cpu-jobs", "cells at once without GPUs (default 1)", commands=("matrix",), group=SCALE,
+        type=int, default=1, metavar="N", check=_count(1, MAX_JOBS)), default=1)
+    # cells at once on each GPU: their compat phases share it, speed phases take it alone
+    # (probes/gpu_share.py)
+    cells_per_gpu: int = typed(Option(
         "--cells-per-gpu",
         "cells at once on each GPU: their compat checks share it, and each speed measurement waits "
         "to have the GPU alone (default 1)",
-        field="cells_per_gpu",
-        commands=("matrix",),
-        group=SCALE,
-        type=int,
-        default=1,
-        metavar="N",
-        check=_count(1, MAX_JOBS),
-    ),
-    Option(
-        "--shard",
-        "run shard I of N (1-based) of the selected cells",
-        field="shard",
-        commands=("matrix",),
-        group=SCALE,
-        metavar="I/N",
-        to_field=lambda v: parse_shard_option(v),
-    ),
-    Option(
-        "--run-dir",
-        "write into this run folder (shared by shards)",
-        field="run_dir",
-        commands=("matrix",),
-        group=SCALE,
-        type=Path,
-        metavar="DIR",
-        check=_folder_to_write(mounted=True),
-    ),
-    Option(
-        "--no-live",
-        "plain log lines even on a terminal",
-        field="live_progress",
-        commands=("matrix",),
-        group=SCALE,
-        action="store_true",
-        to_field=lambda v: False if v else None,
-    ),
-    Option(
-        "--on",
-        "where cells run (default local)",
-        commands=("matrix",),
-        group=SCALE,
-        choices=("local", "slurm"),
-        default="local",
-    ),
-    Option("--partition", "sbatch --partition", commands=("matrix",), group=SLURM, metavar="NAME"),
-    Option(
-        "--sbatch-arg",
-        "one more sbatch option, e.g. --sbatch-arg=--time=02:00:00 (repeatable)",
-        commands=("matrix",),
-        group=SLURM,
-        action="append",
-        metavar="ARG",
-    ),
-    Option(
+        commands=("matrix",), group=SCALE, type=int, default=1, metavar="N",
+        check=_count(1, MAX_JOBS)), default=1)
+    shard: tuple[int, int] | None = typed(Option(  # (i, n), 1-based
+        "--shard", "run shard I of N (1-based) of the selected cells", commands=("matrix",),
+        group=SCALE, metavar="I/N", to_field=lambda v: parse_shard_option(v)), default=None)
+    # None: a live line on a TTY, log lines elsewhere
+    live_progress: bool | None = typed(Option(
+        "--no-live", "plain log lines even on a terminal", commands=("matrix",), group=SCALE,
+        action="store_true", to_field=lambda v: False if v else None), default=None)
+    # write the report and move reports/latest (off for one Slurm task)
+    finalize: bool = True
+    # `gpus` came from Slurm (host indices): do not check them against nvidia-smi
+    trust_gpus: bool = False
+    # live-axis expansion to reuse (--snapshot), else ask the index
+    # (a Slurm task replays the session's live axes from run.json: pinmatrix/run/slurm.py)
+    snapshot: dict[str, Any] | None = typed(Option(
+        "--snapshot",
+        "expand live axes from a run's run.json (or a snapshot file), offline, not the index",
+        type=Path, metavar="FILE", to_field=lambda p: read_snapshot(p)), default=None)
+    # False (--no-compile-cache): every probe run starts with empty compile caches
+    compile_cache: bool = typed(Option(
+        "--no-compile-cache",
+        "give every probe run an empty compile cache (a cold run: what a user's first "
+        "run costs) instead of its stack's cache from earlier runs "
+        "(pinmatrix/runners/compile_cache.py)",
+        action="store_true", to_field=lambda v: not v, forward="value"), default=True)
+    # extra pins purposes (pinmatrix.report.pins.parse_pins_for) beside the defaults
+    pins_for: Sequence[str] = typed(Option(
+        "--pins-for",
+        "also write the pin that fits: route=remote-code|llamafied|exaone4|any, "
+        "backend=hf-peft|unsloth|any, goal=newest|fastest (pinmatrix/report/pins.py); repeatable",
+        commands=("matrix", "report", "nightly", "merge"), action="append", type=_pins_for,
+        metavar="KEY=VALUE[,...]", to_field=tuple), default=())
+    # base images (pinmatrix/runners/docker.py); None: missing, and always for nightly
+    pull: str | None = typed(Option(
+        "--pull",
+        "base images: pull when the engine lacks one (missing, the default), every run (always, "
+        "nightly's default), or never (air-gapped hosts)",
+        choices=("missing", "always", "never"), forward="value"), default=None)
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """The package-source options as given; PackageSources (pinmatrix/sources.py) adds the
+    environment's and pip's fallbacks."""
+
+    index_url: str | None = typed(Option(
+        "--index-url", "", group=SOURCES, metavar="URL", forward="value",
+        env=_sources_help("index_url")), default=None)
+    extra_index_url: Sequence[str] = typed(Option(
+        "--extra-index-url", "", group=SOURCES, action="append", metavar="URL", forward="value",
+        env=_sources_help("extra_index_urls"), to_field=tuple), default=())
+    find_links: Sequence[str] = typed(Option(
+        "--find-links", "", group=SOURCES, action="append", metavar="DIR", forward="value",
+        env=_sources_help("find_links"), check=_find_links, to_field=tuple), default=())
+    ca_bundle: Path | None = typed(Option(
+        "--ca-bundle", "", group=SOURCES, type=Path, metavar="FILE", forward="path",
+        env=_sources_help("ca_bundle"), check=_file_to_read), default=None)
+    torch_backend: str | None = typed(Option(
+        "--torch-backend",
+        "uv's torch backend: auto (the pin's +cuXXX/+cpu variant), cpu, cu130, ...; "
+        "for hosts that reach the PyTorch index (else use --find-links)",
+        group=SOURCES, metavar="NAME", forward="value", env=_sources_help("torch_backend"),
+        check=_torch_backend), default=None)
+
+
+@dataclass(frozen=True)
+class BundleOptions:
+    """`bundle OUT` (pinmatrix/bundle.py: OUT is the first positional) and `matrix --bundle`."""
+
+    host_packages: Path | None = typed(Option(
+        "--host-packages",
+        "the prepared host's `pip list --format freeze`: pack only what it lacks, as site layers",
+        commands=("bundle",), type=Path, metavar="FILE"), default=None)
+    part_mib: float = typed(Option(
+        "--part-mib",
+        "largest carry folder of a site-layer bundle, in MiB (default 60: the device tool takes "
+        "64 MiB a call)",
+        commands=("bundle",), type=float, default=60.0, metavar="MIB"), default=60.0)
+    bundle: Path | None = typed(Option(
+        "--bundle",
+        "run the cells of a bundle (`python -m pinmatrix bundle`) offline, from its wheels or its "
+        "site layers",
+        commands=("matrix",), type=Path, metavar="DIR"), default=None)
+
+
+@dataclass(frozen=True)
+class BisectOptions:
+    """`bisect` (pinmatrix/bisect/run.py: PACKAGE GOOD..BAD come first among the positionals) and
+    the nightly's bisect budget."""
+
+    check: Sequence[str] = typed(Option(
+        "--check",
+        "a check or check group the bisect judges by (repeatable; default: the matrix's groups)",
+        commands=("bisect",), action="append", metavar="CHECK_OR_GROUP", to_field=tuple),
+        default=())
+    bisect_budget: int = typed(Option(
+        "--bisect-budget",
+        "probes the nightly may spend bisecting each new breakage to its first "
+        "bad release (0: none; default 8, pinmatrix/bisect/nightly.py)",
+        commands=("nightly",), type=int, default=8, metavar="N"), default=8)
+    signature: str | None = typed(Option(
+        "--signature",
+        "bisect one break: a release is bad only where a named check fails with "
+        "this signature (a surface check's failed facts count)",
+        commands=("bisect",), metavar="SIG"), default=None)
+    pre: bool = typed(Option("--pre", "bisect pre-releases too", commands=("bisect",),
+                             action="store_true"), default=False)
+    all: bool = typed(Option(
+        "--all", "probe every release in range (a full table, and a monotonicity check)",
+        commands=("bisect",), action="store_true"), default=False)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What `report`, `merge`, `nightly` and `list` read or write beside the run itself."""
+
+    run: Path | None = typed(Option("--run", "run folder (default: reports/latest)",
+                                    commands=("report",), type=Path, check=_folder_to_read),
+                             default=None)
+    previous: Path | None = typed(Option(
+        "--previous",
+        "the previous run: a run folder, a reports/ folder or an unpacked report artifact "
+        "(nightly, merge: default the newest earlier run in --reports)",
+        commands=("report", "nightly", "merge"), type=Path, metavar="DIR", check=_previous_run),
+        default=None)
+    history: Path | None = typed(Option(
+        "--history", "the history file to read and append to (default: REPORTS/history.jsonl)",
+        commands=("nightly", "merge"), type=Path, metavar="FILE"), default=None)
+    expected_cells: Path | None = typed(Option(
+        "--expected-cells",
+        "`list --json` output: a cell missing from every artifact is recorded as infra",
+        commands=("merge",), type=Path, metavar="FILE"), default=None)
+    json: bool = typed(Option("--json", "print JSON: the cell ids and the live-axis snapshot",
+                              commands=("list",), action="store_true"), default=False)
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """`matrix --on slurm` (the session) and `run-cell` (one array task): pinmatrix/run/slurm.py."""
+
+    on: str = typed(Option("--on", "where cells run (default local)", commands=("matrix",),
+                           group=SCALE, choices=("local", "slurm"), default="local"),
+                    default="local")
+    partition: str | None = typed(Option("--partition", "sbatch --partition",
+                                         commands=("matrix",), group=SLURM, metavar="NAME"),
+                                  default=None)
+    sbatch_arg: Sequence[str] = typed(Option(
+        "--sbatch-arg", "one more sbatch option, e.g. --sbatch-arg=--time=02:00:00 (repeatable)",
+        commands=("matrix",), group=SLURM, action="append", metavar="ARG", to_field=tuple),
+        default=())
+    slurm_deadline: float | None = typed(Option(
         "--slurm-deadline",
         "give up waiting after S seconds; unfinished tasks become infra (default: 2 × cell "
         "timeout + 1h)",
-        commands=("matrix",),
-        group=SLURM,
-        type=float,
-        metavar="S",
-        check=_seconds,
-    ),
-    Option(
-        "--slurm-poll",
-        "sacct polling interval (default 10)",
-        commands=("matrix",),
-        group=SLURM,
-        type=float,
-        default=10.0,
-        metavar="S",
-        check=_seconds,
-    ),
-    # run-cell: one Slurm array task (pinmatrix/run/slurm.py)
-    Option(
-        "--run-dir",
-        "the run folder (shared)",
-        field="run_dir",
-        commands=("run-cell",),
-        type=Path,
-        required=True,
-        metavar="DIR",
-        check=_folder_to_read,
-    ),
-    Option(
-        "--index",
-        "the cell's line in DIR/slurm/cells.txt (default: $SLURM_ARRAY_TASK_ID)",
-        commands=("run-cell",),
-        type=int,
-        metavar="N",
-        check=_count(0, 10_000_000),
-    ),
+        commands=("matrix",), group=SLURM, type=float, metavar="S", check=_seconds), default=None)
+    slurm_poll: float = typed(Option(
+        "--slurm-poll", "sacct polling interval (default 10)", commands=("matrix",), group=SLURM,
+        type=float, default=10.0, metavar="S", check=_seconds), default=10.0)
+    index: int | None = typed(Option(
+        "--index", "the cell's line in DIR/slurm/cells.txt (default: $SLURM_ARRAY_TASK_ID)",
+        commands=_RUN_CELL, type=int, metavar="N", check=_count(0, 10_000_000)), default=None)
+    # the session's forwarded options (forwarded_argv): what a task needs to run its cell as the
+    # session would have; derived from the options' `forward`, not an option itself
+    task_argv: tuple[str, ...] = ()
+
+
+# Every concern, in the order the options appear in --help
+CONCERNS: tuple[type, ...] = (RunOptions, SourceOptions, BundleOptions, BisectOptions,
+                              ReportOptions, SlurmOptions)
+
+
+def _declared_options() -> tuple[Option, ...]:
+    """Each typed field's options, stamped with the concern and field they fill."""
+    out: list[Option] = []
+    for concern in CONCERNS:
+        for item in dataclasses.fields(concern):
+            for option in item.metadata.get("options", ()):
+                out.append(dataclasses.replace(
+                    option, concern=concern.__name__, attr=item.name,
+                    field=item.name if concern is RunOptions else None))
+    return tuple(out)
+
+
+OPTIONS: tuple[Option, ...] = _declared_options()
+
+
+# --- settings read from the environment only (no flag stands in for them) -----------------------
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One PINMATRIX_* variable that no flag stands in for. `folder`: a folder a building command
+    writes into, checked at parse time as a flag's folder is (absolute, writable)."""
+
+    name: str
+    help: str
+    folder: bool = False
+
+
+def from_env(var: EnvVar) -> Any:
+    return field(default=None, metadata={"env": var})
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """The environment concern: each PINMATRIX_* variable pinmatrix reads beside the options'
+    fallbacks (Option.env), declared on the field it fills. `--help` lists them."""
+
+    compile_cache_dir: str | None = from_env(EnvVar(
+        "PINMATRIX_COMPILE_CACHE_DIR",
+        "compile caches kept between runs (default ~/.cache/pinmatrix/compile; "
+        "pinmatrix/runners/compile_cache.py)", folder=True))
+    cache_dir: str | None = from_env(EnvVar(
+        "PINMATRIX_CACHE_DIR",
+        "the resolver's cache root (default $XDG_CACHE_HOME/pinmatrix, else ~/.cache/pinmatrix)"))
+    # the docker runner's build contexts (named unlike the resolver's; kept as users set it)
+    context_cache: str | None = from_env(EnvVar(
+        "PINMATRIX_CACHE",
+        "root of the docker runner's build contexts (default $XDG_CACHE_HOME/pinmatrix, else "
+        "~/.cache/pinmatrix)"))
+    docker: str | None = from_env(EnvVar(
+        "PINMATRIX_DOCKER", "the engine client to try first (pinmatrix/runners/engine.py)"))
+    cdi_dirs: str | None = from_env(EnvVar(
+        "PINMATRIX_CDI_DIRS",
+        "CDI spec folders, os.pathsep-separated, instead of /etc/cdi and /var/run/cdi"))
+    gpu_lock_dir: str | None = from_env(EnvVar(
+        "PINMATRIX_GPU_LOCK_DIR",
+        "where the per-GPU lock files go (default: a folder per user in the temp folder)"))
+    bundle_stash: str | None = from_env(EnvVar(
+        "PINMATRIX_BUNDLE_STASH",
+        "carry folders of a bundle from earlier uploads (default ~/.cache/pinmatrix/bundle-stash)"))
+    traceback: str | None = from_env(EnvVar(
+        "PINMATRIX_TRACEBACK", "set: a pinmatrix bug re-raises with its traceback"))
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> HostSettings:
+        """The set variables' values (an empty one counts as unset)."""
+        environ = os.environ if environ is None else environ
+        return cls(**{f.name: environ.get(f.metadata["env"].name) or None
+                      for f in dataclasses.fields(cls)})
+
+
+ENV_SETTINGS: tuple[EnvVar, ...] = tuple(
+    f.metadata["env"] for f in dataclasses.fields(HostSettings))
+# Folders a variable names that a building command writes into: the run options' (a flag's
+# fallback) and the environment-only ones
+ENV_FOLDERS: tuple[str, ...] = (
+    *(name for o in OPTIONS if o.attr == "venv_dir" for name in o.env),
+    *(v.name for v in ENV_SETTINGS if v.folder),
 )
 # RunOptions fields a Slurm task sets itself rather than receiving: the session picks the cell, the
 # folder and the live-axis snapshot for it, and scheduling is one task, one cell.
@@ -895,16 +769,26 @@ def options_for(command: str) -> list[Option]:
 _ENV_UNUSED = ("report", "merge")
 
 
+def given(args: argparse.Namespace, option: Option) -> bool:
+    """Was the option given (or does it hold a default)?"""
+    value = vars(args).get(option.dest)
+    return value is not None and value is not False and value != []
+
+
 def check_options(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> None:
     """Every declared check of the command's options, on what was parsed (UsageError, exit 2);
     for an option left out, on the value of the variable that stands in for it (`Option.env`, the
-    one PackageSources.from_env picks), named in the message instead of the flag."""
+    one PackageSources.from_env picks), named in the message instead of the flag. Then the
+    cross-option rules each option declares (`requires`, `conflicts`)."""
+    from pinmatrix.errors import UsageError
+
     environ = os.environ if environ is None else environ
     _check_env_folders(args, environ)
-    for option in options_for(args.command):
+    own = options_for(args.command)
+    for option in own:
         if option.check is None:
             continue
-        value = getattr(args, option.dest, None)
+        value = vars(args).get(option.dest)
         if value is not None and value != []:
             option.check(option.flag, value, args)
         elif args.command not in _ENV_UNUSED:
@@ -912,6 +796,16 @@ def check_options(args: argparse.Namespace, environ: Mapping[str, str] | None = 
             if found is not None:
                 name, value = found
                 option.check(f"${name}", value, args)
+    by_flag = {o.flag: o for o in own}
+    for option in own:
+        if not given(args, option):
+            continue
+        for other in option.requires:
+            if other in by_flag and not given(args, by_flag[other]):
+                raise UsageError(f"{option.flag} {vars(args)[option.dest]}: needs {other}")
+        clashing = [o for o in option.conflicts if o in by_flag and given(args, by_flag[o])]
+        if clashing:
+            raise UsageError(f"{option.flag} cannot be combined with {' or '.join(clashing)}")
 
 
 def parse_gpus(text: str | None) -> list[str] | None:
@@ -948,41 +842,47 @@ def read_snapshot(path: Path | None) -> dict[str, Any] | None:
     return snapshot
 
 
+def concern_from(concern: type[C], args: argparse.Namespace, **extra: Any) -> C:
+    """One concern's typed config from parsed arguments: each field filled by the option declared
+    on it for this command (its `to_field` applied); a field no option of the command fills keeps
+    its default. Without `args.command` (the shared parser), the options every command has."""
+    command = vars(args).get("command")
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(concern):  # type: ignore[arg-type]
+        for option in item.metadata.get("options", ()):
+            if (command in option.commands if command else option.commands == ALL_COMMANDS) \
+                    and option.dest in vars(args):
+                value = vars(args)[option.dest]
+                values[item.name] = option.to_field(value) if option.to_field else value
+                break
+    return concern(**values, **extra)
+
+
 def package_sources(args: argparse.Namespace) -> PackageSources:
     """PackageSources: the command line first, then PINMATRIX_*, then the host's pip settings
     (§9)."""
+    given_sources = concern_from(SourceOptions, args)
+    return sources_of(given_sources, offline=bool(vars(args).get("offline", False)))
+
+
+def sources_of(given_sources: SourceOptions, *, offline: bool) -> PackageSources:
     return dataclasses.replace(PackageSources.from_env(
-        index_url=args.index_url,
-        extra_index_urls=args.extra_index_url or None,
-        find_links=args.find_links or None,
-        ca_bundle=str(args.ca_bundle) if args.ca_bundle else None,
-        torch_backend=args.torch_backend,
-    ), offline=bool(getattr(args, "offline", False)))
+        index_url=given_sources.index_url,
+        extra_index_urls=tuple(given_sources.extra_index_url) or None,
+        find_links=tuple(given_sources.find_links) or None,
+        ca_bundle=str(given_sources.ca_bundle) if given_sources.ca_bundle else None,
+        torch_backend=given_sources.torch_backend,
+    ), offline=offline)
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     """RunOptions from parsed arguments: each declared option with a field, plus the package
     sources."""
-    from pinmatrix.errors import ResumeError, SchedulerError
-
-    values: dict[str, Any] = {"selectors": tuple(args.selectors), "sources": package_sources(args)}
-    for option in options_for(args.command):
-        if option.field is not None:
-            value = getattr(args, option.dest)
-            values[option.field] = option.to_field(value) if option.to_field else value
-    if values.get("venv_dir") is not None:  # cells run in other folders: a relative path moves
-        values["venv_dir"] = Path(values["venv_dir"]).absolute()
-    if values.get("build_jobs", 1) < 1:
-        raise SchedulerError(f"--build-jobs {args.build_jobs}: must be at least 1")
-    if values.get("cpu_jobs", 1) < 1:
-        raise SchedulerError(f"--cpu-jobs {args.cpu_jobs}: must be at least 1")
-    if values.get("resume") is not None and (
-        values.get("run_dir") is not None or values.get("shard")
-    ):
-        raise ResumeError(
-            "--resume continues one run; it cannot be combined with --run-dir or --shard"
-        )
-    return RunOptions(**values)
+    opts = concern_from(RunOptions, args, selectors=tuple(args.selectors),
+                        sources=package_sources(args))
+    if opts.venv_dir is not None:  # cells run in other folders: a relative path moves
+        opts = dataclasses.replace(opts, venv_dir=Path(opts.venv_dir).absolute())
+    return opts
 
 
 def forwarded_argv(args: argparse.Namespace) -> list[str]:
@@ -991,5 +891,16 @@ def forwarded_argv(args: argparse.Namespace) -> list[str]:
     out: list[str] = []
     for option in options_for(args.command):
         if option.forward:
-            out += option.forwarded(getattr(args, option.dest))
+            out += option.forwarded(vars(args)[option.dest])
     return out
+
+
+def forwarded_options(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """A task's options (task_options) from the session's parsed arguments."""
+    return task_options(forwarded_argv(args), run_dir)
+
+
+def task_options(task_argv: Sequence[str], run_dir: Path) -> list[str]:
+    """The session's forwarded options with the live axes the session expanded: run.json holds
+    that snapshot, so a task never asks the index again (pinmatrix/run/slurm.py)."""
+    return [*task_argv, "--snapshot", str(run_dir / "run.json")]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from dataclasses import dataclass
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -29,7 +30,7 @@ from pinmatrix.run.folder import (
     run_manifest,
 )
 from pinmatrix.run.identity import gpu_model
-from pinmatrix.run.one_cell import run_cell
+from pinmatrix.run.one_cell import CellRun, run_cell
 from pinmatrix.run.options import Echo, RunOptions, RunSummary
 from pinmatrix.run.runner_choice import Runners, pick_runner_kind
 from pinmatrix.sources import PackageSources
@@ -74,7 +75,20 @@ def choose_resolver(opts: RunOptions, resolve: Resolver) -> Resolver:
     return resolve
 
 
-# --- the pipeline --------------------------------------------------------------------------------
+# --- the pipeline: plan, execute, publish --------------------------------------------------------
+
+@dataclass
+class RunPlan:
+    """What a run will do, decided before its folder is opened: the cells (this shard's, and all
+    the selected ones for the manifest), the runner kind and engine, the device tokens."""
+
+    matrix: Any
+    all_cells: list[Cell]
+    cells: list[Cell]
+    kind: str
+    engine: Any
+    tokens: list[str | None]
+
 
 def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     """Run every selected cell and write the report. MatrixError (bad input) propagates before
@@ -85,8 +99,30 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     otherwise; --resume continues an interrupted run in its own folder, keeping the cells it
     finished."""
     from pinmatrix.resolve.uv import resolve
+    from pinmatrix.run.state import open_run_dir, release_run_folder
+
+    plan = plan_run(opts, echo)
+    run_dir, manifest = open_run_dir(
+        opts,
+        lambda: run_manifest(
+            opts, new_run_dir(opts.reports_dir, opts.label), plan.matrix, plan.all_cells, plan.kind
+        ),
+    )
+    try:
+        run = _Execution(run_dir, manifest, opts, plan, echo)
+        try:
+            run.execute(resolve)
+        finally:
+            publish_run(run_dir, manifest, opts, run.stop, echo)
+        return _summarized(run.summary, run.stop, opts, echo)
+    finally:
+        release_run_folder(run_dir)
+
+
+def plan_run(opts: RunOptions, echo: Echo = print) -> RunPlan:
+    """Load and select the cells, take this shard, pick the runner, prefetch the models, and
+    count the devices: everything that may refuse the run before a folder exists."""
     from pinmatrix.run.scheduler import detect_gpus, device_tokens
-    from pinmatrix.run.state import open_run_dir
 
     matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
                                snapshot=opts.snapshot,
@@ -102,93 +138,128 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     tokens = device_tokens(cpu=opts.cpu, requested=opts.gpus,
                            detected=[] if opts.cpu or opts.trust_gpus else detect_gpus(),
                            cpu_jobs=opts.cpu_jobs, cells_per_gpu=opts.cells_per_gpu)
-    run_dir, manifest = open_run_dir(
-        opts,
-        lambda: run_manifest(
-            opts, new_run_dir(opts.reports_dir, opts.label), matrix, all_cells, kind
-        ),
-    )
-    try:
-        return _run_in(run_dir, manifest, opts, echo, matrix, cells, kind, engine, tokens, resolve)
-    finally:
-        from pinmatrix.run.state import release_run_folder
-
-        release_run_folder(run_dir)
+    return RunPlan(matrix, all_cells, cells, kind, engine, tokens)
 
 
-def _run_in(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, echo: Echo,
-            matrix: Any, cells: list[Cell], kind: str, engine: Any, tokens: list[str | None],
-            resolve: Any) -> RunSummary:
-    """run_matrix's part inside the run folder, while it holds the folder's writer lock."""
-    from pinmatrix.run.scheduler import Scheduler
-    from pinmatrix.run.state import finished_cells
+class _Execution:
+    """run_matrix's part inside the run folder, while it holds the folder's writer lock: the cells
+    not yet finished, each through the scheduler (`task`, `on_error`)."""
 
-    runners = Runners(kind, engine, opts, run_dir, echo)
-    summary = RunSummary(run_dir)
-    gpu = gpu_model(opts.cpu)
-    digest = probes_digest()
-    manifest["probes_digest"], manifest["gpu_model"] = digest, gpu
-    write_json_atomic(run_dir / "run.json", manifest)
-    from pinmatrix.report.remote_code import unpinned_warnings
+    def __init__(self, run_dir: Path, manifest: dict[str, Any], opts: RunOptions, plan: RunPlan,
+                 echo: Echo) -> None:
+        self.run_dir, self.manifest, self.opts, self.plan, self.echo = (
+            run_dir, manifest, opts, plan, echo)
+        self.runners = Runners(plan.kind, plan.engine, opts, run_dir, echo)
+        self.summary = RunSummary(run_dir)
+        self.stop = _StopSignal()
+        self.gpu = gpu_model(opts.cpu)
+        self.digest = probes_digest()
+        # an infra cause -> the first cell that had it
+        self.said: dict[tuple[str | None, str], str] = {}
+        self.said_lock = threading.Lock()
+        self.cache, self.forced = _cache_and_forced(opts, plan.cells)
+        self.resolve_fn: Any = None
 
-    # remote code under a moving ref
-    for warning in unpinned_warnings(getattr(matrix, "models", ())):
-        echo(f"warning: {warning}")
-    kept = finished_cells(run_dir)
-    todo = [c for c in cells if c.id not in kept]
-    cache, forced = _cache_and_forced(opts, cells)
-    devices = ", ".join(t for t in tokens if t) or f"{len(tokens)} at once"
-    echo(
-        f"run {run_dir.name}: {len(cells)} cell{'s' if len(cells) != 1 else ''}, runner {kind}, "
-        f"{'cpu (forced)' if opts.cpu else 'device ' + gpu}"
-        + (f", shard {opts.shard[0]}/{opts.shard[1]}" if opts.shard else "")
-        + (
-            f", {len(cells) - len(todo)} kept from the interrupted run"
-            if len(todo) != len(cells)
-            else ""
-        )
-        + (f" (devices: {devices})" if len(tokens) > 1 else "")
-    )
-    from pinmatrix.activity import Heartbeat, acting_for
-    from pinmatrix.run.progress import Progress
+    def execute(self, resolve: Any) -> None:
+        from pinmatrix.activity import Heartbeat
+        from pinmatrix.run.progress import Progress
 
-    progress = Progress(len(todo), live=opts.live_progress, echo=echo)
-    # no stage is silent for long: a line naming what is under way whenever nothing else was said
-    heartbeat = Heartbeat(progress.log)
-    progress.on_log = heartbeat.touch
-    heartbeat.start()
-    resolve_fn = choose_resolver(opts, resolve)
-    # every cell resolved up front, in parallel (pinmatrix.resolve.stage)
-    if resolve_fn is resolve and todo:
-        from pinmatrix.resolve.stage import resolve_stage
-
+        todo = self._announce()
+        self.progress = Progress(len(todo), live=self.opts.live_progress, echo=self.echo)
+        # no stage is silent for long: a line naming what is under way whenever nothing else
+        # was said
+        heartbeat = Heartbeat(self.progress.log)
+        self.progress.on_log = heartbeat.touch
+        heartbeat.start()
         try:
-            stage = resolve_stage(todo, opts.sources, run_dir / "locks", echo=progress.log)
+            self.resolve_fn = self._resolve_up_front(todo, resolve)
         except BaseException:
             heartbeat.stop()
             raise
-        manifest["resolve_stage"] = stage.manifest()
-        progress.log(stage.summary())
-        resolve_fn = stage.lookup
+        try:
+            self._schedule(todo)
+        finally:
+            heartbeat.stop()
+            self.progress.close()
+            self.manifest["finished"] = utc_now()
+            if self.stop.reason:  # no "complete": --resume retries what did not finish
+                self.manifest.pop("complete", None)
+                self.manifest["stopped"] = self.stop.reason
 
-    stop = _StopSignal()
-    said: dict[tuple[str | None, str], str] = {}  # an infra cause -> the first cell that had it
-    said_lock = threading.Lock()
+    def _announce(self) -> list[Cell]:
+        """Write the manifest's probes and GPU, warn about moving remote code, say the run;
+        return the cells still to run."""
+        from pinmatrix.report.remote_code import unpinned_warnings
+        from pinmatrix.run.state import finished_cells
 
-    def task(cell: Cell, ctx: CellContext) -> Outcome:
-        if stop.reason:  # the engine is gone or the reports disk is full: start nothing more
-            return stop.skipped(cell, kind, run_dir)
+        opts, run_dir, cells, tokens = self.opts, self.run_dir, self.plan.cells, self.plan.tokens
+        self.manifest["probes_digest"], self.manifest["gpu_model"] = self.digest, self.gpu
+        write_json_atomic(run_dir / "run.json", self.manifest)
+        # remote code under a moving ref
+        for warning in unpinned_warnings(getattr(self.plan.matrix, "models", ())):
+            self.echo(f"warning: {warning}")
+        kept = finished_cells(run_dir)
+        todo = [c for c in cells if c.id not in kept]
+        devices = ", ".join(t for t in tokens if t) or f"{len(tokens)} at once"
+        self.echo(
+            f"run {run_dir.name}: {len(cells)} cell{'s' if len(cells) != 1 else ''}, runner "
+            f"{self.plan.kind}, {'cpu (forced)' if opts.cpu else 'device ' + self.gpu}"
+            + (f", shard {opts.shard[0]}/{opts.shard[1]}" if opts.shard else "")
+            + (
+                f", {len(cells) - len(todo)} kept from the interrupted run"
+                if len(todo) != len(cells)
+                else ""
+            )
+            + (f" (devices: {devices})" if len(tokens) > 1 else "")
+        )
+        return todo
+
+    def _resolve_up_front(self, todo: list[Cell], resolve: Any) -> Any:
+        """Every cell resolved up front, in parallel (pinmatrix.resolve.stage); the resolver each
+        cell then reads its lock from."""
+        resolve_fn = choose_resolver(self.opts, resolve)
+        if resolve_fn is resolve and todo:
+            from pinmatrix.resolve.stage import resolve_stage
+
+            stage = resolve_stage(todo, self.opts.sources, self.run_dir / "locks",
+                                  echo=self.progress.log)
+            self.manifest["resolve_stage"] = stage.manifest()
+            self.progress.log(stage.summary())
+            resolve_fn = stage.lookup
+        return resolve_fn
+
+    def _schedule(self, todo: list[Cell]) -> None:
+        from pinmatrix.run.gpu_watch import watch_run
+        from pinmatrix.run.scheduler import Scheduler
+
+        tokens = self.plan.tokens
+        scheduler = Scheduler[Cell, Outcome](tokens, build_jobs=self.opts.build_jobs,
+                                             progress=self.progress)
+        # who really used which GPU
+        with watch_run(self.run_dir, [] if self.opts.cpu else tokens):
+            self.summary.outcomes = scheduler.run(todo, lambda c: c.id, self.task, self.on_error)
+        # one shard or one Slurm task is not the whole run
+        if self.opts.shard is None and self.opts.finalize:
+            self.manifest["complete"] = True  # read by --resume: without it, interrupted
+
+    def task(self, cell: Cell, ctx: CellContext) -> Outcome:
+        from pinmatrix.activity import acting_for
+
+        run_dir, kind = self.run_dir, self.plan.kind
+        if self.stop.reason:  # the engine is gone or the reports disk is full: start nothing more
+            return self.stop.skipped(cell, kind, run_dir)
         try:
             with acting_for(cell.id):
-                outcome = run_cell(cell, run_dir, runners.for_cell(cell), opts, gpu=gpu,
-                                   digest=digest, resolve_fn=resolve_fn, ctx=ctx, cache=cache,
-                                   force=forced is None or cell.id in forced)
+                outcome = run_cell(cell, self.runners.for_cell(cell), CellRun(
+                    run_dir=run_dir, opts=self.opts, gpu=self.gpu, digest=self.digest,
+                    resolve_fn=self.resolve_fn, cache=self.cache),
+                    ctx=ctx, force=self.forced is None or cell.id in self.forced)
         except OSError as exc:
             if not disk_full(exc):
                 raise
-            stop.set(disk_full_reason(exc))
+            self.stop.set(disk_full_reason(exc))
             drop_orphan_result(run_dir, cell.id)
-            return stop.skipped(cell, kind, run_dir)
+            return self.stop.skipped(cell, kind, run_dir)
         if interrupt.INTERRUPTED.is_set() and outcome.result is None and outcome.status == "infra":
             # cut short by the interrupt (a killed build reads as a build failure): say so, and
             # let --resume run it again
@@ -197,19 +268,22 @@ def _run_in(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, echo: Ech
             outcome.signature = interrupt.signature()
             outcome.write(run_dir)
         if outcome.signature == "engine-unreachable":
-            stop.set(f"the Docker engine became unreachable ({_short(outcome.reason)})")
-        if outcome.status == "infra":  # one cause, said once: the next cells point at the first
+            self.stop.set(f"the Docker engine became unreachable ({_short(outcome.reason)})")
+        self.progress.log(self._said(cell, outcome))
+        return outcome
+
+    def _said(self, cell: Cell, outcome: Outcome) -> str:
+        """The cell's console line; an infra cause said once, later cells point at the first."""
+        if outcome.status == "infra":
             key = (outcome.signature, " ".join((outcome.reason or "").split())
                    .replace(cell.id, "<cell>"))
-            with said_lock:
-                first = said.setdefault(key, cell.id)
+            with self.said_lock:
+                first = self.said.setdefault(key, cell.id)
             if first != cell.id:
-                progress.log(f"{cell.id}: {outcome.stage}: infra (same cause as {first}"
-                             + (f": {outcome.signature}" if outcome.signature else "") + ")")
-                return outcome
-        progress.log(
+                return (f"{cell.id}: {outcome.stage}: infra (same cause as {first}"
+                        + (f": {outcome.signature}" if outcome.signature else "") + ")")
+        return (
             f"{cell.id}: {outcome.stage}: "
-            ""
             + (
                 f"{outcome.status} ({_short(outcome.reason)})"
                 if outcome.status
@@ -221,57 +295,49 @@ def _run_in(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, echo: Ech
                 )
             )
         )
-        return outcome
 
-    # a harness bug: record it, keep going, exit 1
-    def on_error(cell: Cell, exc: BaseException) -> Outcome:
+    def on_error(self, cell: Cell, exc: BaseException) -> Outcome:
+        """A harness bug: record it, keep going, exit 1."""
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         said = f"{type(exc).__name__}: {exc}"  # words, not the exception's repr
-        summary.harness_errors.append(f"{cell.id}: {said}")
-        outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=kind,
+        self.summary.harness_errors.append(f"{cell.id}: {said}")
+        outcome = Outcome(cell=cell.id, hash=None, pins=dict(cell.pins), runner=self.plan.kind,
                           stage="run", status="infra", reason=f"harness error: {said}",
                           signature="harness-error")
-        outcome.write(run_dir)
-        write_text_atomic(run_dir / "logs" / f"{cell.id}.harness.log", tb)
-        progress.log(f"{cell.id}: run: infra (harness error: {_short(said)})")
+        outcome.write(self.run_dir)
+        write_text_atomic(self.run_dir / "logs" / f"{cell.id}.harness.log", tb)
+        self.progress.log(f"{cell.id}: run: infra (harness error: {_short(said)})")
         return outcome
 
+
+def publish_run(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, stop: _StopSignal,
+                echo: Echo) -> None:
+    """run.json, the report, pins/ and reports/latest, published as one set; a Ctrl-C or SIGTERM
+    meanwhile waits for it (pinmatrix/interrupt.py `held`): the folder has the whole new report
+    or, after a second interrupt, the one it had before. A full disk stops the run, resumably."""
     try:
-        from pinmatrix.run.gpu_watch import watch_run
+        with interrupt.held(), published_together():
+            if (opts.shard is None and opts.finalize) or not (run_dir / "run.json").is_file():
+                write_json_atomic(run_dir / "run.json", manifest)
+            if opts.finalize:
+                write_report(run_dir, pins_for=opts.pins_for)
+                from pinmatrix.report.pins import write_pins_and_say
 
-        scheduler = Scheduler[Cell, Outcome](tokens, build_jobs=opts.build_jobs, progress=progress)
-        # who really used which GPU
-        with watch_run(run_dir, [] if opts.cpu else tokens):
-            summary.outcomes = scheduler.run(todo, lambda c: c.id, task, on_error)
-        if opts.shard is None and opts.finalize:  # one shard or one Slurm task is not the whole run
-            manifest["complete"] = True  # read by --resume: a run without it was interrupted
-    finally:
-        heartbeat.stop()
-        progress.close()
-        manifest["finished"] = utc_now()
-        if stop.reason:  # no "complete": --resume picks this run up and retries what did not finish
-            manifest.pop("complete", None)
-            manifest["stopped"] = stop.reason
-        try:
-            # run.json, the report, pins/ and reports/latest are published as one set, and a
-            # Ctrl-C or SIGTERM meanwhile waits for it (pinmatrix/interrupt.py `held`): the folder
-            # has the whole new report or, after a second interrupt, the one it had before
-            with interrupt.held(), published_together():
-                if (opts.shard is None and opts.finalize) or not (run_dir / "run.json").is_file():
-                    write_json_atomic(run_dir / "run.json", manifest)
-                if opts.finalize:
-                    write_report(run_dir, pins_for=opts.pins_for)
-                    from pinmatrix.report.pins import write_pins_and_say
+                write_pins_and_say(run_dir, echo, opts.pins_for)
+                # not a shared --run-dir elsewhere
+                if run_dir.resolve().parent == Path(opts.reports_dir).resolve():
+                    on_publish(lambda: point_latest(opts.reports_dir, run_dir))
+    # a full disk must not turn into a traceback: the finished files stand
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        stop.set(disk_full_reason(exc))
 
-                    write_pins_and_say(run_dir, echo, opts.pins_for)
-                    # not a shared --run-dir elsewhere
-                    if run_dir.resolve().parent == Path(opts.reports_dir).resolve():
-                        on_publish(lambda: point_latest(opts.reports_dir, run_dir))
-        # a full disk must not turn into a traceback: the finished files stand
-        except OSError as exc:
-            if not disk_full(exc):
-                raise
-            stop.set(disk_full_reason(exc))
+
+def _summarized(summary: RunSummary, stop: _StopSignal, opts: RunOptions,
+                echo: Echo) -> RunSummary:
+    """The summary with why the run stopped and the verdict; the infra causes said once."""
+    run_dir = summary.run_dir
     summary.stopped = stop.reason
     if opts.finalize and (run_dir / "summary.json").is_file():
         merged = load_json((run_dir / "summary.json"))

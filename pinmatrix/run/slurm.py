@@ -27,7 +27,6 @@ The flow:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
@@ -37,13 +36,13 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from pinmatrix.errors import SlurmError
 from pinmatrix.fsio import load_json, utc_now, write_json_atomic, write_text_atomic
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.run.options import Echo, RunOptions
+from pinmatrix.run.options import Echo, RunOptions, SlurmOptions, task_options
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL",
             "OUT_OF_MEMORY",
@@ -152,15 +151,12 @@ class SlurmClient:
 
 # --- the session side ----------------------------------------------------------------------------
 
-def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
+def run_on_slurm(slurm: SlurmOptions, opts: RunOptions, echo: Echo = print,
                  client: SlurmClient | None = None) -> Path | None:
     """Submit the selected cells as one job array, wait for it, and report: the run folder, or None
     when no cell was selected. The exit code comes from the folder, by the local run's rule
-    (pinmatrix/cli/main.py)."""
-    from pinmatrix.report.write import write_report
-    from pinmatrix.run.folder import new_run_dir, point_latest, run_manifest
+    (pinmatrix/commands/matrix.py)."""
     from pinmatrix.run.pipeline import load_cells
-    from pinmatrix.run.state import finished_cells
 
     if opts.resume is not None:
         # A resubmission is the resume: every cell judged before is reused from the result cache.
@@ -179,6 +175,25 @@ def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
     if not cells:
         echo("no cells selected: nothing to submit")
         return None
+    run_dir, manifest, job = _submit(slurm, opts, client, matrix, cells, echo)
+    deadline_s = slurm.slurm_deadline or _default_deadline(cells, opts)
+    final = wait_for_tasks(client, job, len(cells), poll_s=slurm.slurm_poll, deadline_s=deadline_s,
+                           run_dir=run_dir, echo=echo)
+    _record_task_ends(run_dir, cells, final, job, runner=f"slurm:{opts.runner}")
+    manifest["finished"] = utc_now()
+    manifest["complete"] = True
+    manifest["slurm"]["states"] = {str(k): v for k, v in sorted(final.items())}
+    write_json_atomic(run_dir / "run.json", manifest)
+    _publish(run_dir, opts, echo)
+    return run_dir
+
+
+def _submit(slurm: SlurmOptions, opts: RunOptions, client: SlurmClient, matrix: Any,
+            cells: list[Cell], echo: Echo) -> tuple[Path, dict[str, Any], str]:
+    """The run folder with its cell list and job script, and the job array submitted:
+    (folder, manifest, job id)."""
+    from pinmatrix.run.folder import new_run_dir, run_manifest
+
     if opts.run_dir is not None:
         run_dir = Path(opts.run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -189,22 +204,26 @@ def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
     slurm_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(slurm_dir / "cells.txt", "".join(c.id + "\n" for c in cells))
     script = slurm_dir / "job.sh"
-    write_text_atomic(script, job_script(args, opts, run_dir))
+    write_text_atomic(script, job_script(slurm.task_argv, opts, run_dir))
     script.chmod(0o755)
     job = client.submit(script, len(cells), gres=None if opts.cpu else "gpu:1",
-                        partition=args.partition,
-                        extra=tuple(args.sbatch_arg), output=slurm_dir / "%A_%a.log")
+                        partition=slurm.partition,
+                        extra=tuple(slurm.sbatch_arg), output=slurm_dir / "%A_%a.log")
     manifest["slurm"] = {"job_id": job, "tasks": len(cells), "script": "slurm/job.sh"}
     write_json_atomic(run_dir / "run.json", manifest)
-    partition = f", partition {args.partition}" if args.partition else ""
+    partition = f", partition {slurm.partition}" if slurm.partition else ""
     echo(
         f"run {run_dir.name}: {len(cells)} cells submitted as Slurm job array {job} "
         f"({'cpu' if opts.cpu else 'gres gpu:1'}{partition})"
     )
+    return run_dir, manifest, job
 
-    deadline_s = args.slurm_deadline or _default_deadline(cells, opts)
-    final = wait_for_tasks(client, job, len(cells), poll_s=args.slurm_poll, deadline_s=deadline_s,
-                           run_dir=run_dir, echo=echo)
+
+def _record_task_ends(run_dir: Path, cells: Sequence[Cell], final: dict[int, str], job: str, *,
+                      runner: str) -> None:
+    """An outcome for each cell whose task Slurm ended before it judged the cell."""
+    from pinmatrix.run.state import finished_cells
+
     done = finished_cells(run_dir)
     for index, cell in enumerate(cells):
         state = final.get(index, "VANISHED")
@@ -219,24 +238,23 @@ def run_on_slurm(args: argparse.Namespace, opts: RunOptions, echo: Echo = print,
         if isinstance(existing, Outcome) and existing.status == "infra" and state == "COMPLETED":
             continue  # the task judged the machine itself (build failure, timeout): keep its reason
         slurm_outcome(existing if isinstance(existing, Outcome) else None, cell, state, job,
-                      index, runner=f"slurm:{opts.runner}").write(run_dir)
-    manifest["finished"] = utc_now()
-    manifest["complete"] = True
-    manifest["slurm"]["states"] = {str(k): v for k, v in sorted(final.items())}
-    write_json_atomic(run_dir / "run.json", manifest)
+                      index, runner=runner).write(run_dir)
+
+
+def _publish(run_dir: Path, opts: RunOptions, echo: Echo) -> None:
     from pinmatrix.fsio import on_publish, published_together
     from pinmatrix.interrupt import held
     from pinmatrix.report.pins import write_pins  # the plan summary.md shows, as files
+    from pinmatrix.report.write import write_report
+    from pinmatrix.run.folder import point_latest
 
     with held(), published_together():  # the whole report, or the one before (interrupt.py)
         write_report(run_dir, pins_for=opts.pins_for)
         echo(write_pins(run_dir, pins_for=opts.pins_for).message)
         if run_dir.parent == Path(opts.reports_dir).resolve():
             on_publish(lambda: point_latest(opts.reports_dir, run_dir))
-
     echo(load_json((run_dir / "summary.json"))["verdict"])
     echo(f"report: {run_dir / 'summary.md'}")
-    return run_dir
 
 
 def wait_for_tasks(client: SlurmClient, job: str, n_tasks: int, *, poll_s: float, deadline_s: float,
@@ -306,12 +324,13 @@ def _default_deadline(cells: Sequence[Cell], opts: RunOptions) -> float:
     return 2 * longest + 3600  # one build plus the cell, twice over, plus queueing
 
 
-def job_script(args: argparse.Namespace, opts: RunOptions, run_dir: Path) -> str:
-    """The array task's script: cd into this checkout and run one cell of the run folder."""
+def job_script(task_argv: Sequence[str], opts: RunOptions, run_dir: Path) -> str:
+    """The array task's script: cd into this checkout and run one cell of the run folder, with the
+    session's forwarded options (`task_argv`, SlurmOptions.task_argv)."""
     from pinmatrix.run.options import REPO_ROOT
 
     argv = [sys.executable, "-m", "pinmatrix", "run-cell", "--run-dir", str(run_dir),
-            "--index", "${SLURM_ARRAY_TASK_ID}", *forwarded_options(args, run_dir)]
+            "--index", "${SLURM_ARRAY_TASK_ID}", *task_options(task_argv, run_dir)]
     quoted = " ".join(a if a.startswith("${") else shlex.quote(a) for a in argv)
     return ("#!/bin/bash\n"
             "# One pinmatrix cell per array task (written by pinmatrix/run/slurm.py; safe to rerun "
@@ -324,18 +343,9 @@ def job_script(args: argparse.Namespace, opts: RunOptions, run_dir: Path) -> str
             f"exec {quoted}\n")
 
 
-def forwarded_options(args: argparse.Namespace, run_dir: Path) -> list[str]:
-    """The options a task needs to run its cell as this session would have (every option the table
-    in pinmatrix/run/options.py marks forwarded), with the live axes the session expanded: run.json
-    holds that snapshot, so a task never asks the index again."""
-    from pinmatrix.run.options import forwarded_argv
-
-    return [*forwarded_argv(args), "--snapshot", str(run_dir / "run.json")]
-
-
 # --- the task side -------------------------------------------------------------------------------
 
-def run_cell_task(args: argparse.Namespace, opts: RunOptions, echo: Echo = print) -> int:
+def run_cell_task(opts: RunOptions, index: int | None, echo: Echo = print) -> int:
     """`python -m pinmatrix run-cell --run-dir RUN --index N`: cell N of RUN/slurm/cells.txt, only
     its files."""
     import dataclasses
@@ -344,15 +354,16 @@ def run_cell_task(args: argparse.Namespace, opts: RunOptions, echo: Echo = print
     from pinmatrix.run.pipeline import run_matrix
 
     interrupt.IN_SLURM_TASK.set()  # a SIGTERM here is Slurm stopping the task
-    run_dir = Path(args.run_dir)
-    index = args.index if args.index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
-    if index is None or not str(index).isdigit():
+    assert opts.run_dir is not None  # run-cell's --run-dir is required
+    run_dir = Path(opts.run_dir)
+    given = str(index) if index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+    if given is None or not given.isdigit():
         raise SlurmError("run-cell: --index N (or SLURM_ARRAY_TASK_ID) is required")
     ids = (run_dir / "slurm" / "cells.txt").read_text(encoding="utf-8").split()
-    if int(index) >= len(ids):
-        raise SlurmError(f"run-cell: index {index} out of range: {run_dir}/slurm/cells.txt lists "
+    if int(given) >= len(ids):
+        raise SlurmError(f"run-cell: index {given} out of range: {run_dir}/slurm/cells.txt lists "
                          f"{len(ids)} cells")
-    cell_id = ids[int(index)]
+    cell_id = ids[int(given)]
     gpus, trust = None, False
     job_gpus = os.environ.get("SLURM_JOB_GPUS") or os.environ.get("SLURM_STEP_GPUS")
     if not opts.cpu and job_gpus and _uses_docker(opts):

@@ -18,7 +18,7 @@ What goes in, and why:
   outside site-packages (console scripts whose shebang names the venv's python) are left out;
 - every shared library `ldd` resolves for those ELF files, the dynamic loader included, except the
   NVIDIA driver's own (`libcuda`, `libnvidia-*`: they must match the host's kernel module, so the
-  CDI spec mounts them at run time; pinmatrix/cli/cdi_spec.py); libraries reached through a
+  CDI spec mounts them at run time; pinmatrix/commands/cdi_spec.py); libraries reached through a
   package's RUNPATH (`$ORIGIN/../../nvidia/...`) are inside the copied package trees. `ldd` runs
   without LD_LIBRARY_PATH, since the image has none: what it cannot find is reported;
 - `/bin/sh` and the tools the Dockerfile's RUN steps call (DOCKERFILE_TOOLS), with what they link;

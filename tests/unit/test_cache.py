@@ -17,7 +17,7 @@ import pytest
 from pinmatrix.run import identity
 from pinmatrix.run.cache import RerunPolicy, ResultCache
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.run.one_cell import run_cell
+from pinmatrix.run.one_cell import CellRun, run_cell
 from pinmatrix.run.options import RunOptions
 from pinmatrix.results import load_result
 from pinmatrix.runners.base import Prepared, RunOutcome
@@ -65,9 +65,10 @@ def env(tmp_path, monkeypatch):
         state["n"] += 1
         run_dir = reports / f"run{state['n']:02d}"
         run_dir.mkdir(parents=True)
-        return run_cell(cell, run_dir, runner, opts, gpu=gpu, digest=digest,
-                        resolve_fn=lambda c, s, d: dataclasses.replace(lock, cell_id=c.id),
-                        cache=ResultCache(reports), force=force)
+        return run_cell(cell, runner, CellRun(
+            run_dir=run_dir, opts=opts, gpu=gpu, digest=digest,
+            resolve_fn=lambda c, s, d: dataclasses.replace(lock, cell_id=c.id),
+            cache=ResultCache(reports)), force=force)
 
     return runner, once, dockerfile
 

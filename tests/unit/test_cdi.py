@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.cli import cdi_spec
+from pinmatrix.commands import cdi_spec
 from pinmatrix.runners import cdi
 
 REPO = Path(__file__).resolve().parents[2]

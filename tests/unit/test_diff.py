@@ -18,7 +18,7 @@ import pytest
 
 from pinmatrix.report.diff import diff, find_run_dir, load_summary
 from pinmatrix.report.history import DEFAULT_REL_THRESHOLD, NOISE_K, noise_threshold, read_history
-from pinmatrix.report.nightly import EXIT_GREEN, EXIT_NEW_BREAKAGES, finish
+from pinmatrix.commands.nightly import EXIT_GREEN, EXIT_NEW_BREAKAGES, finish
 from pinmatrix.outcome import Outcome
 from pinmatrix.run.options import REPO_ROOT
 from real_results import BASE_PINS, cache_root

@@ -17,10 +17,10 @@ from pinmatrix.run.options import (
     OPTIONS,
     TASK_OWN_FIELDS,
     RunOptions,
+    forwarded_options,
     options_for,
     run_options,
 )
-from pinmatrix.run.slurm import forwarded_options
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 
-from pinmatrix.cli.surface import main as surface_main
+from pinmatrix.commands.remote_code_surface import main as surface_main
 from probes.remote_code_surface import compare, extract, extract_file
 
 ROOT = Path(__file__).resolve().parents[2]

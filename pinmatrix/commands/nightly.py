@@ -7,18 +7,16 @@ cells that are broken (nothing passed before) or a first run with nothing to com
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-import argparse
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from pinmatrix.errors import UsageError
 from pinmatrix.report.diff import PreviousRunError, find_run_dir, previous_run_in
 from pinmatrix.report.history import append_history, history_record, read_history
 from pinmatrix.fsio import load_json
-
-if TYPE_CHECKING:
-    from pinmatrix.run.options import RunOptions
+from pinmatrix.run.options import BisectOptions, ReportOptions, RunOptions
 
 EXIT_GREEN, EXIT_NEW_BREAKAGES = 0, 1
 HISTORY_NAME = "history.jsonl"
@@ -134,9 +132,9 @@ def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previ
     return result
 
 
-# --- command line (its options: pinmatrix/run/options.py) ---------------------------------------
+# --- command line (its options: the typed fields of pinmatrix/run/options.py) ---------------------
 
-def _expected_cells(path: Path | None) -> list[str]:
+def expected_cells_of(path: Path | None) -> list[str]:
     if path is None:
         return []
     try:
@@ -150,25 +148,20 @@ def _expected_cells(path: Path | None) -> list[str]:
     return cells
 
 
-def nightly_command(args: argparse.Namespace, opts: RunOptions) -> int:
+HELP = ("run the matrix, diff with the previous run, append reports/history.jsonl; exit 1 "
+        "only on new breakages")
+
+
+@dataclass(frozen=True)
+class NightlyConfig:
+    run: RunOptions
+    report: ReportOptions  # --previous, --history
+    bisect: BisectOptions  # --bisect-budget
+
+
+def run(config: NightlyConfig) -> int:
+    opts = config.run
     if opts.pull is None:  # a moving base tag (nvidia/cuda:…) must not hide behind a stale copy
-        import dataclasses
-
         opts = dataclasses.replace(opts, pull="always")
-    return run_nightly(opts, previous=args.previous, history_path=args.history,
-                       bisect_budget=args.bisect_budget).exit_code
-
-
-def merge_command(args: argparse.Namespace) -> int:
-    """`merge ARTIFACT_DIR...`: the positional arguments are artifact folders, not selectors."""
-    roots = [Path(p) for p in args.selectors]
-    if not roots:
-        raise UsageError("merge: give at least one ARTIFACT_DIR (a folder of downloaded artifacts)")
-    missing = [str(p) for p in roots if not p.is_dir()]
-    if missing:
-        raise UsageError(f"merge: no such folder: {', '.join(missing)}")
-    return merge_and_finish(roots, reports_dir=args.reports, previous=args.previous,
-                            history_path=args.history,
-                            expected_cells=_expected_cells(args.expected_cells),
-                            label=args.label,
-                            pins_for=tuple(getattr(args, "pins_for", None) or ())).exit_code
+    return run_nightly(opts, previous=config.report.previous, history_path=config.report.history,
+                       bisect_budget=config.bisect.bisect_budget).exit_code

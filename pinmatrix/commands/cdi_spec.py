@@ -23,14 +23,16 @@ a folder that does not exist, an output that cannot be written), one line.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from pinmatrix.commands.base import parse_own
+from pinmatrix.run.options import Option, typed
 from pinmatrix.runners import cdi
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
@@ -124,38 +126,53 @@ def build_spec(dev_root: Path, lib_dirs: Sequence[Path], bin_dirs: Sequence[Path
     }
 
 
+HELP = ("write a CDI spec (nvidia.com/gpu) for this host's GPUs and driver files "
+        "([-o FILE|-]; pinmatrix/commands/cdi_spec.py)")
+
+
+_ME = ("cdi-spec",)
+
+
+@dataclass(frozen=True)
+class CdiSpecConfig:
+    output: str = typed(Option(
+        "--output", f"where to write it (default {DEFAULT_OUTPUT}; - prints it)", aliases=("-o",),
+        commands=_ME, default=str(DEFAULT_OUTPUT)), default=str(DEFAULT_OUTPUT))
+    dev_root: Path = typed(Option("--dev-root", "the device folder (default /dev)", commands=_ME,
+                                  type=Path, default=Path("/dev")), default=Path("/dev"))
+    lib_dir: tuple[Path, ...] = typed(Option(
+        "--lib-dir",
+        f"a driver library folder (repeatable; default: {', '.join(DEFAULT_LIB_DIRS)} and "
+        "ldconfig's)", commands=_ME, type=Path, action="append", to_field=tuple), default=())
+    bin_dir: tuple[Path, ...] = typed(Option(
+        "--bin-dir", "where nvidia-smi is looked for (repeatable; default: PATH)", commands=_ME,
+        type=Path, action="append", to_field=tuple), default=())
+    kind: str = typed(Option("--kind", f"the kind (default {cdi.GPU_KIND})", commands=_ME,
+                             default=cdi.GPU_KIND), default=cdi.GPU_KIND)
+
+
 def main(argv: Sequence[str]) -> int:
+    config = parse_own("cdi-spec", CdiSpecConfig, argv,
+                       "write a CDI spec for this host's NVIDIA GPUs and driver files")
+    return config if isinstance(config, int) else run(config)
+
+
+def run(config: CdiSpecConfig) -> int:
+    import os
+
     from pinmatrix.fsio import write_text_atomic
 
-    parser = argparse.ArgumentParser(prog="python -m pinmatrix cdi-spec",
-                                     description="write a CDI spec for this host's NVIDIA GPUs "
-                                                 "and driver files")
-    parser.add_argument("-o", "--output", default=str(DEFAULT_OUTPUT),
-                        help=f"where to write it (default {DEFAULT_OUTPUT}; - prints it)")
-    parser.add_argument("--dev-root", type=Path, default=Path("/dev"),
-                        help="the device folder (default /dev)")
-    parser.add_argument("--lib-dir", type=Path, action="append", default=[],
-                        help="a driver library folder (repeatable; default: "
-                             f"{', '.join(DEFAULT_LIB_DIRS)} and ldconfig's)")
-    parser.add_argument("--bin-dir", type=Path, action="append", default=[],
-                        help="where nvidia-smi is looked for (repeatable; default: PATH)")
-    parser.add_argument("--kind", default=cdi.GPU_KIND, help=f"the kind (default {cdi.GPU_KIND})")
     try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:  # argparse printed its usage line; bad input
-        return EXIT_BAD_INPUT if exc.code else EXIT_OK
-    try:
-        if not cdi.KIND_RE.fullmatch(args.kind):
-            raise SpecInputError(f"--kind {args.kind!r}: not vendor.com/class")
-        for folder in args.lib_dir:
+        if not cdi.KIND_RE.fullmatch(config.kind):
+            raise SpecInputError(f"--kind {config.kind!r}: not vendor.com/class")
+        for folder in config.lib_dir:
             if not folder.is_dir():
                 raise SpecInputError(f"--lib-dir {folder}: not a folder")
-        lib_dirs = args.lib_dir or [Path(d) for d in (*DEFAULT_LIB_DIRS, *ldconfig_dirs())]
-        import os
-
-        bin_dirs = args.bin_dir or [Path(p) for p in os.environ.get("PATH", "").split(":") if p]
-        spec = build_spec(args.dev_root, lib_dirs, bin_dirs, args.kind)
-        out = None if args.output == "-" else Path(args.output)
+        lib_dirs = list(config.lib_dir) or [Path(d) for d in (*DEFAULT_LIB_DIRS, *ldconfig_dirs())]
+        bin_dirs = list(config.bin_dir) or [
+            Path(p) for p in os.environ.get("PATH", "").split(":") if p]
+        spec = build_spec(config.dev_root, lib_dirs, bin_dirs, config.kind)
+        out = None if config.output == "-" else Path(config.output)
         text = cdi.dump(spec, out)
         if out is None:
             sys.stdout.write(text)
@@ -171,5 +188,5 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:
-        print(f"error: {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"error: {config.output}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

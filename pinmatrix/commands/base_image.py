@@ -17,12 +17,15 @@ client that does not work, a bad tag), one line; 1 the engine or the image faile
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from typing import Sequence
+
+from pinmatrix.commands.base import parse_own
+from pinmatrix.run.options import Option, typed
 
 EXIT_OK, EXIT_HARNESS, EXIT_BAD_INPUT = 0, 1, 2
 # docker's reference grammar, simplified: lower-case name components, an optional tag
@@ -34,39 +37,51 @@ def _say(line: str) -> None:
     print(f"base-image: {line}", file=sys.stderr, flush=True)
 
 
+HELP = ("make a prepared base image from this host's Python and torch, no network "
+        "(--python PY --tag NAME:TAG; pinmatrix/commands/base_image.py)")
+
+
+_ME = ("base-image",)
+
+
+@dataclass(frozen=True)
+class BaseImageConfig:
+    python: str = typed(Option(
+        "--python", "the interpreter whose packages the image holds (a venv's python is allowed: "
+        "its site-packages move to the base interpreter's)", commands=_ME, required=True))
+    tag: str | None = typed(Option(
+        "--tag", "NAME:TAG of the image to make (required unless --dry-run)", commands=_ME),
+        default=None)
+    package: tuple[str, ...] = typed(Option(
+        "--package", "a distribution to include with all it requires (repeatable; default: "
+        "torch)", commands=_ME, action="append", to_field=tuple), default=())
+    engine: str | None = typed(Option(
+        "--engine", "the docker (or podman) client to use (default: the one the docker runner "
+        "finds)", commands=_ME), default=None)
+    dry_run: bool = typed(Option("--dry-run", "plan only: what would go in, no engine needed",
+                                 commands=_ME, action="store_true"), default=False)
+
+
 def main(argv: Sequence[str]) -> int:
+    config = parse_own("base-image", BaseImageConfig, argv,
+                       "make a prepared base image from this host's Python and torch, with no "
+                       "network")
+    return config if isinstance(config, int) else run(config)
+
+
+def run(config: BaseImageConfig) -> int:
     from pinmatrix.runners import host_base
 
-    parser = argparse.ArgumentParser(prog="python -m pinmatrix base-image",
-                                     description="make a prepared base image from this host's "
-                                                 "Python and torch, with no network")
-    parser.add_argument("--python", required=True,
-                        help="the interpreter whose packages the image holds (a venv's python "
-                             "is allowed: its site-packages move to the base interpreter's)")
-    parser.add_argument("--tag", help="NAME:TAG of the image to make (required unless "
-                                      "--dry-run)")
-    parser.add_argument("--package", action="append", default=[],
-                        help="a distribution to include with all it requires (repeatable; "
-                             "default: torch)")
-    parser.add_argument("--engine", default=None,
-                        help="the docker (or podman) client to use (default: the one the docker "
-                             "runner finds)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="plan only: what would go in, no engine needed")
+    packages = list(config.package) or ["torch"]
     try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:
-        return EXIT_OK if exc.code == 0 else EXIT_BAD_INPUT
-    packages = args.package or ["torch"]
-    try:
-        if not args.dry_run and (args.tag is None or not _TAG.fullmatch(args.tag)):
+        if not config.dry_run and (config.tag is None or not _TAG.fullmatch(config.tag)):
             raise host_base.HostBaseInputError(
-                f"--tag {args.tag!r}: give NAME:TAG (lower-case name, e.g. "
-                "pinmatrix/host-base:py312-torch2.11)" if args.tag else
+                f"--tag {config.tag!r}: give NAME:TAG (lower-case name, e.g. "
+                "pinmatrix/host-base:py312-torch2.11)" if config.tag else
                 "--tag NAME:TAG is required (or --dry-run)")
-        engine = None if args.dry_run else _engine(args.engine)
+        engine = None if config.dry_run else _engine(config.engine)
         start = time.monotonic()
-        plan = host_base.plan_image(args.python, packages, _say)
+        plan = host_base.plan_image(config.python, packages, _say)
         files = plan.fileset.files()
         _say(f"planned in {time.monotonic() - start:.0f} s: {len(plan.fileset.members)} "
              f"members, {len(files)} files, {host_base.mib(plan.total_bytes)}; "
@@ -81,13 +96,14 @@ def main(argv: Sequence[str]) -> int:
             _say(f"warning: not on this host, so not in the image: {' '.join(missing_tools)}; "
                  "the Dockerfile steps that call them will fail: install them on this host "
                  "(the package that provides each) and run base-image again")
-        if args.dry_run:
+        if config.dry_run:
             print(json.dumps({"dry_run": True, "files": len(files), "bytes": plan.total_bytes,
                               "labels": plan.labels(), "tools": plan.tools,
                               "ldd_missing": sorted(plan.ldd_missing),
                               "driver_left_out": plan.driver_left_out}))
             return EXIT_OK
-        made = host_base.make_image(engine, plan, args.tag, packages, _say)
+        assert config.tag is not None  # checked above unless --dry-run
+        made = host_base.make_image(engine, plan, config.tag, packages, _say)
         _say(f"tagged {made['image']} ({host_base.mib(made['size'])}) in "
              f"{time.monotonic() - start:.0f} s in all")
         print(json.dumps(made))

@@ -21,14 +21,16 @@ FILE:LINE:COL).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from probes.remote_code_surface import SURFACE_SCHEMA, compare, extract_file
+from pinmatrix.commands.base import parse_own
 from pinmatrix.fsio import Refused, read_bytes_bounded
+from pinmatrix.run.options import Option, typed
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
@@ -100,29 +102,42 @@ def surface_document(target: str, package: str | None = None) -> dict[str, Any]:
     return out
 
 
+HELP = ("the transformers surface of remote-code files, read with ast "
+        "(PATH|REPO@REV; pinmatrix/commands/remote_code_surface.py)")
+
+
+_ME = ("remote-code-surface",)
+
+
+@dataclass(frozen=True)
+class SurfaceConfig:
+    target: str = typed(Option("target", "", commands=_ME, metavar="PATH|REPO@REV"))
+    package: str | None = typed(Option(
+        "--package", "resolve relative imports inside this package", commands=_ME), default=None)
+    facts: Path | None = typed(Option("--facts", "a facts file to compare with", commands=_ME,
+                                      type=Path), default=None)
+    output: Path | None = typed(Option(
+        "--output", "write the JSON here (default: stdout)", aliases=("-o",), commands=_ME,
+        type=Path), default=None)
+
+
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pinmatrix remote-code-surface",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-    )
-    parser.add_argument("target", metavar="PATH|REPO@REV")
-    parser.add_argument("--package", help="resolve relative imports inside this package")
-    parser.add_argument("--facts", type=Path, help="a facts file to compare with")
-    parser.add_argument("-o", "--output", type=Path, help="write the JSON here (default: stdout)")
+    config = parse_own("remote-code-surface", SurfaceConfig, argv,
+                       __doc__.split("\n\n")[1] if __doc__ else None)
+    return config if isinstance(config, int) else run(config)
+
+
+def run(config: SurfaceConfig) -> int:
     try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:
-        return EXIT_OK if exc.code == 0 else EXIT_BAD_INPUT
-    try:
-        document = surface_document(args.target, args.package)
-        if args.facts is not None:
+        document = surface_document(config.target, config.package)
+        if config.facts is not None:
             try:
-                facts = json.loads(args.facts.read_text(encoding="utf-8"))
+                facts = json.loads(config.facts.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as exc:
                 where = (
                     f":{exc.lineno}:{exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
                 )
-                raise SurfaceInputError(f"{args.facts}{where}: {exc}") from None
+                raise SurfaceInputError(f"{config.facts}{where}: {exc}") from None
             document["differences_from_facts"] = {
                 name: compare(entry["surface"], document["files"][name]["surface"])
                 for name, entry in (facts.get("files") or {}).items()
@@ -132,13 +147,13 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     text = json.dumps(document, indent=1) + "\n"
-    if args.output is None:
+    if config.output is None:
         sys.stdout.write(text)
     else:
         from pinmatrix.fsio import write_text_atomic
 
-        write_text_atomic(args.output, text)
-        print(f"wrote {args.output} ({len(document['files'])} file(s))", file=sys.stderr)
+        write_text_atomic(config.output, text)
+        print(f"wrote {config.output} ({len(document['files'])} file(s))", file=sys.stderr)
     for name, lines in (document.get("differences_from_facts") or {}).items():
         for line in lines:
             print(f"{name}: {line}", file=sys.stderr)
