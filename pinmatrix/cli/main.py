@@ -76,6 +76,8 @@ STANDALONE = {
                 "([-o FILE|-]; pinmatrix/cli/cdi_spec.py)",
     "base-image": "make a prepared base image from this host's Python and torch, no network "
                   "(--python PY --tag NAME:TAG; pinmatrix/cli/base_image.py)",
+    "which": "does YOUR stack (FILE or --here) LoRA-train EXAONE, how fast, and the smallest "
+             "change that makes it (pinmatrix/which/cli.py)",
 }
 USAGE = "usage: python -m pinmatrix {" + "|".join(COMMANDS) + "} [options] [selectors...]"
 
@@ -113,6 +115,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         from pinmatrix.cli.base_image import main as base_image_main
 
         raise SystemExit(base_image_main(rest))
+    if command == "which":
+        from pinmatrix.which.cli import main as which_main
+
+        raise SystemExit(which_main(rest))
     if command not in COMMANDS:
         raise UsageError(f"unknown command {command!r}: choose one of "
                          f"{', '.join([*COMMANDS, *STANDALONE])}")
