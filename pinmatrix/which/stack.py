@@ -276,7 +276,7 @@ def _requirements(path: Path, text: str, depth: int = 0, seen: set[Path] | None 
         name = canonicalize_name(req.name)
         link = getattr(req, "link", None)
         url = str(link.url) if link is not None else (req.req.url if req.req else None)
-        specs = [SpecifierSet(str(req.specifier))] if not url else []
+        specs = [SpecifierSet(str(req.req.specifier) if req.req else "")] if not url else []
         found.append(Want(name, req.line.strip() if req.line else req.name, specs, number,
                           url=url))
     for want in found:
