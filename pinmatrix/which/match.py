@@ -211,6 +211,12 @@ def answer_cell(record: Record, purpose: Purpose) -> CellAnswer:
     v = judge(record.cell, purpose)
     speed = _speed(record.cell, v)
     if v.why_not is None or v.why_not.startswith("qualifies, but the run has no lock"):
+        if purpose.goal == FASTEST and speed is None:
+            # the pins page's rule (pins.choose): a fastest purpose needs a time
+            return CellAnswer(record, NOT_JUDGED, "qualifies, but no throughput check of its "
+                              "routes passed (not timed)", not_run=[
+                                  n for n in sorted(record.cell.checks, key=registry.order_key)
+                                  if registry.is_measurement(n) and _pair_of(n) in v.routes])
         return CellAnswer(record, WORKS, None, speed=speed)
     if v.judged:
         return CellAnswer(record, FAILS, v.why_not, failing=failing_checks(record.cell, purpose),
