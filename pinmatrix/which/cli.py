@@ -156,7 +156,7 @@ def write_constraints(folder: Path, answers: Sequence[PurposeAnswer]) -> list[Pa
             for a in answers if a.change is not None]
 
 
-# --- --judge ---------------------------------------------------------------------------------------
+# --- --judge -------------------------------------------------------------------------------------
 
 def judge_matrix(stack: Stack, matrix_path: Path) -> dict[str, Any]:
     """The matrix file's document with every axis set to the stack's one value (a package it
@@ -217,7 +217,7 @@ def judge_stack(stack: Stack, args: argparse.Namespace) -> Path:
     return latest.resolve() if latest.exists() else latest
 
 
-# --- words -----------------------------------------------------------------------------------------
+# --- words ---------------------------------------------------------------------------------------
 
 WORD = {WORKS: "WORKS", FAILS: "FAILS", NOT_JUDGED: "NOT JUDGED"}
 
@@ -262,8 +262,13 @@ def render(stack: Stack, sources: Sequence[str], records: Sequence[Record], foun
                 f"{d.axis} {d.yours} (judged: {d.cells})" for d in found.uncovered))
     for a in answers:
         lines += ["", f"{a.purpose.key}: {WORD[a.status]} ({a.purpose.title})", f"  {a.why}"]
-        for c in a.cells:
-            lines += _cell_lines(c, "  ")
+        shown: set[tuple[Any, ...]] = set()
+        for c in a.cells:  # each distinct finding once, however many matching cells share it
+            key = (c.status, c.speed, tuple((f["check"], f["signature"]) for f in c.failing),
+                   tuple(i["what"] for i in c.record.cell.not_judged), c.record.host.get("name"))
+            if key not in shown:
+                shown.add(key)
+                lines += _cell_lines(c, "  ")
         for c in a.nearest:
             lines.append(f"  nearest cell {c.record.cell.cell_id}: {c.status}"
                          + (f": {c.why}" if c.why else ""))
@@ -277,10 +282,9 @@ def render(stack: Stack, sources: Sequence[str], records: Sequence[Record], foun
             lines.append("    " + _speed_words(ch.speed, ch.record))
             lines += ["    | " + ln for ln in ch.constraints(a.purpose).splitlines()]
             for r, diffs, why in ch.why_not_nearer:
-                lines.append(f"    why not {r.cell.cell_id} ({len(diffs)} change"
-                             f"{'s' if len(diffs) != 1 else ''}"
-                             + (": " + ", ".join(d.text for d in diffs) if diffs else "")
-                             + f"): {why}")
+                far = (f"{len(diffs)} change{'s' if len(diffs) != 1 else ''}: "
+                       + ", ".join(d.text for d in diffs) if diffs else "your stack's own cell")
+                lines.append(f"    why not {r.cell.cell_id} ({far}): {why}")
         elif a.change_why and a.status != WORKS:
             lines.append(f"  smallest change: none ({a.change_why})")
     lines += ["", f"exit {code}: " + {EXIT_WORKS: "works for every purpose asked",
@@ -292,9 +296,7 @@ def render(stack: Stack, sources: Sequence[str], records: Sequence[Record], foun
 
 def _cell_lines(c: Any, indent: str, head: bool = True) -> list[str]:
     out = []
-    if head and c.status != NOT_JUDGED:
-        out.append(f"{indent}{_speed_words(c.speed, c.record)}")
-    elif c.status == WORKS:
+    if c.status == WORKS:  # a failing route's time answers nothing
         out.append(f"{indent}{_speed_words(c.speed, c.record)}")
     groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for f in c.failing:  # one line per status and signature, as the pins page groups them

@@ -87,7 +87,8 @@ class Change:
 
     def constraints(self, purpose: Purpose) -> str:
         c = self.record.cell
-        lines = [f"# pinmatrix which: the smallest change to a stack that works for: {purpose.title}",
+        lines = [f"# pinmatrix which: the smallest change to a stack that works for: "
+                 f"{purpose.title}",
                  f"# {len(self.differences)} package change"
                  f"{'s' if len(self.differences) != 1 else ''}, to cell {c.cell_id} "
                  f"(run {self.record.run_id}, {c.verdict or c.status}; judged on "
@@ -131,7 +132,7 @@ class Match:
     other_differences: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
 
-# --- matching --------------------------------------------------------------------------------------
+# --- matching ------------------------------------------------------------------------------------
 
 def axes_of(records: Sequence[Record]) -> list[str]:
     seen: dict[str, None] = {}
@@ -205,7 +206,7 @@ def match(stack: Stack, records: Sequence[Record]) -> Match:
     return result
 
 
-# --- answering -------------------------------------------------------------------------------------
+# --- answering -----------------------------------------------------------------------------------
 
 def answer_cell(record: Record, purpose: Purpose) -> CellAnswer:
     v = judge(record.cell, purpose)
@@ -250,8 +251,7 @@ def answer(stack: Stack, records: Sequence[Record], purposes: Sequence[Purpose],
             statuses = {c.status for c in cells}
             if FAILS in statuses:
                 status = FAILS
-                bad = [c for c in cells if c.status == FAILS]
-                why = "; ".join(f"{_where(c.record)}: {c.why}" for c in bad)
+                why = _grouped([c for c in cells if c.status == FAILS])
                 if WORKS in statuses:
                     why += " (it works in: " + ", ".join(
                         _where(c.record) for c in cells if c.status == WORKS) + ")"
@@ -260,7 +260,7 @@ def answer(stack: Stack, records: Sequence[Record], purposes: Sequence[Purpose],
                     _where(c.record) for c in cells if c.status == WORKS)
             else:
                 status = NOT_JUDGED
-                why = "; ".join(f"{_where(c.record)}: {c.why}" for c in cells)
+                why = _grouped(cells)
         else:
             status = NOT_JUDGED
             if found.uncovered:
@@ -334,7 +334,7 @@ def exit_code(answers: Sequence[PurposeAnswer]) -> int:
     return 0
 
 
-# --- helpers ---------------------------------------------------------------------------------------
+# --- helpers -------------------------------------------------------------------------------------
 
 def _speed(cell: Cell, v: Verdict) -> tuple[str, float] | None:
     if v.speed:
@@ -358,6 +358,17 @@ def _pair_of(name: str) -> tuple[str, str] | None:
 
 def _where(record: Record) -> str:
     return f"cell {record.cell.cell_id} (run {record.run_id}, {record.host.get('name')})"
+
+
+def _grouped(cells: Sequence[CellAnswer]) -> str:
+    """One line per distinct reason, naming its cells (a range matches several cells)."""
+    groups: dict[str, list[CellAnswer]] = {}
+    for c in cells:
+        groups.setdefault(str(c.why), []).append(c)
+    return "; ".join(
+        (_where(same[0].record) if len(same) == 1 else
+         f"{len(same)} cells ({', '.join(c.record.cell.cell_id for c in same)})") + f": {why}"
+        for why, same in groups.items())
 
 
 def _minor(value: str) -> tuple[int, ...]:

@@ -109,7 +109,7 @@ class Stack:
         return want.exact or " or ".join(str(s) or "any" for s in want.specs)
 
 
-# --- reading ---------------------------------------------------------------------------------------
+# --- reading -------------------------------------------------------------------------------------
 
 def read_text(path: Path) -> str:
     """The file's text: UTF-8 (a BOM dropped), or UTF-16 with its BOM (PowerShell's `pip freeze >
@@ -161,7 +161,10 @@ def read_stack(path: Path) -> Stack:
 
 
 def _toml(path: Path, text: str) -> dict[str, Any]:
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # Python 3.10: the same reader, from PyPI (pyproject's tomli marker)
+        import tomli as tomllib
 
     try:
         return tomllib.loads(text)
@@ -193,11 +196,12 @@ def _lock_packages(path: Path, entries: Any, header: str) -> dict[str, Want]:
             raise StackError(path, where, f"[[{header}]] entry {index + 1} has no name")
         name = canonicalize_name(entry["name"])
         version = entry.get("version")
-        source = entry.get("source") if isinstance(entry.get("source"), dict) else {}
+        source = _table(entry.get("source"))
         if version is None:
+            vcs, directory = _table(entry.get("vcs")), _table(entry.get("directory"))
             url = (source.get("editable") or source.get("virtual") or source.get("git")
-                   or source.get("path") or source.get("url") or (entry.get("vcs") or {}).get("url")
-                   or (entry.get("directory") or {}).get("path") or "a local source")
+                   or source.get("path") or source.get("url") or vcs.get("url")
+                   or directory.get("path") or "a local source")
             out.setdefault(name, Want(name, entry["name"], [], where, url=str(url)))
             continue
         try:
@@ -212,6 +216,10 @@ def _lock_packages(path: Path, entries: Any, header: str) -> dict[str, Want]:
         else:
             out[name] = Want(name, f"{entry['name']}=={version}", [spec], where)
     return out
+
+
+def _table(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _requires_python(path: Path, value: Any) -> SpecifierSet | None:
