@@ -84,6 +84,9 @@ class Change:
     differences: list[Difference]
     speed: tuple[str, float] | None
     why_not_nearer: list[tuple[Record, list[Difference], str]]
+    # axes the stack does not name (any version) where the cell has a package: pinned too, so
+    # the install is the judged one, but not counted as changes
+    unnamed: list[tuple[str, str]] = field(default_factory=list)
 
     def constraints(self, purpose: Purpose) -> str:
         c = self.record.cell
@@ -105,6 +108,8 @@ class Change:
                              f"{d.axis}")
             else:
                 pins.append(f"{d.axis}=={d.cells}")
+        for axis, version in self.unnamed:
+            pins.append(f"{axis}=={version}  # your stack does not name it; the cell ran with it")
         hint = torch_index_hint(next((d.cells for d in self.differences if d.axis == "torch"),
                                      None))
         if hint:
@@ -306,12 +311,15 @@ def smallest_change(stack: Stack, records: Sequence[Record], purpose: Purpose,
     best_record, best_diffs, best = max(good, key=rank)
     why_not = [(r, d, a.why or a.status) for r, d, a in sorted(scored, key=lambda s: len(s[1]))
                if a.status != WORKS and r is not best_record and len(d) <= len(best_diffs)]
-    return Change(best_record, best_diffs, best.speed, why_not[:WHY_NOT_SHOWN]), None
+    unnamed = [(axis, best_record.value(axis)) for axis in axes
+               if axis != "python" and stack.want(axis) is None and not stack.complete
+               and best_record.value(axis) != NONE]
+    return Change(best_record, best_diffs, best.speed, why_not[:WHY_NOT_SHOWN], unnamed), None
 
 
 def default_purposes(stack: Stack, cells: Sequence[Cell], wanted: str | None) -> list[Purpose]:
     """Every purpose of the pins page, or the one asked for (UsageError lists the keys).
-    Unsloth's purposes only when the stack may have unsloth."""
+    Unsloth's purposes only when the stack names unsloth."""
     from pinmatrix.errors import UsageError
 
     every = purposes_for(cells)
@@ -320,7 +328,8 @@ def default_purposes(stack: Stack, cells: Sequence[Cell], wanted: str | None) ->
         if wanted not in known:
             raise UsageError(f"--purpose {wanted!r}: choose one of {', '.join(known)}")
         return [known[wanted]]
-    has_unsloth = stack.want("unsloth") is not None or not stack.complete
+    # a stack that does not name unsloth is not asked about training through it
+    has_unsloth = stack.want("unsloth") is not None
     return [p for p in every if p.backend != registry.UNSLOTH or has_unsloth]
 
 

@@ -276,3 +276,6 @@ def test_h200_stack_against_the_committed_run(capsys):
     assert code == 4  # peft 0.21.0: no run covered it
     assert "no run covered peft 0.21.0 (judged: 0.21.2)" in out
     assert "smallest change: 1 package change" in out and "peft==0.21.2" in out
+    # what the stack does not name is pinned to what the cell ran with, not counted as a change
+    assert "xformers==0.0.35  # your stack does not name it; the cell ran with it" in out
+    assert "unsloth-exaone3.5-llamafied" not in out  # the stack does not name unsloth
