@@ -110,8 +110,9 @@ def load_stack(args: argparse.Namespace) -> Stack:
 def load_records(reports: Sequence[Path], datasets: Sequence[Path]
                  ) -> tuple[list[Record], list[str]]:
     """The judged cells of every --report folder and --dataset file (default reports/latest)."""
+    from pinmatrix.fsio import MAX_JSON_BYTES, Refused, read_bytes_bounded
     from pinmatrix.report import compat
-    from pinmatrix.which.stack import StackError, read_text
+    from pinmatrix.which.stack import StackError
 
     documents: list[tuple[str, dict[str, Any]]] = []
     if not reports and not datasets:
@@ -131,9 +132,14 @@ def load_records(reports: Sequence[Path], datasets: Sequence[Path]
         documents.append((str(folder), compat.validate(compat.build(folder, summary),
                                                        f"{folder} (from summary.json)")))
     for path in datasets:
-        text = read_text(path)
+        try:  # the run-folder trust rule: a bounded regular file, never through a link
+            raw = read_bytes_bounded(path, MAX_JSON_BYTES)
+        except Refused as exc:
+            raise StackError(path, None, str(exc)) from None
         try:
-            data = json.loads(text)
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise StackError(path, None, "not UTF-8: not a compat.json") from None
         except json.JSONDecodeError as exc:
             raise StackError(path, exc.lineno, f"column {exc.colno}: not JSON: {exc.msg}") \
                 from None

@@ -279,3 +279,16 @@ def test_h200_stack_against_the_committed_run(capsys):
     # what the stack does not name is pinned to what the cell ran with, not counted as a change
     assert "xformers==0.0.35  # your stack does not name it; the cell ran with it" in out
     assert "unsloth-exaone3.5-llamafied" not in out  # the stack does not name unsloth
+
+
+def test_here_reads_the_running_interpreter():
+    import sys
+    from importlib import metadata
+
+    from pinmatrix.which.stack import read_here
+
+    stack = read_here()
+    assert stack.complete and stack.format == "here"
+    assert stack.python_exact == ".".join(map(str, sys.version_info[:3]))
+    assert stack.want("pytest").exact == metadata.version("pytest")
+    assert stack.want("jsonschema").exact == metadata.version("jsonschema")
