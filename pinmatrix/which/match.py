@@ -13,7 +13,8 @@ With no exactly matching cell the answer is `not judged`, naming the axes no run
 nearest cells are shown with the axes that differ, as guidance, never as the verdict.
 
 The smallest change: among the cells that qualify for the purpose, the one reached by the fewest
-package changes (ties: the newest, as pins' "newest"; for a fastest purpose the faster), with a
+package changes (ties: the fewest packages added that the stack does not name, then for a fastest
+purpose the faster, then the newest as pins' "newest"), with a
 "why not" for every cell as near or nearer that does not qualify.
 """
 from __future__ import annotations
@@ -301,12 +302,13 @@ def smallest_change(stack: Stack, records: Sequence[Record], purpose: Purpose,
     def rank(item: tuple[Record, list[Difference], CellAnswer]) -> tuple[Any, ...]:
         r, d, a = item
         speed = a.speed[1] if (purpose.goal == FASTEST and a.speed) else 0.0
-        # then the newest versions the purpose compares (pins' "newest"), then the fewest
-        # packages the stack does not name that the cell installs (nothing added unasked)
+        # fewest changes; then the fewest packages the stack does not name that the cell
+        # installs (unsloth is not added to a stack for a time within noise of one without);
+        # then the faster (a fastest purpose), then the newest as pins compares versions
         added = sum(1 for axis in axes if axis != "python" and stack.want(axis) is None
                     and r.value(axis) != NONE)
-        return (-len(d), speed, tuple(version_key(r.cell.version(n)) for n in purpose.versions),
-                -added, r.cell.cell_id)
+        return (-len(d), -added, speed,
+                tuple(version_key(r.cell.version(n)) for n in purpose.versions), r.cell.cell_id)
 
     best_record, best_diffs, best = max(good, key=rank)
     why_not = [(r, d, a.why or a.status) for r, d, a in sorted(scored, key=lambda s: len(s[1]))
