@@ -221,6 +221,15 @@ def house(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def which(session: nox.Session) -> None:
+    """Does a stack work? `nox -s which -- FILE|--here [--purpose P] [--report RUN]` (the
+    harness brings pip-requirements-parser; --here answers for this session's interpreter)."""
+    _install_harness(session)
+    session.run("python", "-m", "pinmatrix", "which", *session.posargs,
+                success_codes=[0, 1, 4])
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff on the repository and mypy on pinmatrix/ (both configured in pyproject.toml)."""
     session.install("-e", str(ROOT), "ruff>=0.6", "mypy>=1.10", "types-PyYAML", "types-jsonschema")

@@ -2,14 +2,15 @@
 
 A command module exposes HELP, its typed config (a frozen dataclass of the concerns it reads,
 pinmatrix/run/options.py) and `run(config) -> int`; the standalone ones (`remote-code-surface`,
-`cdi-spec`, `base-image`) declare their few options on their own config's fields and parse their
-argv with `main` (commands/base.py own_parser). pinmatrix/cli/main.py only looks a
+`cdi-spec`, `base-image`, `which`) declare their few options on their own config's fields and parse
+their argv with `main` (commands/base.py own_parser). pinmatrix/cli/main.py only looks a
 name up here, builds the config and calls `run`.
 """
 from __future__ import annotations
 
 from pinmatrix.commands import (base_image, bisect, bundle, cdi_spec, doctor, listing, matrix,
-                                merge, nightly, remote_code_surface, report, resolve, run_cell)
+                                merge, nightly, remote_code_surface, report, resolve, run_cell,
+                                which)
 from pinmatrix.commands.base import Command, from_bundle, out_first
 
 COMMANDS: dict[str, Command] = {
@@ -32,5 +33,6 @@ COMMANDS: dict[str, Command] = {
                 main=cdi_spec.main),
         Command("base-image", base_image.HELP, base_image.run, base_image.BaseImageConfig,
                 main=base_image.main),
+        Command("which", which.HELP, which.run, which.WhichConfig, main=which.main),
     )
 }

@@ -1,5 +1,5 @@
-"""Write a run folder's report: summary.{json,md}, summary.html, junit.xml, and the diff when
-asked."""
+"""Write a run folder's report: summary.{json,md}, summary.html, junit.xml, compat.json, and the
+diff when asked."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,4 +36,7 @@ def write_report(run_dir: Path, previous: Path | None = None,
 
     write_html(summary, run_dir)
     write_junit(summary, run_dir)
+    from pinmatrix.report.compat import write_compat
+
+    write_compat(run_dir, strict)  # the judged cells as a dataset (`which` reads it)
     return json_path, md_path
