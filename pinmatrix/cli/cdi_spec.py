@@ -1,6 +1,6 @@
 """`python -m pinmatrix cdi-spec [-o FILE|-] [--dev-root DIR] [--lib-dir DIR] [--bin-dir DIR]`
 
-Writes a CDI spec (pinmatrix/runners/cdi.py) of kind `nvidia.com/gpu` for the GPUs and driver files
+Writes a CDI spec (pinmatrix/containers/cdi.py) of kind `nvidia.com/gpu` for the GPUs and driver files
 this host has, for hosts with an NVIDIA driver but no NVIDIA container toolkit (`nvidia-ctk cdi
 generate` does this where the toolkit is installed, with more care: it also names devices by UUID
 and adds its hooks). What it writes:
@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pinmatrix.runners import cdi
+from pinmatrix.containers import cdi
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 DEFAULT_OUTPUT = Path("/etc/cdi/pinmatrix-nvidia.yaml")

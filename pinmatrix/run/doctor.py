@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from pinmatrix.cell import Cell
 from pinmatrix.errors import HostNotReady
 from pinmatrix.run.options import Echo, RunOptions
-from pinmatrix.runners import interpreters
+from pinmatrix.environ import interpreters
 
 GIB = 1024 ** 3
 MIN_REPORTS_FREE = 1 * GIB          # results and logs are small
@@ -70,7 +70,7 @@ def diagnose(opts: RunOptions, cells: Sequence[Cell], models: Sequence[Any] = ()
     add = diag.findings.append
     engine = None
     if opts.runner != "venv" or full:
-        from pinmatrix.runners.engine import engine_message, find_engine
+        from pinmatrix.containers.engine import engine_message, find_engine
 
         engine = find_engine()
         add(Finding("Docker client + BuildKit", engine is not None, engine_message(),
@@ -102,7 +102,7 @@ def diagnose(opts: RunOptions, cells: Sequence[Cell], models: Sequence[Any] = ()
 # --- the checks ----------------------------------------------------------------------------------
 
 def _nvidia_runtime(engine: Any, opts: RunOptions) -> Finding:
-    from pinmatrix.runners.engine import _cdi_has_nvidia
+    from pinmatrix.containers.engine import _cdi_has_nvidia
 
     remedy = ("install the NVIDIA Container Toolkit (`nvidia-ctk runtime configure "
               "--runtime=docker` or `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`)")
@@ -146,7 +146,7 @@ def _gpus(opts: RunOptions) -> Finding:
 def _cache_folders(opts: RunOptions, diag: Diagnosis) -> Finding:
     """The folders every cell writes outside the run folder (uv's cache, the venvs, the compile
     caches; under HOME unless set): an unwritable one would fail every cell, so it blocks here."""
-    from pinmatrix.runners.compile_cache import DEFAULT_ROOT
+    from pinmatrix.environ.compile_cache import DEFAULT_ROOT
     from pinmatrix.runners.venv import DEFAULT_VENV_ROOT
 
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -403,7 +403,7 @@ def _docker_root(engine: Any) -> Finding:
 
 
 def _compile_caches(opts: RunOptions) -> Finding:
-    from pinmatrix.runners.compile_cache import DEFAULT_ROOT
+    from pinmatrix.environ.compile_cache import DEFAULT_ROOT
 
     if not opts.compile_cache:
         return Finding("compile caches", None, "--no-compile-cache: every probe starts empty")

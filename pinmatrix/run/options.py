@@ -15,8 +15,8 @@ from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome
-from pinmatrix.runners.interpreters import parse_venv_python
-from pinmatrix.runners.site_rules import as_site, parse_extra_site
+from pinmatrix.environ.interpreters import parse_venv_python
+from pinmatrix.environ.site_rules import as_site, parse_extra_site
 from pinmatrix.sources import PackageSources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -197,7 +197,7 @@ class Option:
 MAX_SECONDS = 7 * 24 * 3600.0  # a timeout past a week is a typo
 MAX_JOBS = 256
 _BUILDS = ("matrix", "nightly", "run-cell", "resolve")  # commands whose folders a container mounts
-# docker's --mount syntax splits on them (pinmatrix/runners/container_args.py)
+# docker's --mount syntax splits on them (pinmatrix/containers/container_args.py)
 MOUNT_UNSAFE = (",", "=")
 
 
@@ -468,7 +468,7 @@ OPTIONS: tuple[Option, ...] = (
         "--no-compile-cache",
         "give every probe run an empty compile cache (a cold run: what a user's first "
         "run costs) instead of its stack's cache from earlier runs "
-        "(pinmatrix/runners/compile_cache.py)",
+        "(pinmatrix/environ/compile_cache.py)",
         field="compile_cache",
         action="store_true",
         to_field=lambda v: not v,
@@ -628,7 +628,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--extra-site",
         "an unpacked site folder put on the venv's path; with conditions, only for "
-        "the cells whose pins match them (pinmatrix/runners/site_rules.py)",
+        "the cells whose pins match them (pinmatrix/environ/site_rules.py)",
         field="extra_sites",
         group=VENV,
         action="append",

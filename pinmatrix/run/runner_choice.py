@@ -10,7 +10,7 @@ from pinmatrix.cell import Cell
 from pinmatrix.errors import HarnessError
 from pinmatrix.run.options import RUNNERS, Echo, RunOptions
 from pinmatrix.runners.base import Runner
-from pinmatrix.runners.engine import Engine
+from pinmatrix.containers.engine import Engine
 
 if TYPE_CHECKING:
     from pinmatrix.runners.docker import DockerRunner
@@ -24,7 +24,7 @@ def pick_runner_kind(opts: RunOptions, echo: Echo) -> tuple[str, Engine | None]:
         raise ValueError(f"unknown runner {opts.runner!r}: choose one of {', '.join(RUNNERS)}")
     if opts.runner == "venv":
         return "venv", None
-    from pinmatrix.runners.engine import engine_message, find_engine
+    from pinmatrix.containers.engine import engine_message, find_engine
 
     engine = find_engine()
     if engine is not None:
@@ -71,7 +71,7 @@ _RUNNERS_LOCK = threading.Lock()
 
 
 def make_venv_runner(opts: RunOptions) -> VenvRunner:
-    from pinmatrix.runners import compile_cache
+    from pinmatrix.environ import compile_cache
     from pinmatrix.runners.venv import DEFAULT_VENV_ROOT, VenvRunner
 
     return VenvRunner(venv_root=opts.venv_dir or DEFAULT_VENV_ROOT, sources=opts.sources,

@@ -375,6 +375,6 @@ def _uses_docker(opts: RunOptions) -> bool:
         return True
     if opts.runner == "venv":
         return False
-    from pinmatrix.runners.engine import find_engine
+    from pinmatrix.containers.engine import find_engine
 
     return find_engine() is not None

@@ -36,7 +36,7 @@ class RunOutcome:
     infra_reason: str | None = None
     signature: str | None = None
     log_tail: str = ""
-    # runner facts the outcome records (docker: "gpu_access", pinmatrix/runners/cdi.py)
+    # runner facts the outcome records (docker: "gpu_access", pinmatrix/containers/cdi.py)
     details: Mapping[str, Any] = field(default_factory=dict)
 
     @property

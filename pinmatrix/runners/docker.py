@@ -30,11 +30,12 @@ from pinmatrix.activity import doing
 from pinmatrix.cell import Cell, Lock, install_lock, provided_by_base
 from pinmatrix.errors import InfraError
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
-from pinmatrix.runners import cdi, compile_cache, gpu_lock
+from pinmatrix.containers import cdi, gpu_lock
+from pinmatrix.environ import compile_cache
 from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
-from pinmatrix.runners.container_args import Mount, security_args
-from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, result_drift
-from pinmatrix.runners.engine import Engine
+from pinmatrix.containers.container_args import Mount, security_args
+from pinmatrix.environ.drift import DRIFT_SIGNATURE, drift_reason, result_drift
+from pinmatrix.containers.engine import Engine
 
 if TYPE_CHECKING:  # pinmatrix.sources is written alongside; only its attributes are used here
     from pinmatrix.sources import PackageSources
@@ -313,10 +314,10 @@ class DockerRunner:
         self.hf_home = hf_home
         self.build_timeout_s = build_timeout_s
         self.pids_limit = pids_limit
-        # pinmatrix/runners/compile_cache.py: a named volume per stack
+        # pinmatrix/environ/compile_cache.py: a named volume per stack
         self.compile_cache = compile_cache
         self.context_root = Path(context_root) if context_root else default_context_root()
-        # where CDI specs are looked for (pinmatrix/runners/cdi.py); None: $PINMATRIX_CDI_DIRS,
+        # where CDI specs are looked for (pinmatrix/containers/cdi.py); None: $PINMATRIX_CDI_DIRS,
         # else /etc/cdi and /var/run/cdi
         self.cdi_dirs = tuple(cdi_dirs) if cdi_dirs else None
         # --offline, read from the package sources as the resolver reads it: builds run with
@@ -400,7 +401,7 @@ class DockerRunner:
 
     def gpu_access(self, gpu: str | None) -> cdi.GpuAccess:
         """How the container gets `gpu` (None: all; "": none): native CDI, the NVIDIA runtime, a
-        CDI spec translated into flags, or none (pinmatrix/runners/cdi.py gpu_access). Raises
+        CDI spec translated into flags, or none (pinmatrix/containers/cdi.py gpu_access). Raises
         cdi.CdiError for a broken spec and ValueError for a GPU name no route can carry."""
         if self.cpu_only or gpu == "":
             return cdi.GpuAccess("none", why="CPU only (--cpu)")
@@ -472,7 +473,7 @@ class DockerRunner:
             if has_result and reason is None:
                 final = out_dir / RESULT_NAME
                 os.replace(staged, final)
-                # The image must hold exactly the lock (pinmatrix.runners.drift, shared with the
+                # The image must hold exactly the lock (pinmatrix.environ.drift, shared with the
                 # venv runner).
                 drift = result_drift(final, (prepared.details or {}).get("locked") or {})
                 if drift:

@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import pytest
 
 from pinmatrix.errors import EXIT_INFRA
-from pinmatrix.runners.engine import Engine
+from pinmatrix.containers.engine import Engine
 from pinmatrix.run.options import RunOptions
 from pinmatrix.run.pipeline import run_matrix
 from pinmatrix.results import CellResult, Damaged, load_result

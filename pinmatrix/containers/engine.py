@@ -44,7 +44,7 @@ class Engine:
     nvidia: bool                      # an NVIDIA runtime or CDI spec was detected
     nvidia_how: str = ""              # "runtime" | "cdi" | "" — what the detection saw
     # the folders the daemon reads CDI specs from (`docker info` CDISpecDirs): empty when the
-    # daemon applies no CDI itself (before 25.0, or the cdi feature off; pinmatrix/runners/cdi.py)
+    # daemon applies no CDI itself (before 25.0, or the cdi feature off; pinmatrix/containers/cdi.py)
     cdi_spec_dirs: tuple[str, ...] = ()
 
     def cmd(self, *args: str) -> list[str]:
@@ -194,8 +194,8 @@ def _nvidia(client: str, run: CommandRunner, cdi_dirs: Sequence[str] = ()) -> st
 
 
 def _cdi_has_nvidia(engine_dirs: Sequence[str]) -> bool:
-    """A parsable spec of kind nvidia.com/gpu in the CDI folders (pinmatrix/runners/cdi.py)."""
-    from pinmatrix.runners import cdi
+    """A parsable spec of kind nvidia.com/gpu in the CDI folders (pinmatrix/containers/cdi.py)."""
+    from pinmatrix.containers import cdi
 
     folders = [*cdi.spec_dirs(), *(Path(d) for d in engine_dirs)]
     return bool(cdi.find_specs(folders).of_kind(cdi.GPU_KIND))
