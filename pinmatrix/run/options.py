@@ -17,11 +17,12 @@ from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome
 from pinmatrix.environ.interpreters import parse_venv_python
 from pinmatrix.environ.site_rules import as_site, parse_extra_site
+from pinmatrix.runners import registry
 from pinmatrix.sources import PackageSources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT_S = 3600.0
-RUNNERS = ("auto", "docker", "venv")
+RUNNERS = registry.CHOICES  # `auto` and every registered runner (pinmatrix/runners/registry.py)
 
 Echo = Callable[[str], None]
 
@@ -210,7 +211,8 @@ def _bad(flag: str, value: Any, why: str) -> NoReturn:
 
 
 def _docker_may_run(args: argparse.Namespace) -> bool:
-    return getattr(args, "runner", "auto") in ("auto", "docker")
+    """Whether the cells may run in containers, where host folders arrive as bind mounts."""
+    return registry.may_isolate(getattr(args, "runner", registry.AUTO))
 
 
 Check = Callable[[str, Any, argparse.Namespace], None]  # (name shown, value, all arguments)
@@ -355,11 +357,12 @@ def _find_links(name: str, value: list[str], args: argparse.Namespace) -> None:
 
 
 def _no_install(name: str, value: bool, args: argparse.Namespace) -> None:
-    if value and getattr(args, "runner", "auto") == "docker":
+    runner = getattr(args, "runner", registry.AUTO)
+    if value and not any(kind.tests_installed for kind in registry.candidates(runner)):
         from pinmatrix.errors import UsageError
 
-        raise UsageError(f"{name} with --runner docker: {name} tests what a venv "
-                         "already holds; the docker runner always installs the lock")
+        raise UsageError(f"{name} with --runner {runner}: {name} tests what a venv "
+                         f"already holds; the {runner} runner always installs the lock")
 
 
 def _sources_help(field: str) -> tuple[str, ...]:
@@ -406,7 +409,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--runner",
-        "docker | venv | auto (docker when an engine is found)",
+        " | ".join(registry.CHOICES) + " (auto: docker when an engine is found, else venv)",
         field="runner",
         default="auto",
         forward="value",

@@ -32,7 +32,17 @@ from pinmatrix.errors import InfraError
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
 from pinmatrix.containers import cdi, gpu_lock
 from pinmatrix.environ import compile_cache
-from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
+from pinmatrix.containers import engine as engines
+from pinmatrix.runners.base import (
+    RESULT_NAME,
+    RUN_LOG_NAME,
+    EngineNeed,
+    Prepared,
+    RunnerKind,
+    RunnerSettings,
+    RunOutcome,
+    tail,
+)
 from pinmatrix.containers.container_args import Mount, security_args
 from pinmatrix.environ.drift import DRIFT_SIGNATURE, drift_reason, result_drift
 from pinmatrix.containers.engine import Engine
@@ -545,18 +555,21 @@ class DockerRunner:
 
     def _engine_failure(self, what: str, detail: str, log_path: Path) -> RunOutcome:
         log_path.write_text(detail)
-        alive = self._docker("version", "--format", "{{.Server.Version}}").returncode == 0
+        alive = self._alive()
         signature = "container-create-failed" if alive else "engine-unreachable"
-        reason = what if alive else f"{what}: the Docker daemon is unreachable"
+        reason = what if alive else f"{what}: {self.engine.title} is unreachable"
         return RunOutcome(None, reason, signature, tail(detail))
 
     # -- plumbing ------------------------------------------------------------------------------
+    def _alive(self) -> bool:
+        return self._docker(*self.engine.alive_args()[1:]).returncode == 0
+
     def _base_image_id(self) -> str:
         self.ensure_base_image()
         proc = self._docker("image", "inspect", "--format", "{{.Id}}", self.base_image)
         if proc.returncode != 0:
-            if self._docker("version", "--format", "{{.Server.Version}}").returncode != 0:
-                raise InfraError("the Docker daemon is unreachable", signature="engine-unreachable",
+            if not self._alive():
+                raise InfraError(f"{self.engine.title} is unreachable", signature="engine-unreachable",
                                  log_tail=proc.stderr)
             raise InfraError(f"base image {self.base_image} is not in the engine"
                              + (" and --pull never: pull or build it first (the local Debian base:"
@@ -644,3 +657,30 @@ def _redacted(cmd: Sequence[str]) -> str:
 
 def _container_name_part(value: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]+", "_", value).strip("._-") or "cell"
+
+
+def create(settings: RunnerSettings, run_dir: Path, engine: Engine | None,
+           base_image: str | None, runner: type[DockerRunner] | None = None) -> DockerRunner:
+    """One container runner for the cells of one base image (None: the default base), on `engine`
+    (the registry finds it before any runner is made). `runner`: the class to make, for the
+    runners built on this one (pinmatrix/runners/podman.py)."""
+    if engine is None:
+        raise ValueError("a container runner needs an engine")
+    extra: dict[str, Any] = {"base_image": base_image} if base_image else {}
+    extra["compile_cache"] = settings.compile_cache
+    extra["pull"] = settings.pull or "missing"
+    if settings.model_cache is not None:  # mounted read-only at /hf in every cell
+        extra["hf_home"] = Path(settings.model_cache)
+    return (runner or DockerRunner)(engine, settings.sources, run_dir, cpu_only=settings.cpu,
+                                    **extra)
+
+
+ENGINE = EngineNeed(
+    label="Docker", capability="Docker client + BuildKit",
+    remedy="install Docker (Debian: `apt-get install docker.io`), start the daemon, and make sure "
+           "your user may reach it; or use `--runner venv`",
+    # through the module, so a test that replaces engines.find_engine is heard
+    find=lambda: engines.find_engine(), message=lambda: engines.engine_message())
+KIND = RunnerKind(name="docker", summary="an image per cell, built with BuildKit on a Docker engine",
+                  isolates=True, builds_images=True, tests_installed=False, create=create,
+                  engine=ENGINE)

@@ -40,7 +40,16 @@ from pinmatrix.errors import InfraError
 from pinmatrix.fsio import read_json, write_text_atomic
 from pinmatrix.containers import gpu_lock
 from pinmatrix.environ import compile_cache
-from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
+from pinmatrix.containers.engine import Engine
+from pinmatrix.runners.base import (
+    RESULT_NAME,
+    RUN_LOG_NAME,
+    Prepared,
+    RunnerKind,
+    RunnerSettings,
+    RunOutcome,
+    tail,
+)
 from pinmatrix.environ.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
 from pinmatrix.environ.site_rules import normalise, sites_for
 
@@ -630,3 +639,18 @@ def _as_list(value: Any) -> list[Any]:
     if isinstance(value, (str, Path)):
         return [value]
     return list(value)
+
+
+def create(settings: RunnerSettings, run_dir: Path, engine: Engine | None,
+           base_image: str | None) -> VenvRunner:
+    """The run's one venv runner (the cell's base image means nothing here)."""
+    return VenvRunner(venv_root=settings.venv_dir or DEFAULT_VENV_ROOT, sources=settings.sources,
+                      system_site_packages=settings.system_site_packages,
+                      offline=settings.offline, no_install=settings.no_install,
+                      extra_sites=tuple(settings.extra_sites), base_python=settings.venv_python,
+                      compile_cache_root=(compile_cache.DEFAULT_ROOT if settings.compile_cache
+                                          else None))
+
+
+KIND = RunnerKind(name="venv", summary="a venv per cell on this host (uv, else the venv module)",
+                  isolates=False, builds_images=False, tests_installed=True, create=create)
