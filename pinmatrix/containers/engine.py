@@ -10,8 +10,8 @@ Podman needs no daemon and builds with buildah, which reads the Dockerfile's `RU
 bind and secret flags itself; `podman info` says whether it runs rootless and which version it is.
 Its command line is Docker's for everything the docker runner calls (create, start --attach,
 inspect, kill, rm, volume, image inspect, pull, build), so one `Engine` record serves both, and
-`product` tells the few places that differ (how to ask whether the engine is alive, which CDI
-folders it reads).
+its `Dialect` holds the few things that differ (where the client is looked for, how to ask whether
+the engine is alive and where it keeps images, how messages name it).
 """
 from __future__ import annotations
 
@@ -35,6 +35,29 @@ WELL_KNOWN_PODMAN = ("/usr/bin/podman", "/usr/local/bin/podman")
 # accepts CDI device names"); before that a CDI name is an unknown device.
 PODMAN_CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
 PODMAN_CDI_SINCE = (4, 1)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the Docker and the Podman command line, as far as pinmatrix calls it."""
+    program: str                      # the client's name on PATH
+    env_client: str                   # the variable that names a client first
+    well_known: tuple[str, ...]       # where a client usually is
+    title: str                        # how messages name the engine
+    alive: tuple[str, ...]            # fails when the engine cannot be reached
+    storage_root: tuple[str, ...]     # prints the folder the images live in
+    none_found: str                   # the message's start when no client is usable
+
+
+DOCKER_CLI = Dialect("docker", ENV_CLIENT, WELL_KNOWN_CLIENTS, "the Docker daemon",
+                     ("version", "--format", "{{.Server.Version}}"),
+                     ("info", "--format", "{{.DockerRootDir}}"),
+                     "no Docker client with BuildKit found")
+# `podman version` has no `.Server` outside remote mode; `podman info` opens the image store
+PODMAN_CLI = Dialect("podman", ENV_PODMAN, WELL_KNOWN_PODMAN, "Podman",
+                     ("info", "--format", "{{.Version.Version}}"),
+                     ("info", "--format", "{{.Store.GraphRoot}}"),
+                     "no usable Podman client found")
 PROBE_TIMEOUT_S = 30.0
 
 # A build that exercises what our Dockerfile needs from the frontend (RUN --mount cache and
@@ -61,26 +84,22 @@ class Engine:
     # the folders the daemon reads CDI specs from (`docker info` CDISpecDirs): empty when the
     # daemon applies no CDI itself (before 25.0, or the cdi feature off; pinmatrix/containers/cdi.py)
     cdi_spec_dirs: tuple[str, ...] = ()
-    product: str = "docker"           # "docker" | "podman": the CLI dialect
+    dialect: Dialect = DOCKER_CLI
     rootless: bool = False            # podman: runs as the calling user (`podman info`)
 
     @property
     def title(self) -> str:
         """How messages name it: "the Docker daemon", "Podman"."""
-        return "Podman" if self.product == "podman" else "the Docker daemon"
+        return self.dialect.title
 
     def alive_args(self) -> list[str]:
         """A cheap command that fails when the engine cannot be reached (a stopped daemon, podman
-        storage that cannot be opened); `podman version` has no `.Server` outside remote mode."""
-        if self.product == "podman":
-            return self.cmd("info", "--format", "{{.Version.Version}}")
-        return self.cmd("version", "--format", "{{.Server.Version}}")
+        storage that cannot be opened)."""
+        return self.cmd(*self.dialect.alive)
 
     def storage_root_args(self) -> list[str]:
         """A command that prints the folder the engine keeps its images in."""
-        if self.product == "podman":
-            return self.cmd("info", "--format", "{{.Store.GraphRoot}}")
-        return self.cmd("info", "--format", "{{.DockerRootDir}}")
+        return self.cmd(*self.dialect.storage_root)
 
     def cmd(self, *args: str) -> list[str]:
         return [self.client, *args]
@@ -102,7 +121,7 @@ class Engine:
         gpu = f"NVIDIA via {self.nvidia_how}" if self.nvidia else "no NVIDIA runtime"
         cdi = (f", CDI specs from {', '.join(self.cdi_spec_dirs)}" if self.cdi_spec_dirs
                else ", no CDI in the engine")
-        if self.product == "podman":
+        if self.dialect is PODMAN_CLI:
             mode = "rootless" if self.rootless else "as root"
             return f"{self.client} (podman {self.server_version}, {mode}, {gpu}{cdi})"
         return (f"{self.client} (server {self.server_version}, BuildKit via {self.buildkit}, "
@@ -120,7 +139,7 @@ class Attempt:
 @dataclass
 class Search:
     attempts: list[Attempt] = field(default_factory=list)
-    product: str = "docker"
+    dialect: Dialect = DOCKER_CLI
 
     @property
     def engine(self) -> Engine | None:
@@ -128,26 +147,24 @@ class Search:
 
     def message(self) -> str:
         if self.engine is not None:
-            return f"{self.product} engine: {self.engine.describe()}"
+            return f"{self.dialect.program} engine: {self.engine.describe()}"
         tried = ", ".join(f"{a.client} ({a.problem})" for a in self.attempts) or "no candidate"
-        if self.product == "podman":
-            return f"no usable Podman client found: tried {tried}"
-        return f"no Docker client with BuildKit found: tried {tried}"
+        return f"{self.dialect.none_found}: tried {tried}"
 
 
 def candidate_clients(env: dict[str, str] | None = None,
                       which: Callable[[str], str | None] = shutil.which,
                       exists: Callable[[str], bool] = os.path.exists,
-                      product: str = "docker") -> list[str]:
+                      dialect: Dialect = DOCKER_CLI) -> list[str]:
     """Candidates in order of preference, each once (by real path): $PINMATRIX_DOCKER (or
     $PINMATRIX_PODMAN) first."""
     env = dict(os.environ) if env is None else env
     ordered: list[str] = []
-    override = env.get(ENV_PODMAN if product == "podman" else ENV_CLIENT, "").strip()
+    override = env.get(dialect.env_client, "").strip()
     if override:
         ordered.append(override)
-    ordered.extend(WELL_KNOWN_PODMAN if product == "podman" else WELL_KNOWN_CLIENTS)
-    on_path = which(product)
+    ordered.extend(dialect.well_known)
+    on_path = which(dialect.program)
     if on_path:
         ordered.append(on_path)
     seen: set[str] = set()
@@ -217,7 +234,7 @@ def probe_podman(client: str, run: CommandRunner = _run) -> Attempt:
     nvidia = _cdi_has_nvidia(cdi_dirs) if cdi_dirs else False
     return Attempt(client, engine=Engine(client=client, server_version=version, buildkit="buildah",
                                          nvidia=nvidia, nvidia_how="cdi" if nvidia else "",
-                                         cdi_spec_dirs=cdi_dirs, product="podman",
+                                         cdi_spec_dirs=cdi_dirs, dialect=PODMAN_CLI,
                                          rootless=rootless))
 
 
@@ -279,11 +296,11 @@ def _cdi_has_nvidia(engine_dirs: Sequence[str]) -> bool:
 
 
 def search_engines(candidates: Iterable[str] | None = None, run: CommandRunner = _run,
-                   product: str = "docker") -> Search:
+                   dialect: Dialect = DOCKER_CLI) -> Search:
     """Try candidates in order and stop at the first usable one."""
-    search = Search(product=product)
-    probe = probe_podman if product == "podman" else probe_client
-    for client in (candidate_clients(product=product) if candidates is None else candidates):
+    search = Search(dialect=dialect)
+    probe = probe_podman if dialect is PODMAN_CLI else probe_client
+    for client in (candidate_clients(dialect=dialect) if candidates is None else candidates):
         attempt = probe(client, run)
         search.attempts.append(attempt)
         if attempt.engine is not None:
@@ -310,7 +327,7 @@ def engine_message() -> str:
 
 @lru_cache(maxsize=1)
 def _cached_podman() -> Search:
-    return search_engines(product="podman")
+    return search_engines(dialect=PODMAN_CLI)
 
 
 def find_podman() -> Engine | None:

@@ -15,10 +15,8 @@ from pinmatrix.runners.base import Runner
 def pick_runner_kind(opts: RunOptions, echo: Echo) -> tuple[str, Engine | None]:
     """(kind name, its engine or None). `auto` says what it took, and why, in ONE line."""
     picked = registry.pick(opts.runner)
-    if opts.runner == registry.AUTO:
-        why = (picked.engine.describe() if picked.engine is not None
-               else "; ".join(picked.passed_over))
-        echo(f"runner: {picked.kind.name} ({why})")
+    if picked.automatic:
+        echo(picked.line())
     return picked.kind.name, picked.engine
 
 

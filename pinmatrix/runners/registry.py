@@ -50,20 +50,27 @@ class Picked:
     engine: Engine | None
     # why each kind tried before it was passed over ("no usable Docker engine: ...")
     passed_over: tuple[str, ...] = ()
+    automatic: bool = False  # chosen by `auto`, which says so in one line
+
+    def line(self) -> str:
+        """`runner: docker (the engine)` or `runner: venv (why no engine was usable)`."""
+        why = self.engine.describe() if self.engine is not None else "; ".join(self.passed_over)
+        return f"runner: {self.kind.name} ({why})"
 
 
 def pick(choice: str) -> Picked:
     """The kind a run uses, with its engine. A kind named outright whose engine is unusable is a
     HarnessError; `auto` passes over it to the next kind and says why in `passed_over`."""
     passed: list[str] = []
+    automatic = choice == AUTO
     for kind in candidates(choice):
         if kind.engine is None:
-            return Picked(kind, None, tuple(passed))
+            return Picked(kind, None, tuple(passed), automatic)
         engine = kind.engine.find()
         if engine is not None:
-            return Picked(kind, engine, tuple(passed))
+            return Picked(kind, engine, tuple(passed), automatic)
         why = f"no usable {kind.engine.label} engine: {kind.engine.message()}"
-        if choice != AUTO:
+        if not automatic:
             raise HarnessError(f"--runner {kind.name}, but {why}")
         passed.append(why)
     raise HarnessError(f"--runner {choice}: no runner is usable here ({'; '.join(passed)})")
