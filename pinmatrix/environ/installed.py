@@ -20,7 +20,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from pinmatrix.cell import NONE, Cell, Lock, normalize_name
-from pinmatrix.resolve.uv import ResolveInfraError
+from pinmatrix.errors import ResolveInfraError
 from pinmatrix.environ import env_check
 
 # Run inside the target interpreter: every distribution it sees, as {name: version}.
