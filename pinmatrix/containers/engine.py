@@ -82,7 +82,8 @@ class Engine:
     nvidia: bool                      # an NVIDIA runtime or CDI spec was detected
     nvidia_how: str = ""              # "runtime" | "cdi" | "" — what the detection saw
     # the folders the daemon reads CDI specs from (`docker info` CDISpecDirs): empty when the
-    # daemon applies no CDI itself (before 25.0, or the cdi feature off; pinmatrix/containers/cdi.py)
+    # daemon applies no CDI itself (before 25.0, or the cdi feature off;
+    # pinmatrix/containers/cdi.py)
     cdi_spec_dirs: tuple[str, ...] = ()
     dialect: Dialect = DOCKER_CLI
     rootless: bool = False            # podman: runs as the calling user (`podman info`)
@@ -223,7 +224,8 @@ def probe_podman(client: str, run: CommandRunner = _run) -> Attempt:
         return Attempt(client, problem="not an executable file")
     info = run([client, "info", "--format", "json"], None, None)
     if info.returncode != 0:
-        return Attempt(client, problem=f"podman info failed: {_first_line(info.stderr or info.stdout)}")
+        return Attempt(client,
+                       problem=f"podman info failed: {_first_line(info.stderr or info.stdout)}")
     try:
         data = json.loads(info.stdout or "{}")
         version = str(data["version"]["Version"])

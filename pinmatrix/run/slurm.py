@@ -357,8 +357,8 @@ def run_cell_task(args: argparse.Namespace, opts: RunOptions, echo: Echo = print
     gpus, trust = None, False
     job_gpus = os.environ.get("SLURM_JOB_GPUS") or os.environ.get("SLURM_STEP_GPUS")
     if not opts.cpu and job_gpus and _isolates(opts):
-        # A container engine addresses host GPU indices (Slurm's SLURM_JOB_GPUS); inside the job's cgroup
-        # nvidia-smi may
+        # A container engine addresses host GPU indices (Slurm's SLURM_JOB_GPUS); inside the job's
+        # cgroup nvidia-smi may
         # number them from 0, so the list is taken as Slurm gave it. The venv runner inherits
         # Slurm's
         # CUDA_VISIBLE_DEVICES unchanged instead (gpus=None).

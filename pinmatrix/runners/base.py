@@ -105,7 +105,8 @@ RunnerFactory = Callable[[RunnerSettings, Path, Engine | None, str | None], Runn
 
 @dataclass(frozen=True)
 class EngineNeed:
-    """The engine a container runner needs: how to find it, and how a person is told it is missing."""
+    """The engine a container runner needs: how to find it, and how a person is told it is
+    missing."""
     label: str                            # "Docker", "Podman": how errors name it
     capability: str                       # the doctor's line ("Docker client + BuildKit")
     remedy: str                           # what to install or start

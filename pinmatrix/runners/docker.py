@@ -569,8 +569,8 @@ class DockerRunner:
         proc = self._docker("image", "inspect", "--format", "{{.Id}}", self.base_image)
         if proc.returncode != 0:
             if not self._alive():
-                raise InfraError(f"{self.engine.title} is unreachable", signature="engine-unreachable",
-                                 log_tail=proc.stderr)
+                raise InfraError(f"{self.engine.title} is unreachable",
+                                 signature="engine-unreachable", log_tail=proc.stderr)
             raise InfraError(f"base image {self.base_image} is not in the engine"
                              + (" and --pull never: pull or build it first (the local Debian base:"
                                 " docker/base/build-base.sh)" if self.pull == "never" else ""),
@@ -681,6 +681,7 @@ ENGINE = EngineNeed(
            "your user may reach it; or use `--runner venv`",
     # through the module, so a test that replaces engines.find_engine is heard
     find=lambda: engines.find_engine(), message=lambda: engines.engine_message())
-KIND = RunnerKind(name="docker", summary="an image per cell, built with BuildKit on a Docker engine",
+KIND = RunnerKind(name="docker",
+                  summary="an image per cell, built with BuildKit on a Docker engine",
                   isolates=True, builds_images=True, tests_installed=False, create=create,
                   engine=ENGINE)

@@ -2,9 +2,9 @@
 
 HPC sites run containers with rootless Podman (no daemon, no root, the user's own image store).
 Podman's command line is Docker's for everything the docker runner calls, and `podman build`
-(buildah) reads the Dockerfile's `RUN --mount` cache, bind and secret flags itself, so this runner is
-the docker runner on a Podman `Engine` (pinmatrix/containers/engine.py finds it; `product` tells
-the two dialects apart where they differ). GPUs reach the container through CDI: Podman reads the
+(buildah) reads the Dockerfile's `RUN --mount` cache, bind and secret flags itself, so this runner
+is the docker runner on a Podman `Engine` (pinmatrix/containers/engine.py finds it; its `Dialect`
+holds where the two command lines differ). GPUs reach the container through CDI: Podman reads the
 specs in /etc/cdi and /var/run/cdi from 4.1 on, so `--device nvidia.com/gpu=all` (or `=0,1`) is the
 route (pinmatrix/containers/cdi.py); `nvidia-ctk cdi generate` or `python -m pinmatrix cdi-spec`
 writes the spec. A rootless container's uid 1000 is one of the user's subordinate ids: the results
@@ -38,8 +38,9 @@ def create(settings: RunnerSettings, run_dir: Path, engine: Engine | None,
 
 ENGINE = EngineNeed(
     label="Podman", capability="Podman client",
-    remedy="install Podman and its init (Debian: `apt-get install podman catatonit`; rootless needs "
-           "the user's subordinate ids in /etc/subuid and /etc/subgid); or use `--runner venv`",
+    remedy="install Podman and its init (Debian: `apt-get install podman catatonit`; rootless "
+           "needs the user's subordinate ids in /etc/subuid and /etc/subgid); or use `--runner "
+           "venv`",
     find=lambda: engines.find_podman(), message=lambda: engines.podman_message())
 KIND = RunnerKind(name="podman", summary="the docker runner's images and containers on Podman "
                                          "(rootless as on HPC sites; GPUs through CDI)",

@@ -1,9 +1,9 @@
 """Every runner by name, in one dict: a new runner is one module with a `KIND` and one entry here.
 
-`--runner` takes a name from `RUNNERS` or `auto`, which tries `AUTO_ORDER` and takes the first kind
-whose engine is usable (a kind without an engine always is). Podman is never picked by `auto`: a host
-that has both engines, or a Podman that only emulates `docker`, would otherwise change runner between
-runs of the same command.
+`--runner` takes a name from `RUNNERS` or `auto`, which tries `AUTO_ORDER` and takes the first
+kind whose engine is usable (a kind without an engine always is). Podman is never picked by `auto`:
+a host that has both engines, or a Podman that only emulates `docker`, would otherwise change
+runner between runs of the same command.
 
 Code outside this package asks a kind's capabilities (`isolates`, `builds_images`,
 `tests_installed`; pinmatrix/runners/base.py RunnerKind), never its name.

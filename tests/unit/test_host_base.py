@@ -1,6 +1,6 @@
-"""The pure parts of `python -m pinmatrix base-image` (pinmatrix/containers/host_base.py), no engine:
-ldd output parsing, the file set (symlinked folders on the way, relocation, generated members),
-tar member order and modes, and the command's bad-input exits on the real interpreter."""
+"""The pure parts of `python -m pinmatrix base-image` (pinmatrix/containers/host_base.py), no
+engine: ldd output parsing, the file set (symlinked folders on the way, relocation, generated
+members), tar member order and modes, and the command's bad-input exits on the real interpreter."""
 from __future__ import annotations
 
 import io
