@@ -5,7 +5,7 @@
 """Thin wiring around `python -m pinmatrix` (pinmatrix/cli/main.py holds the logic).
 
 nox -l                          one session per cell of matrix.yaml, tagged `cell`
-nox -s matrix -- [selectors] [--runner docker|venv|auto] [--cpu]
+nox -s matrix -- [selectors] [--runner docker|podman|venv|auto] [--cpu]
 nox -s report                   merge reports/latest again
 nox -s nightly -- [selectors]   run, diff with the previous run, history; red only on new breakages
 nox -s resolve -- [selectors]   locks only; prints the resolvable/unresolvable table

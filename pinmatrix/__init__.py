@@ -1,2 +1,2 @@
 """pinmatrix: the host side of the compatibility matrix, one package per stage (matrix, resolve,
-runners, run, report, cli; docs/DESIGN.md lists the modules)."""
+runners, containers, environ, run, report, cli; docs/DESIGN.md lists the modules)."""

@@ -10,7 +10,7 @@ Two forms, written into OUT with a manifest.json and a RUN.md naming the command
 - site layers (`--host-packages FILE`, the prepared host's `pip list --format freeze`): only what
   the host does not already have at the locked version, unpacked from its wheels into layers.
   Packages that the same cells need share one layer, put on the path of those cells alone (an
-  --extra-site rule of the cells' axis values, pinmatrix/runners/site_rules.py). The host's own
+  --extra-site rule of the cells' axis values, pinmatrix/environ/site_rules.py). The host's own
   torch and the rest of its packages are reused (`--no-install --system-site-packages`), so a lent
   GPU machine that has torch 2.11+cu130 and transformers 5.17 gets neither again. Each layer is an
   xz tarball (transformers packs to about 6 MB); a carry limit (--part-mib, 60 by default: the
@@ -616,7 +616,7 @@ def unpack_sites(bundle: Path, manifest: Mapping[str, Any], echo: Echo) -> Path:
 def apply_bundle(args: Any, echo: Echo = print) -> dict[str, Any]:
     """`matrix --bundle DIR`: the options that run the bundle's cells offline, set on `args`."""
     from pinmatrix.probes_source import probes_digest
-    from pinmatrix.runners.site_rules import parse_extra_site
+    from pinmatrix.environ.site_rules import parse_extra_site
 
     bundle = Path(args.bundle)
     manifest = load_manifest(bundle)

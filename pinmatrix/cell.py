@@ -19,7 +19,7 @@ ID_ABBREV = {"python": "py", "transformers": "tf", "flash-attn": "fa", "flash-at
 NONE = "none"
 # A package axis value `base` (or `base` + a PEP 440 specifier, e.g. `base>=2.6`): use the base
 # image's own installed copy, checked against the specifier, and install only the rest of the cell
-# (prepared bases, the NGC pattern; pinmatrix/runners/base_inventory.py, resolve/uv.py).
+# (prepared bases, the NGC pattern; pinmatrix/environ/base_inventory.py, resolve/uv.py).
 BASE = "base"
 BASE_PIN = re.compile(r"^base(?P<spec>(===|==|!=|~=|>=|<=|<|>)[^\s<>=!~].*)?$")
 # Lock comment naming a package the base image provides: `# pinmatrix-base: torch==2.13.0+cpu`

@@ -83,7 +83,7 @@ def bench_rebuild(matrix: Path, scratch: Path, transformers: str) -> dict[str, A
     from pinmatrix.resolve.uv import resolve
     from pinmatrix.run.pipeline import load_cells
     from pinmatrix.runners.docker import DockerRunner
-    from pinmatrix.runners.engine import find_engine
+    from pinmatrix.containers.engine import find_engine
     from pinmatrix.sources import PackageSources
 
     engine = find_engine()

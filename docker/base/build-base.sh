@@ -44,6 +44,10 @@ fi
 # Smaller image: package lists and caches are not needed at run time.
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
 
+# mktemp made the rootfs 0700, and tar records `./` with that mode: Docker's overlay driver ignores
+# it, but rootless Podman (vfs storage) gives the image's / mode 0700, and the probe's uid 1000
+# cannot even exec /bin/sh ("stat /bin/sh: permission denied").
+chmod 0755 "$ROOTFS"
 echo "build-base.sh: importing as $IMAGE"
 tar -C "$ROOTFS" --numeric-owner -c . \
   | "$DOCKER" import \

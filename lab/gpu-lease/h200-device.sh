@@ -40,7 +40,7 @@ for n in harness common tf4576 tf550 uns u1010 u914 diff039 diff042 fa4 liger; d
 done
 wait
 echo "sites unpacked in $(( $(date +%s) - t0 )) s: $(ls $S | tr '\n' ' ')"
-# the layers, in path order, with the cells they serve (pinmatrix/runners/site_rules.py)
+# the layers, in path order, with the cells they serve (pinmatrix/environ/site_rules.py)
 SITES=()
 for rule in common transformers=4.57.6:tf4576 transformers=5.5.0:tf550 unsloth=2026.10.9:u1010 \
             unsloth=2026.9.14:u914 unsloth!=none:uns unsloth!=none,transformers=4.57.6:diff039 \

@@ -5,7 +5,7 @@ site layers first, then the device's packages) is met by the first version of it
 
 Prints the unmet requirements, split into those that touch a site layer's distributions (ours to
 fix) and those among the device's own packages (the image's). The logic is
-pinmatrix/runners/env_check.py's, which `--no-install` runs before judging a cell (issue 13).
+pinmatrix/environ/env_check.py's, which `--no-install` runs before judging a cell (issue 13).
 """
 
 import sys
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pinmatrix.runners.env_check import main  # noqa: E402
+from pinmatrix.environ.env_check import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

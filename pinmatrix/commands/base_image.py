@@ -4,7 +4,7 @@
 Makes a prepared base image (the `torch: base` axis value, docs/CONTRACTS.md §7) from the host
 itself: its interpreter, the distributions named by `--package` (default: torch) and everything
 they require, the shared libraries all of it links, and the tools docker/Dockerfile's RUN steps
-call, streamed to `docker import` with no network (pinmatrix/runners/host_base.py says what goes
+call, streamed to `docker import` with no network (pinmatrix/containers/host_base.py says what goes
 in and why). The image is imported untagged, run once as uid 1000 with `--network none` to check
 that its python3 sees every distribution at the host's version and imports the requested ones, and
 only then tagged: a failure at any step leaves no tag behind (and removes the untagged image).
@@ -70,7 +70,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(config: BaseImageConfig) -> int:
-    from pinmatrix.runners import host_base
+    from pinmatrix.containers import host_base
 
     packages = list(config.package) or ["torch"]
     try:
@@ -121,8 +121,8 @@ def run(config: BaseImageConfig) -> int:
 
 
 def _engine(client: str | None) -> object:
-    from pinmatrix.runners import engine as engines
-    from pinmatrix.runners.host_base import HostBaseError, HostBaseInputError
+    from pinmatrix.containers import engine as engines
+    from pinmatrix.containers.host_base import HostBaseError, HostBaseInputError
 
     if client is not None:
         import shutil

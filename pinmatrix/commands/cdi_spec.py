@@ -1,9 +1,9 @@
 """`python -m pinmatrix cdi-spec [-o FILE|-] [--dev-root DIR] [--lib-dir DIR] [--bin-dir DIR]`
 
-Writes a CDI spec (pinmatrix/runners/cdi.py) of kind `nvidia.com/gpu` for the GPUs and driver files
-this host has, for hosts with an NVIDIA driver but no NVIDIA container toolkit (`nvidia-ctk cdi
-generate` does this where the toolkit is installed, with more care: it also names devices by UUID
-and adds its hooks). What it writes:
+Writes a CDI spec (pinmatrix/containers/cdi.py) of kind `nvidia.com/gpu` for the GPUs and driver
+files this host has, for hosts with an NVIDIA driver but no NVIDIA container toolkit (`nvidia-ctk
+cdi generate` does this where the toolkit is installed, with more care: it also names devices by
+UUID and adds its hooks). What it writes:
 - one device per `/dev/nvidiaN`, named `N`, plus `all` (every one of them);
 - top-level edits: the control nodes (`nvidiactl`, `nvidia-uvm`, `nvidia-uvm-tools`,
   `nvidia-modeset`, `nvidia-caps/*`) that exist; a read-only bind mount of every driver library
@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from pinmatrix.commands.base import parse_own
 from pinmatrix.run.options import Option, typed
-from pinmatrix.runners import cdi
+from pinmatrix.containers import cdi
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 DEFAULT_OUTPUT = Path("/etc/cdi/pinmatrix-nvidia.yaml")

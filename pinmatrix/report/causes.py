@@ -2,7 +2,7 @@
 once with its remedy and the list of cells, on the console and in the summary.
 
 A cause is (signature, reason with the cell's own id taken out). The remedy is the reason's own
-advice where it gives one (pinmatrix/runners/interpreters.py's missing-Python message does), else
+advice where it gives one (pinmatrix/environ/interpreters.py's missing-Python message does), else
 the catalogue's `fix` for the signature (probes/signatures.json), else REMEDIES below.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 REMEDIES = {
     "python-unavailable": "install that Python, pass `--venv-python VERSION=/path`, or use Docker",
     "environment-inconsistent": "make the prepared environment meet its own requirements (`python "
-                                "-m pinmatrix.runners.env_check --python PY` lists them), or let "
+                                "-m pinmatrix.environ.env_check --python PY` lists them), or let "
                                 "pinmatrix install the stack (drop --no-install)",
     "resolve-infra": "check the package index settings (`python -m pinmatrix doctor`)",
     "venv-create-failed": "see the cell's build log under logs/; `python -m pinmatrix doctor`",

@@ -189,7 +189,7 @@ class _Resolver:
         check compares them with what the probe imports. A version that is also on the index
         (the CPU wheel here) may be locked from there; its metadata is the same release's.
         """
-        from pinmatrix.runners.base_inventory import read_inventory
+        from pinmatrix.environ.base_inventory import read_inventory
 
         from packaging.specifiers import InvalidSpecifier, SpecifierSet
 

@@ -23,7 +23,9 @@ from typing import Any, Sequence
 from pinmatrix.cell import Cell
 from pinmatrix.errors import HostNotReady
 from pinmatrix.run.options import Echo, RunOptions
-from pinmatrix.runners import interpreters
+from pinmatrix.environ import interpreters
+from pinmatrix.runners import registry
+from pinmatrix.runners.base import RunnerKind
 
 GIB = 1024 ** 3
 MIN_REPORTS_FREE = 1 * GIB          # results and logs are small
@@ -58,8 +60,13 @@ class Diagnosis:
         return [f.line() for f in self.findings]
 
 
-def _venv_kind(opts: RunOptions, engine: Any) -> bool:
-    return opts.runner == "venv" or (opts.runner == "auto" and engine is None)
+def _engine_kinds(opts: RunOptions, full: bool) -> list[RunnerKind]:
+    """The container kinds whose engine is looked at: those `--runner` may end up as, and with
+    `full` also `auto`'s (a venv host is told whether Docker would work there)."""
+    names = [kind.name for kind in registry.candidates(opts.runner)]
+    if full:
+        names += [name for name in registry.AUTO_ORDER if name not in names]
+    return [kind for kind in map(registry.get, names) if kind.engine is not None]
 
 
 def diagnose(opts: RunOptions, cells: Sequence[Cell], models: Sequence[Any] = (), *,
@@ -68,20 +75,24 @@ def diagnose(opts: RunOptions, cells: Sequence[Cell], models: Sequence[Any] = ()
     disk, compile caches)."""
     diag = Diagnosis()
     add = diag.findings.append
-    engine = None
-    if opts.runner != "venv" or full:
-        from pinmatrix.runners.engine import engine_message, find_engine
-
-        engine = find_engine()
-        add(Finding("Docker client + BuildKit", engine is not None, engine_message(),
-                    "install Docker (Debian: `apt-get install docker.io`), start the daemon, and "
-                    "make sure your user may reach it; or use `--runner venv`"))
-        if opts.runner == "docker" and engine is None:
-            diag.blockers.append(f"--runner docker, but {engine_message()}: install and start "
-                                 "Docker with BuildKit, or use `--runner venv`")
-    venv = _venv_kind(opts, engine)
+    engine = seen = None  # the engine the run would use; the first one found at all
+    candidates = registry.candidates(opts.runner)
+    for kind in _engine_kinds(opts, full):
+        assert kind.engine is not None
+        found = kind.engine.find()
+        add(Finding(kind.engine.capability, found is not None, kind.engine.message(),
+                    kind.engine.remedy))
+        seen = seen or found
+        if kind not in candidates:
+            continue
+        if found is None and len(candidates) == 1:  # named outright
+            diag.blockers.append(f"--runner {kind.name}, but {kind.engine.message()}: "
+                                 f"{kind.engine.remedy}")
+        engine = engine or found
+    # the cells run on this host's interpreters (the venv runner), not in an engine's images
+    venv = engine is None and any(not kind.isolates for kind in candidates)
     if full:
-        add(_nvidia_runtime(engine, opts))
+        add(_nvidia_runtime(seen, opts))
         add(_gpus(opts))
     add(_uv(opts, diag))
     add(_cache_folders(opts, diag))
@@ -93,8 +104,8 @@ def diagnose(opts: RunOptions, cells: Sequence[Cell], models: Sequence[Any] = ()
         for model in models:
             add(_hub_cache(model, opts))
         add(_disk("free disk for reports/", Path(opts.reports_dir), MIN_REPORTS_FREE))
-        if engine is not None:
-            add(_docker_root(engine))
+        if seen is not None:
+            add(_docker_root(seen))
         add(_compile_caches(opts))
     return diag
 
@@ -102,7 +113,7 @@ def diagnose(opts: RunOptions, cells: Sequence[Cell], models: Sequence[Any] = ()
 # --- the checks ----------------------------------------------------------------------------------
 
 def _nvidia_runtime(engine: Any, opts: RunOptions) -> Finding:
-    from pinmatrix.runners.engine import _cdi_has_nvidia
+    from pinmatrix.containers.engine import _cdi_has_nvidia
 
     remedy = ("install the NVIDIA Container Toolkit (`nvidia-ctk runtime configure "
               "--runtime=docker` or `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`)")
@@ -146,7 +157,7 @@ def _gpus(opts: RunOptions) -> Finding:
 def _cache_folders(opts: RunOptions, diag: Diagnosis) -> Finding:
     """The folders every cell writes outside the run folder (uv's cache, the venvs, the compile
     caches; under HOME unless set): an unwritable one would fail every cell, so it blocks here."""
-    from pinmatrix.runners.compile_cache import DEFAULT_ROOT
+    from pinmatrix.environ.compile_cache import DEFAULT_ROOT
     from pinmatrix.runners.venv import DEFAULT_VENV_ROOT
 
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -386,8 +397,8 @@ def _disk(capability: str, path: Path, minimum: int) -> Finding:
 
 def _docker_root(engine: Any) -> Finding:
     try:
-        out = subprocess.run(engine.cmd("info", "--format", "{{.DockerRootDir}}"),
-                             capture_output=True, text=True, timeout=30, env=engine.env())
+        out = subprocess.run(engine.storage_root_args(), capture_output=True, text=True,
+                             timeout=30, env=engine.env())
         root = out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         root = ""
@@ -403,7 +414,7 @@ def _docker_root(engine: Any) -> Finding:
 
 
 def _compile_caches(opts: RunOptions) -> Finding:
-    from pinmatrix.runners.compile_cache import DEFAULT_ROOT
+    from pinmatrix.environ.compile_cache import DEFAULT_ROOT
 
     if not opts.compile_cache:
         return Finding("compile caches", None, "--no-compile-cache: every probe starts empty")

@@ -9,6 +9,7 @@ import subprocess
 
 from pinmatrix.cell import Cell, Lock, content_hash
 from pinmatrix.run.options import REPO_ROOT
+from pinmatrix.runners import registry
 
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 
@@ -31,10 +32,18 @@ def gpu_model(cpu: bool) -> str:
     return ",".join(names) or "cpu"
 
 
+def _builds_images(runner_name: str) -> bool:
+    """The image-building kinds (docker, podman) hash the Dockerfile they build from; the same
+    image is the same stack whichever engine built it. A name outside the registry (a test's
+    stand-in runner) hashes as its name."""
+    kind = registry.RUNNERS.get(runner_name)
+    return kind is not None and kind.builds_images
+
+
 def cell_hash(cell: Cell, lock: Lock, runner_name: str, gpu: str, digest: str) -> str:
     dockerfile = (
         DOCKERFILE.read_text(encoding="utf-8")
-        if runner_name == "docker" and DOCKERFILE.is_file()
+        if _builds_images(runner_name) and DOCKERFILE.is_file()
         else runner_name
     )
     return content_hash(lock_text=lock.torch_lock + "\n---\n" + lock.full_lock,

@@ -18,13 +18,14 @@ from typing import Any, Callable, Mapping, NoReturn, Sequence, TypeVar
 
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome
-from pinmatrix.runners.interpreters import parse_venv_python
-from pinmatrix.runners.site_rules import as_site, parse_extra_site
+from pinmatrix.environ.interpreters import parse_venv_python
+from pinmatrix.environ.site_rules import as_site, parse_extra_site
+from pinmatrix.runners import registry
 from pinmatrix.sources import PackageSources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT_S = 3600.0
-RUNNERS = ("auto", "docker", "venv")
+RUNNERS = registry.CHOICES  # `auto` and every registered runner (pinmatrix/runners/registry.py)
 
 Echo = Callable[[str], None]
 C = TypeVar("C")
@@ -153,7 +154,7 @@ class Option:
 MAX_SECONDS = 7 * 24 * 3600.0  # a timeout past a week is a typo
 MAX_JOBS = 256
 _BUILDS = ("matrix", "nightly", "run-cell", "resolve")  # commands whose folders a container mounts
-# docker's --mount syntax splits on them (pinmatrix/runners/container_args.py)
+# docker's --mount syntax splits on them (pinmatrix/containers/container_args.py)
 MOUNT_UNSAFE = (",", "=")
 
 
@@ -166,8 +167,8 @@ def _bad(flag: str, value: Any, why: str) -> NoReturn:
 
 
 def _docker_may_run(args: argparse.Namespace) -> bool:
-    return args.runner in ("auto", "docker")
-
+    """Whether the cells may run in containers, where host folders arrive as bind mounts."""
+    return registry.may_isolate(args.runner)
 
 Check = Callable[[str, Any, argparse.Namespace], None]  # (name shown, value, all arguments)
 
@@ -311,11 +312,12 @@ def _find_links(name: str, value: list[str], args: argparse.Namespace) -> None:
 
 
 def _no_install(name: str, value: bool, args: argparse.Namespace) -> None:
-    if value and args.runner == "docker":
+    runner = args.runner
+    if value and not any(kind.tests_installed for kind in registry.candidates(runner)):
         from pinmatrix.errors import UsageError
 
-        raise UsageError(f"{name} with --runner docker: {name} tests what a venv "
-                         "already holds; the docker runner always installs the lock")
+        raise UsageError(f"{name} with --runner {runner}: {name} tests what a venv "
+                         f"already holds; the {runner} runner always installs the lock")
 
 
 def _sources_help(field: str) -> tuple[str, ...]:
@@ -379,7 +381,8 @@ class RunOptions:
     matrix_path: Path = typed(Option("--matrix", "matrix file (default: matrix.yaml)", type=Path,
                                      default=REPO_ROOT / "matrix.yaml", forward="path"))
     selectors: Sequence[str] = ()
-    runner: str = typed(Option("--runner", "docker | venv | auto (docker when an engine is found)",
+    runner: str = typed(Option("--runner", " | ".join(registry.CHOICES)
+                               + " (auto: docker when an engine is found, else venv)",
                                default="auto", forward="value", check=_runner), default="auto")
     cpu: bool = typed(Option("--cpu", "run on CPU even where GPUs exist", action="store_true",
                              forward="value"), default=False)
@@ -410,7 +413,7 @@ class RunOptions:
     extra_sites: Sequence[Path] = typed(Option(
         "--extra-site",
         "an unpacked site folder put on the venv's path; with conditions, only for "
-        "the cells whose pins match them (pinmatrix/runners/site_rules.py)",
+        "the cells whose pins match them (pinmatrix/environ/site_rules.py)",
         group=VENV, action="append", type=parse_extra_site, metavar="[AXIS=VALUE,...:]DIR",
         to_field=tuple, forward="site", check=_extra_sites), default=())
     offline: bool = typed(Option(
@@ -511,7 +514,7 @@ class RunOptions:
         "--no-compile-cache",
         "give every probe run an empty compile cache (a cold run: what a user's first "
         "run costs) instead of its stack's cache from earlier runs "
-        "(pinmatrix/runners/compile_cache.py)",
+        "(pinmatrix/environ/compile_cache.py)",
         action="store_true", to_field=lambda v: not v, forward="value"), default=True)
     # extra pins purposes (pinmatrix.report.pins.parse_pins_for) beside the defaults
     pins_for: Sequence[str] = typed(Option(
@@ -698,7 +701,7 @@ class HostSettings:
     compile_cache_dir: str | None = from_env(EnvVar(
         "PINMATRIX_COMPILE_CACHE_DIR",
         "compile caches kept between runs (default ~/.cache/pinmatrix/compile; "
-        "pinmatrix/runners/compile_cache.py)", folder=True))
+        "pinmatrix/environ/compile_cache.py)", folder=True))
     cache_dir: str | None = from_env(EnvVar(
         "PINMATRIX_CACHE_DIR",
         "the resolver's cache root (default $XDG_CACHE_HOME/pinmatrix, else ~/.cache/pinmatrix)"))
@@ -708,7 +711,7 @@ class HostSettings:
         "root of the docker runner's build contexts (default $XDG_CACHE_HOME/pinmatrix, else "
         "~/.cache/pinmatrix)"))
     docker: str | None = from_env(EnvVar(
-        "PINMATRIX_DOCKER", "the engine client to try first (pinmatrix/runners/engine.py)"))
+        "PINMATRIX_DOCKER", "the engine client to try first (pinmatrix/containers/engine.py)"))
     cdi_dirs: str | None = from_env(EnvVar(
         "PINMATRIX_CDI_DIRS",
         "CDI spec folders, os.pathsep-separated, instead of /etc/cdi and /var/run/cdi"))

@@ -67,9 +67,9 @@ def force_cpu(cell: Cell) -> Cell:
 
 def choose_resolver(opts: RunOptions, resolve: Resolver) -> Resolver:
     """uv's resolution, or with --no-install the lock read off the prepared interpreter
-    (pinmatrix/runners/installed.py)."""
+    (pinmatrix/environ/installed.py)."""
     if opts.no_install:
-        from pinmatrix.runners.installed import environment_resolver
+        from pinmatrix.environ.installed import environment_resolver
 
         return environment_resolver(opts.venv_python, opts.extra_sites)
     return resolve

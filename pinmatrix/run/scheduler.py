@@ -79,7 +79,7 @@ def parse_gpu_list(text: str) -> list[str]:
 def device_tokens(*, cpu: bool, requested: Sequence[str] | None, detected: Sequence[str],
                   cpu_jobs: int = 1, cells_per_gpu: int = 1) -> list[str | None]:
     """The device pool. Each GPU index `cells_per_gpu` times where GPUs are used (the cells that
-    share one GPU coordinate through its lock: pinmatrix/runners/gpu_lock.py); else `cpu_jobs`
+    share one GPU coordinate through its lock: pinmatrix/containers/gpu_lock.py); else `cpu_jobs`
     tokens: "" (CPU forced) or None (the runner's default: no GPU was found, let the runner
     decide)."""
     if cpu_jobs < 1:

@@ -43,6 +43,7 @@ from pinmatrix.fsio import load_json, utc_now, write_json_atomic, write_text_ato
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.run.options import Echo, RunOptions, SlurmOptions, task_options
+from pinmatrix.runners import registry
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL",
             "OUT_OF_MEMORY",
@@ -366,9 +367,9 @@ def run_cell_task(opts: RunOptions, index: int | None, echo: Echo = print) -> in
     cell_id = ids[int(given)]
     gpus, trust = None, False
     job_gpus = os.environ.get("SLURM_JOB_GPUS") or os.environ.get("SLURM_STEP_GPUS")
-    if not opts.cpu and job_gpus and _uses_docker(opts):
-        # Docker addresses host GPU indices (Slurm's SLURM_JOB_GPUS); inside the job's cgroup
-        # nvidia-smi may
+    if not opts.cpu and job_gpus and _isolates(opts):
+        # A container engine addresses host GPU indices (Slurm's SLURM_JOB_GPUS); inside the job's
+        # cgroup nvidia-smi may
         # number them from 0, so the list is taken as Slurm gave it. The venv runner inherits
         # Slurm's
         # CUDA_VISIBLE_DEVICES unchanged instead (gpus=None).
@@ -381,11 +382,9 @@ def run_cell_task(opts: RunOptions, index: int | None, echo: Echo = print) -> in
     return 1 if summary.harness_errors else 0
 
 
-def _uses_docker(opts: RunOptions) -> bool:
-    if opts.runner == "docker":
-        return True
-    if opts.runner == "venv":
-        return False
-    from pinmatrix.runners.engine import find_engine
-
-    return find_engine() is not None
+def _isolates(opts: RunOptions) -> bool:
+    """Whether the task's cells run in containers (which name GPUs by host index)."""
+    kinds = registry.candidates(opts.runner)
+    if len(kinds) == 1:  # named outright
+        return kinds[0].isolates
+    return registry.pick(opts.runner).kind.isolates  # auto: whichever an engine allows

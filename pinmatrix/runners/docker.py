@@ -30,11 +30,22 @@ from pinmatrix.activity import doing
 from pinmatrix.cell import Cell, Lock, install_lock, provided_by_base
 from pinmatrix.errors import InfraError
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
-from pinmatrix.runners import cdi, compile_cache, gpu_lock
-from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
-from pinmatrix.runners.container_args import Mount, security_args
-from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, result_drift
-from pinmatrix.runners.engine import Engine
+from pinmatrix.containers import cdi, gpu_lock
+from pinmatrix.environ import compile_cache
+from pinmatrix.containers import engine as engines
+from pinmatrix.runners.base import (
+    RESULT_NAME,
+    RUN_LOG_NAME,
+    EngineNeed,
+    Prepared,
+    RunnerKind,
+    RunnerSettings,
+    RunOutcome,
+    tail,
+)
+from pinmatrix.containers.container_args import Mount, security_args
+from pinmatrix.environ.drift import DRIFT_SIGNATURE, drift_reason, result_drift
+from pinmatrix.containers.engine import Engine
 
 if TYPE_CHECKING:  # pinmatrix.sources is written alongside; only its attributes are used here
     from pinmatrix.sources import PackageSources
@@ -313,10 +324,10 @@ class DockerRunner:
         self.hf_home = hf_home
         self.build_timeout_s = build_timeout_s
         self.pids_limit = pids_limit
-        # pinmatrix/runners/compile_cache.py: a named volume per stack
+        # pinmatrix/environ/compile_cache.py: a named volume per stack
         self.compile_cache = compile_cache
         self.context_root = Path(context_root) if context_root else default_context_root()
-        # where CDI specs are looked for (pinmatrix/runners/cdi.py); None: $PINMATRIX_CDI_DIRS,
+        # where CDI specs are looked for (pinmatrix/containers/cdi.py); None: $PINMATRIX_CDI_DIRS,
         # else /etc/cdi and /var/run/cdi
         self.cdi_dirs = tuple(cdi_dirs) if cdi_dirs else None
         # --offline, read from the package sources as the resolver reads it: builds run with
@@ -400,7 +411,7 @@ class DockerRunner:
 
     def gpu_access(self, gpu: str | None) -> cdi.GpuAccess:
         """How the container gets `gpu` (None: all; "": none): native CDI, the NVIDIA runtime, a
-        CDI spec translated into flags, or none (pinmatrix/runners/cdi.py gpu_access). Raises
+        CDI spec translated into flags, or none (pinmatrix/containers/cdi.py gpu_access). Raises
         cdi.CdiError for a broken spec and ValueError for a GPU name no route can carry."""
         if self.cpu_only or gpu == "":
             return cdi.GpuAccess("none", why="CPU only (--cpu)")
@@ -472,7 +483,7 @@ class DockerRunner:
             if has_result and reason is None:
                 final = out_dir / RESULT_NAME
                 os.replace(staged, final)
-                # The image must hold exactly the lock (pinmatrix.runners.drift, shared with the
+                # The image must hold exactly the lock (pinmatrix.environ.drift, shared with the
                 # venv runner).
                 drift = result_drift(final, (prepared.details or {}).get("locked") or {})
                 if drift:
@@ -544,19 +555,22 @@ class DockerRunner:
 
     def _engine_failure(self, what: str, detail: str, log_path: Path) -> RunOutcome:
         log_path.write_text(detail)
-        alive = self._docker("version", "--format", "{{.Server.Version}}").returncode == 0
+        alive = self._alive()
         signature = "container-create-failed" if alive else "engine-unreachable"
-        reason = what if alive else f"{what}: the Docker daemon is unreachable"
+        reason = what if alive else f"{what}: {self.engine.title} is unreachable"
         return RunOutcome(None, reason, signature, tail(detail))
 
     # -- plumbing ------------------------------------------------------------------------------
+    def _alive(self) -> bool:
+        return self._docker(*self.engine.alive_args()[1:]).returncode == 0
+
     def _base_image_id(self) -> str:
         self.ensure_base_image()
         proc = self._docker("image", "inspect", "--format", "{{.Id}}", self.base_image)
         if proc.returncode != 0:
-            if self._docker("version", "--format", "{{.Server.Version}}").returncode != 0:
-                raise InfraError("the Docker daemon is unreachable", signature="engine-unreachable",
-                                 log_tail=proc.stderr)
+            if not self._alive():
+                raise InfraError(f"{self.engine.title} is unreachable",
+                                 signature="engine-unreachable", log_tail=proc.stderr)
             raise InfraError(f"base image {self.base_image} is not in the engine"
                              + (" and --pull never: pull or build it first (the local Debian base:"
                                 " docker/base/build-base.sh)" if self.pull == "never" else ""),
@@ -643,3 +657,31 @@ def _redacted(cmd: Sequence[str]) -> str:
 
 def _container_name_part(value: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]+", "_", value).strip("._-") or "cell"
+
+
+def create(settings: RunnerSettings, run_dir: Path, engine: Engine | None,
+           base_image: str | None, runner: type[DockerRunner] | None = None) -> DockerRunner:
+    """One container runner for the cells of one base image (None: the default base), on `engine`
+    (the registry finds it before any runner is made). `runner`: the class to make, for the
+    runners built on this one (pinmatrix/runners/podman.py)."""
+    if engine is None:
+        raise ValueError("a container runner needs an engine")
+    extra: dict[str, Any] = {"base_image": base_image} if base_image else {}
+    extra["compile_cache"] = settings.compile_cache
+    extra["pull"] = settings.pull or "missing"
+    if settings.model_cache is not None:  # mounted read-only at /hf in every cell
+        extra["hf_home"] = Path(settings.model_cache)
+    return (runner or DockerRunner)(engine, settings.sources, run_dir, cpu_only=settings.cpu,
+                                    **extra)
+
+
+ENGINE = EngineNeed(
+    label="Docker", capability="Docker client + BuildKit",
+    remedy="install Docker (Debian: `apt-get install docker.io`), start the daemon, and make sure "
+           "your user may reach it; or use `--runner venv`",
+    # through the module, so a test that replaces engines.find_engine is heard
+    find=lambda: engines.find_engine(), message=lambda: engines.engine_message())
+KIND = RunnerKind(name="docker",
+                  summary="an image per cell, built with BuildKit on a Docker engine",
+                  isolates=True, builds_images=True, tests_installed=False, create=create,
+                  engine=ENGINE)

@@ -31,17 +31,27 @@ from typing import Any, Mapping, Sequence
 from pinmatrix import interrupt
 from pinmatrix.activity import doing
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.runners.interpreters import (
+from pinmatrix.environ.interpreters import (
     missing_python_message,
     python_for,
     uv_could_not_get_python,
 )
 from pinmatrix.errors import InfraError
 from pinmatrix.fsio import read_json, write_text_atomic
-from pinmatrix.runners import compile_cache, gpu_lock
-from pinmatrix.runners.base import RESULT_NAME, RUN_LOG_NAME, Prepared, RunOutcome, tail
-from pinmatrix.runners.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
-from pinmatrix.runners.site_rules import normalise, sites_for
+from pinmatrix.containers import gpu_lock
+from pinmatrix.environ import compile_cache
+from pinmatrix.containers.engine import Engine
+from pinmatrix.runners.base import (
+    RESULT_NAME,
+    RUN_LOG_NAME,
+    Prepared,
+    RunnerKind,
+    RunnerSettings,
+    RunOutcome,
+    tail,
+)
+from pinmatrix.environ.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
+from pinmatrix.environ.site_rules import normalise, sites_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_MARKER = ".pinmatrix-ready.json"
@@ -64,13 +74,13 @@ class VenvRunner:
     system_site_packages: bool = False
     offline: bool = False
     no_install: bool = False
-    # folders, or ExtraSite rules (pinmatrix/runners/site_rules.py); normalised to rules after init
+    # folders, or ExtraSite rules (pinmatrix/environ/site_rules.py); normalised to rules after init
     extra_sites: Sequence[Any] = ()
     # an interpreter path for every venv (e.g. the one holding a CUDA torch), or one per Python
-    # version ({"3.12": path, "": every other}; pinmatrix/runners/interpreters.py)
+    # version ({"3.12": path, "": every other}; pinmatrix/environ/interpreters.py)
     base_python: Mapping[str, str] | str | None = None
     probes_root: Path = REPO_ROOT  # the folder that holds `probes/`, put on PYTHONPATH
-    # pinmatrix/runners/compile_cache.py: one folder per venv key under this root; None
+    # pinmatrix/environ/compile_cache.py: one folder per venv key under this root; None
     # (--no-compile-cache):
     # a fresh empty folder in each run's work folder
     compile_cache_root: Path | None = compile_cache.DEFAULT_ROOT
@@ -81,7 +91,7 @@ class VenvRunner:
         self.venv_root = Path(self.venv_root)
         self.extra_sites = normalise(
             self.extra_sites
-        )  # pinmatrix/runners/site_rules.py: some only for some cells
+        )  # pinmatrix/environ/site_rules.py: some only for some cells
         self.notes: list[str] = []
         if self.uv is None:
             self.notes.append(
@@ -533,7 +543,7 @@ class VenvRunner:
         locked = (
             parse_lock((lock_dir / "requirements.lock").read_text()) if lock_dir.is_dir() else {}
         )
-        # pinmatrix.runners.drift: the comparison both runners share
+        # pinmatrix.environ.drift: the comparison both runners share
         return lock_drift(locked, packages, pins)
 
 
@@ -629,3 +639,18 @@ def _as_list(value: Any) -> list[Any]:
     if isinstance(value, (str, Path)):
         return [value]
     return list(value)
+
+
+def create(settings: RunnerSettings, run_dir: Path, engine: Engine | None,
+           base_image: str | None) -> VenvRunner:
+    """The run's one venv runner (the cell's base image means nothing here)."""
+    return VenvRunner(venv_root=settings.venv_dir or DEFAULT_VENV_ROOT, sources=settings.sources,
+                      system_site_packages=settings.system_site_packages,
+                      offline=settings.offline, no_install=settings.no_install,
+                      extra_sites=tuple(settings.extra_sites), base_python=settings.venv_python,
+                      compile_cache_root=(compile_cache.DEFAULT_ROOT if settings.compile_cache
+                                          else None))
+
+
+KIND = RunnerKind(name="venv", summary="a venv per cell on this host (uv, else the venv module)",
+                  isolates=False, builds_images=False, tests_installed=True, create=create)

@@ -233,7 +233,7 @@ def require_flash_attn_4(ctx: Any) -> dict[str, Any]:
 
 # FA4's persistent JIT cache (flash_attn/cute/cache_utils.py, flash-attn-4 4.0.0b36): off unless
 # FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1, in FLASH_ATTENTION_CUTE_DSL_CACHE_DIR (default
-# /tmp/$USER/flash_attention_cute_dsl_cache); the runners set both (pinmatrix/runners/compile_cache.py).
+# /tmp/$USER/flash_attention_cute_dsl_cache); the runners set both (pinmatrix/environ/compile_cache.py).
 FA4_CACHE_ENV = ("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.runners.engine import Engine, engine_message, find_engine
+from pinmatrix.containers.engine import Engine, engine_message, find_engine
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE
 
 

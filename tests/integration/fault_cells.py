@@ -177,7 +177,6 @@ def install(probes_root: Path, settings: dict[str, Any], patch: Any = None) -> N
     """Point the pipeline at the stand-ins. `patch(obj, name, value)`: pytest's monkeypatch.setattr,
     or setattr."""
     import pinmatrix.run.pipeline as pipeline
-    import pinmatrix.run.runner_choice as runner_choice
 
     setter = patch or setattr
     # The pipeline asks choose_resolver for the per-cell resolver (uv's, resolved up front in
@@ -185,7 +184,7 @@ def install(probes_root: Path, settings: dict[str, Any], patch: Any = None) -> N
     # the --no-install one); the stand-in replaces that choice.
     setter(pipeline, "choose_resolver", lambda opts, resolve: stand_in_resolve)
 
-    def docker_runner(engine: Any, opts: Any, run_dir: Path, base_image: str | None) -> Any:
+    def docker_runner(opts: Any, run_dir: Path, engine: Any, base_image: str | None) -> Any:
         from types import SimpleNamespace
 
         from pinmatrix.runners.docker import DockerRunner
@@ -206,15 +205,26 @@ def install(probes_root: Path, settings: dict[str, Any], patch: Any = None) -> N
             context_root=Path(settings["context_root"]),
         )
 
-    def venv_runner(opts: Any) -> Any:
+    def venv_runner(opts: Any, run_dir: Path, engine: Any, base_image: str | None) -> Any:
         from pinmatrix.runners.venv import VenvRunner
 
         return VenvRunner(venv_root=Path(settings["venv_root"]), no_install=True,
                           probes_root=Path(probes_root),
                           base_python=settings.get("base_python") or sys.executable)
 
-    setter(runner_choice, "make_docker_runner", docker_runner)
-    setter(runner_choice, "make_venv_runner", venv_runner)
+    use_runner("docker", docker_runner, setter)
+    use_runner("venv", venv_runner, setter)
+
+
+def use_runner(name: str, factory: Any, patch: Any = None) -> None:
+    """Make the registry's `name` kind build its runners with `factory(settings, run_dir, engine,
+    base_image)` (pinmatrix/runners/base.py RunnerFactory); `patch` as in `install`."""
+    import dataclasses
+
+    from pinmatrix.runners import registry
+
+    kinds = {**registry.RUNNERS, name: dataclasses.replace(registry.get(name), create=factory)}
+    (patch or setattr)(registry, "RUNNERS", kinds)
 
 
 def child_main(argv: list[str]) -> int:

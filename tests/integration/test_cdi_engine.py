@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.runners import cdi
+from pinmatrix.containers import cdi
 from pinmatrix.runners.base import Prepared
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE, DockerRunner
-from pinmatrix.runners.engine import Engine
+from pinmatrix.containers.engine import Engine
 
 pytestmark = pytest.mark.integration
 

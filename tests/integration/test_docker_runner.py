@@ -22,9 +22,9 @@ from typing import Any, Iterator
 import pytest
 from cpu_stack import download_wheels
 
-from pinmatrix.runners import compile_cache
+from pinmatrix.environ import compile_cache
 from pinmatrix.cell import Cell, Lock
-from pinmatrix.runners.engine import Engine
+from pinmatrix.containers.engine import Engine
 from pinmatrix.errors import InfraError
 from pinmatrix.runners.base import Prepared, RunOutcome
 from pinmatrix.runners.docker import DOCKERFILE, PROBES_DIR, DockerRunner

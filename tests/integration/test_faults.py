@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import pytest
 
 from pinmatrix.errors import EXIT_INFRA
-from pinmatrix.runners.engine import Engine
+from pinmatrix.containers.engine import Engine
 from pinmatrix.run.options import RunOptions
 from pinmatrix.run.pipeline import run_matrix
 from pinmatrix.results import CellResult, Damaged, load_result
@@ -265,13 +265,12 @@ def test_per_check_timeout_from_the_cli_stops_a_real_check(tmp_path: Path,
                     "`nox -s tests`")
     sites = [site]
     import pinmatrix.run.pipeline as pipeline
-    import pinmatrix.run.runner_choice as runner_choice
     from pinmatrix.runners.venv import VenvRunner
 
     monkeypatch.setattr(pipeline, "choose_resolver", lambda opts, resolve: fc.stand_in_resolve)
-    monkeypatch.setattr(runner_choice, "make_venv_runner", lambda opts: VenvRunner(
+    fc.use_runner("venv", lambda *_: VenvRunner(
         venv_root=tmp_path / "venvs", no_install=True, extra_sites=(sites[0],), probes_root=ROOT,
-        base_python=sys.executable))
+        base_python=sys.executable), monkeypatch.setattr)
     # 5000 steps take minutes on any CPU: only the 0.5 s per-check timeout can end the check in time
     # (12 steps once finished in 0.38 s on a fast CI machine, before the timeout could fire).
     matrix = fc.write_matrix(tmp_path / "matrix.yaml", ["5.17.0"], checks=("lora-train",),
@@ -314,13 +313,12 @@ def test_a_probe_stopped_at_the_cell_limit_leaves_what_had_finished(
         "Metadata-Version: 2.1\nName: xformers\nVersion: 0.0.35\n")
     (hanging / "xformers-0.0.35.dist-info" / "RECORD").write_text("")
     import pinmatrix.run.pipeline as pipeline
-    import pinmatrix.run.runner_choice as runner_choice
     from pinmatrix.runners.venv import VenvRunner
 
     monkeypatch.setattr(pipeline, "choose_resolver", lambda opts, resolve: fc.stand_in_resolve)
-    monkeypatch.setattr(runner_choice, "make_venv_runner", lambda opts: VenvRunner(
+    fc.use_runner("venv", lambda *_: VenvRunner(
         venv_root=tmp_path / "venvs", no_install=True, extra_sites=(site, hanging),
-        probes_root=ROOT, base_python=sys.executable))
+        probes_root=ROOT, base_python=sys.executable), monkeypatch.setattr)
     matrix = fc.write_matrix(tmp_path / "matrix.yaml", ["5.17.0"], checks=("imports", "kernels"),
                              cell_timeout_s=30)
     text = matrix.read_text().replace('xformers: [none]', 'xformers: ["0.0.35"]')
@@ -373,14 +371,14 @@ def test_full_reports_disk_stops_cleanly_and_keeps_what_finished(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fc.install(probes_root, venv_settings, monkeypatch.setattr)
-    import pinmatrix.run.runner_choice as runner_choice
+    from pinmatrix.runners import registry
 
-    made = runner_choice.make_venv_runner
+    made = registry.get("venv").create
     fills: list[Path] = []
 
     class FillsTheDiskOnTheSecondCell:
         def __init__(self) -> None:
-            self.inner, self.calls = made(None), 0
+            self.inner, self.calls = made(None, tmp_path, None, None), 0
             self.name, self.notes = self.inner.name, self.inner.notes
 
         def prepare(self, cell: Any, lock: Any) -> Any:
@@ -401,8 +399,7 @@ def test_full_reports_disk_stops_cleanly_and_keeps_what_finished(
                 fills.append(_fill(tiny_disk))
             return self.inner.run(*args, **kw)
 
-    monkeypatch.setattr(runner_choice, "make_venv_runner",
-                        lambda opts: FillsTheDiskOnTheSecondCell())
+    fc.use_runner("venv", lambda *_: FillsTheDiskOnTheSecondCell(), monkeypatch.setattr)
     matrix = fc.write_matrix(tmp_path / "matrix.yaml", [fc.OK, fc.OK2, fc.OK3])
     summary = run_matrix(_opts(matrix, tiny_disk / "reports", "venv"), echo=lambda _: None)
     assert fills and summary.stopped and "full" in summary.stopped, summary

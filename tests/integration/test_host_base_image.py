@@ -29,9 +29,9 @@ import pytest
 
 from pinmatrix.cell import Cell, Lock, provided_by_base
 from pinmatrix.resolve.uv import resolve
-from pinmatrix.runners import host_base
+from pinmatrix.containers import host_base
 from pinmatrix.runners.docker import DockerRunner
-from pinmatrix.runners.engine import Engine
+from pinmatrix.containers.engine import Engine
 
 pytestmark = pytest.mark.integration
 

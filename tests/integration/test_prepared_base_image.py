@@ -22,7 +22,7 @@ from pinmatrix.cell import Cell, Lock, install_lock, parse_lock, provided_by_bas
 from pinmatrix.errors import ResolveInfraError
 from pinmatrix.resolve.uv import resolve
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE, DockerRunner
-from pinmatrix.runners.engine import Engine
+from pinmatrix.containers.engine import Engine
 
 pytestmark = pytest.mark.integration
 

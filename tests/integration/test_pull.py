@@ -22,7 +22,7 @@ import pytest
 
 from pinmatrix.errors import InfraError
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE, DockerRunner
-from pinmatrix.runners.engine import Engine
+from pinmatrix.containers.engine import Engine
 
 
 def unavailable(reason: str) -> None:

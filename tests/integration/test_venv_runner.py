@@ -236,7 +236,7 @@ def test_compile_cache_outlives_the_run_per_stack_and_can_be_turned_off(
     stack, at prepare (even where the host says PYTHONDONTWRITEBYTECODE), and read, never rewritten,
     by the runs; kernels a run leaves there seen as warm by the next run; a different stack gets
     its own folder; without the cache every run is cold and nothing is precompiled."""
-    from pinmatrix.runners import compile_cache
+    from pinmatrix.environ import compile_cache
 
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")   # as on the lent H100's image
     root = tmp_path / "compile"

@@ -11,7 +11,7 @@ import pytest
 from pinmatrix.cell import Cell, extras_lines, split_extras
 from pinmatrix.errors import MatrixError
 from pinmatrix.matrix.load import load_matrix
-from pinmatrix.runners.installed import pin_mismatches
+from pinmatrix.environ.installed import pin_mismatches
 
 ROOT = Path(__file__).resolve().parents[2]
 MATRIX = """\

@@ -14,7 +14,7 @@ import pytest
 from pinmatrix import bundle
 from pinmatrix.cell import Cell
 from pinmatrix.errors import UsageError
-from pinmatrix.runners.site_rules import parse_extra_site, sites_for
+from pinmatrix.environ.site_rules import parse_extra_site, sites_for
 
 
 def cell(**pins: str) -> Cell:

@@ -1,4 +1,4 @@
-"""CDI specs (pinmatrix/runners/cdi.py): parsing with file:line errors, translation into engine
+"""CDI specs (pinmatrix/containers/cdi.py): parsing with file:line errors, translation into engine
 flags, the route chosen, and `python -m pinmatrix cdi-spec` on a fake device root."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.commands import cdi_spec
-from pinmatrix.runners import cdi
+from pinmatrix.containers import cdi
 
 REPO = Path(__file__).resolve().parents[2]
 

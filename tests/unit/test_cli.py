@@ -49,8 +49,8 @@ def test_bad_selector_exits_2(capsys, tmp_path, selector, words):
 def test_bad_runner_exits_2(capsys, tmp_path):
     reports = tmp_path / "reports"
     code, _, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports), "--runner",
-                       "podman")
-    assert code == 2 and "--runner 'podman'" in err and "auto, docker, venv" in err
+                       "singularity")
+    assert code == 2 and "--runner 'singularity'" in err and "auto, docker, podman, venv" in err
     assert not reports.exists()
 
 

@@ -30,7 +30,7 @@ BAD = [
     ("timeout-inf", ["--timeout", "inf"], "--timeout"),
     ("check-timeout-zero", ["--check-timeout", "0"], "--check-timeout"),
     ("check-timeout-not-a-number", ["--check-timeout", "1m"], "--check-timeout"),
-    ("runner-unknown", ["--runner", "podman"], "podman"),
+    ("runner-unknown", ["--runner", "singularity"], "singularity"),
     ("selector-unknown-axis", ["nosuchaxis=1"], "nosuchaxis"),
     ("selector-matches-nothing", ["transformers=9.9.9"], "9.9.9"),
     ("selector-shell-syntax", ["transformers=$(touch /tmp/pinmatrix-cli-pwned)"], "transformers"),

@@ -1,13 +1,13 @@
-"""pinmatrix/runners/compile_cache.py and the probe's reading of it (probes/environment.py)."""
+"""pinmatrix/environ/compile_cache.py and the probe's reading of it (probes/environment.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from pinmatrix.runners import compile_cache
+from pinmatrix.environ import compile_cache
 from pinmatrix.cell import Lock
-from pinmatrix.runners.container_args import Mount
+from pinmatrix.containers.container_args import Mount
 from probes.environment import COMPILE_CACHE_ENV, compile_cache_state
 
 LOCK = Lock("c", "3.12", "torch==2.11.0\n", "torch==2.11.0\ntransformers==5.17.0\n")

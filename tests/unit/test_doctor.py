@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.runners.interpreters import find
+from pinmatrix.environ.interpreters import find
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
@@ -86,7 +86,7 @@ def test_an_unreachable_index_without_a_wheelhouse_stops_with_exit_2(tmp_path):
 
 
 def test_pull_never_without_the_base_image_stops_with_exit_2(tmp_path):
-    from pinmatrix.runners.engine import find_engine
+    from pinmatrix.containers.engine import find_engine
 
     if find_engine() is None:
         pytest.skip("needs a Docker engine")
@@ -120,7 +120,7 @@ def _absent_image_matrix(tmp_path, image: str) -> Path:
 def test_no_base_image_and_no_reachable_registry_stops_at_once_with_exit_2(tmp_path):
     """A real host without the image and without a way to its registry (a closed local port):
     every cell would be `infra: pull-registry-unreachable`, so nothing is run."""
-    from pinmatrix.runners.engine import find_engine
+    from pinmatrix.containers.engine import find_engine
 
     if find_engine() is None:
         pytest.skip("needs a Docker engine")
@@ -145,7 +145,7 @@ def test_a_reachable_registry_is_not_a_blocker(tmp_path):
     """The same absent image behind a port that answers: the doctor says it will be pulled."""
     import socket
 
-    from pinmatrix.runners.engine import find_engine
+    from pinmatrix.containers.engine import find_engine
 
     if find_engine() is None:
         pytest.skip("needs a Docker engine")

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import pytest
 
-from pinmatrix.runners import engine as eng
+from pinmatrix.containers import engine as eng
 
 
 def test_candidates_prefer_env_then_well_known_then_path_each_once() -> None:

@@ -12,8 +12,8 @@ import pytest
 
 from pinmatrix.cell import Cell
 from pinmatrix.resolve.uv import ResolveInfraError
-from pinmatrix.runners import env_check
-from pinmatrix.runners.installed import lock_from_environment
+from pinmatrix.environ import env_check
+from pinmatrix.environ.installed import lock_from_environment
 from probes.signatures import classify
 
 

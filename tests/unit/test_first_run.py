@@ -61,7 +61,7 @@ def test_an_inconsistent_prepared_environment_is_infra_and_exits_3(tmp_path):
 
 
 def _absent_python() -> str | None:
-    from pinmatrix.runners.interpreters import find
+    from pinmatrix.environ.interpreters import find
 
     for version in ("3.9", "3.8", "3.7"):
         if find(version).source in (None, "downloadable"):
@@ -125,7 +125,7 @@ def test_uv_s_wrapped_words_still_say_the_python_could_not_be_downloaded():
     """uv wraps its errors to COLUMNS: at 80 (a narrow terminal, a pytest-xdist worker) the URL
     leaves the "Failed to download" line, and the cell read as a failed venv instead of a missing
     Python with its remedy."""
-    from pinmatrix.runners.interpreters import uv_could_not_get_python
+    from pinmatrix.environ.interpreters import uv_could_not_get_python
 
     wrapped = ("error: Request failed after 3 retries in 8.8s\n  cause: Failed to download\n"
                "  `http://127.0.0.1:9/20251031/cpython-3.9.25%2B20251031-x86_64-unknown-linux-gnu-"

@@ -1,6 +1,6 @@
-"""Several cells on one GPU (probes/gpu_share.py, pinmatrix/runners/gpu_lock.py): compat work shares
-the lock, a speed phase has it alone and is not starved by compat work that keeps coming. Real
-processes and real flock, nothing mocked."""
+"""Several cells on one GPU (probes/gpu_share.py, pinmatrix/containers/gpu_lock.py): compat work
+shares the lock, a speed phase has it alone and is not starved by compat work that keeps coming.
+Real processes and real flock, nothing mocked."""
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.run.scheduler import SchedulerError, device_tokens
-from pinmatrix.runners import gpu_lock
+from pinmatrix.containers import gpu_lock
 from probes.gpu_share import GpuShare
 
 REPO = Path(__file__).resolve().parents[2]

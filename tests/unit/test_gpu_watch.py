@@ -1,7 +1,7 @@
 """Where each cell ran and what it really used (pinmatrix/run/gpu_watch.py), the per-GPU
 timeline
 and the concurrent-vs-alone comparison (pinmatrix/report/gpus.py), per-cell extra sites
-(pinmatrix/runners/site_rules.py). No GPU: nvidia-smi is faked."""
+(pinmatrix/environ/site_rules.py). No GPU: nvidia-smi is faked."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pinmatrix.report.markdown import render_markdown
 from pinmatrix.report.summary import merge
 from pinmatrix.report.gpus import compare, render_compare, render_timeline, timeline
 from pinmatrix.report.gpus import main as gpus_main
-from pinmatrix.runners.site_rules import ExtraSite, parse_extra_site, sites_for
+from pinmatrix.environ.site_rules import ExtraSite, parse_extra_site, sites_for
 
 GPUS = "0, GPU-aaa, 97, 60000, 1980, 650.1, 5, 16\n1, GPU-bbb, 0, 600, 345, 70.0, 5, 16\n"
 

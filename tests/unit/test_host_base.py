@@ -1,6 +1,6 @@
-"""The pure parts of `python -m pinmatrix base-image` (pinmatrix/runners/host_base.py), no engine:
-ldd output parsing, the file set (symlinked folders on the way, relocation, generated members),
-tar member order and modes, and the command's bad-input exits on the real interpreter."""
+"""The pure parts of `python -m pinmatrix base-image` (pinmatrix/containers/host_base.py), no
+engine: ldd output parsing, the file set (symlinked folders on the way, relocation, generated
+members), tar member order and modes, and the command's bad-input exits on the real interpreter."""
 from __future__ import annotations
 
 import io
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.runners import host_base
-from pinmatrix.runners.host_base import FileSet, Member, image_mode, parse_ldd, write_tar
+from pinmatrix.containers import host_base
+from pinmatrix.containers.host_base import FileSet, Member, image_mode, parse_ldd, write_tar
 
 REPO = Path(__file__).resolve().parents[2]
 

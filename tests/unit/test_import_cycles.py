@@ -106,3 +106,29 @@ def test_no_import_cycles():
     assert not found, "import cycles among pinmatrix modules:\n" + "\n".join(
         " ↔ ".join(c) for c in found
     )
+
+
+# Where a cell runs, in layers: a runner stands on container engines and environment inspection,
+# and neither of those knows a runner, a run, or the command line. (Package → the pinmatrix
+# packages it may import besides its own and the shared top-level modules.)
+LAYERS = {
+    "pinmatrix.containers": set(),
+    "pinmatrix.environ": {"pinmatrix.containers"},
+    "pinmatrix.runners": {"pinmatrix.containers", "pinmatrix.environ"},
+}
+
+
+def test_runner_layers_point_one_way():
+    packages = {m for m in module_names() if m.count(".") == 1 and module_names()[m].name ==
+                "__init__.py"}
+    wrong = []
+    for module, targets in import_graph().items():
+        layer = next((p for p in LAYERS if module == p or module.startswith(p + ".")), None)
+        if layer is None:
+            continue
+        for target in targets:
+            package = next((p for p in packages if target == p or target.startswith(p + ".")),
+                           None)
+            if package is not None and package != layer and package not in LAYERS[layer]:
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, "\n".join(sorted(wrong))

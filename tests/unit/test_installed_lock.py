@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pinmatrix.cell import Cell
-from pinmatrix.runners.installed import lock_from_environment, pin_mismatches
+from pinmatrix.environ.installed import lock_from_environment, pin_mismatches
 from pinmatrix.resolve.uv import ResolveInfraError
 
 PY = "%d.%d" % sys.version_info[:2]

@@ -136,7 +136,7 @@ def test_ci_workflow_uses_only_declared_options():
 
 def test_venv_python_takes_one_interpreter_per_version():
     from pinmatrix.errors import UsageError
-    from pinmatrix.runners.interpreters import parse_venv_python, python_for
+    from pinmatrix.environ.interpreters import parse_venv_python, python_for
 
     given = parse_venv_python(["3.12=/a/python3.12", "/b/python", "3.11=/c/python3.11"])
     assert given == {"3.12": "/a/python3.12", "": "/b/python", "3.11": "/c/python3.11"}

@@ -20,8 +20,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from pinmatrix.cell import NONE, Cell, Lock, normalize_name
-from pinmatrix.resolve.uv import ResolveInfraError
-from pinmatrix.runners import env_check
+from pinmatrix.errors import ResolveInfraError
+from pinmatrix.environ import env_check
 
 # Run inside the target interpreter: every distribution it sees, as {name: version}.
 _LIST_DISTRIBUTIONS = (
@@ -90,7 +90,7 @@ def _satisfies(installed: str, pin: str) -> bool:
 
 def environment_conflicts(cell: Cell, python: str, extra_sites: Sequence[Path] = ()) -> list[str]:
     """Every unmet requirement among the cell's pinned packages and what they require, transitively
-    (pinmatrix/runners/env_check.py), as `python` sees them with `extra_sites` first."""
+    (pinmatrix/environ/env_check.py), as `python` sees them with `extra_sites` first."""
     roots = [axis for axis, value in cell.pins.items()
              if axis not in NOT_PACKAGES and value != NONE]
     try:
@@ -126,8 +126,8 @@ def environment_resolver(python: Mapping[str, str] | str | None, extra_sites: Se
     """A resolve_fn for the pipeline: same signature as pinmatrix.resolve.uv.resolve. `python`:
     --venv-python (one interpreter, or one per Python version)."""
     def resolve_installed(cell: Cell, sources: object, out_dir: Path) -> Lock:
-        from pinmatrix.runners.interpreters import python_for
-        from pinmatrix.runners.site_rules import sites_for
+        from pinmatrix.environ.interpreters import python_for
+        from pinmatrix.environ.site_rules import sites_for
 
         chosen = python_for(python, str(cell.pins.get("python") or ""))
         lock = lock_from_environment(cell, chosen, sites_for(cell, extra_sites))

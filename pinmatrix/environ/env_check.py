@@ -5,7 +5,7 @@ The interpreter under test only lists what it holds (`DUMP`, stdlib only, so a v
 `packaging` can be checked); the requirements are judged here with `packaging`, against the marker
 environment of that interpreter, not the harness's.
 
-    python -m pinmatrix.runners.env_check [--python PY] [--site DIR]... [LABEL]  -> one JSON line
+    python -m pinmatrix.environ.env_check [--python PY] [--site DIR]... [LABEL]  -> one JSON line
 
 (lab/gpu-lease/h200_env_check.py, the device-side script this grew from, now calls this.)
 """
@@ -166,7 +166,7 @@ def check(python: str, sites: Sequence[Path | str] = (),
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pinmatrix.runners.env_check",
+    parser = argparse.ArgumentParser(prog="python -m pinmatrix.environ.env_check",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("label", nargs="?", default="")
     parser.add_argument("--python", default=sys.executable)

@@ -41,7 +41,7 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from pinmatrix.errors import UsageError
-from pinmatrix.runners.container_args import Mount, gpu_args
+from pinmatrix.containers.container_args import Mount, gpu_args
 
 GPU_KIND = "nvidia.com/gpu"
 DEFAULT_DIRS = ("/etc/cdi", "/var/run/cdi")

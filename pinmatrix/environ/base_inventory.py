@@ -55,7 +55,7 @@ def read_inventory(image: str, engine: Any = None) -> Inventory:
     """The image's inventory; raises ResolveInfraError (`base-image-missing`, `base-inventory`)
     when there is no engine, no such image, or the image cannot run python3."""
     if engine is None:
-        from pinmatrix.runners.engine import engine_message, find_engine
+        from pinmatrix.containers.engine import engine_message, find_engine
 
         engine = find_engine()
         if engine is None:
