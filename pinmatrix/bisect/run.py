@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -162,7 +163,9 @@ def _step_matrix(
             axis: [version if axis == package else value] for axis, value in base_pins.items()
         },
         "models": {
-            m.name: {"repo": m.repo, "revision": m.revision, "kind": m.kind} for m in matrix.models
+            m.name: {"repo": m.repo, "revision": m.revision, "kind": m.kind}
+            | ({"unpinned": m.unpinned} if getattr(m, "unpinned", "") else {})
+            for m in matrix.models
         },
         "checks": list(groups),
         "settings": dict(matrix.settings),
@@ -274,6 +277,7 @@ def run_bisect(
     from pinmatrix.run.folder import new_run_dir
     from pinmatrix.run.pipeline import run_matrix
 
+    started = time.monotonic()
     plan = plan_bisect(spec, opts, list_files=list_files)
     listed, checks = plan.listed, plan.checks
     folder = new_run_dir(opts.reports_dir, f"bisect-{spec.package}")
@@ -395,6 +399,7 @@ def run_bisect(
         raise BisectInputError(
             f"bisect {spec.package}: {exc} (evidence: {folder / 'bisect.md'})"
         ) from None
+    base["wall_s"] = round(time.monotonic() - started, 1)  # the whole bisect, choosing included
     _write(folder, spec, listed, result, steps, checks, plan=plan, base=base)
     return folder, result
 
@@ -502,10 +507,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
             "",
         ]
         if doc.get("monotonic") is None:
+            switch = "bad to good" if doc.get("direction") == "first-good" else "good to bad"
             out += [
-                "Binary search assumes one switch from good to bad; `--all` probes every release "
-                "and "
-                "checks that.",
+                f"Binary search assumes one switch from {switch}; `--all` probes every release "
+                "and checks that.",
                 "",
             ]
     elif doc.get("stopped"):
@@ -541,7 +546,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"- releases in range: {len(doc['releases_in_range'])} "
         f"({', '.join(doc['releases_in_range'])})",
         f"- releases judged: {judged}; probes run now: {run_now}; "
-        f"from the result cache: {judged - run_now}",
+        f"from the result cache: {judged - run_now}"
+        + (f"; wall time {base['wall_s']} s" if base.get("wall_s") is not None else ""),
     ]
     if doc.get("yanked_left_out"):
         out.append(f"- yanked, left out: {', '.join(doc['yanked_left_out'])}")
@@ -650,7 +656,31 @@ def _print_plan(spec: BisectSpec, plan: BisectPlan) -> int:
         follow = companions_at(plan.companions, version)
         if follow:
             print(f"plan: at {version}: {describe_pins(follow, plan.axes)} (include rules)")
+    checked = _check_step_matrices(spec, plan, (good_end, other_end))
+    print(f"plan: {checked} step matrices written and loaded back (one cell each); nothing probed")
     return 0
+
+
+def _check_step_matrices(spec: BisectSpec, plan: BisectPlan, versions: Sequence[str]) -> int:
+    """Every stack's step matrix at `versions`, loaded as the steps will load it: a bad one is bad
+    input now, not after the first probe."""
+    import tempfile
+
+    from pinmatrix.matrix.load import load_matrix
+
+    count = 0
+    with tempfile.TemporaryDirectory(prefix="pinmatrix-bisect-plan-") as tmp:
+        for index in range(len(plan.candidates)):
+            for version in versions:
+                path = Path(tmp) / f"{version}.base{index}.yaml"
+                pins = plan.step_pins(index, spec.package, version)
+                step = _step_matrix(plan.matrix, pins, spec.package, version, plan.step_groups)
+                path.write_text(yaml.safe_dump(step, sort_keys=False), encoding="utf-8")
+                cells = load_matrix(path).expand()
+                if len(cells) != 1 or cells[0].pins.get(spec.package) != version:
+                    raise BisectInputError(f"bisect: the step matrix {path.name} is not one cell")
+                count += 1
+    return count
 
 
 __all__ += ["bisect_command", "BisectInputError", "PinmatrixError"]
