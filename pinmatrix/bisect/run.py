@@ -88,6 +88,8 @@ class BisectSpec:
     first_good: bool = False  # the first release where the target holds (old end bad, new good)
     fact: str | None = None  # bad only where this surface fact (or grouped cause) fails
     plan: bool = False  # list the releases and the chosen stack, probe nothing
+    # a second package that moves with PACKAGE (unsloth and the trl it caps): (name, old, new)
+    together: tuple[str, str, str] | None = None
 
 
 def parse_spec(
@@ -100,6 +102,7 @@ def parse_spec(
     first_good: bool = False,
     fact: str | None = None,
     plan: bool = False,
+    together: str | None = None,
 ) -> BisectSpec:
     """PACKAGE GOOD..BAD [selectors...] from the command's positional arguments (with
     `first_good`: OLD..NEW, the old end bad and the new one good)."""
@@ -118,6 +121,21 @@ def parse_spec(
             raise UsageError(f"bisect {package} {span!r}: {end[:60]!r} is not a version") from None
     if signature and fact:
         raise UsageError("bisect: --signature and --fact each name the break to follow; give one")
+    pair: tuple[str, str, str] | None = None
+    if together:
+        other, eq, other_span = together.partition("=")
+        old, dots, new = other_span.partition("..")
+        if not eq or not dots or not other or not old or not new or other == package:
+            raise UsageError(
+                f"bisect --with {together[:80]!r}: the other package is PKG=OLD..NEW, e.g. "
+                "trl=0.24.0..1.15.0"
+            )
+        for end in (old, new):
+            try:
+                Version(end)
+            except (InvalidVersion, ValueError):
+                raise UsageError(f"bisect --with: {end[:60]!r} is not a version") from None
+        pair = (other, old, new)
     return BisectSpec(
         package,
         good,
@@ -130,6 +148,7 @@ def parse_spec(
         first_good,
         fact,
         plan,
+        pair,
     )
 
 
@@ -219,6 +238,95 @@ class BisectPlan:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    spec: BisectSpec
+    opts: RunOptions
+    plan: BisectPlan
+    folder: Path
+    echo: Echo
+
+
+def run_step(
+    context: StepContext,
+    pins: dict[str, str],
+    version: str,
+    suffix: str,
+    steps: dict[str, dict[str, Any]],
+) -> Judgement:
+    """One step: a one-cell matrix with these pins, run through the pipeline, judged on the
+    target; its record goes into `steps` under `version` (the release, or the pair's label)."""
+    from pinmatrix.run.pipeline import run_matrix
+
+    spec, opts, plan, folder, echo = (
+        context.spec,
+        context.opts,
+        context.plan,
+        context.folder,
+        context.echo,
+    )
+    checks = plan.checks
+    step = folder / "matrices" / f"{version}{suffix}.yaml"
+    release = pins[spec.package]
+    write_text_atomic(
+        step,
+        yaml.safe_dump(
+            _step_matrix(plan.matrix, pins, spec.package, release, plan.step_groups),
+            sort_keys=False,
+        ),
+    )
+    echo(f"bisect {spec.package}: probing {version}{suffix} ({len(steps) + 1} so far)")
+    step_opts = dataclasses.replace(
+        opts,
+        matrix_path=step,
+        selectors=(),
+        label=f"bisect-{spec.package}-{version}{suffix}",
+        run_dir=None,
+        resume=None,
+        shard=None,
+    )
+    summary = run_matrix(step_opts, echo=lambda line: echo(f"  {line}"))
+    outcome = summary.outcomes[0] if summary.outcomes else None
+    record: dict[str, Any] = {
+        "run": str(summary.run_dir),
+        "cell": outcome.cell if outcome else None,
+    }
+    if outcome is None:
+        judgement = Judgement(version, "infra", "the step ran no cell")
+    elif outcome.status == "unresolvable":
+        judgement = Judgement(version, "unresolvable", outcome.reason or "")
+    elif outcome.status == "infra" or not outcome.result:
+        judgement = Judgement(version, "infra", outcome.reason or "no result")
+    else:
+        loaded = load_result(Path(summary.run_dir) / outcome.result)
+        if not isinstance(loaded, CellResult):
+            judgement = Judgement(version, "infra", f"damaged result: {loaded.why}")
+        else:
+            judgement = dataclasses.replace(
+                judge_checks(loaded, checks, plan.groups, plan.target), version=version
+            )
+            record["checks"] = {
+                c["name"]: {
+                    "status": c["status"],
+                    "signature": (c.get("error") or {}).get("signature"),
+                    "message": str(
+                        (c.get("error") or {}).get("message") or c.get("reason") or ""
+                    )[:300],
+                }
+                for c in loaded.checks
+            }
+            record["reused_from"] = loaded.data["cell"].get("reused_from")
+    record["verdict"], record["detail"] = judgement.verdict, judgement.detail
+    if judgement.check:  # the check that decided, and its own message (bisect.md quotes it)
+        record["judged_by"], record["message"] = judgement.check, judgement.message
+    steps[version] = record
+    echo(
+        f"bisect {spec.package} {version}: {judgement.verdict}"
+        + (f" ({judgement.detail[:160]})" if judgement.detail else "")
+    )
+    return judgement
+
+
 def plan_bisect(
     spec: BisectSpec,
     opts: RunOptions,
@@ -275,13 +383,15 @@ def run_bisect(
     """Run the search; write bisect.json and bisect.md; return (folder, result). RangeError and
     BisectInputError are bad input; IndexUnreachable propagates (infra)."""
     from pinmatrix.run.folder import new_run_dir
-    from pinmatrix.run.pipeline import run_matrix
 
     started = time.monotonic()
     plan = plan_bisect(spec, opts, list_files=list_files)
     listed, checks = plan.listed, plan.checks
     folder = new_run_dir(opts.reports_dir, f"bisect-{spec.package}")
     echo(_header(spec, plan))
+    context = StepContext(spec, opts, plan, folder, echo)
+    if spec.together:
+        return _run_together(context, list_files, started)
     steps_of: dict[int, dict[str, dict[str, Any]]] = {}
 
     def judge_with(index: int) -> Callable[[str], Judgement]:
@@ -290,72 +400,12 @@ def run_bisect(
 
         def judge(version: str) -> Judgement:
             if version not in memo:
-                memo[version] = _judge_step(index, version, steps)
+                pins = plan.step_pins(index, spec.package, version)
+                suffix = f".base{index}" if index else ""
+                memo[version] = run_step(context, pins, version, suffix, steps)
             return memo[version]
 
         return judge
-
-    def _judge_step(index: int, version: str, steps: dict[str, dict[str, Any]]) -> Judgement:
-        suffix = f".base{index}" if index else ""
-        step = folder / "matrices" / f"{version}{suffix}.yaml"
-        pins = plan.step_pins(index, spec.package, version)
-        write_text_atomic(
-            step,
-            yaml.safe_dump(
-                _step_matrix(plan.matrix, pins, spec.package, version, plan.step_groups),
-                sort_keys=False,
-            ),
-        )
-        echo(f"bisect {spec.package}: probing {version}{suffix} ({len(steps) + 1} so far)")
-        step_opts = dataclasses.replace(
-            opts,
-            matrix_path=step,
-            selectors=(),
-            label=f"bisect-{spec.package}-{version}{suffix}",
-            run_dir=None,
-            resume=None,
-            shard=None,
-        )
-        summary = run_matrix(step_opts, echo=lambda line: echo(f"  {line}"))
-        outcome = summary.outcomes[0] if summary.outcomes else None
-        record: dict[str, Any] = {
-            "run": str(summary.run_dir),
-            "cell": outcome.cell if outcome else None,
-        }
-        if outcome is None:
-            judgement = Judgement(version, "infra", "the step ran no cell")
-        elif outcome.status == "unresolvable":
-            judgement = Judgement(version, "unresolvable", outcome.reason or "")
-        elif outcome.status == "infra" or not outcome.result:
-            judgement = Judgement(version, "infra", outcome.reason or "no result")
-        else:
-            loaded = load_result(Path(summary.run_dir) / outcome.result)
-            if not isinstance(loaded, CellResult):
-                judgement = Judgement(version, "infra", f"damaged result: {loaded.why}")
-            else:
-                judgement = dataclasses.replace(
-                    judge_checks(loaded, checks, plan.groups, plan.target), version=version
-                )
-                record["checks"] = {
-                    c["name"]: {
-                        "status": c["status"],
-                        "signature": (c.get("error") or {}).get("signature"),
-                        "message": str(
-                            (c.get("error") or {}).get("message") or c.get("reason") or ""
-                        )[:300],
-                    }
-                    for c in loaded.checks
-                }
-                record["reused_from"] = loaded.data["cell"].get("reused_from")
-        record["verdict"], record["detail"] = judgement.verdict, judgement.detail
-        if judgement.check:  # the check that decided, and its own message (bisect.md quotes it)
-            record["judged_by"], record["message"] = judgement.check, judgement.message
-        steps[version] = record
-        echo(
-            f"bisect {spec.package} {version}: {judgement.verdict}"
-            + (f" ({judgement.detail[:160]})" if judgement.detail else "")
-        )
-        return judgement
 
     good_end, other_end = plan.ends(spec.first_good)
     chosen, tried = choose_base(plan.candidates, good_end, other_end, judge_with)
@@ -611,11 +661,14 @@ def bisect_command(args: Any, opts: RunOptions) -> int:
         first_good=bool(getattr(args, "first_good", False)),
         fact=getattr(args, "fact", None),
         plan=bool(getattr(args, "plan", False)),
+        together=getattr(args, "with", None),
     )
     try:
         if spec.plan:
             return _print_plan(spec, plan_bisect(spec, opts))
         folder, result = run_bisect(spec, opts)
+        if spec.together:
+            return _print_together(folder)
     except IndexUnreachable as exc:
         print(f"infra: the package index could not be asked: {exc}")
         return EXIT_INFRA_BISECT
@@ -636,6 +689,128 @@ def bisect_command(args: Any, opts: RunOptions) -> int:
         return 0
     print(f"no answer: {result.stopped}; {counts}")
     return 0 if result.monotonic is False else EXIT_INFRA_BISECT
+
+
+def _print_together(folder: Path) -> int:
+    doc = json.loads((folder / "bisect.json").read_text(encoding="utf-8"))
+    print(f"bisect: {folder / 'bisect.md'}")
+    for line in doc["together"]["lines"]:
+        print(line)
+    print(
+        f"{doc['judgements']} steps judged, {doc['probes_run']} probes run now, "
+        f"{doc['judgements'] - doc['probes_run']} from the result cache"
+    )
+    answered = any(s.get("switch") for s in doc["together"]["searches"])
+    return 0 if answered else EXIT_INFRA_BISECT
+
+
+def _run_together(
+    context: StepContext,
+    list_files: Callable[[str], list[dict[str, Any]]] | None,
+    started: float,
+) -> tuple[Path, BisectResult]:
+    """PACKAGE and a second package that moves with it: each bisected with the other held at each
+    end of its range (pinmatrix/bisect/pair.py). The held stack is the newest of the selection."""
+    from pinmatrix.bisect.pair import bisect_pair, render_pair
+
+    spec, plan = context.spec, context.plan
+    assert spec.together is not None
+    other, old, new = spec.together
+    sources = context.opts.sources
+    index = sources.index_url if sources and sources.index_url else DEFAULT_INDEX
+    files = list_files or (lambda package: fetch_index_files(package, index))
+    try:
+        other_listed = releases_between(other, old, new, pre=spec.pre, files=files)
+    except ValueError as exc:
+        raise BisectInputError(f"bisect --with {other}: {exc}") from None
+    steps: dict[str, dict[str, Any]] = {}
+    trials: dict[str, dict[str, Any]] = {}
+
+    def corner_judge(index: int) -> Callable[[str], Judgement]:
+        """The held stack is chosen on the corners: both packages at their good (other) ends."""
+
+        def judge_corner(version: str) -> Judgement:
+            at = old if version == plan.listed.releases[0] else new
+            full = {**plan.step_pins(index, spec.package, version), other: at}
+            suffix = f".base{index}" if index else ""
+            return run_step(context, full, f"{version}+{other}{at}", suffix, trials)
+
+        return judge_corner
+
+    good_end, other_end = plan.ends(spec.first_good)
+    chosen, _tried = choose_base(plan.candidates, good_end, other_end, corner_judge)
+
+    def judge(pins: Any) -> Judgement:
+        full = {**plan.step_pins(chosen, spec.package, pins[spec.package]), other: pins[other]}
+        label = f"{pins[spec.package]}+{other}{pins[other]}"
+        return run_step(context, full, label, f".base{chosen}" if chosen else "", steps)
+
+    context.echo(
+        f"bisect {spec.package} with {other} {old}..{new} ({len(other_listed.releases)} releases): "
+        f"each with the other held at each end; holding "
+        f"{describe_pins(plan.candidates[chosen], plan.axes)}"
+    )
+    searches, judged = bisect_pair(
+        {spec.package: plan.listed.releases, other: other_listed.releases},
+        judge,
+        first_good=spec.first_good,
+    )
+    lines = render_pair(searches)
+    doc: dict[str, Any] = {
+        "package": spec.package,
+        "good": spec.good,
+        "bad": spec.bad,
+        "direction": "first-good" if spec.first_good else "first-bad",
+        "followed": plan.target.describe(),
+        "checks": plan.checks,
+        "held_stack": describe_pins(plan.candidates[chosen], plan.axes),
+        "stack_trials": trials,
+        "together": {
+            "package": other,
+            "old": old,
+            "new": new,
+            "releases": other_listed.releases,
+            "lines": lines,
+            "searches": [
+                {
+                    "moving": s.moving,
+                    "held": s.held,
+                    "held_at": s.held_at,
+                    "switch": s.result.answer[1] if s.result and s.result.answer else None,
+                    "before": s.result.answer[0] if s.result and s.result.answer else None,
+                    "judged": s.result.probes if s.result else None,
+                    "error": s.error,
+                }
+                for s in searches
+            ],
+        },
+        "releases_in_range": plan.listed.releases,
+        "judgements": judged,
+        "probes_run": _probes_now(steps.values()),
+        "steps": steps,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    write_json_atomic(context.folder / "bisect.json", doc)
+    md = [
+        f"# bisect {spec.package} {spec.good}..{spec.bad} with {other} {old}..{new}",
+        "",
+        "Two packages that move together: each bisected with the other held at each end.",
+        "",
+        *[f"- {line}" for line in lines],
+        "",
+        f"- held stack: {doc['held_stack']}; checks: {', '.join(plan.checks)}",
+        f"- steps judged: {judged}; probes run now: {doc['probes_run']}; "
+        f"wall time {doc['wall_s']} s",
+        "",
+        "| step | verdict | detail |",
+        "|---|---|---|",
+    ]
+    for label, step in steps.items():
+        detail = " ".join(str(step.get("detail") or "").split()).replace("|", "\\|")[:200]
+        md.append(f"| {label} | {step['verdict']} | {detail} |")
+    write_text_atomic(context.folder / "bisect.md", "\n".join(md) + "\n")
+    first = next((s.result for s in searches if s.result), None)
+    return context.folder, first or BisectResult(list(plan.listed.releases))
 
 
 def _print_plan(spec: BisectSpec, plan: BisectPlan) -> int:

@@ -542,6 +542,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ID",
     ),
     Option(
+        "--with",
+        "a second package that moves with PACKAGE (unsloth and the trl it caps): each is bisected "
+        "with the other held at each end of its range",
+        commands=("bisect",),
+        metavar="PKG=OLD..NEW",
+    ),
+    Option(
         "--plan",
         "list the releases in range and the stacks the bisect may hold, probe nothing",
         commands=("bisect",),

@@ -323,3 +323,55 @@ def test_markdown_quotes_the_bisected_checks_message_and_honest_counts():
     md = render_markdown(first_good)
     assert "**First good release: transformers 5.0.0** (last bad: 4.57.6)" in md
     assert "- followed: signature s (fingerprint, not in the catalogue)" in md
+
+
+def test_two_packages_together_through_run_bisect(tmp_path, monkeypatch):
+    """`bisect unsloth A..B --with trl=C..D` on the default matrix, each step judged by a table (the
+    real steps are cells): the held stack is chosen on the corners, both searches of each package
+    are reported, and trl does not follow unsloth's include rule while it is the other package."""
+    from pathlib import Path
+
+    import pinmatrix.bisect.run as bisect_run
+    from pinmatrix.bisect.search import Judgement
+    from pinmatrix.run.options import RunOptions
+
+    unsloth = ["2026.9.14", "2026.9.20", "2026.10.1", "2026.10.9"]
+    trl = ["0.24.0", "1.0.0", "1.10.0", "1.15.0"]
+
+    def files(package):
+        versions = {"unsloth": unsloth, "trl": trl}[package]
+        return [{"filename": f"{package}-{v}.tar.gz"} for v in versions]
+
+    seen = []
+
+    def fake_step(context, pins, label, suffix, steps):
+        seen.append(dict(pins))
+        if pins["transformers"] == "5.17.0" and pins["unsloth"] == "2026.9.14":
+            verdict = "unresolvable"  # unsloth 2026.9.x caps transformers <= 5.5.0
+        else:
+            both_new = unsloth.index(pins["unsloth"]) >= 2 and trl.index(pins["trl"]) >= 2
+            verdict = "bad" if both_new else "good"
+        steps[label] = {"verdict": verdict, "detail": label, "run": "r", "reused_from": None}
+        return Judgement(label, verdict, label)
+
+    monkeypatch.setattr(bisect_run, "run_step", fake_step)
+    spec = parse_spec(["unsloth", "2026.9.14..2026.10.9"], ["imports"],
+                      together="trl=0.24.0..1.15.0")
+    opts = RunOptions(matrix_path=Path(__file__).parents[2] / "matrix.yaml", reports_dir=tmp_path)
+    folder, _ = bisect_run.run_bisect(spec, opts, echo=lambda line: None, list_files=files)
+    doc = __import__("json").loads((folder / "bisect.json").read_text())
+    assert "transformers=5.5.0" in doc["held_stack"]  # 5.17.0 cannot install unsloth 2026.9.14
+    assert doc["together"]["lines"] == [
+        "unsloth with trl held at 0.24.0: no switch in range (2026.10.9 is good, not bad: "
+        "2026.10.9+trl0.24.0)",
+        "unsloth with trl held at 1.15.0: first bad 2026.10.1 (before it: 2026.9.20)",
+        "trl with unsloth held at 2026.9.14: no switch in range (1.15.0 is good, not bad: "
+        "2026.9.14+trl1.15.0)",
+        "trl with unsloth held at 2026.10.9: first bad 1.10.0 (before it: 1.0.0)",
+    ]
+    # trl is the one moving or held, never the include rule's companion of unsloth
+    assert {(p["unsloth"], p["trl"]) for p in seen} >= {("2026.9.14", "1.15.0"),
+                                                       ("2026.10.9", "0.24.0")}
+    assert "first bad 1.10.0" in (folder / "bisect.md").read_text()
+    with pytest.raises(UsageError):
+        parse_spec(["unsloth", "1..2"], together="trl")
