@@ -110,7 +110,12 @@ def bisect_new_breakages(
             item["note"] = f"not bisected: {exc}"
             records.append(item)
             continue
+        written = load_json(Path(folder) / "bisect.json")
+        first_step = (written.get("steps") or {}).get(result.first_bad or "", {})
         item.update(
+            probes_run=written.get("probes_run"),
+            # the signature the bisected check failed with at the first bad release
+            signature=((first_step.get("checks") or {}).get(item["check"]) or {}).get("signature"),
             first_bad=result.first_bad,
             last_good=result.last_good,
             probes=result.probes,

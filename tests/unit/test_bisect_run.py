@@ -375,3 +375,16 @@ def test_two_packages_together_through_run_bisect(tmp_path, monkeypatch):
     assert "first bad 1.10.0" in (folder / "bisect.md").read_text()
     with pytest.raises(UsageError):
         parse_spec(["unsloth", "1..2"], together="trl")
+
+
+def test_nightly_bisect_line_names_the_signature_and_the_probes_run_now():
+    from pinmatrix.report.diff import render_bisect_lines
+
+    (line,) = render_bisect_lines([{
+        "cell": "c", "check": "exaone3.5.surface", "package": "transformers", "good": "5.17.0",
+        "bad": "5.25.0", "first_bad": "5.24.0", "last_good": "5.23.0", "probes": 5,
+        "probes_run": 2, "releases": 12, "bisect": "b/bisect.md",
+        "signature": "fp-0123456789ab",
+    }])
+    assert "**first bad transformers 5.24.0** (last good 5.23.0; `fp-0123456789ab`;" in line
+    assert "5 releases judged, 2 probed now, of 12" in line
