@@ -108,13 +108,22 @@ def _fact_judgement(named: list[dict[str, Any]], fact: str) -> Judgement | None:
         hit = [c for c in causes if c.get("cause") == fact or fact in (c.get("facts") or [])]
         if fact in failed or hit:
             cause = hit[0] if hit else {}
+            ids = {fact, *(cause.get("facts") or [])}
+            own = next(
+                (
+                    f"{f.get('id')}: {f.get('error_type')}: {f.get('message')}"
+                    for f in evidence.get("facts_failed") or []
+                    if isinstance(f, dict) and f.get("id") in ids
+                ),
+                None,
+            )
             return Judgement(
                 "",
                 "bad",
                 f"{check['name']}: {fact} fails"
                 + (f" ({cause.get('cause')}, {cause.get('signature')})" if cause else ""),
                 check=check["name"],
-                message=_message(check),
+                message=(own or _message(check))[:300],  # the fact's own words, else the check's
             )
         return Judgement(
             "",

@@ -194,6 +194,8 @@ def surface_check(failed_ids, causes, status="fail"):
         causes[0]["signature"] if causes else None,
         facts_checked=40,
         failed_fact_ids=failed_ids,
+        facts_failed=[{"id": f, "error_type": "TypeError",
+                       "message": "got an unexpected keyword argument"} for f in failed_ids],
         causes=causes,
         signatures=sorted(c["signature"] for c in causes),
     )
@@ -221,6 +223,8 @@ def test_a_fact_is_bisected_by_its_readable_id_and_a_grouped_cause_by_its_words(
     judged = judge_checks(newer, checks, GROUPS, Target("fact", MASK))
     assert judged.verdict == "bad" and MASK in judged.detail
     assert judged.check == "exaone3.5.surface"
+    # bisect.md quotes the fact's own words, not the check's summary of every fact
+    assert judged.message == f"{MASK}: TypeError: got an unexpected keyword argument"
     assert judge_checks(older, checks, GROUPS, Target("fact", MASK)).verdict == "good"
     # another fact fails here, this one holds: good for it
     only_gone = surface_check(["import:y"], causes[1:])
