@@ -329,7 +329,7 @@ def test_markdown_quotes_the_bisected_checks_message_and_honest_counts():
     assert "- followed: signature s (fingerprint, not in the catalogue)" in md
 
 
-def test_two_packages_together_through_run_bisect(tmp_path, monkeypatch):
+def test_two_packages_together_through_run_bisect(tmp_path, monkeypatch, capsys):
     """`bisect unsloth A..B --with trl=C..D` on the default matrix, each step judged by a table (the
     real steps are cells): the held stack is chosen on the corners, both searches of each package
     are reported, and trl does not follow unsloth's include rule while it is the other package."""
@@ -377,6 +377,8 @@ def test_two_packages_together_through_run_bisect(tmp_path, monkeypatch):
     assert {(p["unsloth"], p["trl"]) for p in seen} >= {("2026.9.14", "1.15.0"),
                                                        ("2026.10.9", "0.24.0")}
     assert "first bad 1.10.0" in (folder / "bisect.md").read_text()
+    assert bisect_run._print_together(folder) == 0
+    assert "trl with unsloth held at 2026.10.9: first bad 1.10.0" in capsys.readouterr().out
     with pytest.raises(UsageError):
         parse_spec(["unsloth", "1..2"], together="trl")
 
