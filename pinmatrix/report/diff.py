@@ -411,7 +411,8 @@ def render_bisect_lines(records: list[dict[str, Any]]) -> list[str]:
     not."""
     out = []
     for r in records:
-        head = f"- `{r['cell']}` `{r['check']}`: {r['package']} {r['good']}..{r['bad']}"
+        fact = f" fact `{r['fact']}`" if r.get("fact") else ""
+        head = f"- `{r['cell']}` `{r['check']}`{fact}: {r['package']} {r['good']}..{r['bad']}"
         if r.get("first_bad"):
             # judged releases, and of them the ones probed now (the rest came from the cache)
             probed = f", {r['probes_run']} probed now" if r.get("probes_run") is not None else ""

@@ -394,3 +394,27 @@ def test_nightly_bisect_line_names_the_signature_and_the_probes_run_now():
     }])
     assert "**first bad transformers 5.24.0** (last good 5.23.0; `fp-0123456789ab`;" in line
     assert "5 releases judged, 2 probed now, of 12" in line
+
+
+def test_nightly_bisects_a_new_failing_fact_of_a_check_that_failed_before():
+    from pinmatrix.bisect.nightly import candidates
+    from pinmatrix.report.diff import render_bisect_lines
+
+    def cell(cid, tf):
+        return {"id": cid, "pins": {"transformers": tf, "unsloth": "none"},
+                "checks": {"exaone3.5.surface": {"status": "fail"}}}
+
+    facts = {"a": {"buffer:X.inv_freq"}, "c": {"buffer:X.inv_freq", MASK}}
+
+    def facts_of(c, check):
+        return facts[c["id"]]
+
+    before, now = {"cells": [cell("a", "5.17.0")]}, {"cells": [cell("c", "5.25.0")]}
+    assert candidates(now, before) == []  # by check alone: it failed before, nothing new
+    (found,) = candidates(now, before, (facts_of, facts_of))
+    assert (found["fact"], found["good"], found["bad"]) == (MASK, "5.17.0", "5.25.0")
+    facts["c"] = {"buffer:X.inv_freq"}
+    assert candidates(now, before, (facts_of, facts_of)) == []  # the same facts fail: no break
+    (line,) = render_bisect_lines([{**found, "first_bad": "5.24.0", "last_good": "5.23.0",
+                                    "probes": 4, "releases": 9, "bisect": "b.md"}])
+    assert f"`exaone3.5.surface` fact `{MASK}`: transformers 5.17.0..5.25.0" in line
