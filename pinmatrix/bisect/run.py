@@ -327,6 +327,14 @@ def run_step(
     return judgement
 
 
+def _index_files(opts: RunOptions) -> Callable[[str], list[dict[str, Any]]]:
+    """The package index the run uses (--index-url, else PyPI), with its CA bundle."""
+    sources = opts.sources
+    index = sources.index_url if sources and sources.index_url else DEFAULT_INDEX
+    ca = str(sources.ca_bundle) if sources and getattr(sources, "ca_bundle", None) else None
+    return lambda package: fetch_index_files(package, index, ca_file=ca)
+
+
 def plan_bisect(
     spec: BisectSpec,
     opts: RunOptions,
@@ -357,10 +365,7 @@ def plan_bisect(
     step_groups = sorted(
         {c if c in groups else _group_of(c, groups) for c in checks}, key=groups.index
     )
-    sources = opts.sources
-    index = sources.index_url if sources and sources.index_url else DEFAULT_INDEX
-    ca = str(sources.ca_bundle) if sources and getattr(sources, "ca_bundle", None) else None
-    files = list_files or (lambda package: fetch_index_files(package, index, ca_file=ca))
+    files = list_files or _index_files(opts)
     try:
         listed: ReleaseRange = releases_between(
             spec.package, spec.good, spec.bad, pre=spec.pre, files=files
@@ -716,9 +721,7 @@ def _run_together(
     spec, plan = context.spec, context.plan
     assert spec.together is not None
     other, old, new = spec.together
-    sources = context.opts.sources
-    index = sources.index_url if sources and sources.index_url else DEFAULT_INDEX
-    files = list_files or (lambda package: fetch_index_files(package, index))
+    files = list_files or _index_files(context.opts)
     try:
         other_listed = releases_between(other, old, new, pre=spec.pre, files=files)
     except ValueError as exc:
