@@ -36,24 +36,38 @@ def _cells(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["id"]: c for c in summary.get("cells") or []}
 
 
-def candidates(now: dict[str, Any], before: dict[str, Any]) -> list[dict[str, Any]]:
+FactsOf = Callable[[dict[str, Any], str], set[str]]
+
+
+def candidates(
+    now: dict[str, Any], before: dict[str, Any], facts_of: tuple[FactsOf, FactsOf] | None = None
+) -> list[dict[str, Any]]:
     """(cell, check, package, good, bad) for each broken check with a one-axis-away good cell
-    before."""
+    before. With `facts_of` (now's, before's: a cell and a check -> its failed fact ids), a check
+    that failed before too is a new break where a fact fails now that did not fail in that cell:
+    one candidate per such fact, bisected by its id (`fact`)."""
     now_cells, old_cells = _cells(now), _cells(before)
     found: list[dict[str, Any]] = []
     for cid, cell in now_cells.items():
         failing = [n for n, c in (cell.get("checks") or {}).items() if c.get("status") == "fail"]
         for check in failing:
             for old in old_cells.values():
-                if ((old.get("checks") or {}).get(check) or {}).get("status") != "pass":
+                old_status = ((old.get("checks") or {}).get(check) or {}).get("status")
+                new_facts: list[str] = []
+                if old_status == "fail" and facts_of is not None:
+                    new_facts = sorted(facts_of[0](cell, check) - facts_of[1](old, check))
+                    if not new_facts:
+                        continue
+                elif old_status != "pass":
                     continue
                 pins, old_pins = cell.get("pins") or {}, old.get("pins") or {}
                 differ = [k for k in set(pins) | set(old_pins) if pins.get(k) != old_pins.get(k)]
                 if len(differ) != 1:
                     continue
                 axis = differ[0]
-                found.append(
-                    {
+                facts: list[str | None] = list(new_facts) or [None]
+                for fact in facts:
+                    item = {
                         "cell": cid,
                         "check": check,
                         "package": axis,
@@ -61,8 +75,10 @@ def candidates(now: dict[str, Any], before: dict[str, Any]) -> list[dict[str, An
                         "bad": pins.get(axis),
                         "previous_cell": old["id"],
                     }
-                )
-    unique = {(f["package"], f["good"], f["bad"], f["check"]): f for f in found}
+                    found.append(item | ({"fact": fact} if fact else {}))
+    unique = {
+        (f["package"], f["good"], f["bad"], f["check"], f.get("fact")): f for f in found
+    }
     return list(unique.values())
 
 
@@ -81,7 +97,8 @@ def bisect_new_breakages(
         return []
     before = load_json((Path(diff["previous_dir"]) / "summary.json"))
     records: list[dict[str, Any]] = []
-    for item in candidates(summary, before):
+    facts = (_failed_facts(Path(run_dir)), _failed_facts(Path(diff["previous_dir"])))
+    for item in candidates(summary, before, facts):
         try:
             bad, good = item["bad"], item["good"]
             from packaging.version import Version
@@ -98,7 +115,9 @@ def bisect_new_breakages(
             continue
         cell_pins = next(c["pins"] for c in summary["cells"] if c["id"] == item["cell"])
         selectors = tuple(f"{k}={v}" for k, v in sorted(cell_pins.items()) if k != item["package"])
-        spec = BisectSpec(item["package"], good, bad, selectors, (item["check"],))
+        spec = BisectSpec(
+            item["package"], good, bad, selectors, (item["check"],), fact=item.get("fact")
+        )
         echo(
             f"nightly: bisecting {item['package']} {good}..{bad} for {item['check']} (budget "
             f"{budget})"
@@ -110,7 +129,12 @@ def bisect_new_breakages(
             item["note"] = f"not bisected: {exc}"
             records.append(item)
             continue
+        written = load_json(Path(folder) / "bisect.json")
+        first_step = (written.get("steps") or {}).get(result.first_bad or "", {})
         item.update(
+            probes_run=written.get("probes_run"),
+            # the signature the bisected check failed with at the first bad release
+            signature=((first_step.get("checks") or {}).get(item["check"]) or {}).get("signature"),
             first_bad=result.first_bad,
             last_good=result.last_good,
             probes=result.probes,
@@ -122,6 +146,25 @@ def bisect_new_breakages(
     if records:
         _record(Path(run_dir), summary, records)
     return records
+
+
+def _failed_facts(run_dir: Path) -> FactsOf:
+    """A cell's failed fact ids for one check, from its result file (the summary keeps none)."""
+
+    def facts(cell: dict[str, Any], check: str) -> set[str]:
+        path = cell.get("result")
+        if not path:
+            return set()
+        try:
+            result = load_json(run_dir / str(path))
+        except (OSError, ValueError):
+            return set()
+        for entry in result.get("checks") or []:
+            if entry.get("name") == check:
+                return {str(f) for f in (entry.get("evidence") or {}).get("failed_fact_ids") or []}
+        return set()
+
+    return facts
 
 
 def _record(run_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:

@@ -12,6 +12,9 @@ wrong
   answer;
 - n judged releases cost about ⌈log2 n⌉ + 1 judgements (at most ⌈log2(n-1)⌉ + 2: both ends, then a
   binary search of the n-1 places the first bad release can be);
+- `first_good` asks the other question, "since which release does it hold?": the old end must be
+  bad (the check fails, or the feature is absent) and the new end good, and the answer is the first
+  good release (`first_good`, `last_bad`). The verdicts keep their meaning (bad: does not hold);
 - `exhaustive` judges every release, for a full table; the answer is then checked for monotonicity,
 and a
   history such as good, bad, good is reported as "not monotonic" with the evidence instead of an
@@ -36,6 +39,8 @@ class Judgement:
     version: str
     verdict: Verdict
     detail: str = ""  # the signature and message behind a bad verdict, uv's words for unresolvable
+    check: str = ""  # the check that decided a bad verdict (the bisected check)
+    message: str = ""  # that check's own message
 
 
 @dataclass
@@ -47,6 +52,16 @@ class BisectResult:
     last_good: str | None = None
     monotonic: bool | None = None  # None: not established (binary search assumes it)
     stopped: str | None = None  # why the search stopped without an answer
+    first_good: str | None = None  # with first_good: the first release where it holds
+    last_bad: str | None = None
+    direction: str = "first-bad"  # or "first-good"
+
+    @property
+    def answer(self) -> tuple[str, str] | None:
+        """(before, switch): the last release of the old state and the first of the new one."""
+        if self.direction == "first-good":
+            return (self.last_bad, self.first_good) if self.first_good and self.last_bad else None
+        return (self.last_good, self.first_bad) if self.first_bad and self.last_good else None
 
     @property
     def probes(self) -> int:
@@ -72,22 +87,29 @@ def bisect_releases(
     *,
     exhaustive: bool = False,
     budget: int | None = None,
+    first_good: bool = False,
 ) -> BisectResult:
-    """Search `releases` (oldest first: releases[0] is GOOD, releases[-1] is BAD). `budget` caps the
-    judgements (the nightly's --bisect-budget); a search that runs out says so in `stopped`."""
+    """Search `releases` (oldest first: releases[0] is GOOD, releases[-1] is BAD; with `first_good`
+    releases[0] is bad and releases[-1] good). `budget` caps the judgements (the nightly's
+    --bisect-budget); a search that runs out says so in `stopped`."""
     try:
-        return _search(releases, judge, exhaustive, budget)
+        return _search(releases, judge, exhaustive, budget, first_good)
     except _BudgetSpent as spent:
         result: BisectResult = spent.args[0]
         return result
 
 
 def _search(
-    releases: Sequence[str], judge: Callable[[str], Judgement], exhaustive: bool, budget: int | None
+    releases: Sequence[str],
+    judge: Callable[[str], Judgement],
+    exhaustive: bool,
+    budget: int | None,
+    first_good: bool = False,
 ) -> BisectResult:
     if len(releases) < 2:
         raise RangeError(f"a range needs two releases, got {list(releases)}")
-    result = BisectResult(list(releases))
+    result = BisectResult(list(releases), direction="first-good" if first_good else "first-bad")
+    old, new = ("bad", "good") if first_good else ("good", "bad")
 
     def run(version: str) -> Judgement:
         if version not in result.judgements:
@@ -102,8 +124,8 @@ def _search(
             result.order.append(version)
         return result.judgements[version]
 
-    good, bad = run(releases[0]), run(releases[-1])
-    for end, want in ((good, "good"), (bad, "bad")):
+    oldest, newest = run(releases[0]), run(releases[-1])
+    for end, want in ((oldest, old), (newest, new)):
         if end.verdict != want:
             raise RangeError(
                 f"{end.version} is {end.verdict}, not {want}: "
@@ -135,11 +157,14 @@ def _search(
         if judgement.verdict == "infra":
             result.stopped = f"{releases[mid]} could not be judged (infra): {judgement.detail}"
             return result
-        if judgement.verdict == "good":
+        if judgement.verdict == old:
             lo = mid
         else:
             hi = mid
-    result.last_good, result.first_bad = releases[lo], releases[hi]
+    if first_good:
+        result.last_bad, result.first_good = releases[lo], releases[hi]
+    else:
+        result.last_good, result.first_bad = releases[lo], releases[hi]
     return result
 
 
@@ -154,7 +179,11 @@ def _conclude_from_table(result: BisectResult) -> None:
     switches = [i for i in range(1, len(judged)) if judged[i][1] != judged[i - 1][1]]
     if len(switches) == 1:
         result.monotonic = True
-        result.last_good, result.first_bad = judged[switches[0] - 1][0], judged[switches[0]][0]
+        before, switch = judged[switches[0] - 1][0], judged[switches[0]][0]
+        if result.direction == "first-good":
+            result.last_bad, result.first_good = before, switch
+        else:
+            result.last_good, result.first_bad = before, switch
     else:
         result.monotonic = False
         result.stopped = "not monotonic: " + ", ".join(f"{v} {verdict}" for v, verdict in judged)

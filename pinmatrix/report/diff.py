@@ -411,12 +411,16 @@ def render_bisect_lines(records: list[dict[str, Any]]) -> list[str]:
     not."""
     out = []
     for r in records:
-        head = f"- `{r['cell']}` `{r['check']}`: {r['package']} {r['good']}..{r['bad']}"
+        fact = f" fact `{r['fact']}`" if r.get("fact") else ""
+        head = f"- `{r['cell']}` `{r['check']}`{fact}: {r['package']} {r['good']}..{r['bad']}"
         if r.get("first_bad"):
+            # judged releases, and of them the ones probed now (the rest came from the cache)
+            probed = f", {r['probes_run']} probed now" if r.get("probes_run") is not None else ""
+            cause = f"; `{r['signature']}`" if r.get("signature") else ""
             out.append(
                 f"{head}: **first bad {r['package']} {r['first_bad']}** (last good "
-                f"{r['last_good']}; "
-                f"{r['probes']} probes for {r['releases']} releases; `{r['bisect']}`)"
+                f"{r['last_good']}{cause}; "
+                f"{r['probes']} releases judged{probed}, of {r['releases']}; `{r['bisect']}`)"
             )
         else:
             out.append(f"{head}: {r.get('stopped') or r.get('note') or 'no answer'}")

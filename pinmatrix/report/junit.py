@@ -52,11 +52,13 @@ def build_junit(summary: Mapping[str, Any], run_dir: Path) -> ET.Element:
             "bisects"
         ) or []:  # pinmatrix/bisect/nightly.py
             if found["cell"] == cell["id"] and found.get("first_bad"):
+                # a fact-level break names its fact: one property per fact bisected
+                fact = f" fact {found['fact']}" if found.get("fact") else ""
                 ET.SubElement(
                     props,
                     "property",
-                    name=f"first_bad.{found['check']}",
-                    value=_clean(f"{found['package']} {found['first_bad']}"),
+                    name=f"first_bad.{found['check']}" + (f".{found['fact']}" if fact else ""),
+                    value=_clean(f"{found['package']} {found['first_bad']}{fact}"),
                 )
         full = _full_checks(run_dir, cell)
         checks = cell.get("checks") or {}

@@ -594,10 +594,30 @@ class BisectOptions:
     signature: str | None = typed(Option(
         "--signature",
         "bisect one break: a release is bad only where a named check fails with "
-        "this signature (a surface check's failed facts count)",
+        "this signature (a surface check's failed facts count): a catalogue id "
+        "(probes/signatures.json) or a fingerprint (fp-...)",
         commands=("bisect",), metavar="SIG"), default=None)
     pre: bool = typed(Option("--pre", "bisect pre-releases too", commands=("bisect",),
                              action="store_true"), default=False)
+    # bisect's question and target (pinmatrix/bisect/search.py, target.py, base_cell.py)
+    first_good: bool = typed(Option(
+        "--first-good",
+        "find the first release where the check, fact or signature holds (OLD..NEW: the old end "
+        "bad or the feature absent there, the new end good)",
+        commands=("bisect",), action="store_true"), default=False)
+    fact: str | None = typed(Option(
+        "--fact",
+        "bisect one surface fact by its readable id (e.g. 'call:transformers.masking_utils."
+        "create_causal_mask(input_embeds=)') or a grouped cause ('module transformers.x is gone')",
+        commands=("bisect",), metavar="ID"), default=None)
+    together: str | None = typed(Option(
+        "--with",
+        "a second package that moves with PACKAGE (unsloth and the trl it caps): each is bisected "
+        "with the other held at each end of its range",
+        commands=("bisect",), metavar="PKG=OLD..NEW"), default=None)
+    plan: bool = typed(Option(
+        "--plan", "list the releases in range and the stacks the bisect may hold, probe nothing",
+        commands=("bisect",), action="store_true"), default=False)
     all: bool = typed(Option(
         "--all", "probe every release in range (a full table, and a monotonicity check)",
         commands=("bisect",), action="store_true"), default=False)

@@ -7,6 +7,7 @@ import json
 import math
 import re
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,9 @@ if shutil.which("uv") is None:
     pytest.skip("uv is not installed on this host", allow_module_level=True)
 
 
-def bisect(root: Path, venvs: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def bisect(
+    root: Path, venvs: Path, *args: str, matrix: Path = MATRIX
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -33,7 +36,7 @@ def bisect(root: Path, venvs: Path, *args: str) -> subprocess.CompletedProcess[s
             "bisect",
             *args,
             "--matrix",
-            str(MATRIX),
+            str(matrix),
             "--runner",
             "venv",
             "--cpu",
@@ -84,3 +87,50 @@ def test_ends_not_as_claimed_are_bad_input(tmp_path, venvs_once):
                   "exaone3.5.remote-code")
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "5.0.0 is bad, not good" in proc.stderr
+
+
+def readme_bisect_lines() -> list[list[str]]:
+    """Every `nox -s bisect -- …` line of the README, as the arguments nox passes on."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    prefix = "nox -s bisect -- "
+    found = {line.strip() for line in lines if line.strip().startswith(prefix)}
+    return [shlex.split(line[len(prefix):], comments=True) for line in sorted(found)]
+
+
+def test_every_readme_bisect_line_plans_on_the_default_matrix():
+    """As written, on matrix.yaml (nox -s bisect passes --matrix matrix.yaml): the release list from
+    the real index, the held stacks, the companions at each end, every step matrix loaded back.
+    The probing of these lines needs the GPU host's stack; one full run is below."""
+    lines = readme_bisect_lines()
+    assert len(lines) >= 4, lines
+    for args in lines:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pinmatrix", "bisect", "--matrix", str(ROOT / "matrix.yaml"),
+             *args, "--plan"],
+            capture_output=True, text=True, cwd=ROOT, timeout=300,
+        )
+        assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert "step matrices written and loaded back" in proc.stdout, proc.stdout
+        if not any(a.startswith("unsloth=") for a in args):
+            # three stacks besides transformers: the newest first, companions follow transformers
+            assert "stack 1 of 3: " in proc.stdout and "unsloth=2026.10.9" in proc.stdout
+            assert "flash-attn-4=" in proc.stdout
+
+
+def test_first_good_release_of_native_exaone4(tmp_path, venvs_once):
+    """Since when does transformers load EXAONE 4 natively? Before 4.54 the check is skipped as
+    absent: that is the bad end, not infra."""
+    proc = bisect(tmp_path, venvs_once, "transformers", "4.53.3..4.54.1", "--first-good",
+                  "--check", "exaone4.native",
+                  matrix=ROOT / "tests" / "data" / "matrices" / "exaone4-native.yaml")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (folder,) = (tmp_path / "reports").glob("*-bisect-transformers")
+    doc = json.loads((folder / "bisect.json").read_text())
+    assert (doc["direction"], doc["last_bad"], doc["first_good"]) == ("first-good", "4.53.3",
+                                                                       "4.54.0")
+    assert doc["steps"]["4.53.3"]["detail"].startswith("absent: exaone4.native")
+    assert doc["judgements"] == doc["probes_run"] + doc["probes_from_cache"]
+    assert "first good release: transformers 4.54.0 (last bad 4.53.3)" in proc.stdout
+    md = (folder / "bisect.md").read_text()
+    assert "**First good release: transformers 4.54.0** (last bad: 4.53.3)" in md
+    assert "Last bad message (`exaone4.native`): Exaone4ForCausalLM absent" in md

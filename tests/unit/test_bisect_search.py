@@ -167,3 +167,65 @@ def test_a_budget_stops_the_search_and_says_so():
     result = bisect_releases(list(verdicts), judge, budget=4)
     assert len(calls) == 4 and result.first_bad is None and "budget of 4" in result.stopped
     assert bisect_releases(list(verdicts), table(verdicts)[0], budget=8).first_bad == "1.20"
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 9, 32])
+def test_first_good_finds_where_it_starts_to_hold(n):
+    for first_good in range(1, n):
+        verdicts = {f"1.{i}": ("bad" if i < first_good else "good") for i in range(n)}
+        judge, calls = table(verdicts)
+        result = bisect_releases(list(verdicts), judge, first_good=True)
+        assert (result.last_bad, result.first_good) == (f"1.{first_good - 1}", f"1.{first_good}")
+        assert result.answer == (f"1.{first_good - 1}", f"1.{first_good}")
+        assert (result.first_bad, result.last_good) == (None, None)
+        assert result.probes <= math.ceil(math.log2(n - 1)) + 2
+
+
+def test_first_good_needs_the_old_end_bad_and_the_new_end_good():
+    judge, _ = table({"1.0": "good", "1.1": "good", "1.2": "good"})
+    with pytest.raises(RangeError, match="1.0 is good, not bad"):
+        bisect_releases(["1.0", "1.1", "1.2"], judge, first_good=True)
+    # the first-bad question refuses a bad old end (the range a first-good question needs)
+    judge, _ = table({"1.0": "bad", "1.1": "good", "1.2": "good"})
+    with pytest.raises(RangeError, match="1.0 is bad, not good"):
+        bisect_releases(["1.0", "1.1", "1.2"], judge)
+
+
+def test_first_good_over_the_whole_table_and_unresolvable_releases():
+    verdicts = {"1.0": "bad", "1.1": "unresolvable", "1.2": "bad", "1.3": "good", "1.4": "good"}
+    judge, _ = table(verdicts)
+    result = bisect_releases(list(verdicts), judge, first_good=True, exhaustive=True)
+    assert (result.last_bad, result.first_good, result.monotonic) == ("1.2", "1.3", True)
+    judge, _ = table(verdicts)
+    result = bisect_releases(list(verdicts), judge, first_good=True)
+    assert (result.last_bad, result.first_good) == ("1.2", "1.3")
+
+
+def test_two_packages_moving_together_are_bisected_each_with_the_other_held_at_each_end():
+    from pinmatrix.bisect.pair import bisect_pair, render_pair
+
+    unsloth = ["2026.9.14", "2026.9.20", "2026.10.1", "2026.10.9"]
+    trl = ["0.24.0", "1.0.0", "1.10.0", "1.15.0"]
+    calls = []
+
+    def judge(pins):
+        # broken from unsloth 2026.10.1 on, but only with trl >= 1.10.0 (the two together)
+        calls.append(dict(pins))
+        broken = unsloth.index(pins["unsloth"]) >= 2 and trl.index(pins["trl"]) >= 2
+        return Judgement("", "bad" if broken else "good", f"{pins}")
+
+    searches, judged = bisect_pair({"unsloth": unsloth, "trl": trl}, judge)
+    lines = render_pair(searches)
+    assert lines == [
+        "unsloth with trl held at 0.24.0: no switch in range (2026.10.9 is good, not bad: "
+        "{'unsloth': '2026.10.9', 'trl': '0.24.0'})",
+        "unsloth with trl held at 1.15.0: first bad 2026.10.1 (before it: 2026.9.20)",
+        # this corner was judged for the first search already: its detail is that judgement's
+        "trl with unsloth held at 2026.9.14: no switch in range (1.15.0 is good, not bad: "
+        "{'unsloth': '2026.9.14', 'trl': '1.15.0'})",
+        "trl with unsloth held at 2026.10.9: first bad 1.10.0 (before it: 1.0.0)",
+    ]
+    # the shared corners are judged once
+    assert judged == len({tuple(sorted(c.items())) for c in calls}) == len(calls)
+    with pytest.raises(ValueError):
+        bisect_pair({"unsloth": unsloth}, judge)
