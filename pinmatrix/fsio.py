@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from pinmatrix.errors import BadInput
+
 # Report files are as readable as any file a user writes. Files that may carry an index URL with a
 # token (locks, the resolver's cache) are the owner's alone. The mode is set on the file itself with
 # fchmod: the process umask is never changed, since scheduler threads write files at the same time.
@@ -170,10 +172,10 @@ MAX_COPY_BYTES = 256 * 1024 * 1024     # a log copied along with a reused result
 MAX_NAME_CHARS = 200                   # cell ids of the largest matrix are under 120 characters
 
 
-class Refused(OSError, ValueError):
+class Refused(BadInput, OSError, ValueError):
     """A file or name the trust rule refuses; str() is one line saying why. Both an OSError (as
     the read it replaces raised for a missing or unreadable file, with its errno kept) and a
-    ValueError (as a JSON parse raised)."""
+    ValueError (as a JSON parse raised); bad input (exit 2) where nothing else catches it."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "refused"

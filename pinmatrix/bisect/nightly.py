@@ -88,7 +88,7 @@ def bisect_new_breakages(
     """Bisect each candidate of this run against its previous run; record the answers in the run."""
     from pinmatrix.bisect.run import BisectSpec, run_bisect
     from pinmatrix.errors import PinmatrixError
-    from pinmatrix.bisect.releases import IndexUnreachable
+    from pinmatrix.bisect.releases import ReleaseIndexUnreachable
 
     summary_path = Path(run_dir) / "summary.json"
     summary = load_json(summary_path)
@@ -125,7 +125,7 @@ def bisect_new_breakages(
         step_opts = dataclasses.replace(opts, flaky_rerun=False)
         try:
             folder, result = run_bisect(spec, step_opts, echo=echo, budget=budget)
-        except (PinmatrixError, IndexUnreachable, ValueError) as exc:
+        except (PinmatrixError, ReleaseIndexUnreachable, ValueError) as exc:
             item["note"] = f"not bisected: {exc}"
             records.append(item)
             continue

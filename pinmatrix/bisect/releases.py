@@ -3,8 +3,8 @@
 Final releases only unless `pre`; yanked releases (every file yanked, PEP 592) are left out with a
 note;
 ordering and parsing are `packaging`'s, never by hand. The index is the one the run uses
-(`--index-url`, else PyPI); an unreachable index is an infra failure (`IndexUnreachable`), not bad
-input.
+(`--index-url`, else PyPI); an unreachable index is an infra failure (`ReleaseIndexUnreachable`),
+not bad input.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from typing import Any, Callable
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, canonicalize_name
 from packaging.utils import parse_sdist_filename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
+from pinmatrix.errors import HarnessError
 
 __all__ = [
     "ReleaseRange",
-    "IndexUnreachable",
+    "ReleaseIndexUnreachable",
     "fetch_index_files",
     "releases_between",
     "DEFAULT_INDEX",
@@ -32,7 +33,7 @@ DEFAULT_INDEX = "https://pypi.org/simple"
 ACCEPT = "application/vnd.pypi.simple.v1+json"
 
 
-class IndexUnreachable(RuntimeError):
+class ReleaseIndexUnreachable(HarnessError):
     """The index could not be asked (network, TLS, HTTP error): the machine failed, not the
     input."""
 
@@ -64,12 +65,12 @@ def fetch_index_files(
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             raise LookupError(f"{package}: no such project on {index_url}") from None
-        raise IndexUnreachable(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        raise ReleaseIndexUnreachable(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
-        raise IndexUnreachable(f"{url}: {getattr(exc, 'reason', exc)}") from None
+        raise ReleaseIndexUnreachable(f"{url}: {getattr(exc, 'reason', exc)}") from None
     files = payload.get("files")
     if not isinstance(files, list):
-        raise IndexUnreachable(f"{url}: not a PEP 691 project page (no files list)")
+        raise ReleaseIndexUnreachable(f"{url}: not a PEP 691 project page (no files list)")
     return files
 
 

@@ -386,7 +386,7 @@ def run_bisect(
     budget: int | None = None,
 ) -> tuple[Path, BisectResult]:
     """Run the search; write bisect.json and bisect.md; return (folder, result). RangeError and
-    BisectInputError are bad input; IndexUnreachable propagates (infra)."""
+    BisectInputError are bad input; ReleaseIndexUnreachable propagates (infra)."""
     from pinmatrix.run.folder import new_run_dir
 
     started = time.monotonic()
@@ -655,7 +655,7 @@ def bisect_command(options: BisectOptions, opts: RunOptions) -> int:
     """The CLI entry: exit 0 with an answer (or a stated non-monotonic/infra stop written down), 2
     on bad
     input, 1 when nothing could be judged."""
-    from pinmatrix.bisect.releases import IndexUnreachable
+    from pinmatrix.bisect.releases import ReleaseIndexUnreachable
 
     spec = parse_spec(
         list(opts.selectors),
@@ -674,7 +674,7 @@ def bisect_command(options: BisectOptions, opts: RunOptions) -> int:
         folder, result = run_bisect(spec, opts)
         if spec.together:
             return _print_together(folder)
-    except IndexUnreachable as exc:
+    except ReleaseIndexUnreachable as exc:
         print(f"infra: the package index could not be asked: {exc}")
         return EXIT_INFRA_BISECT
     doc = json.loads((folder / "bisect.json").read_text(encoding="utf-8"))

@@ -26,11 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
+from pinmatrix.errors import BadInput
+
 Verdict = Literal["good", "bad", "unresolvable", "infra"]
 __all__ = ["Verdict", "Judgement", "BisectResult", "RangeError", "bisect_releases"]
 
 
-class RangeError(ValueError):
+class RangeError(BadInput, ValueError):
     """GOOD is not good or BAD is not bad (or not judgeable): bad input, exit 2."""
 
 

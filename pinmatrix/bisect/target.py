@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from pinmatrix.bisect.search import Judgement
+from pinmatrix.errors import BadInput
 from pinmatrix.results import CellResult
 
 __all__ = [
@@ -44,7 +45,7 @@ _FINGERPRINT = re.compile(r"fp-[0-9a-f]{12}")
 FACT_CHECKS = ("exaone3.5.surface",)
 
 
-class TargetError(ValueError):
+class TargetError(BadInput, ValueError):
     """A --signature or --fact that names nothing (bad input)."""
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from pinmatrix.errors import BadInput
 from pinmatrix.commands.base import parse_own
 from pinmatrix.run.options import Option, typed
 from pinmatrix.containers import cdi
@@ -46,7 +47,7 @@ BINARIES = ("nvidia-smi", "nvidia-debugdump")
 SPEC_VERSION = "0.5.0"   # deviceNodes.hostPath appeared in 0.5.0 (CDI SPEC.md, released versions)
 
 
-class SpecInputError(Exception):
+class SpecInputError(BadInput):
     """Bad input: one line, exit 2."""
 
 

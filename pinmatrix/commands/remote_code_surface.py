@@ -29,13 +29,14 @@ from typing import Any, Sequence
 
 from probes.remote_code_surface import SURFACE_SCHEMA, compare, extract_file
 from pinmatrix.commands.base import parse_own
+from pinmatrix.errors import BadInput
 from pinmatrix.fsio import Refused, read_bytes_bounded
 from pinmatrix.run.options import Option, typed
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 
-class SurfaceInputError(Exception):
+class SurfaceInputError(BadInput):
     """Bad input; the message names the file (and line) at fault."""
 
 

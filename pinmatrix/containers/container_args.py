@@ -4,7 +4,7 @@ Everything reaches Docker as an argument list (never a shell string), so values 
 (versions, paths, names) cannot be interpreted by a shell on the host. The container's lifecycle
 (create, start with a timeout, kill, inspect, rm) is pinmatrix/runners/docker.py's alone: an earlier
 second copy of it (`OCIContainer`, a context manager that copied files in by `docker exec tar`) was
-used only by a test and was removed (issue 16).
+used only by a test and was removed.
 """
 from __future__ import annotations
 

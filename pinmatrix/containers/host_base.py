@@ -1,4 +1,4 @@
-"""A prepared base image made from the host itself (issue 18): the host's Python, the installed
+"""A prepared base image made from the host itself: the host's Python, the installed
 distributions a cell should take from the base (default: torch and all it requires), the shared
 libraries they link against, and the few tools the Dockerfile's RUN steps call, streamed as one tar
 to `docker import`. No network, no registry, no debootstrap: the lent H200 has none of them, and its
@@ -51,6 +51,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from pinmatrix.errors import BadInput, HarnessError
 
 # The commands docker/Dockerfile's RUN steps call, found on the Dockerfile's own PATH (a prepared
 # base takes BASE_SITE=1; the apt-get/rm branch runs only for a base without python3 + venv, which
@@ -154,11 +156,11 @@ print(json.dumps(out))
 BASE_SITE_SCRIPT = "import json, site; print(json.dumps(site.getsitepackages()))"
 
 
-class HostBaseInputError(Exception):
+class HostBaseInputError(BadInput):
     """Bad input: one line naming it (exit 2)."""
 
 
-class HostBaseError(Exception):
+class HostBaseError(HarnessError):
     """The host, the engine or the image failed (exit 1)."""
 
 

@@ -1,5 +1,5 @@
 """Is a prepared environment consistent? Like `pip check`: every requirement of every distribution
-on an interpreter's path is met by the first version of it on that path (issue 13).
+on an interpreter's path is met by the first version of it on that path.
 
 The interpreter under test only lists what it holds (`DUMP`, stdlib only, so a venv without
 `packaging` can be checked); the requirements are judged here with `packaging`, against the marker

@@ -1,5 +1,5 @@
-"""Which interpreter a cell's venv is made from, and whether a Python version can be had at all
-(issue 13).
+"""Which interpreter a cell's venv is made from, and whether a Python version can be had at
+all.
 
 `--venv-python` takes one interpreter per Python version (`3.12=/opt/py312/bin/python`,
 repeatable); a bare PATH is the interpreter of every version not named (the old form).

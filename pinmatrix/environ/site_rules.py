@@ -12,7 +12,7 @@ of the cells whose pins match its conditions:
 
 Conditions are all required (AND); `!=` negates one. A plain DIR applies to every cell. The order on
 the command line is the order on the path. One invocation can then run cells of different stacks,
-which is what the per-GPU scheduler needs to run two of them at once (issue 15).
+which is what the per-GPU scheduler needs to run two of them at once.
 """
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ class Option:
     # check(name, value, args) raises UsageError naming `name`: the flag, or the environment
     # variable the value came from (`env`). Called at parse time, before anything is written,
     # whenever the option was given (or has a default) or, absent, one of its variables is set, so a
-    # bad value or a contradiction with another option never reaches resolve or build (issue 17)
+    # bad value or a contradiction with another option never reaches resolve or build
     check: Callable[[str, Any, argparse.Namespace], None] | None = None
     # cross-option rules, by flag: given, this option needs each of `requires` given too, and none
     # of `conflicts` (checked at parse time, UsageError, exit 2)
@@ -732,6 +732,8 @@ class HostSettings:
         "~/.cache/pinmatrix)"))
     docker: str | None = from_env(EnvVar(
         "PINMATRIX_DOCKER", "the engine client to try first (pinmatrix/containers/engine.py)"))
+    podman: str | None = from_env(EnvVar(
+        "PINMATRIX_PODMAN", "the podman client for --runner podman (containers/engine.py)"))
     cdi_dirs: str | None = from_env(EnvVar(
         "PINMATRIX_CDI_DIRS",
         "CDI spec folders, os.pathsep-separated, instead of /etc/cdi and /var/run/cdi"))

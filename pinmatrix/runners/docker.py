@@ -57,7 +57,7 @@ IMAGE_REPO = "pinmatrix/cell"
 CONTAINER_UID = "1000:1000"
 PYTHON_PIN = re.compile(r"^3\.\d{1,2}$")
 IMAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
-PULL_POLICIES = ("missing", "always", "never")  # --pull; nightly uses always (issue 13)
+PULL_POLICIES = ("missing", "always", "never")  # --pull; nightly uses always
 PULL_TIMEOUT_S = 3600.0
 # A failed `docker pull`, told apart by the engine's words (checked in this order: a registry that
 # refuses an anonymous pull of a missing repository says "pull access denied", which means

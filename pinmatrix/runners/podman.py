@@ -17,9 +17,9 @@ Rootless, as tried on this machine (podman 4.3.1, vfs storage): the base image's
 0700 (docker/base/build-base.sh now imports it 0755; Docker's overlay driver ignores that mode,
 rootless vfs does not, and uid 1000 then cannot exec anything); builds that need the index need
 slirp4netns (a readable /dev/net/tun); and buildah 1.28 keeps `RUN --mount=type=cache` folders in
-one `$TMPDIR/buildah-cache` for every user (buildah issue 4404), so after a rootful build a rootless
-one fails on it ("Failed to initialize cache at /root/.cache/uv: Permission denied") unless TMPDIR
-points to a folder of the user's own.
+one `$TMPDIR/buildah-cache` for every user (containers/buildah#4404), so after a rootful build a
+rootless one fails on it ("Failed to initialize cache at /root/.cache/uv: Permission denied")
+unless TMPDIR points to a folder of the user's own.
 """
 from __future__ import annotations
 

@@ -255,7 +255,7 @@ class VenvRunner:
             self._call(cmd, log, "venv-create-failed", timeout=600, env=self._source_env())
         except InfraError as exc:
             # uv's own words for "no such interpreter here, and the download failed" are a DNS
-            # error (issue 13): say what is missing and what to do
+            # error: say what is missing and what to do
             if self.uv and not base_python and uv_could_not_get_python(exc.log_tail):
                 raise InfraError(missing_python_message(python_version), "python-unavailable",
                                  exc.log_tail) from exc

@@ -14,18 +14,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from pinmatrix.errors import UsageError
 from pinmatrix.which.match import (FAILS, NOT_JUDGED, WORKS, PurposeAnswer, Record, answer,
                                    default_purposes, exit_code, match)
+from pinmatrix.which.config import DEFAULT_REPORT, WhichConfig
 from pinmatrix.which.stack import Stack, read_here, read_stack, set_python
 
-if TYPE_CHECKING:
-    from pinmatrix.commands.which import WhichConfig
-
 EXIT_WORKS, EXIT_FAILS, EXIT_NOT_JUDGED = 0, 1, 4
-DEFAULT_REPORT = Path("reports") / "latest"
 
 
 def run_which(config: WhichConfig) -> int:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pinmatrix.bisect.releases import IndexUnreachable, fetch_index_files, releases_between
+from pinmatrix.bisect.releases import ReleaseIndexUnreachable, fetch_index_files, releases_between
 from pinmatrix.bisect.search import Judgement, RangeError, bisect_releases
 
 
@@ -157,7 +157,7 @@ def test_bad_ranges_are_bad_input(good, bad, message):
 
 
 def test_an_unreachable_index_is_infra_not_bad_input():
-    with pytest.raises(IndexUnreachable):
+    with pytest.raises(ReleaseIndexUnreachable):
         fetch_index_files("transformers", "http://127.0.0.1:9/simple", timeout=5)
 
 

@@ -4,6 +4,7 @@ whose exit code `main()` uses."""
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -88,8 +89,7 @@ def _commands() -> list[str]:
 def test_every_command_is_in_contracts() -> None:
     commands = _commands()
     assert "matrix" in commands and "bisect" in commands
-    missing = [c for c in commands if f"`{c}`" not in CONTRACTS and f"|{c}|" not in CONTRACTS
-               and f"{{{c}|" not in CONTRACTS and f"|{c}}}" not in CONTRACTS]
+    missing = [c for c in commands if f"`{c}`" not in CONTRACTS and f"`{c} " not in CONTRACTS]
     assert not missing, f"commands missing from CONTRACTS.md: {missing}"
 
 
@@ -103,20 +103,22 @@ def test_every_exit_code_is_in_contracts() -> None:
 
 def test_every_exception_class_derives_from_the_one_base() -> None:
     """main() maps PinmatrixError to its exit code once; an exception class of ours outside that
-    tree would reach the user as a traceback or a generic harness error."""
+    tree would reach the user as a traceback or a generic harness error. A private one (`_Name`)
+    that never leaves its module is control flow, not an error."""
     outside = []
     for path in sorted((REPO / "pinmatrix").rglob("*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.ClassDef):
-                continue
-            bases = [ast.unparse(b) for b in node.bases]
-            # a private exception that never leaves its module (control flow) is not a user's error
-            if node.name.startswith("_") or node.name == "PinmatrixError":
-                continue
-            if any(b in ("Exception", "RuntimeError", "ValueError", "OSError") for b in bases):
-                where = f"{path.relative_to(REPO)}:{node.lineno}"
-                outside.append(f"{where} {node.name}({', '.join(bases)})")
+        if "__pycache__" in path.parts:
+            continue
+        rel = path.relative_to(REPO).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, BaseException)
+                    and value.__module__ == name and not value.__name__.startswith("_")
+                    # a signal is not an error: it must stay a KeyboardInterrupt
+                    and not issubclass(value, KeyboardInterrupt)
+                    and not issubclass(value, errors.PinmatrixError)):
+                outside.append(f"{name}.{value.__name__}")
     assert not outside, f"exceptions outside errors.PinmatrixError: {outside}"
 
 
@@ -146,7 +148,8 @@ def test_every_repository_path_the_docs_name_exists(doc: str) -> None:
 
 
 def test_no_issue_numbers_in_code_or_docs() -> None:
-    """History lives in git: an "issue 17" in a comment tells a reader nothing the code does."""
+    """History lives in git: a tracker number in a comment tells a reader nothing the code does.
+    (Upstream reports are cited as OWNER/REPO#N.)"""
     pattern = re.compile(r"\bissues? #?\d+\b", re.IGNORECASE)
     found = []
     for path in sorted(REPO.rglob("*")):
