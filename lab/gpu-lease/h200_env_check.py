@@ -5,13 +5,13 @@ site layers first, then the device's packages) is met by the first version of it
 
 Prints the unmet requirements, split into those that touch a site layer's distributions (ours to
 fix) and those among the device's own packages (the image's). The logic is
-pinmatrix/environ/env_check.py's, which `--no-install` runs before judging a cell (issue 13).
+pinmatrix/environ/env_check.py's, which `--no-install` runs before judging a cell.
 """
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pinmatrix.environ.env_check import main  # noqa: E402
 
