@@ -1,6 +1,6 @@
 """`which` reads each stack format as the real tools write it: `uv lock`, `uv export` (requirements
-and PEP 751 pylock.toml), `uv pip compile`, and `pip freeze` of a real venv (uv against PyPI; a few
-seconds with uv's cache)."""
+and PEP 751 pylock.toml), `uv pip compile`, pip-tools' `pip-compile`, and `pip freeze` of a real
+venv (uv against PyPI; a few seconds with uv's cache)."""
 from __future__ import annotations
 
 import shutil
@@ -42,6 +42,9 @@ def made(tmp_path_factory) -> Path:
     freeze = subprocess.run([str(root / "venv" / "bin" / "python"), "-m", "pip", "freeze"],
                             capture_output=True, text=True, check=True, timeout=120).stdout
     (root / "freeze.txt").write_text(freeze, encoding="utf-8")
+    uv(root, "pip", "install", "--python", "venv/bin/python", "pip-tools")
+    subprocess.run([str(root / "venv" / "bin" / "pip-compile"), "-q", "--strip-extras", "in.txt",
+                    "-o", "pip-compiled.txt"], cwd=root, check=True, timeout=300)
     return root
 
 
@@ -50,6 +53,7 @@ def made(tmp_path_factory) -> Path:
     ("pylock.toml", "pylock.toml", True),
     ("exported.txt", "pinned", True),     # uv's header: a whole resolution
     ("compiled.txt", "pinned", True),
+    ("pip-compiled.txt", "pinned", True),  # pip-compile's header: a whole resolution
     ("freeze.txt", "pinned", False),      # a freeze says nothing of itself: --complete says so
 ])
 def test_each_format_as_the_tool_writes_it(made, name, fmt, complete):
