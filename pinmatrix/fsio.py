@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from pinmatrix.interrupt import held
+
 # Report files are as readable as any file a user writes. Files that may carry an index URL with a
 # token (locks, the resolver's cache) are the owner's alone. The mode is set on the file itself with
 # fchmod: the process umask is never changed, since scheduler threads write files at the same time.
@@ -46,7 +48,6 @@ def published_together() -> Iterator[None]:
         _discard(actions)
         raise
     _staged.actions = None
-    from pinmatrix.interrupt import held
 
     with held(notice=None, escape=False):
         for index, (publish, _) in enumerate(actions):

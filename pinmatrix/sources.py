@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html.parser
 import json
 import os
 import ssl
@@ -18,6 +19,14 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Mapping
+
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
 
 from pinmatrix.errors import IndexUnreachable
 
@@ -202,7 +211,6 @@ def list_releases(package: str, sources: PackageSources, timeout_s: float = 30.0
 
     A release is yanked only when all its files are. Unparseable file names are skipped.
     """
-    from packaging.utils import canonicalize_name
 
     name = canonicalize_name(package)
     files: dict[str, list[bool]] = {}
@@ -231,7 +239,6 @@ def _simple_files(body: bytes, content_type: str) -> list[tuple[str, bool]]:
     if "json" in content_type or text.lstrip().startswith("{"):
         data = json.loads(text)
         return [(f["filename"], bool(f.get("yanked"))) for f in data.get("files", [])]
-    import html.parser
 
     found: list[tuple[str, bool]] = []
 
@@ -249,12 +256,6 @@ def _simple_files(body: bytes, content_type: str) -> list[tuple[str, bool]]:
 
 
 def _version_of(filename: str, name: str) -> str | None:
-    from packaging.utils import (
-        InvalidSdistFilename,
-        InvalidWheelFilename,
-        parse_sdist_filename,
-        parse_wheel_filename,
-    )
 
     try:
         if filename.endswith(".whl"):

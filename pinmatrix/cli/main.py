@@ -10,14 +10,23 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
+import threading
 from typing import Any, NoReturn, Sequence
 
 from pinmatrix.commands import COMMANDS as REGISTRY
 from pinmatrix.commands.base import build_config
+from pinmatrix.console import escaped_output
 from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
-from pinmatrix.run.options import (ALL_COMMANDS, ENV_SETTINGS, OPTIONS, HostSettings,
-                                   check_options, options_for)
+from pinmatrix.run.options import (
+    ALL_COMMANDS,
+    ENV_SETTINGS,
+    OPTIONS,
+    HostSettings,
+    check_options,
+    options_for,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,15 +103,12 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pinmatrix.console import escaped_output
 
     with escaped_output():  # every console line is text, never terminal control
         return _main(argv)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    import signal
-    import threading
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pinmatrix.bundle import apply_bundle
 from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_INFRA, EXIT_OK, UsageError
 from pinmatrix.fsio import load_json
-from pinmatrix.run.options import (CONCERNS, RunOptions, SlurmOptions, concern_from,
-                                   forwarded_argv, run_options)
+from pinmatrix.run.options import (
+    CONCERNS,
+    RunOptions,
+    SlurmOptions,
+    concern_from,
+    forwarded_argv,
+    run_options,
+)
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,6 @@ def out_first(parsed: argparse.Namespace) -> None:
 def from_bundle(parsed: argparse.Namespace) -> None:
     """`matrix --bundle DIR`: the options that run the bundle's cells offline (bundle.py)."""
     if parsed.bundle is not None:
-        from pinmatrix.bundle import apply_bundle
 
         apply_bundle(parsed)
 
@@ -108,7 +115,6 @@ def takes_config(command: Command) -> type | None:
 
 def infra_exit(run_dir: Any) -> int:
     """EXIT_INFRA when any cell of the finished run is `infra`, said on stderr; else EXIT_OK."""
-    import sys
 
     infra = infra_cells(run_dir)
     if infra:

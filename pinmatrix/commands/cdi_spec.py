@@ -23,6 +23,7 @@ a folder that does not exist, an output that cannot be written), one line.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -32,8 +33,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pinmatrix.commands.base import parse_own
-from pinmatrix.run.options import Option, typed
 from pinmatrix.containers import cdi
+from pinmatrix.fsio import write_text_atomic
+from pinmatrix.run.options import Option, typed
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 DEFAULT_OUTPUT = Path("/etc/cdi/pinmatrix-nvidia.yaml")
@@ -158,9 +160,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(config: CdiSpecConfig) -> int:
-    import os
-
-    from pinmatrix.fsio import write_text_atomic
 
     try:
         if not cdi.KIND_RE.fullmatch(config.kind):

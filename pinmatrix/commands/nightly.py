@@ -12,11 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pinmatrix.bisect.nightly import bisect_new_breakages
 from pinmatrix.errors import UsageError
+from pinmatrix.fsio import load_json, published_together
+from pinmatrix.interrupt import held
 from pinmatrix.report.diff import PreviousRunError, find_run_dir, previous_run_in
+from pinmatrix.report.diff import render_bisect_lines as render_lines
 from pinmatrix.report.history import append_history, history_record, read_history
-from pinmatrix.fsio import load_json
+from pinmatrix.report.merge import merge_artifacts
+from pinmatrix.report.pins import write_pins_and_say
+from pinmatrix.report.write import write_report
+from pinmatrix.run.folder import new_run_dir, point_latest
 from pinmatrix.run.options import BisectOptions, ReportOptions, RunOptions
+from pinmatrix.run.pipeline import run_matrix
 
 EXIT_GREEN, EXIT_NEW_BREAKAGES = 0, 1
 HISTORY_NAME = "history.jsonl"
@@ -38,8 +46,6 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
     """Write the report (with the diff against `previous`, else the newest earlier run in
     reports_dir) and the pins (with the `--pins-for` purposes, so the files and the summary's plan
     agree), append this run to the history, and decide the exit code."""
-    from pinmatrix.report.pins import write_pins_and_say
-    from pinmatrix.report.write import write_report
 
     run_dir = Path(run_dir)
     history_path = Path(history_path) if history_path else Path(reports_dir) / HISTORY_NAME
@@ -54,8 +60,6 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
     history, problems = read_history(history_path)
     for problem in problems:
         echo(f"history: skipped {problem}")
-    from pinmatrix.fsio import published_together
-    from pinmatrix.interrupt import held
 
     # the whole report with its pins (the --pins-for purposes in both), or the one before
     # (interrupt.py)
@@ -93,7 +97,6 @@ def run_nightly(opts: RunOptions, *, previous: Path | None = None, history_path:
                 echo: Echo = print, bisect_budget: int = 0) -> NightlyResult:
     """Run the matrix (live axes expand now), then `finish`. A harness error in one cell is an infra
     outcome in the run, listed apart: it never turns the nightly red by itself."""
-    from pinmatrix.run.pipeline import run_matrix
 
     summary = run_matrix(opts, echo=echo)
     for line in summary.harness_errors:
@@ -102,8 +105,6 @@ def run_nightly(opts: RunOptions, *, previous: Path | None = None, history_path:
                     history_path=history_path, pins_for=opts.pins_for,
                     echo=echo)
     if result.exit_code == EXIT_NEW_BREAKAGES and bisect_budget > 0:
-        from pinmatrix.bisect.nightly import bisect_new_breakages
-        from pinmatrix.report.diff import render_bisect_lines as render_lines
 
         for line in render_lines(bisect_new_breakages(summary.run_dir, opts, budget=bisect_budget,
                                                       echo=echo)):
@@ -116,8 +117,6 @@ def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previ
                      label: str | None = None, pins_for: Sequence[str] = (),
                      echo: Echo = print) -> NightlyResult:
     """The GitHub merge job: a run folder from the per-cell artifacts, then `finish`."""
-    from pinmatrix.report.merge import merge_artifacts
-    from pinmatrix.run.folder import new_run_dir, point_latest
 
     run_dir = new_run_dir(reports_dir, label)
     merged = merge_artifacts(artifact_roots, run_dir, expected_cells=expected_cells)

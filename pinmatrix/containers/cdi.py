@@ -40,8 +40,8 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from pinmatrix.errors import UsageError
 from pinmatrix.containers.container_args import Mount, gpu_args
+from pinmatrix.errors import UsageError
 
 GPU_KIND = "nvidia.com/gpu"
 DEFAULT_DIRS = ("/etc/cdi", "/var/run/cdi")

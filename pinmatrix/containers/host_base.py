@@ -38,6 +38,7 @@ read-only root, fail to cache).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -650,7 +651,6 @@ def write_tar(members: Sequence[Member], out: IO[bytes], progress: Progress | No
         for member in members:
             info = tar_info(member)
             if member.kind == "file" and member.data is not None:
-                import io
 
                 tar.addfile(info, io.BytesIO(member.data))
             elif member.kind == "file":

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from pinmatrix.cell import normalize_name
+from pinmatrix.containers.engine import engine_message, find_engine
 from pinmatrix.errors import ResolveInfraError
 
 INVENTORY_TIMEOUT_S = 300.0
@@ -55,7 +56,6 @@ def read_inventory(image: str, engine: Any = None) -> Inventory:
     """The image's inventory; raises ResolveInfraError (`base-image-missing`, `base-inventory`)
     when there is no engine, no such image, or the image cannot run python3."""
     if engine is None:
-        from pinmatrix.containers.engine import engine_message, find_engine
 
         engine = find_engine()
         if engine is None:

@@ -11,6 +11,7 @@ environment of that interpreter, not the harness's.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -164,7 +165,6 @@ def check(python: str, sites: Sequence[Path | str] = (),
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
 
     parser = argparse.ArgumentParser(prog="python -m pinmatrix.environ.env_check",
                                      description=__doc__.splitlines()[0])

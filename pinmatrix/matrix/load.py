@@ -10,6 +10,7 @@ later, offline.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -19,13 +20,13 @@ from typing import Any, Callable, Sequence
 import yaml
 from packaging.version import Version
 
-from probes import registry as _registry
 from pinmatrix.cell import NONE, Cell, ModelSpec, base_spec, split_extras
 from pinmatrix.errors import IndexUnreachable, MatrixError
 from pinmatrix.fsio import Refused, read_bytes_bounded
 from pinmatrix.matrix.live import expand_live, is_specifier, valid_specifier
 from pinmatrix.matrix.select import BASE_IMAGE, MAX_VALUE_CHARS, PYTHON, same_value
 from pinmatrix.sources import PackageSources, Release, list_releases, redact
+from probes import registry as _registry
 
 # Every key an axis (or an include rule) may name. A typo is an error, not a silent new axis.
 # An axis is named after the PyPI distribution it pins. FlashAttention 4 is its own distribution,
@@ -806,7 +807,6 @@ def _kind(node: yaml.Node) -> str:
 
 
 def _near(word: str, choices: Sequence[str]) -> str:
-    import difflib
 
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from pinmatrix.results import describe_signature
+
 # Host-side infra signatures that are not in the probes' catalogue
 REMEDIES = {
     "python-unavailable": "install that Python, pass `--venv-python VERSION=/path`, or use Docker",
@@ -34,7 +36,6 @@ def remedy(signature: str | None, reason: str | None = None) -> str | None:
     if signature in REMEDIES:
         return REMEDIES[signature]
     if signature:
-        from pinmatrix.results import describe_signature
 
         entry = describe_signature(signature) or {}
         return entry.get("fix")

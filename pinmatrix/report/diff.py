@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 from pinmatrix.errors import PreviousRunError
 from pinmatrix.fsio import load_json, write_json_atomic, write_text_atomic
 from pinmatrix.report.history import DEFAULT_REL_THRESHOLD, MIN_SAMPLES, NOISE_K, noise_threshold
+from pinmatrix.report.summary import merge
 
 WORKING = ("works", "partial")
 BROKEN = ("broken", "unresolvable")
@@ -102,7 +103,6 @@ def previous_run_in(reports_dir: Path, current: Path) -> Path | None:
 
 def load_summary(run_dir: Path) -> dict[str, Any]:
     """A run's summary: re-merged from its files where they exist, else its summary.json."""
-    from pinmatrix.report.summary import merge
 
     run_dir = find_run_dir(run_dir)
     if (run_dir / "outcomes").is_dir() or (run_dir / "cells").is_dir():

@@ -17,6 +17,7 @@ revision
 from __future__ import annotations
 
 from collections import defaultdict
+from html import escape
 from typing import Any, Iterable, Mapping
 
 from packaging.version import Version
@@ -258,7 +259,6 @@ def pivot(section: Mapping[str, Any]) -> dict[str, Any]:
 
 def render_html(section: Mapping[str, Any]) -> str:
     """The section as an HTML table with words, not only glyphs (empty when nothing ran)."""
-    from html import escape
 
     cells = section.get("cells") or []
     if not cells:

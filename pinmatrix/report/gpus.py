@@ -23,10 +23,17 @@ import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
 from pinmatrix.console import escape
 from pinmatrix.errors import BadInput
-from pinmatrix.fsio import (load_json, plain_name, real_file, real_json_files, write_json_atomic,
-                            write_text_atomic)
+from pinmatrix.fsio import (
+    load_json,
+    plain_name,
+    real_file,
+    real_json_files,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 TOLERANCE = 0.05
 

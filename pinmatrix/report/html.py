@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pinmatrix.fsio import confined, write_text_atomic
+from pinmatrix.report.exaone import render_html as render_exaone35_html
 from pinmatrix.results import describe_signature, load_result
 from pinmatrix.status import status_of
 
@@ -185,7 +186,6 @@ def _detail_html(cell: Mapping[str, Any], data: Mapping[str, Any] | None) -> str
 # --- the page ------------------------------------------------------------------------------------
 
 def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
-    from pinmatrix.report.exaone import render_html as render_exaone35_html
 
     run = summary.get("run") or {}
     run_id = run.get("run_id") or Path(str(run_dir)).name

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from pinmatrix.cell import ModelSpec
-from pinmatrix.fsio import real_json_files
+from pinmatrix.fsio import read_json, real_json_files
 from pinmatrix.results import CellResult, load_result
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -69,7 +69,6 @@ def unpinned_warnings(models: Iterable[ModelSpec]) -> list[str]:
 
 def unpinned_reasons(run_dir: Path) -> dict[tuple[str, str], str]:
     """(repo, revision) -> the matrix's `unpinned:` reason, from run.json's `models`."""
-    from pinmatrix.fsio import read_json
 
     manifest = read_json(Path(run_dir) / "run.json")
     models = manifest.get("models") if isinstance(manifest, Mapping) else None

@@ -18,16 +18,28 @@ import subprocess
 import tempfile
 import threading
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pinmatrix.cell import (NONE, PROVIDED_PREFIX, Cell, Lock, Unresolvable, extras_lines,
-                            normalize_name, parse_lock)
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+from pinmatrix.activity import acting_for, doing
+from pinmatrix.cell import (
+    NONE,
+    PROVIDED_PREFIX,
+    Cell,
+    Lock,
+    Unresolvable,
+    extras_lines,
+    normalize_name,
+    parse_lock,
+)
+from pinmatrix.environ.base_inventory import read_inventory
 from pinmatrix.errors import PinmatrixError, ResolveInfraError
 from pinmatrix.fsio import PRIVATE_MODE, write_text_atomic
 from pinmatrix.interrupt import map_in_threads
-from pinmatrix.activity import acting_for, doing
 from pinmatrix.sources import PackageSources
 
 TARGET_PLATFORM = "x86_64-manylinux_2_28"
@@ -189,9 +201,6 @@ class _Resolver:
         check compares them with what the probe imports. A version that is also on the index
         (the CPU wheel here) may be locked from there; its metadata is the same release's.
         """
-        from pinmatrix.environ.base_inventory import read_inventory
-
-        from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
         image = cell.pins.get("base_image") or ""
         if not image:
@@ -354,7 +363,6 @@ class _Resolver:
 def _stub_wheel(folder: Path, name: str, info: Any) -> Path:
     """A metadata-only wheel for a distribution the base image holds: enough for uv to resolve
     against (name, version, Requires-Dist, Requires-Python); never installed."""
-    import zipfile
 
     version = str(info["version"])
     dist = re.sub(r"[-_.]+", "_", name)

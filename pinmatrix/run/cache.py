@@ -21,8 +21,19 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from pinmatrix.cell import Cell
-from pinmatrix.fsio import (confined, copy_atomic, load_json, plain_name, read_json, real_dir,
-                            real_file_under, real_json_files, real_subdirs, write_json_atomic)
+from pinmatrix.fsio import (
+    confined,
+    copy_atomic,
+    load_json,
+    plain_name,
+    read_json,
+    real_dir,
+    real_file_under,
+    real_json_files,
+    real_subdirs,
+    write_json_atomic,
+)
+from pinmatrix.matrix.select import select
 from pinmatrix.results import Damaged, load_result
 
 INDEX_RELPATH = Path(".cache") / "index.json"
@@ -56,7 +67,6 @@ class RerunPolicy:
             return None
         if not self.selectors:
             return set()
-        from pinmatrix.matrix.select import select
 
         return {c.id for c in select(list(cells), list(self.selectors))}
 

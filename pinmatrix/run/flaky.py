@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from probes import registry
-
 from pinmatrix.fsio import write_json_atomic, write_text_atomic
 from pinmatrix.results import CellResult, load_result, validate
 from pinmatrix.runners.base import Prepared, Runner
+from probes import registry, signatures
 
 DISAGREEING = frozenset({"pass", "fail"})
 RERUN_SPEC_NAME = "rerun.cell.json"
@@ -43,7 +42,6 @@ def deterministic_failures(result: Mapping[str, Any]) -> list[str]:
     """Failing checks whose signature the catalogue marks deterministic (probes/signatures.json):
     the cause is in what is installed, so a rerun would fail the same way. An unsloth cell's rerun
     costs a fresh process and `import unsloth` again, about 40 s on the H100, for nothing."""
-    from probes import signatures  # the probe's own catalogue module; stdlib only
 
     return [str(c.get("name")) for c in result.get("checks") or []
             if c.get("status") == "fail"

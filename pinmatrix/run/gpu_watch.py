@@ -30,6 +30,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from pinmatrix.fsio import write_json_atomic
+from pinmatrix.outcome import load_outcome
+
 CELL_ENV = "PINMATRIX_CELL_ID"
 GPU_QUERY = (
     "index,uuid,utilization.gpu,memory.used,clocks.sm,power.draw,"
@@ -383,8 +386,6 @@ class watch_run:
 
 def _attribute_run(run_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
     """Attribute a run's samples to its outcomes; rewrite the outcomes and gpu_watch.json."""
-    from pinmatrix.outcome import load_outcome
-    from pinmatrix.fsio import write_json_atomic
 
     outcomes = []
     for path in sorted((Path(run_dir) / "outcomes").glob("*.json")):

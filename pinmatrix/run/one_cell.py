@@ -8,8 +8,9 @@ import contextlib
 import dataclasses
 import shutil
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
 from pinmatrix import interrupt
@@ -17,7 +18,9 @@ from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import InfraError
 from pinmatrix.fsio import copy_atomic, read_json, write_json_atomic, write_text_atomic
 from pinmatrix.outcome import Outcome
+from pinmatrix.resolve.uv import ResolveInfraError
 from pinmatrix.results import Damaged, load_result
+from pinmatrix.run.flaky import recheck_failures
 from pinmatrix.run.identity import build_key, cell_hash
 from pinmatrix.run.options import RunOptions, cell_timeout
 from pinmatrix.runners.base import RUN_LOG_NAME, Runner
@@ -76,7 +79,6 @@ def run_cell(cell: Cell, runner: Runner, run: CellRun, *,
 
 def _resolve(cell: Cell, run: CellRun, outcome: Outcome) -> Lock | None:
     """The cell's lock; None when there is none (the outcome then says why, written)."""
-    from pinmatrix.resolve.uv import ResolveInfraError
 
     lock_dir = run.run_dir / "locks" / cell.id
     lock_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +185,6 @@ def _keep_result(cell: Cell, prepared: Any, runner: Runner, run: CellRun,
         return
     outcome.result = f"cells/{cell.id}.json"
     if run.opts.flaky_rerun and not result.infra_reason:
-        from pinmatrix.run.flaky import recheck_failures
 
         # once, in a fresh container/process, only the failed groups
         with ctx.device() as device:
@@ -283,7 +284,6 @@ def _write_log(run_dir: Path, cell_id: str, kind: str, text: str) -> None:
 
 
 def _now_ms() -> str:
-    from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 

@@ -14,14 +14,27 @@ outcome is not kept: the machine failed, so a resume tries the cell again.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from pinmatrix.errors import ResumeError
-from pinmatrix.fsio import (Refused, confined, load_json, plain_name, read_bytes_bounded,
-                            read_json, real_file, real_json_files, real_subdirs, utc_now,
-                            write_json_atomic)
+from pinmatrix.fsio import (
+    Refused,
+    confined,
+    load_json,
+    plain_name,
+    read_bytes_bounded,
+    read_json,
+    real_file,
+    real_json_files,
+    real_subdirs,
+    utc_now,
+    write_json_atomic,
+)
+from pinmatrix.matrix.load import MAX_MATRIX_BYTES
 
 FINISHED_STAGES = ("done",)
 FINISHED_STATUSES = ("unresolvable",)
@@ -133,7 +146,6 @@ def lock_run_folder(run_dir: Path, opts: Any, flag: str) -> None:
     process ends. Shards and Slurm tasks of one run write disjoint cells into one shared folder, so
     they take it shared; a second whole-run writer (two `--resume` of one run) is refused while any
     other writer holds it. The kernel drops the lock when its holder dies, even by SIGKILL."""
-    import fcntl
 
     shared = getattr(opts, "shard", None) is not None or not getattr(opts, "finalize", True)
     path = Path(run_dir) / WRITER_LOCK
@@ -162,9 +174,6 @@ def release_run_folder(run_dir: Path) -> None:
 def _same_request(opts: Any, manifest: dict[str, Any], run_dir: Path, flag: str) -> None:
     """A resumed or shared run folder runs the same matrix, selection and runner settings, or it
     would mix two runs in one folder (and hand one matrix's results to another)."""
-    import hashlib
-
-    from pinmatrix.matrix.load import MAX_MATRIX_BYTES
 
     name = run_dir.name if flag == "--resume" else str(run_dir)
     try:

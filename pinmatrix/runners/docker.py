@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,11 +29,14 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from pinmatrix import interrupt
 from pinmatrix.activity import doing
 from pinmatrix.cell import Cell, Lock, install_lock, provided_by_base
+from pinmatrix.containers import cdi, gpu_lock
+from pinmatrix.containers import engine as engines
+from pinmatrix.containers.container_args import Mount, security_args
+from pinmatrix.containers.engine import Engine
+from pinmatrix.environ import compile_cache
+from pinmatrix.environ.drift import DRIFT_SIGNATURE, drift_reason, result_drift
 from pinmatrix.errors import InfraError
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
-from pinmatrix.containers import cdi, gpu_lock
-from pinmatrix.environ import compile_cache
-from pinmatrix.containers import engine as engines
 from pinmatrix.runners.base import (
     RESULT_NAME,
     RUN_LOG_NAME,
@@ -43,9 +47,6 @@ from pinmatrix.runners.base import (
     RunOutcome,
     tail,
 )
-from pinmatrix.containers.container_args import Mount, security_args
-from pinmatrix.environ.drift import DRIFT_SIGNATURE, drift_reason, result_drift
-from pinmatrix.containers.engine import Engine
 
 if TYPE_CHECKING:  # pinmatrix.sources is written alongside; only its attributes are used here
     from pinmatrix.sources import PackageSources
@@ -593,7 +594,6 @@ class DockerRunner:
                 raise InfraError(reason, signature=signature, log_tail=log)
 
     def _do_pull(self) -> tuple[str, ...]:
-        import sys
 
         echo = self.echo or (lambda line: print(line, file=sys.stderr, flush=True))
         log_path = (self.reports_dir / "logs"

@@ -19,6 +19,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -323,7 +324,6 @@ def _merge(stack: Stack, want: Want, path: Path) -> None:
 def read_here() -> Stack:
     """The running interpreter: every installed distribution, the python version, and torch's
     CUDA when torch imports."""
-    from importlib import metadata
 
     packages: dict[str, Want] = {}
     for dist in metadata.distributions():
