@@ -36,9 +36,10 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
@@ -357,7 +358,7 @@ def split_into_carries(files: list[Path], out: Path, part_bytes: int) -> dict[st
             path.unlink()
             pieces[path.name] = names
             continue
-        for i, (used, folder) in enumerate(bins):
+        for i, (used, folder) in enumerate(bins):  # noqa: B007 - the bin found is used after the loop
             if used + size <= part_bytes:
                 break
         else:

@@ -12,9 +12,10 @@ import shutil
 import stat
 import tempfile
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from pinmatrix.interrupt import held
 
@@ -60,10 +61,8 @@ def published_together() -> Iterator[None]:
 
 def _discard(actions: list[Action]) -> None:
     for _, discard in actions:
-        try:
+        with contextlib.suppress(OSError):
             discard()
-        except OSError:
-            pass
 
 
 def on_publish(publish: Callable[[], object], discard: Callable[[], object] = lambda: None) -> None:
@@ -180,7 +179,7 @@ class Refused(OSError, ValueError):
         return str(self.args[0]) if self.args else "refused"
 
     @classmethod
-    def of(cls, why: str, exc: OSError) -> "Refused":
+    def of(cls, why: str, exc: OSError) -> Refused:
         refused = cls(why)
         refused.errno, refused.filename = exc.errno, exc.filename
         return refused

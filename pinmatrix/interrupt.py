@@ -21,9 +21,10 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 INTERRUPTED = threading.Event()
 SIGNATURE = "interrupted"

@@ -17,8 +17,8 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from packaging.utils import (
     InvalidSdistFilename,
@@ -61,7 +61,7 @@ class PackageSources:
                  find_links: tuple[str, ...] | list[str] | None = None,
                  ca_bundle: str | None = None,
                  torch_backend: str | None = None,
-                 environ: Mapping[str, str] | None = None) -> "PackageSources":
+                 environ: Mapping[str, str] | None = None) -> PackageSources:
         """Command-line values (the arguments) win over PINMATRIX_* variables, which win over
         pip's."""
         env = os.environ if environ is None else environ
@@ -256,7 +256,6 @@ def _simple_files(body: bytes, content_type: str) -> list[tuple[str, bool]]:
 
 
 def _version_of(filename: str, name: str) -> str | None:
-
     try:
         if filename.endswith(".whl"):
             return str(parse_wheel_filename(filename)[1])

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from packaging.version import Version
 
 from pinmatrix.bisect.releases import IndexUnreachable
 from pinmatrix.bisect.run import BisectSpec, run_bisect
@@ -98,14 +101,12 @@ def bisect_new_breakages(
     diff = summary.get("diff")
     if not diff or not diff.get("previous_dir"):
         return []
-    before = load_json((Path(diff["previous_dir"]) / "summary.json"))
+    before = load_json(Path(diff["previous_dir"]) / "summary.json")
     records: list[dict[str, Any]] = []
     facts = (_failed_facts(Path(run_dir)), _failed_facts(Path(diff["previous_dir"])))
     for item in candidates(summary, before, facts):
         try:
             bad, good = item["bad"], item["good"]
-            from packaging.version import Version
-
             if Version(good) > Version(
                 bad
             ):  # a downgrade broke it: bisect upwards from the bad one
@@ -171,7 +172,6 @@ def _failed_facts(run_dir: Path) -> FactsOf:
 
 
 def _record(run_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
-
     summary["diff"]["bisects"] = records
     write_diff(run_dir, summary["diff"])
     write_json_atomic(run_dir / "summary.json", summary)

@@ -12,8 +12,8 @@ trl *and* the new unsloth) shows as a switch in one package only with the other 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 from pinmatrix.bisect.search import BisectResult, Judgement, RangeError, bisect_releases
 

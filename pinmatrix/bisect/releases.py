@@ -13,8 +13,9 @@ import json
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from packaging.utils import (
     InvalidSdistFilename,

@@ -27,8 +27,9 @@ import dataclasses
 import json
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 from packaging.version import InvalidVersion, Version
@@ -168,7 +169,6 @@ def release_notes_url(package: str, version: str) -> str:
 
 
 def _group_of(check: str, groups: Sequence[str]) -> str:
-
     group = group_of(check, groups)
     if group is None:
         raise BisectInputError(

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from pinmatrix.bisect.search import Judgement
 from pinmatrix.results import CellResult

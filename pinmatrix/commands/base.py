@@ -11,9 +11,10 @@ import argparse
 import dataclasses
 import sys
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pinmatrix.bundle import apply_bundle
 from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_INFRA, EXIT_OK, UsageError
@@ -127,7 +128,7 @@ def infra_exit(run_dir: Any) -> int:
 def infra_cells(run_dir: Any) -> list[str]:
     """The cells of a finished run whose status is `infra` (summary.json)."""
     try:
-        data = load_json((run_dir / "summary.json"))
+        data = load_json(run_dir / "summary.json")
     except (OSError, ValueError):
         return []
     return [c["id"] for c in data.get("cells", []) if c.get("status") == "infra"]

@@ -22,8 +22,8 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from pinmatrix.commands.base import parse_own
 from pinmatrix.containers import engine as engines
@@ -74,7 +74,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(config: BaseImageConfig) -> int:
-
     packages = list(config.package) or ["torch"]
     try:
         if not config.dry_run and (config.tag is None or not _TAG.fullmatch(config.tag)):
@@ -124,7 +123,6 @@ def run(config: BaseImageConfig) -> int:
 
 
 def _engine(client: str | None) -> object:
-
     if client is not None:
 
         path = shutil.which(client)

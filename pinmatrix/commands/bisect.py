@@ -17,5 +17,4 @@ class BisectConfig:
 
 
 def run(config: BisectConfig) -> int:
-
     return bisect_command(config.bisect, config.run)

@@ -22,7 +22,6 @@ class BundleConfig:
 
 
 def run(config: BundleConfig) -> int:
-
     build_bundle(config.run, config.bundle_out, host_packages=config.bundle.host_packages,
                  part_mib=config.bundle.part_mib)
     return EXIT_OK

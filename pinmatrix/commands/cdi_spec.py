@@ -28,9 +28,10 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pinmatrix.commands.base import parse_own
 from pinmatrix.containers import cdi
@@ -160,7 +161,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(config: CdiSpecConfig) -> int:
-
     try:
         if not cdi.KIND_RE.fullmatch(config.kind):
             raise SpecInputError(f"--kind {config.kind!r}: not vendor.com/class")

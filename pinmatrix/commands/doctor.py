@@ -17,5 +17,4 @@ class DoctorConfig:
 
 
 def run(config: DoctorConfig) -> int:
-
     return doctor_command(config.run)

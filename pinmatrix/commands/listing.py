@@ -19,7 +19,6 @@ class ListConfig:
 
 
 def run(config: ListConfig) -> int:
-
     opts = config.run
     matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
                                snapshot=opts.snapshot, sources=opts.sources)

@@ -8,9 +8,10 @@ cells that are broken (nothing passed before) or a first run with nothing to com
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pinmatrix.bisect.nightly import bisect_new_breakages
 from pinmatrix.errors import UsageError
@@ -66,7 +67,7 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
     with held(), published_together():
         write_report(run_dir, previous=previous, history=history, pins_for=pins_for)
         write_pins_and_say(run_dir, echo, pins_for)
-    summary = load_json((run_dir / "summary.json"))
+    summary = load_json(run_dir / "summary.json")
     diff = summary.get("diff")
     record = history_record(summary)
     record["previous"] = diff["previous_run"] if diff else None

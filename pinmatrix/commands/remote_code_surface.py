@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pinmatrix.commands.base import parse_own
 from pinmatrix.fsio import Refused, read_bytes_bounded, write_text_atomic

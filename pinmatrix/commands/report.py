@@ -22,7 +22,6 @@ class ReportConfig:
 
 
 def run(config: ReportConfig) -> int:
-
     given = config.report.run
     run_dir = given or (config.run.reports_dir / "latest")
     if not run_dir.is_dir():

@@ -16,7 +16,6 @@ class ResolveConfig:
 
 
 def run(config: ResolveConfig) -> int:
-
     run_dir = resolve_only(config.run)
     print(f"locks: {run_dir / 'locks'}")
     return EXIT_OK

@@ -17,5 +17,4 @@ class RunCellConfig:
 
 
 def run(config: RunCellConfig) -> int:
-
     return run_cell_task(config.run, config.slurm.index)

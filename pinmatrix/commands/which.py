@@ -9,7 +9,7 @@ Exit codes: 0 works for every purpose asked; 1 fails for one; 2 bad input (the f
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from pinmatrix.commands.base import parse_own
 from pinmatrix.errors import PinmatrixError

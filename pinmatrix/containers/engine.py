@@ -20,10 +20,10 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from pinmatrix.containers import cdi
 from pinmatrix.fsio import first_line

@@ -49,9 +49,10 @@ import tarfile
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any
 
 # The commands docker/Dockerfile's RUN steps call, found on the Dockerfile's own PATH (a prepared
 # base takes BASE_SITE=1; the apt-get/rm branch runs only for a base without python3 + venv, which

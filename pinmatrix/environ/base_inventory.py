@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from pinmatrix.cell import normalize_name
 from pinmatrix.containers.engine import engine_message, find_engine

@@ -16,9 +16,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from packaging.markers import UndefinedComparison, UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
@@ -165,7 +166,6 @@ def check(python: str, sites: Sequence[Path | str] = (),
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-
     parser = argparse.ArgumentParser(prog="python -m pinmatrix.environ.env_check",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("label", nargs="?", default="")

@@ -13,8 +13,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -78,7 +78,6 @@ def pin_mismatches(cell: Cell, python_version: str, dists: dict[str, str]) -> li
 
 
 def _satisfies(installed: str, pin: str) -> bool:
-
     pin = split_extras(pin)[0]   # extras are not a version: "4.0.0b36[cu13]" pins 4.0.0b36
     spec = pin if pin[:1] in "<>=!~" else f"=={pin}"
     try:
@@ -127,7 +126,6 @@ def environment_resolver(python: Mapping[str, str] | str | None, extra_sites: Se
     """A resolve_fn for the pipeline: same signature as pinmatrix.resolve.uv.resolve. `python`:
     --venv-python (one interpreter, or one per Python version)."""
     def resolve_installed(cell: Cell, sources: object, out_dir: Path) -> Lock:
-
         chosen = python_for(python, str(cell.pins.get("python") or ""))
         lock = lock_from_environment(cell, chosen, sites_for(cell, extra_sites))
         out_dir.mkdir(parents=True, exist_ok=True)

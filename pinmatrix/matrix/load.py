@@ -13,9 +13,10 @@ import datetime as _dt
 import difflib
 import itertools
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 from packaging.version import Version
@@ -524,8 +525,8 @@ class _Loader:
                              f"the axes multiply to {size} combinations, more than "
                              f"{MAX_COMBINATIONS}; "
                                    "narrow the axes or split the matrix")
-        product = [dict(zip(names,
-                            values)) for values in itertools.product(*(axes[n] for n in names))]
+        product = [dict(zip(names, values, strict=True))
+                   for values in itertools.product(*(axes[n] for n in names))]
         for node, rule in exclude:
             kept = [c for c in product if not _matches(c, rule)]
             if len(kept) == len(product):
@@ -668,7 +669,7 @@ class _Loader:
                             tv, twhat, SETTING_BOUNDS[f"throughput.{tk.value}"])
                     elif tk.value == "stacks":
                         stacks = [self.string(s, twhat) for s in self.sequence(tv, twhat)]
-                        for s, snode in zip(stacks, tv.value):
+                        for s, snode in zip(stacks, tv.value, strict=True):
                             if s not in THROUGHPUT_STACKS:
                                 raise self.error(snode,
                                                  f"{twhat}: unknown stack {s!r}; expected one of "
@@ -807,7 +808,6 @@ def _kind(node: yaml.Node) -> str:
 
 
 def _near(word: str, choices: Sequence[str]) -> str:
-
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

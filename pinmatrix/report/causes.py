@@ -7,7 +7,8 @@ the catalogue's `fix` for the signature (probes/signatures.json), else REMEDIES 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from pinmatrix.results import describe_signature
 

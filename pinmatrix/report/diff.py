@@ -17,8 +17,9 @@ Throughput noise: a change is reported only beyond a threshold. Where the histor
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pinmatrix.errors import PreviousRunError
 from pinmatrix.fsio import load_json, write_json_atomic, write_text_atomic
@@ -108,7 +109,7 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     if (run_dir / "outcomes").is_dir() or (run_dir / "cells").is_dir():
         return merge(run_dir)
     try:
-        data = load_json((run_dir / "summary.json"))
+        data = load_json(run_dir / "summary.json")
     except (OSError, ValueError) as exc:
         raise PreviousRunError(f"{run_dir / 'summary.json'}: unreadable: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):

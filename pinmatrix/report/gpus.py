@@ -20,9 +20,10 @@ import argparse
 import math
 import statistics
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from pinmatrix.console import escape
 from pinmatrix.errors import BadInput
@@ -264,7 +265,7 @@ def _step_spread(run_dir: Path, cell: str, stack: str) -> dict[str, Any] | None:
     """The timed steps of one throughput figure: median and min..max step time (s), from the cell's
     result."""
     try:
-        data = load_json((Path(run_dir) / "cells" / f"{cell}.json"))
+        data = load_json(Path(run_dir) / "cells" / f"{cell}.json")
     except (OSError, ValueError):
         return None
     checks = data.get("checks") if isinstance(data, dict) else None
@@ -430,7 +431,7 @@ def render_compare(data: Mapping[str, Any]) -> str:
     ]
     for r in data["rows"]:
         c, a = r.get("conditions") or {}, r.get("alone_conditions") or {}
-        pair = lambda k: f"{a.get(k, '—')} → {c.get(k, '—')}"  # noqa: E731
+        pair = lambda k, a=a, c=c: f"{a.get(k, '—')} → {c.get(k, '—')}"  # noqa: E731
         delta = f"{r['delta'] * 100:+.1f}%" if r.get("delta") is not None else "—"
         alone = f"{r['alone_tokens_per_s']:.0f}" if r.get("alone_tokens_per_s") else "—"
         ok = {True: "yes", False: "**no**"}.get(r.get("within_5pct"), "—")

@@ -29,10 +29,11 @@ hash-checking mode for everything installed with it), so `pip install -c FILE pk
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from pinmatrix.cell import LOCK_LINE, normalize_name, version_key
 from pinmatrix.errors import UsageError

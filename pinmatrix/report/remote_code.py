@@ -17,9 +17,10 @@ never a moving hub revision: a change of its bytes between runs is our own updat
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from pinmatrix.cell import ModelSpec
 from pinmatrix.fsio import read_json, real_json_files

@@ -2,8 +2,9 @@
 diff when asked."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from pinmatrix.fsio import strict_json, write_json_atomic, write_text_atomic
 from pinmatrix.report.compat import write_compat

@@ -19,9 +19,10 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
@@ -121,7 +122,7 @@ def resolve_many(
     return results
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def uv_version(uv: str = "uv") -> str:
     try:
         out = subprocess.run([uv, "--version"], capture_output=True, text=True, timeout=30,

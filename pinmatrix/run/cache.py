@@ -16,9 +16,10 @@ machine failed, so the next run must try again. A reused result is copied into t
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from pinmatrix.cell import Cell
 from pinmatrix.fsio import (
@@ -54,7 +55,7 @@ class RerunPolicy:
     selectors: tuple[str, ...] = ()
 
     @classmethod
-    def from_args(cls, values: Sequence[str] | None) -> "RerunPolicy":
+    def from_args(cls, values: Sequence[str] | None) -> RerunPolicy:
         # argparse gives None (no flag), [] or [""] (bare flag) or the selectors given.
         if values is None:
             return cls()

@@ -16,9 +16,10 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pinmatrix.cell import Cell
 from pinmatrix.containers.engine import _cdi_has_nvidia
@@ -120,7 +121,6 @@ def diagnose(opts: RunOptions, cells: Sequence[Cell], models: Sequence[Any] = ()
 # --- the checks ----------------------------------------------------------------------------------
 
 def _nvidia_runtime(engine: Any, opts: RunOptions) -> Finding:
-
     remedy = ("install the NVIDIA Container Toolkit (`nvidia-ctk runtime configure "
               "--runtime=docker` or `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`)")
     if engine is not None:
@@ -243,7 +243,6 @@ def _pythons(opts: RunOptions, cells: Sequence[Cell], venv: bool, diag: Diagnosi
 
 
 def _index(opts: RunOptions, diag: Diagnosis) -> Finding:
-
     if opts.no_install:
         return Finding("package index", None, "not needed with --no-install")
     sources = opts.sources or PackageSources.from_env()
@@ -364,7 +363,6 @@ def _registry_reachable(image: str, daemon: dict[str, Any]) -> tuple[bool | None
 
 
 def _hub_cache(model: Any, opts: RunOptions) -> Finding:
-
     cache = Path(opts.model_cache) if opts.model_cache else hub_cache_dir()
     snapshot = find_snapshot(model.repo, model.revision, cache)
     name = f"hub cache {model.repo}@{model.revision}"
@@ -415,7 +413,6 @@ def _docker_root(engine: Any) -> Finding:
 
 
 def _compile_caches(opts: RunOptions) -> Finding:
-
     if not opts.compile_cache:
         return Finding("compile caches", None, "--no-compile-cache: every probe starts empty")
     root = Path(DEFAULT_ROOT)

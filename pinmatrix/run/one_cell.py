@@ -8,10 +8,11 @@ import contextlib
 import dataclasses
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
+from typing import TYPE_CHECKING, Any
 
 from pinmatrix import interrupt
 from pinmatrix.cell import Cell, Lock, Unresolvable
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from pinmatrix.run.scheduler import CellContext
 
 # (cell, sources, lock folder) -> its lock, or why none exists; raises ResolveInfraError
-Resolver = Callable[[Cell, Union[PackageSources, None], Path], Union[Lock, Unresolvable]]
+Resolver = Callable[[Cell, PackageSources | None, Path], Lock | Unresolvable]
 
 
 @dataclass(frozen=True)
@@ -215,10 +216,8 @@ def _close(cell: Cell, run: CellRun, outcome: Outcome, result: Any, work: Path) 
         run.cache.record(outcome.hash, run_dir.name, cell.id, outcome.result)
     if not run.opts.keep_work:
         shutil.rmtree(work, ignore_errors=True)
-        try:
+        with contextlib.suppress(OSError):
             work.parent.rmdir()  # the last cell leaves no empty work/ behind
-        except OSError:
-            pass
     return outcome
 
 
@@ -284,7 +283,6 @@ def _write_log(run_dir: Path, cell_id: str, kind: str, text: str) -> None:
 
 
 def _now_ms() -> str:
-
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 

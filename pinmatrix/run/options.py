@@ -13,9 +13,10 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, NoReturn, Sequence, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from pinmatrix.cell import Cell
 from pinmatrix.environ.interpreters import parse_venv_python
@@ -167,7 +168,6 @@ MOUNT_UNSAFE = (",", "=")
 
 
 def _bad(flag: str, value: Any, why: str) -> NoReturn:
-
     shown = str(value)
     shown = shown if len(shown) <= 80 else f"{shown[:80]}... ({len(shown)} characters)"
     raise UsageError(f"{flag} {shown!r}: {why}")
@@ -323,7 +323,6 @@ def _no_install(name: str, value: bool, args: argparse.Namespace) -> None:
 
 
 def _sources_help(field: str) -> tuple[str, ...]:
-
     return SOURCE_ENV[field]
 
 
@@ -830,12 +829,10 @@ def check_options(args: argparse.Namespace, environ: Mapping[str, str] | None = 
 
 
 def parse_gpus(text: str | None) -> list[str] | None:
-
     return parse_gpu_list(text) if text else None
 
 
 def parse_shard_option(text: str | None) -> tuple[int, int] | None:
-
     return parse_shard(text) if text else None
 
 

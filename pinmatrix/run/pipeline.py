@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pinmatrix import interrupt
 from pinmatrix.activity import Heartbeat, acting_for
@@ -30,6 +31,7 @@ from pinmatrix.matrix.select import select
 from pinmatrix.outcome import Outcome
 from pinmatrix.probes_source import probes_digest
 from pinmatrix.report.causes import console_lines
+from pinmatrix.report.pins import write_pins_and_say
 from pinmatrix.report.remote_code import unpinned_warnings
 from pinmatrix.report.write import write_report
 from pinmatrix.resolve.stage import format_table, resolve_stage
@@ -175,7 +177,6 @@ class _Execution:
         self.resolve_fn: Any = None
 
     def execute(self, resolve: Any) -> None:
-
         todo = self._announce()
         self.progress = Progress(len(todo), live=self.opts.live_progress, echo=self.echo)
         # no stage is silent for long: a line naming what is under way whenever nothing else
@@ -238,7 +239,6 @@ class _Execution:
         return resolve_fn
 
     def _schedule(self, todo: list[Cell]) -> None:
-
         tokens = self.plan.tokens
         scheduler = Scheduler[Cell, Outcome](tokens, build_jobs=self.opts.build_jobs,
                                              progress=self.progress)
@@ -250,7 +250,6 @@ class _Execution:
             self.manifest["complete"] = True  # read by --resume: without it, interrupted
 
     def task(self, cell: Cell, ctx: CellContext) -> Outcome:
-
         run_dir, kind = self.run_dir, self.plan.kind
         if self.stop.reason:  # the engine is gone or the reports disk is full: start nothing more
             return self.stop.skipped(cell, kind, run_dir)
@@ -327,8 +326,6 @@ def publish_run(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, stop:
                 write_json_atomic(run_dir / "run.json", manifest)
             if opts.finalize:
                 write_report(run_dir, pins_for=opts.pins_for)
-                from pinmatrix.report.pins import write_pins_and_say
-
                 write_pins_and_say(run_dir, echo, opts.pins_for)
                 # not a shared --run-dir elsewhere
                 if run_dir.resolve().parent == Path(opts.reports_dir).resolve():
@@ -346,7 +343,7 @@ def _summarized(summary: RunSummary, stop: _StopSignal, opts: RunOptions,
     run_dir = summary.run_dir
     summary.stopped = stop.reason
     if opts.finalize and (run_dir / "summary.json").is_file():
-        merged = load_json((run_dir / "summary.json"))
+        merged = load_json(run_dir / "summary.json")
         summary.verdict = merged["verdict"]
 
         for line in console_lines(merged.get("causes") or []):
@@ -421,7 +418,6 @@ class _StopSignal:
 
 
 def _prefetch_models(matrix: Matrix, model_cache: Path, opts: RunOptions, echo: Echo) -> None:
-
     try:
         fetched = fetch_models(getattr(matrix, "models", ()), Path(model_cache),
                                hub=Path(opts.model_hub) if opts.model_hub else None)

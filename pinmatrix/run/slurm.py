@@ -35,9 +35,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pinmatrix import interrupt
 from pinmatrix.cell import Cell
@@ -262,13 +263,12 @@ def _record_task_ends(run_dir: Path, cells: Sequence[Cell], final: dict[int, str
 
 
 def _publish(run_dir: Path, opts: RunOptions, echo: Echo) -> None:
-
     with held(), published_together():  # the whole report, or the one before (interrupt.py)
         write_report(run_dir, pins_for=opts.pins_for)
         echo(write_pins(run_dir, pins_for=opts.pins_for).message)
         if run_dir.parent == Path(opts.reports_dir).resolve():
             on_publish(lambda: point_latest(opts.reports_dir, run_dir))
-    echo(load_json((run_dir / "summary.json"))["verdict"])
+    echo(load_json(run_dir / "summary.json")["verdict"])
     echo(f"report: {run_dir / 'summary.md'}")
 
 
@@ -333,7 +333,6 @@ def slurm_outcome(existing: Outcome | None, cell: Cell, state: str, job: str, in
 
 
 def _default_deadline(cells: Sequence[Cell], opts: RunOptions) -> float:
-
     longest = max(cell_timeout(c, opts) for c in cells)
     return 2 * longest + 3600  # one build plus the cell, twice over, plus queueing
 

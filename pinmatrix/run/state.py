@@ -14,11 +14,13 @@ outcome is not kept: the machine failed, so a resume tries the cell again.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 from pinmatrix.errors import ResumeError
 from pinmatrix.fsio import (
@@ -121,10 +123,8 @@ def open_run_dir(opts: Any, make_new: Callable[[], dict[str, Any]]) -> tuple[Pat
         manifest = make_new()
         # make_new() made a fresh folder under reports/; a shared folder replaces it
         fresh = Path(opts.reports_dir) / manifest["run_id"]
-        try:
+        with contextlib.suppress(OSError):
             fresh.rmdir()
-        except OSError:
-            pass
         manifest["run_id"] = run_dir.name
         _create_once(run_dir / "run.json", manifest)
         return run_dir, read_json(run_dir / "run.json") or manifest

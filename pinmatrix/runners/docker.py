@@ -22,9 +22,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pinmatrix import interrupt
 from pinmatrix.activity import doing
@@ -188,7 +189,7 @@ def context_slot(root: Path) -> Iterator[Path]:
     root.mkdir(parents=True, exist_ok=True)
     for index in range(64):
         lock_path = root / f"slot-{index}.lock"
-        fh = open(lock_path, "a+")
+        fh = open(lock_path, "a+")  # noqa: SIM115 - held open: the lock lives as long as the slot
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -296,7 +297,7 @@ class DockerRunner:
 
     name = "docker"
 
-    def __init__(self, engine: Engine, sources: "PackageSources | None", reports_dir: Path, *,
+    def __init__(self, engine: Engine, sources: PackageSources | None, reports_dir: Path, *,
                  cpu_only: bool = False, base_image: str = DEFAULT_BASE_IMAGE,
                  memory: str | None = None,
                  dockerfile: Path = DOCKERFILE, probes_dir: Path = PROBES_DIR,
@@ -594,7 +595,6 @@ class DockerRunner:
                 raise InfraError(reason, signature=signature, log_tail=log)
 
     def _do_pull(self) -> tuple[str, ...]:
-
         echo = self.echo or (lambda line: print(line, file=sys.stderr, flush=True))
         log_path = (self.reports_dir / "logs"
                     / f"pull-{re.sub(r'[^A-Za-z0-9._-]', '_', self.base_image)}.log")

@@ -24,9 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pinmatrix import interrupt
 from pinmatrix.activity import doing
@@ -342,9 +343,9 @@ class VenvRunner:
         except subprocess.TimeoutExpired as exc:
             raise InfraError(
                 f"{cmd[0]} timed out after {timeout:.0f}s", "timeout", str(exc.stderr or "")
-            )
+            ) from exc
         except OSError as exc:
-            raise InfraError(f"could not start {cmd[0]}: {exc}", signature)
+            raise InfraError(f"could not start {cmd[0]}: {exc}", signature) from exc
         log.append(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise InfraError(

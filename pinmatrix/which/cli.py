@@ -13,8 +13,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -107,13 +108,12 @@ def load_records(reports: Sequence[Path], datasets: Sequence[Path]
             raise StackError(path, None, f"not a compat.json ({exc})") from None
     records = [Record(cell, str(r["run_id"]), dict(r["host"]), source)
                for source, doc in documents
-               for cell, r in zip(compat.cells_of(doc), doc["records"])]
+               for cell, r in zip(compat.cells_of(doc), doc["records"], strict=False)]
     return records, [f"{s} (run {d['run_id']}, {len(d['records'])} judged cells)"
                      for s, d in documents]
 
 
 def write_constraints(folder: Path, answers: Sequence[PurposeAnswer]) -> list[Path]:
-
     folder.mkdir(parents=True, exist_ok=True)
     return [write_text_atomic(folder / a.purpose.file_name, a.change.constraints(a.purpose))
             for a in answers if a.change is not None]

@@ -19,9 +19,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the real-result helpers
 
-from pinmatrix.report.write import write_report  # noqa: E402
 from real_results import cache_root  # noqa: E402
 from report_runs import CELL_ID, standard_run  # noqa: E402
+
+from pinmatrix.report.write import write_report  # noqa: E402
+from pinmatrix.status import CELL_GLYPH, CHECK_GLYPH
 
 pytestmark = pytest.mark.integration
 
@@ -129,7 +131,7 @@ NO_EMOJI_FONTS = """<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd"
 """
 
 
-def screenshot(page: Path, out: Path, tmp: Path, css: str = "") -> "Image.Image":  # noqa: F821
+def screenshot(page: Path, out: Path, tmp: Path, css: str = "") -> Image.Image:  # noqa: F821
     """A headless Chromium screenshot of `page` (with `css` added), every emoji and colour font
     rejected by fontconfig: what a browser without an emoji font shows."""
     from PIL import Image
@@ -179,7 +181,6 @@ def test_status_words_are_drawn_without_an_emoji_font(page, tmp_path):
 def test_no_emoji_is_used_as_a_status_mark(page):
     """The status marks are CSS dots, so a browser without an emoji font draws no empty boxes; the
     markdown keeps its emoji (GitHub draws them)."""
-    from pinmatrix.status import CELL_GLYPH, CHECK_GLYPH
 
     html = page.read_text(encoding="utf-8")
     glyphs = {g for g in (*CELL_GLYPH.values(), *CHECK_GLYPH.values()) if g not in ("·",)}

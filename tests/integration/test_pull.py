@@ -8,6 +8,7 @@ Needs the engine and the base image (tests/integration/conftest.py) and /usr/bin
 """
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -15,19 +16,17 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
+from pinmatrix.containers.engine import Engine
 from pinmatrix.errors import InfraError
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE, DockerRunner
-from pinmatrix.containers.engine import Engine
 
 
 def unavailable(reason: str) -> None:
-    import os
-
     if os.environ.get("PINMATRIX_REQUIRE_DOCKER") == "1":
         pytest.fail(f"PINMATRIX_REQUIRE_DOCKER=1 but {reason}")
     pytest.skip(reason)
@@ -61,7 +60,7 @@ def _start(tmp: Path, name: str, auth: bool = False) -> tuple[str, subprocess.Po
         (folder / "htpasswd").write_text(HTPASSWD)
         config += ["auth:", f"  htpasswd: {{realm: pinmatrix-test, path: {folder / 'htpasswd'}}}"]
     (folder / "config.yml").write_text("\n".join(config) + "\n")
-    log = open(folder / "registry.log", "wb")
+    log = open(folder / "registry.log", "wb")  # noqa: SIM115 - the registry writes it until the fixture stops it
     proc = subprocess.Popen([binary, "serve", str(folder / "config.yml")], stdout=log,
                             stderr=subprocess.STDOUT)
     for _ in range(100):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cpu_stack import download_wheels
+from packaging.version import Version
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import MatrixError
@@ -151,7 +152,6 @@ def test_latest_n_against_the_real_index(tmp_path):
           trl: [none, {spec: "<=1.15.0", latest: 1}]
     """))
     matrix = load_matrix(path, sources=PYPI)
-    from packaging.version import Version
     unsloth = [Version(v) for v in matrix.axes["unsloth"]]
     assert len(unsloth) == 2 and unsloth == sorted(unsloth) and unsloth[-1] >= Version("2026.10.9")
     assert matrix.axes["trl"] == ("none", "1.15.0")

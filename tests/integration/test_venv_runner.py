@@ -15,14 +15,17 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.cell import Cell, Lock
+from pinmatrix.environ import compile_cache
+from pinmatrix.errors import InfraError
 from pinmatrix.outcome import Outcome
-from pinmatrix.run.pipeline import force_cpu
 from pinmatrix.report.markdown import render_markdown
 from pinmatrix.report.summary import merge
+from pinmatrix.resolve.uv import resolve
 from pinmatrix.results import CellResult, load_result
-from pinmatrix.errors import InfraError
+from pinmatrix.run.pipeline import force_cpu
 from pinmatrix.runners.base import Runner
 from pinmatrix.runners.venv import READY_MARKER, VenvRunner
+from pinmatrix.sources import PackageSources
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +46,11 @@ def cell_for(transformers: str) -> Cell:
 
 @pytest.fixture(scope="module")
 def sources():
-    from pinmatrix.sources import PackageSources
-
     return PackageSources.from_env(find_links=[str(WHEELS)])
 
 
 @pytest.fixture(scope="module")
 def locks(tmp_path_factory, sources) -> dict[str, tuple[Cell, Lock]]:
-    from pinmatrix.resolve.uv import resolve
-
     out = {}
     for version in ("4.57.6", "5.17.0"):
         cell = cell_for(version)
@@ -144,8 +143,6 @@ def test_timeout_kills_the_probe_and_reports_infra(locks, sources, venv_root, tm
 
 
 def test_offline_install_fails_as_infra_when_the_wheelhouse_lacks_a_package(locks, tmp_path):
-    from pinmatrix.sources import PackageSources
-
     cell, lock = locks["5.17.0"]
     runner = VenvRunner(venv_root=tmp_path / "venvs",
                         sources=PackageSources(find_links=(str(WHEELS),)),
@@ -236,7 +233,6 @@ def test_compile_cache_outlives_the_run_per_stack_and_can_be_turned_off(
     stack, at prepare (even where the host says PYTHONDONTWRITEBYTECODE), and read, never rewritten,
     by the runs; kernels a run leaves there seen as warm by the next run; a different stack gets
     its own folder; without the cache every run is cold and nothing is precompiled."""
-    from pinmatrix.environ import compile_cache
 
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")   # as on the lent H100's image
     root = tmp_path / "compile"

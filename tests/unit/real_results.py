@@ -12,14 +12,14 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+
+from cpu_stack import probe_python
 
 from pinmatrix.probes_source import probes_digest
 from pinmatrix.run.options import REPO_ROOT
-
-from cpu_stack import probe_python
 
 PROBE_PYTHON = probe_python()
 BASE_PINS = {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0", "peft": "0.21.2",

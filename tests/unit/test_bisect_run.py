@@ -3,11 +3,20 @@ writes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+import pinmatrix.bisect.run as bisect_run
+from pinmatrix.bisect.base_cell import base_candidates, choose_base, companion_table, companions_at
+from pinmatrix.bisect.nightly import candidates
 from pinmatrix.bisect.run import _judge_result, parse_spec, release_notes_url, render_markdown
+from pinmatrix.bisect.search import Judgement
+from pinmatrix.bisect.target import Target, TargetError, judge_checks, signature_target
 from pinmatrix.errors import UsageError
+from pinmatrix.report.diff import render_bisect_lines
 from pinmatrix.results import CellResult
+from pinmatrix.run.options import RunOptions
 
 GROUPS = ("imports", "exaone3.5", "lora-train")
 
@@ -156,8 +165,6 @@ def test_markdown_gives_the_answer_the_evidence_and_the_cost():
 
 
 def test_nightly_bisects_only_a_check_that_broke_one_axis_away_from_a_good_cell():
-    from pinmatrix.bisect.nightly import candidates
-
     def cell(cid, tf, unsloth, status):
         return {"id": cid, "pins": {"transformers": tf, "unsloth": unsloth},
                 "checks": {"exaone3.5.remote-code": {"status": status}}}
@@ -173,8 +180,6 @@ def test_nightly_bisects_only_a_check_that_broke_one_axis_away_from_a_good_cell(
 
 
 def test_a_check_skipped_because_the_release_predates_the_feature_is_absent_not_infra():
-    from pinmatrix.bisect.target import Target, judge_checks
-
     old = check("exaone4.native", "skip")
     old["reason"] = "Exaone4ForCausalLM absent before transformers 4.54 (installed 4.53.3)"
     judged = judge_checks(result(old), ["exaone4.native"], ("exaone4",), Target("check"))
@@ -208,8 +213,6 @@ GONE = "module transformers.modeling_flash_attention_utils is gone"
 
 
 def test_a_fact_is_bisected_by_its_readable_id_and_a_grouped_cause_by_its_words():
-    from pinmatrix.bisect.target import Target, judge_checks
-
     causes = [
         {"signature": "transformers-create-causal-mask-input-embeds-renamed", "cause": "kw",
          "facts": [MASK]},
@@ -239,8 +242,6 @@ def test_a_fact_is_bisected_by_its_readable_id_and_a_grouped_cause_by_its_words(
 
 
 def test_signature_names_are_catalogue_ids_or_fingerprints():
-    from pinmatrix.bisect.target import TargetError, signature_target
-
     known = signature_target("transformers-create-causal-mask-cache-position-removed")
     assert known.known and "catalogue" in known.describe()
     unknown = signature_target("fp-0123456789ab")
@@ -257,8 +258,6 @@ def test_fact_and_signature_together_are_a_usage_error():
 
 
 def test_the_held_stack_is_the_newest_and_include_companions_follow_the_package():
-    from pinmatrix.bisect.base_cell import base_candidates, companion_table, companions_at
-
     axes = ["python", "transformers", "unsloth"]
     fa = {"4.57.6": ("none", "none"), "5.5.0": ("4.0.0b36[cu13]", "0.8.5"),
           "5.17.0": ("4.0.0b36[cu13]", "0.8.5")}
@@ -280,9 +279,6 @@ def test_the_held_stack_is_the_newest_and_include_companions_follow_the_package(
 
 
 def test_the_held_stack_is_the_first_good_at_the_good_end_that_installs_at_the_other():
-    from pinmatrix.bisect.base_cell import choose_base
-    from pinmatrix.bisect.search import Judgement
-
     verdicts = {0: {"1.0": "bad"}, 1: {"1.0": "good", "2.0": "unresolvable"},
                 2: {"1.0": "good", "2.0": "bad"}, 3: {"1.0": "good", "2.0": "bad"}}
     asked = []
@@ -333,11 +329,6 @@ def test_two_packages_together_through_run_bisect(tmp_path, monkeypatch, capsys)
     """`bisect unsloth A..B --with trl=C..D` on the default matrix, each step judged by a table (the
     real steps are cells): the held stack is chosen on the corners, both searches of each package
     are reported, and trl does not follow unsloth's include rule while it is the other package."""
-    from pathlib import Path
-
-    import pinmatrix.bisect.run as bisect_run
-    from pinmatrix.bisect.search import Judgement
-    from pinmatrix.run.options import RunOptions
 
     unsloth = ["2026.9.14", "2026.9.20", "2026.10.1", "2026.10.9"]
     trl = ["0.24.0", "1.0.0", "1.10.0", "1.15.0"]
@@ -384,8 +375,6 @@ def test_two_packages_together_through_run_bisect(tmp_path, monkeypatch, capsys)
 
 
 def test_nightly_bisect_line_names_the_signature_and_the_probes_run_now():
-    from pinmatrix.report.diff import render_bisect_lines
-
     (line,) = render_bisect_lines([{
         "cell": "c", "check": "exaone3.5.surface", "package": "transformers", "good": "5.17.0",
         "bad": "5.25.0", "first_bad": "5.24.0", "last_good": "5.23.0", "probes": 5,
@@ -397,9 +386,6 @@ def test_nightly_bisect_line_names_the_signature_and_the_probes_run_now():
 
 
 def test_nightly_bisects_a_new_failing_fact_of_a_check_that_failed_before():
-    from pinmatrix.bisect.nightly import candidates
-    from pinmatrix.report.diff import render_bisect_lines
-
     def cell(cid, tf):
         return {"id": cid, "pins": {"transformers": tf, "unsloth": "none"},
                 "checks": {"exaone3.5.surface": {"status": "fail"}}}

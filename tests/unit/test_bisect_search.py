@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from pinmatrix.bisect.pair import bisect_pair, render_pair
 from pinmatrix.bisect.releases import IndexUnreachable, fetch_index_files, releases_between
 from pinmatrix.bisect.search import Judgement, RangeError, bisect_releases
 
@@ -202,8 +203,6 @@ def test_first_good_over_the_whole_table_and_unresolvable_releases():
 
 
 def test_two_packages_moving_together_are_bisected_each_with_the_other_held_at_each_end():
-    from pinmatrix.bisect.pair import bisect_pair, render_pair
-
     unsloth = ["2026.9.14", "2026.9.20", "2026.10.1", "2026.10.9"]
     trl = ["0.24.0", "1.0.0", "1.10.0", "1.15.0"]
     calls = []

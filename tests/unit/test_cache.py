@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from pinmatrix.cell import Cell, Lock
+from pinmatrix.results import load_result
 from pinmatrix.run import identity
 from pinmatrix.run.cache import RerunPolicy, ResultCache
-from pinmatrix.cell import Cell, Lock
 from pinmatrix.run.one_cell import CellRun, run_cell
 from pinmatrix.run.options import RunOptions
-from pinmatrix.results import load_result
 from pinmatrix.runners.base import Prepared, RunOutcome
 
 CELL = Cell(pins={"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0"},

@@ -17,10 +17,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import json  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 from probes.checks import attention, exaone4, exaone35  # noqa: E402
 from probes.checks.model_load import compare_to_checkpoint, dtype_kwargs  # noqa: E402
 from probes.context import Context  # noqa: E402
-from probes.fixtures.checkpoints import write_exaone35, write_exaone4  # noqa: E402
+from probes.fixtures.checkpoints import write_exaone4, write_exaone35  # noqa: E402
 from probes.framework import Failed, run_check  # noqa: E402
 from probes.models import ModelHandle, find_snapshot, resolve_model  # noqa: E402
 
@@ -363,9 +367,6 @@ def test_remote_code_loads_pinned_revision_from_hub_cache_offline(tmp_path):
     """The hub route end to end: repo id + pinned revision resolved from a local cache with the
     network off.
     A subprocess, because huggingface_hub reads its cache location once at import."""
-    import json
-    import subprocess
-    from pathlib import Path
 
     sha = "d" * 40
     repo_dir = tmp_path / "hub" / "models--LGAI-EXAONE--EXAONE-3.5-2.4B-Instruct"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.cli.main import main
+from pinmatrix.cli.main import build_parser, main
+from pinmatrix.run.options import package_sources as _sources
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
@@ -94,8 +95,6 @@ def test_module_entry_point_exit_code():
 
 def test_torch_backend_reaches_uv(monkeypatch):
     """--torch-backend auto follows the torch pin's variant; without it uv is told nothing."""
-    from pinmatrix.cli.main import build_parser
-    from pinmatrix.run.options import package_sources as _sources
 
     monkeypatch.delenv("PINMATRIX_TORCH_BACKEND", raising=False)
     args = build_parser().parse_args(["resolve", "--torch-backend", "auto"])
@@ -107,8 +106,6 @@ def test_torch_backend_reaches_uv(monkeypatch):
 def test_offline_sources_ask_no_index(monkeypatch, tmp_path):
     """--offline reaches the resolver: find-links only, --no-index --offline, and its own cache
     key (a lock made from a wheelhouse alone is not the index's lock)."""
-    from pinmatrix.cli.main import build_parser
-    from pinmatrix.run.options import package_sources as _sources
 
     monkeypatch.delenv("PINMATRIX_FIND_LINKS", raising=False)
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)

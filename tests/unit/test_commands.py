@@ -8,6 +8,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import re
 import typing
 from pathlib import Path
 
@@ -18,8 +19,19 @@ from pinmatrix.cli.main import STANDALONE, command_parser, main, parse
 from pinmatrix.commands import COMMANDS
 from pinmatrix.commands.base import build_config, own_parser, takes_config
 from pinmatrix.errors import UsageError
-from pinmatrix.run.options import (CONCERNS, OPTIONS, Option, RunOptions, SlurmOptions,
-                                   check_options, concern_from, options_for, typed)
+from pinmatrix.run.options import (
+    CONCERNS,
+    ENV_SETTINGS,
+    OPTIONS,
+    Option,
+    RunOptions,
+    SlurmOptions,
+    check_options,
+    concern_from,
+    options_for,
+    typed,
+)
+from pinmatrix.sources import SOURCE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "matrices" / "ci.yaml"
@@ -185,10 +197,6 @@ def test_every_pinmatrix_variable_read_is_declared():
     """Each PINMATRIX_* variable the package reads is declared once: an option's fallback
     (Option.env) or an environment-only setting (HostSettings), so --help lists it. Variables
     pinmatrix sets for its probes (the cell id, the GPU lock) are not settings."""
-    import re
-
-    from pinmatrix.run.options import ENV_SETTINGS
-    from pinmatrix.sources import SOURCE_ENV
 
     declared = {v.name for v in ENV_SETTINGS} | {n for o in OPTIONS for n in o.env}
     declared |= {n for names in SOURCE_ENV.values() for n in names}
@@ -201,8 +209,6 @@ def test_every_pinmatrix_variable_read_is_declared():
 
 
 def test_top_level_help_lists_the_environment_settings(capsys):
-    from pinmatrix.run.options import ENV_SETTINGS
-
     with pytest.raises(SystemExit):
         parse(["--help"])
     out = capsys.readouterr().out

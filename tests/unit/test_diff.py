@@ -10,19 +10,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from pinmatrix.report.diff import diff, find_run_dir, load_summary
-from pinmatrix.report.history import DEFAULT_REL_THRESHOLD, NOISE_K, noise_threshold, read_history
-from pinmatrix.commands.nightly import EXIT_GREEN, EXIT_NEW_BREAKAGES, finish
-from pinmatrix.outcome import Outcome
-from pinmatrix.run.options import REPO_ROOT
 from real_results import BASE_PINS, cache_root
 from report_runs import CELL_ID, add_cell, cpu_throughput_checks, new_run, probe_result
+
+from pinmatrix.commands.nightly import EXIT_GREEN, EXIT_NEW_BREAKAGES, finish
+from pinmatrix.outcome import Outcome
+from pinmatrix.report.diff import diff, find_run_dir, load_summary
+from pinmatrix.report.history import DEFAULT_REL_THRESHOLD, NOISE_K, noise_threshold, read_history
+from pinmatrix.run.options import REPO_ROOT
 
 GOOD_PINS = {**BASE_PINS, "xformers": "none"}
 BROKEN_PINS = {**BASE_PINS, "xformers": "0.0.35"}     # the one pin that differs
@@ -98,7 +99,7 @@ def test_nightly_red_on_new_breakage_writes_diff_and_history(runs):
     assert any(ln.startswith(f"  NEW BREAKAGE {CELL_ID} imports: pass → fail "
                             "[xformers-extensions-not-loaded]")
                for ln in lines)
-    assert any("infra (listed apart, never red): 1" == ln for ln in lines)
+    assert any(ln == "infra (listed apart, never red): 1" for ln in lines)
     md = (b / "summary.md").read_text()
     assert "## Changes since 20261126T031700Z-nightly" in md and "### New breakages" in md
     assert (b / "diff.md").read_text().startswith("# Changes since 20261126T031700Z-nightly")
@@ -150,7 +151,6 @@ def test_noise_threshold_measured_from_repeated_real_runs():
     history = [{"run": f"r{i}", "cells": {"c": {"hash": "H", "throughput": {"sdpa": v}}}} for i,
                v in enumerate(samples)]
     threshold, basis = noise_threshold(history, "H", "sdpa")
-    import statistics
 
     assert threshold == pytest.approx(
         NOISE_K * statistics.stdev(samples) / statistics.fmean(samples)

@@ -4,6 +4,7 @@ for real (a closed port, a socket that does not exist)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from pinmatrix.containers.engine import find_engine
 from pinmatrix.environ.interpreters import find
+from pinmatrix.run.doctor import registry_of
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
@@ -86,8 +89,6 @@ def test_an_unreachable_index_without_a_wheelhouse_stops_with_exit_2(tmp_path):
 
 
 def test_pull_never_without_the_base_image_stops_with_exit_2(tmp_path):
-    from pinmatrix.containers.engine import find_engine
-
     if find_engine() is None:
         pytest.skip("needs a Docker engine")
     matrix = tmp_path / "m.yaml"
@@ -101,8 +102,6 @@ def test_pull_never_without_the_base_image_stops_with_exit_2(tmp_path):
 
 
 def test_registry_of_follows_dockers_naming_rule():
-    from pinmatrix.run.doctor import registry_of
-
     assert registry_of("nvidia/cuda:13.0.1-cudnn-devel-ubuntu24.04") == ("registry-1.docker.io",
                                                                          443)
     assert registry_of("python:3.12") == ("registry-1.docker.io", 443)
@@ -120,7 +119,6 @@ def _absent_image_matrix(tmp_path, image: str) -> Path:
 def test_no_base_image_and_no_reachable_registry_stops_at_once_with_exit_2(tmp_path):
     """A real host without the image and without a way to its registry (a closed local port):
     every cell would be `infra: pull-registry-unreachable`, so nothing is run."""
-    from pinmatrix.containers.engine import find_engine
 
     if find_engine() is None:
         pytest.skip("needs a Docker engine")
@@ -143,9 +141,6 @@ def test_no_base_image_and_no_reachable_registry_stops_at_once_with_exit_2(tmp_p
 
 def test_a_reachable_registry_is_not_a_blocker(tmp_path):
     """The same absent image behind a port that answers: the doctor says it will be pulled."""
-    import socket
-
-    from pinmatrix.containers.engine import find_engine
 
     if find_engine() is None:
         pytest.skip("needs a Docker engine")

@@ -4,6 +4,7 @@ layer holding a tokenizers 0.23.2 distribution first on the path."""
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.cell import Cell
-from pinmatrix.resolve.uv import ResolveInfraError
 from pinmatrix.environ import env_check
 from pinmatrix.environ.installed import lock_from_environment
+from pinmatrix.resolve.uv import ResolveInfraError
 from probes.signatures import classify
 
 
@@ -81,7 +82,6 @@ def test_the_device_script_reports_the_same(tmp_path):
     script = Path(__file__).resolve().parents[2] / "lab" / "gpu-lease" / "h200_env_check.py"
     out = subprocess.run([sys.executable, str(script), "lbl"], capture_output=True, text=True,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True)
-    import json
 
     data = json.loads(out.stdout)
     assert data["label"] == "lbl" and data["consistent"] is False

@@ -11,6 +11,13 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
+from pinmatrix.cell import Lock
+from pinmatrix.environ.site_rules import ExtraSite, parse_extra_site, sites_for
+from pinmatrix.outcome import Outcome, load_outcome
+from pinmatrix.report.gpus import compare, render_compare, render_timeline, timeline
+from pinmatrix.report.gpus import main as gpus_main
+from pinmatrix.report.markdown import render_markdown
+from pinmatrix.report.summary import merge
 from pinmatrix.run.gpu_watch import (
     Assignment,
     GpuWatch,
@@ -19,14 +26,10 @@ from pinmatrix.run.gpu_watch import (
     describe_trespass,
     parse_apps,
     parse_gpus,
+    reattribute,
     watch_run,
 )
-from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.report.markdown import render_markdown
-from pinmatrix.report.summary import merge
-from pinmatrix.report.gpus import compare, render_compare, render_timeline, timeline
-from pinmatrix.report.gpus import main as gpus_main
-from pinmatrix.environ.site_rules import ExtraSite, parse_extra_site, sites_for
+from pinmatrix.runners.venv import VenvRunner
 
 GPUS = "0, GPU-aaa, 97, 60000, 1980, 650.1, 5, 16\n1, GPU-bbb, 0, 600, 345, 70.0, 5, 16\n"
 
@@ -178,7 +181,7 @@ def test_timeline_lanes_and_summary_section(tmp_path):
 
 def _speed_run(root, name, cells):
     run = root / name
-    for cell, gpu, start, end, tps, run_s in cells:
+    for cell, gpu, start, end, _tps, run_s in cells:
         _outcome(run, cell, gpu, start, end, run_s)
     (run / "summary.json").write_text(
         json.dumps(
@@ -260,9 +263,6 @@ def test_extra_site_rules(tmp_path):
 
 
 def test_venv_runner_gives_each_cell_only_its_sites(tmp_path):
-    from pinmatrix.cell import Lock
-    from pinmatrix.runners.venv import VenvRunner
-
     class C:
         def __init__(self, tf):
             self.pins = {"transformers": tf}
@@ -331,7 +331,6 @@ def test_a_process_whose_environment_reads_empty_is_tied_to_its_cell_by_its_comm
             }
         )
     )
-    from pinmatrix.run.gpu_watch import reattribute
 
     report = reattribute(tmp_path)
     assert report["attribution"]["foreign"] == [] and report["attribution_before"]["foreign"]

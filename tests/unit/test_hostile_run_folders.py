@@ -19,10 +19,12 @@ import signal
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pinmatrix.cli.main import main
 from pinmatrix.fsio import MAX_JSON_BYTES

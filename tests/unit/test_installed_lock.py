@@ -10,7 +10,7 @@ from pinmatrix.cell import Cell
 from pinmatrix.environ.installed import lock_from_environment, pin_mismatches
 from pinmatrix.resolve.uv import ResolveInfraError
 
-PY = "%d.%d" % sys.version_info[:2]
+PY = "{}.{}".format(*sys.version_info[:2])
 PACKAGING = md.version("packaging")
 
 

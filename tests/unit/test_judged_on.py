@@ -11,14 +11,20 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from pinmatrix.outcome import Outcome
 from pinmatrix.fsio import write_json_atomic
-from pinmatrix.report.diff import diff, render_markdown as render_diff
+from pinmatrix.outcome import Outcome
+from pinmatrix.report.diff import diff
+from pinmatrix.report.diff import render_markdown as render_diff
 from pinmatrix.report.pins import write_pins
 from pinmatrix.report.summary import merge
 from pinmatrix.report.write import write_report
-from pinmatrix.status import (PREDATES_FIXTURES, judged_on, not_judged, verdict_text,
-                              with_recorded_basis)
+from pinmatrix.status import (
+    PREDATES_FIXTURES,
+    judged_on,
+    not_judged,
+    verdict_text,
+    with_recorded_basis,
+)
 from probes import registry
 
 UNSLOTH_CELL = "py3.11-torch2.13.0-tf5.17.0-unsloth2026.10.9"

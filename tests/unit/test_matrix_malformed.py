@@ -94,7 +94,7 @@ def reference(axes, excludes, includes):
     """GitHub Actions semantics written out plainly; None where the loader must refuse the
     matrix."""
     names = list(axes)
-    combos = [dict(zip(names, values)) for values in itertools.product(*axes.values())]
+    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*axes.values())]
     for rule in excludes:
         kept = [c for c in combos if not all(c[k] == v for k, v in rule.items())]
         if len(kept) == len(combos):

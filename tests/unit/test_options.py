@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from pinmatrix.cli.main import COMMANDS, command_parser, parse
+from pinmatrix.environ.interpreters import parse_venv_python, python_for
+from pinmatrix.errors import UsageError
 from pinmatrix.run.options import (
     ALL_COMMANDS,
     OPTIONS,
@@ -135,9 +137,6 @@ def test_ci_workflow_uses_only_declared_options():
 
 
 def test_venv_python_takes_one_interpreter_per_version():
-    from pinmatrix.errors import UsageError
-    from pinmatrix.environ.interpreters import parse_venv_python, python_for
-
     given = parse_venv_python(["3.12=/a/python3.12", "/b/python", "3.11=/c/python3.11"])
     assert given == {"3.12": "/a/python3.12", "": "/b/python", "3.11": "/c/python3.11"}
     assert [python_for(given, v) for v in ("3.12", "3.11", "3.13")] == [

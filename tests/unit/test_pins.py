@@ -379,7 +379,6 @@ def test_a_remote_code_verdict_without_a_basis_never_recommends_the_remote_code_
     """Results from before the revision-faithful fixtures (the committed H100 runs) passed the
     remote code on transformers 5.17 through a stand-in that bridged transformers' API changes;
     the hub code fails there. Such a verdict records no basis: it cannot pick the remote code."""
-    from pinmatrix.report.pins import Cell, judge, parse_pins_for
 
     checks = {name: {"status": "pass"} for name in
               ("imports", "exaone3.5.remote-code", "lora-train.hf-peft", "exaone3.5.llamafied",

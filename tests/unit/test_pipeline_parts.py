@@ -11,7 +11,7 @@ import pytest
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.probes_source import probes_digest
-from pinmatrix.run.folder import new_run_dir, point_latest
+from pinmatrix.run.folder import new_run_dir, point_latest, redacted_argv
 from pinmatrix.run.options import RunOptions, cell_timeout
 from pinmatrix.run.pipeline import force_cpu
 from pinmatrix.runners.venv import lock_drift
@@ -105,8 +105,6 @@ def test_lock_drift_names_the_packages():
 
 
 def test_run_manifest_argv_holds_no_credentials():
-    from pinmatrix.run.folder import redacted_argv
-
     argv = ["pinmatrix", "matrix", "--index-url", "https://bob:s3cret@pypi.corp/simple",
             "--extra-index-url=https://tok:abc@x.corp/simple", "--cpu"]
     redacted = redacted_argv(argv)

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from probes import signatures
 from probes.context import Context
 from probes.framework import CheckTimeout, Failed, Infra, Skip, jsonable, run_check
 from probes.schema_check import load_schema, validate
+from probes.signatures import classify
 
 CHECK_SCHEMA = load_schema()["$defs"]["check"]
 SCHEMA = load_schema()
@@ -121,7 +123,7 @@ def test_warnings_and_log_records_are_captured(tmp_path):
     quiet.propagate = False
 
     def fn(ctx):
-        warnings.warn("Unsloth should be imported before transformers", UserWarning)
+        warnings.warn("Unsloth should be imported before transformers", UserWarning, stacklevel=1)
         logging.getLogger("demo.lib").warning("attention fell back to eager")
         logging.getLogger("demo.lib").info("not collected")
         quiet.error("from a logger that does not propagate")
@@ -175,7 +177,6 @@ def test_context_require(tmp_path):
 
 
 def test_check_timeout_message_classifies():
-    from probes.signatures import classify
     assert classify("CheckTimeout", str(CheckTimeout("check exceeded its timeout of 1 s"))).infra
 
 
@@ -248,8 +249,6 @@ def test_bitsandbytes_gpu_path_is_skip_on_cpu_and_fail_on_gpu(tmp_path):
 
 
 def test_every_catalogue_entry_says_what_it_means():
-    from probes import signatures
-
     for entry in signatures.load_catalogue():
         assert entry["means"] in signatures.MEANINGS, entry["id"]
         if entry["means"] == signatures.HOST:

@@ -19,7 +19,8 @@ import pytest
 
 from probes.checks import group_checks
 from probes.context import Context
-from probes.framework import run_check
+from probes.environment import ImportRecord
+from probes.framework import Failed, error_record, run_check
 from probes.schema_check import load_schema, validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -515,8 +516,6 @@ def test_op_failure_is_blamed_on_the_import_warning_that_explains_it(tmp_path):
     """As seen on the H100: xformers warns at import that its extensions did not load, then the op
     fails with a generic "No operator found"; the check's signature is the warning's."""
     from probes.checks.kernels import _with_import_cause
-    from probes.environment import ImportRecord
-    from probes.framework import Failed, error_record
 
     ctx = ctx_for(tmp_path, device="cuda", xformers="0.0.35")
     op_error = NotImplementedError(

@@ -6,13 +6,12 @@ import json
 import re
 import sys
 
-from probes import registry
-from probes.checks import GROUPS as CHECK_MODULES
-
 from pinmatrix.matrix.load import CHECK_GROUPS
 from pinmatrix.run.flaky import group_of
 from pinmatrix.run.options import REPO_ROOT
 from pinmatrix.status import CORE_CHECKS, EXAONE35_ROUTES
+from probes import registry
+from probes.checks import GROUPS as CHECK_MODULES
 
 
 def test_the_registry_imports_only_the_stdlib():

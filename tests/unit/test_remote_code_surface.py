@@ -10,7 +10,6 @@ import json
 import textwrap
 from pathlib import Path
 
-
 from pinmatrix.commands.remote_code_surface import main as surface_main
 from probes.remote_code_surface import compare, extract, extract_file
 

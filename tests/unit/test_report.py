@@ -11,13 +11,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from real_results import BASE_PINS, cache_root, real_results, spec_for
 
+from pinmatrix.fsio import write_json_atomic
 from pinmatrix.outcome import Outcome
 from pinmatrix.report.markdown import render_markdown
 from pinmatrix.report.summary import merge
 from pinmatrix.report.write import write_report
-from pinmatrix.fsio import write_json_atomic
-from real_results import BASE_PINS, cache_root, real_results, spec_for
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ advice."""
 
 from __future__ import annotations
 
-from pinmatrix.report.summary import CellRow
 from pinmatrix.report.exaone import exaone35_section, render_html, render_markdown
+from pinmatrix.report.summary import CellRow
 from pinmatrix.status import cell_status
 
 BASIS = {"basis": "fixture of hub revision current", "fixture_revision": "current"}

@@ -10,13 +10,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
-from pinmatrix.outcome import Outcome
-from pinmatrix.report.summary import merge
-from pinmatrix.report.write import write_report
-from pinmatrix.report.html import render_html, throughput_chart
 from real_results import BASE_PINS, cache_root
 from report_runs import CELL_ID, add_cell, probe_result, standard_run
+
+from pinmatrix.outcome import Outcome
+from pinmatrix.report.html import render_html, throughput_chart
+from pinmatrix.report.summary import merge
+from pinmatrix.report.write import write_report
 
 XF_ID = "py3.11-torch2.13.0+cpu-tf5.17.0-xformers0.0.35"
 

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-
-from pinmatrix.results import CellResult, Damaged, load_result
-from pinmatrix.fsio import write_json_atomic, write_text_atomic
 from real_results import cache_root, real_results
+
+from pinmatrix.fsio import write_json_atomic, write_text_atomic
+from pinmatrix.results import CellResult, Damaged, load_result
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,18 @@ import threading
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pinmatrix.run.progress import Progress
-from pinmatrix.run.scheduler import (Scheduler, SchedulerError, detect_gpus, device_tokens,
-                                     parse_gpu_list,
-                                 parse_nvidia_smi_list)
+from pinmatrix.run.scheduler import (
+    Scheduler,
+    SchedulerError,
+    detect_gpus,
+    device_tokens,
+    parse_gpu_list,
+    parse_nvidia_smi_list,
+)
 
 cell_plans = st.lists(
     st.tuples(st.integers(0, 3),                       # image key
@@ -51,7 +57,7 @@ def _run(plans, devices, build_jobs):
 
 def _overlaps(intervals):
     intervals = sorted(intervals)
-    return any(b[0] < a[1] for a, b in zip(intervals, intervals[1:]))
+    return any(b[0] < a[1] for a, b in zip(intervals, intervals[1:], strict=False))
 
 
 @settings(max_examples=40, deadline=None)

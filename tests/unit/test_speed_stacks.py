@@ -20,7 +20,7 @@ from pinmatrix.report import summary as summary_mod
 from probes import registry
 from probes.checks import attention, throughput
 from probes.context import Context
-from probes.framework import run_check
+from probes.framework import Failed, run_check
 
 NEW_CHECKS = ("attention.flash_attention_4", "attention.flash_attention_4-exaone4",
               "throughput.sdpa-gc", "throughput.flash_attention_4", "throughput.liger",
@@ -164,7 +164,6 @@ def _lora(model: Any) -> Any:
 
 def test_an_unpatched_llama_fails_the_liger_verification():
     from probes.checks.liger import liger_patch_report, verify_liger
-    from probes.framework import Failed
 
     model = _lora(_tiny_llama())
     report = liger_patch_report(model)
@@ -179,7 +178,6 @@ def test_a_model_with_no_decoder_layers_is_not_called_patched():
     import torch
 
     from probes.checks.liger import verify_liger
-    from probes.framework import Failed
 
     with pytest.raises(Failed):
         verify_liger(torch.nn.Linear(2, 2))

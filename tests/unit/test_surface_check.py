@@ -23,6 +23,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import hashlib  # noqa: E402
+import inspect  # noqa: E402
+
 from packaging.version import Version  # noqa: E402
 
 from probes.checks import exaone35  # noqa: E402
@@ -164,9 +167,8 @@ def test_a_wrapper_taking_kwargs_that_reraises_is_judged_by_the_call_not_by_its_
     """Binding says fine (the wrapper takes *args, **kwargs); the call raises TypeError naming the
     keyword: the keyword is rejected. The keyword the function does take is judged by the call that
     runs once the rejected one is dropped."""
-    import inspect
 
-    wrapper = getattr(__import__(toy_module), "mask")
+    wrapper = __import__(toy_module).mask
     inspect.signature(wrapper, follow_wrapped=False).bind(None, input_embeds=None)  # binding: fine
     findings = check_calls(
         {"calls": {f"{toy_module}.mask": _form(["input_embeds", "attention_mask"])}}
@@ -182,9 +184,8 @@ def test_a_wrapper_taking_kwargs_that_reraises_is_judged_by_the_call_not_by_its_
 def test_a_shim_that_accepts_an_old_keyword_is_judged_by_the_call(toy_module):
     """The documented signature lacks `past_key_values` (binding says broken); the constructor maps
     it to `cache` (the call works): the fact holds."""
-    import inspect
 
-    output = getattr(__import__(toy_module), "Output")
+    output = __import__(toy_module).Output
     with pytest.raises(TypeError):
         inspect.signature(output).bind(past_key_values=None)  # binding: broken
     findings = check_calls(
@@ -375,7 +376,6 @@ def test_a_real_hub_file_is_extracted_hashed_and_compared_with_its_revisions_fac
     The
     snapshot here holds our current fixture with LG-AI-EXAONE/EXAONE-3.5 PR #7 applied (a dict
     _tied_weights_keys): the very change the facts file does not have."""
-    import hashlib
 
     snapshot = write_exaone35(tmp_path / "snapshots" / ("e" * 40), revision="current")
     code = (snapshot / "modeling_exaone.py").read_text()

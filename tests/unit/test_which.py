@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from pinmatrix.report import compat
 from pinmatrix.commands import which as cli
-from pinmatrix.which.stack import MAX_BYTES, StackError, read_stack
+from pinmatrix.report import compat
+from pinmatrix.report.write import write_report
+from pinmatrix.which.stack import MAX_BYTES, StackError, read_here, read_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 H200 = ROOT / "reports" / "h200" / "merged"
@@ -259,8 +262,6 @@ def test_compat_of_the_committed_h200_run_validates_and_keeps_the_judgement():
 
 
 def test_report_writes_compat_json(tmp_path):
-    from pinmatrix.report.write import write_report
-
     run = tmp_path / "run"
     shutil.copytree(H200, run, symlinks=True)
     (run / "compat.json").unlink(missing_ok=True)
@@ -282,11 +283,6 @@ def test_h200_stack_against_the_committed_run(capsys):
 
 
 def test_here_reads_the_running_interpreter():
-    import sys
-    from importlib import metadata
-
-    from pinmatrix.which.stack import read_here
-
     stack = read_here()
     assert stack.complete and stack.format == "here"
     assert stack.python_exact == ".".join(map(str, sys.version_info[:3]))
