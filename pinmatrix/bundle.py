@@ -567,7 +567,7 @@ def load_manifest(bundle: Path) -> dict[str, Any]:
         raise UsageError(
             f"{path}: schema {manifest.get('schema')!r}, this pinmatrix reads {SCHEMA}"
         )
-    return manifest
+    return dict(manifest)
 
 
 def _find_piece(bundle: Path, relative: str) -> Path:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import html.parser
+import http.client
 import json
 import os
 import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from packaging.utils import (
@@ -66,7 +67,7 @@ class PackageSources:
         pip's."""
         env = os.environ if environ is None else environ
 
-        def pick(cli, *names):
+        def pick(cli: str | None, *names: str) -> str | None:
             if cli is not None:
                 return cli
             for name in names:
@@ -74,7 +75,7 @@ class PackageSources:
                     return env[name]
             return None
 
-        def many(cli, *names) -> tuple[str, ...]:
+        def many(cli: Sequence[str] | None, *names: str) -> tuple[str, ...]:
             if cli is not None:
                 return tuple(cli)
             raw = pick(None, *names)
@@ -177,7 +178,8 @@ def redact(url: str | None) -> str | None:
                                     parts.fragment))
 
 
-def open_url(url: str, sources: PackageSources, accept: str, timeout_s: float = 30.0):
+def open_url(url: str, sources: PackageSources, accept: str,
+             timeout_s: float = 30.0) -> http.client.HTTPResponse:
     """GET a URL with the sources' CA bundle; credentials in the URL become a Basic header, not a
     log line."""
     parts = urllib.parse.urlsplit(url)
@@ -191,9 +193,13 @@ def open_url(url: str, sources: PackageSources, accept: str, timeout_s: float = 
             host += f":{parts.port}"
         url = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
     request = urllib.request.Request(url, headers=headers)
+    response: http.client.HTTPResponse
     if parts.scheme == "https":
-        return urllib.request.urlopen(request, timeout=timeout_s, context=sources.ssl_context())
-    return urllib.request.urlopen(request, timeout=timeout_s)
+        response = urllib.request.urlopen(request, timeout=timeout_s,
+                                          context=sources.ssl_context())
+    else:
+        response = urllib.request.urlopen(request, timeout=timeout_s)
+    return response
 
 
 # --- releases on the index (for live axes)
@@ -243,7 +249,7 @@ def _simple_files(body: bytes, content_type: str) -> list[tuple[str, bool]]:
     found: list[tuple[str, bool]] = []
 
     class Anchors(html.parser.HTMLParser):
-        def handle_starttag(self, tag, attrs):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
             if tag == "a":
                 attributes = dict(attrs)
                 href = attributes.get("href") or ""

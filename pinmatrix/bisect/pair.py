@@ -55,7 +55,8 @@ def bisect_pair(
     ):
         for held_at in (held_releases[0], held_releases[-1]):
 
-            def step(version: str, moving: str = moving, held: str = held, at: str = held_at):
+            def step(version: str, moving: str = moving, held: str = held,
+                     at: str = held_at) -> Judgement:
                 return dataclasses.replace(judge_pins({moving: version, held: at}), version=version)
 
             try:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pinmatrix.bisect.nightly import bisect_new_breakages
-from pinmatrix.errors import UsageError
+from pinmatrix.errors import PreviousRunError, UsageError
 from pinmatrix.fsio import load_json, published_together
 from pinmatrix.interrupt import held
-from pinmatrix.report.diff import PreviousRunError, find_run_dir, previous_run_in
+from pinmatrix.report.diff import find_run_dir, previous_run_in
 from pinmatrix.report.diff import render_bisect_lines as render_lines
 from pinmatrix.report.history import append_history, history_record, read_history
 from pinmatrix.report.merge import merge_artifacts

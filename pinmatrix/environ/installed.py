@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from packaging.specifiers import SpecifierSet
@@ -122,7 +122,8 @@ def lock_from_environment(cell: Cell, python: str | None = None,
     return Lock(cell_id=cell.id, python=version, torch_lock=torch_line, full_lock=text)
 
 
-def environment_resolver(python: Mapping[str, str] | str | None, extra_sites: Sequence[Path]):
+def environment_resolver(python: Mapping[str, str] | str | None,
+                         extra_sites: Sequence[Path]) -> Callable[[Cell, object, Path], Lock]:
     """A resolve_fn for the pipeline: same signature as pinmatrix.resolve.uv.resolve. `python`:
     --venv-python (one interpreter, or one per Python version)."""
     def resolve_installed(cell: Cell, sources: object, out_dir: Path) -> Lock:

@@ -29,6 +29,9 @@ from pinmatrix.matrix.select import BASE_IMAGE, MAX_VALUE_CHARS, PYTHON, same_va
 from pinmatrix.sources import PackageSources, Release, list_releases, redact
 from probes import registry as _registry
 
+# A top-level section of the matrix file: its key and its value.
+Section = tuple[yaml.ScalarNode, yaml.Node]
+
 # Every key an axis (or an include rule) may name. A typo is an error, not a silent new axis.
 # An axis is named after the PyPI distribution it pins. FlashAttention 4 is its own distribution,
 # `flash-attn-4` (it installs the `flash_attn` import package that FA2's `flash-attn` also owns, and
@@ -205,7 +208,7 @@ class _Loader:
         if len(node.value.strip()) > MAX_VALUE_CHARS:
             raise self.error(node, f"{what}: {len(node.value.strip())} characters, more than "
                                    f"{MAX_VALUE_CHARS}: {_clip(node.value)!r}")
-        return node.value.strip()  # the source text: 3.10 stays "3.10", never the float 3.1
+        return str(node.value).strip()  # the source text: 3.10 stays "3.10", never the float 3.1
 
     def integer(self, node: yaml.Node, what: str, bounds: tuple[float, float]) -> int:
         if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
@@ -480,8 +483,8 @@ class _Loader:
         return list_releases(axis, self._sources())
 
     # -- include / exclude --
-    def rules(self, section, name: str, axes: dict[str, tuple[str, ...]],
-              axis_nodes) -> list[tuple[yaml.Node, dict]]:
+    def rules(self, section: Section | None, name: str, axes: dict[str, tuple[str, ...]],
+              axis_nodes: dict[str, Any]) -> list[tuple[yaml.Node, dict[str, Any]]]:
         if section is None:
             return []
         key, node = section
@@ -515,7 +518,10 @@ class _Loader:
             rules.append((item, rule))
         return rules
 
-    def combine(self, axes, exclude, include) -> list[tuple[dict[str, str], yaml.Node | None]]:
+    def combine(self, axes: dict[str, tuple[str, ...]],
+                exclude: list[tuple[yaml.Node, dict[str, Any]]],
+                include: list[tuple[yaml.Node, dict[str, Any]]],
+                ) -> list[tuple[dict[str, str], yaml.Node | None]]:
         names = list(axes)
         size = 1
         for name in names:
@@ -578,7 +584,7 @@ class _Loader:
             seen[ident] = i
 
     # -- models, checks, settings --
-    def models(self, section) -> tuple[ModelSpec, ...]:
+    def models(self, section: Section | None) -> tuple[ModelSpec, ...]:
         if section is None:
             return ()
         key, node = section
@@ -624,7 +630,7 @@ class _Loader:
                                     unpinned=fields.get("unpinned", "").strip()))
         return tuple(models)
 
-    def checks(self, section) -> tuple[str, ...]:
+    def checks(self, section: Section | None) -> tuple[str, ...]:
         if section is None:
             return CHECK_GROUPS
         key, node = section
@@ -644,7 +650,7 @@ class _Loader:
             checks.append(name)
         return tuple(checks)
 
-    def settings(self, section) -> dict[str, Any]:
+    def settings(self, section: Section | None) -> dict[str, Any]:
         settings = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULT_SETTINGS.items()}
         settings["throughput"]["stacks"] = list(THROUGHPUT_STACKS)
         if section is None:
@@ -775,7 +781,7 @@ def _flow_deeper_than(text: str, max_depth: int) -> bool:
 
 def _node_deeper_than(root: yaml.Node, max_depth: int) -> yaml.Node | None:
     """The first node nested deeper than `max_depth`, or None (iterative: no recursion)."""
-    stack: list[tuple[Any, int]] = [(root, 1)]
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
     seen: set[int] = set()  # an alias shares its node: each is walked once (no billion laughs)
     while stack:
         node, depth = stack.pop()

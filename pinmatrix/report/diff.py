@@ -17,7 +17,7 @@ Throughput noise: a change is reported only beyond a threshold. Where the histor
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +267,7 @@ def _cell_signature(cell: Mapping[str, Any]) -> str | None:
         return "unresolvable"
     for check in (cell.get("checks") or {}).values():
         if check["status"] == "fail" and check.get("signature"):
-            return check["signature"]
+            return str(check["signature"])
     return cell.get("signature")
 
 
@@ -305,7 +305,8 @@ def render_markdown(d: Mapping[str, Any], *, level: int = 1) -> str:
     h = "#" * level
     out = [f"{h} Changes since {d['previous_run']}", "", f"**{headline(d)}**", ""]
 
-    def section(title: str, items: list[dict[str, Any]], line) -> None:
+    def section(title: str, items: list[dict[str, Any]],
+                line: Callable[[dict[str, Any]], str]) -> None:
         if items:
             out.extend([f"{h}# {title}", ""] + [line(i) for i in items] + [""])
 

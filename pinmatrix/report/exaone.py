@@ -142,7 +142,7 @@ def _cell_text(answer: Mapping[str, Any]) -> str:
         return "WORKS"
     if verdict == "infra":
         return "INFRA"
-    return verdict
+    return str(verdict)
 
 
 def render_markdown(section: Mapping[str, Any]) -> list[str]:

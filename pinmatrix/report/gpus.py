@@ -249,7 +249,9 @@ def _conditions(
             ):
                 if _number(g.get(key)) is not None:
                     bucket.append(g[key])
-    med = lambda xs: round(statistics.median(xs), 1) if xs else None  # noqa: E731
+    def med(xs: list[float]) -> float | None:
+        return round(statistics.median(xs), 1) if xs else None
+
     return {
         "samples": len(load),
         "sm_mhz_median": med(clocks),
@@ -431,7 +433,9 @@ def render_compare(data: Mapping[str, Any]) -> str:
     ]
     for r in data["rows"]:
         c, a = r.get("conditions") or {}, r.get("alone_conditions") or {}
-        pair = lambda k, a=a, c=c: f"{a.get(k, '—')} → {c.get(k, '—')}"  # noqa: E731
+        def pair(k: str, a: dict[str, Any] = a, c: dict[str, Any] = c) -> str:
+            return f"{a.get(k, '—')} → {c.get(k, '—')}"
+
         delta = f"{r['delta'] * 100:+.1f}%" if r.get("delta") is not None else "—"
         alone = f"{r['alone_tokens_per_s']:.0f}" if r.get("alone_tokens_per_s") else "—"
         ok = {True: "yes", False: "**no**"}.get(r.get("within_5pct"), "—")
@@ -440,7 +444,9 @@ def render_compare(data: Mapping[str, Any]) -> str:
             if r.get("median_step_delta") is not None
             else "—"
         )
-        steps = lambda s: f"{s['median']:.4f} ({s['min']:.4f}..{s['max']:.4f})" if s else "—"  # noqa: E731
+        def steps(s: dict[str, float] | None) -> str:
+            return f"{s['median']:.4f} ({s['min']:.4f}..{s['max']:.4f})" if s else "—"
+
         out.append(
             f"| `{r['cell']}` | {r['stack']} | {r.get('gpu') or '—'} | {alone} | "
             f"{r['tokens_per_s']:.0f} | "

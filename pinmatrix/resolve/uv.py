@@ -91,7 +91,7 @@ def resolve_many(
     *,
     workers: int | None = None,
     on_done: Callable[[Cell, Lock | Unresolvable | ResolveInfraError, float], None] | None = None,
-    **options,
+    **options: Any,
 ) -> dict[str, Lock | Unresolvable | ResolveInfraError]:
     """Resolve cells in parallel (uv waits on the network, not the CPU); locks go to
     out_root/<cell-id>/.
@@ -103,7 +103,7 @@ def resolve_many(
     out_root = Path(out_root)
     results: dict[str, Lock | Unresolvable | ResolveInfraError] = {}
 
-    def one(cell: Cell):
+    def one(cell: Cell) -> tuple[str, Lock | Unresolvable | ResolveInfraError]:
         started = time.monotonic()
         outcome: Lock | Unresolvable | ResolveInfraError
         with acting_for(cell.id):
@@ -273,7 +273,8 @@ class _Resolver:
             self.cache_put(key, compiled)
             return compiled
 
-    def cache_key(self, requirements, constraints, python, torch_pin) -> str:
+    def cache_key(self, requirements: Sequence[str], constraints: str, python: str,
+                  torch_pin: str) -> str:
         payload = json.dumps({"format": CACHE_FORMAT, "requirements": sorted(requirements),
                               "constraints": constraints, "python": python,
                               "platform": self.platform,

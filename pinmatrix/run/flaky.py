@@ -36,7 +36,8 @@ def group_of(check_name: str, groups: Iterable[str] = ()) -> str | None:
     groups = tuple(groups)
     if check_name in groups:
         return check_name
-    return registry.group_of(check_name)
+    group: str | None = registry.group_of(check_name)
+    return group
 
 
 def deterministic_failures(result: Mapping[str, Any]) -> list[str]:

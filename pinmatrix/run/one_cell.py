@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from pinmatrix import interrupt
 from pinmatrix.cell import Cell, Lock, Unresolvable
-from pinmatrix.errors import InfraError
+from pinmatrix.errors import InfraError, ResolveInfraError
 from pinmatrix.fsio import copy_atomic, read_json, write_json_atomic, write_text_atomic
 from pinmatrix.outcome import Outcome
-from pinmatrix.resolve.uv import ResolveInfraError
 from pinmatrix.results import Damaged, load_result
 from pinmatrix.run.flaky import recheck_failures
 from pinmatrix.run.identity import build_key, cell_hash
@@ -292,7 +291,7 @@ def keep_partial(work: Path, run_dir: Path, cell_id: str,
     journals, and the result of a plain child that did finish: docs/CONTRACTS.md §2), kept as
     `partial/<cell>.json`: evidence beside the infra outcome, never read as the cell's result.
     Returns (that path, a clause for the reason), or None when nothing had finished."""
-    records: dict[str, dict] = {}
+    records: dict[str, dict[str, Any]] = {}
     sources: list[str] = []
     found = sorted(work.rglob("*.partial.json")) + sorted(work.rglob("plain-*/result.json"))
     for path in found:

@@ -21,10 +21,10 @@ from typing import Any, NoReturn, TypeVar
 from pinmatrix.cell import Cell
 from pinmatrix.environ.interpreters import parse_venv_python
 from pinmatrix.environ.site_rules import as_site, parse_extra_site
-from pinmatrix.errors import UsageError
+from pinmatrix.errors import PreviousRunError, UsageError
 from pinmatrix.matrix.load import KNOWN_AXES
 from pinmatrix.outcome import Outcome
-from pinmatrix.report.diff import PreviousRunError, find_run_dir
+from pinmatrix.report.diff import find_run_dir
 from pinmatrix.report.pins import parse_pins_for
 from pinmatrix.run.scheduler import parse_gpu_list
 from pinmatrix.run.shard import parse_shard

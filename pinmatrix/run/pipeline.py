@@ -17,7 +17,7 @@ from pinmatrix import interrupt
 from pinmatrix.activity import Heartbeat, acting_for
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.environ.installed import environment_resolver
-from pinmatrix.errors import HarnessError
+from pinmatrix.errors import FetchError, HarnessError
 from pinmatrix.fsio import (
     load_json,
     on_publish,
@@ -37,7 +37,7 @@ from pinmatrix.report.write import write_report
 from pinmatrix.resolve.stage import format_table, resolve_stage
 from pinmatrix.resolve.uv import resolve
 from pinmatrix.run.cache import RerunPolicy, ResultCache
-from pinmatrix.run.fetch import FetchError, fetch_models
+from pinmatrix.run.fetch import fetch_models
 from pinmatrix.run.folder import (
     disk_full,
     disk_full_reason,

@@ -75,7 +75,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FA
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
           "STOPPED",
           "SIGNALING", "STAGE_OUT", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
-Run = Callable[..., subprocess.CompletedProcess]
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 
@@ -147,7 +147,7 @@ class SlurmClient:
         job = proc.stdout.strip().split(";")[0]
         if not job.isdigit():
             raise SlurmError(f"sbatch printed no job id: {proc.stdout!r}")
-        return job
+        return str(job)
 
     def states(self, job_id: str) -> tuple[dict[int, str], str]:
         """{task: state} and where it came from ("sacct" or "scontrol")."""
@@ -164,7 +164,7 @@ class SlurmClient:
     def cancel(self, job_id: str) -> None:
         self._call(["scancel", job_id], 60)
 
-    def _call(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    def _call(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         try:
             return self.run(argv, capture_output=True, text=True, timeout=timeout)
         except FileNotFoundError as exc:
@@ -273,8 +273,9 @@ def _publish(run_dir: Path, opts: RunOptions, echo: Echo) -> None:
 
 
 def wait_for_tasks(client: SlurmClient, job: str, n_tasks: int, *, poll_s: float, deadline_s: float,
-                   run_dir: Path, echo=print, sleep=time.sleep,
-                   clock=time.monotonic) -> dict[int, str]:
+                   run_dir: Path, echo: Callable[[str], object] = print,
+                   sleep: Callable[[float], object] = time.sleep,
+                   clock: Callable[[], float] = time.monotonic) -> dict[int, str]:
     """Poll until every task is in a terminal state, or cancel at the deadline. Returns {task: final
     state}. A task Slurm no longer knows (job gone from slurmctld, no accounting) counts as ended:
     VANISHED."""

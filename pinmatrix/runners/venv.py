@@ -608,7 +608,7 @@ def end_orphan_probe(out_dir: Path, grace_s: float = 10.0) -> str | None:
     return done
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen[Any]) -> None:
     # The probe may have started workers (dataloaders, compilers): end the whole session it leads.
     try:
         os.killpg(proc.pid, signal.SIGTERM)

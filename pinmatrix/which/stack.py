@@ -168,7 +168,7 @@ def read_stack(path: Path) -> Stack:
 
 def _toml(path: Path, text: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        return dict(tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:
         found = _TOML_LINE.search(str(exc))
         raise StackError(path, int(found.group(1)) if found else None,
