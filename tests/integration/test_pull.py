@@ -110,7 +110,8 @@ def _present(engine: Engine, image: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def test_missing_pulls_an_absent_image_and_shows_progress(engine, registries, tmp_path):
+def test_missing_pulls_an_absent_image_and_shows_progress(engine, registries,
+                                                          tmp_path: Path) -> None:
     image = registries["image"]
     assert not _present(engine, image)
     lines: list[str] = []
@@ -133,7 +134,7 @@ def test_missing_pulls_an_absent_image_and_shows_progress(engine, registries, tm
         subprocess.run(engine.cmd("rmi", image), capture_output=True)
 
 
-def test_never_pulls_nothing_and_says_so(engine, registries, tmp_path):
+def test_never_pulls_nothing_and_says_so(engine, registries, tmp_path: Path) -> None:
     lines: list[str] = []
     with pytest.raises(InfraError) as err:
         _runner(engine, tmp_path, registries["image"], "never", lines)._base_image_id()
@@ -147,8 +148,8 @@ def test_never_pulls_nothing_and_says_so(engine, registries, tmp_path):
     ("not-found", "pull-image-not-found"),
     ("auth", "pull-auth-required"),
 ])
-def test_a_failed_pull_is_infra_with_a_signature_that_says_why(engine, registries, tmp_path,
-                                                                where, signature):
+def test_a_failed_pull_is_infra_with_a_signature_that_says_why(engine, registries, tmp_path: Path,
+                                                                where, signature) -> None:
     image = {
         "unreachable": f"127.0.0.1:{_free_port()}/pinmatrix-pulltest/base:x",
         "not-found": f"{registries['open']}/pinmatrix-pulltest/no-such-image:x",

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from cpu_stack import probe_python
 
 from pinmatrix.probes_source import probes_digest
@@ -172,7 +173,7 @@ def real_results(cache_root: Path) -> dict[str, Path]:
         return wanted
 
 
-def cache_root(request, tmp_path_factory) -> Path:
+def cache_root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """pytest's cache folder (kept between runs), or a temp folder where the cache plugin is off."""
     cache = getattr(request.config, "cache", None)
     return (

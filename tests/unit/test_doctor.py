@@ -34,7 +34,7 @@ def _absent_python() -> str | None:
     return None
 
 
-def test_doctor_prints_one_line_per_capability(tmp_path):
+def test_doctor_prints_one_line_per_capability(tmp_path: Path) -> None:
     proc = pinmatrix("doctor", "--matrix", str(CI), "--runner", "venv", "--cpu",
                      "--find-links", str(tmp_path), "--reports", str(tmp_path / "reports"))
     lines = proc.stdout.splitlines()
@@ -53,7 +53,7 @@ def test_doctor_prints_one_line_per_capability(tmp_path):
 
 
 @pytest.mark.skipif(_absent_python() is None, reason="every candidate Python is on this host")
-def test_matrix_without_any_needed_python_stops_at_once_with_exit_2(tmp_path):
+def test_matrix_without_any_needed_python_stops_at_once_with_exit_2(tmp_path: Path) -> None:
     version = _absent_python()
     matrix = tmp_path / "m.yaml"
     matrix.write_text(CI.read_text().replace('python: ["3.11"]', f'python: ["{version}"]'))
@@ -69,7 +69,7 @@ def test_matrix_without_any_needed_python_stops_at_once_with_exit_2(tmp_path):
     assert not (tmp_path / "reports").exists()  # nothing was run
 
 
-def test_docker_runner_without_an_engine_stops_with_exit_2(tmp_path):
+def test_docker_runner_without_an_engine_stops_with_exit_2(tmp_path: Path) -> None:
     proc = pinmatrix("matrix", "--matrix", str(CI), "--runner", "docker", "--cpu",
                      "--find-links", str(tmp_path), "--reports", str(tmp_path / "reports"),
                      env=NO_DOCKER)
@@ -78,7 +78,7 @@ def test_docker_runner_without_an_engine_stops_with_exit_2(tmp_path):
     assert not (tmp_path / "reports").exists()
 
 
-def test_an_unreachable_index_without_a_wheelhouse_stops_with_exit_2(tmp_path):
+def test_an_unreachable_index_without_a_wheelhouse_stops_with_exit_2(tmp_path: Path) -> None:
     proc = pinmatrix("matrix", "--matrix", str(CI), "--runner", "venv", "--cpu",
                      "--index-url", "http://127.0.0.1:9/simple",
                      "--venv-python", sys.executable,
@@ -88,7 +88,7 @@ def test_an_unreachable_index_without_a_wheelhouse_stops_with_exit_2(tmp_path):
     assert "the package index is not reachable (http://127.0.0.1:9/simple/pip/" in proc.stderr
 
 
-def test_pull_never_without_the_base_image_stops_with_exit_2(tmp_path):
+def test_pull_never_without_the_base_image_stops_with_exit_2(tmp_path: Path) -> None:
     if find_engine() is None:
         pytest.skip("needs a Docker engine")
     matrix = tmp_path / "m.yaml"
@@ -101,7 +101,7 @@ def test_pull_never_without_the_base_image_stops_with_exit_2(tmp_path):
     assert "--pull never, and no base image the cells need is in the engine" in proc.stderr
 
 
-def test_registry_of_follows_dockers_naming_rule():
+def test_registry_of_follows_dockers_naming_rule() -> None:
     assert registry_of("nvidia/cuda:13.0.1-cudnn-devel-ubuntu24.04") == ("registry-1.docker.io",
                                                                          443)
     assert registry_of("python:3.12") == ("registry-1.docker.io", 443)
@@ -110,13 +110,13 @@ def test_registry_of_follows_dockers_naming_rule():
     assert registry_of("localhost/pm/base:x") == ("localhost", 443)
 
 
-def _absent_image_matrix(tmp_path, image: str) -> Path:
+def _absent_image_matrix(tmp_path: Path, image: str) -> Path:
     matrix = tmp_path / "m.yaml"
     matrix.write_text(CI.read_text().replace('"pinmatrix/base:bookworm-py311"', f'"{image}"'))
     return matrix
 
 
-def test_no_base_image_and_no_reachable_registry_stops_at_once_with_exit_2(tmp_path):
+def test_no_base_image_and_no_reachable_registry_stops_at_once_with_exit_2(tmp_path: Path) -> None:
     """A real host without the image and without a way to its registry (a closed local port):
     every cell would be `infra: pull-registry-unreachable`, so nothing is run."""
 
@@ -139,7 +139,7 @@ def test_no_base_image_and_no_reachable_registry_stops_at_once_with_exit_2(tmp_p
     assert line.startswith("MISSING") and "127.0.0.1:9 cannot be reached" in line, line
 
 
-def test_a_reachable_registry_is_not_a_blocker(tmp_path):
+def test_a_reachable_registry_is_not_a_blocker(tmp_path: Path) -> None:
     """The same absent image behind a port that answers: the doctor says it will be pulled."""
 
     if find_engine() is None:

@@ -27,12 +27,12 @@ def _dist(site: Path, name: str, version: str, requires: tuple[str, ...] = ()) -
     return site
 
 
-def test_a_consistent_environment_has_no_conflicts():
+def test_a_consistent_environment_has_no_conflicts() -> None:
     report = env_check.check(sys.executable, roots=["packaging"])
     assert report.consistent and report.distributions > 0
 
 
-def test_an_unmet_requirement_is_named_with_what_was_found(tmp_path):
+def test_an_unmet_requirement_is_named_with_what_was_found(tmp_path: Path) -> None:
     site = _dist(tmp_path / "site", "pm-demo-app", "1.0", ("packaging<1", "pm-demo-missing>=2"))
     report = env_check.check(sys.executable, [site])
     found = md.version("packaging")
@@ -43,7 +43,7 @@ def test_an_unmet_requirement_is_named_with_what_was_found(tmp_path):
     assert env_check.check(sys.executable, [site], roots=["packaging"]).consistent
 
 
-def test_markers_are_evaluated_for_the_interpreter_under_test(tmp_path):
+def test_markers_are_evaluated_for_the_interpreter_under_test(tmp_path: Path) -> None:
     site = _dist(tmp_path / "site", "pm-demo-app", "1.0",
                  ('packaging<1; python_version < "3"', 'packaging<1; extra == "x"'))
     assert env_check.check(sys.executable, [site]).consistent
@@ -57,7 +57,7 @@ def _transformers() -> str | None:
 
 
 @pytest.mark.skipif(_transformers() != "4.57.6", reason="needs the test venv's transformers 4.57.6")
-def test_transformers_with_a_too_new_tokenizers_is_environment_inconsistent(tmp_path):
+def test_transformers_with_a_too_new_tokenizers_is_environment_inconsistent(tmp_path: Path) -> None:
     site = _dist(tmp_path / "site", "tokenizers", "0.23.2")
     cell = Cell(pins={"transformers": "4.57.6"})
     with pytest.raises(ResolveInfraError) as err:
@@ -77,7 +77,7 @@ def test_transformers_with_a_too_new_tokenizers_is_environment_inconsistent(tmp_
                                                     True, True)
 
 
-def test_the_device_script_reports_the_same(tmp_path):
+def test_the_device_script_reports_the_same(tmp_path: Path) -> None:
     site = _dist(tmp_path / "site", "pm-demo-app", "1.0", ("packaging<1",))
     script = Path(__file__).resolve().parents[2] / "lab" / "gpu-lease" / "h200_env_check.py"
     out = subprocess.run([sys.executable, str(script), "lbl"], capture_output=True, text=True,

@@ -29,14 +29,14 @@ def pinmatrix(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, cwd=ROOT, timeout=600)
 
 
-def test_the_exit_codes_are_distinct():
+def test_the_exit_codes_are_distinct() -> None:
     assert len({EXIT_OK, EXIT_HARNESS, EXIT_BAD_INPUT, EXIT_INFRA}) == 4
 
 
 @pytest.mark.skipif(md.version("transformers") != "4.57.6",
                     reason="needs the test venv (transformers 4.57.6, torch 2.13.0+cpu, "
                            "peft 0.21.2)")
-def test_an_inconsistent_prepared_environment_is_infra_and_exits_3(tmp_path):
+def test_an_inconsistent_prepared_environment_is_infra_and_exits_3(tmp_path: Path) -> None:
     site = tmp_path / "site" / "tokenizers-0.23.2.dist-info"
     site.mkdir(parents=True)
     (site / "METADATA").write_text("Metadata-Version: 2.1\nName: tokenizers\nVersion: 0.23.2\n")
@@ -73,7 +73,8 @@ def _absent_python() -> str | None:
 
 
 @pytest.mark.skipif(__import__("shutil").which("uv") is None, reason="needs uv")
-def test_a_python_uv_cannot_download_is_said_in_words(tmp_path, monkeypatch):
+def test_a_python_uv_cannot_download_is_said_in_words(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The real uv, asked for an interpreter this host lacks, with its download pointed at a closed
     port: the cell's infra reason says what is missing and what to do, not uv's DNS error."""
 
@@ -92,7 +93,7 @@ def test_a_python_uv_cannot_download_is_said_in_words(tmp_path, monkeypatch):
     assert "127.0.0.1:9" in err.value.log_tail  # uv's own words are kept in the log
 
 
-def test_one_cause_is_said_once_in_the_summary(tmp_path):
+def test_one_cause_is_said_once_in_the_summary(tmp_path: Path) -> None:
     """Three cells' outcomes as the pipeline writes them: two share a cause, one has its own."""
 
     words = ("Python 3.12 is not on this host and uv could not download it: install it, pass "
@@ -117,7 +118,7 @@ def test_one_cause_is_said_once_in_the_summary(tmp_path):
     assert section.count("is not on this host") == 1 and "2 cells, one cause" in section
 
 
-def test_uv_s_wrapped_words_still_say_the_python_could_not_be_downloaded():
+def test_uv_s_wrapped_words_still_say_the_python_could_not_be_downloaded() -> None:
     """uv wraps its errors to COLUMNS: at 80 (a narrow terminal, a pytest-xdist worker) the URL
     leaves the "Failed to download" line, and the cell read as a failed venv instead of a missing
     Python with its remedy."""

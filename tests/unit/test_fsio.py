@@ -29,7 +29,7 @@ def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_modes_are_explicit_whatever_the_umask(tmp_path):
+def test_modes_are_explicit_whatever_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o077)
     try:
         assert mode_of(write_text_atomic(tmp_path / "summary.md", "x")) == PUBLIC_MODE == 0o644
@@ -40,7 +40,7 @@ def test_modes_are_explicit_whatever_the_umask(tmp_path):
         os.umask(old)
 
 
-def test_concurrent_writers_never_leave_a_half_file_or_a_temp_file(tmp_path):
+def test_concurrent_writers_never_leave_a_half_file_or_a_temp_file(tmp_path: Path) -> None:
     target = tmp_path / "run.json"
     threads = [threading.Thread(target=write_json_atomic, args=(target,
                                                                 {"n": n, "pad": "x" * 10000}))
@@ -53,12 +53,12 @@ def test_concurrent_writers_never_leave_a_half_file_or_a_temp_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
 
-def test_read_json_is_none_for_missing_or_damaged_files(tmp_path):
+def test_read_json_is_none_for_missing_or_damaged_files(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     assert read_json(tmp_path / "bad.json") is None and read_json(tmp_path / "missing.json") is None
 
 
-def test_first_line():
+def test_first_line() -> None:
     assert first_line("\n  one  \ntwo") == "one  "
     assert first_line(None) == ""
     assert first_line("abcdef", limit=3) == "abc…"
@@ -66,7 +66,9 @@ def test_first_line():
 
 # --- a report published as one set (an interrupt at report time) -----------------------
 
-def test_published_together_publishes_at_the_end_and_drops_everything_on_an_interrupt(tmp_path):
+def test_published_together_publishes_at_the_end_and_drops_everything_on_an_interrupt(
+    tmp_path: Path,
+) -> None:
     write_text_atomic(tmp_path / "summary.md", "old report")
     replace_folder(tmp_path / "pins", {"README.md": "old pins", "old.constraints.txt": "x"})
     with pytest.raises(KeyboardInterrupt), published_together():
@@ -92,7 +94,7 @@ def test_published_together_publishes_at_the_end_and_drops_everything_on_an_inte
     assert not (tmp_path / "pins").exists()
 
 
-def test_held_signals_wait_for_the_block_and_a_second_one_stops_it(tmp_path):
+def test_held_signals_wait_for_the_block_and_a_second_one_stops_it(tmp_path: Path) -> None:
     """Real signals to this process (pytest runs tests in the main thread)."""
 
     # whatever handlers this process had before (an earlier test may have run the CLI's main,

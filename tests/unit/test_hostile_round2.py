@@ -348,7 +348,8 @@ def test_a_file_name_with_escape_sequences_is_printed_escaped(tmp_path: Path) ->
     assert "\\x1b]0;pwned\\x07" in proc.stderr
 
 
-def test_a_relative_venv_dir_is_made_absolute_up_front(tmp_path: Path, monkeypatch) -> None:
+def test_a_relative_venv_dir_is_made_absolute_up_front(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Cells run in other folders: a relative --venv-dir made every cell infra."""
 
     monkeypatch.chdir(tmp_path)

@@ -62,7 +62,7 @@ def _overlaps(intervals):
 
 @settings(max_examples=40, deadline=None)
 @given(plans=cell_plans, n_gpus=st.integers(1, 4), build_jobs=st.integers(1, 3))
-def test_gpu_never_shared_and_all_cells_finish(plans, n_gpus, build_jobs):
+def test_gpu_never_shared_and_all_cells_finish(plans, n_gpus, build_jobs) -> None:
     devices = [str(i) for i in range(n_gpus)]
     results, events = _run(plans, devices, build_jobs)
     # every cell has exactly its own result, in order, whatever the others did
@@ -88,7 +88,7 @@ def test_gpu_never_shared_and_all_cells_finish(plans, n_gpus, build_jobs):
         assert sum(1 for s0, s1 in builds if s0 <= t0 < s1) <= build_jobs
 
 
-def test_devices_really_run_in_parallel():
+def test_devices_really_run_in_parallel() -> None:
     """Two GPUs, two 0.3 s cells: about 0.3 s, not 0.6 s (the scheduler is not serial in
     disguise)."""
     plans = [(0, "ok", 300), (1, "ok", 300)]
@@ -97,7 +97,7 @@ def test_devices_really_run_in_parallel():
     assert time.perf_counter() - t0 < 0.55
 
 
-def test_device_tokens():
+def test_device_tokens() -> None:
     assert device_tokens(cpu=False, requested=None, detected=["0", "1"]) == ["0", "1"]
     assert device_tokens(cpu=False, requested=["1"], detected=["0", "1"]) == ["1"]
     assert device_tokens(cpu=True, requested=None, detected=["0", "1"], cpu_jobs=2) == ["", ""]
@@ -108,7 +108,7 @@ def test_device_tokens():
         device_tokens(cpu=True, requested=None, detected=[], cpu_jobs=0)
 
 
-def test_gpu_lists():
+def test_gpu_lists() -> None:
     assert parse_gpu_list("0, 2") == ["0", "2"]
     for bad in ("", "a", "0,0", "1;2"):
         with pytest.raises(SchedulerError):
@@ -123,13 +123,13 @@ def test_gpu_lists():
 
     assert detect_gpus(lambda *a, **k: Proc()) == ["0", "1"]
 
-    def missing(*a, **k):
+    def missing(*a, **k) -> None:
         raise FileNotFoundError("nvidia-smi")
 
     assert detect_gpus(missing) == []
 
 
-def test_progress_counts_and_plain_lines():
+def test_progress_counts_and_plain_lines() -> None:
     out = io.StringIO()
     p = Progress(3, stream=out, live=False)
     p.set("a", "building")
