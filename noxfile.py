@@ -231,10 +231,32 @@ def which(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff on the repository and mypy on pinmatrix/ (both configured in pyproject.toml)."""
-    session.install("-e", str(ROOT), "ruff>=0.6", "mypy>=1.10", "types-PyYAML", "types-jsonschema")
+    """ruff on the repository and `mypy --strict` on pinmatrix/ (both configured in
+    pyproject.toml), then mypy on tests/ (see _mypy_tests)."""
+    session.install("-e", str(ROOT), "ruff>=0.6", "mypy>=1.10", "types-PyYAML", "types-jsonschema",
+                    "pytest>=8", "hypothesis>=6")
     session.run("ruff", "check", str(ROOT))
     session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"))
+    _mypy_tests(session)
+
+
+# tests/ is not strict yet: its fakes stand in for typed objects (a Proc for a CompletedProcess, a
+# str where an Outcome goes) and about 190 such errors remain even with untyped defs allowed.
+# Until they are fixed it is checked with check_untyped_defs and reported, not a gate.
+TESTS_LOOSE = ("--allow-untyped-defs", "--allow-incomplete-defs", "--allow-untyped-calls",
+               "--allow-untyped-decorators", "--allow-any-generics", "--no-warn-return-any",
+               "--check-untyped-defs")
+
+
+def _mypy_tests(session: nox.Session) -> None:
+    """Two runs: tests/conftest.py and tests/integration/conftest.py are both top-level modules
+    named `conftest` to mypy (tests/ has no __init__.py files)."""
+    config = ("--config-file", str(ROOT / "pyproject.toml"), *TESTS_LOOSE)
+    tests = ROOT / "tests"
+    session.run("mypy", *config, str(tests / "conftest.py"), str(tests / "console.py"),
+                str(tests / "cpu_stack.py"), str(tests / "unit"), success_codes=[0, 1])
+    session.run("mypy", *config, str(tests / "integration"), env={"MYPYPATH": str(tests)},
+                success_codes=[0, 1])
 
 
 @nox.session(python=PYTHON)
