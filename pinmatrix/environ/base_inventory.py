@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pinmatrix.cell import normalize_name
-from pinmatrix.containers.engine import engine_message, find_engine
+from pinmatrix.containers import engine as engines
 from pinmatrix.errors import ResolveInfraError
 
 INVENTORY_TIMEOUT_S = 300.0
@@ -58,10 +58,10 @@ def read_inventory(image: str, engine: Any = None) -> Inventory:
     when there is no engine, no such image, or the image cannot run python3."""
     if engine is None:
 
-        engine = find_engine()
+        engine = engines.find_engine()
         if engine is None:
             raise ResolveInfraError(f"a `base` pin needs the base image's packages, and no Docker "
-                                    f"engine can read them: {engine_message()}",
+                                    f"engine can read them: {engines.engine_message()}",
                                     signature="base-inventory")
     inspected = subprocess.run(engine.cmd("image", "inspect", "--format", "{{.Id}}", image),
                                capture_output=True, text=True, timeout=120)

@@ -125,7 +125,7 @@ def _checkpoint_tensors(folder: Path):
 
         for file in files:
             with safe_open(str(file), framework="pt") as f:
-                for key in f:
+                for key in f.keys():
                     yield key, f.get_tensor(key)
         return
     import torch
