@@ -24,6 +24,8 @@ nox -t cell                     every cell, one session each (then `nox -s repor
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,8 +46,9 @@ def _cell_ids() -> list[str]:
     cells."""
     sys.path.insert(0, str(ROOT))
     try:
-        from pinmatrix.errors import MatrixError
-        from pinmatrix.matrix.load import load_matrix
+        # nox may run without the harness's dependencies: the import is the probe for them
+        from pinmatrix.errors import MatrixError  # noqa: PLC0415 - see above
+        from pinmatrix.matrix.load import load_matrix  # noqa: PLC0415 - see above
     # nox runs without the harness's dependencies (pipx, uv tool): ask a throwaway env
     except ImportError:
         return _cell_ids_via_uv()
@@ -62,9 +65,6 @@ def _cell_ids() -> list[str]:
 
 
 def _cell_ids_via_uv() -> list[str]:
-    import shutil
-    import subprocess
-
     uv = shutil.which("uv")
     if uv is None:
         print(
@@ -231,10 +231,32 @@ def which(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff on the repository and mypy on pinmatrix/ (both configured in pyproject.toml)."""
-    session.install("-e", str(ROOT), "ruff>=0.6", "mypy>=1.10", "types-PyYAML", "types-jsonschema")
+    """ruff on the repository and `mypy --strict` on pinmatrix/ (both configured in
+    pyproject.toml), then mypy on tests/ (see _mypy_tests)."""
+    session.install("-e", str(ROOT), "ruff>=0.6", "mypy>=1.10", "types-PyYAML", "types-jsonschema",
+                    "pytest>=8", "hypothesis>=6")
     session.run("ruff", "check", str(ROOT))
     session.run("mypy", "--config-file", str(ROOT / "pyproject.toml"))
+    _mypy_tests(session)
+
+
+# tests/ is not strict yet: its fakes stand in for typed objects (a Proc for a CompletedProcess, a
+# str where an Outcome goes) and about 190 such errors remain even with untyped defs allowed.
+# Until they are fixed it is checked with check_untyped_defs and reported, not a gate.
+TESTS_LOOSE = ("--allow-untyped-defs", "--allow-incomplete-defs", "--allow-untyped-calls",
+               "--allow-untyped-decorators", "--allow-any-generics", "--no-warn-return-any",
+               "--check-untyped-defs")
+
+
+def _mypy_tests(session: nox.Session) -> None:
+    """Two runs: tests/conftest.py and tests/integration/conftest.py are both top-level modules
+    named `conftest` to mypy (tests/ has no __init__.py files)."""
+    config = ("--config-file", str(ROOT / "pyproject.toml"), *TESTS_LOOSE)
+    tests = ROOT / "tests"
+    session.run("mypy", *config, str(tests / "conftest.py"), str(tests / "console.py"),
+                str(tests / "cpu_stack.py"), str(tests / "unit"), success_codes=[0, 1])
+    session.run("mypy", *config, str(tests / "integration"), env={"MYPYPATH": str(tests)},
+                success_codes=[0, 1])
 
 
 @nox.session(python=PYTHON)

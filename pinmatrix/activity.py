@@ -17,9 +17,9 @@ import itertools
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 # Under the bar of 10 s, with room for a heartbeat thread that wakes every POLL_S.
 QUIET_S = 8.0
@@ -157,10 +157,8 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(POLL_S):
-            try:
+            with contextlib.suppress(Exception):  # a heartbeat must never take the run down
                 self.beat()
-            except Exception:  # noqa: BLE001 - a heartbeat must never take the run down
-                pass
 
     def start(self) -> Heartbeat:
         self.touch()

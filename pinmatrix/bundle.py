@@ -25,6 +25,7 @@ refuses that.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import lzma
 import shutil
@@ -35,13 +36,22 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from pinmatrix.cell import Cell, Lock, normalize_name
+from packaging.requirements import Requirement
+from packaging.version import InvalidVersion, Version
+
+from pinmatrix.cell import Cell, Lock, Unresolvable, normalize_name
+from pinmatrix.environ.site_rules import parse_extra_site
 from pinmatrix.errors import PinmatrixError, UsageError
+from pinmatrix.interrupt import map_in_threads
+from pinmatrix.probes_source import PROBES_DIR, probe_files, probes_digest
+from pinmatrix.resolve.uv import resolve_many, uv_version
 from pinmatrix.run.options import HostSettings
+from pinmatrix.run.pipeline import load_cells
 
 Echo = Callable[[str], None]
 MANIFEST = "manifest.json"
@@ -94,7 +104,6 @@ def parse_host_packages(path: Path) -> dict[str, str]:
 def host_has(host: Mapping[str, str], name: str, version: str) -> bool:
     """The host holds `name` at the locked version: the same public version (torch 2.11.0 is the
     host's 2.11.0+cu130; PyPI's 2.11.0 is that CUDA 13.0 build)."""
-    from packaging.version import InvalidVersion, Version
 
     have = host.get(normalize_name(name))
     if have is None:
@@ -260,8 +269,6 @@ def pip_download(
             echo(f"bundle: [{done[0]}/{total}] {spec}: {size:.1f} MiB ({how})")
         return spec, wheel
 
-    from pinmatrix.interrupt import map_in_threads
-
     return dict(map_in_threads(one, list(specs), min(DOWNLOAD_WORKERS, max(1, total)), "bundle"))
 
 
@@ -275,9 +282,6 @@ def _wheel_matches(path: Path, spec: str) -> bool:
 
 def harness_requirements() -> list[str]:
     """pinmatrix's own runtime dependencies and theirs, at the versions this host runs it with."""
-    import importlib.metadata as md
-
-    from packaging.requirements import Requirement
 
     seen: dict[str, str] = {}
     todo = list(HARNESS)
@@ -354,7 +358,7 @@ def split_into_carries(files: list[Path], out: Path, part_bytes: int) -> dict[st
             path.unlink()
             pieces[path.name] = names
             continue
-        for i, (used, folder) in enumerate(bins):
+        for i, (used, folder) in enumerate(bins):  # noqa: B007 - the bin found is used after the loop
             if used + size <= part_bytes:
                 break
         else:
@@ -373,10 +377,6 @@ def build_bundle(
     opts: Any, out: Path, *, host_packages: Path | None, part_mib: float, echo: Echo = print
 ) -> dict[str, Any]:
     """Resolve the selected cells, then write OUT (the module docstring); return the manifest."""
-    from pinmatrix.cell import Unresolvable
-    from pinmatrix.probes_source import PROBES_DIR, probe_files, probes_digest
-    from pinmatrix.resolve.uv import resolve_many, uv_version
-    from pinmatrix.run.pipeline import load_cells
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -567,7 +567,7 @@ def load_manifest(bundle: Path) -> dict[str, Any]:
         raise UsageError(
             f"{path}: schema {manifest.get('schema')!r}, this pinmatrix reads {SCHEMA}"
         )
-    return manifest
+    return dict(manifest)
 
 
 def _find_piece(bundle: Path, relative: str) -> Path:
@@ -615,8 +615,6 @@ def unpack_sites(bundle: Path, manifest: Mapping[str, Any], echo: Echo) -> Path:
 
 def apply_bundle(args: Any, echo: Echo = print) -> dict[str, Any]:
     """`matrix --bundle DIR`: the options that run the bundle's cells offline, set on `args`."""
-    from pinmatrix.probes_source import probes_digest
-    from pinmatrix.environ.site_rules import parse_extra_site
 
     bundle = Path(args.bundle)
     manifest = load_manifest(bundle)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from packaging.version import Version
 
@@ -206,7 +207,7 @@ def split_extras(value: str) -> tuple[str, tuple[str, ...]]:
     return match.group("pin").strip(), extras
 
 
-def extras_lines(cell: "Cell") -> str:
+def extras_lines(cell: Cell) -> str:
     """The lock's record of the cell's extras (uv writes `name==version` without them, and the
     extras' own dependencies as plain lines): one comment line per package asked with extras."""
     lines = []

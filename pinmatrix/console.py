@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-from typing import Any, Iterator, TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 # the live progress line's own control sequence: carriage return, erase the whole line
 OWN_CONTROL = "\r\x1b[2K"

@@ -12,11 +12,13 @@ import shutil
 import stat
 import tempfile
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from pinmatrix.errors import BadInput
+from pinmatrix.interrupt import held
 
 # Report files are as readable as any file a user writes. Files that may carry an index URL with a
 # token (locks, the resolver's cache) are the owner's alone. The mode is set on the file itself with
@@ -48,7 +50,6 @@ def published_together() -> Iterator[None]:
         _discard(actions)
         raise
     _staged.actions = None
-    from pinmatrix.interrupt import held
 
     with held(notice=None, escape=False):
         for index, (publish, _) in enumerate(actions):
@@ -61,10 +62,8 @@ def published_together() -> Iterator[None]:
 
 def _discard(actions: list[Action]) -> None:
     for _, discard in actions:
-        try:
+        with contextlib.suppress(OSError):
             discard()
-        except OSError:
-            pass
 
 
 def on_publish(publish: Callable[[], object], discard: Callable[[], object] = lambda: None) -> None:
@@ -181,7 +180,7 @@ class Refused(BadInput, OSError, ValueError):
         return str(self.args[0]) if self.args else "refused"
 
     @classmethod
-    def of(cls, why: str, exc: OSError) -> "Refused":
+    def of(cls, why: str, exc: OSError) -> Refused:
         refused = cls(why)
         refused.errno, refused.filename = exc.errno, exc.filename
         return refused

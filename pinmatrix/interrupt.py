@@ -21,8 +21,10 @@ import signal
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait as futures_wait
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from typing import Any
 
 INTERRUPTED = threading.Event()
 SIGNATURE = "interrupted"
@@ -45,7 +47,7 @@ def reason() -> str:
 POLL_S = 0.2
 
 
-def wait(proc: subprocess.Popen, timeout_s: float) -> int | None:
+def wait(proc: subprocess.Popen[Any], timeout_s: float) -> int | None:
     """proc's exit code; None when the run was interrupted first (proc is still running).
     Raises subprocess.TimeoutExpired past timeout_s, like Popen.wait."""
     deadline = time.monotonic() + timeout_s

@@ -8,8 +8,8 @@ shipped.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 PROBES_DIR = Path(__file__).resolve().parent.parent / "probes"
 SKIPPED_DIRS = ("__pycache__", ".pytest_cache")   # caches, not sources

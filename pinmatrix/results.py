@@ -11,11 +11,13 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from pinmatrix.fsio import Refused, load_json
+from probes import signatures
+
+if TYPE_CHECKING:
+    import jsonschema
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "probes" / "result.schema.json"
 SCHEMA_VERSION = 1
@@ -45,6 +47,8 @@ class Damaged:
 
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.protocols.Validator:
+    import jsonschema  # noqa: PLC0415 - ~100 ms to import: loaded when a result is validated, not by every command's start-up
+
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
@@ -59,6 +63,8 @@ def validate(data: Any) -> str | None:
         return "not a pinmatrix result: no 'schema' field"
     if data["schema"] != SCHEMA_VERSION:
         return f"schema version {data['schema']!r}, this harness reads version {SCHEMA_VERSION}"
+    import jsonschema  # noqa: PLC0415 - ~100 ms to import (see _validator)
+
     error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -90,7 +96,6 @@ def reclassify_signatures(data: dict[str, Any]) -> dict[str, Any]:
     probe may have named a signature from context (a check that failed its bar without an
     exception).
     """
-    from probes import signatures  # the same module the probe used; stdlib only
 
     data = copy.deepcopy(data)
     for check in data["checks"]:
@@ -114,7 +119,6 @@ def _errors_of(check: dict[str, Any]) -> list[dict[str, Any]]:
 
 def describe_signature(signature: str) -> dict[str, Any] | None:
     """The catalogue entry (cause, affected, fix, link, infra) for a signature id, or None."""
-    from probes import signatures
 
     try:
         entry = signatures.describe(signature)

@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html.parser
+import http.client
 import json
 import os
 import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping
+
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
 
 from pinmatrix.errors import IndexUnreachable
 
@@ -52,12 +62,12 @@ class PackageSources:
                  find_links: tuple[str, ...] | list[str] | None = None,
                  ca_bundle: str | None = None,
                  torch_backend: str | None = None,
-                 environ: Mapping[str, str] | None = None) -> "PackageSources":
+                 environ: Mapping[str, str] | None = None) -> PackageSources:
         """Command-line values (the arguments) win over PINMATRIX_* variables, which win over
         pip's."""
         env = os.environ if environ is None else environ
 
-        def pick(cli, *names):
+        def pick(cli: str | None, *names: str) -> str | None:
             if cli is not None:
                 return cli
             for name in names:
@@ -65,7 +75,7 @@ class PackageSources:
                     return env[name]
             return None
 
-        def many(cli, *names) -> tuple[str, ...]:
+        def many(cli: Sequence[str] | None, *names: str) -> tuple[str, ...]:
             if cli is not None:
                 return tuple(cli)
             raw = pick(None, *names)
@@ -168,7 +178,8 @@ def redact(url: str | None) -> str | None:
                                     parts.fragment))
 
 
-def open_url(url: str, sources: PackageSources, accept: str, timeout_s: float = 30.0):
+def open_url(url: str, sources: PackageSources, accept: str,
+             timeout_s: float = 30.0) -> http.client.HTTPResponse:
     """GET a URL with the sources' CA bundle; credentials in the URL become a Basic header, not a
     log line."""
     parts = urllib.parse.urlsplit(url)
@@ -182,9 +193,13 @@ def open_url(url: str, sources: PackageSources, accept: str, timeout_s: float = 
             host += f":{parts.port}"
         url = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
     request = urllib.request.Request(url, headers=headers)
+    response: http.client.HTTPResponse
     if parts.scheme == "https":
-        return urllib.request.urlopen(request, timeout=timeout_s, context=sources.ssl_context())
-    return urllib.request.urlopen(request, timeout=timeout_s)
+        response = urllib.request.urlopen(request, timeout=timeout_s,
+                                          context=sources.ssl_context())
+    else:
+        response = urllib.request.urlopen(request, timeout=timeout_s)
+    return response
 
 
 # --- releases on the index (for live axes)
@@ -202,7 +217,6 @@ def list_releases(package: str, sources: PackageSources, timeout_s: float = 30.0
 
     A release is yanked only when all its files are. Unparseable file names are skipped.
     """
-    from packaging.utils import canonicalize_name
 
     name = canonicalize_name(package)
     files: dict[str, list[bool]] = {}
@@ -231,12 +245,11 @@ def _simple_files(body: bytes, content_type: str) -> list[tuple[str, bool]]:
     if "json" in content_type or text.lstrip().startswith("{"):
         data = json.loads(text)
         return [(f["filename"], bool(f.get("yanked"))) for f in data.get("files", [])]
-    import html.parser
 
     found: list[tuple[str, bool]] = []
 
     class Anchors(html.parser.HTMLParser):
-        def handle_starttag(self, tag, attrs):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
             if tag == "a":
                 attributes = dict(attrs)
                 href = attributes.get("href") or ""
@@ -249,13 +262,6 @@ def _simple_files(body: bytes, content_type: str) -> list[tuple[str, bool]]:
 
 
 def _version_of(filename: str, name: str) -> str | None:
-    from packaging.utils import (
-        InvalidSdistFilename,
-        InvalidWheelFilename,
-        parse_sdist_filename,
-        parse_wheel_filename,
-    )
-
     try:
         if filename.endswith(".whl"):
             return str(parse_wheel_filename(filename)[1])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from probes import registry
 
@@ -26,12 +27,12 @@ CELL_GLYPH = {"works": "✅", "partial": "🟡", "broken": "❌", "unresolvable"
 
 
 def is_measurement(check_name: str) -> bool:
-    return registry.is_measurement(check_name)
+    return bool(registry.is_measurement(check_name))
 
 
 def is_claim(check_name: str) -> bool:
     """A check that tests a guide's or a vendor's statement, not the stack: no effect on status."""
-    return registry.role_of(check_name) == registry.CLAIM
+    return bool(registry.role_of(check_name) == registry.CLAIM)
 
 
 def route_status(statuses: Mapping[str, str], route: str) -> str | None:
@@ -184,7 +185,7 @@ def _basis(check: Mapping[str, object] | None) -> str | None:
     return basis if isinstance(basis, str) and basis else None
 
 
-def with_recorded_basis(checks: list[dict]) -> list[dict]:
+def with_recorded_basis(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The checks as a verdict may use them: where the EXAONE 3.5 remote code passed with no
     recorded basis (evidence.basis: a result from before the revision-faithful fixtures, whose
     stand-in bridged transformers' API changes), each pass of the remote-code route is `skip` with

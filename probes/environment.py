@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from probes.context import installed_version
-from probes.logcapture import WarningLog as _WarningLog, attach as _attach
+from probes.logcapture import WarningLog as _WarningLog
+from probes.logcapture import attach as _attach
 
 # Stack package (distribution / pin name) -> import name. Order is the import order after any "first" ones.
 STACK: dict[str, str] = {

@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 from probes import signatures
 from probes.context import Context, Infra, Skip
-from probes.logcapture import WarningLog as _WarningLog, attach as _attach
+from probes.logcapture import WarningLog as _WarningLog
+from probes.logcapture import attach as _attach
 
 __all__ = ["Skip", "Infra", "Failed", "CheckTimeout", "CheckFn", "run_check", "jsonable", "error_record"]
 

@@ -6,9 +6,9 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 # A Python value printed as Python: {'k': ...}, ['a', 'b'], PosixPath('…'), Step(who=…),
 # <object at 0x…>, and None/True/False standing alone as a value.
@@ -49,7 +49,7 @@ class TimedRun:
         """The longest time without a new line (from the start, between lines, to the exit) and
         the line that ended it."""
         marks = [(0.0, "(start)"), *self.lines, (self.wall_s, "(exit)")]
-        return max(((b - a, line) for (a, _), (b, line) in zip(marks, marks[1:])),
+        return max(((b - a, line) for (a, _), (b, line) in zip(marks, marks[1:], strict=False)),
                    default=(0.0, ""))
 
 

@@ -10,11 +10,11 @@ import os
 import subprocess
 import sys
 import sysconfig
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 
-@lru_cache(maxsize=None)
+@cache
 def has_stack(python: str) -> bool:
     probe = "import torch, transformers, peft"
     return subprocess.run([python, "-c", probe], capture_output=True).returncode == 0

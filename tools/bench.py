@@ -31,6 +31,7 @@ from pinmatrix.fsio import write_json_atomic
 from pinmatrix.resolve.stage import resolve_stage, status_of
 from pinmatrix.resolve.uv import resolve, uv_version
 from pinmatrix.run.pipeline import load_cells
+from pinmatrix.sources import PackageSources
 
 # This checkout (tools/ is in its root), wherever nox installed the harness.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -91,8 +92,6 @@ def bench_stage(cells: Sequence[Cell], sources: Any, scratch: Path) -> dict[str,
 
 def run_bench(matrix_path: Path, selectors: Sequence[str], out_dir: Path, *, cold_all: bool = True,
               echo=print) -> Path:
-    from pinmatrix.sources import PackageSources
-
     sources = PackageSources.from_env()
     _, cells = load_cells(matrix_path, selectors, sources=sources)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -15,6 +15,7 @@ Writes reports/bench/scale-<UTC>.json and prints the numbers with the machine th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,13 +24,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from pinmatrix.containers.engine import find_engine
 from pinmatrix.fsio import write_json_atomic
+from pinmatrix.resolve.uv import resolve
 from pinmatrix.run.options import RunOptions
-from pinmatrix.run.pipeline import run_matrix
+from pinmatrix.run.pipeline import load_cells, run_matrix
+from pinmatrix.run.scheduler import measure_overhead
+from pinmatrix.runners.docker import DockerRunner
+from pinmatrix.sources import PackageSources
 
 # This checkout (tools/ is in its root), wherever nox installed the harness.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,12 +46,10 @@ CI_MATRIX = REPO_ROOT / "tests" / "data" / "matrices" / "ci.yaml"
 
 def machine() -> dict[str, Any]:
     mem = ""
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         mem = next(
             ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")
         )
-    except (OSError, StopIteration):
-        pass
     return {"platform": platform.platform(), "cpus": os.cpu_count(),
             "memory": mem.split(":")[-1].strip(),
             "python": platform.python_version()}
@@ -52,8 +57,6 @@ def machine() -> dict[str, Any]:
 
 def bench_matrix(matrix: Path, runner: str, scratch: Path, venv_dir: Path,
                  cpu_jobs: int) -> dict[str, Any]:
-    from pinmatrix.sources import PackageSources
-
     opts = RunOptions(matrix_path=matrix, runner=runner, cpu=True, reports_dir=scratch / "reports",
                       sources=PackageSources.from_env(), venv_dir=venv_dir, rerun=[""],
                       cpu_jobs=cpu_jobs,
@@ -80,11 +83,6 @@ def bench_matrix(matrix: Path, runner: str, scratch: Path, venv_dir: Path,
 def bench_rebuild(matrix: Path, scratch: Path, transformers: str) -> dict[str, Any]:
     """Build the matrix's first cell's image (or find it built), then time the build of the same
     cell with only the transformers pin changed."""
-    from pinmatrix.resolve.uv import resolve
-    from pinmatrix.run.pipeline import load_cells
-    from pinmatrix.runners.docker import DockerRunner
-    from pinmatrix.containers.engine import find_engine
-    from pinmatrix.sources import PackageSources
 
     engine = find_engine()
     if engine is None:
@@ -124,8 +122,6 @@ def bench_rebuild(matrix: Path, scratch: Path, transformers: str) -> dict[str, A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pinmatrix.run.scheduler import measure_overhead
-
     parser = argparse.ArgumentParser(prog="python tools/bench_scale.py",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--matrix", type=Path, default=CI_MATRIX,

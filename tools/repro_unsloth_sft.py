@@ -77,7 +77,7 @@ def segments(batch: dict[str, Any]) -> tuple[list[tuple[int, int, int]], str]:
         out = []
         for r in range(rows):
             starts = [j for j in range(width) if pos[r][j] == 0] + [width]
-            out += [(r, a, b) for a, b in zip(starts, starts[1:]) if b - a > 1]
+            out += [(r, a, b) for a, b in zip(starts, starts[1:], strict=False) if b - a > 1]
         return out, "position_ids"
     if batch.get("packed_seq_lengths") is not None and rows == 1:
         out, start = [], 0

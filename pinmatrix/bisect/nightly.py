@@ -17,12 +17,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from packaging.version import Version
+
+from pinmatrix.bisect.releases import ReleaseIndexUnreachable
+from pinmatrix.bisect.run import BisectSpec, run_bisect
+from pinmatrix.errors import PinmatrixError
+from pinmatrix.fsio import load_json, write_json_atomic, write_text_atomic
 from pinmatrix.report.diff import render_bisect_lines as render_lines
+from pinmatrix.report.diff import write_diff
+from pinmatrix.report.junit import write_junit
+from pinmatrix.report.markdown import render_markdown
 from pinmatrix.run.options import RunOptions
-from pinmatrix.fsio import load_json
 
 __all__ = ["DEFAULT_BISECT_BUDGET", "candidates", "bisect_new_breakages", "render_lines"]
 
@@ -86,23 +95,18 @@ def bisect_new_breakages(
     run_dir: Path, opts: RunOptions, *, budget: int = DEFAULT_BISECT_BUDGET, echo: Echo = print
 ) -> list[dict[str, Any]]:
     """Bisect each candidate of this run against its previous run; record the answers in the run."""
-    from pinmatrix.bisect.run import BisectSpec, run_bisect
-    from pinmatrix.errors import PinmatrixError
-    from pinmatrix.bisect.releases import ReleaseIndexUnreachable
 
     summary_path = Path(run_dir) / "summary.json"
     summary = load_json(summary_path)
     diff = summary.get("diff")
     if not diff or not diff.get("previous_dir"):
         return []
-    before = load_json((Path(diff["previous_dir"]) / "summary.json"))
+    before = load_json(Path(diff["previous_dir"]) / "summary.json")
     records: list[dict[str, Any]] = []
     facts = (_failed_facts(Path(run_dir)), _failed_facts(Path(diff["previous_dir"])))
     for item in candidates(summary, before, facts):
         try:
             bad, good = item["bad"], item["good"]
-            from packaging.version import Version
-
             if Version(good) > Version(
                 bad
             ):  # a downgrade broke it: bisect upwards from the bad one
@@ -168,11 +172,6 @@ def _failed_facts(run_dir: Path) -> FactsOf:
 
 
 def _record(run_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    from pinmatrix.fsio import write_json_atomic, write_text_atomic
-    from pinmatrix.report.diff import write_diff
-    from pinmatrix.report.junit import write_junit
-    from pinmatrix.report.markdown import render_markdown
-
     summary["diff"]["bisects"] = records
     write_diff(run_dir, summary["diff"])
     write_json_atomic(run_dir / "summary.json", summary)

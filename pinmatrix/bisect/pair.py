@@ -12,8 +12,8 @@ trl *and* the new unsloth) shows as a switch in one package only with the other 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 from pinmatrix.bisect.search import BisectResult, Judgement, RangeError, bisect_releases
 
@@ -55,7 +55,8 @@ def bisect_pair(
     ):
         for held_at in (held_releases[0], held_releases[-1]):
 
-            def step(version: str, moving: str = moving, held: str = held, at: str = held_at):
+            def step(version: str, moving: str = moving, held: str = held,
+                     at: str = held_at) -> Judgement:
                 return dataclasses.replace(judge_pins({moving: version, held: at}), version=version)
 
             try:

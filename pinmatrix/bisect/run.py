@@ -25,19 +25,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 from packaging.version import InvalidVersion, Version
 
-from pinmatrix.bisect.releases import (
-    DEFAULT_INDEX,
-    ReleaseRange,
-    fetch_index_files,
-    releases_between,
-)
 from pinmatrix.bisect.base_cell import (
     base_candidates,
     choose_base,
@@ -45,13 +41,24 @@ from pinmatrix.bisect.base_cell import (
     companions_at,
     describe_pins,
 )
+from pinmatrix.bisect.pair import bisect_pair, render_pair
+from pinmatrix.bisect.releases import (
+    DEFAULT_INDEX,
+    ReleaseIndexUnreachable,
+    ReleaseRange,
+    fetch_index_files,
+    releases_between,
+)
 from pinmatrix.bisect.search import BisectResult, Judgement, RangeError, bisect_releases
-from pinmatrix.bisect.target import FACT_CHECKS, Target, TargetError, judge_checks
-from pinmatrix.bisect.target import signature_target
+from pinmatrix.bisect.target import FACT_CHECKS, Target, TargetError, judge_checks, signature_target
 from pinmatrix.errors import BadInput, PinmatrixError, UsageError
 from pinmatrix.fsio import write_json_atomic, write_text_atomic
+from pinmatrix.matrix.load import load_matrix
 from pinmatrix.results import CellResult, load_result
+from pinmatrix.run.flaky import group_of
+from pinmatrix.run.folder import new_run_dir
 from pinmatrix.run.options import BisectOptions, Echo, RunOptions
+from pinmatrix.run.pipeline import load_cells, run_matrix
 
 __all__ = ["BisectSpec", "parse_spec", "run_bisect", "release_notes_url", "EXIT_INFRA_BISECT"]
 
@@ -162,8 +169,6 @@ def release_notes_url(package: str, version: str) -> str:
 
 
 def _group_of(check: str, groups: Sequence[str]) -> str:
-    from pinmatrix.run.flaky import group_of
-
     group = group_of(check, groups)
     if group is None:
         raise BisectInputError(
@@ -256,7 +261,6 @@ def run_step(
 ) -> Judgement:
     """One step: a one-cell matrix with these pins, run through the pipeline, judged on the
     target; its record goes into `steps` under `version` (the release, or the pair's label)."""
-    from pinmatrix.run.pipeline import run_matrix
 
     spec, opts, plan, folder, echo = (
         context.spec,
@@ -342,7 +346,6 @@ def plan_bisect(
     list_files: Callable[[str], list[dict[str, Any]]] | None = None,
 ) -> BisectPlan:
     """Everything a bisect decides without probing; BisectInputError on bad input."""
-    from pinmatrix.run.pipeline import load_cells
 
     matrix, cells = load_cells(
         opts.matrix_path, spec.selectors, cpu=opts.cpu, snapshot=opts.snapshot, sources=opts.sources
@@ -387,7 +390,6 @@ def run_bisect(
 ) -> tuple[Path, BisectResult]:
     """Run the search; write bisect.json and bisect.md; return (folder, result). RangeError and
     BisectInputError are bad input; ReleaseIndexUnreachable propagates (infra)."""
-    from pinmatrix.run.folder import new_run_dir
 
     started = time.monotonic()
     plan = plan_bisect(spec, opts, list_files=list_files)
@@ -655,7 +657,6 @@ def bisect_command(options: BisectOptions, opts: RunOptions) -> int:
     """The CLI entry: exit 0 with an answer (or a stated non-monotonic/infra stop written down), 2
     on bad
     input, 1 when nothing could be judged."""
-    from pinmatrix.bisect.releases import ReleaseIndexUnreachable
 
     spec = parse_spec(
         list(opts.selectors),
@@ -716,7 +717,6 @@ def _run_together(
 ) -> tuple[Path, BisectResult]:
     """PACKAGE and a second package that moves with it: each bisected with the other held at each
     end of its range (pinmatrix/bisect/pair.py). The held stack is the newest of the selection."""
-    from pinmatrix.bisect.pair import bisect_pair, render_pair
 
     spec, plan = context.spec, context.plan
     assert spec.together is not None
@@ -842,9 +842,6 @@ def _print_plan(spec: BisectSpec, plan: BisectPlan) -> int:
 def _check_step_matrices(spec: BisectSpec, plan: BisectPlan, versions: Sequence[str]) -> int:
     """Every stack's step matrix at `versions`, loaded as the steps will load it: a bad one is bad
     input now, not after the first probe."""
-    import tempfile
-
-    from pinmatrix.matrix.load import load_matrix
 
     count = 0
     with tempfile.TemporaryDirectory(prefix="pinmatrix-bisect-plan-") as tmp:

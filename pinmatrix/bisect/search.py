@@ -23,8 +23,9 @@ and a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 from pinmatrix.errors import BadInput
 

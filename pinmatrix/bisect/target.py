@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from pinmatrix.bisect.search import Judgement
 from pinmatrix.errors import BadInput
 from pinmatrix.results import CellResult
+from pinmatrix.run.flaky import group_of
+from probes import signatures
 
 __all__ = [
     "Target",
@@ -70,7 +73,6 @@ class Target:
 
 def signature_target(name: str) -> Target:
     """A catalogue id or a fingerprint; TargetError otherwise, with the nearest catalogue ids."""
-    from probes import signatures
 
     catalogue = {str(e["id"]): e for e in signatures.load_catalogue()}
     if name in catalogue:
@@ -141,7 +143,6 @@ def judge_checks(
     result: CellResult, checks: Sequence[str], groups: Sequence[str], target: Target
 ) -> Judgement:
     """One step's verdict on `target` from the named checks of its result (version left empty)."""
-    from pinmatrix.run.flaky import group_of
 
     named = [
         c for c in result.checks if c["name"] in checks or group_of(c["name"], groups) in checks

@@ -10,14 +10,25 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
-from typing import Any, NoReturn, Sequence
+import threading
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from pinmatrix.commands import COMMANDS as REGISTRY
 from pinmatrix.commands.base import build_config
+from pinmatrix.console import escaped_output
 from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_HARNESS, EXIT_OK, PinmatrixError, UsageError
-from pinmatrix.run.options import (ALL_COMMANDS, ENV_SETTINGS, OPTIONS, HostSettings,
-                                   check_options, options_for)
+from pinmatrix.interrupt import console_line
+from pinmatrix.run.options import (
+    ALL_COMMANDS,
+    ENV_SETTINGS,
+    OPTIONS,
+    HostSettings,
+    check_options,
+    options_for,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,16 +105,11 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pinmatrix.console import escaped_output
-
     with escaped_output():  # every console line is text, never terminal control
         return _main(argv)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -118,8 +124,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     # Ctrl-C: no new cell starts; finished ones are kept (pinmatrix/run/state.py)
     except KeyboardInterrupt as exc:
-        from pinmatrix.interrupt import console_line
-
         print(f"\n{console_line(exc)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `python -m pinmatrix list | head`: the reader left; not an error

@@ -8,9 +8,22 @@ name up here, builds the config and calls `run`.
 """
 from __future__ import annotations
 
-from pinmatrix.commands import (base_image, bisect, bundle, cdi_spec, doctor, listing, matrix,
-                                merge, nightly, remote_code_surface, report, resolve, run_cell,
-                                which)
+from pinmatrix.commands import (
+                                base_image,
+                                bisect,
+                                bundle,
+                                cdi_spec,
+                                doctor,
+                                listing,
+                                matrix,
+                                merge,
+                                nightly,
+                                remote_code_surface,
+                                report,
+                                resolve,
+                                run_cell,
+                                which,
+)
 from pinmatrix.commands.base import Command, from_bundle, out_first
 
 COMMANDS: dict[str, Command] = {

@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
+from pinmatrix.bundle import apply_bundle
 from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_INFRA, EXIT_OK, UsageError
 from pinmatrix.fsio import load_json
-from pinmatrix.run.options import (CONCERNS, RunOptions, SlurmOptions, concern_from,
-                                   forwarded_argv, run_options)
+from pinmatrix.run.options import (
+    CONCERNS,
+    RunOptions,
+    SlurmOptions,
+    concern_from,
+    forwarded_argv,
+    run_options,
+)
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,6 @@ def out_first(parsed: argparse.Namespace) -> None:
 def from_bundle(parsed: argparse.Namespace) -> None:
     """`matrix --bundle DIR`: the options that run the bundle's cells offline (bundle.py)."""
     if parsed.bundle is not None:
-        from pinmatrix.bundle import apply_bundle
 
         apply_bundle(parsed)
 
@@ -108,7 +116,6 @@ def takes_config(command: Command) -> type | None:
 
 def infra_exit(run_dir: Any) -> int:
     """EXIT_INFRA when any cell of the finished run is `infra`, said on stderr; else EXIT_OK."""
-    import sys
 
     infra = infra_cells(run_dir)
     if infra:
@@ -121,7 +128,7 @@ def infra_exit(run_dir: Any) -> int:
 def infra_cells(run_dir: Any) -> list[str]:
     """The cells of a finished run whose status is `infra` (summary.json)."""
     try:
-        data = load_json((run_dir / "summary.json"))
+        data = load_json(run_dir / "summary.json")
     except (OSError, ValueError):
         return []
     return [c["id"] for c in data.get("cells", []) if c.get("status") == "infra"]

@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from pinmatrix.commands.base import parse_own
+from pinmatrix.containers import engine as engines
+from pinmatrix.containers import host_base
+from pinmatrix.containers.host_base import HostBaseError, HostBaseInputError
 from pinmatrix.run.options import Option, typed
 
 EXIT_OK, EXIT_HARNESS, EXIT_BAD_INPUT = 0, 1, 2
@@ -70,8 +74,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(config: BaseImageConfig) -> int:
-    from pinmatrix.containers import host_base
-
     packages = list(config.package) or ["torch"]
     try:
         if not config.dry_run and (config.tag is None or not _TAG.fullmatch(config.tag)):
@@ -121,11 +123,7 @@ def run(config: BaseImageConfig) -> int:
 
 
 def _engine(client: str | None) -> object:
-    from pinmatrix.containers import engine as engines
-    from pinmatrix.containers.host_base import HostBaseError, HostBaseInputError
-
     if client is not None:
-        import shutil
 
         path = shutil.which(client)
         attempt = engines.probe_client(path or client)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pinmatrix.bisect.run import bisect_command
 from pinmatrix.run.options import BisectOptions, RunOptions
 
 HELP = "PACKAGE GOOD..BAD: the first bad release, each step a real cell (pinmatrix/bisect/run.py)"
@@ -16,6 +17,4 @@ class BisectConfig:
 
 
 def run(config: BisectConfig) -> int:
-    from pinmatrix.bisect.run import bisect_command
-
     return bisect_command(config.bisect, config.run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pinmatrix.bundle import build_bundle
 from pinmatrix.errors import EXIT_OK
 from pinmatrix.run.options import BundleOptions, RunOptions
 
@@ -21,8 +22,6 @@ class BundleConfig:
 
 
 def run(config: BundleConfig) -> int:
-    from pinmatrix.bundle import build_bundle
-
     build_bundle(config.run, config.bundle_out, host_packages=config.bundle.host_packages,
                  part_mib=config.bundle.part_mib)
     return EXIT_OK

@@ -23,18 +23,21 @@ a folder that does not exist, an output that cannot be written), one line.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from pinmatrix.errors import BadInput
 from pinmatrix.commands.base import parse_own
-from pinmatrix.run.options import Option, typed
 from pinmatrix.containers import cdi
+from pinmatrix.errors import BadInput
+from pinmatrix.fsio import write_text_atomic
+from pinmatrix.run.options import Option, typed
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 DEFAULT_OUTPUT = Path("/etc/cdi/pinmatrix-nvidia.yaml")
@@ -159,10 +162,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(config: CdiSpecConfig) -> int:
-    import os
-
-    from pinmatrix.fsio import write_text_atomic
-
     try:
         if not cdi.KIND_RE.fullmatch(config.kind):
             raise SpecInputError(f"--kind {config.kind!r}: not vendor.com/class")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pinmatrix.run.doctor import doctor_command
 from pinmatrix.run.options import RunOptions
 
 HELP = ("can this host judge the selected cells? one line per capability, with its remedy; "
@@ -16,6 +17,4 @@ class DoctorConfig:
 
 
 def run(config: DoctorConfig) -> int:
-    from pinmatrix.run.doctor import doctor_command
-
     return doctor_command(config.run)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from pinmatrix.errors import EXIT_OK
 from pinmatrix.run.options import ReportOptions, RunOptions
+from pinmatrix.run.pipeline import load_cells
 
 HELP = ("list the selected cell ids (--json: {\"cells\": [...], \"snapshot\": {...}} for a CI "
         "job matrix)")
@@ -18,8 +19,6 @@ class ListConfig:
 
 
 def run(config: ListConfig) -> int:
-    from pinmatrix.run.pipeline import load_cells
-
     opts = config.run
     matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
                                snapshot=opts.snapshot, sources=opts.sources)

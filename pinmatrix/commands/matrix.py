@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 from pinmatrix.commands.base import infra_exit
 from pinmatrix.errors import EXIT_HARNESS
+from pinmatrix.run.doctor import preflight
 from pinmatrix.run.options import BundleOptions, RunOptions, SlurmOptions
+from pinmatrix.run.pipeline import load_cells, run_matrix
+from pinmatrix.run.slurm import run_on_slurm
 
 HELP = "resolve, build and probe every selected cell, then report"
 
@@ -23,19 +26,15 @@ class MatrixConfig:
 def run(config: MatrixConfig) -> int:
     opts = config.run
     if config.slurm.on == "slurm":
-        from pinmatrix.run.slurm import run_on_slurm
 
         slurm_run = run_on_slurm(config.slurm, opts)
         # The local run's rule: a table with infra cells exits 3 however its cells ran.
         return 0 if slurm_run is None else infra_exit(slurm_run)
     if opts.resume is None:  # the doctor's checks first: no all-infra table
-        from pinmatrix.run.doctor import preflight
-        from pinmatrix.run.pipeline import load_cells
 
         _, selected = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
                                  snapshot=opts.snapshot, sources=opts.sources)
         preflight(opts, selected)
-    from pinmatrix.run.pipeline import run_matrix
 
     summary = run_matrix(opts)
     print(summary.verdict)

@@ -8,15 +8,24 @@ cells that are broken (nothing passed before) or a first run with nothing to com
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from pinmatrix.errors import UsageError
-from pinmatrix.report.diff import PreviousRunError, find_run_dir, previous_run_in
+from pinmatrix.bisect.nightly import bisect_new_breakages
+from pinmatrix.errors import PreviousRunError, UsageError
+from pinmatrix.fsio import load_json, published_together
+from pinmatrix.interrupt import held
+from pinmatrix.report.diff import find_run_dir, previous_run_in
+from pinmatrix.report.diff import render_bisect_lines as render_lines
 from pinmatrix.report.history import append_history, history_record, read_history
-from pinmatrix.fsio import load_json
+from pinmatrix.report.merge import merge_artifacts
+from pinmatrix.report.pins import write_pins_and_say
+from pinmatrix.report.write import write_report
+from pinmatrix.run.folder import new_run_dir, point_latest
 from pinmatrix.run.options import BisectOptions, ReportOptions, RunOptions
+from pinmatrix.run.pipeline import run_matrix
 
 EXIT_GREEN, EXIT_NEW_BREAKAGES = 0, 1
 HISTORY_NAME = "history.jsonl"
@@ -38,8 +47,6 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
     """Write the report (with the diff against `previous`, else the newest earlier run in
     reports_dir) and the pins (with the `--pins-for` purposes, so the files and the summary's plan
     agree), append this run to the history, and decide the exit code."""
-    from pinmatrix.report.pins import write_pins_and_say
-    from pinmatrix.report.write import write_report
 
     run_dir = Path(run_dir)
     history_path = Path(history_path) if history_path else Path(reports_dir) / HISTORY_NAME
@@ -54,15 +61,13 @@ def finish(run_dir: Path, *, reports_dir: Path, previous: Path | None = None,
     history, problems = read_history(history_path)
     for problem in problems:
         echo(f"history: skipped {problem}")
-    from pinmatrix.fsio import published_together
-    from pinmatrix.interrupt import held
 
     # the whole report with its pins (the --pins-for purposes in both), or the one before
     # (interrupt.py)
     with held(), published_together():
         write_report(run_dir, previous=previous, history=history, pins_for=pins_for)
         write_pins_and_say(run_dir, echo, pins_for)
-    summary = load_json((run_dir / "summary.json"))
+    summary = load_json(run_dir / "summary.json")
     diff = summary.get("diff")
     record = history_record(summary)
     record["previous"] = diff["previous_run"] if diff else None
@@ -93,7 +98,6 @@ def run_nightly(opts: RunOptions, *, previous: Path | None = None, history_path:
                 echo: Echo = print, bisect_budget: int = 0) -> NightlyResult:
     """Run the matrix (live axes expand now), then `finish`. A harness error in one cell is an infra
     outcome in the run, listed apart: it never turns the nightly red by itself."""
-    from pinmatrix.run.pipeline import run_matrix
 
     summary = run_matrix(opts, echo=echo)
     for line in summary.harness_errors:
@@ -102,8 +106,6 @@ def run_nightly(opts: RunOptions, *, previous: Path | None = None, history_path:
                     history_path=history_path, pins_for=opts.pins_for,
                     echo=echo)
     if result.exit_code == EXIT_NEW_BREAKAGES and bisect_budget > 0:
-        from pinmatrix.bisect.nightly import bisect_new_breakages
-        from pinmatrix.report.diff import render_bisect_lines as render_lines
 
         for line in render_lines(bisect_new_breakages(summary.run_dir, opts, budget=bisect_budget,
                                                       echo=echo)):
@@ -116,8 +118,6 @@ def merge_and_finish(artifact_roots: Sequence[Path], *, reports_dir: Path, previ
                      label: str | None = None, pins_for: Sequence[str] = (),
                      echo: Echo = print) -> NightlyResult:
     """The GitHub merge job: a run folder from the per-cell artifacts, then `finish`."""
-    from pinmatrix.report.merge import merge_artifacts
-    from pinmatrix.run.folder import new_run_dir, point_latest
 
     run_dir = new_run_dir(reports_dir, label)
     merged = merge_artifacts(artifact_roots, run_dir, expected_cells=expected_cells)

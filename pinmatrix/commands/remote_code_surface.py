@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from probes.remote_code_surface import SURFACE_SCHEMA, compare, extract_file
 from pinmatrix.commands.base import parse_own
 from pinmatrix.errors import BadInput
-from pinmatrix.fsio import Refused, read_bytes_bounded
+from pinmatrix.fsio import Refused, read_bytes_bounded, write_text_atomic
 from pinmatrix.run.options import Option, typed
+from probes.models import find_snapshot, hub_cache_dir
+from probes.remote_code_surface import SURFACE_SCHEMA, compare, extract_file
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
@@ -52,7 +54,6 @@ def _files(target: str) -> tuple[list[Path], dict[str, Any]]:
             )
         return files, {"path": str(path)}
     if "@" in target and not path.exists():
-        from probes.models import find_snapshot, hub_cache_dir
 
         repo, _, revision = target.rpartition("@")
         if not repo or not revision or repo.count("/") != 1:
@@ -151,7 +152,6 @@ def run(config: SurfaceConfig) -> int:
     if config.output is None:
         sys.stdout.write(text)
     else:
-        from pinmatrix.fsio import write_text_atomic
 
         write_text_atomic(config.output, text)
         print(f"wrote {config.output} ({len(document['files'])} file(s))", file=sys.stderr)

@@ -5,7 +5,11 @@ import sys
 from dataclasses import dataclass
 
 from pinmatrix.errors import EXIT_OK, UsageError
-from pinmatrix.fsio import load_json
+from pinmatrix.fsio import load_json, published_together
+from pinmatrix.interrupt import held
+from pinmatrix.report.pins import write_pins
+from pinmatrix.report.write import write_report
+from pinmatrix.run.folder import check_run_folder
 from pinmatrix.run.options import ReportOptions, RunOptions
 
 HELP = "merge a run folder into summary.{md,json}"
@@ -18,12 +22,6 @@ class ReportConfig:
 
 
 def run(config: ReportConfig) -> int:
-    from pinmatrix.fsio import published_together
-    from pinmatrix.interrupt import held
-    from pinmatrix.report.pins import write_pins
-    from pinmatrix.report.write import write_report
-    from pinmatrix.run.folder import check_run_folder
-
     given = config.report.run
     run_dir = given or (config.run.reports_dir / "latest")
     if not run_dir.is_dir():

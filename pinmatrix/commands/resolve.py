@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from pinmatrix.errors import EXIT_OK
 from pinmatrix.run.options import RunOptions
+from pinmatrix.run.pipeline import resolve_only
 
 HELP = "resolve the selected cells' locks only"
 
@@ -15,8 +16,6 @@ class ResolveConfig:
 
 
 def run(config: ResolveConfig) -> int:
-    from pinmatrix.run.pipeline import resolve_only
-
     run_dir = resolve_only(config.run)
     print(f"locks: {run_dir / 'locks'}")
     return EXIT_OK

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pinmatrix.run.options import RunOptions, SlurmOptions
+from pinmatrix.run.slurm import run_cell_task
 
 HELP = "run one cell of a prepared run folder (a Slurm array task; see pinmatrix/run/slurm.py)"
 
@@ -16,6 +17,4 @@ class RunCellConfig:
 
 
 def run(config: RunCellConfig) -> int:
-    from pinmatrix.run.slurm import run_cell_task
-
     return run_cell_task(config.run, config.slurm.index)

@@ -9,12 +9,14 @@ Exit codes: 0 works for every purpose asked; 1 fails for one; 2 bad input (the f
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from pinmatrix.commands.base import parse_own
 from pinmatrix.errors import PinmatrixError
 from pinmatrix.which.cli import run_which
 from pinmatrix.which.config import WhichConfig
+
+__all__ = ["HELP", "WhichConfig", "main", "run"]
 
 HELP = ("does YOUR stack (FILE or --here) LoRA-train EXAONE, how fast, and the smallest change "
         "that makes it (pinmatrix/which/)")

@@ -34,14 +34,15 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import yaml
 
-from pinmatrix.errors import UsageError
 from pinmatrix.containers.container_args import Mount, gpu_args
+from pinmatrix.errors import UsageError
 
 GPU_KIND = "nvidia.com/gpu"
 DEFAULT_DIRS = ("/etc/cdi", "/var/run/cdi")

@@ -20,11 +20,12 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
+from pinmatrix.containers import cdi
 from pinmatrix.fsio import first_line
 
 ENV_CLIENT = "PINMATRIX_DOCKER"
@@ -291,7 +292,6 @@ def _nvidia(client: str, run: CommandRunner, cdi_dirs: Sequence[str] = ()) -> st
 
 def _cdi_has_nvidia(engine_dirs: Sequence[str]) -> bool:
     """A parsable spec of kind nvidia.com/gpu in the CDI folders (pinmatrix/containers/cdi.py)."""
-    from pinmatrix.containers import cdi
 
     folders = [*cdi.spec_dirs(), *(Path(d) for d in engine_dirs)]
     return bool(cdi.find_specs(folders).of_kind(cdi.GPU_KIND))

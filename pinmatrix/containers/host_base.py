@@ -38,6 +38,7 @@ read-only root, fail to cache).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -48,9 +49,10 @@ import tarfile
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any
 
 from pinmatrix.errors import BadInput, HarnessError
 
@@ -652,7 +654,6 @@ def write_tar(members: Sequence[Member], out: IO[bytes], progress: Progress | No
         for member in members:
             info = tar_info(member)
             if member.kind == "file" and member.data is not None:
-                import io
 
                 tar.addfile(info, io.BytesIO(member.data))
             elif member.kind == "file":

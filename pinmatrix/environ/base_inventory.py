@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from pinmatrix.cell import normalize_name
+from pinmatrix.containers import engine as engines
 from pinmatrix.errors import ResolveInfraError
 
 INVENTORY_TIMEOUT_S = 300.0
@@ -55,12 +57,11 @@ def read_inventory(image: str, engine: Any = None) -> Inventory:
     """The image's inventory; raises ResolveInfraError (`base-image-missing`, `base-inventory`)
     when there is no engine, no such image, or the image cannot run python3."""
     if engine is None:
-        from pinmatrix.containers.engine import engine_message, find_engine
 
-        engine = find_engine()
+        engine = engines.find_engine()
         if engine is None:
             raise ResolveInfraError(f"a `base` pin needs the base image's packages, and no Docker "
-                                    f"engine can read them: {engine_message()}",
+                                    f"engine can read them: {engines.engine_message()}",
                                     signature="base-inventory")
     inspected = subprocess.run(engine.cmd("image", "inspect", "--format", "{{.Id}}", image),
                                capture_output=True, text=True, timeout=120)

@@ -11,13 +11,15 @@ environment of that interpreter, not the harness's.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from packaging.markers import UndefinedComparison, UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
@@ -164,8 +166,6 @@ def check(python: str, sites: Sequence[Path | str] = (),
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m pinmatrix.environ.env_check",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("label", nargs="?", default="")

@@ -13,15 +13,17 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from pinmatrix.cell import NONE, Cell, Lock, normalize_name
-from pinmatrix.errors import ResolveInfraError
+from pinmatrix.cell import NONE, Cell, Lock, normalize_name, split_extras
 from pinmatrix.environ import env_check
+from pinmatrix.environ.interpreters import python_for
+from pinmatrix.environ.site_rules import sites_for
+from pinmatrix.errors import ResolveInfraError
 
 # Run inside the target interpreter: every distribution it sees, as {name: version}.
 _LIST_DISTRIBUTIONS = (
@@ -76,8 +78,6 @@ def pin_mismatches(cell: Cell, python_version: str, dists: dict[str, str]) -> li
 
 
 def _satisfies(installed: str, pin: str) -> bool:
-    from pinmatrix.cell import split_extras
-
     pin = split_extras(pin)[0]   # extras are not a version: "4.0.0b36[cu13]" pins 4.0.0b36
     spec = pin if pin[:1] in "<>=!~" else f"=={pin}"
     try:
@@ -122,13 +122,11 @@ def lock_from_environment(cell: Cell, python: str | None = None,
     return Lock(cell_id=cell.id, python=version, torch_lock=torch_line, full_lock=text)
 
 
-def environment_resolver(python: Mapping[str, str] | str | None, extra_sites: Sequence[Path]):
+def environment_resolver(python: Mapping[str, str] | str | None,
+                         extra_sites: Sequence[Path]) -> Callable[[Cell, object, Path], Lock]:
     """A resolve_fn for the pipeline: same signature as pinmatrix.resolve.uv.resolve. `python`:
     --venv-python (one interpreter, or one per Python version)."""
     def resolve_installed(cell: Cell, sources: object, out_dir: Path) -> Lock:
-        from pinmatrix.environ.interpreters import python_for
-        from pinmatrix.environ.site_rules import sites_for
-
         chosen = python_for(python, str(cell.pins.get("python") or ""))
         lock = lock_from_environment(cell, chosen, sites_for(cell, extra_sites))
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ import re
 import shutil
 import socket
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from pinmatrix.errors import UsageError

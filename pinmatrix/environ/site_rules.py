@@ -17,9 +17,10 @@ which is what the per-GPU scheduler needs to run two of them at once.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 _COND = re.compile(r"^([A-Za-z][A-Za-z0-9_.-]*)(!=|==|=)(.+)$")
 
@@ -36,7 +37,7 @@ class ExtraSite:
                 return False
         return True
 
-    def resolved(self) -> "ExtraSite":
+    def resolved(self) -> ExtraSite:
         return ExtraSite(Path(self.path).resolve(), self.when)
 
     def is_dir(self) -> bool:

@@ -2,7 +2,8 @@
 the matching releases on the package index; the matrix keeps the expansion as a snapshot."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version

@@ -10,22 +10,27 @@ later, offline.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import itertools
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 from packaging.version import Version
 
-from probes import registry as _registry
 from pinmatrix.cell import NONE, Cell, ModelSpec, base_spec, split_extras
 from pinmatrix.errors import IndexUnreachable, MatrixError
 from pinmatrix.fsio import Refused, read_bytes_bounded
 from pinmatrix.matrix.live import expand_live, is_specifier, valid_specifier
 from pinmatrix.matrix.select import BASE_IMAGE, MAX_VALUE_CHARS, PYTHON, same_value
 from pinmatrix.sources import PackageSources, Release, list_releases, redact
+from probes import registry as _registry
+
+# A top-level section of the matrix file: its key and its value.
+Section = tuple[yaml.ScalarNode, yaml.Node]
 
 # Every key an axis (or an include rule) may name. A typo is an error, not a silent new axis.
 # An axis is named after the PyPI distribution it pins. FlashAttention 4 is its own distribution,
@@ -203,7 +208,7 @@ class _Loader:
         if len(node.value.strip()) > MAX_VALUE_CHARS:
             raise self.error(node, f"{what}: {len(node.value.strip())} characters, more than "
                                    f"{MAX_VALUE_CHARS}: {_clip(node.value)!r}")
-        return node.value.strip()  # the source text: 3.10 stays "3.10", never the float 3.1
+        return str(node.value).strip()  # the source text: 3.10 stays "3.10", never the float 3.1
 
     def integer(self, node: yaml.Node, what: str, bounds: tuple[float, float]) -> int:
         if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:int":
@@ -478,8 +483,8 @@ class _Loader:
         return list_releases(axis, self._sources())
 
     # -- include / exclude --
-    def rules(self, section, name: str, axes: dict[str, tuple[str, ...]],
-              axis_nodes) -> list[tuple[yaml.Node, dict]]:
+    def rules(self, section: Section | None, name: str, axes: dict[str, tuple[str, ...]],
+              axis_nodes: dict[str, Any]) -> list[tuple[yaml.Node, dict[str, Any]]]:
         if section is None:
             return []
         key, node = section
@@ -513,7 +518,10 @@ class _Loader:
             rules.append((item, rule))
         return rules
 
-    def combine(self, axes, exclude, include) -> list[tuple[dict[str, str], yaml.Node | None]]:
+    def combine(self, axes: dict[str, tuple[str, ...]],
+                exclude: list[tuple[yaml.Node, dict[str, Any]]],
+                include: list[tuple[yaml.Node, dict[str, Any]]],
+                ) -> list[tuple[dict[str, str], yaml.Node | None]]:
         names = list(axes)
         size = 1
         for name in names:
@@ -523,8 +531,8 @@ class _Loader:
                              f"the axes multiply to {size} combinations, more than "
                              f"{MAX_COMBINATIONS}; "
                                    "narrow the axes or split the matrix")
-        product = [dict(zip(names,
-                            values)) for values in itertools.product(*(axes[n] for n in names))]
+        product = [dict(zip(names, values, strict=True))
+                   for values in itertools.product(*(axes[n] for n in names))]
         for node, rule in exclude:
             kept = [c for c in product if not _matches(c, rule)]
             if len(kept) == len(product):
@@ -576,7 +584,7 @@ class _Loader:
             seen[ident] = i
 
     # -- models, checks, settings --
-    def models(self, section) -> tuple[ModelSpec, ...]:
+    def models(self, section: Section | None) -> tuple[ModelSpec, ...]:
         if section is None:
             return ()
         key, node = section
@@ -622,7 +630,7 @@ class _Loader:
                                     unpinned=fields.get("unpinned", "").strip()))
         return tuple(models)
 
-    def checks(self, section) -> tuple[str, ...]:
+    def checks(self, section: Section | None) -> tuple[str, ...]:
         if section is None:
             return CHECK_GROUPS
         key, node = section
@@ -642,7 +650,7 @@ class _Loader:
             checks.append(name)
         return tuple(checks)
 
-    def settings(self, section) -> dict[str, Any]:
+    def settings(self, section: Section | None) -> dict[str, Any]:
         settings = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULT_SETTINGS.items()}
         settings["throughput"]["stacks"] = list(THROUGHPUT_STACKS)
         if section is None:
@@ -667,7 +675,7 @@ class _Loader:
                             tv, twhat, SETTING_BOUNDS[f"throughput.{tk.value}"])
                     elif tk.value == "stacks":
                         stacks = [self.string(s, twhat) for s in self.sequence(tv, twhat)]
-                        for s, snode in zip(stacks, tv.value):
+                        for s, snode in zip(stacks, tv.value, strict=True):
                             if s not in THROUGHPUT_STACKS:
                                 raise self.error(snode,
                                                  f"{twhat}: unknown stack {s!r}; expected one of "
@@ -773,7 +781,7 @@ def _flow_deeper_than(text: str, max_depth: int) -> bool:
 
 def _node_deeper_than(root: yaml.Node, max_depth: int) -> yaml.Node | None:
     """The first node nested deeper than `max_depth`, or None (iterative: no recursion)."""
-    stack: list[tuple[Any, int]] = [(root, 1)]
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
     seen: set[int] = set()  # an alias shares its node: each is walked once (no billion laughs)
     while stack:
         node, depth = stack.pop()
@@ -806,8 +814,6 @@ def _kind(node: yaml.Node) -> str:
 
 
 def _near(word: str, choices: Sequence[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -7,7 +7,10 @@ the catalogue's `fix` for the signature (probes/signatures.json), else REMEDIES 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pinmatrix.results import describe_signature
 
 # Host-side infra signatures that are not in the probes' catalogue
 REMEDIES = {
@@ -34,7 +37,6 @@ def remedy(signature: str | None, reason: str | None = None) -> str | None:
     if signature in REMEDIES:
         return REMEDIES[signature]
     if signature:
-        from pinmatrix.results import describe_signature
 
         entry = describe_signature(signature) or {}
         return entry.get("fix")

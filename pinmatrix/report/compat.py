@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pinmatrix.fsio import write_json_atomic
 from pinmatrix.report.pins import Cell, collect_cells
 
 COMPAT_NAME = "compat.json"
@@ -77,7 +78,7 @@ def build(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
 
 def validate(document: Any, where: str) -> dict[str, Any]:
     """The document, or ValueError naming `where` and the first place the schema rejects."""
-    import jsonschema
+    import jsonschema  # noqa: PLC0415 - ~100 ms to import: only when a compat document is checked
 
     try:
         jsonschema.validate(document, schema())
@@ -90,7 +91,6 @@ def validate(document: Any, where: str) -> dict[str, Any]:
 def write_compat(run_dir: Path, summary: dict[str, Any]) -> Path:
     """Write `run_dir/compat.json` (atomically; validated first, so a bad one is never
     written)."""
-    from pinmatrix.fsio import write_json_atomic
 
     document = validate(build(run_dir, summary), f"{run_dir}/{COMPAT_NAME} (as built)")
     return write_json_atomic(Path(run_dir) / COMPAT_NAME, document)

@@ -17,12 +17,14 @@ Throughput noise: a change is reported only beyond a threshold. Where the histor
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pinmatrix.errors import PreviousRunError
 from pinmatrix.fsio import load_json, write_json_atomic, write_text_atomic
 from pinmatrix.report.history import DEFAULT_REL_THRESHOLD, MIN_SAMPLES, NOISE_K, noise_threshold
+from pinmatrix.report.summary import merge
 
 WORKING = ("works", "partial")
 BROKEN = ("broken", "unresolvable")
@@ -102,13 +104,12 @@ def previous_run_in(reports_dir: Path, current: Path) -> Path | None:
 
 def load_summary(run_dir: Path) -> dict[str, Any]:
     """A run's summary: re-merged from its files where they exist, else its summary.json."""
-    from pinmatrix.report.summary import merge
 
     run_dir = find_run_dir(run_dir)
     if (run_dir / "outcomes").is_dir() or (run_dir / "cells").is_dir():
         return merge(run_dir)
     try:
-        data = load_json((run_dir / "summary.json"))
+        data = load_json(run_dir / "summary.json")
     except (OSError, ValueError) as exc:
         raise PreviousRunError(f"{run_dir / 'summary.json'}: unreadable: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
@@ -266,7 +267,7 @@ def _cell_signature(cell: Mapping[str, Any]) -> str | None:
         return "unresolvable"
     for check in (cell.get("checks") or {}).values():
         if check["status"] == "fail" and check.get("signature"):
-            return check["signature"]
+            return str(check["signature"])
     return cell.get("signature")
 
 
@@ -304,7 +305,8 @@ def render_markdown(d: Mapping[str, Any], *, level: int = 1) -> str:
     h = "#" * level
     out = [f"{h} Changes since {d['previous_run']}", "", f"**{headline(d)}**", ""]
 
-    def section(title: str, items: list[dict[str, Any]], line) -> None:
+    def section(title: str, items: list[dict[str, Any]],
+                line: Callable[[dict[str, Any]], str]) -> None:
         if items:
             out.extend([f"{h}# {title}", ""] + [line(i) for i in items] + [""])
 

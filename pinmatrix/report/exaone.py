@@ -17,7 +17,9 @@ revision
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from html import escape
+from typing import Any
 
 from packaging.version import Version
 
@@ -140,7 +142,7 @@ def _cell_text(answer: Mapping[str, Any]) -> str:
         return "WORKS"
     if verdict == "infra":
         return "INFRA"
-    return verdict
+    return str(verdict)
 
 
 def render_markdown(section: Mapping[str, Any]) -> list[str]:
@@ -258,7 +260,6 @@ def pivot(section: Mapping[str, Any]) -> dict[str, Any]:
 
 def render_html(section: Mapping[str, Any]) -> str:
     """The section as an HTML table with words, not only glyphs (empty when nothing ran)."""
-    from html import escape
 
     cells = section.get("cells") or []
     if not cells:

@@ -20,13 +20,21 @@ import argparse
 import math
 import statistics
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+
 from pinmatrix.console import escape
 from pinmatrix.errors import BadInput
-from pinmatrix.fsio import (load_json, plain_name, real_file, real_json_files, write_json_atomic,
-                            write_text_atomic)
+from pinmatrix.fsio import (
+    load_json,
+    plain_name,
+    real_file,
+    real_json_files,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 TOLERANCE = 0.05
 
@@ -241,7 +249,9 @@ def _conditions(
             ):
                 if _number(g.get(key)) is not None:
                     bucket.append(g[key])
-    med = lambda xs: round(statistics.median(xs), 1) if xs else None  # noqa: E731
+    def med(xs: list[float]) -> float | None:
+        return round(statistics.median(xs), 1) if xs else None
+
     return {
         "samples": len(load),
         "sm_mhz_median": med(clocks),
@@ -257,7 +267,7 @@ def _step_spread(run_dir: Path, cell: str, stack: str) -> dict[str, Any] | None:
     """The timed steps of one throughput figure: median and min..max step time (s), from the cell's
     result."""
     try:
-        data = load_json((Path(run_dir) / "cells" / f"{cell}.json"))
+        data = load_json(Path(run_dir) / "cells" / f"{cell}.json")
     except (OSError, ValueError):
         return None
     checks = data.get("checks") if isinstance(data, dict) else None
@@ -423,7 +433,9 @@ def render_compare(data: Mapping[str, Any]) -> str:
     ]
     for r in data["rows"]:
         c, a = r.get("conditions") or {}, r.get("alone_conditions") or {}
-        pair = lambda k: f"{a.get(k, '—')} → {c.get(k, '—')}"  # noqa: E731
+        def pair(k: str, a: dict[str, Any] = a, c: dict[str, Any] = c) -> str:
+            return f"{a.get(k, '—')} → {c.get(k, '—')}"
+
         delta = f"{r['delta'] * 100:+.1f}%" if r.get("delta") is not None else "—"
         alone = f"{r['alone_tokens_per_s']:.0f}" if r.get("alone_tokens_per_s") else "—"
         ok = {True: "yes", False: "**no**"}.get(r.get("within_5pct"), "—")
@@ -432,7 +444,9 @@ def render_compare(data: Mapping[str, Any]) -> str:
             if r.get("median_step_delta") is not None
             else "—"
         )
-        steps = lambda s: f"{s['median']:.4f} ({s['min']:.4f}..{s['max']:.4f})" if s else "—"  # noqa: E731
+        def steps(s: dict[str, float] | None) -> str:
+            return f"{s['median']:.4f} ({s['min']:.4f}..{s['max']:.4f})" if s else "—"
+
         out.append(
             f"| `{r['cell']}` | {r['stack']} | {r.get('gpu') or '—'} | {alone} | "
             f"{r['tokens_per_s']:.0f} | "

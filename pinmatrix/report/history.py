@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pinmatrix.fsio import Refused, append_line, parse_json, read_bytes_bounded, strict_json
 

@@ -15,10 +15,12 @@ import base64
 import html
 import io
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pinmatrix.fsio import confined, write_text_atomic
+from pinmatrix.report.exaone import render_html as render_exaone35_html
 from pinmatrix.results import describe_signature, load_result
 from pinmatrix.status import status_of
 
@@ -46,10 +48,10 @@ def throughput_chart(speed: list[Mapping[str, Any]]) -> tuple[str | None, str]:
     if not speed:
         return None, "No throughput results in this run (throughput runs on GPU cells)."
     try:
-        import matplotlib
+        import matplotlib  # noqa: PLC0415 - optional (the `report` extra) and ~300 ms: only for the chart
 
         matplotlib.use("Agg")  # no display; must precede pyplot
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415 - after matplotlib.use("Agg"), as it must be
     except ImportError:
         return (
             None,
@@ -185,8 +187,6 @@ def _detail_html(cell: Mapping[str, Any], data: Mapping[str, Any] | None) -> str
 # --- the page ------------------------------------------------------------------------------------
 
 def render_html(summary: Mapping[str, Any], run_dir: Path) -> str:
-    from pinmatrix.report.exaone import render_html as render_exaone35_html
-
     run = summary.get("run") or {}
     run_id = run.get("run_id") or Path(str(run_dir)).name
     columns = list(summary.get("checks") or [])

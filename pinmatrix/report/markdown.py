@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pinmatrix.report.claims import claims_markdown
+from pinmatrix.report.diff import render_markdown as render_diff
+from pinmatrix.report.exaone import render_markdown as render_exaone35
+from pinmatrix.report.gpus import render_timeline
+from pinmatrix.report.pins import pins_markdown
+from pinmatrix.report.remote_code import render_markdown as render_remote_code
 from pinmatrix.status import CELL_GLYPH, CELL_STATUSES, CHECK_GLYPH, status_of
 
 
@@ -20,13 +26,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
         out += [" · ".join(f for f in facts if f), ""]
     # the nightly's comparison with the previous run (pinmatrix/report/diff.py)
     if summary.get("diff"):
-        from pinmatrix.report.diff import render_markdown as render_diff
 
         out += [render_diff(summary["diff"], level=2), "(full diff: `diff.md`)", ""]
     elif summary.get("diff_error"):
         out += [f"Previous run not compared: {_md_inline(summary['diff_error'])}", ""]
-    # The answer users came for first: which versions train EXAONE 3.5, by route.
-    from pinmatrix.report.exaone import render_markdown as render_exaone35
 
     out += render_exaone35(summary.get("exaone35") or {})
     for table in summary["pivot"]:
@@ -48,10 +51,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         out.append("")
     # the answer first: after the pivot, the pins per purpose and the guide's claims
     if summary.get("pins"):  # pinmatrix/report/pins.py: the pick per purpose, and why not the rest
-        from pinmatrix.report.pins import pins_markdown
 
         out += pins_markdown(summary["pins"])
-    from pinmatrix.report.claims import claims_markdown
 
     out += claims_markdown(summary.get("claims") or [])
     columns = summary["checks"]
@@ -149,10 +150,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
                        f"{t['compat_s']:.1f} | "
                        f"{t['throughput_s']:.1f} | {slow} |")
         out.append("")
-    from pinmatrix.report.gpus import render_timeline
 
     out += render_timeline(summary.get("gpu_timeline"))
-    from pinmatrix.report.remote_code import render_markdown as render_remote_code
 
     out += render_remote_code(summary.get("remote_code") or {})
     if summary["damaged"]:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from pinmatrix.fsio import read_json, real_dir, real_file, write_json_atomic
 from pinmatrix.outcome import Outcome, load_outcome

@@ -29,17 +29,18 @@ hash-checking mode for everything installed with it), so `pip install -c FILE pk
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
-
-from probes import registry
+from typing import Any
 
 from pinmatrix.cell import LOCK_LINE, normalize_name, version_key
 from pinmatrix.errors import UsageError
 from pinmatrix.fsio import confined, read_json, real_file_under, replace_folder
+from pinmatrix.report.summary import merge
 from pinmatrix.results import describe_signature
+from probes import registry
 
 PINS_DIR = "pins"
 LOCK_NAME = "requirements.lock"
@@ -483,7 +484,6 @@ def write_pins(run_dir: Path, *, now: datetime | None = None,
     A run where no purpose has a pick writes no pins folder; `message` says why."""
     run_dir = Path(run_dir)
     if summary is None:
-        from pinmatrix.report.summary import merge
 
         summary = merge(run_dir)
     run_id = (summary.get("run") or {}).get("run_id") or run_dir.name

@@ -17,12 +17,13 @@ never a moving hub revision: a change of its bytes between runs is our own updat
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from pinmatrix.cell import ModelSpec
-from pinmatrix.fsio import real_json_files
+from pinmatrix.fsio import read_json, real_json_files
 from pinmatrix.results import CellResult, load_result
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -69,7 +70,6 @@ def unpinned_warnings(models: Iterable[ModelSpec]) -> list[str]:
 
 def unpinned_reasons(run_dir: Path) -> dict[tuple[str, str], str]:
     """(repo, revision) -> the matrix's `unpinned:` reason, from run.json's `models`."""
-    from pinmatrix.fsio import read_json
 
     manifest = read_json(Path(run_dir) / "run.json")
     models = manifest.get("models") if isinstance(manifest, Mapping) else None

@@ -8,23 +8,33 @@ listed apart and never counted as data.
 from __future__ import annotations
 
 import os
-
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
-
-from probes import registry
+from typing import Any
 
 from pinmatrix.cell import version_key
-from pinmatrix.fsio import (Refused, file_kind, first_line, inside, load_json, plain_name,
-                            real_file, real_file_under, real_json_files)
+from pinmatrix.fsio import (
+    Refused,
+    file_kind,
+    first_line,
+    inside,
+    load_json,
+    plain_name,
+    real_file,
+    real_file_under,
+    real_json_files,
+)
 from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.report.exaone import exaone35_section
 from pinmatrix.report.causes import group as group_causes
+from pinmatrix.report.claims import claims_section
+from pinmatrix.report.exaone import exaone35_section
+from pinmatrix.report.gpus import timeline
+from pinmatrix.report.remote_code import report_section
 from pinmatrix.results import CellResult, Damaged, describe_signature, load_result
-from pinmatrix.status import (cell_status, judged_on, not_judged, verdict_text,
-                              with_recorded_basis)
+from pinmatrix.status import cell_status, judged_on, not_judged, verdict_text, with_recorded_basis
+from probes import registry
 
 VERDICT_WORDS = {
     "works": ("works", "work"),
@@ -158,10 +168,8 @@ def merge(run_dir: Path) -> dict[str, Any]:
         "remote_code": _remote_code(run_dir),
         "exaone35": exaone35_section(rows),
     }
-    from pinmatrix.report.claims import claims_section  # the guide's claims, apart
 
     summary["claims"] = claims_section(summary)
-    from pinmatrix.report.gpus import timeline  # which cell held which GPU, when
 
     summary["gpu_timeline"] = timeline(outcomes.values())
     return summary
@@ -479,7 +487,6 @@ def _peak_gib(check: dict[str, Any]) -> float | None:
 def _remote_code(run_dir: Path) -> dict[str, Any]:
     """Loaded remote-code files, unpinned revisions and changed hashes
     (pinmatrix/report/remote_code.py)."""
-    from pinmatrix.report.remote_code import report_section
 
     return report_section(run_dir)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
-from pinmatrix.resolve.uv import ResolveInfraError, resolve_many
+from pinmatrix.errors import ResolveInfraError
+from pinmatrix.resolve.uv import resolve_many
 from pinmatrix.sources import PackageSources
 
 Resolved = Lock | Unresolvable | ResolveInfraError

@@ -18,16 +18,29 @@ import subprocess
 import tempfile
 import threading
 import time
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from pinmatrix.cell import (NONE, PROVIDED_PREFIX, Cell, Lock, Unresolvable, extras_lines,
-                            normalize_name, parse_lock)
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+from pinmatrix.activity import acting_for, doing
+from pinmatrix.cell import (
+    NONE,
+    PROVIDED_PREFIX,
+    Cell,
+    Lock,
+    Unresolvable,
+    extras_lines,
+    normalize_name,
+    parse_lock,
+)
+from pinmatrix.environ.base_inventory import read_inventory
 from pinmatrix.errors import PinmatrixError, ResolveInfraError
 from pinmatrix.fsio import PRIVATE_MODE, write_text_atomic
 from pinmatrix.interrupt import map_in_threads
-from pinmatrix.activity import acting_for, doing
 from pinmatrix.sources import PackageSources
 
 TARGET_PLATFORM = "x86_64-manylinux_2_28"
@@ -78,7 +91,7 @@ def resolve_many(
     *,
     workers: int | None = None,
     on_done: Callable[[Cell, Lock | Unresolvable | ResolveInfraError, float], None] | None = None,
-    **options,
+    **options: Any,
 ) -> dict[str, Lock | Unresolvable | ResolveInfraError]:
     """Resolve cells in parallel (uv waits on the network, not the CPU); locks go to
     out_root/<cell-id>/.
@@ -90,7 +103,7 @@ def resolve_many(
     out_root = Path(out_root)
     results: dict[str, Lock | Unresolvable | ResolveInfraError] = {}
 
-    def one(cell: Cell):
+    def one(cell: Cell) -> tuple[str, Lock | Unresolvable | ResolveInfraError]:
         started = time.monotonic()
         outcome: Lock | Unresolvable | ResolveInfraError
         with acting_for(cell.id):
@@ -109,7 +122,7 @@ def resolve_many(
     return results
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def uv_version(uv: str = "uv") -> str:
     try:
         out = subprocess.run([uv, "--version"], capture_output=True, text=True, timeout=30,
@@ -189,9 +202,6 @@ class _Resolver:
         check compares them with what the probe imports. A version that is also on the index
         (the CPU wheel here) may be locked from there; its metadata is the same release's.
         """
-        from pinmatrix.environ.base_inventory import read_inventory
-
-        from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
         image = cell.pins.get("base_image") or ""
         if not image:
@@ -263,7 +273,8 @@ class _Resolver:
             self.cache_put(key, compiled)
             return compiled
 
-    def cache_key(self, requirements, constraints, python, torch_pin) -> str:
+    def cache_key(self, requirements: Sequence[str], constraints: str, python: str,
+                  torch_pin: str) -> str:
         payload = json.dumps({"format": CACHE_FORMAT, "requirements": sorted(requirements),
                               "constraints": constraints, "python": python,
                               "platform": self.platform,
@@ -354,7 +365,6 @@ class _Resolver:
 def _stub_wheel(folder: Path, name: str, info: Any) -> Path:
     """A metadata-only wheel for a distribution the base image holds: enough for uv to resolve
     against (name, version, Requires-Dist, Requires-Python); never installed."""
-    import zipfile
 
     version = str(info["version"])
     dist = re.sub(r"[-_.]+", "_", name)

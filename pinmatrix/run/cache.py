@@ -16,13 +16,25 @@ machine failed, so the next run must try again. A reused result is copied into t
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from pinmatrix.cell import Cell
-from pinmatrix.fsio import (confined, copy_atomic, load_json, plain_name, read_json, real_dir,
-                            real_file_under, real_json_files, real_subdirs, write_json_atomic)
+from pinmatrix.fsio import (
+    confined,
+    copy_atomic,
+    load_json,
+    plain_name,
+    read_json,
+    real_dir,
+    real_file_under,
+    real_json_files,
+    real_subdirs,
+    write_json_atomic,
+)
+from pinmatrix.matrix.select import select
 from pinmatrix.results import Damaged, load_result
 
 INDEX_RELPATH = Path(".cache") / "index.json"
@@ -43,7 +55,7 @@ class RerunPolicy:
     selectors: tuple[str, ...] = ()
 
     @classmethod
-    def from_args(cls, values: Sequence[str] | None) -> "RerunPolicy":
+    def from_args(cls, values: Sequence[str] | None) -> RerunPolicy:
         # argparse gives None (no flag), [] or [""] (bare flag) or the selectors given.
         if values is None:
             return cls()
@@ -56,7 +68,6 @@ class RerunPolicy:
             return None
         if not self.selectors:
             return set()
-        from pinmatrix.matrix.select import select
 
         return {c.id for c in select(list(cells), list(self.selectors))}
 

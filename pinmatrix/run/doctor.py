@@ -16,16 +16,24 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pinmatrix.cell import Cell
-from pinmatrix.errors import HostNotReady
-from pinmatrix.run.options import Echo, RunOptions
+from pinmatrix.containers.engine import _cdi_has_nvidia
 from pinmatrix.environ import interpreters
+from pinmatrix.environ.compile_cache import DEFAULT_ROOT
+from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_OK, HostNotReady
+from pinmatrix.run.options import Echo, RunOptions
+from pinmatrix.run.pipeline import load_cells
 from pinmatrix.runners import registry
 from pinmatrix.runners.base import RunnerKind
+from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE
+from pinmatrix.runners.venv import DEFAULT_VENV_ROOT
+from pinmatrix.sources import PackageSources, open_url, redact
+from probes.models import find_snapshot, hub_cache_dir
 
 GIB = 1024 ** 3
 MIN_REPORTS_FREE = 1 * GIB          # results and logs are small
@@ -113,8 +121,6 @@ def diagnose(opts: RunOptions, cells: Sequence[Cell], models: Sequence[Any] = ()
 # --- the checks ----------------------------------------------------------------------------------
 
 def _nvidia_runtime(engine: Any, opts: RunOptions) -> Finding:
-    from pinmatrix.containers.engine import _cdi_has_nvidia
-
     remedy = ("install the NVIDIA Container Toolkit (`nvidia-ctk runtime configure "
               "--runtime=docker` or `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`)")
     if engine is not None:
@@ -157,8 +163,6 @@ def _gpus(opts: RunOptions) -> Finding:
 def _cache_folders(opts: RunOptions, diag: Diagnosis) -> Finding:
     """The folders every cell writes outside the run folder (uv's cache, the venvs, the compile
     caches; under HOME unless set): an unwritable one would fail every cell, so it blocks here."""
-    from pinmatrix.environ.compile_cache import DEFAULT_ROOT
-    from pinmatrix.runners.venv import DEFAULT_VENV_ROOT
 
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     folders = {"uv's cache": Path(os.environ.get("UV_CACHE_DIR") or Path(xdg) / "uv")}
@@ -239,8 +243,6 @@ def _pythons(opts: RunOptions, cells: Sequence[Cell], venv: bool, diag: Diagnosi
 
 
 def _index(opts: RunOptions, diag: Diagnosis) -> Finding:
-    from pinmatrix.sources import PackageSources, open_url, redact
-
     if opts.no_install:
         return Finding("package index", None, "not needed with --no-install")
     sources = opts.sources or PackageSources.from_env()
@@ -281,7 +283,6 @@ def _base_images(engine: Any, cells: Sequence[Cell], diag: Diagnosis, pull: str)
     """Each base image the cells need: in the engine, or pullable. A pull is made by the daemon, so
     its registry is tried from here through the daemon's own proxy when it has one; with a registry
     mirror configured the answer is not known here, and nothing is blocked."""
-    from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE
 
     images = sorted({str(c.pins.get("base_image") or DEFAULT_BASE_IMAGE) for c in cells})
     usable_any = False
@@ -362,8 +363,6 @@ def _registry_reachable(image: str, daemon: dict[str, Any]) -> tuple[bool | None
 
 
 def _hub_cache(model: Any, opts: RunOptions) -> Finding:
-    from probes.models import find_snapshot, hub_cache_dir
-
     cache = Path(opts.model_cache) if opts.model_cache else hub_cache_dir()
     snapshot = find_snapshot(model.repo, model.revision, cache)
     name = f"hub cache {model.repo}@{model.revision}"
@@ -414,8 +413,6 @@ def _docker_root(engine: Any) -> Finding:
 
 
 def _compile_caches(opts: RunOptions) -> Finding:
-    from pinmatrix.environ.compile_cache import DEFAULT_ROOT
-
     if not opts.compile_cache:
         return Finding("compile caches", None, "--no-compile-cache: every probe starts empty")
     root = Path(DEFAULT_ROOT)
@@ -437,8 +434,6 @@ def _compile_caches(opts: RunOptions) -> Finding:
 
 def doctor_command(opts: RunOptions, echo: Echo = print) -> int:
     """Print one line per capability; exit 2 when no selected cell could be judged, else 0."""
-    from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_OK
-    from pinmatrix.run.pipeline import load_cells
 
     matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
                                snapshot=opts.snapshot, sources=opts.sources)

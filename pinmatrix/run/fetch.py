@@ -22,9 +22,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from pinmatrix.cell import ModelSpec
 from pinmatrix.errors import FetchError
@@ -109,7 +109,7 @@ def _from_folder(name: str, repo: str, revision: str, hub: Path, hf_home: Path) 
 def _from_huggingface(name: str, repo: str, revision: str, hf_home: Path,
                       token: str | None) -> Fetched:
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # noqa: PLC0415 - optional on the host
     except ImportError:
         raise FetchError(f"model {name}: huggingface_hub is not installed on this host; install "
                          "it, or pass "

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
-
-from probes import registry
+from typing import Any
 
 from pinmatrix.fsio import write_json_atomic, write_text_atomic
 from pinmatrix.results import CellResult, load_result, validate
 from pinmatrix.runners.base import Prepared, Runner
+from probes import registry, signatures
 
 DISAGREEING = frozenset({"pass", "fail"})
 RERUN_SPEC_NAME = "rerun.cell.json"
@@ -36,14 +36,14 @@ def group_of(check_name: str, groups: Iterable[str] = ()) -> str | None:
     groups = tuple(groups)
     if check_name in groups:
         return check_name
-    return registry.group_of(check_name)
+    group: str | None = registry.group_of(check_name)
+    return group
 
 
 def deterministic_failures(result: Mapping[str, Any]) -> list[str]:
     """Failing checks whose signature the catalogue marks deterministic (probes/signatures.json):
     the cause is in what is installed, so a rerun would fail the same way. An unsloth cell's rerun
     costs a fresh process and `import unsloth` again, about 40 s on the H100, for nothing."""
-    from probes import signatures  # the probe's own catalogue module; stdlib only
 
     return [str(c.get("name")) for c in result.get("checks") or []
             if c.get("status") == "fail"

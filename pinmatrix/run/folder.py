@@ -9,14 +9,16 @@ import os
 import platform
 import socket
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pinmatrix.cell import Cell
-from pinmatrix.errors import HarnessError
+from pinmatrix.errors import HarnessError, UsageError
 from pinmatrix.fsio import utc_now
 from pinmatrix.run.options import RunOptions
+from pinmatrix.sources import redact
 
 
 def new_run_dir(reports_dir: Path, label: str | None = None) -> Path:
@@ -72,7 +74,6 @@ def run_manifest(opts: RunOptions, run_dir: Path, matrix: Any, cells: list[Cell]
 
 def redacted_argv(argv: Sequence[str]) -> list[str]:
     """The command line without credentials (an index URL may hold a token): run.json is shared."""
-    from pinmatrix.sources import redact
 
     out = []
     for arg in argv:
@@ -129,7 +130,6 @@ def is_run_folder(path: Path) -> bool:
 def check_run_folder(path: Path, flag: str) -> None:
     """UsageError unless `path` is a run folder; a folder of runs (reports/) names its newest run,
     so that `report --run reports/` never writes a "0 cells" summary into the reports folder."""
-    from pinmatrix.errors import UsageError
 
     path = Path(path)
     if is_run_folder(path):

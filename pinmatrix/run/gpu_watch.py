@@ -25,10 +25,14 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from pinmatrix.fsio import write_json_atomic
+from pinmatrix.outcome import load_outcome
 
 CELL_ENV = "PINMATRIX_CELL_ID"
 GPU_QUERY = (
@@ -193,7 +197,7 @@ class GpuWatch:
                 self._note(f"sample failed: {exc!r}")
             self._stop.wait(max(0.05, self.interval_s - (time.monotonic() - started)))
 
-    def __enter__(self) -> "GpuWatch":
+    def __enter__(self) -> GpuWatch:
         self._thread = threading.Thread(target=self._loop, name="gpu-watch", daemon=True)
         self._thread.start()
         return self
@@ -356,7 +360,7 @@ class watch_run:
         self.watch = GpuWatch(interval_s=interval_s)
         self.tokens = [t for t in tokens if t]
 
-    def __enter__(self) -> "watch_run":
+    def __enter__(self) -> watch_run:
         if self.enabled:
             self.watch.__enter__()
         return self
@@ -383,8 +387,6 @@ class watch_run:
 
 def _attribute_run(run_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
     """Attribute a run's samples to its outcomes; rewrite the outcomes and gpu_watch.json."""
-    from pinmatrix.outcome import load_outcome
-    from pinmatrix.fsio import write_json_atomic
 
     outcomes = []
     for path in sorted((Path(run_dir) / "outcomes").glob("*.json")):

@@ -8,16 +8,19 @@ import contextlib
 import dataclasses
 import shutil
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pinmatrix import interrupt
 from pinmatrix.cell import Cell, Lock, Unresolvable
-from pinmatrix.errors import InfraError
+from pinmatrix.errors import InfraError, ResolveInfraError
 from pinmatrix.fsio import copy_atomic, read_json, write_json_atomic, write_text_atomic
 from pinmatrix.outcome import Outcome
 from pinmatrix.results import Damaged, load_result
+from pinmatrix.run.flaky import recheck_failures
 from pinmatrix.run.identity import build_key, cell_hash
 from pinmatrix.run.options import RunOptions, cell_timeout
 from pinmatrix.runners.base import RUN_LOG_NAME, Runner
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     from pinmatrix.run.scheduler import CellContext
 
 # (cell, sources, lock folder) -> its lock, or why none exists; raises ResolveInfraError
-Resolver = Callable[[Cell, Union[PackageSources, None], Path], Union[Lock, Unresolvable]]
+Resolver = Callable[[Cell, PackageSources | None, Path], Lock | Unresolvable]
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,6 @@ def run_cell(cell: Cell, runner: Runner, run: CellRun, *,
 
 def _resolve(cell: Cell, run: CellRun, outcome: Outcome) -> Lock | None:
     """The cell's lock; None when there is none (the outcome then says why, written)."""
-    from pinmatrix.resolve.uv import ResolveInfraError
 
     lock_dir = run.run_dir / "locks" / cell.id
     lock_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +185,6 @@ def _keep_result(cell: Cell, prepared: Any, runner: Runner, run: CellRun,
         return
     outcome.result = f"cells/{cell.id}.json"
     if run.opts.flaky_rerun and not result.infra_reason:
-        from pinmatrix.run.flaky import recheck_failures
 
         # once, in a fresh container/process, only the failed groups
         with ctx.device() as device:
@@ -214,10 +215,8 @@ def _close(cell: Cell, run: CellRun, outcome: Outcome, result: Any, work: Path) 
         run.cache.record(outcome.hash, run_dir.name, cell.id, outcome.result)
     if not run.opts.keep_work:
         shutil.rmtree(work, ignore_errors=True)
-        try:
+        with contextlib.suppress(OSError):
             work.parent.rmdir()  # the last cell leaves no empty work/ behind
-        except OSError:
-            pass
     return outcome
 
 
@@ -283,8 +282,6 @@ def _write_log(run_dir: Path, cell_id: str, kind: str, text: str) -> None:
 
 
 def _now_ms() -> str:
-    from datetime import datetime, timezone
-
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -294,7 +291,7 @@ def keep_partial(work: Path, run_dir: Path, cell_id: str,
     journals, and the result of a plain child that did finish: docs/CONTRACTS.md §2), kept as
     `partial/<cell>.json`: evidence beside the infra outcome, never read as the cell's result.
     Returns (that path, a clause for the reason), or None when nothing had finished."""
-    records: dict[str, dict] = {}
+    records: dict[str, dict[str, Any]] = {}
     sources: list[str] = []
     found = sorted(work.rglob("*.partial.json")) + sorted(work.rglob("plain-*/result.json"))
     for path in found:

@@ -6,22 +6,31 @@ RunSummary is what a run hands back."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 import argparse
 import dataclasses
+import json
 import math
+import os
 import re
 import shutil
-import os
-from typing import Any, Callable, Mapping, NoReturn, Sequence, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 from pinmatrix.cell import Cell
-from pinmatrix.outcome import Outcome
 from pinmatrix.environ.interpreters import parse_venv_python
 from pinmatrix.environ.site_rules import as_site, parse_extra_site
+from pinmatrix.errors import PreviousRunError, UsageError
+from pinmatrix.matrix.load import KNOWN_AXES
+from pinmatrix.outcome import Outcome
+from pinmatrix.report.diff import find_run_dir
+from pinmatrix.report.pins import parse_pins_for
+from pinmatrix.run.scheduler import parse_gpu_list
+from pinmatrix.run.shard import parse_shard
+from pinmatrix.run.state import resume_folder
 from pinmatrix.runners import registry
-from pinmatrix.sources import PackageSources
+from pinmatrix.sources import SOURCE_ENV, PackageSources
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT_S = 3600.0
@@ -159,8 +168,6 @@ MOUNT_UNSAFE = (",", "=")
 
 
 def _bad(flag: str, value: Any, why: str) -> NoReturn:
-    from pinmatrix.errors import UsageError
-
     shown = str(value)
     shown = shown if len(shown) <= 80 else f"{shown[:80]}... ({len(shown)} characters)"
     raise UsageError(f"{flag} {shown!r}: {why}")
@@ -219,8 +226,6 @@ def _torch_backend(name: str, value: str, args: argparse.Namespace) -> None:
 
 def _extra_sites(name: str, value: Sequence[Any], args: argparse.Namespace) -> None:
     """A condition on an axis no matrix has would apply the site to nothing, silently."""
-    from pinmatrix.errors import UsageError
-    from pinmatrix.matrix.load import KNOWN_AXES
 
     for site in value:
         if not site.is_dir():
@@ -283,7 +288,6 @@ def _previous_run(name: str, value: Path, args: argparse.Namespace) -> None:
     """--previous names a run to diff against: a folder that holds no run is bad input, not a
     diff against nothing (pinmatrix.report.diff.find_run_dir)."""
     _folder_to_read(name, value, args)
-    from pinmatrix.report.diff import PreviousRunError, find_run_dir
 
     try:
         find_run_dir(Path(value))
@@ -294,7 +298,6 @@ def _previous_run(name: str, value: Path, args: argparse.Namespace) -> None:
 def _resume(name: str, value: str, args: argparse.Namespace) -> None:
     """--resume RUN: a run id, a folder directly under --reports, never a path out of it."""
     if value:  # "": the latest unfinished run
-        from pinmatrix.run.state import resume_folder
 
         resume_folder(Path(args.reports), value, name=name)  # ResumeError: exit 2
 
@@ -314,22 +317,18 @@ def _find_links(name: str, value: list[str], args: argparse.Namespace) -> None:
 def _no_install(name: str, value: bool, args: argparse.Namespace) -> None:
     runner = args.runner
     if value and not any(kind.tests_installed for kind in registry.candidates(runner)):
-        from pinmatrix.errors import UsageError
 
         raise UsageError(f"{name} with --runner {runner}: {name} tests what a venv "
                          f"already holds; the {runner} runner always installs the lock")
 
 
 def _sources_help(field: str) -> tuple[str, ...]:
-    from pinmatrix.sources import SOURCE_ENV
-
     return SOURCE_ENV[field]
 
 
 def _pins_for(text: str) -> str:
     """--pins-for: checked now (a bad key or value is bad input, exit 2), kept as text so that a
     Slurm task's argv carries it as given."""
-    from pinmatrix.report.pins import parse_pins_for
 
     parse_pins_for(text)
     return text
@@ -369,7 +368,6 @@ def _label(name: str, value: str, args: argparse.Namespace) -> None:
 
 def _model_hub(name: str, value: Path, args: argparse.Namespace) -> None:
     if not Path(value).is_dir():
-        from pinmatrix.errors import UsageError
 
         raise UsageError(f"{name} {value}: needs --model-cache, and must be a folder")
 
@@ -805,7 +803,6 @@ def check_options(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     for an option left out, on the value of the variable that stands in for it (`Option.env`, the
     one PackageSources.from_env picks), named in the message instead of the flag. Then the
     cross-option rules each option declares (`requires`, `conflicts`)."""
-    from pinmatrix.errors import UsageError
 
     environ = os.environ if environ is None else environ
     _check_env_folders(args, environ)
@@ -834,14 +831,10 @@ def check_options(args: argparse.Namespace, environ: Mapping[str, str] | None = 
 
 
 def parse_gpus(text: str | None) -> list[str] | None:
-    from pinmatrix.run.scheduler import parse_gpu_list
-
     return parse_gpu_list(text) if text else None
 
 
 def parse_shard_option(text: str | None) -> tuple[int, int] | None:
-    from pinmatrix.run.shard import parse_shard
-
     return parse_shard(text) if text else None
 
 
@@ -849,9 +842,6 @@ def read_snapshot(path: Path | None) -> dict[str, Any] | None:
     """--snapshot FILE: a run.json (its "snapshot") or a bare snapshot ({"live": ...})."""
     if path is None:
         return None
-    import json
-
-    from pinmatrix.errors import UsageError
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

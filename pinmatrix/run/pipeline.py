@@ -7,19 +7,37 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from dataclasses import dataclass
 import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
+from pinmatrix import interrupt
+from pinmatrix.activity import Heartbeat, acting_for
 from pinmatrix.cell import Cell, Lock, Unresolvable
-from pinmatrix.errors import HarnessError
-from pinmatrix.fsio import (load_json, on_publish, published_together, utc_now, write_json_atomic,
-                            write_text_atomic)
+from pinmatrix.environ.installed import environment_resolver
+from pinmatrix.errors import FetchError, HarnessError
+from pinmatrix.fsio import (
+    load_json,
+    on_publish,
+    published_together,
+    utc_now,
+    write_json_atomic,
+    write_text_atomic,
+)
+from pinmatrix.matrix.load import load_matrix
+from pinmatrix.matrix.select import select
 from pinmatrix.outcome import Outcome
 from pinmatrix.probes_source import probes_digest
-from pinmatrix import interrupt
+from pinmatrix.report.causes import console_lines
+from pinmatrix.report.pins import write_pins_and_say
+from pinmatrix.report.remote_code import unpinned_warnings
 from pinmatrix.report.write import write_report
+from pinmatrix.resolve.stage import format_table, resolve_stage
+from pinmatrix.resolve.uv import resolve
+from pinmatrix.run.cache import RerunPolicy, ResultCache
+from pinmatrix.run.fetch import fetch_models
 from pinmatrix.run.folder import (
     disk_full,
     disk_full_reason,
@@ -29,10 +47,15 @@ from pinmatrix.run.folder import (
     point_latest,
     run_manifest,
 )
+from pinmatrix.run.gpu_watch import watch_run
 from pinmatrix.run.identity import gpu_model
 from pinmatrix.run.one_cell import CellRun, run_cell
 from pinmatrix.run.options import Echo, RunOptions, RunSummary
+from pinmatrix.run.progress import Progress
 from pinmatrix.run.runner_choice import Runners, pick_runner_kind
+from pinmatrix.run.scheduler import Scheduler, detect_gpus, device_tokens
+from pinmatrix.run.shard import shard_of
+from pinmatrix.run.state import finished_cells, open_run_dir, release_run_folder
 from pinmatrix.sources import PackageSources
 
 if TYPE_CHECKING:
@@ -47,8 +70,6 @@ def load_cells(matrix_path: Path, selectors: Sequence[str] = (), *, cpu: bool = 
                snapshot: dict[str, Any] | None = None,
                sources: PackageSources | None = None) -> tuple[Matrix, list[Cell]]:
     """The matrix and its selected cells. Raises pinmatrix.errors.MatrixError on bad input."""
-    from pinmatrix.matrix.load import load_matrix
-    from pinmatrix.matrix.select import select
 
     # snapshot: live axes expand from a recorded run (offline) instead of the index
     # (Matrix.snapshot, pinmatrix/matrix/live.py)
@@ -69,7 +90,6 @@ def choose_resolver(opts: RunOptions, resolve: Resolver) -> Resolver:
     """uv's resolution, or with --no-install the lock read off the prepared interpreter
     (pinmatrix/environ/installed.py)."""
     if opts.no_install:
-        from pinmatrix.environ.installed import environment_resolver
 
         return environment_resolver(opts.venv_python, opts.extra_sites)
     return resolve
@@ -98,8 +118,6 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
     content hash already has a judged result is reused (pinmatrix.run.cache) unless --rerun says
     otherwise; --resume continues an interrupted run in its own folder, keeping the cells it
     finished."""
-    from pinmatrix.resolve.uv import resolve
-    from pinmatrix.run.state import open_run_dir, release_run_folder
 
     plan = plan_run(opts, echo)
     run_dir, manifest = open_run_dir(
@@ -122,14 +140,12 @@ def run_matrix(opts: RunOptions, echo: Echo = print) -> RunSummary:
 def plan_run(opts: RunOptions, echo: Echo = print) -> RunPlan:
     """Load and select the cells, take this shard, pick the runner, prefetch the models, and
     count the devices: everything that may refuse the run before a folder exists."""
-    from pinmatrix.run.scheduler import detect_gpus, device_tokens
 
     matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
                                snapshot=opts.snapshot,
                                sources=opts.sources)
     all_cells = cells
     if opts.shard is not None:
-        from pinmatrix.run.shard import shard_of
 
         cells = shard_of(cells, *opts.shard)
     kind, engine = pick_runner_kind(opts, echo)
@@ -161,9 +177,6 @@ class _Execution:
         self.resolve_fn: Any = None
 
     def execute(self, resolve: Any) -> None:
-        from pinmatrix.activity import Heartbeat
-        from pinmatrix.run.progress import Progress
-
         todo = self._announce()
         self.progress = Progress(len(todo), live=self.opts.live_progress, echo=self.echo)
         # no stage is silent for long: a line naming what is under way whenever nothing else
@@ -189,8 +202,6 @@ class _Execution:
     def _announce(self) -> list[Cell]:
         """Write the manifest's probes and GPU, warn about moving remote code, say the run;
         return the cells still to run."""
-        from pinmatrix.report.remote_code import unpinned_warnings
-        from pinmatrix.run.state import finished_cells
 
         opts, run_dir, cells, tokens = self.opts, self.run_dir, self.plan.cells, self.plan.tokens
         self.manifest["probes_digest"], self.manifest["gpu_model"] = self.digest, self.gpu
@@ -219,7 +230,6 @@ class _Execution:
         cell then reads its lock from."""
         resolve_fn = choose_resolver(self.opts, resolve)
         if resolve_fn is resolve and todo:
-            from pinmatrix.resolve.stage import resolve_stage
 
             stage = resolve_stage(todo, self.opts.sources, self.run_dir / "locks",
                                   echo=self.progress.log)
@@ -229,9 +239,6 @@ class _Execution:
         return resolve_fn
 
     def _schedule(self, todo: list[Cell]) -> None:
-        from pinmatrix.run.gpu_watch import watch_run
-        from pinmatrix.run.scheduler import Scheduler
-
         tokens = self.plan.tokens
         scheduler = Scheduler[Cell, Outcome](tokens, build_jobs=self.opts.build_jobs,
                                              progress=self.progress)
@@ -243,8 +250,6 @@ class _Execution:
             self.manifest["complete"] = True  # read by --resume: without it, interrupted
 
     def task(self, cell: Cell, ctx: CellContext) -> Outcome:
-        from pinmatrix.activity import acting_for
-
         run_dir, kind = self.run_dir, self.plan.kind
         if self.stop.reason:  # the engine is gone or the reports disk is full: start nothing more
             return self.stop.skipped(cell, kind, run_dir)
@@ -321,8 +326,6 @@ def publish_run(run_dir: Path, manifest: dict[str, Any], opts: RunOptions, stop:
                 write_json_atomic(run_dir / "run.json", manifest)
             if opts.finalize:
                 write_report(run_dir, pins_for=opts.pins_for)
-                from pinmatrix.report.pins import write_pins_and_say
-
                 write_pins_and_say(run_dir, echo, opts.pins_for)
                 # not a shared --run-dir elsewhere
                 if run_dir.resolve().parent == Path(opts.reports_dir).resolve():
@@ -340,9 +343,8 @@ def _summarized(summary: RunSummary, stop: _StopSignal, opts: RunOptions,
     run_dir = summary.run_dir
     summary.stopped = stop.reason
     if opts.finalize and (run_dir / "summary.json").is_file():
-        merged = load_json((run_dir / "summary.json"))
+        merged = load_json(run_dir / "summary.json")
         summary.verdict = merged["verdict"]
-        from pinmatrix.report.causes import console_lines
 
         for line in console_lines(merged.get("causes") or []):
             echo(line)
@@ -351,7 +353,6 @@ def _summarized(summary: RunSummary, stop: _StopSignal, opts: RunOptions,
 
 def _cache_and_forced(opts: RunOptions, cells: list[Cell]) -> tuple[ResultCache, set[str] | None]:
     """The result cache of the reports folder, and the ids --rerun forces (None: all)."""
-    from pinmatrix.run.cache import RerunPolicy, ResultCache
 
     policy = RerunPolicy.from_args(opts.rerun)
     return ResultCache(opts.reports_dir), policy.forced_ids(cells)
@@ -360,7 +361,6 @@ def _cache_and_forced(opts: RunOptions, cells: list[Cell]) -> tuple[ResultCache,
 def resolve_only(opts: RunOptions, echo: Echo = print) -> Path:
     """Resolve the selected cells in parallel into a run folder (locks + outcomes), print the table
     of resolvable and unresolvable cells; nothing is built or run."""
-    from pinmatrix.resolve.stage import format_table, resolve_stage
 
     matrix, cells = load_cells(opts.matrix_path, opts.selectors, cpu=opts.cpu,
                                snapshot=opts.snapshot,
@@ -372,7 +372,6 @@ def resolve_only(opts: RunOptions, echo: Echo = print) -> Path:
                 "axes": jsonable(getattr(matrix, "axes", None)),
                 "snapshot": jsonable(getattr(matrix, "snapshot", None) or {})}
     write_json_atomic(run_dir / "run.json", manifest)
-    from pinmatrix.activity import Heartbeat
 
     with Heartbeat(echo) as heartbeat:
         stage = resolve_stage(cells, opts.sources, run_dir / "locks", echo=heartbeat.echo)
@@ -419,8 +418,6 @@ class _StopSignal:
 
 
 def _prefetch_models(matrix: Matrix, model_cache: Path, opts: RunOptions, echo: Echo) -> None:
-    from pinmatrix.run.fetch import FetchError, fetch_models
-
     try:
         fetched = fetch_models(getattr(matrix, "models", ()), Path(model_cache),
                                hub=Path(opts.model_hub) if opts.model_hub else None)

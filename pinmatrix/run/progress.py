@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 import threading
 from collections import Counter
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 STATES = ("queued", "resolving", "building", "running", "done")
 

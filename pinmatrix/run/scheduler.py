@@ -26,9 +26,10 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Iterator, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 from pinmatrix import interrupt
 from pinmatrix.errors import SchedulerError

@@ -27,6 +27,7 @@ The flow:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -34,15 +35,38 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from pinmatrix.errors import SlurmError
-from pinmatrix.fsio import load_json, utc_now, write_json_atomic, write_text_atomic
+from pinmatrix import interrupt
 from pinmatrix.cell import Cell
+from pinmatrix.errors import SlurmError
+from pinmatrix.fsio import (
+    load_json,
+    on_publish,
+    published_together,
+    utc_now,
+    write_json_atomic,
+    write_text_atomic,
+)
+from pinmatrix.interrupt import held
 from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.run.options import Echo, RunOptions, SlurmOptions, task_options
+from pinmatrix.report.pins import write_pins
+from pinmatrix.report.write import write_report
+from pinmatrix.run.folder import new_run_dir, point_latest, run_manifest
+from pinmatrix.run.options import (
+    REPO_ROOT,
+    Echo,
+    RunOptions,
+    SlurmOptions,
+    cell_timeout,
+    task_options,
+)
+from pinmatrix.run.pipeline import load_cells, run_matrix
+from pinmatrix.run.shard import shard_of
+from pinmatrix.run.state import finished_cells
 from pinmatrix.runners import registry
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL",
@@ -51,7 +75,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FA
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
           "STOPPED",
           "SIGNALING", "STAGE_OUT", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
-Run = Callable[..., subprocess.CompletedProcess]
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 
@@ -123,7 +147,7 @@ class SlurmClient:
         job = proc.stdout.strip().split(";")[0]
         if not job.isdigit():
             raise SlurmError(f"sbatch printed no job id: {proc.stdout!r}")
-        return job
+        return str(job)
 
     def states(self, job_id: str) -> tuple[dict[int, str], str]:
         """{task: state} and where it came from ("sacct" or "scontrol")."""
@@ -140,7 +164,7 @@ class SlurmClient:
     def cancel(self, job_id: str) -> None:
         self._call(["scancel", job_id], 60)
 
-    def _call(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    def _call(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         try:
             return self.run(argv, capture_output=True, text=True, timeout=timeout)
         except FileNotFoundError as exc:
@@ -157,7 +181,6 @@ def run_on_slurm(slurm: SlurmOptions, opts: RunOptions, echo: Echo = print,
     """Submit the selected cells as one job array, wait for it, and report: the run folder, or None
     when no cell was selected. The exit code comes from the folder, by the local run's rule
     (pinmatrix/commands/matrix.py)."""
-    from pinmatrix.run.pipeline import load_cells
 
     if opts.resume is not None:
         # A resubmission is the resume: every cell judged before is reused from the result cache.
@@ -170,7 +193,6 @@ def run_on_slurm(slurm: SlurmOptions, opts: RunOptions, echo: Echo = print,
                                snapshot=opts.snapshot,
                                sources=opts.sources)
     if opts.shard is not None:
-        from pinmatrix.run.shard import shard_of
 
         cells = shard_of(cells, *opts.shard)
     if not cells:
@@ -193,7 +215,6 @@ def _submit(slurm: SlurmOptions, opts: RunOptions, client: SlurmClient, matrix: 
             cells: list[Cell], echo: Echo) -> tuple[Path, dict[str, Any], str]:
     """The run folder with its cell list and job script, and the job array submitted:
     (folder, manifest, job id)."""
-    from pinmatrix.run.folder import new_run_dir, run_manifest
 
     if opts.run_dir is not None:
         run_dir = Path(opts.run_dir).resolve()
@@ -223,7 +244,6 @@ def _submit(slurm: SlurmOptions, opts: RunOptions, client: SlurmClient, matrix: 
 def _record_task_ends(run_dir: Path, cells: Sequence[Cell], final: dict[int, str], job: str, *,
                       runner: str) -> None:
     """An outcome for each cell whose task Slurm ended before it judged the cell."""
-    from pinmatrix.run.state import finished_cells
 
     done = finished_cells(run_dir)
     for index, cell in enumerate(cells):
@@ -243,24 +263,19 @@ def _record_task_ends(run_dir: Path, cells: Sequence[Cell], final: dict[int, str
 
 
 def _publish(run_dir: Path, opts: RunOptions, echo: Echo) -> None:
-    from pinmatrix.fsio import on_publish, published_together
-    from pinmatrix.interrupt import held
-    from pinmatrix.report.pins import write_pins  # the plan summary.md shows, as files
-    from pinmatrix.report.write import write_report
-    from pinmatrix.run.folder import point_latest
-
     with held(), published_together():  # the whole report, or the one before (interrupt.py)
         write_report(run_dir, pins_for=opts.pins_for)
         echo(write_pins(run_dir, pins_for=opts.pins_for).message)
         if run_dir.parent == Path(opts.reports_dir).resolve():
             on_publish(lambda: point_latest(opts.reports_dir, run_dir))
-    echo(load_json((run_dir / "summary.json"))["verdict"])
+    echo(load_json(run_dir / "summary.json")["verdict"])
     echo(f"report: {run_dir / 'summary.md'}")
 
 
 def wait_for_tasks(client: SlurmClient, job: str, n_tasks: int, *, poll_s: float, deadline_s: float,
-                   run_dir: Path, echo=print, sleep=time.sleep,
-                   clock=time.monotonic) -> dict[int, str]:
+                   run_dir: Path, echo: Callable[[str], object] = print,
+                   sleep: Callable[[float], object] = time.sleep,
+                   clock: Callable[[], float] = time.monotonic) -> dict[int, str]:
     """Poll until every task is in a terminal state, or cancel at the deadline. Returns {task: final
     state}. A task Slurm no longer knows (job gone from slurmctld, no accounting) counts as ended:
     VANISHED."""
@@ -319,8 +334,6 @@ def slurm_outcome(existing: Outcome | None, cell: Cell, state: str, job: str, in
 
 
 def _default_deadline(cells: Sequence[Cell], opts: RunOptions) -> float:
-    from pinmatrix.run.options import cell_timeout
-
     longest = max(cell_timeout(c, opts) for c in cells)
     return 2 * longest + 3600  # one build plus the cell, twice over, plus queueing
 
@@ -328,7 +341,6 @@ def _default_deadline(cells: Sequence[Cell], opts: RunOptions) -> float:
 def job_script(task_argv: Sequence[str], opts: RunOptions, run_dir: Path) -> str:
     """The array task's script: cd into this checkout and run one cell of the run folder, with the
     session's forwarded options (`task_argv`, SlurmOptions.task_argv)."""
-    from pinmatrix.run.options import REPO_ROOT
 
     argv = [sys.executable, "-m", "pinmatrix", "run-cell", "--run-dir", str(run_dir),
             "--index", "${SLURM_ARRAY_TASK_ID}", *task_options(task_argv, run_dir)]
@@ -349,10 +361,6 @@ def job_script(task_argv: Sequence[str], opts: RunOptions, run_dir: Path) -> str
 def run_cell_task(opts: RunOptions, index: int | None, echo: Echo = print) -> int:
     """`python -m pinmatrix run-cell --run-dir RUN --index N`: cell N of RUN/slurm/cells.txt, only
     its files."""
-    import dataclasses
-
-    from pinmatrix import interrupt
-    from pinmatrix.run.pipeline import run_matrix
 
     interrupt.IN_SLURM_TASK.set()  # a SIGTERM here is Slurm stopping the task
     assert opts.run_dir is not None  # run-cell's --run-dir is required

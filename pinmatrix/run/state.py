@@ -14,14 +14,29 @@ outcome is not kept: the machine failed, so a resume tries the cell again.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 from pinmatrix.errors import ResumeError
-from pinmatrix.fsio import (Refused, confined, load_json, plain_name, read_bytes_bounded,
-                            read_json, real_file, real_json_files, real_subdirs, utc_now,
-                            write_json_atomic)
+from pinmatrix.fsio import (
+    Refused,
+    confined,
+    load_json,
+    plain_name,
+    read_bytes_bounded,
+    read_json,
+    real_file,
+    real_json_files,
+    real_subdirs,
+    utc_now,
+    write_json_atomic,
+)
+from pinmatrix.matrix.load import MAX_MATRIX_BYTES
 
 FINISHED_STAGES = ("done",)
 FINISHED_STATUSES = ("unresolvable",)
@@ -108,10 +123,8 @@ def open_run_dir(opts: Any, make_new: Callable[[], dict[str, Any]]) -> tuple[Pat
         manifest = make_new()
         # make_new() made a fresh folder under reports/; a shared folder replaces it
         fresh = Path(opts.reports_dir) / manifest["run_id"]
-        try:
+        with contextlib.suppress(OSError):
             fresh.rmdir()
-        except OSError:
-            pass
         manifest["run_id"] = run_dir.name
         _create_once(run_dir / "run.json", manifest)
         return run_dir, read_json(run_dir / "run.json") or manifest
@@ -133,7 +146,6 @@ def lock_run_folder(run_dir: Path, opts: Any, flag: str) -> None:
     process ends. Shards and Slurm tasks of one run write disjoint cells into one shared folder, so
     they take it shared; a second whole-run writer (two `--resume` of one run) is refused while any
     other writer holds it. The kernel drops the lock when its holder dies, even by SIGKILL."""
-    import fcntl
 
     shared = getattr(opts, "shard", None) is not None or not getattr(opts, "finalize", True)
     path = Path(run_dir) / WRITER_LOCK
@@ -162,9 +174,6 @@ def release_run_folder(run_dir: Path) -> None:
 def _same_request(opts: Any, manifest: dict[str, Any], run_dir: Path, flag: str) -> None:
     """A resumed or shared run folder runs the same matrix, selection and runner settings, or it
     would mix two runs in one folder (and hand one matrix's results to another)."""
-    import hashlib
-
-    from pinmatrix.matrix.load import MAX_MATRIX_BYTES
 
     name = run_dir.name if flag == "--resume" else str(run_dir)
     try:

@@ -17,22 +17,27 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pinmatrix import interrupt
 from pinmatrix.activity import doing
 from pinmatrix.cell import Cell, Lock, install_lock, provided_by_base
+from pinmatrix.containers import cdi, gpu_lock
+from pinmatrix.containers import engine as engines
+from pinmatrix.containers.container_args import Mount, security_args
+from pinmatrix.containers.engine import Engine
+from pinmatrix.environ import compile_cache
+from pinmatrix.environ.drift import DRIFT_SIGNATURE, drift_reason, result_drift
 from pinmatrix.errors import InfraError
 from pinmatrix.probes_source import PROBES_DIR, SKIPPED_DIRS, SKIPPED_SUFFIXES, probes_digest
-from pinmatrix.containers import cdi, gpu_lock
-from pinmatrix.environ import compile_cache
-from pinmatrix.containers import engine as engines
 from pinmatrix.runners.base import (
     RESULT_NAME,
     RUN_LOG_NAME,
@@ -43,9 +48,6 @@ from pinmatrix.runners.base import (
     RunOutcome,
     tail,
 )
-from pinmatrix.containers.container_args import Mount, security_args
-from pinmatrix.environ.drift import DRIFT_SIGNATURE, drift_reason, result_drift
-from pinmatrix.containers.engine import Engine
 
 if TYPE_CHECKING:  # pinmatrix.sources is written alongside; only its attributes are used here
     from pinmatrix.sources import PackageSources
@@ -187,7 +189,7 @@ def context_slot(root: Path) -> Iterator[Path]:
     root.mkdir(parents=True, exist_ok=True)
     for index in range(64):
         lock_path = root / f"slot-{index}.lock"
-        fh = open(lock_path, "a+")
+        fh = open(lock_path, "a+")  # noqa: SIM115 - held open: the lock lives as long as the slot
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -295,7 +297,7 @@ class DockerRunner:
 
     name = "docker"
 
-    def __init__(self, engine: Engine, sources: "PackageSources | None", reports_dir: Path, *,
+    def __init__(self, engine: Engine, sources: PackageSources | None, reports_dir: Path, *,
                  cpu_only: bool = False, base_image: str = DEFAULT_BASE_IMAGE,
                  memory: str | None = None,
                  dockerfile: Path = DOCKERFILE, probes_dir: Path = PROBES_DIR,
@@ -593,8 +595,6 @@ class DockerRunner:
                 raise InfraError(reason, signature=signature, log_tail=log)
 
     def _do_pull(self) -> tuple[str, ...]:
-        import sys
-
         echo = self.echo or (lambda line: print(line, file=sys.stderr, flush=True))
         log_path = (self.reports_dir / "logs"
                     / f"pull-{re.sub(r'[^A-Za-z0-9._-]', '_', self.base_image)}.log")

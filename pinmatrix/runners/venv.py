@@ -24,23 +24,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pinmatrix import interrupt
 from pinmatrix.activity import doing
-from pinmatrix.cell import Cell, Lock
+from pinmatrix.cell import Cell, Lock, parse_lock
+from pinmatrix.containers import gpu_lock
+from pinmatrix.containers.engine import Engine
+from pinmatrix.environ import compile_cache
+from pinmatrix.environ.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
 from pinmatrix.environ.interpreters import (
     missing_python_message,
     python_for,
     uv_could_not_get_python,
 )
+from pinmatrix.environ.site_rules import normalise, sites_for
 from pinmatrix.errors import InfraError
 from pinmatrix.fsio import read_json, write_text_atomic
-from pinmatrix.containers import gpu_lock
-from pinmatrix.environ import compile_cache
-from pinmatrix.containers.engine import Engine
 from pinmatrix.runners.base import (
     RESULT_NAME,
     RUN_LOG_NAME,
@@ -50,8 +53,7 @@ from pinmatrix.runners.base import (
     RunOutcome,
     tail,
 )
-from pinmatrix.environ.drift import DRIFT_SIGNATURE, drift_reason, lock_drift
-from pinmatrix.environ.site_rules import normalise, sites_for
+from probes.environment import STACK
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_MARKER = ".pinmatrix-ready.json"
@@ -341,9 +343,9 @@ class VenvRunner:
         except subprocess.TimeoutExpired as exc:
             raise InfraError(
                 f"{cmd[0]} timed out after {timeout:.0f}s", "timeout", str(exc.stderr or "")
-            )
+            ) from exc
         except OSError as exc:
-            raise InfraError(f"could not start {cmd[0]}: {exc}", signature)
+            raise InfraError(f"could not start {cmd[0]}: {exc}", signature) from exc
         log.append(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise InfraError(
@@ -468,7 +470,6 @@ class VenvRunner:
         marker = pycache / ".pinmatrix-bytecode.json"
         if marker.is_file():
             return {"compiled": "earlier", "marker": str(marker)}
-        from probes.environment import STACK
 
         modules = [module for package, module in STACK.items()
                    if cell.pins.get(package, "none") != "none" and not package.startswith("unsloth")
@@ -538,7 +539,6 @@ class VenvRunner:
             pins = data["cell"]["pins"]
         except (OSError, ValueError, KeyError, TypeError):
             return []  # a damaged result is judged by the results module, not here
-        from pinmatrix.cell import parse_lock
 
         locked = (
             parse_lock((lock_dir / "requirements.lock").read_text()) if lock_dir.is_dir() else {}
@@ -608,7 +608,7 @@ def end_orphan_probe(out_dir: Path, grace_s: float = 10.0) -> str | None:
     return done
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen[Any]) -> None:
     # The probe may have started workers (dataloaders, compilers): end the whole session it leads.
     try:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -13,14 +13,28 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+import yaml
 
 from pinmatrix.errors import UsageError
-from pinmatrix.which.match import (FAILS, NOT_JUDGED, WORKS, PurposeAnswer, Record, answer,
-                                   default_purposes, exit_code, match)
+from pinmatrix.fsio import MAX_JSON_BYTES, Refused, read_bytes_bounded, read_json, write_text_atomic
+from pinmatrix.report import compat
 from pinmatrix.which.config import DEFAULT_REPORT, WhichConfig
-from pinmatrix.which.stack import Stack, read_here, read_stack, set_python
+from pinmatrix.which.match import (
+    FAILS,
+    NOT_JUDGED,
+    WORKS,
+    PurposeAnswer,
+    Record,
+    answer,
+    default_purposes,
+    exit_code,
+    match,
+)
+from pinmatrix.which.stack import Stack, StackError, read_here, read_stack, read_text, set_python
 
 EXIT_WORKS, EXIT_FAILS, EXIT_NOT_JUDGED = 0, 1, 4
 
@@ -59,9 +73,6 @@ def load_stack(config: WhichConfig) -> Stack:
 def load_records(reports: Sequence[Path], datasets: Sequence[Path]
                  ) -> tuple[list[Record], list[str]]:
     """The judged cells of every --report folder and --dataset file (default reports/latest)."""
-    from pinmatrix.fsio import MAX_JSON_BYTES, Refused, read_bytes_bounded
-    from pinmatrix.report import compat
-    from pinmatrix.which.stack import StackError
 
     documents: list[tuple[str, dict[str, Any]]] = []
     if not reports and not datasets:
@@ -73,7 +84,6 @@ def load_records(reports: Sequence[Path], datasets: Sequence[Path]
         if not (folder / "summary.json").is_file():
             raise UsageError(f"--report {folder}: no compat.json or summary.json there (a run "
                              "folder of `python -m pinmatrix matrix`)")
-        from pinmatrix.fsio import read_json
 
         summary = read_json(folder / "summary.json")
         if not isinstance(summary, dict):
@@ -98,14 +108,12 @@ def load_records(reports: Sequence[Path], datasets: Sequence[Path]
             raise StackError(path, None, f"not a compat.json ({exc})") from None
     records = [Record(cell, str(r["run_id"]), dict(r["host"]), source)
                for source, doc in documents
-               for cell, r in zip(compat.cells_of(doc), doc["records"])]
+               for cell, r in zip(compat.cells_of(doc), doc["records"], strict=False)]
     return records, [f"{s} (run {d['run_id']}, {len(d['records'])} judged cells)"
                      for s, d in documents]
 
 
 def write_constraints(folder: Path, answers: Sequence[PurposeAnswer]) -> list[Path]:
-    from pinmatrix.fsio import write_text_atomic
-
     folder.mkdir(parents=True, exist_ok=True)
     return [write_text_atomic(folder / a.purpose.file_name, a.change.constraints(a.purpose))
             for a in answers if a.change is not None]
@@ -116,10 +124,6 @@ def write_constraints(folder: Path, answers: Sequence[PurposeAnswer]) -> list[Pa
 def judge_matrix(stack: Stack, matrix_path: Path) -> dict[str, Any]:
     """The matrix file's document with every axis set to the stack's one value (a package it
     does not have: `none`). A range or an unknown version cannot be a cell: UsageError."""
-    import yaml
-
-    from pinmatrix.which.stack import StackError, read_text
-
     try:
         document = yaml.safe_load(read_text(matrix_path))
     except yaml.YAMLError as exc:
@@ -154,8 +158,6 @@ def judge_matrix(stack: Stack, matrix_path: Path) -> dict[str, Any]:
 
 def judge_stack(stack: Stack, config: WhichConfig) -> Path:
     """Run the one-cell matrix through `python -m pinmatrix matrix`; the new run folder."""
-    import yaml
-
     reports = Path(config.judge_reports)
     with tempfile.TemporaryDirectory(prefix="pinmatrix-judge-") as tmp:
         matrix = Path(tmp) / "matrix.yaml"

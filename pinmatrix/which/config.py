@@ -1,5 +1,7 @@
-"""The `which` command's options, each declared on the typed field it fills (the command's
-module, pinmatrix/commands/which.py, parses them; pinmatrix/which/cli.py does the work)."""
+"""`which`'s options, one typed field each (the parser, usage text and checks are derived from
+them by pinmatrix/run/options.py). It sits in which/ so that which/cli.py can name it and
+pinmatrix/commands/which.py can register it without the two packages importing each other.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,3 +57,4 @@ class WhichConfig:
         "--judge-arg", "--judge: one more argument for `matrix` (e.g. --judge-arg=--cpu "
         "--judge-arg=--runner=venv)", commands=_ME, action="append", metavar="ARG",
         to_field=lambda v: tuple(v or ())), default=())
+

@@ -19,18 +19,28 @@ purpose the faster, then the newest as pins' "newest"), with a
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from probes import registry
 
 from pinmatrix.cell import NONE, version_key
-from pinmatrix.report.pins import (FASTEST, UNSLOTH_PURPOSES, Cell, Purpose, Verdict, judge,
-                                   purposes_for, torch_index_hint)
+from pinmatrix.errors import UsageError
+from pinmatrix.report.pins import (
+    FASTEST,
+    UNSLOTH_PURPOSES,
+    Cell,
+    Purpose,
+    Verdict,
+    judge,
+    purposes_for,
+    torch_index_hint,
+)
 from pinmatrix.results import describe_signature
 from pinmatrix.which.stack import Stack
+from probes import registry
 
 WORKS, FAILS, NOT_JUDGED = "works", "fails", "not judged"
 NOT_COMPARED = ("base_image",)
@@ -322,7 +332,6 @@ def smallest_change(stack: Stack, records: Sequence[Record], purpose: Purpose,
 def default_purposes(stack: Stack, cells: Sequence[Cell], wanted: str | None) -> list[Purpose]:
     """Every purpose of the pins page, or the one asked for (UsageError lists the keys).
     Unsloth's purposes only when the stack names unsloth."""
-    from pinmatrix.errors import UsageError
 
     every = purposes_for(cells)
     known = {p.key: p for p in (*every, *UNSLOTH_PURPOSES)}

@@ -19,6 +19,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,11 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from pinmatrix.errors import BadInput
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same reader, from PyPI (pyproject's tomli marker)
+    import tomli as tomllib
 
 # the largest stack file read: a freeze of a big environment is ~50 KiB; 8 MiB is far beyond any
 # real one, and keeps a wrong file (a wheel, a log) from being read into memory
@@ -161,13 +167,8 @@ def read_stack(path: Path) -> Stack:
 
 
 def _toml(path: Path, text: str) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # Python 3.10: the same reader, from PyPI (pyproject's tomli marker)
-        import tomli as tomllib
-
     try:
-        return tomllib.loads(text)
+        return dict(tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:
         found = _TOML_LINE.search(str(exc))
         raise StackError(path, int(found.group(1)) if found else None,
@@ -249,7 +250,7 @@ def _pylock(path: Path, data: dict[str, Any]) -> Stack:
 
 
 def _requirements(path: Path, text: str, depth: int = 0, seen: set[Path] | None = None) -> Stack:
-    from pip_requirements_parser import RequirementsFile
+    from pip_requirements_parser import RequirementsFile  # noqa: PLC0415 - ~170 ms to import: only `which` on a requirements file needs it
 
     seen = (seen or set()) | {path.resolve()}
     # from_file on a copy of the text already read (size-capped, decoded): its from_string
@@ -323,7 +324,6 @@ def _merge(stack: Stack, want: Want, path: Path) -> None:
 def read_here() -> Stack:
     """The running interpreter: every installed distribution, the python version, and torch's
     CUDA when torch imports."""
-    from importlib import metadata
 
     packages: dict[str, Want] = {}
     for dist in metadata.distributions():
@@ -338,7 +338,7 @@ def read_here() -> Stack:
                   python_exact=python)
     if "torch" in packages:
         try:
-            import torch  # type: ignore[import-not-found]
+            import torch  # type: ignore[import-not-found]  # noqa: PLC0415 - heavy, optional: only --here, when torch is installed
 
             stack.cuda = getattr(torch.version, "cuda", None)
             if stack.cuda and torch.cuda.is_available():

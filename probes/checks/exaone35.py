@@ -26,8 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from probes.checks.model_load import (
-    compare_to_checkpoint, dtype_kwargs, fixed_input_ids, judge_loading, load_pretrained, logits_evidence,
-    remote_code_files, run_dtype,
+    compare_to_checkpoint,
+    dtype_kwargs,
+    fixed_input_ids,
+    judge_loading,
+    load_pretrained,
+    logits_evidence,
+    remote_code_files,
+    run_dtype,
 )
 from probes.framework import Failed
 from probes.models import ModelHandle, llamafied_folder, resolve_model

@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from probes.checks.model_load import (
-    compare_to_checkpoint, dtype_kwargs, fixed_input_ids, judge_loading, load_pretrained, logits_evidence,
+    compare_to_checkpoint,
+    dtype_kwargs,
+    fixed_input_ids,
+    judge_loading,
+    load_pretrained,
+    logits_evidence,
     run_dtype,
 )
 from probes.context import Skip

@@ -450,7 +450,7 @@ def _toy_class(attributes: Mapping[str, Any], prefix: str, buffers: list[dict[st
     from torch import nn
     from transformers import PreTrainedModel
 
-    base_config = getattr(transformers, "PretrainedConfig", None) or getattr(transformers, "PreTrainedConfig")
+    base_config = getattr(transformers, "PretrainedConfig", None) or transformers.PreTrainedConfig
 
     class ToyConfig(base_config):  # type: ignore[misc, valid-type]
         model_type = "pinmatrix-surface-toy"

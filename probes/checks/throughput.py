@@ -23,8 +23,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from probes.checks.lora_train import (EXAONE35_LORA_TARGETS, LLAMA_LORA_TARGETS, LORA_ALPHA, LORA_RANK,
-                                      _free_memory, _is_oom, fixed_batch, lora_config, torch_dtype_kwargs)
+from probes.checks.lora_train import (
+    EXAONE35_LORA_TARGETS,
+    LLAMA_LORA_TARGETS,
+    LORA_ALPHA,
+    LORA_RANK,
+    _free_memory,
+    _is_oom,
+    fixed_batch,
+    lora_config,
+    torch_dtype_kwargs,
+)
 from probes.framework import Failed, Infra, Skip
 from probes.registry import speed_baselines
 

@@ -30,10 +30,27 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from probes.checks.lora_train import (EXAONE35_LORA_TARGETS, LLAMA_LORA_TARGETS, LORA_ALPHA, LORA_RANK, LoraRun,
-                                      TrainRecord, _base_snapshot, _compare_base, _free_memory, _handle_revision,
-                                      _is_oom, adapter_inventory, device_dtype, judge_lora_training,
-                                      load_causal_lm, lora_config, lora_parameters, model_summary, resolve_exaone35)
+from probes.checks.lora_train import (
+    EXAONE35_LORA_TARGETS,
+    LLAMA_LORA_TARGETS,
+    LORA_ALPHA,
+    LORA_RANK,
+    LoraRun,
+    TrainRecord,
+    _base_snapshot,
+    _compare_base,
+    _free_memory,
+    _handle_revision,
+    _is_oom,
+    adapter_inventory,
+    device_dtype,
+    judge_lora_training,
+    load_causal_lm,
+    lora_config,
+    lora_parameters,
+    model_summary,
+    resolve_exaone35,
+)
 from probes.framework import Failed, Infra, Skip
 
 __all__ = ["checks", "CHAT_CONVERSATIONS", "EXAONE4_LORA_TARGETS", "TrainerRecorder", "chat_dataset",

@@ -29,9 +29,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from probes.checks.lora_train import (EXAONE35_LORA_TARGETS, LLAMA_LORA_TARGETS, LORA_ALPHA, LORA_RANK, LoraRun,
-                                      _free_memory, _is_oom, fixed_batch, load_causal_lm, model_summary,
-                                      train_and_judge)
+from probes.checks.lora_train import (
+    EXAONE35_LORA_TARGETS,
+    LLAMA_LORA_TARGETS,
+    LORA_ALPHA,
+    LORA_RANK,
+    LoraRun,
+    _free_memory,
+    _is_oom,
+    fixed_batch,
+    load_causal_lm,
+    model_summary,
+    train_and_judge,
+)
 from probes.framework import Failed, Infra, Skip
 
 __all__ = ["checks", "require_unsloth", "load_with_unsloth", "describe_route", "logits_parity",
@@ -63,7 +73,7 @@ class _Tee(io.TextIOBase):
 
     def write(self, text: str) -> int:  # type: ignore[override]
         self.buffer_text.write(text)
-        try:
+        try:  # noqa: SIM105
             self.real.write(text)
         except Exception:   # noqa: BLE001 - a closed real stream must not break the load
             pass
@@ -105,7 +115,7 @@ def _spy_on_loaders(calls: list[str]) -> Iterator[None]:
                 calls.append(__name)
                 return __fn(*args, **kwargs)
 
-            setattr(cls, "from_pretrained", staticmethod(wrapper))
+            cls.from_pretrained = staticmethod(wrapper)
             restore.append((cls, original))
     except Exception as exc:   # noqa: BLE001
         calls.append(f"<spy unavailable: {type(exc).__name__}: {exc}>")
@@ -113,7 +123,7 @@ def _spy_on_loaders(calls: list[str]) -> Iterator[None]:
         yield
     finally:
         for cls, original in restore:
-            setattr(cls, "from_pretrained", original)
+            cls.from_pretrained = original
 
 
 @contextlib.contextmanager
@@ -320,6 +330,7 @@ def logits_parity(candidate: Any, reference: Any, rel_tol: float = PARITY_REL_TO
 
 def check_llamafied(ctx: Any) -> dict[str, Any]:
     import torch
+
     from probes.models import resolve_model
 
     require_unsloth(ctx)
@@ -373,6 +384,7 @@ def check_lora_train_unsloth(ctx: Any) -> dict[str, Any]:
     """The lora-train bar through FastLanguageModel.get_peft_model: the remote-code model where unsloth
     loads it, otherwise the llamafied copy (the route is recorded)."""
     import torch
+
     from probes.models import resolve_model
 
     shared = ctx.cache.pop(SHARED_EXAONE35, None)   # first, so no path below leaves it holding GPU memory

@@ -19,9 +19,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from probes.checks.lora_train import (EXAONE35_LORA_TARGETS, LLAMA_LORA_TARGETS, LORA_ALPHA, LORA_RANK, LoraRun,
-                                      _free_memory, _is_oom, fixed_batch, model_summary, run_lora_steps,
-                                      train_and_judge)
+from probes.checks.lora_train import (
+    EXAONE35_LORA_TARGETS,
+    LLAMA_LORA_TARGETS,
+    LORA_ALPHA,
+    LORA_RANK,
+    LoraRun,
+    _free_memory,
+    _is_oom,
+    fixed_batch,
+    model_summary,
+    run_lora_steps,
+    train_and_judge,
+)
 from probes.framework import Failed, Infra, Skip
 
 __all__ = ["checks_for", "REMOTE_CODE_ROUTES", "peft_forward", "check_trl_sft_unsloth", "check_trl_sft_unsloth_llamafied", "check_qlora_unsloth",

@@ -16,12 +16,21 @@ tests): `python fault_cells.py PROBES_ROOT RUNNER_SETTINGS_JSON -- <pinmatrix CL
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import pinmatrix.run.pipeline as pipeline
+from pinmatrix.cell import Lock
+from pinmatrix.cli.main import main
+from pinmatrix.runners import registry
+from pinmatrix.runners.docker import DockerRunner
+from pinmatrix.runners.venv import VenvRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -157,8 +166,6 @@ def write_model_hub(hub: Path, repo: str = "LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct
 
 
 def stand_in_resolve(cell: Any, sources: Any, lock_dir: Path) -> Any:
-    from pinmatrix.cell import Lock
-
     stamp = "# pinmatrix fault tests: the stand-in probe needs no package\n"
     # Real locks of different cells differ; so do these (the result cache keys on the lock's
     # content).
@@ -176,7 +183,6 @@ def stand_in_resolve(cell: Any, sources: Any, lock_dir: Path) -> Any:
 def install(probes_root: Path, settings: dict[str, Any], patch: Any = None) -> None:
     """Point the pipeline at the stand-ins. `patch(obj, name, value)`: pytest's monkeypatch.setattr,
     or setattr."""
-    import pinmatrix.run.pipeline as pipeline
 
     setter = patch or setattr
     # The pipeline asks choose_resolver for the per-cell resolver (uv's, resolved up front in
@@ -185,10 +191,6 @@ def install(probes_root: Path, settings: dict[str, Any], patch: Any = None) -> N
     setter(pipeline, "choose_resolver", lambda opts, resolve: stand_in_resolve)
 
     def docker_runner(opts: Any, run_dir: Path, engine: Any, base_image: str | None) -> Any:
-        from types import SimpleNamespace
-
-        from pinmatrix.runners.docker import DockerRunner
-
         wheels = os.environ.get("PIP_FIND_LINKS", "/opt/wheels").split()[0]
         ca = os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
         sources = SimpleNamespace(index_url=None, extra_index_urls=(), find_links=(wheels,),
@@ -206,8 +208,6 @@ def install(probes_root: Path, settings: dict[str, Any], patch: Any = None) -> N
         )
 
     def venv_runner(opts: Any, run_dir: Path, engine: Any, base_image: str | None) -> Any:
-        from pinmatrix.runners.venv import VenvRunner
-
         return VenvRunner(venv_root=Path(settings["venv_root"]), no_install=True,
                           probes_root=Path(probes_root),
                           base_python=settings.get("base_python") or sys.executable)
@@ -219,9 +219,6 @@ def install(probes_root: Path, settings: dict[str, Any], patch: Any = None) -> N
 def use_runner(name: str, factory: Any, patch: Any = None) -> None:
     """Make the registry's `name` kind build its runners with `factory(settings, run_dir, engine,
     base_image)` (pinmatrix/runners/base.py RunnerFactory); `patch` as in `install`."""
-    import dataclasses
-
-    from pinmatrix.runners import registry
 
     kinds = {**registry.RUNNERS, name: dataclasses.replace(registry.get(name), create=factory)}
     (patch or setattr)(registry, "RUNNERS", kinds)
@@ -231,7 +228,6 @@ def child_main(argv: list[str]) -> int:
     probes_root, settings_json, sep, *cli = argv
     assert sep == "--", argv
     install(Path(probes_root), json.loads(settings_json))
-    from pinmatrix.cli.main import main
 
     return main(cli)
 

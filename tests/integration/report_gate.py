@@ -13,6 +13,7 @@ signal before any Python handler runs), so the gate never decides what the signa
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -20,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from pinmatrix.cli.main import main as pinmatrix_main
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -42,10 +45,8 @@ def install(file_name: str, signals: int, marker: Path) -> None:
             marker.write_text(str(os.getpid()))
             seen, deadline = 0, time.monotonic() + 600
             while seen < signals and time.monotonic() < deadline:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     seen += len(os.read(read_end, 64))
-                except BlockingIOError:
-                    pass
                 time.sleep(0.05)  # the Python-level handler of a signal runs here
             time.sleep(0.2)
         return real_mkstemp(*args, **kwargs)
@@ -57,7 +58,6 @@ def main(argv: list[str]) -> int:
     file_name, signals, marker, sep, *cli = argv
     assert sep == "--", argv
     install(file_name, int(signals), Path(marker))
-    from pinmatrix.cli.main import main as pinmatrix_main
 
     return pinmatrix_main(cli)
 

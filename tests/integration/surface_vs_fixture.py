@@ -14,6 +14,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from probes.context import Context
+from probes.models import ModelHandle
+from probes.signatures import classify
+
 warnings.filterwarnings("ignore")
 
 FIXTURE_FILES = ("modeling_exaone.py", "configuration_exaone.py")
@@ -58,10 +62,7 @@ def execute_fixture(revision: str, work: Path, patched: bool) -> dict[str, Any]:
     import torch
 
     from probes.checks.exaone35 import load_remote_code_model
-    from probes.context import Context
     from probes.fixtures.checkpoints import write_exaone35
-    from probes.models import ModelHandle
-    from probes.signatures import classify
 
     # one folder name per run: transformers names the dynamic module after the folder, and a second
     # load under the same name may reuse the first one's module (some 5.x releases do)

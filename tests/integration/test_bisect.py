@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -54,7 +54,7 @@ def bisect(
     )
 
 
-def test_first_bad_release_of_the_remote_code_break(tmp_path, venvs_once):
+def test_first_bad_release_of_the_remote_code_break(tmp_path: Path, venvs_once) -> None:
     proc = bisect(tmp_path, venvs_once, "transformers", "4.57.6..5.1.0", "--check",
                   "exaone3.5.remote-code")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -82,7 +82,7 @@ def test_first_bad_release_of_the_remote_code_break(tmp_path, venvs_once):
     assert json.loads((newest / "bisect.json").read_text())["probes_run"] == 0
 
 
-def test_ends_not_as_claimed_are_bad_input(tmp_path, venvs_once):
+def test_ends_not_as_claimed_are_bad_input(tmp_path: Path, venvs_once) -> None:
     proc = bisect(tmp_path, venvs_once, "transformers", "5.0.0..5.1.0", "--check",
                   "exaone3.5.remote-code")
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -97,7 +97,7 @@ def readme_bisect_lines() -> list[list[str]]:
     return [shlex.split(line[len(prefix):], comments=True) for line in sorted(found)]
 
 
-def test_every_readme_bisect_line_plans_on_the_default_matrix():
+def test_every_readme_bisect_line_plans_on_the_default_matrix() -> None:
     """As written, on matrix.yaml (nox -s bisect passes --matrix matrix.yaml): the release list from
     the real index, the held stacks, the companions at each end, every step matrix loaded back.
     The probing of these lines needs the GPU host's stack; one full run is below."""
@@ -117,7 +117,7 @@ def test_every_readme_bisect_line_plans_on_the_default_matrix():
             assert "flash-attn-4=" in proc.stdout
 
 
-def test_first_good_release_of_native_exaone4(tmp_path, venvs_once):
+def test_first_good_release_of_native_exaone4(tmp_path: Path, venvs_once) -> None:
     """Since when does transformers load EXAONE 4 natively? Before 4.54 the check is skipped as
     absent: that is the bad end, not infra."""
     proc = bisect(tmp_path, venvs_once, "transformers", "4.53.3..4.54.1", "--first-good",

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cpu_stack import has_stack
 
 pytestmark = pytest.mark.integration
@@ -50,7 +49,7 @@ def pinmatrix(*args: str, cwd: Path = ROOT, timeout: int = 1500) -> subprocess.C
 
 
 def test_a_bundle_runs_its_cell_offline_on_the_host_it_was_made_for(tmp_path: Path) -> None:
-    python = "%d.%d" % sys.version_info[:2]
+    python = "{}.{}".format(*sys.version_info[:2])
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(MATRIX.format(python=python))
     freeze = subprocess.run([sys.executable, "-m", "pip", "list", "--format", "freeze"],

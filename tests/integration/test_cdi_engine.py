@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.containers import cdi
+from pinmatrix.containers.engine import Engine
 from pinmatrix.runners.base import Prepared
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE, DockerRunner
-from pinmatrix.containers.engine import Engine
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from console import raw_python_values, run_timed
 
 pytestmark = pytest.mark.integration

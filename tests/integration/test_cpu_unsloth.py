@@ -52,7 +52,7 @@ if PY312 is None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("cpu-unsloth")
     proc = subprocess.run(
         [sys.executable, "-m", "pinmatrix", "matrix", "--matrix", str(MATRIX), "--runner", "venv",
@@ -69,7 +69,7 @@ def run(tmp_path_factory):
     return run_dir, summary, summary["cells"][0]
 
 
-def test_the_unsloth_cell_is_not_works_and_says_unsloth_not_judged(run):
+def test_the_unsloth_cell_is_not_works_and_says_unsloth_not_judged(run) -> None:
     _, summary, cell = run
     assert cell["verdict"] != "works" and "unsloth" in cell["verdict"]
     unsloth = next(item for item in cell["not_judged"] if item["what"] == "unsloth")
@@ -85,7 +85,7 @@ def test_the_unsloth_cell_is_not_works_and_says_unsloth_not_judged(run):
     assert "works" not in slot
 
 
-def test_a_cpu_run_still_judges_what_it_can(run):
+def test_a_cpu_run_still_judges_what_it_can(run) -> None:
     _, _, cell = run
     checks = cell["checks"]
     assert checks["imports"]["status"] == "pass"
@@ -93,7 +93,7 @@ def test_a_cpu_run_still_judges_what_it_can(run):
     assert checks["lora-train.hf-peft-llamafied"]["status"] == "pass"
 
 
-def test_triton_without_a_driver_is_skip_needs_a_gpu(run):
+def test_triton_without_a_driver_is_skip_needs_a_gpu(run) -> None:
     run_dir, _, cell = run
     data = json.loads((run_dir / cell["result"]).read_text())
     for name in ("train.trl-sft", "train.trl-sft-llamafied"):
@@ -106,7 +106,7 @@ def test_triton_without_a_driver_is_skip_needs_a_gpu(run):
     assert cell["checks"]["train.hf-trainer-llamafied"]["status"] == "pass"
 
 
-def test_every_format_says_unsloth_not_judged(run):
+def test_every_format_says_unsloth_not_judged(run) -> None:
     run_dir, summary, cell = run
     assert "unsloth" in summary["verdict"] and "not judged" in summary["verdict"]
     md = (run_dir / "summary.md").read_text()
@@ -118,7 +118,7 @@ def test_every_format_says_unsloth_not_judged(run):
     assert case.find("skipped").get("message").startswith("unsloth not judged: needs a GPU")
 
 
-def test_pins_never_pick_it_for_an_unsloth_purpose(run):
+def test_pins_never_pick_it_for_an_unsloth_purpose(run) -> None:
     run_dir, summary, cell = run
     pins = {p["purpose"]: p for p in summary["pins"]}
     for key in ("unsloth-exaone3.5-remote-code", "unsloth-exaone3.5-llamafied",

@@ -13,18 +13,21 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from cpu_stack import download_wheels
 
-from pinmatrix.environ import compile_cache
+from pinmatrix import interrupt
 from pinmatrix.cell import Cell, Lock
 from pinmatrix.containers.engine import Engine
+from pinmatrix.environ import compile_cache
 from pinmatrix.errors import InfraError
 from pinmatrix.runners.base import Prepared, RunOutcome
 from pinmatrix.runners.docker import DOCKERFILE, PROBES_DIR, DockerRunner
@@ -437,9 +440,6 @@ def test_interrupt_kills_the_running_container(engine: Engine, fake: dict[str, A
                                                workdir: Path) -> None:
     """Ctrl-C or SIGTERM to the harness alone (pinmatrix.interrupt) stops a running probe
     container at once and says so, instead of waiting for the cell timeout."""
-    import threading
-
-    from pinmatrix import interrupt
 
     timer = threading.Timer(5, interrupt.INTERRUPTED.set)
     started = time.monotonic()

@@ -32,19 +32,26 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from pinmatrix.errors import EXIT_INFRA
 from pinmatrix.containers.engine import Engine
+from pinmatrix.errors import EXIT_INFRA
+from pinmatrix.results import CellResult, Damaged, load_result
 from pinmatrix.run.options import RunOptions
 from pinmatrix.run.pipeline import run_matrix
-from pinmatrix.results import CellResult, Damaged, load_result
 
 sys.path.insert(0, str(Path(__file__).parent))
+import contextlib
+
 import fault_cells as fc  # noqa: E402
+
+import pinmatrix.run.pipeline as pipeline
+from pinmatrix.runners import registry
+from pinmatrix.runners.venv import VenvRunner
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -264,8 +271,6 @@ def test_per_check_timeout_from_the_cli_stops_a_real_check(tmp_path: Path,
         pytest.skip("this interpreter holds no CPU stack (torch, transformers, peft): run through "
                     "`nox -s tests`")
     sites = [site]
-    import pinmatrix.run.pipeline as pipeline
-    from pinmatrix.runners.venv import VenvRunner
 
     monkeypatch.setattr(pipeline, "choose_resolver", lambda opts, resolve: fc.stand_in_resolve)
     fc.use_runner("venv", lambda *_: VenvRunner(
@@ -312,8 +317,6 @@ def test_a_probe_stopped_at_the_cell_limit_leaves_what_had_finished(
     (hanging / "xformers-0.0.35.dist-info" / "METADATA").write_text(
         "Metadata-Version: 2.1\nName: xformers\nVersion: 0.0.35\n")
     (hanging / "xformers-0.0.35.dist-info" / "RECORD").write_text("")
-    import pinmatrix.run.pipeline as pipeline
-    from pinmatrix.runners.venv import VenvRunner
 
     monkeypatch.setattr(pipeline, "choose_resolver", lambda opts, resolve: fc.stand_in_resolve)
     fc.use_runner("venv", lambda *_: VenvRunner(
@@ -371,7 +374,6 @@ def test_full_reports_disk_stops_cleanly_and_keeps_what_finished(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fc.install(probes_root, venv_settings, monkeypatch.setattr)
-    from pinmatrix.runners import registry
 
     made = registry.get("venv").create
     fills: list[Path] = []
@@ -477,10 +479,8 @@ def test_harness_sigkilled_mid_run_resumes(probes_root: Path, venv_settings: dic
         if child.poll() is None:
             child.kill()
         for path in pid_file:  # the probe outlives its harness (own session); end it by its pid
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 os.kill(int(path.read_text()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
     _count("harness-sigkill")
     assert child.returncode == -signal.SIGKILL
     # whatever had finished (1 or 2 cells, in scheduler order) is whole
@@ -516,7 +516,7 @@ class SocketProxy:
         self.conns: list[socket.socket] = []
         self.server: socket.socket | None = None
 
-    def start(self) -> "SocketProxy":
+    def start(self) -> SocketProxy:
         self.path.unlink(missing_ok=True)
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(self.path))
@@ -550,10 +550,8 @@ class SocketProxy:
             # shutdown() first: close() alone does not wake a thread blocked in accept(), which
             # would
             # go on accepting; then no socket file at all, as when a daemon's socket is gone.
-            try:
+            with contextlib.suppress(OSError):
                 self.server.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self.server.close()
             self.server = None
             self.path.unlink(missing_ok=True)

@@ -21,17 +21,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import pytest
 
 from pinmatrix.cell import Cell, Lock, provided_by_base
-from pinmatrix.resolve.uv import resolve
 from pinmatrix.containers import host_base
-from pinmatrix.runners.docker import DockerRunner
 from pinmatrix.containers.engine import Engine
+from pinmatrix.resolve.uv import resolve
+from pinmatrix.runners.docker import DockerRunner
 
 pytestmark = pytest.mark.integration
 

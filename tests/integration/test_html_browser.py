@@ -19,9 +19,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the real-result helpers
 
-from pinmatrix.report.write import write_report  # noqa: E402
 from real_results import cache_root  # noqa: E402
 from report_runs import CELL_ID, standard_run  # noqa: E402
+
+from pinmatrix.report.write import write_report  # noqa: E402
+from pinmatrix.status import CELL_GLYPH, CHECK_GLYPH
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +37,7 @@ XF_ID = "py3.11-torch2.13.0+cpu-tf5.17.0-xformers0.0.35"
 
 
 @pytest.fixture(scope="module")
-def page(request, tmp_path_factory) -> Path:
+def page(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = standard_run(tmp_path_factory.mktemp("html"), cache_root(request, tmp_path_factory))
     write_report(run)
     return run / "summary.html"
@@ -67,21 +69,21 @@ def detail_open(html: str, cell_id: str) -> bool:
     return "hidden" not in m.group(1)
 
 
-def test_all_rows_render_and_script_runs(page):
+def test_all_rows_render_and_script_runs(page) -> None:
     html = dom(page)
     assert len(rows(html)) == 5 and all(visible for _, visible in rows(html))
     assert 'id="shown">5 of 5 cells shown' in html
     assert not any(detail_open(html, cid) for cid, _ in rows(html))
 
 
-def test_status_filter_from_the_url(page):
+def test_status_filter_from_the_url(page) -> None:
     html = dom(page, "?status=broken")
     visible = {cid for cid, v in rows(html) if v}
     assert visible == {XF_ID, "py3.11-torch2.13.0+cpu-tf4.57.6-trl0.99.0"}
     assert 'id="shown">2 of 5 cells shown' in html
 
 
-def test_text_filter_matches_pins_and_signatures(page):
+def test_text_filter_matches_pins_and_signatures(page) -> None:
     html = dom(page, "?q=" + quote("xformers-extensions-not-loaded"))
     assert {cid for cid, v in rows(html) if v} == {XF_ID}
     html = dom(page, "?q=" + quote("transformers=4.57.6"))
@@ -89,7 +91,7 @@ def test_text_filter_matches_pins_and_signatures(page):
                                                    "py3.11-torch2.13.0+cpu-tf4.57.6-unsloth2026.1.1"}
 
 
-def test_sort_by_status_descending(page):
+def test_sort_by_status_descending(page) -> None:
     html = dom(page, "?sort=status&dir=desc")
     order = [cid for cid, _ in rows(html)]
     # infra sorts last ascending
@@ -98,7 +100,7 @@ def test_sort_by_status_descending(page):
     assert 'aria-sort="descending"' in html
 
 
-def test_open_expands_a_cell_with_its_checks_and_fix(page):
+def test_open_expands_a_cell_with_its_checks_and_fix(page) -> None:
     html = dom(page, "?open=" + quote(XF_ID))
     assert detail_open(html, XF_ID) and not detail_open(html, CELL_ID)
     detail = html.split(f'data-for="{XF_ID}"', 1)[1].split('<tr class="cell"', 1)[0]
@@ -109,7 +111,7 @@ def test_open_expands_a_cell_with_its_checks_and_fix(page):
     )
 
 
-def test_chart_is_an_embedded_image_or_says_why_not(page):
+def test_chart_is_an_embedded_image_or_says_why_not(page) -> None:
     html = dom(page)
     try:
         import matplotlib  # noqa: F401
@@ -129,7 +131,7 @@ NO_EMOJI_FONTS = """<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd"
 """
 
 
-def screenshot(page: Path, out: Path, tmp: Path, css: str = "") -> "Image.Image":  # noqa: F821
+def screenshot(page: Path, out: Path, tmp: Path, css: str = "") -> Image.Image:  # noqa: F821
     """A headless Chromium screenshot of `page` (with `css` added), every emoji and colour font
     rejected by fontconfig: what a browser without an emoji font shows."""
     from PIL import Image
@@ -148,7 +150,7 @@ def screenshot(page: Path, out: Path, tmp: Path, css: str = "") -> "Image.Image"
     return Image.open(out).convert("RGB")
 
 
-def test_the_answer_comes_first(page):
+def test_the_answer_comes_first(page) -> None:
     html = dom(page)
     order = [html.index(marker) for marker in (
         "<h2>Which versions work together: transformers × unsloth", "<h2>Recommended pins",
@@ -156,7 +158,7 @@ def test_the_answer_comes_first(page):
     assert order == sorted(order), order
 
 
-def test_status_words_are_drawn_without_an_emoji_font(page, tmp_path):
+def test_status_words_are_drawn_without_an_emoji_font(page, tmp_path: Path) -> None:
     """The words beside the glyphs are really drawn: hiding them (same layout, visibility:hidden)
     changes the screenshot's pixels in the pivot and the cells table."""
     from PIL import ImageChops
@@ -176,10 +178,9 @@ def test_status_words_are_drawn_without_an_emoji_font(page, tmp_path):
     assert changed > 500, changed  # several words' worth of glyph pixels, not a stray pixel
 
 
-def test_no_emoji_is_used_as_a_status_mark(page):
+def test_no_emoji_is_used_as_a_status_mark(page) -> None:
     """The status marks are CSS dots, so a browser without an emoji font draws no empty boxes; the
     markdown keeps its emoji (GitHub draws them)."""
-    from pinmatrix.status import CELL_GLYPH, CHECK_GLYPH
 
     html = page.read_text(encoding="utf-8")
     glyphs = {g for g in (*CELL_GLYPH.values(), *CHECK_GLYPH.values()) if g not in ("·",)}

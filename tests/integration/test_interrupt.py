@@ -25,6 +25,8 @@ from pinmatrix.run.state import WRITER_LOCK
 sys.path.insert(0, str(Path(__file__).parent))
 import fault_cells as fc  # noqa: E402
 
+from pinmatrix.outcome import Outcome
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 WHEELS = Path(os.environ.get("PINMATRIX_TEST_WHEELS", "/opt/wheels"))
@@ -230,8 +232,6 @@ def test_second_interrupt_at_report_time_keeps_the_report_it_had(tmp_path: Path,
 
 
 def _report_run(folder: Path, cells: list[str]) -> Path:
-    from pinmatrix.outcome import Outcome
-
     for cell in cells:
         Outcome(cell=cell, hash=None, pins={"python": "3.11"}, runner="venv", stage="resolve",
                 status="unresolvable", reason="no install").write(folder)

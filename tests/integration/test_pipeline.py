@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from console import raw_python_values, run_timed
 
 from pinmatrix.report.pins import lock_entries
@@ -39,7 +38,7 @@ def pinmatrix(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
+def first_run(tmp_path_factory: pytest.TempPathFactory):
     """The run, into a pipe as under nox or CI (stdout and stderr as one stream), each line timed
     as it arrives (tests/console.py). Its own compile cache: the bytecode step runs in this run
     (the host's cache outlives runs, and another test may already have compiled these stacks)."""
@@ -53,7 +52,7 @@ def first_run(tmp_path_factory):
     return root, proc, timed
 
 
-def test_no_stage_is_silent_and_no_raw_python_value_is_printed(first_run):
+def test_no_stage_is_silent_and_no_raw_python_value_is_printed(first_run) -> None:
     """Resolve, venv builds (downloads, installs) and probes: a line at least every 10 s, each
     stage said with its time, and nothing printed as a Python value (a dict, a list, a repr)."""
     root, _, timed = first_run
@@ -71,7 +70,7 @@ def test_no_stage_is_silent_and_no_raw_python_value_is_printed(first_run):
         assert any(ln.startswith(f"{cell}: probe ran in ") for ln in lines), timed.text
 
 
-def test_exit_code_and_verdict(first_run):
+def test_exit_code_and_verdict(first_run) -> None:
     root, proc, _ = first_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
     verdict = [ln for ln in proc.stdout.splitlines() if ln.startswith("2 cells: ")]
@@ -79,7 +78,7 @@ def test_exit_code_and_verdict(first_run):
     assert "runner: " not in proc.stdout  # --runner venv was asked for: nothing to announce
 
 
-def test_run_folder_layout(first_run):
+def test_run_folder_layout(first_run) -> None:
     root, _, _ = first_run
     latest = root / "reports" / "latest"
     assert latest.is_symlink() and latest.resolve().parent == (root / "reports").resolve()
@@ -107,7 +106,7 @@ def test_run_folder_layout(first_run):
     assert not (run / "work").exists()
 
 
-def test_merged_table_has_both_cells_on_cpu(first_run):
+def test_merged_table_has_both_cells_on_cpu(first_run) -> None:
     root, _, _ = first_run
     run = (root / "reports" / "latest").resolve()
     summary = json.loads((run / "summary.json").read_text())
@@ -131,7 +130,7 @@ def test_merged_table_has_both_cells_on_cpu(first_run):
         assert f"| `{version}` |" in md
 
 
-def test_pins_for_the_routes_that_work_with_their_caveats(first_run):
+def test_pins_for_the_routes_that_work_with_their_caveats(first_run) -> None:
     """Transformers 4.57.6 trains EXAONE 3.5 through its remote code, 5.17.0 only
     llamafied (the remote code fails there): each route gets the newest cell it trains on, and the
     5.17.0 pin's header names the failing remote-code route with its signature."""
@@ -170,7 +169,7 @@ def test_pins_for_the_routes_that_work_with_their_caveats(first_run):
     assert "pins: " in proc.stdout
 
 
-def test_second_run_reuses_venvs_and_moves_latest(first_run):
+def test_second_run_reuses_venvs_and_moves_latest(first_run) -> None:
     """`--runner auto` on a host whose Docker engine is unreachable says so in one line and uses
     venvs."""
     root, _, _ = first_run
@@ -198,7 +197,7 @@ def test_second_run_reuses_venvs_and_moves_latest(first_run):
     assert (outcome["hash"] == first["hash"]) == same_probes
 
 
-def test_bad_matrix_writes_nothing(tmp_path):
+def test_bad_matrix_writes_nothing(tmp_path: Path) -> None:
     proc = pinmatrix("matrix", "--matrix",
                      str(ROOT / "tests/data/matrices/bad/01-yaml-syntax.yaml"),
                      "--runner", "venv", "--reports", str(tmp_path / "reports"))

@@ -12,17 +12,17 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import pytest
 
 from pinmatrix.cell import Cell, Lock, install_lock, parse_lock, provided_by_base
+from pinmatrix.containers.engine import Engine
 from pinmatrix.errors import ResolveInfraError
 from pinmatrix.resolve.uv import resolve
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE, DockerRunner
-from pinmatrix.containers.engine import Engine
 
 pytestmark = pytest.mark.integration
 

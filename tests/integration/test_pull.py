@@ -8,6 +8,7 @@ Needs the engine and the base image (tests/integration/conftest.py) and /usr/bin
 """
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -15,19 +16,17 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
+from pinmatrix.containers.engine import Engine
 from pinmatrix.errors import InfraError
 from pinmatrix.runners.docker import DEFAULT_BASE_IMAGE, DockerRunner
-from pinmatrix.containers.engine import Engine
 
 
 def unavailable(reason: str) -> None:
-    import os
-
     if os.environ.get("PINMATRIX_REQUIRE_DOCKER") == "1":
         pytest.fail(f"PINMATRIX_REQUIRE_DOCKER=1 but {reason}")
     pytest.skip(reason)
@@ -61,7 +60,7 @@ def _start(tmp: Path, name: str, auth: bool = False) -> tuple[str, subprocess.Po
         (folder / "htpasswd").write_text(HTPASSWD)
         config += ["auth:", f"  htpasswd: {{realm: pinmatrix-test, path: {folder / 'htpasswd'}}}"]
     (folder / "config.yml").write_text("\n".join(config) + "\n")
-    log = open(folder / "registry.log", "wb")
+    log = open(folder / "registry.log", "wb")  # noqa: SIM115 - the registry writes it until the fixture stops it
     proc = subprocess.Popen([binary, "serve", str(folder / "config.yml")], stdout=log,
                             stderr=subprocess.STDOUT)
     for _ in range(100):
@@ -111,7 +110,8 @@ def _present(engine: Engine, image: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def test_missing_pulls_an_absent_image_and_shows_progress(engine, registries, tmp_path):
+def test_missing_pulls_an_absent_image_and_shows_progress(engine, registries,
+                                                          tmp_path: Path) -> None:
     image = registries["image"]
     assert not _present(engine, image)
     lines: list[str] = []
@@ -134,7 +134,7 @@ def test_missing_pulls_an_absent_image_and_shows_progress(engine, registries, tm
         subprocess.run(engine.cmd("rmi", image), capture_output=True)
 
 
-def test_never_pulls_nothing_and_says_so(engine, registries, tmp_path):
+def test_never_pulls_nothing_and_says_so(engine, registries, tmp_path: Path) -> None:
     lines: list[str] = []
     with pytest.raises(InfraError) as err:
         _runner(engine, tmp_path, registries["image"], "never", lines)._base_image_id()
@@ -148,8 +148,8 @@ def test_never_pulls_nothing_and_says_so(engine, registries, tmp_path):
     ("not-found", "pull-image-not-found"),
     ("auth", "pull-auth-required"),
 ])
-def test_a_failed_pull_is_infra_with_a_signature_that_says_why(engine, registries, tmp_path,
-                                                                where, signature):
+def test_a_failed_pull_is_infra_with_a_signature_that_says_why(engine, registries, tmp_path: Path,
+                                                                where, signature) -> None:
     image = {
         "unreachable": f"127.0.0.1:{_free_port()}/pinmatrix-pulltest/base:x",
         "not-found": f"{registries['open']}/pinmatrix-pulltest/no-such-image:x",

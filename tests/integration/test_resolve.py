@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cpu_stack import download_wheels
+from packaging.version import Version
 
 from pinmatrix.cell import Cell, Lock, Unresolvable
 from pinmatrix.errors import MatrixError
@@ -31,12 +32,12 @@ needs_wheelhouse = pytest.mark.skipif(not any(WHEELHOUSE.glob("torch-2.13.0+cpu-
 
 
 @pytest.fixture
-def cache(tmp_path):
+def cache(tmp_path: Path):
     return tmp_path / "cache"     # cold: every test asks uv for real
 
 
 @needs_uv
-def test_unsloth_outside_its_transformers_range_is_unresolvable(tmp_path, cache):
+def test_unsloth_outside_its_transformers_range_is_unresolvable(tmp_path: Path, cache) -> None:
     cell = Cell(pins={"python": "3.12", "torch": "2.11.0", "transformers": "5.24.0",
                       "unsloth": "2026.10.9"})
     outcome = resolve(cell, PYPI, tmp_path / "locks", cache_dir=cache)
@@ -49,7 +50,7 @@ def test_unsloth_outside_its_transformers_range_is_unresolvable(tmp_path, cache)
 
 
 @needs_uv
-def test_a_none_package_pulled_in_anyway_is_unresolvable(tmp_path, cache):
+def test_a_none_package_pulled_in_anyway_is_unresolvable(tmp_path: Path, cache) -> None:
     cell = Cell(pins={"python": "3.12", "torch": "2.11.0", "transformers": "5.17.0",
                       "unsloth": "2026.10.9",
                       "xformers": "none"})
@@ -61,7 +62,7 @@ def test_a_none_package_pulled_in_anyway_is_unresolvable(tmp_path, cache):
 
 @needs_uv
 @needs_wheelhouse
-def test_ci_cells_resolve_to_locks_with_the_wheelhouse_torch(tmp_path, cache):
+def test_ci_cells_resolve_to_locks_with_the_wheelhouse_torch(tmp_path: Path, cache) -> None:
     cells = load_matrix(ROOT / "tests/data/matrices/ci.yaml").expand()
     started = time.monotonic()
     outcomes = resolve_many(cells, WITH_WHEELHOUSE, tmp_path / "locks", cache_dir=cache)
@@ -91,21 +92,21 @@ def test_ci_cells_resolve_to_locks_with_the_wheelhouse_torch(tmp_path, cache):
 
 
 @needs_uv
-def test_without_the_wheelhouse_the_cpu_torch_is_unresolvable(tmp_path, cache):
+def test_without_the_wheelhouse_the_cpu_torch_is_unresolvable(tmp_path: Path, cache) -> None:
     cell = Cell(pins={"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0"})
     outcome = resolve(cell, PYPI, tmp_path / "locks", cache_dir=cache)
     assert isinstance(outcome, Unresolvable) and "torch" in outcome.explanation
 
 
 @needs_uv
-def test_unreachable_index_is_infra_not_unresolvable(tmp_path, cache):
+def test_unreachable_index_is_infra_not_unresolvable(tmp_path: Path, cache) -> None:
     cell = Cell(pins={"python": "3.11", "torch": "none", "peft": "0.21.2"})
     with pytest.raises(ResolveInfraError):
         resolve(cell, PackageSources(index_url="http://127.0.0.1:9/simple"), tmp_path / "locks",
                 cache_dir=cache)
 
 
-def test_missing_uv_is_infra(tmp_path, cache):
+def test_missing_uv_is_infra(tmp_path: Path, cache) -> None:
     cell = Cell(pins={"python": "3.11", "torch": "2.13.0+cpu"})
     with pytest.raises(ResolveInfraError, match="uv"):
         resolve(cell, PYPI, tmp_path / "locks", cache_dir=cache, uv=str(tmp_path / "no-such-uv"))
@@ -123,7 +124,9 @@ axes:
 """
 
 
-def test_live_axes_expand_against_the_real_index_skipping_yanked_and_prereleases(tmp_path):
+def test_live_axes_expand_against_the_real_index_skipping_yanked_and_prereleases(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "live.yaml"
     path.write_text(LIVE % ("", ""))
     matrix = load_matrix(path, sources=PYPI)
@@ -140,7 +143,7 @@ def test_live_axes_expand_against_the_real_index_skipping_yanked_and_prereleases
     assert "5.10.0" in asked.axes["transformers"] and "0.18.0rc0" in asked.axes["peft"]
 
 
-def test_latest_n_against_the_real_index(tmp_path):
+def test_latest_n_against_the_real_index(tmp_path: Path) -> None:
     path = tmp_path / "latest.yaml"
     path.write_text(textwrap.dedent("""\
         axes:
@@ -151,13 +154,12 @@ def test_latest_n_against_the_real_index(tmp_path):
           trl: [none, {spec: "<=1.15.0", latest: 1}]
     """))
     matrix = load_matrix(path, sources=PYPI)
-    from packaging.version import Version
     unsloth = [Version(v) for v in matrix.axes["unsloth"]]
     assert len(unsloth) == 2 and unsloth == sorted(unsloth) and unsloth[-1] >= Version("2026.10.9")
     assert matrix.axes["trl"] == ("none", "1.15.0")
 
 
-def test_snapshot_reproduces_the_cells_offline(tmp_path):
+def test_snapshot_reproduces_the_cells_offline(tmp_path: Path) -> None:
     path = tmp_path / "live.yaml"
     path.write_text(LIVE % ("", ""))
     live = load_matrix(path, sources=PYPI)
@@ -171,7 +173,8 @@ def test_snapshot_reproduces_the_cells_offline(tmp_path):
 
 @needs_uv
 @needs_wheelhouse
-def test_offline_resolves_from_the_wheelhouse_alone_and_a_gap_is_infra(tmp_path, cache):
+def test_offline_resolves_from_the_wheelhouse_alone_and_a_gap_is_infra(tmp_path: Path,
+                                                                       cache) -> None:
     """--offline (uv --offline --no-index): the lock comes from the find-links folders alone; a
     package missing there is the host's gap (infra, named), never `unresolvable`."""
     cell = Cell(pins={"python": "3.11", "torch": "2.13.0+cpu"})
@@ -202,7 +205,7 @@ def test_offline_resolves_from_the_wheelhouse_alone_and_a_gap_is_infra(tmp_path,
 
 
 @needs_uv
-def test_extras_of_an_axis_value_reach_the_lock(tmp_path, cache):
+def test_extras_of_an_axis_value_reach_the_lock(tmp_path: Path, cache) -> None:
     """"2.32.3[socks]" asks uv for requests[socks]==2.32.3: the extra's dependency (PySocks) is
     locked, and the lock records the extras, which uv's own lines leave out."""
     cell = Cell(pins={"python": "3.11", "requests": "2.32.3[socks]"})

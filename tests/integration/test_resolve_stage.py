@@ -56,7 +56,7 @@ def engine(engine):   # tests/integration/conftest.py's engine, and this module'
 
 
 @pytest.fixture(scope="module")
-def docker_run(engine, tmp_path_factory):
+def docker_run(engine, tmp_path_factory: pytest.TempPathFactory):
     """`python -m pinmatrix matrix --runner docker --cpu` on the live-axis matrix, once for the
     module."""
     folder = tmp_path_factory.mktemp("resolve-stage")
@@ -81,7 +81,7 @@ def _lock(lock_dir: Path) -> Lock:
                 full_lock=(lock_dir / "requirements.lock").read_text())
 
 
-def test_the_docker_runner_installs_the_resolved_lock(docker_run):
+def test_the_docker_runner_installs_the_resolved_lock(docker_run) -> None:
     proc, run_dir = docker_run["proc"], docker_run["run_dir"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = json.loads((run_dir / "run.json").read_text())
@@ -106,7 +106,7 @@ def test_the_docker_runner_installs_the_resolved_lock(docker_run):
     assert [c["status"] for c in summary["cells"]] == ["works"], summary["cells"]
 
 
-def test_no_pins_when_no_check_trained(docker_run):
+def test_no_pins_when_no_check_trained(docker_run) -> None:
     """A pin says a purpose is met (EXAONE 3.5 or 4 LoRA-trains); this run checked
     imports and kernels only, so it writes no pins, and says why for each purpose. (What a pins file
     holds is tested on the venv runner's run, tests/integration/test_pipeline.py.)"""
@@ -123,7 +123,7 @@ def test_no_pins_when_no_check_trained(docker_run):
     )
 
 
-def test_docker_runner_reports_drift_from_the_lock(docker_run, engine, tmp_path):
+def test_docker_runner_reports_drift_from_the_lock(docker_run, engine, tmp_path: Path) -> None:
     """The same image, run against a lock that pins another transformers: infra, naming the
     package."""
     run_dir = docker_run["run_dir"]
@@ -144,7 +144,7 @@ def test_docker_runner_reports_drift_from_the_lock(docker_run, engine, tmp_path)
     assert out.result_path is not None  # the result is kept for the report
 
 
-def test_snapshot_reproduces_the_run_offline(docker_run):
+def test_snapshot_reproduces_the_run_offline(docker_run) -> None:
     run_json = docker_run["run_dir"] / "run.json"
     matrix = str(docker_run["matrix"])
     offline = _pinmatrix("list", "--matrix", matrix, "--index-url", BOGUS_INDEX, timeout=120)
@@ -168,7 +168,7 @@ def test_snapshot_reproduces_the_run_offline(docker_run):
     assert bad.returncode == 2 and "junk.json" in bad.stderr
 
 
-def test_resolve_command_prints_the_table(tmp_path):
+def test_resolve_command_prints_the_table(tmp_path: Path) -> None:
     """`python -m pinmatrix resolve` (nox -s resolve): one resolvable and one unresolvable cell,
     uv's words."""
     if shutil.which("uv") is None:

@@ -29,7 +29,7 @@ if shutil.which("uv") is None:
 
 
 @pytest.fixture(scope="module")
-def cheap_matrix(tmp_path_factory) -> Path:
+def cheap_matrix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The CI matrix with only the imports check: each cell costs seconds, not minutes."""
     root = tmp_path_factory.mktemp("resume")
     text = CI.read_text()
@@ -56,7 +56,7 @@ def _outcomes(run: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (run / "outcomes").glob("*.json")}
 
 
-def test_kill_then_resume_then_reuse_then_shards(cheap_matrix, tmp_path):
+def test_kill_then_resume_then_reuse_then_shards(cheap_matrix, tmp_path: Path) -> None:
     # 1. start, wait for the first finished cell, SIGKILL the harness and everything it started
     proc = subprocess.Popen(_args(cheap_matrix, tmp_path), cwd=ROOT, env=_env(),
                             start_new_session=True,

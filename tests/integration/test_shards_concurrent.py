@@ -41,7 +41,7 @@ def test_two_shards_share_one_run_folder(tmp_path: Path) -> None:
                                text=True)
               for i in (1, 2)]
     outputs = [p.communicate(timeout=600) for p in shards]
-    for proc, (out, err) in zip(shards, outputs):
+    for proc, (out, err) in zip(shards, outputs, strict=True):
         assert proc.returncode == 0, out + err
 
     outcomes = {json.loads(p.read_text())["pins"]["transformers"]: json.loads(p.read_text())

@@ -131,7 +131,7 @@ def slurm_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cheap_matrix(tmp_path_factory) -> Path:
+def cheap_matrix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("slurm-matrix") / "matrix.yaml"
     lines = [
         ("checks: [imports]" if ln.startswith("checks:") else ln)
@@ -158,7 +158,8 @@ def _outcomes(run: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (run / "outcomes").glob("*.json")}
 
 
-def test_cells_run_as_array_tasks_and_merge(slurm_env, cheap_matrix, tmp_path_factory):
+def test_cells_run_as_array_tasks_and_merge(slurm_env, cheap_matrix,
+                                            tmp_path_factory: pytest.TempPathFactory) -> None:
     root = tmp_path_factory.mktemp("slurm-ok")
     proc = _matrix(slurm_env, cheap_matrix, root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -179,7 +180,9 @@ def test_cells_run_as_array_tasks_and_merge(slurm_env, cheap_matrix, tmp_path_fa
     assert "--gres" not in (run / "slurm" / "job.sh").read_text()
 
 
-def test_deadline_and_cancel_become_infra_never_a_hang(slurm_env, cheap_matrix, tmp_path_factory):
+def test_deadline_and_cancel_become_infra_never_a_hang(
+    slurm_env, cheap_matrix, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     root = tmp_path_factory.mktemp("slurm-deadline")
     started = time.monotonic()
     proc = _matrix(slurm_env, cheap_matrix, root, "--rerun", "--slurm-deadline", "4")
@@ -200,7 +203,8 @@ def test_deadline_and_cancel_become_infra_never_a_hang(slurm_env, cheap_matrix, 
     assert summary["verdict"].startswith("2 cells: 2 infra"), summary["verdict"]
 
 
-def test_task_killed_from_outside_is_infra(slurm_env, cheap_matrix, tmp_path_factory):
+def test_task_killed_from_outside_is_infra(slurm_env, cheap_matrix,
+                                           tmp_path_factory: pytest.TempPathFactory) -> None:
     """An admin's scancel (or a pre-emption, a node failure: Slurm ends the task) shows as infra."""
     root = tmp_path_factory.mktemp("slurm-cancel")
     proc = _matrix(slurm_env, cheap_matrix, root, "--rerun", background=True)

@@ -41,7 +41,7 @@ if shutil.which("uv") is None:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One venv holding torch (the CPU wheel from the wheelhouse) and numpy, shared by every
     release."""
     return base_venv(tmp_path_factory.mktemp("surface-executed"), str(WHEELS), TORCH)
@@ -54,7 +54,7 @@ def _run(base: Path, version: str) -> dict:
 
 
 @pytest.mark.parametrize("version", RELEASES)
-def test_every_fact_agrees_with_executing_the_fixture(base, version):
+def test_every_fact_agrees_with_executing_the_fixture(base, version) -> None:
     out = _run(base, version)
     for revision, found in out["revisions"].items():
         facts = found["facts"]

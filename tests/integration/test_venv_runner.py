@@ -15,14 +15,17 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.cell import Cell, Lock
+from pinmatrix.environ import compile_cache
+from pinmatrix.errors import InfraError
 from pinmatrix.outcome import Outcome
-from pinmatrix.run.pipeline import force_cpu
 from pinmatrix.report.markdown import render_markdown
 from pinmatrix.report.summary import merge
+from pinmatrix.resolve.uv import resolve
 from pinmatrix.results import CellResult, load_result
-from pinmatrix.errors import InfraError
+from pinmatrix.run.pipeline import force_cpu
 from pinmatrix.runners.base import Runner
 from pinmatrix.runners.venv import READY_MARKER, VenvRunner
+from pinmatrix.sources import PackageSources
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +46,11 @@ def cell_for(transformers: str) -> Cell:
 
 @pytest.fixture(scope="module")
 def sources():
-    from pinmatrix.sources import PackageSources
-
     return PackageSources.from_env(find_links=[str(WHEELS)])
 
 
 @pytest.fixture(scope="module")
-def locks(tmp_path_factory, sources) -> dict[str, tuple[Cell, Lock]]:
-    from pinmatrix.resolve.uv import resolve
-
+def locks(tmp_path_factory: pytest.TempPathFactory, sources) -> dict[str, tuple[Cell, Lock]]:
     out = {}
     for version in ("4.57.6", "5.17.0"):
         cell = cell_for(version)
@@ -63,7 +62,7 @@ def locks(tmp_path_factory, sources) -> dict[str, tuple[Cell, Lock]]:
 
 
 @pytest.fixture(scope="module")
-def venv_root(tmp_path_factory) -> Path:
+def venv_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("venvs")
 
 
@@ -85,7 +84,7 @@ def write_spec(cell: Cell, folder: Path, content_hash: str = "h") -> Path:
     return path
 
 
-def test_two_cells_differing_in_transformers(locks, sources, venv_root, tmp_path):
+def test_two_cells_differing_in_transformers(locks, sources, venv_root, tmp_path: Path) -> None:
     runner = VenvRunner(venv_root=venv_root, sources=sources)
     assert isinstance(runner, Runner)
     run_dir = tmp_path / "run"
@@ -118,7 +117,7 @@ def test_two_cells_differing_in_transformers(locks, sources, venv_root, tmp_path
     assert "| `4.57.6` | ✅ works |" in md and "| `5.17.0` | ✅ works |" in md
 
 
-def test_unchanged_cell_reuses_its_venv(locks, sources, venv_root):
+def test_unchanged_cell_reuses_its_venv(locks, sources, venv_root) -> None:
     cell, lock = locks["5.17.0"]
     runner = VenvRunner(venv_root=venv_root, sources=sources)
     first = runner.prepare(cell, lock)
@@ -131,7 +130,8 @@ def test_unchanged_cell_reuses_its_venv(locks, sources, venv_root):
     assert other.venv_key(lock) != runner.venv_key(lock)
 
 
-def test_timeout_kills_the_probe_and_reports_infra(locks, sources, venv_root, tmp_path):
+def test_timeout_kills_the_probe_and_reports_infra(locks, sources, venv_root,
+                                                   tmp_path: Path) -> None:
     cell, lock = locks["5.17.0"]
     runner = VenvRunner(venv_root=venv_root, sources=sources)
     prepared = runner.prepare(cell, lock)
@@ -143,9 +143,8 @@ def test_timeout_kills_the_probe_and_reports_infra(locks, sources, venv_root, tm
     assert left.stdout.strip() == "", f"probe processes survived the timeout: {left.stdout}"
 
 
-def test_offline_install_fails_as_infra_when_the_wheelhouse_lacks_a_package(locks, tmp_path):
-    from pinmatrix.sources import PackageSources
-
+def test_offline_install_fails_as_infra_when_the_wheelhouse_lacks_a_package(locks,
+                                                                            tmp_path: Path) -> None:
     cell, lock = locks["5.17.0"]
     runner = VenvRunner(venv_root=tmp_path / "venvs",
                         sources=PackageSources(find_links=(str(WHEELS),)),
@@ -159,7 +158,8 @@ def test_offline_install_fails_as_infra_when_the_wheelhouse_lacks_a_package(lock
     assert not list((tmp_path / "venvs").glob(f"*/{READY_MARKER}"))
 
 
-def test_no_install_extra_site_and_stdlib_venv_fallback_detect_drift(locks, tf457_site, tmp_path):
+def test_no_install_extra_site_and_stdlib_venv_fallback_detect_drift(locks, tf457_site,
+                                                                     tmp_path: Path) -> None:
     """A machine with no index: nothing is installed, a prepared site is put on the path (.pth), and
     the drift check compares the lock with what is there. Without uv the stdlib venv module is
     used."""
@@ -178,7 +178,8 @@ def test_no_install_extra_site_and_stdlib_venv_fallback_detect_drift(locks, tf45
     assert "transformers 4.57.6 (lock: 5.17.0)" in outcome.infra_reason
 
 
-def test_extra_sites_have_their_pth_files_applied_in_order(locks, tf457_site, tmp_path):
+def test_extra_sites_have_their_pth_files_applied_in_order(locks, tf457_site,
+                                                           tmp_path: Path) -> None:
     """An extra site is a site folder: its own .pth files apply (nvidia-cutlass-dsl reaches its
     `cutlass` package only through one), and earlier sites win over later ones."""
     cell, lock = locks["4.57.6"]
@@ -197,7 +198,7 @@ def test_extra_sites_have_their_pth_files_applied_in_order(locks, tf457_site, tm
     assert proc.stdout.strip() == "first"
 
 
-def test_no_install_matching_site_has_no_drift(locks, tf457_site, tmp_path):
+def test_no_install_matching_site_has_no_drift(locks, tf457_site, tmp_path: Path) -> None:
     cell, lock = locks["4.57.6"]
     runner = VenvRunner(venv_root=tmp_path / "venvs", no_install=True, extra_sites=[tf457_site])
     prepared = runner.prepare(cell, lock)
@@ -209,7 +210,8 @@ def test_no_install_matching_site_has_no_drift(locks, tf457_site, tmp_path):
     assert outcome.ok == (not differs), (outcome.infra_reason, differs)
 
 
-def test_without_uv_the_stdlib_venv_and_pip_install_the_lock(locks, sources, tmp_path):
+def test_without_uv_the_stdlib_venv_and_pip_install_the_lock(locks, sources,
+                                                             tmp_path: Path) -> None:
     """Hosts without uv: `python -m venv` + pip install the same lock (hash-checked), and say so."""
     cell, lock = locks["4.57.6"]
     runner = VenvRunner(venv_root=tmp_path / "venvs", sources=sources, uv=None)
@@ -230,13 +232,12 @@ def test_without_uv_the_stdlib_venv_and_pip_install_the_lock(locks, sources, tmp
 
 
 def test_compile_cache_outlives_the_run_per_stack_and_can_be_turned_off(
-    locks, sources, venv_root, tmp_path, monkeypatch
-):
+    locks, sources, venv_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The stack's compile-cache folder: the bytecode of what the probe imports compiled once per
     stack, at prepare (even where the host says PYTHONDONTWRITEBYTECODE), and read, never rewritten,
     by the runs; kernels a run leaves there seen as warm by the next run; a different stack gets
     its own folder; without the cache every run is cold and nothing is precompiled."""
-    from pinmatrix.environ import compile_cache
 
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")   # as on the lent H100's image
     root = tmp_path / "compile"

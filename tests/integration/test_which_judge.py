@@ -23,7 +23,7 @@ if shutil.which("uv") is None:
     pytest.skip("uv is not installed on this host", allow_module_level=True)
 
 
-def test_judge_runs_one_cell_of_exactly_the_pins_and_answers_from_it(tmp_path):
+def test_judge_runs_one_cell_of_exactly_the_pins_and_answers_from_it(tmp_path: Path) -> None:
     stack = tmp_path / "requirements.txt"
     stack.write_text("torch==2.13.0+cpu\ntransformers==5.17.0\npeft==0.21.2\n", encoding="utf-8")
     proc = subprocess.run(

@@ -29,7 +29,7 @@ def uv(cwd: Path, *args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory) -> Path:
+def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("which-tools")
     (root / "pyproject.toml").write_text(PYPROJECT, encoding="utf-8")
     (root / "in.txt").write_text("six==1.16.0\npackaging<25,>=24.2\n", encoding="utf-8")
@@ -56,7 +56,7 @@ def made(tmp_path_factory) -> Path:
     ("pip-compiled.txt", "pinned", True),  # pip-compile's header: a whole resolution
     ("freeze.txt", "pinned", False),      # a freeze says nothing of itself: --complete says so
 ])
-def test_each_format_as_the_tool_writes_it(made, name, fmt, complete):
+def test_each_format_as_the_tool_writes_it(made, name, fmt, complete) -> None:
     stack = read_stack(made / name)
     assert (stack.format, stack.complete) == (fmt, complete)
     assert stack.want("six").exact == "1.16.0"

@@ -12,14 +12,15 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+
+import pytest
+from cpu_stack import probe_python
 
 from pinmatrix.probes_source import probes_digest
 from pinmatrix.run.options import REPO_ROOT
-
-from cpu_stack import probe_python
 
 PROBE_PYTHON = probe_python()
 BASE_PINS = {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0", "peft": "0.21.2",
@@ -172,7 +173,7 @@ def real_results(cache_root: Path) -> dict[str, Path]:
         return wanted
 
 
-def cache_root(request, tmp_path_factory) -> Path:
+def cache_root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """pytest's cache folder (kept between runs), or a temp folder where the cache plugin is off."""
     cache = getattr(request.config, "cache", None)
     return (

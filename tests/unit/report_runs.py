@@ -17,11 +17,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from real_results import BASE_PINS, PROBE_PYTHON, STACKS, _site_with
+
+from pinmatrix.fsio import write_json_atomic
 from pinmatrix.outcome import Outcome
 from pinmatrix.probes_source import probes_digest
 from pinmatrix.run.options import REPO_ROOT
-from pinmatrix.fsio import write_json_atomic
-from real_results import BASE_PINS, PROBE_PYTHON, STACKS, _site_with
 
 CELL_ID = "py3.11-torch2.13.0+cpu-tf5.17.0-peft0.21.2"
 

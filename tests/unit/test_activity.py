@@ -7,7 +7,16 @@ import threading
 import time
 from pathlib import Path
 
-from pinmatrix.activity import QUIET_S, Heartbeat, acting_for, describe, doing, last_line, under_way
+from pinmatrix.activity import (
+    QUIET_S,
+    Heartbeat,
+    Step,
+    acting_for,
+    describe,
+    doing,
+    last_line,
+    under_way,
+)
 from pinmatrix.cell import Lock, Unresolvable
 from pinmatrix.resolve.stage import StageResult, cell_line
 
@@ -47,7 +56,6 @@ def test_a_heartbeat_names_the_step_its_cell_and_its_age(tmp_path: Path) -> None
 
 def test_steps_doing_the_same_thing_are_said_once_with_a_count() -> None:
     now = 500.0
-    from pinmatrix.activity import Step
 
     steps = [Step(f"cell-{i}", "uv pip compile the whole stack (Python 3.12)", now - 40 + i)
              for i in range(6)] + [Step("cell-x", "running the probe's checks", now - 3)]
@@ -64,7 +72,7 @@ def test_the_heartbeat_thread_speaks_within_the_bar() -> None:
             doing("waiting on something slow"):
         time.sleep(1.2)
     assert len(lines) >= 2 and all("waiting on something slow" in ln for _, ln in lines)
-    gaps = [b - a for (a, _), (b, _) in zip([(0.0, "")] + lines, lines)]
+    gaps = [b - a for (a, _), (b, _) in zip([(0.0, ""), *lines], lines, strict=False)]
     assert max(gaps) < 0.3 + 0.5 + 0.3  # quiet_s, one poll, slack for a busy machine
 
 

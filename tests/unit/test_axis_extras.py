@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.cell import Cell, extras_lines, split_extras
+from pinmatrix.environ.installed import pin_mismatches
 from pinmatrix.errors import MatrixError
 from pinmatrix.matrix.load import load_matrix
-from pinmatrix.environ.installed import pin_mismatches
 
 ROOT = Path(__file__).resolve().parents[2]
 MATRIX = """\

@@ -3,11 +3,20 @@ writes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+import pinmatrix.bisect.run as bisect_run
+from pinmatrix.bisect.base_cell import base_candidates, choose_base, companion_table, companions_at
+from pinmatrix.bisect.nightly import candidates
 from pinmatrix.bisect.run import _judge_result, parse_spec, release_notes_url, render_markdown
+from pinmatrix.bisect.search import Judgement
+from pinmatrix.bisect.target import Target, TargetError, judge_checks, signature_target
 from pinmatrix.errors import UsageError
+from pinmatrix.report.diff import render_bisect_lines
 from pinmatrix.results import CellResult
+from pinmatrix.run.options import RunOptions
 
 GROUPS = ("imports", "exaone3.5", "lora-train")
 
@@ -24,7 +33,7 @@ def check(name, status, signature=None, **evidence):
     return out
 
 
-def test_spec_parsing_and_bad_ranges():
+def test_spec_parsing_and_bad_ranges() -> None:
     spec = parse_spec(["transformers", "4.57.6..5.17.0", "unsloth=none"], ["exaone3.5.remote-code"])
     assert (spec.package, spec.good, spec.bad, spec.selectors) == (
         "transformers",
@@ -43,7 +52,7 @@ def test_spec_parsing_and_bad_ranges():
             parse_spec(bad)
 
 
-def test_a_step_is_bad_on_a_failed_named_check_and_good_when_they_pass():
+def test_a_step_is_bad_on_a_failed_named_check_and_good_when_they_pass() -> None:
     broken = result(
         check("imports", "pass"),
         check("exaone3.5.remote-code", "fail", "transformers-tied-weights-keys-list"),
@@ -57,7 +66,7 @@ def test_a_step_is_bad_on_a_failed_named_check_and_good_when_they_pass():
     assert _judge_result(broken, ["lora-train"], GROUPS).verdict == "infra"  # none of them ran
 
 
-def test_one_break_among_several_is_bisected_by_its_signature():
+def test_one_break_among_several_is_bisected_by_its_signature() -> None:
     surface = check(
         "exaone3.5.surface",
         "fail",
@@ -85,7 +94,7 @@ def test_one_break_among_several_is_bisected_by_its_signature():
     )
 
 
-def test_every_named_check_skipped_or_infra_is_not_judged():
+def test_every_named_check_skipped_or_infra_is_not_judged() -> None:
     assert (
         _judge_result(
             result(check("exaone3.5.remote-code", "skip")), ["exaone3.5.remote-code"], GROUPS
@@ -100,7 +109,7 @@ def test_every_named_check_skipped_or_infra_is_not_judged():
     )
 
 
-def test_release_notes_links():
+def test_release_notes_links() -> None:
     assert (
         release_notes_url("transformers", "5.0.0")
         == "https://github.com/huggingface/transformers/releases/tag/v5.0.0"
@@ -108,7 +117,7 @@ def test_release_notes_links():
     assert release_notes_url("some-pkg", "1.2") == "https://pypi.org/project/some-pkg/1.2/"
 
 
-def test_markdown_gives_the_answer_the_evidence_and_the_cost():
+def test_markdown_gives_the_answer_the_evidence_and_the_cost() -> None:
     doc = {
         "package": "transformers",
         "good": "4.57.6",
@@ -155,9 +164,7 @@ def test_markdown_gives_the_answer_the_evidence_and_the_cost():
     assert "Binary search assumes one switch" in md
 
 
-def test_nightly_bisects_only_a_check_that_broke_one_axis_away_from_a_good_cell():
-    from pinmatrix.bisect.nightly import candidates
-
+def test_nightly_bisects_only_a_check_that_broke_one_axis_away_from_a_good_cell() -> None:
     def cell(cid, tf, unsloth, status):
         return {"id": cid, "pins": {"transformers": tf, "unsloth": unsloth},
                 "checks": {"exaone3.5.remote-code": {"status": status}}}
@@ -172,9 +179,7 @@ def test_nightly_bisects_only_a_check_that_broke_one_axis_away_from_a_good_cell(
     assert candidates({"cells": [cell("c", "5.17.0", "none", "pass")]}, before) == []
 
 
-def test_a_check_skipped_because_the_release_predates_the_feature_is_absent_not_infra():
-    from pinmatrix.bisect.target import Target, judge_checks
-
+def test_a_check_skipped_because_the_release_predates_the_feature_is_absent_not_infra() -> None:
     old = check("exaone4.native", "skip")
     old["reason"] = "Exaone4ForCausalLM absent before transformers 4.54 (installed 4.53.3)"
     judged = judge_checks(result(old), ["exaone4.native"], ("exaone4",), Target("check"))
@@ -207,9 +212,7 @@ LEGACY = "call:transformers.cache_utils.DynamicCache.from_legacy_cache(1 positio
 GONE = "module transformers.modeling_flash_attention_utils is gone"
 
 
-def test_a_fact_is_bisected_by_its_readable_id_and_a_grouped_cause_by_its_words():
-    from pinmatrix.bisect.target import Target, judge_checks
-
+def test_a_fact_is_bisected_by_its_readable_id_and_a_grouped_cause_by_its_words() -> None:
     causes = [
         {"signature": "transformers-create-causal-mask-input-embeds-renamed", "cause": "kw",
          "facts": [MASK]},
@@ -238,9 +241,7 @@ def test_a_fact_is_bisected_by_its_readable_id_and_a_grouped_cause_by_its_words(
     assert judge_checks(crashed, checks, GROUPS, Target("fact", MASK)).verdict == "infra"
 
 
-def test_signature_names_are_catalogue_ids_or_fingerprints():
-    from pinmatrix.bisect.target import TargetError, signature_target
-
+def test_signature_names_are_catalogue_ids_or_fingerprints() -> None:
     known = signature_target("transformers-create-causal-mask-cache-position-removed")
     assert known.known and "catalogue" in known.describe()
     unknown = signature_target("fp-0123456789ab")
@@ -251,14 +252,12 @@ def test_signature_names_are_catalogue_ids_or_fingerprints():
         signature_target("fp-xyz")
 
 
-def test_fact_and_signature_together_are_a_usage_error():
+def test_fact_and_signature_together_are_a_usage_error() -> None:
     with pytest.raises(UsageError):
         parse_spec(["transformers", "4.57.6..5.17.0"], signature="x", fact=MASK)
 
 
-def test_the_held_stack_is_the_newest_and_include_companions_follow_the_package():
-    from pinmatrix.bisect.base_cell import base_candidates, companion_table, companions_at
-
+def test_the_held_stack_is_the_newest_and_include_companions_follow_the_package() -> None:
     axes = ["python", "transformers", "unsloth"]
     fa = {"4.57.6": ("none", "none"), "5.5.0": ("4.0.0b36[cu13]", "0.8.5"),
           "5.17.0": ("4.0.0b36[cu13]", "0.8.5")}
@@ -279,10 +278,7 @@ def test_the_held_stack_is_the_newest_and_include_companions_follow_the_package(
     ]
 
 
-def test_the_held_stack_is_the_first_good_at_the_good_end_that_installs_at_the_other():
-    from pinmatrix.bisect.base_cell import choose_base
-    from pinmatrix.bisect.search import Judgement
-
+def test_the_held_stack_is_the_first_good_at_the_good_end_that_installs_at_the_other() -> None:
     verdicts = {0: {"1.0": "bad"}, 1: {"1.0": "good", "2.0": "unresolvable"},
                 2: {"1.0": "good", "2.0": "bad"}, 3: {"1.0": "good", "2.0": "bad"}}
     asked = []
@@ -296,7 +292,7 @@ def test_the_held_stack_is_the_first_good_at_the_good_end_that_installs_at_the_o
     assert choose_base([{}], "1.0", "2.0", judge_with) == (0, [])
 
 
-def test_markdown_quotes_the_bisected_checks_message_and_honest_counts():
+def test_markdown_quotes_the_bisected_checks_message_and_honest_counts() -> None:
     doc = {
         "package": "transformers", "good": "4.57.6", "bad": "5.1.0",
         "checks": ["exaone3.5.remote-code"], "releases_in_range": ["4.57.6", "5.0.0", "5.1.0"],
@@ -329,15 +325,11 @@ def test_markdown_quotes_the_bisected_checks_message_and_honest_counts():
     assert "- followed: signature s (fingerprint, not in the catalogue)" in md
 
 
-def test_two_packages_together_through_run_bisect(tmp_path, monkeypatch, capsys):
+def test_two_packages_together_through_run_bisect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """`bisect unsloth A..B --with trl=C..D` on the default matrix, each step judged by a table (the
     real steps are cells): the held stack is chosen on the corners, both searches of each package
     are reported, and trl does not follow unsloth's include rule while it is the other package."""
-    from pathlib import Path
-
-    import pinmatrix.bisect.run as bisect_run
-    from pinmatrix.bisect.search import Judgement
-    from pinmatrix.run.options import RunOptions
 
     unsloth = ["2026.9.14", "2026.9.20", "2026.10.1", "2026.10.9"]
     trl = ["0.24.0", "1.0.0", "1.10.0", "1.15.0"]
@@ -383,9 +375,7 @@ def test_two_packages_together_through_run_bisect(tmp_path, monkeypatch, capsys)
         parse_spec(["unsloth", "1..2"], together="trl")
 
 
-def test_nightly_bisect_line_names_the_signature_and_the_probes_run_now():
-    from pinmatrix.report.diff import render_bisect_lines
-
+def test_nightly_bisect_line_names_the_signature_and_the_probes_run_now() -> None:
     (line,) = render_bisect_lines([{
         "cell": "c", "check": "exaone3.5.surface", "package": "transformers", "good": "5.17.0",
         "bad": "5.25.0", "first_bad": "5.24.0", "last_good": "5.23.0", "probes": 5,
@@ -396,10 +386,7 @@ def test_nightly_bisect_line_names_the_signature_and_the_probes_run_now():
     assert "5 releases judged, 2 probed now, of 12" in line
 
 
-def test_nightly_bisects_a_new_failing_fact_of_a_check_that_failed_before():
-    from pinmatrix.bisect.nightly import candidates
-    from pinmatrix.report.diff import render_bisect_lines
-
+def test_nightly_bisects_a_new_failing_fact_of_a_check_that_failed_before() -> None:
     def cell(cid, tf):
         return {"id": cid, "pins": {"transformers": tf, "unsloth": "none"},
                 "checks": {"exaone3.5.surface": {"status": "fail"}}}

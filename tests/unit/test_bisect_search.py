@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from pinmatrix.bisect.pair import bisect_pair, render_pair
 from pinmatrix.bisect.releases import ReleaseIndexUnreachable, fetch_index_files, releases_between
 from pinmatrix.bisect.search import Judgement, RangeError, bisect_releases
 
@@ -26,7 +27,7 @@ def history(n: int, first_bad: int) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 9, 17, 33, 40])
-def test_every_first_bad_is_found_within_log2_probes(n):
+def test_every_first_bad_is_found_within_log2_probes(n) -> None:
     for first_bad in range(1, n):
         verdicts = history(n, first_bad)
         judge, calls = table(verdicts)
@@ -38,13 +39,13 @@ def test_every_first_bad_is_found_within_log2_probes(n):
         assert result.probes <= math.ceil(math.log2(n)) + 2
 
 
-def test_a_single_release_in_range_is_the_answer_after_two_probes():
+def test_a_single_release_in_range_is_the_answer_after_two_probes() -> None:
     judge, calls = table({"2.0": "good", "2.1": "bad"})
     result = bisect_releases(["2.0", "2.1"], judge)
     assert (result.last_good, result.first_bad, result.probes) == ("2.0", "2.1", 2)
 
 
-def test_unresolvable_releases_are_left_out_never_counted_as_bad():
+def test_unresolvable_releases_are_left_out_never_counted_as_bad() -> None:
     verdicts = {
         "1.0": "good",
         "1.1": "good",
@@ -71,14 +72,14 @@ def test_unresolvable_releases_are_left_out_never_counted_as_bad():
         (("unresolvable", "bad"), "1.0 is unresolvable, not good"),
     ],
 )
-def test_ends_that_are_not_as_claimed_are_bad_input(ends, message):
+def test_ends_that_are_not_as_claimed_are_bad_input(ends, message) -> None:
     verdicts = {"1.0": ends[0], "1.1": "good", "1.2": "bad", "1.3": ends[1]}
     judge, _ = table(verdicts)
     with pytest.raises(RangeError, match=message):
         bisect_releases(list(verdicts), judge)
 
 
-def test_a_non_monotonic_history_is_said_with_its_evidence_under_all():
+def test_a_non_monotonic_history_is_said_with_its_evidence_under_all() -> None:
     verdicts = {"1.0": "good", "1.1": "bad", "1.2": "good", "1.3": "bad"}
     judge, calls = table(verdicts)
     result = bisect_releases(list(verdicts), judge, exhaustive=True)
@@ -87,7 +88,7 @@ def test_a_non_monotonic_history_is_said_with_its_evidence_under_all():
     assert sorted(calls) == sorted(verdicts)
 
 
-def test_all_probes_every_release_and_gives_the_switch():
+def test_all_probes_every_release_and_gives_the_switch() -> None:
     verdicts = history(6, 4)
     judge, calls = table(verdicts)
     result = bisect_releases(list(verdicts), judge, exhaustive=True)
@@ -99,12 +100,12 @@ def test_all_probes_every_release_and_gives_the_switch():
     )
 
 
-def test_binary_search_does_not_claim_monotonicity_it_did_not_see():
+def test_binary_search_does_not_claim_monotonicity_it_did_not_see() -> None:
     result = bisect_releases(list(history(9, 5)), table(history(9, 5))[0])
     assert result.monotonic is None
 
 
-def test_an_infra_verdict_stops_the_search_rather_than_guess():
+def test_an_infra_verdict_stops_the_search_rather_than_guess() -> None:
     verdicts = {**history(9, 5), "1.4": "infra"}
     result = bisect_releases(list(verdicts), table(verdicts)[0])
     assert result.first_bad is None and "1.4 could not be judged (infra)" in result.stopped
@@ -132,7 +133,7 @@ LISTING = files_of(
 )
 
 
-def test_releases_in_order_without_prereleases_or_yanked_ones():
+def test_releases_in_order_without_prereleases_or_yanked_ones() -> None:
     r = releases_between("pkg", "1.0.0", "1.10.0", files=LISTING)
     assert r.releases == ["1.0.0", "1.1.0", "1.3.0", "1.10.0"]  # packaging's order, not text order
     assert r.yanked == ["1.2.0"] and r.prereleases_left_out == ["1.1.0rc1"]
@@ -151,17 +152,17 @@ def test_releases_in_order_without_prereleases_or_yanked_ones():
         ("one", "1.0.0", "Invalid version"),
     ],
 )
-def test_bad_ranges_are_bad_input(good, bad, message):
+def test_bad_ranges_are_bad_input(good, bad, message) -> None:
     with pytest.raises(ValueError, match=message):
         releases_between("pkg", good, bad, files=LISTING)
 
 
-def test_an_unreachable_index_is_infra_not_bad_input():
+def test_an_unreachable_index_is_infra_not_bad_input() -> None:
     with pytest.raises(ReleaseIndexUnreachable):
         fetch_index_files("transformers", "http://127.0.0.1:9/simple", timeout=5)
 
 
-def test_a_budget_stops_the_search_and_says_so():
+def test_a_budget_stops_the_search_and_says_so() -> None:
     verdicts = history(33, 20)
     judge, calls = table(verdicts)
     result = bisect_releases(list(verdicts), judge, budget=4)
@@ -170,7 +171,7 @@ def test_a_budget_stops_the_search_and_says_so():
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 9, 32])
-def test_first_good_finds_where_it_starts_to_hold(n):
+def test_first_good_finds_where_it_starts_to_hold(n) -> None:
     for first_good in range(1, n):
         verdicts = {f"1.{i}": ("bad" if i < first_good else "good") for i in range(n)}
         judge, calls = table(verdicts)
@@ -181,7 +182,7 @@ def test_first_good_finds_where_it_starts_to_hold(n):
         assert result.probes <= math.ceil(math.log2(n - 1)) + 2
 
 
-def test_first_good_needs_the_old_end_bad_and_the_new_end_good():
+def test_first_good_needs_the_old_end_bad_and_the_new_end_good() -> None:
     judge, _ = table({"1.0": "good", "1.1": "good", "1.2": "good"})
     with pytest.raises(RangeError, match="1.0 is good, not bad"):
         bisect_releases(["1.0", "1.1", "1.2"], judge, first_good=True)
@@ -191,7 +192,7 @@ def test_first_good_needs_the_old_end_bad_and_the_new_end_good():
         bisect_releases(["1.0", "1.1", "1.2"], judge)
 
 
-def test_first_good_over_the_whole_table_and_unresolvable_releases():
+def test_first_good_over_the_whole_table_and_unresolvable_releases() -> None:
     verdicts = {"1.0": "bad", "1.1": "unresolvable", "1.2": "bad", "1.3": "good", "1.4": "good"}
     judge, _ = table(verdicts)
     result = bisect_releases(list(verdicts), judge, first_good=True, exhaustive=True)
@@ -201,9 +202,7 @@ def test_first_good_over_the_whole_table_and_unresolvable_releases():
     assert (result.last_bad, result.first_good) == ("1.2", "1.3")
 
 
-def test_two_packages_moving_together_are_bisected_each_with_the_other_held_at_each_end():
-    from pinmatrix.bisect.pair import bisect_pair, render_pair
-
+def test_two_packages_moving_together_are_bisected_each_with_the_other_held_at_each_end() -> None:
     unsloth = ["2026.9.14", "2026.9.20", "2026.10.1", "2026.10.9"]
     trl = ["0.24.0", "1.0.0", "1.10.0", "1.15.0"]
     calls = []

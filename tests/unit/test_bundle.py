@@ -13,8 +13,10 @@ import pytest
 
 from pinmatrix import bundle
 from pinmatrix.cell import Cell
-from pinmatrix.errors import UsageError
+from pinmatrix.cli.main import parse
 from pinmatrix.environ.site_rules import parse_extra_site, sites_for
+from pinmatrix.errors import UsageError
+from pinmatrix.probes_source import probes_digest
 
 
 def cell(**pins: str) -> Cell:
@@ -156,8 +158,6 @@ def test_pieces_in_the_stash_are_found_and_a_missing_one_is_named(
 
 
 def test_matrix_bundle_refuses_other_probes_and_sets_the_offline_options(tmp_path: Path) -> None:
-    from pinmatrix.probes_source import probes_digest
-
     (tmp_path / "wheels").mkdir()
     manifest = {
         "schema": bundle.SCHEMA,
@@ -177,8 +177,6 @@ def test_matrix_bundle_refuses_other_probes_and_sets_the_offline_options(tmp_pat
 
 
 def test_bundle_needs_its_output_folder() -> None:
-    from pinmatrix.cli.main import parse
-
     with pytest.raises(UsageError, match="output folder is required"):
         parse(["bundle"])
     args = parse(["bundle", "/tmp/x", "transformers=5.17.0", "--host-packages", "h.txt"])

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from pinmatrix.cell import Cell, Lock
+from pinmatrix.results import load_result
 from pinmatrix.run import identity
 from pinmatrix.run.cache import RerunPolicy, ResultCache
-from pinmatrix.cell import Cell, Lock
 from pinmatrix.run.one_cell import CellRun, run_cell
 from pinmatrix.run.options import RunOptions
-from pinmatrix.results import load_result
 from pinmatrix.runners.base import Prepared, RunOutcome
 
 CELL = Cell(pins={"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0"},
@@ -52,7 +52,7 @@ class CountingRunner:
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text("FROM base\n")
     monkeypatch.setattr(identity, "DOCKERFILE", dockerfile)
@@ -73,7 +73,7 @@ def env(tmp_path, monkeypatch):
     return runner, once, dockerfile
 
 
-def test_hit_reuses_the_result_and_marks_it(env):
+def test_hit_reuses_the_result_and_marks_it(env) -> None:
     runner, once, _ = env
     first = once()
     assert runner.runs == 1 and first.reused_from is None and first.stage == "done"
@@ -83,7 +83,7 @@ def test_hit_reuses_the_result_and_marks_it(env):
     assert second.result == f"cells/{CELL.id}.json"
 
 
-def test_reused_file_is_valid_and_says_where_from(env, tmp_path):
+def test_reused_file_is_valid_and_says_where_from(env, tmp_path: Path) -> None:
     runner, once, _ = env
     once()
     once()
@@ -98,28 +98,28 @@ def test_reused_file_is_valid_and_says_where_from(env, tmp_path):
     assert again.data["cell"]["reused_from"] == "run01" and runner.runs == 1
 
 
-def test_index_lost_falls_back_to_scanning_runs(env, tmp_path):
+def test_index_lost_falls_back_to_scanning_runs(env, tmp_path: Path) -> None:
     runner, once, _ = env
     once()
     (tmp_path / "reports" / ".cache" / "index.json").unlink()
     assert once().reused_from == "run01" and runner.runs == 1
 
 
-def test_damaged_cached_result_is_not_reused(env, tmp_path):
+def test_damaged_cached_result_is_not_reused(env, tmp_path: Path) -> None:
     runner, once, _ = env
     once()
     (tmp_path / "reports" / "run01" / "cells" / f"{CELL.id}.json").write_text("{not json")
     assert once().reused_from is None and runner.runs == 2
 
 
-def test_force_reruns(env):
+def test_force_reruns(env) -> None:
     runner, once, _ = env
     once()
     assert once(force=True).reused_from is None and runner.runs == 2
 
 
 @pytest.mark.parametrize("change", ["lock", "dockerfile", "probes", "checks", "settings", "gpu"])
-def test_each_input_invalidates(env, change):
+def test_each_input_invalidates(env, change) -> None:
     runner, once, dockerfile = env
     base = once()
     assert runner.runs == 1
@@ -142,7 +142,7 @@ def test_each_input_invalidates(env, change):
     assert changed.reused_from is None and changed.hash != base.hash
 
 
-def test_infra_outcomes_are_never_cached(env, tmp_path):
+def test_infra_outcomes_are_never_cached(env, tmp_path: Path) -> None:
     runner, once, _ = env
 
     def broken_run(*a, **k):
@@ -156,7 +156,7 @@ def test_infra_outcomes_are_never_cached(env, tmp_path):
     assert once().reused_from is None and runner.runs == 2
 
 
-def test_rerun_policy():
+def test_rerun_policy() -> None:
     cells = [dataclasses.replace(CELL, pins={**CELL.pins,
                                              "transformers": v}) for v in ("4.57.6", "5.17.0")]
     assert RerunPolicy.from_args(None).forced_ids(cells) == set()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pinmatrix.commands import cdi_spec
 from pinmatrix.containers import cdi
@@ -56,7 +57,6 @@ def _spec(tmp_path: Path, text: str = SPEC, name: str = "nvidia.yaml") -> Path:
 
 def test_parse_yaml_and_json_alike(tmp_path: Path) -> None:
     spec = cdi.load_spec(_spec(tmp_path))
-    import yaml
 
     as_json = _spec(tmp_path, json.dumps(yaml.safe_load(SPEC)), "nvidia.json")
     assert cdi.load_spec(as_json).devices == spec.devices

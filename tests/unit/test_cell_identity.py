@@ -21,7 +21,7 @@ BASE = dict(lock_text="torch==2.13.0+cpu\ntransformers==5.17.0\n", dockerfile="F
                                               "transformers": "5.17.0", "unsloth": "none"})
 
 
-def test_ids_of_the_ci_matrix_are_exactly_these():
+def test_ids_of_the_ci_matrix_are_exactly_these() -> None:
     # Stable across runs and machines: a change here renames every result folder, so it must be
     # deliberate.
     ids = [c.id for c in load_matrix(ROOT / "tests/data/matrices/ci.yaml").expand()]
@@ -31,7 +31,7 @@ def test_ids_of_the_ci_matrix_are_exactly_these():
     ]
 
 
-def test_id_does_not_depend_on_key_order_and_reads_as_the_design_says():
+def test_id_does_not_depend_on_key_order_and_reads_as_the_design_says() -> None:
     a = Cell(pins={"python": "3.12", "torch": "2.11.0", "transformers": "5.17.0",
                    "unsloth": "2026.10.9"})
     b = Cell(pins={"unsloth": "2026.10.9", "transformers": "5.17.0", "torch": "2.11.0",
@@ -39,7 +39,7 @@ def test_id_does_not_depend_on_key_order_and_reads_as_the_design_says():
     assert a.id == b.id == "py3.12-torch2.11.0-tf5.17.0-unsloth2026.10.9"
 
 
-def test_every_pin_changes_the_id():
+def test_every_pin_changes_the_id() -> None:
     pins = {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0", "peft": "0.21.2",
             "unsloth": "none"}
     base = Cell(pins=pins).id
@@ -49,14 +49,14 @@ def test_every_pin_changes_the_id():
         assert Cell(pins={**pins, key: other}).id != base, key
 
 
-def test_ids_are_unique_and_path_safe_for_the_default_matrix():
+def test_ids_are_unique_and_path_safe_for_the_default_matrix() -> None:
     cells = load_matrix(ROOT / "matrix.yaml").expand()
     ids = [c.id for c in cells]
     assert len(set(ids)) == len(ids)
     assert all("/" not in i and " " not in i for i in ids)
 
 
-def test_content_hash_is_stable():
+def test_content_hash_is_stable() -> None:
     h = content_hash(**BASE)
     assert h == content_hash(**{**BASE, "settings": {"throughput": {"seq": 2048, "batch": 4},
                                                      "device": "cpu"}})
@@ -75,5 +75,5 @@ def test_content_hash_is_stable():
     ("pins", {"python": "3.11", "torch": "2.13.0+cpu", "transformers": "5.17.0",
               "unsloth": "2026.10.9"}),
 ])
-def test_content_hash_moves_with_each_input(field, changed):
+def test_content_hash_moves_with_each_input(field, changed) -> None:
     assert content_hash(**{**BASE, field: changed}) != content_hash(**BASE)

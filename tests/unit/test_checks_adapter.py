@@ -16,6 +16,7 @@ pytest.importorskip("peft")
 from probes.checks import adapter, lora_train, train  # noqa: E402
 from probes.context import Context  # noqa: E402
 from probes.framework import Failed, run_check  # noqa: E402
+from probes.models import llamafied_folder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,6 @@ def _trained(shared: dict[str, Any], steps: int = 12, lr: float = 5e-3) -> tuple
     model, _, _, _ = train.load_route(ctx, "llamafied")
     ids = lora_train.fixed_batch(512, 2, 32, 0, "cpu")
     lora_train.run_lora_steps(model, ids, steps=steps, lr=lr)
-    from probes.models import llamafied_folder
 
     base_path = str(llamafied_folder(ctx, lora_train.resolve_exaone35(ctx)))
 

@@ -17,10 +17,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import json  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 from probes.checks import attention, exaone4, exaone35  # noqa: E402
 from probes.checks.model_load import compare_to_checkpoint, dtype_kwargs  # noqa: E402
 from probes.context import Context  # noqa: E402
-from probes.fixtures.checkpoints import write_exaone35, write_exaone4  # noqa: E402
+from probes.fixtures.checkpoints import write_exaone4, write_exaone35  # noqa: E402
 from probes.framework import Failed, run_check  # noqa: E402
 from probes.models import ModelHandle, find_snapshot, resolve_model  # noqa: E402
 
@@ -33,7 +37,7 @@ needs_loading_remote_code = pytest.mark.skipif(
 )
 
 
-def make_ctx(tmp_path, **spec) -> Context:
+def make_ctx(tmp_path: Path, **spec) -> Context:
     return Context(spec={"models": [], "pins": {}, **spec}, device="cpu", work_dir=tmp_path)
 
 
@@ -47,7 +51,7 @@ def run(name, fn, ctx):
     return run_check(name, fn, ctx, timeout_s=300)
 
 
-def rewrite_tensor(folder, key, transform):
+def rewrite_tensor(folder, key, transform) -> None:
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(folder / "model.safetensors"))
@@ -63,7 +67,9 @@ def exaone35_check(ctx, name):
     return dict(exaone35.checks(ctx))[name]
 
 
-def test_exaone35_group_answers_every_known_revision_and_the_llamafied_route(tmp_path):
+def test_exaone35_group_answers_every_known_revision_and_the_llamafied_route(
+    tmp_path: Path,
+) -> None:
     names = [name for name, _ in exaone35.checks(make_ctx(tmp_path))]
     # `main` is pinned in the default matrix: its stand-in is the newest known revision ("current");
     # the older known revision gets its own suffixed checks.
@@ -77,7 +83,7 @@ def test_exaone35_group_answers_every_known_revision_and_the_llamafied_route(tmp
 
 
 @needs_loading_remote_code
-def test_remote_code_passes_on_good_fixture(tmp_path):
+def test_remote_code_passes_on_good_fixture(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path)
     name = "exaone3.5.remote-code"
     result = run(name, exaone35_check(ctx, name), ctx)
@@ -98,7 +104,7 @@ def test_remote_code_passes_on_good_fixture(tmp_path):
 
 
 @needs_loading_remote_code
-def test_remote_code_fails_when_a_renamed_parameter_stays_random(tmp_path):
+def test_remote_code_fails_when_a_renamed_parameter_stays_random(tmp_path: Path) -> None:
     folder = write_exaone35(tmp_path / "exaone_renamed_up")
     code = (folder / "modeling_exaone.py").read_text()
     assert code.count("c_fc_1") >= 2
@@ -114,7 +120,7 @@ def test_remote_code_fails_when_a_renamed_parameter_stays_random(tmp_path):
     assert result["error"]["signature"]
 
 
-def test_weight_comparison_alone_catches_random_init_and_drift(tmp_path):
+def test_weight_comparison_alone_catches_random_init_and_drift(tmp_path: Path) -> None:
     """Independent of transformers' loading report: the tensor-by-tensor comparison fails by
     itself."""
     from transformers import AutoModelForCausalLM
@@ -137,7 +143,7 @@ def test_weight_comparison_alone_catches_random_init_and_drift(tmp_path):
 
 
 @needs_loading_remote_code
-def test_remote_code_fails_on_non_finite_logits(tmp_path):
+def test_remote_code_fails_on_non_finite_logits(tmp_path: Path) -> None:
     folder = write_exaone35(tmp_path / "exaone_nan")
     rewrite_tensor(
         folder,
@@ -157,7 +163,7 @@ def test_remote_code_fails_on_non_finite_logits(tmp_path):
 # ------------------------------------------------------------------------------------
 
 
-def test_exaone4_native_by_transformers_version(tmp_path):
+def test_exaone4_native_by_transformers_version(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path)
     [(name, fn)] = exaone4.checks(ctx)
     result = run(name, fn, ctx)
@@ -181,7 +187,7 @@ def test_exaone4_native_by_transformers_version(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_EXAONE4, reason="Exaone4ForCausalLM needs transformers >= 4.54")
-def test_exaone4_native_fails_on_checkpoint_missing_a_tensor(tmp_path):
+def test_exaone4_native_fails_on_checkpoint_missing_a_tensor(tmp_path: Path) -> None:
     folder = write_exaone4(tmp_path / "exaone4_missing")
     rewrite_tensor(
         folder,
@@ -201,7 +207,7 @@ def test_exaone4_native_fails_on_checkpoint_missing_a_tensor(tmp_path):
 
 
 @needs_loading_remote_code
-def test_attention_group_on_cpu(tmp_path):
+def test_attention_group_on_cpu(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path)
     results = {name: run(name, fn, ctx) for name, fn in attention.checks(ctx)}
     assert list(results) == [
@@ -230,7 +236,9 @@ def test_attention_group_on_cpu(tmp_path):
 
 
 @needs_loading_remote_code
-def test_guide_xformers_option_is_tried_as_written_and_fails_with_transformers_message(tmp_path):
+def test_guide_xformers_option_is_tried_as_written_and_fails_with_transformers_message(
+    tmp_path: Path,
+) -> None:
     """The guide's attn_implementation="xformers" (xformers presence aside): transformers' own
     verdict."""
     ctx = make_ctx(tmp_path)
@@ -259,7 +267,9 @@ def _non_causal_kernel(module, query, key, value, attention_mask, scaling=None, 
     return out.transpose(1, 2), None
 
 
-def test_registered_kernel_runs_inside_the_model_and_a_wrong_one_fails_parity(tmp_path):
+def test_registered_kernel_runs_inside_the_model_and_a_wrong_one_fails_parity(
+    tmp_path: Path,
+) -> None:
     """The route attention.xformers-kernel takes (AttentionInterface registration), with CPU
     kernels:
     a correct kernel passes parity with eager, a non-causal one is caught."""
@@ -284,7 +294,8 @@ def test_registered_kernel_runs_inside_the_model_and_a_wrong_one_fails_parity(tm
 # -------------------------------------------------------------------------------------
 
 
-def test_resolve_model_builds_fixture_once_per_run(tmp_path, monkeypatch):
+def test_resolve_model_builds_fixture_once_per_run(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     ctx = make_ctx(
         tmp_path,
@@ -308,7 +319,8 @@ def test_resolve_model_builds_fixture_once_per_run(tmp_path, monkeypatch):
         resolve_model(ctx, "not-a-model")
 
 
-def test_resolve_model_prefers_pinned_hub_snapshot(tmp_path, monkeypatch):
+def test_resolve_model_prefers_pinned_hub_snapshot(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "hub"
     repo_dir = cache / "models--LGAI-EXAONE--EXAONE-3.5-2.4B-Instruct"
     sha = "b" * 40
@@ -359,13 +371,10 @@ print("RESULT " + json.dumps(run_check(name, dict(exaone35.checks(ctx))[name], c
 
 
 @needs_loading_remote_code
-def test_remote_code_loads_pinned_revision_from_hub_cache_offline(tmp_path):
+def test_remote_code_loads_pinned_revision_from_hub_cache_offline(tmp_path: Path) -> None:
     """The hub route end to end: repo id + pinned revision resolved from a local cache with the
     network off.
     A subprocess, because huggingface_hub reads its cache location once at import."""
-    import json
-    import subprocess
-    from pathlib import Path
 
     sha = "d" * 40
     repo_dir = tmp_path / "hub" / "models--LGAI-EXAONE--EXAONE-3.5-2.4B-Instruct"

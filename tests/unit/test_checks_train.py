@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from probes import signatures  # noqa: E402
 from probes.checks import lora_train, train  # noqa: E402
 from probes.context import Context  # noqa: E402
 from probes.framework import Failed, run_check  # noqa: E402
@@ -320,6 +321,7 @@ def test_trl_sft_fails_when_the_completion_mask_misses_the_prompt(
     same default is put on the 4.57.6 tokenizer here: the check must see the loss reach into the
     prompt."""
     import trl
+
     from probes.checks.lora_train import _version_tuple
 
     if _version_tuple(trl.__version__) >= (0, 28):
@@ -338,7 +340,6 @@ def test_trl_sft_fails_when_the_completion_mask_misses_the_prompt(
     with pytest.raises(Failed, match=r"masked \[([23]), \1\] prompt tokens per example") as info:
         train.run_sft_trainer(ctx, model, tokenizer, lora_train.LoraRun(), tmp_path)
     assert info.value.evidence["masking_matches_prompts"] is False
-    from probes import signatures
 
     assert (
         signatures.classify("Failed", info.value.message).id
@@ -482,7 +483,7 @@ def test_segments_from_unsloths_packed_seq_lengths(shared: dict[str, Any]) -> No
     _, tokenizer, _, _ = train.load_route(ctx, "llamafied")
     prompts = train.prompt_token_ids(tokenizer, 2)
     examples = []
-    for prompt, (_, _, answer) in zip(prompts, train.CHAT_CONVERSATIONS):
+    for prompt, (_, _, answer) in zip(prompts, train.CHAT_CONVERSATIONS, strict=True):
         completion = tokenizer(answer + "[|endofturn|]", add_special_tokens=False)["input_ids"]
         examples.append(
             {

@@ -6,7 +6,7 @@ from pinmatrix.report.summary import merge
 from pinmatrix.run.options import REPO_ROOT
 
 
-def test_the_guides_claims_on_the_h200():
+def test_the_guides_claims_on_the_h200() -> None:
     summary = merge(REPO_ROOT / "reports" / "h200" / "merged")
     claims = {c["id"]: c for c in summary["claims"]}
     statuses = {c["id"]: c["status"] for c in summary["cells"]}

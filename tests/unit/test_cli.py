@@ -7,27 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.cli.main import main
+from pinmatrix.cli.main import build_parser, main
+from pinmatrix.run.options import package_sources as _sources
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
 BAD = ROOT / "tests" / "data" / "matrices" / "bad" / "02-unknown-axis.yaml"
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def test_list_prints_the_selected_cells(capsys):
+def test_list_prints_the_selected_cells(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "list", "--matrix", str(CI), "transformers=5.17.0")
     assert code == 0
     (cell,) = out.split()
     assert "-tf5.17.0-" in cell
 
 
-def test_options_and_selectors_may_interleave(capsys):
+def test_options_and_selectors_may_interleave(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "list", "tf=4.57.6", "--matrix", str(CI), "--cpu")
     assert code == 0 and "-tf4.57.6-" in out and len(out.split()) == 1
 
@@ -37,7 +38,8 @@ def test_options_and_selectors_may_interleave(capsys):
     ("transformer=5.17.0", "unknown axis"),
     ("nonsense", "expected AXIS=VALUE"),
 ])
-def test_bad_selector_exits_2(capsys, tmp_path, selector, words):
+def test_bad_selector_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path, selector,
+                              words) -> None:
     reports = tmp_path / "reports"
     code, out, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports),
                          "--runner", "venv", selector)
@@ -46,7 +48,7 @@ def test_bad_selector_exits_2(capsys, tmp_path, selector, words):
     assert not reports.exists()
 
 
-def test_bad_runner_exits_2(capsys, tmp_path):
+def test_bad_runner_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     code, _, err = run(capsys, "matrix", "--matrix", str(CI), "--reports", str(reports), "--runner",
                        "singularity")
@@ -54,7 +56,8 @@ def test_bad_runner_exits_2(capsys, tmp_path):
     assert not reports.exists()
 
 
-def test_bad_matrix_exits_2_naming_file_and_line(capsys, tmp_path):
+def test_bad_matrix_exits_2_naming_file_and_line(capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     code, _, err = run(capsys, "matrix", "--matrix", str(BAD), "--reports", str(reports),
                        "--runner", "venv")
@@ -63,7 +66,7 @@ def test_bad_matrix_exits_2_naming_file_and_line(capsys, tmp_path):
     assert not reports.exists()
 
 
-def test_missing_matrix_file_exits_2(capsys, tmp_path):
+def test_missing_matrix_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "list", "--matrix", str(tmp_path / "nope.yaml"))
     assert code == 2 and "file not found" in err
 
@@ -75,27 +78,25 @@ def test_missing_matrix_file_exits_2(capsys, tmp_path):
     (["list", "--timeout", "abc"], "invalid float value"),
     (["matrix", "--timeout", "-5"], "more than 0"),
 ])
-def test_usage_errors_exit_2(capsys, argv, words):
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv, words) -> None:
     code, _, err = run(capsys, *argv)
     assert code == 2 and words in err
 
 
-def test_report_without_a_run_exits_2(capsys, tmp_path):
+def test_report_without_a_run_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "report", "--reports", str(tmp_path))
     assert code == 2 and "no run folder" in err
 
 
-def test_module_entry_point_exit_code():
+def test_module_entry_point_exit_code() -> None:
     proc = subprocess.run([sys.executable, "-m", "pinmatrix", "list", "--matrix", str(BAD)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "unknown axis" in proc.stderr
 
 
-def test_torch_backend_reaches_uv(monkeypatch):
+def test_torch_backend_reaches_uv(monkeypatch: pytest.MonkeyPatch) -> None:
     """--torch-backend auto follows the torch pin's variant; without it uv is told nothing."""
-    from pinmatrix.cli.main import build_parser
-    from pinmatrix.run.options import package_sources as _sources
 
     monkeypatch.delenv("PINMATRIX_TORCH_BACKEND", raising=False)
     args = build_parser().parse_args(["resolve", "--torch-backend", "auto"])
@@ -104,11 +105,9 @@ def test_torch_backend_reaches_uv(monkeypatch):
     assert "--torch-backend" not in _sources(plain).uv_args("2.11.0+cu130")
 
 
-def test_offline_sources_ask_no_index(monkeypatch, tmp_path):
+def test_offline_sources_ask_no_index(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """--offline reaches the resolver: find-links only, --no-index --offline, and its own cache
     key (a lock made from a wheelhouse alone is not the index's lock)."""
-    from pinmatrix.cli.main import build_parser
-    from pinmatrix.run.options import package_sources as _sources
 
     monkeypatch.delenv("PINMATRIX_FIND_LINKS", raising=False)
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)

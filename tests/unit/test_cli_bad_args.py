@@ -11,10 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
+
+from pinmatrix.outcome import Outcome
+from pinmatrix.runners.docker import DockerRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
@@ -124,7 +127,6 @@ def test_hostile_base_image_stops_at_the_matrix_and_at_the_runner(
     """An image name is a matrix value that reaches `docker build --build-arg BASE_IMAGE=...`: it is
     refused twice before that (matrix validation with file:line, then the runner), never given to a
     shell."""
-    from pinmatrix.runners.docker import DockerRunner
 
     canary = tmp_path / "pwned"
     image = image.format(canary=canary)
@@ -273,7 +275,7 @@ def test_bad_value_from_the_environment_exits_2_and_names_the_variable(
     env = {k: v.format(file=tmp_path / "a-file", comma=tmp_path / "wheels,1")
            for k, v in env.items()}
     reports = tmp_path / "reports"
-    proc = _run_env(["--runner", "venv", *args] if not args else args, reports, env)
+    proc = _run_env(args if args else ["--runner", "venv", *args], reports, env)
     assert proc.returncode == 2, f"{case}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -292,7 +294,6 @@ def test_the_flag_wins_over_a_bad_variable_and_report_does_not_read_them(tmp_pat
     assert proc.returncode == 0, proc.stderr
     proc = _run_env([], tmp_path / "reports", bad, command="list")
     assert proc.returncode == 2 and "$PINMATRIX_FIND_LINKS" in proc.stderr, proc.stderr
-    from pinmatrix.outcome import Outcome
 
     run = tmp_path / "reports" / "20261129T010000Z"
     Outcome(cell="c", hash=None, pins={"python": "3.11"}, runner="venv", stage="resolve",

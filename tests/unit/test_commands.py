@@ -8,6 +8,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import re
 import typing
 from pathlib import Path
 
@@ -18,8 +19,19 @@ from pinmatrix.cli.main import STANDALONE, command_parser, main, parse
 from pinmatrix.commands import COMMANDS
 from pinmatrix.commands.base import build_config, own_parser, takes_config
 from pinmatrix.errors import UsageError
-from pinmatrix.run.options import (CONCERNS, OPTIONS, Option, RunOptions, SlurmOptions,
-                                   check_options, concern_from, options_for, typed)
+from pinmatrix.run.options import (
+    CONCERNS,
+    ENV_SETTINGS,
+    OPTIONS,
+    Option,
+    RunOptions,
+    SlurmOptions,
+    check_options,
+    concern_from,
+    options_for,
+    typed,
+)
+from pinmatrix.sources import SOURCE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "matrices" / "ci.yaml"
@@ -31,14 +43,14 @@ def _concern_fields(config_type: type) -> dict[str, type]:
             if hints[f.name] in CONCERNS}
 
 
-def test_one_registry_lists_every_command_the_cli_knows():
+def test_one_registry_lists_every_command_the_cli_knows() -> None:
     assert set(COMMANDS) == set(CLI_COMMANDS) | set(STANDALONE)
     assert {"matrix", "report", "merge", "nightly", "bisect", "list", "doctor", "bundle",
             "remote-code-surface", "cdi-spec", "base-image", "resolve", "run-cell"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_each_command_runs_on_its_typed_config(name):
+def test_each_command_runs_on_its_typed_config(name) -> None:
     command = COMMANDS[name]
     if command.standalone:  # its own small parser, from its config's fields
         assert command.main is not None
@@ -55,7 +67,7 @@ def test_each_command_runs_on_its_typed_config(name):
 
 
 @pytest.mark.parametrize("name", sorted(CLI_COMMANDS))
-def test_each_parser_is_built_from_the_fields_of_its_commands_config(name):
+def test_each_parser_is_built_from_the_fields_of_its_commands_config(name) -> None:
     """Every flag the command's parser takes is an option declared on a field of a concern its
     config holds: nothing is parsed that the command could only read from the Namespace."""
     command = COMMANDS[name]
@@ -73,7 +85,7 @@ def test_each_parser_is_built_from_the_fields_of_its_commands_config(name):
         assert any(o.flag == option.flag for o in field.metadata["options"]), option.flag
 
 
-def test_the_option_table_is_derived_from_the_typed_fields():
+def test_the_option_table_is_derived_from_the_typed_fields() -> None:
     from_fields = [o.flag for c in CONCERNS for f in dataclasses.fields(c)
                    for o in f.metadata.get("options", ())]
     assert [o.flag for o in OPTIONS] == from_fields
@@ -83,7 +95,7 @@ def test_the_option_table_is_derived_from_the_typed_fields():
         f.name for f in dataclasses.fields(RunOptions)}
 
 
-def test_a_new_typed_field_gets_its_option_parsed_and_typed():
+def test_a_new_typed_field_gets_its_option_parsed_and_typed() -> None:
     @dataclasses.dataclass(frozen=True)
     class Demo:
         jobs: int = typed(Option("--jobs", "", commands=("list",), type=int,
@@ -93,7 +105,7 @@ def test_a_new_typed_field_gets_its_option_parsed_and_typed():
     assert concern_from(Demo, argparse.Namespace(command="report", jobs=5)) == Demo(jobs=3)
 
 
-def test_build_config_fills_every_concern_and_the_slurm_argv(tmp_path):
+def test_build_config_fills_every_concern_and_the_slurm_argv(tmp_path: Path) -> None:
     args = parse(["matrix", "--matrix", str(CI), "--on", "slurm", "--partition", "gpu",
                   "--cpu", "--timeout", "60", "transformers=5.17.0"])
     config = build_config(COMMANDS["matrix"].config, args)
@@ -105,7 +117,8 @@ def test_build_config_fills_every_concern_and_the_slurm_argv(tmp_path):
         config.run.cpu = False  # type: ignore[misc]
 
 
-def test_env_fallback_comes_from_the_field_declaration(monkeypatch, capsys):
+def test_env_fallback_comes_from_the_field_declaration(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     with_env = [o for o in OPTIONS if o.env]
     assert {o.flag for o in with_env} >= {"--index-url", "--find-links", "--torch-backend",
                                           "--venv-dir"}
@@ -119,7 +132,7 @@ def test_env_fallback_comes_from_the_field_declaration(monkeypatch, capsys):
         check_options(parse(["resolve", "--matrix", str(CI)]))
 
 
-def test_requires_and_conflicts_are_declared_on_fields_and_enforced(tmp_path):
+def test_requires_and_conflicts_are_declared_on_fields_and_enforced(tmp_path: Path) -> None:
     rules = {o.flag: (o.requires, o.conflicts) for o in OPTIONS if o.requires or o.conflicts}
     assert rules == {"--model-hub": (("--model-cache",), ()),
                      "--resume": ((), ("--run-dir", "--shard"))}
@@ -133,7 +146,9 @@ def test_requires_and_conflicts_are_declared_on_fields_and_enforced(tmp_path):
         check_options(parse(["matrix", "--matrix", str(CI), "--resume", "--shard", "1/2"]))
 
 
-def test_cross_option_rules_exit_2_from_the_command_line(tmp_path, capsys):
+def test_cross_option_rules_exit_2_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
     code = main(["matrix", "--matrix", str(CI), "--reports", str(tmp_path / "r"), "--resume",
                  "--run-dir", str(tmp_path / "run")])
     assert code == 2 and "--resume cannot be combined with --run-dir" in capsys.readouterr().err
@@ -148,7 +163,7 @@ def _sources():
         yield from (sorted(place.glob("*.py")) if place.is_dir() else [place])
 
 
-def test_no_command_reads_the_argparse_namespace():
+def test_no_command_reads_the_argparse_namespace() -> None:
     """Outside the parsing layer (cli/main.py, run/options.py, and commands/base.py, which turns
     the parsed arguments into a config), nothing takes an argparse.Namespace, reads `args.NAME`
     or calls getattr on `args`."""
@@ -170,7 +185,7 @@ def test_no_command_reads_the_argparse_namespace():
                 raise AssertionError(f"{path}:{node.lineno}: args.{node.attr}")
 
 
-def test_the_cli_dispatches_over_the_registry_without_a_chain():
+def test_the_cli_dispatches_over_the_registry_without_a_chain() -> None:
     """cli/main.py compares no command name with a string literal: the registry decides."""
     tree = ast.parse((ROOT / "pinmatrix" / "cli" / "main.py").read_text(encoding="utf-8"))
     names = set(COMMANDS)
@@ -181,14 +196,10 @@ def test_the_cli_dispatches_over_the_registry_without_a_chain():
                     raise AssertionError(f"cli/main.py:{node.lineno}: compares {side.value!r}")
 
 
-def test_every_pinmatrix_variable_read_is_declared():
+def test_every_pinmatrix_variable_read_is_declared() -> None:
     """Each PINMATRIX_* variable the package reads is declared once: an option's fallback
     (Option.env) or an environment-only setting (HostSettings), so --help lists it. Variables
     pinmatrix sets for its probes (the cell id, the GPU lock) are not settings."""
-    import re
-
-    from pinmatrix.run.options import ENV_SETTINGS
-    from pinmatrix.sources import SOURCE_ENV
 
     declared = {v.name for v in ENV_SETTINGS} | {n for o in OPTIONS for n in o.env}
     declared |= {n for names in SOURCE_ENV.values() for n in names}
@@ -200,9 +211,7 @@ def test_every_pinmatrix_variable_read_is_declared():
     assert read - set_for_probes - declared == set()
 
 
-def test_top_level_help_lists_the_environment_settings(capsys):
-    from pinmatrix.run.options import ENV_SETTINGS
-
+def test_top_level_help_lists_the_environment_settings(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse(["--help"])
     out = capsys.readouterr().out

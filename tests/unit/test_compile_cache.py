@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.environ import compile_cache
 from pinmatrix.cell import Lock
 from pinmatrix.containers.container_args import Mount
+from pinmatrix.environ import compile_cache
 from probes.environment import COMPILE_CACHE_ENV, compile_cache_state
 
 LOCK = Lock("c", "3.12", "torch==2.11.0\n", "torch==2.11.0\ntransformers==5.17.0\n")

@@ -10,19 +10,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from pinmatrix.report.diff import diff, find_run_dir, load_summary
-from pinmatrix.report.history import DEFAULT_REL_THRESHOLD, NOISE_K, noise_threshold, read_history
-from pinmatrix.commands.nightly import EXIT_GREEN, EXIT_NEW_BREAKAGES, finish
-from pinmatrix.outcome import Outcome
-from pinmatrix.run.options import REPO_ROOT
 from real_results import BASE_PINS, cache_root
 from report_runs import CELL_ID, add_cell, cpu_throughput_checks, new_run, probe_result
+
+from pinmatrix.commands.nightly import EXIT_GREEN, EXIT_NEW_BREAKAGES, finish
+from pinmatrix.outcome import Outcome
+from pinmatrix.report.diff import diff, find_run_dir, load_summary
+from pinmatrix.report.history import DEFAULT_REL_THRESHOLD, NOISE_K, noise_threshold, read_history
+from pinmatrix.run.options import REPO_ROOT
 
 GOOD_PINS = {**BASE_PINS, "xformers": "none"}
 BROKEN_PINS = {**BASE_PINS, "xformers": "0.0.35"}     # the one pin that differs
@@ -32,7 +33,7 @@ INFRA_NOW = "py3.11-torch2.13.0+cpu-tf5.17.0-trl1.0.0"
 
 
 @pytest.fixture(scope="module")
-def cache(request, tmp_path_factory) -> Path:
+def cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache_root(request, tmp_path_factory)
 
 
@@ -56,12 +57,12 @@ def _run_b(reports: Path, cache: Path) -> Path:
 
 
 @pytest.fixture
-def runs(tmp_path, cache) -> tuple[Path, Path, Path]:
+def runs(tmp_path: Path, cache) -> tuple[Path, Path, Path]:
     reports = tmp_path / "reports"
     return reports, _run_a(reports, cache), _run_b(reports, cache)
 
 
-def test_one_pin_apart_gives_a_new_breakage_with_its_signature(runs):
+def test_one_pin_apart_gives_a_new_breakage_with_its_signature(runs) -> None:
     _, a, b = runs
     d = diff(load_summary(a), load_summary(b))
     breaks = {(x["cell"], x["check"]): x for x in d["new_breakages"]}
@@ -78,7 +79,7 @@ def test_one_pin_apart_gives_a_new_breakage_with_its_signature(runs):
     assert d["fixes"] == []
 
 
-def test_the_other_way_round_is_a_fix(runs):
+def test_the_other_way_round_is_a_fix(runs) -> None:
     _, a, b = runs
     d = diff(load_summary(b), load_summary(a))
     assert d["new_breakages"] == []
@@ -86,7 +87,7 @@ def test_the_other_way_round_is_a_fix(runs):
     assert fix["cell"] == CELL_ID and fix["signature_before"] == "xformers-extensions-not-loaded"
 
 
-def test_nightly_red_on_new_breakage_writes_diff_and_history(runs):
+def test_nightly_red_on_new_breakage_writes_diff_and_history(runs) -> None:
     reports, a, b = runs
     lines: list[str] = []
     first = finish(a, reports_dir=reports, echo=lines.append)
@@ -98,7 +99,7 @@ def test_nightly_red_on_new_breakage_writes_diff_and_history(runs):
     assert any(ln.startswith(f"  NEW BREAKAGE {CELL_ID} imports: pass → fail "
                             "[xformers-extensions-not-loaded]")
                for ln in lines)
-    assert any("infra (listed apart, never red): 1" == ln for ln in lines)
+    assert any(ln == "infra (listed apart, never red): 1" for ln in lines)
     md = (b / "summary.md").read_text()
     assert "## Changes since 20261126T031700Z-nightly" in md and "### New breakages" in md
     assert (b / "diff.md").read_text().startswith("# Changes since 20261126T031700Z-nightly")
@@ -110,7 +111,7 @@ def test_nightly_red_on_new_breakage_writes_diff_and_history(runs):
     assert history[1]["cells"][CELL_ID]["status"] == "broken" and history[1]["new_breakages"] >= 1
 
 
-def test_infra_only_never_turns_it_red(tmp_path, cache):
+def test_infra_only_never_turns_it_red(tmp_path: Path, cache) -> None:
     reports = tmp_path / "reports"
     a = new_run(reports, "20261126T031700Z")
     add_cell(a, CELL_ID, GOOD_PINS, probe_result(cache, CELL_ID, "good", GOOD_PINS))
@@ -123,7 +124,7 @@ def test_infra_only_never_turns_it_red(tmp_path, cache):
     assert d["new_breakages"] == [] and d["infra"][0]["cell"] == CELL_ID
 
 
-def test_damaged_history_line_is_reported_not_fatal(runs):
+def test_damaged_history_line_is_reported_not_fatal(runs) -> None:
     reports, a, b = runs
     (reports / "history.jsonl").write_text('{"run": "x", "cells": {}}\n{broken\n')
     lines: list[str] = []
@@ -132,7 +133,7 @@ def test_damaged_history_line_is_reported_not_fatal(runs):
     assert len(read_history(reports / "history.jsonl")[0]) == 2
 
 
-def test_unreadable_previous_is_said_not_fatal(runs, tmp_path):
+def test_unreadable_previous_is_said_not_fatal(runs, tmp_path: Path) -> None:
     reports, _, b = runs
     empty = tmp_path / "previous"
     empty.mkdir()
@@ -143,14 +144,13 @@ def test_unreadable_previous_is_said_not_fatal(runs, tmp_path):
 
 # --- throughput noise ----------------------------------------------------------------------------
 
-def test_noise_threshold_measured_from_repeated_real_runs():
+def test_noise_threshold_measured_from_repeated_real_runs() -> None:
     """Four real CPU measurements of the same cell: the threshold is k·stdev of them, and says
     so."""
     samples = [cpu_throughput_checks(("sdpa",))[0]["evidence"]["tokens_per_s"] for _ in range(4)]
     history = [{"run": f"r{i}", "cells": {"c": {"hash": "H", "throughput": {"sdpa": v}}}} for i,
                v in enumerate(samples)]
     threshold, basis = noise_threshold(history, "H", "sdpa")
-    import statistics
 
     assert threshold == pytest.approx(
         NOISE_K * statistics.stdev(samples) / statistics.fmean(samples)
@@ -161,7 +161,7 @@ def test_noise_threshold_measured_from_repeated_real_runs():
     assert noise_threshold(history, "another-hash", "sdpa")[0] == DEFAULT_REL_THRESHOLD
 
 
-def test_throughput_change_beyond_threshold_is_reported(tmp_path, cache):
+def test_throughput_change_beyond_threshold_is_reported(tmp_path: Path, cache) -> None:
     reports = tmp_path / "reports"
     measured = cpu_throughput_checks(("sdpa",))
     a = new_run(reports, "20261126T031700Z")
@@ -209,7 +209,7 @@ def _pinmatrix(*args: str) -> subprocess.CompletedProcess[str]:
                                                            "PYTHONPATH": str(REPO_ROOT)})
 
 
-def test_merge_job_on_a_download_artifact_layout(runs, tmp_path):
+def test_merge_job_on_a_download_artifact_layout(runs, tmp_path: Path) -> None:
     _, a, b = runs
     work = tmp_path / "gh"
     artifacts = work / "artifacts"
@@ -251,7 +251,7 @@ def test_merge_job_on_a_download_artifact_layout(runs, tmp_path):
     assert find_run_dir(previous) == previous / a.name
 
 
-def test_merge_job_green_when_nothing_broke(runs, tmp_path):
+def test_merge_job_green_when_nothing_broke(runs, tmp_path: Path) -> None:
     _, a, _ = runs
     artifacts = tmp_path / "artifacts"
     _cell_artifact(artifacts, "cell-0", a, CELL_ID, nested=False)
@@ -261,14 +261,14 @@ def test_merge_job_green_when_nothing_broke(runs, tmp_path):
     assert "0 new breakages" in proc.stdout
 
 
-def test_merge_usage_errors(tmp_path):
+def test_merge_usage_errors(tmp_path: Path) -> None:
     proc = _pinmatrix("merge", "--reports", str(tmp_path))
     assert proc.returncode == 2 and "ARTIFACT_DIR" in proc.stderr
     proc = _pinmatrix("merge", str(tmp_path / "nope"), "--reports", str(tmp_path))
     assert proc.returncode == 2 and "no such folder" in proc.stderr
 
 
-def test_list_json_for_the_job_matrix():
+def test_list_json_for_the_job_matrix() -> None:
     proc = _pinmatrix("list", "--json", "--matrix", "tests/data/matrices/ci.yaml")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)

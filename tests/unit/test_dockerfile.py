@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pinmatrix.environ import compile_cache
-from pinmatrix.containers.engine import Engine
 from pinmatrix.containers.container_args import Mount, gpu_args
+from pinmatrix.containers.engine import Engine
+from pinmatrix.environ import compile_cache
 from pinmatrix.runners import docker as dr
 from pinmatrix.runners.base import Prepared
 

@@ -4,6 +4,7 @@ for real (a closed port, a socket that does not exist)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from pinmatrix.containers.engine import find_engine
 from pinmatrix.environ.interpreters import find
+from pinmatrix.run.doctor import registry_of
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
@@ -31,7 +34,7 @@ def _absent_python() -> str | None:
     return None
 
 
-def test_doctor_prints_one_line_per_capability(tmp_path):
+def test_doctor_prints_one_line_per_capability(tmp_path: Path) -> None:
     proc = pinmatrix("doctor", "--matrix", str(CI), "--runner", "venv", "--cpu",
                      "--find-links", str(tmp_path), "--reports", str(tmp_path / "reports"))
     lines = proc.stdout.splitlines()
@@ -50,7 +53,7 @@ def test_doctor_prints_one_line_per_capability(tmp_path):
 
 
 @pytest.mark.skipif(_absent_python() is None, reason="every candidate Python is on this host")
-def test_matrix_without_any_needed_python_stops_at_once_with_exit_2(tmp_path):
+def test_matrix_without_any_needed_python_stops_at_once_with_exit_2(tmp_path: Path) -> None:
     version = _absent_python()
     matrix = tmp_path / "m.yaml"
     matrix.write_text(CI.read_text().replace('python: ["3.11"]', f'python: ["{version}"]'))
@@ -66,7 +69,7 @@ def test_matrix_without_any_needed_python_stops_at_once_with_exit_2(tmp_path):
     assert not (tmp_path / "reports").exists()  # nothing was run
 
 
-def test_docker_runner_without_an_engine_stops_with_exit_2(tmp_path):
+def test_docker_runner_without_an_engine_stops_with_exit_2(tmp_path: Path) -> None:
     proc = pinmatrix("matrix", "--matrix", str(CI), "--runner", "docker", "--cpu",
                      "--find-links", str(tmp_path), "--reports", str(tmp_path / "reports"),
                      env=NO_DOCKER)
@@ -75,7 +78,7 @@ def test_docker_runner_without_an_engine_stops_with_exit_2(tmp_path):
     assert not (tmp_path / "reports").exists()
 
 
-def test_an_unreachable_index_without_a_wheelhouse_stops_with_exit_2(tmp_path):
+def test_an_unreachable_index_without_a_wheelhouse_stops_with_exit_2(tmp_path: Path) -> None:
     proc = pinmatrix("matrix", "--matrix", str(CI), "--runner", "venv", "--cpu",
                      "--index-url", "http://127.0.0.1:9/simple",
                      "--venv-python", sys.executable,
@@ -85,9 +88,7 @@ def test_an_unreachable_index_without_a_wheelhouse_stops_with_exit_2(tmp_path):
     assert "the package index is not reachable (http://127.0.0.1:9/simple/pip/" in proc.stderr
 
 
-def test_pull_never_without_the_base_image_stops_with_exit_2(tmp_path):
-    from pinmatrix.containers.engine import find_engine
-
+def test_pull_never_without_the_base_image_stops_with_exit_2(tmp_path: Path) -> None:
     if find_engine() is None:
         pytest.skip("needs a Docker engine")
     matrix = tmp_path / "m.yaml"
@@ -100,9 +101,7 @@ def test_pull_never_without_the_base_image_stops_with_exit_2(tmp_path):
     assert "--pull never, and no base image the cells need is in the engine" in proc.stderr
 
 
-def test_registry_of_follows_dockers_naming_rule():
-    from pinmatrix.run.doctor import registry_of
-
+def test_registry_of_follows_dockers_naming_rule() -> None:
     assert registry_of("nvidia/cuda:13.0.1-cudnn-devel-ubuntu24.04") == ("registry-1.docker.io",
                                                                          443)
     assert registry_of("python:3.12") == ("registry-1.docker.io", 443)
@@ -111,16 +110,15 @@ def test_registry_of_follows_dockers_naming_rule():
     assert registry_of("localhost/pm/base:x") == ("localhost", 443)
 
 
-def _absent_image_matrix(tmp_path, image: str) -> Path:
+def _absent_image_matrix(tmp_path: Path, image: str) -> Path:
     matrix = tmp_path / "m.yaml"
     matrix.write_text(CI.read_text().replace('"pinmatrix/base:bookworm-py311"', f'"{image}"'))
     return matrix
 
 
-def test_no_base_image_and_no_reachable_registry_stops_at_once_with_exit_2(tmp_path):
+def test_no_base_image_and_no_reachable_registry_stops_at_once_with_exit_2(tmp_path: Path) -> None:
     """A real host without the image and without a way to its registry (a closed local port):
     every cell would be `infra: pull-registry-unreachable`, so nothing is run."""
-    from pinmatrix.containers.engine import find_engine
 
     if find_engine() is None:
         pytest.skip("needs a Docker engine")
@@ -141,11 +139,8 @@ def test_no_base_image_and_no_reachable_registry_stops_at_once_with_exit_2(tmp_p
     assert line.startswith("MISSING") and "127.0.0.1:9 cannot be reached" in line, line
 
 
-def test_a_reachable_registry_is_not_a_blocker(tmp_path):
+def test_a_reachable_registry_is_not_a_blocker(tmp_path: Path) -> None:
     """The same absent image behind a port that answers: the doctor says it will be pulled."""
-    import socket
-
-    from pinmatrix.containers.engine import find_engine
 
     if find_engine() is None:
         pytest.skip("needs a Docker engine")

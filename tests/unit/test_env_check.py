@@ -4,6 +4,7 @@ layer holding a tokenizers 0.23.2 distribution first on the path."""
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.cell import Cell
-from pinmatrix.resolve.uv import ResolveInfraError
 from pinmatrix.environ import env_check
 from pinmatrix.environ.installed import lock_from_environment
+from pinmatrix.resolve.uv import ResolveInfraError
 from probes.signatures import classify
 
 
@@ -26,12 +27,12 @@ def _dist(site: Path, name: str, version: str, requires: tuple[str, ...] = ()) -
     return site
 
 
-def test_a_consistent_environment_has_no_conflicts():
+def test_a_consistent_environment_has_no_conflicts() -> None:
     report = env_check.check(sys.executable, roots=["packaging"])
     assert report.consistent and report.distributions > 0
 
 
-def test_an_unmet_requirement_is_named_with_what_was_found(tmp_path):
+def test_an_unmet_requirement_is_named_with_what_was_found(tmp_path: Path) -> None:
     site = _dist(tmp_path / "site", "pm-demo-app", "1.0", ("packaging<1", "pm-demo-missing>=2"))
     report = env_check.check(sys.executable, [site])
     found = md.version("packaging")
@@ -42,7 +43,7 @@ def test_an_unmet_requirement_is_named_with_what_was_found(tmp_path):
     assert env_check.check(sys.executable, [site], roots=["packaging"]).consistent
 
 
-def test_markers_are_evaluated_for_the_interpreter_under_test(tmp_path):
+def test_markers_are_evaluated_for_the_interpreter_under_test(tmp_path: Path) -> None:
     site = _dist(tmp_path / "site", "pm-demo-app", "1.0",
                  ('packaging<1; python_version < "3"', 'packaging<1; extra == "x"'))
     assert env_check.check(sys.executable, [site]).consistent
@@ -56,7 +57,7 @@ def _transformers() -> str | None:
 
 
 @pytest.mark.skipif(_transformers() != "4.57.6", reason="needs the test venv's transformers 4.57.6")
-def test_transformers_with_a_too_new_tokenizers_is_environment_inconsistent(tmp_path):
+def test_transformers_with_a_too_new_tokenizers_is_environment_inconsistent(tmp_path: Path) -> None:
     site = _dist(tmp_path / "site", "tokenizers", "0.23.2")
     cell = Cell(pins={"transformers": "4.57.6"})
     with pytest.raises(ResolveInfraError) as err:
@@ -76,12 +77,11 @@ def test_transformers_with_a_too_new_tokenizers_is_environment_inconsistent(tmp_
                                                     True, True)
 
 
-def test_the_device_script_reports_the_same(tmp_path):
+def test_the_device_script_reports_the_same(tmp_path: Path) -> None:
     site = _dist(tmp_path / "site", "pm-demo-app", "1.0", ("packaging<1",))
     script = Path(__file__).resolve().parents[2] / "lab" / "gpu-lease" / "h200_env_check.py"
     out = subprocess.run([sys.executable, str(script), "lbl"], capture_output=True, text=True,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True)
-    import json
 
     data = json.loads(out.stdout)
     assert data["label"] == "lbl" and data["consistent"] is False

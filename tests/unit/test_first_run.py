@@ -2,6 +2,7 @@
 named as such, one cause said once. Real runs of `python -m pinmatrix` that end before any probe."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.metadata as md
 import json
 import subprocess
@@ -10,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_HARNESS, EXIT_INFRA, EXIT_OK
+from pinmatrix.cell import Cell, Lock
+from pinmatrix.environ.interpreters import find, uv_could_not_get_python
+from pinmatrix.errors import EXIT_BAD_INPUT, EXIT_HARNESS, EXIT_INFRA, EXIT_OK, InfraError
+from pinmatrix.outcome import Outcome
+from pinmatrix.report.html import render_html
+from pinmatrix.report.markdown import render_markdown
+from pinmatrix.report.summary import merge
+from pinmatrix.runners.venv import VenvRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
@@ -21,20 +29,17 @@ def pinmatrix(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, cwd=ROOT, timeout=600)
 
 
-def test_the_exit_codes_are_distinct():
+def test_the_exit_codes_are_distinct() -> None:
     assert len({EXIT_OK, EXIT_HARNESS, EXIT_BAD_INPUT, EXIT_INFRA}) == 4
 
 
 @pytest.mark.skipif(md.version("transformers") != "4.57.6",
                     reason="needs the test venv (transformers 4.57.6, torch 2.13.0+cpu, "
                            "peft 0.21.2)")
-def test_an_inconsistent_prepared_environment_is_infra_and_exits_3(tmp_path):
+def test_an_inconsistent_prepared_environment_is_infra_and_exits_3(tmp_path: Path) -> None:
     site = tmp_path / "site" / "tokenizers-0.23.2.dist-info"
     site.mkdir(parents=True)
     (site / "METADATA").write_text("Metadata-Version: 2.1\nName: tokenizers\nVersion: 0.23.2\n")
-    # The CI matrix pins bitsandbytes none; the probe stack may hold it (tests/probe-stack.txt), and
-    # --no-install rightly refuses a stack that is not the cell: pin what this interpreter has.
-    import importlib.metadata
 
     try:
         bnb = importlib.metadata.version("bitsandbytes")
@@ -61,8 +66,6 @@ def test_an_inconsistent_prepared_environment_is_infra_and_exits_3(tmp_path):
 
 
 def _absent_python() -> str | None:
-    from pinmatrix.environ.interpreters import find
-
     for version in ("3.9", "3.8", "3.7"):
         if find(version).source in (None, "downloadable"):
             return version
@@ -70,12 +73,10 @@ def _absent_python() -> str | None:
 
 
 @pytest.mark.skipif(__import__("shutil").which("uv") is None, reason="needs uv")
-def test_a_python_uv_cannot_download_is_said_in_words(tmp_path, monkeypatch):
+def test_a_python_uv_cannot_download_is_said_in_words(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The real uv, asked for an interpreter this host lacks, with its download pointed at a closed
     port: the cell's infra reason says what is missing and what to do, not uv's DNS error."""
-    from pinmatrix.cell import Cell, Lock
-    from pinmatrix.errors import InfraError
-    from pinmatrix.runners.venv import VenvRunner
 
     version = _absent_python()
     if version is None:
@@ -92,12 +93,8 @@ def test_a_python_uv_cannot_download_is_said_in_words(tmp_path, monkeypatch):
     assert "127.0.0.1:9" in err.value.log_tail  # uv's own words are kept in the log
 
 
-def test_one_cause_is_said_once_in_the_summary(tmp_path):
+def test_one_cause_is_said_once_in_the_summary(tmp_path: Path) -> None:
     """Three cells' outcomes as the pipeline writes them: two share a cause, one has its own."""
-    from pinmatrix.outcome import Outcome
-    from pinmatrix.report.html import render_html
-    from pinmatrix.report.markdown import render_markdown
-    from pinmatrix.report.summary import merge
 
     words = ("Python 3.12 is not on this host and uv could not download it: install it, pass "
              "`--venv-python 3.12=/path`, or use Docker")
@@ -121,11 +118,10 @@ def test_one_cause_is_said_once_in_the_summary(tmp_path):
     assert section.count("is not on this host") == 1 and "2 cells, one cause" in section
 
 
-def test_uv_s_wrapped_words_still_say_the_python_could_not_be_downloaded():
+def test_uv_s_wrapped_words_still_say_the_python_could_not_be_downloaded() -> None:
     """uv wraps its errors to COLUMNS: at 80 (a narrow terminal, a pytest-xdist worker) the URL
     leaves the "Failed to download" line, and the cell read as a failed venv instead of a missing
     Python with its remedy."""
-    from pinmatrix.environ.interpreters import uv_could_not_get_python
 
     wrapped = ("error: Request failed after 3 retries in 8.8s\n  cause: Failed to download\n"
                "  `http://127.0.0.1:9/20251031/cpython-3.9.25%2B20251031-x86_64-unknown-linux-gnu-"

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 # Keep transformers' copies of remote code out of the user's cache (only effective before
 # transformers loads).
@@ -80,7 +81,7 @@ def expected_parameter_names(layers: int) -> set[str]:
 
 
 @pytest.fixture(scope="module", params=EXAONE35_REVISIONS)
-def fixture_dir(tmp_path_factory, request):
+def fixture_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     return write_exaone35(
         tmp_path_factory.mktemp(f"fx-{request.param}") / "EXAONE-3.5-2.4B-Instruct",
         seed=0,
@@ -114,9 +115,9 @@ def set_attention(m, impl: str) -> None:
         m.config._attn_implementation = impl
 
 
-def test_config_json_has_hub_fields_and_auto_map(fixture_dir):
+def test_config_json_has_hub_fields_and_auto_map(fixture_dir) -> None:
     config = json.loads((fixture_dir / "config.json").read_text())
-    assert HUB_CONFIG_FIELDS <= set(config)
+    assert set(config) >= HUB_CONFIG_FIELDS
     assert config["model_type"] == "exaone" and config["activation_function"] == "silu"
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_exaone.ExaoneForCausalLM"
     assert (fixture_dir / "modeling_exaone.py").is_file() and (
@@ -124,7 +125,7 @@ def test_config_json_has_hub_fields_and_auto_map(fixture_dir):
     ).is_file()
 
 
-def test_loads_as_remote_code_with_hub_module_names(model, fixture_dir):
+def test_loads_as_remote_code_with_hub_module_names(model, fixture_dir) -> None:
     assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
     assert type(model).__name__ == "ExaoneForCausalLM"
     assert set(dict(model.named_parameters(remove_duplicate=False))) == expected_parameter_names(2)
@@ -139,7 +140,7 @@ def test_loads_as_remote_code_with_hub_module_names(model, fixture_dir):
 
 
 @needs_loading_remote_code
-def test_tokenizer_loads_and_round_trips(fixture_dir):
+def test_tokenizer_loads_and_round_trips(fixture_dir) -> None:
     from transformers import AutoTokenizer
 
     # transformers 5 reads config.json first; EXAONE's needs remote code (true of the hub model as
@@ -156,7 +157,7 @@ def test_tokenizer_loads_and_round_trips(fixture_dir):
 
 @needs_loading_remote_code
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_trains_a_step_with_labels(fixture_dir, checkpointing):
+def test_trains_a_step_with_labels(fixture_dir, checkpointing) -> None:
     from transformers import AutoModelForCausalLM
 
     m = (
@@ -183,7 +184,7 @@ def test_trains_a_step_with_labels(fixture_dir, checkpointing):
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
 
 
-def test_loss_matches_manual_cross_entropy(model):
+def test_loss_matches_manual_cross_entropy(model) -> None:
     batch = ids(seed=4)
     out = model(input_ids=batch, labels=batch)
     manual = torch.nn.functional.cross_entropy(
@@ -192,7 +193,7 @@ def test_loss_matches_manual_cross_entropy(model):
     assert torch.allclose(out.loss, manual, atol=1e-6)
 
 
-def test_attention_backends_agree_and_respect_causality(model, fixture_dir):
+def test_attention_backends_agree_and_respect_causality(model, fixture_dir) -> None:
     """The hub's code picks its attention class when a layer is built, so each backend is its own
     load."""
     from transformers import AutoModelForCausalLM
@@ -222,7 +223,7 @@ def test_attention_backends_agree_and_respect_causality(model, fixture_dir):
     assert not torch.equal(later[:, -1], outs["sdpa"][:, -1])
 
 
-def test_greedy_generate_with_kv_cache_matches_recomputation(model):
+def test_greedy_generate_with_kv_cache_matches_recomputation(model) -> None:
     prompt = ids(batch=1, seq=6, seed=6)
     cached = model.generate(
         prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0
@@ -236,7 +237,7 @@ def test_greedy_generate_with_kv_cache_matches_recomputation(model):
     assert torch.equal(cached, tokens)
 
 
-def test_2p4b_shape_has_2p4b_parameters():
+def test_2p4b_shape_has_2p4b_parameters() -> None:
     import math
 
     from probes.fixtures.checkpoints import exaone35_tensor_shapes
@@ -255,7 +256,7 @@ def test_2p4b_shape_has_2p4b_parameters():
 
 
 @needs_loading_remote_code
-def test_state_dict_names_are_what_the_remote_code_loads(model, fixture_dir):
+def test_state_dict_names_are_what_the_remote_code_loads(model, fixture_dir) -> None:
     """The generator writes weights without running the remote code: its names must be the
     model's."""
     from probes.fixtures.checkpoints import exaone35_config_dict, exaone35_tensor_shapes
@@ -267,7 +268,7 @@ def test_state_dict_names_are_what_the_remote_code_loads(model, fixture_dir):
     }
 
 
-def test_llamafy_logits_parity(model, fixture_dir, tmp_path):
+def test_llamafy_logits_parity(model, fixture_dir, tmp_path: Path) -> None:
     from transformers import LlamaForCausalLM
 
     llama_dir = llamafy_exaone35(fixture_dir, tmp_path / "llama")
@@ -280,7 +281,8 @@ def test_llamafy_logits_parity(model, fixture_dir, tmp_path):
     assert diff <= LLAMAFY_ATOL, diff
 
 
-def test_llamafy_parity_test_can_fail_without_rope_scaling(model, fixture_dir, tmp_path):
+def test_llamafy_parity_test_can_fail_without_rope_scaling(model, fixture_dir,
+                                                           tmp_path: Path) -> None:
     """The parity bar is sensitive: a llamafied config that drops rope scaling must exceed it."""
     from transformers import LlamaForCausalLM
 
@@ -300,7 +302,7 @@ def test_llamafy_parity_test_can_fail_without_rope_scaling(model, fixture_dir, t
     assert diff > LLAMAFY_ATOL
 
 
-def test_llama_name_rejects_unknown_parameter():
+def test_llama_name_rejects_unknown_parameter() -> None:
     assert llama_name("transformer.h.3.mlp.c_fc_0.weight") == "model.layers.3.mlp.gate_proj.weight"
     with pytest.raises(ValueError, match="no Llama counterpart"):
         llama_name("transformer.h.0.attn.attention.rotary.inv_freq")

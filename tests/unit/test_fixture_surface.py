@@ -133,9 +133,8 @@ def bridges(source: str) -> list[str]:
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
             and node.func.id in ("hasattr", "getattr")
-        ):
-            if node.args and _mentions(node.args[0], names):
-                found.append(f"{where}: {node.func.id}() on a transformers object")
+        ) and node.args and _mentions(node.args[0], names):
+            found.append(f"{where}: {node.func.id}() on a transformers object")
     return found
 
 

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pinmatrix.run.flaky import failed_groups, group_of, merge_attempts
 from pinmatrix.results import validate
+from pinmatrix.run.flaky import (
+    Recheck,
+    deterministic_failures,
+    failed_groups,
+    group_of,
+    merge_attempts,
+)
 from pinmatrix.status import cell_status
+from probes import signatures
 
 GROUPS = ["imports", "attention", "lora-train", "unsloth", "generate"]
 
@@ -46,9 +53,6 @@ def test_only_failed_groups_are_rerun() -> None:
 
 
 def test_a_failure_with_a_deterministic_signature_is_not_rerun() -> None:
-    from pinmatrix.run.flaky import Recheck, deterministic_failures
-    from probes import signatures
-
     abi = _check("attention.xformers-kernel", "fail")
     abi["error"]["signature"] = "xformers-cuda-ops-not-built-for-this-torch"
     assert signatures.is_deterministic("xformers-cuda-ops-not-built-for-this-torch")

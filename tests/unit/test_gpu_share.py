@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pinmatrix.run.scheduler import SchedulerError, device_tokens
 from pinmatrix.containers import gpu_lock
+from pinmatrix.run.scheduler import SchedulerError, device_tokens
 from probes.gpu_share import GpuShare
 
 REPO = Path(__file__).resolve().parents[2]

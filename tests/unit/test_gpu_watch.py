@@ -11,6 +11,15 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
+from pinmatrix.cell import Lock
+from pinmatrix.environ.site_rules import ExtraSite, parse_extra_site, sites_for
+from pinmatrix.outcome import Outcome, load_outcome
+from pinmatrix.report.gpus import compare, render_compare, render_timeline, timeline
+from pinmatrix.report.gpus import main as gpus_main
+from pinmatrix.report.markdown import render_markdown
+from pinmatrix.report.summary import merge
 from pinmatrix.run.gpu_watch import (
     Assignment,
     GpuWatch,
@@ -19,14 +28,10 @@ from pinmatrix.run.gpu_watch import (
     describe_trespass,
     parse_apps,
     parse_gpus,
+    reattribute,
     watch_run,
 )
-from pinmatrix.outcome import Outcome, load_outcome
-from pinmatrix.report.markdown import render_markdown
-from pinmatrix.report.summary import merge
-from pinmatrix.report.gpus import compare, render_compare, render_timeline, timeline
-from pinmatrix.report.gpus import main as gpus_main
-from pinmatrix.environ.site_rules import ExtraSite, parse_extra_site, sites_for
+from pinmatrix.runners.venv import VenvRunner
 
 GPUS = "0, GPU-aaa, 97, 60000, 1980, 650.1, 5, 16\n1, GPU-bbb, 0, 600, 345, 70.0, 5, 16\n"
 
@@ -39,7 +44,7 @@ def _smi(gpus: str, apps: str):
     return run
 
 
-def test_parse_nvidia_smi():
+def test_parse_nvidia_smi() -> None:
     gpus = parse_gpus(GPUS + "garbage\n")
     assert (
         [g["index"] for g in gpus] == ["0", "1"]
@@ -52,7 +57,7 @@ def test_parse_nvidia_smi():
     assert parse_gpus("0, GPU-a, [N/A], 1, 2, [N/A], 5, 16")[0]["util"] is None
 
 
-def test_a_cell_seen_on_a_gpu_it_was_not_given_is_a_trespass():
+def test_a_cell_seen_on_a_gpu_it_was_not_given_is_a_trespass() -> None:
     cells = {11: "cell-a", 12: "cell-a", 21: "cell-b"}
     watch = GpuWatch(
         run=_smi(
@@ -83,7 +88,7 @@ def test_a_cell_seen_on_a_gpu_it_was_not_given_is_a_trespass():
     assert t
 
 
-def test_memory_on_a_gpu_no_cell_holds_is_flagged_with_the_running_cells_as_suspects():
+def test_memory_on_a_gpu_no_cell_holds_is_flagged_with_the_running_cells_as_suspects() -> None:
     # processes invisible (a container's pid namespace): only memory tells
     samples = [
         {
@@ -108,14 +113,14 @@ def test_memory_on_a_gpu_no_cell_holds_is_flagged_with_the_running_cells_as_susp
     assert not any(u["gpu"] == "0" for u in found["unheld_use"])
 
 
-def test_cell_of_pid_reads_the_environment(tmp_path):
+def test_cell_of_pid_reads_the_environment(tmp_path: Path) -> None:
     (tmp_path / "42").mkdir()
     (tmp_path / "42" / "environ").write_bytes(b"A=1\0PINMATRIX_CELL_ID=py3.12-x\0B=2\0")
     assert cell_of_pid(42, tmp_path) == "py3.12-x"
     assert cell_of_pid(43, tmp_path) is None
 
 
-def _outcome(run, cell, gpu, start, end, run_s=10.0):
+def _outcome(run, cell, gpu, start, end, run_s=10.0) -> None:
     Outcome(
         cell=cell,
         hash=None,
@@ -129,7 +134,8 @@ def _outcome(run, cell, gpu, start, end, run_s=10.0):
     ).write(run)
 
 
-def test_watch_run_writes_what_it_saw_into_the_outcomes(tmp_path, monkeypatch):
+def test_watch_run_writes_what_it_saw_into_the_outcomes(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     _outcome(
         tmp_path, "cell-a", "0", "2026-11-29T10:00:00.000+00:00", "2099-01-01T00:00:00.000+00:00"
     )
@@ -147,7 +153,7 @@ def test_watch_run_writes_what_it_saw_into_the_outcomes(tmp_path, monkeypatch):
     assert report["gpus"] == ["0", "1"]
 
 
-def test_no_gpus_no_watch(tmp_path):
+def test_no_gpus_no_watch(tmp_path: Path) -> None:
     with watch_run(tmp_path, [None]) as w:
         assert not w.enabled
     with watch_run(tmp_path, [""]) as w:
@@ -155,7 +161,7 @@ def test_no_gpus_no_watch(tmp_path):
     assert not (tmp_path / "gpu_watch.json").exists()
 
 
-def test_timeline_lanes_and_summary_section(tmp_path):
+def test_timeline_lanes_and_summary_section(tmp_path: Path) -> None:
     _outcome(tmp_path, "a", "0", "2026-11-29T10:00:00.000+00:00", "2026-11-29T10:01:40.000+00:00")
     _outcome(tmp_path, "b", "1", "2026-11-29T10:00:01.000+00:00", "2026-11-29T10:00:51.000+00:00")
     _outcome(tmp_path, "c", "1", "2026-11-29T10:00:52.000+00:00", "2026-11-29T10:01:30.000+00:00")
@@ -178,7 +184,7 @@ def test_timeline_lanes_and_summary_section(tmp_path):
 
 def _speed_run(root, name, cells):
     run = root / name
-    for cell, gpu, start, end, tps, run_s in cells:
+    for cell, gpu, start, end, _tps, run_s in cells:
         _outcome(run, cell, gpu, start, end, run_s)
     (run / "summary.json").write_text(
         json.dumps(
@@ -188,7 +194,7 @@ def _speed_run(root, name, cells):
     return run
 
 
-def test_compare_concurrent_with_alone(tmp_path):
+def test_compare_concurrent_with_alone(tmp_path: Path) -> None:
     alone = _speed_run(
         tmp_path,
         "alone",
@@ -235,7 +241,7 @@ def test_compare_concurrent_with_alone(tmp_path):
     assert "65.0 s for 2 cells" in text and "120.0 s" in text and "**no**" in text
 
 
-def test_extra_site_rules(tmp_path):
+def test_extra_site_rules(tmp_path: Path) -> None:
     assert parse_extra_site("/s/common") == ExtraSite(Path("/s/common"))
     rule = parse_extra_site("unsloth!=none,transformers=4.57.6:/s/d")
     assert rule.when == (
@@ -259,12 +265,9 @@ def test_extra_site_rules(tmp_path):
     )  # no AXIS=VALUE before ':': a plain folder
 
 
-def test_venv_runner_gives_each_cell_only_its_sites(tmp_path):
-    from pinmatrix.cell import Lock
-    from pinmatrix.runners.venv import VenvRunner
-
+def test_venv_runner_gives_each_cell_only_its_sites(tmp_path: Path) -> None:
     class C:
-        def __init__(self, tf):
+        def __init__(self, tf) -> None:
             self.pins = {"transformers": tf}
 
     runner = VenvRunner(
@@ -277,7 +280,7 @@ def test_venv_runner_gives_each_cell_only_its_sites(tmp_path):
     assert sites_for(C("5.17.0"), runner.extra_sites) == ((tmp_path / "all").resolve(),)
 
 
-def test_compare_reads_step_times_and_says_why(tmp_path):
+def test_compare_reads_step_times_and_says_why(tmp_path: Path) -> None:
     alone = _speed_run(
         tmp_path,
         "alone",
@@ -305,7 +308,9 @@ def test_compare_reads_step_times_and_says_why(tmp_path):
     assert "0.4390 (0.4380..0.5510)" in render_compare(compare(both, [alone]))
 
 
-def test_a_process_whose_environment_reads_empty_is_tied_to_its_cell_by_its_command_line(tmp_path):
+def test_a_process_whose_environment_reads_empty_is_tied_to_its_cell_by_its_command_line(
+    tmp_path: Path,
+) -> None:
     cell = "py3.12-torch2.11.0-tf5.5.0-unsloth2026.10.9-peft0.21.2"
     _outcome(tmp_path, cell, "1", "2026-11-29T10:00:00.000+00:00", "2026-11-29T10:05:00.000+00:00")
     sample = {
@@ -331,14 +336,13 @@ def test_a_process_whose_environment_reads_empty_is_tied_to_its_cell_by_its_comm
             }
         )
     )
-    from pinmatrix.run.gpu_watch import reattribute
 
     report = reattribute(tmp_path)
     assert report["attribution"]["foreign"] == [] and report["attribution_before"]["foreign"]
     assert load_outcome(tmp_path / "outcomes" / f"{cell}.json").gpus_seen == {"1": 842}
 
 
-def test_timeline_of_cells_sharing_one_gpu(tmp_path):
+def test_timeline_of_cells_sharing_one_gpu(tmp_path: Path) -> None:
     # matrix --cells-per-gpu 2: a and b at once on GPU 0, then c after a
     _outcome(tmp_path, "a", "0", "2026-11-29T10:00:00.000+00:00", "2026-11-29T10:01:00.000+00:00")
     _outcome(tmp_path, "b", "0", "2026-11-29T10:00:00.000+00:00", "2026-11-29T10:02:00.000+00:00")
@@ -354,7 +358,7 @@ def test_timeline_of_cells_sharing_one_gpu(tmp_path):
     assert "**90.0 cells per GPU-hour**" in "\n".join(render_timeline(line))
 
 
-def test_compare_lists_damaged_files_and_leaves_them_out(tmp_path):
+def test_compare_lists_damaged_files_and_leaves_them_out(tmp_path: Path) -> None:
     """The run folders compared are untrusted: a FIFO among the outcomes, an outcome of the wrong
     shape, a speed row with NaN and a result that is a list are each named under `damaged`, the
     rest is compared, and nothing hangs or raises."""
@@ -377,7 +381,9 @@ def test_compare_lists_damaged_files_and_leaves_them_out(tmp_path):
     assert "## Damaged" in render_compare(data)
 
 
-def test_compare_without_a_summary_is_bad_input_naming_the_file(tmp_path, capsys):
+def test_compare_without_a_summary_is_bad_input_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "alone").mkdir()
     code = gpus_main(["compare", str(tmp_path / "run"), "--alone", str(tmp_path / "alone")])

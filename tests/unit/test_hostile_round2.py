@@ -4,6 +4,7 @@ output, one writer per run folder, the orphaned probe of a killed harness, every
 checked up front, and a console that is never a terminal-control channel."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -14,14 +15,29 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pinmatrix.cli.main import parse
 from pinmatrix.console import OWN_CONTROL, escape
 from pinmatrix.errors import ResumeError
-from pinmatrix.fsio import (Refused, append_line, confined, load_json, plain_name,
-                            read_bytes_bounded, strict_json)
+from pinmatrix.fsio import (
+    Refused,
+    append_line,
+    confined,
+    load_json,
+    plain_name,
+    read_bytes_bounded,
+    strict_json,
+)
 from pinmatrix.matrix.load import MAX_MATRIX_BYTES
+from pinmatrix.outcome import Outcome
+from pinmatrix.report.html import MAX_SHOWN_CHARS, e
+from pinmatrix.report.write import write_report
+from pinmatrix.run.doctor import Diagnosis, _cache_folders
+from pinmatrix.run.options import run_options
 from pinmatrix.run.state import lock_run_folder, open_run_dir, release_run_folder
+from pinmatrix.runners.venv import PROBE_PID_NAME, end_orphan_probe, record_probe
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
@@ -96,8 +112,6 @@ def test_remote_code_surface_deep_expression_exits_2(tmp_path: Path, source: str
 
 
 def test_huge_string_in_a_result_is_cut_in_html() -> None:
-    from pinmatrix.report.html import MAX_SHOWN_CHARS, e
-
     shown = e("x" * (MAX_SHOWN_CHARS * 50))
     assert len(shown) < MAX_SHOWN_CHARS + 100 and "characters, cut" in shown
 
@@ -138,9 +152,6 @@ def test_strict_json_is_strict_and_flags_every_nonfinite(value) -> None:
 
 
 def test_summary_with_a_nan_result_is_strict_and_flags_it(tmp_path: Path) -> None:
-    from pinmatrix.outcome import Outcome
-    from pinmatrix.report.write import write_report
-
     run = tmp_path / "run"
     cell = "py3.11-torch2.13.0-tf5.17.0"
     result = {"schema": 1, "cell": {"id": cell, "hash": "a" * 64, "pins": {"python": "3.11"}},
@@ -178,7 +189,6 @@ def test_run_dir_made_for_another_matrix_is_refused(tmp_path: Path) -> None:
     other.write_text(CI.read_text() + "\n# another matrix\n")
     run = tmp_path / "shared"
     run.mkdir()
-    import hashlib
 
     (run / "run.json").write_text(json.dumps({
         "run_id": "shared", "matrix": str(other), "runner": "venv", "device": "cpu",
@@ -245,7 +255,6 @@ def test_history_is_never_appended_through_a_link(tmp_path: Path) -> None:
 # --- 2. the orphaned probe of a SIGKILLed harness ----------------------------------------------
 
 def test_a_resumed_run_ends_the_orphaned_probe_of_its_cell(tmp_path: Path) -> None:
-    from pinmatrix.runners.venv import PROBE_PID_NAME, end_orphan_probe, record_probe
 
     # the probe as the venv runner starts it: its own session, so the harness's death spares it
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
@@ -264,8 +273,6 @@ def test_a_resumed_run_ends_the_orphaned_probe_of_its_cell(tmp_path: Path) -> No
 
 
 def test_a_reused_pid_is_never_signalled(tmp_path: Path) -> None:
-    from pinmatrix.runners.venv import PROBE_PID_NAME, end_orphan_probe
-
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                                  start_new_session=True)
     try:  # the pid file names this pid, but another start time: another process
@@ -305,8 +312,6 @@ def test_bad_flag_or_variable_exits_2_before_anything_runs(tmp_path: Path, case:
 
 
 def test_doctor_blocks_on_an_unwritable_home(tmp_path: Path) -> None:
-    from pinmatrix.run.doctor import Diagnosis, _cache_folders
-
     home = tmp_path / "home"
     home.mkdir()
     (home / ".cache").write_text("a file where a folder must be")
@@ -343,10 +348,9 @@ def test_a_file_name_with_escape_sequences_is_printed_escaped(tmp_path: Path) ->
     assert "\\x1b]0;pwned\\x07" in proc.stderr
 
 
-def test_a_relative_venv_dir_is_made_absolute_up_front(tmp_path: Path, monkeypatch) -> None:
+def test_a_relative_venv_dir_is_made_absolute_up_front(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Cells run in other folders: a relative --venv-dir made every cell infra."""
-    from pinmatrix.cli.main import parse
-    from pinmatrix.run.options import run_options
 
     monkeypatch.chdir(tmp_path)
     args = parse(["matrix", "--matrix", str(CI), "--runner", "venv", "--venv-dir", "rel/venvs"])

@@ -19,10 +19,13 @@ import signal
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pinmatrix.cli.main import main
 from pinmatrix.fsio import MAX_JSON_BYTES
@@ -191,7 +194,9 @@ def _cli(*argv: str) -> tuple[int, float]:
 @settings(max_examples=int(os.environ.get("PINMATRIX_HOSTILE_EXAMPLES", "25")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(plan=hostile)
-def test_hostile_run_folders_are_never_followed_never_block(plan, capsys) -> None:
+def test_hostile_run_folders_are_never_followed_never_block(
+    plan, capsys: pytest.CaptureFixture[str],
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         reports = root / "reports"

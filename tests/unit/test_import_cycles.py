@@ -91,17 +91,17 @@ def import_graph() -> dict[str, set[str]]:
             for module, path in names.items()}
 
 
-def test_the_graph_sees_lazy_and_relative_imports():
+def test_the_graph_sees_lazy_and_relative_imports() -> None:
     graph = import_graph()
     assert "pinmatrix.run.pipeline" in graph["pinmatrix.commands.matrix"]  # a lazy import
     assert len(graph) > 30
 
 
-def test_cycle_finder_finds_a_cycle():
+def test_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_no_import_cycles():
+def test_no_import_cycles() -> None:
     found = cycles(import_graph())
     assert not found, "import cycles among pinmatrix modules:\n" + "\n".join(
         " ↔ ".join(c) for c in found
@@ -118,7 +118,7 @@ LAYERS = {
 }
 
 
-def test_runner_layers_point_one_way():
+def test_runner_layers_point_one_way() -> None:
     packages = {m for m in module_names() if m.count(".") == 1 and module_names()[m].name ==
                 "__init__.py"}
     wrong = []

@@ -11,14 +11,20 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from pinmatrix.outcome import Outcome
 from pinmatrix.fsio import write_json_atomic
-from pinmatrix.report.diff import diff, render_markdown as render_diff
+from pinmatrix.outcome import Outcome
+from pinmatrix.report.diff import diff
+from pinmatrix.report.diff import render_markdown as render_diff
 from pinmatrix.report.pins import write_pins
 from pinmatrix.report.summary import merge
 from pinmatrix.report.write import write_report
-from pinmatrix.status import (PREDATES_FIXTURES, judged_on, not_judged, verdict_text,
-                              with_recorded_basis)
+from pinmatrix.status import (
+    PREDATES_FIXTURES,
+    judged_on,
+    not_judged,
+    verdict_text,
+    with_recorded_basis,
+)
 from probes import registry
 
 UNSLOTH_CELL = "py3.11-torch2.13.0-tf5.17.0-unsloth2026.10.9"
@@ -59,7 +65,7 @@ def by_name(records: list[dict]) -> dict[str, dict]:
 
 # --- the rules -----------------------------------------------------------------------------------
 
-def test_every_check_declares_whether_it_needs_an_accelerator():
+def test_every_check_declares_whether_it_needs_an_accelerator() -> None:
     gpu = {c.name for c in registry.CHECKS if c.needs_gpu}
     assert {"unsloth.load.exaone3.5", "lora-train.unsloth", "train.qlora", "kernel.flash-attn",
             "throughput.sdpa", "attention.flash_attention_4"} <= gpu
@@ -68,36 +74,36 @@ def test_every_check_declares_whether_it_needs_an_accelerator():
                       "lora-train.hf-peft", "lora-train.hf-peft-llamafied", "train.trl-sft"}
 
 
-def test_an_unsloth_value_none_of_whose_checks_ran_is_not_judged():
+def test_an_unsloth_value_none_of_whose_checks_ran_is_not_judged() -> None:
     missing = not_judged(by_name(unsloth_checks()), pins("2026.10.9"))
     assert [m["what"] for m in missing] == ["unsloth", "speed"]
     assert missing[0]["why"] == GPU
     assert "unsloth.load.exaone3.5" in missing[0]["checks"]
 
 
-def test_one_unsloth_check_that_ran_judges_the_value():
+def test_one_unsloth_check_that_ran_judges_the_value() -> None:
     records = unsloth_checks()
     records[-1] = rec("lora-train.unsloth", "fail")
     assert "unsloth" not in {m["what"] for m in not_judged(by_name(records), pins("2026.10.9"))}
 
 
-def test_a_value_not_installed_is_not_listed():
+def test_a_value_not_installed_is_not_listed() -> None:
     assert [m["what"] for m in not_judged(by_name(hf_peft_checks()), pins("none"))] == ["speed"]
 
 
-def test_an_installed_value_with_no_check_in_the_result_is_not_judged():
+def test_an_installed_value_with_no_check_in_the_result_is_not_judged() -> None:
     missing = not_judged(by_name(hf_peft_checks()), {**pins("none"), "flash-attn-4": "4.0.0b36"})
     fa4 = next(m for m in missing if m["what"] == "flash-attn-4")
     assert fa4["checks"] == [] and fa4["why"] == "none of its checks ran"
 
 
-def test_verdict_text_says_what_was_not_judged():
+def test_verdict_text_says_what_was_not_judged() -> None:
     missing = not_judged(by_name(unsloth_checks()), pins("2026.10.9"))
     assert verdict_text("works", missing, "CPU") == "works (CPU: unsloth, speed not judged)"
     assert verdict_text("works", [], "CPU") == "works"
 
 
-def test_a_cpu_host_could_exercise_the_hf_peft_routes_only():
+def test_a_cpu_host_could_exercise_the_hf_peft_routes_only() -> None:
     cpu = judged_on({"device": "cpu"})
     assert cpu["host"] == "CPU" and cpu["accelerator"] is False
     assert "remote-code via hf-peft" in cpu["routes"]
@@ -106,7 +112,7 @@ def test_a_cpu_host_could_exercise_the_hf_peft_routes_only():
     assert gpu["host"] == "NVIDIA H100 80GB HBM3" and not gpu["routes_not_on_this_host"]
 
 
-def test_a_remote_code_pass_with_no_recorded_basis_is_not_judged():
+def test_a_remote_code_pass_with_no_recorded_basis_is_not_judged() -> None:
     out = by_name(with_recorded_basis(hf_peft_checks(basis=False)))
     for name in ("exaone3.5.remote-code", "lora-train.hf-peft"):
         assert out[name]["status"] == "skip" and out[name]["reason"] == PREDATES_FIXTURES
@@ -115,7 +121,7 @@ def test_a_remote_code_pass_with_no_recorded_basis_is_not_judged():
     assert kept["exaone3.5.remote-code"]["status"] == "pass"
 
 
-def test_a_remote_code_fail_with_no_basis_stays_a_fail():
+def test_a_remote_code_fail_with_no_basis_stays_a_fail() -> None:
     records = hf_peft_checks(basis=False)
     records[1] = rec("exaone3.5.remote-code", "fail")
     records[1]["error"] = {"type": "AttributeError", "message": "x", "signature": "fp-1"}
@@ -148,7 +154,7 @@ def make_run(root: Path, name: str, cells: dict[str, tuple[str, list[dict]]]) ->
     return run
 
 
-def test_every_format_says_unsloth_not_judged_and_pins_never_pick_it(tmp_path):
+def test_every_format_says_unsloth_not_judged_and_pins_never_pick_it(tmp_path: Path) -> None:
     run = make_run(tmp_path, "20261207T100000Z", {
         UNSLOTH_CELL: ("2026.10.9", unsloth_checks()),
         PLAIN_CELL: ("none", hf_peft_checks())})
@@ -188,7 +194,7 @@ def test_every_format_says_unsloth_not_judged_and_pins_never_pick_it(tmp_path):
     assert "not judged in this run" in (run / "pins" / "README.md").read_text()
 
 
-def test_no_cell_qualifies_only_when_judged_and_failed(tmp_path):
+def test_no_cell_qualifies_only_when_judged_and_failed(tmp_path: Path) -> None:
     failed = unsloth_checks()
     failed[-1] = rec("lora-train.unsloth", "fail")
     failed[-1]["error"] = {"type": "RuntimeError", "message": "loss is nan", "signature": "fp-x"}
@@ -199,7 +205,7 @@ def test_no_cell_qualifies_only_when_judged_and_failed(tmp_path):
     assert picks["unsloth-exaone3.5-remote-code"].why == "no cell qualifies"
 
 
-def test_nightly_diff_says_what_became_judged(tmp_path):
+def test_nightly_diff_says_what_became_judged(tmp_path: Path) -> None:
     before = merge(make_run(tmp_path, "20261207T100000Z",
                             {UNSLOTH_CELL: ("2026.10.9", unsloth_checks())}))
     ran = hf_peft_checks() + [rec("unsloth.load.exaone3.5", "pass"),
@@ -213,7 +219,7 @@ def test_nightly_diff_says_what_became_judged(tmp_path):
     assert "now judged: unsloth" in render_diff(d)
 
 
-def test_old_remote_code_pass_is_not_judged_in_every_table(tmp_path):
+def test_old_remote_code_pass_is_not_judged_in_every_table(tmp_path: Path) -> None:
     run = make_run(tmp_path, "20261207T130000Z", {PLAIN_CELL: ("none", hf_peft_checks(False))})
     write_report(run)
     summary = json.loads((run / "summary.json").read_text())
@@ -231,7 +237,7 @@ def test_old_remote_code_pass_is_not_judged_in_every_table(tmp_path):
     assert picks["exaone3.5-remote-code"].why.startswith("not judged in this run")
 
 
-def test_every_4bit_check_judges_bitsandbytes_4bit():
+def test_every_4bit_check_judges_bitsandbytes_4bit() -> None:
     """Each QLoRA recipe (train and throughput, with and without prepare_model_for_kbit_training)
     exercises bitsandbytes' 4-bit path: a new recipe check that forgot the facet would let a cell
     count 4-bit bitsandbytes as working on a host where none of them ran."""

@@ -35,7 +35,7 @@ def combos(cells, *keys):
 
 # --- the shipped matrices
 # -----------------------------------------------------------------------------------------
-def test_default_matrix_covers_the_issue_floor():
+def test_default_matrix_covers_the_issue_floor() -> None:
     matrix = load_matrix(ROOT / "matrix.yaml")
     cells = matrix.expand()
     tf = {c.pins["transformers"] for c in cells}
@@ -49,7 +49,7 @@ def test_default_matrix_covers_the_issue_floor():
         ("2026.10.9", "1.15.0"), ("2026.9.14", "0.24.0"), ("none", "none")}
 
 
-def test_ci_matrix_is_two_cells_differing_in_one_pin():
+def test_ci_matrix_is_two_cells_differing_in_one_pin() -> None:
     cells = load_matrix(ROOT / "tests/data/matrices/ci.yaml").expand()
     assert len(cells) == 2
     a, b = (dict(c.pins) for c in cells)
@@ -61,13 +61,13 @@ def test_ci_matrix_is_two_cells_differing_in_one_pin():
 
 # --- GitHub Actions semantics
 # -------------------------------------------------------------------------------------
-def test_product_order_is_axis_order(tmp_path):
+def test_product_order_is_axis_order(tmp_path: Path) -> None:
     cells = load_matrix(write(tmp_path, HEAD)).expand()
     assert combos(cells, "python", "torch") == [("3.11", "2.13.0"), ("3.11", "2.14.0"),
                                                 ("3.12", "2.13.0"), ("3.12", "2.14.0")]
 
 
-def test_exclude_removes_every_matching_combination(tmp_path):
+def test_exclude_removes_every_matching_combination(tmp_path: Path) -> None:
     cells = load_matrix(write(tmp_path, HEAD + """\
 exclude:
   - {python: "3.11", torch: "2.14.0"}
@@ -76,7 +76,7 @@ exclude:
     assert combos(cells, "python", "torch") == [("3.11", "2.13.0"), ("3.12", "2.14.0")]
 
 
-def test_exclude_matches_versions_not_text(tmp_path):
+def test_exclude_matches_versions_not_text(tmp_path: Path) -> None:
     cells = load_matrix(write(tmp_path, HEAD + """\
 exclude:
   - {torch: "2.14"}
@@ -84,7 +84,7 @@ exclude:
     assert {c.pins["torch"] for c in cells} == {"2.13.0"}
 
 
-def test_include_follows_the_github_actions_example(tmp_path):
+def test_include_follows_the_github_actions_example(tmp_path: Path) -> None:
     # The GitHub docs example (fruit x animal + color/shape) mapped onto python x torch + trl/peft.
     cells = load_matrix(
         write(
@@ -112,7 +112,7 @@ include:
     ]
 
 
-def test_include_never_overwrites_an_axis_value(tmp_path):
+def test_include_never_overwrites_an_axis_value(tmp_path: Path) -> None:
     # {python 3.11, torch 2.15.0}: torch is an axis and 2.15.0 is none of its values -> a new cell,
     # not an edit
     path = write(tmp_path, HEAD + """\
@@ -124,7 +124,7 @@ include:
     assert combos(cells[:4], "torch").count(("2.15.0",)) == 0
 
 
-def test_exclude_then_include_can_add_back(tmp_path):
+def test_exclude_then_include_can_add_back(tmp_path: Path) -> None:
     cells = load_matrix(write(tmp_path, HEAD + """\
 exclude:
   - {python: "3.12"}
@@ -136,26 +136,26 @@ include:
                                                        ("3.12", "2.14.0", "none")]
 
 
-def test_none_means_not_installed(tmp_path):
+def test_none_means_not_installed(tmp_path: Path) -> None:
     cells = load_matrix(write(tmp_path, HEAD + "  unsloth: [none, '2026.10.9']\n")).expand()
     baseline = [c for c in cells if c.pins["unsloth"] == "none"]
     assert baseline and all("unsloth" not in " ".join(c.requirements()) for c in baseline)
     assert all(c.none_packages() == ["unsloth"] for c in baseline)
 
 
-def test_defaults_for_checks_and_settings(tmp_path):
+def test_defaults_for_checks_and_settings(tmp_path: Path) -> None:
     matrix = load_matrix(write(tmp_path, HEAD))
     cell = matrix.expand()[0]
     assert "lora-train" in cell.checks and cell.settings["throughput"]["batch"] == 4
     assert cell.settings["check_timeout_s"] == 600
 
 
-def test_python_versions_are_text_not_floats(tmp_path):
+def test_python_versions_are_text_not_floats(tmp_path: Path) -> None:
     cells = load_matrix(write(tmp_path, HEAD.replace('["3.11", "3.12"]', "[3.10, 3.12]"))).expand()
     assert {c.pins["python"] for c in cells} == {"3.10", "3.12"}
 
 
-def test_a_matrix_too_large_to_run_is_refused_before_expanding(tmp_path):
+def test_a_matrix_too_large_to_run_is_refused_before_expanding(tmp_path: Path) -> None:
     many = ", ".join(f'"1.0.{i}"' for i in range(80))
     path = write(tmp_path, HEAD + f"  transformers: [{many}]\n  peft: [{many}]\n")
     with pytest.raises(MatrixError) as err:
@@ -163,7 +163,7 @@ def test_a_matrix_too_large_to_run_is_refused_before_expanding(tmp_path):
     assert err.value.line == 2 and "25600 combinations, more than 5000" in err.value.message
 
 
-def test_excluding_everything_is_an_error(tmp_path):
+def test_excluding_everything_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, HEAD + 'exclude:\n  - {torch: "2.13.0"}\n  - {torch: "2.14.0"}\n')
     with pytest.raises(MatrixError, match="expands to no cell"):
         load_matrix(path)
@@ -178,7 +178,7 @@ RELEASES = [Release(v, y) for v, y in [("4.56.2", False), ("4.57.0", True), ("4.
                                         ("5.18.0", False)]]
 
 
-def test_expand_live_excludes_prereleases_and_yanked_by_default():
+def test_expand_live_excludes_prereleases_and_yanked_by_default() -> None:
     assert expand_live(RELEASES, {"spec": ">=4.57,<5.18"}) == ["4.57.6", "5.0.0", "5.9.0", "5.17.0"]
     assert expand_live(RELEASES, {"spec": ">=4.57,<5.18", "pre": True}) == [
         "4.57.6", "5.0.0rc1", "5.0.0", "5.9.0", "5.17.0"]
@@ -189,7 +189,7 @@ def test_expand_live_excludes_prereleases_and_yanked_by_default():
     assert expand_live(RELEASES, {"spec": "<5.18", "latest": 2}) == ["5.9.0", "5.17.0"]
 
 
-def test_live_axis_forms_and_snapshot_reproduce_offline(tmp_path):
+def test_live_axis_forms_and_snapshot_reproduce_offline(tmp_path: Path) -> None:
     path = write(tmp_path, HEAD + """\
   transformers: ">=4.57,<5.18"
   peft: {latest: 1}
@@ -209,7 +209,7 @@ def test_live_axis_forms_and_snapshot_reproduce_offline(tmp_path):
     assert live.axes["peft"] == ("0.21.2",) and live.axes["trl"] == ("none", "1.15.0")
     snapshot = json.loads(json.dumps(live.snapshot))           # it survives run.json
 
-    def offline(package):
+    def offline(package) -> None:
         raise AssertionError("a snapshot load must not touch the index")
 
     again = load_matrix(path, snapshot=snapshot, fetch=offline)
@@ -217,7 +217,7 @@ def test_live_axis_forms_and_snapshot_reproduce_offline(tmp_path):
     assert again.snapshot["live"] == snapshot["live"]
 
 
-def test_snapshot_from_another_query_is_refused(tmp_path):
+def test_snapshot_from_another_query_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, HEAD + '  peft: {latest: 2}\n')
     snapshot = {"live": {"peft#0": {"query": {"spec": None, "latest": 1, "pre": False,
                                               "yanked": False},
@@ -227,14 +227,14 @@ def test_snapshot_from_another_query_is_refused(tmp_path):
     assert err.value.line == 5 and "snapshot" in err.value.message
 
 
-def test_live_axis_matching_no_release_names_the_line(tmp_path):
+def test_live_axis_matching_no_release_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, HEAD + '  peft: ">=99"\n')
     with pytest.raises(MatrixError) as err:
         load_matrix(path, fetch=lambda p: [Release("0.21.2", False)])
     assert err.value.line == 5 and "matches no release" in err.value.message
 
 
-def test_unreachable_index_is_a_located_error(tmp_path):
+def test_unreachable_index_is_a_located_error(tmp_path: Path) -> None:
     path = write(tmp_path, HEAD + '  peft: {latest: 1}\n')
     sources = PackageSources(index_url="http://127.0.0.1:9/simple")
     with pytest.raises(MatrixError) as err:
@@ -245,13 +245,13 @@ def test_unreachable_index_is_a_located_error(tmp_path):
 # --- selection
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture
-def cells(tmp_path):
+def cells(tmp_path: Path):
     return load_matrix(write(tmp_path,
                              HEAD + '  transformers: ["4.57.6", "5.17.0"]\n  unsloth: '
                                     '[none]\n')).expand()
 
 
-def test_select_by_axis_value_and_abbreviation(cells):
+def test_select_by_axis_value_and_abbreviation(cells) -> None:
     assert {c.pins["transformers"] for c in select(cells, ["transformers=5.17.0"])} == {"5.17.0"}
     assert len(select(cells, ["tf=5.17", "py=3.12"])) == 2
     assert len(select(cells, ["transformers=5.17.0", "transformers=4.57.6", "torch==2.13.0"])) == 4
@@ -268,13 +268,13 @@ def test_select_by_axis_value_and_abbreviation(cells):
     ("transformers>=x!", "not a version specifier"),
     ("python>=3.11", "can only be selected with '='"),
 ])
-def test_bad_selectors_name_the_argument(cells, argument, fragment):
+def test_bad_selectors_name_the_argument(cells, argument, fragment) -> None:
     with pytest.raises(SelectionError) as err:
         select(cells, [argument])
     assert argument in str(err.value) and fragment in str(err.value)
 
 
-def test_selectors_that_exclude_each_other_are_an_error(tmp_path):
+def test_selectors_that_exclude_each_other_are_an_error(tmp_path: Path) -> None:
     cells = load_matrix(write(tmp_path,
                               HEAD + 'exclude:\n  - {python: "3.11", torch: "2.14.0"}\n')).expand()
     with pytest.raises(SelectionError, match="together match no cell"):
@@ -283,7 +283,7 @@ def test_selectors_that_exclude_each_other_are_an_error(tmp_path):
 
 # --- package sources
 # ----------------------------------------------------------------------------------------------
-def test_sources_precedence_cli_then_pinmatrix_then_pip():
+def test_sources_precedence_cli_then_pinmatrix_then_pip() -> None:
     env = {"PIP_INDEX_URL": "https://pip.example/simple", "PIP_FIND_LINKS": "/a /b",
            "PIP_CERT": "/pip.pem",
            "PINMATRIX_CA_BUNDLE": "/pm.pem", "SSL_CERT_FILE": "/ssl.pem"}
@@ -299,7 +299,7 @@ def test_sources_precedence_cli_then_pinmatrix_then_pip():
     )
 
 
-def test_credentials_never_reach_arguments_or_repr():
+def test_credentials_never_reach_arguments_or_repr() -> None:
     secret = "https://alice:s3cr3t@pkgs.example/simple"
     s = PackageSources(index_url=secret, extra_index_urls=("https://pypi.org/simple",),
                        find_links=("/opt/wheels",),

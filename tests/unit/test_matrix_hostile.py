@@ -60,7 +60,8 @@ def _text(name: str, rest: str | None) -> str:
 @pytest.mark.parametrize("name, rest, line, fragment",
                          [c for c in CASES if c[0] != "live-latest-huge"],
                          ids=[c[0] for c in CASES if c[0] != "live-latest-huge"])
-def test_hostile_value_is_a_matrix_error_at_its_line(tmp_path, name, rest, line, fragment):
+def test_hostile_value_is_a_matrix_error_at_its_line(tmp_path: Path, name, rest, line,
+                                                     fragment) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(_text(name, rest))
     with pytest.raises(MatrixError) as err:
@@ -69,14 +70,14 @@ def test_hostile_value_is_a_matrix_error_at_its_line(tmp_path, name, rest, line,
     assert "\n" not in str(err.value) and len(str(err.value)) < 400
 
 
-def test_live_latest_past_its_bound(tmp_path):
+def test_live_latest_past_its_bound(tmp_path: Path) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(HEAD.replace('["4.57.6"]', "{latest: 100000000}"))
     with pytest.raises(MatrixError, match=r"m\.yaml:5:\d+: .*latest: expected an integer from 1"):
         load_matrix(path, fetch=lambda package: [])
 
 
-def test_nul_byte_on_line_seven_is_reported_there(tmp_path):
+def test_nul_byte_on_line_seven_is_reported_there(tmp_path: Path) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(HEAD + "settings:\n  devi\x00ce: cpu\n")
     with pytest.raises(MatrixError) as err:
@@ -85,7 +86,7 @@ def test_nul_byte_on_line_seven_is_reported_there(tmp_path):
     assert "U+0000" in err.value.message
 
 
-def test_include_rules_past_the_cap(tmp_path):
+def test_include_rules_past_the_cap(tmp_path: Path) -> None:
     # the axes are one combination; each include rule adds a new cell (the report had 20,000;
     # just past the cap is the same hole, cheaper to parse)
     rules = "".join(
@@ -100,7 +101,7 @@ def test_include_rules_past_the_cap(tmp_path):
     assert err.value.line == 7 + MAX_COMBINATIONS - 1
 
 
-def test_allowed_bounds_still_load(tmp_path):
+def test_allowed_bounds_still_load(tmp_path: Path) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(HEAD + "settings:\n  lora_steps: 10000\n  cell_timeout_s: 604800\n"
                     "  throughput: {batch: 1024, warmup: 0}\n"
@@ -145,7 +146,7 @@ hostile_scalar = st.one_of(
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(place=st.sampled_from(PLACES), tag=st.sampled_from(_TAGS), value=hostile_scalar)
-def test_any_value_anywhere_loads_or_is_a_matrix_error(tmp_path, place, tag, value):
+def test_any_value_anywhere_loads_or_is_a_matrix_error(tmp_path: Path, place, tag, value) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(place.format(v=tag + value), encoding="utf-8")
     try:
@@ -163,7 +164,7 @@ def test_any_value_anywhere_loads_or_is_a_matrix_error(tmp_path, place, tag, val
     assert all(len(cell.id) < 2000 for cell in matrix.expand())
 
 
-def test_a_tag_python_cannot_construct_is_rejected(tmp_path):
+def test_a_tag_python_cannot_construct_is_rejected(tmp_path: Path) -> None:
     path = Path(tmp_path) / "m.yaml"
     path.write_text(HEAD + "settings:\n  lora_steps: !!python/object:os.system 12\n")
     with pytest.raises(MatrixError):

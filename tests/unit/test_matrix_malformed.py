@@ -25,12 +25,12 @@ def expectation(path: Path) -> tuple[int, str]:
     return int(match.group(1)), match.group(2).strip()
 
 
-def test_at_least_twenty_malformed_files():
+def test_at_least_twenty_malformed_files() -> None:
     assert len(BAD_FILES) >= 20
 
 
 @pytest.mark.parametrize("path", BAD_FILES, ids=[p.stem for p in BAD_FILES])
-def test_malformed_matrix_names_file_line_and_expectation(path):
+def test_malformed_matrix_names_file_line_and_expectation(path) -> None:
     line, fragment = expectation(path)
     with pytest.raises(MatrixError) as err:
         load_matrix(path)
@@ -41,12 +41,12 @@ def test_malformed_matrix_names_file_line_and_expectation(path):
     assert error.column >= 1
 
 
-def test_missing_file(tmp_path):
+def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(MatrixError, match=r"nope\.yaml:1:1: file not found"):
         load_matrix(tmp_path / "nope.yaml")
 
 
-def test_not_utf8(tmp_path):
+def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b"axes:\n  python: ['3.11\xe9']\n")
     with pytest.raises(MatrixError, match="cannot read the file"):
@@ -94,7 +94,7 @@ def reference(axes, excludes, includes):
     """GitHub Actions semantics written out plainly; None where the loader must refuse the
     matrix."""
     names = list(axes)
-    combos = [dict(zip(names, values)) for values in itertools.product(*axes.values())]
+    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*axes.values())]
     for rule in excludes:
         kept = [c for c in combos if not all(c[k] == v for k, v in rule.items())]
         if len(kept) == len(combos):
@@ -119,7 +119,8 @@ def reference(axes, excludes, includes):
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(matrices())
-def test_generated_matrices_expand_like_github_actions(tmp_path_factory, generated):
+def test_generated_matrices_expand_like_github_actions(tmp_path_factory: pytest.TempPathFactory,
+                                                       generated) -> None:
     axes, excludes, includes = generated
     doc = {"axes": axes}
     if excludes:
@@ -143,7 +144,8 @@ def test_generated_matrices_expand_like_github_actions(tmp_path_factory, generat
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200))
-def test_arbitrary_text_never_crashes_the_loader(tmp_path_factory, text):
+def test_arbitrary_text_never_crashes_the_loader(tmp_path_factory: pytest.TempPathFactory,
+                                                 text) -> None:
     path = tmp_path_factory.mktemp("junk") / "matrix.yaml"
     path.write_text(text, encoding="utf-8")
     try:

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from pinmatrix.cli.main import COMMANDS, command_parser, parse
+from pinmatrix.environ.interpreters import parse_venv_python, python_for
+from pinmatrix.errors import UsageError
 from pinmatrix.run.options import (
     ALL_COMMANDS,
     OPTIONS,
@@ -26,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
-def no_source_env(monkeypatch):
+def no_source_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Package sources fall back to PINMATRIX_* and PIP_* variables: keep the host's out of the
     comparison."""
     for name in ("PINMATRIX_INDEX_URL", "PIP_INDEX_URL", "PINMATRIX_EXTRA_INDEX_URLS",
@@ -67,7 +69,7 @@ def non_default_argv(tmp_path: Path) -> list[str]:
     return argv
 
 
-def test_every_run_option_field_is_declared_or_the_tasks_own():
+def test_every_run_option_field_is_declared_or_the_tasks_own() -> None:
     declared = {o.field for o in OPTIONS if o.field}
     fields = {f.name for f in dataclasses.fields(RunOptions)}
     assert fields - declared - TASK_OWN_FIELDS == set(), "RunOptions fields no option sets"
@@ -77,12 +79,12 @@ def test_every_run_option_field_is_declared_or_the_tasks_own():
     assert not_forwarded == set(), "run options a Slurm task would not get"
 
 
-def test_forwarded_options_are_accepted_by_run_cell():
+def test_forwarded_options_are_accepted_by_run_cell() -> None:
     run_cell = {o.flag for o in options_for("run-cell")}
     assert {o.flag for o in OPTIONS if o.forward} <= run_cell
 
 
-def test_every_run_option_survives_slurm_forwarding(tmp_path):
+def test_every_run_option_survives_slurm_forwarding(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "run.json").write_text(json.dumps({"snapshot": {"live": {}}}))
@@ -106,7 +108,8 @@ def test_every_run_option_survives_slurm_forwarding(tmp_path):
     assert after.snapshot == {"live": {}}  # the session's live axes, from run.json
 
 
-def test_relative_paths_reach_a_task_absolute(tmp_path, monkeypatch):
+def test_relative_paths_reach_a_task_absolute(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     session = parse(["matrix", "--model-cache", "models", "--venv-dir", "venvs"])
     argv = forwarded_options(session, tmp_path)
@@ -114,14 +117,14 @@ def test_relative_paths_reach_a_task_absolute(tmp_path, monkeypatch):
     assert argv[argv.index("--venv-dir") + 1] == str(tmp_path / "venvs")
 
 
-def test_each_command_parser_builds_and_shares_the_common_options():
+def test_each_command_parser_builds_and_shares_the_common_options() -> None:
     for command in COMMANDS:
         flags = {a.option_strings[0] for a in command_parser(command)._actions if a.option_strings}
         assert {o.flag for o in OPTIONS if o.commands == ALL_COMMANDS} <= flags, command
     assert set(COMMANDS) == set(ALL_COMMANDS)
 
 
-def test_ci_workflow_uses_only_declared_options():
+def test_ci_workflow_uses_only_declared_options() -> None:
     """The nightly workflow calls `python -m pinmatrix COMMAND --flag ...`: each flag must exist
     there."""
     workflow = (ROOT / ".github" / "workflows" / "nightly.yml").read_text(encoding="utf-8")
@@ -134,10 +137,7 @@ def test_ci_workflow_uses_only_declared_options():
         assert used <= declared, (command, used - declared)
 
 
-def test_venv_python_takes_one_interpreter_per_version():
-    from pinmatrix.errors import UsageError
-    from pinmatrix.environ.interpreters import parse_venv_python, python_for
-
+def test_venv_python_takes_one_interpreter_per_version() -> None:
     given = parse_venv_python(["3.12=/a/python3.12", "/b/python", "3.11=/c/python3.11"])
     assert given == {"3.12": "/a/python3.12", "": "/b/python", "3.11": "/c/python3.11"}
     assert [python_for(given, v) for v in ("3.12", "3.11", "3.13")] == [

@@ -66,7 +66,7 @@ def _add_cell(run_dir: Path, result: Path, lock_text: str | None) -> str:
 
 
 @pytest.fixture(scope="module")
-def routes(request, tmp_path_factory):
+def routes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     return real_route_results(cache_root(request, tmp_path_factory))
 
 
@@ -96,7 +96,8 @@ def _statuses(result: Path) -> dict[str, str]:
     return {c["name"]: c["status"] for c in json.loads(result.read_text())["checks"]}
 
 
-def test_partial_only_on_optional_checks_is_recommended_with_its_caveats(tmp_path, routes, frozen):
+def test_partial_only_on_optional_checks_is_recommended_with_its_caveats(tmp_path: Path, routes,
+                                                                         frozen) -> None:
     seen = _statuses(routes["routes-xformers-ops"])
     assert seen["imports"] == "pass" and seen["kernel.xformers"] == "fail"
     run = _run(tmp_path, routes, ["routes-xformers-ops", "routes-xformers-import"], frozen)
@@ -127,7 +128,7 @@ def test_partial_only_on_optional_checks_is_recommended_with_its_caveats(tmp_pat
     assert "kernel.xformers fail [xformers-extensions-not-loaded]" in readme
 
 
-def test_a_core_failure_is_never_recommended(tmp_path, routes, frozen):
+def test_a_core_failure_is_never_recommended(tmp_path: Path, routes, frozen) -> None:
     seen = _statuses(routes["routes-xformers-import"])
     assert seen["imports"] == "fail"
     # its routes trained all the same: only the core check keeps it out
@@ -144,7 +145,7 @@ def test_a_core_failure_is_never_recommended(tmp_path, routes, frozen):
         assert why.startswith("core check failed: imports fail [xformers-extensions-not-loaded]")
 
 
-def test_claim_checks_change_no_status(routes):
+def test_claim_checks_change_no_status(routes) -> None:
     checks = json.loads(routes["routes-xformers-ops"].read_text())["checks"]
     claim = next(c for c in checks if c["name"] == "attention.xformers")
     assert claim["status"] == "fail" and is_claim("attention.xformers")
@@ -156,7 +157,7 @@ def test_claim_checks_change_no_status(routes):
     assert cell_status(optional_ok) == "works"
 
 
-def test_pins_for_picks_what_fits(tmp_path, routes, frozen):
+def test_pins_for_picks_what_fits(tmp_path: Path, routes, frozen) -> None:
     seen = _statuses(routes["routes"])
     run = _run(tmp_path, routes, ["routes", "routes-xformers-import"], frozen)
     report = write_pins(run, now=NOW, pins_for=["route=any,backend=hf-peft",
@@ -179,7 +180,7 @@ def test_pins_for_picks_what_fits(tmp_path, routes, frozen):
     assert "not timed" in dict(fastest.passed_over)[GOOD]
 
 
-def test_pins_for_is_checked_when_parsed():
+def test_pins_for_is_checked_when_parsed() -> None:
     purpose = parse_pins_for("route=llamafied,backend=unsloth")
     assert (purpose.route, purpose.backend, purpose.goal) == ("llamafied", "unsloth", "newest")
     assert parse_pins_for("goal=fastest").route is None
@@ -189,7 +190,7 @@ def test_pins_for_is_checked_when_parsed():
             parse_pins_for(bad)
 
 
-def test_report_command_takes_pins_for(tmp_path, routes, frozen):
+def test_report_command_takes_pins_for(tmp_path: Path, routes, frozen) -> None:
     run = _run(tmp_path, routes, ["routes"], frozen)
     cmd = [sys.executable, "-m", "pinmatrix", "report", "--run", str(run)]
     ok = subprocess.run([*cmd, "--pins-for", "route=any,backend=hf-peft"], cwd=REPO_ROOT,
@@ -206,7 +207,7 @@ def test_report_command_takes_pins_for(tmp_path, routes, frozen):
 
 
 
-def test_merge_and_nightly_take_pins_for(tmp_path, routes, frozen):
+def test_merge_and_nightly_take_pins_for(tmp_path: Path, routes, frozen) -> None:
     """The nightly merge job writes the --pins-for purposes too: as files, and in the summary's
     plan (the nightly's report used to be rewritten without them)."""
     artifact = tmp_path / "artifacts" / "cell-routes"
@@ -233,7 +234,7 @@ def _committed(name: str) -> tuple[Path, dict]:
     return run, merge(run)
 
 
-def test_h200_fastest_is_the_unsloth_cell_and_the_rest_say_how_much_slower():
+def test_h200_fastest_is_the_unsloth_cell_and_the_rest_say_how_much_slower() -> None:
     run, summary = _committed("h200")
     picks = {p.purpose.key: p for p in plan(run, summary)}
     fastest = picks["fastest-lora"]
@@ -246,7 +247,7 @@ def test_h200_fastest_is_the_unsloth_cell_and_the_rest_say_how_much_slower():
     assert any("% slower" in w for w in whys.values())
 
 
-def test_h200_routes_pick_the_newest_transformers_each_route_trains_on():
+def test_h200_routes_pick_the_newest_transformers_each_route_trains_on() -> None:
     run, summary = _committed("h200")
     picks = {p.purpose.key: p for p in plan(run, summary)}
     remote, llama = picks["exaone3.5-remote-code"], picks["exaone3.5-llamafied"]
@@ -267,14 +268,14 @@ def test_h200_routes_pick_the_newest_transformers_each_route_trains_on():
                for w in dict(llama.passed_over).values())
 
 
-def test_unsloth_purposes_only_when_a_cell_pins_unsloth():
+def test_unsloth_purposes_only_when_a_cell_pins_unsloth() -> None:
     cells = [Cell("a", "works", None, {"unsloth": "none"}, {}, None, [], {}, None, {})]
     assert not any(p.key.startswith("unsloth-") for p in purposes_for(cells))
     cells.append(Cell("b", "works", None, {"unsloth": "2026.10.9"}, {}, None, [], {}, None, {}))
     assert any(p.key.startswith("unsloth-") for p in purposes_for(cells))
 
 
-def test_newest_orders_by_packaging_versions():
+def test_newest_orders_by_packaging_versions() -> None:
     def cell(cid: str, tf: str, unsloth: str = "none") -> Cell:
         checks = {n: {"status": "pass"} for n in ("imports", "exaone3.5.llamafied",
                                                   "lora-train.hf-peft-llamafied")}
@@ -313,7 +314,7 @@ def _wheel(folder: Path, name: str, version: str) -> None:
 
 
 @needs_uv
-def test_uv_and_pip_read_the_file_as_constraints(tmp_path, routes, frozen):
+def test_uv_and_pip_read_the_file_as_constraints(tmp_path: Path, routes, frozen) -> None:
     run = _run(tmp_path, routes, ["routes"], frozen)
     report = write_pins(run, now=NOW)
     assert report.written, report.message
@@ -336,7 +337,9 @@ def test_uv_and_pip_read_the_file_as_constraints(tmp_path, routes, frozen):
     assert f"peft=={version}" in pinned.stdout
 
 
-def test_nothing_qualifies_writes_no_pins_and_says_why(tmp_path, request, tmp_path_factory):
+def test_nothing_qualifies_writes_no_pins_and_says_why(
+    tmp_path: Path, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     results = real_results(cache_root(request, tmp_path_factory))
     run = tmp_path / "run"
     run.mkdir()
@@ -351,7 +354,8 @@ def test_nothing_qualifies_writes_no_pins_and_says_why(tmp_path, request, tmp_pa
     assert "2 broken" in report.message  # both import checks fail (a core check)
 
 
-def test_a_qualifying_cell_without_a_lock_is_passed_over_with_a_note(tmp_path, routes):
+def test_a_qualifying_cell_without_a_lock_is_passed_over_with_a_note(tmp_path: Path,
+                                                                     routes) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"run_id": "nolock"}))
@@ -361,7 +365,7 @@ def test_a_qualifying_cell_without_a_lock_is_passed_over_with_a_note(tmp_path, r
     assert verdict.why_not is not None and "no lock" in verdict.why_not
 
 
-def test_lock_entries_strip_hashes_and_keep_markers():
+def test_lock_entries_strip_hashes_and_keep_markers() -> None:
     # uv's --generate-hashes layout: the pin, its hashes and `# via` notes on indented lines
     lock = ("filelock==3.20.0 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n    # via torch\n"
             "torch==2.13.0+cpu \\\n    --hash=sha256:cc\n    # via -r requirements.in\n"
@@ -370,16 +374,15 @@ def test_lock_entries_strip_hashes_and_keep_markers():
                                   "colorama==0.4.6 ; sys_platform == 'win32'"]
 
 
-def test_torch_index_hint():
+def test_torch_index_hint() -> None:
     assert torch_index_hint("2.8.0+cu128") == "https://download.pytorch.org/whl/cu128"
     assert torch_index_hint("2.11.0") is None
 
 
-def test_a_remote_code_verdict_without_a_basis_never_recommends_the_remote_code_route():
+def test_a_remote_code_verdict_without_a_basis_never_recommends_the_remote_code_route() -> None:
     """Results from before the revision-faithful fixtures (the committed H100 runs) passed the
     remote code on transformers 5.17 through a stand-in that bridged transformers' API changes;
     the hub code fails there. Such a verdict records no basis: it cannot pick the remote code."""
-    from pinmatrix.report.pins import Cell, judge, parse_pins_for
 
     checks = {name: {"status": "pass"} for name in
               ("imports", "exaone3.5.remote-code", "lora-train.hf-peft", "exaone3.5.llamafied",

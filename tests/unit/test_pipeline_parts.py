@@ -11,13 +11,13 @@ import pytest
 from pinmatrix.cell import Cell
 from pinmatrix.outcome import Outcome, load_outcome
 from pinmatrix.probes_source import probes_digest
-from pinmatrix.run.folder import new_run_dir, point_latest
+from pinmatrix.run.folder import new_run_dir, point_latest, redacted_argv
 from pinmatrix.run.options import RunOptions, cell_timeout
 from pinmatrix.run.pipeline import force_cpu
 from pinmatrix.runners.venv import lock_drift
 
 
-def test_run_ids_are_utc_time_and_unique(tmp_path):
+def test_run_ids_are_utc_time_and_unique(tmp_path: Path) -> None:
     first = new_run_dir(tmp_path)
     second = new_run_dir(tmp_path)
     labelled = new_run_dir(tmp_path, "nightly")
@@ -26,14 +26,14 @@ def test_run_ids_are_utc_time_and_unique(tmp_path):
     assert labelled.name.endswith("Z-nightly") or "-nightly" in labelled.name
 
 
-def test_latest_is_swapped_atomically(tmp_path):
+def test_latest_is_swapped_atomically(tmp_path: Path) -> None:
     a, b = new_run_dir(tmp_path), new_run_dir(tmp_path)
     point_latest(tmp_path, a)
     assert (tmp_path / "latest").resolve() == a.resolve()
     seen: list[str] = []
     stop = threading.Event()
 
-    def reader():
+    def reader() -> None:
         while not stop.is_set():
             try:
                 seen.append(os.readlink(tmp_path / "latest"))
@@ -52,7 +52,7 @@ def test_latest_is_swapped_atomically(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".latest")]
 
 
-def test_probes_digest_changes_with_any_probe_file(tmp_path):
+def test_probes_digest_changes_with_any_probe_file(tmp_path: Path) -> None:
     (tmp_path / "checks").mkdir()
     (tmp_path / "checks" / "a.py").write_text("x = 1\n")
     before = probes_digest(tmp_path)
@@ -63,7 +63,7 @@ def test_probes_digest_changes_with_any_probe_file(tmp_path):
     assert probes_digest(tmp_path) != before
 
 
-def test_force_cpu_and_timeouts():
+def test_force_cpu_and_timeouts() -> None:
     cell = Cell(pins={"python": "3.11"}, settings={"device": "auto", "cell_timeout_s": 900})
     assert force_cpu(cell).settings["device"] == "cpu" and cell.settings["device"] == "auto"
     assert cell_timeout(cell, RunOptions(matrix_path=Path("m"))) == 900
@@ -71,7 +71,7 @@ def test_force_cpu_and_timeouts():
     assert cell_timeout(Cell(pins={}), RunOptions(matrix_path=Path("m"))) == 3600
 
 
-def test_outcome_round_trip_and_validation(tmp_path):
+def test_outcome_round_trip_and_validation(tmp_path: Path) -> None:
     outcome = Outcome(cell="c1", hash="h", pins={"torch": "2.13.0+cpu"}, runner="venv",
                       stage="prepare",
                       status="infra", reason="uv failed", signature="venv-install-failed",
@@ -89,7 +89,7 @@ def test_outcome_round_trip_and_validation(tmp_path):
     assert isinstance(load_outcome(tmp_path / "junk.json"), str)
 
 
-def test_lock_drift_names_the_packages():
+def test_lock_drift_names_the_packages() -> None:
     packages = {"torch": {"installed": "2.13.0+cpu", "imports": True},
                 "transformers": {"installed": "4.57.6", "imports": True},
                 "peft": {"installed": None, "imports": None},
@@ -104,9 +104,7 @@ def test_lock_drift_names_the_packages():
                                                           "imports": True}}, {}) == []
 
 
-def test_run_manifest_argv_holds_no_credentials():
-    from pinmatrix.run.folder import redacted_argv
-
+def test_run_manifest_argv_holds_no_credentials() -> None:
     argv = ["pinmatrix", "matrix", "--index-url", "https://bob:s3cret@pypi.corp/simple",
             "--extra-index-url=https://tok:abc@x.corp/simple", "--cpu"]
     redacted = redacted_argv(argv)

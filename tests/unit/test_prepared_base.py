@@ -2,9 +2,13 @@
 what the image build installs (pinmatrix/cell.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pinmatrix.cell import Cell, base_spec, install_lock, parse_lock, provided_by_base
+from pinmatrix.errors import MatrixError
+from pinmatrix.matrix.load import load_matrix
 
 LOCK = """\
 # base image nvcr.io/nvidia/pytorch:25.01-py3 (sha256:abc)
@@ -53,10 +57,7 @@ def test_install_lock_leaves_out_what_the_base_provides() -> None:
     assert install_lock(plain) == plain
 
 
-def test_matrix_accepts_base_and_refuses_a_bad_specifier(tmp_path) -> None:
-    from pinmatrix.errors import MatrixError
-    from pinmatrix.matrix.load import load_matrix
-
+def test_matrix_accepts_base_and_refuses_a_bad_specifier(tmp_path: Path) -> None:
     good = tmp_path / "m.yaml"
     good.write_text('axes:\n  python: ["3.12"]\n'
                     '  base_image: ["nvcr.io/nvidia/pytorch:25.01-py3"]\n'

@@ -19,7 +19,8 @@ import pytest
 
 from probes.checks import group_checks
 from probes.context import Context
-from probes.framework import run_check
+from probes.environment import ImportRecord
+from probes.framework import Failed, error_record, run_check
 from probes.schema_check import load_schema, validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,7 +116,7 @@ def fake_broken_import(root: Path) -> None:
 
 
 @pytest.fixture
-def site(tmp_path, monkeypatch):
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A folder on sys.path for fake packages; their modules are forgotten afterwards."""
     root = tmp_path / "site"
     root.mkdir()
@@ -151,7 +152,7 @@ def run_group(group: str, ctx: Context) -> dict[str, dict]:
 # ---------------------------------------------------------------- imports
 
 
-def test_imports_pass_records_versions(tmp_path):
+def test_imports_pass_records_versions(tmp_path: Path) -> None:
     pytest.importorskip("json")
     result = run_group("imports", ctx_for(tmp_path, pytest="9"))["imports"]
     assert result["status"] == "pass", result
@@ -159,7 +160,7 @@ def test_imports_pass_records_versions(tmp_path):
     assert result["evidence"]["packages"]["pytest"]["installed"]
 
 
-def test_imports_fail_on_a_pinned_package_that_does_not_import(tmp_path, site):
+def test_imports_fail_on_a_pinned_package_that_does_not_import(tmp_path: Path, site) -> None:
     fake_broken_import(site)
     result = run_group("imports", ctx_for(tmp_path, brokenpkg="1.0"))["imports"]
     assert result["status"] == "fail"
@@ -174,7 +175,7 @@ def test_imports_fail_on_a_pinned_package_that_does_not_import(tmp_path, site):
     assert "_brokenpkg_native" in result["error"]["traceback_tail"]
 
 
-def test_imports_fail_with_the_import_errors_signature(tmp_path, site):
+def test_imports_fail_with_the_import_errors_signature(tmp_path: Path, site) -> None:
     fake_flash_attn(site, broken=True)
     result = run_group("imports", ctx_for(tmp_path, **{"flash-attn": "2.8.3"}))["imports"]
     assert result["status"] == "fail"
@@ -184,7 +185,7 @@ def test_imports_fail_with_the_import_errors_signature(tmp_path, site):
     )
 
 
-def test_imports_fail_on_a_pinned_package_that_is_missing(tmp_path):
+def test_imports_fail_on_a_pinned_package_that_is_missing(tmp_path: Path) -> None:
     result = run_group("imports", ctx_for(tmp_path, **{"surely-missing": "1.0"}))["imports"]
     assert result["status"] == "fail"
     assert result["evidence"]["missing"] == ["surely-missing"]
@@ -198,7 +199,7 @@ torch_required = pytest.mark.skipif(
 
 
 @torch_required
-def test_kernels_skip_when_not_in_the_cell(tmp_path):
+def test_kernels_skip_when_not_in_the_cell(tmp_path: Path) -> None:
     results = run_group(
         "kernels", ctx_for(tmp_path, xformers="none", **{"flash-attn": "none"}, bitsandbytes="none")
     )
@@ -210,7 +211,7 @@ def test_kernels_skip_when_not_in_the_cell(tmp_path):
 
 
 @torch_required
-def test_xformers_correct_kernel_passes(tmp_path, site):
+def test_xformers_correct_kernel_passes(tmp_path: Path, site) -> None:
     fake_xformers(site)
     result = run_group("kernels", ctx_for(tmp_path, xformers="0.0.35"))["kernel.xformers"]
     assert result["status"] == "pass", result
@@ -223,7 +224,7 @@ def test_xformers_correct_kernel_passes(tmp_path, site):
 
 
 @torch_required
-def test_xformers_wrong_numbers_fail(tmp_path, site):
+def test_xformers_wrong_numbers_fail(tmp_path: Path, site) -> None:
     fake_xformers(site, factor=1.05)
     result = run_group("kernels", ctx_for(tmp_path, xformers="0.0.35"))["kernel.xformers"]
     assert result["status"] == "fail"
@@ -232,7 +233,7 @@ def test_xformers_wrong_numbers_fail(tmp_path, site):
 
 
 @torch_required
-def test_xformers_extension_error_fails_with_signature(tmp_path, site):
+def test_xformers_extension_error_fails_with_signature(tmp_path: Path, site) -> None:
     fake_xformers(site, raise_line=f"raise RuntimeError({XFORMERS_CANT_LOAD!r})")
     result = run_group("kernels", ctx_for(tmp_path, xformers="0.0.35"))["kernel.xformers"]
     assert result["status"] == "fail"
@@ -241,7 +242,7 @@ def test_xformers_extension_error_fails_with_signature(tmp_path, site):
 
 
 @torch_required
-def test_xformers_without_cpu_operator_skips_on_cpu(tmp_path, site):
+def test_xformers_without_cpu_operator_skips_on_cpu(tmp_path: Path, site) -> None:
     fake_xformers(
         site,
         raise_line="raise NotImplementedError('No operator found for "
@@ -252,7 +253,7 @@ def test_xformers_without_cpu_operator_skips_on_cpu(tmp_path, site):
 
 
 @torch_required
-def test_flash_attn_broken_extension_fails_even_on_cpu(tmp_path, site):
+def test_flash_attn_broken_extension_fails_even_on_cpu(tmp_path: Path, site) -> None:
     fake_flash_attn(site, broken=True)
     result = run_group("kernels", ctx_for(tmp_path, **{"flash-attn": "2.8.3"}))["kernel.flash-attn"]
     assert result["status"] == "fail"
@@ -260,14 +261,14 @@ def test_flash_attn_broken_extension_fails_even_on_cpu(tmp_path, site):
 
 
 @torch_required
-def test_flash_attn_skips_on_cpu(tmp_path, site):
+def test_flash_attn_skips_on_cpu(tmp_path: Path, site) -> None:
     fake_flash_attn(site, broken=False)
     result = run_group("kernels", ctx_for(tmp_path, **{"flash-attn": "2.8.3"}))["kernel.flash-attn"]
     assert (result["status"], result["reason"]) == ("skip", "needs a GPU")
 
 
 @torch_required
-def test_bitsandbytes_round_trip_passes(tmp_path, site):
+def test_bitsandbytes_round_trip_passes(tmp_path: Path, site) -> None:
     fake_bitsandbytes(site)
     result = run_group("kernels", ctx_for(tmp_path, bitsandbytes="0.50.2"))["kernel.bitsandbytes"]
     assert result["status"] == "pass", result
@@ -278,14 +279,14 @@ def test_bitsandbytes_round_trip_passes(tmp_path, site):
 
 
 @torch_required
-def test_bitsandbytes_wrong_numbers_fail(tmp_path, site):
+def test_bitsandbytes_wrong_numbers_fail(tmp_path: Path, site) -> None:
     fake_bitsandbytes(site, skew="+ 9")
     result = run_group("kernels", ctx_for(tmp_path, bitsandbytes="0.50.2"))["kernel.bitsandbytes"]
     assert result["status"] == "fail" and "round trip is off" in result["error"]["message"]
 
 
 @torch_required
-def test_bitsandbytes_cuda_setup_failure_on_a_cpu_host_needs_a_gpu(tmp_path, site):
+def test_bitsandbytes_cuda_setup_failure_on_a_cpu_host_needs_a_gpu(tmp_path: Path, site) -> None:
     """bitsandbytes' CUDA setup failing on a host without a GPU says the host lacks the GPU path,
     not that the stack is broken: skip "needs a GPU", the signature and the error kept. On a GPU
     host the same entry is a fail (tests/unit/test_probe_framework.py runs both hosts)."""
@@ -302,7 +303,7 @@ def test_bitsandbytes_cuda_setup_failure_on_a_cpu_host_needs_a_gpu(tmp_path, sit
 # ---------------------------------------------------------------- registry
 
 
-def test_missing_group_module_is_a_fail_named_after_the_group(tmp_path):
+def test_missing_group_module_is_a_fail_named_after_the_group(tmp_path: Path) -> None:
     ctx = ctx_for(tmp_path)
     result = run_group("no-such-group", ctx)["no-such-group"]
     assert result["status"] == "fail" and result["error"]["type"] == "LookupError"
@@ -354,7 +355,7 @@ def assert_schema_valid(document: dict) -> None:
 
 
 @torch_required
-def test_probe_end_to_end_on_this_stack_with_unsloth_first(tmp_path):
+def test_probe_end_to_end_on_this_stack_with_unsloth_first(tmp_path: Path) -> None:
     """The real CPU stack plus a (fake, working) unsloth: schema-valid, skips, and unsloth imported
     first."""
     torch_version = __import__("importlib.metadata").metadata.version("torch")
@@ -393,7 +394,7 @@ def test_probe_end_to_end_on_this_stack_with_unsloth_first(tmp_path):
 
 
 @torch_required
-def test_probe_end_to_end_on_a_broken_stack(tmp_path):
+def test_probe_end_to_end_on_a_broken_stack(tmp_path: Path) -> None:
     site = tmp_path / "site"
     fake_xformers(site, raise_line=f"raise RuntimeError({XFORMERS_CANT_LOAD!r})")
     fake_flash_attn(site, broken=True)
@@ -433,7 +434,7 @@ def test_probe_end_to_end_on_a_broken_stack(tmp_path):
     }
 
 
-def test_probe_bad_spec_exits_3_and_names_the_file(tmp_path):
+def test_probe_bad_spec_exits_3_and_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "cell.json").write_text('{\n  "id": "x",\n  oops\n}')
     proc = subprocess.run(
         [
@@ -473,7 +474,8 @@ def fake_unsloth(root: Path, extra: str = "") -> None:
     )
 
 
-def test_unsloth_without_accelerator_is_gpu_only_on_cpu_and_infra_on_cuda(tmp_path, site):
+def test_unsloth_without_accelerator_is_gpu_only_on_cpu_and_infra_on_cuda(tmp_path: Path,
+                                                                          site) -> None:
     fake_unsloth(
         site,
         extra="raise NotImplementedError('Unsloth cannot find any torch accelerator? "
@@ -485,7 +487,7 @@ def test_unsloth_without_accelerator_is_gpu_only_on_cpu_and_infra_on_cuda(tmp_pa
     assert on_gpu["status"] == "infra" and on_gpu["error"]["signature"] == "unsloth-no-accelerator"
 
 
-def test_late_unsloth_import_warning_is_recorded(tmp_path, site):
+def test_late_unsloth_import_warning_is_recorded(tmp_path: Path, site) -> None:
     pytest.importorskip("transformers")  # the point: transformers imported before unsloth
     fake_unsloth(site)
     result = run_group("imports", ctx_for(tmp_path, unsloth="2026.10.9"))["imports"]
@@ -499,7 +501,7 @@ def test_late_unsloth_import_warning_is_recorded(tmp_path, site):
 @pytest.mark.skipif(
     not __import__("importlib").util.find_spec("bitsandbytes"), reason="bitsandbytes not installed"
 )
-def test_real_bitsandbytes_kernel(tmp_path):
+def test_real_bitsandbytes_kernel(tmp_path: Path) -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -511,12 +513,10 @@ def test_real_bitsandbytes_kernel(tmp_path):
     assert result["evidence"]["blockwise8"]["max_abs_err"] > 0  # a real 8-bit round trip is lossy
 
 
-def test_op_failure_is_blamed_on_the_import_warning_that_explains_it(tmp_path):
+def test_op_failure_is_blamed_on_the_import_warning_that_explains_it(tmp_path: Path) -> None:
     """As seen on the H100: xformers warns at import that its extensions did not load, then the op
     fails with a generic "No operator found"; the check's signature is the warning's."""
     from probes.checks.kernels import _with_import_cause
-    from probes.environment import ImportRecord
-    from probes.framework import Failed, error_record
 
     ctx = ctx_for(tmp_path, device="cuda", xformers="0.0.35")
     op_error = NotImplementedError(
@@ -587,8 +587,8 @@ def _probe(tmp_path: Path, spec: Path, site: Path, **env_extra: str) -> tuple[in
 
 @torch_required
 def test_unsloth_cell_runs_plain_transformers_checks_in_an_interpreter_that_never_imports_unsloth(
-    tmp_path,
-):
+    tmp_path: Path,
+) -> None:
     torch_version = __import__("importlib.metadata").metadata.version("torch")
     site, marker = tmp_path / "site", tmp_path / "unsloth-imported-by"
     fake_unsloth(
@@ -648,8 +648,8 @@ def test_unsloth_cell_runs_plain_transformers_checks_in_an_interpreter_that_neve
 
 @torch_required
 def test_unsloth_cell_runs_train_and_adapter_plain_and_their_unsloth_routes_in_the_main_interpreter(
-    tmp_path,
-):
+    tmp_path: Path,
+) -> None:
     """The groups in a cell that pins unsloth: Trainer / SFTTrainer / adapter checks run in
     the plain
     interpreter; train.trl-sft.unsloth & co. are the unsloth group's, in the main one (skip on
@@ -692,7 +692,9 @@ def test_unsloth_cell_runs_train_and_adapter_plain_and_their_unsloth_routes_in_t
 
 
 @torch_required
-def test_a_crash_in_the_plain_interpreter_is_infra_for_its_checks_and_the_rest_stands(tmp_path):
+def test_a_crash_in_the_plain_interpreter_is_infra_for_its_checks_and_the_rest_stands(
+    tmp_path: Path,
+) -> None:
     torch_version = __import__("importlib.metadata").metadata.version("torch")
     site = tmp_path / "site"
     fake_unsloth(site)

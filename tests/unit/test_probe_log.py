@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 from real_results import PROBE_PYTHON, WARNING_XFORMERS, _package, route_spec_for
 
 from pinmatrix.run.options import REPO_ROOT
 
 
-def test_a_failed_check_logs_its_signature_and_message(tmp_path):
+def test_a_failed_check_logs_its_signature_and_message(tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
     _package(site, "xformers", "0.0.35", WARNING_XFORMERS)

@@ -6,16 +6,15 @@ import json
 import re
 import sys
 
-from probes import registry
-from probes.checks import GROUPS as CHECK_MODULES
-
 from pinmatrix.matrix.load import CHECK_GROUPS
 from pinmatrix.run.flaky import group_of
 from pinmatrix.run.options import REPO_ROOT
 from pinmatrix.status import CORE_CHECKS, EXAONE35_ROUTES
+from probes import registry
+from probes.checks import GROUPS as CHECK_MODULES
 
 
-def test_the_registry_imports_only_the_stdlib():
+def test_the_registry_imports_only_the_stdlib() -> None:
     tree = ast.parse((REPO_ROOT / "probes" / "registry.py").read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
@@ -24,7 +23,7 @@ def test_the_registry_imports_only_the_stdlib():
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
 
 
-def test_every_group_has_its_module_and_the_host_reads_the_same_list():
+def test_every_group_has_its_module_and_the_host_reads_the_same_list() -> None:
     for group in registry.GROUPS:
         assert (REPO_ROOT / "probes" / "checks" / f"{group.module}.py").is_file(), group
     assert CHECK_GROUPS == registry.GROUP_NAMES == tuple(CHECK_MODULES)
@@ -32,7 +31,7 @@ def test_every_group_has_its_module_and_the_host_reads_the_same_list():
     assert {c.role for c in registry.CHECKS} <= set(registry.ROLES)
 
 
-def test_every_committed_check_record_is_in_the_registry():
+def test_every_committed_check_record_is_in_the_registry() -> None:
     """Every check name of every committed result (H100, H200) resolves, to the group that emitted
     it where the record says so."""
     seen = 0
@@ -47,7 +46,7 @@ def test_every_committed_check_record_is_in_the_registry():
     assert seen > 100
 
 
-def test_every_name_in_the_contracts_table_is_in_the_registry():
+def test_every_name_in_the_contracts_table_is_in_the_registry() -> None:
     text = (REPO_ROOT / "docs" / "CONTRACTS.md").read_text()
     table = text[text.index("| group | check names emitted"):]
     table = table[:table.index("\n\n")]
@@ -60,7 +59,7 @@ def test_every_name_in_the_contracts_table_is_in_the_registry():
             assert entry.group in (group, "unsloth"), (name, entry.group, group)
 
 
-def test_status_reads_core_and_routes_from_the_registry():
+def test_status_reads_core_and_routes_from_the_registry() -> None:
     assert CORE_CHECKS == ("imports",)
     assert EXAONE35_ROUTES == {
         "remote-code": ("exaone3.5.remote-code", "lora-train.hf-peft"),

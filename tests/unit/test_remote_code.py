@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pinmatrix.cell import ModelSpec
+from pinmatrix.matrix.load import load_matrix
 from pinmatrix.report.remote_code import hash_changes, is_pinned, loaded_files, unpinned_warnings
 from pinmatrix.report.write import write_report
 from pinmatrix.results import validate
@@ -191,7 +192,6 @@ def test_a_revision_the_matrix_says_it_cannot_pin_is_said_once_in_the_report(
 def test_the_shipped_matrices_warn_about_nothing_on_every_run() -> None:
     """matrix.yaml and matrices/*.yaml cannot pin the hub commits (no hub reachable where they are
     written): each model says so under `unpinned:`, so a run prints no warning about them."""
-    from pinmatrix.matrix.load import load_matrix
 
     root = Path(__file__).resolve().parents[2]
     for path in [root / "matrix.yaml", *sorted((root / "matrices").glob("*.yaml"))]:

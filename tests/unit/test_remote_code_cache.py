@@ -16,12 +16,12 @@ from real_results import ROUTE_STACKS, cache_root, real_route_results
 
 
 @pytest.fixture(scope="module")
-def routes(request, tmp_path_factory):
+def routes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     return real_route_results(cache_root(request, tmp_path_factory))
 
 
 @pytest.mark.parametrize("stack", sorted(ROUTE_STACKS))
-def test_remote_code_is_imported_from_the_probes_own_copy(routes, stack):
+def test_remote_code_is_imported_from_the_probes_own_copy(routes, stack) -> None:
     result = routes[stack]
     work = (result.parent / f"{stack}.work").resolve()
     checks = [c for c in json.loads(result.read_text())["checks"]

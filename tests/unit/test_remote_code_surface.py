@@ -10,6 +10,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
 
 from pinmatrix.commands.remote_code_surface import main as surface_main
 from probes.remote_code_surface import compare, extract, extract_file
@@ -84,7 +85,7 @@ SOURCE = textwrap.dedent('''
 ''')
 
 
-def test_extract_reads_every_fact_kind_without_running_the_file():
+def test_extract_reads_every_fact_kind_without_running_the_file() -> None:
     s = extract(SOURCE, filename="modeling_toy.py")
     imports = {(i["module"], i["name"]): i["scope"] for i in s["imports"]}
     assert imports[("transformers.cache_utils", "DynamicCache")] == "module"
@@ -128,7 +129,7 @@ def test_extract_reads_every_fact_kind_without_running_the_file():
     }
 
 
-def test_init_weights_that_restores_a_buffer_says_so():
+def test_init_weights_that_restores_a_buffer_says_so() -> None:
     restoring = SOURCE.replace(
         "module.weight.data.normal_()",
         "module.weight.data.normal_()\n            if hasattr(module, 'inv_freq'): pass",
@@ -136,7 +137,7 @@ def test_init_weights_that_restores_a_buffer_says_so():
     assert extract(restoring)["init_weights"]["ToyPreTrained"]["buffers"] == ["inv_freq"]
 
 
-def test_relative_imports_resolve_inside_a_named_package():
+def test_relative_imports_resolve_inside_a_named_package() -> None:
     src = "from ...cache_utils import DynamicCache\nfrom .configuration_x import XConfig\n"
     s = extract(src, package="transformers.models.x")
     assert s["imports"] == [
@@ -147,7 +148,7 @@ def test_relative_imports_resolve_inside_a_named_package():
     )  # unresolvable without the package: not claimed as transformers
 
 
-def test_compare_names_each_differing_fact():
+def test_compare_names_each_differing_fact() -> None:
     a = extract(SOURCE)
     assert compare(a, a) == []
     b = extract(
@@ -164,7 +165,7 @@ def test_compare_names_each_differing_fact():
     assert len(diff) == 2
 
 
-def test_the_original_facts_file_is_what_the_extractor_reads_from_lgs_port():
+def test_the_original_facts_file_is_what_the_extractor_reads_from_lgs_port() -> None:
     """The facts file was extracted (not typed); its provenance is recorded, and it stays in the
     extractor's current output format."""
     facts = json.loads((REVISIONS / "original.json").read_text())
@@ -176,7 +177,9 @@ def test_the_original_facts_file_is_what_the_extractor_reads_from_lgs_port():
     assert current["hub_refs"] == ["main"] and current["hub_commit"] is None
 
 
-def test_cli_writes_json_and_rejects_bad_input_with_file_line_col(tmp_path, capsys):
+def test_cli_writes_json_and_rejects_bad_input_with_file_line_col(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
     good = tmp_path / "modeling_toy.py"
     good.write_text(SOURCE)
     out = tmp_path / "surface.json"
@@ -192,7 +195,7 @@ def test_cli_writes_json_and_rejects_bad_input_with_file_line_col(tmp_path, caps
     assert surface_main(["NoOrg/NoRepo@0123456789abcdef0123456789abcdef01234567"]) == 2
 
 
-def test_cli_compares_with_a_facts_file(tmp_path, capsys):
+def test_cli_compares_with_a_facts_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fixture = ROOT / "probes" / "fixtures" / "exaone35" / "current"
     assert (
         surface_main(

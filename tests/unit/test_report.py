@@ -11,17 +11,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+from real_results import BASE_PINS, cache_root, real_results, spec_for
 
+from pinmatrix.fsio import write_json_atomic
 from pinmatrix.outcome import Outcome
 from pinmatrix.report.markdown import render_markdown
 from pinmatrix.report.summary import merge
 from pinmatrix.report.write import write_report
-from pinmatrix.fsio import write_json_atomic
-from real_results import BASE_PINS, cache_root, real_results, spec_for
 
 
 @pytest.fixture(scope="module")
-def results(request, tmp_path_factory) -> dict[str, Path]:
+def results(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return real_results(cache_root(request, tmp_path_factory))
 
 
@@ -35,7 +36,7 @@ def _with_result(run: Path, stack: str, source: Path, pins: dict | None = None) 
 
 
 @pytest.fixture
-def run_dir(tmp_path, results) -> Path:
+def run_dir(tmp_path: Path, results) -> Path:
     run = tmp_path / "20261127T172100Z"
     (run / "cells").mkdir(parents=True)
     write_json_atomic(run / "run.json", {"run_id": run.name, "matrix": "matrix.yaml",
@@ -67,7 +68,7 @@ def run_dir(tmp_path, results) -> Path:
     return run
 
 
-def test_verdict_line(run_dir):
+def test_verdict_line(run_dir) -> None:
     summary = merge(run_dir)
     assert (
         summary["verdict"] == "6 cells: 1 works, 2 broken (2 signatures), 1 unresolvable, 2 infra"
@@ -75,7 +76,7 @@ def test_verdict_line(run_dir):
     assert summary["counts"] == {"works": 1, "broken": 2, "unresolvable": 1, "infra": 2}
 
 
-def test_one_row_per_cell_one_column_per_check(run_dir):
+def test_one_row_per_cell_one_column_per_check(run_dir) -> None:
     summary = merge(run_dir)
     assert summary["checks"][:2] == ["imports", "kernel.xformers"]
     rows = {c["id"]: c for c in summary["cells"]}
@@ -95,7 +96,7 @@ def test_one_row_per_cell_one_column_per_check(run_dir):
             in md)
 
 
-def test_pivot_transformers_by_unsloth(run_dir):
+def test_pivot_transformers_by_unsloth(run_dir) -> None:
     (table,) = merge(run_dir)["pivot"]
     assert (table["python"], table["torch"]) == ("3.11", "2.13.0+cpu")
     assert table["transformers"] == ["4.57.6", "5.17.0"]
@@ -109,7 +110,7 @@ def test_pivot_transformers_by_unsloth(run_dir):
     assert "| `4.57.6` | ❌ broken | ⛔ unresolvable |" in md
 
 
-def test_failures_grouped_by_signature_with_catalogue_text(run_dir):
+def test_failures_grouped_by_signature_with_catalogue_text(run_dir) -> None:
     failures = {f["signature"]: f for f in merge(run_dir)["failures"]}
     known = failures["xformers-extensions-not-loaded"]
     assert known["known"] and known["count"] == 2  # imports + kernel.xformers of the same cell
@@ -123,7 +124,7 @@ def test_failures_grouped_by_signature_with_catalogue_text(run_dir):
     assert "(unknown: not in the catalogue yet)" in md
 
 
-def test_unresolvable_infra_and_damaged_are_listed_apart(run_dir):
+def test_unresolvable_infra_and_damaged_are_listed_apart(run_dir) -> None:
     summary = merge(run_dir)
     (unres,) = summary["unresolvable"]
     assert "unsatisfiable" in unres["explanation"]
@@ -140,7 +141,7 @@ def test_unresolvable_infra_and_damaged_are_listed_apart(run_dir):
     assert "Connection reset by peer" in md
 
 
-def test_result_for_another_hash_is_not_merged(run_dir, results):
+def test_result_for_another_hash_is_not_merged(run_dir, results) -> None:
     spec = spec_for("good")
     Outcome(cell=spec["id"], hash="a-newer-hash", pins=spec["pins"], runner="venv", stage="done",
             result=f"cells/{spec['id']}.json").write(run_dir)
@@ -150,7 +151,7 @@ def test_result_for_another_hash_is_not_merged(run_dir, results):
     assert any("content hash" in d["why"] for d in summary["damaged"])
 
 
-def test_speed_table_from_throughput_evidence(run_dir, results):
+def test_speed_table_from_throughput_evidence(run_dir, results) -> None:
     data = json.loads(results["good"].read_text())
     data["checks"] += [
         {"name": "throughput.sdpa", "status": "pass", "duration_s": 1.0,
@@ -174,24 +175,24 @@ def test_speed_table_from_throughput_evidence(run_dir, results):
     assert "| eager | 8250 | 0.50× | 60.0 | — | — | — | — | — |" in md   # no spread recorded
 
 
-def test_no_speed_section_without_throughput(run_dir):
+def test_no_speed_section_without_throughput(run_dir) -> None:
     summary = merge(run_dir)
     assert summary["speed"] == [] and "## Speed" not in render_markdown(summary)
 
 
-def test_write_report_writes_both_files(run_dir):
+def test_write_report_writes_both_files(run_dir) -> None:
     json_path, md_path = write_report(run_dir)
     assert json.loads(json_path.read_text())["verdict"].startswith("6 cells")
     assert md_path.read_text().startswith("# pinmatrix run 20261127T172100Z")
 
 
-def test_empty_run_folder(tmp_path):
+def test_empty_run_folder(tmp_path: Path) -> None:
     summary = merge(tmp_path)
     assert summary["verdict"] == "0 cells: nothing ran"
     assert render_markdown(summary)
 
 
-def test_probe_time_splits_the_compat_stage_from_throughput(tmp_path, results):
+def test_probe_time_splits_the_compat_stage_from_throughput(tmp_path: Path, results) -> None:
     run = tmp_path / "timed"
     (run / "cells").mkdir(parents=True)
     spec = spec_for("good")

@@ -3,8 +3,8 @@ advice."""
 
 from __future__ import annotations
 
-from pinmatrix.report.summary import CellRow
 from pinmatrix.report.exaone import exaone35_section, render_html, render_markdown
+from pinmatrix.report.summary import CellRow
 from pinmatrix.status import cell_status
 
 BASIS = {"basis": "fixture of hub revision current", "fixture_revision": "current"}
@@ -57,7 +57,7 @@ def row(tf, remote_ok, llamafied_ok=True):
     )
 
 
-def test_section_answers_each_route_and_revision_with_its_basis():
+def test_section_answers_each_route_and_revision_with_its_basis() -> None:
     rows = [row("5.17.0", False), row("4.57.6", True)]
     section = exaone35_section(rows)
     assert [c["transformers"] for c in section["cells"]] == [
@@ -84,7 +84,7 @@ def test_section_answers_each_route_and_revision_with_its_basis():
     assert [r.status for r in rows] == ["partial", "works"]
 
 
-def test_markdown_puts_words_and_advice_not_only_glyphs():
+def test_markdown_puts_words_and_advice_not_only_glyphs() -> None:
     md = "\n".join(render_markdown(exaone35_section([row("4.57.6", True), row("5.17.0", False)])))
     assert "Verdicts rest on: fixture of hub revision current" in md
     assert "| 5.17.0 | none | FAILS `transformers-tied-weights-keys-list` |" in md
@@ -97,20 +97,20 @@ def test_markdown_puts_words_and_advice_not_only_glyphs():
     assert "Where the remote code fails (transformers 5.17.0), the llamafied route trains" in md
 
 
-def test_no_working_route_is_said_and_nothing_ran_renders_nothing():
+def test_no_working_route_is_said_and_nothing_ran_renders_nothing() -> None:
     md = "\n".join(render_markdown(exaone35_section([row("5.17.0", False, llamafied_ok=False)])))
     assert "EXAONE 3.5 through its remote code: no cell here works." in md
     assert "EXAONE 3.5 llamafied: no cell here works." in md
     assert render_markdown(exaone35_section([])) == [] and render_html(exaone35_section([])) == ""
 
 
-def test_html_has_the_basis_and_one_column_per_revision():
+def test_html_has_the_basis_and_one_column_per_revision() -> None:
     html = render_html(exaone35_section([row("5.17.0", False)]))
     assert "fixture of hub revision current" in html and "<th>remote code (original)</th>" in html
     assert "FAILS <code>transformers-tied-weights-keys-list</code>" in html and "`" not in html
 
 
-def test_markdown_names_each_surface_cause_once_with_the_fact_ids_it_breaks():
+def test_markdown_names_each_surface_cause_once_with_the_fact_ids_it_breaks() -> None:
     """Facts that fail for one root cause are one line: the signature, the cause in words, the
     releases it shows on, and the readable fact ids a bisect can be given."""
     legacy = {

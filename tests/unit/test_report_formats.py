@@ -10,37 +10,37 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
-from pinmatrix.outcome import Outcome
-from pinmatrix.report.summary import merge
-from pinmatrix.report.write import write_report
-from pinmatrix.report.html import render_html, throughput_chart
 from real_results import BASE_PINS, cache_root
 from report_runs import CELL_ID, add_cell, probe_result, standard_run
+
+from pinmatrix.outcome import Outcome
+from pinmatrix.report.html import render_html, throughput_chart
+from pinmatrix.report.summary import merge
+from pinmatrix.report.write import write_report
 
 XF_ID = "py3.11-torch2.13.0+cpu-tf5.17.0-xformers0.0.35"
 
 
 @pytest.fixture(scope="module")
-def cache(request, tmp_path_factory) -> Path:
+def cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache_root(request, tmp_path_factory)
 
 
 @pytest.fixture
-def run(tmp_path, cache) -> Path:
+def run(tmp_path: Path, cache) -> Path:
     run = standard_run(tmp_path, cache)
     write_report(run)
     return run
 
 
-def test_every_format_is_written(run):
+def test_every_format_is_written(run) -> None:
     for name in ("summary.md", "summary.json", "summary.html", "junit.xml"):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
 
 
 # --- html ----------------------------------------------------------------------------------------
 
-def test_html_is_self_contained(run):
+def test_html_is_self_contained(run) -> None:
     page = (run / "summary.html").read_text()
     assert not re.search(r"<(script|img|link|iframe)[^>]+(src|href)=['\"]?(https?:)?//",
                          page), "loads from the network"
@@ -48,7 +48,7 @@ def test_html_is_self_contained(run):
     assert page.count("<script>") == 1  # inline only
 
 
-def test_html_has_one_row_and_one_detail_per_cell(run):
+def test_html_has_one_row_and_one_detail_per_cell(run) -> None:
     page = (run / "summary.html").read_text()
     summary = json.loads((run / "summary.json").read_text())
     ids = re.findall(r"<tr class=cell data-id='([^']+)'", page)
@@ -64,7 +64,7 @@ def _detail(page: str, cell_id: str) -> str:
     return re.split(r"<tr class=cell |</tbody></table>\n<h2>Throughput", after, maxsplit=1)[0]
 
 
-def test_html_detail_has_checks_error_signature_fix_and_environment(run):
+def test_html_detail_has_checks_error_signature_fix_and_environment(run) -> None:
     page = (run / "summary.html").read_text()
     detail = _detail(page, XF_ID)
     assert "data-check='imports'" in detail and "data-check='kernel.xformers'" in detail
@@ -80,7 +80,7 @@ def test_html_detail_has_checks_error_signature_fix_and_environment(run):
                                                        "py3.11-torch2.13.0+cpu-tf4.57.6-unsloth2026.1.1")
 
 
-def test_chart_embeds_a_png_of_the_measured_throughput(run):
+def test_chart_embeds_a_png_of_the_measured_throughput(run) -> None:
     pytest.importorskip("matplotlib")
     summary = json.loads((run / "summary.json").read_text())
     assert {s["stack"] for s in summary["speed"]} == {"sdpa", "eager"}  # measured on this CPU
@@ -91,7 +91,9 @@ def test_chart_embeds_a_png_of_the_measured_throughput(run):
     assert f"{tps:.0f} tokens/s" in page  # the alt text carries the numbers
 
 
-def test_without_matplotlib_the_page_says_so_and_md_json_still_merge(run, monkeypatch):
+def test_without_matplotlib_the_page_says_so_and_md_json_still_merge(
+    run, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
     uri, why = throughput_chart([{"cell": "c", "stack": "sdpa", "tokens_per_s": 1.0}])
     assert uri is None and "matplotlib is not installed" in why
@@ -103,7 +105,7 @@ def test_without_matplotlib_the_page_says_so_and_md_json_still_merge(run, monkey
     assert (run / "summary.md").is_file() and (run / "summary.json").is_file()
 
 
-def test_html_escapes_hostile_text(run):
+def test_html_escapes_hostile_text(run) -> None:
     summary = merge(run)
     summary["cells"][0]["reason"] = "<script>alert(1)</script>"
     page = render_html(summary, run)
@@ -119,7 +121,7 @@ def _cases(run: Path) -> dict[tuple[str, str], ET.Element]:
     return {(c.get("classname"), c.get("name")): c for c in root.iter("testcase")}
 
 
-def test_junit_one_case_per_cell_and_check(run):
+def test_junit_one_case_per_cell_and_check(run) -> None:
     summary = json.loads((run / "summary.json").read_text())
     cases = _cases(run)
     expected = {(c["id"], name) for c in summary["cells"] for name in c["checks"]}
@@ -133,7 +135,7 @@ def test_junit_one_case_per_cell_and_check(run):
     assert int(root.get("tests")) == len(cases)
 
 
-def test_junit_statuses(run):
+def test_junit_statuses(run) -> None:
     cases = _cases(run)
     fail = cases[(XF_ID, "imports")].find("failure")
     assert fail is not None and fail.get("type") == "xformers-extensions-not-loaded"
@@ -149,7 +151,7 @@ def test_junit_statuses(run):
     assert infra is not None and infra.get("type") == "venv-install-failed"
 
 
-def test_junit_check_infra_is_an_error_not_a_failure(tmp_path, cache):
+def test_junit_check_infra_is_an_error_not_a_failure(tmp_path: Path, cache) -> None:
     """An infra check (the probe says: the machine failed) becomes <error>, never <failure>."""
     from report_runs import new_run
 
@@ -172,7 +174,7 @@ def test_junit_check_infra_is_an_error_not_a_failure(tmp_path, cache):
 
 # --- damaged input never crashes any format ------------------------------------------------------
 
-def test_damaged_and_wrong_schema_files_are_listed_in_every_format(run, cache):
+def test_damaged_and_wrong_schema_files_are_listed_in_every_format(run, cache) -> None:
     good = json.loads((run / "cells" / f"{CELL_ID}.json").read_text())
     variants = {
         "schema2": {**good, "schema": 2},

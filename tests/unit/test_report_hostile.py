@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pinmatrix.errors import PreviousRunError, ResumeError
 from pinmatrix.outcome import Outcome
+from pinmatrix.report.diff import find_run_dir
+from pinmatrix.report.pins import LOCK_NAME, collect_cells
+from pinmatrix.run.state import resume_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "tests" / "data" / "matrices" / "ci.yaml"
@@ -109,9 +113,6 @@ def test_resume_refuses_a_symlink_that_leaves_the_reports_folder(tmp_path: Path)
 
 
 def test_resume_takes_a_run_id_and_a_symlink_that_stays_inside(tmp_path: Path) -> None:
-    from pinmatrix.errors import ResumeError
-    from pinmatrix.run.state import resume_folder
-
     reports = tmp_path / "reports"
     run = _run(reports / "20261129T010000Z-nightly")
     (reports / "latest").symlink_to(run.name)
@@ -148,8 +149,6 @@ def test_previous_that_holds_no_run_exits_2(tmp_path: Path) -> None:
 def test_previous_is_looked_for_three_levels_down_at_most(tmp_path: Path) -> None:
     """`--previous /` must answer in a moment, not walk the disk: a run is found in REPORTS/RUN,
     ARTIFACT/RUN or ARTIFACT/reports/RUN, never deeper, never through a symlink."""
-    from pinmatrix.errors import PreviousRunError
-    from pinmatrix.report.diff import find_run_dir
 
     shallow = _run(tmp_path / "a" / "artifact" / "reports" / "20261129T010000Z")
     assert find_run_dir(tmp_path / "a") == shallow
@@ -199,8 +198,6 @@ def test_report_follows_no_symlinked_outcome_run_json_or_cells_folder(tmp_path: 
 
 
 def test_pins_never_read_a_lock_through_a_symlink(tmp_path: Path) -> None:
-    from pinmatrix.report.pins import LOCK_NAME, collect_cells
-
     run = _run(tmp_path / "run")
     secret = tmp_path / "elsewhere" / "secret.lock"
     secret.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pinmatrix.cell import Cell, Lock
+from pinmatrix.cli.main import parse
 from pinmatrix.containers import engine as eng
 from pinmatrix.containers.engine import Engine
 from pinmatrix.errors import HarnessError, UsageError
@@ -116,8 +117,6 @@ def test_auto_never_picks_podman(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _check(*argv: str) -> None:
-    from pinmatrix.cli.main import parse
-
     check_options(parse(["matrix", *argv]), environ={})
 
 

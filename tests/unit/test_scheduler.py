@@ -8,12 +8,18 @@ import threading
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pinmatrix.run.progress import Progress
-from pinmatrix.run.scheduler import (Scheduler, SchedulerError, detect_gpus, device_tokens,
-                                     parse_gpu_list,
-                                 parse_nvidia_smi_list)
+from pinmatrix.run.scheduler import (
+    Scheduler,
+    SchedulerError,
+    detect_gpus,
+    device_tokens,
+    parse_gpu_list,
+    parse_nvidia_smi_list,
+)
 
 cell_plans = st.lists(
     st.tuples(st.integers(0, 3),                       # image key
@@ -51,12 +57,12 @@ def _run(plans, devices, build_jobs):
 
 def _overlaps(intervals):
     intervals = sorted(intervals)
-    return any(b[0] < a[1] for a, b in zip(intervals, intervals[1:]))
+    return any(b[0] < a[1] for a, b in zip(intervals, intervals[1:], strict=False))
 
 
 @settings(max_examples=40, deadline=None)
 @given(plans=cell_plans, n_gpus=st.integers(1, 4), build_jobs=st.integers(1, 3))
-def test_gpu_never_shared_and_all_cells_finish(plans, n_gpus, build_jobs):
+def test_gpu_never_shared_and_all_cells_finish(plans, n_gpus, build_jobs) -> None:
     devices = [str(i) for i in range(n_gpus)]
     results, events = _run(plans, devices, build_jobs)
     # every cell has exactly its own result, in order, whatever the others did
@@ -82,7 +88,7 @@ def test_gpu_never_shared_and_all_cells_finish(plans, n_gpus, build_jobs):
         assert sum(1 for s0, s1 in builds if s0 <= t0 < s1) <= build_jobs
 
 
-def test_devices_really_run_in_parallel():
+def test_devices_really_run_in_parallel() -> None:
     """Two GPUs, two 0.3 s cells: about 0.3 s, not 0.6 s (the scheduler is not serial in
     disguise)."""
     plans = [(0, "ok", 300), (1, "ok", 300)]
@@ -91,7 +97,7 @@ def test_devices_really_run_in_parallel():
     assert time.perf_counter() - t0 < 0.55
 
 
-def test_device_tokens():
+def test_device_tokens() -> None:
     assert device_tokens(cpu=False, requested=None, detected=["0", "1"]) == ["0", "1"]
     assert device_tokens(cpu=False, requested=["1"], detected=["0", "1"]) == ["1"]
     assert device_tokens(cpu=True, requested=None, detected=["0", "1"], cpu_jobs=2) == ["", ""]
@@ -102,7 +108,7 @@ def test_device_tokens():
         device_tokens(cpu=True, requested=None, detected=[], cpu_jobs=0)
 
 
-def test_gpu_lists():
+def test_gpu_lists() -> None:
     assert parse_gpu_list("0, 2") == ["0", "2"]
     for bad in ("", "a", "0,0", "1;2"):
         with pytest.raises(SchedulerError):
@@ -117,13 +123,13 @@ def test_gpu_lists():
 
     assert detect_gpus(lambda *a, **k: Proc()) == ["0", "1"]
 
-    def missing(*a, **k):
+    def missing(*a, **k) -> None:
         raise FileNotFoundError("nvidia-smi")
 
     assert detect_gpus(missing) == []
 
 
-def test_progress_counts_and_plain_lines():
+def test_progress_counts_and_plain_lines() -> None:
     out = io.StringIO()
     p = Progress(3, stream=out, live=False)
     p.set("a", "building")

@@ -27,7 +27,7 @@ from pinmatrix.run.scheduler import Scheduler
 WAIT_S = 10.0
 
 
-def _terminate(signum, frame):
+def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 

@@ -76,17 +76,17 @@ def _library_ok(doc) -> bool:
     return jsonschema.Draft202012Validator(SCHEMA).is_valid(doc)
 
 
-def test_schema_is_valid_2020_12():
+def test_schema_is_valid_2020_12() -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
 
-def test_valid_document_agrees():
+def test_valid_document_agrees() -> None:
     assert _library_ok(VALID)
     assert validate(VALID, SCHEMA) == []
 
 
 @pytest.mark.parametrize("name", sorted(INVALID))
-def test_invalid_documents_agree(name):
+def test_invalid_documents_agree(name) -> None:
     doc = INVALID[name]
     assert not _library_ok(doc), "the library accepts it: the test case is wrong"
     errors = validate(doc, SCHEMA)
@@ -94,7 +94,7 @@ def test_invalid_documents_agree(name):
     assert all(error.startswith("$") for error in errors)
 
 
-def test_error_paths_name_the_place():
+def test_error_paths_name_the_place() -> None:
     errors = validate(INVALID["check-status-enum"], SCHEMA)
     assert errors == ['$.checks[0].status: "ok" is not one of ["pass", "fail", "skip", "infra", '
                       '"flaky"]']
@@ -102,11 +102,11 @@ def test_error_paths_name_the_place():
     assert errors == ["$.environment.packages.xformers: unexpected property 'why'"]
 
 
-def test_integer_accepts_whole_floats_like_the_library():
+def test_integer_accepts_whole_floats_like_the_library() -> None:
     doc = _mutate(["environment", "gpu_count"], 2.0)
     assert _library_ok(doc) and validate(doc, SCHEMA) == []
 
 
-def test_unsupported_keyword_is_refused():
+def test_unsupported_keyword_is_refused() -> None:
     with pytest.raises(UnsupportedSchema):
         validate(1, {"type": "integer", "maximum": 3})

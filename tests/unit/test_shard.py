@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pinmatrix.cell import Cell
 from pinmatrix.run.shard import (
@@ -27,7 +28,7 @@ cells_st = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(cells=cells_st, n=st.integers(1, 9), seed=st.integers(0, 1000))
-def test_partition_deterministic_balanced(cells, n, seed):
+def test_partition_deterministic_balanced(cells, n, seed) -> None:
     shards = partition(cells, n)
     assert len(shards) == n
     ids = [c.id for s in shards for c in s]
@@ -45,7 +46,7 @@ def test_partition_deterministic_balanced(cells, n, seed):
 
 @settings(max_examples=100, deadline=None)
 @given(cells=cells_st, n=st.integers(1, 6))
-def test_image_groups_stay_together_when_they_fit(cells, n):
+def test_image_groups_stay_together_when_they_fit(cells, n) -> None:
     """A group no larger than the fair share is never split across shards."""
     fair = max(1, -(-len(cells) // n))
     shards = partition(cells, n)
@@ -58,7 +59,7 @@ def test_image_groups_stay_together_when_they_fit(cells, n):
             assert len({where[c.id] for c in members}) == 1
 
 
-def test_group_larger_than_fair_share_is_cut():
+def test_group_larger_than_fair_share_is_cut() -> None:
     # three cells of one image and one of another into 2 shards: keeping the group whole gives 3 +
     # 1;
     # the group exceeds the fair share ceil(4/2) = 2, so it is cut and the shards come out 2 + 2
@@ -69,7 +70,7 @@ def test_group_larger_than_fair_share_is_cut():
     assert sizes == [2, 2]
 
 
-def test_parse_shard():
+def test_parse_shard() -> None:
     assert parse_shard("2/4") == (2, 4)
     for bad in ("0/4", "5/4", "1/0", "a/b", "1-4", ""):
         with pytest.raises(ShardError):

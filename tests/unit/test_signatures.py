@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -270,7 +271,7 @@ INFRA = {
 }
 
 
-def test_catalogue_entries_are_complete():
+def test_catalogue_entries_are_complete() -> None:
     entries = load_catalogue()
     assert len(entries) >= 12
     for entry in entries:
@@ -281,17 +282,17 @@ def test_catalogue_entries_are_complete():
 
 
 @pytest.mark.parametrize("exc_type,message,expected", KNOWN, ids=[k[2] + "-" + k[0] for k in KNOWN])
-def test_known_messages_classify(exc_type, message, expected):
+def test_known_messages_classify(exc_type, message, expected) -> None:
     found = classify(exc_type, message)
     assert (found.id, found.known) == (expected, True)
     assert found.infra is (expected in INFRA)
 
 
-def test_every_seed_entry_is_exercised():
+def test_every_seed_entry_is_exercised() -> None:
     assert {entry["id"] for entry in load_catalogue()} <= {k[2] for k in KNOWN}
 
 
-def test_head_wins_over_traceback():
+def test_head_wins_over_traceback() -> None:
     # The traceback mentions an xformers warning printed earlier; the exception itself is an OOM.
     found = classify(
         "OutOfMemoryError", "CUDA out of memory.", "WARNING xFormers can't load C++/CUDA extensions"
@@ -306,7 +307,7 @@ def test_head_wins_over_traceback():
     assert found.id == "flash-attn-abi-mismatch"
 
 
-def test_fingerprint_groups_the_same_failure_across_cells():
+def test_fingerprint_groups_the_same_failure_across_cells() -> None:
     a = classify(
         "KeyError",
         "'model.layers.3.q' missing at 0x7f3a9c in /venvs/a/lib/x.py line 12 after 4 steps",
@@ -321,14 +322,14 @@ def test_fingerprint_groups_the_same_failure_across_cells():
     assert re.fullmatch(r"fp-[0-9a-f]{12}", a.id)
 
 
-def test_fingerprint_separates_different_failures():
+def test_fingerprint_separates_different_failures() -> None:
     assert fingerprint("KeyError", "missing weight") != fingerprint("ValueError", "missing weight")
     assert fingerprint("KeyError", "missing weight") != fingerprint(
         "KeyError", "weight has wrong shape"
     )
 
 
-def test_normalise_replaces_what_varies_between_runs_and_keeps_names():
+def test_normalise_replaces_what_varies_between_runs_and_keeps_names() -> None:
     text = normalise(
         "'foo' at 0xDEADbeef in /a/b/c.py:12 and C:\\x\\y.dll, \"bar\" `baz` 3.5e "
         "float16 flash_attn_2"
@@ -338,7 +339,7 @@ def test_normalise_replaces_what_varies_between_runs_and_keeps_names():
     )
 
 
-def test_two_different_missing_modules_get_different_fingerprints():
+def test_two_different_missing_modules_get_different_fingerprints() -> None:
     """On CPU, kernel.xformers fails with flash_attn's module missing; a remote-code file fails
     with a transformers module gone. Two causes: the module's name tells them apart."""
     xformers = classify("ModuleNotFoundError", "No module named 'flash_attn.flash_attn_interface'")
@@ -349,7 +350,7 @@ def test_two_different_missing_modules_get_different_fingerprints():
     assert xformers.id != gone.id
 
 
-def test_the_raising_frame_tells_causes_apart_its_line_and_folder_do_not():
+def test_the_raising_frame_tells_causes_apart_its_line_and_folder_do_not() -> None:
     def tb(path: str, line: int, function: str) -> str:
         return f'Traceback (most recent call last):\n  File "{path}", line {line}, in {function}\n'
 
@@ -360,13 +361,13 @@ def test_the_raising_frame_tells_causes_apart_its_line_and_folder_do_not():
     assert raising_frame(tb("/venv/a/lib/transformers/x.py", 10, "load")) == "x.py:load"
 
 
-def test_describe():
+def test_describe() -> None:
     entry = describe("unsloth-aimv2-config-clash")
     assert entry is not None and "3015" in entry["link"]
     assert describe("fp-000000000000") is None
 
 
-def test_bad_catalogue_names_file_and_entry(tmp_path):
+def test_bad_catalogue_names_file_and_entry(tmp_path: Path) -> None:
     bad = tmp_path / "signatures.json"
     bad.write_text(
         json.dumps(
@@ -394,14 +395,14 @@ def test_bad_catalogue_names_file_and_entry(tmp_path):
         load_catalogue(bad)
 
 
-def test_classification_unpacks_as_the_contract_pair():
+def test_classification_unpacks_as_the_contract_pair() -> None:
     sig, known = classify(
         "ValueError", "'aimv2' is already used by a Transformers config, pick another name."
     )
     assert (sig, known) == ("unsloth-aimv2-config-clash", True)
 
 
-def test_xformers_wheel_for_another_torch_is_named_not_lumped_with_no_operator():
+def test_xformers_wheel_for_another_torch_is_named_not_lumped_with_no_operator() -> None:
     # The message xformers 0.0.35 (built for torch 2.10.0+cu128) gave on the lent H100, torch
     # 2.11.0+cu130.
     message = (
@@ -423,7 +424,7 @@ def test_xformers_wheel_for_another_torch_is_named_not_lumped_with_no_operator()
     )
 
 
-def test_a_missing_name_has_one_fingerprint_wherever_it_is_used():
+def test_a_missing_name_has_one_fingerprint_wherever_it_is_used() -> None:
     """The remote code's file fails to import a module that is gone; the surface check, executing
     the same import, raises it in its own frame. The message names the module: one signature."""
 

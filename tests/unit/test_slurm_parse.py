@@ -14,19 +14,19 @@ from pinmatrix.run.slurm import (
 )
 
 
-def test_expand_task_ids():
+def test_expand_task_ids() -> None:
     assert expand_task_ids("3") == [3]
     assert expand_task_ids("[0-3%2]") == [0, 1, 2, 3]
     assert expand_task_ids("1,4-5") == [1, 4, 5]
 
 
-def test_parse_sacct():
+def test_parse_sacct() -> None:
     text = "77_0|COMPLETED\n77_1|CANCELLED by 0\n77_[2-3]|PENDING\n78_0|FAILED\n77_4|NODE_FAIL\n"
     assert parse_sacct(text, "77") == {0: "COMPLETED", 1: "CANCELLED", 2: "PENDING", 3: "PENDING",
                                        4: "NODE_FAIL"}
 
 
-def test_parse_scontrol():
+def test_parse_scontrol() -> None:
     text = ("JobId=80 ArrayJobId=77 ArrayTaskId=2-5 JobName=pinmatrix JobState=PENDING "
             "Reason=Resources\n"
             "JobId=79 ArrayJobId=77 ArrayTaskId=1 JobName=pinmatrix JobState=PREEMPTED "
@@ -41,17 +41,17 @@ def test_parse_scontrol():
 class FakeSlurm(SlurmClient):
     """Scripted task states, one snapshot per poll."""
 
-    def __init__(self, snapshots):
+    def __init__(self, snapshots) -> None:
         self.snapshots, self.cancelled = list(snapshots), False
 
     def states(self, job_id):
         return (self.snapshots.pop(0) if len(self.snapshots) > 1 else self.snapshots[0]), "test"
 
-    def cancel(self, job_id):
+    def cancel(self, job_id) -> None:
         self.cancelled = True
 
 
-def test_waiter_ends_when_all_tasks_end(tmp_path: Path):
+def test_waiter_ends_when_all_tasks_end(tmp_path: Path) -> None:
     fake = FakeSlurm([{0: "PENDING", 1: "PENDING"}, {0: "RUNNING", 1: "PENDING"},
                       {0: "COMPLETED", 1: "PREEMPTED"}])
     lines: list[str] = []
@@ -62,7 +62,7 @@ def test_waiter_ends_when_all_tasks_end(tmp_path: Path):
     assert lines[-1].startswith("slurm: 0 pending · 0 running · 1 completed · 1 failed")
 
 
-def test_waiter_never_hangs_on_a_stuck_task(tmp_path: Path):
+def test_waiter_never_hangs_on_a_stuck_task(tmp_path: Path) -> None:
     clock = iter(range(0, 10_000, 10))
     fake = FakeSlurm([{0: "COMPLETED", 1: "RUNNING"}])
     final = wait_for_tasks(fake, "9", 2, poll_s=0, deadline_s=100, run_dir=tmp_path,
@@ -71,7 +71,7 @@ def test_waiter_never_hangs_on_a_stuck_task(tmp_path: Path):
     assert final == {0: "COMPLETED", 1: "DEADLINE"} and fake.cancelled
 
 
-def test_waiter_treats_a_forgotten_job_as_vanished(tmp_path: Path):
+def test_waiter_treats_a_forgotten_job_as_vanished(tmp_path: Path) -> None:
     fake = FakeSlurm([{0: "RUNNING", 1: "COMPLETED"}, {}, {}, {}])
     final = wait_for_tasks(fake, "9", 2, poll_s=0, deadline_s=1e9, run_dir=tmp_path,
                            echo=lambda s: None,
@@ -79,7 +79,7 @@ def test_waiter_treats_a_forgotten_job_as_vanished(tmp_path: Path):
     assert final == {0: "VANISHED", 1: "COMPLETED"}
 
 
-def test_sacct_disabled_falls_back_to_scontrol():
+def test_sacct_disabled_falls_back_to_scontrol() -> None:
     calls = []
 
     def run(argv, **kw):

@@ -20,7 +20,7 @@ from pinmatrix.report import summary as summary_mod
 from probes import registry
 from probes.checks import attention, throughput
 from probes.context import Context
-from probes.framework import run_check
+from probes.framework import Failed, run_check
 
 NEW_CHECKS = ("attention.flash_attention_4", "attention.flash_attention_4-exaone4",
               "throughput.sdpa-gc", "throughput.flash_attention_4", "throughput.liger",
@@ -41,7 +41,7 @@ def all_checks(ctx: Context) -> dict[str, Any]:
 
 
 # --- registry ------------------------------------------------------------------------------------
-def test_every_new_check_is_registered_with_its_route():
+def test_every_new_check_is_registered_with_its_route() -> None:
     for name in NEW_CHECKS:
         entry = registry.lookup(name)
         assert entry is not None and entry.role == registry.OPTIONAL, name
@@ -50,7 +50,7 @@ def test_every_new_check_is_registered_with_its_route():
     assert registry.is_measurement("throughput.liger-fa4")
 
 
-def test_an_extra_configuration_is_a_shape_family_with_its_own_baseline():
+def test_an_extra_configuration_is_a_shape_family_with_its_own_baseline() -> None:
     assert registry.lookup("throughput.liger.1x8192").name == "throughput.liger.SHAPE"
     assert registry.lookup("throughput.liger.long") is None
     assert registry.lookup("throughput.trainer.1x8192") is None   # not measured per configuration
@@ -63,7 +63,7 @@ def test_an_extra_configuration_is_a_shape_family_with_its_own_baseline():
     assert registry.order_key("throughput.sdpa.1x8192") > registry.order_key("throughput.liger-fa4")
 
 
-def test_the_probe_emits_every_speed_check_at_every_configuration(tmp_path):
+def test_the_probe_emits_every_speed_check_at_every_configuration(tmp_path: Path) -> None:
     settings = {"throughput": {"configs": [{"batch": 1, "seq": 8192}]}}
     names = [n for n, _ in throughput.checks(ctx_for(tmp_path, settings=settings))]
     for name in names:
@@ -77,7 +77,7 @@ def test_the_probe_emits_every_speed_check_at_every_configuration(tmp_path):
 
 # --- CPU skips and a failing stack ---------------------------------------------------------------
 @pytest.mark.parametrize("name", NEW_CHECKS)
-def test_each_new_check_skips_on_the_cpu_with_a_reason(tmp_path, name):
+def test_each_new_check_skips_on_the_cpu_with_a_reason(tmp_path: Path, name) -> None:
     ctx = ctx_for(tmp_path)
     record = run_check(name, all_checks(ctx)[name], ctx, timeout_s=60)
     assert record["status"] == "skip", record
@@ -87,13 +87,13 @@ def test_each_new_check_skips_on_the_cpu_with_a_reason(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["attention.flash_attention_4", "throughput.flash_attention_4",
                                   "throughput.liger-fa4"])
-def test_a_cell_without_flash_attn_4_says_so(tmp_path, name):
+def test_a_cell_without_flash_attn_4_says_so(tmp_path: Path, name) -> None:
     ctx = ctx_for(tmp_path, pins={**PINS, "flash-attn-4": "none"})
     record = run_check(name, all_checks(ctx)[name], ctx, timeout_s=60)
     assert record["status"] == "skip" and record["reason"] == "flash-attn-4 not in this cell"
 
 
-def test_throughput_sdpa_gc_skips_without_a_gpu(tmp_path):
+def test_throughput_sdpa_gc_skips_without_a_gpu(tmp_path: Path) -> None:
     ctx = ctx_for(tmp_path, pins={**PINS, "flash-attn-4": "none", "liger-kernel": "none"})
     record = run_check("throughput.sdpa-gc", all_checks(ctx)["throughput.sdpa-gc"], ctx, 60)
     assert record == {**record, "status": "skip", "reason": "needs a GPU"}
@@ -114,7 +114,7 @@ def _site_with_broken_fa4(site: Path) -> Path:
 
 
 @pytest.fixture
-def broken_fa4(tmp_path, monkeypatch):
+def broken_fa4(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     site = _site_with_broken_fa4(tmp_path / "site")
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
@@ -125,7 +125,8 @@ def broken_fa4(tmp_path, monkeypatch):
         sys.modules.pop(mod, None)
 
 
-def test_an_unusable_flash_attn_4_fails_with_its_signature(tmp_path, broken_fa4, monkeypatch):
+def test_an_unusable_flash_attn_4_fails_with_its_signature(tmp_path: Path, broken_fa4,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     ctx = ctx_for(tmp_path, device="cuda")     # past the GPU gate: what a GPU cell reaches
@@ -137,7 +138,8 @@ def test_an_unusable_flash_attn_4_fails_with_its_signature(tmp_path, broken_fa4,
     assert "cutlass" in record["error"]["message"]
 
 
-def test_flash_attn_4_below_hopper_is_a_skip(tmp_path, broken_fa4, monkeypatch):
+def test_flash_attn_4_below_hopper_is_a_skip(tmp_path: Path, broken_fa4,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     ctx = ctx_for(tmp_path, device="cuda")
@@ -162,9 +164,8 @@ def _lora(model: Any) -> Any:
     return get_peft_model(model, LoraConfig(r=4, target_modules=targets))
 
 
-def test_an_unpatched_llama_fails_the_liger_verification():
+def test_an_unpatched_llama_fails_the_liger_verification() -> None:
     from probes.checks.liger import liger_patch_report, verify_liger
-    from probes.framework import Failed
 
     model = _lora(_tiny_llama())
     report = liger_patch_report(model)
@@ -175,11 +176,10 @@ def test_an_unpatched_llama_fails_the_liger_verification():
         verify_liger(model)
 
 
-def test_a_model_with_no_decoder_layers_is_not_called_patched():
+def test_a_model_with_no_decoder_layers_is_not_called_patched() -> None:
     import torch
 
     from probes.checks.liger import verify_liger
-    from probes.framework import Failed
 
     with pytest.raises(Failed):
         verify_liger(torch.nn.Linear(2, 2))
@@ -192,7 +192,7 @@ def _liger_or_skip() -> Any:
         pytest.skip(f"liger_kernel.transformers does not import here: {exc}")
 
 
-def test_liger_verification_sees_a_real_patch_and_the_scope_undoes_the_module_patch():
+def test_liger_verification_sees_a_real_patch_and_the_scope_undoes_the_module_patch() -> None:
     liger = _liger_or_skip()
     from transformers.models.llama import modeling_llama
 
@@ -214,7 +214,7 @@ def test_liger_verification_sees_a_real_patch_and_the_scope_undoes_the_module_pa
 
 
 # --- matrix and ids ------------------------------------------------------------------------------
-def test_the_default_matrix_pairs_fa4_and_liger_with_the_5x_lines():
+def test_the_default_matrix_pairs_fa4_and_liger_with_the_5x_lines() -> None:
     cells = load_matrix(Path(__file__).resolve().parents[2] / "matrix.yaml").expand()
     for cell in cells:
         five = cell.pins["transformers"].startswith("5.")
@@ -223,7 +223,7 @@ def test_the_default_matrix_pairs_fa4_and_liger_with_the_5x_lines():
     assert cells[0].settings["throughput"]["configs"] == [{"batch": 1, "seq": 8192}]
 
 
-def test_a_version_after_a_digit_ending_name_stays_readable():
+def test_a_version_after_a_digit_ending_name_stays_readable() -> None:
     pins = {"python": "3.12", "torch": "2.11.0", "flash-attn-4": "4.0.0b36",
             "liger-kernel": "none"}
     assert Cell(pins=pins).id == "py3.12-torch2.11.0-fa4_4.0.0b36-liger-none"
@@ -235,7 +235,7 @@ def test_a_version_after_a_digit_ending_name_stays_readable():
     ("[{batch: 0, seq: 8192}]", "expected an integer from 1"),
     ("[{batch: 1, seq: 8192, steps: 3}]", "unknown key 'steps'"),
 ])
-def test_bad_throughput_configs_are_refused(tmp_path, configs, message):
+def test_bad_throughput_configs_are_refused(tmp_path: Path, configs, message) -> None:
     path = tmp_path / "m.yaml"
     path.write_text('axes: {python: ["3.11"], base_image: ["x"], torch: ["2.13.0"]}\n'
                     f"settings:\n  throughput: {{configs: {configs}}}\n")
@@ -248,7 +248,7 @@ def _passed(tps: float, **evidence: Any) -> dict[str, Any]:
     return {"status": "pass", "evidence": {"tokens_per_s": tps, **evidence}}
 
 
-def test_speed_rows_use_the_baseline_of_their_model_and_configuration():
+def test_speed_rows_use_the_baseline_of_their_model_and_configuration() -> None:
     checks = {
         "throughput.sdpa-llamafied": _passed(10000.0, batch=4, seq=2048),
         "throughput.liger": _passed(12000.0, batch=4, seq=2048, tokens_per_s_min=11500.0,

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 if "transformers" not in sys.modules:
     os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="pinmatrix-hfmodules-"))
@@ -22,6 +23,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+import hashlib  # noqa: E402
+import inspect  # noqa: E402
 
 from packaging.version import Version  # noqa: E402
 
@@ -39,7 +43,7 @@ def failed(findings):
     return [f for f in findings if not f.ok]
 
 
-def test_an_import_that_is_gone_fails_with_pythons_words():
+def test_an_import_that_is_gone_fails_with_pythons_words() -> None:
     findings = check_imports(
         {
             "imports": [
@@ -70,7 +74,7 @@ def test_an_import_that_is_gone_fails_with_pythons_words():
 
 
 @pytest.fixture
-def toy_module(tmp_path, monkeypatch):
+def toy_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A real module on sys.path with the shapes transformers' own API takes: a function that takes
     `b` but not `c`; a deprecation wrapper (`*args, **kwargs`, functools.wraps) that forwards to a
     function which no longer takes the old keyword and re-raises its TypeError; a shim wrapper that
@@ -133,7 +137,9 @@ def _form(keywords, positional=1):
     }
 
 
-def test_a_keyword_the_callable_does_not_take_fails_and_each_keyword_is_its_own_fact(toy_module):
+def test_a_keyword_the_callable_does_not_take_fails_and_each_keyword_is_its_own_fact(
+    toy_module,
+) -> None:
     findings = check_calls(
         {
             "calls": {
@@ -160,13 +166,12 @@ def test_a_keyword_the_callable_does_not_take_fails_and_each_keyword_is_its_own_
 
 def test_a_wrapper_taking_kwargs_that_reraises_is_judged_by_the_call_not_by_its_signature(
     toy_module,
-):
+) -> None:
     """Binding says fine (the wrapper takes *args, **kwargs); the call raises TypeError naming the
     keyword: the keyword is rejected. The keyword the function does take is judged by the call that
     runs once the rejected one is dropped."""
-    import inspect
 
-    wrapper = getattr(__import__(toy_module), "mask")
+    wrapper = __import__(toy_module).mask
     inspect.signature(wrapper, follow_wrapped=False).bind(None, input_embeds=None)  # binding: fine
     findings = check_calls(
         {"calls": {f"{toy_module}.mask": _form(["input_embeds", "attention_mask"])}}
@@ -179,12 +184,11 @@ def test_a_wrapper_taking_kwargs_that_reraises_is_judged_by_the_call_not_by_its_
     assert by_id[f"call:{toy_module}.mask(attention_mask=)"].outcome == "runs"
 
 
-def test_a_shim_that_accepts_an_old_keyword_is_judged_by_the_call(toy_module):
+def test_a_shim_that_accepts_an_old_keyword_is_judged_by_the_call(toy_module) -> None:
     """The documented signature lacks `past_key_values` (binding says broken); the constructor maps
     it to `cache` (the call works): the fact holds."""
-    import inspect
 
-    output = getattr(__import__(toy_module), "Output")
+    output = __import__(toy_module).Output
     with pytest.raises(TypeError):
         inspect.signature(output).bind(past_key_values=None)  # binding: broken
     findings = check_calls(
@@ -197,7 +201,7 @@ def test_a_shim_that_accepts_an_old_keyword_is_judged_by_the_call(toy_module):
     ]
 
 
-def test_a_call_that_fails_later_judges_only_what_its_own_frame_bound(toy_module):
+def test_a_call_that_fails_later_judges_only_what_its_own_frame_bound(toy_module) -> None:
     """The body raises (here "needs a GPU"): the keyword reached a named parameter of the function's
     own frame, so it bound; nothing about the stack is failed."""
     findings = check_calls({"calls": {f"{toy_module}.broken_body": _form(["b"])}})
@@ -206,7 +210,7 @@ def test_a_call_that_fails_later_judges_only_what_its_own_frame_bound(toy_module
     assert "needs a GPU" in findings[0].detail["bound_then"]
 
 
-def test_a_removed_module_gives_exactly_one_signature_that_names_it():
+def test_a_removed_module_gives_exactly_one_signature_that_names_it() -> None:
     """Three facts use one module that is gone (an import and two calls, as the remote code uses
     transformers.modeling_attn_mask_utils): one cause, one signature."""
     gone = "transformers.pinmatrix_no_such_module"
@@ -224,7 +228,7 @@ def test_a_removed_module_gives_exactly_one_signature_that_names_it():
     assert findings[0].id == f"import:{gone}.AttentionMaskConverter"
 
 
-def test_the_mask_keywords_of_revision_current_follow_transformers_releases():
+def test_the_mask_keywords_of_revision_current_follow_transformers_releases() -> None:
     """input_embeds went through a deprecate_kwarg shim from 5.2.0 and was removed in 5.9.0; so was
     cache_position (read from the release sources). The installed release decides; the catalogue
     names it."""
@@ -261,7 +265,7 @@ def _surface(tied: object, restores: list[str]) -> dict:
     }
 
 
-def test_a_list_of_tied_keys_with_tied_embeddings_fails_on_transformers_5():
+def test_a_list_of_tied_keys_with_tied_embeddings_fails_on_transformers_5() -> None:
     as_list = failed(
         check_class_forms(_surface(["lm_head.weight"], ["inv_freq"]), tie_word_embeddings=True)
     )
@@ -277,7 +281,8 @@ def test_a_list_of_tied_keys_with_tied_embeddings_fails_on_transformers_5():
     assert as_dict == []
 
 
-def test_a_buffer_init_weights_does_not_restore_comes_back_uninitialised_on_transformers_5():
+def test_a_buffer_init_weights_does_not_restore_comes_back_uninitialised_on_transformers_5(
+) -> None:
     not_restored = failed(
         check_class_forms(
             _surface({"lm_head.weight": "transformer.wte.weight"}, []), tie_word_embeddings=True
@@ -296,7 +301,8 @@ def test_a_buffer_init_weights_does_not_restore_comes_back_uninitialised_on_tran
 
 
 @pytest.mark.parametrize("revision", EXAONE35_REVISIONS)
-def test_surface_check_of_each_revision_is_fast_and_matches_the_release(revision, tmp_path):
+def test_surface_check_of_each_revision_is_fast_and_matches_the_release(revision,
+                                                                        tmp_path: Path) -> None:
     import transformers.modeling_utils  # noqa: F401 - the probe has imported it by then; time the check alone
 
     folder = write_exaone35(tmp_path / "EXAONE-3.5-2.4B-Instruct", revision=revision)
@@ -334,7 +340,7 @@ def test_surface_check_of_each_revision_is_fast_and_matches_the_release(revision
 @pytest.mark.skipif(
     TF5, reason="the remote code does not get to its forward pass on transformers 5"
 )
-def test_parity_with_the_llamafied_model_catches_a_buffer_left_wrong(tmp_path):
+def test_parity_with_the_llamafied_model_catches_a_buffer_left_wrong(tmp_path: Path) -> None:
     """Logits finite and the right shape, weights all loaded, and still wrong: an inv_freq that
     holds zeros
     (what transformers 5 leaves in a buffer _init_weights does not restore). Only parity catches
@@ -368,14 +374,15 @@ def test_parity_with_the_llamafied_model_catches_a_buffer_left_wrong(tmp_path):
     assert "differ from the llamafied model" in result["error"]["message"]
 
 
-def test_a_real_hub_file_is_extracted_hashed_and_compared_with_its_revisions_facts(tmp_path):
+def test_a_real_hub_file_is_extracted_hashed_and_compared_with_its_revisions_facts(
+    tmp_path: Path,
+) -> None:
     """Where the hub cache holds the real remote code, its own surface is checked, its sha256
     recorded,
     and every difference from the facts file of the revision it should be is listed as a finding.
     The
     snapshot here holds our current fixture with LG-AI-EXAONE/EXAONE-3.5 PR #7 applied (a dict
     _tied_weights_keys): the very change the facts file does not have."""
-    import hashlib
 
     snapshot = write_exaone35(tmp_path / "snapshots" / ("e" * 40), revision="current")
     code = (snapshot / "modeling_exaone.py").read_text()
@@ -414,7 +421,7 @@ def test_a_real_hub_file_is_extracted_hashed_and_compared_with_its_revisions_fac
     assert (result["status"] == "fail") == TF5
 
 
-def test_a_removed_class_gives_one_signature_for_its_import_and_its_calls():
+def test_a_removed_class_gives_one_signature_for_its_import_and_its_calls() -> None:
     module, gone = "transformers.cache_utils", "PinmatrixNoSuchCache"
     surface = {
         "imports": [{"module": module, "name": gone, "scope": "module"}],
@@ -427,7 +434,9 @@ def test_a_removed_class_gives_one_signature_for_its_import_and_its_calls():
     assert findings[1].id == f"call:{module}.{gone}.from_legacy_cache(1 positional)"
 
 
-def test_a_keyword_that_only_reached_kwargs_before_a_later_failure_is_not_judged(toy_module):
+def test_a_keyword_that_only_reached_kwargs_before_a_later_failure_is_not_judged(
+    toy_module,
+) -> None:
     """The body failed before anything read `x` (it went into **kwargs): the call does not say
     whether a later line would reject it, so the fact is not judged, and not failed."""
     (form, x) = check_calls({"calls": {f"{toy_module}.takes_any": _form(["x"])}})

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from pinmatrix.report import compat
 from pinmatrix.commands import which as cli
-from pinmatrix.which.stack import MAX_BYTES, StackError, read_stack
+from pinmatrix.report import compat
+from pinmatrix.report.write import write_report
+from pinmatrix.which.stack import MAX_BYTES, StackError, read_here, read_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 H200 = ROOT / "reports" / "h200" / "merged"
@@ -67,7 +70,7 @@ KNOWN = (  # the user below has transformers 5.17.0, peft 0.20.0
 )
 
 
-def which(capsys, *argv: str) -> tuple[int, str, str]:
+def which(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = cli.main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
@@ -81,7 +84,9 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 # --- the smallest change: a synthetic dataset with a known answer ---------------------------------
 
-def test_smallest_change_is_the_known_one_with_why_not_for_nearer_cells(tmp_path, capsys):
+def test_smallest_change_is_the_known_one_with_why_not_for_nearer_cells(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
     data = dataset(tmp_path, *KNOWN[:4])
     stack = write(tmp_path, "req.txt", "transformers==5.17.0\npeft==0.20.0\ntorch==2.11.0\n")
     code, out, _ = which(capsys, stack, "--python", "3.12", "--dataset", data, "--purpose",
@@ -97,7 +102,8 @@ def test_smallest_change_is_the_known_one_with_why_not_for_nearer_cells(tmp_path
     assert [ln for ln in text.splitlines() if not ln.startswith("#")] == ["transformers==4.57.6"]
 
 
-def test_smallest_change_ties_go_to_the_newest(tmp_path, capsys):
+def test_smallest_change_ties_go_to_the_newest(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     data = dataset(tmp_path, record("old", "4.56.0", "0.20.0"), record("new", "4.57.6", "0.20.0"),
                    record("exact", "5.17.0", "0.20.0", remote="fail"))
     stack = write(tmp_path, "req.txt", "transformers==5.17.0\npeft==0.20.0\ntorch==2.11.0\n")
@@ -109,7 +115,8 @@ def test_smallest_change_ties_go_to_the_newest(tmp_path, capsys):
 
 # --- matching ------------------------------------------------------------------------------------
 
-def test_exact_match_fails_with_signature_cause_and_fix(tmp_path, capsys):
+def test_exact_match_fails_with_signature_cause_and_fix(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     data = dataset(tmp_path, *KNOWN)
     stack = write(tmp_path, "req.txt", "transformers==5.17.0\npeft==0.20.0\ntorch==2.11.0\n")
     code, out, _ = which(capsys, stack, "--python", "3.12", "--dataset", data, "--purpose",
@@ -121,7 +128,8 @@ def test_exact_match_fails_with_signature_cause_and_fix(tmp_path, capsys):
     assert "Fix: For the remote-code route pin transformers < 5.0" in out  # the catalogue's fix
 
 
-def test_exact_match_works_with_speed_and_where(tmp_path, capsys):
+def test_exact_match_works_with_speed_and_where(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     data = dataset(tmp_path, *KNOWN)
     stack = write(tmp_path, "req.txt", "transformers==4.57.6\npeft==0.21.2\ntorch==2.11.0\n")
     code, out, _ = which(capsys, stack, "--python", "3.12.3", "--dataset", data, "--purpose",
@@ -136,7 +144,9 @@ def test_exact_match_works_with_speed_and_where(tmp_path, capsys):
     assert code == 0 and "speed: not measured for this purpose's routes in that cell" in out
 
 
-def test_nearest_cells_name_the_axes_that_differ_and_not_judged(tmp_path, capsys):
+def test_nearest_cells_name_the_axes_that_differ_and_not_judged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
     data = dataset(tmp_path, *KNOWN)
     stack = write(tmp_path, "req.txt", "transformers==5.17.0\npeft==0.19.0\ntorch==2.11.0\n")
     code, out, _ = which(capsys, stack, "--python", "3.12", "--dataset", data, "--json")
@@ -151,7 +161,7 @@ def test_nearest_cells_name_the_axes_that_differ_and_not_judged(tmp_path, capsys
     assert {p["status"] for p in answer["purposes"]} == {"not judged"}
 
 
-def test_no_match_at_all_is_not_judged(tmp_path, capsys):
+def test_no_match_at_all_is_not_judged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = dataset(tmp_path, *KNOWN)
     stack = write(tmp_path, "req.txt", "transformers==3.0.0\npeft==0.1.0\ntorch==1.0.0\n")
     code, out, _ = which(capsys, stack, "--python", "3.8", "--dataset", data, "--purpose",
@@ -160,7 +170,9 @@ def test_no_match_at_all_is_not_judged(tmp_path, capsys):
     assert "no run covered python 3.8" in out and "torch 1.0.0" in out
 
 
-def test_a_purpose_whose_checks_did_not_run_is_not_judged(tmp_path, capsys):
+def test_a_purpose_whose_checks_did_not_run_is_not_judged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
     data = dataset(tmp_path, *KNOWN)
     stack = write(tmp_path, "req.txt", "transformers==4.57.6\npeft==0.21.2\ntorch==2.11.0\n")
     code, out, _ = which(capsys, stack, "--python", "3.12", "--dataset", data, "--purpose",
@@ -170,7 +182,7 @@ def test_a_purpose_whose_checks_did_not_run_is_not_judged(tmp_path, capsys):
     assert "smallest change: none (no cell was judged for this purpose)" in out
 
 
-def test_unknown_purpose_is_bad_input(tmp_path, capsys):
+def test_unknown_purpose_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = dataset(tmp_path, *KNOWN)
     stack = write(tmp_path, "req.txt", "transformers==4.57.6\n")
     code, _, err = which(capsys, stack, "--dataset", data, "--purpose", "nope")
@@ -179,7 +191,7 @@ def test_unknown_purpose_is_bad_input(tmp_path, capsys):
 
 # --- bad input: exit 2, the file and line, nothing written ---------------------------------------
 
-def test_non_utf8_names_file_and_line(tmp_path, capsys):
+def test_non_utf8_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "freeze.txt"
     path.write_bytes(b"six==1.16.0\ntransformers==5.17.0\npe\xe9ft==0.21.0\n")
     code, out, err = which(capsys, path, "--dataset", dataset(tmp_path, *KNOWN),
@@ -189,7 +201,9 @@ def test_non_utf8_names_file_and_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_100_mb_freeze_is_refused_without_reading_it_all(tmp_path, capsys):
+def test_a_100_mb_freeze_is_refused_without_reading_it_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
     path = tmp_path / "huge.txt"
     with open(path, "wb") as handle:
         line = b"six==1.16.0\n"
@@ -199,7 +213,8 @@ def test_a_100_mb_freeze_is_refused_without_reading_it_all(tmp_path, capsys):
     assert code == 2 and f"{path}: larger than" in err
 
 
-def test_contradictory_pins_name_both_lines(tmp_path, capsys):
+def test_contradictory_pins_name_both_lines(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, "req.txt", "# mine\ntransformers==5.17.0\npeft\ntransformers==4.57.6\n")
     code, _, err = which(capsys, path, "--dataset", dataset(tmp_path, *KNOWN))
     assert code == 2
@@ -207,7 +222,7 @@ def test_contradictory_pins_name_both_lines(tmp_path, capsys):
             "line 2") in err
 
 
-def test_unknown_formats(tmp_path):
+def test_unknown_formats(tmp_path: Path) -> None:
     with pytest.raises(StackError, match=r"env\.toml:1: unknown format"):
         read_stack(write(tmp_path, "env.toml", "[tool.x]\na = 1\n"))
     with pytest.raises(StackError, match=r"notes\.txt:2: "):
@@ -220,7 +235,7 @@ def test_unknown_formats(tmp_path):
         read_stack(write(tmp_path, "empty.txt", "# nothing\n"))
 
 
-def test_bad_dataset_is_bad_input(tmp_path, capsys):
+def test_bad_dataset_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = write(tmp_path, "compat.json", '{"schema": "pinmatrix-compat/1", "records": []}')
     stack = write(tmp_path, "req.txt", "transformers==4.57.6\n")
     code, _, err = which(capsys, stack, "--dataset", bad)
@@ -229,7 +244,7 @@ def test_bad_dataset_is_bad_input(tmp_path, capsys):
 
 # --- formats read by hand-checked facts (the real tools' outputs: tests/integration) -----------
 
-def test_requirements_with_ranges_markers_includes_and_utf16(tmp_path):
+def test_requirements_with_ranges_markers_includes_and_utf16(tmp_path: Path) -> None:
     write(tmp_path, "base.txt", "torch==2.11.0+cu130\n")
     stack = read_stack(write(tmp_path, "req.txt",
                              "-r base.txt\ntransformers>=4.57,<5 ; python_version >= '3.9'\n"
@@ -246,7 +261,7 @@ def test_requirements_with_ranges_markers_includes_and_utf16(tmp_path):
 
 # --- compat.json ----------------------------------------------------------------------------------
 
-def test_compat_of_the_committed_h200_run_validates_and_keeps_the_judgement():
+def test_compat_of_the_committed_h200_run_validates_and_keeps_the_judgement() -> None:
     summary = json.loads((H200 / "summary.json").read_text(encoding="utf-8"))
     doc = compat.validate(compat.build(H200, summary), "h200")
     ids = {r["cell"] for r in doc["records"]}
@@ -258,9 +273,7 @@ def test_compat_of_the_committed_h200_run_validates_and_keeps_the_judgement():
     assert any(s["check"] == "throughput.sdpa-llamafied" for s in one["speed"])
 
 
-def test_report_writes_compat_json(tmp_path):
-    from pinmatrix.report.write import write_report
-
+def test_report_writes_compat_json(tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(H200, run, symlinks=True)
     (run / "compat.json").unlink(missing_ok=True)
@@ -270,7 +283,7 @@ def test_report_writes_compat_json(tmp_path):
     assert len(doc["records"]) == 9
 
 
-def test_h200_stack_against_the_committed_run(capsys):
+def test_h200_stack_against_the_committed_run(capsys: pytest.CaptureFixture[str]) -> None:
     stack = ROOT / "tests" / "data" / "which" / "h200-stack.txt"
     code, out, _ = which(capsys, stack, "--python", "3.12", "--report", H200)
     assert code == 4  # peft 0.21.0: no run covered it
@@ -281,12 +294,7 @@ def test_h200_stack_against_the_committed_run(capsys):
     assert "unsloth-exaone3.5-llamafied" not in out  # the stack does not name unsloth
 
 
-def test_here_reads_the_running_interpreter():
-    import sys
-    from importlib import metadata
-
-    from pinmatrix.which.stack import read_here
-
+def test_here_reads_the_running_interpreter() -> None:
     stack = read_here()
     assert stack.complete and stack.format == "here"
     assert stack.python_exact == ".".join(map(str, sys.version_info[:3]))

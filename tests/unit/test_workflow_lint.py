@@ -39,7 +39,7 @@ def _tool(name: str) -> str | None:
     return str(scripts) if scripts.is_file() else shutil.which(name)
 
 
-def test_zizmor_clean(tmp_path):
+def test_zizmor_clean(tmp_path: Path) -> None:
     zizmor = _tool("zizmor")
     if zizmor is None:
         pytest.fail("zizmor is not installed: it is in the `test` extra (pip install -e .[test])",
@@ -78,7 +78,7 @@ def _actionlint() -> list[str] | None:
     return None
 
 
-def test_actionlint_clean(tmp_path):
+def test_actionlint_clean(tmp_path: Path) -> None:
     actionlint = _actionlint()
     if actionlint is None:
         pytest.skip("no actionlint: neither a native binary nor its npm WebAssembly build "
@@ -92,7 +92,7 @@ def test_actionlint_clean(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_workflow_shape():
+def test_workflow_shape() -> None:
     """What the linters do not check: the three jobs, minimal permissions, SHA pins, no ${{ }} in
     run:."""
     text = WORKFLOW.read_text()
