@@ -91,6 +91,20 @@ def _outside(root: Path) -> Path:
     return out
 
 
+def _fresh(path: Path) -> Path:
+    """`path`, with whatever an earlier plant left there removed unless it is a regular file: a
+    record written over a planted FIFO would block in open() (the harness never opens one; the
+    test must not either)."""
+    if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+        if path.is_dir() and not path.is_symlink():
+            for child in path.iterdir():
+                child.unlink()
+            path.rmdir()
+        else:
+            path.unlink()
+    return path
+
+
 def _plant(run: Path, outside: Path, where: str, kind: str) -> None:
     reports = run.parent
     path = (run / where) if not where.startswith("../") else reports / where[3:]
@@ -132,17 +146,17 @@ def _plant(run: Path, outside: Path, where: str, kind: str) -> None:
     elif kind == "garbage":
         path.write_bytes(b"\xff\xfe{not json\x1b]0;pwned\x07")
     elif where == "dotdot-cell":
-        (run / "outcomes" / "escape.json").write_text(
+        _fresh(run / "outcomes" / "escape.json").write_text(
             json.dumps(_outcome("../escape", GOOD_HASH, f"cells/{CELL}.json")))
     elif where == "dotdot-result":
-        (run / "outcomes" / f"{CELL}.json").write_text(
+        _fresh(run / "outcomes" / f"{CELL}.json").write_text(
             json.dumps(_outcome(CELL, FORGED_HASH, "../../outside/forged.json")))
     elif where == "abs-result":
-        (run / "outcomes" / f"{CELL}.json").write_text(
+        _fresh(run / "outcomes" / f"{CELL}.json").write_text(
             json.dumps(_outcome(CELL, FORGED_HASH, str(outside / "forged.json"))))
     elif where == "link-in-path":
         (run / "cells" / "sub").symlink_to(outside, target_is_directory=True)
-        (run / "outcomes" / f"{CELL}.json").write_text(
+        _fresh(run / "outcomes" / f"{CELL}.json").write_text(
             json.dumps(_outcome(CELL, FORGED_HASH, "cells/sub/forged.json")))
     elif where == "index-dotdot":
         (reports / ".cache").mkdir(exist_ok=True)
