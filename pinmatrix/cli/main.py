@@ -112,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+        # Python leaves SIGINT ignored when the process started with it ignored, as a shell's
+        # background job (`pinmatrix ... &`, a CI step run that way) does: `kill -INT` then did
+        # nothing, and every child (uv, the probe) inherited the ignore. Ctrl-C's path always.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         args = parse(list(sys.argv[1:] if argv is None else argv))
         # each option's own bounds and the rules between options, all declared on the typed

@@ -47,7 +47,8 @@ def shared_venvs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("interrupt-venvs")
 
 
-def _start(tmp_path: Path, venvs: Path) -> subprocess.Popen[str]:
+def _start(tmp_path: Path, venvs: Path, *, started_ignoring_sigint: bool = False
+           ) -> subprocess.Popen[str]:
     matrix = fc.write_matrix(tmp_path / "matrix.yaml", ["4.57.6"], checks=("lora-train",),
                              lora_steps=10000, cell_timeout_s=1800, check_timeout_s=1800)
     return subprocess.Popen(
@@ -55,7 +56,13 @@ def _start(tmp_path: Path, venvs: Path) -> subprocess.Popen[str]:
          "--cpu", "--reports", str(tmp_path / "reports"), "--venv-dir", str(venvs), "--no-live",
          "--no-flaky-rerun"],
         cwd=ROOT, env={**os.environ, "PINMATRIX_FIND_LINKS": str(WHEELS), "PYTHONPATH": str(ROOT)},
-        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # a shell's background job (`cmd &`) starts with SIGINT ignored, and Python keeps it so
+        preexec_fn=_ignore_sigint if started_ignoring_sigint else None)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _wait_for(predicate, proc: subprocess.Popen[str], seconds: float) -> None:
@@ -115,6 +122,17 @@ def test_interrupt_at_probe_time(tmp_path: Path, shared_venvs: Path, how: str) -
     _wait_for(lambda: _probe_running(_run_dir(tmp_path)), proc, 900)
     time.sleep(2)  # the probe is importing torch or training
     SIGNALS[how](proc.pid)
+    _check_folder(proc, tmp_path, "run")
+
+
+def test_interrupt_of_a_run_started_as_a_background_job(tmp_path: Path,
+                                                         shared_venvs: Path) -> None:
+    """`pinmatrix matrix ... &` from a script starts with SIGINT ignored: `kill -INT` must still
+    stop it (before, it did nothing, and the probe and uv inherited the ignore)."""
+    proc = _start(tmp_path, shared_venvs, started_ignoring_sigint=True)
+    _wait_for(lambda: _probe_running(_run_dir(tmp_path)), proc, 900)
+    time.sleep(2)
+    os.kill(proc.pid, signal.SIGINT)
     _check_folder(proc, tmp_path, "run")
 
 
