@@ -483,7 +483,7 @@ def test_segments_from_unsloths_packed_seq_lengths(shared: dict[str, Any]) -> No
     _, tokenizer, _, _ = train.load_route(ctx, "llamafied")
     prompts = train.prompt_token_ids(tokenizer, 2)
     examples = []
-    for prompt, (_, _, answer) in zip(prompts, train.CHAT_CONVERSATIONS, strict=True):
+    for prompt, (_, _, answer) in zip(prompts, train.CHAT_CONVERSATIONS, strict=False):
         completion = tokenizer(answer + "[|endofturn|]", add_special_tokens=False)["input_ids"]
         examples.append(
             {
