@@ -73,14 +73,6 @@ class GpuShare:
             self._compat = None
 
     @contextmanager
-    def compat(self) -> Iterator[None]:
-        self.enter_compat()
-        try:
-            yield
-        finally:
-            self.leave_compat()
-
-    @contextmanager
     def speed(self) -> Iterator[dict[str, Any]]:
         """A speed measurement: the GPU alone. Yields the evidence to attach to its records."""
         if self.path is None:
