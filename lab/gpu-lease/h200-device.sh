@@ -24,10 +24,12 @@ t0=$(date +%s)
 # repo folder is laid anew at every call). A layer that is in neither is left out, with its --extra-site
 # entries: a run of the transformers 5.x cells carries no 4.57.6 layer.
 SRC=${PM_SITES:-.gpu/sites}; STASH=${PM_STASH:-/root/stash}
+parts_of() {  # NAME.EXT: its parts in $SRC and $STASH, each part once, in order
+  ls "$SRC/$1.part-"* "$STASH/$1.part-"* 2>/dev/null | awk -F/ '{print $NF" "$0}' | sort -u -k1,1 | cut -d" " -f2
+}
 for n in harness common tf4576 tf550 uns u1010 u914 diff039 diff042 fa4 liger; do
   [ -d $S/$n ] && continue
-  parts=$(ls "$SRC/$n.tgz.part-"* "$STASH/$n.tgz.part-"* 2>/dev/null | awk -F/ '{print $NF" "$0}' | sort -u -k1,1 | cut -d" " -f2)
-  xparts=$(ls "$SRC/$n.txz.part-"* "$STASH/$n.txz.part-"* 2>/dev/null | awk -F/ '{print $NF" "$0}' | sort -u -k1,1 | cut -d" " -f2)
+  parts=$(parts_of "$n.tgz"); xparts=$(parts_of "$n.txz")
   if [ -n "$xparts" ]; then   # h200-sites.sh's carry layout: an xz layer in parts
     ( rm -rf $S/$n.tmp && mkdir -p $S/$n.tmp && cat $xparts | xz -dc | tar -C $S/$n.tmp -xf - && mv $S/$n.tmp $S/$n ) &
   elif [ -f "$SRC/$n.txz" ]; then
